@@ -1,0 +1,33 @@
+# Red Mesh — developer entry points. Everything runs from .venv (created by `make install`).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+MPY_HEAP ?= 64k
+
+.PHONY: install test test-unit test-device test-hil lint bench demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: install
+	$(BIN)/ruff check fleet protocol firmware tests hil_tests bench
+	$(BIN)/python tools/mpy_check.py
+	$(BIN)/pyright -p pyrightconfig.json
+
+bench: install
+	$(BIN)/python -m bench.run
+
+demo: install
+	$(BIN)/fleet sim up --nodes 25 --gateways 2 --topology district --duration 60 && $(BIN)/fleet status
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,22 @@
+"""`fleet sim …` — the virtual rig. Subcommands live in their own modules (lazy)."""
+import importlib
+
+import click
+
+SUBCOMMANDS = {
+    # name -> module defining `cli`
+}
+
+
+class _Lazy(click.Group):
+    def list_commands(self, ctx):
+        return sorted(SUBCOMMANDS)
+
+    def get_command(self, ctx, name):
+        mod = SUBCOMMANDS.get(name)
+        return importlib.import_module(mod).cli if mod else None
+
+
+@click.group(cls=_Lazy)
+def cli():
+    """Virtual rig: simulated radio medium, virtual boards, brokers, whole meshes."""
