@@ -14,6 +14,9 @@ import click
 COMMANDS = {
     "decode": "fleet.cli.decode",
     "sim": "fleet.cli.sim",
+    "keys": "fleet.cli.keys",
+    "readings": "fleet.cli.readings",
+    "status": "fleet.cli.status",
 }
 
 

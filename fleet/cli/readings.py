@@ -1,0 +1,128 @@
+"""`fleet readings --node ID` — export one node's stored readings (table, --csv or --json).
+
+Exported values are in physical units with the unit in the column name: PM in ug/m3 (one
+decimal), RH in %, temperature in C; `time` is the reading time in ISO 8601 UTC, `ts` the same
+in unix seconds, `rx_ts` when the gateway received it. Rows stream in counter (seq) order, so
+a large export does not load into memory.
+"""
+import csv
+import datetime as dt
+import json
+import re
+import sqlite3
+import sys
+import time
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from fleet.cli._options import home_option
+from fleet.errors import FleetError
+
+COLUMNS = ("node", "seq", "time", "ts", "rx_ts", "pm1_ugm3", "pm25_ugm3", "pm10_ugm3", "rh_pct", "temp_c", "n",
+           "flags", "hops", "gateway", "rssi")
+
+_RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_time(text, now_s):
+    """Parse a time given as unix seconds ('1718000000'), relative to now ('-1h', '-30m',
+    '2d'), or ISO 8601 ('2024-06-10T08:00', '2024-06-10T08:00:00Z'; without an offset it is
+    local time). Returns unix seconds (int). Raises ValueError with the accepted forms."""
+    t = text.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        return int(float(t))
+    m = _RELATIVE.match(t)
+    if m:
+        return int(now_s - float(m.group(1)) * _UNIT_S[m.group(2)])
+    try:
+        when = dt.datetime.fromisoformat(t)
+    except ValueError:
+        raise ValueError(
+            f"cannot read {text!r} as a time: use unix seconds (1718000000), a relative time "
+            f"(-90s, -30m, -1h, -2d, -1w) or ISO 8601 (2024-06-10T08:00:00Z)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.astimezone()  # naive = local time
+    return int(when.timestamp())
+
+
+class _TimeParam(click.ParamType):
+    name = "TIME"
+
+    def convert(self, value, param, ctx):
+        try:
+            return parse_time(str(value), time.time())
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+def _d(v):
+    return None if v is None else round(v / 10, 1)
+
+
+def export_row(r):
+    """Return one stored reading (dict) as an export row (COLUMNS order, physical units)."""
+    ts = r["ts"]
+    iso = dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if ts is not None else None
+    return (r["node"], r["seq"], iso, ts, r["rx_ts"], _d(r["pm1"]), _d(r["pm25"]), _d(r["pm10"]), r["rh"],
+            _d(r["temp"]), r["n"], r["flags"], r["hops"], r["gateway"], r["rssi"])
+
+
+@click.command()
+@click.option("--node", "node_id", type=click.IntRange(min=0), required=True, metavar="ID", help="Node id.")
+@click.option("--since", type=_TimeParam(), default=None,
+              help="From this reading time: unix seconds, -1h / -30m / -2d, or ISO 8601.")
+@click.option("--until", type=_TimeParam(), default=None, help="Before this reading time (same forms).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many readings.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV with a header row.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of objects.")
+@home_option
+def cli(home, node_id, since, until, limit, as_csv, as_json):
+    """Export the stored readings of one node."""
+    if as_csv and as_json:
+        raise click.UsageError("choose one of --csv and --json")
+    store = home.store()
+    try:
+        rows = (export_row(r) for r in store.iter_readings(node_id, since=since, until=until, limit=limit))
+        n = _write(rows, as_csv, as_json)
+        if n == 0:
+            known = store.node(node_id) is not None or store.node_state(node_id) is not None
+            why = "" if known else f" (node {node_id} is not registered and was never heard)"
+            span = " in that time range" if since is not None or until is not None else ""
+            click.echo(f"no readings for node {node_id}{span}{why}", err=True)
+    except sqlite3.Error as e:
+        raise FleetError(f"cannot read the store {store.path}: {e}; is it damaged? move it aside") from e
+    finally:
+        store.close()
+
+
+def _write(rows, as_csv, as_json):
+    out = sys.stdout
+    n = 0
+    if as_csv:
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow(COLUMNS)
+        for row in rows:
+            w.writerow(["" if v is None else v for v in row])
+            n += 1
+        return n
+    if as_json:
+        out.write("[")
+        for row in rows:
+            out.write(("," if n else "") + "\n" + json.dumps(dict(zip(COLUMNS, row, strict=True))))
+            n += 1
+        out.write("\n]\n" if n else "]\n")
+        return n
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for c in COLUMNS:
+        table.add_column(c, justify="left" if c == "time" else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*("-" if v is None else str(v) for v in row))
+        n += 1
+    if n:
+        console = Console() if out.isatty() else Console(width=200, no_color=True, highlight=False)
+        console.print(table)
+    return n

@@ -1,0 +1,179 @@
+"""`fleet status` — the operator's view of the fleet: a summary line and one row per node.
+
+Thin: fleet.status.fleet_status() builds the data; this module renders it as a rich table, or
+prints it as JSON (`--json`: exactly the service's dict). `--watch` refreshes every --interval
+seconds until Ctrl-C (with --json: one JSON object per line per refresh).
+"""
+import json
+import sqlite3
+import sys
+import time
+
+import click
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from fleet import aqi as aqimod
+from fleet.cli._options import home_option
+from fleet.errors import FleetError
+from fleet.status import SORTS, STATES, fleet_status
+
+_STATE_STYLE = {"online": "green", "stale": "yellow", "offline": "red", "never": "dim"}
+
+
+def _duration(s):
+    """Compact duration: 42s, 5m, 3h12m, 4d03h."""
+    if s is None:
+        return "-"
+    s = int(s)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _dash(v):
+    return "-" if v is None else str(v)
+
+
+def summary_line(summary):
+    """Return the one-line text summary shown above the table."""
+    s = summary
+    parts = [
+        f"{s['nodes']} nodes: {s['online']} online, {s['stale']} stale, {s['offline']} offline, "
+        f"{s['never_heard']} never heard",
+    ]
+    fw = ", ".join(f"{v} x{n}" for v, n in s["firmware"].items()) or "-"
+    parts.append(f"firmware {fw}")
+    ratio = "-" if s["delivery_ratio"] is None else f"{100 * s['delivery_ratio']:.2f} %"
+    parts.append(f"delivery {ratio} ({s['readings']} readings, {s['duplicates']} duplicates)")
+    parts.append(f"gaps {s['gaps']} pending, {s['gaps_recovered']} recovered, {s['gaps_lost']} lost")
+    parts.append(f"rejects {s['rejects']}")
+    return " | ".join(parts)
+
+
+def render(result, aqi):
+    """Return a rich renderable: the summary line and the node table of `result`."""
+    index_title = "ICA" if aqi == "ica" else "AQI"
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name, justify in (("node", "right"), ("role", "left"), ("fw", "left"), ("state", "left"),
+                          ("PM2.5", "right"), (index_title, "left"), ("hops", "right"), ("parent", "right"),
+                          ("ETX", "right"), ("uptime", "right"), ("heap", "right"), ("backlog", "right"),
+                          ("gw", "right"), ("heard", "right")):
+        table.add_column(name, justify=justify, no_wrap=True)
+    for n in result["nodes"]:
+        if aqi == "ica":
+            index, level, cat = n["ica_index"], n["ica_level"], n["ica"]
+        else:
+            index, level, cat = n["aqi"], n["aqi_level"], n["aqi_category"]
+        idx = Text("-") if index is None else Text(f"{index} {cat}", style=aqimod.LEVEL_COLOURS[level])
+        table.add_row(
+            str(n["node"]),
+            n["role"],
+            n["firmware"] or "-",
+            Text(n["state"], style=_STATE_STYLE[n["state"]]),
+            "-" if n["pm25"] is None else f"{n['pm25']:.1f}",
+            idx,
+            _dash(n["hops"]),
+            _dash(n["parent"]),
+            "-" if n["link_etx"] is None else f"{n['link_etx']:.1f}",
+            _duration(n["uptime_s"]),
+            "-" if n["heap_free"] is None else f"{n['heap_free'] // 1024}K",
+            _dash(n["backlog"]),
+            _dash(n["gateway"]),
+            "never" if n["age_s"] is None else _duration(n["age_s"]) + " ago",
+        )
+    return Group(Text(summary_line(result["summary"])), table)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON (stable keys) instead of a table.")
+@click.option("--watch", is_flag=True, help="Refresh until Ctrl-C.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True, metavar="S",
+              help="Seconds between refreshes with --watch.")
+@click.option("--count", type=click.IntRange(min=1), default=None, hidden=True,
+              help="Stop --watch after this many refreshes (for scripts and tests).")
+@click.option("--node", "node_ids", type=click.IntRange(min=0), multiple=True, metavar="ID",
+              help="Only this node (repeatable).")
+@click.option("--state", "states", type=click.Choice(STATES), multiple=True, help="Only nodes in this state (repeatable).")
+@click.option("--gateway", type=click.IntRange(min=0), default=None, metavar="ID",
+              help="Only nodes last heard through this gateway.")
+@click.option("--sort", type=click.Choice(SORTS), default="node", show_default=True,
+              help="node id; or first the highest pm25, the longest silence (age), the most hops.")
+@click.option("--reverse", is_flag=True, help="Reverse the sort order.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Show at most this many nodes.")
+@click.option("--aqi", type=click.Choice(aqimod.SCHEMES), default=None,
+              help="Index shown: ica (Colombia, Res. 2254/2017) or epa (US AQI, 2024). Default: fleet.toml status.aqi.")
+@click.option("--rh-correction", type=click.Choice(aqimod.CORRECTIONS), default=None,
+              help="Humidity correction of PM2.5 (see fleet/aqi.py). Default: fleet.toml status.rh_correction.")
+@click.option("--stale-after", type=click.IntRange(min=1), default=None, metavar="S",
+              help="Seconds of silence before a node is stale. Default: fleet.toml status.stale_after_s.")
+@click.option("--offline-after", type=click.IntRange(min=1), default=None, metavar="S",
+              help="Seconds of silence before a node is offline. Default: fleet.toml status.offline_after_s.")
+@home_option
+def cli(home, as_json, watch, interval, count, node_ids, states, gateway, sort, reverse, limit, aqi, rh_correction,
+        stale_after, offline_after):
+    """Show every node's state, latest PM2.5 and air-quality category, and mesh health."""
+    home = home.with_overrides({
+        "status.aqi": aqi, "status.rh_correction": rh_correction,
+        "status.stale_after_s": stale_after, "status.offline_after_s": offline_after,
+    })
+    cfg = home.config["status"]
+    store = home.store()
+
+    def snapshot():
+        try:
+            return fleet_status(
+                store, int(time.time()), stale_after_s=cfg["stale_after_s"], offline_after_s=cfg["offline_after_s"],
+                nodes=node_ids or None, states=states or None, gateway=gateway, sort=sort, reverse=reverse,
+                aqi=cfg["aqi"], rh_correction=cfg["rh_correction"], limit=limit,
+            )
+        except sqlite3.Error as e:
+            raise FleetError(f"cannot read the store {store.path}: {e}; is it damaged? move it aside") from e
+
+    try:
+        if not watch:
+            result = snapshot()
+            if as_json:
+                click.echo(json.dumps(result, ensure_ascii=False))
+            else:
+                _console().print(render(result, cfg["aqi"]))
+            return
+        _watch(snapshot, as_json, cfg["aqi"], interval, count)
+    finally:
+        store.close()
+
+
+def _console():
+    # Piped output gets a wide, uncoloured table instead of one squeezed to 80 columns.
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=200, no_color=True, highlight=False)
+
+
+def _watch(snapshot, as_json, aqi, interval, count):
+    done = 0
+    try:
+        if as_json:
+            while count is None or done < count:
+                if done:
+                    time.sleep(interval)
+                click.echo(json.dumps(snapshot(), ensure_ascii=False))
+                sys.stdout.flush()
+                done += 1
+            return
+        console = _console()
+        with Live(render(snapshot(), aqi), console=console, auto_refresh=False,
+                  transient=False, screen=console.is_terminal) as live:
+            done = 1
+            while count is None or done < count:
+                time.sleep(interval)
+                live.update(render(snapshot(), aqi), refresh=True)
+                done += 1
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how --watch ends

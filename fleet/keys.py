@@ -1,0 +1,245 @@
+"""The fleet keystore: the fleet secret and the fleet's Ed25519 signing key, in `<home>/keys/`.
+
+Files (directory 0700):
+  fleet.secret        32 random bytes, mode 0600. Every node key and the mesh key derive from it
+                      (protocol.auth.derive_node_key / derive_mesh_key), so it is never printed,
+                      logged or copied anywhere but a backup.
+  fleet_signing.key   Ed25519 private key, PKCS#8 PEM (unencrypted), mode 0600. Signs OTA
+                      manifests and broadcast commands.
+  fleet_signing.pub   the raw 32-byte public key as hex, mode 0644: what nodes hold.
+
+Rules: private files are created with os.open(..., 0o600) and fchmod'ed (umask-proof), written to
+a temporary file and linked into place so an interrupted `keys init` leaves no half-written key;
+existing keys are never overwritten without force=True; a private file readable by group or
+others is refused when loaded (as ssh does), with the chmod that fixes it. Derived keys are
+cached in memory only. Nothing here returns a secret in a repr or an error message.
+"""
+import hashlib
+import os
+import secrets
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fleet.errors import FleetError
+from protocol import auth
+
+SECRET_NAME = "fleet.secret"
+SIGNING_NAME = "fleet_signing.key"
+PUBLIC_NAME = "fleet_signing.pub"
+SECRET_LEN = 32
+
+
+class KeystoreError(FleetError):
+    """A keystore problem the operator must fix (missing, unsafe or damaged key files)."""
+
+
+def _fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_file_atomic(path, data, mode, overwrite):
+    """Write `data` to `path` with permission bits `mode` regardless of the umask.
+
+    The bytes go to a fresh temporary file first (O_EXCL, created with `mode`, then fchmod), are
+    fsynced, then moved into place: os.replace when `overwrite`, else a hard link that fails if
+    `path` exists (no race between the check and the write). Raises FileExistsError when `path`
+    exists and not `overwrite`."""
+    tmp = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(tmp, flags, mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    try:
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise
+            except OSError:  # a filesystem without hard links: check, then rename
+                if os.path.lexists(path):
+                    raise FileExistsError(path) from None
+                os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+    _fsync_dir(os.path.dirname(path) or ".")
+
+
+def read_private_file(path, what):
+    """Return the bytes of private key file `path`, refusing one that group or others can
+    read or write. `what` names the file for messages. Raises KeystoreError."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise KeystoreError(f"no {what} at {path}: run `fleet keys init` to create the fleet keys") from None
+    except OSError as e:
+        raise KeystoreError(f"cannot open the {what} {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if st.st_mode & 0o077:
+            raise KeystoreError(
+                f"refusing to use the {what} {path}: it is readable by group or others "
+                f"(mode {st.st_mode & 0o777:04o}); run `chmod 600 {path}` and check who has seen it"
+            )
+        chunks = []
+        while True:
+            b = os.read(fd, 65536)
+            if not b:
+                break
+            chunks.append(b)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def fingerprint(public_key):
+    """Return a short printable fingerprint of a 32-byte public key: 'SHA256:<16 hex>'."""
+    return "SHA256:" + hashlib.sha256(public_key).hexdigest()[:16]
+
+
+class Keystore:
+    """The keys of one fleet home. Loads lazily; caches derived keys in memory only."""
+
+    def __init__(self, keys_dir, net_id):
+        self.dir = os.path.abspath(keys_dir)
+        self.net_id = int(net_id)
+        self.secret_path = os.path.join(self.dir, SECRET_NAME)
+        self.signing_path = os.path.join(self.dir, SIGNING_NAME)
+        self.public_path = os.path.join(self.dir, PUBLIC_NAME)
+        self._secret = None
+        self._signing = None
+        self._mesh_key = None
+        self._node_keys = {}
+
+    def __repr__(self):  # never the secrets
+        return f"Keystore({self.dir!r}, net_id={self.net_id})"
+
+    def exists(self):
+        """True when both private key files are present."""
+        return os.path.exists(self.secret_path) and os.path.exists(self.signing_path)
+
+    def init(self, force=False):
+        """Create the fleet secret and the Ed25519 signing key. Refuses (KeystoreError) when either
+        file exists unless `force`. Returns `info()` (paths and public key; no secrets)."""
+        present = [p for p in (self.secret_path, self.signing_path) if os.path.lexists(p)]
+        if present and not force:
+            raise KeystoreError(
+                f"fleet keys already exist ({', '.join(present)}); refusing to overwrite them. Every "
+                f"provisioned node depends on them: use --force only to start a new fleet"
+            )
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+        secret = secrets.token_bytes(SECRET_LEN)
+        signing = Ed25519PrivateKey.generate()
+        pem = signing.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        public = signing.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        try:
+            write_file_atomic(self.secret_path, secret, 0o600, overwrite=force)
+            write_file_atomic(self.signing_path, pem, 0o600, overwrite=force)
+            write_file_atomic(self.public_path, (public.hex() + "\n").encode(), 0o644, overwrite=True)
+        except FileExistsError as e:
+            raise KeystoreError(f"{e.filename or e} appeared while creating the keys; refusing to overwrite it") from None
+        self._secret, self._signing = secret, signing
+        self._mesh_key, self._node_keys = None, {}
+        return self.info()
+
+    def fleet_secret(self):
+        """Return the 32-byte fleet secret (loaded once; KeystoreError if missing, unsafe or damaged)."""
+        if self._secret is None:
+            data = read_private_file(self.secret_path, "fleet secret")
+            if len(data) != SECRET_LEN:
+                raise KeystoreError(
+                    f"the fleet secret {self.secret_path} holds {len(data)} bytes, expected {SECRET_LEN}: "
+                    f"restore it from a backup"
+                )
+            self._secret = data
+        return self._secret
+
+    def signing_key(self):
+        """Return the fleet's Ed25519PrivateKey (cryptography object)."""
+        if self._signing is None:
+            data = read_private_file(self.signing_path, "fleet signing key")
+            try:
+                key = serialization.load_pem_private_key(data, password=None)
+            except (ValueError, TypeError):
+                raise KeystoreError(
+                    f"the fleet signing key {self.signing_path} is not a readable PEM private key: "
+                    f"restore it from a backup"
+                ) from None
+            if not isinstance(key, Ed25519PrivateKey):
+                raise KeystoreError(f"the fleet signing key {self.signing_path} is not an Ed25519 key")
+            self._signing = key
+        return self._signing
+
+    def public_key(self):
+        """Return the raw 32-byte Ed25519 public key (from the .pub file, else the private key)."""
+        if self._signing is None:
+            try:
+                with open(self.public_path, encoding="ascii") as f:
+                    pub = bytes.fromhex(f.read().strip())
+                if len(pub) == 32:
+                    return pub
+            except (OSError, ValueError):
+                pass
+        return self.signing_key().public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+
+    def sign(self, data):
+        """Return the 64-byte Ed25519 signature of `data` by the fleet signing key."""
+        return self.signing_key().sign(data)
+
+    def mesh_key(self):
+        """Return the network's 32-byte mesh (hop-by-hop) key, derived and cached."""
+        if self._mesh_key is None:
+            self._mesh_key = auth.derive_mesh_key(self.fleet_secret(), self.net_id)
+        return self._mesh_key
+
+    def node_key(self, node_id):
+        """Return node `node_id`'s 32-byte end-to-end key, derived and cached."""
+        key = self._node_keys.get(node_id)
+        if key is None:
+            key = auth.derive_node_key(self.fleet_secret(), self.net_id, node_id)
+            self._node_keys[node_id] = key
+        return key
+
+    def info(self):
+        """Return plain data safe to print: paths, net id, public key hex and fingerprint."""
+        out = {
+            "keys_dir": self.dir,
+            "net_id": self.net_id,
+            "secret_file": self.secret_path,
+            "signing_key_file": self.signing_path,
+            "public_key_file": self.public_path,
+            "initialised": self.exists(),
+            "public_key": None,
+            "fingerprint": None,
+        }
+        if out["initialised"] or os.path.exists(self.public_path):
+            pub = self.public_key()
+            out["public_key"] = pub.hex()
+            out["fingerprint"] = fingerprint(pub)
+        return out

@@ -1,0 +1,193 @@
+"""The fleet status service: what `fleet status` shows, as plain data.
+
+`fleet_status(store, now_s, ...)` reads one row per node (Store.status_rows: registration
+joined with the latest state; readings are never scanned) and returns
+
+    {"summary": {...}, "nodes": [{...}, ...]}
+
+with stable keys (see NODE_KEYS and SUMMARY_KEYS). The summary describes the nodes the filters
+selected (all of them when there are none).
+
+A node's state comes from the age of the last time it was heard (any frame):
+    online   age <= stale_after_s
+    stale    stale_after_s < age <= offline_after_s
+    offline  age > offline_after_s
+    never    registered (provisioned) but never heard: shown at once, not after a timeout.
+
+PM2.5 is shown in ug/m3 with one decimal, with the category of Colombia's ICA and of the US
+EPA AQI for the node's LATEST reading (indicative: both indices are defined on 24-h means).
+"""
+from fleet import aqi as aqimod
+from fleet.errors import FleetError
+
+STATES = ("online", "stale", "offline", "never")
+SORTS = ("node", "pm25", "age", "hops")
+
+NODE_KEYS = (
+    "node", "role", "pole", "state", "firmware", "fw_seq", "pm25", "pm25_raw", "rh", "ica", "ica_index",
+    "ica_level", "aqi", "aqi_category", "aqi_level", "hops", "parent", "link_etx", "path_cost", "rssi",
+    "uptime_s", "heap_free", "backlog", "boot_count", "gateway", "last_heard", "age_s", "last_reading_ts",
+    "last_seq", "delivered", "duplicates", "delivery_ratio", "gaps", "gaps_lost", "ota_state", "ota_progress",
+)
+SUMMARY_KEYS = (
+    "generated_at", "nodes", "online", "stale", "offline", "never_heard", "readings", "duplicates",
+    "expected", "delivery_ratio", "gaps", "gaps_recovered", "gaps_lost", "rejects", "firmware", "categories",
+    "aqi", "rh_correction", "stale_after_s", "offline_after_s",
+)
+
+
+def state_of(last_heard, now_s, stale_after_s, offline_after_s):
+    """Return 'online', 'stale', 'offline' or 'never' for a node last heard at `last_heard`."""
+    if last_heard is None:
+        return "never"
+    age = now_s - last_heard
+    if age <= stale_after_s:
+        return "online"
+    if age <= offline_after_s:
+        return "stale"
+    return "offline"
+
+
+def _tenths(v):
+    return None if v is None else round(v / 10, 1)
+
+
+def _node_view(r, now_s, stale_after_s, offline_after_s, rh_correction, gap_counts):
+    last_heard = r["last_heard"]
+    raw = r["pm25"]
+    pm = aqimod.correct_pm25(rh_correction, raw, r["rh"]) if raw is not None else None
+    if pm is None:
+        ica = epa = (None, None, None)
+    else:
+        ica, epa = aqimod.ica_pm25(pm), aqimod.epa_aqi_pm25(pm)
+    gaps = gap_counts.get(r["node"], {})
+    last_seq, min_seq, delivered = r["last_seq"], r["min_seq"], r["delivered"]
+    expected = (last_seq - min_seq + 1) if last_seq is not None and min_seq is not None else 0
+    return {
+        "node": r["node"],
+        "role": r["role"],
+        "pole": r["pole"],
+        "state": state_of(last_heard, now_s, stale_after_s, offline_after_s),
+        "firmware": r["fw_version"] or r["registered_fw"],
+        "fw_seq": r["fw_seq"],
+        "pm25": _tenths(pm),
+        "pm25_raw": _tenths(raw),
+        "rh": r["rh"],
+        "ica": ica[2],
+        "ica_index": ica[0],
+        "ica_level": ica[1],
+        "aqi": epa[0],
+        "aqi_category": epa[2],
+        "aqi_level": epa[1],
+        "hops": r["hops"],
+        "parent": r["parent"],
+        # ETX and path cost travel in tenths (protocol: beacon cost); shown as ratios.
+        "link_etx": _tenths(r["link_etx"]),
+        "path_cost": _tenths(r["path_cost"]),
+        "rssi": r["rssi"],
+        "uptime_s": r["uptime_s"],
+        "heap_free": r["heap_free"],
+        "backlog": r["backlog"],
+        "boot_count": r["boot_count"],
+        "gateway": r["gateway"],
+        "last_heard": last_heard,
+        "age_s": None if last_heard is None else max(0, now_s - last_heard),
+        "last_reading_ts": r["last_ts"],
+        "last_seq": last_seq,
+        "delivered": delivered or 0,
+        "duplicates": r["duplicates"] or 0,
+        "delivery_ratio": round(delivered / expected, 4) if expected else None,
+        "gaps": gaps.get("open", 0) + gaps.get("requested", 0),
+        "gaps_lost": gaps.get("lost", 0),
+        "ota_state": r["ota_state"],
+        "ota_progress": r["ota_progress"],
+        "_expected": expected,
+        "_gaps_recovered": gaps.get("recovered", 0),
+    }
+
+
+def _sort_key(sort):
+    # Each sort puts first what an operator looks for: highest PM2.5, longest silence
+    # (never-heard first), most hops. Unknown values go last; ties by node id.
+    if sort == "node":
+        return lambda n: n["node"]
+    if sort == "pm25":
+        return lambda n: (n["pm25"] is None, -(n["pm25"] or 0), n["node"])
+    if sort == "age":
+        return lambda n: (n["age_s"] is not None, -(n["age_s"] or 0), n["node"])
+    if sort == "hops":
+        return lambda n: (n["hops"] is None, -(n["hops"] or 0), n["node"])
+    raise FleetError(f"unknown sort {sort!r}; expected one of {', '.join(SORTS)}")
+
+
+def fleet_status(store, now_s, stale_after_s=300, offline_after_s=1800, nodes=None, states=None, gateway=None,
+                 sort="node", reverse=False, aqi="ica", rh_correction="none", limit=None):
+    """Return {'summary': ..., 'nodes': [...]} for the nodes selected by `nodes` (ids),
+    `states` (subset of STATES) and `gateway` (last gateway heard through), sorted by `sort`
+    (SORTS; `reverse` flips) and cut to `limit` rows (the summary still counts all selected).
+    `aqi` ('ica' | 'epa') picks the index the summary's `categories` count; both are in every
+    node. `rh_correction` ('none' | 'epa2021' | 'kappa') corrects PM2.5 for humidity.
+    Raises FleetError on inconsistent arguments."""
+    if stale_after_s >= offline_after_s:
+        raise FleetError(f"the stale threshold ({stale_after_s} s) must be below the offline threshold ({offline_after_s} s)")
+    if aqi not in aqimod.SCHEMES:
+        raise FleetError(f"unknown air-quality index {aqi!r}; expected one of {', '.join(aqimod.SCHEMES)}")
+    if rh_correction not in aqimod.CORRECTIONS:
+        raise FleetError(f"unknown humidity correction {rh_correction!r}; expected one of {', '.join(aqimod.CORRECTIONS)}")
+    key = _sort_key(sort)
+    for s in states or ():
+        if s not in STATES:
+            raise FleetError(f"unknown state {s!r}; expected some of {', '.join(STATES)}")
+
+    rows = store.status_rows(nodes=list(nodes) if nodes else None, gateway=gateway)
+    gap_counts = store.gap_counts()
+    views = [_node_view(r, now_s, stale_after_s, offline_after_s, rh_correction, gap_counts) for r in rows]
+    if states:
+        wanted = set(states)
+        views = [v for v in views if v["state"] in wanted]
+
+    counts = {s: 0 for s in STATES}
+    firmware = {}
+    categories = {}
+    readings = duplicates = expected = gaps = gaps_lost = gaps_recovered = 0
+    cat_key = "ica" if aqi == "ica" else "aqi_category"
+    for v in views:
+        counts[v["state"]] += 1
+        fw = v["firmware"] or "unknown"
+        firmware[fw] = firmware.get(fw, 0) + 1
+        cat = v[cat_key]
+        if cat is not None:
+            categories[cat] = categories.get(cat, 0) + 1
+        readings += v["delivered"]
+        duplicates += v["duplicates"]
+        expected += v.pop("_expected")
+        gaps += v["gaps"]
+        gaps_lost += v["gaps_lost"]
+        gaps_recovered += v.pop("_gaps_recovered")
+
+    views.sort(key=key, reverse=reverse)
+    if limit is not None:
+        views = views[:limit]
+    summary = {
+        "generated_at": now_s,
+        "nodes": sum(counts.values()),
+        "online": counts["online"],
+        "stale": counts["stale"],
+        "offline": counts["offline"],
+        "never_heard": counts["never"],
+        "readings": readings,
+        "duplicates": duplicates,
+        "expected": expected,
+        "delivery_ratio": round(readings / expected, 4) if expected else None,
+        "gaps": gaps,
+        "gaps_recovered": gaps_recovered,
+        "gaps_lost": gaps_lost,
+        "rejects": sum(r["count"] for r in store.rejects().values()),
+        "firmware": dict(sorted(firmware.items())),
+        "categories": categories,
+        "aqi": aqi,
+        "rh_correction": rh_correction,
+        "stale_after_s": stale_after_s,
+        "offline_after_s": offline_after_s,
+    }
+    return {"summary": summary, "nodes": views}
