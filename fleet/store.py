@@ -409,6 +409,9 @@ class SQLiteStore(Store):
         seen = {}
         for r in rows:
             node, rx_ts = r[0], r[3]
+            if node is None or r[1] is None or r[2] is None:
+                # checked here: INSERT OR IGNORE would silently skip a NOT NULL violation
+                raise ValueError(f"a reading needs node, seq and ts; got {dict(zip(READING_FIELDS, r, strict=True))}")
             s = seen.get(node)
             if s is None:
                 seen[node] = [1, rx_ts, r[11], r[12], r[13]]
@@ -422,10 +425,7 @@ class SQLiteStore(Store):
             for i in range(0, len(rows), _CHUNK_ROWS):
                 chunk = rows[i:i + _CHUNK_ROWS]
                 flat = [v for r in chunk for v in r]
-                try:
-                    stored.extend(ex(self._insert_stmt(len(chunk)), flat).fetchall())
-                except sqlite3.IntegrityError as e:  # NOT NULL: node, seq, ts
-                    raise ValueError(f"bad reading in batch: {e}") from e
+                stored.extend(ex(self._insert_stmt(len(chunk)), flat).fetchall())
             # node -> [count, min_seq, last row (seq, ts, pm1, pm25, pm10, rh, temp)]
             agg = {}
             for node, seq, ts, pm1, pm25, pm10, rh, temp in stored:
