@@ -261,10 +261,11 @@ class Sampler:
         Samples while asleep or warming up, or without a pm25 value, are discarded.
         """
         self._advance(now_ms)
-        if self.state != SAMPLE or not _is_int(sample.pm25):
+        w = self._window
+        if self.state != SAMPLE or w is None or not _is_int(sample.pm25):
             self.samples_discarded += 1
             return False
-        self._window.add(sample)
+        w.add(sample)
         return True
 
     def on_checksum_errors(self, count, now_ms):
@@ -273,8 +274,9 @@ class Sampler:
             return
         self._advance(now_ms)
         self.checksum_errors += count
-        if self.state == SAMPLE:
-            self._window.checksum_errors += count
+        w = self._window
+        if self.state == SAMPLE and w is not None:
+            w.checksum_errors += count
 
     def configure(self, config):
         """Use `config` (a SamplerConfig) from the next cycle (duty) or report (continuous) on."""
@@ -356,7 +358,10 @@ class Sampler:
         self._actions.append(ACTION_SLEEP)
 
     def _close(self, end_ms):
-        agg = self._window.close(end_ms)
+        w = self._window
+        if w is None:  # cannot happen in SAMPLE; keeps the type checker honest
+            return
+        agg = w.close(end_ms)
         self._window = None
         self.windows += 1
         if agg.n == 0:

@@ -1,6 +1,5 @@
 # SDS011 parser and commands. Runs under CPython (pytest) and MicroPython.
-from firmware.drivers import SensorSample, command_bytes, make_parser
-from firmware.drivers import sds011
+from firmware.drivers import SensorSample, command_bytes, make_parser, sds011
 from firmware.drivers.sds011 import SDS011Parser
 
 
