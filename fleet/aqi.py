@@ -61,7 +61,7 @@ EPA_PM25 = (
 
 # Display colours per level (the standard six AQI colours; the ICA uses the same bands:
 # verde, amarillo, naranja, rojo, purpura, marron).
-LEVEL_COLOURS = {1: "green", 2: "yellow", 3: "dark_orange", 4: "red", 5: "magenta", 6: "dark_red"}
+LEVEL_COLOURS = {1: "green", 2: "yellow", 3: "orange", 4: "red", 5: "magenta", 6: "maroon"}
 
 SCHEMES = ("ica", "epa")
 

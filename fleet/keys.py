@@ -4,8 +4,9 @@ Files (directory 0700):
   fleet.secret        32 random bytes, mode 0600. Every node key and the mesh key derive from it
                       (protocol.auth.derive_node_key / derive_mesh_key), so it is never printed,
                       logged or copied anywhere but a backup.
-  fleet_signing.key   Ed25519 private key, PKCS#8 PEM (unencrypted), mode 0600. Signs OTA
-                      manifests and broadcast commands.
+  fleet_signing.key   Ed25519 private key: the raw 32-byte seed (RFC 8032), mode 0600, in the
+                      format of fleet/signing.py (load_private_key / sign). Signs OTA manifests
+                      and broadcast commands.
   fleet_signing.pub   the raw 32-byte public key as hex, mode 0644: what nodes hold.
 
 Rules: private files are created with os.open(..., 0o600) and fchmod'ed (umask-proof), written to
@@ -18,9 +19,7 @@ import hashlib
 import os
 import secrets
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
+from fleet import signing
 from fleet.errors import FleetError
 from protocol import auth
 
@@ -151,18 +150,14 @@ class Keystore:
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         os.chmod(self.dir, 0o700)
         secret = secrets.token_bytes(SECRET_LEN)
-        signing = Ed25519PrivateKey.generate()
-        pem = signing.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        public = signing.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        seed, public = signing.generate_keypair()
         try:
             write_file_atomic(self.secret_path, secret, 0o600, overwrite=force)
-            write_file_atomic(self.signing_path, pem, 0o600, overwrite=force)
+            write_file_atomic(self.signing_path, seed, 0o600, overwrite=force)
             write_file_atomic(self.public_path, (public.hex() + "\n").encode(), 0o644, overwrite=True)
         except FileExistsError as e:
             raise KeystoreError(f"{e.filename or e} appeared while creating the keys; refusing to overwrite it") from None
-        self._secret, self._signing = secret, signing
+        self._secret, self._signing = secret, seed
         self._mesh_key, self._node_keys = None, {}
         return self.info()
 
@@ -178,20 +173,15 @@ class Keystore:
             self._secret = data
         return self._secret
 
-    def signing_key(self):
-        """Return the fleet's Ed25519PrivateKey (cryptography object)."""
+    def signing_seed(self):
+        """Return the fleet's Ed25519 private key: the 32-byte seed fleet.signing.sign() takes.
+        Raises FleetError if the file is missing, unsafe (group/world-readable) or damaged."""
         if self._signing is None:
-            data = read_private_file(self.signing_path, "fleet signing key")
-            try:
-                key = serialization.load_pem_private_key(data, password=None)
-            except (ValueError, TypeError):
+            if not os.path.exists(self.signing_path):
                 raise KeystoreError(
-                    f"the fleet signing key {self.signing_path} is not a readable PEM private key: "
-                    f"restore it from a backup"
-                ) from None
-            if not isinstance(key, Ed25519PrivateKey):
-                raise KeystoreError(f"the fleet signing key {self.signing_path} is not an Ed25519 key")
-            self._signing = key
+                    f"no fleet signing key at {self.signing_path}: run `fleet keys init` to create the fleet keys"
+                )
+            self._signing = signing.load_private_key(self.signing_path)
         return self._signing
 
     def public_key(self):
@@ -204,13 +194,11 @@ class Keystore:
                     return pub
             except (OSError, ValueError):
                 pass
-        return self.signing_key().public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
+        return signing.public_key_of(self.signing_seed())
 
     def sign(self, data):
         """Return the 64-byte Ed25519 signature of `data` by the fleet signing key."""
-        return self.signing_key().sign(data)
+        return signing.sign(self.signing_seed(), data)
 
     def mesh_key(self):
         """Return the network's 32-byte mesh (hop-by-hop) key, derived and cached."""

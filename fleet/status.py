@@ -48,61 +48,84 @@ def state_of(last_heard, now_s, stale_after_s, offline_after_s):
     return "offline"
 
 
-def _tenths(v):
-    return None if v is None else round(v / 10, 1)
+# What the views read from the store (Store.status_rows fields).
+_ROW_FIELDS = (
+    "node", "role", "pole", "registered_fw", "last_heard", "last_seq", "last_ts", "pm25", "rh", "delivered",
+    "duplicates", "min_seq", "parent", "link_etx", "path_cost", "uptime_s", "heap_free", "backlog", "gateway",
+    "rssi", "hops", "fw_version", "fw_seq", "boot_count", "ota_state", "ota_progress",
+)
 
 
-def _node_view(r, now_s, stale_after_s, offline_after_s, rh_correction, gap_counts):
-    last_heard = r["last_heard"]
-    raw = r["pm25"]
-    pm = aqimod.correct_pm25(rh_correction, raw, r["rh"]) if raw is not None else None
+_NO_INDEX = ((None, None, None), (None, None, None))
+
+
+_NO_GAPS = {}
+
+
+def _node_view(r, now_s, stale_after_s, offline_after_s, rh_correction, gap_counts, index_cache):
+    # Unpacked by position (_ROW_FIELDS order): a name lookup per field costs ~40 % of the time
+    # at 100k nodes.
+    (node, role, pole, registered_fw, last_heard, last_seq, last_ts, raw, rh, delivered, duplicates, min_seq,
+     parent, link_etx, path_cost, uptime_s, heap_free, backlog, gateway, rssi, hops, fw_version, fw_seq,
+     boot_count, ota_state, ota_progress) = r
+    pm = raw if raw is None or rh_correction == "none" else aqimod.correct_pm25(rh_correction, raw, rh)
     if pm is None:
-        ica = epa = (None, None, None)
+        ica, epa = _NO_INDEX
     else:
-        ica, epa = aqimod.ica_pm25(pm), aqimod.epa_aqi_pm25(pm)
-    gaps = gap_counts.get(r["node"], {})
-    last_seq, min_seq, delivered = r["last_seq"], r["min_seq"], r["delivered"]
+        # PM values repeat across thousands of nodes: compute each index once per value
+        both = index_cache.get(pm)
+        if both is None:
+            both = index_cache[pm] = (aqimod.ica_pm25(pm), aqimod.epa_aqi_pm25(pm))
+        ica, epa = both
+    gaps = gap_counts.get(node, _NO_GAPS)
     expected = (last_seq - min_seq + 1) if last_seq is not None and min_seq is not None else 0
+    if last_heard is None:
+        state, age_s = "never", None
+    else:
+        age_s = now_s - last_heard
+        state = "online" if age_s <= stale_after_s else "stale" if age_s <= offline_after_s else "offline"
+        if age_s < 0:  # clock skew between gateway and fleet host
+            age_s = 0
     return {
-        "node": r["node"],
-        "role": r["role"],
-        "pole": r["pole"],
-        "state": state_of(last_heard, now_s, stale_after_s, offline_after_s),
-        "firmware": r["fw_version"] or r["registered_fw"],
-        "fw_seq": r["fw_seq"],
-        "pm25": _tenths(pm),
-        "pm25_raw": _tenths(raw),
-        "rh": r["rh"],
+        "node": node,
+        "role": role,
+        "pole": pole,
+        "state": state,
+        "firmware": fw_version or registered_fw,
+        "fw_seq": fw_seq,
+        "pm25": None if pm is None else pm / 10,  # int / 10 prints with one decimal
+        "pm25_raw": None if raw is None else raw / 10,
+        "rh": rh,
         "ica": ica[2],
         "ica_index": ica[0],
         "ica_level": ica[1],
         "aqi": epa[0],
         "aqi_category": epa[2],
         "aqi_level": epa[1],
-        "hops": r["hops"],
-        "parent": r["parent"],
+        "hops": hops,
+        "parent": parent,
         # ETX and path cost travel in tenths (protocol: beacon cost); shown as ratios.
-        "link_etx": _tenths(r["link_etx"]),
-        "path_cost": _tenths(r["path_cost"]),
-        "rssi": r["rssi"],
-        "uptime_s": r["uptime_s"],
-        "heap_free": r["heap_free"],
-        "backlog": r["backlog"],
-        "boot_count": r["boot_count"],
-        "gateway": r["gateway"],
+        "link_etx": None if link_etx is None else link_etx / 10,
+        "path_cost": None if path_cost is None else path_cost / 10,
+        "rssi": rssi,
+        "uptime_s": uptime_s,
+        "heap_free": heap_free,
+        "backlog": backlog,
+        "boot_count": boot_count,
+        "gateway": gateway,
         "last_heard": last_heard,
-        "age_s": None if last_heard is None else max(0, now_s - last_heard),
-        "last_reading_ts": r["last_ts"],
+        "age_s": age_s,
+        "last_reading_ts": last_ts,
         "last_seq": last_seq,
         "delivered": delivered or 0,
-        "duplicates": r["duplicates"] or 0,
+        "duplicates": duplicates or 0,
         "delivery_ratio": round(delivered / expected, 4) if expected else None,
-        "gaps": gaps.get("open", 0) + gaps.get("requested", 0),
-        "gaps_lost": gaps.get("lost", 0),
-        "ota_state": r["ota_state"],
-        "ota_progress": r["ota_progress"],
+        "gaps": gaps.get("open", 0) + gaps.get("requested", 0) if gaps else 0,
+        "gaps_lost": gaps.get("lost", 0) if gaps else 0,
+        "ota_state": ota_state,
+        "ota_progress": ota_progress,
         "_expected": expected,
-        "_gaps_recovered": gaps.get("recovered", 0),
+        "_gaps_recovered": gaps.get("recovered", 0) if gaps else 0,
     }
 
 
@@ -139,9 +162,10 @@ def fleet_status(store, now_s, stale_after_s=300, offline_after_s=1800, nodes=No
         if s not in STATES:
             raise FleetError(f"unknown state {s!r}; expected some of {', '.join(STATES)}")
 
-    rows = store.status_rows(nodes=list(nodes) if nodes else None, gateway=gateway)
+    rows = store.status_rows(nodes=list(nodes) if nodes else None, gateway=gateway, fields=_ROW_FIELDS)
     gap_counts = store.gap_counts()
-    views = [_node_view(r, now_s, stale_after_s, offline_after_s, rh_correction, gap_counts) for r in rows]
+    cache = {}
+    views = [_node_view(r, now_s, stale_after_s, offline_after_s, rh_correction, gap_counts, cache) for r in rows]
     if states:
         wanted = set(states)
         views = [v for v in views if v["state"] in wanted]

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from fleet import signing
 from fleet.cli import group
 from fleet.errors import FleetError
 from fleet.home import FleetHome
@@ -64,8 +65,8 @@ def test_refuses_group_or_world_readable_key_files(tmp_path):
         Keystore(ks.dir, 1).fleet_secret()
     os.chmod(ks.secret_path, 0o600)
     os.chmod(ks.signing_path, 0o604)
-    with pytest.raises(FleetError, match="readable by group or others"):
-        Keystore(ks.dir, 1).signing_key()
+    with pytest.raises(FleetError, match="chmod 600"):
+        Keystore(ks.dir, 1).signing_seed()
 
 
 def test_missing_and_damaged_keys_are_clear_errors(tmp_path):
@@ -78,9 +79,12 @@ def test_missing_and_damaged_keys_are_clear_errors(tmp_path):
     with pytest.raises(FleetError, match="holds 5 bytes"):
         Keystore(ks.dir, 1).fleet_secret()
     with open(ks.signing_path, "wb") as f:
-        f.write(b"-----BEGIN NONSENSE-----\n")
-    with pytest.raises(FleetError, match="not a readable PEM"):
-        Keystore(ks.dir, 1).signing_key()
+        f.write(b"x" * 40)
+    with pytest.raises(FleetError, match="bytes"):
+        Keystore(ks.dir, 1).signing_seed()
+    os.unlink(ks.signing_path)
+    with pytest.raises(FleetError, match="fleet keys init"):
+        Keystore(ks.dir, 1).signing_seed()
 
 
 def test_derived_keys_match_protocol_auth_and_are_cached(tmp_path):
@@ -102,6 +106,9 @@ def test_signature_verifies_with_the_public_key(tmp_path):
     loaded = Keystore(ks.dir, 1)
     sig = loaded.sign(b"manifest")
     Ed25519PublicKey.from_public_bytes(loaded.public_key()).verify(sig, b"manifest")  # raises if bad
+    # the key file is in fleet/signing.py's format, so OTA tools can load it directly
+    assert signing.sign(signing.load_private_key(ks.signing_path), b"manifest") == sig
+    assert os.path.getsize(ks.signing_path) == 32
 
 
 def test_repr_hides_secrets(tmp_path):
@@ -122,17 +129,14 @@ def test_cli_init_and_show_never_print_secrets(tmp_path):
     assert r.exit_code == 0, r.output
     h = FleetHome(home)
     secret = h.keys().fleet_secret()
-    with open(h.keys().signing_path, "rb") as f:
-        pem = f.read()
+    seed = h.keys().signing_seed()
     r2 = runner.invoke(group, ["keys", "show", "--home", home])
     r3 = runner.invoke(group, ["keys", "show", "--json", "--home", home])
     assert r2.exit_code == 0 and r3.exit_code == 0
     for res in (r, r2, r3):
         out = res.output + (res.stderr or "")
-        for form in _secret_forms(secret):
+        for form in _secret_forms(secret) + _secret_forms(seed):
             assert form not in out
-        assert "PRIVATE KEY" not in out
-        assert pem.split(b"\n")[1].decode() not in out  # the PEM body
     info = json.loads(r3.stdout)
     assert info["public_key"] == h.keys().public_key().hex()
     assert info["secret_file"].endswith("fleet.secret")

@@ -57,7 +57,7 @@ def show_cmd(home, as_json):
     info = keys.info()
     if info["initialised"]:
         keys.fleet_secret()  # refuses unsafe permissions now rather than at first use
-        keys.signing_key()
+        keys.signing_seed()
     _print_info(info, as_json)
     if not info["initialised"]:
         click.echo(f"no fleet keys in {info['keys_dir']}: run `fleet keys init`", err=True)

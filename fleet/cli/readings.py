@@ -14,10 +14,9 @@ import sys
 import time
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from fleet.cli._options import home_option
+from fleet.cli._table import format_table, want_colour
 from fleet.errors import FleetError
 
 COLUMNS = ("node", "seq", "time", "ts", "rx_ts", "pm1_ugm3", "pm25_ugm3", "pm10_ugm3", "rh_pct", "temp_c", "n",
@@ -116,13 +115,8 @@ def _write(rows, as_csv, as_json):
             n += 1
         out.write("\n]\n" if n else "]\n")
         return n
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for c in COLUMNS:
-        table.add_column(c, justify="left" if c == "time" else "right", no_wrap=True)
-    for row in rows:
-        table.add_row(*("-" if v is None else str(v) for v in row))
-        n += 1
-    if n:
-        console = Console() if out.isatty() else Console(width=200, no_color=True, highlight=False)
-        console.print(table)
-    return n
+    body = [tuple("-" if v is None else str(v) for v in row) for row in rows]
+    if body:
+        columns = [(c, "l" if c == "time" else "r") for c in COLUMNS]
+        click.echo(format_table(columns, body, want_colour()))
+    return len(body)

@@ -1,8 +1,9 @@
 """`fleet status` — the operator's view of the fleet: a summary line and one row per node.
 
-Thin: fleet.status.fleet_status() builds the data; this module renders it as a rich table, or
+Thin: fleet.status.fleet_status() builds the data; this module renders it as a table, or
 prints it as JSON (`--json`: exactly the service's dict). `--watch` refreshes every --interval
-seconds until Ctrl-C (with --json: one JSON object per line per refresh).
+seconds until Ctrl-C (with --json: one JSON object per line per refresh). The table is plain
+fixed-width text (fleet/cli/_table.py) because rich's Table needs ~8 s for 5,000 rows.
 """
 import json
 import sqlite3
@@ -10,13 +11,10 @@ import sys
 import time
 
 import click
-from rich.console import Console, Group
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
 
 from fleet import aqi as aqimod
 from fleet.cli._options import home_option
+from fleet.cli._table import format_table, want_colour
 from fleet.errors import FleetError
 from fleet.status import SORTS, STATES, fleet_status
 
@@ -57,28 +55,28 @@ def summary_line(summary):
     return " | ".join(parts)
 
 
-def render(result, aqi):
-    """Return a rich renderable: the summary line and the node table of `result`."""
-    index_title = "ICA" if aqi == "ica" else "AQI"
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for name, justify in (("node", "right"), ("role", "left"), ("fw", "left"), ("state", "left"),
-                          ("PM2.5", "right"), (index_title, "left"), ("hops", "right"), ("parent", "right"),
-                          ("ETX", "right"), ("uptime", "right"), ("heap", "right"), ("backlog", "right"),
-                          ("gw", "right"), ("heard", "right")):
-        table.add_column(name, justify=justify, no_wrap=True)
+_COLUMNS = [("node", "r"), ("role", "l"), ("fw", "l"), ("state", "l"), ("PM2.5", "r"), ("INDEX", "l"),
+            ("hops", "r"), ("parent", "r"), ("ETX", "r"), ("uptime", "r"), ("heap", "r"), ("backlog", "r"),
+            ("gw", "r"), ("heard", "r")]
+
+
+def render(result, aqi, colour=False):
+    """Return the summary line and the node table of `result` as text."""
+    columns = list(_COLUMNS)
+    columns[5] = ("ICA" if aqi == "ica" else "AQI", "l")
+    rows = []
     for n in result["nodes"]:
         if aqi == "ica":
             index, level, cat = n["ica_index"], n["ica_level"], n["ica"]
         else:
             index, level, cat = n["aqi"], n["aqi_level"], n["aqi_category"]
-        idx = Text("-") if index is None else Text(f"{index} {cat}", style=aqimod.LEVEL_COLOURS[level])
-        table.add_row(
+        rows.append((
             str(n["node"]),
             n["role"],
             n["firmware"] or "-",
-            Text(n["state"], style=_STATE_STYLE[n["state"]]),
+            (n["state"], _STATE_STYLE[n["state"]]),
             "-" if n["pm25"] is None else f"{n['pm25']:.1f}",
-            idx,
+            "-" if index is None else (f"{index} {cat}", aqimod.LEVEL_COLOURS[level]),
             _dash(n["hops"]),
             _dash(n["parent"]),
             "-" if n["link_etx"] is None else f"{n['link_etx']:.1f}",
@@ -87,8 +85,8 @@ def render(result, aqi):
             _dash(n["backlog"]),
             _dash(n["gateway"]),
             "never" if n["age_s"] is None else _duration(n["age_s"]) + " ago",
-        )
-    return Group(Text(summary_line(result["summary"])), table)
+        ))
+    return summary_line(result["summary"]) + "\n" + format_table(columns, rows, colour)
 
 
 @click.command()
@@ -142,38 +140,29 @@ def cli(home, as_json, watch, interval, count, node_ids, states, gateway, sort, 
             if as_json:
                 click.echo(json.dumps(result, ensure_ascii=False))
             else:
-                _console().print(render(result, cfg["aqi"]))
+                click.echo(render(result, cfg["aqi"], want_colour()))
             return
         _watch(snapshot, as_json, cfg["aqi"], interval, count)
     finally:
         store.close()
 
 
-def _console():
-    # Piped output gets a wide, uncoloured table instead of one squeezed to 80 columns.
-    if sys.stdout.isatty():
-        return Console()
-    return Console(width=200, no_color=True, highlight=False)
-
-
 def _watch(snapshot, as_json, aqi, interval, count):
+    tty = want_colour()
     done = 0
     try:
-        if as_json:
-            while count is None or done < count:
-                if done:
-                    time.sleep(interval)
-                click.echo(json.dumps(snapshot(), ensure_ascii=False))
-                sys.stdout.flush()
-                done += 1
-            return
-        console = _console()
-        with Live(render(snapshot(), aqi), console=console, auto_refresh=False,
-                  transient=False, screen=console.is_terminal) as live:
-            done = 1
-            while count is None or done < count:
+        while count is None or done < count:
+            if done:
                 time.sleep(interval)
-                live.update(render(snapshot(), aqi), refresh=True)
-                done += 1
+            result = snapshot()
+            if as_json:
+                click.echo(json.dumps(result, ensure_ascii=False))
+            elif tty:
+                # home the cursor and clear: a refreshing view, like watch(1)
+                click.echo("\x1b[H\x1b[2J" + render(result, aqi, True), nl=True)
+            else:
+                click.echo(render(result, aqi, False) + "\n")
+            sys.stdout.flush()
+            done += 1
     except KeyboardInterrupt:
         pass  # Ctrl-C is how --watch ends
