@@ -1,0 +1,54 @@
+"""Red Mesh wire protocol: the one definition of every byte on the air and on MQTT.
+
+Public API (identical on MicroPython and CPython):
+    encode(frame, mesh_key=None, node_key=None) -> bytes
+    decode(buf, mesh_key=None, node_key=None) -> frame      (raises only ProtocolError)
+    peek_type(buf) -> int
+    ProtocolError
+and the frame classes below. The normative spec is protocol/redmesh.cddl.
+"""
+from protocol.errors import ProtocolError  # noqa: F401
+from protocol.frames import (  # noqa: F401
+    BF_GATEWAY,
+    BF_NO_ROUTE,
+    BF_PULL,
+    COST_INFINITE,
+    MAX_ENVELOPE,
+    MAX_FRAME,
+    MAX_READINGS,
+    OP_PING,
+    OP_REBOOT,
+    OP_RESEND,
+    OP_SET,
+    OP_STATUS,
+    OTA_PKT_MAX,
+    OTA_PKTS_PER_PAGE,
+    T_BEACON,
+    T_COMMAND,
+    T_DOWNLINK,
+    T_ENVELOPE,
+    T_OTA_ADV,
+    T_OTA_DATA,
+    T_OTA_REQ,
+    T_REPLY,
+    T_STATUS,
+    T_TELEMETRY,
+    TYPE_NAMES,
+    VERSION,
+    Beacon,
+    Command,
+    Downlink,
+    Envelope,
+    OtaAdvert,
+    OtaData,
+    OtaRequest,
+    Reading,
+    Reply,
+    Status,
+    StatusBody,
+    Telemetry,
+    decode,
+    encode,
+    peek_type,
+    signed_bytes,
+)

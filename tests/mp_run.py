@@ -18,7 +18,7 @@ def run_module(path):
     name = path.split("/")[-1][:-3]
     d = path[: path.rfind("/")] if "/" in path else "."
     if d not in sys.path:
-        sys.path.insert(0, d)
+        sys.path.append(d)  # after any -p dirs, so precompiled test modules win
     mod = __import__(name)
     passed = failed = 0
     names = sorted(n for n in dir(mod) if n.startswith("test_"))
@@ -41,8 +41,14 @@ def main(argv):
     root = _root_of(argv[0]) if argv else "."
     if root not in sys.path:
         sys.path.insert(0, root)
+    args = argv[1:]
+    # -p DIR: import device code from DIR first (protocol/ and firmware/ precompiled with
+    # mpy-cross, as they ship to a board: compiling source on the device costs heap it lacks)
+    while args and args[0] == "-p":
+        sys.path.insert(0, args[1])
+        args = args[2:]
     total_p = total_f = 0
-    for path in argv[1:]:
+    for path in args:
         p, f = run_module(path)
         total_p += p
         total_f += f

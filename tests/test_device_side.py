@@ -3,9 +3,9 @@ an ESP32's. The same files are collected by pytest on CPython (tests/device is a
 import glob
 import os
 import subprocess
+import sys
 
 import pytest
-
 from conftest import ROOT, micropython_bin
 
 DEVICE_TESTS = sorted(glob.glob(os.path.join(ROOT, "tests", "device", "test_*.py")))
@@ -25,12 +25,32 @@ def _heap_for(name):
     return HEAP["default"]
 
 
+@pytest.fixture(scope="session")
+def mpy_dir(tmp_path_factory):
+    """protocol/ and firmware/ compiled by mpy-cross, as a board would hold them."""
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import mpy_build
+
+    out = str(tmp_path_factory.mktemp("mpy"))
+    fails = mpy_build.build(out)
+    assert not fails, f"mpy-cross failed: {fails}"
+    # The test modules too: compiling a large test file from source on a 64k heap measures the
+    # compiler, not our code (a board runs precompiled bytecode).
+    tdir = os.path.join(out, "devtests")
+    os.makedirs(tdir)
+    for src in glob.glob(os.path.join(ROOT, "tests", "device", "*.py")):
+        dst = os.path.join(tdir, os.path.basename(src)[:-3] + ".mpy")
+        subprocess.run([mpy_build.mpy_cross(), "-o", dst, src], check=True, timeout=60, capture_output=True)
+    return out
+
+
 @pytest.mark.parametrize("path", DEVICE_TESTS, ids=[os.path.basename(p) for p in DEVICE_TESTS])
-def test_under_micropython(path):
+def test_under_micropython(path, mpy_dir):
     name = os.path.basename(path)
     heap = _heap_for(name)
     proc = subprocess.run(
-        [micropython_bin(), "-X", "heapsize=" + heap, os.path.join(ROOT, "tests", "mp_run.py"), path],
+        [micropython_bin(), "-X", "heapsize=" + heap, os.path.join(ROOT, "tests", "mp_run.py"), "-p", mpy_dir,
+         "-p", os.path.join(mpy_dir, "devtests"), path],
         cwd=ROOT, capture_output=True, text=True, timeout=240,
     )
     tail = (proc.stdout + proc.stderr)[-4000:]

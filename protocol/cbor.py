@@ -1,0 +1,209 @@
+"""A small, strict CBOR codec (RFC 8949) for Red Mesh — the same code on MicroPython and CPython.
+
+Rules of operation
+- Encoding is core deterministic (RFC 8949 section 4.2.1): shortest integer and length heads,
+  definite lengths only, map keys sorted by the bytewise order of their encodings.
+- Only what the spec (protocol/redmesh.cddl) uses is accepted: unsigned and negative integers
+  up to 64 bits, byte strings, UTF-8 text strings, arrays, maps, false/true/null.
+  Floats, tags, undefined, other simple values, indefinite lengths, non-shortest heads,
+  unsorted or duplicate map keys, nesting deeper than MAX_DEPTH and trailing bytes are all
+  rejected with a ProtocolError that says what was expected and what arrived.
+- Every length is checked against the bytes remaining *before* anything is allocated, so a
+  hostile 5-byte input can never ask for a 4 GB buffer.
+"""
+from protocol.errors import ProtocolError
+
+MAX_DEPTH = 8
+# A container can hold at most one item per remaining byte; this cap keeps item counts sane.
+MAX_ITEMS = 4096
+
+_SIMPLE_FALSE = 0xF4
+_SIMPLE_TRUE = 0xF5
+_SIMPLE_NULL = 0xF6
+
+
+def _head(major, n, out):
+    mt = major << 5
+    if n < 24:
+        out.append(mt | n)
+    elif n < 0x100:
+        out.append(mt | 24)
+        out.append(n)
+    elif n < 0x10000:
+        out.append(mt | 25)
+        out.extend(n.to_bytes(2, "big"))
+    elif n < 0x100000000:
+        out.append(mt | 26)
+        out.extend(n.to_bytes(4, "big"))
+    elif n < 0x10000000000000000:
+        out.append(mt | 27)
+        out.extend(n.to_bytes(8, "big"))
+    else:
+        raise ProtocolError("integer out of range: expected at most 64 bits, got " + str(n))
+
+
+def _enc(obj, out, depth):
+    if depth > MAX_DEPTH:
+        raise ProtocolError("nesting too deep: expected at most %d levels" % MAX_DEPTH)
+    # bool before int: on CPython True is an int.
+    if obj is True:
+        out.append(_SIMPLE_TRUE)
+    elif obj is False:
+        out.append(_SIMPLE_FALSE)
+    elif obj is None:
+        out.append(_SIMPLE_NULL)
+    elif isinstance(obj, int):
+        if obj >= 0:
+            _head(0, obj, out)
+        else:
+            _head(1, -1 - obj, out)
+    elif isinstance(obj, (bytes, bytearray, memoryview)):
+        _head(2, len(obj), out)
+        out.extend(obj)
+    elif isinstance(obj, str):
+        b = obj.encode("utf-8")
+        _head(3, len(b), out)
+        out.extend(b)
+    elif isinstance(obj, (list, tuple)):
+        _head(4, len(obj), out)
+        for item in obj:
+            _enc(item, out, depth + 1)
+    elif isinstance(obj, dict):
+        pairs = []
+        for k in obj:
+            kb = bytearray()
+            _enc(k, kb, depth + 1)
+            pairs.append((bytes(kb), obj[k]))
+        pairs.sort(key=lambda p: p[0])
+        _head(5, len(pairs), out)
+        for kb, v in pairs:
+            out.extend(kb)
+            _enc(v, out, depth + 1)
+    else:
+        raise ProtocolError("cannot encode a " + type(obj).__name__ + ": expected int, bytes, str, list, dict, bool or None")
+
+
+def dumps(obj):
+    """Return the deterministic CBOR encoding of `obj` as bytes. Raises ProtocolError."""
+    out = bytearray()
+    _enc(obj, out, 0)
+    return bytes(out)
+
+
+_MAJOR_NAMES = ("uint", "negative int", "byte string", "text string", "array", "map", "tag", "simple/float")
+
+
+class Decoder:
+    """Strict decoder over a buffer. `pos` is the offset of the next unread byte, so callers
+    (frame decoders) can take slices of the exact bytes an item was encoded in."""
+
+    def __init__(self, buf):
+        if not isinstance(buf, (bytes, bytearray, memoryview)):
+            raise ProtocolError("expected bytes to decode, got " + type(buf).__name__)
+        self.buf = buf
+        self.pos = 0
+        self.end = len(buf)
+
+    def _need(self, n, what):
+        if self.end - self.pos < n:
+            raise ProtocolError(
+                "truncated: expected %d more byte(s) for %s at offset %d, %d left" % (n, what, self.pos, self.end - self.pos)
+            )
+
+    def head(self):
+        """Read one initial byte and argument; return (major, value). Enforces shortest form."""
+        self._need(1, "an item head")
+        ib = self.buf[self.pos]
+        self.pos += 1
+        major = ib >> 5
+        ai = ib & 0x1F
+        if major == 7:
+            if ib in (_SIMPLE_FALSE, _SIMPLE_TRUE, _SIMPLE_NULL):
+                return 7, ib
+            if ai in (25, 26, 27):
+                raise ProtocolError("floats are not allowed: got a float at offset %d" % (self.pos - 1))
+            raise ProtocolError("unsupported simple value 0x%02x at offset %d" % (ib, self.pos - 1))
+        if major == 6:
+            raise ProtocolError("tags are not allowed: got tag head 0x%02x at offset %d" % (ib, self.pos - 1))
+        if ai < 24:
+            return major, ai
+        if ai == 31:
+            raise ProtocolError("indefinite length is not allowed (offset %d)" % (self.pos - 1))
+        if ai > 27:
+            raise ProtocolError("reserved additional info %d at offset %d" % (ai, self.pos - 1))
+        size = 1 << (ai - 24)
+        self._need(size, "an integer argument")
+        val = int.from_bytes(self.buf[self.pos:self.pos + size], "big")
+        self.pos += size
+        # shortest form: the value must not fit in the previous, smaller width
+        if (ai == 24 and val < 24) or (ai > 24 and val < (1 << (4 << (ai - 24)))):
+            raise ProtocolError("non-shortest integer encoding at offset %d" % (self.pos - size - 1))
+        return major, val
+
+    def item(self, depth=0):
+        """Decode one complete data item and return it as a Python value."""
+        if depth > MAX_DEPTH:
+            raise ProtocolError("nesting too deep: expected at most %d levels" % MAX_DEPTH)
+        major, val = self.head()
+        if major == 0:
+            return val
+        if major == 1:
+            return -1 - val
+        if major == 2 or major == 3:
+            self._need(val, _MAJOR_NAMES[major])
+            raw = self.buf[self.pos:self.pos + val]
+            self.pos += val
+            if major == 2:
+                return bytes(raw)
+            try:
+                return str(bytes(raw), "utf-8")
+            except Exception:  # noqa: BLE001 - UnicodeError on CPython, UnicodeError/ValueError on MicroPython
+                raise ProtocolError("invalid UTF-8 in text string ending at offset %d" % self.pos)
+        if major == 4:
+            self._check_count(val, 1)
+            out = []
+            for _ in range(val):
+                out.append(self.item(depth + 1))
+            return out
+        if major == 5:
+            self._check_count(val, 2)
+            out = {}
+            prev = None
+            for _ in range(val):
+                k_start = self.pos
+                k = self.item(depth + 1)
+                if isinstance(k, (list, dict)):
+                    raise ProtocolError("map keys must be int or text, got a container at offset %d" % k_start)
+                kb = bytes(self.buf[k_start:self.pos])
+                if prev is not None and not (prev < kb):
+                    raise ProtocolError("map keys not in deterministic order or duplicated at offset %d" % k_start)
+                prev = kb
+                out[k] = self.item(depth + 1)
+            return out
+        if major == 7:
+            if val == _SIMPLE_TRUE:
+                return True
+            if val == _SIMPLE_FALSE:
+                return False
+            return None
+        raise ProtocolError("unexpected major type %d" % major)  # pragma: no cover
+
+    def _check_count(self, count, min_bytes_each):
+        if count > MAX_ITEMS:
+            raise ProtocolError("container too large: %d items, at most %d allowed" % (count, MAX_ITEMS))
+        if count * min_bytes_each > self.end - self.pos:
+            raise ProtocolError(
+                "truncated: container claims %d items but only %d bytes remain" % (count, self.end - self.pos)
+            )
+
+    def done(self):
+        if self.pos != self.end:
+            raise ProtocolError("trailing bytes: %d byte(s) after the item at offset %d" % (self.end - self.pos, self.pos))
+
+
+def loads(buf):
+    """Decode exactly one CBOR item from `buf` (no trailing bytes). Raises ProtocolError only."""
+    d = Decoder(buf)
+    v = d.item()
+    d.done()
+    return v

@@ -1,0 +1,677 @@
+"""Red Mesh frames: plain classes, and their strict encoding and decoding.
+
+Theory of operation (normative text: protocol/redmesh.cddl)
+- Every frame is a CBOR array whose first two items are the protocol version and the frame
+  type; the rest is positional. Lengths and ranges are checked field by field, so a decoded
+  frame always satisfies the spec.
+- Frames that cross the mesh (telemetry, status, reply, command) are laid out as
+      [version, type, <immutable fields...>, <mutable fields...>, e2e-or-auth, hop-tag]
+  The end-to-end tag covers the encoded bytes of the immutable fields (version through the
+  body: one contiguous slice); forwarders rewrite only the mutable fields (hops, cost) and the
+  hop tag. The hop tag covers every byte of the frame before it, array head included.
+- One-hop frames (beacon, OTA advert/request/data) end with the hop tag only.
+- MQTT messages (gateway envelope, downlink) are frames too, without tags: MQTT carries them
+  and each air frame inside keeps its own tags.
+"""
+from protocol import cbor
+from protocol.auth import E2E_TAG_LEN, HOP_TAG_LEN, SIG_LEN, Hmac, ct_equal
+from protocol.cbor import _head
+from protocol.errors import ProtocolError
+
+VERSION = 1
+MAX_FRAME = 250  # ESP-NOW payload limit
+MAX_ENVELOPE = 262144  # largest MQTT message we accept (bytes)
+
+T_BEACON = 1
+T_TELEMETRY = 2
+T_STATUS = 3
+T_COMMAND = 4
+T_REPLY = 5
+T_OTA_ADV = 6
+T_OTA_REQ = 7
+T_OTA_DATA = 8
+T_ENVELOPE = 16
+T_DOWNLINK = 17
+
+TYPE_NAMES = {
+    T_BEACON: "beacon", T_TELEMETRY: "telemetry", T_STATUS: "status", T_COMMAND: "command",
+    T_REPLY: "reply", T_OTA_ADV: "ota_advert", T_OTA_REQ: "ota_request", T_OTA_DATA: "ota_data",
+    T_ENVELOPE: "envelope", T_DOWNLINK: "downlink",
+}
+
+COST_INFINITE = 0xFFFF
+BF_GATEWAY = 1
+BF_PULL = 2
+BF_NO_ROUTE = 4
+
+OP_RESEND = 1
+OP_SET = 2
+OP_REBOOT = 3
+OP_STATUS = 4
+OP_PING = 5
+
+MAX_READINGS = 12  # worst realistic readings (~16 bytes each) keep a frame within 250
+OTA_PKT_MAX = 224  # image bytes per OTA data frame; a full frame stays within 250 bytes
+OTA_PKTS_PER_PAGE = 16
+
+U8 = 0xFF
+U16 = 0xFFFF
+U32 = 0xFFFFFFFF
+U64 = 0xFFFFFFFFFFFFFFFF
+
+# ---- field checks -------------------------------------------------------------------------
+# A field spec is (name, lo, hi) for an integer in lo..hi, or (name, None, max_bytes) for text.
+# Table-driven on purpose: one code path per kind keeps the module small in a device's heap.
+
+
+def _num(d, name, lo, hi):
+    at = d.pos
+    major, v = d.head()
+    if major == 1 and lo < 0:
+        v = -1 - v
+    elif major != 0:
+        raise ProtocolError("%s: expected %s at offset %d, got major type %d"
+                            % (name, "an integer" if lo < 0 else "an unsigned integer", at, major))
+    if v < lo or v > hi:
+        if lo == 0:
+            raise ProtocolError("%s: expected at most %d, got %d" % (name, hi, v))
+        raise ProtocolError("%s: expected %d..%d, got %d" % (name, lo, hi, v))
+    return v
+
+
+def _uint(d, name, maxv):
+    return _num(d, name, 0, maxv)
+
+
+def _str_or_bytes(d, name, major_want, lo, hi):
+    at = d.pos
+    major, n = d.head()
+    if major != major_want:
+        raise ProtocolError("%s: expected a %s at offset %d, got major type %d"
+                            % (name, "byte string" if major_want == 2 else "text string", at, major))
+    if n < lo or n > hi:
+        if major_want == 3:
+            raise ProtocolError("%s: expected at most %d bytes of text, got %d" % (name, hi, n))
+        raise ProtocolError("%s: expected %d..%d bytes, got %d" % (name, lo, hi, n))
+    d._need(n, name)
+    v = bytes(d.buf[d.pos:d.pos + n])
+    d.pos += n
+    if major_want == 2:
+        return v
+    try:
+        return str(v, "utf-8")
+    except Exception:  # noqa: BLE001 - error type differs between interpreters
+        raise ProtocolError("%s: invalid UTF-8" % name)
+
+
+def _bstr(d, name, lo, hi):
+    return _str_or_bytes(d, name, 2, lo, hi)
+
+
+def _arr(d, name, lo, hi):
+    at = d.pos
+    major, n = d.head()
+    if major != 4:
+        raise ProtocolError("%s: expected an array at offset %d, got major type %d" % (name, at, major))
+    if n < lo or n > hi:
+        if lo == hi:
+            raise ProtocolError("%s: expected %d items, got %d" % (name, lo, n))
+        raise ProtocolError("%s: expected %d..%d items, got %d" % (name, lo, hi, n))
+    if n > d.end - d.pos:
+        raise ProtocolError("%s: truncated, %d items claimed but %d bytes left" % (name, n, d.end - d.pos))
+    return n
+
+
+def _get(d, spec):
+    """Decode the fields of `spec` in order; return their values as a list."""
+    out = []
+    for name, lo, hi in spec:
+        out.append(_str_or_bytes(d, name, 3, 0, hi) if lo is None else _num(d, name, lo, hi))
+    return out
+
+
+def _put_num(out, name, v, lo, hi):
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo or v > hi:
+        raise ProtocolError("%s: expected an integer %d..%d, got %r" % (name, lo, hi, v))
+    if v >= 0:
+        _head(0, v, out)
+    else:
+        _head(1, -1 - v, out)
+
+
+def _put(out, obj, spec):
+    """Validate and encode the attributes of `obj` named by `spec`, in order."""
+    for name, lo, hi in spec:
+        v = getattr(obj, name)
+        if lo is None:
+            b = v.encode("utf-8") if isinstance(v, str) else None
+            if b is None or len(b) > hi:
+                raise ProtocolError("%s: expected text of at most %d bytes" % (name, hi))
+            _head(3, len(b), out)
+            out.extend(b)
+        else:
+            _put_num(out, name, v, lo, hi)
+
+
+def _put_bytes(out, name, v, lo, hi):
+    if not isinstance(v, (bytes, bytearray)) or len(v) < lo or len(v) > hi:
+        raise ProtocolError("%s: expected %d..%d bytes" % (name, lo, hi))
+    _head(2, len(v), out)
+    out.extend(v)
+
+
+_ARG = -(1 << 63)
+
+
+def _scalar_arg(d, name):
+    """A command argument or reply result: an integer (64-bit range) or short text."""
+    if d.pos >= d.end:
+        raise ProtocolError("%s: truncated" % name)
+    if d.buf[d.pos] >> 5 == 3:
+        return _str_or_bytes(d, name, 3, 0, 32)
+    return _num(d, name, _ARG, U64)
+
+
+def _enc_args(args, out, name):
+    _head(4, len(args), out)
+    for a in args:
+        if isinstance(a, str):
+            b = a.encode("utf-8")
+            if len(b) > 32:
+                raise ProtocolError(name + ": text arguments are at most 32 bytes")
+            _head(3, len(b), out)
+            out.extend(b)
+        else:
+            _put_num(out, name, a, _ARG, U64)
+
+
+def _hmac(key):
+    if key is None:
+        return None
+    if isinstance(key, Hmac):
+        return key
+    return Hmac(key)
+
+
+# ---- frame classes --------------------------------------------------------------------------
+
+
+class Frame:
+    """Base of every frame and record: attributes named by FIELDS, set from positional or
+    keyword constructor arguments (defaults: 0, or a fresh copy of DEFAULTS[name]);
+    value equality over FIELDS; `type` is the T_ constant."""
+
+    type = 0
+    FIELDS = ()
+    DEFAULTS = {}
+
+    def __init__(self, *args, **kw):
+        fields = self.FIELDS
+        if len(args) > len(fields):
+            raise TypeError("too many arguments")
+        for k in kw:
+            if k not in fields:
+                raise TypeError("unexpected field " + k)
+        for i, name in enumerate(fields):
+            if i < len(args):
+                v = args[i]
+            elif name in kw:
+                v = kw[name]
+            else:
+                v = self.DEFAULTS.get(name, 0)
+                if isinstance(v, list):
+                    v = list(v)
+                elif v is StatusBody:
+                    v = StatusBody()
+            setattr(self, name, v)
+
+    def __eq__(self, other):
+        if type(other) is not type(self):
+            return False
+        for f in self.FIELDS:
+            if getattr(self, f) != getattr(other, f):
+                return False
+        return True
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+    def __repr__(self):
+        return "%s(%s)" % (type(self).__name__, ", ".join("%s=%r" % (f, getattr(self, f)) for f in self.FIELDS))
+
+    def to_dict(self):
+        """Plain-data view (for JSON): `type` name plus every field; bytes become hex."""
+        out = {"type": TYPE_NAMES[self.type]} if self.type else {}
+        for f in self.FIELDS:
+            out[f] = _plain(getattr(self, f))
+        return out
+
+
+def _plain(v):
+    if isinstance(v, (bytes, bytearray)):
+        return bytes(v).hex()
+    if isinstance(v, Frame):
+        return v.to_dict()
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+class Reading(Frame):
+    """One aggregated sensor reading.
+
+    dt_s: seconds before the frame's time_s; pm1/pm25/pm10: 0.1 ug/m3; rh: %; temp: 0.1 C;
+    n: samples aggregated; flags: sensor health bits (see firmware/sampler.py)."""
+
+    SPEC = (("reading.dt_s", 0, U32), ("reading.pm1", 0, U16), ("reading.pm25", 0, U16),
+            ("reading.pm10", 0, U16), ("reading.rh", 0, 100), ("reading.temp", -400, 850),
+            ("reading.n", 0, U16), ("reading.flags", 0, U16))
+    FIELDS = ("dt_s", "pm1", "pm25", "pm10", "rh", "temp", "n", "flags")
+
+
+class StatusBody(Frame):
+    """Node health report body: firmware (fw_seq, fw_version), uptime_s, heap_free/heap_min
+    (bytes), backlog (readings waiting), parent (node id, 0 = none), link_etx (tenths),
+    path_cost (tenths), rssi (dBm of the parent link), boot_count, ota_state, ota_progress (%),
+    errors (bit field)."""
+
+    FIELDS = ("fw_seq", "fw_version", "uptime_s", "heap_free", "heap_min", "backlog", "parent",
+              "link_etx", "path_cost", "rssi", "boot_count", "ota_state", "ota_progress", "errors")
+    SPEC = (("status.fw_seq", 0, U32), ("status.fw_version", None, 16), ("status.uptime_s", 0, U32),
+            ("status.heap_free", 0, U32), ("status.heap_min", 0, U32), ("status.backlog", 0, U32),
+            ("status.parent", 0, U32), ("status.link_etx", 0, U16), ("status.path_cost", 0, U16),
+            ("status.rssi", -128, 0), ("status.boot_count", 0, U32), ("status.ota_state", 0, U8),
+            ("status.ota_progress", 0, 100), ("status.errors", 0, U32))
+    DEFAULTS = {"fw_version": ""}
+
+
+def _put_rec(out, rec, name):
+    _head(4, len(rec.FIELDS), out)
+    for f, (label, lo, hi) in zip(rec.FIELDS, rec.SPEC):
+        if lo is None:
+            v = getattr(rec, f)
+            b = v.encode("utf-8") if isinstance(v, str) else None
+            if b is None or len(b) > hi:
+                raise ProtocolError("%s: expected text of at most %d bytes" % (label, hi))
+            _head(3, len(b), out)
+            out.extend(b)
+        else:
+            _put_num(out, label, getattr(rec, f), lo, hi)
+
+
+def _get_rec(d, cls, name):
+    _arr(d, name, len(cls.FIELDS), len(cls.FIELDS))
+    return cls(*_get(d, cls.SPEC))
+
+
+# Mesh frames carrying an end-to-end tag ---------------------------------------------------
+
+_UP_HEAD = (("origin", 0, U32), ("seq", 0, U32), ("time_s", 0, U32))
+_UP_MUT = (("hops", 0, U8), ("cost", 0, U16))
+
+
+class Telemetry(Frame):
+    """Readings from one node. origin: node id; seq: sequence number of readings[0] (reading i
+    has seq + i); time_s: unix seconds when sent; readings: 1..12 Reading; hops: hops so far;
+    cost: path cost of the last transmitter (tenths of ETX); etag: 8-byte end-to-end tag.
+    Layout: [version, type, origin, seq, time_s, body, hops, cost, etag, htag]."""
+
+    type = T_TELEMETRY
+    FIELDS = ("origin", "seq", "time_s", "readings", "hops", "cost", "etag")
+    DEFAULTS = {"readings": [], "etag": None}
+
+    def _enc_body(self, out):
+        n = len(self.readings)
+        if n < 1 or n > MAX_READINGS:
+            raise ProtocolError("telemetry: expected 1..%d readings, got %d" % (MAX_READINGS, n))
+        _head(4, n, out)
+        for r in self.readings:
+            _put_rec(out, r, "reading")
+
+    def _dec_body(self, d):
+        n = _arr(d, "readings", 1, MAX_READINGS)
+        self.readings = [_get_rec(d, Reading, "reading") for _ in range(n)]
+
+
+class Status(Frame):
+    """A node's health report; body is a StatusBody. seq counts status frames of this node."""
+
+    type = T_STATUS
+    FIELDS = ("origin", "seq", "time_s", "body", "hops", "cost", "etag")
+    DEFAULTS = {"body": StatusBody, "etag": None}
+
+    def _enc_body(self, out):
+        _put_rec(out, self.body, "status")
+
+    def _dec_body(self, d):
+        self.body = _get_rec(d, StatusBody, "status")
+
+
+class Reply(Frame):
+    """A node's answer to a command: cseq (the command's counter), code (0 = ok, else an
+    error code), result (0..8 integers or short texts). seq counts reply frames of this node."""
+
+    type = T_REPLY
+    FIELDS = ("origin", "seq", "time_s", "cseq", "code", "result", "hops", "cost", "etag")
+    DEFAULTS = {"result": [], "etag": None}
+    _SPEC = (("reply.cseq", 0, U32), ("reply.code", 0, U8))
+
+    def _enc_body(self, out):
+        if len(self.result) > 8:
+            raise ProtocolError("reply.result: expected at most 8 items")
+        _head(4, 3, out)
+        _put_num(out, "reply.cseq", self.cseq, 0, U32)
+        _put_num(out, "reply.code", self.code, 0, U8)
+        _enc_args(self.result, out, "reply.result")
+
+    def _dec_body(self, d):
+        _arr(d, "reply", 3, 3)
+        self.cseq, self.code = _get(d, self._SPEC)
+        n = _arr(d, "reply.result", 0, 8)
+        self.result = [_scalar_arg(d, "reply.result") for _ in range(n)]
+
+
+class Command(Frame):
+    """Downlink command, flooded through the mesh: [version, type, target, cseq, op, args, hops,
+    auth, htag]. target: node id, 0 = every node; cseq: the fleet's command counter (per target)
+    that nodes keep a replay window over; op: an OP_ constant; args: 0..4 ints or short texts;
+    hops: hops so far; auth: 8-byte HMAC with the target's node key, or for target 0 a 64-byte
+    Ed25519 signature by the fleet key over the same bytes (see signed_bytes)."""
+
+    type = T_COMMAND
+    FIELDS = ("target", "cseq", "op", "args", "hops", "auth")
+    DEFAULTS = {"args": [], "auth": None}
+    SPEC = (("target", 0, U32), ("cseq", 0, U32), ("op", 0, U8))
+
+
+# One-hop frames -------------------------------------------------------------------------------
+
+
+class Beacon(Frame):
+    """Routing beacon, one hop: src (node id), bseq (0..255, for link estimation), cost (path ETX
+    to a gateway in tenths; 0 at a gateway, COST_INFINITE without a route), depth (hops to the
+    gateway), time_s (gateway wall clock, unix seconds; 0 = unknown), flags (BF_ bits)."""
+
+    type = T_BEACON
+    SPEC = (("src", 0, U32), ("bseq", 0, U8), ("cost", 0, U16), ("depth", 0, U8), ("time_s", 0, U32),
+            ("flags", 0, U8))
+    FIELDS = ("src", "bseq", "cost", "depth", "time_s", "flags")
+
+
+class OtaAdvert(Frame):
+    """OTA advertisement (Deluge summary): src; bseq (bundle sequence number); mlen (signed
+    manifest length in bytes); mid (first 4 bytes of SHA-256 of the signed manifest, as an int);
+    npages (image pages); have (pages complete and verified, in order, counting the manifest
+    as page 0: have = npages + 1 means complete)."""
+
+    type = T_OTA_ADV
+    SPEC = (("src", 0, U32), ("bseq", 0, U32), ("mlen", 0, U16), ("mid", 0, U32), ("npages", 0, U16),
+            ("have", 0, U16))
+    FIELDS = ("src", "bseq", "mlen", "mid", "npages", "have")
+
+
+class OtaRequest(Frame):
+    """Ask neighbour dst for packets of one page: missing is a bitmap of packet indices."""
+
+    type = T_OTA_REQ
+    SPEC = (("src", 0, U32), ("dst", 0, U32), ("bseq", 0, U32), ("page", 0, U16), ("missing", 0, U16))
+    FIELDS = ("src", "dst", "bseq", "page", "missing")
+
+
+class OtaData(Frame):
+    """One packet of a page, broadcast: src, bseq, page (0 = the signed manifest, 1.. image),
+    pkt (0..15), data (1..224 bytes)."""
+
+    type = T_OTA_DATA
+    SPEC = (("src", 0, U32), ("bseq", 0, U32), ("page", 0, U16), ("pkt", 0, OTA_PKTS_PER_PAGE - 1))
+    FIELDS = ("src", "bseq", "page", "pkt", "data")
+    DEFAULTS = {"data": b""}
+
+
+# MQTT messages ---------------------------------------------------------------------------------
+
+
+class Envelope(Frame):
+    """A gateway's uplink batch over MQTT: [version, type, gateway, eseq, items], each item
+    [rx_ms, rssi, frame] — receive time (unix ms), RSSI (dBm), the air frame's bytes."""
+
+    type = T_ENVELOPE
+    FIELDS = ("gateway", "eseq", "items")
+    DEFAULTS = {"items": []}
+
+    def to_dict(self):
+        out = {"type": "envelope", "gateway": self.gateway, "eseq": self.eseq, "frames": []}
+        for rx_ms, rssi, fb in self.items:
+            try:
+                fr = decode(fb).to_dict()
+            except ProtocolError as e:
+                fr = {"error": str(e), "hex": bytes(fb).hex()}
+            fr["rx_ms"] = rx_ms
+            fr["rssi"] = rssi
+            out["frames"].append(fr)
+        return out
+
+
+class Downlink(Frame):
+    """Fleet -> gateway over MQTT: [version, type, frames], air frames to inject into the mesh."""
+
+    type = T_DOWNLINK
+    FIELDS = ("frames",)
+    DEFAULTS = {"frames": []}
+
+
+# ---- encode ----------------------------------------------------------------------------------
+
+_UPLINK = {T_TELEMETRY: Telemetry, T_STATUS: Status, T_REPLY: Reply}
+_ONEHOP = {T_BEACON: Beacon, T_OTA_ADV: OtaAdvert, T_OTA_REQ: OtaRequest}
+
+
+def encode(frame, mesh_key=None, node_key=None):
+    """Return the bytes of `frame`.
+
+    Air frames need `mesh_key` (bytes or Hmac) for the hop tag. Telemetry/status/reply use
+    `node_key` to compute the end-to-end tag, or keep `frame.etag` when node_key is None (a
+    forwarder). Commands use `node_key` for an HMAC auth tag or keep `frame.auth` (a signature
+    made over `signed_bytes`). Raises ProtocolError when a field is out of range or a key is
+    missing; sets frame.etag/frame.auth to the tag used."""
+    t = frame.type
+    out = bytearray()
+    if t == T_ENVELOPE:
+        _head(4, 5, out)
+        _head(0, VERSION, out)
+        _head(0, T_ENVELOPE, out)
+        _put_num(out, "gateway", frame.gateway, 0, U32)
+        _put_num(out, "eseq", frame.eseq, 0, U32)
+        _head(4, len(frame.items), out)
+        for rx_ms, rssi, fb in frame.items:
+            _head(4, 3, out)
+            _put_num(out, "rx_ms", rx_ms, 0, U64)
+            _put_num(out, "rssi", rssi, -128, 0)
+            _put_bytes(out, "frame", fb, 1, MAX_FRAME)
+        if len(out) > MAX_ENVELOPE:
+            raise ProtocolError("envelope: %d bytes, at most %d" % (len(out), MAX_ENVELOPE))
+        return bytes(out)
+    if t == T_DOWNLINK:
+        if not frame.frames:
+            raise ProtocolError("downlink: expected at least one frame")
+        _head(4, 3, out)
+        _head(0, VERSION, out)
+        _head(0, T_DOWNLINK, out)
+        _head(4, len(frame.frames), out)
+        for fb in frame.frames:
+            _put_bytes(out, "frame", fb, 1, MAX_FRAME)
+        return bytes(out)
+
+    hmac_mesh = _hmac(mesh_key)
+    if hmac_mesh is None:
+        raise ProtocolError("encoding an air frame needs the mesh key")
+    if t in _UPLINK:
+        _head(4, 10, out)
+        start = len(out)
+        _head(0, VERSION, out)
+        _head(0, t, out)
+        _put(out, frame, _UP_HEAD)
+        frame._enc_body(out)
+        if t == T_TELEMETRY and frame.seq + len(frame.readings) - 1 > U32:
+            raise ProtocolError("telemetry: reading sequence numbers overflow 32 bits")
+        if node_key is not None:
+            frame.etag = _hmac(node_key).tag(out[start:], E2E_TAG_LEN)
+        elif frame.etag is None or len(frame.etag) != E2E_TAG_LEN:
+            raise ProtocolError("encoding %s needs the node key or an existing 8-byte etag" % TYPE_NAMES[t])
+        _put(out, frame, _UP_MUT)
+        _put_bytes(out, "etag", frame.etag, E2E_TAG_LEN, E2E_TAG_LEN)
+    elif t == T_COMMAND:
+        if len(frame.args) > 4:
+            raise ProtocolError("command.args: expected at most 4 items")
+        _head(4, 9, out)
+        covered = signed_bytes(frame)
+        out.extend(covered)
+        if node_key is not None:
+            if frame.target == 0:
+                raise ProtocolError("a command to every node (target 0) is signed, not tagged")
+            frame.auth = _hmac(node_key).tag(covered, E2E_TAG_LEN)
+        want = SIG_LEN if frame.target == 0 else E2E_TAG_LEN
+        _put_num(out, "hops", frame.hops, 0, U8)
+        if frame.auth is None or len(frame.auth) != want:
+            raise ProtocolError("command auth: expected %d bytes for target %d" % (want, frame.target))
+        _put_bytes(out, "auth", frame.auth, want, want)
+    elif t in _ONEHOP or t == T_OTA_DATA:
+        _head(4, len(frame.SPEC) + (4 if t == T_OTA_DATA else 3), out)
+        _head(0, VERSION, out)
+        _head(0, t, out)
+        _put(out, frame, frame.SPEC)
+        if t == T_OTA_DATA:
+            _put_bytes(out, "data", frame.data, 1, OTA_PKT_MAX)
+    else:
+        raise ProtocolError("cannot encode frame type %r" % (t,))
+    out.append(0x44)  # bstr(4) head of the hop tag
+    out.extend(hmac_mesh.tag(out, HOP_TAG_LEN))
+    if len(out) > MAX_FRAME:
+        raise ProtocolError("%s frame is %d bytes, the radio carries at most %d" % (TYPE_NAMES[t], len(out), MAX_FRAME))
+    return bytes(out)
+
+
+def signed_bytes(cmd):
+    """Return the bytes a command's auth covers: version through args (a CBOR sequence)."""
+    out = bytearray()
+    _head(0, VERSION, out)
+    _head(0, T_COMMAND, out)
+    _put(out, cmd, cmd.SPEC)
+    _enc_args(cmd.args, out, "command.args")
+    return bytes(out)
+
+
+# ---- decode ----------------------------------------------------------------------------------
+
+
+def peek_type(buf):
+    """Return the frame type of `buf` after checking the version. Raises ProtocolError."""
+    d = cbor.Decoder(buf)
+    major, n = d.head()
+    if major != 4:
+        raise ProtocolError("frame: expected a CBOR array, got major type %d" % major)
+    if n < 3:
+        raise ProtocolError("frame: expected at least 3 items, got %d" % n)
+    v = _uint(d, "version", U64)
+    if v != VERSION:
+        raise ProtocolError("version: expected %d, got %d" % (VERSION, v))
+    t = _uint(d, "type", U64)
+    if t not in TYPE_NAMES:
+        raise ProtocolError("type: unknown frame type %d" % t)
+    return t
+
+
+_NFIELDS = {T_BEACON: 9, T_TELEMETRY: 10, T_STATUS: 10, T_REPLY: 10, T_COMMAND: 9,
+            T_OTA_ADV: 9, T_OTA_REQ: 8, T_OTA_DATA: 8, T_ENVELOPE: 5, T_DOWNLINK: 3}
+
+
+def decode(buf, mesh_key=None, node_key=None):
+    """Decode one frame from `buf` and return the frame object.
+
+    mesh_key: when given (bytes or Hmac), the hop tag of an air frame must match.
+    node_key: when given (bytes, Hmac, or a callable origin -> key or None), the end-to-end tag
+    of telemetry/status/reply, or the HMAC auth of a command to one node, must match.
+    Raises ProtocolError — and nothing else — for any input."""
+    try:
+        return _decode(buf, mesh_key, node_key)
+    except ProtocolError:
+        raise
+    except MemoryError:
+        raise ProtocolError("frame too large to decode in the available memory")
+    except Exception as e:  # noqa: BLE001 - the contract: only ProtocolError escapes
+        raise ProtocolError("malformed frame (%s: %s)" % (type(e).__name__, e))
+
+
+def _decode(buf, mesh_key, node_key):
+    if not isinstance(buf, (bytes, bytearray, memoryview)):
+        raise ProtocolError("expected bytes, got " + type(buf).__name__)
+    t = peek_type(buf)
+    if t != T_ENVELOPE and len(buf) > MAX_FRAME:
+        raise ProtocolError("frame is %d bytes, the radio carries at most %d" % (len(buf), MAX_FRAME))
+    if len(buf) > MAX_ENVELOPE:
+        raise ProtocolError("message is %d bytes, at most %d accepted" % (len(buf), MAX_ENVELOPE))
+    d = cbor.Decoder(buf)
+    _, n = d.head()
+    if n != _NFIELDS[t]:
+        raise ProtocolError("%s: expected %d items, got %d" % (TYPE_NAMES[t], _NFIELDS[t], n))
+    start = d.pos
+    _uint(d, "version", U8)
+    _uint(d, "type", U8)
+    if t == T_ENVELOPE:
+        env = Envelope(_uint(d, "gateway", U32), _uint(d, "eseq", U32))
+        count = _arr(d, "envelope.items", 0, cbor.MAX_ITEMS)
+        for _ in range(count):
+            _arr(d, "envelope.item", 3, 3)
+            env.items.append((_uint(d, "rx_ms", U64), _num(d, "rssi", -128, 0), _bstr(d, "frame", 1, MAX_FRAME)))
+        d.done()
+        return env
+    if t == T_DOWNLINK:
+        count = _arr(d, "downlink.frames", 1, cbor.MAX_ITEMS)
+        dl = Downlink([_bstr(d, "frame", 1, MAX_FRAME) for _ in range(count)])
+        d.done()
+        return dl
+    if t in _UPLINK:
+        f = _UPLINK[t]()
+        f.origin, f.seq, f.time_s = _get(d, _UP_HEAD)
+        f._dec_body(d)
+        covered = bytes(buf[start:d.pos])
+        f.hops, f.cost = _get(d, _UP_MUT)
+        f.etag = _bstr(d, "etag", E2E_TAG_LEN, E2E_TAG_LEN)
+        if t == T_TELEMETRY and f.seq + len(f.readings) - 1 > U32:
+            raise ProtocolError("telemetry: reading sequence numbers overflow 32 bits")
+        if node_key is not None:
+            key = node_key(f.origin) if callable(node_key) else node_key
+            if key is None:
+                raise ProtocolError("unknown node %d: no key to check its end-to-end tag" % f.origin)
+            if not ct_equal(_hmac(key).tag(covered, E2E_TAG_LEN), f.etag):
+                raise ProtocolError("end-to-end tag mismatch for node %d seq %d" % (f.origin, f.seq))
+    elif t == T_COMMAND:
+        f = Command(*_get(d, Command.SPEC))
+        n = _arr(d, "command.args", 0, 4)
+        f.args = [_scalar_arg(d, "command.args") for _ in range(n)]
+        covered = bytes(buf[start:d.pos])
+        f.hops = _uint(d, "hops", U8)
+        want = SIG_LEN if f.target == 0 else E2E_TAG_LEN
+        f.auth = _bstr(d, "command.auth", want, want)
+        if node_key is not None and f.target != 0:
+            key = node_key(f.target) if callable(node_key) else node_key
+            if key is None or not ct_equal(_hmac(key).tag(covered, E2E_TAG_LEN), f.auth):
+                raise ProtocolError("command auth mismatch for node %d cseq %d" % (f.target, f.cseq))
+    elif t == T_OTA_DATA:
+        f = OtaData(*_get(d, OtaData.SPEC))
+        f.data = _bstr(d, "data", 1, OTA_PKT_MAX)
+    else:
+        f = _ONEHOP[t](*_get(d, _ONEHOP[t].SPEC))
+    tag_at = d.pos
+    htag = _bstr(d, "hop tag", HOP_TAG_LEN, HOP_TAG_LEN)
+    d.done()
+    if mesh_key is not None:
+        if not ct_equal(_hmac(mesh_key).tag(bytes(buf[:tag_at + 1]), HOP_TAG_LEN), htag):
+            raise ProtocolError("hop tag mismatch: frame not from this mesh, or corrupted")
+    return f
+
+
+def verify_command_signature(cmd, verify_fn, public_key):
+    """For a target-0 command: return True when its auth is a valid signature (verify_fn is
+    protocol.ed25519.verify, passed in so this module loads without it)."""
+    return cmd.target == 0 and verify_fn(public_key, signed_bytes(cmd), cmd.auth)

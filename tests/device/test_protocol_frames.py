@@ -1,0 +1,91 @@
+# Protocol tests that run unchanged on CPython (pytest) and MicroPython (tests/mp_run.py).
+from vectors import head, unhex
+
+import protocol as P
+from protocol import auth
+
+_KEYS = head("frames.json")["keys"]
+MESH = auth.Hmac(unhex(_KEYS["mesh_key"]))
+NODE = unhex(_KEYS["node_key"])
+
+
+def _telemetry(n_readings=1):
+    rs = [P.Reading(60 * i, 123, 187, 254, 64, 215, 30, 0) for i in range(n_readings)]
+    return P.Telemetry(origin=1234, seq=5000, time_s=1795000000, readings=rs, hops=3, cost=57)
+
+
+def test_size_budgets():
+    # telemetry with one reading, mesh header and both tags: at most 48 bytes
+    assert len(P.encode(_telemetry(), MESH, NODE)) <= 48
+    # worst-case ids, counters, values still fit
+    worst = P.Telemetry(origin=0xFFFFFFFF, seq=0xFFFFFFF0, time_s=0xFFFFFFFF, hops=255, cost=0xFFFF,
+                        readings=[P.Reading(0, 9999, 9999, 9999, 100, -400, 600, 0xFFFF)])
+    assert len(P.encode(worst, MESH, NODE)) <= 64
+    b = P.encode(P.Beacon(src=0xFFFFFFFF, bseq=255, cost=0xFFFF, depth=255, time_s=0xFFFFFFFF, flags=255), MESH)
+    assert len(b) <= 32
+    d = P.encode(P.OtaData(src=0xFFFFFFFF, bseq=0xFFFFFFFF, page=0xFFFF, pkt=15, data=bytes(P.OTA_PKT_MAX)), MESH)
+    assert P.OTA_PKT_MAX >= 200 and len(d) <= P.MAX_FRAME
+    # the most readings one frame can hold fit the radio
+    assert len(P.encode(_telemetry(P.MAX_READINGS), MESH, NODE)) <= P.MAX_FRAME
+
+
+def test_forwarder_rewrites_hops_and_keeps_e2e_tag():
+    b = P.encode(_telemetry(), MESH, NODE)
+    f = P.decode(b, MESH)
+    f.hops += 1
+    f.cost = 40
+    b2 = P.encode(f, MESH)
+    g = P.decode(b2, MESH, NODE)  # end-to-end tag still valid
+    assert g.hops == 4 and g.cost == 40 and g.etag == f.etag
+
+
+def test_e2e_tag_binds_the_readings():
+    f = _telemetry()
+    P.encode(f, MESH, NODE)
+    f.readings[0].pm25 += 1
+    b = P.encode(f, MESH)  # keeps the old etag: a tampering forwarder
+    try:
+        P.decode(b, MESH, NODE)
+    except P.ProtocolError as e:
+        assert "end-to-end tag mismatch" in str(e)
+    else:
+        raise AssertionError("tampered reading accepted")
+
+
+def test_node_key_lookup_callable_and_unknown_node():
+    b = P.encode(_telemetry(), MESH, NODE)
+    assert P.decode(b, MESH, lambda origin: NODE if origin == 1234 else None).origin == 1234
+    try:
+        P.decode(b, MESH, lambda origin: None)
+    except P.ProtocolError as e:
+        assert "unknown node 1234" in str(e)
+    else:
+        raise AssertionError("unknown node accepted")
+
+
+def test_command_hmac_auth_and_wrong_key():
+    c = P.Command(target=1234, cseq=9, op=P.OP_RESEND, args=[1, 5])
+    b = P.encode(c, MESH, NODE)
+    assert P.decode(b, MESH, NODE).args == [1, 5]
+    try:
+        P.decode(b, MESH, bytes(32))
+    except P.ProtocolError as e:
+        assert "command auth mismatch" in str(e)
+    else:
+        raise AssertionError("command with a wrong key accepted")
+
+
+def test_encode_refuses_out_of_range_fields():
+    bad = [
+        P.Beacon(src=-1, bseq=0, cost=0, depth=0, time_s=0, flags=0),
+        P.Telemetry(origin=1, seq=1, time_s=1, readings=[P.Reading(pm25=70000)]),
+        P.Telemetry(origin=1, seq=1, time_s=1, readings=[]),
+        P.OtaData(src=1, bseq=1, page=1, pkt=0, data=bytes(225)),
+    ]
+    for f in bad:
+        try:
+            P.encode(f, MESH, NODE)
+        except P.ProtocolError:
+            pass
+        else:
+            raise AssertionError("encoded an invalid frame: %r" % f)

