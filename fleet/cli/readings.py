@@ -75,7 +75,7 @@ def export_row(r):
 @click.option("--since", type=_TimeParam(), default=None,
               help="From this reading time: unix seconds, -1h / -30m / -2d, or ISO 8601.")
 @click.option("--until", type=_TimeParam(), default=None, help="Before this reading time (same forms).")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many readings.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N", help="At most this many readings.")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV with a header row.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array of objects.")
 @home_option

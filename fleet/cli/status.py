@@ -104,7 +104,7 @@ def render(result, aqi, colour=False):
 @click.option("--sort", type=click.Choice(SORTS), default="node", show_default=True,
               help="node id; or first the highest pm25, the longest silence (age), the most hops.")
 @click.option("--reverse", is_flag=True, help="Reverse the sort order.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Show at most this many nodes.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N", help="Show at most this many nodes.")
 @click.option("--aqi", type=click.Choice(aqimod.SCHEMES), default=None,
               help="Index shown: ica (Colombia, Res. 2254/2017) or epa (US AQI, 2024). Default: fleet.toml status.aqi.")
 @click.option("--rh-correction", type=click.Choice(aqimod.CORRECTIONS), default=None,
