@@ -20,7 +20,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check fleet protocol firmware tests hil_tests bench
-	$(BIN)/python tools/mpy_check.py
+	$(BIN)/python tools/mpy_build.py build/mpy-lint
 	$(BIN)/pyright -p pyrightconfig.json
 
 bench: install

@@ -1,3 +1,5 @@
+# pyright: reportAssignmentType=false, reportAttributeAccessIssue=false
+# (this shim defines CPython fallbacks for MicroPython names; the checker sees both branches)
 """The one place that papers over MicroPython/CPython differences for the shell and HAL.
 
 Cores (mesh, ota, sampler, drivers) import only `const` from here: they never read a clock.
