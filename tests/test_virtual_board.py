@@ -1,0 +1,339 @@
+"""The virtual board against the real mpremote (as a subprocess) and a real serial client (pyserial).
+
+Every supervisor and interpreter started here is killed in a fixture; every mpremote call has a
+timeout."""
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+import serial
+
+from fleet.sim.board import (
+    BoardError,
+    VirtualBoard,
+    _alive,
+    derive_mac,
+    parse_heap,
+    parse_mac,
+    prepare_flash,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MPREMOTE = os.path.join(os.path.dirname(sys.executable), "mpremote")
+MP_TIMEOUT_S = 30
+
+
+def mpremote(port, *args, check=True):
+    """Run `mpremote connect PORT ARGS...`; return the CompletedProcess."""
+    r = subprocess.run([MPREMOTE, "connect", port, *args], capture_output=True, text=True, timeout=MP_TIMEOUT_S)
+    if check and r.returncode != 0:
+        pytest.fail(f"mpremote {' '.join(args)} failed ({r.returncode}): stdout={r.stdout!r} stderr={r.stderr!r}")
+    return r
+
+
+def exec_out(port, code, *, resume=False):
+    """Output of `mpremote exec CODE`, stripped."""
+    args = ["resume", "exec", code] if resume else ["exec", code]
+    return mpremote(port, *args).stdout.strip()
+
+
+class Line:
+    """A serial connection to the board that reads up to markers, keeping what follows them."""
+
+    def __init__(self, port):
+        self.ser = serial.Serial(port, 115200, timeout=0.1)
+        self._buf = b""
+
+    def write(self, data):
+        self.ser.write(data)
+
+    def read_until(self, marker, timeout_s=10.0):
+        """Bytes up to and including marker; fails with what was seen on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while marker not in self._buf:
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {marker!r} within {timeout_s} s; seen: {self._buf!r}")
+            self._buf += self.ser.read(4096)
+        i = self._buf.index(marker) + len(marker)
+        seen, self._buf = self._buf[:i], self._buf[i:]
+        return seen
+
+    def close(self):
+        self.ser.close()
+
+
+@pytest.fixture
+def line_to():
+    """Factory: line_to(port) -> Line, closed after the test."""
+    lines = []
+
+    def make(port):
+        lines.append(Line(port))
+        return lines[-1]
+
+    yield make
+    for ln in lines:
+        ln.close()
+
+
+def _kill_pids(pids):
+    for pid in pids:
+        if pid and _alive(pid):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def make_board(tmp_path):
+    """Factory: make_board(**kwargs) -> started VirtualBoard (flash in tmp_path unless given)."""
+    boards = []
+
+    def make(**kwargs):
+        kwargs.setdefault("flash_dir", str(tmp_path / f"flash{len(boards)}"))
+        board = VirtualBoard(**kwargs)
+        boards.append(board)
+        board.start()
+        return board
+
+    yield make
+    for board in boards:
+        pids = [e.get("pid") for e in board.events]
+        supervisor = board.pid
+        board.stop()
+        if supervisor:
+            _kill_pids([supervisor])
+        _kill_pids(pids)
+
+
+@pytest.fixture
+def board(make_board):
+    return make_board()
+
+
+def test_exec_output_and_identity(make_board):
+    board = make_board(mac="02:11:22:33:44:55")
+    out = exec_out(board.port, "import machine, sys; print(machine.unique_id().hex(), machine.VIRTUAL_BOARD, sys.platform)")
+    assert out == "021122334455 True linux"
+    assert exec_out(board.port, "print(6 * 7)", resume=True) == "42"
+
+
+def test_mac_is_stable_per_flash_dir(tmp_path):
+    d = str(tmp_path / "f")
+    mac = prepare_flash(d, 64 * 1024)
+    assert mac == derive_mac(d)
+    assert mac[0] & 0x03 == 0x02  # locally administered, unicast
+    assert prepare_flash(d, 64 * 1024) == mac
+    assert prepare_flash(d, 64 * 1024, mac=bytes.fromhex("02aabbccddee")) == bytes.fromhex("02aabbccddee")
+    assert prepare_flash(d, 64 * 1024) == bytes.fromhex("02aabbccddee")
+
+
+def test_fs_round_trip(board, tmp_path):
+    src = tmp_path / "data.bin"
+    payload = os.urandom(5000)
+    src.write_bytes(payload)
+    mpremote(board.port, "fs", "mkdir", ":lib")
+    mpremote(board.port, "fs", "cp", str(src), ":lib/data.bin")
+    listing = mpremote(board.port, "fs", "ls", ":lib").stdout
+    assert "5000 data.bin" in listing
+    back = tmp_path / "back.bin"
+    mpremote(board.port, "fs", "cp", ":lib/data.bin", str(back))
+    assert back.read_bytes() == payload
+    (tmp_path / "t.txt").write_text("hello flash\n")
+    mpremote(board.port, "fs", "cp", str(tmp_path / "t.txt"), ":t.txt")
+    assert mpremote(board.port, "fs", "cat", ":t.txt").stdout == "hello flash\n"
+    mpremote(board.port, "fs", "rm", ":t.txt")
+    mpremote(board.port, "fs", "rm", ":lib/data.bin")
+    top = mpremote(board.port, "fs", "ls", ":").stdout
+    assert "t.txt" not in top and "lib/" in top
+    # The flash is the board's root: absolute paths do not reach the host filesystem.
+    assert exec_out(board.port, "import os; print(sorted(os.listdir('/')))") == "['boot.py', 'lib']"
+
+
+def test_run_local_script(board, tmp_path):
+    script = tmp_path / "s.py"
+    script.write_text("import sys\nprint('ran', sys.path)\n")
+    assert mpremote(board.port, "run", str(script)).stdout.strip() == "ran ['', '.frozen', '/lib']"
+
+
+def test_ctrl_d_soft_reset_reruns_boot_and_main(board, tmp_path, line_to):
+    (tmp_path / "boot.py").write_text("print('BOOT-RAN')\n")
+    (tmp_path / "main.py").write_text("print('MAIN-RAN')\n")
+    mpremote(board.port, "fs", "cp", str(tmp_path / "boot.py"), ":boot.py")
+    mpremote(board.port, "fs", "cp", str(tmp_path / "main.py"), ":main.py")
+    line = line_to(board.port)
+    line.write(b"\r\x03\r\x02")  # out of any program, to the friendly REPL
+    line.read_until(b">>> ")
+    line.write(b"state = 123\r")
+    line.read_until(b"state = 123\r\n>>> ")
+    line.write(b"\x04")  # Ctrl-D at the friendly REPL
+    seen = line.read_until(b">>> ")
+    assert b"MPY: soft reboot\r\n" in seen
+    assert seen.index(b"soft reboot") < seen.index(b"BOOT-RAN") < seen.index(b"MAIN-RAN")
+    line.write(b"print('state' in globals())\r")
+    assert b"False" in line.read_until(b">>> ")
+
+
+def test_mpremote_soft_reset_clears_state(board):
+    mpremote(board.port, "exec", "marker = 1")
+    assert exec_out(board.port, "print('marker' in globals())", resume=True) == "True"
+    m = board.mark()
+    mpremote(board.port, "soft-reset")
+    board.wait_event("soft_reboot", since=m)
+    assert exec_out(board.port, "print('marker' in globals())", resume=True) == "False"
+
+
+def test_ctrl_c_interrupts_endless_main(board, tmp_path):
+    (tmp_path / "main.py").write_text("import time\nprint('LOOPING')\nwhile True:\n    time.sleep_ms(5)\n")
+    mpremote(board.port, "fs", "cp", str(tmp_path / "main.py"), ":main.py")
+    m = board.mark()
+    board.power_cycle()
+    board.wait_event("power_on", since=m)
+    assert exec_out(board.port, "print('interrupted')", resume=True) == "interrupted"
+    # and through mpremote's own soft-reset path (Ctrl-D in the raw REPL), which skips main.py
+    assert exec_out(board.port, "print('again')") == "again"
+
+
+def test_exception_in_main_prints_traceback_then_repl(board, tmp_path, line_to):
+    (tmp_path / "main.py").write_text("x = 1\nraise ValueError('boom')\n")
+    mpremote(board.port, "fs", "cp", str(tmp_path / "main.py"), ":main.py")
+    line = line_to(board.port)
+    line.write(b"\r\x03\r\x02")
+    line.read_until(b">>> ")
+    line.write(b"\x04")
+    line.read_until(b"MPY: soft reboot")
+    seen = line.read_until(b"Type \"help()\"")
+    assert b'File "main.py", line 2' in seen and b"ValueError: boom" in seen
+    assert b"_vboard" not in seen  # the board's own start-up frames are not shown
+    line.read_until(b">>> ")
+    line.write(b"print(x)\r")  # main.py ran in the REPL's globals, as on the board
+    assert b"\n1\n" in line.read_until(b">>> ")
+
+
+def test_machine_reset_power_cycles(board):
+    mpremote(board.port, "exec", "marker = 1")
+    m = board.mark()
+    mpremote(board.port, "reset")
+    event = board.wait_event("power_on", since=m)
+    assert event["cause"] == "reset"
+    out = exec_out(board.port, "import machine; print(machine.reset_cause(), 'marker' in globals())", resume=True)
+    assert out == "5 False"
+
+
+def test_external_kill_power_cycles(board):
+    m = board.mark()
+    os.kill(board.board_pid, signal.SIGKILL)
+    assert board.wait_event("power_on", since=m)["cause"] == "power_on"
+    m = board.mark()
+    os.kill(board.board_pid, signal.SIGSEGV)
+    assert board.wait_event("power_on", since=m)["cause"] == "crash"
+    assert exec_out(board.port, "import machine; print(machine.reset_cause())") == "2"
+
+
+def test_watchdog_expiry_power_cycles(board):
+    m = board.mark()
+    mpremote(board.port, "exec", "--no-follow", "import machine; machine.WDT(timeout=200)")
+    assert board.wait_event("power_on", since=m)["cause"] == "watchdog"
+    assert exec_out(board.port, "import machine; print(machine.reset_cause())") == "3"
+
+
+def test_quota_gives_enospc(make_board, tmp_path):
+    board = make_board(quota_bytes=64 * 1024)
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(100 * 1024))
+    r = mpremote(board.port, "fs", "cp", str(big), ":big.bin", check=False)
+    assert r.returncode != 0 and "No space left on device" in r.stdout + r.stderr
+    out = exec_out(
+        board.port,
+        "try:\n with open('x','wb') as f:\n  for i in range(200):\n   f.write(bytes(1024))\nexcept OSError as e:\n print(e.errno)",
+    )
+    assert out == "28"
+
+
+def test_power_cut_at_write_n(board):
+    mpremote(board.port, "exec", "with open('a.txt', 'w') as f:\n f.write('old')")
+    m = board.mark()
+    at = board.arm_power_cut(3)
+    assert at == board.flash_writes + 3
+    # The writing mpremote hangs when the board dies under it, as with a real board: kill it.
+    proc = subprocess.Popen(
+        [MPREMOTE, "connect", board.port, "resume", "exec", "with open('a.txt', 'w') as f:\n f.write('new' * 3000)"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        event = board.wait_event("power_cut", since=m, timeout_s=20)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert event["write"] == at and board.flash_writes == at
+    # Off until a host opens the port again; littlefs kept the old file whole.
+    m = board.mark()
+    assert exec_out(board.port, "print(open('a.txt').read())", resume=True) == "old"
+    assert board.wait_event("power_on", since=m)["cause"] == "power_on"
+    # fired once: later writes go through
+    assert exec_out(board.port, "with open('b.txt', 'w') as f:\n f.write('ok')\nprint(open('b.txt').read())") == "ok"
+
+
+def test_unplug_and_replug_keeps_flash(board):
+    mpremote(board.port, "exec", "with open('keep.txt', 'w') as f:\n f.write('kept')")
+    interpreter = board.board_pid
+    board.kill()
+    assert not _alive(interpreter)
+    board.start()
+    assert exec_out(board.port, "print(open('keep.txt').read())") == "kept"
+
+
+def test_link_symlink(make_board, tmp_path):
+    link = str(tmp_path / "ttyVB0")
+    board = make_board(link=link)
+    assert os.path.islink(link) and os.readlink(link) == board.port
+    assert exec_out(link, "print('via link')") == "via link"
+    board.stop()
+    assert not os.path.lexists(link)
+
+
+def test_cli_prints_port_then_events_and_cleans_up(tmp_path):
+    link = str(tmp_path / "port")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from fleet.cli import main; main()", "sim", "board",
+         "--flash", str(tmp_path / "flash"), "--link", link, "--quota-kb", "64"],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )
+    interpreter = None
+    try:
+        port = proc.stdout.readline().strip()
+        assert port.startswith("/dev/pts/") and stat.S_ISCHR(os.stat(port).st_mode)
+        event = json.loads(proc.stdout.readline())
+        assert event["event"] == "power_on"
+        interpreter = event["pid"]
+        assert os.readlink(link) == port
+        assert exec_out(port, "print('cli')") == "cli"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert not os.path.lexists(link)
+        assert not _alive(interpreter)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _kill_pids([interpreter])
+
+
+def test_bad_settings_are_board_errors(tmp_path):
+    assert parse_heap("160k") == 160 * 1024 and parse_heap("1m") == 1024 * 1024
+    with pytest.raises(BoardError, match="heap"):
+        parse_heap("lots")
+    with pytest.raises(BoardError, match="12 hex digits"):
+        parse_mac("0211")
+    prepare_flash(str(tmp_path / "f"), 64 * 1024)
+    with pytest.raises(BoardError, match="--quota-kb 64"):
+        prepare_flash(str(tmp_path / "f"), 128 * 1024)
+    with pytest.raises(BoardError, match="multiple of 4 KB"):
+        prepare_flash(str(tmp_path / "g"), 1000)
