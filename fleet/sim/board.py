@@ -39,10 +39,17 @@ and erase operations over the image's life) and `cut_power_at` (the fault hook: 
 operation K never reaches the flash and the board loses power there; it stays off until a host
 opens the port again or the reset button is pressed — see VirtualBoard.arm_power_cut()).
 
+Differences from an ESP32 that host tools may meet: sys.platform is "linux" and the banner names
+the unix port (check `machine.VIRTUAL_BOARD`, True only here); print() ends lines with "\n" where
+the ESP32 sends "\r\n" (the REPL's own protocol bytes are identical; mpremote accepts both);
+micropython.kbd_intr(-1) does not make Ctrl-C an ordinary byte, so `mpremote mount` can break on
+files containing 0x03; no network/espnow/esp32 modules (firmware/hal/sim.py provides the radio).
+
 Events: after the port path (the first line), the supervisor prints one JSON object per line on
 stdout: {"event": "power_on", "cause": "power_on"|"reset"|"watchdog"|"deepsleep"|"crash",
 "pid": N}, {"event": "soft_reboot", "pid": N}, {"event": "power_cut", "write": K},
 {"event": "power_off", "reason": "deepsleep"}, {"event": "stopped"}.
+FLEET_VBOARD_DEBUG=1 in the environment traces every byte and message on stderr.
 """
 import fcntl
 import hashlib
@@ -308,6 +315,9 @@ class Supervisor:
         self._wdt_ms = None
         self._wdt_deadline = None
         self._cause_code = 1
+        self._child_spoke = False  # the current interpreter has sent a message (start-up ran)
+        self._early_deaths = []
+        self._last_output = b""
         self._stop = False
         self._reset_button = False
 
@@ -560,6 +570,7 @@ class Supervisor:
     def _pass(self, data):
         if not data:
             return
+        self._last_output = (self._last_output + data)[-2048:]
         _debug("out", self._phase, repr(data))
         if self._phase == "enter_raw":
             self._swallow += data
@@ -596,6 +607,7 @@ class Supervisor:
 
     def _on_marker(self, msg):
         word, _, arg = msg.partition(" ")
+        self._child_spoke = True
         _debug("marker", repr(msg), "phase", self._phase)
         if word == "app":
             self._phase = "app"
@@ -635,6 +647,16 @@ class Supervisor:
     def _on_child_exit(self):
         rc = self._child.wait()
         self._close_child()
+        if self._phase == "boot" and not self._child_spoke:
+            # It died before the start-up script said anything: a broken install, not a board
+            # behaviour. A few in a row stop the supervisor instead of respawning forever.
+            now = time.monotonic()
+            self._early_deaths = [t for t in self._early_deaths if now - t < 10] + [now]
+            if len(self._early_deaths) >= 3:
+                raise BoardError(
+                    f"{self._mp} exits during start-up (status {rc}); it printed: "
+                    f"{bytes(self._last_output).decode('utf-8', 'replace')!r}. Check the MicroPython install."
+                )
         if rc >= 0 or rc == -signal.SIGINT:
             # Ctrl-D at the REPL, sys.exit(), or a Ctrl-C that landed while the unix port had
             # SIGINT at its default action: a soft reset on the board.
@@ -728,6 +750,7 @@ class Supervisor:
         self._boot_mode = mode
         self._repl_mode = mode
         self._phase = "boot"
+        self._child_spoke = False
         self._boot_started = time.monotonic()
         self._input_open = False
         self._tail = b""
