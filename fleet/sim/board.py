@@ -497,7 +497,8 @@ class Supervisor:
             data = os.read(self._host_fd, 4096)
         except OSError:
             return  # EIO: the host just closed the port
-        _debug("in", self._phase, self._input_open, repr(data))
+        if _DEBUG:
+            _debug("in", self._phase, self._input_open, repr(data))
         if self._phase != "off" and self._child is not None:
             self._to_child += data  # while the board is off, what is sent is lost
 
@@ -571,7 +572,8 @@ class Supervisor:
         if not data:
             return
         self._last_output = (self._last_output + data)[-2048:]
-        _debug("out", self._phase, repr(data))
+        if _DEBUG:
+            _debug("out", self._phase, repr(data))
         if self._phase == "enter_raw":
             self._swallow += data
             if not self._sent_ctrl_a and self._swallow.endswith(_PROMPT):
@@ -608,7 +610,8 @@ class Supervisor:
     def _on_marker(self, msg):
         word, _, arg = msg.partition(" ")
         self._child_spoke = True
-        _debug("marker", repr(msg), "phase", self._phase)
+        if _DEBUG:
+            _debug("marker", repr(msg), "phase", self._phase)
         if word == "app":
             self._phase = "app"
             self._input_open = True
