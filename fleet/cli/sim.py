@@ -5,6 +5,7 @@ import click
 
 SUBCOMMANDS = {
     # name -> module defining `cli`
+    "broker": "fleet.cli.sim_broker",
     "board": "fleet.cli.sim_board",
 }
 

@@ -73,11 +73,17 @@ class EmbeddedBroker:
 
         _quiet_amqtt()
         self._broker = Broker(amqtt_config(self.host, self.port))
+        # amqtt logs a traceback before raising when it cannot bind; our error says it better.
+        blog = logging.getLogger("amqtt.broker")
+        level = blog.level
+        blog.setLevel(logging.CRITICAL)
         try:
             await self._broker.start()
         except Exception as e:  # amqtt wraps OSError (port in use) in its BrokerError
             self._broker = None
             raise BrokerError(f"amqtt broker could not listen on {self.host}:{self.port}: {e}") from e
+        finally:
+            blog.setLevel(level)
         # amqtt has no public accessor for the bound address; its asyncio.Server has.
         server = self._broker._servers["default"].instance
         self.port = server.sockets[0].getsockname()[1]
