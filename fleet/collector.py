@@ -1,0 +1,519 @@
+"""The collector's core: MQTT messages in; verified readings, node state, gaps, events and reject
+counts into the store; resend commands out. No sockets and no clock of its own (time comes in
+as `now_s`, or from `now_fn`), so tests drive it directly; fleet/collector_mqtt.py runs it on MQTT.
+
+Theory of operation
+- Topics (net = network id, gw = gateway node id):
+    redmesh/<net>/up/<gw>     uplink: a protocol Envelope of air frames the gateway received
+    redmesh/<net>/state/<gw>  "online" / "offline" (retained; the gateway's last will)
+    redmesh/<net>/down/<gw>   downlink to one gateway: a protocol Downlink of air frames
+    redmesh/<net>/down/all    downlink to every gateway
+- Every air frame is decoded with the mesh key (hop tag) and its origin's node key (end-to-end
+  tag). Only registered nodes have keys here: an unregistered origin is rejected.
+- Telemetry: one row per reading, keyed (node, seq); the store ignores a (node, seq) it holds,
+  so QoS-1 redeliveries, mesh duplicates and resends are stored once and counted as duplicates.
+  A replayed telemetry frame can only ever be such a duplicate.
+- Status and reply frames carry their own per-node counters, checked with a ReplayWindow:
+  an exact repeat inside the window is a duplicate (ignored); a status older than the newest
+  applied one, or a counter below the window, is rejected as a replay.
+- Bad input never raises: each rejected message or frame is counted under one cause (REJECT_CAUSES),
+  logged the first time, then summarised at most once per `log_interval_s` per cause.
+- Writes are batched: readings, state updates, gap changes, reject counts and events go to the
+  store in one transaction every `batch_rows` readings or `flush_interval_s`. A failed write keeps
+  the batch and is retried at the next flush.
+- Gaps in each node's reading counters are tracked by fleet/repair.py; `poll()` turns due gaps
+  into OP_RESEND commands (authenticated with the node's key, counter from store.next_cseq).
+"""
+import logging
+import time
+
+import protocol
+from fleet import ingest as store_ext
+from fleet.repair import LOST, GapTracker, RepairConfig
+from protocol import auth
+
+log = logging.getLogger("fleet.collector")
+
+TOPIC_ROOT = "redmesh"
+U32 = 0xFFFFFFFF
+
+REJECT_CAUSES = (
+    "wrong_topic",       # not an uplink/state topic of this network
+    "oversize",          # payload above protocol.MAX_ENVELOPE
+    "garbage",           # payload is not a protocol envelope
+    "gateway_mismatch",  # envelope names another gateway than its topic
+    "malformed_frame",   # an air frame that does not decode
+    "bad_hop_tag",       # hop tag wrong: not from this mesh, or corrupted
+    "unknown_node",      # origin not registered in the store
+    "bad_tag",           # end-to-end tag wrong: forged or corrupted
+    "unexpected_type",   # a frame type that has no business on the uplink
+    "replay",            # status/reply counter already passed
+    "bad_state",         # gateway state payload other than online/offline
+)
+
+
+def uplink_topic(net_id, gateway="+"):
+    """redmesh/<net>/up/<gateway> ('+' = every gateway, for subscribing)."""
+    return f"{TOPIC_ROOT}/{net_id}/up/{gateway}"
+
+
+def state_topic(net_id, gateway="+"):
+    """redmesh/<net>/state/<gateway>."""
+    return f"{TOPIC_ROOT}/{net_id}/state/{gateway}"
+
+
+def downlink_topic(net_id, gateway=None):
+    """redmesh/<net>/down/<gateway>, or redmesh/<net>/down/all when gateway is None."""
+    return f"{TOPIC_ROOT}/{net_id}/down/{'all' if gateway is None else gateway}"
+
+
+class CollectorConfig:
+    """Collector settings: batching (batch_rows, flush_interval_s), logging (log_interval_s),
+    unknown-node re-check (unknown_recheck_s), downlink batching (downlink_max_frames),
+    node key cache size (key_cache), and `repair` (a fleet.repair.RepairConfig)."""
+
+    def __init__(self, batch_rows=5000, flush_interval_s=0.5, log_interval_s=60.0, unknown_recheck_s=10.0,
+                 downlink_max_frames=8, key_cache=50000, repair=None):
+        self.batch_rows = int(batch_rows)
+        self.flush_interval_s = float(flush_interval_s)
+        self.log_interval_s = float(log_interval_s)
+        self.unknown_recheck_s = float(unknown_recheck_s)
+        self.downlink_max_frames = int(downlink_max_frames)
+        self.key_cache = int(key_cache)
+        self.repair = repair or RepairConfig()
+        if self.batch_rows < 1 or self.flush_interval_s <= 0 or self.downlink_max_frames < 1:
+            raise ValueError("batch_rows, flush_interval_s and downlink_max_frames must be positive")
+
+    @classmethod
+    def from_home(cls, home, **overrides):
+        """Settings from a FleetHome's [collector] section, then `overrides` (None = not given).
+        Repair settings are RepairConfig keyword arguments among the overrides."""
+        c = home.config.get("collector", {})
+        kw = {"batch_rows": c.get("batch_rows", 5000),
+              "flush_interval_s": c.get("flush_interval_ms", 500) / 1000.0}
+        repair_kw = {}
+        for k, v in overrides.items():
+            if v is None:
+                continue
+            if k in RepairConfig.FIELDS:
+                repair_kw[k] = v
+            else:
+                kw[k] = v
+        return cls(repair=RepairConfig(**repair_kw), **kw)
+
+
+class _RateLog:
+    """Log each cause the first time, then at most one summary per interval."""
+
+    def __init__(self, logger, interval_s):
+        self.logger = logger
+        self.interval_s = interval_s
+        self._seen = {}  # cause -> [last log time, suppressed count, latest detail]
+
+    def note(self, cause, detail, now_s):
+        e = self._seen.get(cause)
+        if e is None:
+            self._seen[cause] = [now_s, 0, None]
+            self.logger.warning("rejected (%s): %s [further %s rejects are summarised every %d s]",
+                                cause, detail, cause, self.interval_s)
+        else:
+            e[1] += 1
+            e[2] = detail
+
+    def tick(self, now_s):
+        for cause, e in self._seen.items():
+            if e[1] and now_s - e[0] >= self.interval_s:
+                self.logger.warning("rejected (%s): %d more in the last %d s; latest: %s",
+                                    cause, e[1], now_s - e[0], e[2])
+                e[0], e[1], e[2] = now_s, 0, None
+
+
+class Stats:
+    """Running totals of one Ingest (plain ints; `as_dict()` for JSON)."""
+
+    FIELDS = ("messages", "envelopes", "frames", "readings", "stored", "duplicates", "status", "status_duplicates",
+              "replies", "reply_duplicates", "commands", "rejects", "flushes", "flush_errors")
+
+    def __init__(self):
+        for f in self.FIELDS:
+            setattr(self, f, 0)
+        self.rejects_by_cause = {}
+
+    def as_dict(self):
+        d = {f: getattr(self, f) for f in self.FIELDS}
+        d["rejects_by_cause"] = dict(self.rejects_by_cause)
+        return d
+
+
+def _parse_topic(topic, net_id):
+    """Return (kind, gateway) for redmesh/<net>/<kind>/<gw>, or None."""
+    parts = topic.split("/")
+    if len(parts) != 4 or parts[0] != TOPIC_ROOT or parts[1] != str(net_id):
+        return None
+    kind, gw = parts[2], parts[3]
+    if kind not in ("up", "state") or not gw.isdigit() or len(gw) > 10:
+        return None
+    gw = int(gw)
+    return (kind, gw) if gw <= U32 else None
+
+
+class Ingest:
+    """The collector core for network `net_id`: `on_message()` for every MQTT message,
+    `poll()` regularly (it flushes batches and returns downlink messages to publish),
+    `close()` at the end.
+
+    store: a fleet.store.Store (SQLiteStore); keys: a fleet.keys.Keystore (or any object with
+    mesh_key() and node_key(node_id)); now_fn: the clock used when no now_s is given."""
+
+    def __init__(self, store, keys, net_id, now_fn=time.time, config=None):
+        self.store = store
+        self.keys = keys
+        self.net_id = int(net_id)
+        self.now_fn = now_fn
+        self.cfg = config or CollectorConfig()
+        self.stats = Stats()
+        self.tracker = GapTracker(self.cfg.repair)
+        self._mesh = auth.Hmac(keys.mesh_key())
+        self._node_hmacs = {}
+        self._ratelog = _RateLog(log, self.cfg.log_interval_s)
+        self._rows = []
+        self._status = {}  # node -> (heard_s, fields): latest status per node in this batch
+        self._rejects = {}  # cause -> count, not yet in the store
+        self._events = []  # (ts, kind, node, detail), not yet in the store
+        self._status_windows = {}
+        self._reply_windows = {}
+        self._last_status = {}  # node -> (boot_count, parent, fw_version) last applied
+        self._gateways = {}  # gateway -> "online" / "offline"
+        self._unknown_checked = {}  # node -> when the store last said "not registered"
+        self._cur_now = 0.0
+        self._cur_unknown = None
+        now = self._now(None)
+        self._last_flush = now
+        self._known = set(store.node_ids())
+        self._load(now)
+
+    # ---- start-up -------------------------------------------------------------------------------
+
+    def _load(self, now_s):
+        """Seed counters and gaps from the store, so a restart continues where the last run stopped."""
+        fields = ("node", "last_seq", "min_seq", "boot_count", "parent", "fw_version")
+        for r in self.store.status_rows(fields=fields):
+            self.tracker.load_node(r["node"], r["last_seq"], r["min_seq"])
+            if r["boot_count"] is not None:
+                self._last_status[r["node"]] = (r["boot_count"], r["parent"], r["fw_version"])
+        for g in self.store.open_gaps():
+            self.tracker.load_gap(g["id"], g["node"], g["first_seq"], g["last_seq"], g["state"], g["requests"],
+                                  g["created_at"] or now_s, now_s)
+
+    def _now(self, now_s):
+        return self.now_fn() if now_s is None else now_s
+
+    # ---- input ----------------------------------------------------------------------------------
+
+    def on_message(self, topic, payload, now_s=None):
+        """Handle one MQTT message. Never raises on bad input. Returns a dict of what it did:
+        frames (accepted), readings (queued for storage), rejects ({cause: n})."""
+        now = self._now(now_s)
+        self.stats.messages += 1
+        res = {"frames": 0, "readings": 0, "rejects": {}}
+        parsed = _parse_topic(topic, self.net_id) if isinstance(topic, str) else None
+        if parsed is None:
+            self._reject(res, "wrong_topic", f"topic {str(topic)[:80]!r}", now)
+            return res
+        kind, gw = parsed
+        payload = bytes(payload)
+        if kind == "state":
+            self._gateway_state(res, gw, payload, now)
+            return res
+        if len(payload) > protocol.MAX_ENVELOPE:
+            self._reject(res, "oversize", f"{len(payload)} bytes on {topic} (at most {protocol.MAX_ENVELOPE})",
+                         now)
+            return res
+        try:
+            env = protocol.decode(payload)
+        except protocol.ProtocolError as e:
+            self._reject(res, "garbage", f"on {topic}: {e}", now)
+            return res
+        if env.type != protocol.T_ENVELOPE:
+            self._reject(res, "garbage", f"on {topic}: a {protocol.TYPE_NAMES[env.type]} frame, not an envelope",
+                         now)
+            return res
+        if env.gateway != gw:
+            self._reject(res, "gateway_mismatch", f"envelope from gateway {env.gateway} on {topic}", now)
+            return res
+        self.stats.envelopes += 1
+        for rx_ms, rssi, fb in env.items:
+            self._frame(res, gw, rx_ms, rssi, fb, now)
+        if len(self._rows) >= self.cfg.batch_rows:
+            self.flush(now)
+        return res
+
+    def _reject(self, res, cause, detail, now_s):
+        self.stats.rejects += 1
+        self.stats.rejects_by_cause[cause] = self.stats.rejects_by_cause.get(cause, 0) + 1
+        self._rejects[cause] = self._rejects.get(cause, 0) + 1
+        res["rejects"][cause] = res["rejects"].get(cause, 0) + 1
+        self._ratelog.note(cause, detail, now_s)
+
+    def _gateway_state(self, res, gw, payload, now_s):
+        state = payload.decode("ascii", "replace").strip().lower()
+        if state not in ("online", "offline"):
+            self._reject(res, "bad_state", f"gateway {gw} state {payload[:40]!r}", now_s)
+            return
+        if self._gateways.get(gw) != state:
+            self._gateways[gw] = state
+            self._events.append((int(now_s), "gateway_" + state, gw, None))
+            log.info("gateway %d is %s", gw, state)
+
+    def _is_known(self, node):
+        if node in self._known:
+            return True
+        now = self._cur_now
+        t = self._unknown_checked.get(node)
+        if t is not None and now - t < self.cfg.unknown_recheck_s:
+            return False
+        try:  # registered since we started (e.g. by `fleet sim up`)?
+            registered = self.store.node(node) is not None
+        except Exception:  # noqa: BLE001 - a busy store must not stop ingestion
+            registered = False
+        if registered:
+            self._known.add(node)
+            self._unknown_checked.pop(node, None)
+            return True
+        if len(self._unknown_checked) > 100000:  # a flood of invented ids: keep memory bounded
+            self._unknown_checked.clear()
+        self._unknown_checked[node] = now
+        return False
+
+    def _node_hmac(self, node):
+        h = self._node_hmacs.get(node)
+        if h is None:
+            if len(self._node_hmacs) >= self.cfg.key_cache:
+                self._node_hmacs.pop(next(iter(self._node_hmacs)))
+            h = self._node_hmacs[node] = auth.Hmac(self.keys.node_key(node))
+        return h
+
+    def _key_for(self, origin):
+        # decode() calls this with the frame's origin; None makes it raise "unknown node".
+        if not self._is_known(origin):
+            self._cur_unknown = origin
+            return None
+        return self._node_hmac(origin)
+
+    def _frame(self, res, gw, rx_ms, rssi, fb, now):
+        self._cur_now = now
+        self._cur_unknown = None
+        try:
+            f = protocol.decode(fb, self._mesh, self._key_for)
+        except protocol.ProtocolError as e:
+            msg = str(e)
+            if self._cur_unknown is not None:
+                cause = "unknown_node"
+            elif msg.startswith("end-to-end tag mismatch"):
+                cause = "bad_tag"
+            elif msg.startswith("hop tag mismatch"):
+                cause = "bad_hop_tag"
+            else:
+                cause = "malformed_frame"
+            self._reject(res, cause, f"frame via gateway {gw}: {msg}", now)
+            return
+        t = f.type
+        rx_s = rx_ms // 1000 if rx_ms else int(now)
+        if t == protocol.T_TELEMETRY:
+            self._telemetry(res, f, gw, rx_s, rssi, now)
+        elif t == protocol.T_STATUS:
+            self._status_frame(res, f, gw, rx_s, rssi, now)
+        elif t == protocol.T_REPLY:
+            self._reply(res, f, rx_s, now)
+        else:
+            self._reject(res, "unexpected_type", f"a {protocol.TYPE_NAMES[t]} frame via gateway {gw}", now)
+            return
+        self.stats.frames += 1
+        res["frames"] += 1
+
+    def _telemetry(self, res, f, gw, rx_s, rssi, now):
+        node, seq, hops = f.origin, f.seq, f.hops
+        base = f.time_s or rx_s  # time_s 0: the node has no wall clock yet
+        rows = self._rows
+        for i, r in enumerate(f.readings):
+            ts = base - r.dt_s
+            rows.append((node, seq + i, ts if ts > 0 else 0, rx_s, r.pm1, r.pm25, r.pm10, r.rh, r.temp, r.n,
+                         r.flags, hops, gw, rssi))
+        n = len(f.readings)
+        self.stats.readings += n
+        res["readings"] += n
+        self.tracker.on_readings(node, seq, seq + n - 1, now, gw)
+
+    def _window(self, windows, node):
+        w = windows.get(node)
+        if w is None:
+            w = windows[node] = auth.ReplayWindow(64)
+        return w
+
+    def _status_frame(self, res, f, gw, rx_s, rssi, now):
+        node = f.origin
+        w = self._window(self._status_windows, node)
+        c = w.check(f.seq)
+        if c == auth.DUPLICATE:
+            self.stats.status_duplicates += 1
+            return
+        if c == auth.OLD or f.seq < w.top:
+            self._reject(res, "replay", f"status seq {f.seq} of node {node}, newest applied {w.top}", now)
+            return
+        w.update(f.seq)
+        b = f.body
+        self.stats.status += 1
+        self._status[node] = (rx_s, {
+            "fw_version": b.fw_version, "fw_seq": b.fw_seq, "uptime_s": b.uptime_s, "heap_free": b.heap_free,
+            "heap_min": b.heap_min, "backlog": b.backlog, "parent": b.parent, "link_etx": b.link_etx,
+            "path_cost": b.path_cost, "boot_count": b.boot_count, "ota_state": b.ota_state,
+            "ota_progress": b.ota_progress, "errors": b.errors,
+            # the path this frame took; body.rssi (the parent link) is summarised by link_etx
+            "gateway": gw, "hops": f.hops, "rssi": rssi,
+        })
+        prev = self._last_status.get(node)
+        if prev is not None:
+            boot, parent, fw = prev
+            if b.boot_count > boot:
+                self._events.append((rx_s, "reboot", node, {"boot_count": b.boot_count, "uptime_s": b.uptime_s}))
+            if b.parent != parent:
+                self._events.append((rx_s, "reparent", node, {"from": parent, "to": b.parent}))
+            if fw is not None and b.fw_version != fw:
+                self._events.append((rx_s, "firmware", node, {"from": fw, "to": b.fw_version}))
+        self._last_status[node] = (b.boot_count, b.parent, b.fw_version)
+
+    def _reply(self, res, f, rx_s, now):
+        node = f.origin
+        w = self._window(self._reply_windows, node)
+        c = w.check(f.seq)
+        if c == auth.DUPLICATE:
+            self.stats.reply_duplicates += 1
+            return
+        if c == auth.OLD:
+            self._reject(res, "replay", f"reply seq {f.seq} of node {node}, window top {w.top}", now)
+            return
+        w.update(f.seq)
+        self.stats.replies += 1
+        req = self.tracker.on_reply(node, f.cseq, f.code, f.result, now)
+        detail = {"cseq": f.cseq, "code": f.code, "result": f.result}
+        if req is not None:
+            detail["resend"] = [req.a, req.b]
+        self._events.append((rx_s, "reply", node, detail))
+
+    # ---- output ---------------------------------------------------------------------------------
+
+    def _cseq(self, node):
+        try:
+            return self.store.next_cseq(node)
+        except Exception as e:  # noqa: BLE001 - the store may be busy; the gap waits
+            self._ratelog.note("store", f"no command counter for node {node}: {e}", self._cur_now)
+            return None
+
+    def _gateway_online(self, gw):
+        return self._gateways.get(gw) != "offline"
+
+    def poll(self, now_s=None):
+        """Flush the batch when due; turn due gaps into resend commands. Returns a list of
+        (topic, payload) downlink messages to publish with QoS 1."""
+        now = self._now(now_s)
+        self._cur_now = now
+        if now - self._last_flush >= self.cfg.flush_interval_s:
+            self.flush(now)
+        reqs = self.tracker.due_requests(now, self._cseq, self._gateway_online)
+        out = self._commands(reqs, now) if reqs else []
+        self._ratelog.tick(now)
+        return out
+
+    def _commands(self, reqs, now):
+        by_topic = {}
+        for req in reqs:
+            cmd = protocol.Command(target=req.node, cseq=req.cseq, op=protocol.OP_RESEND, args=[req.a, req.b])
+            fb = protocol.encode(cmd, self._mesh, self._node_hmac(req.node))
+            topic = downlink_topic(self.net_id, None if req.via_all else req.gateway)
+            by_topic.setdefault(topic, []).append(fb)
+            self._events.append((int(now), "resend_request", req.node,
+                                 {"cseq": req.cseq, "first": req.a, "last": req.b,
+                                  "via": "all" if req.via_all else req.gateway}))
+        out = []
+        step = self.cfg.downlink_max_frames
+        for topic, frames in by_topic.items():
+            for i in range(0, len(frames), step):
+                out.append((topic, protocol.encode(protocol.Downlink(frames[i:i + step]))))
+        self.stats.commands += len(reqs)
+        return out
+
+    def next_deadline_s(self):
+        """When poll() next has work: the flush deadline or the earliest due gap."""
+        t = self._last_flush + self.cfg.flush_interval_s
+        d = self.tracker.next_due_s()
+        return t if d is None else min(t, d)
+
+    def pending_rows(self):
+        return len(self._rows)
+
+    def flush(self, now_s=None):
+        """Write the batch (readings, state, gaps, rejects, events) in one transaction. Returns
+        (stored, duplicates). On a store error the batch is kept for the next flush and (0, 0)
+        is returned; the error is logged, never raised."""
+        now = self._now(now_s)
+        self._last_flush = now
+        rows, status, rejects, events = self._rows, self._status, self._rejects, self._events
+        gaps = self.tracker.take_dirty()
+        if not (rows or status or rejects or events or gaps):
+            return 0, 0
+        lost_events = [(int(now), "gap_lost", g.node, {"first": g.first, "last": g.last, "readings": g.size,
+                                                        "reason": g.reason}) for g in gaps if g.state == LOST]
+        store = self.store
+        try:
+            with store.transaction():
+                stored, dups = store.add_readings(rows) if rows else (0, 0)
+                if status:
+                    store.update_states([(node, heard, fields) for node, (heard, fields) in status.items()])
+                ids = store_ext.write_gaps(store, [g.row() for g in gaps], now) if gaps else []
+                for cause, n in rejects.items():
+                    store.count_reject(cause, int(now), n)
+                store_ext.add_events(store, events + lost_events)
+        except Exception as e:  # noqa: BLE001 - keep the batch, try again at the next flush
+            self.tracker.restore_dirty(gaps)
+            self.stats.flush_errors += 1
+            log.error("store write failed (%s: %s); keeping %d readings for the next attempt",
+                      type(e).__name__, e, len(rows))
+            return 0, 0
+        for g, gap_id in zip(gaps, ids, strict=True):
+            g.id = gap_id
+        for g in gaps:
+            if g.state == LOST:
+                self._ratelog.note("gap_lost", f"node {g.node} readings {g.first}..{g.last} lost ({g.reason})", now)
+        self._rows, self._status, self._rejects, self._events = [], {}, {}, []
+        self.stats.stored += stored
+        self.stats.duplicates += dups
+        self.stats.flushes += 1
+        return stored, dups
+
+    def close(self, now_s=None):
+        """Flush what is pending (call at shutdown). Returns (stored, duplicates)."""
+        return self.flush(now_s)
+
+    # ---- views ----------------------------------------------------------------------------------
+
+    def snapshot(self):
+        """Plain-data totals: Stats plus gap figures (pending, lost, recovered, readings_lost,
+        requests) and rows waiting for the next flush."""
+        d = self.stats.as_dict()
+        t = self.tracker
+        d.update({"gaps_pending": t.pending, "gaps_lost": t.lost, "gaps_recovered": t.recovered,
+                  "gaps_reordered": t.reordered, "gaps_opened": t.opened, "readings_lost": t.readings_lost,
+                  "resend_requests": t.requests_sent, "outstanding": len(t.outstanding),
+                  "pending_rows": len(self._rows)})
+        return d
+
+
+def progress_line(prev, cur, dt_s):
+    """One line for stderr from two snapshots `dt_s` seconds apart."""
+    rate = (cur["messages"] - prev["messages"]) / dt_s if dt_s > 0 else 0.0
+    frate = (cur["frames"] - prev["frames"]) / dt_s if dt_s > 0 else 0.0
+    rej = ", ".join(f"{c} {n}" for c, n in sorted(cur["rejects_by_cause"].items()))
+    return (f"collector: stored {cur['stored']} dup {cur['duplicates']} rejects {cur['rejects']}"
+            f"{' (' + rej + ')' if rej else ''} gaps open {cur['gaps_pending']} lost {cur['gaps_lost']}"
+            f" recovered {cur['gaps_recovered']} resends {cur['resend_requests']}"
+            f" | {rate:.0f} msg/s {frate:.0f} frames/s")

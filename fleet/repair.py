@@ -1,0 +1,460 @@
+"""Gap detection and repair for the collector, sans-IO: which reading counters of each node are
+missing, when to ask the node to resend them, and when to give up.
+
+Rules (a gap is a range [first, last] of reading seqs of one node, below the highest seq seen)
+- Per node: `max_seq` and `min_seq` (highest and lowest reading seq received) and the pending
+  gaps, disjoint and sorted. Seqs below the lowest ever received cannot be known missing (a node
+  met mid-life): the first readings heard set both; a later reading below min_seq opens the gap
+  up to it (readings reordered at first contact).
+- Readings above max_seq + 1 open the gap [max_seq + 1, first - 1]. The part of it older than a
+  node's ring can hold (`ring_readings`) is lost on arrival and recorded as a lost gap.
+- Readings inside a gap shrink, split or close it. A gap closed before any resend request was
+  mere reordering (late frames): it leaves no trace ('gone'). Closed after a request: 'recovered'.
+- A gap is due `grace_s` after it opens (late frames fill most gaps). When due, the node is asked
+  `OP_RESEND [first, last]`; the node resends what its ring holds, at most ~48 readings at a time,
+  and replies code 0 with [first_sent, last_sent], or code 3 when it holds none of the range.
+  Later pending gaps of the same node join the request while the whole range spans at most
+  `merge_span` seqs: one flooded command instead of several (resent duplicates are cheap).
+- Reply code 0: seqs below first_sent in the range are lost (the ring evicts oldest first);
+  when last_sent is below the range end, the rest is asked for again after `follow_s`.
+  Reply code 3: the whole range is lost. Any other code: retried.
+- No progress after a request: ask again after `retry_s`, doubling up to `retry_max_s`; after
+  `max_attempts` requests without progress the gap is lost. Progress (any seq of the gap
+  received) resets the attempt count. The first attempt goes through the gateway that last
+  heard the node; later ones are flooded through every gateway (the node may have moved).
+- At most `max_outstanding_node` requests per node and `max_outstanding` in all are in flight
+  (unanswered, not expired); due gaps wait for a free slot. At most `max_gaps_node` pending gaps
+  per node; beyond it the oldest is marked lost (a counter jumping around is a node bug).
+- Lost gaps are kept (state 'lost'), counted and shown by `fleet status`; nothing is dropped
+  silently.
+
+The tracker only keeps state and decides. The caller (fleet/collector.py) persists the gaps
+`take_dirty()` hands out, allocates command counters and sends the requests.
+"""
+import heapq
+
+OPEN = "open"
+REQUESTED = "requested"
+RECOVERED = "recovered"
+LOST = "lost"
+GONE = "gone"  # closed before any request: reordering, not a loss; no row is kept
+
+PENDING = (OPEN, REQUESTED)
+
+# Why a gap was lost: older than any ring holds on arrival; the node's ring had dropped the
+# range (reply code 0 starting later / code 3); no answer after max_attempts; too many gaps.
+LOST_REASONS = ("beyond_ring", "aged_out", "not_held", "no_answer", "too_many_gaps")
+
+RESEND_OK = 0
+RESEND_NONE_HELD = 3
+
+
+class RepairConfig:
+    """Gap repair settings (seconds, counts). See the module docstring for their meaning."""
+
+    FIELDS = ("grace_s", "retry_s", "retry_max_s", "follow_s", "max_attempts", "max_outstanding",
+              "max_outstanding_node", "max_gaps_node", "ring_readings", "defer_s", "merge_span")
+
+    def __init__(self, grace_s=120.0, retry_s=60.0, retry_max_s=900.0, follow_s=3.0, max_attempts=5,
+                 max_outstanding=64, max_outstanding_node=1, max_gaps_node=256, ring_readings=20000,
+                 defer_s=1.0, merge_span=48):
+        self.grace_s = float(grace_s)
+        self.retry_s = float(retry_s)
+        self.retry_max_s = float(retry_max_s)
+        self.follow_s = float(follow_s)
+        self.max_attempts = int(max_attempts)
+        self.max_outstanding = int(max_outstanding)
+        self.max_outstanding_node = int(max_outstanding_node)
+        self.max_gaps_node = int(max_gaps_node)
+        self.ring_readings = int(ring_readings)
+        self.defer_s = float(defer_s)
+        self.merge_span = int(merge_span)
+        for f in self.FIELDS:
+            if getattr(self, f) <= 0:
+                raise ValueError(f"repair setting {f} must be positive, got {getattr(self, f)!r}")
+
+    def __repr__(self):
+        return "RepairConfig(%s)" % ", ".join(f"{f}={getattr(self, f)!r}" for f in self.FIELDS)
+
+
+class Gap:
+    """One range of missing seqs of a node. `id` is the store row id (None until written);
+    `requests` counts every request ever sent, `attempts` those since the last progress."""
+
+    __slots__ = ("id", "node", "first", "last", "state", "requests", "attempts", "created_s", "due_s", "req",
+                 "dirty", "reason")
+
+    def __init__(self, node, first, last, state, created_s, due_s, requests=0, gap_id=None):
+        self.id = gap_id
+        self.node = node
+        self.first = first
+        self.last = last
+        self.state = state
+        self.requests = requests
+        self.attempts = 0
+        self.created_s = created_s
+        self.due_s = due_s
+        self.req = None
+        self.dirty = False
+        self.reason = None  # why a lost gap was lost (LOST_REASONS)
+
+    @property
+    def size(self):
+        return self.last - self.first + 1
+
+    def row(self):
+        """Plain data for the store: (id, node, first_seq, last_seq, state, requests, created_s)."""
+        return (self.id, self.node, self.first, self.last, self.state, self.requests, self.created_s)
+
+    def __repr__(self):
+        return (f"Gap(id={self.id}, node={self.node}, {self.first}..{self.last}, {self.state}, "
+                f"requests={self.requests}, attempts={self.attempts})")
+
+
+class Request:
+    """A resend request in flight: OP_RESEND [a, b] to `node` with command counter `cseq`;
+    `via_all` says it goes to every gateway rather than the one that last heard the node."""
+
+    __slots__ = ("cseq", "node", "gap", "a", "b", "sent_s", "via_all", "gateway")
+
+    def __init__(self, cseq, node, gap, a, b, sent_s, via_all, gateway):
+        self.cseq = cseq
+        self.node = node
+        self.gap = gap
+        self.a = a
+        self.b = b
+        self.sent_s = sent_s
+        self.via_all = via_all
+        self.gateway = gateway
+
+    def __repr__(self):
+        return f"Request(cseq={self.cseq}, node={self.node}, {self.a}..{self.b}, via_all={self.via_all})"
+
+
+class _Node:
+    __slots__ = ("max_seq", "min_seq", "gaps", "gateway", "outstanding")
+
+    def __init__(self, max_seq, min_seq=None):
+        self.max_seq = max_seq
+        self.min_seq = max_seq if min_seq is None else min_seq
+        self.gaps = []  # pending Gap objects, sorted by first, disjoint
+        self.gateway = None  # gateway that last heard the node
+        self.outstanding = 0
+
+
+class GapTracker:
+    """Per-node reading counters, gaps and resend requests (see the module docstring).
+
+    Counters (plain ints): opened, reordered (closed before a request), recovered, lost,
+    readings_lost, readings_filled, requests_sent, replies, pending (gaps open or requested)."""
+
+    def __init__(self, config=None):
+        self.cfg = config or RepairConfig()
+        self.nodes = {}
+        self.outstanding = {}  # (node, cseq) -> Request (command counters are per node)
+        self._heap = []  # (due_s, tiebreak, Gap); stale entries skipped when popped
+        self._tick = 0
+        self._dirty = []
+        self.opened = 0
+        self.reordered = 0
+        self.recovered = 0
+        self.lost = 0
+        self.readings_lost = 0
+        self.readings_filled = 0
+        self.requests_sent = 0
+        self.replies = 0
+        self.pending = 0
+
+    # ---- loading what the store knows ---------------------------------------------------------
+
+    def load_node(self, node, max_seq, min_seq=None):
+        """Seed `node`'s highest and lowest stored seqs (None = never heard) from the store."""
+        nt = self.nodes.get(node)
+        if nt is None:
+            self.nodes[node] = _Node(max_seq, min_seq)
+            return
+        if max_seq is not None and (nt.max_seq is None or max_seq > nt.max_seq):
+            nt.max_seq = max_seq
+        low = max_seq if min_seq is None else min_seq
+        if low is not None and (nt.min_seq is None or low < nt.min_seq):
+            nt.min_seq = low
+
+    def load_gap(self, gap_id, node, first, last, state, requests, created_s, now_s):
+        """Seed a pending gap from the store (after a restart); it becomes due after grace_s."""
+        nt = self._node(node)
+        g = Gap(node, first, last, OPEN if requests == 0 else REQUESTED, created_s, now_s + self.cfg.grace_s,
+                requests, gap_id)
+        if nt.max_seq is None or nt.max_seq <= last:  # a gap implies readings around it
+            nt.max_seq = last + 1
+        if nt.min_seq is None or nt.min_seq >= first:
+            nt.min_seq = first - 1
+        self._insert_sorted(nt, g)
+        self.pending += 1
+        self._schedule(g)
+        return g
+
+    def _node(self, node):
+        nt = self.nodes.get(node)
+        if nt is None:
+            nt = self.nodes[node] = _Node(None)
+        return nt
+
+    # ---- readings ---------------------------------------------------------------------------
+
+    def on_readings(self, node, first, last, now_s, gateway=None):
+        """Record that `node`'s readings first..last arrived (through `gateway`)."""
+        nt = self._node(node)
+        if gateway is not None:
+            nt.gateway = gateway
+        m = nt.max_seq
+        if m is None:
+            nt.max_seq, nt.min_seq = last, first
+            return
+        if first < nt.min_seq:
+            if last < nt.min_seq - 1:  # below everything heard so far: the seqs between are missing
+                self._open(nt, node, last + 1, nt.min_seq - 1, now_s)
+            nt.min_seq = first
+        if last <= m:
+            if nt.gaps:
+                self._carve(nt, first, last, now_s, lost=None)
+            return
+        if first > m + 1:
+            self._open(nt, node, m + 1, first - 1, now_s)
+        elif first <= m and nt.gaps:
+            self._carve(nt, first, m, now_s, lost=None)
+        nt.max_seq = last
+
+    def _open(self, nt, node, a, b, now_s):
+        cut = b - self.cfg.ring_readings
+        if cut >= a:  # older than any ring holds: lost on arrival
+            self._record_lost(node, a, cut, now_s, "beyond_ring")
+            a = cut + 1
+        g = Gap(node, a, b, OPEN, now_s, now_s + self.cfg.grace_s)
+        if nt.gaps and nt.gaps[-1].first > a:
+            self._insert_sorted(nt, g)  # below min_seq (first contact reordered)
+        else:
+            nt.gaps.append(g)
+        self.opened += 1
+        self.pending += 1
+        self._mark(g)
+        self._schedule(g)
+        if len(nt.gaps) > self.cfg.max_gaps_node:
+            old = nt.gaps[0]
+            self._carve(nt, old.first, old.last, now_s, lost="too_many_gaps")
+
+    def _carve(self, nt, a, b, now_s, lost):
+        """Remove [a, b] from nt's pending gaps: filled by readings (lost=None), or given up
+        (lost = one of LOST_REASONS)."""
+        gaps = nt.gaps
+        if not gaps or gaps[-1].last < a or gaps[0].first > b:
+            return
+        keep = []
+        for g in gaps:
+            if g.last < a or g.first > b:
+                keep.append(g)
+                continue
+            lo, hi = max(a, g.first), min(b, g.last)
+            if not lost:
+                self.readings_filled += hi - lo + 1
+                g.attempts = 0  # progress
+            whole = g.first >= a and g.last <= b
+            if whole:
+                g.reason = lost
+                self._close(g, LOST if lost else (RECOVERED if g.requests else GONE))
+                continue
+            if lost:
+                self._record_lost(g.node, lo, hi, now_s, lost)
+            if g.first < a and g.last > b:  # split: the upper part becomes a new gap
+                upper = Gap(g.node, b + 1, g.last, g.state, g.created_s, g.due_s, g.requests)
+                upper.attempts = g.attempts
+                g.last = a - 1
+                keep.append(g)
+                keep.append(upper)
+                self.pending += 1
+                self._mark(upper)
+                self._schedule(upper)
+            elif g.first < a:
+                g.last = a - 1
+                keep.append(g)
+            else:
+                g.first = b + 1
+                keep.append(g)
+                # the part a request asked for has arrived: ask for the rest soon
+                if not lost and g.req is not None and g.first > g.req.b:
+                    self._drop_request(g.req)
+                    self._due(g, now_s + self.cfg.follow_s)
+            self._mark(g)
+        nt.gaps = keep
+
+    def _close(self, g, state):
+        g.state = state
+        self.pending -= 1
+        if state == LOST:
+            self.lost += 1
+            self.readings_lost += g.size
+        elif state == RECOVERED:
+            self.recovered += 1
+        else:
+            self.reordered += 1
+        if g.req is not None:
+            self._drop_request(g.req)
+        self._mark(g)
+
+    def _record_lost(self, node, a, b, now_s, reason):
+        g = Gap(node, a, b, LOST, now_s, now_s)
+        g.reason = reason
+        self.lost += 1
+        self.readings_lost += b - a + 1
+        self._mark(g)
+
+    def _insert_sorted(self, nt, g):
+        gaps = nt.gaps
+        i = len(gaps)
+        while i > 0 and gaps[i - 1].first > g.first:
+            i -= 1
+        gaps.insert(i, g)
+
+    # ---- scheduling ---------------------------------------------------------------------------
+
+    def _schedule(self, g):
+        self._tick += 1
+        heapq.heappush(self._heap, (g.due_s, self._tick, g))
+
+    def _due(self, g, due_s):
+        if due_s < g.due_s:
+            g.due_s = due_s
+            self._schedule(g)
+
+    def _mark(self, g):
+        if not g.dirty:
+            g.dirty = True
+            self._dirty.append(g)
+
+    def _drop_request(self, req):
+        if self.outstanding.pop((req.node, req.cseq), None) is not None:
+            nt = self.nodes.get(req.node)
+            if nt is not None:
+                nt.outstanding -= 1
+        if req.gap is not None and req.gap.req is req:
+            req.gap.req = None
+
+    def next_due_s(self):
+        """The earliest time a gap may need action, or None."""
+        while self._heap:
+            due_s, _, g = self._heap[0]
+            if g.state in PENDING and g.due_s == due_s:
+                return due_s
+            heapq.heappop(self._heap)
+        return None
+
+    def due_requests(self, now_s, cseq_fn, gateway_online=None):
+        """Decide what to do with gaps due by `now_s`: give up on those out of attempts, and
+        return the resend Requests to send now (registered as outstanding). `cseq_fn(node)`
+        returns the command counter to use (None: cannot now, the gap waits defer_s);
+        `gateway_online(gw)` says whether a gateway is believed up (None = assume so)."""
+        cfg = self.cfg
+        out = []
+        deferred = []
+        heap = self._heap
+        while heap and heap[0][0] <= now_s:
+            due_s, _, g = heapq.heappop(heap)
+            if g.state not in PENDING or g.due_s != due_s:
+                continue
+            if g.req is not None:  # unanswered in time: the slot is free again
+                self._drop_request(g.req)
+            if g.attempts >= cfg.max_attempts:
+                nt = self.nodes[g.node]
+                self._carve(nt, g.first, g.last, now_s, lost="no_answer")
+                continue
+            nt = self.nodes[g.node]
+            if len(self.outstanding) >= cfg.max_outstanding or nt.outstanding >= cfg.max_outstanding_node:
+                g.due_s = now_s + cfg.defer_s
+                deferred.append(g)
+                if len(self.outstanding) >= cfg.max_outstanding:
+                    break
+                continue
+            cseq = cseq_fn(g.node)
+            if cseq is None:  # no command counter now (store busy): try again shortly
+                g.due_s = now_s + cfg.defer_s
+                deferred.append(g)
+                continue
+            gw = nt.gateway
+            via_all = g.attempts >= 1 or gw is None or (gateway_online is not None and not gateway_online(gw))
+            covered = [g]
+            for h in nt.gaps:  # later gaps close enough to share the request
+                if h.first > g.last:
+                    if h.last - g.first >= cfg.merge_span:
+                        break
+                    covered.append(h)
+            req = Request(cseq, g.node, g, g.first, covered[-1].last, now_s, via_all, gw)
+            self.outstanding[(req.node, req.cseq)] = req
+            nt.outstanding += 1
+            g.req = req
+            for h in covered:
+                h.attempts += 1
+                h.requests += 1
+                h.state = REQUESTED
+                h.due_s = now_s + min(cfg.retry_max_s, cfg.retry_s * (2 ** (h.attempts - 1)))
+                self._mark(h)
+                self._schedule(h)
+            self.requests_sent += 1
+            out.append(req)
+        for g in deferred:
+            self._schedule(g)
+        return out
+
+    # ---- replies -----------------------------------------------------------------------------
+
+    def on_reply(self, node, cseq, code, result, now_s):
+        """Apply a node's reply to resend request `cseq`. Returns the Request it answered, or
+        None when it matches no outstanding request (late, or another tool's command)."""
+        req = self.outstanding.get((node, cseq))
+        if req is None:
+            return None
+        self.replies += 1
+        self._drop_request(req)
+        nt = self.nodes[node]
+        if code == RESEND_OK:
+            first = last = None
+            if len(result) == 2 and all(isinstance(x, int) for x in result):
+                first, last = result
+            if first is None or not (req.a <= first <= last <= req.b):
+                return req  # a malformed answer: the retry timer stands
+            if first > req.a:
+                self._carve(nt, req.a, first - 1, now_s, lost="aged_out")
+            if last < req.b:  # the node sends a bounded number per request: ask for the rest
+                for g in nt.gaps:
+                    if g.last > last and g.first <= req.b:
+                        self._due(g, now_s + self.cfg.follow_s)
+        elif code == RESEND_NONE_HELD:
+            self._carve(nt, req.a, req.b, now_s, lost="not_held")
+        return req
+
+    # ---- persistence hand-off -------------------------------------------------------------------
+
+    def take_dirty(self):
+        """Return (and forget) the gaps changed since the last call, for the store."""
+        out, self._dirty = self._dirty, []
+        for g in out:
+            g.dirty = False
+        return out
+
+    def restore_dirty(self, gaps):
+        """Put back gaps whose store write failed (they will be written by the next flush)."""
+        for g in gaps:
+            self._mark(g)
+
+    # ---- views ----------------------------------------------------------------------------------
+
+    def node_gaps(self, node):
+        """The pending gaps of `node` as (first, last, state) tuples."""
+        nt = self.nodes.get(node)
+        return [(g.first, g.last, g.state) for g in nt.gaps] if nt else []
+
+    def max_seq(self, node):
+        nt = self.nodes.get(node)
+        return nt.max_seq if nt else None
+
+    def gateway_of(self, node):
+        nt = self.nodes.get(node)
+        return nt.gateway if nt else None

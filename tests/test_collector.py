@@ -1,0 +1,572 @@
+"""The collector core (fleet/collector.py Ingest) against a real SQLiteStore, with frames made by
+protocol.encode and keys derived by protocol.auth. No MQTT: messages are (topic, payload)."""
+import os
+import sqlite3
+
+import pytest
+
+import protocol
+from fleet.collector import CollectorConfig, Ingest, downlink_topic
+from fleet.repair import RepairConfig
+from fleet.store import SQLiteStore
+from protocol import auth
+
+SECRET = bytes(range(1, 33))
+NET = 1
+GW = 100
+GW2 = 200
+T0 = 1_700_000_000
+UP = f"redmesh/{NET}/up/{GW}"
+UP2 = f"redmesh/{NET}/up/{GW2}"
+MESH = auth.derive_mesh_key(SECRET, NET)
+NODES = (1, 2, 3, 4, 5)
+
+
+def nkey(node):
+    return auth.derive_node_key(SECRET, NET, node)
+
+
+class Keys:
+    """The two methods of fleet.keys.Keystore the collector uses, on a fixed secret."""
+
+    def mesh_key(self):
+        return MESH
+
+    def node_key(self, node):
+        return nkey(node)
+
+
+def reading(i=0, pm25=123):
+    return protocol.Reading(dt_s=i, pm1=80, pm25=pm25, pm10=150, rh=55, temp=215, n=30, flags=0)
+
+
+def telemetry(node, seq, k=1, time_s=T0, key=None, mesh=MESH, hops=2):
+    f = protocol.Telemetry(origin=node, seq=seq, time_s=time_s, readings=[reading(k - 1 - i) for i in range(k)],
+                           hops=hops, cost=20)
+    return protocol.encode(f, mesh, nkey(node) if key is None else key)
+
+
+def status(node, seq, boot_count=1, parent=7, backlog=0, uptime_s=60):
+    body = protocol.StatusBody(fw_seq=3, fw_version="1.2.0", uptime_s=uptime_s, heap_free=40000, heap_min=30000,
+                               backlog=backlog, parent=parent, link_etx=12, path_cost=25, rssi=-70,
+                               boot_count=boot_count, ota_state=0, ota_progress=0, errors=0)
+    return protocol.encode(protocol.Status(origin=node, seq=seq, time_s=T0, body=body, hops=1), MESH, nkey(node))
+
+
+def reply(node, seq, cseq, code, result):
+    f = protocol.Reply(origin=node, seq=seq, time_s=T0, cseq=cseq, code=code, result=result, hops=1)
+    return protocol.encode(f, MESH, nkey(node))
+
+
+def envelope(frames, gw=GW, eseq=1, rx_ms=T0 * 1000 + 500):
+    return protocol.encode(protocol.Envelope(gw, eseq, [(rx_ms, -61, fb) for fb in frames]))
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = SQLiteStore(str(tmp_path / "fleet.db"))
+    s.register_nodes([{"node": n} for n in NODES] + [{"node": GW, "role": "gateway"},
+                                                      {"node": GW2, "role": "gateway"}])
+    yield s
+    s.close()
+
+
+class Clock:
+    def __init__(self, t=float(T0)):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+def make_ingest(store, clock=None, **repair):
+    rc = RepairConfig(**{"grace_s": 10, "retry_s": 5, "retry_max_s": 20, "follow_s": 1, "max_attempts": 3,
+                         **repair})
+    return Ingest(store, Keys(), NET, now_fn=clock or Clock(), config=CollectorConfig(batch_rows=1000, repair=rc))
+
+
+def seqs(store, node):
+    return [r["seq"] for r in store.readings(node)]
+
+
+def gap_rows(store):
+    return [tuple(r) for r in store.db.execute("SELECT node, first_seq, last_seq, state, requests FROM gaps "
+                                               "ORDER BY node, first_seq")]
+
+
+def decode_commands(out, node):
+    """Decode downlink messages into (topic, Command) for `node`, checking its auth tag."""
+    cmds = []
+    for topic, payload in out:
+        dl = protocol.decode(payload)
+        assert dl.type == protocol.T_DOWNLINK
+        for fb in dl.frames:
+            c = protocol.decode(fb, MESH, nkey(node) if protocol.decode(fb).target == node else None)
+            if c.target == node:
+                cmds.append((topic, c))
+    return cmds
+
+
+# ---- storage and de-duplication ------------------------------------------------------------------
+
+
+def test_valid_telemetry_stored_once_even_when_delivered_three_times(store):
+    ing = make_ingest(store)
+    env = envelope([telemetry(1, 0, k=3), telemetry(2, 10, k=2)])
+    for _ in range(3):
+        res = ing.on_message(UP, env)
+        assert res == {"frames": 2, "readings": 5, "rejects": {}}
+    assert ing.flush() == (5, 10)
+    env2 = envelope([telemetry(1, 0, k=3)])
+    ing.on_message(UP, env2)
+    assert ing.flush() == (0, 3)
+    assert seqs(store, 1) == [0, 1, 2] and seqs(store, 2) == [10, 11]
+    r = store.readings(1)[2]
+    assert (r["pm25"], r["rh"], r["temp"], r["hops"], r["gateway"], r["rssi"]) == (123, 55, 215, 2, GW, -61)
+    assert r["ts"] == T0 and store.readings(1)[0]["ts"] == T0 - 2  # time_s - dt_s
+    assert r["rx_ts"] == T0
+    st = store.node_state(1)
+    assert (st["delivered"], st["duplicates"], st["last_seq"]) == (3, 9, 2)
+    snap = ing.snapshot()
+    assert (snap["stored"], snap["duplicates"], snap["rejects"], snap["gaps_pending"]) == (5, 13, 0, 0)
+
+
+def test_batch_flushes_by_rows_and_by_time(store):
+    clock = Clock()
+    ing = Ingest(store, Keys(), NET, now_fn=clock, config=CollectorConfig(batch_rows=10, flush_interval_s=0.5))
+    ing.on_message(UP, envelope([telemetry(1, s) for s in range(9)]))
+    assert ing.pending_rows() == 9 and seqs(store, 1) == []
+    ing.on_message(UP, envelope([telemetry(1, 9)]))
+    assert ing.pending_rows() == 0 and len(seqs(store, 1)) == 10  # batch full: flushed at once
+    ing.on_message(UP, envelope([telemetry(1, 10)]))
+    clock.t += 0.2
+    ing.poll()
+    assert ing.pending_rows() == 1
+    clock.t += 0.4
+    ing.poll()
+    assert ing.pending_rows() == 0 and seqs(store, 1)[-1] == 10
+
+
+# ---- bad input -----------------------------------------------------------------------------------
+
+
+def test_forged_and_foreign_frames_rejected_and_counted(store):
+    ing = make_ingest(store)
+    forged = telemetry(1, 5, key=nkey(2))  # node 2 cannot speak for node 1
+    foreign = telemetry(1, 6, mesh=auth.derive_mesh_key(SECRET, NET + 1))  # right node key, other mesh
+    # flip a bit in the etag and recompute the hop tag, as a forwarder with the mesh key could
+    f = protocol.decode(telemetry(1, 7))
+    f.etag = bytes([f.etag[0] ^ 1]) + f.etag[1:]
+    tampered = protocol.encode(f, MESH)
+    good = telemetry(1, 8)
+    res = ing.on_message(UP, envelope([forged, foreign, tampered, good]))
+    assert res["frames"] == 1 and res["rejects"] == {"bad_tag": 2, "bad_hop_tag": 1}
+    ing.flush()
+    assert seqs(store, 1) == [8]
+    assert {c: r["count"] for c, r in store.rejects().items()} == {"bad_tag": 2, "bad_hop_tag": 1}
+
+
+def test_bad_input_counted_by_cause_nothing_valid_lost(store):
+    ing = make_ingest(store)
+    beacon = protocol.encode(protocol.Beacon(src=1, bseq=1, cost=10, depth=1, time_s=T0, flags=0), MESH)
+    unknown = protocol.encode(protocol.Telemetry(origin=999, seq=0, time_s=T0, readings=[reading()]), MESH, nkey(999))
+    truncated = telemetry(2, 0)[:-3]
+    bad = [
+        ("redmesh/2/up/100", envelope([telemetry(1, 0)])),  # another network
+        ("something/else", b"x"),
+        ("redmesh/1/up/notanumber", envelope([telemetry(1, 0)])),
+        ("redmesh/1/down/100", b"\x83\x01\x11\x80"),
+        (UP, os.urandom(300)),
+        (UP, b""),
+        (UP, b"\xff" * (protocol.MAX_ENVELOPE + 1)),
+        (UP, telemetry(1, 0)),  # a bare air frame, not an envelope
+        (UP2, envelope([telemetry(1, 0)], gw=GW)),  # envelope of gateway 100 on gateway 200's topic
+        (UP, envelope([unknown, truncated, beacon])),
+        (f"redmesh/{NET}/state/{GW}", b"\x00\x01garbage"),
+    ]
+    expected_total = 0
+    for i, (topic, payload) in enumerate(bad):
+        ing.on_message(topic, payload)
+        ing.on_message(UP, envelope([telemetry(3, i)]))  # valid traffic interleaved
+        expected_total += 1
+    ing.flush()
+    assert seqs(store, 3) == list(range(expected_total))
+    counts = {c: r["count"] for c, r in store.rejects().items()}
+    assert counts == {"wrong_topic": 4, "garbage": 3, "oversize": 1, "gateway_mismatch": 1, "unknown_node": 1,
+                      "malformed_frame": 1, "unexpected_type": 1, "bad_state": 1}
+    assert ing.snapshot()["rejects_by_cause"] == counts
+    assert seqs(store, 1) == [] and seqs(store, 999) == []
+
+
+def test_random_bytes_never_raise(store):
+    ing = make_ingest(store)
+    import random
+
+    rnd = random.Random(7)
+    good = telemetry(1, 0)
+    for _ in range(300):
+        n = rnd.randrange(0, 400)
+        blob = bytes(rnd.randrange(256) for _ in range(n))
+        ing.on_message(UP, blob)
+        # also corrupt one byte of a valid envelope: must be rejected or (rarely) still valid
+        env = bytearray(envelope([good]))
+        env[rnd.randrange(len(env))] ^= 1 << rnd.randrange(8)
+        ing.on_message(UP, bytes(env))
+    ing.on_message(UP, envelope([telemetry(1, 1)]))
+    ing.flush()
+    assert 1 in seqs(store, 1)
+    assert ing.snapshot()["rejects"] >= 300
+
+
+def test_node_registered_after_start_is_accepted_after_recheck(store):
+    clock = Clock()
+    ing = make_ingest(store, clock)
+    res = ing.on_message(UP, envelope([protocol.encode(
+        protocol.Telemetry(origin=42, seq=0, time_s=T0, readings=[reading()]), MESH, nkey(42))]))
+    assert res["rejects"] == {"unknown_node": 1}
+    store.register_node(42)
+    clock.t += 11  # the negative answer is cached for unknown_recheck_s
+    res = ing.on_message(UP, envelope([protocol.encode(
+        protocol.Telemetry(origin=42, seq=1, time_s=T0, readings=[reading()]), MESH, nkey(42))]))
+    assert res == {"frames": 1, "readings": 1, "rejects": {}}
+
+
+def test_store_failure_keeps_the_batch(tmp_path, store):
+    class Flaky(SQLiteStore):
+        fail = 1
+
+        def add_readings(self, rows):
+            if self.fail:
+                self.fail -= 1
+                raise sqlite3.OperationalError("database is locked")
+            return super().add_readings(rows)
+
+    flaky = Flaky(store.path)
+    try:
+        ing = make_ingest(flaky)
+        ing.on_message(UP, envelope([telemetry(1, 0, k=2)]))
+        assert ing.flush() == (0, 0)
+        assert ing.pending_rows() == 2 and ing.snapshot()["flush_errors"] == 1
+        assert ing.flush() == (2, 0)
+        assert seqs(flaky, 1) == [0, 1]
+    finally:
+        flaky.close()
+
+
+# ---- status and replies --------------------------------------------------------------------------
+
+
+def test_status_updates_node_state_and_records_reboots(store):
+    ing = make_ingest(store)
+    ing.on_message(UP, envelope([status(1, 1, boot_count=4, parent=7, backlog=12, uptime_s=300)]))
+    ing.flush()
+    st = store.node_state(1)
+    assert (st["fw_version"], st["fw_seq"], st["uptime_s"], st["heap_free"], st["backlog"], st["parent"],
+            st["link_etx"], st["boot_count"], st["gateway"], st["hops"], st["rssi"]) == \
+           ("1.2.0", 3, 300, 40000, 12, 7, 12, 4, GW, 1, -61)
+    ing.on_message(UP2, envelope([status(1, 2, boot_count=5, parent=9, uptime_s=5)], gw=GW2))
+    ing.flush()
+    st = store.node_state(1)
+    assert (st["boot_count"], st["parent"], st["gateway"]) == (5, 9, GW2)
+    kinds = [e["kind"] for e in store.events(node=1)]
+    assert "reboot" in kinds and "reparent" in kinds
+
+
+def test_replayed_status_rejected(store):
+    ing = make_ingest(store)
+    old = status(1, 3, backlog=99)
+    ing.on_message(UP, envelope([status(1, 5, backlog=1)]))
+    ing.on_message(UP, envelope([status(1, 6, backlog=2)]))
+    res = ing.on_message(UP, envelope([status(1, 6, backlog=2)]))  # exact duplicate (QoS 1 / mesh)
+    assert res["rejects"] == {} and ing.snapshot()["status_duplicates"] == 1
+    res = ing.on_message(UP, envelope([old]))  # a captured older status replayed later
+    assert res["rejects"] == {"replay": 1}
+    ing.on_message(UP, envelope([status(1, 200, backlog=3)]))
+    res = ing.on_message(UP, envelope([status(1, 7, backlog=4)]))  # far below the window
+    assert res["rejects"] == {"replay": 1}
+    ing.flush()
+    assert store.node_state(1)["backlog"] == 3
+    assert store.rejects()["replay"]["count"] == 2
+
+
+def test_gateway_state_tracked_and_offline_gateway_bypassed(store):
+    clock = Clock()
+    ing = make_ingest(store, clock)
+    ing.on_message(f"redmesh/{NET}/state/{GW}", b"online")
+    ing.on_message(f"redmesh/{NET}/state/{GW}", b"online")  # retained copy on resubscribe: no new event
+    ing.on_message(UP, envelope([telemetry(1, 0), telemetry(1, 5)]))
+    ing.on_message(f"redmesh/{NET}/state/{GW}", b"offline")
+    clock.t += 11
+    out = ing.poll()
+    assert [t for t, _ in out] == [downlink_topic(NET)]  # gateway 100 is offline: every gateway
+    ing.flush()
+    assert [e["kind"] for e in store.events(node=GW)] == ["gateway_online", "gateway_offline"]
+
+
+# ---- gaps ----------------------------------------------------------------------------------------
+
+
+def test_gap_filled_by_late_frame_leaves_no_trace(store):
+    clock = Clock()
+    ing = make_ingest(store, clock)
+    ing.on_message(UP, envelope([telemetry(1, 0, k=5), telemetry(1, 8, k=2)]))
+    assert ing.tracker.node_gaps(1) == [(5, 7, "open")]
+    ing.flush()
+    assert gap_rows(store) == [(1, 5, 7, "open", 0)]
+    clock.t += 3
+    ing.on_message(UP, envelope([telemetry(1, 6)]))  # splits the gap
+    assert ing.tracker.node_gaps(1) == [(5, 5, "open"), (7, 7, "open")]
+    ing.on_message(UP, envelope([telemetry(1, 5), telemetry(1, 7)]))
+    assert ing.tracker.node_gaps(1) == []
+    ing.flush()
+    assert gap_rows(store) == []  # reordering is not a loss
+    clock.t += 100
+    assert ing.poll() == []
+    assert seqs(store, 1) == list(range(10))
+    assert ing.snapshot()["gaps_reordered"] == 2
+
+
+def test_resend_after_grace_then_recovered(store):
+    clock = Clock()
+    ing = make_ingest(store, clock)
+    store.next_cseq(1)  # the fleet already sent node 1 a command: counters continue from there
+    ing.on_message(UP, envelope([telemetry(1, 0, k=5), telemetry(1, 10), telemetry(2, 0), telemetry(2, 3)]))
+    clock.t += 9
+    assert ing.poll() == []  # within the grace period
+    clock.t += 2
+    out = ing.poll()
+    assert [t for t, _ in out] == [downlink_topic(NET, GW)]  # via the gateway that heard them
+    (_, c1), = decode_commands(out, 1)
+    (_, c2), = decode_commands(out, 2)
+    assert (c1.target, c1.op, c1.args, c1.cseq) == (1, protocol.OP_RESEND, [5, 9], 2)
+    assert (c2.target, c2.op, c2.args, c2.cseq) == (2, protocol.OP_RESEND, [1, 2], 1)
+    with pytest.raises(protocol.ProtocolError):  # authenticated for node 1 only
+        protocol.decode(protocol.decode(out[0][1]).frames[0], MESH, nkey(2))
+    ing.flush()
+    assert gap_rows(store) == [(1, 5, 9, "requested", 1), (2, 1, 2, "requested", 1)]
+    # node 1 resends from its ring and replies
+    ing.on_message(UP, envelope([telemetry(1, 5, k=5), reply(1, 1, c1.cseq, 0, [5, 9])]))
+    ing.flush()
+    assert seqs(store, 1) == list(range(11))
+    assert gap_rows(store)[0] == (1, 5, 9, "recovered", 1)
+    assert [e["kind"] for e in store.events(node=1)] == ["resend_request", "reply"]
+    snap = ing.snapshot()
+    assert (snap["gaps_recovered"], snap["gaps_pending"], snap["outstanding"]) == (1, 1, 1)
+
+
+def test_gap_marked_lost_after_retries(store):
+    clock = Clock()
+    ing = make_ingest(store, clock, max_attempts=3)
+    ing.on_message(UP, envelope([telemetry(1, 0), telemetry(1, 4)]))
+    sent = []
+    for _ in range(200):
+        clock.t += 1
+        for topic, c in decode_commands(ing.poll(), 1):
+            sent.append((clock.t - T0, topic, c.cseq, c.args))
+    assert [s[2] for s in sent] == [1, 2, 3]
+    assert [s[3] for s in sent] == [[1, 3]] * 3
+    assert [s[1] for s in sent] == [downlink_topic(NET, GW), downlink_topic(NET), downlink_topic(NET)]
+    assert [s[0] for s in sent] == [10, 15, 25]  # grace, then retry_s doubling
+    ing.flush()
+    assert gap_rows(store) == [(1, 1, 3, "lost", 3)]
+    lost = store.events(node=1, kind="gap_lost")
+    assert len(lost) == 1 and '"readings": 3' in lost[0]["detail"]
+    snap = ing.snapshot()
+    assert (snap["gaps_lost"], snap["readings_lost"], snap["gaps_pending"]) == (1, 3, 0)
+    assert store.summary()["gaps"]["lost"] == 1
+
+
+def test_reply_partial_and_none_held(store):
+    clock = Clock()
+    ing = make_ingest(store, clock)
+    ing.on_message(UP, envelope([telemetry(1, 0), telemetry(1, 10), telemetry(2, 0), telemetry(2, 10)]))
+    clock.t += 11
+    out = ing.poll()
+    cmds = decode_commands(out, 1) + decode_commands(out, 2)
+    c1 = next(c for _, c in cmds if c.target == 1)
+    c2 = next(c for _, c in cmds if c.target == 2)
+    # node 1 aged out 1..4: resends 5..9; node 2 holds nothing of 1..9
+    ing.on_message(UP, envelope([reply(1, 1, c1.cseq, 0, [5, 9]), telemetry(1, 5, k=5),
+                                 reply(2, 1, c2.cseq, 3, [1, 9])]))
+    ing.flush()
+    rows = gap_rows(store)
+    assert (1, 1, 4, "lost", 0) in rows and (1, 5, 9, "recovered", 1) in rows
+    assert (2, 1, 9, "lost", 1) in rows
+    assert ing.snapshot()["readings_lost"] == 4 + 9
+    res = ing.on_message(UP, envelope([reply(2, 1, c2.cseq, 3, [1, 9])]))  # duplicate reply: ignored
+    assert res["rejects"] == {} and ing.snapshot()["reply_duplicates"] == 1
+
+
+def test_bounded_resend_followed_up_for_the_rest(store):
+    clock = Clock()
+    ing = make_ingest(store, clock)
+    ing.on_message(UP, envelope([telemetry(1, 0), telemetry(1, 101)]))
+    clock.t += 11
+    (_, c), = decode_commands(ing.poll(), 1)
+    assert c.args == [1, 100]
+    # the node sends at most 48 per request
+    ing.on_message(UP, envelope([reply(1, 1, c.cseq, 0, [1, 48])] + [telemetry(1, s, k=12) for s in (1, 13, 25, 37)]))
+    clock.t += 2
+    (_, c2), = decode_commands(ing.poll(), 1)
+    assert c2.args == [49, 100] and c2.cseq == c.cseq + 1
+
+
+def test_outstanding_requests_capped(store):
+    clock = Clock()
+    store.register_nodes([{"node": n} for n in range(10, 30)])
+    ing = make_ingest(store, clock, max_outstanding=3, max_outstanding_node=1)
+    ing.on_message(UP, envelope([telemetry(n, 0) for n in range(10, 30)] + [telemetry(n, 5) for n in range(10, 30)]
+                                + [telemetry(10, 9)]))
+    clock.t += 11
+    out = ing.poll()
+    targets = [protocol.decode(fb).target for _, p in out for fb in protocol.decode(p).frames]
+    assert len(targets) == 3 and len(set(targets)) == 3
+    assert ing.snapshot()["outstanding"] == 3
+    clock.t += 1
+    assert ing.poll() == []  # slots still taken
+    # a reply frees a slot
+    t = targets[0]
+    c = next(c for _, c in decode_commands(out, t))
+    ing.on_message(UP, envelope([reply(t, 1, c.cseq, 3, c.args)]))
+    clock.t += 1
+    out2 = ing.poll()
+    assert len([fb for _, p in out2 for fb in protocol.decode(p).frames]) == 1
+
+
+def test_huge_jump_beyond_the_ring_is_lost_at_once(store):
+    ing = make_ingest(store, ring_readings=100)
+    ing.on_message(UP, envelope([telemetry(1, 0), telemetry(1, 1001)]))
+    assert ing.tracker.node_gaps(1) == [(901, 1000, "open")]
+    ing.flush()
+    assert gap_rows(store) == [(1, 1, 900, "lost", 0), (1, 901, 1000, "open", 0)]
+
+
+def test_restart_continues_counters_and_gaps(store):
+    clock = Clock()
+    ing = make_ingest(store, clock)
+    ing.on_message(UP, envelope([telemetry(1, 0, k=3), telemetry(1, 7), telemetry(2, 0)]))
+    ing.close()
+    again = make_ingest(store, clock)  # a new collector on the same store
+    assert again.tracker.node_gaps(1) == [(3, 6, "open")]
+    again.on_message(UP, envelope([telemetry(2, 1), telemetry(1, 8)]))  # continuing: no new gap
+    assert again.tracker.node_gaps(2) == [] and again.tracker.node_gaps(1) == [(3, 6, "open")]
+    again.on_message(UP, envelope([telemetry(1, 3, k=4)]))
+    again.close()
+    assert gap_rows(store) == []
+    assert seqs(store, 1) == list(range(9))
+
+
+def test_real_keystore(tmp_path, store):
+    from fleet.keys import Keystore
+
+    ks = Keystore(str(tmp_path / "keys"), NET)
+    ks.init()
+    ing = Ingest(store, ks, NET)
+    f = protocol.Telemetry(origin=1, seq=0, time_s=T0, readings=[reading()])
+    fb = protocol.encode(f, ks.mesh_key(), ks.node_key(1))
+    assert ing.on_message(UP, envelope([fb, telemetry(1, 1)]))["rejects"] == {"bad_tag": 1}
+
+
+# ---- end to end through a lossy channel, with nodes answering resends ------------------------------
+
+
+class FakeNode:
+    """A node's ring and its answer to OP_RESEND, as firmware/node.py does it: resend at most 48
+    held readings from a..b (frames of up to 12) and reply [first, last] sent, or code 3."""
+
+    def __init__(self, node, ring_readings):
+        self.node = node
+        self.ring_readings = ring_readings
+        self.next_seq = 0
+        self.reply_seq = 0
+        self.seen_cseq = 0
+
+    def produce(self, k):
+        fb = telemetry(self.node, self.next_seq, k=k)
+        self.next_seq += k
+        return [fb]
+
+    def answer(self, cmd):
+        if cmd.cseq <= self.seen_cseq:
+            return []  # refused: replayed counter
+        self.seen_cseq = cmd.cseq
+        a, b = cmd.args
+        oldest = max(0, self.next_seq - self.ring_readings)
+        held = [s for s in range(max(a, oldest), min(b, self.next_seq - 1) + 1)][:48]
+        self.reply_seq += 1
+        if not held:
+            return [reply(self.node, self.reply_seq, cmd.cseq, 3, [a, b])]
+        frames = [telemetry(self.node, s, k=min(12, held[-1] - s + 1)) for s in range(held[0], held[-1] + 1, 12)]
+        return frames + [reply(self.node, self.reply_seq, cmd.cseq, 0, [held[0], held[-1]])]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("ring_readings", [10000, 60])
+def test_lossy_channel_every_reading_stored_once_or_counted_lost(store, seed, ring_readings):
+    import random
+
+    rnd = random.Random(seed)
+    clock = Clock()
+    ing = make_ingest(store, clock, grace_s=5, retry_s=3, retry_max_s=10, follow_s=1, max_attempts=8,
+                      max_outstanding=4, max_outstanding_node=1)
+    nodes = {n: FakeNode(n, ring_readings) for n in NODES}
+    in_flight = []  # (deliver_at, frame bytes)
+
+    def send(frames, reliable=False):
+        for fb in frames:
+            if not reliable and rnd.random() < 0.25:
+                continue  # lost
+            copies = 1 if reliable or rnd.random() > 0.1 else 2  # duplicated
+            for _ in range(copies):
+                in_flight.append((clock.t + rnd.choice((0, 0, 1, 2, 4)), fb))
+
+    for n in nodes.values():
+        send(n.produce(1), reliable=True)  # first contact
+    for step in range(600):
+        clock.t += 1
+        if step < 150:
+            for n in nodes.values():
+                send(n.produce(rnd.randint(1, 3)))
+        elif step == 150:
+            for n in nodes.values():
+                send(n.produce(1), reliable=True)  # the node keeps reporting: the tail is seen
+        due = [fb for t, fb in in_flight if t <= clock.t]
+        in_flight = [(t, fb) for t, fb in in_flight if t > clock.t]
+        rnd.shuffle(due)
+        for i in range(0, len(due), 7):
+            ing.on_message(UP, envelope(due[i:i + 7]))
+        for _topic, payload in ing.poll():
+            for fb in protocol.decode(payload).frames:
+                cmd = protocol.decode(fb)
+                node = nodes[cmd.target]
+                protocol.decode(fb, MESH, nkey(cmd.target))  # the node checks the auth tag
+                if rnd.random() < 0.2:
+                    continue  # downlink lost
+                send(node.answer(cmd))
+    ing.close()
+    snap = ing.snapshot()
+    assert snap["gaps_pending"] == 0, ing.tracker.nodes
+    lost_rows = [r for r in gap_rows(store) if r[3] == "lost"]
+    assert [r for r in gap_rows(store) if r[3] in ("open", "requested")] == []
+    for n, fake in nodes.items():
+        stored = seqs(store, n)
+        assert stored == sorted(set(stored))
+        lost = {s for r in lost_rows if r[0] == n for s in range(r[1], r[2] + 1)}
+        assert not lost & set(stored)
+        assert set(stored) | lost == set(range(fake.next_seq)), n
+        if ring_readings >= fake.next_seq:
+            assert not lost  # the ring still held everything: nothing may be lost
+    assert snap["readings_lost"] == sum(r[2] - r[1] + 1 for r in lost_rows)
+
+
+def test_nearby_gaps_share_one_request_and_first_contact_reordering(store):
+    clock = Clock()
+    ing = make_ingest(store, clock)
+    # first contact reordered: 3 arrives before 0; then gaps 4..5 and 7..8 (and 1..2 below 3)
+    ing.on_message(UP, envelope([telemetry(1, 3), telemetry(1, 0), telemetry(1, 6), telemetry(1, 9),
+                                 telemetry(1, 200)]))
+    assert ing.tracker.node_gaps(1) == [(1, 2, "open"), (4, 5, "open"), (7, 8, "open"), (10, 199, "open")]
+    clock.t += 11
+    out = ing.poll()
+    assert [c.args for _, c in decode_commands(out, 1)] == [[1, 8]]  # merged up to 48 seqs wide
+    assert [g[2] for g in ing.tracker.node_gaps(1)] == ["requested", "requested", "requested", "open"]
