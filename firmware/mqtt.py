@@ -26,6 +26,7 @@ and cancels both when the connection ends. Only the writer task writes to the so
 CONNACK read (the connection is discarded on timeout) and Event waits, never a stream read
 inside a live connection.
 """
+import gc
 import os
 
 try:
@@ -47,7 +48,7 @@ else:  # CPython
     def _wait_for_ms(aw, ms):
         return asyncio.wait_for(aw, ms / 1000)
 
-_READ_CHUNK = 2048
+_READ_CHUNK = 1024
 _MAX_BATCH = 32  # packets written per drain
 _CONTROL = -1  # packet-id owner for SUBSCRIBE and the "online" publish (not outbox messages)
 
@@ -121,6 +122,7 @@ class MQTTClient:
         self._running = False
         self._reader = self._writer = None
         self._parser = None
+        self._rbuf = bytearray(_READ_CHUNK) if hasattr(asyncio.StreamReader, "readinto") else None
         self._last_rx_ms = self._last_tx_ms = 0
         self._ping_out = False
 
@@ -189,7 +191,7 @@ class MQTTClient:
             while not self._stop:
                 try:
                     await self._connect()
-                except (OSError, EOFError, codec.MQTTError, asyncio.TimeoutError) as e:
+                except Exception as e:  # noqa: BLE001 - refused, timeout, bad CONNACK, MemoryError...
                     self._close()
                     self.connect_failures += 1
                     self.last_error = "connect: %r" % (e,)
@@ -202,6 +204,8 @@ class MQTTClient:
                     self.reconnects += 1
                 try:
                     await self._session()
+                except Exception as e:  # noqa: BLE001 - the uplink must outlive any one failure
+                    self.last_error = "session: %r" % (e,)
                 finally:
                     self.connected = False
                     self._close()
@@ -237,6 +241,7 @@ class MQTTClient:
                 w.close()
             except OSError:
                 pass
+        gc.collect()  # a dropped connection leaves buffers behind; reclaim before reconnecting
 
     async def _connect(self):
         self._parser = codec.Parser(self.max_packet_bytes)
@@ -256,10 +261,17 @@ class MQTTClient:
             pkt = self._parser.next_packet()
             if pkt is not None:
                 return pkt
-            data = await self._reader.read(_READ_CHUNK)
-            if not data:
-                raise MQTTConnectionError("broker closed the connection")
-            self._parser.feed(data)
+            rb = self._rbuf
+            if rb is not None:  # MicroPython: read into one buffer, no allocation per read
+                n = await self._reader.readinto(rb)
+                if not n:
+                    raise MQTTConnectionError("broker closed the connection")
+                self._parser.feed(memoryview(rb)[:n])
+            else:
+                data = await self._reader.read(_READ_CHUNK)
+                if not data:
+                    raise MQTTConnectionError("broker closed the connection")
+                self._parser.feed(data)
             self._last_rx_ms = ticks_ms()
 
     async def _session(self):

@@ -74,8 +74,11 @@ class Outbox:
         self._tail_bytes = 0
         self._segs = []  # [[segno, nbytes, nrecs]] oldest first; _segs[0] may be loaded as head
         self._flash_bytes = 0
-        self._head = None  # list of messages of _segs[0] when loaded, else None
-        self._head_i = 0  # messages of _head already popped
+        # The loaded oldest segment: its bytes and the offset of each record. Messages are
+        # decoded on demand, so a loaded segment costs about its file size, not ~30 objects/KB.
+        self._head = None  # [record offsets] of _segs[0] when loaded, else None
+        self._head_buf = b""
+        self._head_i = 0  # records of _head already popped
         self._head_skip = 0  # records of _segs[0] delivered before it was loaded (from the index)
         self._since_ckpt = 0
         self._next_segno = 1
@@ -129,7 +132,7 @@ class Outbox:
         if self._head is not None:
             n = len(self._head) - self._head_i
             if i < n:
-                return self._head[self._head_i + i]
+                return self._decode(self._head[self._head_i + i])
             if len(self._segs) > 1:
                 return None
             i -= n
@@ -243,6 +246,7 @@ class Outbox:
         seg = self._segs.pop(0)
         self._flash_bytes -= seg[1]
         self._head = None
+        self._head_buf = b""
         self._head_i = 0
         self._since_ckpt = 0
         try:
@@ -275,9 +279,9 @@ class Outbox:
         os.rename(tmp, self._path(_INDEX))
         self._since_ckpt = 0
 
-    def _read_records(self, segno, keep):
-        """Scan one segment; return (nrecs, nbytes_scanned, messages or None, damaged)."""
-        msgs = [] if keep else None
+    def _read_records(self, segno):
+        """Scan one segment's headers without reading bodies; return (nrecs, nbytes_scanned,
+        damaged)."""
         n = 0
         off = 0
         damaged = False
@@ -289,19 +293,20 @@ class Outbox:
                 if len(hdr) < _HDR or hdr[0] != _MAGIC or hdr[1] & 0xF8:
                     damaged = True
                     break
-                tl = (hdr[2] << 8) | hdr[3]
-                pl = (hdr[4] << 8) | hdr[5]
-                if keep:
-                    body = f.read(tl + pl)
-                    if len(body) < tl + pl:
-                        damaged = True
-                        break
-                    msgs.append((body[:tl].decode(), body[tl:], hdr[1] & 3, bool(hdr[1] & 4)))
-                else:
-                    f.seek(tl + pl, 1)  # past EOF is allowed; _reload compares with the size
-                off += _HDR + tl + pl
+                ln = ((hdr[2] << 8) | hdr[3]) + ((hdr[4] << 8) | hdr[5])
+                f.seek(ln, 1)  # past EOF is allowed; _reload compares with the size
+                off += _HDR + ln
                 n += 1
-        return n, off, msgs, damaged
+        return n, off, damaged
+
+    def _decode(self, off):
+        b = self._head_buf
+        tl = (b[off + 2] << 8) | b[off + 3]
+        pl = (b[off + 4] << 8) | b[off + 5]
+        p = off + _HDR
+        mv = memoryview(b)
+        return (str(mv[p:p + tl], "utf-8"), bytes(mv[p + tl:p + tl + pl]), b[off + 1] & 3,
+                bool(b[off + 1] & 4))
 
     def _reload(self):
         segnos = []
@@ -313,7 +318,7 @@ class Outbox:
         segnos.sort()
         for segno in segnos:
             size = os.stat(self._path(self._seg_name(segno)))[6]
-            n, scanned, _, damaged = self._read_records(segno, False)
+            n, scanned, damaged = self._read_records(segno)
             if scanned > size:  # last record claims more bytes than the file has: cut short
                 n -= 1
                 damaged = True
@@ -340,13 +345,22 @@ class Outbox:
 
     def _load_head(self):
         seg = self._segs[0]
-        _, _, msgs, _ = self._read_records(seg[0], True)
-        if len(msgs) < seg[2]:
+        with open(self._path(self._seg_name(seg[0])), "rb") as f:
+            data = f.read()
+        offs = []
+        off = 0
+        while off + _HDR <= len(data) and data[off] == _MAGIC and not data[off + 1] & 0xF8:
+            end = off + _HDR + ((data[off + 2] << 8) | data[off + 3]) + ((data[off + 4] << 8) | data[off + 5])
+            if end > len(data):
+                break
+            offs.append(off)
+            off = end
+        if len(offs) < seg[2]:  # damage found only now (flash changed under us)
             self.corrupt += 1
-        self._head = msgs[self._head_skip:]
+        seg[2] = len(offs)
+        self._head = offs[self._head_skip:]
+        self._head_buf = data
         self._head_i = 0
-        # Damage found only now (flash changed under us) shortens the segment: fix the count.
-        seg[2] = len(msgs)
         if not self._head:
             self._delete_head_segment()
             if self._segs:
