@@ -49,6 +49,7 @@ REJECT_CAUSES = (
     "unexpected_type",   # a frame type that has no business on the uplink
     "replay",            # status/reply counter already passed
     "bad_state",         # gateway state payload other than online/offline
+    "internal_error",    # a collector bug met this input (logged with its traceback once)
 )
 
 
@@ -211,42 +212,55 @@ class Ingest:
     # ---- input ----------------------------------------------------------------------------------
 
     def on_message(self, topic, payload, now_s=None):
-        """Handle one MQTT message. Never raises on bad input. Returns a dict of what it did:
-        frames (accepted), readings (queued for storage), rejects ({cause: n})."""
+        """Handle one MQTT message. Never raises. Returns a dict of what it did: frames
+        (accepted), readings (queued for storage), rejects ({cause: n})."""
         now = self._now(now_s)
         self.stats.messages += 1
         res = {"frames": 0, "readings": 0, "rejects": {}}
+        try:
+            self._message(res, topic, payload, now)
+        except Exception as e:  # noqa: BLE001 - a bug here must not stop the collector
+            if not self.stats.rejects_by_cause.get("internal_error"):
+                log.exception("internal error on a message from %r (counted as internal_error)", str(topic)[:80])
+            self._reject(res, "internal_error", f"{type(e).__name__}: {e}", now)
+        return res
+
+    def _message(self, res, topic, payload, now):
         parsed = _parse_topic(topic, self.net_id) if isinstance(topic, str) else None
         if parsed is None:
             self._reject(res, "wrong_topic", f"topic {str(topic)[:80]!r}", now)
-            return res
+            return
         kind, gw = parsed
-        payload = bytes(payload)
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8", "replace")
+        elif isinstance(payload, (bytes, bytearray, memoryview)):
+            payload = bytes(payload)
+        else:  # MQTT libraries may hand over None or numbers for odd payloads
+            payload = b""
         if kind == "state":
             self._gateway_state(res, gw, payload, now)
-            return res
+            return
         if len(payload) > protocol.MAX_ENVELOPE:
             self._reject(res, "oversize", f"{len(payload)} bytes on {topic} (at most {protocol.MAX_ENVELOPE})",
                          now)
-            return res
+            return
         try:
             env = protocol.decode(payload)
         except protocol.ProtocolError as e:
             self._reject(res, "garbage", f"on {topic}: {e}", now)
-            return res
+            return
         if env.type != protocol.T_ENVELOPE:
             self._reject(res, "garbage", f"on {topic}: a {protocol.TYPE_NAMES[env.type]} frame, not an envelope",
                          now)
-            return res
+            return
         if env.gateway != gw:
             self._reject(res, "gateway_mismatch", f"envelope from gateway {env.gateway} on {topic}", now)
-            return res
+            return
         self.stats.envelopes += 1
         for rx_ms, rssi, fb in env.items:
             self._frame(res, gw, rx_ms, rssi, fb, now)
         if len(self._rows) >= self.cfg.batch_rows:
             self.flush(now)
-        return res
 
     def _reject(self, res, cause, detail, now_s):
         self.stats.rejects += 1
@@ -412,13 +426,17 @@ class Ingest:
     def _gateway_online(self, gw):
         return self._gateways.get(gw) != "offline"
 
-    def poll(self, now_s=None):
-        """Flush the batch when due; turn due gaps into resend commands. Returns a list of
-        (topic, payload) downlink messages to publish with QoS 1."""
+    def poll(self, now_s=None, send=True):
+        """Flush the batch when due; turn due gaps into resend commands (unless `send` is False:
+        the downlink is down, the gaps wait). Returns a list of (topic, payload) downlink
+        messages to publish with QoS 1."""
         now = self._now(now_s)
         self._cur_now = now
         if now - self._last_flush >= self.cfg.flush_interval_s:
             self.flush(now)
+        if not send:
+            self._ratelog.tick(now)
+            return []
         reqs = self.tracker.due_requests(now, self._cseq, self._gateway_online)
         out = self._commands(reqs, now) if reqs else []
         self._ratelog.tick(now)

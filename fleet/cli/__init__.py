@@ -12,6 +12,7 @@ import click
 # name -> module under fleet.cli that defines `cli`. Imported lazily so `fleet --help` is fast
 # and a broken optional command cannot take the whole tool down.
 COMMANDS = {
+    "collect": "fleet.cli.collect",
     "decode": "fleet.cli.decode",
     "sim": "fleet.cli.sim",
     "keys": "fleet.cli.keys",
