@@ -108,6 +108,7 @@ class MQTTClient:
         self.connect_failures = 0
         self.callback_errors = 0
         self.sub_failures = 0  # SUBACK return codes 0x80
+        self.keepalive_timeouts = 0  # connections dropped because the broker fell silent
 
         self._subs = []  # [[topic_filter, qos]]
         self._unacked = []  # [[seq, packet_id, needs_resend]] in outbox order
@@ -118,6 +119,7 @@ class MQTTClient:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._done = None  # Event: the current connection ended
+        self._why = None  # why the current connection ended
         self._stop = False
         self._running = False
         self._reader = self._writer = None
@@ -165,7 +167,8 @@ class MQTTClient:
              "connects": self.connects, "reconnects": self.reconnects,
              "connect_failures": self.connect_failures, "dropped": self.outbox.dropped,
              "inflight": len(self._unacked), "callback_errors": self.callback_errors,
-             "sub_failures": self.sub_failures, "last_error": self.last_error}
+             "sub_failures": self.sub_failures, "keepalive_timeouts": self.keepalive_timeouts,
+             "last_error": self.last_error}
         d["queued"] = len(self.outbox)
         return d
 
@@ -276,7 +279,7 @@ class MQTTClient:
 
     async def _session(self):
         self.connected = True
-        self.last_error = None
+        self._why = None
         self._last_rx_ms = self._last_tx_ms = ticks_ms()
         self._ping_out = False
         self._done = asyncio.Event()
@@ -308,6 +311,7 @@ class MQTTClient:
                 now = ticks_ms()
                 idle_rx = ticks_diff(now, self._last_rx_ms)
                 if idle_rx >= ka_ms:
+                    self.keepalive_timeouts += 1
                     self._end("no packet from the broker for %d ms" % idle_rx)
                 elif not self._ping_out and (idle_rx >= ka_ms // 2
                                              or ticks_diff(now, self._last_tx_ms) >= ka_ms // 2):
@@ -324,7 +328,8 @@ class MQTTClient:
                     pass
 
     def _end(self, why):
-        if self.last_error is None:
+        if self._why is None:  # the first reason is the cause; later ones are consequences
+            self._why = why
             self.last_error = why
         self._done.set()
 

@@ -94,7 +94,9 @@ async def main():
     print("DONE " + json.dumps(s))
     if int(ARGS["hold"]):
         while True:
-            await _sleep_ms(1000)
+            await _sleep_ms(stat_ms or 1000)
+            if stat_ms:
+                print("STAT " + json.dumps(c.stats()))
     await c.disconnect()
     await task
 

@@ -13,8 +13,8 @@ import sys
 
 import aiomqtt
 import pytest
-
 from conftest import ROOT, micropython_bin
+
 from firmware import mqtt_codec as codec
 from fleet.sim.broker import mosquitto_path, start_broker_process, start_mosquitto
 
@@ -189,13 +189,14 @@ class MPClient:
 
 class FreezingProxy:
     """TCP proxy between the MicroPython client and the broker that parses the client->broker
-    stream with our codec. `freeze()` stops forwarding in both directions: PUBLISHes written
-    after that never reach the broker and are never acknowledged. `cut()` closes every
-    connection. Lets a test make "unacknowledged" a known, non-empty set."""
+    stream with our codec. `freeze()` stops forwarding on the current connections, both ways:
+    PUBLISHes written after that never reach the broker and are never acknowledged; new
+    connections forward normally. `cut()` closes every connection. Lets a test make
+    "unacknowledged" a known, non-empty set, or a connection silently dead."""
 
     def __init__(self, upstream_port):
         self.upstream_port = upstream_port
-        self.frozen = False
+        self._conns = []  # [frozen flag] per connection
         self.forwarded = []  # Publish packets the broker received
         self.held = []  # Publish packets held back while frozen (the broker never saw them)
         self.connections = 0
@@ -217,17 +218,19 @@ class FreezingProxy:
             return
         self.connections += 1
         self._writers += [cw, uw]
+        conn = [False]
+        self._conns.append(conn)
         parser = codec.Parser(1 << 20)
-        self._pumps.append(asyncio.create_task(self._pump(cr, uw, parser)))
-        self._pumps.append(asyncio.create_task(self._pump(ur, cw, None)))
+        self._pumps.append(asyncio.create_task(self._pump(cr, uw, parser, conn)))
+        self._pumps.append(asyncio.create_task(self._pump(ur, cw, None, conn)))
 
-    async def _pump(self, r, w, parser):
+    async def _pump(self, r, w, parser, conn):
         try:
             while True:
                 data = await r.read(65536)
                 if not data:
                     break
-                frozen = self.frozen
+                frozen = conn[0]
                 if parser is not None:
                     parser.feed(data)
                     while (pkt := parser.next_packet()) is not None:
@@ -239,11 +242,12 @@ class FreezingProxy:
         except (OSError, codec.MQTTError):
             pass
         finally:
-            if not self.frozen:
+            if not conn[0]:
                 w.close()
 
     def freeze(self):
-        self.frozen = True
+        for conn in self._conns:
+            conn[0] = True
 
     async def cut(self):
         """Close every connection and forward normally again."""
@@ -252,8 +256,7 @@ class FreezingProxy:
         for t in self._pumps:
             t.cancel()
         await asyncio.gather(*self._pumps, return_exceptions=True)
-        self._writers, self._pumps = [], []
-        self.frozen = False
+        self._writers, self._pumps, self._conns = [], [], []
 
     async def close(self):
         await self.cut()
@@ -388,6 +391,52 @@ async def test_resubscribes_after_broker_sigkill(kind):
                     await asyncio.sleep(0.05)
                 pytest.fail("no command reached the client after the broker restart. " + mp.detail())
             await asyncio.wait_for(second_cmd(), 40)
+    finally:
+        await mp.kill()
+        bp.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_silent_dead_connection_detected_by_keepalive(kind):
+    """The broker stays up but the connection goes silent (the proxy forwards nothing more):
+    the client notices within its keepalive, reconnects and delivers everything."""
+    n = 1500
+    bp = _start_broker(kind)
+    proxy = await FreezingProxy(bp.port).start()
+    mp = MPClient(port=proxy.port, n=n, id="gw-silent", topic="rm/silent", ka=2, maxq=16, stat_ms=500)
+    try:
+        async with Collector(bp.port, "rm/silent/#") as col:
+            await mp.start()
+            await _until(lambda: len(col.msgs) >= 100, 60, "the first 100 messages", col.changed,
+                         mp.detail)
+            proxy.freeze()  # no cut: no EOF, no RST - only silence
+            await _until(lambda: set(range(n)) <= {_seq(p) for p in col.payloads()}, 60,
+                         f"all {n} messages", col.changed, mp.detail)
+            await mp.wait_line("DONE ", 30)
+        assert proxy.connections == 2
+        st = mp.done_stats()
+        assert st["reconnects"] == 1 and st["acked"] == n and st["keepalive_timeouts"] == 1
+        assert "no packet from the broker" in st["last_error"]
+        assert _first_occurrences([_seq(p) for p in col.payloads()]) == list(range(n))
+    finally:
+        await mp.kill()
+        await proxy.close()
+        bp.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_idle_connection_kept_alive_by_pings(kind):
+    """keepalive 1 s and nothing to send for 3 s: PINGREQs keep the session (the broker would
+    drop a client silent for 1.5 x keepalive)."""
+    bp = _start_broker(kind)
+    mp = MPClient(port=bp.port, n=1, id="gw-idle", topic="rm/idle", ka=1, hold=1, stat_ms=250)
+    try:
+        await mp.start()
+        await mp.wait_line("DONE ", 30)
+        await _until(lambda: sum(ln.startswith("STAT ") for ln in mp.lines) >= 12, 30,
+                     "3 s of idle STAT lines", mp.changed, mp.detail)
+        last = json.loads([ln for ln in mp.lines if ln.startswith("STAT ")][-1][5:])
+        assert last["connected"] and last["connects"] == 1 and last["last_error"] is None
     finally:
         await mp.kill()
         bp.close()
