@@ -83,7 +83,7 @@ _INF = 0xFFFFFFFFFF
 
 
 def _clamp(v, lo, hi):
-    v = int(v)
+    v = 0 if v is None else int(v)  # None: a field the sensor does not measure
     return lo if v < lo else hi if v > hi else v
 
 
@@ -122,6 +122,8 @@ class ReadingRing:
             raise ValueError("ram_capacity, flash_capacity and unsent_spill must be >= 1")
         self._fs = fs
         self._dir = path_prefix.rstrip("/")
+        if not self._dir:
+            raise ValueError("path_prefix must name a directory for the ring's files, e.g. \"ring\"")
         self.ram_capacity = ram_capacity
         self.max_segments = max(1, (flash_capacity + SEG_RECORDS - 1) // SEG_RECORDS)
         self.flash_capacity = self.max_segments * SEG_RECORDS
@@ -184,6 +186,12 @@ class ReadingRing:
 
     def mark_sent(self, seq_first, seq_last):
         """Record that readings seq_first..seq_last reached the first hop."""
+        newest = self.newest_seq()
+        if newest is None:
+            return
+        # Never beyond what exists: a bogus report must not pre-mark future readings as sent.
+        if seq_last > newest:
+            seq_last = newest
         if seq_last < seq_first or seq_last < self._w:
             return
         a = max(seq_first, self._w)

@@ -251,6 +251,9 @@ def test_mark_sent_out_of_order_and_pipelining():
         assert r.backlog() == 6
         r.mark_sent(0, 5)  # a late duplicate report changes nothing
         assert r.backlog() == 6
+        r.mark_sent(29, 1 << 30)  # a bogus report never marks future readings as sent
+        s = r.append(T0, Agg(1))
+        assert [x[0] for x in r.pending(12)] == list(range(24, 29)) + [s]
     finally:
         rmtree(d)
 
@@ -401,4 +404,64 @@ def test_packer_respects_250_bytes_and_consecutive_seqs():
         last = r2.pending(30)[-1]
         assert build_telemetry(5, [last], T0).readings[0].dt_s == 0
     finally:
+        rmtree(d)
+
+
+class _FileBdev:
+    """littlefs block device over a host file (heap stays small: nothing cached in RAM)."""
+
+    def __init__(self, path, nblocks):
+        self.f = open(path, "w+b")
+        erased = b"\xff" * 4096
+        for _ in range(nblocks):
+            self.f.write(erased)
+        self.n = nblocks
+
+    def readblocks(self, b, buf, off=0):
+        self.f.seek(b * 4096 + off)
+        self.f.readinto(buf)
+
+    def writeblocks(self, b, buf, off=0):
+        self.f.seek(b * 4096 + off)
+        self.f.write(buf)
+
+    def ioctl(self, op, arg):
+        if op == 4:
+            return self.n
+        if op == 5:
+            return 4096
+        return 0
+
+
+def test_on_littlefs_one_block_per_segment():
+    # MicroPython only (the ESP32's and the virtual board's filesystem); CPython has no vfs.
+    try:
+        import vfs
+    except ImportError:
+        return
+    import os
+
+    d = tmpdir("ringlfs")
+    mnt = "/rm_lfs_%d" % len(d)
+    bd = _FileBdev(d + "/flash.img", 32)
+    try:
+        vfs.VfsLfs2.mkfs(bd)
+        vfs.mount(vfs.VfsLfs2(bd), mnt)
+        try:
+            fs = PosixFS(mnt)
+            free0 = os.statvfs(mnt)[3]
+            r = ReadingRing(fs, "ring", ram_capacity=16, flash_capacity=4 * SEG_RECORDS, unsent_spill=16)
+            _fill(r, 0, 2000)
+            r.flush()
+            assert len(r) == 3 * SEG_RECORDS + 2000 % SEG_RECORDS  # the oldest segments went
+            used = free0 - os.statvfs(mnt)[3]
+            # 4 segments of 4,080 bytes: one 4 KB block each, plus littlefs metadata
+            assert 4 <= used <= 8, used
+            r2 = ReadingRing(fs, "ring", ram_capacity=16, flash_capacity=4 * SEG_RECORDS)
+            assert len(r2) == len(r) and r2.newest_seq() == 1999 and r2.corrupt == 0
+            assert _all_seqs(r2) == list(range(2000 - len(r), 2000))
+        finally:
+            vfs.umount(mnt)
+    finally:
+        bd.f.close()
         rmtree(d)
