@@ -16,6 +16,7 @@ COMMANDS = {
     "decode": "fleet.cli.decode",
     "sim": "fleet.cli.sim",
     "keys": "fleet.cli.keys",
+    "ota": "fleet.cli.ota",
     "readings": "fleet.cli.readings",
     "status": "fleet.cli.status",
 }
