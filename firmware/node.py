@@ -50,7 +50,7 @@ class Node:
         fs = hal.fs
         self.counters = counters_mod.Counters(fs, "counters.bin")
         self.boot_count = self.counters.next("boot")
-        self.ring = ring_mod.ReadingRing(fs, "ring")
+        self.ring = ring_mod.ReadingRing(fs, "ring", counters=self.counters)
         self.sampler = Sampler(SamplerConfig(report_interval_s=cfg.report_interval_s, warmup_s=cfg.warmup_s,
                                              sample_window_s=cfg.sample_window_s))
         self.parser = make_parser(cfg.sensor)
@@ -70,6 +70,7 @@ class Node:
         self.last_pump_ms = 0
         self.last_route_ms = None
         self.in_flight = {}  # app token -> (first seq, last seq)
+        self.unstamped = []  # (now_ms, Aggregate) waiting for wall-clock time
         self.next_token = 1
         self.errors = 0
         self.selftest_done = False
@@ -195,7 +196,14 @@ class Node:
             agg = self.sampler.poll_report(now)
             if agg is not None:
                 self.last_report_ms = now
-                seq = self.ring.append(self.wall_s(), agg)
+                self.unstamped.append((now, agg))
+                del self.unstamped[:-8]  # bounded: the oldest goes if time stays unknown
+            wall = self.wall_s()
+            while self.unstamped and wall:
+                # Readings are stamped once wall-clock time is known (a gateway beacon or the
+                # RTC): a reading stamped 0 would look current when it reaches the collector.
+                at_ms, agg = self.unstamped.pop(0)
+                seq = self.ring.append(wall - (now - at_ms) // 1000, agg)
                 log("node", "reading seq=%d pm25=%d.%d n=%d" % (seq, agg.pm25 // 10, agg.pm25 % 10, agg.n))
                 self.wake.set()
 
@@ -205,7 +213,11 @@ class Node:
             await asyncio.sleep_ms(_UPLINK_POLL_MS)
             if not self.router.has_route() or len(self.in_flight) >= 2:
                 continue
-            pending = self.ring.pending(protocol.MAX_READINGS)
+            after = None
+            for first_last in self.in_flight.values():
+                if after is None or first_last[1] > after:
+                    after = first_last[1]
+            pending = self.ring.pending(protocol.MAX_READINGS, after_seq=after)
             if not pending:
                 continue
             self._originate_readings(pending)
@@ -289,7 +301,12 @@ class Node:
             return 1, []
         held = self.ring.get_range(a, b, 4 * protocol.MAX_READINGS)
         if not held:
-            return 3, [a, b]  # nothing held any more
+            # nothing held: say why per range ("aged" out of the ring, "lost" in a power cut or
+            # never issued after a reboot skip) so the collector closes the gap honestly
+            result = []
+            for lo, hi, why in self.ring.gaps(a, b, 2):
+                result.extend([lo, hi, why])
+            return 3, result[:8]
         i = 0
         while i < len(held):
             chunk = held[i:i + protocol.MAX_READINGS]
