@@ -444,14 +444,18 @@ class MpBoard:
         self._write(b"\x04", "restarting the app")
         self._t.in_raw_repl = False
 
-    def console_lines(self, timeout_s=None, stop=None):
+    def console_lines(self, timeout_s=None, stop=None, join_mid_stream=False):
         """Yield lines printed on the serial console (decoded, without line ends) until
-        `timeout_s` passes (None: forever) or `stop()` is true. Raises BoardGoneError if the port
+        `timeout_s` passes (None: forever) or `stop()` is true. With `join_mid_stream` (attaching
+        to a running app), output that arrives within the first 0.2 s is taken to be the tail of
+        a line already under way and is skipped up to its end. Raises BoardGoneError if the port
         dies."""
         self.open()
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        t_open = time.monotonic()
+        deadline = None if timeout_s is None else t_open + timeout_s
         buf = bytearray()
         ser = self._ser
+        skip_to_eol = False
         while deadline is None or time.monotonic() < deadline:
             if stop is not None and stop():
                 return
@@ -462,7 +466,17 @@ class MpBoard:
                 raise self._gone("reading the console", e) from e
             if not chunk:
                 continue
+            if join_mid_stream:
+                skip_to_eol = time.monotonic() - t_open < 0.2
+                join_mid_stream = False
             buf += chunk
+            if skip_to_eol:
+                i = buf.find(b"\n")
+                if i < 0:
+                    buf.clear()
+                    continue
+                del buf[:i + 1]
+                skip_to_eol = False
             while True:
                 i = buf.find(b"\n")
                 if i < 0:

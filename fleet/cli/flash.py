@@ -15,13 +15,20 @@ from fleet.cli.provision import _options_from, provision_options, run_provision,
 from fleet.errors import FleetError
 
 
+def _address(text):
+    try:
+        return text if isinstance(text, int) else int(text, 0)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a number (e.g. 0x1000)") from None
+
+
 @click.command()
 @click.option("--port", required=True, metavar="PORT", help="Serial port of the ESP32 (e.g. /dev/ttyUSB0).")
 @click.option("--image", "image", required=True, type=click.Path(dir_okay=False), metavar="FILE",
               help="MicroPython firmware .bin for ESP32 (your file; nothing is downloaded).")
 @click.option("--baud", "flash_baud", type=int, default=flashmod.DEFAULT_BAUD, show_default=True,
               help="Serial speed for writing the image (provisioning then uses the REPL's 115200).")
-@click.option("--address", type=lambda s: int(s, 0), default=flashmod.DEFAULT_ADDRESS, show_default=True,
+@click.option("--address", type=_address, default=hex(flashmod.DEFAULT_ADDRESS), show_default=True,
               help="Flash offset of the image (0x1000 for ESP32 MicroPython images).")
 @click.option("--connect-attempts", type=click.IntRange(1, 20), default=3, show_default=True,
               help="Times esptool tries to reach the bootloader.")
