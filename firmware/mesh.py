@@ -1,0 +1,1073 @@
+"""Mesh router: a collection tree toward the nearest gateway on ESP-NOW (sans-IO).
+
+Inputs:  on_recv(src_mac, data, rssi, now_ms) · on_send_done(token, ok, now_ms) · tick(now_ms)
+         originate(frame, now_ms, app_token) · inject_downlink(frame_bytes, now_ms) (gateway)
+         set_time(unix_s, now_ms)
+Outputs: poll_tx() -> (token, dst_mac, data) | None · poll_event() -> tuple | None
+         next_deadline_ms (call tick() then) · has_route() · wall_time_s(now_ms) · stats
+`now_ms` is a monotonic millisecond count that never wraps (the shell unwraps ticks). Nothing
+here reads a clock, sleeps or touches the radio; every method returns quickly.
+
+Theory of operation (CTP / RPL ideas, simplified)
+- Cost: path ETX to a gateway in tenths (10 = one perfect hop). Gateways advertise 0 (anycast:
+  every node joins the cheapest gateway). cost(node) = ETX(link to parent) + cost(parent).
+- Beacons (broadcast) on a Trickle timer (firmware/trickle.py) carry cost, depth, wall clock
+  and flags. The timer resets (fast beacons) on: route gained or lost, parent change, own cost
+  moving by >= cost_reset_delta, a PULL beacon heard while we have a route, loop evidence,
+  a data frame from a sender whose cost is not above ours. A node without a route sets
+  BF_NO_ROUTE | BF_PULL and advertises COST_INFINITE.
+- Link ETX per neighbour = etx_b * etx_d, two integer EWMAs (alpha 0.9, in hundredths):
+  etx_b from beacon reception - every BEACON_WINDOW expected beacons (bseq gaps) a sample
+  (expected / received)**2, as the ACK needs the reverse direction and beacons measure one
+  (the first windows weigh 1/2; before them a guess from the RSSI: ETX_INIT, or
+  ETX_INIT_WEAK below weak_rssi_dbm); etx_d from unicast outcomes - every DATA_WINDOW sends a
+  sample sent / acked, +ETX_PENALTY after tries_per_parent consecutive failures, dead
+  (ETX_MAX) after twice that; it fades back toward 1.0 with every beacon window. With
+  ESP-NOW's MAC retries a working link's sends nearly all succeed and etx_b rules.
+- Parent choice, re-run on every beacon and estimate change:
+    keep the parent while it is usable (finite cost, not dead, heard within
+    neighbor_timeout_ms, not on loop hold); switch only to a candidate whose path cost beats
+    the current one by switch_margin, whose link ETX <= max_link_etx, heard min_heard times
+    with at least one estimate window (hysteresis: a street of poles must not flap).
+    Rank rule: a candidate must advertise less than _ref_cost, the lowest cost our
+    descendants may still derive theirs from (it cannot be one of them) - or, when we have no
+    route at all, it must have beaconed after our own no-route beacon went out (its cost
+    then reflects ours). No usable candidate: route lost (advertise infinite cost: the
+    descendants re-route or lose theirs).
+- Data path (telemetry, status, reply): unicast to the parent, one frame in flight. On failure
+  retry after a small backoff (the link estimate above re-chooses the parent as failures
+  mount); after max_tries sends the frame is dropped (tx_fail). The transmitter writes
+  hops = radio hops the frame has made once received (the origin sends 1) and its own cost.
+  A forwarder drops frames whose hops >= max_hops (TTL); a gateway accepts them.
+- Loop evidence: a data frame from our own parent (a certain 2-loop) puts the parent on hold
+  for loop_hold_ms, resets Trickle and re-chooses. A frame whose sender cost is not above
+  ours is an inconsistency (stale costs or a loop): Trickle reset so the sender hears our
+  cost soon (cost_inconsistent). Frames on a loop are still forwarded: TTL bounds them.
+- Duplicates: a bounded cache (origin, seq, type) -> (hops, time). Same hops: a link-layer
+  retransmission (lost ACK), dropped. Other hops: looping, or a copy that went another way
+  after a lost ACK - forwarded (dup_other_hops), TTL bounds it. At a gateway any copy is a
+  duplicate. Entries older than dup_memory_ms are forgotten (a collector's "resend readings"
+  reuses seq numbers).
+- Forwarding queue: queue_len entries (default 16 frames of <= 250 bytes: ~4 KB worst case
+  on an ESP32). Full: drop the oldest forwarded frame (queue_drops). Forwarded frames wait
+  while there is no route. Originated frames do not: no route -> ("sent", token, False) at
+  once; route lost while queued -> the same. The app keeps readings in its ring and calls
+  originate() again when has_route() (event ("route", True)).
+- Downlink: Commands are flooded. Each (target, cseq) is rebroadcast once (flood_repeats)
+  after a random 1..flood_delay_ms delay with hops + 1, unless hops >= max_hops or the target
+  is this node; delivered as ("command", Command) when the target is this node or 0 (the app
+  checks the auth). (target, cseq) is remembered flood_memory_ms: a re-sent command needs a
+  new cseq unless that time has passed.
+- Gateways: cost 0, never forward upward; every data frame received, and every frame they
+  originate, becomes ("uplink", bytes, rssi, hops) (originated: rssi 0, hops 0), once per
+  (origin, seq, type).
+- ESP-NOW peers: the router only names destination MACs. The shell keeps a PeerTable (below)
+  and calls add_peer/del_peer as it says before each send (ESP-NOW holds at most 20 peers).
+- Bad input (undecodable bytes, wrong hop tag, out-of-range fields) is counted in
+  stats["bad_frames"] and dropped; on_recv never raises for peer data.
+
+Events (poll_event):
+  ("uplink", data, rssi, hops)  gateway: a data frame for MQTT (bytes as received)
+  ("command", Command)          a downlink command for this node or for all
+  ("sent", app_token, ok)       outcome of an originated frame's first hop
+  ("parent", node_id)           parent changed (0: none)
+  ("route", has_route)          route gained / lost
+"""
+from firmware.compat import const
+from firmware.trickle import Trickle, Xorshift32
+from protocol.auth import HOP_TAG_LEN, Hmac, ct_equal
+from protocol.errors import ProtocolError
+from protocol.frames import (
+    BF_GATEWAY,
+    BF_NO_ROUTE,
+    BF_PULL,
+    COST_INFINITE,
+    MAX_FRAME,
+    T_BEACON,
+    T_COMMAND,
+    T_REPLY,
+    T_STATUS,
+    T_TELEMETRY,
+    Beacon,
+    decode,
+    encode,
+)
+
+BROADCAST = b"\xff\xff\xff\xff\xff\xff"
+
+ETX_ONE = const(10)  # a perfect link, in tenths
+ETX_INIT = const(20)  # a neighbour's link before its first estimate window...
+ETX_INIT_WEAK = const(50)  # ...when its first frame came in weaker than weak_rssi_dbm
+ETX_MAX = const(250)  # the worst a link estimate goes (and a dead link's)
+ETX_PENALTY = const(10)  # added to etx_d after tries_per_parent consecutive failures
+# The two estimates are kept in hundredths (EWMA steps of a tenth would stall a tenth off)
+_E1 = const(100)
+_EMAX = const(2500)
+_ALPHA = const(9)  # EWMA weight of the old estimate, in tenths
+_WARMUP_WINDOWS = const(4)  # the first beacon windows weigh 1/2 (an estimate from the guess)
+BEACON_WINDOW = const(3)  # expected beacons per beacon-ratio sample
+DATA_WINDOW = const(5)  # unicast sends per ACK-ratio sample
+_MAX_GAP_MISSES = const(6)  # a longer bseq gap (reboot, long fade) counts as this many misses
+_MAX_EVENTS = const(64)
+_MAX_FLOODS = const(8)  # pending rebroadcasts
+DEPTH_NONE = const(255)
+
+# Tunables (Router(params={...}) overrides any of them). Times in ms, costs/ETX in tenths.
+DEFAULTS = {
+    "beacon_imin_ms": 1000,  # Trickle Imin
+    "beacon_doublings": 9,  # Imax = 1 s * 2**9 = 512 s
+    "beacon_k": 0,  # Trickle redundancy; 0 = never suppress (link estimation needs beacons)
+    "max_hops": 32,  # TTL
+    "queue_len": 16,  # forwarding queue, frames
+    "max_neighbors": 16,
+    "dup_cache": 32,  # (origin, seq, type) entries
+    "dup_memory_ms": 60000,
+    "flood_cache": 16,  # (target, cseq) entries
+    "flood_memory_ms": 600000,
+    "flood_delay_ms": 40,  # rebroadcast after 1..this ms
+    "flood_repeats": 1,
+    "tries_per_parent": 3,  # consecutive failures before the link is penalised
+    "max_tries": 9,  # sends per frame, across re-routes
+    "retry_backoff_ms": 30,  # x tries (max 4), plus 0..this jitter
+    "send_timeout_ms": 1000,  # no on_send_done by then = failure
+    "switch_margin": 15,  # hysteresis: 1.5 ETX
+    "min_heard": 3,  # beacons heard before a neighbour may replace a working parent
+    "max_link_etx": 100,  # worse links are not used
+    "max_path_cost": 3000,  # a path this expensive is no route (bounds count-to-infinity)
+    "neighbor_timeout_ms": 0,  # 0 = 4.5 x Imax
+    "loop_hold_ms": 3000,  # a parent caught in a loop is not chosen again for this long
+    "cost_reset_delta": 10,  # own cost change that resets Trickle
+    "weak_rssi_dbm": -80,  # a new neighbour heard weaker starts at ETX_INIT_WEAK
+}
+
+STAT_KEYS = (
+    "beacons_tx", "beacons_rx", "data_rx", "data_tx", "originated", "forwarded", "uplinks",
+    "dup_dropped", "dup_other_hops", "loops_detected", "cost_inconsistent", "ttl_dropped", "no_route_drops",
+    "queue_drops", "parent_changes", "route_losses", "retries", "tx_fail", "send_timeouts",
+    "bad_frames", "commands", "floods_tx", "flood_dup", "nbr_evicted", "nbr_full",
+    "events_dropped", "queue_len",
+)
+
+_NOT_UINT = "not a small unsigned integer"
+
+
+def _u(b, p):
+    """Read a CBOR unsigned integer (up to 32 bits) at p; return (value, next p)."""
+    ib = b[p]
+    if ib < 24:
+        return ib, p + 1
+    if ib == 24:
+        return b[p + 1], p + 2
+    if ib == 25:
+        return (b[p + 1] << 8) | b[p + 2], p + 3
+    if ib == 26:
+        return (b[p + 1] << 24) | (b[p + 2] << 16) | (b[p + 3] << 8) | b[p + 4], p + 5
+    raise ValueError(_NOT_UINT)
+
+
+def _skip(b, p, n):
+    """Skip n CBOR items at p (no floats, tags or indefinite lengths); return the next p.
+    Every step consumes a byte, so hostile counts end in an IndexError, not a long loop."""
+    while n:
+        ib = b[p]
+        p += 1
+        major = ib >> 5
+        ai = ib & 31
+        if ai < 24:
+            v = ai
+        elif ai == 24:
+            v = b[p]
+            p += 1
+        elif ai == 25:
+            v = (b[p] << 8) | b[p + 1]
+            p += 2
+        elif ai == 26:
+            v = int.from_bytes(b[p:p + 4], "big")
+            p += 4
+        elif ai == 27:
+            v = int.from_bytes(b[p:p + 8], "big")
+            p += 8
+        else:
+            raise ValueError("indefinite length")
+        n -= 1
+        if major == 2 or major == 3:
+            p += v
+        elif major == 4:
+            n += v
+        elif major == 5:
+            n += v + v
+        elif major > 1:
+            raise ValueError("unexpected major type")
+    return p
+
+
+def _uhead(v):
+    """CBOR head of unsigned v (v <= 0xFFFF) as bytes."""
+    if v < 24:
+        return bytes((v,))
+    if v < 256:
+        return bytes((24, v))
+    return bytes((25, v >> 8, v & 255))
+
+
+class PeerTable:
+    """ESP-NOW peer bookkeeping for the shell: ESP-NOW needs add_peer(mac) before a unicast
+    and holds at most max_peers peers (20 on an ESP32), broadcast included. Least recently
+    used unicast peers make room; the broadcast peer stays.
+
+        add, evicted = peers.use(mac)
+        if evicted: espnow.del_peer(evicted)
+        if add: espnow.add_peer(mac)
+    """
+
+    def __init__(self, max_peers=20):
+        if max_peers < 2:
+            raise ValueError("max_peers must be >= 2 (broadcast + one unicast), got %d" % max_peers)
+        self.max_peers = max_peers
+        self.macs = [BROADCAST]  # LRU order after index 0, most recent last
+
+    def use(self, mac):
+        """Note a send to `mac`; return (add, evicted): add is True when `mac` is not a peer
+        yet, evicted is the MAC to delete first (or None)."""
+        macs = self.macs
+        if mac in macs:
+            if mac != BROADCAST and macs[-1] != mac:
+                macs.remove(mac)
+                macs.append(mac)
+            return False, None
+        evicted = None
+        if len(macs) >= self.max_peers:
+            evicted = macs.pop(1)
+        macs.append(bytes(mac))
+        return True, evicted
+
+    def remove(self, mac):
+        """Forget `mac` (the shell deleted the peer); True when it was known."""
+        if mac != BROADCAST and mac in self.macs:
+            self.macs.remove(mac)
+            return True
+        return False
+
+    def __len__(self):
+        return len(self.macs)
+
+
+class Neighbor:
+    """One neighbour's advertised route and our estimate of the link to it."""
+
+    __slots__ = ("node_id", "mac", "cost", "depth", "flags", "bseq", "b_rcv", "b_miss", "d_tx",
+                 "d_ack", "fails", "etx_b", "etx_d", "etx", "windows", "rssi", "heard", "last_ms",
+                 "hold_ms")
+
+    def __init__(self, node_id, mac, rssi, now_ms, etx):
+        self.node_id = node_id
+        self.mac = mac
+        self.cost = COST_INFINITE
+        self.depth = DEPTH_NONE
+        self.flags = 0
+        self.bseq = -1
+        self.b_rcv = 0
+        self.b_miss = 0
+        self.d_tx = 0
+        self.d_ack = 0
+        self.fails = 0  # consecutive unicast failures
+        self.etx_b = etx * 10  # per air attempt, from beacons (first: a guess from the RSSI)
+        self.etx_d = _E1  # per unicast send, from ACK outcomes
+        self.etx = etx  # the link's cost in tenths: etx_b * etx_d
+        self.windows = 0  # beacon windows folded in (0: etx_b is the initial guess)
+        self.rssi = rssi
+        self.heard = 0  # beacons heard (saturates at 255)
+        self.last_ms = now_ms  # last beacon
+        self.hold_ms = 0  # not a parent candidate before this time
+
+    def path_cost(self):
+        """Advertised cost + link ETX (COST_INFINITE when the neighbour has no route)."""
+        c = self.cost
+        return COST_INFINITE if c >= COST_INFINITE else c + self.etx
+
+
+def _ewma(old, sample):
+    return (_ALPHA * old + (10 - _ALPHA) * sample + 5) // 10
+
+
+def _link_cost(nb):
+    """A link's ETX: air attempts per frame (beacons) times sends per success (ACKs). With
+    MAC-level retries a working link's sends nearly all succeed (etx_d ~ 10) and the beacon
+    estimate rules; failures scale it up."""
+    e = (nb.etx_b * nb.etx_d + 500) // 1000
+    nb.etx = e if e < ETX_MAX else ETX_MAX
+
+
+class _Seen:
+    """Bounded map key -> value, forgetting the oldest insertion first (a ring of keys)."""
+
+    def __init__(self, size):
+        self.ring = [None] * size
+        self.i = 0
+        self.d = {}
+
+    def get(self, key):
+        return self.d.get(key)
+
+    def put(self, key, val):
+        d = self.d
+        if key not in d:
+            ring = self.ring
+            old = ring[self.i]
+            if old is not None:
+                del d[old]
+            ring[self.i] = key
+            self.i = (self.i + 1) % len(ring)
+        d[key] = val
+
+
+class _Entry:
+    """A queued data frame: raw bytes as received (or encoded), where its mutable fields sit,
+    the hops it goes out with, and whose it is."""
+
+    __slots__ = ("raw", "p_hops", "p_etag", "hops", "own", "app_token", "tries", "data", "data_cost")
+
+    def __init__(self, raw, p_hops, p_etag, hops, own, app_token):
+        self.raw = raw
+        self.p_hops = p_hops
+        self.p_etag = p_etag
+        self.hops = hops
+        self.own = own
+        self.app_token = app_token
+        self.tries = 0
+        self.data = b""  # encoded for data_cost (kept for retries while the cost holds)
+        self.data_cost = -1
+
+
+def _parse_up(b):
+    """Scan a telemetry/status/reply frame: (origin, seq, hops, cost, p_hops, p_etag).
+    Raises (ValueError/IndexError) when the layout is wrong; the hop tag is not checked."""
+    if b[0] != 0x8A:
+        raise ValueError("expected a 10-item array")
+    origin, p = _u(b, 3)
+    seq, p = _u(b, p)
+    p = _skip(b, p, 2)  # time_s, body
+    p_hops = p
+    hops, p = _u(b, p)
+    cost, p = _u(b, p)
+    if b[p] != 0x48 or b[p + 9] != 0x44 or p + 14 != len(b) or hops > 255 or cost > COST_INFINITE:
+        raise ValueError("bad tail")
+    return origin, seq, hops, cost, p_hops, p
+
+
+class Router:
+    """The mesh router of one node. See the module docstring for the rules and events.
+
+    node_id: this node's id (1..2**32-1); mac: its 6-byte radio address; is_gateway: the root
+    role; mesh_key: bytes or a protocol.auth.Hmac (pass the node's one shared instance);
+    seed: PRNG seed (default: from node_id, so runs are reproducible); params: dict of
+    overrides of DEFAULTS. Raises ValueError on an unknown or bad parameter."""
+
+    def __init__(self, node_id, mac, is_gateway, mesh_key, seed=None, params=None):
+        p = dict(DEFAULTS)
+        if params:
+            for k in params:
+                if k not in p:
+                    raise ValueError("unknown mesh parameter %r (known: %s)" % (k, ", ".join(sorted(p))))
+                p[k] = params[k]
+        for k in p:
+            v = p[k]
+            if not isinstance(v, int) or isinstance(v, bool) or (v < 0 and k != "weak_rssi_dbm"):
+                raise ValueError("mesh parameter %s must be an int >= 0, got %r" % (k, v))
+        if p["queue_len"] < 1 or p["max_neighbors"] < 1 or p["dup_cache"] < 1 or p["flood_cache"] < 1:
+            raise ValueError("queue_len, max_neighbors, dup_cache and flood_cache must be >= 1")
+        if p["tries_per_parent"] < 1 or p["max_tries"] < 1 or p["max_hops"] < 1 or p["max_hops"] > 255:
+            raise ValueError("tries_per_parent, max_tries must be >= 1 and max_hops 1..255")
+        self.node_id = node_id
+        self.mac = bytes(mac)
+        self.is_gateway = bool(is_gateway)
+        self._hmac = mesh_key if isinstance(mesh_key, Hmac) else Hmac(mesh_key)
+        self.rng = Xorshift32(seed if seed is not None else (node_id * 2654435761 + 12345))
+        self.trickle = Trickle(p["beacon_imin_ms"], p["beacon_doublings"], p["beacon_k"], self.rng)
+        self.imin_ms = p["beacon_imin_ms"]
+        self.max_hops = p["max_hops"]
+        self.queue_len = p["queue_len"]
+        self.max_neighbors = p["max_neighbors"]
+        self.dup_memory_ms = p["dup_memory_ms"]
+        self.flood_memory_ms = p["flood_memory_ms"]
+        self.flood_delay_ms = max(1, p["flood_delay_ms"])
+        self.flood_repeats = p["flood_repeats"]
+        self.tries_per_parent = p["tries_per_parent"]
+        self.max_tries = p["max_tries"]
+        self.retry_backoff_ms = p["retry_backoff_ms"]
+        self.send_timeout_ms = p["send_timeout_ms"]
+        self.switch_margin = p["switch_margin"]
+        self.min_heard = p["min_heard"]
+        self.max_link_etx = p["max_link_etx"]
+        self.max_path_cost = min(p["max_path_cost"], COST_INFINITE - 1)
+        self.neighbor_timeout_ms = p["neighbor_timeout_ms"] or (self.trickle.imax_ms * 9) // 2
+        self.loop_hold_ms = p["loop_hold_ms"]
+        self.cost_reset_delta = p["cost_reset_delta"]
+        self.weak_rssi_dbm = p["weak_rssi_dbm"]
+
+        self.stats = {}
+        for k in STAT_KEYS:
+            self.stats[k] = 0
+        self._nbrs = {}  # node_id -> Neighbor
+        self._par = None  # parent Neighbor
+        self.cost = 0 if self.is_gateway else COST_INFINITE
+        self.depth = 0 if self.is_gateway else DEPTH_NONE
+        # rank rule: a new parent must advertise less than _ref_cost, the lowest cost our
+        # descendants may still be basing theirs on. It drops with our cost at once and rises
+        # only 2 x Imin after a beacon told them (then to _ref_pending).
+        self._ref_cost = COST_INFINITE
+        self._ref_pending = COST_INFINITE
+        self._ref_at_ms = 0
+        self._fresh_after_ms = 0  # no route: candidates heard at/after this count (None: not yet)
+        self._q = []  # _Entry, head first
+        self._txq = []  # (token, mac, data) ready for the radio
+        self._ev = []
+        self._dup = _Seen(p["dup_cache"])
+        self._flood = _Seen(p["flood_cache"])
+        self._floods = []  # [due_ms, data] pending rebroadcasts
+        self._inflight = None  # _Entry being sent
+        self._inflight_token = -1
+        self._inflight_nb = None
+        self._inflight_deadline = 0
+        self._retry_ms = 0
+        self._tok = 0
+        self._bseq = self.rng.below(256)
+        self._wall_s = 0
+        self._wall_ms = 0
+        self._started = False
+
+    # ---- public: state -------------------------------------------------------------------
+
+    def has_route(self):
+        """True when data can go up now (always at a gateway)."""
+        return self.is_gateway or self._par is not None
+
+    @property
+    def parent(self):
+        """Parent node id, 0 when none."""
+        return self._par.node_id if self._par is not None else 0
+
+    @property
+    def parent_mac(self):
+        """Parent's MAC, None when none."""
+        return self._par.mac if self._par is not None else None
+
+    @property
+    def parent_etx(self):
+        """Link ETX to the parent in tenths (0 when none)."""
+        return self._par.etx if self._par is not None else 0
+
+    @property
+    def parent_rssi(self):
+        """Smoothed RSSI (dBm) of the parent's beacons (0 when none)."""
+        return self._par.rssi if self._par is not None else 0
+
+    def neighbors(self):
+        """List of (node_id, mac, cost, link_etx, rssi, heard, last_ms) for diagnostics."""
+        return [(n.node_id, n.mac, n.cost, n.etx, n.rssi, n.heard, n.last_ms) for n in self._nbrs.values()]
+
+    def wall_time_s(self, now_ms):
+        """Unix seconds learned from set_time() or a gateway's beacons; 0 if unknown."""
+        if not self._wall_s:
+            return 0
+        return self._wall_s + (now_ms - self._wall_ms) // 1000
+
+    def set_time(self, unix_s, now_ms):
+        """The wall clock is known (gateway: NTP/MQTT). Beacons carry it from now on."""
+        self._wall_s = unix_s
+        self._wall_ms = now_ms
+
+    @property
+    def next_deadline_ms(self):
+        """The latest time tick() must be called (0: now, before the first call)."""
+        if not self._started:
+            return 0
+        d = self.trickle.next_fire_ms
+        if self._inflight is not None:
+            if self._inflight_deadline < d:
+                d = self._inflight_deadline
+        elif self._q and self._par is not None and self._retry_ms < d:
+            d = self._retry_ms
+        for f in self._floods:
+            if f[0] < d:
+                d = f[0]
+        return d
+
+    # ---- public: outputs -----------------------------------------------------------------
+
+    def poll_tx(self):
+        """Next frame for the radio: (token, dst_mac, data) or None. dst_mac is BROADCAST
+        for beacons and floods. Report every unicast with on_send_done(token, ...)."""
+        if self._txq:
+            return self._txq.pop(0)
+        return None
+
+    def poll_event(self):
+        """Next event tuple (see module docstring) or None."""
+        if self._ev:
+            return self._ev.pop(0)
+        return None
+
+    # ---- public: inputs ------------------------------------------------------------------
+
+    def tick(self, now_ms):
+        """Run timers due by now_ms (beacon, retry, send timeout, flood rebroadcasts)."""
+        if not self._started:
+            self._start(now_ms)
+        if self.trickle.poll(now_ms):
+            self._send_beacon(now_ms)
+        if self._inflight is not None and now_ms >= self._inflight_deadline:
+            self.stats["send_timeouts"] += 1
+            self.on_send_done(self._inflight_token, False, now_ms)
+        if self._floods:
+            keep = []
+            for f in self._floods:
+                if f[0] <= now_ms:
+                    self._txq.append((self._token(), BROADCAST, f[1]))
+                    self.stats["floods_tx"] += 1
+                else:
+                    keep.append(f)
+            self._floods = keep
+        self._pump(now_ms)
+
+    def on_recv(self, src_mac, data, rssi, now_ms):
+        """A frame heard on the radio. Returns False when it is not a mesh frame (OTA frames:
+        the shell hands those to the OTA core), True otherwise (handled or dropped)."""
+        if not self._started:
+            self._start(now_ms)
+        if type(data) is not bytes:
+            data = bytes(data)
+        n = len(data)
+        if n < 8 or n > MAX_FRAME or data[1] != 1:
+            self.stats["bad_frames"] += 1
+            return True
+        t = data[2]
+        if t == T_BEACON:
+            self._rx_beacon(src_mac, data, rssi, now_ms)
+        elif t == T_TELEMETRY or t == T_STATUS or t == T_REPLY:
+            self._rx_up(src_mac, data, rssi, now_ms, t)
+        elif t == T_COMMAND:
+            self._rx_cmd(data, now_ms)
+        else:
+            return False
+        self._pump(now_ms)
+        return True
+
+    def on_send_done(self, token, ok, now_ms):
+        """Outcome of a unicast poll_tx() gave (ok: the MAC-level ACK came). Other tokens
+        (broadcasts, late reports) are ignored."""
+        e = self._inflight
+        if e is None or token != self._inflight_token:
+            return
+        nb = self._inflight_nb
+        self._inflight = None
+        self._inflight_token = -1
+        self._inflight_nb = None
+        st = self.stats
+        if ok:
+            self._q.remove(e)
+            e.data = b""
+            self._retry_ms = 0
+            if e.own:
+                self._event(("sent", e.app_token, True))
+            else:
+                st["forwarded"] += 1
+        else:
+            st["retries"] += 1
+            e.tries += 1
+            if e.tries >= self.max_tries:
+                self._q.remove(e)
+                st["tx_fail"] += 1
+                if e.own:
+                    self._event(("sent", e.app_token, False))
+            t = e.tries if e.tries < 4 else 4
+            self._retry_ms = now_ms + self.retry_backoff_ms * t + self.rng.below(self.retry_backoff_ms + 1)
+        self._link_outcome(nb, ok, now_ms)
+        st["queue_len"] = len(self._q)
+        self._pump(now_ms)
+
+    def originate(self, frame, now_ms, app_token=None):
+        """Send an uplink frame this node made (Telemetry/Status/Reply with its etag set).
+        The router sets hops/cost and the hop tag. The outcome comes as ("sent", app_token,
+        ok) - at once with ok False when there is no route. Raises ProtocolError when the
+        frame cannot be encoded (a caller bug, e.g. no etag)."""
+        if not self._started:
+            self._start(now_ms)
+        st = self.stats
+        if self.is_gateway:
+            frame.hops = 0
+            frame.cost = 0
+            data = encode(frame, self._hmac)
+            self._dup.put(self._dup_key(frame.origin, frame.seq, frame.type), now_ms << 8)
+            st["originated"] += 1
+            st["uplinks"] += 1
+            self._event(("uplink", data, 0, 0))
+            self._event(("sent", app_token, True))
+            return
+        if self._par is None:
+            st["no_route_drops"] += 1
+            self._event(("sent", app_token, False))
+            return
+        frame.hops = 1
+        frame.cost = self.cost
+        data = encode(frame, self._hmac)
+        _, _, _, _, p_hops, p_etag = _parse_up(data)
+        e = _Entry(data, p_hops, p_etag, 1, True, app_token)
+        e.data = data
+        e.data_cost = self.cost
+        self._dup.put(self._dup_key(frame.origin, frame.seq, frame.type), (now_ms << 8) | 1)
+        if self._enqueue(e):
+            st["originated"] += 1
+        self._pump(now_ms)
+
+    def inject_downlink(self, frame_bytes, now_ms):
+        """Gateway: a Command frame from MQTT to flood into the mesh (hop tag by the fleet's
+        mesh key). Returns True when accepted (False: not a valid command, or seen before)."""
+        if not self._started:
+            self._start(now_ms)
+        if type(frame_bytes) is not bytes:
+            frame_bytes = bytes(frame_bytes)
+        n = len(frame_bytes)
+        if n < 8 or n > MAX_FRAME or frame_bytes[1] != 1 or frame_bytes[2] != T_COMMAND:
+            self.stats["bad_frames"] += 1
+            return False
+        return self._rx_cmd(frame_bytes, now_ms)
+
+    # ---- receive paths -------------------------------------------------------------------
+
+    def _tag_ok(self, data):
+        n = len(data)
+        return ct_equal(self._hmac.tag(data[:n - HOP_TAG_LEN], HOP_TAG_LEN), data[n - HOP_TAG_LEN:])
+
+    def _rx_beacon(self, src_mac, data, rssi, now):
+        st = self.stats
+        try:
+            if data[0] != 0x89:
+                raise ValueError("expected a 9-item array")
+            src, p = _u(data, 3)
+            bseq, p = _u(data, p)
+            cost, p = _u(data, p)
+            depth, p = _u(data, p)
+            time_s, p = _u(data, p)
+            flags, p = _u(data, p)
+            if data[p] != 0x44 or p + 5 != len(data) or bseq > 255 or cost > COST_INFINITE \
+                    or depth > 255 or flags > 255:
+                raise ValueError("bad beacon")
+        except Exception:  # noqa: BLE001 - any malformation is just a bad frame
+            st["bad_frames"] += 1
+            return
+        if not self._tag_ok(data):
+            st["bad_frames"] += 1
+            return
+        if src == self.node_id:
+            return
+        st["beacons_rx"] += 1
+        nb = self._nbrs.get(src)
+        if nb is None:
+            nb = self._admit(src, src_mac, cost, rssi, now)
+            if nb is None:
+                return
+        elif nb.mac != src_mac:
+            nb.mac = bytes(src_mac)  # the node's radio was replaced
+        # beacon reception ratio: windows of BEACON_WINDOW expected beacons
+        if nb.bseq >= 0:
+            gap = (bseq - nb.bseq) & 255
+            if gap == 0:
+                return  # the same beacon twice
+            miss = gap - 1
+            nb.b_miss += miss if miss < _MAX_GAP_MISSES else _MAX_GAP_MISSES
+        if nb.fails >= 2 * self.tries_per_parent:
+            # declared dead by the data path, and it is talking again: learn it afresh
+            nb.fails = 0
+            nb.etx = self._etx_guess(rssi)
+            nb.etx_b = nb.etx * 10
+            nb.etx_d = _E1
+            nb.windows = 0
+            nb.heard = 0
+            nb.b_rcv = 0
+            nb.b_miss = 0
+        nb.bseq = bseq
+        nb.b_rcv += 1
+        tot = nb.b_rcv + nb.b_miss
+        if tot >= BEACON_WINDOW:
+            # both directions matter (frame out, ACK back) and beacons measure one: assume a
+            # symmetric link, ETX = 1 / PRR**2
+            r2 = nb.b_rcv * nb.b_rcv
+            e = (_E1 * tot * tot + (r2 >> 1)) // r2
+            if e > _EMAX:
+                e = _EMAX
+            if nb.windows == 0:
+                nb.etx_b = (nb.etx_b + e + 1) >> 1  # one window is a small sample: blend
+            elif nb.windows < _WARMUP_WINDOWS:
+                nb.etx_b = (nb.etx_b + e + 1) >> 1  # EWMA warm-up, alpha 0.5
+            else:
+                nb.etx_b = _ewma(nb.etx_b, e)
+            # ACK failures fade as the neighbour keeps talking: a link we stopped using
+            # must not stay condemned by a bad spell
+            nb.etx_d = _ewma(nb.etx_d, _E1)
+            if nb.windows < 255:
+                nb.windows += 1
+            _link_cost(nb)
+            nb.b_rcv = 0
+            nb.b_miss = 0
+        nb.rssi = (3 * nb.rssi + rssi) >> 2
+        if nb.heard < 255:
+            nb.heard += 1
+        nb.last_ms = now
+        if flags & BF_NO_ROUTE:
+            cost = COST_INFINITE
+        nb.cost = cost
+        nb.depth = depth
+        nb.flags = flags
+        if time_s and not self.is_gateway and (nb is self._par or not self._wall_s):
+            w = self.wall_time_s(now)
+            if not w or w - time_s > 1 or time_s - w > 1:
+                self._wall_s = time_s
+                self._wall_ms = now
+        if flags & BF_PULL:
+            if self.has_route():
+                self.trickle.reset(now)
+        elif cost != COST_INFINITE:
+            self.trickle.heard_consistent()
+        self._evaluate(now)
+
+    def _rx_up(self, src_mac, data, rssi, now, t):
+        st = self.stats
+        try:
+            origin, seq, hops, cost, p_hops, p_etag = _parse_up(data)
+        except Exception:  # noqa: BLE001
+            st["bad_frames"] += 1
+            return
+        if not self._tag_ok(data):
+            st["bad_frames"] += 1
+            return
+        st["data_rx"] += 1
+        key = self._dup_key(origin, seq, t)
+        prev = self._dup.get(key)
+        if prev is not None and now - (prev >> 8) < self.dup_memory_ms:
+            if self.is_gateway or (prev & 255) == hops:
+                st["dup_dropped"] += 1
+                return
+            # seen with another hop count: looping, or a copy that took another path after
+            # a lost ACK. Not a retransmission: forward it, TTL bounds a loop.
+            st["dup_other_hops"] += 1
+        if self.is_gateway:
+            self._dup.put(key, now << 8)
+            st["uplinks"] += 1
+            self._event(("uplink", data, rssi, hops))
+            return
+        self._dup.put(key, (now << 8) | hops)
+        if hops >= self.max_hops:
+            st["ttl_dropped"] += 1
+            return
+        par = self._par
+        if par is not None and src_mac == par.mac:
+            self._loop_evidence(now)
+        elif cost <= self.cost:
+            st["cost_inconsistent"] += 1
+            self.trickle.reset(now)
+        self._enqueue(_Entry(data, p_hops, p_etag, hops + 1, False, None))
+
+    def _rx_cmd(self, data, now):
+        st = self.stats
+        try:
+            if data[0] != 0x89:
+                raise ValueError("expected a 9-item array")
+            target, p = _u(data, 3)
+            cseq, p = _u(data, p)
+            p = _skip(data, p, 2)  # op, args
+            p_hops = p
+            hops, p = _u(data, p)
+            p_auth = p
+            if data[p] == 0x48:
+                p += 9
+            elif data[p] == 0x58 and data[p + 1] == 64:
+                p += 66
+            else:
+                raise ValueError("bad auth")
+            if data[p] != 0x44 or p + 5 != len(data) or hops > 255:
+                raise ValueError("bad tail")
+        except Exception:  # noqa: BLE001
+            st["bad_frames"] += 1
+            return False
+        if not self._tag_ok(data):
+            st["bad_frames"] += 1
+            return False
+        key = (target << 32) | cseq
+        seen = self._flood.get(key)
+        if seen is not None and now - seen < self.flood_memory_ms:
+            st["flood_dup"] += 1
+            return False
+        self._flood.put(key, now)
+        if target == self.node_id or target == 0:
+            try:
+                cmd = decode(data)
+            except ProtocolError:
+                st["bad_frames"] += 1
+                return False
+            st["commands"] += 1
+            self._event(("command", cmd))
+        if target != self.node_id:
+            if hops >= self.max_hops:
+                st["ttl_dropped"] += 1
+            elif len(self._floods) + self.flood_repeats <= _MAX_FLOODS:
+                body = data[:p_hops] + _uhead(hops + 1) + data[p_auth:len(data) - HOP_TAG_LEN]
+                out = body + self._hmac.tag(body, HOP_TAG_LEN)
+                due = now
+                for _ in range(self.flood_repeats):
+                    due += 1 + self.rng.below(self.flood_delay_ms)
+                    self._floods.append([due, out])
+        return True
+
+    # ---- link estimation -----------------------------------------------------------------
+
+    def _link_outcome(self, nb, ok, now):
+        nb.d_tx += 1
+        if ok:
+            nb.d_ack += 1
+            nb.fails = 0
+        else:
+            nb.fails += 1
+        changed = False
+        if nb.d_tx >= DATA_WINDOW:
+            e = (_E1 * nb.d_tx) // nb.d_ack if nb.d_ack else _EMAX
+            nb.etx_d = _ewma(nb.etx_d, e if e < _EMAX else _EMAX)
+            nb.d_tx = 0
+            nb.d_ack = 0
+            changed = True
+        if not ok:
+            tpp = self.tries_per_parent
+            if nb.fails >= 2 * tpp:
+                nb.etx_d = _EMAX  # dead: unusable until it beacons again
+                changed = True
+            elif nb.fails % tpp == 0:
+                e = nb.etx_d + ETX_PENALTY * 10
+                nb.etx_d = e if e < _EMAX else _EMAX
+                changed = True
+        if changed:
+            _link_cost(nb)
+        if changed and nb is self._par:
+            self._evaluate(now)
+
+    # ---- neighbour table -----------------------------------------------------------------
+
+    def _admit(self, node_id, mac, cost, rssi, now):
+        nbrs = self._nbrs
+        if len(nbrs) >= self.max_neighbors:
+            # make room: a neighbour not heard for the timeout, else the one with the worst
+            # path when the newcomer's (with an initial link guess) would be better
+            victim = None
+            worst = -1
+            timeout = self.neighbor_timeout_ms
+            for nb in nbrs.values():
+                if nb is self._par or nb is self._inflight_nb:
+                    continue
+                if now - nb.last_ms > timeout:
+                    victim = nb
+                    worst = COST_INFINITE + 1
+                    break
+                pc = nb.path_cost()
+                if pc > worst:
+                    victim = nb
+                    worst = pc
+            new_pc = cost + self._etx_guess(rssi) if cost < COST_INFINITE else COST_INFINITE
+            if victim is None or worst <= new_pc:
+                self.stats["nbr_full"] += 1
+                return None
+            del nbrs[victim.node_id]
+            self.stats["nbr_evicted"] += 1
+        nb = Neighbor(node_id, bytes(mac), rssi, now, self._etx_guess(rssi))
+        nbrs[node_id] = nb
+        return nb
+
+    def _etx_guess(self, rssi):
+        """Link ETX to assume before any estimate window: a weak signal is a poor link more
+        often than not (the 4-bit estimator's "white bit" idea), and an optimistic guess
+        would make a new node grab a distant parent it then has to leave."""
+        return ETX_INIT if rssi >= self.weak_rssi_dbm else ETX_INIT_WEAK
+
+    def _housekeep(self, now):
+        """Forget neighbours not heard for neighbor_timeout_ms (never the parent: the data
+        path and _usable() judge it)."""
+        timeout = self.neighbor_timeout_ms
+        stale = [k for k, nb in self._nbrs.items()
+                 if now - nb.last_ms > timeout and nb is not self._par and nb is not self._inflight_nb]
+        for k in stale:
+            del self._nbrs[k]
+
+    # ---- parent selection ----------------------------------------------------------------
+
+    def _usable(self, nb, now, max_etx):
+        """Can nb carry our data? A new parent needs a link ETX <= max_link_etx; the current
+        one is kept up to ETX_MAX - 1 (a bad link beats no route; a dead one is ETX_MAX)."""
+        return (nb.cost < COST_INFINITE and nb.hold_ms <= now and nb.etx <= max_etx
+                and nb.cost + nb.etx <= self.max_path_cost and nb.depth < self.max_hops
+                and now - nb.last_ms <= self.neighbor_timeout_ms)
+
+    def _evaluate(self, now):
+        """Re-choose the parent (rules in the module docstring); update cost and depth."""
+        if self.is_gateway:
+            return
+        par = self._par
+        cur = COST_INFINITE
+        if par is not None and self._usable(par, now, ETX_MAX - 1):
+            cur = par.cost + par.etx
+        if self._ref_at_ms and now >= self._ref_at_ms:
+            self._ref_cost = self._ref_pending
+            self._ref_at_ms = 0
+        ref = self._ref_cost
+        fresh = self._fresh_after_ms if par is None else None
+        margin = self.switch_margin
+        min_heard = self.min_heard
+        max_etx = self.max_link_etx
+        best = None
+        best_pc = cur
+        for nb in self._nbrs.values():
+            if nb is par or nb.cost >= COST_INFINITE:
+                continue
+            pc = nb.cost + nb.etx
+            if pc >= best_pc or not self._usable(nb, now, max_etx):
+                continue
+            if cur < COST_INFINITE and (pc + margin > cur or nb.heard < min_heard or not nb.windows):
+                continue
+            if nb.cost >= ref and (fresh is None or nb.last_ms < fresh):
+                continue  # might be our descendant
+            best = nb
+            best_pc = pc
+        if best is not None:
+            self._set_parent(best, now)
+        elif cur >= COST_INFINITE and par is not None:
+            self._set_parent(None, now)
+        par = self._par
+        if par is not None:
+            c = par.cost + par.etx
+            if c > self.max_path_cost:
+                c = self.max_path_cost
+            d = self.cost - c
+            if d >= self.cost_reset_delta or -d >= self.cost_reset_delta:
+                self.trickle.reset(now)
+            self.cost = c
+            if c < self._ref_cost:
+                self._ref_cost = c
+                self._ref_at_ms = 0
+            self.depth = par.depth + 1 if par.depth < DEPTH_NONE - 1 else DEPTH_NONE - 1
+
+    def _set_parent(self, nb, now):
+        old = self._par
+        self._par = nb
+        st = self.stats
+        st["parent_changes"] += 1
+        self.trickle.reset(now)
+        if nb is None:
+            st["route_losses"] += 1
+            if self.cost < self._ref_cost:
+                self._ref_cost = self.cost
+            self._ref_at_ms = 0
+            self._fresh_after_ms = None  # set when our no-route beacon goes out
+            self.cost = COST_INFINITE
+            self.depth = DEPTH_NONE
+            self._event(("parent", 0))
+            self._event(("route", False))
+            # the app keeps its readings; it re-originates on ("route", True)
+            keep = []
+            for e in self._q:
+                if e.own and e is not self._inflight:
+                    self._event(("sent", e.app_token, False))
+                    st["no_route_drops"] += 1
+                else:
+                    keep.append(e)
+            self._q = keep
+            st["queue_len"] = len(keep)
+        else:
+            self._event(("parent", nb.node_id))
+            if old is None:
+                self._event(("route", True))
+
+    def _loop_evidence(self, now):
+        self.stats["loops_detected"] += 1
+        self.trickle.reset(now)
+        par = self._par
+        if par is not None:
+            par.hold_ms = now + self.loop_hold_ms
+            self._evaluate(now)
+
+    # ---- transmit paths ------------------------------------------------------------------
+
+    def _token(self):
+        self._tok = (self._tok + 1) & 0x3FFFFFFF
+        return self._tok
+
+    def _event(self, ev):
+        if len(self._ev) >= _MAX_EVENTS:
+            self._ev.pop(0)
+            self.stats["events_dropped"] += 1
+        self._ev.append(ev)
+
+    @staticmethod
+    def _dup_key(origin, seq, t):
+        return (((origin << 32) | seq) << 3) | t
+
+    def _start(self, now):
+        self._started = True
+        self.trickle.start(now)
+
+    def _send_beacon(self, now):
+        bseq = self._bseq
+        self._bseq = (bseq + 1) & 255
+        if self.is_gateway:
+            cost, depth, flags = 0, 0, BF_GATEWAY
+        elif self._par is None:
+            cost, depth, flags = COST_INFINITE, DEPTH_NONE, BF_NO_ROUTE | BF_PULL
+            if self._fresh_after_ms is None:
+                self._fresh_after_ms = now
+        else:
+            cost, depth, flags = self.cost, self.depth, 0
+            if cost > self._ref_cost and not self._ref_at_ms:
+                self._ref_pending = cost
+                self._ref_at_ms = now + 2 * self.imin_ms
+        b = Beacon(self.node_id, bseq, cost, depth, self.wall_time_s(now), flags)
+        self._txq.append((self._token(), BROADCAST, encode(b, self._hmac)))
+        self.stats["beacons_tx"] += 1
+        self._housekeep(now)
+
+    def _enqueue(self, e):
+        q = self._q
+        st = self.stats
+        if len(q) >= self.queue_len:
+            victim = None
+            for x in q:
+                if not x.own and x is not self._inflight:
+                    victim = x
+                    break
+            if victim is None:
+                st["queue_drops"] += 1
+                if e.own:
+                    self._event(("sent", e.app_token, False))
+                return False
+            q.remove(victim)
+            st["queue_drops"] += 1
+        q.append(e)
+        st["queue_len"] = len(q)
+        return True
+
+    def _pump(self, now):
+        """Put the head of the queue on the air when nothing is in flight."""
+        if self._inflight is not None or not self._q:
+            return
+        par = self._par
+        if par is None or now < self._retry_ms:
+            return
+        e = self._q[0]
+        cost = self.cost
+        if not e.data or e.data_cost != cost:
+            raw = e.raw
+            body = raw[:e.p_hops] + _uhead(e.hops) + _uhead(cost) + raw[e.p_etag:len(raw) - HOP_TAG_LEN]
+            e.data = body + self._hmac.tag(body, HOP_TAG_LEN)
+            e.data_cost = cost
+        tok = self._token()
+        self._inflight = e
+        self._inflight_token = tok
+        self._inflight_nb = par
+        self._inflight_deadline = now + self.send_timeout_ms
+        self.stats["data_tx"] += 1
+        self._txq.append((tok, par.mac, e.data))
