@@ -109,6 +109,7 @@ BEACON_WINDOW = const(3)  # expected beacons per beacon-ratio sample
 DATA_WINDOW = const(5)  # unicast sends per ACK-ratio sample
 _MAX_GAP_MISSES = const(6)  # a longer bseq gap (reboot, long fade) counts as this many misses
 _MAX_EVENTS = const(64)
+_MAX_TXQ = const(16)  # frames waiting for poll_tx (a shell that stops polling loses the oldest)
 _MAX_FLOODS = const(8)  # pending rebroadcasts
 DEPTH_NONE = const(255)
 
@@ -145,7 +146,7 @@ STAT_KEYS = (
     "dup_dropped", "dup_other_hops", "loops_detected", "cost_inconsistent", "ttl_dropped", "no_route_drops",
     "queue_drops", "parent_changes", "route_losses", "retries", "tx_fail", "send_timeouts",
     "bad_frames", "commands", "floods_tx", "flood_dup", "nbr_evicted", "nbr_full",
-    "events_dropped", "queue_len",
+    "events_dropped", "txq_drops", "queue_len",
 )
 
 _NOT_UINT = "not a small unsigned integer"
@@ -523,7 +524,7 @@ class Router:
             keep = []
             for f in self._floods:
                 if f[0] <= now_ms:
-                    self._txq.append((self._token(), BROADCAST, f[1]))
+                    self._out((self._token(), BROADCAST, f[1]))
                     self.stats["floods_tx"] += 1
                 else:
                     keep.append(f)
@@ -997,6 +998,12 @@ class Router:
         self._tok = (self._tok + 1) & 0x3FFFFFFF
         return self._tok
 
+    def _out(self, tx):
+        if len(self._txq) >= _MAX_TXQ:
+            self._txq.pop(0)  # a dropped unicast ends in the send timeout, then a retry
+            self.stats["txq_drops"] += 1
+        self._txq.append(tx)
+
     def _event(self, ev):
         if len(self._ev) >= _MAX_EVENTS:
             self._ev.pop(0)
@@ -1026,7 +1033,7 @@ class Router:
                 self._ref_pending = cost
                 self._ref_at_ms = now + 2 * self.imin_ms
         b = Beacon(self.node_id, bseq, cost, depth, self.wall_time_s(now), flags)
-        self._txq.append((self._token(), BROADCAST, encode(b, self._hmac)))
+        self._out((self._token(), BROADCAST, encode(b, self._hmac)))
         self.stats["beacons_tx"] += 1
         self._housekeep(now)
 
@@ -1070,4 +1077,4 @@ class Router:
         self._inflight_nb = par
         self._inflight_deadline = now + self.send_timeout_ms
         self.stats["data_tx"] += 1
-        self._txq.append((tok, par.mac, e.data))
+        self._out((tok, par.mac, e.data))

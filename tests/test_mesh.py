@@ -23,6 +23,9 @@ from protocol import (
     Command,
     OtaAdvert,
     Reading,
+    Reply,
+    Status,
+    StatusBody,
     Telemetry,
     decode,
     encode,
@@ -558,6 +561,41 @@ def test_forwarded_bytes_equal_a_fresh_encode():
     assert len(by2) == 1
     g = telemetry(3, 77, hops=2, cost=radio.nodes[2].router.cost)
     assert by2[0] == encode(g, MESH)
+
+
+def test_status_and_reply_frames_travel_like_telemetry():
+    ids = [1, 2, 3]
+    radio = make_net(ids, {1})
+    link_line(radio, ids)
+    radio.run(MIN)
+    st = Status(origin=3, seq=4, time_s=5, body=StatusBody(fw_version="1.0", parent=2, rssi=-61))
+    rp = Reply(origin=3, seq=6, time_s=7, cseq=41, code=0, result=[1, "ok"])
+    for f in (st, rp):
+        encode(f, MESH, node_key(3))
+        radio.call(3, lambda r, now, f=f: r.originate(f, now, f.type))
+    radio.run(radio.now_ms + 2000)
+    got = [f for _, f, h in uplinks(radio, {1}) if h == 2]  # end-to-end tags checked
+    for f in (st, rp):  # what node 2 forwarded: hops 2, its own cost
+        f.hops = 2
+        f.cost = radio.nodes[2].router.cost
+    assert got == [st, rp]
+    assert [ev for _, ev in radio.nodes[3].events if ev[0] == "sent"] == [("sent", st.type, True), ("sent", rp.type, True)]
+
+
+def test_received_buffers_may_be_bytearray_or_memoryview():
+    r = Router(5, mac_of(5), False, MESH)
+    r.on_recv(mac_of(1), bytearray(beacon_bytes(1, 0, 1, depth=0, flags=BF_GATEWAY)), -50, 0)
+    b = encode(telemetry(9, 1, hops=1, cost=30), MESH)
+    r.on_recv(bytearray(mac_of(9)), memoryview(b), -60, 5)
+    tx = [t for t in drain(r) if t[1] != BROADCAST]
+    assert r.parent == 1 and len(tx) == 1 and isinstance(tx[0][2], bytes)
+
+
+def test_a_shell_that_stops_polling_cannot_grow_the_tx_queue():
+    g = Router(1, mac_of(1), True, MESH, params={"beacon_imin_ms": 10, "beacon_doublings": 0})
+    for now in range(0, 10_000, 10):
+        g.tick(now)
+    assert len(drain(g)) == 16 and g.stats["txq_drops"] > 900
 
 
 # ---- small parts -----------------------------------------------------------------------------
