@@ -67,9 +67,9 @@ async def _wait_stop(stop, timeout_s):
 
 def _drain(client, ingest):
     """Process messages the client already received (and acknowledged) but we have not handled."""
-    queue = getattr(client, "_queue", None)  # aiomqtt keeps them in this asyncio.Queue
+    queue = client._queue  # aiomqtt (2.x) keeps received messages in this asyncio.Queue
     n = 0
-    while queue is not None:
+    while True:
         try:
             m = queue.get_nowait()
         except asyncio.QueueEmpty:
@@ -110,6 +110,9 @@ async def run_collector(home, broker_url=None, stop_event=None, *, net_id=None, 
     report = progress or (lambda line: log.info("%s", line))
     client = aiomqtt.Client(host, port, identifier=client_id, clean_session=False, keepalive=30,
                             logger=logging.getLogger("fleet.collector.mqtt"))
+    if not isinstance(getattr(client, "_queue", None), asyncio.Queue) or not hasattr(client, "_disconnected"):
+        raise FleetError(f"this aiomqtt ({getattr(aiomqtt, '__version__', '?')}) lacks the internals the collector "
+                         f"relies on (Client._queue, Client._disconnected); install aiomqtt 2.x")
     topics = [(uplink_topic(net_id), 1), (state_topic(net_id), 1)]
     backoff = _BACKOFF_MIN_S
     prog = {"t": time.monotonic(), "snap": ingest.snapshot()}
@@ -124,8 +127,18 @@ async def run_collector(home, broker_url=None, stop_event=None, *, net_id=None, 
             prog["t"], prog["snap"] = now, snap
 
     async def consume():
-        async for m in client.messages:
+        # Straight from the client's queue, not `async for m in client.messages`: cancelling that
+        # iterator at the wrong moment drops a message it already took off the queue (and the
+        # broker has its acknowledgement). A cancelled Queue.get() never loses an item.
+        queue = client._queue
+        while True:
+            m = await queue.get()
             ingest.on_message(m.topic.value, m.payload, time.time())
+
+    async def watch_disconnect():
+        fut = client._disconnected  # aiomqtt sets it when the connection drops
+        await asyncio.shield(fut)
+        raise aiomqtt.MqttError("disconnected by the broker")
 
     async def tick():
         while True:
@@ -145,7 +158,7 @@ async def run_collector(home, broker_url=None, stop_event=None, *, net_id=None, 
                     log.info("%s to %s on %s:%d", SUBSCRIBED_MARK, ", ".join(t for t, _ in topics), host, port)
                     if on_subscribed is not None:
                         on_subscribed()
-                    tasks = [asyncio.ensure_future(c) for c in (consume(), tick(), stop.wait())]
+                    tasks = [asyncio.ensure_future(c) for c in (consume(), tick(), stop.wait(), watch_disconnect())]
                     try:
                         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                     finally:

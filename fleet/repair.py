@@ -3,9 +3,11 @@ missing, when to ask the node to resend them, and when to give up.
 
 Rules (a gap is a range [first, last] of reading seqs of one node, below the highest seq seen)
 - Per node: `max_seq` and `min_seq` (highest and lowest reading seq received) and the pending
-  gaps, disjoint and sorted. Seqs below the lowest ever received cannot be known missing (a node
-  met mid-life): the first readings heard set both; a later reading below min_seq opens the gap
-  up to it (readings reordered at first contact).
+  gaps, disjoint and sorted. A node's reading counter starts at 0 (firmware/counters.py): when the
+  first readings ever heard from a node (none in the store) start at or below
+  `first_contact_max`, the seqs before them are a gap (e.g. sent before the collector first
+  subscribed). Above it the node is met mid-life (a new store for an old fleet) and nothing
+  before is known; a later reading below min_seq then opens the gap up to min_seq.
 - Readings above max_seq + 1 open the gap [max_seq + 1, first - 1]. The part of it older than a
   node's ring can hold (`ring_readings`) is lost on arrival and recorded as a lost gap.
 - Readings inside a gap shrink, split or close it. A gap closed before any resend request was
@@ -53,11 +55,12 @@ class RepairConfig:
     """Gap repair settings (seconds, counts). See the module docstring for their meaning."""
 
     FIELDS = ("grace_s", "retry_s", "retry_max_s", "follow_s", "max_attempts", "max_outstanding",
-              "max_outstanding_node", "max_gaps_node", "ring_readings", "defer_s", "merge_span")
+              "max_outstanding_node", "max_gaps_node", "ring_readings", "defer_s", "merge_span",
+              "first_contact_max")
 
     def __init__(self, grace_s=120.0, retry_s=60.0, retry_max_s=900.0, follow_s=3.0, max_attempts=5,
                  max_outstanding=64, max_outstanding_node=1, max_gaps_node=256, ring_readings=20000,
-                 defer_s=1.0, merge_span=48):
+                 defer_s=1.0, merge_span=48, first_contact_max=1000):
         self.grace_s = float(grace_s)
         self.retry_s = float(retry_s)
         self.retry_max_s = float(retry_max_s)
@@ -69,8 +72,9 @@ class RepairConfig:
         self.ring_readings = int(ring_readings)
         self.defer_s = float(defer_s)
         self.merge_span = int(merge_span)
+        self.first_contact_max = int(first_contact_max)
         for f in self.FIELDS:
-            if getattr(self, f) <= 0:
+            if getattr(self, f) <= 0 and f != "first_contact_max":
                 raise ValueError(f"repair setting {f} must be positive, got {getattr(self, f)!r}")
 
     def __repr__(self):
@@ -208,8 +212,11 @@ class GapTracker:
             nt.gateway = gateway
         m = nt.max_seq
         if m is None:
-            nt.max_seq, nt.min_seq = last, first
-            return
+            if not 0 < first <= self.cfg.first_contact_max:
+                nt.max_seq, nt.min_seq = last, first  # met mid-life: nothing before is known
+                return
+            m = nt.max_seq = -1  # a young node's readings start at 0
+            nt.min_seq = 0
         if first < nt.min_seq:
             if last < nt.min_seq - 1:  # below everything heard so far: the seqs between are missing
                 self._open(nt, node, last + 1, nt.min_seq - 1, now_s)

@@ -112,7 +112,7 @@ def decode_commands(out, node):
 
 def test_valid_telemetry_stored_once_even_when_delivered_three_times(store):
     ing = make_ingest(store)
-    env = envelope([telemetry(1, 0, k=3), telemetry(2, 10, k=2)])
+    env = envelope([telemetry(1, 0, k=3), telemetry(2, 0, k=2)])
     for _ in range(3):
         res = ing.on_message(UP, env)
         assert res == {"frames": 2, "readings": 5, "rejects": {}}
@@ -120,7 +120,7 @@ def test_valid_telemetry_stored_once_even_when_delivered_three_times(store):
     env2 = envelope([telemetry(1, 0, k=3)])
     ing.on_message(UP, env2)
     assert ing.flush() == (0, 3)
-    assert seqs(store, 1) == [0, 1, 2] and seqs(store, 2) == [10, 11]
+    assert seqs(store, 1) == [0, 1, 2] and seqs(store, 2) == [0, 1]
     r = store.readings(1)[2]
     assert (r["pm25"], r["rh"], r["temp"], r["hops"], r["gateway"], r["rssi"]) == (123, 55, 215, 2, GW, -61)
     assert r["ts"] == T0 and store.readings(1)[0]["ts"] == T0 - 2  # time_s - dt_s
@@ -570,3 +570,12 @@ def test_nearby_gaps_share_one_request_and_first_contact_reordering(store):
     out = ing.poll()
     assert [c.args for _, c in decode_commands(out, 1)] == [[1, 8]]  # merged up to 48 seqs wide
     assert [g[2] for g in ing.tracker.node_gaps(1)] == ["requested", "requested", "requested", "open"]
+
+
+def test_first_contact_young_node_counts_from_zero_old_node_mid_life(store):
+    ing = make_ingest(store)
+    ing.on_message(UP, envelope([telemetry(1, 10), telemetry(2, 5000)]))
+    assert ing.tracker.node_gaps(1) == [(0, 9, "open")]  # sent before we listened: ask for them
+    assert ing.tracker.node_gaps(2) == []  # met mid-life (a new store for an old fleet)
+    ing.on_message(UP, envelope([telemetry(2, 4990)]))  # but below what we heard: a gap
+    assert ing.tracker.node_gaps(2) == [(4991, 4999, "open")]
