@@ -77,6 +77,8 @@ class Gateway:
             self._close_batch()
 
     def _on_message(self, topic, payload):
+        if topic not in (self.down_topic, self.down_all, self.ota_topic):
+            return  # e.g. our own retained state topic echoed back: not downlink
         if topic == self.ota_topic:
             if self.ota_sink is not None:
                 self.ota_sink(payload)

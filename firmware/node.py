@@ -52,7 +52,7 @@ class Node:
         self.boot_count = self.counters.next("boot")
         self.ring = ring_mod.ReadingRing(fs, "ring", counters=self.counters)
         self.sampler = Sampler(SamplerConfig(report_interval_s=cfg.report_interval_s, warmup_s=cfg.warmup_s,
-                                             sample_window_s=cfg.sample_window_s))
+                                             sample_window_s=cfg.sample_window_s, continuous=cfg.continuous))
         self.parser = make_parser(cfg.sensor)
         self.sensor_kind = cfg.sensor
         self.router = Router(cfg.node_id, hal.mac, cfg.role == "gateway", self.mesh_hmac,
@@ -246,7 +246,7 @@ class Node:
         body = protocol.StatusBody(
             fw_seq=FW_SEQ, fw_version=FW_VERSION, uptime_s=self.now_ms() // 1000, heap_free=free,
             heap_min=self.heap_min, backlog=self.ring.backlog(), parent=r.parent or 0,
-            link_etx=min(r.parent_etx(), 0xFFFF), path_cost=min(r.cost, 0xFFFF), rssi=max(-128, min(0, r.parent_rssi())),
+            link_etx=min(r.parent_etx, 0xFFFF), path_cost=min(r.cost, 0xFFFF), rssi=max(-128, min(0, r.parent_rssi)),
             boot_count=self.boot_count, ota_state=self.ota.state if self.ota else 0,
             ota_progress=self.ota.progress_pct if self.ota else 0, errors=self.errors)
         f = protocol.Status(origin=self.node_id, seq=self.counters.next("status"), time_s=self.wall_s(), body=body)

@@ -7,6 +7,7 @@ SUBCOMMANDS = {
     # name -> module defining `cli`
     "broker": "fleet.cli.sim_broker",
     "board": "fleet.cli.sim_board",
+    "up": "fleet.cli.sim_up",
 }
 
 

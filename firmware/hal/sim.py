@@ -1,0 +1,78 @@
+"""The virtual rig's HAL: the same shape as firmware/hal/esp32.py, on the MicroPython unix
+port. The radio is firmware/hal/sim_radio.py (loopback UDP to the medium), the sensor UART is
+a simulated PMS5003 emitting real byte frames (firmware/hal/simsensor.py), flash is the
+process's directory, and the watchdog resets the "board" by ending the process — the rig's
+launcher restarts it, as a power cycle would.
+"""
+import asyncio
+import gc
+import sys
+import time
+
+from firmware.compat import ticks_diff, ticks_ms
+from firmware.hal.sim_radio import SimRadio
+from firmware.hal.simsensor import SimPMS5003
+
+_FRAME_PERIOD_MS = 1000  # a PMS5003 in active mode sends a frame about every second
+
+
+class SimUart:
+    """The sensor's UART: commands go to the simulated sensor; read_some() returns the bytes it
+    sent since the last read, paced like a 9600-baud line."""
+
+    def __init__(self, sensor):
+        self.sensor = sensor
+
+    def write(self, data):
+        self.sensor.write(data, int(time.time()))
+
+    async def read_some(self):
+        await asyncio.sleep_ms(_FRAME_PERIOD_MS)
+        return self.sensor.poll(int(time.time()))
+
+
+class SimHal:
+    virtual = True
+
+    def __init__(self, cfg, fs, root="."):
+        sim = cfg.sim
+        self.fs = fs
+        self.mac = bytes(sim["mac"])
+        self.radio = SimRadio(self.mac, sim["my_port"], sim["medium_port"])
+        seed = sim.get("seed", 1)
+        noise = sim.get("sensor_noise_per_mille", 5)
+        self.uart = SimUart(SimPMS5003(seed, cfg.node_id, noise, th=(cfg.sensor == "pms5003t")))
+        self._wdt_timeout_ms = None
+        self._wdt_fed = ticks_ms()
+
+    def wdt_start(self, timeout_ms):
+        self._wdt_timeout_ms = timeout_ms
+        self._wdt_fed = ticks_ms()
+        asyncio.create_task(self._wdt_task())
+
+    def wdt_feed(self):
+        self._wdt_fed = ticks_ms()
+
+    async def _wdt_task(self):
+        while True:
+            await asyncio.sleep_ms(1000)
+            if ticks_diff(ticks_ms(), self._wdt_fed) > self._wdt_timeout_ms:
+                print("wdt", "watchdog expired: resetting")
+                self.reset()
+
+    def time_s(self):
+        return int(time.time())  # the unix port's epoch is 1970
+
+    def set_time_s(self, unix_s):
+        pass  # the host clock is the RTC
+
+    def mem_free(self):
+        return gc.mem_free()
+
+    def reset(self):
+        # SystemExit is not an Exception: it leaves asyncio's loop and ends the process; the
+        # launcher sees the exit and starts the node again from its flash (a power cycle).
+        sys.exit(3)
+
+    async def uplink(self, ssid, password, timeout_ms=20000):
+        return True  # loopback: nothing to join

@@ -1,0 +1,169 @@
+"""ESP-NOW for the virtual rig: the shape of MicroPython's aioespnow.AIOESPNow, carried over
+loopback UDP to the radio medium (fleet/sim/medium.py), which decides who hears what.
+
+Datagrams (see fleet/sim/medium.py for the medium's side):
+    node -> medium  b"H" mac(6)                         hello (after start or restart)
+    node -> medium  b"T" seq(2) dst(6) payload          transmit (dst ff:ff:ff:ff:ff:ff = broadcast)
+    medium -> node  b"R" src(6) rssi(1, signed) payload  a frame was received
+    medium -> node  b"D" seq(2) ok(1)                    transmit outcome (unicast: MAC ACK)
+
+ESP-NOW rules kept here: payloads are 1..250 bytes (ValueError otherwise, like espnow.send);
+unicast needs the destination in the peer table, which holds at most 20 peers (OSError
+ESP_ERR_ESPNOW_FULL / _EXIST / _NOT_FOUND, like the real driver).
+MicroPython sockets have no getsockname(): the node is told its port and the medium's.
+"""
+import asyncio
+import socket
+import struct
+
+from firmware.compat import ticks_ms
+
+BROADCAST = b"\xff\xff\xff\xff\xff\xff"
+MAX_PAYLOAD = 250
+MAX_PEERS = 20
+_SEND_TIMEOUT_MS = 500
+
+try:
+    _io_queue = asyncio.core._io_queue  # MicroPython: wait for a readable socket
+except AttributeError:  # CPython
+    _io_queue = None
+
+
+class SimRadio:
+    def __init__(self, mac, my_port, medium_port, host="127.0.0.1"):
+        self.mac = bytes(mac)
+        self.peers = []
+        self.peers_table = {}
+        self._medium = socket.getaddrinfo(host, medium_port)[0][-1]
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.bind(socket.getaddrinfo(host, my_port)[0][-1])
+        self._sock.setblocking(False)
+        self._seq = 0
+        self._waiting = {}  # seq -> [Event, ok]
+        self._rx = []
+        self._rx_evt = asyncio.Event()
+        self._reader = None
+        self._active = False
+        self.stats = {"tx": 0, "tx_ok": 0, "rx": 0, "timeouts": 0}
+
+    def active(self, on=None):
+        if on is None:
+            return self._active
+        self._active = bool(on)
+        if on:
+            self._sock.sendto(b"H" + self.mac, self._medium)
+            if self._reader is None:
+                self._reader = asyncio.create_task(self._read_loop())
+        return self._active
+
+    # ---- peers ------------------------------------------------------------------------------
+
+    def add_peer(self, mac, *args, **kw):
+        mac = bytes(mac)
+        if mac in self.peers:
+            raise OSError(-12395, "ESP_ERR_ESPNOW_EXIST")
+        if len(self.peers) >= MAX_PEERS:
+            raise OSError(-12394, "ESP_ERR_ESPNOW_FULL")
+        self.peers.append(mac)
+
+    def del_peer(self, mac):
+        mac = bytes(mac)
+        if mac not in self.peers:
+            raise OSError(-12393, "ESP_ERR_ESPNOW_NOT_FOUND")
+        self.peers.remove(mac)
+
+    def get_peers(self):
+        return tuple((m, b"", 0, 0, False) for m in self.peers)
+
+    # ---- sending and receiving --------------------------------------------------------------
+
+    async def asend(self, mac, msg, sync=True):
+        """Send msg to mac; return True when it was ACKed (unicast) or sent (broadcast)."""
+        mac = bytes(mac)
+        if not 1 <= len(msg) <= MAX_PAYLOAD:
+            raise ValueError("ESP-NOW payload must be 1..250 bytes, got %d" % len(msg))
+        if mac != BROADCAST and mac not in self.peers:
+            raise OSError(-12393, "ESP_ERR_ESPNOW_NOT_FOUND")
+        self._seq = (self._seq + 1) & 0xFFFF
+        seq = self._seq
+        slot = [asyncio.Event(), False]
+        self._waiting[seq] = slot
+        self.stats["tx"] += 1
+        try:
+            self._sock.sendto(b"T" + struct.pack(">H", seq) + mac + msg, self._medium)
+        except OSError:
+            del self._waiting[seq]
+            return False
+        try:
+            await _wait_ms(slot[0].wait(), _SEND_TIMEOUT_MS)
+        except asyncio.TimeoutError:
+            self.stats["timeouts"] += 1
+        self._waiting.pop(seq, None)
+        if slot[1]:
+            self.stats["tx_ok"] += 1
+        return slot[1]
+
+    async def arecv(self):
+        """Wait for the next frame; return (mac, msg)."""
+        while not self._rx:
+            self._rx_evt.clear()
+            await self._rx_evt.wait()
+        return self._rx.pop(0)
+
+    def any(self):
+        return len(self._rx) > 0
+
+    async def _read_loop(self):
+        sock = self._sock
+        while True:
+            if _io_queue is not None:
+                yield_ = _io_queue.queue_read(sock)
+                await _Yield(yield_)
+                data = _recv(sock)
+            else:
+                loop = asyncio.get_running_loop()
+                data = await loop.sock_recv(sock, 512)
+            while data:
+                self._on_datagram(data)
+                data = _recv(sock)
+
+    def _on_datagram(self, data):
+        kind = data[0]
+        if kind == 0x52 and len(data) > 7:  # "R"
+            src = bytes(data[1:7])
+            rssi = data[7] - 256 if data[7] > 127 else data[7]
+            self.peers_table[src] = [rssi, ticks_ms()]
+            if len(self._rx) < 64:  # bounded like the driver's receive buffer
+                self._rx.append((src, bytes(data[8:])))
+                self.stats["rx"] += 1
+            self._rx_evt.set()
+        elif kind == 0x44 and len(data) == 4:  # "D"
+            slot = self._waiting.get((data[1] << 8) | data[2])
+            if slot is not None:
+                slot[1] = data[3] == 1
+                slot[0].set()
+
+
+def _recv(sock):
+    try:
+        return sock.recv(512)
+    except OSError:  # EAGAIN: nothing more queued
+        return None
+
+
+class _Yield:
+    """Await the value MicroPython's IO queue registration expects to be yielded."""
+
+    def __init__(self, v):
+        self.v = v
+
+    def __iter__(self):
+        yield self.v
+
+    __await__ = __iter__
+
+
+async def _wait_ms(aw, ms):
+    if hasattr(asyncio, "wait_for_ms"):
+        return await asyncio.wait_for_ms(aw, ms)
+    return await asyncio.wait_for(aw, ms / 1000)

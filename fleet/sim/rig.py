@@ -1,0 +1,297 @@
+"""The virtual rig: a radio medium, a broker, a collector and N real MicroPython node processes,
+each running the real firmware under an ESP32-like heap with its own flash directory.
+
+    rig = Rig(home, topology, RigOptions(...))
+    await rig.start()          # keys, configs, medium, broker, collector, nodes
+    await rig.run_for(60)      # progress lines; restarts crashed nodes like a power cycle
+    await rig.stop()           # every process it started, by PID
+
+Fault hooks for HIL tests: kill_node / start_node, kill_broker / restart_broker, and the medium's
+own faults (rig.medium). Everything binds 127.0.0.1 only.
+"""
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from fleet.errors import FleetError
+
+_NODE_HEAP = "256k"  # see RigOptions: the 64-bit unix port needs ~1.5x the heap of a 32-bit ESP32
+_BOOT = ("import sys\nsys.path[:0]=[{build!r}]\nfrom firmware.main import run\nrun({flash!r})\n")
+
+
+def micropython_bin():
+    cand = os.path.join(os.path.dirname(sys.executable), "micropython")
+    if os.path.exists(cand):
+        return cand
+    found = shutil.which("micropython")
+    if not found:
+        raise FleetError("the micropython command is missing: run `make install`")
+    return found
+
+
+class RigOptions:
+    """Knobs of a virtual rig; defaults suit `make demo` (readings every ~40 s)."""
+
+    def __init__(self, broker_url=None, seed=1, heap=_NODE_HEAP, report_interval_s=40, continuous=True,
+                 capture_path=None, collector=True, restart_crashed=True, sensor_noise_per_mille=5,
+                 broker_kind="embedded"):
+        self.broker_url = broker_url
+        self.seed = seed
+        self.heap = heap
+        self.report_interval_s = report_interval_s
+        self.continuous = continuous
+        self.capture_path = capture_path
+        self.collector = collector
+        self.restart_crashed = restart_crashed
+        self.sensor_noise_per_mille = sensor_noise_per_mille
+        self.broker_kind = broker_kind
+
+
+class NodeProc:
+    """One virtual node: a MicroPython process whose cwd is its flash directory."""
+
+    def __init__(self, node_id, flash_dir, build_dir, heap, log_path):
+        self.node_id = node_id
+        self.flash_dir = flash_dir
+        self.build_dir = build_dir
+        self.heap = heap
+        self.log_path = log_path
+        self.proc = None
+        self.starts = 0
+        self.killed = False  # killed on purpose: do not restart
+
+    def start(self):
+        code = _BOOT.format(build=self.build_dir, flash=self.flash_dir)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([micropython_bin(), "-X", "heapsize=" + self.heap, "-c", code],
+                                     cwd=self.flash_dir, stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        self.starts += 1
+        self.killed = False
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self, on_purpose=True):
+        self.killed = on_purpose
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def log_tail(self, n=2000):
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, 2)
+                size = f.tell()
+                f.seek(max(0, size - n))
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+
+class Rig:
+    def __init__(self, home, topology, options=None, log=None):
+        self.home = home
+        self.topo = topology
+        self.opt = options or RigOptions()
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.dir = os.path.join(home.path, "sim")
+        self.medium = None
+        self.broker = None
+        self.broker_url = None
+        self.nodes = {}
+        self.collector_task = None
+        self.collector_stop = None
+        self.ingest = None
+        self.started_s = None
+        self._watch_task = None
+
+    # ---- set-up -------------------------------------------------------------------------------
+
+    def _ensure_keys(self):
+        self.home.ensure()
+        ks = self.home.keys()
+        if not ks.exists():
+            self.log("rig: fleet home %s has no keys yet: creating them (as `fleet keys init`)" % self.home.path)
+            ks.init()
+        return ks
+
+    def _build(self):
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "tools"))
+        import mpy_build
+
+        out = os.path.join(self.dir, "build")
+        shutil.rmtree(out, ignore_errors=True)
+        fails = mpy_build.build(out)
+        if fails:
+            raise FleetError("mpy-cross failed on: " + ", ".join(f for f, _ in fails))
+        return out
+
+    def _config_for(self, node, ks):
+        from firmware.config import dump_config
+
+        cfg = {
+            "config_version": 1, "node_id": node.id, "role": "gateway" if node.is_gateway else "node",
+            "net_id": self.home.net_id, "node_key": ks.node_key(node.id), "mesh_key": ks.mesh_key(),
+            "fleet_pub": ks.public_key(), "report_interval_s": self.opt.report_interval_s, "warmup_s": 30,
+            "continuous": self.opt.continuous, "sensor": "pms5003t",
+            "sim": {"medium_port": self.medium.port, "my_port": self.medium.port_for(node.id),
+                    "mac": node.mac, "seed": self.opt.seed,
+                    "sensor_noise_per_mille": self.opt.sensor_noise_per_mille},
+        }
+        if not self.opt.continuous:
+            cfg["sample_window_s"] = min(60, self.opt.report_interval_s - 30)
+        if node.is_gateway:
+            host, port = _host_port(self.broker_url)
+            cfg["uplink"] = {"broker_host": host, "broker_port": port, "client_id": "gw-%d" % node.id}
+        return dump_config(cfg)
+
+    def _register(self):
+        store = self.home.store(create=True)
+        try:
+            now = int(time.time())
+            store.register_nodes([{
+                "node": n.id, "mac": n.mac.hex(), "role": "gateway" if n.is_gateway else "node",
+                "pole": n.pole or None, "lat": n.lat, "lon": n.lon, "registered_at": now,
+            } for n in self.topo.nodes])
+        finally:
+            store.close()
+
+    async def _start_broker(self):
+        from fleet.sim import broker as broker_mod
+
+        if self.opt.broker_url:
+            self.broker_url = self.opt.broker_url
+            return
+        logp = os.path.join(self.dir, "broker.log")
+        if self.opt.broker_kind == "mosquitto":
+            self.broker = await asyncio.to_thread(broker_mod.start_mosquitto, 0, "127.0.0.1")
+        else:
+            self.broker = await asyncio.to_thread(broker_mod.start_broker_process, 0, "127.0.0.1", logp)
+        self.broker_url = "mqtt://127.0.0.1:%d" % self.broker.port
+
+    async def _start_collector(self):
+        from fleet.collector_mqtt import run_collector
+
+        self.collector_stop = asyncio.Event()
+        self.collector_task = asyncio.create_task(
+            run_collector(self.home, self.broker_url, self.collector_stop, client_id="collector-sim", progress_s=0))
+
+    async def start(self):
+        """Start everything; raises FleetError with what to do when a part cannot start."""
+        from fleet.sim.medium import Medium
+
+        os.makedirs(self.dir, exist_ok=True)
+        ks = self._ensure_keys()
+        build = await asyncio.to_thread(self._build)
+        self.medium = Medium(self.topo, seed=self.opt.seed, capture_path=self.opt.capture_path)
+        await self.medium.start("127.0.0.1", 0)
+        await self._start_broker()
+        self._register()
+        if self.opt.collector:
+            await self._start_collector()
+        nodes_dir = os.path.join(self.dir, "nodes")
+        for n in self.topo.nodes:
+            flash = os.path.join(nodes_dir, str(n.id))
+            os.makedirs(flash, exist_ok=True)
+            with open(os.path.join(flash, "config.cbor"), "wb") as f:
+                f.write(self._config_for(n, ks))
+            os.chmod(os.path.join(flash, "config.cbor"), 0o600)
+            np = NodeProc(n.id, flash, build, self.opt.heap, os.path.join(flash, "console.log"))
+            self.nodes[n.id] = np
+        # gateways first, so the first beacons find a root
+        order = sorted(self.topo.nodes, key=lambda n: (not n.is_gateway, n.id))
+        for n in order:
+            self.nodes[n.id].start()
+        self.started_s = time.time()
+        self._watch_task = asyncio.create_task(self._watch())
+        self.log("rig: %d nodes (%d gateways), medium on udp %d, broker %s" % (
+            len(self.topo.nodes), len(self.topo.gateways()), self.medium.port, self.broker_url))
+
+    async def _watch(self):
+        """A node process that ended (crash, watchdog reset, machine.reset) is restarted, like a
+        board power-cycling; a node killed on purpose stays down."""
+        while True:
+            await asyncio.sleep(1.0)
+            for np in self.nodes.values():
+                if np.proc is not None and not np.alive() and not np.killed and self.opt.restart_crashed:
+                    self.log("rig: node %d exited (%s): restarting it" % (np.node_id, np.proc.returncode))
+                    np.start()
+
+    # ---- faults ---------------------------------------------------------------------------------
+
+    def kill_node(self, node_id):
+        self.nodes[node_id].kill(True)
+        if hasattr(self.medium, "kill_node"):
+            self.medium.kill_node(node_id)
+
+    def start_node(self, node_id):
+        if hasattr(self.medium, "restart_node"):
+            self.medium.restart_node(node_id)
+        self.nodes[node_id].start()
+
+    def kill_broker(self):
+        if self.broker is None:
+            raise FleetError("the rig uses an external broker: it cannot kill it")
+        self.broker.kill()
+
+    def restart_broker(self):
+        if self.broker is None:
+            raise FleetError("the rig uses an external broker: it cannot restart it")
+        self.broker.restart()
+
+    # ---- running ---------------------------------------------------------------------------------
+
+    def progress(self):
+        store = self.home.store()
+        try:
+            s = store.summary()
+        finally:
+            store.close()
+        alive = sum(1 for n in self.nodes.values() if n.alive())
+        return {"elapsed_s": int(time.time() - (self.started_s or time.time())), "alive": alive,
+                "nodes": len(self.nodes), "readings": s.get("readings", 0), "medium": self.medium.stats()}
+
+    async def run_for(self, duration_s, every_s=10.0):
+        end = time.monotonic() + duration_s
+        while time.monotonic() < end:
+            await asyncio.sleep(min(every_s, max(0.0, end - time.monotonic())))
+            p = await asyncio.to_thread(self.progress)
+            self.log("rig: t=%ds nodes alive %d/%d, readings stored %d" % (
+                p["elapsed_s"], p["alive"], p["nodes"], p["readings"]))
+
+    async def stop(self):
+        """Stop every process this rig started (nodes by PID, broker, collector, medium)."""
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+        for np in self.nodes.values():
+            np.kill(True)
+        if self.collector_stop is not None:
+            self.collector_stop.set()
+            try:
+                await asyncio.wait_for(self.collector_task, 15)
+            except (asyncio.TimeoutError, Exception) as e:  # noqa: BLE001 - shutting down
+                self.log("rig: collector stop: %s" % (e,))
+        if self.broker is not None:
+            await asyncio.to_thread(self.broker.stop)
+        if self.medium is not None:
+            await self.medium.stop()
+
+
+def _host_port(url):
+    u = url
+    if "://" in u:
+        u = u.split("://", 1)[1]
+    host, _, port = u.partition(":")
+    return host or "127.0.0.1", int(port or 1883)
