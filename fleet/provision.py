@@ -70,15 +70,24 @@ STEPS = ("connect", "detect", "check", "copy", "verify", "commit", "reset", "sel
 _BEFORE_COMMIT = ("connect", "detect", "check", "copy", "verify")
 
 # ---- time estimates for a real ESP32 ---------------------------------------------------------
-# wire time: every byte both ways at 10 bits (8N1) per byte;
-# per exec: raw-paste handshake and flow-control acks, compile of a ~5 KB exec on a 160 MHz
-#   ESP32 and the USB-UART bridge's turnaround (CP210x/CH340: ~1-4 ms each way) -- 15 ms;
+# wire time: every byte both ways at 10 bits (8N1) per byte -- but host-to-board bytes of a
+#   raw-paste exec are flow-controlled: stock MicroPython grants 128-byte windows, at most two in
+#   flight, each granted back over the USB-UART bridge (round trip ~4 ms on a CP210x/CH340 with
+#   1 ms USB frames; an FTDI at its default 16 ms latency timer is four times worse), so upload
+#   runs at most 256 bytes per round trip (~64 KB/s): irrelevant at 115200 baud, the limit at
+#   921600;
+# per exec: raw-paste handshake, compile of a ~5 KB exec on a 160 MHz ESP32, the end-of-exec
+#   round trips -- 15 ms;
 # flash: littlefs on the ESP32's SPI NOR flash erases 4 KB sectors (~45 ms each) and programs
 #   pages: ~64 KB/s effective;
 # resets: the soft reset at connect (~1 s) and the hard reset before the self-test (~2 s: ROM,
 #   bootloader, MicroPython start). The self-test wait itself (sensor warm-up, >= 30 s) is the
 #   same on both and is reported separately.
+# Note: MicroPython's ESP32 REPL UART runs at 115200; 921600 needs a build (or a boot.py) that
+# sets the REPL UART faster -- `--baud` then matches it.
 EST_EXEC_OVERHEAD_S = 0.015
+EST_USB_RTT_S = 0.004
+EST_PASTE_BYTES_IN_FLIGHT = 256
 EST_FLASH_BYTES_PER_S = 64 * 1024
 EST_SOFT_RESET_S = 1.0
 EST_HARD_RESET_S = 2.0
@@ -483,6 +492,11 @@ def _config_identity(data):
     return d.get("net_id"), d.get("fleet_pub"), d.get("node_id")
 
 
+def _norm_mac(mac):
+    # the store holds MACs as written by whoever registered them ("aa:bb:.." here, plain hex elsewhere)
+    return (mac or "").replace(":", "").replace("-", "").lower()
+
+
 def _scrub(text, secrets):
     for s in secrets:
         text = text.replace(s, "<redacted>")
@@ -744,10 +758,11 @@ class _Run:
             store = self.fleet.home.store()
             try:
                 reg = store.node(spec.node_id)
-                others = [n["node"] for n in store.nodes() if n["mac"] == mac and n["node"] != spec.node_id]
+                others = [n["node"] for n in store.nodes()
+                          if _norm_mac(n["mac"]) == _norm_mac(mac) and n["node"] != spec.node_id]
             finally:
                 store.close()
-        if reg is not None and reg["mac"] and reg["mac"] != mac:
+        if reg is not None and reg["mac"] and _norm_mac(reg["mac"]) != _norm_mac(mac):
             if not self.o.replace:
                 self.fail(f"node id {spec.node_id} is already registered to another board (MAC {reg['mac']}); "
                           f"refusing: choose another --node-id, or pass --replace if that board is gone")
@@ -792,10 +807,12 @@ class _Run:
 
 def estimate_usb_seconds(bytes_sent, bytes_received, execs, bytes_written, baud):
     """Estimated USB session time on a real ESP32 at `baud` for the traffic measured on a board:
-    wire time (10 bits/byte both ways) + a fixed cost per exec + flash programming + the soft and
-    hard resets. See the EST_* constants for the assumptions."""
-    wire_s = (bytes_sent + bytes_received) * 10 / baud
-    return (wire_s + execs * EST_EXEC_OVERHEAD_S + bytes_written / EST_FLASH_BYTES_PER_S
+    upload time (line rate, or the raw-paste window limit if slower) + download time + a fixed cost
+    per exec + flash programming + the soft and hard resets. The EST_* constants hold the
+    assumptions (see the comment above them)."""
+    up_s = max(bytes_sent * 10 / baud, bytes_sent * EST_USB_RTT_S / EST_PASTE_BYTES_IN_FLIGHT)
+    down_s = bytes_received * 10 / baud
+    return (up_s + down_s + execs * EST_EXEC_OVERHEAD_S + bytes_written / EST_FLASH_BYTES_PER_S
             + EST_SOFT_RESET_S + EST_HARD_RESET_S)
 
 
@@ -888,7 +905,9 @@ def node_info(port, *, home=None, baud=DEFAULT_BAUD, restart=True, board_factory
     from firmware.config import ConfigError, parse_config
 
     with board_factory(port, baud=baud) as board:
-        board.enter_raw(soft_reset=True)
+        # No soft reset: it would run boot.py once more (a trial boot counts boots); the app is
+        # only interrupted, and small reads need little heap.
+        board.enter_raw(soft_reset=False)
         info = detect(board)
         found, dirs = board.hash_files(dirs=["/a", "/b"], files=list(ROOT_FILES) + ["/active", "/ota_result"],
                                        what="listing the board's files")

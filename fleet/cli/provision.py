@@ -179,11 +179,12 @@ def run_provision(home, specs, options, as_json, skipped=()):
         summary = prov.provision(home, specs, options, on_progress=progress)
     summary["skipped"] = [{"row": s.row, "mac": s.mac, "node_id": s.node_id} for s in skipped]
     summary["estimate_model"] = (
-        "USB session on a real ESP32: (bytes sent + received) x 10 bits / baud + "
-        f"{prov.EST_EXEC_OVERHEAD_S * 1000:g} ms per raw-REPL exec + flash writes at "
+        "USB session on a real ESP32: upload = max((bytes sent) x 10 bits / baud, raw-paste flow control "
+        f"{prov.EST_PASTE_BYTES_IN_FLIGHT} bytes per {prov.EST_USB_RTT_S * 1000:g} ms round trip) + download "
+        f"x 10 bits / baud + {prov.EST_EXEC_OVERHEAD_S * 1000:g} ms per raw-REPL exec + flash writes at "
         f"{prov.EST_FLASH_BYTES_PER_S // 1024} KB/s + soft reset {prov.EST_SOFT_RESET_S:g} s + hard reset "
-        f"{prov.EST_HARD_RESET_S:g} s; payload travels as base64 (x4/3); the self-test wait (sensor warm-up) is "
-        f"extra and the same on both")
+        f"{prov.EST_HARD_RESET_S:g} s; payload travels as base64 (x4/3); the self-test wait (sensor warm-up, "
+        f">= 30 s) comes on top, the same on both")
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
