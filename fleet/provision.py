@@ -59,7 +59,6 @@ from dataclasses import dataclass, field
 import firmware
 from fleet.errors import FleetError
 from fleet.mpboard import DEFAULT_BAUD, MpBoard, MpBoardError
-from fleet.sim.topology import mac_str
 
 SLOTS = ("a", "b")
 ROLES = ("node", "gateway")
@@ -490,6 +489,11 @@ def _config_identity(data):
     if d is None or not isinstance(d.get("fleet_pub"), bytes):
         return None
     return d.get("net_id"), d.get("fleet_pub"), d.get("node_id")
+
+
+def mac_str(mac):
+    """'aa:bb:cc:dd:ee:ff' of 6 MAC bytes (as fleet.sim.topology prints them)."""
+    return ":".join("%02x" % b for b in mac)
 
 
 def _norm_mac(mac):
