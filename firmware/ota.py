@@ -353,16 +353,20 @@ class OtaEngine:
         d = self.trickle.deadline()
         if self._req_due is not None and self._req_due < d:
             d = self._req_due
-        if self._serve and self._serve_due < d:
-            d = self._serve_due
-        if self._ctl or (self._serve and self._serve_due <= self._now):
+        want = None  # when a frame is waiting to go out
+        if self._ctl:
+            want = self._now
+        elif self._serve:
+            want = self._serve_due
+        if want is not None:
             self._refill(self._now)
-            ready = self._now
             if self._tokens < _TOKEN:
                 rate = self.p.tx_rate_per_s or 1
                 ready = self._now + (_TOKEN - self._tokens + rate - 1) // rate
-            if ready < d:
-                d = ready
+                if ready > want:
+                    want = ready
+            if want < d:
+                d = want
         return d
 
     # ---- helpers -----------------------------------------------------------------------------------
