@@ -39,6 +39,8 @@ def provision_options(f, repl_baud=True):
         click.option("--report-interval-s", type=click.IntRange(1, 86400), help="Seconds between readings."),
         click.option("--warmup-s", type=click.IntRange(30, 600), help="Sensor warm-up before sampling."),
         click.option("--sample-window-s", type=click.IntRange(1, 86400), help="Seconds of sampling per reading."),
+        click.option("--continuous/--duty-cycle", default=None,
+                     help="Keep the sensor on, or sleep it between readings (default: the config's, duty cycle)."),
         click.option("--radio-channel", type=click.IntRange(1, 14), help="Wi-Fi/ESP-NOW channel."),
         click.option("--sim-medium-port", type=click.IntRange(1, 65535), metavar="PORT",
                      help="Virtual boards: UDP port of the radio medium (adds the config's sim section)."),
@@ -60,6 +62,7 @@ def _options_from(kw, connect_timeout_s=15.0):
     return prov.ProvisionOptions(
         replace=kw["replace"], selftest=not kw["no_selftest"], selftest_timeout_s=kw["selftest_timeout_s"],
         report_interval_s=kw["report_interval_s"], warmup_s=kw["warmup_s"], sample_window_s=kw["sample_window_s"],
+        continuous=kw["continuous"],
         radio_channel=kw["radio_channel"], broker_url=kw["broker"], wifi_ssid=kw["wifi_ssid"],
         wifi_password=kw["wifi_password"], sim_medium_port=kw["sim_medium_port"], baud=kw.get("baud", 115200),
         connect_timeout_s=connect_timeout_s,
