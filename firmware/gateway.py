@@ -48,9 +48,9 @@ class Gateway:
         self.client.subscribe(self.ota_topic, 1)
         self.stats = {"frames_up": 0, "envelopes": 0, "downlink_frames": 0, "bad_downlink": 0}
 
-    def uplink(self, frame_bytes, rssi, now_s, now_ms=None):
-        """Queue one frame that reached this gateway (called from the router's events)."""
-        rx_ms = now_s * 1000
+    def uplink(self, frame_bytes, rssi, rx_ms):
+        """Queue one frame that reached this gateway (called from the router's events);
+        rx_ms: wall-clock receive time, unix ms."""
         rssi = max(-128, min(0, rssi))
         self.items.append((rx_ms, rssi, frame_bytes))
         self.stats["frames_up"] += 1

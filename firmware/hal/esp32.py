@@ -66,6 +66,12 @@ class Esp32Hal:
         t = time.time() + _EPOCH_2000
         return t if t > 1600000000 else 0  # an RTC that was never set reads year 2000
 
+    def time_ms(self):
+        import time
+
+        t = self.time_s()
+        return t * 1000 + (time.ticks_ms() % 1000) if t else 0  # ms part approximate: RTC has s
+
     def set_time_s(self, unix_s):
         import time
 

@@ -63,6 +63,9 @@ class SimHal:
     def time_s(self):
         return int(time.time())  # the unix port's epoch is 1970
 
+    def time_ms(self):
+        return time.time_ns() // 1000000
+
     def set_time_s(self, unix_s):
         pass  # the host clock is the RTC
 

@@ -19,7 +19,12 @@ import time
 
 from fleet.errors import FleetError
 
-_NODE_HEAP = "256k"  # see RigOptions: the 64-bit unix port needs ~1.5x the heap of a 32-bit ESP32
+# Heaps, chosen to match the hardware (the 64-bit unix port needs ~1.5x the heap of the 32-bit
+# ESP32 for the same objects): a node is an ESP32 without PSRAM (~160-170 KB MicroPython heap
+# with the ESP32 port's auto-growing split heap) -> 256k here; a gateway runs WiFi + MQTT + an
+# outbox and is specified as an ESP32-WROVER with 4 MB PSRAM -> 512k here (still bounded).
+_NODE_HEAP = "256k"
+_GATEWAY_HEAP = "512k"
 _BOOT = ("import sys\nsys.path[:0]=[{build!r}]\nfrom firmware.main import run\nrun({flash!r})\n")
 
 
@@ -38,7 +43,8 @@ class RigOptions:
 
     def __init__(self, broker_url=None, seed=1, heap=_NODE_HEAP, report_interval_s=40, continuous=True,
                  capture_path=None, collector=True, restart_crashed=True, sensor_noise_per_mille=5,
-                 broker_kind="embedded"):
+                 broker_kind="embedded", offered_interval_s=None, mesh_params=None, gateway_heap=_GATEWAY_HEAP,
+                 offered_for_s=None):
         self.broker_url = broker_url
         self.seed = seed
         self.heap = heap
@@ -49,6 +55,10 @@ class RigOptions:
         self.restart_crashed = restart_crashed
         self.sensor_noise_per_mille = sensor_noise_per_mille
         self.broker_kind = broker_kind
+        self.offered_interval_s = offered_interval_s  # synthetic readings per node (verify throughput)
+        self.mesh_params = mesh_params
+        self.gateway_heap = gateway_heap
+        self.offered_for_s = offered_for_s  # stop the synthetic load this long after boot
 
 
 class NodeProc:
@@ -150,6 +160,10 @@ class Rig:
                     "mac": node.mac, "seed": self.opt.seed,
                     "sensor_noise_per_mille": self.opt.sensor_noise_per_mille},
         }
+        if self.opt.offered_interval_s:
+            cfg["sim"]["offered_interval_s"] = int(self.opt.offered_interval_s)
+            if self.opt.offered_for_s:
+                cfg["sim"]["offered_for_s"] = int(self.opt.offered_for_s)
         if not self.opt.continuous:
             cfg["sample_window_s"] = min(60, self.opt.report_interval_s - 30)
         if node.is_gateway:
@@ -208,7 +222,8 @@ class Rig:
             with open(os.path.join(flash, "config.cbor"), "wb") as f:
                 f.write(self._config_for(n, ks))
             os.chmod(os.path.join(flash, "config.cbor"), 0o600)
-            np = NodeProc(n.id, flash, build, self.opt.heap, os.path.join(flash, "console.log"))
+            heap = self.opt.gateway_heap if n.is_gateway else self.opt.heap
+            np = NodeProc(n.id, flash, build, heap, os.path.join(flash, "console.log"))
             self.nodes[n.id] = np
         # gateways first, so the first beacons find a root
         order = sorted(self.topo.nodes, key=lambda n: (not n.is_gateway, n.id))
