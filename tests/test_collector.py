@@ -579,3 +579,100 @@ def test_first_contact_young_node_counts_from_zero_old_node_mid_life(store):
     assert ing.tracker.node_gaps(2) == []  # met mid-life (a new store for an old fleet)
     ing.on_message(UP, envelope([telemetry(2, 4990)]))  # but below what we heard: a gap
     assert ing.tracker.node_gaps(2) == [(4991, 4999, "open")]
+
+
+# ---- the cbor2 fast path agrees with protocol.decode ---------------------------------------------
+
+
+def _retag(covered, tail_mut):
+    """A telemetry frame from raw CBOR pieces, with valid tags over exactly these bytes:
+    covered = version..body items (after the array head), tail_mut = hops and cost items."""
+    etag = auth.Hmac(nkey(1)).tag(covered, 8)  # node 1's key: the frames below claim origin 1
+    body = b"\x8a" + covered + tail_mut + b"\x48" + etag + b"\x44"
+    return body + auth.Hmac(MESH).tag(body, 4)
+
+
+def _agree(fb):
+    from fleet.collector import fast_telemetry
+
+    fast = fast_telemetry(fb, auth.Hmac(MESH), lambda o: auth.Hmac(nkey(o)) if o in NODES else None)
+    try:
+        f = protocol.decode(fb, MESH, lambda o: nkey(o) if o in NODES else None)
+    except protocol.ProtocolError:
+        assert fast is None, fb.hex()
+        return False
+    if fast is None:
+        return f.type != protocol.T_TELEMETRY or None  # declining is allowed (the strict path runs)
+    origin, seq, time_s, readings, hops = fast
+    assert (origin, seq, time_s, hops) == (f.origin, f.seq, f.time_s, f.hops)
+    assert readings == [[getattr(r, k) for k in protocol.Reading.FIELDS] for r in f.readings]
+    return True
+
+
+def test_fast_path_accepts_what_protocol_decode_accepts():
+    import random
+
+    rnd = random.Random(5)
+    for _ in range(300):
+        k = rnd.randint(1, 12)
+        # edge values of every field, and values around the CBOR head-size boundaries
+        rs = [protocol.Reading(*(min(max(rnd.choice((lo, hi, rnd.randint(lo, hi), -25, -24, 23, 24, 255, 256)),
+                                         lo), hi) for _, lo, hi in protocol.Reading.SPEC)) for _ in range(k)]
+        f = protocol.Telemetry(origin=rnd.choice(NODES), seq=rnd.choice((0, 23, 24, 65535, 2**32 - 13)),
+                               time_s=rnd.choice((0, 1, T0)), readings=rs, hops=rnd.randint(0, 255),
+                               cost=rnd.choice((0, 23, 24, 255, 256, 65535)))
+        try:
+            fb = protocol.encode(f, MESH, nkey(f.origin))
+        except protocol.ProtocolError:
+            continue  # over 250 bytes
+        assert _agree(fb) is True
+
+
+def test_fast_path_declines_what_protocol_decode_rejects_even_with_valid_tags():
+    import cbor2
+
+    head = cbor2.dumps(1) + cbor2.dumps(2) + cbor2.dumps(1) + cbor2.dumps(100) + cbor2.dumps(T0)
+    reading_ok = [5, 80, 123, 150, 55, 215, 30, 0]
+    mut = cbor2.dumps(2) + cbor2.dumps(20)
+    assert _agree(_retag(head + cbor2.dumps([reading_ok]), mut)) is True  # the control
+    cases = {
+        "rh out of range": head + cbor2.dumps([[5, 80, 123, 150, 101, 215, 30, 0]]),
+        "temp below range": head + cbor2.dumps([[5, 80, 123, 150, 55, -401, 30, 0]]),
+        "a bool for an int": head + b"\x81\x88" + b"".join(cbor2.dumps(v) for v in reading_ok[:7]) + b"\xf5",
+        "a float": head + b"\x81\x88" + b"".join(cbor2.dumps(v) for v in reading_ok[:7]) + b"\xf9\x00\x00",
+        "non-shortest int": head + b"\x81\x88\x18\x05" + b"".join(cbor2.dumps(v) for v in reading_ok[1:]),
+        "indefinite array": head + b"\x81\x9f" + b"".join(cbor2.dumps(v) for v in reading_ok) + b"\xff",
+        "nine fields": head + cbor2.dumps([reading_ok + [0]]),
+        "no readings": head + cbor2.dumps([]),
+        "13 readings": head + cbor2.dumps([reading_ok] * 13),
+        "tagged int": head + b"\x81\x88\xc2\x41\x05" + b"".join(cbor2.dumps(v) for v in reading_ok[1:]),
+        "seq overflow": (cbor2.dumps(1) + cbor2.dumps(2) + cbor2.dumps(1) + cbor2.dumps(2**32 - 1)
+                         + cbor2.dumps(T0) + cbor2.dumps([reading_ok] * 2)),
+        "unknown origin": (cbor2.dumps(1) + cbor2.dumps(2) + cbor2.dumps(77) + cbor2.dumps(100) + cbor2.dumps(T0)
+                           + cbor2.dumps([reading_ok])),
+    }
+    for name, covered in cases.items():
+        assert _agree(_retag(covered, mut)) is False, name
+    for name, tail in {"non-shortest hops": b"\x18\x02" + cbor2.dumps(20), "hops > 255": cbor2.dumps(256) + b"\x14",
+                       "negative cost": b"\x02\x20"}.items():
+        assert _agree(_retag(head + cbor2.dumps([reading_ok]), tail)) is False, name
+
+
+def test_fast_path_and_decoder_agree_on_mutated_frames():
+    import random
+
+    rnd = random.Random(11)
+    base = [telemetry(1, rnd.randrange(1000), k=rnd.randint(1, 12), hops=rnd.randint(0, 23)) for _ in range(10)]
+    accepted = declined = 0
+    for _ in range(3000):
+        fb = bytearray(rnd.choice(base))
+        for _ in range(rnd.randint(1, 3)):
+            i = rnd.randrange(1, len(fb) - 14)
+            fb[i] = rnd.choice((fb[i] ^ (1 << rnd.randrange(8)), rnd.randrange(256)))
+        covered = bytes(fb[1:len(fb) - 14 - 2])  # hops < 24, cost 20: one byte each
+        fb = _retag(covered, bytes(fb[len(fb) - 16:len(fb) - 14]))  # valid tags over the mutation
+        r = _agree(fb)
+        accepted += r is True
+        declined += r is None
+    assert accepted > 100  # plenty of mutations stay valid frames (values changed)
+    assert declined == 0  # and the fast path took every one of them

@@ -1,0 +1,235 @@
+"""Benchmark: collector ingest rate (frames verified + readings stored per second).
+
+Gateways batch air frames into envelopes (default 50 frames each); each frame carries `k`
+readings from one of `--nodes` registered nodes, with valid hop and end-to-end tags.
+
+  in-process   Ingest.on_message() + flush on a fresh SQLiteStore (no MQTT): the core's ceiling
+               (node keys already derived, as in a running collector).
+  live         a publisher process sends the envelopes (QoS 1) through a broker process to
+               run_collector() in this process; timed from the first publish to the last reading
+               stored. Broker, publisher and collector share this machine's CPUs.
+  backlog      the envelopes are queued in the collector's persistent session while it is away,
+               then it starts and drains them: collector + broker only.
+
+Brokers: the embedded amqtt broker (as a process) and mosquitto when installed.
+Prints the figures; asserts nothing (speed is not a test).
+
+    .venv/bin/python bench/collector_bench.py [--envelopes 1000] [--frames 50] [--k 1,6] [--nodes 5000]
+"""
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import struct
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import protocol  # noqa: E402
+from fleet.collector import CollectorConfig, Ingest, uplink_topic  # noqa: E402
+from fleet.collector_mqtt import run_collector  # noqa: E402
+from fleet.home import FleetHome  # noqa: E402
+from fleet.sim.broker import mosquitto_path, start_broker_process, start_mosquitto  # noqa: E402
+
+NET = 1
+GW = 1
+T0 = 1_700_000_000
+
+
+def make_home(n_nodes):
+    path = tempfile.mkdtemp(prefix="collector-bench-")
+    home = FleetHome(path)
+    home.ensure()
+    home.keys().init()
+    with home.store(create=True) as s:
+        s.register_nodes([{"node": GW, "role": "gateway"}] + [{"node": n} for n in range(2, n_nodes + 2)])
+    return home
+
+
+def make_envelopes(home, n_env, n_frames, k, n_nodes, seed=1):
+    """Pre-encoded envelopes (not timed): consecutive seqs per node, k readings per frame."""
+    keys = home.keys()
+    mesh = protocol.auth.Hmac(keys.mesh_key())
+    rnd = random.Random(seed)
+    nodes = list(range(2, n_nodes + 2))
+    next_seq = dict.fromkeys(nodes, 0)
+    hmacs = {}
+    envs = []
+    for e in range(n_env):
+        items = []
+        for _ in range(n_frames):
+            node = rnd.choice(nodes)
+            h = hmacs.get(node)
+            if h is None:
+                h = hmacs[node] = protocol.auth.Hmac(keys.node_key(node))
+            rs = [protocol.Reading(dt_s=k - 1 - i, pm1=100, pm25=rnd.randrange(900), pm10=300, rh=60, temp=250,
+                                   n=30, flags=0) for i in range(k)]
+            f = protocol.Telemetry(origin=node, seq=next_seq[node], time_s=T0 + e, readings=rs, hops=3, cost=30)
+            next_seq[node] += k
+            items.append((T0 * 1000 + e, -70, protocol.encode(f, mesh, h)))
+        envs.append(protocol.encode(protocol.Envelope(GW, e, items)))
+    return envs, sum(next_seq.values())
+
+
+def bench_in_process(home, envs, n_readings, n_frames):
+    store = home.store()
+    ing = Ingest(store, home.keys(), NET, config=CollectorConfig(batch_rows=10000))
+    for node in store.node_ids():  # steady state: node keys derived (a one-off ~16 us per node)
+        ing._node_hmac(node)
+    topic = uplink_topic(NET, GW)
+    t = time.perf_counter()
+    for env in envs:
+        ing.on_message(topic, env)
+    ing.close()
+    dt = time.perf_counter() - t
+    snap = ing.snapshot()
+    store.close()
+    assert snap["stored"] == n_readings and snap["rejects"] == 0, snap
+    return dt
+
+
+# ---- through a broker ------------------------------------------------------------------------
+
+PUBLISHER = r"""
+import asyncio, struct, sys
+import aiomqtt
+port, path, topic, window = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+data = open(path, "rb").read()
+envs, i = [], 0
+while i < len(data):
+    (n,) = struct.unpack_from(">I", data, i)
+    envs.append(data[i + 4:i + 4 + n])
+    i += 4 + n
+async def main():
+    async with aiomqtt.Client("127.0.0.1", port, identifier="bench-gw", max_inflight_messages=window) as c:
+        sem = asyncio.Semaphore(window)
+        async def one(p):
+            async with sem:
+                await c.publish(topic, p, qos=1, timeout=120)
+        await asyncio.gather(*(one(p) for p in envs))
+asyncio.run(main())
+"""
+
+
+def write_envelopes(envs):
+    fd, path = tempfile.mkstemp(prefix="envs-", suffix=".bin")
+    with os.fdopen(fd, "wb") as f:
+        for e in envs:
+            f.write(struct.pack(">I", len(e)))
+            f.write(e)
+    return path
+
+
+def count_readings(home):
+    import sqlite3
+
+    db = sqlite3.connect(home.store_path, timeout=10)
+    try:
+        return db.execute("SELECT count(*) FROM readings").fetchone()[0]
+    finally:
+        db.close()
+
+
+async def _wait_count(home, want, timeout_s):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        n = await asyncio.to_thread(count_readings, home)
+        if n >= want:
+            return time.perf_counter()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {n} of {want} readings stored after {timeout_s} s")
+        await asyncio.sleep(0.05)
+
+
+async def _run_publisher(port, env_path, window=64):
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", PUBLISHER, str(port), env_path,
+                                                uplink_topic(NET, GW), str(window), cwd=ROOT)
+    return proc
+
+
+async def bench_broker(home, envs, n_readings, port, mode, timeout_s=600):
+    """Return seconds from the first publish (live) or the collector start (backlog) until all
+    readings are stored."""
+    env_path = write_envelopes(envs)
+    url = f"mqtt://127.0.0.1:{port}"
+    cfg = CollectorConfig(batch_rows=10000, flush_interval_s=0.5)
+    try:
+        stop = asyncio.Event()
+        subscribed = asyncio.Event()
+        task = asyncio.ensure_future(run_collector(home, url, stop, config=cfg, progress_s=0,
+                                                   client_id="bench-collector", on_subscribed=subscribed.set))
+        await asyncio.wait_for(subscribed.wait(), 30)
+        if mode == "backlog":
+            stop.set()
+            await task
+            proc = await _run_publisher(port, env_path)
+            await asyncio.wait_for(proc.wait(), timeout_s)
+            stop = asyncio.Event()
+            t0 = time.perf_counter()
+            task = asyncio.ensure_future(run_collector(home, url, stop, config=cfg, progress_s=0,
+                                                       client_id="bench-collector"))
+            t1 = await _wait_count(home, n_readings, timeout_s)
+        else:
+            t0 = time.perf_counter()
+            proc = await _run_publisher(port, env_path)
+            t1 = await _wait_count(home, n_readings, timeout_s)
+            await asyncio.wait_for(proc.wait(), 60)
+        stop.set()
+        snap = await asyncio.wait_for(task, 60)
+        assert snap["rejects"] == 0, snap
+        return t1 - t0
+    finally:
+        os.unlink(env_path)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--envelopes", type=int, default=1000)
+    ap.add_argument("--frames", type=int, default=50, help="frames per envelope")
+    ap.add_argument("--k", default="1,6", help="readings per frame (comma-separated cases)")
+    ap.add_argument("--nodes", type=int, default=5000)
+    ap.add_argument("--brokers", default="amqtt,mosquitto")
+    args = ap.parse_args(argv)
+    ks = [int(x) for x in args.k.split(",")]
+    n_frames = args.envelopes * args.frames
+    print(f"collector ingest: {args.envelopes} envelopes x {args.frames} frames = {n_frames} frames, "
+          f"{args.nodes} nodes, on {os.cpu_count()} CPUs")
+    for k in ks:
+        home = make_home(args.nodes)
+        try:
+            t = time.perf_counter()
+            envs, n_readings = make_envelopes(home, args.envelopes, args.frames, k, args.nodes)
+            mb = sum(map(len, envs)) / 1e6
+            print(f"\n{k} reading(s)/frame: {n_readings} readings, {mb:.1f} MB of envelopes "
+                  f"(built in {time.perf_counter() - t:.1f} s)")
+            dt = bench_in_process(home, envs, n_readings, n_frames)
+            print(f"  in-process           {n_frames / dt:9.0f} frames/s {n_readings / dt:9.0f} readings/s "
+                  f"{args.envelopes / dt:7.0f} envelopes/s")
+        finally:
+            shutil.rmtree(home.path, ignore_errors=True)
+        for kind in args.brokers.split(","):
+            if kind == "mosquitto" and mosquitto_path() is None:
+                print("  mosquitto: not installed, skipped")
+                continue
+            for mode in ("live", "backlog"):
+                home = make_home(args.nodes)
+                bp = start_mosquitto() if kind == "mosquitto" else start_broker_process()
+                try:
+                    envs, n_readings = make_envelopes(home, args.envelopes, args.frames, k, args.nodes)
+                    dt = asyncio.run(bench_broker(home, envs, n_readings, bp.port, mode))
+                    print(f"  {kind:9s} {mode:8s}   {n_frames / dt:9.0f} frames/s {n_readings / dt:9.0f} "
+                          f"readings/s {args.envelopes / dt:7.0f} envelopes/s")
+                except Exception as e:  # noqa: BLE001 - report and go on with the other cases
+                    print(f"  {kind:9s} {mode:8s}   failed: {type(e).__name__}: {e}")
+                finally:
+                    bp.close()
+                    shutil.rmtree(home.path, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
