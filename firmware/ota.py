@@ -54,26 +54,38 @@ ST_RECEIVING = 1
 ST_COMPLETE = 2  # complete and verified, newer than the running app: ready to stage
 
 _TOKEN = 1000  # milli-tokens per frame
+_EMPTY = bytearray(0)  # an unallocated buffer (the RX and manifest buffers live only while needed)
 _MAX_REFUSED = 8
 
 
 class OtaParams:
-    """Engine tunables; keyword arguments override the defaults (ValueError on unknown names)."""
+    """Engine tunables (keyword arguments; defaults below).
 
-    _DEFAULTS = (
-        ("adv_imin_ms", 1000), ("adv_imax_ms", 60000), ("adv_k", 1),
-        ("tx_rate_per_s", 20), ("tx_burst", 4),
-        ("req_delay_ms", 200), ("req_timeout_ms", 1000), ("req_retries", 3),
-        ("serve_delay_ms", 50), ("distrust_ms", 60000),
-        ("neighbour_ttl_ms", 180000), ("max_neighbours", 16),
-        ("reverify_stored", True), ("target_class", None),
-    )
+    adv_imin_ms/adv_imax_ms/adv_k: the advert Trickle timer; tx_rate_per_s/tx_burst: the token
+    bucket every OTA frame spends from; req_delay_ms: random wait before a request;
+    req_timeout_ms: silence that re-requests; req_retries: silent tries before another
+    neighbour; serve_delay_ms: requests merged before serving; distrust_ms: how long a sender of
+    a bad page is ignored; neighbour_ttl_ms/max_neighbours: the neighbour table;
+    reverify_stored: check the stored manifest's signature at start-up; target_class: refuse
+    bundles for another hardware class (None: accept any)."""
 
-    def __init__(self, **kw):
-        for name, default in self._DEFAULTS:
-            setattr(self, name, kw.pop(name, default))
-        if kw:
-            raise ValueError("unknown OTA parameter(s): " + ", ".join(sorted(kw)))
+    def __init__(self, adv_imin_ms=1000, adv_imax_ms=60000, adv_k=1, tx_rate_per_s=20, tx_burst=4,
+                 req_delay_ms=100, req_timeout_ms=400, req_retries=3, serve_delay_ms=50, distrust_ms=60000,
+                 neighbour_ttl_ms=180000, max_neighbours=16, reverify_stored=True, target_class=None):
+        self.adv_imin_ms = adv_imin_ms
+        self.adv_imax_ms = adv_imax_ms
+        self.adv_k = adv_k
+        self.tx_rate_per_s = tx_rate_per_s
+        self.tx_burst = tx_burst
+        self.req_delay_ms = req_delay_ms
+        self.req_timeout_ms = req_timeout_ms
+        self.req_retries = req_retries
+        self.serve_delay_ms = serve_delay_ms
+        self.distrust_ms = distrust_ms
+        self.neighbour_ttl_ms = neighbour_ttl_ms
+        self.max_neighbours = max_neighbours
+        self.reverify_stored = reverify_stored
+        self.target_class = target_class
 
 
 class _Rng:
@@ -166,10 +178,10 @@ class OtaEngine:
         self.t_bseq = 0  # a newer manifest being fetched: bseq, mid, mlen (0: none)
         self.t_mid = 0
         self.t_mlen = 0
-        self._mbuf = None
+        self._mbuf = _EMPTY
         self._munits = 0
         self._msrcs = {}
-        self._rx = None
+        self._rx = _EMPTY
         self._rx_unit = -1
         self._rx_bits = 0
         self._rx_srcs = {}
@@ -237,7 +249,7 @@ class OtaEngine:
         self.store.put_manifest(signed)
         self._set_stored(m, signed)
         self.t_bseq = self.t_mid = self.t_mlen = 0
-        self._mbuf = None
+        self._mbuf = _EMPTY
         self._msrcs = {}
         self._rx_reset(self.have)
         self._progress()
@@ -336,7 +348,7 @@ class OtaEngine:
         f = None
         if self._ctl:
             f = self._ctl.pop(0)
-        elif self._serve and now >= self._serve_due:
+        elif self._serve and self._serve_due is not None and now >= self._serve_due:
             f = self._next_data()
         if f is not None:
             self._tokens -= _TOKEN
@@ -356,7 +368,7 @@ class OtaEngine:
         want = None  # when a frame is waiting to go out
         if self._ctl:
             want = self._now
-        elif self._serve:
+        elif self._serve and self._serve_due is not None:
             want = self._serve_due
         if want is not None:
             self._refill(self._now)
@@ -432,7 +444,7 @@ class OtaEngine:
         self._rx_unit = unit
         self._rx_bits = 0
         self._rx_srcs = {}
-        if self._rx is None:
+        if not self._rx:
             self._rx = bytearray(PAGE_MAX)
 
     def _schedule_request(self, now):
@@ -660,7 +672,7 @@ class OtaEngine:
         self._progress()
         self.trickle.reset(now)
         if self.have == self.total:
-            self._rx = None  # 3.5 KB back to the heap
+            self._rx = _EMPTY  # 3.5 KB back to the heap
             self._rx_unit = -1
             self._req_due = None
             self._events.append(("complete", self.m.bseq))
@@ -673,7 +685,7 @@ class OtaEngine:
         bseq, mid = self.t_bseq, self.t_mid
         srcs = list(self._msrcs)
         self.t_bseq = self.t_mid = self.t_mlen = 0
-        self._mbuf = None
+        self._mbuf = _EMPTY
         self._msrcs = {}
         reason = None
         m = None

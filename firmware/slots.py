@@ -20,16 +20,10 @@ u8 path length, path (UTF-8), u32 size; then the files' bytes in the same order.
 The entries must match the manifest's file list exactly (paths, sizes, order).
 """
 import hashlib
+import io
 
 from firmware import boot as _boot
 from firmware.fsutil import exists, makedirs
-
-try:
-    import io
-
-    _IOBase = io.IOBase
-except (ImportError, AttributeError):  # pragma: no cover
-    _IOBase = object
 
 # ota_state values reported in status frames (firmware/ota.py uses 0..2)
 ST_TRIAL = 3
@@ -37,6 +31,7 @@ ST_CONFIRMED = 4
 ST_ROLLED_BACK = 5
 ST_REFUSED = 6
 
+_RESULT_STATES = {"rolled_back": ST_ROLLED_BACK, "refused": ST_REFUSED, "confirmed": ST_CONFIRMED}
 ARCHIVE_MAGIC = b"RMA1"
 _CHUNK = 512
 _DIR_BIT = 0x4000
@@ -57,7 +52,7 @@ def other_slot(slot):
     return "b" if slot == "a" else "a"
 
 
-class _PageStream(_IOBase):
+class _PageStream(io.IOBase):  # a stream deflate.DeflateIO can read
     """The image as a stream over read_page(i), checking each page's SHA-256 as it is read."""
 
     def __init__(self, manifest, read_page):
@@ -97,7 +92,7 @@ class _ZlibReader:
     """CPython stand-in for deflate.DeflateIO(stream, ZLIB): same read()."""
 
     def __init__(self, stream):
-        import zlib
+        import zlib  # pyright: ignore[reportMissingImports] (CPython only)
 
         self.src = stream
         self.z = zlib.decompressobj()
@@ -244,8 +239,7 @@ class SlotManager:
         if self.in_trial():
             return ST_TRIAL
         r = self.last_result() or {}
-        return {"rolled_back": ST_ROLLED_BACK, "refused": ST_REFUSED,
-                "confirmed": ST_CONFIRMED}.get(r.get("result"), 0)
+        return _RESULT_STATES.get(str(r.get("result", "")), 0)
 
     def wants(self, manifest):
         """True when `manifest` is newer than anything this node runs or has refused."""

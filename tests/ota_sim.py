@@ -50,6 +50,7 @@ class Node:
         self.tx_frames = 0
         self.tx_bytes = 0
         self.tx_by_type = {}
+        self.tx_times = []
         self.complete_ms = None
 
 
@@ -100,6 +101,7 @@ class OtaSim:
             data = protocol.encode(f, MESH_KEY)
             node.tx_frames += 1
             node.tx_bytes += len(data)
+            node.tx_times.append(self.now)
             name = protocol.TYPE_NAMES[f.type]
             node.tx_by_type[name] = node.tx_by_type.get(name, 0) + 1
             start = max(self.now, node.busy_until)
@@ -162,6 +164,18 @@ class OtaSim:
 
     def all_complete(self, ids=None):
         return all(self.nodes[n].engine.complete() for n in (ids or self.nodes))
+
+    def max_frames_per_window(self, window_ms=1000):
+        """The most OTA frames any node handed out within any window_ms of virtual time."""
+        best = 0
+        for n in self.nodes.values():
+            t = n.tx_times
+            j = 0
+            for i in range(len(t)):
+                while t[i] - t[j] >= window_ms:
+                    j += 1
+                best = max(best, i - j + 1)
+        return best
 
     def figures(self, bundle_bytes):
         """Plain numbers: time, transmissions per node, bytes on air per byte of bundle."""

@@ -50,6 +50,8 @@ def test_every_node_gets_the_bundle(name, links, bundle):
         _assert_has_bundle(sim, nid, bundle)
         assert sim.nodes[nid].engine.state == 2  # complete, newer than the running bseq 1: stage it
     fig = _report(name, sim, bundle)
+    # the token bucket: no node ever sends more than rate + burst OTA frames in a second
+    assert sim.max_frames_per_window(1000) <= sim.params.tx_rate_per_s + sim.params.tx_burst
     # one broadcast serves many: far fewer data frames than (receivers x packets in the bundle)
     packets = sum((len(p) + 223) // 224 for p in bundle.pages) + (len(bundle.signed_manifest) + 223) // 224
     assert fig["frames_by_type"]["ota_data"] < 2 * (len(links) - 1) * packets
@@ -118,3 +120,16 @@ def test_a_bad_page_is_dropped_and_its_sender_distrusted(bundle):
     sim.run(sim.now + HOUR_MS, stop=lambda: victim.complete())
     assert victim.complete()
     _assert_has_bundle(sim, 2, bundle)
+
+
+def test_a_manifest_longer_than_one_page_travels_in_several_units():
+    files = [("firmware/m%03d.mpy" % i, bytes([i]) * (50 + i)) for i in range(70)] + [("main.py", b"run()\n")]
+    b = ota_bundle.build_bundle(sorted(files), 3, "3.0.0", lambda m: signing.sign(SEED, m))
+    assert len(b.signed_manifest) > 3584  # two units of the manifest before the image pages
+    sim = OtaSim(line(4), PUB, loss=0.1, seed=11)
+    sim.seed(1, b.signed_manifest, b.pages)
+    assert sim.nodes[1].engine.mpages == 2
+    sim.run(HOUR_MS, stop=sim.all_complete)
+    assert sim.all_complete()
+    for nid in (2, 3, 4):
+        _assert_has_bundle(sim, nid, b)
