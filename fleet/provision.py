@@ -510,7 +510,8 @@ def _scrub(text, secrets):
 class _Run:
     """State of one board's provisioning (runs in its own thread)."""
 
-    def __init__(self, fleet, bundle, spec, options, on_progress, board_factory, secrets):
+    def __init__(self, fleet, bundle, spec, options, on_progress, board_factory, secrets, cancel=None):
+        self.cancel = cancel
         self.fleet = fleet
         self.bundle = bundle
         self.spec = spec
@@ -534,13 +535,20 @@ class _Run:
         }
 
     def progress(self, done=None, total=None):
+        if self.cancel is not None and self.cancel.is_set() and self.step in _BEFORE_COMMIT:
+            # Ctrl-C: stop at the next chunk, never inside the commit (nothing was switched yet)
+            raise ProvisionError(f"{self.spec.port} (node {self.spec.node_id}): interrupted by the user at step "
+                                 f"{self.step}; run the command again to finish", self.step)
         if self.on_progress is not None:
             self.on_progress(self.spec.port, self.step, done, total)
 
-    def enter(self, step):
+    def _close_phase(self):
         now = time.monotonic()
         self.phases[self.step] = round(self.phases.get(self.step, 0) + now - self.t_step, 3)
         self.t_step = now
+
+    def enter(self, step):
+        self._close_phase()
         self.step = step
         self.progress()
 
@@ -565,7 +573,7 @@ class _Run:
                                        f"{type(e).__name__}: {e}", self.secrets)
             self.res["step"] = self.step
         finally:
-            self.enter(self.step)  # close the current phase
+            self._close_phase()
             if board is not None:
                 self.res["bytes_sent"] = board.bytes_out
                 self.res["bytes_received"] = board.bytes_in
@@ -858,13 +866,14 @@ def locate_by_mac(specs, candidate_ports, baud=DEFAULT_BAUD, board_factory=MpBoa
     return found, missing
 
 
-def provision(home, specs, options=None, *, on_progress=None, board_factory=MpBoard, bundle=None):
+def provision(home, specs, options=None, *, on_progress=None, board_factory=MpBoard, bundle=None, cancel=None):
     """Provision every board of `specs` (NodeSpec with a port) in parallel, one thread per port.
 
     Returns {"results": [per-board dict], "ok": n, "failed": n, "fw_version", "bundle_bytes"}; a
     board's failure is in its result (ok False, step, error, board_state), never raised. Raises
     FleetError before touching any board when the request itself is wrong (duplicate ports or
-    node ids, no fleet keys, an invalid config)."""
+    node ids, no fleet keys, an invalid config). `cancel` (a threading.Event; Ctrl-C sets it too)
+    stops every board at its next chunk before its commit."""
     options = options or ProvisionOptions()
     if not specs:
         raise FleetError("nothing to provision: give --port (and --node-id), or --from-csv FILE")
@@ -890,12 +899,22 @@ def provision(home, specs, options=None, *, on_progress=None, board_factory=MpBo
     if options.extra_files:
         bundle = with_extra_files(bundle, options.extra_files)
     secrets = fleet.secrets([s.node_id for s in specs])
-    runs = [_Run(fleet, bundle, s, options, on_progress, board_factory, secrets) for s in specs]
+    cancel = cancel or threading.Event()
+    runs = [_Run(fleet, bundle, s, options, on_progress, board_factory, secrets, cancel) for s in specs]
+    interrupted = False
     with ThreadPoolExecutor(max_workers=len(runs)) as ex:
-        results = list(ex.map(lambda r: r.run(), runs))
+        futures = [ex.submit(r.run) for r in runs]
+        try:
+            results = [f.result() for f in futures]
+        except KeyboardInterrupt:
+            # every board stops at its next chunk (before its commit) or finishes its commit
+            interrupted = True
+            cancel.set()
+            results = [f.result() for f in futures]
     ok = sum(1 for r in results if r["ok"])
     return {"results": results, "ok": ok, "failed": len(results) - ok, "fw_version": bundle.version,
-            "fw_seq": bundle.seq, "bundle_bytes": bundle.size_bytes, "bundle_files": len(bundle.files)}
+            "fw_seq": bundle.seq, "bundle_bytes": bundle.size_bytes, "bundle_files": len(bundle.files),
+            "interrupted": interrupted}
 
 
 # ---- fleet node info / logs / reset -----------------------------------------------------------

@@ -201,6 +201,23 @@ def test_unplugged_mid_copy_leaves_the_board_untouched_and_a_rerun_repairs_it(ho
     assert prov.node_info(port, home=home)["provisioned"]
 
 
+def test_cancel_stops_before_the_commit(home, boards):
+    import threading
+
+    (board,) = boards(1)
+    cancel = threading.Event()
+
+    def cancel_during_copy(port, step, done, total):
+        if step == "copy" and done:
+            cancel.set()
+
+    out = prov.provision(home, [prov.NodeSpec(node_id=2, port=board.port)], prov.ProvisionOptions(selftest=False),
+                         on_progress=cancel_during_copy, cancel=cancel)
+    (res,) = out["results"]
+    assert not res["ok"] and "interrupted" in res["error"] and res["board_state"] == "untouched"
+    assert not prov.node_info(board.port)["provisioned"]
+
+
 def test_a_board_of_another_fleet_is_refused_unless_replace(home, boards, tmp_path):
     (board,) = boards(1)
     assert prov.provision(home, [prov.NodeSpec(node_id=4, port=board.port)],
@@ -213,6 +230,8 @@ def test_a_board_of_another_fleet_is_refused_unless_replace(home, boards, tmp_pa
     assert prov.node_info(board.port, home=home)["config_of_this_fleet"] is True  # unchanged
 
     r = fleet("provision", "--port", board.port, "--node-id", "4", "--no-selftest", "--replace", "--home", other.path)
+    assert " ok " in r.stdout and "1 provisioned, 0 failed" in r.stdout  # the text summary
+    assert "virtual board accepted" in r.stderr
     assert prov.node_info(board.port, home=other)["config_of_this_fleet"] is True
     assert_no_secrets(r.output, secret_words(home, [4]) + secret_words(other, [4]))
 
@@ -352,6 +371,12 @@ def test_real_firmware_reports_its_selftest(home, boards):
     (res,) = prov.provision(home, [prov.NodeSpec(node_id=15, port=board.port)], opts)["results"]
     assert res["ok"], res["error"]
     assert res["selftest"].startswith("selftest ok node=15")
+
+
+def test_a_home_without_keys_is_refused_before_any_board_is_touched(tmp_path):
+    bare = FleetHome(str(tmp_path / "bare")).ensure()
+    with pytest.raises(FleetError, match="fleet keys init"):
+        prov.provision(bare, [prov.NodeSpec(node_id=1, port="/dev/ttyUSB0")])
 
 
 def test_no_board_and_a_silent_port_are_clear_errors(home, tmp_path):
