@@ -98,11 +98,13 @@ async def run_collector(home, broker_url=None, stop_event=None, *, net_id=None, 
     host, port = parse_broker_url(broker_url)
     config = config or CollectorConfig.from_home(home)
     stop = stop_event or asyncio.Event()
+    keys = keys or home.keys()
+    keys.mesh_key()  # fails with "run `fleet keys init`" before anything is created
     own_store = store is None
     if own_store:
         store = home.store(create=True)
     try:
-        ingest = Ingest(store, keys or home.keys(), net_id, config=config)
+        ingest = Ingest(store, keys, net_id, config=config)
     except BaseException:
         if own_store:
             store.close()

@@ -676,3 +676,22 @@ def test_fast_path_and_decoder_agree_on_mutated_frames():
         declined += r is None
     assert accepted > 100  # plenty of mutations stay valid frames (values changed)
     assert declined == 0  # and the fast path took every one of them
+
+
+# ---- command line ----------------------------------------------------------------------------------
+
+
+def test_collect_cli_errors_say_what_to_do(tmp_path):
+    from click.testing import CliRunner
+
+    from fleet.cli import group
+    from fleet.collector_mqtt import parse_broker_url
+
+    r = CliRunner().invoke(group, ["collect", "--home", str(tmp_path / "h"), "--broker", "mqtt://127.0.0.1:1"])
+    assert r.exit_code == 1 and "fleet keys init" in r.output and "Traceback" not in r.output
+    assert not os.path.exists(tmp_path / "h" / "fleet.db")
+    r = CliRunner().invoke(group, ["collect", "--home", str(tmp_path / "h"), "--broker", "ws://x"])
+    assert r.exit_code == 1 and "mqtt://HOST:PORT" in r.output
+    assert parse_broker_url("mqtt://10.0.0.2:1884") == ("10.0.0.2", 1884)
+    assert parse_broker_url("localhost") == ("localhost", 1883)
+    assert parse_broker_url("tcp://h:1") == ("h", 1)
