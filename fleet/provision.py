@@ -231,10 +231,10 @@ def _parse_mac(text):
     return ":".join(t[i:i + 2] for i in range(0, 12, 2))
 
 
-def read_sheet(path):
+def read_sheet(path, default_role="node", default_sensor="pms5003"):
     """Read a technician's CSV sheet: a header row with port or mac, node_id, and optionally pole,
-    lat, lon, role, sensor. Every row is checked; returns [NodeSpec] or raises FleetError listing
-    every bad row by its line number."""
+    lat, lon, role, sensor (blank or absent: the defaults given). Every row is checked; returns
+    [NodeSpec] or raises FleetError listing every bad row by its line number."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -294,10 +294,10 @@ def read_sheet(path):
                 lat = v
             else:
                 lon = v
-        role = r.get("role") or "node"
+        role = r.get("role") or default_role
         if role not in ROLES:
             problems.append(f"role {role!r} must be node or gateway")
-        sensor = r.get("sensor") or "pms5003"
+        sensor = r.get("sensor") or default_sensor
         if sensor not in SENSORS:
             problems.append(f"sensor {sensor!r} must be one of {', '.join(SENSORS)}")
         for key, value in (("port", port), ("mac", mac), ("node_id", node_id)):

@@ -100,7 +100,7 @@ def specs_from_sheet(path, ports, kw):
         if kw[name]:
             raise FleetError(f"--{name[:-1].replace('_', '-')} cannot be combined with --from-csv: "
                              f"the sheet gives it per row")
-    specs = prov.read_sheet(path)
+    specs = prov.read_sheet(path, default_role=kw["role"], default_sensor=kw["sensor"])
     if any(s.port is None for s in specs):
         candidates = list(ports)
         if not candidates:
