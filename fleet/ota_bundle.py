@@ -190,6 +190,22 @@ def build_bundle(files, bseq, version, sign_fn, target_class=DEFAULT_TARGET, com
     return Bundle(signed, pages, mf.parse_manifest(raw, signed))
 
 
+def initial_flash_files(bundle, slot="a"):
+    """Return {flash path: bytes} that make a blank node boot `bundle` from `slot`, confirmed:
+    /boot.py (firmware/boot.py), /main.py (boot.ROOT_MAIN_PY), the pointer /active and the
+    slot's app files. For provisioning over USB; later versions arrive over the air."""
+    from firmware import boot
+
+    with open(boot.__file__, "rb") as f:
+        boot_py = f.read()
+    m = bundle.manifest
+    out = {"boot.py": boot_py, "main.py": boot.ROOT_MAIN_PY.encode(),
+           boot.POINTER: boot.format_kv(boot.confirmed_pointer(slot, m.bseq, m.version)).encode()}
+    for path, data in bundle.files():
+        out[slot + "/" + path] = data
+    return out
+
+
 def decode_bundle(data, fleet_pub=None):
     """Parse bundle file bytes; return a Bundle. With `fleet_pub`, check the signature and every
     page digest. Raises FleetError saying what is wrong."""

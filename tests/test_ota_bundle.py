@@ -207,3 +207,26 @@ def test_deflate_image_is_staged_by_micropython(built, tmp_path):
         assert (tmp_path / "flash" / "a" / path).read_bytes() == data, path
     print("\nMicroPython (unix port): manifest verify %s ms, inflate+stage+verify of %d bytes %s ms"
           % (verify_ms, sum(len(d) for _, d in b.files()), stage_ms))
+
+
+def test_initial_flash_files_boot_with_the_root_boot_py(built, tmp_path):
+    """A blank flash given initial_flash_files() boots slot a: the root boot.py, run as the port
+    runs it (as __main__, cwd = flash root), puts /a first on sys.path."""
+    b = ota_bundle.read_bundle(built["b1"]["path"], built["pub"])
+    for path, data in ota_bundle.initial_flash_files(b).items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(data)
+    code = "exec(open('boot.py').read())\nimport sys\nprint(sys.path[0])\n"
+    proc = subprocess.run([micropython_bin(), "-c", code], cwd=str(tmp_path), capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 0 and proc.stdout.split() == ["/a"], proc.stdout + proc.stderr
+    mgr = SlotManager(fx_posix(tmp_path))
+    assert mgr.running() == (1, "1.0.0") and not mgr.in_trial()
+    assert (tmp_path / "main.py").read_text().startswith("import main")
+    assert (tmp_path / "a" / "main.py").read_bytes() == ota_bundle.APP_MAIN
+
+
+def fx_posix(path):
+    from firmware.fsutil import PosixFS
+
+    return PosixFS(str(path))
