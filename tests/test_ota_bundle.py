@@ -230,3 +230,59 @@ def fx_posix(path):
     from firmware.fsutil import PosixFS
 
     return PosixFS(str(path))
+
+
+# The CDDL of the OTA formats (for protocol/redmesh.cddl); the vectors and a built bundle must
+# validate against it (pycddl, which needs the text-value choice as a rule of its own).
+OTA_CDDL = """
+ota-signed-manifest = [
+  manifest: bstr .size (1..8192),  ; the CBOR of ota-manifest
+  signature: bstr .size 64,
+]
+ota-manifest = [
+  format: 1,
+  bseq: 1..4294967295,
+  version: tstr .size (0..16),
+  target-class: tstr .size (0..16),
+  image-size: 1..4194304,
+  page-size: 1..3584,
+  pages: [* bstr .size 32],
+  files: [1*256 ota-file],
+  compression: ota-compression,
+]
+ota-file = [
+  path: tstr .size (1..64),
+  size: uint,
+  sha256: bstr .size 32,
+]
+ota-bundle = [
+  magic: "redmesh-ota",
+  format: 1,
+  signed-manifest: bstr,  ; the CBOR of ota-signed-manifest
+  pages: [* bstr .size (1..3584)],
+]
+ota-compression = "none" / "deflate"
+"""
+
+
+def test_formats_match_the_cddl(built):
+    import cbor2
+    import ota_vectors as vec
+    import pycddl
+
+    signed_schema = pycddl.Schema(OTA_CDDL)
+    manifest_schema = pycddl.Schema("start = ota-manifest\n" + OTA_CDDL)
+    bundle_schema = pycddl.Schema("start = ota-bundle\n" + OTA_CDDL)
+    for name in ("V1", "V2", "V3Z", "V2_CONFLICT"):
+        signed = bytes.fromhex("".join(getattr(vec, name)))
+        signed_schema.validate_cbor(signed)
+        manifest_schema.validate_cbor(cbor2.loads(signed)[0])
+    with open(built["b2"]["path"], "rb") as f:
+        data = f.read()
+    bundle_schema.validate_cbor(data)
+    signed = cbor2.loads(data)[2]
+    signed_schema.validate_cbor(signed)
+    manifest_schema.validate_cbor(cbor2.loads(signed)[0])
+    with pytest.raises(pycddl.ValidationError):
+        manifest_schema.validate_cbor(cbor2.dumps([1, 2, "v", "esp32", 10, 3584, [b"\0" * 32],
+                                                   [["main.py", 1, b"\0" * 32]], "lzma"]))
