@@ -20,19 +20,23 @@ def _pct(sorted_vals, p):
     return round(sorted_vals[i], 3)
 
 
-def delivery_report(home, since_ts=None):
+def delivery_report(home, exclude=()):
     """Return a dict: nodes, nodes_reporting, readings, issued, holes, duplicates_received,
     duplicates_stored, gaps_open, gaps_recovered, lost, min_per_node, latency_p50/p95/p99_s,
     per_hop {hops: {readings, latency_p50_s}}, rejects."""
     store = home.store()
     try:
         db = store.db
-        nodes = db.execute("SELECT count(*) FROM nodes").fetchone()[0]
-        per_node = db.execute("SELECT node, count(*), min(seq), max(seq) FROM readings GROUP BY node").fetchall()
+        nodes = db.execute("SELECT count(*) FROM nodes").fetchone()[0] - len(exclude)
+        per_node = [r for r in db.execute("SELECT node, count(*), min(seq), max(seq) FROM readings GROUP BY node")
+                    if r[0] not in exclude]
         dup_stored = db.execute(
             "SELECT count(*) FROM (SELECT node, seq FROM readings GROUP BY node, seq HAVING count(*) > 1)").fetchone()[0]
         dup_rx = db.execute("SELECT coalesce(sum(duplicates), 0) FROM node_state").fetchone()[0]
-        gaps = dict(db.execute("SELECT state, count(*) FROM gaps GROUP BY state").fetchall())
+        gaps = {}
+        for node, state, count in db.execute("SELECT node, state, count(*) FROM gaps GROUP BY node, state"):
+            if node not in exclude:
+                gaps[state] = gaps.get(state, 0) + count
         rows = db.execute("SELECT hops, rx_ts - ts, flags FROM readings WHERE rx_ts IS NOT NULL").fetchall()
         rejects = dict(db.execute("SELECT cause, count FROM rejects").fetchall()) if _has_table(db, "rejects") else {}
     finally:
