@@ -19,7 +19,10 @@ COMMANDS = {
     "ota": "fleet.cli.ota",
     "readings": "fleet.cli.readings",
     "status": "fleet.cli.status",
-    "provision": "fleet.cli.provision", "flash": "fleet.cli.flash", "node": "fleet.cli.node",  # USB (issue 5)
+    "provision": "fleet.cli.provision",
+    "flash": "fleet.cli.flash",
+    "node": "fleet.cli.node",
+    "verify": "fleet.cli.verify",
 }
 
 
