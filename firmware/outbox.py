@@ -27,6 +27,7 @@ Record: 0xA5, flags (bits 0-1 QoS, bit 2 retain), topic length u16, payload leng
 payload. A record cut short or without its magic byte ends the segment (counted in `corrupt`).
 Files are opened with plain `open()`, which works on the ESP32 littlefs and on the unix port.
 """
+import gc
 import os
 
 from firmware.compat import const
@@ -76,13 +77,16 @@ class Outbox:
         self._flash_bytes = 0
         # The loaded oldest segment: its bytes and the offset of each record. Messages are
         # decoded on demand, so a loaded segment costs about its file size, not ~30 objects/KB.
+        # The buffer is allocated once, up front: allocated later, among long-lived small
+        # objects, a 4 KB block may no longer be found in a fragmented heap.
         self._head = None  # [record offsets] of _segs[0] when loaded, else None
-        self._head_buf = b""
+        self._head_buf = bytearray(segment_bytes) if dir_path is not None else b""
         self._head_i = 0  # records of _head already popped
         self._head_skip = 0  # records of _segs[0] delivered before it was loaded (from the index)
         self._since_ckpt = 0
         self._next_segno = 1
         self._sealed = False
+        self._hdr = bytearray(_HDR)
         if dir_path is not None:
             if not _isdir(dir_path):
                 os.mkdir(dir_path)
@@ -213,15 +217,18 @@ class Outbox:
         i = 0
         while i < len(recs):
             last = self._segs[-1] if self._segs else None
-            if (last is None or last[1] >= self.segment_bytes or self._sealed
-                    or (self._head is not None and last is self._segs[0])):  # never grow a loaded head
+            # A segment never outgrows segment_bytes (the head buffer's size) unless it holds a
+            # single bigger record; never append to a loaded head or a reloaded segment.
+            if (last is None or last[1] + len(recs[i]) > self.segment_bytes or self._sealed
+                    or (self._head is not None and last is self._segs[0])):
                 self._sealed = False
                 last = [self._next_segno, 0, 0]
                 self._next_segno += 1
                 self._segs.append(last)
             chunk = bytearray()
             j = i
-            while j < len(recs) and (j == i or last[1] + len(chunk) + len(recs[j]) <= self.segment_bytes):
+            while j < len(recs) and ((j == i and not last[1])
+                                     or last[1] + len(chunk) + len(recs[j]) <= self.segment_bytes):
                 chunk += recs[j]
                 j += 1
             with open(self._path(self._seg_name(last[0])), "ab") as f:
@@ -246,7 +253,6 @@ class Outbox:
         seg = self._segs.pop(0)
         self._flash_bytes -= seg[1]
         self._head = None
-        self._head_buf = b""
         self._head_i = 0
         self._since_ckpt = 0
         try:
@@ -285,12 +291,13 @@ class Outbox:
         n = 0
         off = 0
         damaged = False
+        hdr = self._hdr  # read into one buffer: no garbage per record while scanning at boot
         with open(self._path(self._seg_name(segno)), "rb") as f:
             while True:
-                hdr = f.read(_HDR)
-                if not hdr:
+                got = f.readinto(hdr)
+                if not got:
                     break
-                if len(hdr) < _HDR or hdr[0] != _MAGIC or hdr[1] & 0xF8:
+                if got < _HDR or hdr[0] != _MAGIC or hdr[1] & 0xF8:
                     damaged = True
                     break
                 ln = ((hdr[2] << 8) | hdr[3]) + ((hdr[4] << 8) | hdr[5])
@@ -345,13 +352,18 @@ class Outbox:
 
     def _load_head(self):
         seg = self._segs[0]
+        data = self._head_buf
+        if len(data) < seg[1]:  # a segment holding one record bigger than segment_bytes
+            self._head_buf = data = None
+            gc.collect()
+            self._head_buf = data = bytearray(seg[1])
         with open(self._path(self._seg_name(seg[0])), "rb") as f:
-            data = f.read()
+            size = f.readinto(data) or 0
         offs = []
         off = 0
-        while off + _HDR <= len(data) and data[off] == _MAGIC and not data[off + 1] & 0xF8:
+        while off + _HDR <= size and data[off] == _MAGIC and not data[off + 1] & 0xF8:
             end = off + _HDR + ((data[off + 2] << 8) | data[off + 3]) + ((data[off + 4] << 8) | data[off + 5])
-            if end > len(data):
+            if end > size:
                 break
             offs.append(off)
             off = end
@@ -359,7 +371,6 @@ class Outbox:
             self.corrupt += 1
         seg[2] = len(offs)
         self._head = offs[self._head_skip:]
-        self._head_buf = data
         self._head_i = 0
         if not self._head:
             self._delete_head_segment()

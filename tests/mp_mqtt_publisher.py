@@ -3,7 +3,8 @@
 #
 #   micropython -X heapsize=160k tests/mp_mqtt_publisher.py port=1883 n=100 [key=value ...]
 #
-# Keys: host port id n qos topic dir ram flash will ka inflight size maxq sub flush hold.
+# Keys: host port id n qos topic dir ram rambytes flash will ka inflight size maxq sub flush hold
+# stat_ms.
 # Message i has topic "<topic>/<i % 4>" (several topics, one order) and payload b"<i>:" padded
 # with "x" to `size` bytes. Lines on stdout: "START", "FLUSHED <queued>", "MSG <topic> <payload>",
 # "DONE <json stats>", "STAT <json stats>".
@@ -29,7 +30,7 @@ else:
         return asyncio.sleep(ms / 1000)
 
 ARGS = {"host": "127.0.0.1", "port": "1883", "id": "mp-gw", "n": "10", "qos": "1",
-        "topic": "rm/test", "dir": "", "ram": "16", "flash": "1048576", "will": "", "ka": "30",
+        "topic": "rm/test", "dir": "", "ram": "16", "rambytes": "8192", "flash": "1048576", "will": "", "ka": "30",
         "inflight": "8", "size": "0", "maxq": "0", "sub": "", "flush": "0", "hold": "0",
         "stat_ms": "0"}
 for a in sys.argv[1:]:
@@ -55,7 +56,8 @@ async def main():
     qos = int(ARGS["qos"])
     size = int(ARGS["size"])
     maxq = int(ARGS["maxq"])
-    ob = Outbox(ARGS["dir"] or None, ram_max_msgs=int(ARGS["ram"]), flash_max_bytes=int(ARGS["flash"]))
+    ob = Outbox(ARGS["dir"] or None, ram_max_msgs=int(ARGS["ram"]), ram_max_bytes=int(ARGS["rambytes"]),
+                flash_max_bytes=int(ARGS["flash"]))
     queued_at_start = len(ob)
     c = MQTTClient(ARGS["id"], ARGS["host"], int(ARGS["port"]), keepalive_s=int(ARGS["ka"]),
                    will_topic=ARGS["will"] or None, outbox=ob, on_message=on_message,

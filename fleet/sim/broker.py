@@ -265,6 +265,9 @@ def mosquitto_config(port, host, data_dir, max_queued_messages=100000):
         # so the queue is deliberately deep; memory, not messages, is what we spend.
         f"max_queued_messages {max_queued_messages}",
         "max_inflight_messages 100",
+        # Without it a lone PUBACK waits for the client's delayed TCP ACK (~40 ms): a gateway
+        # draining its flash backlog stalls at every gap in its pipeline.
+        "set_tcp_nodelay true",
         "persistence true",
         f"persistence_location {data_dir.rstrip('/')}/",
         "autosave_interval 1",

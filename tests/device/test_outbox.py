@@ -75,6 +75,8 @@ def test_spill_to_flash_keeps_order_with_few_writes():
         st = ob.stats()
         assert st["ram_msgs"] == 0 and st["segments"] >= 2
         assert ob.spills <= 20  # one append per spill of 10 messages (+ segment boundaries)
+        for name in os.listdir(d):
+            assert os.stat(d + "/" + name)[6] <= 512, name  # the head buffer's size
         assert _ids(_drain(ob)) == list(range(100))
         assert os.listdir(d) == []  # drained -> compacted: no file left
     finally:
@@ -87,7 +89,7 @@ def test_interleaved_put_and_pop_across_ram_and_flash():
         ob = Outbox(d, ram_max_msgs=4, segment_bytes=128)
         got = []
         n = 0
-        for rnd in range(20):
+        for _rnd in range(20):
             _fill(ob, n, 7)
             n += 7
             for _ in range(5):
@@ -227,5 +229,20 @@ def test_utf8_topics_and_binary_payloads_survive_flash():
         ob.put("capteurs/é", bytes(range(256)), 0, True)
         again = Outbox(d)
         assert again.get(0) == ("capteurs/é", bytes(range(256)), 0, True)
+    finally:
+        _rmtree(d)
+
+
+def test_record_bigger_than_a_segment():
+    d = _tmpdir()
+    try:
+        ob = Outbox(d, ram_max_msgs=2, segment_bytes=64)
+        ob.put("a", b"1", 1, False)
+        ob.put("big", b"B" * 300, 1, False)
+        ob.put("c", b"3", 1, False)
+        ob.put("d", b"4", 1, False)
+        again = Outbox(d, ram_max_msgs=2, segment_bytes=64)
+        got = _drain(again)
+        assert [m[0] for m in got] == ["a", "big", "c", "d"] and got[1][1] == b"B" * 300
     finally:
         _rmtree(d)
