@@ -38,15 +38,15 @@ from firmware import mqtt_codec as codec
 from firmware.compat import ticks_diff, ticks_ms
 from firmware.outbox import Outbox
 
-if hasattr(asyncio, "sleep_ms"):
-    _sleep_ms = asyncio.sleep_ms
-    _wait_for_ms = asyncio.wait_for_ms
-else:  # CPython
-    def _sleep_ms(ms):
-        return asyncio.sleep(ms / 1000)
+_MP_ASYNCIO = hasattr(asyncio, "sleep_ms")  # MicroPython's; CPython's has only seconds
 
-    def _wait_for_ms(aw, ms):
-        return asyncio.wait_for(aw, ms / 1000)
+
+def _sleep_ms(ms):
+    return asyncio.sleep_ms(ms) if _MP_ASYNCIO else asyncio.sleep(ms / 1000)
+
+
+def _wait_for_ms(aw, ms):
+    return asyncio.wait_for_ms(aw, ms) if _MP_ASYNCIO else asyncio.wait_for(aw, ms / 1000)
 
 _READ_CHUNK = 1024
 _MAX_BATCH = 32  # packets written per drain

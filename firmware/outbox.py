@@ -354,7 +354,7 @@ class Outbox:
         seg = self._segs[0]
         data = self._head_buf
         if len(data) < seg[1]:  # a segment holding one record bigger than segment_bytes
-            self._head_buf = data = None
+            self._head_buf = data = b""  # let the old buffer go before the bigger one
             gc.collect()
             self._head_buf = data = bytearray(seg[1])
         with open(self._path(self._seg_name(seg[0])), "rb") as f:
