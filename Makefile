@@ -27,7 +27,8 @@ bench: install
 	$(BIN)/python -m bench.run
 
 demo: install
-	$(BIN)/fleet sim up --nodes 25 --gateways 2 --topology district --duration 60 && $(BIN)/fleet status
+	$(BIN)/fleet sim up --nodes 25 --gateways 2 --topology district --duration 70 --report-interval 31
+	$(BIN)/fleet status
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

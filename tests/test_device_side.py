@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, micropython_bin
+from mp_support import ROOT, micropython_bin
 
 DEVICE_TESTS = sorted(glob.glob(os.path.join(ROOT, "tests", "device", "test_*.py")))
 # Heap per test module: protocol tests must fit the 64k the issue asks for; firmware cores get

@@ -13,7 +13,7 @@ import sys
 
 import aiomqtt
 import pytest
-from conftest import ROOT, micropython_bin
+from mp_support import ROOT, micropython_bin
 
 from firmware import mqtt_codec as codec
 from fleet.sim.broker import mosquitto_path, start_broker_process, start_mosquitto

@@ -10,7 +10,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "dev
 import ota_fixtures as fx  # noqa: E402
 import pytest  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
-from conftest import ROOT, micropython_bin  # noqa: E402
+from mp_support import ROOT, micropython_bin  # noqa: E402
 
 from firmware.ota import OtaEngine  # noqa: E402
 from firmware.slots import SlotError, SlotManager  # noqa: E402

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "dev
 import ota_fixtures as fx  # noqa: E402
 import ota_vectors as vec  # noqa: E402
 import pytest  # noqa: E402
-from conftest import ROOT, micropython_bin  # noqa: E402
+from mp_support import ROOT, micropython_bin  # noqa: E402
 
 from firmware import boot  # noqa: E402
 from firmware.fsutil import PosixFS  # noqa: E402

@@ -8,7 +8,7 @@ import sys
 
 import aiomqtt
 import pytest
-from conftest import ROOT
+from mp_support import ROOT
 
 from fleet.sim.broker import (
     BrokerError,

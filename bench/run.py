@@ -1,0 +1,251 @@
+"""`make bench`: run every benchmark, print one table of figures beside their budgets, and
+write bench/results.json (plus each benchmark's full text output, and bench/out/*.png).
+
+    .venv/bin/python -m bench.run [--quick] [--only NAME[,NAME]]
+
+Figures are measurements on this machine (2 shared cores): ratios and sizes are stable,
+times vary by tens of percent between runs. Nothing here is a pass/fail test.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+OUT = os.path.join(ROOT, "bench", "out")
+PY = sys.executable
+
+
+def _script(name, args, timeout_s=1800):
+    """Run bench/<name>.py; return (seconds, stdout+stderr text)."""
+    t0 = time.time()
+    p = subprocess.run([PY, os.path.join(ROOT, "bench", name + ".py")] + args, cwd=ROOT, capture_output=True,
+                       text=True, timeout=timeout_s)
+    return round(time.time() - t0, 1), (p.stdout + p.stderr)[-12000:]
+
+
+def bench_protocol(res, quick):
+    from bench import protocol_bench
+
+    res["protocol"] = protocol_bench.run()
+
+
+def bench_status(res, quick):
+    from bench import status_bench
+    from fleet.home import FleetHome
+
+    out = {}
+    for n in ((5000,) if quick else (5000, 100000)):
+        with tempfile.TemporaryDirectory(prefix="redmesh-bench-") as d:
+            home = FleetHome(d)
+            status_bench.fill(home, n, 5, int(time.time()))
+            t_json, _ = status_bench.cli_time(home, ["--json"])
+            t_table, _ = status_bench.cli_time(home, [])
+            out[str(n)] = {"status_json_s": round(t_json, 3), "status_table_s": round(t_table, 3)}
+    res["status"] = out
+
+
+def bench_rig(res, quick):
+    """The virtual rig: nodes' real memory and CPU, frames per second through the medium at an
+    offered load, firmware heap per role (lowest free heap the nodes reported)."""
+    from fleet.home import FleetHome
+    from fleet.sim import topology as topo_mod
+    from fleet.sim.handle import RigHandle
+    from fleet.sim.rig import RigOptions
+    from fleet.verify import delivery_report
+
+    n = 20 if quick else 30
+    topo = topo_mod.generate("grid", n, 2, seed=7)
+    with tempfile.TemporaryDirectory(prefix="redmesh-rig-") as d:
+        home = FleetHome(os.path.join(d, "home"))
+        rig = RigHandle(home, topo, RigOptions(offered_interval_s=1, offered_for_s=40, seed=7), log=lambda m: None)
+        try:
+            rig.start()
+            time.sleep(10)
+            s0 = rig.call_soon(rig.rig.medium.stats)
+            t0 = time.time()
+            time.sleep(30)
+            s1 = rig.call_soon(rig.rig.medium.stats)
+            dt = time.time() - t0
+            rss, cpu = [], 0.0
+            for np in rig.rig.nodes.values():
+                if np.alive():
+                    rss.append(_rss_kb(np.proc.pid))
+                    cpu += _cpu_s(np.proc.pid)
+            time.sleep(15)
+            heaps = rig.query("SELECT n.role, min(s.heap_min), max(s.heap_free) FROM node_state s JOIN nodes n "
+                              "USING (node) GROUP BY n.role")
+            rep = delivery_report(home)
+        finally:
+            rig.stop()
+    alive_s = dt + 40
+    mem_total_kb = _meminfo_kb("MemTotal")
+    per_node_kb = sum(rss) / max(1, len(rss))
+    res["rig"] = {
+        "nodes": n, "frames_per_s": round((s1["offered"] - s0["offered"]) / dt, 1),
+        "delivered_per_s": round((s1["delivered"] - s0["delivered"]) / dt, 1),
+        "node_rss_kb": round(per_node_kb), "node_cpu_pct": round(100.0 * cpu / alive_s / max(1, len(rss)), 2),
+        "nodes_fit_in_memory": int(mem_total_kb * 0.8 / per_node_kb) if per_node_kb else None,
+        "heap_min_free_by_role": {r: {"heap_min": hm, "heap_free_max": hf} for r, hm, hf in heaps},
+        "heap_size_by_role": {"node": "256k", "gateway": "512k"},
+        "readings": rep["readings"], "holes": rep["holes"],
+        "latency_p50_s": rep["latency_p50_s"], "latency_p99_s": rep["latency_p99_s"],
+    }
+
+
+def _rss_kb(pid):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _cpu_s(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _meminfo_kb(key):
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def bench_scripts(res, quick):
+    """The component benchmarks, kept as their own scripts; their text goes into results.json."""
+    runs = {
+        "ed25519": ("ed25519_bench", ["--runs", "10" if quick else "30"]),
+        "mesh": ("mesh_bench", ["--side", "10", "--hours", "1"]),
+        "collector": ("collector_bench", ["--envelopes", "200" if quick else "1000"]),
+        "mqtt": ("mqtt_bench", ["--n", "2000" if quick else "5000"]),
+        "provision": ("provision_bench", ["--boards", "4"]),
+    }
+    if os.path.exists(os.path.join(ROOT, "bench", "des_bench.py")):
+        runs["des"] = ("des_bench", ["--quick"] if quick else [])
+    if os.path.exists(os.path.join(ROOT, "bench", "ota_bench.py")):
+        runs["ota"] = ("ota_bench", [])
+    res["scripts"] = {}
+    for key, (name, args) in runs.items():
+        try:
+            secs, text = _script(name, args)
+        except subprocess.TimeoutExpired:
+            secs, text = None, "timed out"
+        res["scripts"][key] = {"seconds": secs, "output": text}
+        print("  %s: %s s" % (name, secs), flush=True)
+
+
+def _first(pattern, text, cast=float):
+    m = re.search(pattern, text or "")
+    return cast(m.group(1)) if m else None
+
+
+def table(res):
+    """Rows of (figure, measured, budget)."""
+    rows = []
+    p = res.get("protocol")
+    if p:
+        by = {r["frame"]: r for r in p["frames"]}
+        t1 = by["telemetry (1 reading)"]
+        rows.append(("telemetry frame, 1 reading, both tags", "%d B (SenML-CBOR %d B, JSON %d B)"
+                     % (t1["bytes"], t1["senml_cbor_bytes"], t1["json_bytes"]), "<= 48 B (aim 40)"))
+        rows.append(("beacon frame", "%d B" % by["beacon"]["bytes"], "<= 32 B"))
+        rows.append(("OTA data frame", "224 image B in %d B" % by["ota data (224 B)"]["bytes"], ">= 200 B in <= 250 B"))
+        rows.append(("telemetry encode+tag / verify+decode, CPython", "%.1f / %.1f us" % (
+            t1["cpython_encode_tag_us"], t1["cpython_verify_decode_us"]), "-"))
+        mp = p["micropython"]
+        rows.append(("same on MicroPython (unix port)", "%.1f / %.1f us" % (
+            mp["telemetry_encode_tag_us"], mp["telemetry_verify_decode_us"]), "-"))
+    st = res.get("status")
+    if st:
+        for n, v in st.items():
+            rows.append(("`fleet status` at %s nodes (process)" % n, "%.2f s (json %.2f s)" % (
+                v["status_table_s"], v["status_json_s"]), "< 0.5 s at 5,000" if n == "5000" else "-"))
+    rg = res.get("rig")
+    if rg:
+        rows.append(("virtual rig: frames/s through the medium (%d nodes)" % rg["nodes"], str(rg["frames_per_s"]), "-"))
+        rows.append(("virtual node: memory / CPU", "%d KB RSS, %.2f %% CPU" % (rg["node_rss_kb"], rg["node_cpu_pct"]),
+                     "-"))
+        rows.append(("virtual nodes that fit this machine's memory", str(rg["nodes_fit_in_memory"]), "-"))
+        for role, h in rg["heap_min_free_by_role"].items():
+            rows.append(("firmware lowest free heap, %s (heap %s)" % (role, rg["heap_size_by_role"].get(role)),
+                         "%s B" % h["heap_min"], "> 0 (no MemoryError)"))
+    sc = res.get("scripts", {})
+    ed = sc.get("ed25519", {}).get("output")
+    if ed:
+        rows.append(("Ed25519 verify on MicroPython", "%s ms" % _first(r"verify.*?([\d.]+)\s*ms", ed), "measured"))
+    col = sc.get("collector", {}).get("output")
+    if col:
+        rows.append(("collector ingest (in-process)", str(_first(r"([\d,]+)\s*frames/s", col, lambda s: s)), "-"))
+    des = _load(os.path.join(OUT, "des.json"))
+    if des:
+        for r in des if isinstance(des, list) else des.get("runs", []):
+            if r.get("nodes") == 5000:
+                rows.append(("DES 5,000 nodes x 1 h: wall time", "%s s" % r.get("wall_s"), "about 60 s"))
+                rows.append(("DES 5,000: delivery first pass / after repair", "%s / %s" % (
+                    r.get("delivery_first_pass"), r.get("delivery_after_repair")), "-"))
+                rows.append(("DES 5,000: latency p50 / p99", "%s / %s s" % (r.get("latency_p50_s"), r.get("latency_p99_s")),
+                             "-"))
+    ota = _load(os.path.join(OUT, "ota.json"))
+    if ota:
+        rows.append(("OTA, 25-node rig: time to all confirmed", "%s s" % ota.get("grid25_update_s"), "-"))
+    return rows
+
+
+def _load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (minutes, not tens of minutes)")
+    ap.add_argument("--only", default="", help="comma-separated: protocol,status,rig,scripts")
+    args = ap.parse_args(argv)
+    os.makedirs(OUT, exist_ok=True)
+    only = set(filter(None, args.only.split(",")))
+    res = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+           "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    for name, fn in (("protocol", bench_protocol), ("status", bench_status), ("rig", bench_rig),
+                     ("scripts", bench_scripts)):
+        if only and name not in only:
+            continue
+        print("== %s" % name, flush=True)
+        t0 = time.time()
+        try:
+            fn(res, args.quick)
+        except Exception as e:  # noqa: BLE001 - one failing benchmark must not hide the others
+            res.setdefault("errors", {})[name] = "%s: %s" % (type(e).__name__, e)
+            print("  failed: %s" % res["errors"][name], flush=True)
+        print("  %.0f s" % (time.time() - t0), flush=True)
+    rows = table(res)
+    res["table"] = [{"figure": a, "measured": b, "budget": c} for a, b, c in rows]
+    with open(os.path.join(ROOT, "bench", "results.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    w = max(len(a) for a, _, _ in rows) if rows else 10
+    print("\n%-*s  %-40s  %s" % (w, "figure", "measured", "budget"))
+    for a, b, c in rows:
+        print("%-*s  %-40s  %s" % (w, a, b, c))
+    print("\nwritten: bench/results.json, bench/out/")
+    return 1 if res.get("errors") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
