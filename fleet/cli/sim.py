@@ -8,6 +8,7 @@ SUBCOMMANDS = {
     "broker": "fleet.cli.sim_broker",
     "board": "fleet.cli.sim_board",
     "up": "fleet.cli.sim_up",
+    "des": "fleet.cli.sim_des",
 }
 
 

@@ -1,0 +1,416 @@
+"""The application layer of the discrete-event simulator (fleet/sim/des.py): what firmware/node.py
+does around the router, reduced to what the mesh sees, and the collector side at the gateways.
+
+Node side (`NodeApp`), after firmware/node.py:
+- A reading every report interval, stamped once wall-clock time is known (router.wall_time_s; at
+  most 8 wait unstamped), numbered by a persistent counter that resumes at the next block of 64
+  after a power cut (firmware/counters.py), kept in a ring: a dict of held readings and an
+  ordered dict of unsent ones. The firmware's RAM block is modelled: readings since the last
+  spill (64 records, or 8 unsent ones) are lost at a power cut (firmware/ring.py).
+- Uplink as node.py's `uplink()` task: while the router has a route and fewer than 2 frames are
+  in flight, the oldest unsent readings after the in-flight ones (up to 12, consecutive) go out in
+  one Telemetry frame built by the firmware's own `ring.build_telemetry` and end-to-end tagged
+  with the node key. node.py polls every 500 ms; here the poll runs only when it can do
+  something (a new reading, a "sent" outcome, a route gained), at the node's next 500 ms
+  boundary, so the latency it adds is the same without 7,200 idle polls per node-hour.
+- ("sent", token, True) marks the readings sent; False keeps them unsent (the next poll retries).
+- A Command to this node is checked (node-key tag, replay window) and OP_RESEND a..b answered as
+  node.py's `_resend`: up to 48 held readings re-originated, 12 per frame (fire and forget), then
+  a Reply (code 0 [first, last], or 3 with the ranges not held).
+
+Collector side (`Collector`): every "uplink" a gateway's router emits is decoded once with
+protocol.decode, its end-to-end tag checked with the origin's key; readings are recorded by
+(origin, seq) and fed to the fleet's own gap tracker (fleet/repair.py GapTracker); due gaps
+become OP_RESEND commands, tagged with the node key and injected at the gateway that last heard
+the node (or every live gateway) with Router.inject_downlink — the flood then runs on the real
+routers. In `direct` repair mode the command is handed to the target node after a delay of
+40 ms per hop instead of flooding, and the flood's cost is counted as one transmission per live
+node (for networks where thousands of real floods would dominate the run time).
+"""
+from firmware.ring import build_telemetry
+from fleet.repair import GapTracker, RepairConfig
+from protocol import (
+    OP_RESEND,
+    T_REPLY,
+    T_TELEMETRY,
+    Command,
+    ProtocolError,
+    Reply,
+    decode,
+    encode,
+    signed_bytes,
+)
+from protocol.auth import E2E_TAG_LEN, NEW, ReplayWindow, ct_equal
+
+POLL_US = 500_000  # node.py's uplink poll period
+MAX_IN_FLIGHT = 2  # node.py: at most two telemetry frames in flight
+MAX_READINGS = 12
+RESEND_MAX = 48  # node.py: 4 * MAX_READINGS per resend request
+UNSTAMPED_MAX = 8
+RAM_RECORDS = 64  # firmware/ring.py DEFAULT_RAM
+UNSENT_SPILL = 8  # firmware/ring.py DEFAULT_UNSENT_SPILL
+COUNTER_BLOCK = 64  # firmware/counters.py DEFAULT_BLOCK
+HOP_DELAY_US = 40_000  # direct repair: a flood advances about one flood_delay_ms per hop
+
+
+def _ceil_block(v):
+    return -(-v // COUNTER_BLOCK) * COUNTER_BLOCK
+
+
+class NodeApp:
+    """One node's application state: ring, in-flight frames, command window, counters."""
+
+    __slots__ = ("sim", "node", "hmac", "next_seq", "held", "unsent", "ram", "in_flight", "next_token",
+                 "reply_seq", "window", "unstamped", "kick_at", "phase_us", "boot", "created", "lost_at_cut")
+
+    def __init__(self, sim, node, node_hmac):
+        self.sim = sim
+        self.node = node
+        self.hmac = node_hmac
+        self.next_seq = 0
+        self.held = {}  # seq -> t_s (the ring: sent or not, until the end of the run)
+        self.unsent = {}  # seq -> None, oldest first
+        self.ram = []  # seqs in the RAM block (lost at a power cut)
+        self.in_flight = {}  # token -> (first seq, last seq)
+        self.next_token = 1
+        self.reply_seq = 0
+        self.window = ReplayWindow(32)
+        self.unstamped = []  # aggregation times (us) of readings waiting for wall-clock time
+        self.kick_at = -1
+        self.phase_us = (node.id * 7919) % POLL_US
+        self.boot = 0
+        self.created = []  # sim truth: created[seq] = aggregation time (us), -1 = never issued
+        self.lost_at_cut = 0
+
+    # ---- readings -------------------------------------------------------------------------
+
+    def sample(self, now_us):
+        """A report from the sampler: stamp it (or keep it until time is known), then poll."""
+        self.unstamped.append(now_us)
+        del self.unstamped[:-UNSTAMPED_MAX]
+        self.stamp(now_us)
+
+    def stamp(self, now_us):
+        """Number and store the readings waiting for wall-clock time, once it is known."""
+        if not self.unstamped:
+            return
+        wall = self.node.router.wall_time_s(now_us // 1000)
+        if not wall:
+            return
+        created = self.created
+        held = self.held
+        unsent = self.unsent
+        ram = self.ram
+        for at_us in self.unstamped:
+            seq = self.next_seq
+            self.next_seq = seq + 1
+            while len(created) < seq:
+                created.append(-1)  # skipped by a counter block after a reboot
+            created.append(at_us)
+            held[seq] = wall - (now_us - at_us) // 1_000_000
+            unsent[seq] = None
+            ram.append(seq)
+            self.sim.made += 1
+        self.unstamped = []
+        if len(ram) >= RAM_RECORDS or sum(1 for s in ram if s in unsent) >= UNSENT_SPILL:
+            self.ram = []  # spilled to flash: survives a power cut
+        self.kick(now_us)
+
+    def record(self, seq, now_s):
+        """The ring tuple of reading seq (values made up from the seq: they are not studied)."""
+        nid = self.node.id
+        v = (nid * 7 + seq * 13) % 97
+        return (seq, self.held[seq], 100 + v, 150 + v, 200 + v, 60, 215, 60, 0)
+
+    # ---- uplink -----------------------------------------------------------------------------
+
+    def kick(self, now_us):
+        """Ask for an uplink poll at the node's next 500 ms boundary (once)."""
+        t = now_us + (self.phase_us - now_us) % POLL_US
+        if t <= now_us:
+            t += POLL_US
+        if self.kick_at > now_us and self.kick_at <= t:
+            return
+        self.kick_at = t
+        self.sim.push_kick(t, self.node)
+
+    def uplink(self, now_us):
+        """node.py's uplink poll: originate the next readings while a route exists."""
+        self.kick_at = -1
+        node = self.node
+        r = node.router
+        if not r.has_route() or len(self.in_flight) >= MAX_IN_FLIGHT or not self.unsent:
+            return
+        after = -1
+        for first_last in self.in_flight.values():
+            if first_last[1] > after:
+                after = first_last[1]
+        pending = []
+        for s in self.unsent:
+            if s > after:
+                pending.append(s)
+                if len(pending) >= MAX_READINGS:
+                    break
+        if not pending:
+            return
+        now_ms = now_us // 1000
+        wall = r.wall_time_s(now_ms)
+        frame = build_telemetry(node.id, [self.record(s, wall) for s in pending], wall)
+        encode(frame, self.sim.mesh_hmac, self.hmac)
+        token = self.next_token
+        self.next_token += 1
+        last = frame.seq + len(frame.readings) - 1
+        self.in_flight[token] = (frame.seq, last)
+        r.originate(frame, now_ms, token)
+        if len(self.in_flight) < MAX_IN_FLIGHT and next(reversed(self.unsent)) > last:
+            self.kick(now_us)
+
+    def on_sent(self, token, ok, now_us):
+        first_last = self.in_flight.pop(token, None)
+        if first_last is None:
+            return
+        if ok:
+            unsent = self.unsent
+            for s in range(first_last[0], first_last[1] + 1):
+                unsent.pop(s, None)
+        if self.unsent:
+            self.kick(now_us)
+
+    # ---- commands -----------------------------------------------------------------------------
+
+    def on_command(self, cmd, now_us):
+        """node.py's on_command for a command to this node (HMAC-tagged)."""
+        if cmd.target != self.node.id:
+            return
+        if not ct_equal(self.hmac.tag(signed_bytes(cmd), E2E_TAG_LEN), cmd.auth):
+            self.sim.counters["cmd_refused"] += 1
+            return
+        if self.window.accept(cmd.cseq) != NEW:
+            self.sim.counters["cmd_replayed"] += 1
+            return
+        if cmd.op == OP_RESEND and len(cmd.args) == 2:
+            code, result = self.resend(cmd.args[0], cmd.args[1], now_us)
+        else:
+            code, result = 2, []
+        self.reply(cmd.cseq, code, result, now_us)
+
+    def resend(self, a, b, now_us):
+        """Re-originate the held readings a..b (at most 48); return (code, result)."""
+        if not isinstance(a, int) or not isinstance(b, int) or b < a:
+            return 1, []
+        held = self.held
+        seqs = [s for s in range(a, b + 1) if s in held][:RESEND_MAX] if b - a < 4096 else \
+            [s for s in held if a <= s <= b][:RESEND_MAX]
+        if not seqs:
+            why = "lost" if a < self.next_seq else "ahead"
+            return 3, [a, b, why]
+        r = self.node.router
+        now_ms = now_us // 1000
+        wall = r.wall_time_s(now_ms)
+        resent = self.sim.collector.resent_of(self.node.id)
+        i = 0
+        while i < len(seqs):
+            frame = build_telemetry(self.node.id, [self.record(s, wall) for s in seqs[i:i + MAX_READINGS]], wall)
+            encode(frame, self.sim.mesh_hmac, self.hmac)
+            for s in range(frame.seq, frame.seq + len(frame.readings)):
+                resent.add(s)
+            r.originate(frame, now_ms, None)
+            self.sim.counters["resent_frames"] += 1
+            i += len(frame.readings)
+        return 0, [seqs[0], seqs[i - 1]]
+
+    def reply(self, cseq, code, result, now_us):
+        r = self.node.router
+        now_ms = now_us // 1000
+        f = Reply(origin=self.node.id, seq=self.reply_seq, time_s=r.wall_time_s(now_ms), cseq=cseq, code=code,
+                  result=result)
+        self.reply_seq += 1
+        encode(f, self.sim.mesh_hmac, self.hmac)
+        r.originate(f, now_ms, None)
+        self.sim.counters["replies_sent"] += 1
+
+    # ---- power -----------------------------------------------------------------------------------
+
+    def power_off(self):
+        """Power lost: RAM is gone (the RAM block of the ring, frames in flight, unstamped readings)."""
+        for s in self.ram:
+            self.held.pop(s, None)
+            if s in self.unsent:
+                del self.unsent[s]
+                self.lost_at_cut += 1  # never reached the first hop: gone for good
+        self.ram = []
+        self.in_flight = {}
+        self.unstamped = []
+        self.kick_at = -1
+
+    def power_on(self):
+        """Boot: counters resume from their persisted reserves (a block of 64)."""
+        self.boot += 1
+        self.next_seq = _ceil_block(self.next_seq)
+        self.reply_seq = _ceil_block(self.reply_seq)
+
+
+class Collector:
+    """The fleet side: decodes uplinks once, tracks readings and gaps, sends resend requests."""
+
+    def __init__(self, sim, repair_mode="flood", repair_config=None):
+        self.sim = sim
+        self.mode = repair_mode
+        self.tracker = GapTracker(repair_config or RepairConfig())
+        self.got = {}  # node id -> list: arrival time (us) by seq, 0 = not (yet)
+        self.first_pass = {}  # node id -> bytearray: 1 = arrived without a resend
+        self.resent = {}  # node id -> seqs re-originated for a resend request
+        self.cseq = {}
+        self.replies_seen = set()
+        self.due_at = None
+        self.latency_us = []  # first arrivals of first-pass readings
+        self.repair_latency_us = []
+        self.hops = {}  # hops -> telemetry frames (first arrival of their first reading)
+        self.via = {}  # node id -> gateway that last delivered its readings
+        self.rejects = 0
+        self.duplicates = 0
+        self.frames = 0
+        self.requests = 0
+        self.direct_flood_tx = 0
+
+    def resent_of(self, node_id):
+        s = self.resent.get(node_id)
+        if s is None:
+            s = self.resent[node_id] = set()
+        return s
+
+    def key_of(self, node_id):
+        app = self.sim.apps.get(node_id)
+        return app.hmac if app is not None else None
+
+    def on_uplink(self, gw, data, hops, now_us):
+        """A gateway router's ("uplink", data, rssi, hops)."""
+        t = data[2] if len(data) > 2 else 0
+        if t != T_TELEMETRY and t != T_REPLY:
+            return  # status frames are not generated by this model
+        try:
+            f = decode(data, None, self.key_of)
+        except ProtocolError:
+            self.rejects += 1
+            return
+        now_s = now_us / 1e6
+        node = f.origin
+        if t == T_REPLY:
+            key = (node, f.seq)
+            if key in self.replies_seen:
+                return
+            self.replies_seen.add(key)
+            self.tracker.on_reply(node, f.cseq, f.code, f.result, now_s)
+            self.schedule(now_us)
+            return
+        self.frames += 1
+        app = self.sim.apps[node]
+        created = app.created
+        got = self.got.get(node)
+        if got is None:
+            got = self.got[node] = []
+            self.first_pass[node] = bytearray()
+        fp = self.first_pass[node]
+        resent = self.resent.get(node)
+        first = f.seq
+        last = f.seq + len(f.readings) - 1
+        if len(got) <= last:
+            got.extend([0] * (last + 1 - len(got)))
+            fp.extend(bytes(last + 1 - len(fp)))
+        new = False
+        for s in range(first, last + 1):
+            if got[s]:
+                self.duplicates += 1
+                continue
+            new = True
+            got[s] = now_us
+            lat = now_us - created[s]
+            if resent is not None and s in resent:
+                self.repair_latency_us.append(lat)
+            else:
+                fp[s] = 1
+                self.latency_us.append(lat)
+        if new:
+            self.hops[hops] = self.hops.get(hops, 0) + 1
+        self.via[node] = gw.id
+        self.tracker.on_readings(node, first, last, now_s, gateway=gw.id)
+        self.schedule(now_us)
+
+    def schedule(self, now_us):
+        """Make sure a poll event is queued for the tracker's next due time."""
+        d = self.tracker.next_due_s()
+        if d is None:
+            return
+        t = max(int(d * 1e6), now_us + 1)
+        if self.due_at is not None and self.due_at <= t and self.due_at > now_us:
+            return
+        self.due_at = t
+        self.sim.at(t, self.poll)
+
+    def _next_cseq(self, node):
+        c = self.cseq.get(node, 0) + 1
+        self.cseq[node] = c
+        return c
+
+    def _online(self, gw):
+        n = self.sim.by_id.get(gw)
+        return n is not None and n.alive
+
+    def poll(self, now_us):
+        """Turn due gaps into OP_RESEND commands and send them."""
+        if self.due_at is not None and now_us < self.due_at:
+            return
+        self.due_at = None
+        sim = self.sim
+        reqs = self.tracker.due_requests(now_us / 1e6, self._next_cseq, self._online)
+        for req in reqs:
+            app = sim.apps[req.node]
+            cmd = Command(target=req.node, cseq=req.cseq, op=OP_RESEND, args=[req.a, req.b])
+            fb = encode(cmd, sim.mesh_hmac, app.hmac)
+            self.requests += 1
+            if self.mode == "direct":
+                self._direct(req.node, fb, now_us)
+                continue
+            if req.via_all or req.gateway is None:
+                gws = [g for g in sim.gateways if g.alive]
+            else:
+                g = sim.by_id[req.gateway]
+                gws = [g] if g.alive else [g for g in sim.gateways if g.alive]
+            for g in gws:
+                g.router.inject_downlink(fb, now_us // 1000)
+                sim.service(g, now_us)
+        self.schedule(now_us)
+
+    def _direct(self, node_id, fb, now_us):
+        sim = self.sim
+        self.direct_flood_tx += sum(1 for n in sim.nodes if n.alive)
+        node = sim.by_id[node_id]
+        depth = node.router.depth if node.alive and node.router.depth < 255 else 16
+        cmd = decode(fb)
+
+        def deliver(t_us):
+            if node.alive:
+                node.app.on_command(cmd, t_us)
+                sim.service(node, t_us)
+        sim.at(now_us + HOP_DELAY_US * max(1, depth), deliver)
+
+    # ---- figures ----------------------------------------------------------------------------------
+
+    def delivery(self, apps, until_us, ids=None):
+        """(made, first pass, after repair) counts over readings created before until_us."""
+        made = fp_n = all_n = 0
+        for nid, app in apps.items():
+            if ids is not None and nid not in ids:
+                continue
+            got = self.got.get(nid, ())
+            fp = self.first_pass.get(nid, b"")
+            ng = len(got)
+            for s, c in enumerate(app.created):
+                if c < 0 or c > until_us:
+                    continue
+                made += 1
+                if s < ng and got[s]:
+                    all_n += 1
+                    if fp[s]:
+                        fp_n += 1
+        return made, fp_n, all_n

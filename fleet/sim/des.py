@@ -1,0 +1,800 @@
+"""Discrete-event simulation of a whole Red Mesh network under CPython (`fleet sim des`).
+
+Every node runs the firmware's own sans-IO cores - a firmware.mesh.Router (and, with OTA, a
+firmware.ota.OtaEngine over an in-memory page store) - driven through their public API exactly
+as firmware/node.py drives them; the app layer around them (ring, uplink, commands) and the
+collector at the gateways are in fleet/sim/_des_app.py. Virtual time is an int count of
+microseconds; one heap holds every event; one seeded random.Random draws every radio outcome,
+so the same options and seed give the same figures.
+
+    from fleet.sim.des import DesOptions, run_des
+    results = run_des(DesOptions(nodes=5000, topology="district", minutes=60))
+
+Radio model (ESP-NOW on 802.11b at 1 Mbit/s; consistent with fleet/sim/medium.py)
+- Who hears whom, PRR and RSSI per directed link come from fleet/sim/topology.py; `loss` scales
+  every PRR by (1 - loss). The RSSI a receiver reports is the link's mean +-2 dB (as the medium).
+- ESP-NOW: payloads of 1..250 bytes (larger ones are refused: send outcome False). Broadcast: one
+  transmission, no ACK. Unicast: up to MAC_ATTEMPTS (4) attempts; an attempt reaches the
+  receiver with the link's PRR unless it collided there, and its ACK comes back with the reverse
+  link's PRR. The receiver gets the frame once (the MAC drops its own retransmissions); a lost
+  ACK means the sender reports failure for a frame that arrived (the mesh copes with the
+  duplicate). Each node sends one frame at a time, as node.py awaits every send.
+- Airtime: PREAMBLE_US + 8 us per byte of (payload + 30 bytes of 802.11/ESP-NOW overhead), as
+  the medium; a unicast attempt also holds the channel for SIFS + ACK (314 us).
+- CSMA/CA: before every attempt a node waits DIFS + a random backoff of 0..CW slots (CW 31,
+  doubling per retry up to 1023). If it senses the channel busy then (any neighbour in the
+  topology transmitting, sensed CCA_US after that transmission began), it defers to the end of
+  the busy period plus a new DIFS + backoff (the backoff is redrawn rather than frozen).
+- Collisions: a transmission occupies the channel at every node that hears it (its link set)
+  for its whole airtime. A receiver already busy with one frame loses the new one; the earlier
+  frame survives only if it is at least CAPTURE_DB stronger than the newcomer (capture), else
+  both are lost there. A node transmitting hears nothing (half duplex); a node that starts to
+  transmit within CCA_US of a frame's start loses that frame. Collisions therefore come from
+  nodes picking the same backoff slot and from hidden terminals. ACK frames are not modelled
+  as separate transmissions (their airtime is charged to the sender; they can be lost, not
+  collide). Not modelled: interference summing, frames heard below a link's 1 % PRR, the
+  20-peer ESP-NOW table (bookkeeping only), frame length in PRR (the topology's PRR is for
+  100-byte frames, as the medium uses it for every length).
+
+What the run reports: see `Simulation.results()` and the README of the CLI (`fleet sim des`).
+"""
+import gc
+import hashlib
+import random
+import resource
+import time
+from heapq import heappop, heappush
+
+from firmware.mesh import BROADCAST, Router
+from fleet.errors import FleetError
+from fleet.sim import topology as topo_mod
+from fleet.sim._des_app import Collector, NodeApp
+from fleet.sim.medium import MAC_ATTEMPTS, MAX_PAYLOAD, PREAMBLE_US, US_PER_BYTE
+from protocol import T_BEACON, T_COMMAND, T_OTA_ADV, T_OTA_DATA, T_OTA_REQ, T_REPLY, T_STATUS, T_TELEMETRY
+from protocol.auth import HOP_TAG_LEN, Hmac, derive_mesh_key, derive_node_key
+
+FRAME_OVERHEAD_BYTES = 30  # as fleet/sim/medium.py charges per frame
+ACK_US = 10 + 304  # SIFS + an 802.11b ACK (long preamble) at 1 Mbit/s
+DIFS_US = 50
+SLOT_US = 20
+CW_MIN = 31
+CW_MAX = 1023
+CCA_US = 15
+CAPTURE_DB = 6
+WALL_START_S = 1_760_000_000  # the gateways' clock at virtual time 0
+NET_ID = 1
+_INF = 1 << 62
+
+K_TICK = 0
+K_MAC = 1
+K_END = 2
+K_READ = 3
+K_KICK = 4
+K_CALL = 5
+
+_TYPES = {T_BEACON: "beacon", T_TELEMETRY: "telemetry", T_STATUS: "status", T_COMMAND: "command",
+          T_REPLY: "reply", T_OTA_ADV: "ota_adv", T_OTA_REQ: "ota_req", T_OTA_DATA: "ota_data"}
+
+REPAIR_MODES = ("auto", "flood", "direct")
+AUTO_FLOOD_MAX_NODES = 2000  # `auto` repair: real floods up to this size, `direct` above
+
+
+class DesOptions:
+    """Options of one run (see `fleet sim des --help`). Raises FleetError on a bad value."""
+
+    FIELDS = ("nodes", "topology", "gateways", "minutes", "loss", "seed", "report_interval_s",
+              "gateway_failure", "power_cut_street", "ota_bytes", "repair", "mesh_params", "tail_s")
+
+    def __init__(self, nodes=1000, topology="district", gateways=None, minutes=60.0, loss=0.0, seed=1,
+                 report_interval_s=300, gateway_failure=False, power_cut_street=False, ota_bytes=0,
+                 repair="auto", mesh_params=None, tail_s=None):
+        self.nodes = int(nodes)
+        self.topology = topology
+        self.gateways = int(gateways) if gateways is not None else max(1, self.nodes // 1000)
+        self.minutes = float(minutes)
+        self.loss = float(loss)
+        self.seed = int(seed)
+        self.report_interval_s = int(report_interval_s)
+        self.gateway_failure = bool(gateway_failure)
+        self.power_cut_street = bool(power_cut_street)
+        self.ota_bytes = int(ota_bytes or 0)
+        self.repair = repair
+        self.mesh_params = dict(mesh_params or {})
+        self.tail_s = tail_s
+        if self.nodes < 2:
+            raise FleetError("--nodes must be at least 2")
+        if not 1 <= self.gateways < self.nodes:
+            raise FleetError(f"--gateways must be 1..{self.nodes - 1}, got {self.gateways}")
+        if self.gateway_failure and self.gateways < 2:
+            raise FleetError("--gateway-failure needs at least 2 gateways (--gateways 2 or more)")
+        if self.minutes <= 0:
+            raise FleetError("--minutes must be positive")
+        if not 0.0 <= self.loss < 1.0:
+            raise FleetError(f"--loss must be in [0, 1), got {self.loss}")
+        if self.report_interval_s < 1:
+            raise FleetError("--report-interval must be at least 1 s")
+        if self.ota_bytes < 0:
+            raise FleetError("--ota BYTES must be positive")
+        if repair not in REPAIR_MODES:
+            raise FleetError(f"--repair must be one of {', '.join(REPAIR_MODES)}, got {repair!r}")
+
+    def to_dict(self):
+        return {k: getattr(self, k) for k in self.FIELDS}
+
+
+class SimNode:
+    """One station: its cores, its neighbourhood (who hears its frames) and radio state."""
+
+    __slots__ = ("id", "mac", "is_gateway", "alive", "router", "ota", "store", "app", "nb", "nidx", "tick_at", "tx", "tx_end", "rx_end", "cs_from", "rx_cur", "rx_rssi", "boot",
+                 "parent_events", "joined", "ota_done_us", "topo")
+
+    def __init__(self, tnode):
+        self.id = tnode.id
+        self.mac = tnode.mac
+        self.is_gateway = tnode.is_gateway
+        self.topo = tnode
+        self.alive = True
+        self.router = None
+        self.ota = None
+        self.store = None
+        self.app = None
+        self.nb = []  # (node, prr, rssi): who hears this node's frames, how often (loss applied), how loud
+        self.nidx = {}  # node id -> index in nb
+        self.tick_at = _INF
+        self.tx = None  # the frame the MAC is sending (_Tx)
+        self.tx_end = 0
+        self.rx_end = 0  # the channel here is busy until...
+        self.cs_from = 0  # ...sensed from this time
+        self.rx_cur = None  # the frame ending last among those on the air here
+        self.rx_rssi = -200
+        self.boot = 0
+        self.parent_events = 0
+        self.joined = False
+        self.ota_done_us = None
+
+
+class _Tx:
+    """A frame in the MAC: one broadcast transmission, or unicast attempts."""
+
+    __slots__ = ("token", "dst", "dnode", "data", "air", "attempt", "cw", "delivered", "bad", "frame", "bcast")
+
+    def __init__(self, token, dst, dnode, data, air, bcast, frame):
+        self.token = token
+        self.dst = dst
+        self.dnode = dnode
+        self.data = data
+        self.air = air
+        self.bcast = bcast
+        self.attempt = 0
+        self.cw = CW_MIN
+        self.delivered = False
+        self.bad = None  # receivers where this attempt collided
+        self.frame = frame  # decoded OTA frame (decoded once for all receivers)
+
+
+class MemoHmac(Hmac):
+    """The mesh key's Hmac with a memory of recent hop tags. Every receiver of a broadcast checks
+    the tag of the same bytes (30 neighbours: 30 identical HMACs); HMAC is a pure function, so
+    remembering the last few thousand tags changes no result, only the time."""
+
+    def __init__(self, key, size=8192):
+        super().__init__(key)
+        self._memo = {}
+        self._size = size
+
+    def tag(self, data, n):
+        if n != HOP_TAG_LEN or type(data) is not bytes:
+            return Hmac.tag(self, data, n)
+        memo = self._memo
+        t = memo.get(data)
+        if t is None:
+            if len(memo) >= self._size:
+                memo.clear()
+            t = memo[data] = self.digest(data)[:n]
+        return t
+
+
+def _uint_at(b, p):
+    ib = b[p]
+    if ib < 24:
+        return ib, p + 1
+    if ib == 24:
+        return b[p + 1], p + 2
+    if ib == 25:
+        return (b[p + 1] << 8) | b[p + 2], p + 3
+    if ib == 26:
+        return int.from_bytes(b[p + 1:p + 5], "big"), p + 5
+    return -1, p + 1
+
+
+def _percentile(sorted_vals, q):
+    if not sorted_vals:
+        return None
+    k = min(len(sorted_vals) - 1, max(0, int(round(q * (len(sorted_vals) - 1)))))
+    return sorted_vals[k]
+
+
+class Simulation:
+    """One run. `Simulation(options).run()` returns the results dict (see `results()`)."""
+
+    def __init__(self, options, topology=None, progress=None):
+        self.opt = options
+        self.progress = progress
+        self.rng = random.Random(options.seed)
+        self.rnd = self.rng.random
+        self.heap = []
+        self.seq = 0
+        self.now_us = 0
+        self.events = 0
+        self.made = 0
+        self.counters = {"deferrals": 0, "collided": 0, "deaf": 0, "oversize": 0, "mac_attempts": 0,
+                         "unicast_fail": 0, "resent_frames": 0, "replies_sent": 0, "cmd_refused": 0,
+                         "cmd_replayed": 0, "repair_telemetry_tx": 0}
+        self.tx_by_type = {name: 0 for name in _TYPES.values()}
+        self.tx_by_type["other"] = 0
+        self.scenario = {}
+        t0 = time.perf_counter()
+        self.topo = topology if topology is not None else self._topology()
+        secret = hashlib.sha256(b"redmesh des fleet secret %d" % options.seed).digest()
+        self.mesh_hmac = MemoHmac(derive_mesh_key(secret, NET_ID))
+        self.nodes = [SimNode(n) for n in self.topo.nodes]
+        self.by_id = {n.id: n for n in self.nodes}
+        self.by_mac = {n.mac: n for n in self.nodes}
+        self.gateways = [n for n in self.nodes if n.is_gateway]
+        keep = 1.0 - options.loss
+        for n in self.nodes:
+            for b_id, link in sorted(self.topo.links_from(n.id).items()):
+                n.nidx[b_id] = len(n.nb)
+                n.nb.append((self.by_id[b_id], link.prr * keep, int(round(link.rssi_dbm))))
+        n_real = len(self.nodes)
+        mode = options.repair
+        if mode == "auto":
+            mode = "flood" if n_real <= AUTO_FLOOD_MAX_NODES else "direct"
+        self.repair_mode = mode
+        self.collector = Collector(self, mode)
+        self.apps = {}
+        for n in self.nodes:
+            key = derive_node_key(secret, NET_ID, n.id)
+            n.app = NodeApp(self, n, Hmac(key))
+            self.apps[n.id] = n.app
+        self.end_us = int(options.minutes * 60e6)
+        tail = options.tail_s
+        if tail is None:
+            tail = min(self.end_us / 3e6, options.report_interval_s + self.collector.tracker.cfg.grace_s + 180)
+        self.measure_until_us = self.end_us - int(tail * 1e6)
+        self.ota = None
+        if options.ota_bytes:
+            from fleet.sim import _des_ota
+            self.ota = _des_ota.OtaSetup(options.ota_bytes, options.seed)
+        self.build_s = time.perf_counter() - t0
+        self._boot_all()
+        self._scenarios()
+
+    # ---- construction ---------------------------------------------------------------------
+
+    def _topology(self):
+        o = self.opt
+        try:
+            return topo_mod.generate(o.topology, o.nodes, o.gateways, o.seed)
+        except FleetError:
+            raise
+        except ValueError as e:
+            raise FleetError(f"cannot build a {o.topology} topology of {o.nodes} nodes: {e}") from None
+
+    def _router(self, n):
+        seed = ((n.id ^ (n.boot << 16)) + self.opt.seed * 1_000_003) & 0xFFFFFFFF
+        r = Router(n.id, n.mac, n.is_gateway, self.mesh_hmac, seed=seed or 1, params=self.opt.mesh_params or None)
+        if n.is_gateway:
+            r.set_time(WALL_START_S + self.now_us // 1_000_000, self.now_us // 1000)
+        return r
+
+    def _boot(self, n):
+        n.router = self._router(n)
+        n.joined = False
+        n.tx = None
+        n.tx_end = n.rx_end = n.cs_from = 0
+        n.rx_cur = None
+        n.tick_at = _INF
+        if self.ota is not None:
+            n.ota = self.ota.engine(n, self.now_us // 1000)
+        self._schedule_tick(n, self.now_us)
+
+    def _boot_all(self):
+        interval_us = self.opt.report_interval_s * 1_000_000
+        for n in self.nodes:
+            self._boot(n)
+            self.push(self.rng.randrange(interval_us), K_READ, n, None)
+
+    def _scenarios(self):
+        o = self.opt
+        if o.gateway_failure:
+            self.at(self.end_us // 3, self._fail_gateway)
+        if o.power_cut_street:
+            seg = self._street_segment()
+            start = self.end_us // 3
+            dur = min(3_600_000_000, self.end_us // 3)
+            self.scenario["power_cut"] = {"nodes": len(seg), "street": self._street_name,
+                                          "start_s": start / 1e6, "end_s": (start + dur) / 1e6}
+            self._cut_nodes = seg
+            self.at(start, lambda t: self._power(seg, False, t))
+            self.at(start + dur, lambda t: self._power(seg, True, t))
+        # parent changes are counted after the boot's convergence churn (every node choosing,
+        # re-choosing as estimates settle); the churn itself is reported apart
+        self.warmup_us = min(300_000_000, self.end_us // 4)
+        self._boot_changes = None
+        self.at(self.warmup_us, self._end_warmup)
+        if self.ota is not None:
+            self.at(60_000_000, self._ota_check)
+        if self.progress is not None:
+            step = max(60_000_000, self.end_us // 20)
+            self._progress_step = step
+            self.at(step, self._report_progress)
+
+    def _street_segment(self):
+        """The middle third (at least 3 poles) of the street with the most nodes, gateways kept on."""
+        streets = {}
+        for n in self.nodes:
+            name = n.topo.street or "y=%d" % round(n.topo.y_m)
+            streets.setdefault(name, []).append(n)
+        name = max(sorted(streets), key=lambda s: len(streets[s]))
+        self._street_name = name
+        members = streets[name]
+        xs = [m.topo.x_m for m in members]
+        ys = [m.topo.y_m for m in members]
+        along_x = max(xs) - min(xs) >= max(ys) - min(ys)
+        members.sort(key=lambda m: (m.topo.x_m, m.topo.y_m) if along_x else (m.topo.y_m, m.topo.x_m))
+        k = max(3, len(members) // 3)
+        i0 = max(0, (len(members) - k) // 2)
+        return [m for m in members[i0:i0 + k] if not m.is_gateway]
+
+    # ---- scheduling -----------------------------------------------------------------------
+
+    def push(self, t, kind, node, arg):
+        self.seq += 1
+        heappush(self.heap, (t, self.seq, kind, node, arg))
+
+    def push_kick(self, t, node):
+        self.seq += 1
+        heappush(self.heap, (t, self.seq, K_KICK, node, t))
+
+    def at(self, t, fn):
+        """Call fn(now_us) at virtual time t (us)."""
+        self.seq += 1
+        heappush(self.heap, (t, self.seq, K_CALL, None, fn))
+
+    def _schedule_tick(self, n, t):
+        if t < n.tick_at:
+            n.tick_at = t
+            self.seq += 1
+            heappush(self.heap, (t, self.seq, K_TICK, n, None))
+
+    # ---- the node shell -----------------------------------------------------------------
+
+    def service(self, n, now_us, ticked=False):
+        """What node.py's pump does after any input: handle the router's events, give the MAC
+        its next frame when idle, handle OTA events, and sleep until the cores' next deadline."""
+        if not n.alive:
+            return
+        r = n.router
+        ev = r.poll_event()
+        while ev is not None:
+            self._on_event(n, ev, now_us)
+            ev = r.poll_event()
+        if n.tx is None:
+            self._mac_next(n, now_us)
+        ota = n.ota
+        now_ms = now_us // 1000
+        d = r.next_deadline_ms
+        if ota is not None:
+            ev = ota.poll_event()
+            while ev is not None:
+                if ev[0] == "complete" and n.ota_done_us is None:
+                    n.ota_done_us = now_us
+                    self.ota.done += 1
+                ev = ota.poll_event()
+            od = ota.next_deadline_ms
+            if od < d:
+                d = od
+        if d <= now_ms:
+            d = now_ms + 1 if ticked else now_ms
+        t = d * 1000
+        if t < now_us:
+            t = now_us
+        if t < n.tick_at:
+            n.tick_at = t
+            self.seq += 1
+            heappush(self.heap, (t, self.seq, K_TICK, n, None))
+
+    def _on_event(self, n, ev, now_us):
+        kind = ev[0]
+        if kind == "sent":
+            n.app.on_sent(ev[1], ev[2], now_us)
+        elif kind == "uplink":
+            self.collector.on_uplink(n, ev[1], ev[3], now_us)
+        elif kind == "parent":
+            if n.joined:
+                n.parent_events += 1
+            elif ev[1]:
+                n.joined = True
+        elif kind == "route":
+            if ev[1]:
+                n.app.stamp(now_us)
+                n.app.kick(now_us)
+        elif kind == "command":
+            n.app.on_command(ev[1], now_us)
+
+    # ---- the MAC -------------------------------------------------------------------------------
+
+    def _mac_next(self, n, now_us):
+        out = n.router.poll_tx()
+        if out is None:
+            ota = n.ota
+            if ota is None:
+                return
+            ota.tick(now_us // 1000)
+            f = ota.poll_tx()
+            if f is None:
+                return
+            out = self.ota.air(f, self.mesh_hmac)
+        token, dst, data = out
+        size = len(data)
+        if not 1 <= size <= MAX_PAYLOAD:
+            self.counters["oversize"] += 1
+            if token is not None:
+                n.router.on_send_done(token, False, now_us // 1000)
+            return
+        t = data[2] if size > 2 else 0
+        name = _TYPES.get(t, "other")
+        self.tx_by_type[name] += 1
+        if t == T_TELEMETRY and self.collector.resent:
+            origin, p = _uint_at(data, 3)
+            rs = self.collector.resent.get(origin)
+            if rs is not None and _uint_at(data, p)[0] in rs:
+                self.counters["repair_telemetry_tx"] += 1
+        air = PREAMBLE_US + US_PER_BYTE * (size + FRAME_OVERHEAD_BYTES)
+        if dst == BROADCAST:
+            tx = _Tx(token, dst, None, data, air, True, None)
+        else:
+            tx = _Tx(token, dst, self.by_mac.get(bytes(dst)), data, air + ACK_US, False, None)
+        n.tx = tx
+        self.seq += 1
+        heappush(self.heap, (now_us + DIFS_US + int(self.rnd() * (CW_MIN + 1)) * SLOT_US,
+                                   self.seq, K_MAC, n, tx))
+
+    def _mac_attempt(self, n, tx, t):
+        if n.tx is not tx:
+            return
+        if n.rx_end > t and n.cs_from <= t:
+            self.counters["deferrals"] += 1
+            self.seq += 1
+            heappush(self.heap, (n.rx_end + DIFS_US + int(self.rnd() * (tx.cw + 1)) * SLOT_US,
+                                       self.seq, K_MAC, n, tx))
+            return
+        self.counters["mac_attempts"] += 1
+        end = t + tx.air
+        n.tx_end = end
+        if n.rx_end > t:  # began to send before sensing a frame that had just started
+            c = n.rx_cur
+            if c is not None:
+                if c.bad is None:
+                    c.bad = {n}
+                else:
+                    c.bad.add(n)
+        cs = t + CCA_US
+        for r, _, rs in n.nb:
+            re = r.rx_end
+            if re > t:
+                c = r.rx_cur
+                if c is not None and r.rx_rssi < rs + CAPTURE_DB:
+                    if c.bad is None:
+                        c.bad = {r}
+                    else:
+                        c.bad.add(r)
+                if tx.bad is None:
+                    tx.bad = {r}
+                else:
+                    tx.bad.add(r)
+                if end > re:
+                    r.rx_end = end
+                    r.rx_cur = tx
+                    r.rx_rssi = rs
+            else:
+                r.cs_from = cs
+                r.rx_end = end
+                r.rx_cur = tx
+                r.rx_rssi = rs
+                if r.tx_end > t:
+                    if tx.bad is None:
+                        tx.bad = {r}
+                    else:
+                        tx.bad.add(r)
+        self.seq += 1
+        heappush(self.heap, (end, self.seq, K_END, n, tx))
+
+    def _tx_end(self, n, tx, t):
+        if n.tx is not tx:
+            return
+        now_ms = t // 1000
+        bad = tx.bad
+        data = tx.data
+        rnd = self.rnd
+        src = n.mac
+        if tx.bcast:
+            frame = tx.frame
+            collided = 0
+            for r, p, rs in n.nb:
+                if not r.alive:
+                    continue
+                if bad is not None and r in bad:
+                    collided += 1
+                    continue
+                if rnd() < p:
+                    rr = r.router
+                    if rr.on_recv(src, data, rs + int(rnd() * 5) - 2, now_ms) is False and r.ota is not None:
+                        if frame is None:
+                            frame = tx.frame = self.ota.decode(data, self.mesh_hmac)
+                        if frame is not None:
+                            r.ota.on_frame(frame, src, now_ms)
+                    self.service(r, t)
+            if collided:
+                self.counters["collided"] += collided
+            n.tx = None
+            if tx.token is not None:
+                n.router.on_send_done(tx.token, True, now_ms)
+            self.service(n, t)
+            return
+        d = tx.dnode
+        got = False
+        if d is not None and d.alive:
+            i = n.nidx.get(d.id)
+            if i is not None:
+                if bad is not None and d in bad:
+                    self.counters["collided"] += 1
+                elif rnd() < n.nb[i][1]:
+                    got = True
+        acked = False
+        if got:
+            if not tx.delivered:
+                tx.delivered = True
+                d.router.on_recv(src, data, n.nb[i][2] + int(rnd() * 5) - 2, now_ms)
+                self.service(d, t)
+            j = d.nidx.get(n.id)
+            acked = j is not None and rnd() < d.nb[j][1]
+        if acked or tx.attempt + 1 >= MAC_ATTEMPTS:
+            if not acked:
+                self.counters["unicast_fail"] += 1
+            n.tx = None
+            n.router.on_send_done(tx.token, acked, now_ms)
+            self.service(n, t)
+            return
+        tx.attempt += 1
+        cw = tx.cw * 2 + 1
+        tx.cw = cw if cw < CW_MAX else CW_MAX
+        tx.bad = None
+        self.seq += 1
+        heappush(self.heap, (t + DIFS_US + int(rnd() * (tx.cw + 1)) * SLOT_US, self.seq, K_MAC, n, tx))
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    def run(self):
+        """Run to the end of virtual time; return results()."""
+        gc_was = gc.isenabled()
+        gc.disable()  # millions of short-lived tuples, few cycles: the collector only costs time
+        t0 = time.perf_counter()
+        try:
+            ctx = self.ota.verification_cache() if self.ota is not None else None
+            if ctx is not None:
+                with ctx:
+                    self._loop(self.end_us)
+            else:
+                self._loop(self.end_us)
+        finally:
+            if gc_was:
+                gc.enable()
+        self.wall_s = time.perf_counter() - t0
+        return self.results()
+
+    def _loop(self, until_us):
+        heap = self.heap
+        pop = heappop
+        interval_us = self.opt.report_interval_s * 1_000_000
+        events = 0
+        while heap and heap[0][0] <= until_us:
+            t, _, kind, n, arg = pop(heap)
+            self.now_us = t
+            events += 1
+            if kind == K_END:
+                self._tx_end(n, arg, t)
+            elif kind == K_MAC:
+                self._mac_attempt(n, arg, t)
+            elif kind == K_TICK:
+                if t != n.tick_at or not n.alive:
+                    continue
+                n.tick_at = _INF
+                ms = t // 1000
+                n.router.tick(ms)
+                if n.ota is not None:
+                    n.ota.tick(ms)
+                self.service(n, t, True)
+            elif kind == K_KICK:
+                if n.alive and n.app.kick_at == arg:
+                    n.app.uplink(t)
+                    self.service(n, t)
+            elif kind == K_READ:
+                if n.alive:
+                    n.app.sample(t)
+                    self.service(n, t)
+                self.seq += 1
+                heappush(heap, (t + interval_us, self.seq, K_READ, n, None))
+            else:
+                self.events += events
+                events = 0
+                arg(t)
+        self.events += events
+        self.now_us = until_us
+
+    # ---- scenarios -------------------------------------------------------------------------
+
+    def _power(self, nodes, on, t):
+        for n in nodes:
+            if on:
+                n.alive = True
+                n.boot += 1
+                n.app.power_on()
+                self._boot(n)
+            else:
+                n.alive = False
+                n.tx = None
+                n.tick_at = _INF
+                n.app.power_off()
+        if on:
+            self.scenario["power_cut"]["backlog_at_return"] = self.backlog(t)
+            self.at(t + 5_000_000, self._drain_check)
+
+    def backlog(self, t):
+        """Readings held unsent by every live node (made before t)."""
+        total = 0
+        for n in self.nodes:
+            if n.alive:
+                app = n.app
+                for s in app.unsent:
+                    if app.created[s] <= t:
+                        total += 1
+        return total
+
+    def _drain_check(self, t):
+        pc = self.scenario["power_cut"]
+        ret_us = int(pc["end_s"] * 1e6)
+        left = self.backlog(ret_us)
+        if left == 0:
+            pc["drained_s"] = round((t - ret_us) / 1e6, 1)
+            return
+        self.at(t + 5_000_000, self._drain_check)
+
+    def _fail_gateway(self, t):
+        counts = {}
+        for gw in self.collector.via.values():
+            counts[gw] = counts.get(gw, 0) + 1
+        alive = [g for g in self.gateways if g.alive]
+        victim = max(alive, key=lambda g: (counts.get(g.id, 0), -g.id))
+        victim.alive = False
+        victim.tx = None
+        victim.tick_at = _INF
+        served = sorted(nid for nid, gw in self.collector.via.items() if gw == victim.id and nid != victim.id)
+        self.scenario["gateway_failure"] = {"gateway": victim.id, "at_s": t / 1e6, "nodes_served": len(served)}
+        self._failed_gw = (victim.id, t, set(served))
+
+    def _ota_check(self, t):
+        if self.ota.seeded_us is not None:
+            return
+        unrouted = sum(1 for n in self.nodes if n.alive and not n.router.has_route())
+        if unrouted == 0 or t >= 600_000_000:
+            self.ota.seed(self, t)
+            return
+        self.at(t + 10_000_000, self._ota_check)
+
+    def _end_warmup(self, t):
+        self._boot_changes = sum(n.parent_events for n in self.nodes)
+
+    def _report_progress(self, t):
+        self.progress(t / 1e6, self.end_us / 1e6, self.events)
+        if t + self._progress_step <= self.end_us:
+            self.at(t + self._progress_step, self._report_progress)
+
+    # ---- figures -------------------------------------------------------------------------------
+
+    def results(self):
+        """Plain data: the figures of the run (keys documented in fleet/cli/sim_des.py)."""
+        o = self.opt
+        col = self.collector
+        non_gw = [n for n in self.nodes if not n.is_gateway]
+        made, fp, after = col.delivery(self.apps, self.measure_until_us)
+        lat = sorted(col.latency_us)
+        stats = {}
+        for n in self.nodes:
+            for k, v in n.router.stats.items():
+                stats[k] = stats.get(k, 0) + v
+        delivered_total = sum(sum(1 for x in g if x) for g in col.got.values())
+        repair_tx = (self.tx_by_type["command"] + self.tx_by_type["reply"] + self.counters["repair_telemetry_tx"]
+                     + col.direct_flood_tx)
+        beacons = self.tx_by_type["beacon"]
+        hops_total = sum(col.hops.values())
+        boot_changes = self._boot_changes if self._boot_changes is not None else 0
+        steady_hours = max(self.end_us - self.warmup_us, 1) / 3.6e9
+        out = {
+            "nodes": len(self.nodes),
+            "gateways": len(self.gateways),
+            "topology": o.topology,
+            "minutes": o.minutes,
+            "seed": o.seed,
+            "loss": o.loss,
+            "report_interval_s": o.report_interval_s,
+            "repair_mode": self.repair_mode,
+            "measured_until_s": round(self.measure_until_us / 1e6, 1),
+            "readings_made": made,
+            "delivery_first_pass": round(fp / made, 5) if made else None,
+            "delivery_after_repair": round(after / made, 5) if made else None,
+            "latency_p50_s": round(_percentile(lat, 0.5) / 1e6, 3) if lat else None,
+            "latency_p99_s": round(_percentile(lat, 0.99) / 1e6, 3) if lat else None,
+            "latency_max_s": round(lat[-1] / 1e6, 3) if lat else None,
+            "repair_latency_p50_s": round(_percentile(sorted(col.repair_latency_us), 0.5) / 1e6, 1)
+            if col.repair_latency_us else None,
+            "hops": {str(h): c for h, c in sorted(col.hops.items())},
+            "hops_mean": round(sum(h * c for h, c in col.hops.items()) / hops_total, 2) if hops_total else None,
+            "control_overhead": round((beacons + repair_tx) / delivered_total, 3) if delivered_total else None,
+            "control_tx": {"beacons": beacons, "repair": repair_tx, "repair_commands": self.tx_by_type["command"],
+                           "repair_replies": self.tx_by_type["reply"],
+                           "repair_telemetry": self.counters["repair_telemetry_tx"],
+                           "repair_flood_estimated": col.direct_flood_tx},
+            "readings_delivered": delivered_total,
+            "parent_changes_per_node_hour": round((sum(n.parent_events for n in non_gw) - boot_changes)
+                                                  / (len(non_gw) * steady_hours), 4),
+            "parent_changes_boot": boot_changes,
+            "warmup_s": round(self.warmup_us / 1e6, 1),
+            "route_losses": stats.get("route_losses", 0),
+            "repair": {"gaps_opened": col.tracker.opened, "requests": col.requests,
+                       "recovered": col.tracker.recovered, "gaps_lost": col.tracker.lost,
+                       "readings_lost": col.tracker.readings_lost, "readings_filled": col.tracker.readings_filled},
+            "radio": {"frames_by_type": dict(self.tx_by_type), "mac_attempts": self.counters["mac_attempts"],
+                      "deferrals": self.counters["deferrals"], "collided_receptions": self.counters["collided"],
+                      "unicast_failures": self.counters["unicast_fail"]},
+            "router": {k: stats.get(k, 0) for k in ("data_tx", "forwarded", "retries", "tx_fail", "queue_drops",
+                                                    "ttl_dropped", "loops_detected", "dup_dropped",
+                                                    "no_route_drops", "nbr_evicted", "floods_tx")},
+            "collector": {"frames": col.frames, "duplicates": col.duplicates, "rejects": col.rejects},
+            "build_s": round(self.build_s, 2),
+            "wall_s": round(getattr(self, "wall_s", 0.0), 2),
+            "events": self.events,
+            "events_per_s": round(self.events / self.wall_s) if getattr(self, "wall_s", 0) else None,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        }
+        if "power_cut" in self.scenario:
+            pc = dict(self.scenario["power_cut"])
+            ids = {n.id for n in self._cut_nodes}
+            m2, fp2, a2 = col.delivery(self.apps, self.measure_until_us, ids)
+            pc["delivery_first_pass"] = round(fp2 / m2, 5) if m2 else None
+            pc["delivery_after_repair"] = round(a2 / m2, 5) if m2 else None
+            pc["unsent_lost_in_ram"] = sum(n.app.lost_at_cut for n in self._cut_nodes)
+            pc.setdefault("drained_s", None)
+            out["power_cut"] = pc
+        if "gateway_failure" in self.scenario:
+            gf = dict(self.scenario["gateway_failure"])
+            gw_id, t_fail, served = self._failed_gw
+            moved = [nid for nid in served if col.via.get(nid) != gw_id]
+            gf["nodes_rerouted"] = len(moved)
+            last = 0
+            for nid in moved:
+                got = col.got.get(nid, [])
+                after_fail = [x for x in got if x > t_fail]
+                if after_fail:
+                    last = max(last, min(after_fail) - t_fail)
+            gf["reroute_s"] = round(last / 1e6, 1) if moved else None
+            out["gateway_failure"] = gf
+        if self.ota is not None:
+            out.update(self.ota.results(self))
+        return out
+
+
+def run_des(options, topology=None, progress=None):
+    """Build and run one simulation; return its results dict. Raises FleetError on bad options."""
+    return Simulation(options, topology, progress).run()

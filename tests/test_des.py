@@ -1,0 +1,151 @@
+"""The discrete-event simulator (fleet/sim/des.py, `fleet sim des`) on small networks: 25-100 nodes,
+a few virtual minutes each, the firmware's own routers (and OTA engines) in every node."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from fleet.cli.sim_des import cli as des_cli
+from fleet.errors import FleetError
+from fleet.sim.des import DesOptions, Simulation, run_des
+
+TIMING_KEYS = ("wall_s", "build_s", "events_per_s", "peak_rss_mb")
+
+
+def _strip(r):
+    return {k: v for k, v in r.items() if k not in TIMING_KEYS}
+
+
+def test_same_seed_same_results_and_another_seed_differs():
+    opts = dict(nodes=49, topology="grid", gateways=1, minutes=8, report_interval_s=60)
+    a = run_des(DesOptions(seed=3, **opts))
+    b = run_des(DesOptions(seed=3, **opts))
+    c = run_des(DesOptions(seed=4, **opts))
+    assert _strip(a) == _strip(b)
+    assert a["events"] == b["events"] and a["radio"] == b["radio"]
+    assert a["radio"] != c["radio"]
+
+
+def test_clean_grid_delivers_everything_with_few_hops():
+    r = run_des(DesOptions(nodes=100, topology="grid", gateways=2, minutes=12, report_interval_s=60))
+    assert r["readings_made"] >= 100 * 8
+    assert r["delivery_first_pass"] >= 0.99
+    assert r["delivery_after_repair"] >= 0.99
+    assert 0 < r["latency_p50_s"] <= r["latency_p99_s"] < 5
+    assert sum(r["hops"].values()) >= r["readings_made"] // 2
+    assert r["control_tx"]["beacons"] > 0 and r["control_overhead"] > 0
+    # the radio model did real work: MAC attempts, carrier sense, some collisions
+    assert r["radio"]["mac_attempts"] >= r["router"]["data_tx"]
+    assert r["radio"]["deferrals"] > 0
+
+
+def test_gateway_failure_nodes_reparent_and_nothing_is_lost():
+    r = run_des(DesOptions(nodes=100, topology="grid", gateways=2, minutes=24, report_interval_s=60,
+                           gateway_failure=True))
+    g = r["gateway_failure"]
+    assert g["nodes_served"] > 10
+    assert g["nodes_rerouted"] == g["nodes_served"]
+    assert g["reroute_s"] is not None and g["reroute_s"] < 180
+    assert r["delivery_after_repair"] >= 0.98
+
+
+def test_power_cut_street_backlog_drains_after_power_returns():
+    # a 30-pole street with its gateway at one end: cutting its middle third cuts off the far end
+    sim = Simulation(DesOptions(nodes=30, topology="line", gateways=1, minutes=30, report_interval_s=60,
+                                power_cut_street=True))
+    r = sim.run()
+    p = r["power_cut"]
+    assert p["nodes"] == 10 and p["start_s"] == 600 and p["end_s"] == 1200
+    assert p["backlog_at_return"] >= 10 * 5  # the far end kept ~10 minutes of readings
+    assert p["drained_s"] is not None and p["drained_s"] < 120
+    assert sim.backlog(sim.end_us) <= len(sim.nodes)  # only fresh readings left unsent
+    # all readings are delivered but those still in a cut node's RAM block at the cut
+    made = r["readings_made"]
+    assert r["delivery_after_repair"] >= (made - p["unsent_lost_in_ram"]) / made - 0.005
+    # the reboot skipped reading counters: the collector asked, the nodes answered (code 3)
+    assert r["repair"]["requests"] > 0 and r["control_tx"]["repair_replies"] > 0
+
+
+def test_a_lost_reading_is_recovered_by_a_flooded_resend():
+    sim = Simulation(DesOptions(nodes=49, topology="grid", gateways=1, minutes=12, report_interval_s=60,
+                                repair="flood"))
+    victim = sim.by_id[40]
+    dropped = []
+
+    def lose_one(t):
+        # the newest reading vanishes as if its frame was acknowledged and then lost upstream
+        seq = next(reversed(victim.app.unsent))
+        del victim.app.unsent[seq]
+        dropped.append(seq)
+
+    def at_reading(t):
+        if victim.app.unsent:
+            lose_one(t)
+        else:
+            sim.at(t + 100_000, at_reading)
+
+    sim.at(180_000_000, at_reading)
+    r = sim.run()
+    assert dropped
+    got = sim.collector.got[40]
+    assert got[dropped[0]] > 0  # arrived in the end...
+    assert not sim.collector.first_pass[40][dropped[0]]  # ...through the repair path
+    assert r["repair"]["recovered"] >= 1
+    assert r["control_tx"]["repair_commands"] > 10  # the command was flooded by the routers
+    assert r["delivery_after_repair"] > r["delivery_first_pass"]
+
+
+def test_ota_on_a_small_grid_completes_while_telemetry_flows():
+    sim = Simulation(DesOptions(nodes=25, topology="grid", gateways=1, minutes=10, report_interval_s=60,
+                                ota_bytes=8000))
+    r = sim.run()
+    assert r["ota_seeded_s"] is not None
+    assert r["ota_complete_s"] is not None and r["ota_nodes_complete"] == 25
+    assert r["ota_tx_per_node"] > 0
+    assert r["ota_delivery_during"] is None or r["ota_delivery_during"] >= 0.95
+    pages = sim.ota.pages
+    for n in sim.nodes:
+        assert n.store.manifest() == sim.ota.bundle.signed_manifest
+        assert [n.store.get_page(i) for i in range(len(pages))] == pages
+    assert r["radio"]["frames_by_type"]["ota_data"] > 0
+
+
+def test_extra_loss_costs_retries_not_readings():
+    clean = run_des(DesOptions(nodes=49, topology="grid", gateways=1, minutes=10, report_interval_s=60))
+    lossy = run_des(DesOptions(nodes=49, topology="grid", gateways=1, minutes=10, report_interval_s=60, loss=0.1))
+    assert lossy["radio"]["unicast_failures"] > clean["radio"]["unicast_failures"]
+    assert lossy["delivery_after_repair"] >= 0.98
+
+
+def test_bad_options_are_fleet_errors():
+    with pytest.raises(FleetError):
+        DesOptions(nodes=10, gateways=10)
+    with pytest.raises(FleetError):
+        DesOptions(nodes=10, gateways=1, gateway_failure=True)
+    with pytest.raises(FleetError):
+        DesOptions(loss=1.5)
+
+
+def test_cli_json_has_the_documented_keys():
+    res = CliRunner().invoke(des_cli, ["--nodes", "25", "--topology", "grid", "--minutes", "6",
+                                       "--report-interval", "60", "--ota", "4000", "--json"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.output)
+    for k in ("nodes", "delivery_first_pass", "delivery_after_repair", "latency_p50_s", "latency_p99_s",
+              "control_overhead", "parent_changes_per_node_hour", "ota_complete_s", "ota_tx_per_node",
+              "hops", "wall_s", "events_per_s"):
+        assert k in r, k
+    assert r["nodes"] == 25
+
+
+def test_cli_table_and_errors():
+    runner = CliRunner()
+    res = runner.invoke(des_cli, ["--nodes", "30", "--topology", "line", "--minutes", "5",
+                                  "--report-interval", "60", "--gateways", "2"])
+    assert res.exit_code == 0, res.output
+    assert "delivery, first pass" in res.output and "latency p50 / p99" in res.output
+    res = runner.invoke(des_cli, ["--nodes", "31", "--topology", "grid", "--minutes", "1"])
+    assert res.exit_code == 1
+    assert "Error:" in res.output and "grid" in res.output
+    res = runner.invoke(des_cli, ["--nodes", "30", "--gateway-failure", "--gateways", "1"])
+    assert res.exit_code == 1 and "--gateway-failure" in res.output
