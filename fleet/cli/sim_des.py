@@ -6,7 +6,9 @@ with --json, as the service's dict. Progress goes to stderr when it is a termina
 
 JSON keys (always): nodes, gateways, topology, minutes, seed, loss, report_interval_s,
 repair_mode, measured_until_s, readings_made, delivery_first_pass, delivery_after_repair,
-latency_p50_s, latency_p99_s, latency_max_s, repair_latency_p50_s, hops (hops -> frames),
+latency_p50_s, latency_p99_s, latency_max_s (a reading's first hand-over to the router to its first
+arrival at a gateway), age_p50_s, age_p99_s (from the reading's sampling: adds node.py's 500 ms
+uplink poll and any wait in the ring), repair_latency_p50_s, hops (hops -> frames),
 hops_mean, control_overhead, control_tx, readings_delivered, parent_changes_per_node_hour,
 parent_changes_boot, route_losses, repair, radio, router, collector, build_s, wall_s, events,
 events_per_s, peak_rss_mb; with --gateway-failure: gateway_failure; with --power-cut-street:
@@ -37,7 +39,9 @@ def render(r):
         ("readings made", str(r["readings_made"])),
         ("delivery, first pass", _pct(r["delivery_first_pass"])),
         ("delivery, after repair", _pct(r["delivery_after_repair"]) + f" (repair: {r['repair_mode']})"),
-        ("latency p50 / p99", f"{_num(r['latency_p50_s'], ' s')} / {_num(r['latency_p99_s'], ' s')}"),
+        ("latency p50 / p99", f"{_num(r['latency_p50_s'], ' s')} / {_num(r['latency_p99_s'], ' s')} "
+                              f"(from origination; reading age {_num(r['age_p50_s'], ' s')} / "
+                              f"{_num(r['age_p99_s'], ' s')})"),
         ("hops mean", _num(r["hops_mean"])),
         ("control overhead", f"{_num(r['control_overhead'])} tx per delivered reading "
                              f"({r['control_tx']['beacons']} beacons, {r['control_tx']['repair']} repair)"),

@@ -61,7 +61,8 @@ class NodeApp:
     """One node's application state: ring, in-flight frames, command window, counters."""
 
     __slots__ = ("sim", "node", "hmac", "next_seq", "held", "unsent", "ram", "in_flight", "next_token",
-                 "reply_seq", "window", "unstamped", "kick_at", "phase_us", "boot", "created", "lost_at_cut")
+                 "reply_seq", "window", "unstamped", "kick_at", "phase_us", "boot", "created", "first_orig",
+                 "lost_at_cut")
 
     def __init__(self, sim, node, node_hmac):
         self.sim = sim
@@ -80,6 +81,7 @@ class NodeApp:
         self.phase_us = (node.id * 7919) % POLL_US
         self.boot = 0
         self.created = []  # sim truth: created[seq] = aggregation time (us), -1 = never issued
+        self.first_orig = []  # first_orig[seq] = when the reading was first handed to the router
         self.lost_at_cut = 0
 
     # ---- readings -------------------------------------------------------------------------
@@ -106,7 +108,9 @@ class NodeApp:
             self.next_seq = seq + 1
             while len(created) < seq:
                 created.append(-1)  # skipped by a counter block after a reboot
+                self.first_orig.append(-1)
             created.append(at_us)
+            self.first_orig.append(-1)
             held[seq] = wall - (now_us - at_us) // 1_000_000
             unsent[seq] = None
             ram.append(seq)
@@ -161,6 +165,10 @@ class NodeApp:
         self.next_token += 1
         last = frame.seq + len(frame.readings) - 1
         self.in_flight[token] = (frame.seq, last)
+        fo = self.first_orig
+        for s in range(frame.seq, last + 1):
+            if fo[s] < 0:
+                fo[s] = now_us
         r.originate(frame, now_ms, token)
         if len(self.in_flight) < MAX_IN_FLIGHT and next(reversed(self.unsent)) > last:
             self.kick(now_us)
@@ -263,7 +271,8 @@ class Collector:
         self.cseq = {}
         self.replies_seen = set()
         self.due_at = None
-        self.latency_us = []  # first arrivals of first-pass readings
+        self.latency_us = []  # first arrivals of first-pass readings: since first originated
+        self.age_us = []  # ...and since the reading was made
         self.repair_latency_us = []
         self.hops = {}  # hops -> telemetry frames (first arrival of their first reading)
         self.via = {}  # node id -> gateway that last delivered its readings
@@ -306,6 +315,7 @@ class Collector:
         self.frames += 1
         app = self.sim.apps[node]
         created = app.created
+        first_orig = app.first_orig
         got = self.got.get(node)
         if got is None:
             got = self.got[node] = []
@@ -324,12 +334,13 @@ class Collector:
                 continue
             new = True
             got[s] = now_us
-            lat = now_us - created[s]
+            age = now_us - created[s]
             if resent is not None and s in resent:
-                self.repair_latency_us.append(lat)
+                self.repair_latency_us.append(age)
             else:
                 fp[s] = 1
-                self.latency_us.append(lat)
+                self.age_us.append(age)
+                self.latency_us.append(now_us - first_orig[s])
         if new:
             self.hops[hops] = self.hops.get(hops, 0) + 1
         self.via[node] = gw.id

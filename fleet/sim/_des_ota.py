@@ -89,7 +89,6 @@ class OtaSetup:
         self.seeded_us = None
         self.done = 0
         self.tx_at_seed = 0
-        self._made_at_seed = None
 
     def engine(self, n, now_ms):
         """A node's engine at boot, over its page store (kept across power cuts)."""
@@ -119,7 +118,6 @@ class OtaSetup:
         """The gateways receive the bundle from the fleet (as over MQTT) and seed the mesh."""
         self.seeded_us = t_us
         self.tx_at_seed = sum(n.ota.tx_frames for n in sim.nodes if n.ota is not None)
-        self.made_before_seed = {n.id: len(n.app.created) for n in sim.nodes}
         for g in sim.gateways:
             if g.alive:
                 g.ota.offer_bundle(self.bundle.signed_manifest, self.pages, t_us // 1000)

@@ -36,7 +36,22 @@ Radio model (ESP-NOW on 802.11b at 1 Mbit/s; consistent with fleet/sim/medium.py
   20-peer ESP-NOW table (bookkeeping only), frame length in PRR (the topology's PRR is for
   100-byte frames, as the medium uses it for every length).
 
-What the run reports: see `Simulation.results()` and the README of the CLI (`fleet sim des`).
+Nodes and keys
+- All nodes power on at virtual time 0 (a lighting circuit switching on: the worst case for
+  convergence); each reads a sensor every report interval from a random phase. Gateways know
+  the wall clock (Router.set_time); the others learn it from beacons, as on the street.
+- Keys are derived as the fleet derives them (protocol.auth.derive_mesh_key/derive_node_key)
+  from a fleet secret made from the seed: one mesh key, and one key per node, derived once at
+  build time (a few microseconds each). The node and the collector share the node's Hmac
+  object (it is stateless); the mesh key's Hmac remembers recent hop tags (MemoHmac below).
+- Scenarios: gateway failure (the busiest gateway dies at T/3 for good), power cut (the middle
+  third of the street with the most nodes goes dark at T/3 for an hour, or T/3 if shorter, then
+  reboots: fresh routers and RAM, flash kept), extra loss, OTA (see fleet/sim/_des_ota.py).
+
+Figures: `Simulation.results()`; the keys are listed in fleet/cli/sim_des.py. Delivery counts
+the readings made before `measured_until_s` (the end minus a tail long enough for a reading to
+be sent, a gap to be noticed and repaired); parent changes are counted after a warm-up (the
+first 5 minutes, or a quarter of the run) and the boot's churn is given apart.
 """
 import gc
 import hashlib
@@ -64,6 +79,7 @@ CAPTURE_DB = 6
 WALL_START_S = 1_760_000_000  # the gateways' clock at virtual time 0
 NET_ID = 1
 _INF = 1 << 62
+_IDLE = (0, 0, None, None)
 
 K_TICK = 0
 K_MAC = 1
@@ -117,6 +133,11 @@ class DesOptions:
             raise FleetError("--ota BYTES must be positive")
         if repair not in REPAIR_MODES:
             raise FleetError(f"--repair must be one of {', '.join(REPAIR_MODES)}, got {repair!r}")
+        if self.mesh_params:
+            try:
+                Router(1, b"\x02\x00\x00\x00\x00\x01", False, b"k", params=self.mesh_params)
+            except ValueError as e:
+                raise FleetError(f"mesh parameters: {e}") from None
 
     def to_dict(self):
         return {k: getattr(self, k) for k in self.FIELDS}
@@ -125,7 +146,7 @@ class DesOptions:
 class SimNode:
     """One station: its cores, its neighbourhood (who hears its frames) and radio state."""
 
-    __slots__ = ("id", "mac", "is_gateway", "alive", "router", "ota", "store", "app", "nb", "nidx", "tick_at", "tx", "tx_end", "rx_end", "cs_from", "rx_cur", "rx_rssi", "boot",
+    __slots__ = ("id", "mac", "is_gateway", "alive", "router", "ota", "store", "app", "nb", "nidx", "tick_at", "tx", "tx_end", "rx", "boot",
                  "parent_events", "joined", "ota_done_us", "topo")
 
     def __init__(self, tnode):
@@ -143,10 +164,8 @@ class SimNode:
         self.tick_at = _INF
         self.tx = None  # the frame the MAC is sending (_Tx)
         self.tx_end = 0
-        self.rx_end = 0  # the channel here is busy until...
-        self.cs_from = 0  # ...sensed from this time
-        self.rx_cur = None  # the frame ending last among those on the air here
-        self.rx_rssi = -200
+        # the channel here: (busy until, sensed from, the frame ending last, its RSSI here)
+        self.rx = _IDLE
         self.boot = 0
         self.parent_events = 0
         self.joined = False
@@ -156,9 +175,10 @@ class SimNode:
 class _Tx:
     """A frame in the MAC: one broadcast transmission, or unicast attempts."""
 
-    __slots__ = ("token", "dst", "dnode", "data", "air", "attempt", "cw", "delivered", "bad", "frame", "bcast")
+    __slots__ = ("src", "token", "dst", "dnode", "data", "air", "attempt", "cw", "delivered", "bad", "frame", "bcast")
 
-    def __init__(self, token, dst, dnode, data, air, bcast, frame):
+    def __init__(self, src, token, dst, dnode, data, air, bcast, frame):
+        self.src = src
         self.token = token
         self.dst = dst
         self.dnode = dnode
@@ -227,7 +247,7 @@ class Simulation:
         self.now_us = 0
         self.events = 0
         self.made = 0
-        self.counters = {"deferrals": 0, "collided": 0, "deaf": 0, "oversize": 0, "mac_attempts": 0,
+        self.counters = {"deferrals": 0, "collided": 0, "oversize": 0, "mac_attempts": 0,
                          "unicast_fail": 0, "resent_frames": 0, "replies_sent": 0, "cmd_refused": 0,
                          "cmd_replayed": 0, "repair_telemetry_tx": 0}
         self.tx_by_type = {name: 0 for name in _TYPES.values()}
@@ -292,8 +312,8 @@ class Simulation:
         n.router = self._router(n)
         n.joined = False
         n.tx = None
-        n.tx_end = n.rx_end = n.cs_from = 0
-        n.rx_cur = None
+        n.tx_end = 0
+        n.rx = _IDLE
         n.tick_at = _INF
         if self.ota is not None:
             n.ota = self.ota.engine(n, self.now_us // 1000)
@@ -453,9 +473,9 @@ class Simulation:
                 self.counters["repair_telemetry_tx"] += 1
         air = PREAMBLE_US + US_PER_BYTE * (size + FRAME_OVERHEAD_BYTES)
         if dst == BROADCAST:
-            tx = _Tx(token, dst, None, data, air, True, None)
+            tx = _Tx(n, token, dst, None, data, air, True, None)
         else:
-            tx = _Tx(token, dst, self.by_mac.get(bytes(dst)), data, air + ACK_US, False, None)
+            tx = _Tx(n, token, dst, self.by_mac.get(bytes(dst)), data, air + ACK_US, False, None)
         n.tx = tx
         self.seq += 1
         heappush(self.heap, (now_us + DIFS_US + int(self.rnd() * (CW_MIN + 1)) * SLOT_US,
@@ -464,28 +484,33 @@ class Simulation:
     def _mac_attempt(self, n, tx, t):
         if n.tx is not tx:
             return
-        if n.rx_end > t and n.cs_from <= t:
+        rx = n.rx
+        if rx[0] > t and rx[1] <= t:
             self.counters["deferrals"] += 1
             self.seq += 1
-            heappush(self.heap, (n.rx_end + DIFS_US + int(self.rnd() * (tx.cw + 1)) * SLOT_US,
-                                       self.seq, K_MAC, n, tx))
+            heappush(self.heap, (rx[0] + DIFS_US + int(self.rnd() * (tx.cw + 1)) * SLOT_US, self.seq, K_MAC, n, tx))
             return
         self.counters["mac_attempts"] += 1
         end = t + tx.air
         n.tx_end = end
-        if n.rx_end > t:  # began to send before sensing a frame that had just started
-            c = n.rx_cur
-            if c is not None:
-                if c.bad is None:
-                    c.bad = {n}
-                else:
-                    c.bad.add(n)
-        cs = t + CCA_US
+        if rx[0] > t:  # began to send before sensing a frame that had just started: lost here
+            c = rx[2]
+            if c.bad is None:
+                c.bad = {n}
+            else:
+                c.bad.add(n)
+        # One state tuple for every receiver that was idle: (busy until, sensed from, frame,
+        # its RSSI here or None = look it up). Busy receivers: a collision (see the docstring).
+        info = (end, t + CCA_US, tx, None)
         for r, _, rs in n.nb:
-            re = r.rx_end
-            if re > t:
-                c = r.rx_cur
-                if c is not None and r.rx_rssi < rs + CAPTURE_DB:
+            rx = r.rx
+            if rx[0] > t:
+                c = rx[2]
+                rc = rx[3]
+                if rc is None:
+                    src = c.src
+                    rc = src.nb[src.nidx[r.id]][2]
+                if rc < rs + CAPTURE_DB:
                     if c.bad is None:
                         c.bad = {r}
                     else:
@@ -494,15 +519,10 @@ class Simulation:
                     tx.bad = {r}
                 else:
                     tx.bad.add(r)
-                if end > re:
-                    r.rx_end = end
-                    r.rx_cur = tx
-                    r.rx_rssi = rs
+                if end > rx[0]:
+                    r.rx = (end, rx[1], tx, rs)
             else:
-                r.cs_from = cs
-                r.rx_end = end
-                r.rx_cur = tx
-                r.rx_rssi = rs
+                r.rx = info
                 if r.tx_end > t:
                     if tx.bad is None:
                         tx.bad = {r}
@@ -710,6 +730,7 @@ class Simulation:
         non_gw = [n for n in self.nodes if not n.is_gateway]
         made, fp, after = col.delivery(self.apps, self.measure_until_us)
         lat = sorted(col.latency_us)
+        age = sorted(col.age_us)
         stats = {}
         for n in self.nodes:
             for k, v in n.router.stats.items():
@@ -734,9 +755,11 @@ class Simulation:
             "readings_made": made,
             "delivery_first_pass": round(fp / made, 5) if made else None,
             "delivery_after_repair": round(after / made, 5) if made else None,
-            "latency_p50_s": round(_percentile(lat, 0.5) / 1e6, 3) if lat else None,
-            "latency_p99_s": round(_percentile(lat, 0.99) / 1e6, 3) if lat else None,
+            "latency_p50_s": round(_percentile(lat, 0.5) / 1e6, 4) if lat else None,
+            "latency_p99_s": round(_percentile(lat, 0.99) / 1e6, 4) if lat else None,
             "latency_max_s": round(lat[-1] / 1e6, 3) if lat else None,
+            "age_p50_s": round(_percentile(age, 0.5) / 1e6, 3) if age else None,
+            "age_p99_s": round(_percentile(age, 0.99) / 1e6, 3) if age else None,
             "repair_latency_p50_s": round(_percentile(sorted(col.repair_latency_us), 0.5) / 1e6, 1)
             if col.repair_latency_us else None,
             "hops": {str(h): c for h, c in sorted(col.hops.items())},
