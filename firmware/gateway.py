@@ -8,12 +8,15 @@
 - Downlink from redmesh/<net>/down/<gw> and redmesh/<net>/down/all: a protocol Downlink whose
   air frames are injected into the mesh (commands are flooded by the router).
 - redmesh/<net>/state/<gw>: retained "online", and "offline" as the MQTT last will.
+- redmesh/<net>/ota: OTA seeding (firmware/ota_seed.py), one manifest or page per message,
+  handed to the gateway's OTA engine (OtaSeedSink below), which then seeds the mesh.
 - While the broker is unreachable the MQTT client's outbox (RAM, spilled to flash, bounded)
   keeps envelopes and sends them later, in order.
 """
 import asyncio
 
 import protocol
+from firmware import ota_seed
 from firmware.mqtt import MQTTClient
 from firmware.outbox import Outbox
 
@@ -110,3 +113,41 @@ class Gateway:
     async def run(self, node):
         self.node = node
         await asyncio.gather(self.client.run(), self._batcher(), self._clock())
+
+
+class OtaSeedSink:
+    """Feeds OTA seeding messages to the gateway's OTA shell (firmware/ota_node.py): the
+    manifest through offer_manifest, pages in order through offer_page (what it holds already
+    or what comes out of order is ignored: the fleet publishes the run again). A manifest or
+    page the engine refuses (bad signature, older bseq, wrong digest) is reported as refused."""
+
+    def __init__(self, shell, node):
+        self.shell = shell
+        self.node = node
+        self.ignored = 0
+
+    def __call__(self, payload):
+        try:
+            kind, bseq, index, count, data = ota_seed.decode(payload)
+        except ValueError as e:
+            print("gw", "bad OTA seeding message: %s" % e)
+            return
+        eng = self.shell.engine
+        now = self.node.now_ms()
+        try:
+            if kind == ota_seed.KIND_MANIFEST:
+                eng.offer_manifest(bytes(data), now)
+            else:
+                m = eng.m
+                if m is None or m.bseq != bseq or index != eng.have - eng.mpages:
+                    self.ignored += 1
+                    return
+                eng.offer_page(index, data, now)
+        except protocol.ProtocolError as e:
+            self.shell.on_refused(bseq, str(e))
+            return
+        except OSError as e:
+            print("gw", "OTA seeding: flash error %s" % e)
+            return
+        self.shell.tick(now)  # drain events (complete -> stage when allowed)
+        self.node.wake.set()

@@ -39,6 +39,52 @@ def safe_state(err, fs=None):
         time.sleep(30)
 
 
+def _ota_settings(cfg):
+    """OTA knobs: defaults, overridden on the virtual rig by the config's sim.ota map (a test
+    speeds up Trickle or shortens the trial; a real node's config has no such key)."""
+    sim = getattr(cfg, "sim", None) or {}
+    o = sim.get("ota") or {}
+    trial = {"trial_ms": o.get("trial_ms", 600000), "max_boots": o.get("max_boots", 3)}
+    params = {}
+    for k in ("adv_imin_ms", "adv_doublings", "tx_rate_per_s", "tx_burst", "req_delay_ms", "req_timeout_ms",
+              "serve_delay_ms"):
+        if k in o:
+            params[k] = o[k]
+    return trial, params
+
+
+def _attach_ota(node, cfg, fs, gateway):
+    """Give the node its OTA shell when the app runs from an A/B slot (a /active pointer on
+    the flash); without one (run from a build directory, tests) OTA stays off, logged."""
+    from firmware import boot
+
+    try:
+        pointer = boot.read_pointer(fs)
+    except ValueError:
+        pointer = None
+    if pointer is None:
+        print("ota", "disabled: no A/B slot pointer on this flash (app not run from a slot)")
+        return
+    from firmware.ota import OtaAir, OtaEngine, OtaParams
+    from firmware.ota_node import OtaShell
+    from firmware.ota_store import PageStore
+    from firmware.slots import SlotManager
+
+    trial, params = _ota_settings(cfg)
+    slots = SlotManager(fs, max_boots=trial["max_boots"], trial_ms=trial["trial_ms"])
+    node.fw_seq, node.fw_version = slots.running()
+    engine = OtaEngine(cfg.node_id, cfg.fleet_pub, PageStore(fs, "ota"), cfg.node_id ^ (node.boot_count << 8),
+                       OtaParams(**params), running_bseq=slots.floor_bseq(), now_ms=node.now_ms())
+    shell = OtaShell(node, slots, OtaAir(engine, cfg.mesh_key), print)
+    node.ota = shell
+    if gateway is not None:
+        from firmware.gateway import OtaSeedSink
+
+        gateway.ota_sink = OtaSeedSink(shell, node)
+    print("ota", "slot %s bseq %d version %s state %s" % (pointer["slot"], node.fw_seq, node.fw_version,
+                                                         pointer["state"]))
+
+
 def run(root="."):
     fs = PosixFS(root)
     try:
@@ -55,6 +101,7 @@ def run(root="."):
     from firmware.node import Node
 
     node = Node(hal, cfg, gateway)
+    _attach_ota(node, cfg, fs, gateway)
     try:
         asyncio.run(node.run())
     except KeyboardInterrupt:

@@ -60,7 +60,10 @@ class Node:
         self.gateway = gateway  # firmware.gateway.Gateway or None
         self.cmd_window = auth.ReplayWindow(32)
         self.cmd_window.update(self.counters.peek("cseq"))
-        self.ota = None  # set by main when the OTA engine is present
+        self.ota = None  # firmware.ota_node.OtaShell, set by main when the app runs from a slot
+        self.fw_version = FW_VERSION  # main sets the running slot's version and bseq
+        self.fw_seq = FW_SEQ
+        self.last_frame_ms = None  # last valid sensor frame (OTA trial health: "sensor read")
         self._last_ticks = ticks_ms()
         self._mono = 0
         self.wake = asyncio.Event()
@@ -166,6 +169,8 @@ class Node:
         elif kind == "command":
             await self.on_command(ev[1])
         elif kind == "sent":
+            if self.ota is not None and self.ota.on_sent(ev[1], ev[2]):
+                return
             first_last = self.in_flight.pop(ev[1], None)
             if first_last is not None and ev[2]:
                 self.ring.mark_sent(first_last[0], first_last[1])
@@ -189,6 +194,7 @@ class Node:
             if data:
                 before = self.parser.checksum_errors
                 for s in self.parser.feed(data):
+                    self.last_frame_ms = now
                     if self.sampler.on_sample(s, now):
                         self.last_sample_ms = now
                 if self.parser.checksum_errors != before:
@@ -254,20 +260,35 @@ class Node:
             self.send_status()
             await asyncio.sleep_ms(_STATUS_INTERVAL_S * 1000)
 
-    def send_status(self):
+    def send_status(self, probe=False):
+        """Originate a status frame. With probe, it carries an app token whose ("sent", token,
+        ok) outcome goes to the OTA shell (trial health); returns that token (else None)."""
         r = self.router
         free = self.hal.mem_free()
         self.heap_min = min(self.heap_min, free)
         body = protocol.StatusBody(
-            fw_seq=FW_SEQ, fw_version=FW_VERSION, uptime_s=self.now_ms() // 1000, heap_free=free,
+            fw_seq=self.fw_seq, fw_version=self.fw_version, uptime_s=self.now_ms() // 1000, heap_free=free,
             heap_min=self.heap_min, backlog=self.ring.backlog(), parent=r.parent or 0,
             link_etx=min(r.parent_etx, 0xFFFF), path_cost=min(r.cost, 0xFFFF), rssi=max(-128, min(0, r.parent_rssi)),
             boot_count=self.boot_count, ota_state=self.ota.state if self.ota else 0,
             ota_progress=self.ota.progress_pct if self.ota else 0, errors=self.errors)
         f = protocol.Status(origin=self.node_id, seq=self.counters.next("status"), time_s=self.wall_s(), body=body)
         protocol.encode(f, self.mesh_hmac, self.node_hmac)
-        self.router.originate(f, self.now_ms(), None)
+        token = None
+        if probe:
+            token = self.next_token
+            self.next_token += 1
+        self.router.originate(f, self.now_ms(), token)
         self.wake.set()
+        return token
+
+    def shutdown_for_reset(self):
+        """Persist what a planned reset must not lose (ring, exact counters)."""
+        try:
+            self.ring.flush()
+            self.counters.sync()
+        except OSError as e:
+            log("node", "flush before reset failed: %s" % e)
 
     # ---- commands ----------------------------------------------------------------------------
 
@@ -302,7 +323,7 @@ class Node:
         elif op == protocol.OP_REBOOT:
             self._reply(cmd, 0, [])
             await asyncio.sleep_ms(2000)
-            self.ring.flush()
+            self.shutdown_for_reset()
             self.hal.reset()
         else:
             code = 2
@@ -343,11 +364,20 @@ class Node:
                 log("cmd", "set %s refused: %s" % (key, e))
                 return 1
             return 0
+        if key == "ota_allow":
+            if self.ota is None or not isinstance(value, int) or value < 0:
+                return 1
+            self.ota.allow(value)  # may stage and reset the node (then there is no reply)
+            return 0
         return 2
 
     def _reply(self, cmd, code, result):
+        self.send_reply(cmd.cseq, code, result)
+
+    def send_reply(self, cseq, code, result):
+        """Originate a Reply frame (result: up to 8 ints or texts of <= 32 bytes)."""
         f = protocol.Reply(origin=self.node_id, seq=self.counters.next("reply"), time_s=self.wall_s(),
-                           cseq=cmd.cseq, code=code, result=result)
+                           cseq=cseq, code=code, result=result)
         protocol.encode(f, self.mesh_hmac, self.node_hmac)
         self.router.originate(f, self.now_ms(), None)
         self.wake.set()
@@ -377,15 +407,18 @@ class Node:
             free = self.hal.mem_free()
             if free < self.heap_min:
                 self.heap_min = free
+            if self.ota is not None:
+                self.ota.health(now)
             if not self.selftest_done and self.last_sample_ms is not None:
                 self.selftest_done = True
                 log("selftest", "ok node=%d role=%s sensor=1 radio=1 config=1 fw=%s" % (
-                    self.node_id, self.cfg.role, FW_VERSION))
+                    self.node_id, self.cfg.role, self.fw_version))
             gc.collect()
             await asyncio.sleep_ms(5000)
 
     async def run(self):
-        log("node", "start id=%d role=%s fw=%s boot=%d" % (self.node_id, self.cfg.role, FW_VERSION, self.boot_count))
+        log("node", "start id=%d role=%s fw=%s bseq=%d boot=%d" % (self.node_id, self.cfg.role, self.fw_version,
+                                                                  self.fw_seq, self.boot_count))
         self.hal.radio.active(True)
         self.peers = PeerTable(20)
         tasks = [self.radio_rx(), self.pump(), self.sensor(), self.uplink(), self.status(), self.health()]

@@ -26,6 +26,10 @@ from fleet.errors import FleetError
 _NODE_HEAP = "256k"
 _GATEWAY_HEAP = "512k"
 _BOOT = ("import sys\nsys.path[:0]=[{build!r}]\nfrom firmware.main import run\nrun({flash!r})\n")
+# OTA mode: boot like a board — the flash's boot.py chooses the slot, then the root main.py
+# (`import main`) runs the slot's app; cwd is the flash directory (the board's "/").
+_BOOT_SLOT = ("import os, sys\nos.chdir({flash!r})\nimport boot\nboot.run({flash!r})\n"
+              "exec(open('main.py').read())\n")
 
 
 def micropython_bin():
@@ -44,7 +48,8 @@ class RigOptions:
     def __init__(self, broker_url=None, seed=1, heap=_NODE_HEAP, report_interval_s=40, continuous=True,
                  capture_path=None, collector=True, restart_crashed=True, sensor_noise_per_mille=5,
                  broker_kind="embedded", offered_interval_s=None, mesh_params=None, gateway_heap=_GATEWAY_HEAP,
-                 offered_for_s=None):
+                 offered_for_s=None, ota=False, ota_bundle=None, ota_settings=None,
+                 ota_heap="384k"):
         self.broker_url = broker_url
         self.seed = seed
         self.heap = heap
@@ -59,12 +64,23 @@ class RigOptions:
         self.mesh_params = mesh_params
         self.gateway_heap = gateway_heap
         self.offered_for_s = offered_for_s  # stop the synthetic load this long after boot
+        # OTA: nodes boot from A/B slots on their flash (boot.py + /active + /a/...) holding
+        # ota_bundle (a bundle file path; default: the current source built as bseq 1, "1.0.0");
+        # ota_settings: the config's sim.ota map (trial_ms, max_boots, OtaParams overrides)
+        self.ota = ota
+        self.ota_bundle = ota_bundle
+        self.ota_settings = ota_settings
+        # The app plus the OTA engine, slots and Ed25519 loaded as .mpy leave ~5 KB free in a 256k
+        # heap (measured): not enough for the 3.5 KB page buffer. OTA nodes get more until the
+        # app is trimmed (or its stable modules frozen into the firmware image).
+        self.ota_heap = ota_heap
 
 
 class NodeProc:
     """One virtual node: a MicroPython process whose cwd is its flash directory."""
 
-    def __init__(self, node_id, flash_dir, build_dir, heap, log_path):
+    def __init__(self, node_id, flash_dir, build_dir, heap, log_path, boot_code=_BOOT):
+        self.boot_code = boot_code
         self.node_id = node_id
         self.flash_dir = flash_dir
         self.build_dir = build_dir
@@ -75,7 +91,7 @@ class NodeProc:
         self.killed = False  # killed on purpose: do not restart
 
     def start(self):
-        code = _BOOT.format(build=self.build_dir, flash=self.flash_dir)
+        code = self.boot_code.format(build=self.build_dir, flash=self.flash_dir)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([micropython_bin(), "-X", "heapsize=" + self.heap, "-c", code],
                                      cwd=self.flash_dir, stdout=log, stderr=subprocess.STDOUT,
@@ -148,6 +164,19 @@ class Rig:
             raise FleetError("mpy-cross failed on: " + ", ".join(f for f, _ in fails))
         return out
 
+    def _ota_flash_files(self, ks):
+        """The files of a freshly provisioned node booting the rig's v1 bundle from slot a."""
+        from fleet import ota_bundle
+
+        if self.opt.ota_bundle:
+            bundle = ota_bundle.read_bundle(self.opt.ota_bundle, ks.public_key())
+        else:
+            bundle = ota_bundle.build_bundle(ota_bundle.compile_app(), 1, "1.0.0", ks.sign)
+            if ota_bundle.last_seq(self.home) < 1:
+                ota_bundle.record_seq(self.home, 1)
+        self.ota_v1 = bundle
+        return ota_bundle.initial_flash_files(bundle)
+
     def _config_for(self, node, ks):
         from firmware.config import dump_config
 
@@ -160,6 +189,8 @@ class Rig:
                     "mac": node.mac, "seed": self.opt.seed,
                     "sensor_noise_per_mille": self.opt.sensor_noise_per_mille},
         }
+        if self.opt.ota_settings:
+            cfg["sim"]["ota"] = dict(self.opt.ota_settings)
         if self.opt.offered_interval_s:
             cfg["sim"]["offered_interval_s"] = int(self.opt.offered_interval_s)
             if self.opt.offered_for_s:
@@ -194,6 +225,8 @@ class Rig:
         else:
             self.broker = await asyncio.to_thread(broker_mod.start_broker_process, 0, "127.0.0.1", logp)
         self.broker_url = "mqtt://127.0.0.1:%d" % self.broker.port
+        # other commands on this home (fleet ota push/status, fleet collect) find the rig's broker
+        self.home.write_config({"broker": {"url": self.broker_url}})
 
     async def _start_collector(self):
         from fleet.collector_mqtt import run_collector
@@ -209,6 +242,7 @@ class Rig:
         os.makedirs(self.dir, exist_ok=True)
         ks = self._ensure_keys()
         build = await asyncio.to_thread(self._build)
+        flash_files = await asyncio.to_thread(self._ota_flash_files, ks) if self.opt.ota else None
         self.medium = Medium(self.topo, seed=self.opt.seed, capture_path=self.opt.capture_path)
         await self.medium.start("127.0.0.1", 0)
         await self._start_broker()
@@ -222,8 +256,15 @@ class Rig:
             with open(os.path.join(flash, "config.cbor"), "wb") as f:
                 f.write(self._config_for(n, ks))
             os.chmod(os.path.join(flash, "config.cbor"), 0o600)
-            heap = self.opt.gateway_heap if n.is_gateway else self.opt.heap
-            np = NodeProc(n.id, flash, build, heap, os.path.join(flash, "console.log"))
+            if flash_files is not None and not os.path.exists(os.path.join(flash, "active")):
+                for rel, data in flash_files.items():
+                    path = os.path.join(flash, rel)
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    with open(path, "wb") as f:
+                        f.write(data)
+            heap = self.opt.gateway_heap if n.is_gateway else (self.opt.ota_heap if self.opt.ota else self.opt.heap)
+            np = NodeProc(n.id, flash, build, heap, os.path.join(flash, "console.log"),
+                          boot_code=_BOOT_SLOT if flash_files is not None else _BOOT)
             self.nodes[n.id] = np
         # gateways first, so the first beacons find a root
         order = sorted(self.topo.nodes, key=lambda n: (not n.is_gateway, n.id))

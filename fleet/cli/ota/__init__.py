@@ -8,6 +8,9 @@ SUBCOMMANDS = {
     # name -> module defining `cli`
     "build": "fleet.cli.ota.build",
     "inspect": "fleet.cli.ota.inspect",
+    "push": "fleet.cli.ota.push",
+    "status": "fleet.cli.ota.status",
+    "abort": "fleet.cli.ota.abort",
 }
 
 
