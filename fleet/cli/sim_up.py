@@ -23,11 +23,17 @@ from fleet.errors import FleetError
               show_default=True, help="Seconds between readings of each node.")
 @click.option("--capture", "capture_path", type=click.Path(dir_okay=False), default=None,
               help="Write every radio frame to this JSONL file.")
+@click.option("--ota", is_flag=True,
+              help="Boot nodes like boards from A/B slots holding a v1 bundle (bseq 1), so `fleet ota push` "
+                   "can update them; the rig writes its broker URL into the home's fleet.toml.")
 @home_option
-def cli(home, n_nodes, n_gateways, kind, duration_s, broker_url, seed, report_interval_s, capture_path):
+def cli(home, n_nodes, n_gateways, kind, duration_s, broker_url, seed, report_interval_s, capture_path, ota):
     """Start a virtual rig into the fleet home (keys are created if the home is empty), run it
     for --duration seconds printing progress, then stop every process it started. Ctrl-C stops
-    it early, cleanly. Afterwards `fleet status` (same --home / REDMESH_HOME) shows the fleet."""
+    it early, cleanly. Afterwards `fleet status` (same --home / REDMESH_HOME) shows the fleet.
+    For an OTA session: `fleet sim up --ota --duration 86400 &`, then `fleet ota build`,
+    `fleet ota push` and `fleet ota status` on the same home (they find the rig's broker in
+    fleet.toml); stop the rig with `kill -INT <pid>`."""
     from fleet.sim import topology as topo_mod
     from fleet.sim.rig import Rig, RigOptions
 
@@ -39,7 +45,7 @@ def cli(home, n_nodes, n_gateways, kind, duration_s, broker_url, seed, report_in
         raise FleetError(f"cannot build a {kind} topology of {n_nodes} nodes: {e}") from e
     home = home.with_overrides({"broker.url": broker_url})
     opts = RigOptions(broker_url=broker_url, seed=seed, report_interval_s=report_interval_s,
-                      capture_path=capture_path)
+                      capture_path=capture_path, ota=ota)
     rig = Rig(home, topo, opts)
     asyncio.run(_main(rig, duration_s))
 
