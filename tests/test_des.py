@@ -110,6 +110,15 @@ def test_ota_on_a_small_grid_completes_while_telemetry_flows():
     assert r["radio"]["frames_by_type"]["ota_data"] > 0
 
 
+def test_status_frames_go_up_with_the_telemetry():
+    r = run_des(DesOptions(nodes=49, topology="grid", gateways=1, minutes=6, report_interval_s=60,
+                           status_interval_s=60))
+    assert r["collector"]["status_sent"] >= 49 * 5
+    assert r["collector"]["status_frames"] >= 0.95 * r["collector"]["status_sent"]
+    assert r["radio"]["frames_by_type"]["status"] > 0
+    assert r["delivery_first_pass"] >= 0.99
+
+
 def test_extra_loss_costs_retries_not_readings():
     clean = run_des(DesOptions(nodes=49, topology="grid", gateways=1, minutes=10, report_interval_s=60))
     lossy = run_des(DesOptions(nodes=49, topology="grid", gateways=1, minutes=10, report_interval_s=60, loss=0.1))

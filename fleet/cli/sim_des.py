@@ -4,7 +4,7 @@ firmware's own router and OTA cores in virtual time (fleet/sim/des.py).
 Thin: fleet.sim.des.run_des() returns the figures; this module prints them as a short table or,
 with --json, as the service's dict. Progress goes to stderr when it is a terminal.
 
-JSON keys (always): nodes, gateways, topology, minutes, seed, loss, report_interval_s,
+JSON keys (always): nodes, gateways, topology, minutes, seed, loss, report_interval_s, status_interval_s,
 repair_mode, measured_until_s, readings_made, delivery_first_pass, delivery_after_repair,
 latency_p50_s, latency_p99_s, latency_max_s (a reading's first hand-over to the router to its first
 arrival at a gateway), age_p50_s, age_p99_s (from the reading's sampling: adds node.py's 500 ms
@@ -85,6 +85,9 @@ def _progress(t_s, end_s, events):
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--report-interval", "report_interval_s", type=click.IntRange(1, 86400), default=300, show_default=True,
               help="Seconds between readings of each node.")
+@click.option("--status-interval", "status_interval_s", type=click.IntRange(0, 86400), default=0, show_default=True,
+              help="Seconds between status frames of each node (node.py sends one every 300 s; 0 = none, "
+                   "telemetry only).")
 @click.option("--gateway-failure", is_flag=True, help="Kill the busiest gateway at a third of the run.")
 @click.option("--power-cut-street", is_flag=True,
               help="Switch a street segment off at a third of the run, for an hour or a third of the run.")
@@ -94,8 +97,8 @@ def _progress(t_s, end_s, events):
               help="Gap repair: real flooded commands, or handed to the node (flood cost counted); "
                    "auto floods up to 2,000 nodes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def cli(nodes, topology, gateways, minutes, loss, seed, report_interval_s, gateway_failure, power_cut_street,
-        ota_bytes, repair, as_json):
+def cli(nodes, topology, gateways, minutes, loss, seed, report_interval_s, status_interval_s, gateway_failure,
+        power_cut_street, ota_bytes, repair, as_json):
     """Simulate NODES nodes running the firmware's own mesh (and OTA) cores in virtual time, with
     a radio model of ESP-NOW (distance-based reception, MAC retries and ACKs, CSMA, collisions),
     telemetry every --report-interval and the collector's gap repair; print delivery, latency,
@@ -103,7 +106,8 @@ def cli(nodes, topology, gateways, minutes, loss, seed, report_interval_s, gatew
     from fleet.sim.des import DesOptions, run_des
 
     opts = DesOptions(nodes=nodes, topology=topology, gateways=gateways, minutes=minutes, loss=loss, seed=seed,
-                      report_interval_s=report_interval_s, gateway_failure=gateway_failure,
+                      report_interval_s=report_interval_s, status_interval_s=status_interval_s,
+                      gateway_failure=gateway_failure,
                       power_cut_street=power_cut_street, ota_bytes=ota_bytes or 0, repair=repair)
     progress = _progress if sys.stderr.isatty() else None
     results = run_des(opts, progress=progress)

@@ -87,6 +87,9 @@ K_END = 2
 K_READ = 3
 K_KICK = 4
 K_CALL = 5
+K_STATUS = 6
+STATUS_FIRST_US = 20_000_000  # node.py: the first status report 20 s after boot...
+BOOT_JITTER_US = 2_000_000  # ...give or take how long each board takes to boot
 
 _TYPES = {T_BEACON: "beacon", T_TELEMETRY: "telemetry", T_STATUS: "status", T_COMMAND: "command",
           T_REPLY: "reply", T_OTA_ADV: "ota_adv", T_OTA_REQ: "ota_req", T_OTA_DATA: "ota_data"}
@@ -99,10 +102,10 @@ class DesOptions:
     """Options of one run (see `fleet sim des --help`). Raises FleetError on a bad value."""
 
     FIELDS = ("nodes", "topology", "gateways", "minutes", "loss", "seed", "report_interval_s",
-              "gateway_failure", "power_cut_street", "ota_bytes", "repair", "mesh_params", "tail_s")
+              "status_interval_s", "gateway_failure", "power_cut_street", "ota_bytes", "repair", "mesh_params", "tail_s")
 
     def __init__(self, nodes=1000, topology="district", gateways=None, minutes=60.0, loss=0.0, seed=1,
-                 report_interval_s=300, gateway_failure=False, power_cut_street=False, ota_bytes=0,
+                 report_interval_s=300, status_interval_s=0, gateway_failure=False, power_cut_street=False, ota_bytes=0,
                  repair="auto", mesh_params=None, tail_s=None):
         self.nodes = int(nodes)
         self.topology = topology
@@ -111,6 +114,7 @@ class DesOptions:
         self.loss = float(loss)
         self.seed = int(seed)
         self.report_interval_s = int(report_interval_s)
+        self.status_interval_s = int(status_interval_s or 0)
         self.gateway_failure = bool(gateway_failure)
         self.power_cut_street = bool(power_cut_street)
         self.ota_bytes = int(ota_bytes or 0)
@@ -129,6 +133,8 @@ class DesOptions:
             raise FleetError(f"--loss must be in [0, 1), got {self.loss}")
         if self.report_interval_s < 1:
             raise FleetError("--report-interval must be at least 1 s")
+        if self.status_interval_s < 0:
+            raise FleetError("--status-interval must be 0 (off) or a number of seconds")
         if self.ota_bytes < 0:
             raise FleetError("--ota BYTES must be positive")
         if repair not in REPAIR_MODES:
@@ -247,9 +253,9 @@ class Simulation:
         self.now_us = 0
         self.events = 0
         self.made = 0
-        self.counters = {"deferrals": 0, "collided": 0, "oversize": 0, "mac_attempts": 0,
+        self.counters = {"deferrals": 0, "collided": 0, "receptions": 0, "oversize": 0, "mac_attempts": 0,
                          "unicast_fail": 0, "resent_frames": 0, "replies_sent": 0, "cmd_refused": 0,
-                         "cmd_replayed": 0, "repair_telemetry_tx": 0}
+                         "cmd_replayed": 0, "repair_telemetry_tx": 0, "unstamped_dropped": 0, "status_sent": 0}
         self.tx_by_type = {name: 0 for name in _TYPES.values()}
         self.tx_by_type["other"] = 0
         self.scenario = {}
@@ -324,6 +330,9 @@ class Simulation:
         for n in self.nodes:
             self._boot(n)
             self.push(self.rng.randrange(interval_us), K_READ, n, None)
+        if self.opt.status_interval_s:
+            for n in self.nodes:
+                self.push(STATUS_FIRST_US + self.rng.randrange(BOOT_JITTER_US), K_STATUS, n, None)
 
     def _scenarios(self):
         o = self.opt
@@ -541,7 +550,7 @@ class Simulation:
         src = n.mac
         if tx.bcast:
             frame = tx.frame
-            collided = 0
+            collided = heard = 0
             for r, p, rs in n.nb:
                 if not r.alive:
                     continue
@@ -549,6 +558,7 @@ class Simulation:
                     collided += 1
                     continue
                 if rnd() < p:
+                    heard += 1
                     rr = r.router
                     if rr.on_recv(src, data, rs + int(rnd() * 5) - 2, now_ms) is False and r.ota is not None:
                         if frame is None:
@@ -558,6 +568,7 @@ class Simulation:
                     self.service(r, t)
             if collided:
                 self.counters["collided"] += collided
+            self.counters["receptions"] += heard
             n.tx = None
             if tx.token is not None:
                 n.router.on_send_done(tx.token, True, now_ms)
@@ -576,6 +587,7 @@ class Simulation:
         if got:
             if not tx.delivered:
                 tx.delivered = True
+                self.counters["receptions"] += 1
                 d.router.on_recv(src, data, n.nb[i][2] + int(rnd() * 5) - 2, now_ms)
                 self.service(d, t)
             j = d.nidx.get(n.id)
@@ -646,6 +658,12 @@ class Simulation:
                     self.service(n, t)
                 self.seq += 1
                 heappush(heap, (t + interval_us, self.seq, K_READ, n, None))
+            elif kind == K_STATUS:
+                if n.alive:
+                    n.app.send_status(t)
+                    self.service(n, t)
+                self.seq += 1
+                heappush(heap, (t + self.opt.status_interval_s * 1_000_000, self.seq, K_STATUS, n, None))
             else:
                 self.events += events
                 events = 0
@@ -750,6 +768,7 @@ class Simulation:
             "seed": o.seed,
             "loss": o.loss,
             "report_interval_s": o.report_interval_s,
+            "status_interval_s": o.status_interval_s,
             "repair_mode": self.repair_mode,
             "measured_until_s": round(self.measure_until_us / 1e6, 1),
             "readings_made": made,
@@ -779,12 +798,15 @@ class Simulation:
                        "recovered": col.tracker.recovered, "gaps_lost": col.tracker.lost,
                        "readings_lost": col.tracker.readings_lost, "readings_filled": col.tracker.readings_filled},
             "radio": {"frames_by_type": dict(self.tx_by_type), "mac_attempts": self.counters["mac_attempts"],
-                      "deferrals": self.counters["deferrals"], "collided_receptions": self.counters["collided"],
+                      "deferrals": self.counters["deferrals"], "receptions": self.counters["receptions"],
+                      "collided_receptions": self.counters["collided"],
                       "unicast_failures": self.counters["unicast_fail"]},
             "router": {k: stats.get(k, 0) for k in ("data_tx", "forwarded", "retries", "tx_fail", "queue_drops",
                                                     "ttl_dropped", "loops_detected", "dup_dropped",
                                                     "no_route_drops", "nbr_evicted", "floods_tx")},
-            "collector": {"frames": col.frames, "duplicates": col.duplicates, "rejects": col.rejects},
+            "collector": {"frames": col.frames, "duplicates": col.duplicates, "rejects": col.rejects,
+                          "status_frames": col.status_frames, "status_sent": self.counters["status_sent"],
+                          "unstamped_dropped": self.counters["unstamped_dropped"]},
             "build_s": round(self.build_s, 2),
             "wall_s": round(getattr(self, "wall_s", 0.0), 2),
             "events": self.events,
