@@ -498,12 +498,16 @@ def line(n, spacing_m=35.0, n_gateways=1, seed=0, radio=None):
                   {"spacing_m": spacing_m}, streets=["Calle 44"] * n)
 
 
-def grid(rows, cols, spacing_m=35.0, n_gateways=1, seed=0, radio=None):
-    """rows x cols nodes spacing_m apart; node 1 (a corner) is a gateway, further gateways are
-    spread by farthest-point placement."""
+def grid(rows, cols, spacing_m=35.0, n_gateways=1, seed=0, radio=None, n=None):
+    """rows x cols nodes spacing_m apart, row by row (n < rows*cols leaves the last row short);
+    node 1 (a corner) is a gateway, further gateways are spread by farthest-point placement."""
     if rows < 1 or cols < 1:
         raise TopologyError("a grid needs at least 1 row and 1 column")
     points = [(c * spacing_m, r * spacing_m) for r in range(rows) for c in range(cols)]
+    if n is not None:
+        if not 1 <= n <= len(points):
+            raise TopologyError(f"a {rows}x{cols} grid holds 1..{len(points)} nodes, not {n}")
+        points = points[:n]
     return _build("grid", points, _place_gateways(points, n_gateways, first=0), DISTRICT_CENTRE, seed,
                   radio, {"rows": rows, "cols": cols, "spacing_m": spacing_m})
 
@@ -644,7 +648,7 @@ GENERATORS = {"district": district, "line": line, "grid": grid, "star": star}
 
 def generate(kind, n_nodes, n_gateways=1, seed=0, radio=None):
     """One entry point for `fleet sim up --topology KIND --nodes N --gateways G`: a grid is made
-    as square as possible (gateways spread over it); a star has one gateway."""
+    as square as possible (last row short if need be); a star has one gateway."""
     if kind == "district":
         return district(n_nodes, n_gateways, seed, radio)
     if kind == "line":
@@ -652,9 +656,7 @@ def generate(kind, n_nodes, n_gateways=1, seed=0, radio=None):
     if kind == "grid":
         cols = max(1, int(math.ceil(math.sqrt(n_nodes))))
         rows = int(math.ceil(n_nodes / cols))
-        if rows * cols != n_nodes:
-            raise TopologyError(f"a grid needs rows x cols nodes; {n_nodes} is not {rows}x{cols}: try {rows * cols}")
-        return grid(rows, cols, n_gateways=n_gateways, seed=seed, radio=radio)
+        return grid(rows, cols, n_gateways=n_gateways, seed=seed, radio=radio, n=n_nodes)
     if kind == "star":
         if n_gateways != 1:
             raise TopologyError("a star has exactly one gateway (its centre): use --gateways 1")
