@@ -103,6 +103,10 @@ def plan_waves(rows, targets, canary=0):
         return v
 
     gws = [n for n in targets if info.get(n) is not None and info[n]["role"] == "gateway"]
+    if any(not (info.get(n) or {}).get("parent") for n in targets if n not in gws):
+        # some node has not reported its parent yet: order by hops instead (deepest first)
+        deepest = max([(info.get(n) or {}).get("hops") or 0 for n in targets] + [0])
+        height = {n: deepest - ((info.get(n) or {}).get("hops") or 0) for n in targets}
     rest = sorted((n for n in targets if n not in gws),
                   key=lambda n: (h(n), -(info[n]["hops"] or 0) if n in info else 0, n))
     waves = []
@@ -218,6 +222,22 @@ def allow_frames(home, store, nodes, bseq):
     return out
 
 
+def pack_downlinks(frames, max_bytes=240):
+    """Encode air frames into as few Downlink messages as fit: the gateway checks a downlink
+    message against the radio's 250-byte bound (measured: 8 allow commands make 285 bytes)."""
+    import protocol
+
+    out, cur = [], []
+    for fb in frames:
+        if cur and len(protocol.encode(protocol.Downlink(cur + [fb]))) > max_bytes:
+            out.append(protocol.encode(protocol.Downlink(cur)))
+            cur = []
+        cur.append(fb)
+    if cur:
+        out.append(protocol.encode(protocol.Downlink(cur)))
+    return out
+
+
 def start(home, bundle_path, to="all", canary=0, halt_after=1, wave_timeout_s=900):
     """Check the bundle against the fleet key, plan the waves and write a new campaign (state
     running). Returns (campaign dict, Bundle). Raises FleetError."""
@@ -252,7 +272,6 @@ async def run(home, bundle, broker_url=None, log=None, poll_s=2.0, seed_every_s=
     Returns the final campaign dict."""
     import aiomqtt
 
-    import protocol
     from fleet.collector import downlink_topic
     from fleet.collector_mqtt import parse_broker_url
 
@@ -307,8 +326,7 @@ async def run(home, bundle, broker_url=None, log=None, poll_s=2.0, seed_every_s=
                     frames = allow_frames(home, store, to_allow, bseq)
                 finally:
                     store.close()
-                for i in range(0, len(frames), 8):
-                    dl = protocol.encode(protocol.Downlink(frames[i:i + 8]))
+                for dl in pack_downlinks(frames):
                     await client.publish(downlink_topic(net, None), dl, qos=1)
                 for n in to_allow:
                     camp["allowed"].setdefault(str(n), time.time())

@@ -76,7 +76,10 @@ def _update_all(make_rig, tmp_path, topo, timeout_s, kill_mid=False):
     cap = str(tmp_path / "capture.jsonl")
     rig = make_rig(topo, ota=True, ota_settings=OTA_FAST, offered_interval_s=5, capture_path=cap, seed=7)
     info = ota_bundle.build(home, version="2.0.0")
-    rig.wait_until(lambda: len(_states(rig)) == len(topo.nodes), 90, "a status from every node")
+    gws = set(topo.gateways())
+    # the campaign orders its waves by the collection tree: wait for every node's parent
+    rig.wait_until(lambda: len(rig.query("SELECT node FROM node_state WHERE parent > 0")) >= len(topo.nodes) - len(gws),
+                   120, "a status with a parent from every node")
     before = delivery_report(home)
     killed = None
     if kill_mid:

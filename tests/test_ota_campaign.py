@@ -74,3 +74,15 @@ def test_status_json_and_abort(tmp_path):
     assert ota_campaign.load_campaign(home)["state"] == "aborted"
     r = CliRunner().invoke(group, ["ota", "abort", "--home", home.path])
     assert r.exit_code != 0 and "already aborted" in r.output
+
+
+def test_waves_fall_back_to_hops_without_parents_and_downlinks_fit_the_radio():
+    import protocol
+
+    rows = [_row(1, "gateway"), _row(2, hops=1), _row(3, hops=3), _row(4, hops=2)]
+    assert ota_campaign.plan_waves(rows, [1, 2, 3, 4]) == [[3], [4], [2], [1]]
+    frames = [protocol.encode(protocol.Command(target=n, cseq=n, op=protocol.OP_SET, args=["ota_allow", 2]),
+                              bytes(32), bytes(32)) for n in range(2, 40)]
+    out = ota_campaign.pack_downlinks(frames)
+    assert all(len(m) <= 240 for m in out)
+    assert sum(len(protocol.decode(m).frames) for m in out) == len(frames)
