@@ -84,7 +84,7 @@ def resolve_targets(rows, to):
 def plan_waves(rows, targets, canary=0):
     """Return the waves (lists of node ids): canary leaves first, then non-gateway nodes by
     height in the collection tree (0 = leaf), gateways last. rows: store status rows."""
-    info = {r["node"]: r for r in rows}
+    info = {r["node"]: dict(r) for r in rows}
     children = {}
     for r in rows:
         p = r["parent"]
