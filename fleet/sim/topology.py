@@ -178,8 +178,9 @@ class Node:
 
     def to_dict(self):
         return {
-            "id": self.id, "mac": mac_str(self.mac), "x_m": round(self.x_m, 2), "y_m": round(self.y_m, 2),
-            "lat": round(self.lat, 7), "lon": round(self.lon, 7), "role": self.role,
+            # Full precision: a loaded topology must have exactly the links of the saved one.
+            "id": self.id, "mac": mac_str(self.mac), "x_m": self.x_m, "y_m": self.y_m,
+            "lat": self.lat, "lon": self.lon, "role": self.role,
             "pole": self.pole, "street": self.street,
         }
 
@@ -499,8 +500,9 @@ def line(n, spacing_m=35.0, n_gateways=1, seed=0, radio=None):
 
 
 def grid(rows, cols, spacing_m=35.0, n_gateways=1, seed=0, radio=None, n=None):
-    """rows x cols nodes spacing_m apart, row by row (n < rows*cols leaves the last row short);
-    node 1 (a corner) is a gateway, further gateways are spread by farthest-point placement."""
+    """rows x cols nodes spacing_m apart, row by row (n < rows*cols leaves the last row short).
+    One gateway: node 1, a corner. More: farthest-point placement from that corner, then a few
+    balancing rounds (see _place_gateways), so the corner need not stay a gateway."""
     if rows < 1 or cols < 1:
         raise TopologyError("a grid needs at least 1 row and 1 column")
     points = [(c * spacing_m, r * spacing_m) for r in range(rows) for c in range(cols)]
