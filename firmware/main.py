@@ -77,6 +77,7 @@ def _attach_ota(node, cfg, fs, gateway):
                        OtaParams(**params), running_bseq=slots.floor_bseq(), now_ms=node.now_ms())
     shell = OtaShell(node, slots, OtaAir(engine, cfg.mesh_key), print)
     node.ota = shell
+    shell.maybe_stage(at_boot=True)  # complete and allowed before a reset: stage on a fresh heap
     if gateway is not None:
         from firmware.gateway import OtaSeedSink
 

@@ -136,17 +136,26 @@ class OtaShell:
         self.log("ota", "install of bseq <= %d allowed" % bseq)
         self.maybe_stage()
 
-    def maybe_stage(self):
-        """Stage, switch and reset when the stored bundle is complete, newer and allowed."""
+    def maybe_stage(self, at_boot=False):
+        """Stage, switch and reset when the stored bundle is complete, newer and allowed.
+        Unpacking needs a few contiguous KB (a page, the inflate window): a long-running node's
+        heap may be too fragmented, so a MemoryError while running resets the node and main.py
+        stages again at boot (at_boot=True), before the node's tasks fill the heap."""
         e = self.engine
         if not e.complete() or e.m.bseq <= self.slots.floor_bseq() or e.m.bseq > self.allowed():
             return False
         if self.slots.in_trial():
             return False  # confirm or roll back the running trial first
         m = e.m
+        gc.collect()
         try:
             slot = self.slots.stage(m, e.store.get_page)
-        except slots_mod.SlotError as err:
+        except (slots_mod.SlotError, MemoryError) as err:
+            if not at_boot and ("memory" in str(err) or isinstance(err, MemoryError)):
+                self.log("ota", "staging bseq %d ran out of memory: resetting to stage at boot" % m.bseq)
+                self.node.shutdown_for_reset()
+                self.node.hal.reset()
+                return False
             self.on_refused(m.bseq, str(err))
             return False
         except OSError as err:  # flash full or failing: the active slot is untouched
