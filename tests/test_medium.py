@@ -5,9 +5,9 @@ import json
 
 import pytest
 
+from firmware.hal.sim_radio import BROADCAST, SimRadio
 from fleet.sim import topology as topo_mod
 from fleet.sim.medium import Medium
-from firmware.hal.sim_radio import BROADCAST, SimRadio
 
 
 async def _setup(topo, **kw):
@@ -121,3 +121,45 @@ async def test_control_port_json_lines():
         writer.close()
     finally:
         await m.stop()
+
+
+async def test_medium_thread_control_client_hooks_and_causes():
+    from fleet.sim.medium import MediumThread, send_control
+
+    topo = topo_mod.line(3, spacing_m=20, n_gateways=1)
+    a, b, c = topo.nodes
+    events = []
+    with MediumThread(topo, seed=2) as mt:
+        mt.call(mt.medium.on_node_event, lambda ev, n: events.append((ev, n)))
+        radios = {}
+        for n in topo.nodes:
+            radios[n.id] = SimRadio(n.mac, mt.call(mt.medium.port_for, n.id), mt.port)
+            radios[n.id].active(True)
+        await asyncio.to_thread(mt.call, mt.medium.wait_attached)
+        ra = radios[a.id]
+        ra.add_peer(b.mac)
+        ra.add_peer(c.mac)
+        port = mt.medium.control_port
+        ctl = lambda cmd: asyncio.to_thread(send_control, port, cmd)  # noqa: E731
+        assert (await ctl({"op": "kill", "node": b.id})) == {"ok": True}
+        assert events == [("kill", b.id)]
+        assert (await ctl({"op": "faults"}))["faults"]["killed"] == [b.id]
+        assert await ra.asend(b.mac, b"to the dead") is False
+        assert (await ctl({"op": "revive", "node": b.id})) == {"ok": True}
+        assert events[-1] == ("restart", b.id)
+        assert (await ctl({"op": "link_down", "a": a.id, "b": c.id, "both": False})) == {"ok": True}
+        assert await ra.asend(c.mac, b"one way") is False       # a->c is down
+        assert await radios[c.id].asend(BROADCAST, b"c->a") is True
+        assert (await _recv(ra))[1] == b"c->a"                  # c->a still works
+        assert (await ctl({"op": "corrupt", "p": 1.0, "node": c.id})) == {"ok": True}
+        assert await radios[b.id].asend(BROADCAST, b"abcdef") is True
+        assert (await _recv(ra))[1] == b"abcdef"               # a is not corrupted
+        got = (await _recv(radios[c.id]))[1]
+        assert got != b"abcdef" and len(got) == 6 and sum(x != y for x, y in zip(got, b"abcdef", strict=True)) == 1
+        st = (await ctl({"op": "stats"}))["stats"]
+        assert st["dropped"]["killed"] >= 1 and st["dropped"]["link_down"] >= 1 and st["corrupted"] == 1
+        assert st["attached"] == 3 and st["frames_per_s"] > 0
+        ports = (await ctl({"op": "ports"}))["ports"]
+        assert ports == {str(n.id): mt.call(mt.medium.port_for, n.id) for n in topo.nodes}
+        for r in radios.values():
+            r._reader.cancel()

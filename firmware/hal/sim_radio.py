@@ -7,10 +7,17 @@ Datagrams (see fleet/sim/medium.py for the medium's side):
     medium -> node  b"R" src(6) rssi(1, signed) payload  a frame was received
     medium -> node  b"D" seq(2) ok(1)                    transmit outcome (unicast: MAC ACK)
 
-ESP-NOW rules kept here: payloads are 1..250 bytes (ValueError otherwise, like espnow.send);
-unicast needs the destination in the peer table, which holds at most 20 peers (OSError
-ESP_ERR_ESPNOW_FULL / _EXIST / _NOT_FOUND, like the real driver).
+ESP-NOW rules kept here: payloads are 1..250 bytes (ValueError otherwise); unicast needs the
+destination in the peer table, which holds at most 20 peers. Peer errors are the driver's:
+OSError(-code, name) as MicroPython's esp32 port raises them (check_esp_err negates the IDF
+code): ESP_ERR_ESPNOW_FULL 0x3068, _NOT_FOUND 0x3069, _EXIST 0x306b (esp_now.h). Broadcast
+needs no add_peer here (the real driver wants ff:ff:ff:ff:ff:ff registered; the shell's peer
+table only manages unicast peers).
 MicroPython sockets have no getsockname(): the node is told its port and the medium's.
+Receive path allocations per frame: the datagram (sock.recv: MicroPython sockets have no
+recv_into, and their readinto() is a stream read that would join queued datagrams), the
+message slice and the (mac, msg) tuple arecv() returns. The mac is the peers_table key,
+allocated once per sender, and peers_table entries are updated in place.
 """
 import asyncio
 import socket
@@ -22,6 +29,11 @@ BROADCAST = b"\xff\xff\xff\xff\xff\xff"
 MAX_PAYLOAD = 250
 MAX_PEERS = 20
 _SEND_TIMEOUT_MS = 500
+_DGRAM_MAX = 1 + 6 + 1 + MAX_PAYLOAD
+_RX_QUEUE = 64   # frames held for arecv(); more are dropped (counted), like a full driver rxbuf
+_ERR_FULL = -0x3068
+_ERR_NOT_FOUND = -0x3069
+_ERR_EXIST = -0x306B
 
 try:
     _io_queue = asyncio.core._io_queue  # MicroPython: wait for a readable socket
@@ -44,7 +56,8 @@ class SimRadio:
         self._rx_evt = asyncio.Event()
         self._reader = None
         self._active = False
-        self.stats = {"tx": 0, "tx_ok": 0, "rx": 0, "timeouts": 0}
+        self._macs = {}  # 48-bit int -> the sender's mac (the peers_table key): no per-frame alloc
+        self.stats = {"tx": 0, "tx_ok": 0, "rx": 0, "timeouts": 0, "rx_dropped": 0}
 
     def active(self, on=None):
         if on is None:
@@ -61,15 +74,15 @@ class SimRadio:
     def add_peer(self, mac, *args, **kw):
         mac = bytes(mac)
         if mac in self.peers:
-            raise OSError(-12395, "ESP_ERR_ESPNOW_EXIST")
+            raise OSError(_ERR_EXIST, "ESP_ERR_ESPNOW_EXIST")
         if len(self.peers) >= MAX_PEERS:
-            raise OSError(-12394, "ESP_ERR_ESPNOW_FULL")
+            raise OSError(_ERR_FULL, "ESP_ERR_ESPNOW_FULL")
         self.peers.append(mac)
 
     def del_peer(self, mac):
         mac = bytes(mac)
         if mac not in self.peers:
-            raise OSError(-12393, "ESP_ERR_ESPNOW_NOT_FOUND")
+            raise OSError(_ERR_NOT_FOUND, "ESP_ERR_ESPNOW_NOT_FOUND")
         self.peers.remove(mac)
 
     def get_peers(self):
@@ -83,7 +96,7 @@ class SimRadio:
         if not 1 <= len(msg) <= MAX_PAYLOAD:
             raise ValueError("ESP-NOW payload must be 1..250 bytes, got %d" % len(msg))
         if mac != BROADCAST and mac not in self.peers:
-            raise OSError(-12393, "ESP_ERR_ESPNOW_NOT_FOUND")
+            raise OSError(_ERR_NOT_FOUND, "ESP_ERR_ESPNOW_NOT_FOUND")
         self._seq = (self._seq + 1) & 0xFFFF
         seq = self._seq
         slot = [asyncio.Event(), False]
@@ -117,37 +130,48 @@ class SimRadio:
         sock = self._sock
         while True:
             if _io_queue is not None:
-                yield_ = _io_queue.queue_read(sock)
-                await _Yield(yield_)
-                data = _recv(sock)
+                await _Yield(_io_queue.queue_read(sock))
             else:
-                loop = asyncio.get_running_loop()
-                data = await loop.sock_recv(sock, 512)
-            while data:
-                self._on_datagram(data)
+                self._on_datagram(await asyncio.get_running_loop().sock_recv(sock, _DGRAM_MAX))
+            while True:
                 data = _recv(sock)
+                if not data:
+                    break
+                self._on_datagram(data)
 
-    def _on_datagram(self, data):
-        kind = data[0]
-        if kind == 0x52 and len(data) > 7:  # "R"
-            src = bytes(data[1:7])
-            rssi = data[7] - 256 if data[7] > 127 else data[7]
-            self.peers_table[src] = [rssi, ticks_ms()]
-            if len(self._rx) < 64:  # bounded like the driver's receive buffer
-                self._rx.append((src, bytes(data[8:])))
+    def _on_datagram(self, b):
+        n = len(b)
+        kind = b[0]
+        if kind == 0x52 and n >= 8:  # "R"
+            key = (b[1] << 40) | (b[2] << 32) | (b[3] << 24) | (b[4] << 16) | (b[5] << 8) | b[6]
+            src = self._macs.get(key)
+            if src is None:
+                src = self._macs[key] = bytes(b[1:7])
+            rssi = b[7] - 256 if b[7] > 127 else b[7]
+            entry = self.peers_table.get(src)
+            if entry is None:
+                self.peers_table[src] = [rssi, ticks_ms()]
+            else:
+                entry[0] = rssi
+                entry[1] = ticks_ms()
+            if len(self._rx) < _RX_QUEUE:
+                self._rx.append((src, b[8:]))
                 self.stats["rx"] += 1
+            else:
+                self.stats["rx_dropped"] += 1
             self._rx_evt.set()
-        elif kind == 0x44 and len(data) == 4:  # "D"
-            slot = self._waiting.get((data[1] << 8) | data[2])
+        elif kind == 0x44 and n == 4:  # "D"
+            slot = self._waiting.get((b[1] << 8) | b[2])
             if slot is not None:
-                slot[1] = data[3] == 1
+                slot[1] = b[3] == 1
                 slot[0].set()
 
 
 def _recv(sock):
+    """The next queued datagram, or None when none is queued."""
     try:
-        return sock.recv(512)
-    except OSError:  # EAGAIN: nothing more queued
+        return sock.recv(_DGRAM_MAX)
+    except OSError:  # EAGAIN (CPython: BlockingIOError)
         return None
 
 

@@ -14,20 +14,35 @@ ESP-NOW, as modelled
   ACK returns with PRR(b->a). The receiver hears the frame once even if several attempts got
   through (802.11 duplicate detection), but when every ACK is lost the sender sees ok=0 for a
   frame that did arrive: the mesh above must tolerate that duplicate on its own retry.
+  `Medium(mac_duplicates=True)` delivers every attempt that got through instead (a receiver
+  without MAC duplicate filtering), for testing the mesh's duplicate suppression harder.
 - Airtime: a frame occupies the channel (PREAMBLE_US + 8 us/byte at 1 Mbit/s) around its
   sender; a node defers its transmission while it or any neighbour is on the air (CSMA), so a
   busy neighbourhood delays frames instead of delivering them all at once. Collisions are not
   modelled here (the discrete-event simulator models them); delivery delay is.
 - RSSI: the topology's link RSSI plus +-2 dB noise.
-Faults, by Python call or a JSON-lines control port on 127.0.0.1 (see `control()`):
-link down/up, partition/heal, kill/revive a node, extra loss (global or per node), corruption.
-A capture writes one JSON line per frame event. Randomness is seeded.
+Faults, by Python call or a JSON-lines control port on 127.0.0.1 (see `control()`; from another
+process `send_control(port, cmd)`): link down/up (both ways, or one way with both=False),
+partition/heal, kill/revive a node (hooks registered with `on_node_event` are told, so a
+launcher can kill or restart the process), extra loss and corruption (global or per node).
+A capture writes one JSON line per reception decision: {"t_ms", "src", "dst" (the receiver's
+id), "rssi", "len", "delivered", "hex", "cause"}; t_ms is the transmission's time, shared by
+every receiver of one broadcast. Randomness is seeded (one generator, so outcomes repeat for a
+seed when the frames arrive in the same order).
+
+Counters (`stats()`): offered/broadcast/unicast frames, delivered receptions, acked/unacked
+unicasts, bytes, `dropped` by cause (loss: the link's PRR; extra_loss; link_down; partition;
+killed; out_of_range: unicast to a node that cannot hear the sender; no_such_node), oversize,
+corrupted, duplicates, and frames_per_s / delivered_per_s since start. bench/medium_bench.py
+measures how many frames per second the medium sustains. `MediumThread` runs a Medium on a
+background thread for synchronous callers.
 """
 import asyncio
 import json
 import random
 import socket
 import struct
+import threading
 import time
 
 BROADCAST = b"\xff" * 6
@@ -37,17 +52,26 @@ PREAMBLE_US = 200
 US_PER_BYTE = 8
 
 
-def _free_udp_ports(n, host="127.0.0.1"):
-    socks, ports = [], []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind((host, 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in socks:
-            s.close()
+def _free_udp_ports(n, host="127.0.0.1", exclude=()):
+    """n distinct UDP ports free right now: bound and released in batches of 256, so thousands of
+    nodes do not need thousands of file descriptors at once (another process could take a port
+    before its node binds it; on a test host that is rare)."""
+    ports, seen = [], set(exclude)
+    while len(ports) < n:
+        socks = []
+        try:
+            for _ in range(min(256, n - len(ports))):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind((host, 0))
+            for s in socks:
+                p = s.getsockname()[1]
+                if p not in seen:
+                    seen.add(p)
+                    ports.append(p)
+        finally:
+            for s in socks:
+                s.close()
     return ports
 
 
@@ -63,8 +87,9 @@ class _Proto(asyncio.DatagramProtocol):
 
 
 class Medium:
-    def __init__(self, topology, seed=0, capture_path=None):
+    def __init__(self, topology, seed=0, capture_path=None, mac_duplicates=False):
         self.topo = topology
+        self.mac_duplicates = bool(mac_duplicates)
         self.rng = random.Random(seed)
         self.capture_path = capture_path
         self._capture = None
@@ -81,11 +106,14 @@ class Medium:
         self.extra_loss = 0.0
         self.node_loss = {}
         self.corrupt_p = 0.0
+        self.node_corrupt = {}
+        self._hooks = []
+        self._hello = set()
         self._ctl_server = None
         self.control_port = None
         self.counters = {"offered": 0, "broadcast": 0, "unicast": 0, "delivered": 0, "acked": 0, "unacked": 0,
                          "dropped_loss": 0, "dropped_fault": 0, "oversize": 0, "corrupted": 0, "bytes": 0,
-                         "unknown_sender": 0}
+                         "unknown_sender": 0, "duplicates": 0, "dropped": {}}
         self._t0 = time.monotonic()
         self._neigh = {n.id: [(b, topology.link(n.id, b)) for b in topology.neighbours(n.id)]
                        for n in topology.nodes}
@@ -100,7 +128,7 @@ class Medium:
         loop = asyncio.get_running_loop()
         await loop.create_datagram_endpoint(lambda: _Proto(self), local_addr=(host, port))
         self.port = self._transport.get_extra_info("sockname")[1]
-        ports = _free_udp_ports(len(self.topo.nodes), host)
+        ports = _free_udp_ports(len(self.topo.nodes), host, exclude=(self.port,))
         for n, p in zip(self.topo.nodes, ports, strict=True):
             self._ports[n.id] = p
             self._by_port[p] = n.id
@@ -125,13 +153,42 @@ class Medium:
         """The UDP port node `node_id` must bind (given to it in its config)."""
         return self._ports[node_id]
 
+    def ports(self):
+        """{node id: UDP port} for every node."""
+        return dict(self._ports)
+
+    def attached(self):
+        """Ids of the nodes that said hello (their radio went active) since the medium started."""
+        return sorted(self._hello)
+
+    async def wait_attached(self, node_ids=None, timeout_s=10.0):
+        """Wait until every node in node_ids (default: all) said hello; raise TimeoutError
+        naming the missing ones."""
+        want = set(self.topo.ids() if node_ids is None else node_ids)
+        deadline = time.monotonic() + timeout_s
+        while not want <= self._hello:
+            if time.monotonic() > deadline:
+                raise TimeoutError("nodes never said hello to the medium: %s" % sorted(want - self._hello)[:10])
+            await asyncio.sleep(0.01)
+
+    def on_node_event(self, callback):
+        """Register callback(event, node_id), called with "kill" / "restart" when kill_node /
+        restart_node run (from Python or the control port): the launcher's hook to act on the
+        process (the medium itself only stops or resumes the node's traffic)."""
+        self._hooks.append(callback)
+
     # ---- faults ----------------------------------------------------------------------------------
 
-    def link_down(self, a, b):
-        self._down_links.add((min(a, b), max(a, b)))
+    def link_down(self, a, b, both=True):
+        """Drop every frame a->b, data and ACKs (and b->a too unless both=False)."""
+        self._down_links.add((a, b))
+        if both:
+            self._down_links.add((b, a))
 
-    def link_up(self, a, b):
-        self._down_links.discard((min(a, b), max(a, b)))
+    def link_up(self, a, b, both=True):
+        self._down_links.discard((a, b))
+        if both:
+            self._down_links.discard((b, a))
 
     def partition(self, *groups):
         """Nodes in different groups cannot hear each other; nodes in no group hear everyone."""
@@ -146,9 +203,13 @@ class Medium:
 
     def kill_node(self, node_id):
         self._killed.add(node_id)
+        for cb in list(self._hooks):
+            cb("kill", node_id)
 
     def restart_node(self, node_id):
         self._killed.discard(node_id)
+        for cb in list(self._hooks):
+            cb("restart", node_id)
 
     def set_loss(self, p, node_id=None):
         if node_id is None:
@@ -156,8 +217,20 @@ class Medium:
         else:
             self.node_loss[node_id] = float(p)
 
-    def set_corruption(self, p):
-        self.corrupt_p = float(p)
+    def set_corruption(self, p, node_id=None):
+        """Flip one bit of delivered frames with probability p: all frames, or those sent or
+        received by node_id."""
+        if node_id is None:
+            self.corrupt_p = float(p)
+        else:
+            self.node_corrupt[node_id] = float(p)
+
+    def faults(self):
+        """The active faults as plain data."""
+        return {"links_down": sorted([a, b] for a, b in self._down_links), "killed": sorted(self._killed),
+                "partition": None if self._partition is None else {str(k): v for k, v in self._partition.items()},
+                "loss": self.extra_loss, "node_loss": {str(k): v for k, v in self.node_loss.items() if v},
+                "corrupt": self.corrupt_p, "node_corrupt": {str(k): v for k, v in self.node_corrupt.items() if v}}
 
     def inject(self, src_id, payload, dst_id=None):
         """Put arbitrary bytes on the air as if `src_id` sent them (fault tests: garbage,
@@ -168,25 +241,43 @@ class Medium:
 
     def stats(self):
         out = dict(self.counters)
-        out["uptime_s"] = round(time.monotonic() - self._t0, 1)
+        out["dropped"] = dict(self.counters["dropped"])
+        up = time.monotonic() - self._t0
+        out["uptime_s"] = round(up, 1)
+        out["frames_per_s"] = round(out["offered"] / up, 1) if up > 0 else 0.0
+        out["delivered_per_s"] = round(out["delivered"] / up, 1) if up > 0 else 0.0
+        out["attached"] = len(self._hello)
         return out
 
     # ---- the radio --------------------------------------------------------------------------------
 
     def _blocked(self, a, b):
+        """The fault stopping frames a->b ("killed", "link_down", "partition"), or None."""
         if a in self._killed or b in self._killed:
-            return True
-        if (min(a, b), max(a, b)) in self._down_links:
-            return True
+            return "killed"
+        if (a, b) in self._down_links:
+            return "link_down"
         if self._partition is not None:
             ga, gb = self._partition.get(a), self._partition.get(b)
             if ga is not None and gb is not None and ga != gb:
-                return True
-        return False
+                return "partition"
+        return None
+
+    def _loss_cause(self, a, b, prr):
+        """None when b hears a's frame, else "loss" (the link's PRR) or "extra_loss" (injected).
+        One random draw either way, so adding a cause does not change the seeded sequence."""
+        p = prr * (1.0 - self.extra_loss) * (1.0 - self.node_loss.get(b, 0.0)) * (1.0 - self.node_loss.get(a, 0.0))
+        r = self.rng.random()
+        if r < p:
+            return None
+        return "loss" if r >= prr else "extra_loss"
 
     def _hears(self, a, b, prr):
-        p = prr * (1.0 - self.extra_loss) * (1.0 - self.node_loss.get(b, 0.0)) * (1.0 - self.node_loss.get(a, 0.0))
-        return self.rng.random() < p
+        return self._loss_cause(a, b, prr) is None
+
+    def _drop(self, cause):
+        d = self.counters["dropped"]
+        d[cause] = d.get(cause, 0) + 1
 
     def _send_to(self, node_id, data):
         port = self._ports.get(node_id)
@@ -203,7 +294,7 @@ class Medium:
             seq = struct.unpack(">H", data[1:3])[0]
             self._transmit(node_id, seq, bytes(data[3:9]), bytes(data[9:]))
         elif kind == 0x48:  # H
-            pass
+            self._hello.add(node_id)
 
     def _airtime_s(self, n):
         return (PREAMBLE_US + US_PER_BYTE * n) / 1e6
@@ -213,6 +304,7 @@ class Medium:
         c["offered"] += 1
         src_mac = src_mac or self.topo.node(a).mac
         if a in self._killed:
+            self._drop("killed")
             return
         if not 1 <= len(payload) <= MAX_PAYLOAD:
             c["oversize"] += 1
@@ -232,40 +324,60 @@ class Medium:
             end = start + air
             self._busy_until[a] = end
             for b, link in neigh:
-                ok = not self._blocked(a, b) and self._hears(a, b, link.prr)
-                self._deliver_later(loop, end - now, a, b, src_mac, link, payload, ok)
+                cause = self._blocked(a, b) or self._loss_cause(a, b, link.prr)
+                self._deliver_later(loop, end - now, a, b, src_mac, link, payload, cause)
             if notify:
                 loop.call_at(end, self._send_to, a, b"D" + struct.pack(">HB", seq, 1))
             return
         c["unicast"] += 1
         b = self._by_mac.get(dst)
         link = self.topo.link(a, b) if b is not None else None
-        delivered = acked = False
+        acked = False
+        delivered = 0
+        cause = "no_such_node" if b is None else "out_of_range" if link is None else None
         attempts = 0
         while attempts < MAC_ATTEMPTS and not acked:
             attempts += 1
-            if link is None or self._blocked(a, b):
+            if link is None:
                 continue
-            if self._hears(a, b, link.prr):
-                delivered = True
+            cause = self._blocked(a, b)
+            if cause:
+                continue
+            cause = self._loss_cause(a, b, link.prr)
+            if cause is None:
+                delivered += 1
                 back = self.topo.link(b, a)
-                if back is not None and self._hears(b, a, back.prr):
+                if back is not None and not self._blocked(b, a) and self._hears(b, a, back.prr):
                     acked = True
         end = start + air * attempts
         self._busy_until[a] = end
+        if delivered:
+            cause = None
         if b is not None and link is not None:
-            self._deliver_later(loop, end - now, a, b, src_mac, link, payload, delivered)
+            copies = delivered if self.mac_duplicates else min(1, delivered)
+            self._deliver_later(loop, end - now, a, b, src_mac, link, payload, cause, copies)
+        elif cause:
+            self._drop(cause)
         c["acked" if acked else "unacked"] += 1
         if notify:
             loop.call_at(end, self._send_to, a, b"D" + struct.pack(">HB", seq, 1 if acked else 0))
 
-    def _deliver_later(self, loop, delay_s, a, b, src_mac, link, payload, ok):
-        if not ok:
-            self.counters["dropped_fault" if self._blocked(a, b) else "dropped_loss"] += 1
-            self._cap(a, b, link, payload, False)
+    def _deliver_later(self, loop, delay_s, a, b, src_mac, link, payload, cause, copies=1):
+        """Send b the frame after delay_s unless cause (why it was lost) is set; count, capture."""
+        if cause:
+            self.counters["dropped_loss" if cause in ("loss", "extra_loss") else "dropped_fault"] += 1
+            self._drop(cause)
+            self._cap(a, b, link, payload, False, cause=cause)
             return
+        for i in range(copies):
+            if i:
+                self.counters["duplicates"] += 1
+            self._deliver_one(loop, delay_s, a, b, src_mac, link, payload)
+
+    def _deliver_one(self, loop, delay_s, a, b, src_mac, link, payload):
         data = payload
-        if self.corrupt_p and self.rng.random() < self.corrupt_p:
+        pc = 1.0 - (1.0 - self.corrupt_p) * (1.0 - self.node_corrupt.get(a, 0.0)) * (1.0 - self.node_corrupt.get(b, 0.0))
+        if pc and self.rng.random() < pc:
             buf = bytearray(payload)
             i = self.rng.randrange(len(buf))
             buf[i] ^= 1 << self.rng.randrange(8)
@@ -278,25 +390,27 @@ class Medium:
         self._cap(a, b, link, payload, True, rssi)
         loop.call_later(max(0.0, delay_s), self._send_to, b, msg)
 
-    def _cap(self, a, b, link, payload, delivered, rssi=None):
+    def _cap(self, a, b, link, payload, delivered, rssi=None, cause=None):
         if self._capture is None:
             return
         self._capture.write(json.dumps({
             "t_ms": int((time.monotonic() - self._t0) * 1000), "src": a, "dst": b, "rssi": rssi,
-            "len": len(payload), "delivered": delivered, "hex": payload.hex()}) + "\n")
+            "len": len(payload), "delivered": delivered, "hex": payload.hex(), "cause": cause}) + "\n")
 
     # ---- control port ---------------------------------------------------------------------------
 
     def control(self, cmd):
         """Apply one fault command (a dict); return a result dict. Commands:
-        {"op": "link_down"|"link_up", "a": id, "b": id}; {"op": "partition", "groups": [[ids], ...]};
-        {"op": "heal"}; {"op": "kill"|"revive", "node": id}; {"op": "loss", "p": 0.1, "node": id?};
-        {"op": "corrupt", "p": 0.01}; {"op": "inject", "src": id, "hex": "..", "dst": id?}; {"op": "stats"}."""
+        {"op": "link_down"|"link_up", "a": id, "b": id, "both": true?};
+        {"op": "partition", "groups": [[ids], ...]}; {"op": "heal"}; {"op": "kill"|"revive", "node": id};
+        {"op": "loss", "p": 0.1, "node": id?}; {"op": "corrupt", "p": 0.01, "node": id?};
+        {"op": "inject", "src": id, "hex": "..", "dst": id?}; {"op": "stats"}; {"op": "faults"};
+        {"op": "ports"}; {"op": "attached"}. Read ops answer {"ok": true, "<op>": ...}."""
         op = cmd.get("op")
         if op == "link_down":
-            self.link_down(int(cmd["a"]), int(cmd["b"]))
+            self.link_down(int(cmd["a"]), int(cmd["b"]), bool(cmd.get("both", True)))
         elif op == "link_up":
-            self.link_up(int(cmd["a"]), int(cmd["b"]))
+            self.link_up(int(cmd["a"]), int(cmd["b"]), bool(cmd.get("both", True)))
         elif op == "partition":
             self.partition(*[[int(x) for x in g] for g in cmd["groups"]])
         elif op == "heal":
@@ -308,12 +422,18 @@ class Medium:
         elif op == "loss":
             self.set_loss(float(cmd["p"]), int(cmd["node"]) if cmd.get("node") is not None else None)
         elif op == "corrupt":
-            self.set_corruption(float(cmd["p"]))
+            self.set_corruption(float(cmd["p"]), int(cmd["node"]) if cmd.get("node") is not None else None)
         elif op == "inject":
             self.inject(int(cmd["src"]), bytes.fromhex(cmd["hex"]),
                         int(cmd["dst"]) if cmd.get("dst") is not None else None)
         elif op == "stats":
             return {"ok": True, "stats": self.stats()}
+        elif op == "faults":
+            return {"ok": True, "faults": self.faults()}
+        elif op == "ports":
+            return {"ok": True, "ports": {str(k): v for k, v in self._ports.items()}}
+        elif op == "attached":
+            return {"ok": True, "attached": self.attached()}
         else:
             return {"ok": False, "error": "unknown op %r" % (op,)}
         return {"ok": True}
@@ -332,6 +452,88 @@ class Medium:
                 await writer.drain()
         finally:
             writer.close()
+
+
+def send_control(port, cmd, host="127.0.0.1", timeout_s=5.0):
+    """Send one control command (a dict, see Medium.control) to a medium's control port from
+    any process; return the reply dict. Raises OSError when the medium cannot be reached."""
+    with socket.create_connection((host, port), timeout=timeout_s) as s:
+        s.sendall((json.dumps(cmd) + "\n").encode())
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    return json.loads(buf)
+
+
+class MediumThread:
+    """A Medium on its own asyncio loop in a daemon thread, for synchronous callers:
+
+        mt = MediumThread(topology, seed=1); port = mt.start()
+        mt.call(mt.medium.link_down, 1, 2); mt.call(mt.medium.stats); mt.stop()
+
+    call() runs a function (or awaits a coroutine function) on the medium's loop and returns its
+    result, so the medium is only ever touched from its own thread.
+    """
+
+    def __init__(self, topology, **medium_kwargs):
+        self.medium = Medium(topology, **medium_kwargs)
+        self._loop = None
+        self._thread = None
+
+    def start(self, host="127.0.0.1", port=0, control=True, timeout_s=10.0):
+        """Start the thread and the medium; return the medium's UDP port."""
+        ready = threading.Event()
+        box = {}
+
+        def run():
+            loop = self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            try:
+                box["port"] = loop.run_until_complete(self.medium.start(host, port, control))
+            except Exception as e:  # noqa: BLE001 - handed to the starting thread
+                box["error"] = e
+            ready.set()
+            if "error" not in box:
+                loop.run_forever()
+                loop.run_until_complete(self.medium.stop())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="radio-medium", daemon=True)
+        self._thread.start()
+        if not ready.wait(timeout_s):
+            raise TimeoutError("the medium thread did not start within %.0f s" % timeout_s)
+        if "error" in box:
+            raise box["error"]
+        return box["port"]
+
+    def call(self, fn, *args, timeout_s=10.0, **kwargs):
+        """fn(*args, **kwargs) on the medium's loop (a coroutine result is awaited); its result."""
+        async def runner():
+            r = fn(*args, **kwargs)
+            return (await r) if asyncio.iscoroutine(r) else r
+
+        return asyncio.run_coroutine_threadsafe(runner(), self._loop).result(timeout_s)
+
+    @property
+    def port(self):
+        return self.medium.port
+
+    def stop(self, timeout_s=10.0):
+        """Stop the medium and the thread (idempotent)."""
+        if self._thread is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout_s)
+        self._thread = None
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
 
 
 def capture_hops(path):
