@@ -142,6 +142,7 @@ class Medium:
     async def stop(self):
         if self._transport is not None:
             self._transport.close()
+            self._transport = None  # frames still scheduled (call_later) are then dropped quietly
         if self._ctl_server is not None:
             self._ctl_server.close()
             await self._ctl_server.wait_closed()
@@ -281,7 +282,7 @@ class Medium:
 
     def _send_to(self, node_id, data):
         port = self._ports.get(node_id)
-        if port is not None and self._transport is not None:
+        if port is not None and self._transport is not None and not self._transport.is_closing():
             self._transport.sendto(data, (self.host, port))
 
     def _on_datagram(self, data, addr):
