@@ -73,7 +73,9 @@ def test_grid_and_star_shapes():
     a, b = (g.node(i) for i in g.gateways())
     assert abs(a.x_m - b.x_m) >= 70  # spread apart, one on each half of the grid
     assert math.isclose(g.distance_m(1, 2), 35) and math.isclose(g.distance_m(1, 5), 35)
-    assert len(T.generate("grid", 10, 1)) == 10  # last row short
+    assert len(T.grid(3, 4, n=10)) == 10  # last row short
+    with pytest.raises(T.TopologyError, match="try 12"):
+        T.generate("grid", 10, 1)
     s = T.star(7, radius_m=35)
     assert s.gateways() == [1] and s.check_connected() == {1: 0, **{i: 1 for i in range(2, 8)}}
 

@@ -650,7 +650,8 @@ GENERATORS = {"district": district, "line": line, "grid": grid, "star": star}
 
 def generate(kind, n_nodes, n_gateways=1, seed=0, radio=None):
     """One entry point for `fleet sim up --topology KIND --nodes N --gateways G`: a grid is made
-    as square as possible (last row short if need be); a star has one gateway."""
+    as square as possible (n must fill it: grid(rows, cols, n=...) makes ragged ones); a star
+    has one gateway."""
     if kind == "district":
         return district(n_nodes, n_gateways, seed, radio)
     if kind == "line":
@@ -658,7 +659,11 @@ def generate(kind, n_nodes, n_gateways=1, seed=0, radio=None):
     if kind == "grid":
         cols = max(1, int(math.ceil(math.sqrt(n_nodes))))
         rows = int(math.ceil(n_nodes / cols))
-        return grid(rows, cols, n_gateways=n_gateways, seed=seed, radio=radio, n=n_nodes)
+        if rows * cols != n_nodes:
+            # A CLI user asking for 31 nodes gets told, not a ragged grid (fleet sim des/up rely on it).
+            raise TopologyError(f"a grid needs rows x cols nodes; {n_nodes} is not {rows}x{cols}: try {rows * cols}"
+                                f" or {(rows - 1) * cols}")
+        return grid(rows, cols, n_gateways=n_gateways, seed=seed, radio=radio)
     if kind == "star":
         if n_gateways != 1:
             raise TopologyError("a star has exactly one gateway (its centre): use --gateways 1")
