@@ -99,7 +99,7 @@ def _progress(t_s, end_s, events):
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def cli(nodes, topology, gateways, minutes, loss, seed, report_interval_s, status_interval_s, gateway_failure,
         power_cut_street, ota_bytes, repair, as_json):
-    """Simulate NODES nodes running the firmware's own mesh (and OTA) cores in virtual time, with
+    """Simulate a mesh of --nodes nodes running the firmware's own mesh (and OTA) cores in virtual time, with
     a radio model of ESP-NOW (distance-based reception, MAC retries and ACKs, CSMA, collisions),
     telemetry every --report-interval and the collector's gap repair; print delivery, latency,
     hops, control overhead and parent changes. Deterministic for a given --seed."""

@@ -17,6 +17,9 @@ Node side (`NodeApp`), after firmware/node.py:
 - A Command to this node is checked (node-key tag, replay window) and OP_RESEND a..b answered as
   node.py's `_resend`: up to 48 held readings re-originated, 12 per frame (fire and forget), then
   a Reply (code 0 [first, last], or 3 with the ranges not held).
+- Optionally (status_interval_s) node.py's status report: a real Status frame, untracked.
+  Not modelled: the sampler and sensor (a reading simply appears every report interval), the
+  watchdog, flash timing, OTA staging and trial boot (the engine's "complete" ends the story).
 
 Collector side (`Collector`): every "uplink" a gateway's router emits is decoded once with
 protocol.decode, its end-to-end tag checked with the origin's key; readings are recorded by
