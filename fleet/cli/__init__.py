@@ -4,10 +4,11 @@ One module per command (group) under fleet/cli/; each exposes a click command na
 Commands are thin: they call services that return plain data and only render it.
 Only `main()` exits the process.
 """
-import importlib
 import sys
 
 import click
+
+from fleet.cli._lazy import lazy_group
 
 # name -> module under fleet.cli that defines `cli`. Imported lazily so `fleet --help` is fast
 # and a broken optional command cannot take the whole tool down.
@@ -26,18 +27,7 @@ COMMANDS = {
 }
 
 
-class LazyGroup(click.Group):
-    def list_commands(self, ctx):
-        return sorted(COMMANDS)
-
-    def get_command(self, ctx, name):
-        mod = COMMANDS.get(name)
-        if mod is None:
-            return None
-        return importlib.import_module(mod).cli
-
-
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=lazy_group(COMMANDS), context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="redmesh")
 def group():
     """Red Mesh fleet tool: provision nodes, collect telemetry, run OTA campaigns, show status."""

@@ -1,7 +1,7 @@
 """`fleet sim …` — the virtual rig. Subcommands live in their own modules (lazy)."""
-import importlib
-
 import click
+
+from fleet.cli._lazy import lazy_group
 
 SUBCOMMANDS = {
     # name -> module defining `cli`
@@ -12,15 +12,6 @@ SUBCOMMANDS = {
 }
 
 
-class _Lazy(click.Group):
-    def list_commands(self, ctx):
-        return sorted(SUBCOMMANDS)
-
-    def get_command(self, ctx, name):
-        mod = SUBCOMMANDS.get(name)
-        return importlib.import_module(mod).cli if mod else None
-
-
-@click.group(cls=_Lazy)
+@click.group(cls=lazy_group(SUBCOMMANDS))
 def cli():
     """Virtual rig: simulated radio medium, virtual boards, brokers, whole meshes."""

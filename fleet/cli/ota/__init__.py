@@ -1,8 +1,8 @@
 """`fleet ota …` — OTA bundles and campaigns. One module per subcommand (lazy), each defining
 `cli`; add a line to SUBCOMMANDS for a new one (push, status, abort come with campaigns)."""
-import importlib
-
 import click
+
+from fleet.cli._lazy import lazy_group
 
 SUBCOMMANDS = {
     # name -> module defining `cli`
@@ -14,15 +14,6 @@ SUBCOMMANDS = {
 }
 
 
-class _Lazy(click.Group):
-    def list_commands(self, ctx):
-        return sorted(SUBCOMMANDS)
-
-    def get_command(self, ctx, name):
-        mod = SUBCOMMANDS.get(name)
-        return importlib.import_module(mod).cli if mod else None
-
-
-@click.group(cls=_Lazy)
+@click.group(cls=lazy_group(SUBCOMMANDS))
 def cli():
     """Build, inspect and push signed firmware bundles (over-the-air updates)."""
