@@ -219,6 +219,24 @@ class Config:
     """A validated config: one attribute per key (uplink and sim are dicts, None when absent).
     repr() and public_dict() never show secrets."""
 
+    # One attribute per _KEYS entry (set in __init__; declared here for type checkers --
+    # bare annotations cost nothing at run time on MicroPython).
+    config_version: int
+    node_id: int
+    role: str
+    net_id: int
+    node_key: bytes
+    mesh_key: bytes
+    fleet_pub: bytes
+    report_interval_s: int
+    warmup_s: int
+    sample_window_s: int
+    continuous: bool
+    sensor: str
+    radio_channel: int
+    uplink: dict
+    sim: dict
+
     def __init__(self, d):
         d = validate(d)
         self._d = d

@@ -88,7 +88,7 @@ class Gateway:
             return
         try:
             dl = protocol.decode(payload)
-            if dl.type != protocol.T_DOWNLINK:
+            if not isinstance(dl, protocol.Downlink):
                 raise protocol.ProtocolError("expected a downlink message, got %s" % protocol.TYPE_NAMES[dl.type])
         except protocol.ProtocolError as e:
             self.stats["bad_downlink"] += 1

@@ -421,7 +421,7 @@ class Node:
                                                                   self.fw_seq, self.boot_count))
         self.hal.radio.active(True)
         self.peers = PeerTable(20)
-        tasks = [self.radio_rx(), self.pump(), self.sensor(), self.uplink(), self.status(), self.health()]
+        tasks: list = [self.radio_rx(), self.pump(), self.sensor(), self.uplink(), self.status(), self.health()]
         if self.gateway is not None:
             tasks.append(self.gateway.run(self))
         sim = getattr(self.cfg, "sim", None) or {}

@@ -318,6 +318,13 @@ class Telemetry(Frame):
 
     type = T_TELEMETRY
     FIELDS = ("origin", "seq", "time_s", "readings", "hops", "cost", "etag")
+    origin: int
+    seq: int
+    time_s: int
+    readings: list
+    hops: int
+    cost: int
+    etag: bytes
     DEFAULTS = {"readings": [], "etag": None}
 
     def _enc_body(self, out):
@@ -457,6 +464,7 @@ class Downlink(Frame):
 
     type = T_DOWNLINK
     FIELDS = ("frames",)
+    frames: list
     DEFAULTS = {"frames": []}
 
 

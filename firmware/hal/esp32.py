@@ -17,11 +17,14 @@ HAL shape (shared with firmware/hal/sim.py):
 """
 import asyncio
 import gc
+import time
 
 import machine
 import network
 
-_EPOCH_2000 = 946684800  # MicroPython on ESP32 counts seconds from 2000-01-01
+# Seconds from 1970 to the port's epoch: MicroPython on ESP32 has counted from 2000-01-01;
+# asked of the port itself, so a build that counts from 1970 is right too.
+_EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0
 
 
 class _Uart:
@@ -61,21 +64,15 @@ class Esp32Hal:
             self._wdt.feed()
 
     def time_s(self):
-        import time
-
-        t = time.time() + _EPOCH_2000
-        return t if t > 1600000000 else 0  # an RTC that was never set reads year 2000
+        t = time.time() + _EPOCH_OFFSET
+        return t if t > 1600000000 else 0  # an RTC that was never set reads its epoch year
 
     def time_ms(self):
-        import time
-
-        t = self.time_s()
-        return t * 1000 + (time.ticks_ms() % 1000) if t else 0  # ms part approximate: RTC has s
+        t = time.time_ns() // 1000000 + _EPOCH_OFFSET * 1000  # the ESP32 RTC counts microseconds
+        return t if t > 1600000000000 else 0
 
     def set_time_s(self, unix_s):
-        import time
-
-        tm = time.gmtime(unix_s - _EPOCH_2000)
+        tm = time.gmtime(unix_s - _EPOCH_OFFSET)
         self._rtc.datetime((tm[0], tm[1], tm[2], tm[6] + 1, tm[3], tm[4], tm[5], 0))
 
     def mem_free(self):

@@ -56,7 +56,7 @@ class SimHal:
     async def _wdt_task(self):
         while True:
             await asyncio.sleep_ms(1000)
-            if ticks_diff(ticks_ms(), self._wdt_fed) > self._wdt_timeout_ms:
+            if ticks_diff(ticks_ms(), self._wdt_fed) > (self._wdt_timeout_ms or 0):
                 print("wdt", "watchdog expired: resetting")
                 self.reset()
 

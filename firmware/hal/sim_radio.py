@@ -36,7 +36,7 @@ _ERR_NOT_FOUND = -0x3069
 _ERR_EXIST = -0x306B
 
 try:
-    _io_queue = asyncio.core._io_queue  # MicroPython: wait for a readable socket
+    _io_queue = asyncio.core._io_queue  # pyright: ignore[reportAttributeAccessIssue] -- MicroPython only
 except AttributeError:  # CPython
     _io_queue = None
 
@@ -132,7 +132,8 @@ class SimRadio:
             if _io_queue is not None:
                 await _Yield(_io_queue.queue_read(sock))
             else:
-                self._on_datagram(await asyncio.get_running_loop().sock_recv(sock, _DGRAM_MAX))
+                self._on_datagram(await asyncio.get_running_loop().sock_recv(  # pyright: ignore[reportAttributeAccessIssue]
+                    sock, _DGRAM_MAX))  # CPython only
             while True:
                 data = _recv(sock)
                 if not data:
