@@ -202,7 +202,11 @@ def table(res):
                              "-"))
     ota = _load(os.path.join(OUT, "ota.json"))
     if ota:
-        rows.append(("OTA, 25-node rig: time to all confirmed", "%s s" % ota.get("grid25_update_s"), "-"))
+        rows.append(("OTA, 25-node rig: time to all confirmed", "%s s" % ota.get("grid25_update_s"), "measured"))
+        rows.append(("OTA, 25-node rig: bytes on air per bundle byte", str(ota.get("air_bytes_per_bundle_byte")),
+                     "measured"))
+        rows.append(("OTA, 25-node rig: telemetry stored during the campaign",
+                     "%s %%" % ota.get("telemetry_during_campaign_pct"), "keeps flowing"))
     return rows
 
 

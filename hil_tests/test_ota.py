@@ -124,12 +124,18 @@ def _update_all(make_rig, tmp_path, topo, timeout_s, kill_mid=False):
     print("OTA bytes on air %d for a %d-byte bundle: %.1f per byte (%d nodes)" % (air, image, air / image,
                                                                                   len(topo.nodes)))
     print("telemetry before: %s\nafter: %s" % (before, after))
+    issued = after["issued"] - before["issued"]
+    stored = after["readings"] - before["readings"]
+    print("telemetry during the campaign: %d of %d readings issued were stored (%.1f %%)"
+          % (stored, issued, 100.0 * stored / issued if issued else 0.0))
     return rig, took_s, air / image
 
 
 @pytest.mark.timeout(420)
 def test_6_node_line_updates_v1_to_v2_and_killed_node_resumes(make_rig, needs_virtual_rig, tmp_path):
-    topo = topo_mod.line(6, spacing_m=60, n_gateways=1, seed=2)
+    # one-pole hops only (35 m apart, radio range 50 m): 5 hops deep whatever the fading draws
+    topo = topo_mod.line(6, spacing_m=35, n_gateways=1, seed=2, radio=topo_mod.RadioModel(max_range_m=50))
+    assert topo.check_connected() == {i: i - 1 for i in range(1, 7)}
     assert max(topo.hops_to_gateway().values()) == 5
     _update_all(make_rig, tmp_path, topo, 330, kill_mid=True)
 

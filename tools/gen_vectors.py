@@ -205,7 +205,9 @@ def write_vectors(path, head, vectors):
         f.write("]}\n")
 
 
-def main():
+def main(argv=None):
+    """gen_vectors.py [OUT_DIR]: write frames.json and cbor.json (default: protocol/vectors)."""
+    argv = sys.argv[1:] if argv is None else argv
     valid, tel = valid_vectors()
     frames = {
         "description": "Red Mesh frame vectors. Decode every entry with protocol.decode(bytes.fromhex(hex), "
@@ -215,7 +217,7 @@ def main():
         "keys": {"mesh_key": MESH_KEY.hex(), "node_key": NODE_KEY.hex()},
         "vectors": valid + invalid_vectors(tel),
     }
-    vec_dir = os.path.join(ROOT, "protocol", "vectors")
+    vec_dir = argv[0] if argv else os.path.join(ROOT, "protocol", "vectors")
     os.makedirs(vec_dir, exist_ok=True)
     vectors = frames.pop("vectors")
     write_vectors(os.path.join(vec_dir, "frames.json"), frames, vectors)

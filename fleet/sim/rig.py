@@ -49,7 +49,7 @@ class RigOptions:
                  capture_path=None, collector=True, restart_crashed=True, sensor_noise_per_mille=5,
                  broker_kind="embedded", offered_interval_s=None, mesh_params=None, gateway_heap=_GATEWAY_HEAP,
                  offered_for_s=None, ota=False, ota_bundle=None, ota_settings=None,
-                 ota_heap="384k"):
+                 ota_heap="384k", repair=None):
         self.broker_url = broker_url
         self.seed = seed
         self.heap = heap
@@ -74,6 +74,9 @@ class RigOptions:
         # heap (measured): not enough for the 3.5 KB page buffer. OTA nodes get more until the
         # app is trimmed (or its stable modules frozen into the firmware image).
         self.ota_heap = ota_heap
+        # the collector's gap repair (fleet.repair.RepairConfig keywords, e.g. grace_s): None keeps
+        # the fleet home's settings (production defaults: a gap is first asked for after 120 s)
+        self.repair = repair
 
 
 class NodeProc:
@@ -232,8 +235,14 @@ class Rig:
         from fleet.collector_mqtt import run_collector
 
         self.collector_stop = asyncio.Event()
+        config = None
+        if self.opt.repair:
+            from fleet.collector import CollectorConfig
+
+            config = CollectorConfig.from_home(self.home, **self.opt.repair)
         self.collector_task = asyncio.create_task(
-            run_collector(self.home, self.broker_url, self.collector_stop, client_id="collector-sim", progress_s=0))
+            run_collector(self.home, self.broker_url, self.collector_stop, client_id="collector-sim", progress_s=0,
+                          config=config))
 
     async def start(self):
         """Start everything; raises FleetError with what to do when a part cannot start."""
