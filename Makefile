@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MPY_HEAP ?= 64k
+# pytest workers: the HIL tests mostly wait on real-time protocol timers, so two run side by side
+# on a 2-core machine (TEST_WORKERS=0 runs everything in one process)
+TEST_WORKERS ?= 2
 
 .PHONY: install test test-unit test-device test-hil lint bench demo clean
 
@@ -16,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal
 
 lint: install
 	$(BIN)/ruff check fleet protocol firmware tests hil_tests bench

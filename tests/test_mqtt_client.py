@@ -192,10 +192,13 @@ class FreezingProxy:
     stream with our codec. `freeze()` stops forwarding on the current connections, both ways:
     PUBLISHes written after that never reach the broker and are never acknowledged; new
     connections forward normally. `cut()` closes every connection. Lets a test make
-    "unacknowledged" a known, non-empty set, or a connection silently dead."""
+    "unacknowledged" a known, non-empty set, or a connection silently dead. freeze_after=K
+    freezes by itself at the read that carries the K-th PUBLISH, holding that read back: the
+    held set is never empty, whatever the speed of the machine."""
 
-    def __init__(self, upstream_port):
+    def __init__(self, upstream_port, freeze_after=None):
         self.upstream_port = upstream_port
+        self.freeze_after = freeze_after
         self._conns = []  # [frozen flag] per connection
         self.forwarded = []  # Publish packets the broker received
         self.held = []  # Publish packets held back while frozen (the broker never saw them)
@@ -233,9 +236,16 @@ class FreezingProxy:
                 frozen = conn[0]
                 if parser is not None:
                     parser.feed(data)
+                    pubs = []
                     while (pkt := parser.next_packet()) is not None:
                         if pkt.type == codec.PUBLISH:
-                            (self.held if frozen else self.forwarded).append(pkt)
+                            pubs.append(pkt)
+                    if not frozen and self.freeze_after is not None and pubs \
+                            and len(self.forwarded) + len(pubs) >= self.freeze_after:
+                        self.freeze_after = None
+                        self.freeze()  # this read, carrying the K-th PUBLISH, is the first held back
+                        frozen = True
+                    (self.held if frozen else self.forwarded).extend(pubs)
                 if not frozen:
                     w.write(data)
                     await w.drain()
@@ -291,16 +301,13 @@ async def test_qos1_messages_arrive_in_order(broker, tmp_path):
 async def test_unacknowledged_messages_resent_after_broker_sigkill(kind, tmp_path):
     n = 2000
     bp = _start_broker(kind)
-    proxy = await FreezingProxy(bp.port).start()
+    proxy = await FreezingProxy(bp.port, freeze_after=100).start()
     mp = MPClient(port=proxy.port, n=n, id="gw-kill", topic="rm/kill", dir=str(tmp_path / "ob"),
                   ram=16, stat_ms=1000)
     try:
         async with Collector(bp.port, "rm/kill/#") as col:
             await mp.start()
-            await _until(lambda: len(col.msgs) >= 100, 60, "the first 100 messages", col.changed,
-                         mp.detail)
-            proxy.freeze()
-            await _until(lambda: proxy.held, 30, "a PUBLISH held back by the frozen proxy")
+            await _until(lambda: proxy.held, 60, "a PUBLISH held back by the proxy frozen after 100")
             # Everything the broker did receive reaches the subscriber before the kill, so the
             # broker's own in-memory losses cannot blur what the client is responsible for.
             forwarded = {_seq(p.payload) for p in proxy.forwarded}
