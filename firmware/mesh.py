@@ -420,6 +420,11 @@ class Router:
         self._ref_pending = COST_INFINITE
         self._ref_at_ms = 0
         self._fresh_after_ms = 0  # no route: candidates heard at/after this count (None: not yet)
+        # _evaluate() scans every neighbour only when another than the one just heard may have
+        # become a better parent: see _evaluate()
+        self._cur_scanned = -1  # parent path cost at which no other neighbour qualified
+        self._rescan_at_ms = 0  # a hold expires then: scan again
+        self._rescan = False  # a non-parent's link estimate changed: scan again
         self._q = []  # _Entry, head first
         self._txq = []  # (token, mac, data) ready for the radio
         self._ev = []
@@ -730,7 +735,7 @@ class Router:
                 self.trickle.reset(now)
         elif cost != COST_INFINITE:
             self.trickle.heard_consistent()
-        self._evaluate(now)
+        self._evaluate(now, nb)
 
     def _rx_up(self, src_mac, data, rssi, now, t):
         st = self.stats
@@ -847,8 +852,10 @@ class Router:
                 changed = True
         if changed:
             _link_cost(nb)
-        if changed and nb is self._par:
-            self._evaluate(now)
+            if nb is self._par:
+                self._evaluate(now)
+            else:
+                self._rescan = True
 
     # ---- neighbour table -----------------------------------------------------------------
 
@@ -856,7 +863,12 @@ class Router:
         nbrs = self._nbrs
         if len(nbrs) >= self.max_neighbors:
             # make room: a neighbour not heard for the timeout, else the one with the worst
-            # path when the newcomer's (with an initial link guess) would be better
+            # path when the newcomer's (with an initial link guess) would be better. A newcomer
+            # without a route could not be a parent: refused without a scan (stale entries
+            # go at our next beacon, _housekeep); it is admitted once it beacons a route.
+            if cost >= COST_INFINITE:
+                self.stats["nbr_full"] += 1
+                return None
             victim = None
             worst = -1
             timeout = self.neighbor_timeout_ms
@@ -871,7 +883,7 @@ class Router:
                 if pc > worst:
                     victim = nb
                     worst = pc
-            new_pc = cost + self._etx_guess(rssi) if cost < COST_INFINITE else COST_INFINITE
+            new_pc = cost + self._etx_guess(rssi)
             if victim is None or worst <= new_pc:
                 self.stats["nbr_full"] += 1
                 return None
@@ -905,17 +917,32 @@ class Router:
                 and nb.cost + nb.etx <= self.max_path_cost and nb.depth < self.max_hops
                 and now - nb.last_ms <= self.neighbor_timeout_ms)
 
-    def _evaluate(self, now):
-        """Re-choose the parent (rules in the module docstring); update cost and depth."""
+    def _evaluate(self, now, heard=None):
+        """Re-choose the parent (rules in the module docstring); update cost and depth.
+
+        heard: the neighbour whose beacon called this. Every neighbour is scanned unless the
+        parent stands and nothing changed for the others since the last scan that found none of
+        them better: the parent's path cost has not risen above the one they were judged
+        against, no hold expired, the reference cost did not rise, no other link estimate
+        changed. Then only `heard` can have become better, and only it is looked at: the same
+        choice as a full scan, without a scan per beacon (a node hears dozens of neighbours)."""
         if self.is_gateway:
             return
         par = self._par
         cur = COST_INFINITE
         if par is not None and self._usable(par, now, ETX_MAX - 1):
             cur = par.cost + par.etx
+        scan = heard is None or cur >= COST_INFINITE or cur > self._cur_scanned or self._rescan
         if self._ref_at_ms and now >= self._ref_at_ms:
             self._ref_cost = self._ref_pending
             self._ref_at_ms = 0
+            scan = True
+        if self._rescan_at_ms and now >= self._rescan_at_ms:
+            self._rescan_at_ms = 0
+            for nb in self._nbrs.values():  # the next hold to expire (holds are rare)
+                if nb.hold_ms > now and (not self._rescan_at_ms or nb.hold_ms < self._rescan_at_ms):
+                    self._rescan_at_ms = nb.hold_ms
+            scan = True
         ref = self._ref_cost
         fresh = self._fresh_after_ms if par is None else None
         margin = self.switch_margin
@@ -923,7 +950,7 @@ class Router:
         max_etx = self.max_link_etx
         best = None
         best_pc = cur
-        for nb in self._nbrs.values():
+        for nb in (self._nbrs.values() if scan else (heard,)):
             if nb is par or nb.cost >= COST_INFINITE:
                 continue
             pc = nb.cost + nb.etx
@@ -935,6 +962,11 @@ class Router:
                 continue  # might be our descendant
             best = nb
             best_pc = pc
+        if scan:
+            self._rescan = False
+            self._cur_scanned = best_pc
+        elif best_pc < self._cur_scanned:
+            self._cur_scanned = best_pc
         if best is not None:
             self._set_parent(best, now)
         elif cur >= COST_INFINITE and par is not None:
@@ -990,6 +1022,8 @@ class Router:
         par = self._par
         if par is not None:
             par.hold_ms = now + self.loop_hold_ms
+            if not self._rescan_at_ms or par.hold_ms < self._rescan_at_ms:
+                self._rescan_at_ms = par.hold_ms
             self._evaluate(now)
 
     # ---- transmit paths ------------------------------------------------------------------

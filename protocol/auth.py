@@ -85,6 +85,12 @@ def ct_equal(a, b):
     return r == 0
 
 
+try:  # CPython (fleet, simulators): the same comparison in C
+    from hmac import compare_digest as ct_equal  # noqa: F401, F811
+except ImportError:  # MicroPython has no hmac module
+    pass
+
+
 def _check_secret(fleet_secret):
     if not isinstance(fleet_secret, (bytes, bytearray)) or len(fleet_secret) < 16:
         raise ProtocolError("fleet secret must be at least 16 bytes")
