@@ -17,7 +17,8 @@ Rules
   strongest evidence a node itself can have that the collector is reachable.
   Not confirmed within the pointer's trial_ms -> roll back and reset; a crash loop is rolled
   back by boot.py (max_boots).
-- Reporting: status frames carry fw_seq/fw_version of the running slot and ota_state
+- Reporting: a page dropped for not matching the manifest is logged (the engine's bad_pages).
+  Status frames carry fw_seq/fw_version of the running slot and ota_state
   (1 receiving, 2 complete-waiting, 3 trial, 4 confirmed, 5 rolled back, 6 refused) with
   ota_progress; a status goes out at every change of state and every 25 % of progress. A roll
   back or a refusal is also reported once as an unsolicited Reply (cseq 0, code 0) with result
@@ -48,6 +49,7 @@ class OtaShell:
         self._last_state = -1
         self._last_quarter = -1
         self.reported = False
+        self._bad_pages = 0
 
     # ---- the interface node.py drives (same as OtaAir) --------------------------------------
 
@@ -106,6 +108,13 @@ class OtaShell:
                 self.maybe_stage()
             elif ev[0] == "refused":
                 self.on_refused(ev[1], ev[2])
+        bad = self.engine.bad_pages
+        if bad != self._bad_pages:
+            # the engine dropped a page (digest mismatch) and distrusts its senders: a neighbour
+            # serving pages no honest node stores is worth a line on the console
+            self._bad_pages = bad
+            self.log("ota", "dropped a page of bseq %d that does not match the manifest (%d so far); its senders "
+                     "are ignored for a while" % (self.engine.m.bseq, bad))
         self._maybe_status()
 
     def on_refused(self, bseq, reason):

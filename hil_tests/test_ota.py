@@ -237,3 +237,169 @@ def test_v2_failing_health_rolls_back_everywhere(make_rig, needs_virtual_rig, tm
         assert p["bseq"] == 1 and p["state"] == "confirmed" and p["failed"] == info["bseq"], (n.id, p)
     rig.wait_until(lambda: all(v[0] == 1 and v[1] == 5 for v in _states(rig).values()), 60,
                    "every node to report v1 running after the roll back")
+
+
+# ---- a rogue pole: bad bundles arriving over the air -------------------------------------------
+
+def _page_store_files(bundle, pages=None):
+    """Flash files that put `bundle` (optionally with other page bytes) in a node's OTA page
+    store (firmware/ota_store.py: ota/m, ota/p<i>), as if the node had fetched it."""
+    files = {"ota/m": bundle.signed_manifest}
+    for i, p in enumerate(bundle.pages if pages is None else pages):
+        files["ota/p%d" % i] = p
+    return files
+
+
+def _ota_heard(capture_path, mesh_key):
+    """[(rec, frame)] for every OTA frame in the capture (one per reception decision), decoded
+    with the mesh key; frames that do not decode are skipped."""
+    import json
+
+    from protocol import decode
+
+    out = []
+    with open(capture_path) as f:
+        for line in f:
+            rec = json.loads(line)
+            h = rec["hex"]
+            if len(h) < 6 or int(h[4:6], 16) not in _OTA_TYPES:
+                continue
+            try:
+                out.append((rec, decode(bytes.fromhex(h), mesh_key)))
+            except Exception:  # noqa: BLE001 - a frame the medium corrupted
+                continue
+    return out
+
+
+def _rogue_app(tmp_path, sign_fn):
+    """The app a rogue pole runs: the real source, except that its OTA engine no longer checks
+    a stored page's digest (firmware/ota.py _page_intact), so it keeps and serves a page whose
+    byte was flipped. Honest firmware re-checks every page at boot and before serving it."""
+    src = tmp_path / "rogue_src"
+    root = ota_bundle.source_root()
+    for pkg in ("firmware", "protocol"):
+        shutil.copytree(os.path.join(root, pkg), src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    path = src / "firmware" / "ota.py"
+    text = path.read_text()
+    check = "return n == self.m.page_len(i) and hashlib.sha256(memoryview(buf)[:n]).digest() == self.m.pages[i]"
+    assert check in text, "firmware/ota.py changed: update the rogue's patch"
+    path.write_text(text.replace(check, "return n == self.m.page_len(i)"))
+    return ota_bundle.build_bundle(ota_bundle.compile_app(str(src)), 2, "1.0.0-rogue", sign_fn)
+
+
+@pytest.mark.timeout(300)
+def test_rogue_pole_bad_bundles_refused_over_the_air_by_every_node(make_rig, needs_virtual_rig, tmp_path):
+    """A pole whose mesh key was extracted (its frames carry valid hop tags) but which has no
+    fleet signing key offers bad bundles over the air from its OTA page store, one after the
+    other (re-flashed in between, as its owner would): a replay of an older validly signed
+    bundle, a bundle signed by another key, and a validly signed bundle with one flipped byte
+    in a page. Every other node must refuse each on its own, and keep its active slot."""
+    from fleet import signing
+
+    home = _home(tmp_path)
+    ks = home.keys()
+    old = ota_bundle.read_bundle(ota_bundle.build(home, version="0.9.0", out=str(tmp_path / "old.rmota"))["path"])
+    v1 = ota_bundle.build(home, version="1.0.0", out=str(tmp_path / "v1.rmota"))  # bseq 2: the rig runs it
+    files = ota_bundle.read_bundle(v1["path"]).files()
+    other_seed, other_pub = signing.generate_keypair()
+    foreign = ota_bundle.build_bundle(files, 4, "4.0.0", lambda m: signing.sign(other_seed, m))
+    good3 = ota_bundle.build_bundle(files, 3, "3.0.0", ks.sign)
+    flipped_pages = list(good3.pages)
+    flipped_pages[1] = flipped_pages[1][:100] + bytes([flipped_pages[1][100] ^ 1]) + flipped_pages[1][101:]
+    rogue_app = _rogue_app(tmp_path, lambda m: signing.sign(other_seed, m))
+
+    # G1 - 2 - R3 - 4 - 5 at 35 m: the rogue (3) is heard by every node (prr >= 0.96)
+    topo = topo_mod.line(5, spacing_m=35, n_gateways=1, seed=4)
+    rogue = 3
+    honest = [n.id for n in topo.nodes if n.id != rogue]
+    assert all(topo.prr(rogue, v) > 0.9 for v in honest)
+    cap = str(tmp_path / "capture.jsonl")
+    rig = make_rig(topo, ota=True, ota_bundle=v1["path"], ota_settings=OTA_FAST, capture_path=cap, seed=4)
+    mesh_key = ks.mesh_key()
+    flash = {n: os.path.join(rig.home.path, "sim", "nodes", str(n)) for n in honest}
+    rig.wait_until(lambda: len(_states(rig)) == len(topo.nodes), 90, "a status from every node")
+    pointers = {n: _pointer(rig, n) for n in honest}
+    assert all(p["bseq"] == 2 for p in pointers.values()), pointers
+
+    def reflash(files, config=None):
+        """The rogue's owner rewrites its flash and powers it up: its Trickle starts at Imin, so
+        its adverts go out before its neighbours' (at Imax by now) can suppress them."""
+        rig.kill_node(rogue)
+        d = os.path.join(rig.home.path, "sim", "nodes", str(rogue), "ota")
+        stale = {"ota/" + name: None for name in os.listdir(d)} if os.path.isdir(d) else {}
+        rig.reflash_node(rogue, {"config": config or {}, "files": dict(stale, **files)})
+        rig.start_node(rogue)
+
+    # phase 1, a replay: the rogue runs and offers the old bundle (bseq 1, fleet-signed); it must
+    # run bseq <= 1 itself, or its own engine would drop the stored bundle at boot
+    reflash(dict(ota_bundle.initial_flash_files(old), **_page_store_files(old)))
+
+    def replay_heard():
+        heard = {}
+        for rec, f in _ota_heard(cap, mesh_key):
+            if (rec["delivered"] and rec["src"] == rogue and f.type == 6 and f.bseq == 1 and f.mlen
+                    and f.have == f.npages + 1):
+                heard[rec["dst"]] = heard.get(rec["dst"], 0) + 1
+        return heard if all(heard.get(v, 0) >= 2 for v in honest) else (False, heard)
+
+    print("replayed adverts heard:", rig.wait_until(replay_heard, 45, "every node to hear the replayed bundle"))
+    time.sleep(3)
+    asked = [(rec["src"], f.page) for rec, f in _ota_heard(cap, mesh_key) if f.type == 7 and f.bseq == 1]
+    assert not asked, "nodes asked for pages of the replayed bundle: %r" % asked
+    for v in honest:
+        assert not os.path.exists(os.path.join(flash[v], "ota", "m")), "node %d stored a manifest" % v
+
+    # phase 2, another key: the rogue's own config trusts that key, so it keeps and serves it
+    reflash(_page_store_files(foreign), {"fleet_pub": other_pub})
+
+    def refusals():
+        import json
+
+        rows = rig.query("SELECT node, detail FROM events WHERE kind = 'reply' AND detail LIKE '%\"refused\"%'")
+        got = {}
+        for node, detail in rows:
+            res = json.loads(detail).get("result") or []
+            if res[:3] == ["ota", "refused", 4] and "signature" in res[3]:
+                got[node] = res
+        return got if set(got) >= set(honest) else (False, rows)
+
+    for node, detail in sorted(rig.wait_until(refusals, 90, "every node to refuse the foreign bundle").items()):
+        print("node %d reported %s" % (node, detail))
+
+    # phase 3, one flipped byte: the fleet-signed manifest of bseq 3 with page 1 altered, served
+    # by the rogue's altered engine (honest firmware would drop that page itself)
+    reflash(dict(ota_bundle.initial_flash_files(rogue_app), **_page_store_files(good3, flipped_pages)),
+            {"fleet_pub": ks.public_key()})
+    bad_unit = 2  # unit 0 is the manifest, unit 2 is image page 1
+    npk = (len(flipped_pages[1]) + 223) // 224
+
+    def dropped():
+        # the firmware's own account of the digest mismatch (firmware/ota_node.py: the engine's
+        # bad_pages): the node's console, as a technician would read it over USB
+        got = {}
+        for v in honest:
+            with open(os.path.join(flash[v], "console.log"), errors="replace") as f:
+                lines = [ln for ln in f.read().splitlines() if "dropped a page of bseq 3" in ln]
+            if lines:
+                got[v] = lines[0]
+        return got if set(got) == set(honest) else (False, got)
+
+    for v, line in sorted(rig.wait_until(dropped, 90, "every node to drop the flipped page").items()):
+        print("node %d logged: %s" % (v, line))
+    time.sleep(5)
+    heard = _ota_heard(cap, mesh_key)
+    for v in honest:
+        pkts = {f.pkt for rec, f in heard if rec["dst"] == v and rec["delivered"] and rec["src"] == rogue
+                and f.type == 8 and f.bseq == 3 and f.page == bad_unit}
+        assert len(pkts) == npk, "node %d heard packets %r of the bad page from the rogue" % (v, sorted(pkts))
+        haves = {f.have for rec, f in heard if rec["src"] == v and f.type == 6 and f.bseq == 3}
+        # it took the validly signed manifest and page 0 (units 0, 1), never the flipped page 1
+        assert max(haves, default=0) <= 2, "node %d advertised units %r of bseq 3" % (v, haves)
+        stored = sorted(os.listdir(os.path.join(flash[v], "ota")))
+        assert stored == ["m", "p0"], "node %d's page store holds %r" % (v, stored)
+
+    states = _states(rig)
+    for v in honest:
+        assert _pointer(rig, v) == pointers[v], "node %d's active slot changed" % v
+        assert states[v][0] == 2, (v, states[v])
+    print("node_state after the three attacks:", states)

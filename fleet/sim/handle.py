@@ -88,6 +88,9 @@ class RigHandle:
     def start_node(self, node_id):
         self.call_soon(self.rig.start_node, node_id)
 
+    def reflash_node(self, node_id, overrides):
+        self.call_soon(self.rig.reflash_node, node_id, overrides)
+
     def kill_broker(self):
         self.call_soon(self.rig.kill_broker)
 

@@ -6,8 +6,9 @@ each running the real firmware under an ESP32-like heap with its own flash direc
     await rig.run_for(60)      # progress lines; restarts crashed nodes like a power cycle
     await rig.stop()           # every process it started, by PID
 
-Fault hooks for HIL tests: kill_node / start_node, kill_broker / restart_broker, and the medium's
-own faults (rig.medium). Everything binds 127.0.0.1 only.
+Fault hooks for HIL tests: kill_node / start_node, kill_broker / restart_broker, reflash_node
+(a killed node's config and flash rewritten, e.g. into a rogue), and the medium's own faults
+(rig.medium). Everything binds 127.0.0.1 only.
 """
 import asyncio
 import os
@@ -49,7 +50,7 @@ class RigOptions:
                  capture_path=None, collector=True, restart_crashed=True, sensor_noise_per_mille=5,
                  broker_kind="embedded", offered_interval_s=None, mesh_params=None, gateway_heap=_GATEWAY_HEAP,
                  offered_for_s=None, ota=False, ota_bundle=None, ota_settings=None,
-                 ota_heap="384k", repair=None):
+                 ota_heap="384k", repair=None, node_overrides=None):
         self.broker_url = broker_url
         self.seed = seed
         self.heap = heap
@@ -77,6 +78,13 @@ class RigOptions:
         # the collector's gap repair (fleet.repair.RepairConfig keywords, e.g. grace_s): None keeps
         # the fleet home's settings (production defaults: a gap is first asked for after 120 s)
         self.repair = repair
+        # Per-node departures from the provisioned flash, e.g. a rogue pole for a security test:
+        # {node_id: {"config": {key: value}, "files": {flash path: bytes or None}}}. "config"
+        # entries replace the generated config's top-level keys (values as dump_config takes
+        # them: fleet_pub is 32 bytes); "files" are written over the provisioned files (None
+        # removes one), e.g. another app in slot a with its /active pointer, or a bundle in the
+        # OTA page store (ota/m, ota/p<i>). Applied when the rig first writes the node's flash.
+        self.node_overrides = dict(node_overrides or {})
 
 
 class NodeProc:
@@ -203,7 +211,29 @@ class Rig:
         if node.is_gateway:
             host, port = _host_port(self.broker_url)
             cfg["uplink"] = {"broker_host": host, "broker_port": port, "client_id": "gw-%d" % node.id}
+        cfg.update(self.opt.node_overrides.get(node.id, {}).get("config") or {})
         return dump_config(cfg)
+
+    def _write_flash(self, node, ks, files):
+        """Write the node's config.cbor (0600), then `files` ({flash path: bytes}) and its
+        node_overrides files (None removes a file)."""
+        flash = os.path.join(self.dir, "nodes", str(node.id))
+        os.makedirs(flash, exist_ok=True)
+        with open(os.path.join(flash, "config.cbor"), "wb") as f:
+            f.write(self._config_for(node, ks))
+        os.chmod(os.path.join(flash, "config.cbor"), 0o600)
+        files = dict(files or {})
+        files.update(self.opt.node_overrides.get(node.id, {}).get("files") or {})
+        for rel, data in files.items():
+            path = os.path.join(flash, rel)
+            if data is None:
+                if os.path.exists(path):
+                    os.remove(path)
+                continue
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(data)
+        return flash
 
     def _register(self):
         store = self.home.store(create=True)
@@ -261,16 +291,8 @@ class Rig:
         nodes_dir = os.path.join(self.dir, "nodes")
         for n in self.topo.nodes:
             flash = os.path.join(nodes_dir, str(n.id))
-            os.makedirs(flash, exist_ok=True)
-            with open(os.path.join(flash, "config.cbor"), "wb") as f:
-                f.write(self._config_for(n, ks))
-            os.chmod(os.path.join(flash, "config.cbor"), 0o600)
-            if flash_files is not None and not os.path.exists(os.path.join(flash, "active")):
-                for rel, data in flash_files.items():
-                    path = os.path.join(flash, rel)
-                    os.makedirs(os.path.dirname(path), exist_ok=True)
-                    with open(path, "wb") as f:
-                        f.write(data)
+            fresh = flash_files is not None and not os.path.exists(os.path.join(flash, "active"))
+            self._write_flash(n, ks, flash_files if fresh else None)
             heap = self.opt.gateway_heap if n.is_gateway else (self.opt.ota_heap if self.opt.ota else self.opt.heap)
             np = NodeProc(n.id, flash, build, heap, os.path.join(flash, "console.log"),
                           boot_code=_BOOT_SLOT if flash_files is not None else _BOOT)
@@ -305,6 +327,18 @@ class Rig:
         if hasattr(self.medium, "restart_node"):
             self.medium.restart_node(node_id)
         self.nodes[node_id].start()
+
+    def reflash_node(self, node_id, overrides):
+        """Rewrite a killed node's flash as a technician with a USB cable would: its config
+        again (with overrides["config"]) and overrides["files"] (see RigOptions.node_overrides,
+        which this replaces for the node). start_node boots it. Raises FleetError while the node
+        runs."""
+        np = self.nodes[node_id]
+        if np.alive():
+            raise FleetError("node %d is running: kill_node it before reflashing" % node_id)
+        self.opt.node_overrides[node_id] = dict(overrides)
+        node = next(n for n in self.topo.nodes if n.id == node_id)
+        self._write_flash(node, self.home.keys(), None)
 
     def kill_broker(self):
         if self.broker is None:
