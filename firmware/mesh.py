@@ -508,6 +508,10 @@ class Router:
             return self._txq.pop(0)
         return None
 
+    def has_output(self):
+        """True when poll_tx() or poll_event() has something (a shell may skip both otherwise)."""
+        return bool(self._txq or self._ev)
+
     def poll_event(self):
         """Next event tuple (see module docstring) or None."""
         if self._ev:
@@ -872,14 +876,18 @@ class Router:
             victim = None
             worst = -1
             timeout = self.neighbor_timeout_ms
+            par = self._par
+            busy = self._inflight_nb
             for nb in nbrs.values():
-                if nb is self._par or nb is self._inflight_nb:
+                if nb is par or nb is busy:
                     continue
                 if now - nb.last_ms > timeout:
                     victim = nb
                     worst = COST_INFINITE + 1
                     break
-                pc = nb.path_cost()
+                pc = nb.cost
+                if pc < COST_INFINITE:  # nb.path_cost(), inline: this loop runs per beacon heard
+                    pc += nb.etx
                 if pc > worst:
                     victim = nb
                     worst = pc

@@ -676,6 +676,7 @@ class ReadingRing:
 # ---- telemetry packer ---------------------------------------------------------------------------
 
 _SIZE_KEY = b"\x00" * 32  # any key: tags have fixed lengths, so the size does not depend on it
+_size_hmac = None  # its Hmac, made at the first telemetry (not at import: RAM) and kept
 _SIZE_ETAG = b"\x00" * 8
 
 
@@ -687,6 +688,15 @@ def to_reading(rec, now_s):
     if dt > 0xFFFFFFFF:
         dt = 0xFFFFFFFF
     return Reading(dt, pm1, pm25, pm10, rh, temp, n, flags)
+
+
+def _size_key():
+    global _size_hmac
+    if _size_hmac is None:
+        from protocol.auth import Hmac
+
+        _size_hmac = Hmac(_SIZE_KEY)
+    return _size_hmac
 
 
 def build_telemetry(node_id, readings, now_s, max_bytes=MAX_FRAME):
@@ -708,7 +718,7 @@ def build_telemetry(node_id, readings, now_s, max_bytes=MAX_FRAME):
     # One encode gives the size; readings differ in size, so drop from the end until it fits.
     while True:
         try:
-            size = len(encode(frame, _SIZE_KEY))
+            size = len(encode(frame, _size_key()))
         except ProtocolError:
             size = max_bytes + 1  # encode refuses frames over the radio's 250 bytes
         if size <= max_bytes:

@@ -565,7 +565,10 @@ class Simulation:
                             frame = tx.frame = self.ota.decode(data, self.mesh_hmac)
                         if frame is not None:
                             r.ota.on_frame(frame, src, now_ms)
-                    self.service(r, t)
+                    # service() is a no-op unless the router has output, its deadline moved
+                    # earlier or OTA runs (most beacons heard change none of these)
+                    if r.ota is not None or rr.has_output() or rr.next_deadline_ms * 1000 < r.tick_at:
+                        self.service(r, t)
             if collided:
                 self.counters["collided"] += collided
             self.counters["receptions"] += heard
