@@ -17,7 +17,8 @@ Rules
   strongest evidence a node itself can have that the collector is reachable.
   Not confirmed within the pointer's trial_ms -> roll back and reset; a crash loop is rolled
   back by boot.py (max_boots).
-- Reporting: a page dropped for not matching the manifest is logged (the engine's bad_pages).
+- Reporting: a page dropped for not matching the manifest is logged (the engine's bad_pages),
+  and the first one per boot is reported as a Reply ["ota", "bad_page", bseq, reason].
   Status frames carry fw_seq/fw_version of the running slot and ota_state
   (1 receiving, 2 complete-waiting, 3 trial, 4 confirmed, 5 rolled back, 6 refused) with
   ota_progress; a status goes out at every change of state and every 25 % of progress. A roll
@@ -112,9 +113,12 @@ class OtaShell:
         if bad != self._bad_pages:
             # the engine dropped a page (digest mismatch) and distrusts its senders: a neighbour
             # serving pages no honest node stores is worth a line on the console
+            first = self._bad_pages == 0
             self._bad_pages = bad
             self.log("ota", "dropped a page of bseq %d that does not match the manifest (%d so far); its senders "
                      "are ignored for a while" % (self.engine.m.bseq, bad))
+            if first:  # the fleet hears of it once per boot: a polluting neighbour is worth a look
+                self._report("bad_page", self.engine.m.bseq, "page digest mismatch")
         self._maybe_status()
 
     def on_refused(self, bseq, reason):

@@ -676,7 +676,6 @@ class ReadingRing:
 # ---- telemetry packer ---------------------------------------------------------------------------
 
 _SIZE_KEY = b"\x00" * 32  # any key: tags have fixed lengths, so the size does not depend on it
-_size_hmac = None  # its Hmac, made at the first telemetry (not at import: RAM) and kept
 _SIZE_ETAG = b"\x00" * 8
 
 
@@ -690,21 +689,15 @@ def to_reading(rec, now_s):
     return Reading(dt, pm1, pm25, pm10, rh, temp, n, flags)
 
 
-def _size_key():
-    global _size_hmac
-    if _size_hmac is None:
-        from protocol.auth import Hmac
-
-        _size_hmac = Hmac(_SIZE_KEY)
-    return _size_hmac
-
-
-def build_telemetry(node_id, readings, now_s, max_bytes=MAX_FRAME):
+def build_telemetry(node_id, readings, now_s, max_bytes=MAX_FRAME, size_key=_SIZE_KEY):
     """Return a protocol.Telemetry (origin node_id, time_s now_s, hops 0, cost 0, no etag yet)
     holding the longest prefix of `readings` (ring tuples) with consecutive seqs that fits one
     frame of `max_bytes`, at most MAX_READINGS; None when `readings` is empty. The size is
     checked with protocol.encode at the largest hops/cost a forwarder can write, so the frame
-    still fits after any number of hops. Raises ProtocolError if not even one reading fits."""
+    still fits after any number of hops. Raises ProtocolError if not even one reading fits.
+    size_key: the key (or a protocol.auth.Hmac of it) for that trial encode; a simulator running
+    thousands of nodes passes one Hmac, a device lets the small one of each call go (a Hmac kept
+    for good would pin heap a 128k device heap needs contiguous)."""
     if not readings:
         return None
     seq0 = readings[0][0]
@@ -718,7 +711,7 @@ def build_telemetry(node_id, readings, now_s, max_bytes=MAX_FRAME):
     # One encode gives the size; readings differ in size, so drop from the end until it fits.
     while True:
         try:
-            size = len(encode(frame, _size_key()))
+            size = len(encode(frame, size_key))
         except ProtocolError:
             size = max_bytes + 1  # encode refuses frames over the radio's 250 bytes
         if size <= max_bytes:

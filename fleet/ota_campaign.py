@@ -137,7 +137,8 @@ def classify(row, bseq):
 
 
 def _reasons(store, since):
-    """node -> (what, bseq, reason) of the "ota" replies recorded since `since`."""
+    """node -> (what, bseq, reason) of the "ota" roll-back and refusal replies recorded since
+    `since` (a "bad_page" report is an event for the operator, not a node's outcome)."""
     out = {}
     for ev in store.events(since=since, kind="reply", limit=100000):
         try:
@@ -145,7 +146,7 @@ def _reasons(store, since):
         except ValueError:
             continue
         res = d.get("result") or []
-        if len(res) >= 4 and res[0] == "ota":
+        if len(res) >= 4 and res[0] == "ota" and res[1] in ("rolled_back", "refused"):
             out[ev["node"]] = (res[1], res[2], res[3])
     return out
 

@@ -386,6 +386,13 @@ def test_rogue_pole_bad_bundles_refused_over_the_air_by_every_node(make_rig, nee
 
     for v, line in sorted(rig.wait_until(dropped, 90, "every node to drop the flipped page").items()):
         print("node %d logged: %s" % (v, line))
+
+    def bad_page_reports():  # each node also told the fleet (an "ota" reply stored as an event)
+        got = {node for node, d in rig.query("SELECT node, detail FROM events WHERE kind = 'reply' "
+                                             "AND detail LIKE '%\"bad_page\"%'")}
+        return got if got >= set(honest) else (False, got)
+
+    rig.wait_until(bad_page_reports, 60, "every node to report the bad page to the fleet")
     time.sleep(5)
     heard = _ota_heard(cap, mesh_key)
     for v in honest:

@@ -30,7 +30,8 @@ routers. In `direct` repair mode the command is handed to the target node after 
 40 ms per hop instead of flooding, and the flood's cost is counted as one transmission per live
 node (for networks where thousands of real floods would dominate the run time).
 """
-from firmware.ring import build_telemetry
+from firmware.ring import _SIZE_KEY
+from firmware.ring import build_telemetry as _build_telemetry
 from fleet.repair import GapTracker, RepairConfig
 from protocol import (
     OP_RESEND,
@@ -46,7 +47,14 @@ from protocol import (
     encode,
     signed_bytes,
 )
-from protocol.auth import E2E_TAG_LEN, NEW, ReplayWindow, ct_equal
+from protocol.auth import E2E_TAG_LEN, NEW, Hmac, ReplayWindow, ct_equal
+
+_SIZE_HMAC = Hmac(_SIZE_KEY)
+
+
+def build_telemetry(node_id, readings, now_s):
+    """firmware.ring.build_telemetry with one Hmac for its trial encodes (not one per frame)."""
+    return _build_telemetry(node_id, readings, now_s, size_key=_SIZE_HMAC)
 
 POLL_US = 500_000  # node.py's uplink poll period
 MAX_IN_FLIGHT = 2  # node.py: at most two telemetry frames in flight
