@@ -313,7 +313,10 @@ class Rig:
             await asyncio.sleep(1.0)
             for np in self.nodes.values():
                 if np.proc is not None and not np.alive() and not np.killed and self.opt.restart_crashed:
-                    self.log("rig: node %d exited (%s): restarting it" % (np.node_id, np.proc.returncode))
+                    rc = np.proc.returncode
+                    why = "reset itself (machine.reset: an update, a roll back or the watchdog)" if rc == 3 \
+                        else "crashed (exit %s)" % rc
+                    self.log("rig: node %d %s: restarting it" % (np.node_id, why))
                     np.start()
 
     # ---- faults ---------------------------------------------------------------------------------
