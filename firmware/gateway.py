@@ -14,6 +14,7 @@
   keeps envelopes and sends them later, in order.
 """
 import asyncio
+import gc
 
 import protocol
 from firmware import ota_seed
@@ -148,6 +149,12 @@ class OtaSeedSink:
             return
         except OSError as e:
             print("gw", "OTA seeding: flash error %s" % e)
+            return
+        except MemoryError:
+            # not a verdict on the bundle: the fleet seeds again (every seed_every_s) and a
+            # collected heap will likely have room then
+            gc.collect()
+            print("gw", "OTA seeding: out of memory, waiting for the next seeding")
             return
         self.shell.tick(now)  # drain events (complete -> stage when allowed)
         self.node.wake.set()

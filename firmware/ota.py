@@ -159,6 +159,8 @@ class OtaEngine:
                 m = parse_manifest(split_signed(signed)[0], signed)
         except ProtocolError:
             m = None
+        except MemoryError:
+            return  # the heap, not the bundle: keep it on flash, a later boot resumes it
         if m is None or m.bseq < self.floor or not self._class_ok(m):
             self.store.clear()
             return

@@ -148,13 +148,14 @@ def check_path(path):
 
 
 def parse_manifest(raw, signed=None):
-    """Parse manifest bytes (no signature check) and return a Manifest. Raises ProtocolError."""
+    """Parse manifest bytes (no signature check) and return a Manifest. Raises ProtocolError;
+    MemoryError passes through (a resource failure, not a verdict on the manifest)."""
     try:
         return _parse(raw, signed)
-    except ProtocolError:
+    except (ProtocolError, MemoryError):
+        # MemoryError says nothing about the manifest (a full heap, not bad input): the caller
+        # must not refuse a bundle for it; the node resets and parses it again on a fresh heap
         raise
-    except MemoryError:
-        raise ProtocolError("manifest too large to parse in the available memory")
     except Exception as e:  # noqa: BLE001 - the contract: only ProtocolError escapes
         raise ProtocolError("malformed manifest (%s: %s)" % (type(e).__name__, e))
 
@@ -215,12 +216,12 @@ def parse_signed_manifest(buf, fleet_pub, verify=None):
 
     verify: an Ed25519 verify(public_key, message, signature) -> bool; default
     protocol.ed25519.verify (imported only when needed: it costs heap). Raises ProtocolError
-    for a bad size, structure or signature, or any field out of spec."""
+    for a bad size, structure or signature, or any field out of spec; MemoryError passes through."""
     try:
         raw, sig = split_signed(buf)
-    except ProtocolError:
+    except (ProtocolError, MemoryError):
         raise
-    except Exception as e:  # noqa: BLE001 - only ProtocolError escapes
+    except Exception as e:  # noqa: BLE001 - only ProtocolError (and MemoryError) escape
         raise ProtocolError("malformed signed manifest (%s: %s)" % (type(e).__name__, e))
     if verify is None:
         from protocol.ed25519 import verify
