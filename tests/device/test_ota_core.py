@@ -247,3 +247,40 @@ def test_stage_refuses_a_damaged_page():
     except SlotError as e:
         assert "page 1" in str(e)
     assert boot.read_pointer(fs)["slot"] == "a" and boot.select(fs) == "a"
+
+
+def _oom(*args):
+    raise MemoryError("memory allocation failed")
+
+
+def test_running_out_of_heap_is_not_a_verdict_on_the_manifest():
+    # parse_manifest must let MemoryError through (a full heap, not bad input): turned into a
+    # ProtocolError it made nodes refuse a good bundle for good and distrust honest neighbours
+    real = mf._parse
+    mf._parse = _oom
+    try:
+        try:
+            mf.parse_signed_manifest(_h(vec.V2), PUB)
+        except MemoryError:
+            pass
+        else:
+            raise AssertionError("MemoryError did not pass through parse_signed_manifest")
+    finally:
+        mf._parse = real
+    # a bundle stored on flash survives a boot whose heap cannot parse its manifest
+    import firmware.ota as ota_mod
+
+    fs = fx.MemFS()
+    a = OtaEngine(1, PUB, PageStore(fs), 1, _params(), running_bseq=1)
+    a.offer_bundle(_h(vec.V2), _pages(2), 0)
+    held = sorted(fs.files)
+    assert held
+    real_signed, real_plain = ota_mod.parse_signed_manifest, ota_mod.parse_manifest
+    ota_mod.parse_signed_manifest = ota_mod.parse_manifest = _oom
+    try:
+        b = OtaEngine(1, PUB, PageStore(fs), 1, _params(), running_bseq=1)
+    finally:
+        ota_mod.parse_signed_manifest, ota_mod.parse_manifest = real_signed, real_plain
+    assert b.m is None and sorted(fs.files) == held  # nothing refused, nothing dropped
+    c = OtaEngine(1, PUB, PageStore(fs), 1, _params(), running_bseq=1)  # the next boot resumes it
+    assert c.m is not None and c.m.bseq == 2 and c.have == a.have
