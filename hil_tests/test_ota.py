@@ -5,7 +5,8 @@ a version whose health check cannot pass, and resume a transfer after being kill
 
 Speed: the OTA engine runs with a faster token bucket and Trickle (OTA_FAST below) and trials
 get 40 s, so the file fits the CI budget; the bundles are the real app (~23 pages of 3.5 KB).
-The 25-node grid is skipped unless REDMESH_SLOW_HIL=1 (several minutes on a 2-core machine).
+The 25-node grid takes about 3 minutes on a 2-core machine; REDMESH_QUICK=1 skips it for a
+quick local run (make test and CI run it).
 """
 import asyncio
 import os
@@ -128,7 +129,7 @@ def _update_all(make_rig, tmp_path, topo, timeout_s, kill_mid=False):
     stored = after["readings"] - before["readings"]
     print("telemetry during the campaign: %d of %d readings issued were stored (%.1f %%)"
           % (stored, issued, 100.0 * stored / issued if issued else 0.0))
-    return rig, took_s, air / image
+    return rig, took_s, air / image, (stored / issued if issued else 0.0)
 
 
 @pytest.mark.timeout(420)
@@ -140,15 +141,19 @@ def test_6_node_line_updates_v1_to_v2_and_killed_node_resumes(make_rig, needs_vi
     _update_all(make_rig, tmp_path, topo, 330, kill_mid=True)
 
 
-@pytest.mark.skipif(not os.environ.get("REDMESH_SLOW_HIL"),
-                    reason="25 MicroPython nodes and 9 campaign waves take several minutes on a 2-core machine: "
-                           "set REDMESH_SLOW_HIL=1 to run it")
+@pytest.mark.skipif(bool(os.environ.get("REDMESH_QUICK")),
+                    reason="REDMESH_QUICK is set: the 25-node OTA grid (about 3 minutes) is left out")
 @pytest.mark.timeout(900)
 def test_25_node_grid_updates_v1_to_v2(make_rig, needs_virtual_rig, tmp_path):
     """Slow on a 2-core machine (25 MicroPython processes and the campaign's waves)."""
     topo = topo_mod.grid(5, 5, n_gateways=1, seed=3)
-    _rig, took_s, ratio = _update_all(make_rig, tmp_path, topo, 800)
+    _rig, took_s, ratio, telemetry = _update_all(make_rig, tmp_path, topo, 800)
     print("25-node grid updated in %.0f s; %.1f bytes on air per bundle byte" % (took_s, ratio))
+    # OTA is rate-limited so telemetry keeps flowing: most readings made during the campaign are
+    # stored by its end (97-99 % measured here; backlog drain and gap repair bring the rest
+    # later). The 6-node line is not held to this: its relays reboot into v2 one after another
+    # and cut off everything behind them for a while each time.
+    assert telemetry >= 0.75, telemetry
 
 
 def _publish(rig, payloads):
