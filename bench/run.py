@@ -138,6 +138,7 @@ def bench_scripts(res, quick):
         "collector": ("collector_bench", ["--envelopes", "200" if quick else "1000"]),
         "mqtt": ("mqtt_bench", ["--n", "2000" if quick else "5000"]),
         "provision": ("provision_bench", ["--boards", "4"]),
+        "heap": ("heap_bench", ["--heaps", "224,208,192"] if quick else []),
     }
     if os.path.exists(os.path.join(ROOT, "bench", "des_bench.py")):
         runs["des"] = ("des_bench", ["--quick"] if quick else [])
@@ -186,8 +187,12 @@ def table(res):
                      "-"))
         rows.append(("virtual nodes that fit this machine's memory", str(rg["nodes_fit_in_memory"]), "-"))
         for role, h in rg["heap_min_free_by_role"].items():
-            rows.append(("firmware lowest free heap, %s (heap %s)" % (role, rg["heap_size_by_role"].get(role)),
-                         "%s B" % h["heap_min"], "> 0 (no MemoryError)"))
+            size = rg["heap_size_by_role"].get(role)
+            peak = ""
+            if size and h["heap_min"] is not None:
+                peak = ", peak live %d KB" % ((int(size[:-1]) * 1024 - h["heap_min"]) // 1024)
+            rows.append(("firmware heap, %s (heap %s): lowest free after a GC" % (role, size),
+                         "%s B%s" % (h["heap_min"], peak), "> 0 (no MemoryError)"))
     sc = res.get("scripts", {})
     ed = sc.get("ed25519", {}).get("output")
     if ed:
@@ -202,6 +207,10 @@ def table(res):
             v = _first(kind + r"\s+\S+\s+(\d+) frames/s", col, int)
             if v:
                 rows.append(("collector ingest through %s" % kind, "%d frames/s" % v, "-"))
+    hp = sc.get("heap", {}).get("output")
+    if hp:
+        rows.append(("smallest node heap that boots and runs (unix port, 64-bit)",
+                     "%s KB" % _first(r"smallest node heap that ran: (\w+) KB", hp, str), "measured (rig uses 256k)"))
     des = _load(os.path.join(OUT, "des.json"))
     if des:
         for r in des if isinstance(des, list) else des.get("runs", []):

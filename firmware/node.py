@@ -67,7 +67,8 @@ class Node:
         self._last_ticks = ticks_ms()
         self._mono = 0
         self.wake = asyncio.Event()
-        self.heap_min = hal.mem_free()
+        gc.collect()
+        self.heap_min = hal.mem_free()  # lowest free heap seen right after a collection
         self.last_sample_ms = None
         self.last_report_ms = None
         self.last_pump_ms = 0
@@ -264,6 +265,7 @@ class Node:
         """Originate a status frame. With probe, it carries an app token whose ("sent", token,
         ok) outcome goes to the OTA shell (trial health); returns that token (else None)."""
         r = self.router
+        gc.collect()  # report what the live objects leave free, not the garbage since the last GC
         free = self.hal.mem_free()
         self.heap_min = min(self.heap_min, free)
         body = protocol.StatusBody(
@@ -404,6 +406,9 @@ class Node:
                 self.hal.wdt_feed()
             else:
                 log("health", "not healthy: letting the watchdog reset the node")
+            # free heap right after a collection: what the live objects leave (before one, the
+            # figure mostly measures garbage not collected yet)
+            gc.collect()
             free = self.hal.mem_free()
             if free < self.heap_min:
                 self.heap_min = free
@@ -413,7 +418,6 @@ class Node:
                 self.selftest_done = True
                 log("selftest", "ok node=%d role=%s sensor=1 radio=1 config=1 fw=%s" % (
                     self.node_id, self.cfg.role, self.fw_version))
-            gc.collect()
             await asyncio.sleep_ms(5000)
 
     async def run(self):
