@@ -71,9 +71,10 @@ class RigOptions:
         self.ota = ota
         self.ota_bundle = ota_bundle
         self.ota_settings = ota_settings
-        # The app plus the OTA engine, slots and Ed25519 loaded as .mpy leave ~5 KB free in a 256k
-        # heap (measured): not enough for the 3.5 KB page buffer. OTA nodes get more until the
-        # app is trimmed (or its stable modules frozen into the firmware image).
+        # The app plus the OTA engine, slots and Ed25519 loaded as .mpy leave ~39 KB free after a
+        # GC in a 256k heap while idle (bench/heap_bench.py measures the plain app); receiving and
+        # staging a bundle (page buffers, inflate, the signature check) on a fragmented heap
+        # needs more, so OTA nodes get 384k until the stable modules are frozen into the image.
         self.ota_heap = ota_heap
         # the collector's gap repair (fleet.repair.RepairConfig keywords, e.g. grace_s): None keeps
         # the fleet home's settings (production defaults: a gap is first asked for after 120 s)
