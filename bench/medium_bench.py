@@ -118,6 +118,7 @@ from firmware.hal.sim_radio import SimRadio, BROADCAST
 r = SimRadio(bytes.fromhex(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
 async def main():
     r.active(True)
+    r.add_peer(BROADCAST)
     await asyncio.sleep_ms(300)
     msg = bytes(100)
     while True:

@@ -21,7 +21,7 @@ from firmware import counters as counters_mod
 from firmware import ring as ring_mod
 from firmware.compat import ticks_diff, ticks_ms
 from firmware.drivers import command_bytes, make_parser
-from firmware.mesh import Router
+from firmware.mesh import BROADCAST, PeerTable, Router
 from firmware.sampler import Sampler, SamplerConfig
 from protocol import auth
 
@@ -154,8 +154,17 @@ class Node:
 
     async def _send(self, radio, dst, data):
         try:
-            if dst != b"\xff\xff\xff\xff\xff\xff":
-                self.peers.ensure(radio, dst)
+            add, evicted = self.peers.use(dst)
+            if evicted is not None:
+                try:
+                    radio.del_peer(evicted)
+                except OSError:
+                    pass  # already gone (ESP_ERR_ESPNOW_NOT_FOUND)
+            if add:
+                try:
+                    radio.add_peer(dst)
+                except OSError:
+                    pass  # already a peer (ESP_ERR_ESPNOW_EXIST)
             return await radio.asend(dst, data)
         except OSError as e:
             self.errors |= 1
@@ -423,7 +432,14 @@ class Node:
     async def run(self):
         log("node", "start id=%d role=%s fw=%s bseq=%d boot=%d" % (self.node_id, self.cfg.role, self.fw_version,
                                                                   self.fw_seq, self.boot_count))
-        self.hal.radio.active(True)
+        radio = self.hal.radio
+        radio.active(True)
+        # ESP-NOW sends only to registered peers, broadcast included (ESP_ERR_ESPNOW_NOT_FOUND
+        # otherwise): ff:ff:ff:ff:ff:ff takes one of the driver's 20 slots for good
+        try:
+            radio.add_peer(BROADCAST)
+        except OSError:
+            pass  # already a peer after a soft reset (ESP_ERR_ESPNOW_EXIST)
         self.peers = PeerTable(20)
         tasks: list = [self.radio_rx(), self.pump(), self.sensor(), self.uplink(), self.status(), self.health()]
         if self.gateway is not None:
@@ -449,28 +465,3 @@ class _Synthetic:
         self.temp = 220
         self.n = 1
         self.flags = FLAG_SYNTHETIC
-
-
-class PeerTable:
-    """ESP-NOW holds at most 20 unicast peers: keep the most recently used, evict the least."""
-
-    def __init__(self, size):
-        self.size = size
-        self.order = []
-
-    def ensure(self, radio, mac):
-        if mac in self.order:
-            self.order.remove(mac)
-            self.order.append(mac)
-            return
-        if len(self.order) >= self.size:
-            old = self.order.pop(0)
-            try:
-                radio.del_peer(old)
-            except OSError:
-                pass
-        try:
-            radio.add_peer(mac)
-        except OSError:
-            pass  # already a peer (ESP_ERR_ESPNOW_EXIST)
-        self.order.append(mac)

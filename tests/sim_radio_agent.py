@@ -86,6 +86,7 @@ async def main():
     mac, my_port, medium_port = _unhex(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     radio = SimRadio(mac, my_port, medium_port)
     radio.active(True)
+    radio.add_peer(b"\xff" * 6)  # as the node shell does at start
     lines = _Lines()
     say({"ready": True})
     while True:

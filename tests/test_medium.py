@@ -17,6 +17,7 @@ async def _setup(topo, **kw):
     for n in topo.nodes:
         r = SimRadio(n.mac, m.port_for(n.id), m.port)
         r.active(True)
+        r.add_peer(BROADCAST)  # as the node shell does: the driver sends to registered peers only
         radios[n.id] = r
     await asyncio.sleep(0.05)
     return m, radios
@@ -53,6 +54,11 @@ async def test_espnow_rules_payload_and_peer_table():
             await r.asend(BROADCAST, b"x" * 251)
         with pytest.raises(OSError):
             await r.asend(topo.nodes[1].mac, b"not a peer yet")
+        # broadcast is a peer like any other (ESP_ERR_ESPNOW_NOT_FOUND before add_peer) and
+        # takes one of the 20 slots
+        r.del_peer(BROADCAST)
+        with pytest.raises(OSError, match="NOT_FOUND"):
+            await r.asend(BROADCAST, b"unregistered broadcast")
         for i in range(20):
             r.add_peer(bytes([2, 0, 0, 0, 0, i]))
         with pytest.raises(OSError):
@@ -135,6 +141,7 @@ async def test_medium_thread_control_client_hooks_and_causes():
         for n in topo.nodes:
             radios[n.id] = SimRadio(n.mac, mt.call(mt.medium.port_for, n.id), mt.port)
             radios[n.id].active(True)
+            radios[n.id].add_peer(BROADCAST)
         await asyncio.to_thread(mt.call, mt.medium.wait_attached)
         ra = radios[a.id]
         ra.add_peer(b.mac)

@@ -7,12 +7,11 @@ Datagrams (see fleet/sim/medium.py for the medium's side):
     medium -> node  b"R" src(6) rssi(1, signed) payload  a frame was received
     medium -> node  b"D" seq(2) ok(1)                    transmit outcome (unicast: MAC ACK)
 
-ESP-NOW rules kept here: payloads are 1..250 bytes (ValueError otherwise); unicast needs the
-destination in the peer table, which holds at most 20 peers. Peer errors are the driver's:
-OSError(-code, name) as MicroPython's esp32 port raises them (check_esp_err negates the IDF
-code): ESP_ERR_ESPNOW_FULL 0x3068, _NOT_FOUND 0x3069, _EXIST 0x306b (esp_now.h). Broadcast
-needs no add_peer here (the real driver wants ff:ff:ff:ff:ff:ff registered; the shell's peer
-table only manages unicast peers).
+ESP-NOW rules kept here: payloads are 1..250 bytes (ValueError otherwise); every send needs
+its destination in the peer table, broadcast included (ff:ff:ff:ff:ff:ff must be registered
+like any peer, as the real driver wants), which holds at most 20 peers. Peer errors are the
+driver's: OSError(-code, name) as MicroPython's esp32 port raises them (check_esp_err negates
+the IDF code): ESP_ERR_ESPNOW_FULL 0x3068, _NOT_FOUND 0x3069, _EXIST 0x306b (esp_now.h).
 MicroPython sockets have no getsockname(): the node is told its port and the medium's.
 Receive path allocations per frame: the datagram (sock.recv: MicroPython sockets have no
 recv_into, and their readinto() is a stream read that would join queued datagrams), the
@@ -95,7 +94,7 @@ class SimRadio:
         mac = bytes(mac)
         if not 1 <= len(msg) <= MAX_PAYLOAD:
             raise ValueError("ESP-NOW payload must be 1..250 bytes, got %d" % len(msg))
-        if mac != BROADCAST and mac not in self.peers:
+        if mac not in self.peers:
             raise OSError(_ERR_NOT_FOUND, "ESP_ERR_ESPNOW_NOT_FOUND")
         self._seq = (self._seq + 1) & 0xFFFF
         seq = self._seq
