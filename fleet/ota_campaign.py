@@ -166,10 +166,21 @@ def campaign_status(home):
     nodes = []
     totals = {s: 0 for s in STATES}
     allowed = set(camp.get("allowed", {}))
+    active = set(camp.get("active", []))
     for n in camp["targets"]:
         r = rows.get(n)
         st, pct = classify(r, camp["bseq"])
         why = reasons.get(n)
+        if why is not None and why[1] != camp["bseq"]:
+            why = None  # about another bundle
+        if st in ("receiving", "verifying", "trial"):
+            active.add(n)
+        elif st in ("rolled back", "refused") and why is None and n not in active:
+            # A status frame's ota_state names no bundle: a node that rolled back or refused
+            # in an earlier campaign keeps saying so until this bundle reaches it. Counted for
+            # this campaign only with a reply naming this bseq, or after the node was seen
+            # working on it.
+            st, pct = "pending", 0
         totals[st] += 1
         nodes.append({"node": n, "role": r["role"] if r is not None else None,
                       "version": r["fw_version"] if r is not None else None,
@@ -295,6 +306,16 @@ async def run(home, bundle, broker_url=None, log=None, poll_s=2.0, seed_every_s=
                 last_seed = now
             status = campaign_status(home)
             by_node = {n["node"]: n for n in status["nodes"]}
+            # nodes seen working on this bundle: their later roll back or refusal is this
+            # campaign's even if the reply naming it was lost (see campaign_status)
+            active = set(camp.get("active", []))
+            seen = active | {n["node"] for n in status["nodes"] if n["state"] in ("receiving", "verifying", "trial")}
+            if seen != active:
+                fresh = load_campaign(home)  # abort may have been written meanwhile
+                if fresh is not None and fresh["state"] != "running":
+                    return fresh
+                camp["active"] = sorted(seen)
+                save_campaign(home, camp)
             rollbacks = sum(1 for n in status["nodes"] if n["state"] == "rolled back")
             if rollbacks >= camp["halt_after"]:
                 camp.update(state="halted", ended_at=time.time(),

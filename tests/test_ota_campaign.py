@@ -86,3 +86,32 @@ def test_waves_fall_back_to_hops_without_parents_and_downlinks_fit_the_radio():
     out = ota_campaign.pack_downlinks(frames)
     assert all(len(m) <= 240 for m in out)
     assert sum(len(protocol.decode(m).frames) for m in out) == len(frames)
+
+
+def test_an_earlier_campaigns_roll_back_is_not_this_ones(tmp_path):
+    # Status frames say "rolled back" / "refused" without naming a bundle: a node that rolled
+    # back bundle 2 keeps reporting it. A campaign for bundle 3 must not count that (it would
+    # halt at once), until a reply names bundle 3 or the node was seen working on bundle 3.
+    home = FleetHome.resolve(str(tmp_path / "h"))
+    store = home.store(create=True)
+    now = int(time.time())
+    store.register_nodes([{"node": n, "mac": None, "role": "node", "pole": None, "lat": None, "lon": None,
+                           "registered_at": now} for n in (2, 3, 4)])
+    for n in (2, 3, 4):
+        store.update_state(n, now, fw_seq=1, fw_version="1.0.0", ota_state=5, ota_progress=0)
+    for n in (2, 3):
+        store.record_event(now, "reply", node=n, detail={"cseq": 0, "code": 0, "result": [
+            "ota", "rolled_back", 2 if n == 2 else 3, "not confirmed within 40 s"]})
+    store.close()
+    camp = {"bseq": 3, "version": "3.0.0", "targets": [2, 3, 4], "canary": 0, "halt_after": 1,
+            "waves": [[2, 3, 4]], "wave": 0, "allowed": {}, "state": "running", "started_at": now - 10,
+            "reason": None}
+    ota_campaign.save_campaign(home, camp)
+    by = {n["node"]: n for n in ota_campaign.campaign_status(home)["nodes"]}
+    assert by[2]["state"] == "pending" and by[2]["reason"] is None  # its reply was about bundle 2
+    assert by[3]["state"] == "rolled back" and by[3]["reason"] == "not confirmed within 40 s"
+    assert by[4]["state"] == "pending"  # no reply at all: an old outcome
+    camp["active"] = [4]  # the campaign saw node 4 receiving bundle 3; its reply was lost
+    ota_campaign.save_campaign(home, camp)
+    by = {n["node"]: n for n in ota_campaign.campaign_status(home)["nodes"]}
+    assert by[4]["state"] == "rolled back" and by[2]["state"] == "pending"
