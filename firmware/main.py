@@ -21,6 +21,10 @@ def _make_hal(cfg, fs, root):
         from firmware.hal.esp32 import Esp32Hal
 
         return Esp32Hal(fs, channel=cfg.radio_channel)
+    sim = getattr(cfg, "sim", None)
+    if not sim or "mac" not in sim or "my_port" not in sim or "medium_port" not in sim:
+        raise ConfigError("this is not an ESP32 and the config has no sim section (mac, my_port, medium_port): "
+                          "a virtual board needs the rig's radio medium (fleet provision --sim-medium-port PORT)")
     from firmware.hal.sim import SimHal
 
     return SimHal(cfg, fs, root)
@@ -31,12 +35,9 @@ def safe_state(err, fs=None):
     (Ctrl-C), never crash-loop. A technician re-provisions the node over USB."""
     import time
 
-    from firmware.safe_state import safe_state_message
+    from firmware.safe_state import safe_state_loop
 
-    msg = safe_state_message(err)
-    while True:
-        print("safe-state", msg)
-        time.sleep(30)
+    safe_state_loop(err, time.sleep)
 
 
 def _ota_settings(cfg):
@@ -93,7 +94,11 @@ def run(root="."):
     except ConfigError as e:
         safe_state(e, fs)
         return
-    hal = _make_hal(cfg, fs, root)
+    try:
+        hal = _make_hal(cfg, fs, root)
+    except ConfigError as e:
+        safe_state(e, fs)
+        return
     gateway = None
     if cfg.role == "gateway":
         from firmware.gateway import Gateway

@@ -625,6 +625,18 @@ class _Run:
                           f"{old_node} to re-provision it, or --replace to make it node {spec.node_id}")
         elif old_cfg is not None and ident is not None and ident[2] != spec.node_id:
             self.res["notes"].append(f"replaced the config of node {ident[2]}")
+        if old_cfg is None and not o.replace and "/main.py" in found:
+            # a stock MicroPython board has a boot.py but no main.py: a main.py that is not ours,
+            # with no Red Mesh config beside it, is another application's
+            ours_main = hashlib.sha256(bundle.root_main_py).hexdigest()
+            if found["/main.py"][1] != ours_main:
+                self.fail("the board runs another application (a /main.py that is not Red Mesh's, and no "
+                          "Red Mesh config); refusing to overwrite it: pass --replace to provision it anyway")
+        if info["virtual"] and o.sim_medium_port is None and o.selftest and "main.py" not in o.extra_files:
+            # its firmware would sit in its safe state and the self-test could never pass
+            self.fail("a virtual board's firmware talks to the virtual rig's radio medium, and none was given: "
+                      "pass --sim-medium-port PORT (the medium of a running `fleet sim up`), or --no-selftest "
+                      "to only write the board")
         self._check_store(info["mac"])
         ours = ident is not None and ident[0] == self.fleet.net_id and ident[1] == self.fleet.fleet_pub
         config = self.fleet.config_bytes(spec, mac_bytes, _decode_config(old_cfg) if ours else None)

@@ -245,6 +245,29 @@ def test_a_foreign_application_config_is_refused(home, boards):
     assert not res["ok"] and res["step"] == "check" and "not a Red Mesh config" in res["error"]
 
 
+def test_another_application_without_a_config_is_refused_unless_replace(home, boards):
+    # a stock board has a boot.py and no main.py; one running someone else's main.py must not
+    # be overwritten by accident
+    (board,) = boards(1)
+    subprocess.run([MPREMOTE, "connect", board.port, "exec", "open('/main.py','w').write('print(\\'their app\\')')"],
+                   capture_output=True, timeout=30, check=True)
+    (res,) = prov.provision(home, [prov.NodeSpec(node_id=5, port=board.port)],
+                            prov.ProvisionOptions(selftest=False))["results"]
+    assert not res["ok"] and res["step"] == "check" and "another application" in res["error"]
+    assert res["board_state"] == "untouched"
+    (res,) = prov.provision(home, [prov.NodeSpec(node_id=5, port=board.port)],
+                            prov.ProvisionOptions(selftest=False, replace=True))["results"]
+    assert res["ok"], res["error"]
+
+
+def test_a_virtual_board_without_the_rigs_medium_is_refused_before_writing(home, boards):
+    # its firmware would sit in its safe state (no sim section) and the self-test could not pass
+    (board,) = boards(1)
+    (res,) = prov.provision(home, [prov.NodeSpec(node_id=6, port=board.port)], prov.ProvisionOptions())["results"]
+    assert not res["ok"] and res["step"] == "check" and "--sim-medium-port" in res["error"]
+    assert res["board_state"] == "untouched"
+
+
 def test_duplicate_node_id_and_a_board_that_is_another_node(home, boards):
     b1, b2 = boards(2)
     opts = prov.ProvisionOptions(selftest=False)

@@ -72,10 +72,12 @@ from fleet.errors import FleetError
 
 BLOCK_SIZE = 4096  # the ESP32 port's littlefs block size (one flash sector)
 DEFAULT_QUOTA_BYTES = 2 * 1024 * 1024  # the vfs partition of the usual 4 MB ESP32 layout
-# An ESP32-WROOM without PSRAM shows ~110-130 KB free after boot. The unix build is 64-bit: every
-# pointer-sized word (object headers, list/dict slots, small ints) takes 8 bytes instead of 4, so
-# the same program needs ~1.3-1.6x the heap. 160k here is about what the ESP32 gives.
-DEFAULT_HEAP = "160k"
+# An ESP32-WROOM without PSRAM shows ~110-130 KB free after boot, and its port grows the heap
+# from the IDF's free memory on demand. The unix build is 64-bit: every pointer-sized word
+# (object headers, list/dict slots, small ints) takes 8 bytes instead of 4, so the same program
+# needs ~1.3-1.6x the heap. 256k is the virtual rig's node heap: the Red Mesh app needs 208k
+# here to boot and run (bench/heap_bench.py), so a smaller default could not self-test.
+DEFAULT_HEAP = "256k"
 
 BOARD_FS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "board_fs")
 
