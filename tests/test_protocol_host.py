@@ -217,10 +217,36 @@ def test_fleet_decode_verifies_with_key_file(tmp_path):
     kf.write_text(json.dumps({"mesh_key": KEYS["mesh_key"], "node_key": KEYS["node_key"]}))
     v = [v for v in valid() if v["name"] == "telemetry, one reading"][0]
     r = _run(["decode", "--key-file", str(kf), v["hex"]])
-    assert r.exit_code == 0 and json.loads(r.output)["verified"] is True
+    assert r.exit_code == 0 and json.loads(r.output)["verified"] == ["hop", "e2e"]
     kf.write_text(json.dumps({"mesh_key": "00" * 32}))
     r = _run(["decode", "--key-file", str(kf), v["hex"]])
     assert r.exit_code == 1 and "hop tag mismatch" in r.output
+    # only the mesh key: the end-to-end tag was not checked, and the output says so
+    kf.write_text(json.dumps({"mesh_key": KEYS["mesh_key"]}))
+    r = _run(["decode", "--key-file", str(kf), v["hex"]])
+    assert r.exit_code == 0 and json.loads(r.output)["verified"] == ["hop"]
+
+
+def test_fleet_decode_verifies_the_frames_inside_an_envelope(tmp_path):
+    env = [v for v in valid() if v["name"] == "gateway envelope"][0]
+    kf = tmp_path / "keys.json"
+    kf.write_text(json.dumps({"mesh_key": KEYS["mesh_key"], "node_key": KEYS["node_key"]}))
+    r = _run(["decode", "--key-file", str(kf), env["hex"]])
+    assert r.exit_code == 0, r.output
+    frames = json.loads(r.output)["frames"]
+    assert frames and all(f["verified"] == ["hop", "e2e"] for f in frames)
+    # wrong keys: the envelope still prints, each frame says why, and the exit status is 1
+    kf.write_text(json.dumps({"mesh_key": "00" * 32, "node_key": "00" * 32}))
+    r = _run(["decode", "--key-file", str(kf), env["hex"]])
+    assert r.exit_code == 1 and "frames in the envelope are invalid" in r.stderr
+    frames = json.loads(r.stdout)["frames"]
+    assert all("tag mismatch" in f["error"] for f in frames)
+    # a malformed frame (cut short) inside an envelope is invalid with or without keys
+    e = P.decode(bytes.fromhex(env["hex"]))
+    rx, rssi, fb = e.items[0]
+    e.items[0] = [rx, rssi, fb[:-2]]
+    r = _run(["decode", P.encode(e).hex()])
+    assert r.exit_code == 1 and "1 of 1 frames" in r.output
 
 
 @pytest.mark.parametrize("arg", ["zz", "8201", "", "a1" * 300])

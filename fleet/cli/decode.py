@@ -77,7 +77,51 @@ def cli(hex_input, key_file, compact):
         frame = protocol.decode(buf, keys.get("mesh_key"), keys.get("node_key"))
     except protocol.ProtocolError as e:
         raise FleetError(f"invalid frame: {e}") from e
-    out = describe(frame)
-    if keys:
-        out["verified"] = True
+    bad = None
+    if frame.type == protocol.T_ENVELOPE:
+        out, bad = describe_envelope(frame, keys)
+    else:
+        out = describe(frame)
+        if keys:
+            out["verified"] = checked(frame, keys)
     click.echo(json.dumps(out, indent=None if compact else 2, ensure_ascii=False))
+    if bad:
+        raise FleetError(f"{bad[0]} of {len(frame.items)} frames in the envelope are invalid (see their "
+                         f"\"error\"); the first: {bad[1]}")
+
+
+def checked(frame, keys):
+    """The tags decode() checked for `frame` with `keys`: a list of "hop" (mesh key),
+    "e2e" (the origin's node key) and "auth" (a command's HMAC to one node)."""
+    t = frame.type
+    out = []
+    if keys.get("mesh_key") is not None and t not in (protocol.T_ENVELOPE, protocol.T_DOWNLINK):
+        out.append("hop")
+    if keys.get("node_key") is not None:
+        if t in (protocol.T_TELEMETRY, protocol.T_STATUS, protocol.T_REPLY):
+            out.append("e2e")
+        elif t == protocol.T_COMMAND and frame.target != 0:
+            out.append("auth")
+    return out
+
+
+def describe_envelope(env, keys):
+    """Return (dict, bad): the envelope with each air frame decoded - with the keys, its tags
+    verified (`verified` lists which) - and bad = (count, first reason) of the frames that do
+    not decode, or None."""
+    out = {"type": "envelope", "gateway": env.gateway, "eseq": env.eseq, "frames": []}
+    n_bad, first = 0, None
+    for rx_ms, rssi, fb in env.items:
+        try:
+            f = protocol.decode(fb, keys.get("mesh_key"), keys.get("node_key"))
+            d = describe(f)
+            if keys:
+                d["verified"] = checked(f, keys)
+        except protocol.ProtocolError as e:
+            d = {"error": str(e), "hex": bytes(fb).hex()}
+            n_bad += 1
+            first = first or str(e)
+        d["rx_ms"] = rx_ms
+        d["rssi"] = rssi
+        out["frames"].append(d)
+    return out, ((n_bad, first) if n_bad else None)
