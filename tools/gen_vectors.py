@@ -146,8 +146,22 @@ def invalid_vectors(tel):
     add("envelope carrying a 251-byte frame", cbor2.dumps([1, 16, 2, 1, [[1, -5, b"\0" * 251]]]),
         "frame: expected 1..250 bytes")
     add("downlink with no frames", cbor2.dumps([1, 17, []]), "downlink.frames: expected 1..")
-    add("nesting deeper than 8 levels in a command argument",
+    add("command argument is a nested array (9 levels)",
         tagged([1, 4, 5, 1, 2, [[[[[[[[[1]]]]]]]]], 0, b"\0" * 8]), "expected an integer")
+    add("command auth mismatch (HMAC with another key)", tagged([1, 4, 5, 1, 2, [], 0, b"\0" * 8]),
+        "command auth mismatch")
+    add("command text argument of 33 bytes", tagged([1, 4, 5, 1, 2, ["x" * 33], 0, b"\0" * 8]),
+        "expected at most 32 bytes of text")
+    rep = [1, 5, 1234, 7, 1795000000, [9, 0, [1]], 2, 40, b"\0" * 8]
+    add("reply missing the cost", tagged(rep[:7] + rep[8:]), "reply: expected 10 items, got 9")
+    add("reply result with 9 entries", tagged(rep[:5] + [[9, 0, [1] * 9]] + rep[6:], e2e_upto=8),
+        "reply.result: expected 0..8 items")
+    add("OTA advert holding more than 65535 pages", tagged([1, 6, 1, 2, 300, 4, 10, 70000]),
+        "have: expected at most 65535")
+    add("OTA request with a missing-packet bitmap above 16 bits", tagged([1, 7, 1, 2, 3, 4, 70000]),
+        "missing: expected at most 65535")
+    add("envelope item with 2 fields", cbor2.dumps([1, 16, 2, 1, [[1, -5]]]), "envelope.item: expected 3 items")
+    add("etag as a text string", tagged(tel_items[:8] + ["abcdefgh"]), "etag: expected a byte string")
     # tel[9:14] is the time field (1a + 4 bytes)
     add("undefined simple value as time", tel[:9] + b"\xf7" + tel[14:], "unsupported simple value")
     add("reserved additional information 28", tel[:9] + b"\x1c" + tel[14:], "reserved additional info")
