@@ -5,8 +5,11 @@ stored against the sequence numbers issued (a node numbers its readings 0, 1, 2,
 hole below its highest stored seq is a reading not (yet) stored), duplicates, gaps, and
 end-to-end latency (reading time -> gateway receive time) overall and per hop count.
 `verify_throughput(...)` drives a virtual rig at an offered rate and returns that report with
-the rates. Latency is exact for synthetic readings (created on a whole second, see
-firmware/node.py `load`); sensor readings are stamped at the end of their window.
+the rates. Latency has a resolution of one second: synthetic readings are created on a whole
+second (firmware/node.py `load`) and the store keeps the gateway's receive time in whole seconds,
+so a figure of 1.0 s means "within the second after it was made" (the discrete-event simulator,
+`fleet sim des`, reports sub-second latencies). Sensor readings are stamped at the end of
+their window.
 """
 import time
 

@@ -24,7 +24,9 @@ def test_20_node_grid_every_reading_stored_once(make_rig):
     rep = rig.wait_until(lambda: _settled(rig, 15), 150, "every node's readings stored without holes")
     print(rep)
     assert rep["readings"] >= 20 * 15
-    assert rep["holes"] == 0 and rep["duplicates_stored"] == 0
+    # exactly once: no seq missing below each node's newest (the store's UNIQUE(node, seq) keeps
+    # the duplicates that QoS 1 and the mesh deliver - rep["duplicates_received"] - out)
+    assert rep["holes"] == 0 and rep["readings"] == rep["issued"]
     assert rep["lost"] == 0
 
 
@@ -35,15 +37,21 @@ def test_gateway_killed_nodes_reparent_nothing_lost(make_rig, needs_virtual_rig)
     rig = make_rig(topo, offered_interval_s=4, offered_for_s=75, seed=4)
     time.sleep(25)
     victim = gws[0]
+    t_kill = int(time.time())
     rig.kill_node(victim)  # the process dies and the medium stops carrying its frames
     time.sleep(50)
     rep = rig.wait_until(lambda: _settled_except(rig, {victim}), 180,
                          "the surviving nodes' readings stored without holes after the gateway died")
     print(rep)
-    # every surviving node was heard through the other gateway after the kill
-    late = rig.query("SELECT DISTINCT gateway FROM readings WHERE node != ? AND rx_ts > "
-                     "(SELECT max(rx_ts) FROM readings) - 20", victim)
-    assert {g for (g,) in late} == {gws[1]}
+    # the nodes the victim carried before the kill re-parented: each was heard through the other
+    # gateway afterwards
+    served = {n for (n,) in rig.query("SELECT DISTINCT node FROM readings WHERE gateway = ? AND node != ? "
+                                      "AND rx_ts < ?", victim, victim, t_kill)}
+    after = {n for (n,) in rig.query("SELECT DISTINCT node FROM readings WHERE gateway = ? AND rx_ts > ?",
+                                     gws[1], t_kill + 1)}
+    print("served by the victim before the kill:", sorted(served), "heard via the other gateway after:", sorted(after))
+    assert served, "the killed gateway carried no node's readings: the test proves nothing"
+    assert served <= after, served - after
     assert rep["holes"] == 0 and rep["lost"] == 0
 
 
@@ -110,9 +118,9 @@ def test_garbage_and_forged_frames_counted_nothing_lost(make_rig, needs_virtual_
     rep = rig.wait_until(lambda: _settled(rig, 15), 150, "valid readings all stored despite the junk")
     print(rep)
     assert all(n.alive() for n in rig.rig.nodes.values()), "a node died on junk input"
-    assert sum(rep["rejects"].values()) >= 2, rep["rejects"]
+    # each kind of junk sent to the broker was counted under its cause
+    for cause in ("garbage", "bad_tag", "oversize"):
+        assert rep["rejects"].get(cause, 0) >= 1, (cause, rep["rejects"])
     seqs = rig.query("SELECT count(*) FROM readings WHERE seq IN (999999, 888888)")
     assert seqs[0][0] == 0, "a forged reading was stored"
     assert rep["holes"] == 0
-    mesh_bad = rig.call_soon(lambda: None)  # the loop is alive
-    assert mesh_bad is None

@@ -253,7 +253,7 @@ def test_fleet_decode_verifies_the_frames_inside_an_envelope(tmp_path):
 def test_fleet_decode_invalid_input_one_line_no_traceback(arg):
     r = _run(["decode", arg])
     assert r.exit_code == 1
-    assert "Traceback" not in r.output
+    assert isinstance(r.exception, (SystemExit, type(None)))  # a clean exit, not a crash
     assert r.output.startswith("Error: ") and r.output.count("\n") == 1
 
 

@@ -492,7 +492,7 @@ def test_flash_on_a_port_without_a_bootloader_says_so(image, boards):
     (board,) = boards(1)  # answers with MicroPython, not the ROM bootloader
     r = fleet("flash", "--port", board.port, "--image", str(image), "--connect-attempts", "1", check=False)
     assert r.exit_code == 1
-    assert "no ESP32 bootloader answered" in r.stderr and "Traceback" not in r.output
+    assert "no ESP32 bootloader answered" in r.stderr and isinstance(r.exception, (SystemExit, type(None)))  # a clean exit, not a crash
 
 
 def test_flash_cli_checks_provisioning_options_before_writing(image):
