@@ -1,9 +1,10 @@
 """HIL test plumbing: a `rig` factory whose backend is chosen by --rig.
 
     --rig sim   (default) the virtual rig: MicroPython nodes, the simulated medium, a broker
-    --rig FILE  real boards: a JSON file naming serial ports, roles and the broker, e.g.
-                {"broker": "mqtt://10.0.0.2:1883", "boards": [{"port": "/dev/ttyUSB0",
-                 "node_id": 1, "role": "gateway"}, ...]}
+    --rig FILE  real boards: a JSON file naming serial ports, roles, the broker and the fleet
+                home the boards were provisioned into (hil_tests/test_real_rig.py), e.g.
+                {"broker": "mqtt://10.0.0.2:1883", "home": "/srv/redmesh", "boards":
+                 [{"port": "/dev/ttyUSB0", "node_id": 1, "role": "gateway"}, ...]}
 Tests that need what only the virtual rig has (fault injection in the medium, killing the
 broker) skip with the reason printed when a real rig is given; tests that need hardware skip
 on the virtual rig.
