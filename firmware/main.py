@@ -15,6 +15,10 @@ except ImportError:  # pragma: no cover
 from firmware.config import ConfigError, load_config
 from firmware.fsutil import PosixFS
 
+# The OTA target class of this firmware's hardware (the virtual rig's nodes stand in for ESP32
+# poles, so they are "esp32" too): fleet/ota_bundle.py DEFAULT_TARGET
+TARGET_CLASS = "esp32"
+
 
 def _make_hal(cfg, fs, root):
     if sys.platform == "esp32":
@@ -72,7 +76,10 @@ def _attach_ota(node, cfg, fs, gateway):
     from firmware.slots import SlotManager
 
     trial, params = _ota_settings(cfg)
-    slots = SlotManager(fs, max_boots=trial["max_boots"], trial_ms=trial["trial_ms"])
+    # this hardware class: bundles built for another (fleet ota build --target-class) are refused
+    # by the engine (not stored or forwarded) and by the slot manager (never staged)
+    params["target_class"] = TARGET_CLASS
+    slots = SlotManager(fs, max_boots=trial["max_boots"], trial_ms=trial["trial_ms"], target_class=TARGET_CLASS)
     node.fw_seq, node.fw_version = slots.running()
     engine = OtaEngine(cfg.node_id, cfg.fleet_pub, PageStore(fs, "ota"), cfg.node_id ^ (node.boot_count << 8),
                        OtaParams(**params), running_bseq=slots.floor_bseq(), now_ms=node.now_ms())

@@ -286,3 +286,11 @@ def test_formats_match_the_cddl(built):
     with pytest.raises(pycddl.ValidationError):
         manifest_schema.validate_cbor(cbor2.dumps([1, 2, "v", "esp32", 10, 3584, [b"\0" * 32],
                                                    [["main.py", 1, b"\0" * 32]], "lzma"]))
+
+
+def test_nodes_take_the_class_that_fleet_ota_build_targets():
+    # firmware/main.py gives the OTA engine and the slot manager its TARGET_CLASS: a bundle built
+    # with the default --target-class is accepted, any other refused (tests/device/test_ota_core.py)
+    from firmware import main as fw_main
+
+    assert fw_main.TARGET_CLASS == ota_bundle.DEFAULT_TARGET

@@ -236,6 +236,26 @@ def test_stage_trial_confirm_and_deflate():
     assert boot.select(fs) == "b"
 
 
+def test_a_bundle_for_another_hardware_class_is_refused():
+    # the vectors are "esp32" bundles; a node of another class takes none of them
+    signed = _h(vec.V1)
+    eng = OtaEngine(5, PUB, PageStore(fx.MemFS(), "ota"), 1, OtaParams(target_class="esp32s3"))
+    assert "bundle is for 'esp32', not 'esp32s3'" in _raises(eng.offer_manifest, signed)
+    assert eng.m is None
+    fs = fx.MemFS()
+    m = mf.parse_signed_manifest(signed, PUB)
+    try:
+        SlotManager(fs, target_class="esp32s3").stage(m, lambda i: _pages(1)[i])
+        raise AssertionError("staged a bundle for another class")
+    except SlotError as e:
+        assert "this node is 'esp32s3'" in str(e)
+    assert boot.select(fs) is None or "a/main.py" not in fs.files
+    # the class the firmware runs as is the one `fleet ota build` targets by default
+    eng = OtaEngine(5, PUB, PageStore(fx.MemFS(), "ota"), 1, OtaParams(target_class="esp32"))
+    eng.offer_manifest(signed)
+    assert eng.m is not None and eng.m.bseq == 1
+
+
 def test_stage_refuses_a_damaged_page():
     fs = fx.MemFS()
     _stage(fs, _h(vec.V1), _pages(1))
