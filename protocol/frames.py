@@ -647,12 +647,6 @@ def _decode(buf, mesh_key, node_key):
         f.etag = _bstr(d, "etag", E2E_TAG_LEN, E2E_TAG_LEN)
         if t == T_TELEMETRY and f.seq + len(f.readings) - 1 > U32:
             raise ProtocolError("telemetry: reading sequence numbers overflow 32 bits")
-        if node_key is not None:
-            key = node_key(f.origin) if callable(node_key) else node_key
-            if key is None:
-                raise ProtocolError("unknown node %d: no key to check its end-to-end tag" % f.origin)
-            if not ct_equal(_hmac(key).tag(covered, E2E_TAG_LEN), f.etag):
-                raise ProtocolError("end-to-end tag mismatch for node %d seq %d" % (f.origin, f.seq))
     elif t == T_COMMAND:
         f = Command(*_get(d, Command.SPEC))
         n = _arr(d, "command.args", 0, 4)
@@ -661,10 +655,6 @@ def _decode(buf, mesh_key, node_key):
         f.hops = _uint(d, "hops", U8)
         want = SIG_LEN if f.target == 0 else E2E_TAG_LEN
         f.auth = _bstr(d, "command.auth", want, want)
-        if node_key is not None and f.target != 0:
-            key = node_key(f.target) if callable(node_key) else node_key
-            if key is None or not ct_equal(_hmac(key).tag(covered, E2E_TAG_LEN), f.auth):
-                raise ProtocolError("command auth mismatch for node %d cseq %d" % (f.target, f.cseq))
     elif t == T_OTA_DATA:
         f = OtaData(*_get(d, OtaData.SPEC))
         f.data = _bstr(d, "data", 1, OTA_PKT_MAX)
@@ -673,9 +663,22 @@ def _decode(buf, mesh_key, node_key):
     tag_at = d.pos
     htag = _bstr(d, "hop tag", HOP_TAG_LEN, HOP_TAG_LEN)
     d.done()
+    # The hop tag first: it is the cheap check that the frame comes from this mesh at all, so a
+    # stranger's frame is told apart from a member's forgery and costs no node-key lookup.
     if mesh_key is not None:
         if not ct_equal(_hmac(mesh_key).tag(bytes(buf[:tag_at + 1]), HOP_TAG_LEN), htag):
             raise ProtocolError("hop tag mismatch: frame not from this mesh, or corrupted")
+    if node_key is not None:
+        if t in _UPLINK:
+            key = node_key(f.origin) if callable(node_key) else node_key
+            if key is None:
+                raise ProtocolError("unknown node %d: no key to check its end-to-end tag" % f.origin)
+            if not ct_equal(_hmac(key).tag(covered, E2E_TAG_LEN), f.etag):
+                raise ProtocolError("end-to-end tag mismatch for node %d seq %d" % (f.origin, f.seq))
+        elif t == T_COMMAND and f.target != 0:
+            key = node_key(f.target) if callable(node_key) else node_key
+            if key is None or not ct_equal(_hmac(key).tag(covered, E2E_TAG_LEN), f.auth):
+                raise ProtocolError("command auth mismatch for node %d cseq %d" % (f.target, f.cseq))
     return f
 
 
