@@ -250,3 +250,20 @@ def test_readings_table_and_unknown_node(home):
 def test_readings_bad_time_is_a_usage_error(home):
     r = run(["readings", "--node", "10", "--since", "last tuesday"], home)
     assert r.exit_code == 2 and "-1h" in r.output and isinstance(r.exception, (SystemExit, type(None)))  # a clean exit, not a crash
+
+
+def test_an_unexpected_error_is_one_line_not_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    # a bug: something no command expects raises inside `fleet status`
+    code = ("import sys; from fleet.home import FleetHome\n"
+            "def boom(*a, **k): raise RuntimeError('simulated bug')\n"
+            "FleetHome.resolve = staticmethod(boom)\n"
+            "from fleet.cli import main; sys.exit(main(['status', '--home', sys.argv[1]]))\n")
+    home = tmp_path / "h"
+    home.mkdir()
+    p = subprocess.run([sys.executable, "-c", code, str(home)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1, (p.returncode, p.stderr)
+    assert "Traceback" not in p.stderr and p.stderr.count("\n") == 1
+    assert p.stderr.startswith("Error: unexpected") and "REDMESH_DEBUG=1" in p.stderr

@@ -34,8 +34,18 @@ def group():
 
 
 def main(argv=None):
+    """The console entry point: expected failures are click errors (one line, exit 1 or 2); an
+    unexpected exception is a bug, shown as one line too (REDMESH_DEBUG=1 shows the traceback)."""
+    import os
+
     try:
         group.main(args=argv, prog_name="fleet", standalone_mode=True)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - no traceback reaches an operator
+        if os.environ.get("REDMESH_DEBUG"):
+            raise
+        click.echo(f"Error: unexpected {type(e).__name__}: {e} - this is a bug in fleet; run again with "
+                   f"REDMESH_DEBUG=1 for the traceback and report it", err=True)
+        sys.exit(1)
