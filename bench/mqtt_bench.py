@@ -116,7 +116,7 @@ async def main(argv=None):
     ap.add_argument("--n", type=int, default=5000, help="messages per run")
     ap.add_argument("--brokers", default="amqtt,mosquitto")
     args = ap.parse_args(argv)
-    print(f"MicroPython client ({MP} -X heapsize={HEAP}) -> broker on 127.0.0.1, {args.n} messages per run")
+    print(f"MicroPython client (micropython -X heapsize={HEAP}) -> broker on 127.0.0.1, {args.n} messages per run")
     for kind in args.brokers.split(","):
         if kind == "mosquitto" and mosquitto_path() is None:
             print("mosquitto: skipped (not installed)")
