@@ -292,7 +292,7 @@ def _rogue_app(tmp_path, sign_fn):
     return ota_bundle.build_bundle(ota_bundle.compile_app(str(src)), 2, "1.0.0-rogue", sign_fn)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 def test_rogue_pole_bad_bundles_refused_over_the_air_by_every_node(make_rig, needs_virtual_rig, tmp_path):
     """A pole whose mesh key was extracted (its frames carry valid hop tags) but which has no
     fleet signing key offers bad bundles over the air from its OTA page store, one after the
@@ -389,7 +389,9 @@ def test_rogue_pole_bad_bundles_refused_over_the_air_by_every_node(make_rig, nee
                 got[v] = lines[0]
         return got if set(got) == set(honest) else (False, got)
 
-    for v, line in sorted(rig.wait_until(dropped, 90, "every node to drop the flipped page").items()):
+    # the wait bounds (it does not time) the rogue's reboot, its adverts and the page transfer;
+    # 2 cores shared with another HIL test make that slow, so it is generous
+    for v, line in sorted(rig.wait_until(dropped, 200, "every node to drop the flipped page").items()):
         print("node %d logged: %s" % (v, line))
 
     def bad_page_reports():  # each node also told the fleet (an "ota" reply stored as an event)
