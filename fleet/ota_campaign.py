@@ -30,6 +30,7 @@ from fleet.errors import FleetError
 CAMPAIGN_FILE = "campaign.json"
 STATES = ("pending", "receiving", "verifying", "trial", "confirmed", "rolled back", "refused")
 TERMINAL = ("confirmed", "rolled back", "refused")
+ACTIVE_STATES = ("receiving", "verifying", "trial")  # a node working on the campaign's bundle
 # ota_state codes in status frames (firmware/ota.py 0..2, firmware/slots.py 3..6)
 _CODE = {1: "receiving", 2: "verifying", 3: "trial", 4: "confirmed", 5: "rolled back", 6: "refused"}
 
@@ -173,7 +174,7 @@ def campaign_status(home):
         why = reasons.get(n)
         if why is not None and why[1] != camp["bseq"]:
             why = None  # about another bundle
-        if st in ("receiving", "verifying", "trial"):
+        if st in ACTIVE_STATES:
             active.add(n)
         elif st in ("rolled back", "refused") and why is None and n not in active:
             # A status frame's ota_state names no bundle: a node that rolled back or refused
@@ -309,7 +310,7 @@ async def run(home, bundle, broker_url=None, log=None, poll_s=2.0, seed_every_s=
             # nodes seen working on this bundle: their later roll back or refusal is this
             # campaign's even if the reply naming it was lost (see campaign_status)
             active = set(camp.get("active", []))
-            seen = active | {n["node"] for n in status["nodes"] if n["state"] in ("receiving", "verifying", "trial")}
+            seen = active | {n["node"] for n in status["nodes"] if n["state"] in ACTIVE_STATES}
             if seen != active:
                 fresh = load_campaign(home)  # abort may have been written meanwhile
                 if fresh is not None and fresh["state"] != "running":

@@ -632,7 +632,7 @@ class _Run:
             if found["/main.py"][1] != ours_main:
                 self.fail("the board runs another application (a /main.py that is not Red Mesh's, and no "
                           "Red Mesh config); refusing to overwrite it: pass --replace to provision it anyway")
-        if info["virtual"] and o.sim_medium_port is None and o.selftest and "main.py" not in o.extra_files:
+        if info["virtual"] and o.sim_medium_port is None and o.selftest:
             # its firmware would sit in its safe state and the self-test could never pass
             self.fail("a virtual board's firmware talks to the virtual rig's radio medium, and none was given: "
                       "pass --sim-medium-port PORT (the medium of a running `fleet sim up`), or --no-selftest "

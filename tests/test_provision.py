@@ -348,9 +348,13 @@ def test_gateway_config_carries_the_uplink_and_no_secret_is_shown(home, boards):
 # ---- the self-test wait --------------------------------------------------------------------------
 
 
+# the stand-in apps below never touch the radio: any medium port satisfies the check step
+_NO_RADIO = 9
+
+
 def test_selftest_line_is_awaited_and_checked(home, boards):
     (board,) = boards(1)
-    opts = prov.ProvisionOptions(selftest_timeout_s=20, extra_files={"main.py": FAKE_APP_SELFTEST})
+    opts = prov.ProvisionOptions(selftest_timeout_s=20, extra_files={"main.py": FAKE_APP_SELFTEST}, sim_medium_port=_NO_RADIO)
     (res,) = prov.provision(home, [prov.NodeSpec(node_id=12, port=board.port)], opts)["results"]
     assert res["ok"], res["error"]
     assert res["selftest"].startswith("selftest ok node=12")
@@ -365,12 +369,12 @@ def test_selftest_line_is_awaited_and_checked(home, boards):
 
 def test_selftest_failures_say_what_was_missing(home, boards):
     b1, b2 = boards(2)
-    crash = prov.ProvisionOptions(selftest_timeout_s=20, extra_files={"main.py": FAKE_APP_CRASH})
+    crash = prov.ProvisionOptions(selftest_timeout_s=20, extra_files={"main.py": FAKE_APP_CRASH}, sim_medium_port=_NO_RADIO)
     (res,) = prov.provision(home, [prov.NodeSpec(node_id=13, port=b1.port)], crash)["results"]
     assert not res["ok"] and res["step"] == "selftest" and res["board_state"] == "provisioned"
     assert "the app is not running" in res["error"] and "ImportError" in res["error"]
 
-    silent = prov.ProvisionOptions(selftest_timeout_s=2, extra_files={"main.py": FAKE_APP_SILENT})
+    silent = prov.ProvisionOptions(selftest_timeout_s=2, extra_files={"main.py": FAKE_APP_SILENT}, sim_medium_port=_NO_RADIO)
     (res,) = prov.provision(home, [prov.NodeSpec(node_id=14, port=b2.port)], silent)["results"]
     assert not res["ok"] and res["step"] == "selftest"
     assert "no self-test report within 2 s" in res["error"] and "did not confirm its sensor and radio" in res["error"]
