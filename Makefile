@@ -8,7 +8,13 @@ MPY_HEAP ?= 64k
 # on a 2-core machine (TEST_WORKERS=0 runs everything in one process)
 TEST_WORKERS ?= 2
 
-.PHONY: install test test-unit test-device test-hil lint bench demo clean
+.PHONY: install test test-unit test-device test-hil lint bench demo clean mp32
+
+# A 32-bit MicroPython unix port (an ESP32's object layout) for the virtual rig and the device
+# tests: built from ../shared/micropython32 (or MP32_SRC=path/to/build-kit) into build/mp32.
+# Needs gcc-multilib; without it everything falls back to the 64-bit PyPI interpreter with the
+# heaps scaled (one notice). fleet/sim/interp.py finds it.
+MP32_SRC ?= $(firstword $(wildcard ../shared/micropython32 /work/shared/micropython32) ../shared/micropython32)
 
 install: $(STAMP)
 
@@ -18,7 +24,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-test: install
+test: install mp32
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal
 
 lint: install
@@ -32,6 +38,12 @@ bench: install
 demo: install
 	$(BIN)/fleet sim up --nodes 25 --gateways 2 --topology district --duration 70 --report-interval 31
 	$(BIN)/fleet status
+
+mp32:
+	@if [ -x build/mp32/micropython32 ]; then echo "build/mp32/micropython32 is built"; \
+	elif [ -x "$(MP32_SRC)/build.sh" ]; then "$(MP32_SRC)/build.sh" build/mp32 \
+	  || echo "could not build the 32-bit MicroPython (see above): the rig uses the 64-bit interpreter"; \
+	else echo "no 32-bit MicroPython build kit at $(MP32_SRC) (set MP32_SRC=...): the rig uses the 64-bit interpreter"; fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -31,7 +31,7 @@ def trial(heap_kb, seconds):
         home.ensure()
         home.keys().init()
         topo = topo_mod.line(3, spacing_m=35, n_gateways=1, seed=2)
-        rig = RigHandle(home, topo, RigOptions(heap="%dk" % heap_kb, report_interval_s=31), log=lambda *a: None)
+        rig = RigHandle(home, topo, RigOptions(heap=heap_kb, report_interval_s=31), log=lambda *a: None)
         try:
             rig.start()
             time.sleep(seconds)

