@@ -11,10 +11,27 @@ TEST_WORKERS ?= 2
 .PHONY: install test test-unit test-device test-hil lint bench demo clean mp32
 
 # A 32-bit MicroPython unix port (an ESP32's object layout) for the virtual rig and the device
+# tests, built into build/mp32 from a MicroPython source tarball (MP32_TARBALL=...; default: the
+# trimmed v1.28.0 kit beside the project). Needs gcc-multilib; without it (or the tarball) the
+# rig falls back to the 64-bit PyPI interpreter with heaps scaled, and says so.
+# fleet/sim/interp.py finds the build; REDMESH_MICROPYTHON=path overrides.
+MP32_TARBALL ?= $(firstword $(wildcard ../shared/micropython32/micropython-*-unix-src.tar.gz) \
+	$(wildcard /work/shared/micropython32/micropython-*-unix-src.tar.gz))
+
+.PHONY: install test test-unit test-device test-hil lint bench demo clean mp32
+
+# A 32-bit MicroPython unix port (an ESP32's object layout) for the virtual rig and the device
+# tests, built into build/mp32 from a MicroPython source tarball (MP32_TARBALL=...; default: the
+# trimmed v1.28.0 kit beside the project). Needs gcc-multilib; without it (or the tarball) the
+# rig falls back to the 64-bit PyPI interpreter with heaps scaled, and says so.
+# fleet/sim/interp.py finds the build; REDMESH_MICROPYTHON=path overrides.
+MP32_TARBALL ?= $(firstword $(wildcard ../shared/micropython32/micropython-*-unix-src.tar.gz) \
+	$(wildcard /work/shared/micropython32/micropython-*-unix-src.tar.gz))
+
+# A 32-bit MicroPython unix port (an ESP32's object layout) for the virtual rig and the device
 # tests: built from ../shared/micropython32 (or MP32_SRC=path/to/build-kit) into build/mp32.
 # Needs gcc-multilib; without it everything falls back to the 64-bit PyPI interpreter with the
 # heaps scaled (one notice). fleet/sim/interp.py finds it.
-MP32_SRC ?= $(firstword $(wildcard ../shared/micropython32 /work/shared/micropython32) ../shared/micropython32)
 
 install: $(STAMP)
 
@@ -40,10 +57,8 @@ demo: install
 	$(BIN)/fleet status
 
 mp32:
-	@if [ -x build/mp32/micropython32 ]; then echo "build/mp32/micropython32 is built"; \
-	elif [ -x "$(MP32_SRC)/build.sh" ]; then "$(MP32_SRC)/build.sh" build/mp32 \
-	  || echo "could not build the 32-bit MicroPython (see above): the rig uses the 64-bit interpreter"; \
-	else echo "no 32-bit MicroPython build kit at $(MP32_SRC) (set MP32_SRC=...): the rig uses the 64-bit interpreter"; fi
+	@tools/build_mp32.sh "$(MP32_TARBALL)" build/mp32 \
+	  || echo "no 32-bit MicroPython (see above): the rig and device tests use the 64-bit interpreter"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Build a 32-bit MicroPython unix port (the ESP32's object layout: 4-byte words, 16-byte GC
+# blocks, 31-bit small ints) for the virtual rig and the device tests.
+#
+#   tools/build_mp32.sh SOURCE_TARBALL OUT_DIR   -> OUT_DIR/micropython32, OUT_DIR/mpy-cross32
+#
+# SOURCE_TARBALL: a MicroPython source release (.tar.gz/.tar.xz) holding ports/unix, e.g. the
+# trimmed v1.28.0 one in ../shared/micropython32 (`make mp32` passes it). Needs a C compiler
+# that builds 32-bit programs (Debian: gcc-multilib). ~40 s on 2 cores. Does nothing when
+# OUT_DIR/micropython32 exists. Exit 2 when it cannot build (the rig then uses 64 bits).
+set -euo pipefail
+tarball=${1:?usage: build_mp32.sh SOURCE_TARBALL OUT_DIR}
+out=${2:?usage: build_mp32.sh SOURCE_TARBALL OUT_DIR}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+if [ -x "$out/micropython32" ]; then echo "$out/micropython32"; exit 0; fi
+if [ ! -f "$tarball" ]; then echo "build_mp32: no source tarball at $tarball" >&2; exit 2; fi
+if ! echo 'int main(void){return 0;}' | cc -m32 -x c - -o /dev/null 2>/dev/null; then
+  echo "build_mp32: the C compiler cannot build 32-bit programs: apt-get install gcc-multilib" >&2
+  exit 2
+fi
+src=$(mktemp -d)
+trap 'rm -rf "$src"' EXIT
+tar xf "$tarball" -C "$src"
+top=$(dirname "$(dirname "$(find "$src" -maxdepth 3 -type d -path '*/ports/unix' | head -n 1)")")
+if [ ! -d "$top/ports/unix" ] || [ ! -d "$top/mpy-cross" ]; then
+  echo "build_mp32: $tarball holds no MicroPython source (ports/unix, mpy-cross)" >&2; exit 2
+fi
+# The unix port flushes pending terminal input when its REPL switches the tty to raw mode
+# (TCSAFLUSH); a board's UART never drops what the host sent (mpremote sends Ctrl-C then
+# Ctrl-A right after a reset, and the virtual board relies on both arriving): switch now.
+sed -i 's/tcsetattr(0, TCSAFLUSH, /tcsetattr(0, TCSANOW, /' "$top/ports/unix/unix_mphal.c"
+grep -q 'TCSAFLUSH' "$top/ports/unix/unix_mphal.c" && { echo "build_mp32: could not patch unix_mphal.c" >&2; exit 2; }
+echo 'include("$(MPY_DIR)/extmod/asyncio")' > "$src/manifest.py"
+make -s -C "$top/mpy-cross" -j2 >"$src/mpy-cross.log" 2>&1 || { tail -20 "$src/mpy-cross.log" >&2; exit 2; }
+make -s -C "$top/ports/unix" -j2 BUILD=build-32 PROG=micropython32 MICROPY_FORCE_32BIT=1 \
+  MICROPY_PY_FFI=0 MICROPY_PY_BTREE=0 MICROPY_PY_SSL=0 FROZEN_MANIFEST="$src/manifest.py" \
+  >"$src/unix.log" 2>&1 || { tail -20 "$src/unix.log" >&2; exit 2; }
+cp "$top/ports/unix/build-32/micropython32" "$out/micropython32.tmp"
+mv "$out/micropython32.tmp" "$out/micropython32"
+cp "$top/mpy-cross/build/mpy-cross" "$out/mpy-cross32"
+echo "$out/micropython32"
