@@ -86,6 +86,9 @@ def specs_from_options(ports, kw):
         raise FleetError("give --port PORT (repeat it for several boards) or --from-csv FILE")
     ids = _per_port("node-id", kw["node_ids"], ports, required=True)
     poles = _per_port("pole", kw["poles"], ports)
+    for pole in poles:
+        if pole is not None and prov.pole_problem(pole):
+            raise FleetError(f"--pole {pole!r} refused: {prov.pole_problem(pole)}")
     lats = _per_port("lat", kw["lats"], ports)
     lons = _per_port("lon", kw["lons"], ports)
     sims = _per_port("sim-port", kw["sim_ports"], ports)
