@@ -99,7 +99,8 @@ def _number_text(lo, hi, floats=False):
         if b is not None:
             edges += [b - 1, b, b + 1] if not floats else [b - 0.001, b, b + 0.001]
     nums = st.floats(allow_nan=True, allow_infinity=True) if floats else st.integers(-(10 ** 30), 10 ** 30)
-    parts = [nums.map(repr if floats else str), st.sampled_from(_HOSTILE_TEXT)]
+    huge = st.sampled_from(["99999999999999999999", str(2 ** 63), str(-(2 ** 63) - 1), "1e400", "nan"])
+    parts = [nums.map(repr if floats else str), huge, huge, st.sampled_from(_HOSTILE_TEXT)]
     if edges:
         parts.append(st.sampled_from([str(e) for e in edges]))
     if lo is not None or hi is not None:  # mostly values in range, to get past parsing
@@ -112,6 +113,28 @@ def _number_text(lo, hi, floats=False):
 
 _TIMES = st.one_of(st.sampled_from(["-1h", "-30m", "2d", "1718000000", "2024-06-10T08:00:00Z", "2024-06-10T08:00",
                                      "-99999999999999w", "9999-12-31", "0", "4294967296"]), _text)
+
+
+def _valid(param, world):
+    """Values the option's type accepts (so that one hostile value elsewhere is what is tested)."""
+    t = param.type
+    if isinstance(t, click.Path):
+        return st.just(world["paths"][0])
+    if isinstance(t, click.Choice):
+        return st.sampled_from(list(t.choices))
+    if isinstance(t, TimeParam):
+        return st.sampled_from(["-1h", "1718000000", "2024-06-10T08:00:00Z"])
+    if isinstance(t, (click.IntRange, click.FloatRange)):
+        lo = t.min if t.min is not None else (t.max - 100 if t.max is not None else 0)
+        hi = t.max if t.max is not None else lo + 100
+        if isinstance(t, click.IntRange):
+            return st.integers(lo + bool(t.min_open), hi - bool(t.max_open)).map(str)
+        return st.floats(lo, hi, exclude_min=t.min_open, exclude_max=t.max_open).map(str)
+    if isinstance(t, click.types.IntParamType):
+        return st.integers(0, 100).map(str)
+    if isinstance(t, click.types.FloatParamType):
+        return st.floats(0, 100).map(str)
+    return st.sampled_from(_PLAUSIBLE_TEXT)
 
 
 def _value(param, world):
@@ -159,27 +182,33 @@ PARSE_ONLY = ("sim up", "verify throughput")
 def argv_for(draw, path, cmd, world):
     argv = list(path)
     tail = []
+    # one option (the focus) gets any value, hostile ones included; the others mostly valid ones
+    names = [p.name for p in cmd.params if isinstance(p, click.Option) and not p.is_flag]
+    focus = draw(st.sampled_from(names)) if names else None
     for p in cmd.params:
         if isinstance(p, click.Argument):
-            if isinstance(p.type, click.Path):
-                tail.append(draw(st.sampled_from(world["paths"])))
+            if isinstance(p.type, click.Path):  # mostly the good bundle, to get past the checks
+                tail.append(draw(st.one_of(st.just(world["paths"][0]), st.sampled_from(world["paths"]))))
             else:
                 tail.append(draw(st.one_of(_text, st.text("0123456789abcdefABCDEF", max_size=40))))
             continue
         opt = p.opts[-1] if p.opts[-1].startswith("--") else p.opts[0]
         if opt == "--home" or (p.hidden and opt != "--count"):
             continue
-        if not p.required and draw(st.integers(0, 3)) != 0:  # each option in about 1 run of 4
+        if p.name != focus and not p.required and draw(st.integers(0, 3)) != 0:  # others: ~1 run in 4
             continue
         if p.is_flag:
             argv.append(opt)
             continue
+        values = _value(p, world) if p.name == focus or draw(st.integers(0, 4)) == 0 else _valid(p, world)
         for _ in range(draw(st.integers(1, 2)) if p.multiple else 1):
-            argv += [opt, draw(_value(p, world))]
+            argv += [opt, draw(values)]
     argv += ["--"] if tail and any(a.startswith("-") for a in tail) else []
     argv += tail
     if any(isinstance(p, click.Option) and p.name == "home_dir" for p in cmd.params):
-        argv[len(path):len(path)] = ["--home", world["home"].path]
+        # `keys init --force` gets a home of its own: the others keep the keys the bundles were signed with
+        home = str(world["tmp"] / "keys-home") if path[0] == "keys" else world["home"].path
+        argv[len(path):len(path)] = ["--home", home]
     forced = _forced(path, world)
     if " ".join(path) == "status" and "--watch" in argv:
         forced = forced + ["--count", "1"]
@@ -191,7 +220,7 @@ def argv_for(draw, path, cmd, world):
 
 @pytest.mark.parametrize("path,cmd", LEAVES, ids=[" ".join(p) for p, _ in LEAVES])
 def test_every_command_keeps_the_exit_code_contract(world, path, cmd):
-    @settings(max_examples=20, deadline=None, database=None,
+    @settings(max_examples=20, deadline=None, database=None, derandomize=True,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(argv_for(path, cmd, world))
     def check(argv):
@@ -201,6 +230,47 @@ def test_every_command_keeps_the_exit_code_contract(world, path, cmd):
             assert r.code == 2, r
 
     check()
+
+
+def _numeric_options():
+    out = []
+    for path, cmd in LEAVES:
+        for p in cmd.params:
+            if isinstance(p, click.Option) and not p.is_flag and isinstance(
+                    p.type, (click.types.IntParamType, click.types.FloatParamType, TimeParam)):
+                out.append((path, cmd, p))
+    return out
+
+
+NUMERIC = _numeric_options()
+EXTREMES = ["99999999999999999999", str(2 ** 63), str(-(2 ** 63) - 1), "1e400", "nan", "-inf", "1" + "0" * 400,
+            "-99999999999999w", "9999-12-31T23:59:59"]
+
+
+@pytest.mark.parametrize("path,cmd,param", NUMERIC,
+                         ids=[" ".join(p) + " " + q.opts[-1] for p, _, q in NUMERIC])
+def test_every_numeric_option_survives_extreme_values(world, path, cmd, param):
+    # systematic, beside the random walk above: each number option alone with each extreme value
+    # (the other required options valid), e.g. `fleet status --gateway 99999999999999999999`
+    opt = param.opts[-1]
+    for value in EXTREMES:
+        argv = list(path)
+        if any(isinstance(p, click.Option) and p.name == "home_dir" for p in cmd.params):
+            argv += ["--home", str(world["tmp"] / "keys-home") if path[0] == "keys" else world["home"].path]
+        for p in cmd.params:
+            if p.required and p is not param:
+                v = world["paths"][0] if isinstance(p.type, click.Path) else "10"
+                argv += [v] if isinstance(p, click.Argument) else [p.opts[-1], v]
+        argv += [opt, value]
+        forced = [a for a in _forced(path, world)]
+        if opt in forced:  # our value must be the one used
+            i = forced.index(opt)
+            forced = forced[:i] + forced[i + 2:]
+        if " ".join(path) == "status":
+            forced += ["--count", "1"]
+        argv[len(path):len(path)] = forced
+        r = run_fleet(argv, input="")
+        assert_clean(r)
 
 
 def test_the_walk_sees_every_command():

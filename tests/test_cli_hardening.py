@@ -149,6 +149,33 @@ def test_huge_option_values_are_usage_errors(store_home, argv):
     assert "Invalid value for" in r.stderr, r
 
 
+def test_ota_push_to_an_unreachable_broker_says_so(home, tmp_path):
+    import socket
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "device"))
+    import ota_fixtures as fx
+
+    from fleet import ota_bundle
+
+    store = home.store(create=True)
+    store.register_nodes([{"node": 1, "role": "gateway"}, {"node": 10}])
+    store.close()
+    b = ota_bundle.build_bundle(fx.app_files(2), 2, "2.0.0", home.keys().sign)
+    path = tmp_path / "b.rmota"
+    path.write_bytes(b.encode())
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    r = run_fleet(["ota", "push", str(path), "--broker", f"mqtt://127.0.0.1:{port}", "--timeout", "5",
+                   "--home", home.path])
+    assert_clean(r, codes=(1,))
+    assert f"cannot reach the MQTT broker at 127.0.0.1:{port}" in r.stderr, r
+    r = run_fleet(["ota", "push", str(path), "--broker", "mqtt://[bad", "--home", home.path])
+    assert_clean(r, codes=(1,))
+    assert "broker URL 'mqtt://[bad' not understood" in r.stderr, r
+
+
 # ---- 4. a locked store is busy, an empty one is reported ------------------------------------
 
 _HOLD_LOCK = """

@@ -10,7 +10,7 @@ import json
 import click
 
 from fleet import provision as prov
-from fleet.cli._options import home_option
+from fleet.cli._options import BoundedFloat, home_option
 from fleet.cli._table import format_table, want_colour
 from fleet.errors import FleetError
 
@@ -24,8 +24,8 @@ def provision_options(f, repl_baud=True):
         click.option("--role", type=click.Choice(prov.ROLES), default="node", show_default=True,
                      help="Role of the node(s)."),
         click.option("--pole", "poles", multiple=True, metavar="ID", help="Pole (street light) id; once per --port."),
-        click.option("--lat", "lats", type=click.FloatRange(-90, 90), multiple=True, help="Latitude; once per --port."),
-        click.option("--lon", "lons", type=click.FloatRange(-180, 180), multiple=True,
+        click.option("--lat", "lats", type=BoundedFloat(-90, 90), multiple=True, help="Latitude; once per --port."),
+        click.option("--lon", "lons", type=BoundedFloat(-180, 180), multiple=True,
                      help="Longitude; once per --port."),
         click.option("--sensor", type=click.Choice(prov.SENSORS), default="pms5003", show_default=True,
                      help="Particle sensor on the node."),
@@ -47,7 +47,7 @@ def provision_options(f, repl_baud=True):
         click.option("--sim-port", "sim_ports", type=click.IntRange(1, 65535), multiple=True, metavar="PORT",
                      help="Virtual boards: the node's own UDP port; once per --port (default: a free one)."),
         click.option("--no-selftest", is_flag=True, help="Do not wait for the node's self-test after the reset."),
-        click.option("--selftest-timeout-s", type=click.FloatRange(1, 3600), metavar="S",
+        click.option("--selftest-timeout-s", type=BoundedFloat(1, 3600), metavar="S",
                      help="How long to wait for the self-test (default: warm-up + 60 s)."),
     ]
     if repl_baud:
