@@ -1,7 +1,7 @@
 """The exit-code contract of `fleet` (README "Exit codes"): every command, walked from the Click
 command tree, driven with property-based option values (Hypothesis) through the real entry
 point, exits 0 (ok), 1 (failed / invalid / not found) or 2 (usage), with no "unexpected ... this
-is a bug" line and no traceback.
+is a bug" line, no traceback and no byte of any key of the homes it uses (tests/cli_run.py).
 
 Bounded and offline: at most 20 examples per command, in-process. What would need a board or a broker
 fails fast by construction: serial ports that do not exist, a broker URL on a closed loopback
@@ -17,7 +17,7 @@ import socket
 
 import click
 import pytest
-from cli_run import assert_clean, run_fleet
+from cli_run import assert_clean, assert_no_key_bytes, run_fleet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -226,6 +226,7 @@ def test_every_command_keeps_the_exit_code_contract(world, path, cmd):
     def check(argv):
         r = run_fleet(argv, input="")
         assert_clean(r)
+        assert_no_key_bytes(r, _secrets(world))
         if " ".join(path) in PARSE_ONLY:
             assert r.code == 2, r
 
@@ -271,6 +272,21 @@ def test_every_numeric_option_survives_extreme_values(world, path, cmd, param):
         argv[len(path):len(path)] = forced
         r = run_fleet(argv, input="")
         assert_clean(r)
+        assert_no_key_bytes(r, _secrets(world))
+
+
+def _secrets(world):
+    """Every secret of the two homes the walk uses (`keys init --force` renews the second)."""
+    if "secrets" not in world:
+        keys = world["home"].keys()
+        world["secrets"] = [keys.fleet_secret(), keys.signing_seed(), keys.mesh_key()] + [
+            keys.node_key(n) for n in (1, 7, 10, 11)]
+    out = list(world["secrets"])
+    other = FleetHome(str(world["tmp"] / "keys-home"))
+    if other.keys().exists():
+        ks = other.keys()
+        out += [ks.fleet_secret(), ks.signing_seed(), ks.mesh_key()]
+    return out
 
 
 def test_the_walk_sees_every_command():
