@@ -38,7 +38,11 @@ def run_fleet(argv, env=None, input=None):  # noqa: A002 - CliRunner's name
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         o, e = out.getvalue(), err.getvalue()
-        return Ran(code, o.decode("utf-8", "replace"), e.decode("utf-8", "replace"), o + e)
+    ran = Ran(code, o.decode("utf-8", "replace"), e.decode("utf-8", "replace"), o + e)
+    from key_leak_guard import check
+
+    check(argv, env, ran.output, ran.raw)  # the keys of the homes it names (tests/key_leak_guard.py)
+    return ran
 
 
 def assert_clean(r, codes=(0, 1, 2)):
