@@ -64,6 +64,39 @@ def test_provision_refuses_a_pole_outside_the_grammar(home, tmp_path):
     assert "row 2: pole '" in r.stderr and "\x1b" not in r.stderr, r
 
 
+def test_the_node_refuses_a_signed_bundle_whose_version_breaks_the_grammar():
+    # defence in depth: a bundle signed by the fleet key (a host without the check, or an old
+    # one) whose version would end up in the node's key=value boot files: refused over the air
+    # as a ProtocolError with nothing stored, and dropped at boot if one is on flash already
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "device"))
+    import cbor2
+    import ota_fixtures as fx
+
+    from firmware.ota import OtaEngine
+    from firmware.ota_store import PageStore
+    from fleet import signing
+    from protocol import ProtocolError
+    from protocol import manifest as mf
+
+    seed, pub = signing.generate_keypair()
+    files = fx.app_files(2)
+    image = fx.make_archive(files)
+    pages = fx.paginate(image)
+    for version in ("1.0\nslot=b", "", "../../x", "\x1b[2J"):
+        raw = cbor2.dumps([1, 2, version, "esp32", len(image), fx.PAGE, [fx.sha256(p) for p in pages],
+                           [[p, len(d), fx.sha256(d)] for p, d in files], "none"])
+        signed = mf.sign_manifest(raw, lambda m: signing.sign(seed, m))
+        fs = fx.MemFS()
+        eng = OtaEngine(7, pub, PageStore(fs), 1, running_bseq=1)
+        with pytest.raises(ProtocolError, match="manifest version"):
+            eng.offer_bundle(signed, pages)
+        assert eng.m is None and PageStore(fs).manifest() is None
+        store = PageStore(fs)
+        store.put_manifest(signed)  # as if stored before the rule existed
+        again = OtaEngine(7, pub, PageStore(fs), 1, running_bseq=1)
+        assert again.m is None and PageStore(fs).manifest() is None  # dropped at boot, no crash
+
+
 def _cddl_schema(rule):
     import pycddl
 
