@@ -44,6 +44,7 @@ Format (CDDL; protocol/redmesh.cddl stays the wire spec, this is the flash file)
 """
 from protocol import cbor
 from protocol.errors import ProtocolError
+from protocol.text import text_problem
 
 CONFIG_VERSION = 1
 CONFIG_PATH = "config.cbor"
@@ -150,7 +151,7 @@ def _check(where, d, spec, secrets, strict):
         elif kind == "text":
             ok = isinstance(v, str) and v in lo
         elif kind == "str":
-            ok = isinstance(v, str) and lo <= len(v.encode()) <= hi
+            ok = text_problem(v, lo, hi) is None  # the one text grammar (protocol/text.py)
         elif kind == "bool":
             ok = isinstance(v, bool)
         elif kind == "map":
@@ -176,7 +177,7 @@ def _expect(kind, lo, hi):
     if kind == "text":
         return "one of " + ", ".join('"%s"' % x for x in lo)
     if kind == "str":
-        return "text of %d..%d bytes" % (lo, hi)
+        return "text of %d..%d bytes without control characters" % (lo, hi)
     if kind == "bool":
         return "true or false"
     return "a map"

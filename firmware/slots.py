@@ -24,6 +24,7 @@ import io
 
 from firmware import boot as _boot
 from firmware.fsutil import exists, makedirs
+from protocol.text import token_problem
 
 # ota_state values reported in status frames (firmware/ota.py uses 0..2)
 ST_TRIAL = 3
@@ -259,6 +260,11 @@ class SlotManager:
         Raises SlotError (active slot untouched) when the bseq is not above the running or a
         failed one, a trial is in progress, the target class differs, or the image does not
         unpack to exactly the manifest's files. The caller resets the node to boot the trial."""
+        # the version goes into key=value files this node boots from: the one text grammar
+        # (protocol/text.py) again here, so no manifest can make staging (or boot) raise
+        problem = token_problem(manifest.version) or token_problem(manifest.target_class)
+        if problem:
+            raise SlotError("manifest version or target class refused: " + problem)
         p = self.pointer()
         if p is not None and p["state"] == "trial":
             raise SlotError("a trial of bseq %d is running: confirm or roll back first" % p["bseq"])

@@ -41,8 +41,12 @@ def parse_broker_url(url):
     """Return (host, port) from 'mqtt://host:port', 'tcp://host:port', 'host:port' or 'host'.
     Raises FleetError for anything else."""
     text = url if "://" in url else "mqtt://" + url
-    u = urllib.parse.urlsplit(text)
-    if u.scheme not in ("mqtt", "tcp") or not u.hostname:
+    try:
+        u = urllib.parse.urlsplit(text)
+        scheme, hostname = u.scheme, u.hostname
+    except ValueError:  # e.g. "Invalid IPv6 URL"
+        u, scheme, hostname = None, None, None
+    if u is None or scheme not in ("mqtt", "tcp") or not hostname:
         raise FleetError(f"broker URL {url!r} not understood: use mqtt://HOST:PORT (TLS and websockets are not "
                          f"supported yet)")
     try:

@@ -56,11 +56,11 @@ SCHEMA = {
     "collector": {
         "client_id": (str, "redmesh-collector", None),
         "batch_rows": (int, 5000, _range(1, 100000)),
-        "flush_interval_ms": (int, 500, _range(1)),
+        "flush_interval_ms": (int, 500, _range(1, 3600000)),
     },
     "status": {
-        "stale_after_s": (int, 300, _range(1)),
-        "offline_after_s": (int, 1800, _range(1)),
+        "stale_after_s": (int, 300, _range(1, 0xFFFFFFFF)),
+        "offline_after_s": (int, 1800, _range(1, 0xFFFFFFFF)),
         "aqi": (str, "ica", _choice("ica", "epa")),
         "rh_correction": (str, "none", _choice("none", "epa2021", "kappa")),
     },
@@ -209,6 +209,12 @@ class FleetHome:
             return {}
         except tomllib.TOMLDecodeError as e:
             raise FleetError(f"{self.config_path} is not valid TOML ({e}); fix it, or move it aside to use defaults") from e
+        except UnicodeDecodeError as e:
+            raise FleetError(f"{self.config_path} is not UTF-8 text (byte {e.start}); TOML is UTF-8: fix it, or "
+                             f"move it aside to use defaults") from e
+        except RecursionError as e:
+            raise FleetError(f"{self.config_path} nests arrays or tables too deeply to be settings; fix it, or "
+                             f"move it aside to use defaults") from e
         except OSError as e:
             raise FleetError(f"cannot read {self.config_path}: {e.strerror}") from e
 
@@ -269,6 +275,13 @@ class FleetHome:
             raise FleetError(
                 f"no fleet store at {self.store_path}: start the collector (`fleet collect`) or the "
                 f"virtual rig (`fleet sim up`) to create one, or point --home / ${ENV_HOME} at an existing home"
+            )
+        if not create and os.path.isfile(self.store_path) and os.path.getsize(self.store_path) == 0:
+            # SQLite would take a 0-byte file for a new database and this read would re-create
+            # the schema, hiding a wiped store
+            raise FleetError(
+                f"the fleet store {self.store_path} is empty (0 bytes): it was wiped or truncated. Restore it "
+                f"from a backup, or remove the file to start a new store (`fleet collect` creates one)"
             )
         if create:
             self.ensure()

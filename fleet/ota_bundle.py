@@ -27,7 +27,7 @@ import zlib
 import cbor2
 
 from fleet.errors import FleetError
-from protocol import ProtocolError
+from protocol import ProtocolError, text
 from protocol import manifest as mf
 
 BUNDLE_MAGIC = "redmesh-ota"
@@ -36,6 +36,9 @@ ARCHIVE_MAGIC = b"RMA1"
 PAGE_SIZE = mf.PAGE_MAX
 DEFLATE_WBITS = 12
 DEFAULT_ARCH = "xtensawin"
+# mpy-cross -march values (mpy-cross --help); xtensawin is an ESP32's
+ARCHES = ("x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp", "xtensa", "xtensawin",
+          "rv32imc", "rv64imc")
 DEFAULT_TARGET = "esp32"
 SOURCE_PACKAGES = ("protocol", "firmware")
 OTA_DIR = "ota"
@@ -293,6 +296,17 @@ def default_version():
         return "0.0.0"
 
 
+def check_build_options(version, target_class, arch):
+    """Raise FleetError unless the version and target class follow the text grammar of
+    protocol/text.py (what a node accepts) and `arch` is an mpy-cross architecture."""
+    for option, value in (("--version", version), ("--target-class", target_class)):
+        problem = text.token_problem(value, mf.MAX_TEXT)
+        if problem:
+            raise FleetError(f"{option} {value!r} refused: {problem} (nodes refuse anything else)")
+    if arch not in ARCHES:
+        raise FleetError(f"--arch {arch!r} is not an mpy-cross architecture: use one of {', '.join(ARCHES)}")
+
+
 def build(home, version=None, seq=None, out=None, arch=DEFAULT_ARCH, target_class=DEFAULT_TARGET,
           src=None, compress=True):
     """`fleet ota build`: compile, pack, sign with the home's fleet key, write the bundle file.
@@ -307,9 +321,9 @@ def build(home, version=None, seq=None, out=None, arch=DEFAULT_ARCH, target_clas
                          f"sequence number they have seen: use --seq {last + 1} or leave --seq out")
     if not 1 <= seq <= 0xFFFFFFFF:
         raise FleetError(f"--seq must be 1..{0xFFFFFFFF}, got {seq}")
-    version = version or default_version()
-    if len(version.encode()) > mf.MAX_TEXT:
-        raise FleetError(f"--version is at most {mf.MAX_TEXT} bytes (status frames carry it), got {version!r}")
+    if version is None:
+        version = default_version()
+    check_build_options(version, target_class, arch)
     keys = home.keys()
     keys.signing_seed()  # fail before compiling when the key is missing or unsafe
     files = compile_app(src, arch)
@@ -352,9 +366,21 @@ def describe(bundle, fleet_pub=None):
     return info
 
 
+def verdict(info):
+    """Return None when inspect()'s `info` shows a bundle fit to push (pages match the manifest,
+    signature valid or not checked), else the reason it is not."""
+    problems = []
+    if str(info.get("signature", "")).startswith("INVALID"):
+        problems.append("its signature is INVALID for this fleet's key")
+    if not info.get("pages_ok", True):
+        problems.append("its pages are DAMAGED (they do not match the manifest)")
+    return " and ".join(problems) or None
+
+
 def inspect(path, home=None):
     """`fleet ota inspect`: the manifest of a bundle file, its signature checked against the
-    home's fleet key when there is one. Returns plain data (describe() plus `manifest`)."""
+    home's fleet key when there is one. Returns plain data (describe() plus `manifest`);
+    `verdict(info)` says whether the bundle is fit to push."""
     bundle = read_bundle(path)
     pub = None
     if home is not None:
@@ -365,6 +391,10 @@ def inspect(path, home=None):
     info = describe(bundle, pub)
     if pub is None:
         info["signature"] = "not checked (no fleet key in this home)"
+        problems = check_pages(bundle.manifest, bundle.pages)  # the digests need no key
+        info["pages_ok"] = not problems
+        if problems:
+            info["page_problems"] = problems
     info["path"] = os.path.abspath(path)
     info["manifest"] = m_dict = bundle.manifest.to_dict()
     m_dict.pop("pages", None)

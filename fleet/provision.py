@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 import firmware
 from fleet.errors import FleetError
 from fleet.mpboard import DEFAULT_BAUD, MpBoard, MpBoardError
+from protocol import text as text_grammar
 
 SLOTS = ("a", "b")
 ROLES = ("node", "gateway")
@@ -231,6 +232,21 @@ def _parse_mac(text):
     return ":".join(t[i:i + 2] for i in range(0, 12, 2))
 
 
+MAX_ROW_ERRORS = 20  # a sheet of 10,000 bad rows is reported in a screenful
+_DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)")
+
+
+def _shown(text, limit=40):
+    """A cell as shown in an error: repr (escapes control characters), cut to `limit`."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def pole_problem(pole):
+    """None when `pole` is a pole id (a token of protocol/text.py, at most 32 characters), else
+    the reason."""
+    return text_grammar.token_problem(pole, text_grammar.POLE_MAX)
+
+
 def read_sheet(path, default_role="node", default_sensor="pms5003"):
     """Read a technician's CSV sheet: a header row with port or mac, node_id, and optionally pole,
     lat, lon, role, sensor (blank or absent: the defaults given). Every row is checked; returns
@@ -254,6 +270,8 @@ def read_sheet(path, default_role="node", default_sensor="pms5003"):
                                                for k, v in raw.items() if k is not None}))
     except OSError as e:
         raise FleetError(f"cannot read the sheet {path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise FleetError(f"{path}: not UTF-8 text (byte {e.start} of the file); save the sheet as CSV UTF-8") from None
     except csv.Error as e:
         raise FleetError(f"{path}: not a valid CSV file ({e})") from e
     specs, errors = [], []
@@ -271,24 +289,27 @@ def read_sheet(path, default_role="node", default_sensor="pms5003"):
             except ValueError as e:
                 problems.append(str(e))
         node_id = None
-        try:
-            node_id = int(r.get("node_id", ""))
+        text = r.get("node_id", "")
+        if not re.fullmatch(r"[0-9]{1,10}", text):  # int() would take '1_000', ' 7', '+7', '٧'
+            problems.append(f"node_id {_shown(text)} is not an integer 1..4294967295 (digits only)")
+        else:
+            node_id = int(text)
             if not 1 <= node_id <= 0xFFFFFFFF:
                 problems.append(f"node_id {node_id} is out of range 1..4294967295")
                 node_id = None
-        except ValueError:
-            problems.append(f"node_id {r.get('node_id', '')!r} is not an integer")
         lat = lon = None
         for name, lo, hi in (("lat", -90.0, 90.0), ("lon", -180.0, 180.0)):
             text = r.get(name, "")
             if not text:
                 continue
             try:
+                if not _DECIMAL.fullmatch(text):
+                    raise ValueError
                 v = float(text)
                 if not lo <= v <= hi:
                     raise ValueError
             except ValueError:
-                problems.append(f"{name} {text!r} is not a number in {lo:g}..{hi:g}")
+                problems.append(f"{name} {_shown(text)} is not a number in {lo:g}..{hi:g}")
                 continue
             if name == "lat":
                 lat = v
@@ -307,13 +328,18 @@ def read_sheet(path, default_role="node", default_sensor="pms5003"):
                 problems.append(f"{key} {value} is also on row {seen[(key, value)]}")
             else:
                 seen[(key, value)] = line
+        pole = r.get("pole") or None
+        if pole is not None and pole_problem(pole):
+            problems.append(f"pole {_shown(pole)}: {pole_problem(pole)}")
         if problems:
             errors.append(f"row {line}: " + "; ".join(problems))
             continue
-        specs.append(NodeSpec(node_id=node_id, port=port, mac=mac, role=role, pole=r.get("pole") or None,
+        specs.append(NodeSpec(node_id=node_id, port=port, mac=mac, role=role, pole=pole,
                               lat=lat, lon=lon, sensor=sensor, row=line))
     if errors:
-        raise FleetError(f"{path}: {len(errors)} bad row(s), nothing was provisioned:\n  " + "\n  ".join(errors))
+        shown = errors[:MAX_ROW_ERRORS]
+        more = f"\n  ... and {len(errors) - len(shown)} more bad row(s)" if len(errors) > len(shown) else ""
+        raise FleetError(f"{path}: {len(errors)} bad row(s), nothing was provisioned:\n  " + "\n  ".join(shown) + more)
     if not specs:
         raise FleetError(f"{path}: no rows to provision")
     return specs

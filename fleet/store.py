@@ -127,6 +127,57 @@ class StoreError(FleetError):
     """The store cannot be opened or used; the message says what to do."""
 
 
+def is_busy(e):
+    """True when sqlite3 error `e` means another connection holds a lock (the store is healthy)."""
+    text = str(e).lower()
+    return isinstance(e, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
+
+
+def holders(path, limit=3):
+    """Return 'pid N (name)' texts of the processes (other than this one) that have the file
+    `path` open, best effort (Linux /proc; [] elsewhere or without permission)."""
+    out = []
+    want = os.path.realpath(path)
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]
+    except OSError:
+        return out
+    for pid in pids:
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"{fd_dir}/{fd}") != want:
+                    continue
+            except OSError:
+                continue
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    name = f.read().strip()
+            except OSError:
+                name = "?"
+            out.append(f"pid {pid} ({name})")
+            break
+        if len(out) >= limit:
+            break
+    return out
+
+
+def store_error(path, e, doing="read"):
+    """Return the StoreError for sqlite3 error `e` on the store at `path`: a lock held by
+    another process says so (retry later; which process) - never advice to discard a healthy
+    store; anything else names the store and what to check."""
+    if is_busy(e):
+        who = holders(path)
+        by = f" (held by {', '.join(who)})" if who else ""
+        return StoreError(f"the store {path} is busy: another process holds a lock on it{by}; "
+                          f"retry when it is done")
+    return StoreError(f"cannot {doing} the store {path}: {e}; is it damaged? move it aside")
+
+
 class Store:
     """The store interface. Every method takes and returns plain data (ints, strs, tuples,
     lists, dicts). Implementations: SQLiteStore; PostgreSQL later."""
@@ -268,6 +319,8 @@ class SQLiteStore(Store):
             self._setup()
         except sqlite3.DatabaseError as e:
             self.db.close()
+            if is_busy(e):
+                raise store_error(path, e, "open") from e
             raise StoreError(
                 f"{path} is not a usable Red Mesh store ({e}); move it aside to start a new one, "
                 f"or point --home at the right fleet home"

@@ -14,7 +14,8 @@ Format (normative CDDL in protocol/redmesh.cddl, `ota-manifest` / `ota-signed-ma
   kilobytes (protocol/ed25519.py).
 
 Rules: parse_signed_manifest checks the size, the outer structure, the signature and only then
-the fields (strict CBOR, lengths and ranges, safe relative paths, one page digest per page);
+the fields (strict CBOR, lengths and ranges, version and target class as tokens of
+protocol/text.py, safe relative paths, one page digest per page);
 anything wrong is one ProtocolError saying what was expected and what arrived.
 """
 import hashlib
@@ -22,6 +23,7 @@ import hashlib
 from protocol import cbor
 from protocol.errors import ProtocolError
 from protocol.frames import OTA_PKT_MAX, OTA_PKTS_PER_PAGE
+from protocol.text import token_problem
 
 FORMAT = 1
 PAGE_MAX = OTA_PKTS_PER_PAGE * OTA_PKT_MAX  # 3584: one page is at most 16 radio packets
@@ -127,6 +129,16 @@ def _text(d, name, hi):
         raise ProtocolError("manifest %s: invalid UTF-8" % name)
 
 
+def _token(d, name):
+    # version and target class follow the one text grammar (protocol/text.py): a node writes
+    # them into key=value files and status frames
+    v = _text(d, name, MAX_TEXT)
+    problem = token_problem(v, MAX_TEXT)
+    if problem:
+        raise ProtocolError("manifest %s: %s" % (name, problem))
+    return v
+
+
 def _array(d, name, lo, hi):
     n = _head(d, name, 4, lo, hi)
     if n > d.end - d.pos:
@@ -171,8 +183,8 @@ def _parse(raw, signed):
     if fmt != FORMAT:
         raise ProtocolError("manifest format: expected %d, got %d" % (FORMAT, fmt))
     bseq = _head(d, "bseq", 0, 1, 0xFFFFFFFF)
-    version = _text(d, "version", MAX_TEXT)
-    target = _text(d, "target_class", MAX_TEXT)
+    version = _token(d, "version")
+    target = _token(d, "target_class")
     image_size = _head(d, "image_size", 0, 1, MAX_IMAGE)
     page_size = _head(d, "page_size", 0, 1, PAGE_MAX)
     npages = (image_size + page_size - 1) // page_size

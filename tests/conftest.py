@@ -5,3 +5,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for p in (ROOT, os.path.join(ROOT, "tests")):
     if p not in sys.path:
         sys.path.insert(0, p)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def guard_cli_output(monkeypatch):
+    """Every CliRunner.invoke of every test is grepped for the key bytes of the fleet homes it
+    names (tests/key_leak_guard.py): no secret byte in any message."""
+    import key_leak_guard
+
+    key_leak_guard.install(monkeypatch)

@@ -93,7 +93,10 @@ def test_a_flipped_byte_is_refused(built, tmp_path):
     with pytest.raises(FleetError, match="page 1 does not match"):
         ota_bundle.read_bundle(path, built["pub"])
     r = CliRunner().invoke(group, ["ota", "inspect", path, "--json", "--home", built["home"]])
-    assert json.loads(r.output)["pages_ok"] is False
+    assert json.loads(r.stdout)["pages_ok"] is False  # the report is still printed...
+    assert r.exit_code == 1 and "DAMAGED" in r.stderr  # ...and a script gating on the status stops
+    r = CliRunner().invoke(group, ["ota", "inspect", path, "--home", built["home"]])
+    assert r.exit_code == 1 and "(DAMAGED)" in r.stdout and "do not push it" in r.stderr
     eng = OtaEngine(7, built["pub"], fx_store(), 1, running_bseq=1)
     with pytest.raises(ProtocolError, match="page 1 does not match"):
         eng.offer_bundle(b.signed_manifest, b.pages)
@@ -115,6 +118,11 @@ def test_a_bundle_signed_by_another_key_is_refused(built, tmp_path):
     b = ota_bundle.build_bundle(fx.app_files(5), 5, "5.0.0", lambda m: signing.sign(other, m))
     with pytest.raises(FleetError, match="signature"):
         ota_bundle.decode_bundle(b.encode(), built["pub"])
+    path = tmp_path / "foreign.rmota"
+    path.write_bytes(b.encode())
+    for extra in ([], ["--json"]):
+        r = CliRunner().invoke(group, ["ota", "inspect", str(path), "--home", built["home"], *extra])
+        assert r.exit_code == 1 and "INVALID" in r.stdout and "INVALID" in r.stderr, r.output
     eng = OtaEngine(7, built["pub"], fx_store(), 1, running_bseq=1)
     with pytest.raises(ProtocolError, match="signature"):
         eng.offer_bundle(b.signed_manifest, b.pages)
@@ -242,8 +250,8 @@ ota-signed-manifest = [
 ota-manifest = [
   format: 1,
   bseq: 1..4294967295,
-  version: tstr .size (0..16),
-  target-class: tstr .size (0..16),
+  version: token16,             ; the text grammar of protocol/text.py
+  target-class: token16,
   image-size: 1..4194304,
   page-size: 1..3584,
   pages: [* bstr .size 32],
@@ -263,6 +271,9 @@ ota-bundle = [
 ]
 ota-compression = "none" / "deflate"
 """
+# the token rules as protocol/redmesh.cddl writes them (one definition of the text grammar)
+with open(os.path.join(ROOT, "protocol", "redmesh.cddl")) as _f:
+    OTA_CDDL += "".join(line for line in _f if line.startswith(("token16 =", "token32 =")))
 
 
 def test_formats_match_the_cddl(built):
@@ -286,6 +297,10 @@ def test_formats_match_the_cddl(built):
     with pytest.raises(pycddl.ValidationError):
         manifest_schema.validate_cbor(cbor2.dumps([1, 2, "v", "esp32", 10, 3584, [b"\0" * 32],
                                                    [["main.py", 1, b"\0" * 32]], "lzma"]))
+    for version in ("1.0\nslot=b", "", "-1"):
+        with pytest.raises(pycddl.ValidationError):
+            manifest_schema.validate_cbor(cbor2.dumps([1, 2, version, "esp32", 10, 3584, [b"\0" * 32],
+                                                       [["main.py", 1, b"\0" * 32]], "none"]))
 
 
 def test_nodes_take_the_class_that_fleet_ota_build_targets():

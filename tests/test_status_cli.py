@@ -242,9 +242,11 @@ def test_readings_json_and_since(home):
 def test_readings_table_and_unknown_node(home):
     r = run(["readings", "--node", "11"], home)
     assert r.exit_code == 0 and "pm25_ugm3" in r.stdout and "45.6" in r.stdout
-    r = run(["readings", "--node", "999", "--json"], home)
-    assert r.exit_code == 0 and json.loads(r.stdout) == []
+    r = run(["readings", "--node", "999", "--json"], home)  # unknown: a failure, not an empty export
+    assert r.exit_code == 1 and r.stdout == ""
     assert "never heard" in r.stderr
+    r = run(["readings", "--node", "13", "--json"], home)  # registered, never heard: empty, exit 0
+    assert r.exit_code == 0 and json.loads(r.stdout) == [] and "no readings for node 13" in r.stderr
 
 
 def test_readings_bad_time_is_a_usage_error(home):

@@ -11,7 +11,11 @@ that override fleet.toml go through `home.with_overrides({'section.key': value})
     def cli(home, broker):
         home = home.with_overrides({"broker.url": broker})
 """
+import datetime as dt
 import functools
+import math
+import re
+import time
 
 import click
 
@@ -34,3 +38,77 @@ def home_option(f):
         return f(*args, home=FleetHome.resolve(home_dir), **kwargs)
 
     return wrapper
+
+
+U32_MAX = 0xFFFFFFFF
+
+
+class BoundedInt(click.IntRange):
+    """An integer option bounded on both sides (default 0..2**32-1, the protocol's u32)."""
+
+    def __init__(self, min=0, max=U32_MAX):  # noqa: A002 - click's own parameter names
+        super().__init__(min, max)
+
+
+class BoundedFloat(click.FloatRange):
+    """A finite number bounded on both sides (nan and inf refused), default 0..10**9."""
+
+    def __init__(self, min=0.0, max=1e9, min_open=False):  # noqa: A002 - click's own parameter names
+        super().__init__(min, max, min_open=min_open)
+
+    def convert(self, value, param, ctx):
+        v = super().convert(value, param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return v
+
+
+# A node id as the protocol carries it (node-id = u32 in protocol/redmesh.cddl).
+NODE_ID = BoundedInt(0, U32_MAX)
+
+_RELATIVE = re.compile(r"^-?(\d{1,12}(?:\.\d{1,6})?)\s*([smhdw])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_TIME_RANGE = "1970-01-01 .. 2106-02-07 (unix seconds 0..4294967295, what the protocol carries)"
+
+
+def parse_time(text, now_s):
+    """Parse a time given as unix seconds ('1718000000'), relative to now ('-1h', '-30m',
+    '2d'), or ISO 8601 ('2024-06-10T08:00', '2024-06-10T08:00:00Z'; without an offset it is
+    local time). Returns unix seconds (int) in 0..2**32-1 (unix-s on the wire). Raises
+    ValueError with the accepted forms."""
+    t = text.strip()
+    when_s = None
+    if re.fullmatch(r"\d{1,12}(\.\d{1,6})?", t):
+        when_s = int(float(t))
+    elif re.fullmatch(r"\d+(\.\d+)?", t):
+        raise ValueError(f"{text!r} is out of range: times are {_TIME_RANGE}")
+    else:
+        m = _RELATIVE.match(t)
+        if m:
+            when_s = int(now_s - float(m.group(1)) * _UNIT_S[m.group(2)])
+    if when_s is None:
+        try:
+            when = dt.datetime.fromisoformat(t)
+            if when.tzinfo is None:
+                when = when.astimezone()  # naive = local time
+            when_s = int(when.timestamp())
+        except (ValueError, OverflowError, OSError):
+            raise ValueError(
+                f"cannot read {text!r} as a time: use unix seconds (1718000000), a relative time "
+                f"(-90s, -30m, -1h, -2d, -1w) or ISO 8601 (2024-06-10T08:00:00Z)"
+            ) from None
+    if not 0 <= when_s <= U32_MAX:
+        raise ValueError(f"{text!r} is out of range: times are {_TIME_RANGE}")
+    return when_s
+
+
+class TimeParam(click.ParamType):
+    """A reading time (see parse_time); a usage error names the accepted forms and range."""
+
+    name = "TIME"
+
+    def convert(self, value, param, ctx):
+        try:
+            return parse_time(str(value), time.time())
+        except ValueError as e:
+            self.fail(str(e), param, ctx)

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from fleet.cli._options import home_option
+from fleet.cli._options import BoundedFloat, home_option
 from fleet.errors import FleetError
 
 
@@ -20,11 +20,11 @@ from fleet.errors import FleetError
 @click.option("--net", "net_id", type=click.IntRange(0, 0xFFFFFFFF), metavar="N",
               help="Network id (default: network.id in fleet.toml).")
 @click.option("--client-id", metavar="ID", help="MQTT client id of the persistent session (default: collector.client_id).")
-@click.option("--progress-s", type=click.FloatRange(0), default=10.0, show_default=True,
+@click.option("--progress-s", type=BoundedFloat(0), default=10.0, show_default=True,
               help="Seconds between progress lines on stderr (0: none).")
-@click.option("--gap-grace-s", type=click.FloatRange(0, min_open=True), metavar="S",
+@click.option("--gap-grace-s", type=BoundedFloat(0, min_open=True), metavar="S",
               help="Wait this long for late frames before asking a node to resend (default 120).")
-@click.option("--resend-retry-s", type=click.FloatRange(0, min_open=True), metavar="S",
+@click.option("--resend-retry-s", type=BoundedFloat(0, min_open=True), metavar="S",
               help="First retry delay of an unanswered resend request, doubling (default 60).")
 @click.option("--resend-attempts", type=click.IntRange(1), metavar="K",
               help="Requests without progress before a gap is marked lost (default 5).")

@@ -7,17 +7,23 @@ import click
 import protocol
 from fleet.errors import FleetError
 
+_KEY_FILE_FORM = 'a JSON object with hex "mesh_key" and/or "node_key", or "fleet_secret" and "net_id"'
+
 
 def _read_keys(path):
     """Key file: JSON with hex `mesh_key` and/or `node_key` (the format of protocol/vectors),
-    or `fleet_secret` + `net_id` to derive both for the frame's origin."""
+    or `fleet_secret` + `net_id` to derive both for the frame's origin. Every error names the
+    file and what was expected, never a byte of what it holds (it may be a raw key file)."""
     try:
-        with open(path) as f:
-            data = json.load(f)
+        with open(path, "rb") as f:
+            raw = f.read(1 << 20)
     except OSError as e:
-        raise FleetError(f"cannot read key file {path}: {e.strerror}") from e
-    except ValueError as e:
-        raise FleetError(f"key file {path} is not JSON: {e}") from e
+        raise FleetError(f"cannot read key file {path}: {e.strerror}") from None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError quote the content
+        raise FleetError(f"key file {path} is not {_KEY_FILE_FORM} (a raw key file such as "
+                         f"keys/fleet_signing.key cannot verify frames)") from None
     if not isinstance(data, dict):
         raise FleetError(f"key file {path}: expected a JSON object")
     if "keys" in data and isinstance(data["keys"], dict):
@@ -27,21 +33,35 @@ def _read_keys(path):
         if name in data:
             try:
                 out[name] = bytes.fromhex(data[name])
-            except (TypeError, ValueError) as e:
-                raise FleetError(f"key file {path}: {name} must be hex") from e
+            except (TypeError, ValueError):
+                raise FleetError(f"key file {path}: {name} must be a hex string") from None
     if "fleet_secret" in out:
         from protocol import auth
 
+        net_id = data.get("net_id", 1)
+        if not isinstance(net_id, int) or isinstance(net_id, bool) or not 0 <= net_id <= 0xFFFFFFFF:
+            raise FleetError(f"key file {path}: net_id must be an integer 0..4294967295")
         try:
-            net_id = int(data.get("net_id", 1))
             out.setdefault("mesh_key", auth.derive_mesh_key(out["fleet_secret"], net_id))
             secret = out["fleet_secret"]
             out.setdefault("node_key", lambda node: auth.derive_node_key(secret, net_id, node))
-        except (ValueError, protocol.ProtocolError) as e:
-            raise FleetError(f"key file {path}: {e}") from e
+        except (ValueError, protocol.ProtocolError):
+            raise FleetError(f"key file {path}: fleet_secret is not a valid fleet secret (32 bytes in hex)") from None
     if not out:
         raise FleetError(f"key file {path}: no mesh_key, node_key or fleet_secret in it")
     return out
+
+
+def parse_hex(text):
+    """Return the bytes of hex `text` (no spaces). Raises FleetError saying what is wrong."""
+    bad = next((i for i, c in enumerate(text) if c not in "0123456789abcdefABCDEF"), None)
+    if bad is not None:
+        raise FleetError(f"input is not hex: character {bad + 1} is {text[bad]!r}, expected 0-9 or a-f")
+    if len(text) % 2:
+        raise FleetError(f"input is not hex: odd length ({len(text)} digits), each byte is two hex digits")
+    if not text:
+        raise FleetError("input is empty: give a frame as hex digits, or '-' to read them from stdin")
+    return bytes.fromhex(text)
 
 
 def describe(frame):
@@ -68,10 +88,7 @@ def cli(hex_input, key_file, compact):
     text = "".join(text.split())
     if text.lower().startswith("0x"):
         text = text[2:]
-    try:
-        buf = bytes.fromhex(text)
-    except ValueError as e:
-        raise FleetError(f"input is not hex: {e}") from e
+    buf = parse_hex(text)
     keys = _read_keys(key_file) if key_file else {}
     try:
         frame = protocol.decode(buf, keys.get("mesh_key"), keys.get("node_key"))

@@ -9,7 +9,7 @@ import json
 import click
 
 from fleet import provision as prov
-from fleet.cli._options import home_option
+from fleet.cli._options import BoundedFloat, home_option
 
 
 @click.group()
@@ -88,7 +88,7 @@ def info_cmd(home, port, baud, no_restart, as_json):
 @_baud_option
 @click.option("--follow", "-f", is_flag=True, help="Keep reading until Ctrl-C.")
 @click.option("--lines", "-n", type=click.IntRange(1), help="Stop after N lines.")
-@click.option("--timeout-s", type=click.FloatRange(0.1), default=10.0, show_default=True,
+@click.option("--timeout-s", type=BoundedFloat(0.1), default=10.0, show_default=True,
               help="Without --follow: stop after this long.")
 def logs_cmd(port, baud, follow, lines, timeout_s):
     """Print the board's serial console (the running app's output) without interrupting it."""

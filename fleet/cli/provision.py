@@ -10,7 +10,7 @@ import json
 import click
 
 from fleet import provision as prov
-from fleet.cli._options import home_option
+from fleet.cli._options import BoundedFloat, home_option
 from fleet.cli._table import format_table, want_colour
 from fleet.errors import FleetError
 
@@ -24,8 +24,8 @@ def provision_options(f, repl_baud=True):
         click.option("--role", type=click.Choice(prov.ROLES), default="node", show_default=True,
                      help="Role of the node(s)."),
         click.option("--pole", "poles", multiple=True, metavar="ID", help="Pole (street light) id; once per --port."),
-        click.option("--lat", "lats", type=click.FloatRange(-90, 90), multiple=True, help="Latitude; once per --port."),
-        click.option("--lon", "lons", type=click.FloatRange(-180, 180), multiple=True,
+        click.option("--lat", "lats", type=BoundedFloat(-90, 90), multiple=True, help="Latitude; once per --port."),
+        click.option("--lon", "lons", type=BoundedFloat(-180, 180), multiple=True,
                      help="Longitude; once per --port."),
         click.option("--sensor", type=click.Choice(prov.SENSORS), default="pms5003", show_default=True,
                      help="Particle sensor on the node."),
@@ -47,7 +47,7 @@ def provision_options(f, repl_baud=True):
         click.option("--sim-port", "sim_ports", type=click.IntRange(1, 65535), multiple=True, metavar="PORT",
                      help="Virtual boards: the node's own UDP port; once per --port (default: a free one)."),
         click.option("--no-selftest", is_flag=True, help="Do not wait for the node's self-test after the reset."),
-        click.option("--selftest-timeout-s", type=click.FloatRange(1, 3600), metavar="S",
+        click.option("--selftest-timeout-s", type=BoundedFloat(1, 3600), metavar="S",
                      help="How long to wait for the self-test (default: warm-up + 60 s)."),
     ]
     if repl_baud:
@@ -86,6 +86,9 @@ def specs_from_options(ports, kw):
         raise FleetError("give --port PORT (repeat it for several boards) or --from-csv FILE")
     ids = _per_port("node-id", kw["node_ids"], ports, required=True)
     poles = _per_port("pole", kw["poles"], ports)
+    for pole in poles:
+        if pole is not None and prov.pole_problem(pole):
+            raise FleetError(f"--pole {pole!r} refused: {prov.pole_problem(pole)}")
     lats = _per_port("lat", kw["lats"], ports)
     lons = _per_port("lon", kw["lons"], ports)
     sims = _per_port("sim-port", kw["sim_ports"], ports)

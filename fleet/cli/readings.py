@@ -3,59 +3,25 @@
 Exported values are in physical units with the unit in the column name: PM in ug/m3 (one
 decimal), RH in %, temperature in C; `time` is the reading time in ISO 8601 UTC, `ts` the same
 in unix seconds, `rx_ts` when the gateway received it. Rows stream in counter (seq) order, so
-a large export does not load into memory.
+a large export does not load into memory. Exit status 1 when the node is unknown to the store
+(never registered, never heard); a known node with no readings in the range exports nothing
+(exit 0).
 """
 import csv
 import datetime as dt
 import json
-import re
 import sqlite3
 import sys
-import time
 
 import click
 
-from fleet.cli._options import home_option
+from fleet.cli._options import NODE_ID, BoundedInt, TimeParam, home_option, parse_time  # noqa: F401 - parse_time: API
 from fleet.cli._table import format_table, want_colour
 from fleet.errors import FleetError
+from fleet.store import store_error
 
 COLUMNS = ("node", "seq", "time", "ts", "rx_ts", "pm1_ugm3", "pm25_ugm3", "pm10_ugm3", "rh_pct", "temp_c", "n",
            "flags", "hops", "gateway", "rssi")
-
-_RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)\s*([smhdw])$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_time(text, now_s):
-    """Parse a time given as unix seconds ('1718000000'), relative to now ('-1h', '-30m',
-    '2d'), or ISO 8601 ('2024-06-10T08:00', '2024-06-10T08:00:00Z'; without an offset it is
-    local time). Returns unix seconds (int). Raises ValueError with the accepted forms."""
-    t = text.strip()
-    if re.fullmatch(r"\d+(\.\d+)?", t):
-        return int(float(t))
-    m = _RELATIVE.match(t)
-    if m:
-        return int(now_s - float(m.group(1)) * _UNIT_S[m.group(2)])
-    try:
-        when = dt.datetime.fromisoformat(t)
-    except ValueError:
-        raise ValueError(
-            f"cannot read {text!r} as a time: use unix seconds (1718000000), a relative time "
-            f"(-90s, -30m, -1h, -2d, -1w) or ISO 8601 (2024-06-10T08:00:00Z)"
-        ) from None
-    if when.tzinfo is None:
-        when = when.astimezone()  # naive = local time
-    return int(when.timestamp())
-
-
-class _TimeParam(click.ParamType):
-    name = "TIME"
-
-    def convert(self, value, param, ctx):
-        try:
-            return parse_time(str(value), time.time())
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
 
 
 def _d(v):
@@ -71,11 +37,11 @@ def export_row(r):
 
 
 @click.command()
-@click.option("--node", "node_id", type=click.IntRange(min=0), required=True, metavar="ID", help="Node id.")
-@click.option("--since", type=_TimeParam(), default=None,
+@click.option("--node", "node_id", type=NODE_ID, required=True, metavar="ID", help="Node id.")
+@click.option("--since", type=TimeParam(), default=None,
               help="From this reading time: unix seconds, -1h / -30m / -2d, or ISO 8601.")
-@click.option("--until", type=_TimeParam(), default=None, help="Before this reading time (same forms).")
-@click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N", help="At most this many readings.")
+@click.option("--until", type=TimeParam(), default=None, help="Before this reading time (same forms).")
+@click.option("--limit", type=BoundedInt(1), default=None, metavar="N", help="At most this many readings.")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV with a header row.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array of objects.")
 @home_option
@@ -85,15 +51,16 @@ def cli(home, node_id, since, until, limit, as_csv, as_json):
         raise click.UsageError("choose one of --csv and --json")
     store = home.store()
     try:
+        if store.node(node_id) is None and store.node_state(node_id) is None:
+            raise FleetError(f"node {node_id} is not registered and was never heard in {store.path}: "
+                             f"check the id (`fleet status` lists the nodes)")
         rows = (export_row(r) for r in store.iter_readings(node_id, since=since, until=until, limit=limit))
         n = _write(rows, as_csv, as_json)
         if n == 0:
-            known = store.node(node_id) is not None or store.node_state(node_id) is not None
-            why = "" if known else f" (node {node_id} is not registered and was never heard)"
             span = " in that time range" if since is not None or until is not None else ""
-            click.echo(f"no readings for node {node_id}{span}{why}", err=True)
+            click.echo(f"no readings for node {node_id}{span}", err=True)
     except sqlite3.Error as e:
-        raise FleetError(f"cannot read the store {store.path}: {e}; is it damaged? move it aside") from e
+        raise store_error(store.path, e) from e
     finally:
         store.close()
 

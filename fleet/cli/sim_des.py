@@ -20,6 +20,7 @@ import sys
 
 import click
 
+from fleet.cli._options import BoundedFloat
 from fleet.cli._table import format_table
 
 
@@ -78,9 +79,9 @@ def _progress(t_s, end_s, events):
 @click.option("--topology", type=click.Choice(["district", "line", "grid"]), default="district", show_default=True)
 @click.option("--gateways", type=click.IntRange(1, 10_000), default=None,
               help="Gateways (default: one per 1,000 nodes, at least one).")
-@click.option("--minutes", type=click.FloatRange(0.1, 7 * 24 * 60), default=60.0, show_default=True,
+@click.option("--minutes", type=BoundedFloat(0.1, 7 * 24 * 60), default=60.0, show_default=True,
               help="Virtual minutes to simulate.")
-@click.option("--loss", type=click.FloatRange(0.0, 0.99), default=0.0, show_default=True,
+@click.option("--loss", type=BoundedFloat(0.0, 0.99), default=0.0, show_default=True,
               help="Extra loss on every link (0.1 = 10 %).")
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--report-interval", "report_interval_s", type=click.IntRange(1, 86400), default=300, show_default=True,

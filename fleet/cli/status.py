@@ -13,10 +13,10 @@ import time
 import click
 
 from fleet import aqi as aqimod
-from fleet.cli._options import home_option
+from fleet.cli._options import NODE_ID, BoundedFloat, BoundedInt, home_option
 from fleet.cli._table import format_table, want_colour
-from fleet.errors import FleetError
 from fleet.status import SORTS, STATES, fleet_status
+from fleet.store import store_error
 
 _STATE_STYLE = {"online": "green", "stale": "yellow", "offline": "red", "never": "dim"}
 
@@ -92,26 +92,26 @@ def render(result, aqi, colour=False):
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON (stable keys) instead of a table.")
 @click.option("--watch", is_flag=True, help="Refresh until Ctrl-C.")
-@click.option("--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True, metavar="S",
+@click.option("--interval", type=BoundedFloat(0.1, 86400), default=2.0, show_default=True, metavar="S",
               help="Seconds between refreshes with --watch.")
-@click.option("--count", type=click.IntRange(min=1), default=None, hidden=True,
+@click.option("--count", type=BoundedInt(1), default=None, hidden=True,
               help="Stop --watch after this many refreshes (for scripts and tests).")
-@click.option("--node", "node_ids", type=click.IntRange(min=0), multiple=True, metavar="ID",
+@click.option("--node", "node_ids", type=NODE_ID, multiple=True, metavar="ID",
               help="Only this node (repeatable).")
 @click.option("--state", "states", type=click.Choice(STATES), multiple=True, help="Only nodes in this state (repeatable).")
-@click.option("--gateway", type=click.IntRange(min=0), default=None, metavar="ID",
+@click.option("--gateway", type=NODE_ID, default=None, metavar="ID",
               help="Only nodes last heard through this gateway.")
 @click.option("--sort", type=click.Choice(SORTS), default="node", show_default=True,
               help="node id; or first the highest pm25, the longest silence (age), the most hops.")
 @click.option("--reverse", is_flag=True, help="Reverse the sort order.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N", help="Show at most this many nodes.")
+@click.option("--limit", type=BoundedInt(1), default=None, metavar="N", help="Show at most this many nodes.")
 @click.option("--aqi", type=click.Choice(aqimod.SCHEMES), default=None,
               help="Index shown: ica (Colombia, Res. 2254/2017) or epa (US AQI, 2024). Default: fleet.toml status.aqi.")
 @click.option("--rh-correction", type=click.Choice(aqimod.CORRECTIONS), default=None,
               help="Humidity correction of PM2.5 (see fleet/aqi.py). Default: fleet.toml status.rh_correction.")
-@click.option("--stale-after", type=click.IntRange(min=1), default=None, metavar="S",
+@click.option("--stale-after", type=BoundedInt(1), default=None, metavar="S",
               help="Seconds of silence before a node is stale. Default: fleet.toml status.stale_after_s.")
-@click.option("--offline-after", type=click.IntRange(min=1), default=None, metavar="S",
+@click.option("--offline-after", type=BoundedInt(1), default=None, metavar="S",
               help="Seconds of silence before a node is offline. Default: fleet.toml status.offline_after_s.")
 @home_option
 def cli(home, as_json, watch, interval, count, node_ids, states, gateway, sort, reverse, limit, aqi, rh_correction,
@@ -132,7 +132,7 @@ def cli(home, as_json, watch, interval, count, node_ids, states, gateway, sort, 
                 aqi=cfg["aqi"], rh_correction=cfg["rh_correction"], limit=limit,
             )
         except sqlite3.Error as e:
-            raise FleetError(f"cannot read the store {store.path}: {e}; is it damaged? move it aside") from e
+            raise store_error(store.path, e) from e
 
     try:
         if not watch:

@@ -7,6 +7,7 @@ from xml.sax.saxutils import escape
 
 import click
 
+from fleet.cli._options import BoundedFloat
 from fleet.errors import FleetError
 
 
@@ -16,7 +17,7 @@ def cli():
 
 
 @cli.command("throughput")
-@click.option("--rate", "rate_per_s", type=click.FloatRange(0.1, 1000), default=5.0, show_default=True,
+@click.option("--rate", "rate_per_s", type=BoundedFloat(0.1, 1000), default=5.0, show_default=True,
               help="Offered readings per second, over the whole rig.")
 @click.option("--duration", "duration_s", type=click.IntRange(10, 3600), default=60, show_default=True)
 @click.option("--nodes", "n_nodes", type=click.IntRange(2, 300), default=20, show_default=True)

@@ -5,6 +5,7 @@ import click
 
 from fleet import ota_bundle
 from fleet.cli._options import home_option
+from fleet.errors import FleetError
 
 
 @click.command("inspect")
@@ -13,11 +14,19 @@ from fleet.cli._options import home_option
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @home_option
 def cli(home, bundle, show_files, as_json):
-    """Show the manifest of BUNDLE; the signature is checked with this home's fleet key."""
+    """Show the manifest of BUNDLE; the signature is checked with this home's fleet key.
+    Exit status 1 when the bundle is damaged or its signature invalid (the report still printed)."""
     info = ota_bundle.inspect(bundle, home)
     if as_json:
         click.echo(json.dumps(info))
-        return
+    else:
+        _render(info, show_files)
+    problem = ota_bundle.verdict(info)
+    if problem:
+        raise FleetError(f"{bundle}: {problem}; nodes would refuse it: do not push it")
+
+
+def _render(info, show_files):
     rows = [
         ("bundle", info["path"]), ("bseq", info["bseq"]), ("version", info["version"]),
         ("target class", info["target_class"]), ("manifest id", info["manifest_id"]),

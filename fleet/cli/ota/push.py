@@ -6,6 +6,7 @@ import click
 
 from fleet import ota_campaign
 from fleet.cli._options import home_option
+from fleet.errors import FleetError
 
 
 @click.command("push")
@@ -29,12 +30,21 @@ def cli(home, bundle, to, canary, halt_after, wave_timeout_s, timeout_s, broker_
     install it wave by wave — canaries, leaves, relays, gateways — until every target is
     confirmed, rolled back or refused, or the campaign halts. Progress goes to stderr; follow it
     from another console with `fleet ota status`, stop it with `fleet ota abort`."""
+    from fleet.collector_mqtt import parse_broker_url
+
+    host, port = parse_broker_url(broker_url or home.broker_url)  # a bad URL records no campaign
     camp, b = ota_campaign.start(home, bundle, to=to, canary=canary, halt_after=halt_after,
                                  wave_timeout_s=wave_timeout_s)
     click.echo(f"ota: campaign bseq {camp['bseq']} ({camp['version']}) to {len(camp['targets'])} nodes in "
                f"{len(camp['waves'])} waves", err=True)
-    asyncio.run(ota_campaign.run(home, b, broker_url=broker_url, timeout_s=timeout_s,
-                                 log=lambda m: click.echo(m, err=True)))
+    import aiomqtt
+
+    try:
+        asyncio.run(ota_campaign.run(home, b, broker_url=broker_url, timeout_s=timeout_s,
+                                     log=lambda m: click.echo(m, err=True)))
+    except (aiomqtt.MqttError, OSError) as e:
+        raise FleetError(f"cannot reach the MQTT broker at {host}:{port} ({e}): the campaign stays recorded; "
+                         f"start the broker (or fix --broker) and `fleet ota abort` before pushing again") from None
     st = ota_campaign.campaign_status(home)
     if as_json:
         click.echo(json.dumps(st))
