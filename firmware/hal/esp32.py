@@ -3,7 +3,8 @@ shell (firmware/node.py) expects. Thin on purpose; nothing is created at import 
 
 HAL shape (shared with firmware/hal/sim.py):
     hal.radio            AIOESPNow-like: active(), add_peer(mac), del_peer(mac), asend(mac, msg)
-                         -> bool, arecv() -> (mac, msg), peers_table {mac: [rssi, time_ms]}
+                         -> bool, arecv() -> (mac, msg), peers_table {mac: [rssi, time_ms]},
+                         config(rxbuf=n), stats() -> (tx, tx_responses, tx_failures, rx, rx_dropped)
     hal.mac              this node's 6-byte MAC
     hal.uart             sensor UART: write(bytes), async read_some() -> bytes
     hal.fs               firmware.fsutil.PosixFS at the flash root
@@ -21,6 +22,8 @@ import time
 
 import machine
 import network
+
+from firmware.hal import ESPNOW_RXBUF
 
 # Seconds from 1970 to the port's epoch: MicroPython on ESP32 has counted from 2000-01-01;
 # asked of the port itself, so a build that counts from 1970 is right too.
@@ -51,6 +54,8 @@ class Esp32Hal:
         self._sta.config(channel=channel)
         self.mac = self._sta.config("mac")
         self.radio = aioespnow.AIOESPNow()
+        # before active(True), which allocates the ring: firmware/hal/__init__.py says why 8 frames
+        self.radio.config(rxbuf=ESPNOW_RXBUF)
         self.radio.active(True)
         self.uart = _Uart(uart_pins[0], uart_pins[1], uart_pins[2], baud)
         self._wdt = None

@@ -10,6 +10,7 @@ import sys
 import time
 
 from firmware.compat import ticks_diff, ticks_ms
+from firmware.hal import ESPNOW_RXBUF
 from firmware.hal.sim_radio import SimRadio
 from firmware.hal.simsensor import SimPMS5003
 
@@ -39,6 +40,7 @@ class SimHal:
         self.fs = fs
         self.mac = bytes(sim["mac"])
         self.radio = SimRadio(self.mac, sim["my_port"], sim["medium_port"])
+        self.radio.config(rxbuf=ESPNOW_RXBUF)  # as the board's HAL; the node's run() activates it
         seed = sim.get("seed", 1)
         noise = sim.get("sensor_noise_per_mille", 5)
         self.uart = SimUart(SimPMS5003(seed, cfg.node_id, noise, th=(cfg.sensor == "pms5003t")))
