@@ -44,6 +44,7 @@ _DGRAM_MAX = 1 + 6 + 1 + MAX_PAYLOAD
 RXBUF_DEFAULT = 2 * (ESPNOW_PKT_OVERHEAD + MAX_PAYLOAD)  # 526: the driver's DEFAULT_RECV_BUFFER_SIZE
 _RXBUF_MAX = 65535  # py/ringbuf.h holds the size in a uint16_t
 _MAGIC = 0x99  # ESPNOW_MAGIC, first byte of every frame in the ring
+_NO_RING = bytearray(0)  # the ring while inactive (the driver frees it)
 _ERR_FULL = -0x3068
 _ERR_NOT_FOUND = -0x3069
 _ERR_EXIST = -0x306B
@@ -69,7 +70,8 @@ class SimRadio:
         self._reader = None
         self._macs = {}  # mac's high 24 bits -> {low 24 bits -> the mac (the peers_table key)}
         self._rxbuf = RXBUF_DEFAULT  # config(rxbuf=): the ring's size at the next active(True)
-        self._ring = None  # bytearray(rxbuf) while active, as the driver's m_new'd recv_buffer
+        self._on = False  # active(True) called: the ring exists and frames are heard
+        self._ring = _NO_RING  # bytearray(rxbuf) while active, as the driver's m_new'd recv_buffer
         self._iget = 0
         self._iput = 0
         self._whdr = bytearray(ESPNOW_PKT_OVERHEAD)  # the header of a frame going in ...
@@ -82,17 +84,19 @@ class SimRadio:
         """active(True) allocates the receive ring (config(rxbuf=) bytes) and says hello to the
         medium; active(False) frees the ring (frames then go unheard, uncounted)."""
         if on is None:
-            return self._ring is not None
+            return self._on
         if on:
-            if self._ring is None:
+            if not self._on:
                 self._ring = bytearray(self._rxbuf)
                 self._iget = self._iput = 0
+                self._on = True
             self._sock.sendto(b"H" + self.mac, self._medium)
             if self._reader is None:
                 self._reader = asyncio.create_task(self._read_loop())
         else:
-            self._ring = None
-        return self._ring is not None
+            self._ring = _NO_RING
+            self._on = False
+        return self._on
 
     def config(self, *param, rxbuf=None, timeout_ms=None):
         """config(rxbuf=N): the receive ring's size in bytes, applied at the next active(True)
@@ -188,7 +192,7 @@ class SimRadio:
         return src, msg
 
     def any(self):
-        return self._ring is not None and self._iget != self._iput
+        return self._on and self._iget != self._iput
 
     # ---- the receive ring (py/ringbuf.h arithmetic) ----------------------------------------
 
@@ -245,7 +249,7 @@ class SimRadio:
         n = len(b)
         kind = b[0]
         if kind == 0x52 and 9 <= n <= 8 + MAX_PAYLOAD:  # "R"
-            if self._ring is None:
+            if not self._on:
                 return  # not active: the driver has no receive callback registered
             plen = n - 8
             if ESPNOW_PKT_OVERHEAD + plen >= self._free():
@@ -254,11 +258,7 @@ class SimRadio:
             hdr = self._whdr
             hdr[0] = _MAGIC
             hdr[1] = plen
-            t = ticks_ms()
-            hdr[2] = t & 0xFF
-            hdr[3] = (t >> 8) & 0xFF
-            hdr[4] = (t >> 16) & 0xFF
-            hdr[5] = (t >> 24) & 0xFF
+            struct.pack_into("<I", hdr, 2, ticks_ms())  # time_ms, little-endian as on the ESP32
             hdr[6] = b[7]  # rssi, a signed byte
             hdr[7:13] = memoryview(b)[1:7]
             self._put(hdr, 0, ESPNOW_PKT_OVERHEAD)
