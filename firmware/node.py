@@ -69,6 +69,7 @@ class Node:
         self.wake = asyncio.Event()
         gc.collect()
         self.heap_min = hal.mem_free()  # lowest free heap seen right after a collection
+        self.readings_lost = 0  # readings the node had to discard since boot (status frames)
         self.last_sample_ms = None
         self.last_report_ms = None
         self.last_pump_ms = 0
@@ -282,7 +283,8 @@ class Node:
             heap_min=self.heap_min, backlog=self.ring.backlog(), parent=r.parent or 0,
             link_etx=min(r.parent_etx, 0xFFFF), path_cost=min(r.cost, 0xFFFF), rssi=max(-128, min(0, r.parent_rssi)),
             boot_count=self.boot_count, ota_state=self.ota.state if self.ota else 0,
-            ota_progress=self.ota.progress_pct if self.ota else 0, errors=self.errors)
+            ota_progress=self.ota.progress_pct if self.ota else 0, errors=self.errors,
+            radio_drops=self.hal.radio.stats()[4], readings_lost=self.readings_lost)
         f = protocol.Status(origin=self.node_id, seq=self.counters.next("status"), time_s=self.wall_s(), body=body)
         protocol.encode(f, self.mesh_hmac, self.node_hmac)
         token = None
