@@ -30,6 +30,7 @@ FW_SEQ = 1
 
 _STATUS_INTERVAL_S = 300
 _UPLINK_POLL_MS = 500
+_SENSOR_READ_MAX_MS = 1000  # the sampler also ticks at least this often (late config changes)
 _WDT_TIMEOUT_MS = 60000
 _HEALTH_GRACE_MS = 600000  # a node may take 10 min to find a route before the WDT cares
 
@@ -200,7 +201,11 @@ class Node:
                 cmd = command_bytes(self.sensor_kind, action[0])
                 if cmd:
                     uart.write(cmd)
-            data = await uart.read_some()
+            # bounded by the sampler's next deadline: a sleeping sensor sends nothing, and the
+            # wake command must still go out on time
+            dl = self.sampler.next_deadline_ms
+            wait_ms = _SENSOR_READ_MAX_MS if dl is None else max(1, min(_SENSOR_READ_MAX_MS, dl - now))
+            data = await uart.read_some(wait_ms)
             now = self.now_ms()
             if data:
                 before = self.parser.checksum_errors

@@ -6,7 +6,7 @@ HAL shape (shared with firmware/hal/sim.py):
                          -> bool, arecv() -> (mac, msg), peers_table {mac: [rssi, time_ms]},
                          config(rxbuf=n), stats() -> (tx, tx_responses, tx_failures, rx, rx_dropped)
     hal.mac              this node's 6-byte MAC
-    hal.uart             sensor UART: write(bytes), async read_some() -> bytes
+    hal.uart             sensor UART: write(bytes), async read_some(timeout_ms) -> bytes (b"" on timeout)
     hal.fs               firmware.fsutil.PosixFS at the flash root
     hal.wdt_start(timeout_ms), hal.wdt_feed()
     hal.time_s()         unix seconds from the RTC (0 when never set)
@@ -38,8 +38,16 @@ class _Uart:
     def write(self, data):
         self._u.write(data)
 
-    async def read_some(self):
-        return await self._sreader.read(64)
+    async def read_some(self, timeout_ms=None):
+        """Bytes the sensor sent (up to 64), or b"" when none came within timeout_ms: a sleeping
+        PMS5003 sends nothing, and a read without a timeout would never return to write the
+        wake command. Cancelling the read leaves unread bytes in the UART's buffer."""
+        if timeout_ms is None:
+            return await self._sreader.read(64)
+        try:
+            return await asyncio.wait_for_ms(self._sreader.read(64), timeout_ms)
+        except asyncio.TimeoutError:
+            return b""
 
 
 class Esp32Hal:
