@@ -14,6 +14,7 @@ from firmware.hal import ESPNOW_RXBUF
 from firmware.hal.sim_radio import SimRadio
 from firmware.hal.simsensor import SimPMS5003
 
+
 async def _sleep_ms(ms):
     if hasattr(asyncio, "sleep_ms"):
         await asyncio.sleep_ms(ms)
