@@ -16,6 +16,10 @@ campaign). In that time it can hear an OTA server's token-bucket burst (tx_burst
 20 frames/s) plus a second server's, a few beacons and telemetry from its children; 8 frames
 cover a 300 ms stall of one full-rate server with room for beacons, at 1.6 KB more than the
 default. A drop costs an already-ACKed frame: the data path relies on end-to-end resends.
+Measured on the rig (hil_tests/test_ota.py 6-node line, v1 -> v2, OTA heap raised to 320k so the
+campaign completes): 28 OTA data frames dropped along the line with the 526-byte default
+(20 at the node next to the gateway), none with 2106; the 8-node line and throughput tests
+dropped none either way.
 """
 ESPNOW_PKT_OVERHEAD = 13
 ESPNOW_RXBUF = 8 * (ESPNOW_PKT_OVERHEAD + 250) + 2
