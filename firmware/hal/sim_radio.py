@@ -24,10 +24,12 @@ task run; while the app holds the loop they wait in the socket, like frames in t
 board's Wi-Fi task runs, and then fill the ring in arrival order. stats() returns the driver's
 tuple (tx_pkts, tx_responses, tx_failures, rx_packets, rx_dropped_packets).
 Receive path allocations per frame: the datagram (sock.recv: MicroPython sockets have no
-recv_into, and their readinto() is a stream read that would join queued datagrams), then, on
-arecv(), the message bytes and the (mac, msg) tuple. The mac is the peers_table key,
-allocated once per sender, and peers_table entries are updated in place when a frame is read
-(as the driver's recv does).
+recv_into, and their readinto() is a stream read that would join queued datagrams), a few
+short-lived memoryview slices for the copies in and out of the ring, then, on arecv(), the
+message bytes and the (mac, msg) tuple. Those are the rig's, not the board's (the sim HAL's
+heap allowance covers them); the ring itself, rxbuf bytes, is charged as on the board. The mac
+is the peers_table key, allocated once per sender, and peers_table entries are updated in
+place when a frame is read (as the driver's recv does).
 """
 import asyncio
 import socket
