@@ -30,6 +30,7 @@ FW_SEQ = 1
 
 _STATUS_INTERVAL_S = 300
 _UPLINK_POLL_MS = 500
+_SENSOR_READ_MAX_MS = 1000  # the sampler also ticks at least this often (late config changes)
 _WDT_TIMEOUT_MS = 60000
 _HEALTH_GRACE_MS = 600000  # a node may take 10 min to find a route before the WDT cares
 
@@ -69,6 +70,7 @@ class Node:
         self.wake = asyncio.Event()
         gc.collect()
         self.heap_min = hal.mem_free()  # lowest free heap seen right after a collection
+        self.readings_lost = 0  # readings the node had to discard since boot (status frames)
         self.last_sample_ms = None
         self.last_report_ms = None
         self.last_pump_ms = 0
@@ -199,7 +201,11 @@ class Node:
                 cmd = command_bytes(self.sensor_kind, action[0])
                 if cmd:
                     uart.write(cmd)
-            data = await uart.read_some()
+            # bounded by the sampler's next deadline: a sleeping sensor sends nothing, and the
+            # wake command must still go out on time
+            dl = self.sampler.next_deadline_ms
+            wait_ms = _SENSOR_READ_MAX_MS if dl is None else max(1, min(_SENSOR_READ_MAX_MS, dl - now))
+            data = await uart.read_some(wait_ms)
             now = self.now_ms()
             if data:
                 before = self.parser.checksum_errors
@@ -282,7 +288,8 @@ class Node:
             heap_min=self.heap_min, backlog=self.ring.backlog(), parent=r.parent or 0,
             link_etx=min(r.parent_etx, 0xFFFF), path_cost=min(r.cost, 0xFFFF), rssi=max(-128, min(0, r.parent_rssi)),
             boot_count=self.boot_count, ota_state=self.ota.state if self.ota else 0,
-            ota_progress=self.ota.progress_pct if self.ota else 0, errors=self.errors)
+            ota_progress=self.ota.progress_pct if self.ota else 0, errors=self.errors,
+            radio_drops=self.hal.radio.stats()[4], readings_lost=self.readings_lost)
         f = protocol.Status(origin=self.node_id, seq=self.counters.next("status"), time_s=self.wall_s(), body=body)
         protocol.encode(f, self.mesh_hmac, self.node_hmac)
         token = None

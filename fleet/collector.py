@@ -478,7 +478,8 @@ class Ingest:
             "fw_version": b.fw_version, "fw_seq": b.fw_seq, "uptime_s": b.uptime_s, "heap_free": b.heap_free,
             "heap_min": b.heap_min, "backlog": b.backlog, "parent": b.parent, "link_etx": b.link_etx,
             "path_cost": b.path_cost, "boot_count": b.boot_count, "ota_state": b.ota_state,
-            "ota_progress": b.ota_progress, "errors": b.errors,
+            "ota_progress": b.ota_progress, "errors": b.errors, "radio_drops": b.radio_drops,
+            "readings_lost": b.readings_lost,
             # the path this frame took; body.rssi (the parent link) is summarised by link_etx
             "gateway": gw, "hops": f.hops, "rssi": rssi,
         })

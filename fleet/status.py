@@ -28,6 +28,7 @@ NODE_KEYS = (
     "ica_level", "aqi", "aqi_category", "aqi_level", "hops", "parent", "link_etx", "path_cost", "rssi",
     "uptime_s", "heap_free", "backlog", "boot_count", "gateway", "last_heard", "age_s", "last_reading_ts",
     "last_seq", "delivered", "duplicates", "delivery_ratio", "gaps", "gaps_lost", "ota_state", "ota_progress",
+    "heap_min", "radio_drops", "readings_lost",
 )
 SUMMARY_KEYS = (
     "generated_at", "nodes", "online", "stale", "offline", "never_heard", "readings", "duplicates",
@@ -52,7 +53,8 @@ def state_of(last_heard, now_s, stale_after_s, offline_after_s):
 _ROW_FIELDS = (
     "node", "role", "pole", "registered_fw", "last_heard", "last_seq", "last_ts", "pm25", "rh", "delivered",
     "duplicates", "min_seq", "parent", "link_etx", "path_cost", "uptime_s", "heap_free", "backlog", "gateway",
-    "rssi", "hops", "fw_version", "fw_seq", "boot_count", "ota_state", "ota_progress",
+    "rssi", "hops", "fw_version", "fw_seq", "boot_count", "ota_state", "ota_progress", "heap_min", "radio_drops",
+    "readings_lost",
 )
 
 
@@ -67,7 +69,7 @@ def _node_view(r, now_s, stale_after_s, offline_after_s, rh_correction, gap_coun
     # at 100k nodes.
     (node, role, pole, registered_fw, last_heard, last_seq, last_ts, raw, rh, delivered, duplicates, min_seq,
      parent, link_etx, path_cost, uptime_s, heap_free, backlog, gateway, rssi, hops, fw_version, fw_seq,
-     boot_count, ota_state, ota_progress) = r
+     boot_count, ota_state, ota_progress, heap_min, radio_drops, readings_lost) = r
     pm = raw if raw is None or rh_correction == "none" else aqimod.correct_pm25(rh_correction, raw, rh)
     if pm is None:
         ica, epa = _NO_INDEX
@@ -124,6 +126,11 @@ def _node_view(r, now_s, stale_after_s, offline_after_s, rh_correction, gap_coun
         "gaps_lost": gaps.get("lost", 0) if gaps else 0,
         "ota_state": ota_state,
         "ota_progress": ota_progress,
+        # lowest free heap the node saw, the ESP-NOW frames its receive buffer dropped and the
+        # readings it had to discard, since its last boot (None: not reported, firmware 1.0)
+        "heap_min": heap_min,
+        "radio_drops": radio_drops,
+        "readings_lost": readings_lost,
         "_expected": expected,
         "_gaps_recovered": gaps.get("recovered", 0) if gaps else 0,
     }

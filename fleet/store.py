@@ -33,7 +33,8 @@ READING_FIELDS = (
 # What a status frame (protocol StatusBody) and the uplink path report; update_state() takes these.
 STATE_FIELDS = (
     "parent", "link_etx", "path_cost", "uptime_s", "heap_free", "heap_min", "backlog", "gateway", "rssi",
-    "hops", "fw_version", "fw_seq", "boot_count", "ota_state", "ota_progress", "errors",
+    "hops", "fw_version", "fw_seq", "boot_count", "ota_state", "ota_progress", "errors", "radio_drops",
+    "readings_lost",
 )
 NODE_FIELDS = ("node", "mac", "role", "pole", "lat", "lon", "fw_version", "fw_seq", "registered_at")
 ROLES = ("node", "gateway")
@@ -46,7 +47,7 @@ STATUS_FIELDS = (
 ) + STATE_FIELDS
 
 APPLICATION_ID = 0x524D5348  # 'RMSH': marks a file as a Red Mesh store
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -85,7 +86,8 @@ CREATE TABLE IF NOT EXISTS node_state (
     heap_free INTEGER, heap_min INTEGER, backlog INTEGER,
     gateway INTEGER, rssi INTEGER, hops INTEGER,
     fw_version TEXT, fw_seq INTEGER, boot_count INTEGER,
-    ota_state INTEGER, ota_progress INTEGER, errors INTEGER
+    ota_state INTEGER, ota_progress INTEGER, errors INTEGER,
+    radio_drops INTEGER, readings_lost INTEGER
 );
 CREATE TABLE IF NOT EXISTS gaps (
     id INTEGER PRIMARY KEY,
@@ -117,6 +119,12 @@ CREATE TABLE IF NOT EXISTS command_counters (
     cseq INTEGER NOT NULL
 );
 """
+
+# What turns a store of schema version N - 1 into version N (a fresh store gets _SCHEMA whole).
+_MIGRATIONS = {
+    2: ("ALTER TABLE node_state ADD COLUMN radio_drops INTEGER",  # status frames since firmware 1.0
+        "ALTER TABLE node_state ADD COLUMN readings_lost INTEGER"),
+}
 
 # Rows per INSERT ... VALUES (...),(...) statement: 14 columns x 1,000 rows stays well under
 # SQLite's 32,766 bound-variable limit; a batch is several such statements in one transaction.
@@ -350,6 +358,10 @@ class SQLiteStore(Store):
         if app_id == 0 or version < SCHEMA_VERSION:
             with self.transaction():
                 # one statement at a time: executescript() would COMMIT our transaction
+                if app_id == APPLICATION_ID:  # an older store: bring its tables up to date
+                    for v in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+                        for stmt in _MIGRATIONS.get(v, ()):
+                            db.execute(stmt)
                 for stmt in _SCHEMA.split(";"):
                     if stmt.strip():
                         db.execute(stmt)

@@ -273,21 +273,29 @@ class StatusBody(Frame):
     """Node health report body: firmware (fw_seq, fw_version), uptime_s, heap_free/heap_min
     (bytes), backlog (readings waiting), parent (node id, 0 = none), link_etx (tenths),
     path_cost (tenths), rssi (dBm of the parent link), boot_count, ota_state, ota_progress (%),
-    errors (bit field)."""
+    errors (bit field), radio_drops (ESP-NOW frames the receive buffer dropped since boot),
+    readings_lost (readings the node had to discard since boot). Firmware 1.0 sent the body
+    without the last two (LEGACY_FIELDS items): it still decodes, with both None ("not
+    reported"), and such a body encodes back to the same 14 items."""
 
     FIELDS = ("fw_seq", "fw_version", "uptime_s", "heap_free", "heap_min", "backlog", "parent",
-              "link_etx", "path_cost", "rssi", "boot_count", "ota_state", "ota_progress", "errors")
+              "link_etx", "path_cost", "rssi", "boot_count", "ota_state", "ota_progress", "errors",
+              "radio_drops", "readings_lost")
     SPEC = (("status.fw_seq", 0, U32), ("status.fw_version", None, 16), ("status.uptime_s", 0, U32),
             ("status.heap_free", 0, U32), ("status.heap_min", 0, U32), ("status.backlog", 0, U32),
             ("status.parent", 0, U32), ("status.link_etx", 0, U16), ("status.path_cost", 0, U16),
             ("status.rssi", -128, 0), ("status.boot_count", 0, U32), ("status.ota_state", 0, U8),
-            ("status.ota_progress", 0, 100), ("status.errors", 0, U32))
+            ("status.ota_progress", 0, 100), ("status.errors", 0, U32), ("status.radio_drops", 0, U32),
+            ("status.readings_lost", 0, U32))
     DEFAULTS = {"fw_version": ""}
+    LEGACY_FIELDS = 14
 
 
-def _put_rec(out, rec, name):
-    _head(4, len(rec.FIELDS), out)
-    for f, (label, lo, hi) in zip(rec.FIELDS, rec.SPEC):
+def _put_rec(out, rec, name, n=0):
+    """Encode rec's fields as an array (only the first n when n is given)."""
+    fields = rec.FIELDS[:n] if n else rec.FIELDS
+    _head(4, len(fields), out)
+    for f, (label, lo, hi) in zip(fields, rec.SPEC):
         if lo is None:
             v = getattr(rec, f)
             b = v.encode("utf-8") if isinstance(v, str) else None
@@ -348,10 +356,22 @@ class Status(Frame):
     DEFAULTS = {"body": StatusBody, "etag": None}
 
     def _enc_body(self, out):
-        _put_rec(out, self.body, "status")
+        b = self.body
+        # a firmware 1.0 body (decoded, both new fields None) re-encodes as it came: its tag
+        # covers those 14 items
+        legacy = b.radio_drops is None and b.readings_lost is None
+        _put_rec(out, b, "status", StatusBody.LEGACY_FIELDS if legacy else 0)
 
     def _dec_body(self, d):
-        self.body = _get_rec(d, StatusBody, "status")
+        full = len(StatusBody.FIELDS)
+        n = _arr(d, "status", StatusBody.LEGACY_FIELDS, full)
+        if n != StatusBody.LEGACY_FIELDS and n != full:
+            raise ProtocolError("status: expected %d items (or %d from firmware 1.0), got %d"
+                                % (full, StatusBody.LEGACY_FIELDS, n))
+        vals = _get(d, StatusBody.SPEC if n == full else StatusBody.SPEC[:n])
+        while len(vals) < full:
+            vals.append(None)  # not reported by firmware 1.0
+        self.body = StatusBody(*vals)
 
 
 class Reply(Frame):

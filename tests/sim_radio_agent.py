@@ -6,6 +6,9 @@
 #   {"op": "send", "mac": hex, "hex": payload_hex}        -> {"sent": bool} | {"err": ...} | {"exc": name}
 #   {"op": "drain", "quiet_ms": n}                       -> {"frames": [[mac_hex, payload_hex, rssi], ...]}
 #   {"op": "peers"}                                      -> {"peers": [mac_hex, ...], "any": bool}
+#   {"op": "config", "rxbuf": n}                         -> {"rxbuf": n} (config(rxbuf=n), then config("rxbuf"))
+#   {"op": "active", "on": bool}                         -> {"active": bool}
+#   {"op": "stats"}                                      -> {"stats": [tx, tx_resp, tx_fail, rx, rx_dropped]}
 #   {"op": "quit"}                                       -> {"bye": true}, exits
 import sys
 
@@ -75,6 +78,13 @@ async def handle(radio, req):
             return {"frames": frames}
         if op == "peers":
             return {"peers": [_hex(p[0]) for p in radio.get_peers()], "any": radio.any()}
+        if op == "config":
+            radio.config(rxbuf=req["rxbuf"])
+            return {"rxbuf": radio.config("rxbuf")}
+        if op == "active":
+            return {"active": radio.active(req["on"])}
+        if op == "stats":
+            return {"stats": list(radio.stats())}
         return {"exc": "unknown op"}
     except OSError as e:
         return {"err": [e.args[0], e.args[1] if len(e.args) > 1 else ""]}

@@ -46,10 +46,11 @@ def telemetry(node, seq, k=1, time_s=T0, key=None, mesh=MESH, hops=2):
     return protocol.encode(f, mesh, nkey(node) if key is None else key)
 
 
-def status(node, seq, boot_count=1, parent=7, backlog=0, uptime_s=60):
+def status(node, seq, boot_count=1, parent=7, backlog=0, uptime_s=60, radio_drops=0, readings_lost=0):
     body = protocol.StatusBody(fw_seq=3, fw_version="1.2.0", uptime_s=uptime_s, heap_free=40000, heap_min=30000,
                                backlog=backlog, parent=parent, link_etx=12, path_cost=25, rssi=-70,
-                               boot_count=boot_count, ota_state=0, ota_progress=0, errors=0)
+                               boot_count=boot_count, ota_state=0, ota_progress=0, errors=0,
+                               radio_drops=radio_drops, readings_lost=readings_lost)
     return protocol.encode(protocol.Status(origin=node, seq=seq, time_s=T0, body=body, hops=1), MESH, nkey(node))
 
 
@@ -270,6 +271,24 @@ def test_status_updates_node_state_and_records_reboots(store):
     assert (st["boot_count"], st["parent"], st["gateway"]) == (5, 9, GW2)
     kinds = [e["kind"] for e in store.events(node=1)]
     assert "reboot" in kinds and "reparent" in kinds
+
+
+def test_status_carries_heap_min_radio_drops_and_readings_lost(store):
+    ing = make_ingest(store)
+    ing.on_message(UP, envelope([status(1, 1, radio_drops=17, readings_lost=3)]))
+    ing.flush()
+    st = store.node_state(1)
+    assert (st["heap_min"], st["radio_drops"], st["readings_lost"]) == (30000, 17, 3)
+    # a node still on firmware 1.0 sends the 14-item body: stored, the new counters unknown
+    body = protocol.StatusBody(fw_seq=1, fw_version="1.0.0", uptime_s=70, heap_free=40000, heap_min=29000,
+                               parent=7, link_etx=12, path_cost=25, rssi=-70, boot_count=1,
+                               radio_drops=None, readings_lost=None)
+    old = protocol.encode(protocol.Status(origin=1, seq=2, time_s=T0, body=body, hops=1), MESH, nkey(1))
+    res = ing.on_message(UP, envelope([old]))
+    assert res["rejects"] == {}
+    ing.flush()
+    st = store.node_state(1)
+    assert (st["fw_version"], st["heap_min"], st["radio_drops"], st["readings_lost"]) == ("1.0.0", 29000, None, None)
 
 
 def test_replayed_status_rejected(store):

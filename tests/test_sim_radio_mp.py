@@ -103,6 +103,10 @@ async def test_broadcast_unicast_and_acks_between_micropython_and_cpython(tmp_pa
             assert [(m, p) for m, p, _ in got] == [(a.mac, b"hello all")]
             assert -100 < got[0][2] < -30  # the RSSI the medium reported, in dBm
         assert await a.cmd(op="add_peer", mac=b.mac) == {"ok": True}
+        # five full frames while b is not reading: b's ring must hold them (5 * 263 + 2 bytes)
+        assert await b.cmd(op="config", rxbuf=5 * 263 + 2) == {"rxbuf": 5 * 263 + 2}
+        assert await b.cmd(op="active", on=False) == {"active": False}
+        assert await b.cmd(op="active", on=True) == {"active": True}
         for i in range(5):
             assert await a.send(b.mac, bytes([i]) * 250) == {"sent": True}
         got = await b.drain()
@@ -198,5 +202,47 @@ async def test_receiver_duplicates_when_acks_are_lost(dups):
         got = [p for _, p, _ in await b.drain()]
         # every MAC attempt got through; only the ACKs died
         assert got == ([b"d"] * 4 if dups else [b"d"])
+    finally:
+        await _teardown(medium, [a, b])
+
+
+async def test_receive_buffer_keeps_what_fits_drops_the_rest_after_the_ack():
+    """The driver's ring: 526 bytes by default, 13 bytes of header per frame, a frame kept only
+    while 13 + len < free (free = size - 1 when empty): ONE full 250-byte frame fits the default.
+    The sender got its ACK for every frame; the receiver counts the drops in stats()[4]."""
+    mp = micropython_bin()
+    topo = topo_mod.line(2, spacing_m=20, seed=1)
+    medium, (a, b) = await _rig(topo, [mp, mp])
+    try:
+        await a.cmd(op="add_peer", mac=b.mac)
+        for i in range(10):  # b's app is not reading: the frames pile up in its ring
+            assert await a.send(b.mac, bytes([i]) * 250) == {"sent": True}  # each one ACKed
+        assert [p for _, p, _ in await b.drain()] == [bytes([0]) * 250]
+        assert (await b.cmd(op="stats"))["stats"][3:] == [1, 9]
+        assert (await a.cmd(op="stats"))["stats"][:3] == [10, 10, 0]
+        # small frames: 13 + 37 = 50 bytes each; 525 free bytes take 10 (500 < 525, the 11th
+        # would need 50 < 25)
+        for i in range(12):
+            assert await a.send(b.mac, bytes([i]) * 37) == {"sent": True}
+        assert [p for _, p, _ in await b.drain()] == [bytes([i]) * 37 for i in range(10)]
+        assert (await b.cmd(op="stats"))["stats"][3:] == [11, 11]
+        # exactly full is not kept: after a 250-byte frame 262 bytes are free, and a 249-byte
+        # one needs 13 + 249 = 262 < 262
+        assert await a.send(b.mac, b"x" * 250) == {"sent": True}
+        assert await a.send(b.mac, b"y" * 249) == {"sent": True}
+        assert [p for _, p, _ in await b.drain()] == [b"x" * 250]
+        assert (await b.cmd(op="stats"))["stats"][3:] == [12, 12]
+        # config(rxbuf=) applies at the next active(True), as on the board
+        assert await b.cmd(op="config", rxbuf=4 * 263 + 2) == {"rxbuf": 4 * 263 + 2}
+        for i in range(3):
+            assert await a.send(b.mac, bytes([i]) * 250) == {"sent": True}
+        assert len(await b.drain()) == 1  # still the 526-byte ring
+        assert await b.cmd(op="active", on=False) == {"active": False}
+        assert await b.cmd(op="active", on=True) == {"active": True}
+        for i in range(6):
+            assert await a.send(b.mac, bytes([i]) * 250) == {"sent": True}
+        assert [p for _, p, _ in await b.drain()] == [bytes([i]) * 250 for i in range(4)]
+        assert (await b.cmd(op="stats"))["stats"][3:] == [17, 16]
+        assert await b.cmd(op="config", rxbuf=0) == {"exc": "ValueError"}
     finally:
         await _teardown(medium, [a, b])

@@ -38,7 +38,8 @@ def home(tmp_path):
     store.add_readings([reading(10, s, now - 600 + 60 * s, 120 + s) for s in range(10)])  # last pm25 12.9
     store.add_readings([reading(10, 0, now - 600, 120)])  # one duplicate
     store.update_state(10, now - 10, parent=1, link_etx=12, path_cost=12, uptime_s=3700, heap_free=81920,
-                       backlog=0, fw_version="0.1.1", hops=1, gateway=1)
+                       heap_min=40960, backlog=0, fw_version="0.1.1", hops=1, gateway=1, radio_drops=37,
+                       readings_lost=5)
     store.add_readings([reading(11, s, now - 1000 + s, 456, gateway=2, hops=3) for s in (0, 1, 2, 5)])
     store.update_state(11, now - 900, parent=2, gateway=2)
     store.add_readings([reading(12, 0, now - 7200, 1300, gateway=1)])
@@ -89,6 +90,9 @@ def test_node_fields(home):
     assert (n10["hops"], n10["parent"], n10["link_etx"], n10["uptime_s"], n10["heap_free"]) == (1, 1, 1.2, 3700, 81920)
     assert 0 <= n10["age_s"] <= 15
     assert n10["delivered"] == 10 and n10["duplicates"] == 1 and n10["delivery_ratio"] == 1.0
+    assert (n10["heap_min"], n10["radio_drops"], n10["readings_lost"]) == (40960, 37, 5)
+    # not reported (firmware 1.0 status frames, or none yet): null, not 0
+    assert (nodes[11]["heap_min"], nodes[11]["radio_drops"], nodes[11]["readings_lost"]) == (None, None, None)
     assert nodes[11]["state"] == "stale" and nodes[11]["gaps"] == 1
     assert nodes[12]["state"] == "offline" and nodes[12]["ica"] == "Dañina a la salud" and nodes[12]["gaps_lost"] == 1
     assert nodes[1]["role"] == "gateway" and nodes[1]["pm25"] is None and nodes[1]["ica"] is None
@@ -149,6 +153,10 @@ def test_table_output(home):
     assert "7 nodes: 4 online, 1 stale, 1 offline, 1 never heard" in first
     assert "delivery 88.24 %" in first and "gaps 1 pending" in first
     assert "Buena" in r.output and "never" in r.output
+    head = next(line for line in r.output.splitlines() if "heap min" in line)
+    assert "rx drops" in head and "lost" in head
+    row = next(line for line in r.output.splitlines() if line.split()[:1] == ["10"])
+    assert "80K" in row and "40K" in row and " 37 " in row + " " and " 5 " in row + " "
     r = run(["status", "--aqi", "epa", "--node", "12"], home)
     assert "Very Unhealthy" in r.output and "Buena" not in r.output
 

@@ -220,3 +220,27 @@ def test_refuses_a_newer_schema(tmp_path):
     with pytest.raises(StoreError, match="newer"):
         SQLiteStore(path)
     assert os.path.exists(path)
+
+
+def test_opens_a_schema_1_store_and_adds_the_status_columns(tmp_path):
+    """A store written before status frames carried radio_drops and readings_lost (schema 1)
+    opens, keeps its rows and gains both columns (NULL until a node reports them)."""
+    path = str(tmp_path / "fleet.db")
+    with SQLiteStore(path) as s:
+        s.add_readings([reading(1, 0)])
+        s.update_state(1, 1000, heap_min=40000)
+    db = sqlite3.connect(path)  # make it the schema-1 file an older fleet tool wrote
+    db.execute("ALTER TABLE node_state DROP COLUMN radio_drops")
+    db.execute("ALTER TABLE node_state DROP COLUMN readings_lost")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    with SQLiteStore(path) as s:
+        st = s.node_state(1)
+        assert st["delivered"] == 1 and st["heap_min"] == 40000
+        assert st["radio_drops"] is None and st["readings_lost"] is None
+        s.update_state(1, 1001, radio_drops=4, readings_lost=2)
+        assert (s.node_state(1)["radio_drops"], s.node_state(1)["readings_lost"]) == (4, 2)
+        assert s.db.execute("PRAGMA user_version").fetchone()[0] == 2
+    with SQLiteStore(path) as s:  # and opens again without migrating twice
+        assert s.node_state(1)["radio_drops"] == 4

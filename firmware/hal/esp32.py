@@ -3,9 +3,10 @@ shell (firmware/node.py) expects. Thin on purpose; nothing is created at import 
 
 HAL shape (shared with firmware/hal/sim.py):
     hal.radio            AIOESPNow-like: active(), add_peer(mac), del_peer(mac), asend(mac, msg)
-                         -> bool, arecv() -> (mac, msg), peers_table {mac: [rssi, time_ms]}
+                         -> bool, arecv() -> (mac, msg), peers_table {mac: [rssi, time_ms]},
+                         config(rxbuf=n), stats() -> (tx, tx_responses, tx_failures, rx, rx_dropped)
     hal.mac              this node's 6-byte MAC
-    hal.uart             sensor UART: write(bytes), async read_some() -> bytes
+    hal.uart             sensor UART: write(bytes), async read_some(timeout_ms) -> bytes (b"" on timeout)
     hal.fs               firmware.fsutil.PosixFS at the flash root
     hal.wdt_start(timeout_ms), hal.wdt_feed()
     hal.time_s()         unix seconds from the RTC (0 when never set)
@@ -22,6 +23,8 @@ import time
 import machine
 import network
 
+from firmware.hal import ESPNOW_RXBUF
+
 # Seconds from 1970 to the port's epoch: MicroPython on ESP32 has counted from 2000-01-01;
 # asked of the port itself, so a build that counts from 1970 is right too.
 _EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0
@@ -35,8 +38,16 @@ class _Uart:
     def write(self, data):
         self._u.write(data)
 
-    async def read_some(self):
-        return await self._sreader.read(64)
+    async def read_some(self, timeout_ms=None):
+        """Bytes the sensor sent (up to 64), or b"" when none came within timeout_ms: a sleeping
+        PMS5003 sends nothing, and a read without a timeout would never return to write the
+        wake command. Cancelling the read leaves unread bytes in the UART's buffer."""
+        if timeout_ms is None:
+            return await self._sreader.read(64)
+        try:
+            return await asyncio.wait_for_ms(self._sreader.read(64), timeout_ms)
+        except asyncio.TimeoutError:
+            return b""
 
 
 class Esp32Hal:
@@ -51,6 +62,8 @@ class Esp32Hal:
         self._sta.config(channel=channel)
         self.mac = self._sta.config("mac")
         self.radio = aioespnow.AIOESPNow()
+        # before active(True), which allocates the ring: firmware/hal/__init__.py says why 8 frames
+        self.radio.config(rxbuf=ESPNOW_RXBUF)
         self.radio.active(True)
         self.uart = _Uart(uart_pins[0], uart_pins[1], uart_pins[2], baud)
         self._wdt = None

@@ -10,15 +10,22 @@ import sys
 import time
 
 from firmware.compat import ticks_diff, ticks_ms
+from firmware.hal import ESPNOW_RXBUF
 from firmware.hal.sim_radio import SimRadio
 from firmware.hal.simsensor import SimPMS5003
 
-_FRAME_PERIOD_MS = 1000  # a PMS5003 in active mode sends a frame about every second
+
+async def _sleep_ms(ms):
+    if hasattr(asyncio, "sleep_ms"):
+        await asyncio.sleep_ms(ms)
+    else:  # CPython: the device-side tests drive SimUart there too
+        await asyncio.sleep(ms / 1000)
 
 
 class SimUart:
-    """The sensor's UART: commands go to the simulated sensor; read_some() returns the bytes it
-    sent since the last read, paced like a 9600-baud line."""
+    """The sensor's UART: commands go to the simulated sensor; read_some() waits, as a read on a
+    real UART does, until the sensor has sent something (a frame each second in active mode, a
+    reply to a command; nothing at all while it sleeps) and returns those bytes."""
 
     def __init__(self, sensor):
         self.sensor = sensor
@@ -26,9 +33,21 @@ class SimUart:
     def write(self, data):
         self.sensor.write(data, int(time.time()))
 
-    async def read_some(self):
-        await asyncio.sleep_ms(_FRAME_PERIOD_MS)
-        return self.sensor.poll(int(time.time()))
+    async def read_some(self, timeout_ms=None):
+        """Return the bytes the sensor sent, waiting for some; after timeout_ms without any,
+        b"" (timeout_ms None: wait for as long as it takes, like a bare StreamReader read)."""
+        start = ticks_ms()
+        while True:
+            out = self.sensor.poll(int(time.time()))
+            if out:
+                return out
+            wait_ms = 1005 - time.time_ns() // 1000000 % 1000  # just past the sensor's next second
+            if timeout_ms is not None:
+                left = timeout_ms - ticks_diff(ticks_ms(), start)
+                if left <= 0:
+                    return b""
+                wait_ms = min(wait_ms, left)
+            await _sleep_ms(wait_ms)
 
 
 class SimHal:
@@ -39,6 +58,7 @@ class SimHal:
         self.fs = fs
         self.mac = bytes(sim["mac"])
         self.radio = SimRadio(self.mac, sim["my_port"], sim["medium_port"])
+        self.radio.config(rxbuf=ESPNOW_RXBUF)  # as the board's HAL; the node's run() activates it
         seed = sim.get("seed", 1)
         noise = sim.get("sensor_noise_per_mille", 5)
         self.uart = SimUart(SimPMS5003(seed, cfg.node_id, noise, th=(cfg.sensor == "pms5003t")))

@@ -56,8 +56,8 @@ def summary_line(summary):
 
 
 _COLUMNS = [("node", "r"), ("role", "l"), ("fw", "l"), ("state", "l"), ("PM2.5", "r"), ("INDEX", "l"),
-            ("hops", "r"), ("parent", "r"), ("ETX", "r"), ("uptime", "r"), ("heap", "r"), ("backlog", "r"),
-            ("gw", "r"), ("heard", "r")]
+            ("hops", "r"), ("parent", "r"), ("ETX", "r"), ("uptime", "r"), ("heap", "r"), ("heap min", "r"),
+            ("backlog", "r"), ("rx drops", "r"), ("lost", "r"), ("gw", "r"), ("heard", "r")]
 
 
 def render(result, aqi, colour=False):
@@ -82,7 +82,10 @@ def render(result, aqi, colour=False):
             "-" if n["link_etx"] is None else f"{n['link_etx']:.1f}",
             _duration(n["uptime_s"]),
             "-" if n["heap_free"] is None else f"{n['heap_free'] // 1024}K",
+            "-" if n["heap_min"] is None else f"{n['heap_min'] // 1024}K",
             _dash(n["backlog"]),
+            _dash(n["radio_drops"]),
+            _dash(n["readings_lost"]),
             _dash(n["gateway"]),
             "never" if n["age_s"] is None else _duration(n["age_s"]) + " ago",
         ))

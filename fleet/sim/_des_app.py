@@ -263,7 +263,8 @@ class NodeApp:
                           backlog=len(self.unsent), parent=r.parent, link_etx=min(r.parent_etx, 0xFFFF),
                           path_cost=min(r.cost, 0xFFFF), rssi=max(-128, min(0, r.parent_rssi)), boot_count=self.boot,
                           ota_state=ota.state if ota is not None else 0,
-                          ota_progress=ota.progress_pct if ota is not None else 0, errors=0)
+                          ota_progress=ota.progress_pct if ota is not None else 0, errors=0,
+                          radio_drops=0, readings_lost=0)  # the DES models no receive buffer, no overflow
         f = Status(origin=self.node.id, seq=self.status_seq, time_s=r.wall_time_s(now_ms), body=body)
         self.status_seq += 1
         encode(f, self.sim.mesh_hmac, self.hmac)

@@ -37,6 +37,19 @@ def test_size_budgets():
     assert len(b) <= 32
     d = P.encode(P.OtaData(src=0xFFFFFFFF, bseq=0xFFFFFFFF, page=0xFFFF, pkt=15, data=bytes(P.OTA_PKT_MAX)), MESH)
     assert P.OTA_PKT_MAX >= 200 and len(d) <= P.MAX_FRAME
+    # status: 63 bytes for a first-phase node with a few radio drops; every field at its
+    # widest (16-byte version, u32 maxima) 117, so the two counters added after firmware 1.0
+    # (10 bytes at worst) keep it under half a radio frame
+    st = P.Status(origin=1234, seq=7, time_s=1795000000, hops=2, cost=45, body=P.StatusBody(
+        fw_seq=3, fw_version="1.2.0", uptime_s=86400, heap_free=51234, heap_min=40110, parent=1200,
+        link_etx=12, path_cost=45, rssi=-71, boot_count=4, radio_drops=3, readings_lost=0))
+    assert len(P.encode(st, MESH, NODE)) <= 64
+    u = 0xFFFFFFFF
+    st = P.Status(origin=u, seq=u, time_s=u, hops=255, cost=0xFFFF, body=P.StatusBody(
+        fw_seq=u, fw_version="x" * 16, uptime_s=u, heap_free=u, heap_min=u, backlog=u, parent=u, link_etx=0xFFFF,
+        path_cost=0xFFFF, rssi=-128, boot_count=u, ota_state=255, ota_progress=100, errors=u, radio_drops=u,
+        readings_lost=u))
+    assert len(P.encode(st, MESH, NODE)) <= 125
     # the most readings one frame can hold fit the radio
     assert len(P.encode(_telemetry(P.MAX_READINGS), MESH, NODE)) <= P.MAX_FRAME
 
