@@ -77,6 +77,71 @@ print("TOTAL %%d" %% (prev - base))
 """
 
 
+# A node booted up to Node() on each HAL, same config and flash: what the sim HAL pins over the
+# board's. The board's side runs firmware/hal/esp32.py over stand-ins for machine, network and
+# aioespnow (their objects live in C on a board); ESP-NOW's receive buffer, which MicroPython
+# allocates on the Python heap, is added as ESPNOW_RXBUF.
+ESPNOW_RXBUF = 526
+_BOOT_SCRIPT = r"""
+import sys, gc
+sys.path[:0] = [%(build)r]
+board = %(board)r
+if board:
+    class _Stub:
+        def __init__(self, *a, **k): pass
+        def __getattr__(self, n): return _Stub()
+        def __call__(self, *a, **k): return _Stub()
+    class _Wlan(_Stub):
+        def config(self, *a, **k): return b"\x02\x00\x00\x00\x00\x02" if a else None
+    class _Net(_Stub):
+        WLAN = _Wlan
+        STA_IF = 0
+    class _Esp(_Stub):
+        peers_table = {}
+    class _AioEsp(_Stub):
+        AIOESPNow = _Esp
+    sys.modules["machine"] = _Stub()
+    sys.modules["network"] = _Net()
+    sys.modules["aioespnow"] = _AioEsp()
+import asyncio
+gc.collect()
+base = gc.mem_alloc()
+from firmware.config import load_config
+from firmware.fsutil import PosixFS
+fs = PosixFS(%(flash)r)
+cfg = load_config(fs)
+if board:
+    from firmware.hal.esp32 import Esp32Hal
+    hal = Esp32Hal(fs)
+else:
+    from firmware.hal.sim import SimHal
+    hal = SimHal(cfg, fs, %(flash)r)
+from firmware.node import Node
+node = Node(hal, cfg, None)
+gc.collect()
+print("PINNED %%d" %% (gc.mem_alloc() - base))
+"""
+
+
+def boot_pinned(build, board):
+    """Bytes pinned by a node booted up to Node() (imports and objects), on the sim or board HAL."""
+    from firmware.config_check import dump_config
+
+    with tempfile.TemporaryDirectory(prefix="redmesh-flash-") as flash:
+        cfg = {"config_version": 1, "node_id": 2, "role": "node", "net_id": 1, "node_key": bytes(32),
+               "mesh_key": bytes(range(32)), "fleet_pub": bytes(32), "continuous": True, "sensor": "pms5003t",
+               "sim": {"medium_port": 9, "my_port": 9, "mac": b"\x02\x00\x00\x00\x00\x02"}}
+        with open(os.path.join(flash, "config.cbor"), "wb") as f:
+            f.write(dump_config(cfg))
+        code = _BOOT_SCRIPT % {"build": build, "board": board, "flash": flash}
+        proc = subprocess.run([interp.micropython_bin(), "-X", "heapsize=1024k", "-c", code], capture_output=True,
+                              text=True, timeout=60, cwd=flash)
+        m = re.search(r"PINNED (\d+)", proc.stdout)
+        if not m:
+            raise SystemExit("boot measurement failed:\n" + (proc.stdout + proc.stderr)[-2000:])
+        return int(m.group(1)) + (ESPNOW_RXBUF if board else 0)
+
+
 def _build_mpy(out):
     sys.path.insert(0, os.path.join(ROOT, "tools"))
     import mpy_build
@@ -120,6 +185,11 @@ def print_imports():
             for name, n in rows[skip:]:
                 print("    %-26s %6d" % (name, n))
             print("    %-26s %6d" % ("total" if not skip else "total of these", sum(n for _, n in rows[skip:])))
+        sim = boot_pinned(build, False)
+        board = boot_pinned(build, True)
+        print("  booted to Node(), imports and objects: sim HAL %d, board HAL %d (+%d B ESP-NOW rxbuf): "
+              "the sim HAL costs %d B more (interp.SIM_HAL_ALLOWANCE_KB = %d)"
+              % (sim, board, ESPNOW_RXBUF, sim - board, interp.SIM_HAL_ALLOWANCE_KB))
 
 
 def _interp_name():
@@ -220,6 +290,11 @@ def trial(node_kb, gateway_kb, log=None):
                 with open(path, "rb") as f:
                     text = f.read().decode("utf-8", "replace")
                 errors += text.count("MemoryError") + text.count("Traceback")
+                at = text.find("Traceback")
+                if at >= 0 and "first_error" not in res:
+                    tb = text[at:].splitlines()[1:40]
+                    end = next((k for k, ln in enumerate(tb) if not ln.startswith(" ")), len(tb) - 1)
+                    res["first_error"] = "node %d: %s" % (i, " | ".join(ln.strip() for ln in tb[max(0, end - 4):end + 1]))
                 restarts += max(0, starts.get(i, 1) - 1)
                 for k, ph in enumerate(PHASES):
                     if ph not in marks or ph not in done:
@@ -259,6 +334,8 @@ def sweep(label, pairs, role):
             print(_fmt_role(rl, res["roles"][rl]) + ("  [swept]" if rl == role else ""), flush=True)
         if res["failed"]:
             print("        trial stopped early: %s" % res["failed"], flush=True)
+        if res.get("first_error"):
+            print("        first traceback: %s" % res["first_error"], flush=True)
         r = res["roles"][role]
         if r["ok"] and r["worst"] is not None and r["worst"] >= FREE_FLOOR:
             smallest = r["kb"] if smallest is None else min(smallest, r["kb"])
@@ -273,7 +350,7 @@ def main():
     a = ap.parse_args()
     if not (a.imports or a.heaps or a.gateway_heaps):
         a.imports = True
-        a.heaps = "%d,112,104" % interp.NODE_HEAP_KB
+        a.heaps = "%d,136,%d" % (interp.RIG_NODE_HEAP_KB, interp.NODE_HEAP_KB)
     print("interpreter: %s" % _interp_name())
     if a.imports:
         print_imports()

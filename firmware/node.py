@@ -360,28 +360,36 @@ class Node:
 
     def _resend(self, a, b):
         """Answer "resend readings a..b" from the ring: result = [first, last] actually resent
-        and the first seq no longer held (a gap the collector must mark lost)."""
+        (at most 4 frames' worth) and the first seq no longer held (a gap the collector must
+        mark lost). The ring is read one frame's worth at a time, so the answer never holds
+        more than a frame of readings in the heap."""
         if not isinstance(a, int) or not isinstance(b, int) or b < a:
             return 1, []
-        held = self.ring.get_range(a, b, 4 * protocol.MAX_READINGS)
-        if not held:
-            # nothing held: say why per range ("aged" out of the ring, "lost" in a power cut or
-            # never issued after a reboot skip) so the collector closes the gap honestly
-            result = []
-            for lo, hi, why in self.ring.gaps(a, b, 2):
-                result.extend([lo, hi, why])
-            return 3, result[:8]
-        i = 0
-        while i < len(held):
-            chunk = held[i:i + protocol.MAX_READINGS]
-            frame = ring_mod.build_telemetry(self.node_id, chunk, self.wall_s())
+        first = last = None
+        left = 4 * protocol.MAX_READINGS
+        lo = a
+        while left > 0 and lo <= b:
+            held = self.ring.get_range(lo, b, min(left, protocol.MAX_READINGS))
+            if not held:
+                break
+            frame = ring_mod.build_telemetry(self.node_id, held, self.wall_s())
             if frame is None:
                 break
             protocol.encode(frame, self.mesh_hmac, self.node_hmac)
             self.router.originate(frame, self.now_ms(), None)
-            i += len(frame.readings)
-        first = held[0][0]
-        last = held[i - 1][0] if i else first
+            n = len(frame.readings)
+            if first is None:
+                first = held[0][0]
+            last = held[n - 1][0]
+            left -= n
+            lo = last + 1
+        if first is None:
+            # nothing held: say why per range ("aged" out of the ring, "lost" in a power cut or
+            # never issued after a reboot skip) so the collector closes the gap honestly
+            result = []
+            for glo, ghi, why in self.ring.gaps(a, b, 2):
+                result.extend([glo, ghi, why])
+            return 3, result[:8]
         return 0, [first, last]
 
     def _set(self, key, value):
