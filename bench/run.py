@@ -163,7 +163,8 @@ def bench_scripts(res, quick):
         "collector": ("collector_bench", ["--envelopes", "200" if quick else "1000"]),
         "mqtt": ("mqtt_bench", ["--n", "2000" if quick else "5000"]),
         "provision": ("provision_bench", ["--boards", "4"]),
-        "heap": ("heap_bench", ["--heaps", "224,208,192"] if quick else []),
+        "heap": ("heap_bench", ["--imports", "--heaps", "144,128"] if quick else
+                 ["--imports", "--heaps", "160,144,136,128,122", "--gateway-heaps", "1024,256,224,192"]),
     }
     if os.path.exists(os.path.join(ROOT, "bench", "des_bench.py")):
         runs["des"] = ("des_bench", ["--quick"] if quick else [])
@@ -234,8 +235,17 @@ def table(res):
                 rows.append(("collector ingest through %s" % kind, "%d frames/s" % v, "-"))
     hp = sc.get("heap", {}).get("output")
     if hp:
-        rows.append(("smallest node heap that boots and runs (unix port, 64-bit)",
-                     "%s KB" % _first(r"smallest node heap that ran: (\w+) KB", hp, str), "measured (rig uses 256k)"))
+        from fleet.sim import interp
+
+        for role, budget in (("node", "%d KB (board 112 + sim HAL)" % interp.NODE_HEAP_KB),
+                             ("gateway", "%d KB (WROVER-E PSRAM, held)" % interp.GATEWAY_HEAP_KB)):
+            kb = _first(r"smallest %s heap that ran with >= 16 KB free at the worst moment: (\w+) KB" % role, hp, str)
+            if kb:
+                rows.append(("smallest %s heap keeping 16 KB free at the worst moment (bench/heap_bench.py)" % role,
+                             "%s KB" % kb, budget))
+        m = re.search(r"plain node:.*?total\s+(\d+)", hp, re.S)
+        if m:
+            rows.append(("import cost of a plain node's modules (.mpy, 32-bit)", "%s B" % m.group(1), "-"))
     des = _load(os.path.join(OUT, "des.json"))
     if des:
         for r in des if isinstance(des, list) else des.get("runs", []):

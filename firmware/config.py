@@ -1,11 +1,14 @@
 """The node's config file: a CBOR map on flash (`config.cbor`), its validation and loader.
 
-The fleet host builds the file with `dump_config` (CPython, at provisioning) and the node reads
-it with `load_config` (MicroPython) — the same code decides what is valid on both sides.
-Rules: text keys only; unknown top-level keys, wrong types and out-of-range values are errors
-(a typo must not silently fall back to a default on a pole 8 m up); optional keys get the
-defaults below. A ConfigError names the key, what was expected and what arrived — never the
-value of a secret (node_key, mesh_key, uplink.wifi_password).
+This module is what a node carries: the format's tables (the one owner of each key's kind,
+range and default), the rule of each kind (kind_ok), and the loader. The host validates a config
+completely before it is written (firmware/config_check.py: `fleet provision` and the rig call
+its dump_config): text keys only; unknown top-level keys, wrong types and out-of-range values
+are errors (a typo must not silently fall back to a default on a pole 8 m up), each named with
+what was expected and what arrived. The node checks again only what it needs to run — every
+key it reads present (or defaulted) with the right kind and range, a gateway's uplink, the sim
+section, a duty cycle the sampler accepts — so it never runs a config it cannot run; the
+ConfigError names the key (never a secret's value) and the node stays in its safe state.
 
 Format (CDDL; protocol/redmesh.cddl stays the wire spec, this is the flash file):
 
@@ -56,12 +59,12 @@ UPLINK_SECRETS = ("wifi_password",)
 _U32 = 0xFFFFFFFF
 _U64 = 0xFFFFFFFFFFFFFFFF
 
-_NODEF = object()  # optional key without a default: absent stays absent
+NODEF = object()  # optional key without a default: absent stays absent
 
 # Keys: (name, kind, lo, hi, default). kind: "int" (lo..hi), "bytes" (length lo..hi), "text"
 # (one of the tuple in lo), "str" (UTF-8 length lo..hi), "bool", "map".
-# default None: required; _NODEF: optional, no default.
-_KEYS = (
+# default None: required; NODEF: optional, no default.
+KEYS = (
     ("config_version", "int", CONFIG_VERSION, CONFIG_VERSION, None),
     ("node_id", "int", 1, _U32, None),
     ("role", "text", ROLES, None, None),
@@ -75,17 +78,17 @@ _KEYS = (
     ("continuous", "bool", None, None, False),
     ("sensor", "text", SENSORS, None, "pms5003"),
     ("radio_channel", "int", 1, 14, 1),
-    ("uplink", "map", None, None, _NODEF),
-    ("sim", "map", None, None, _NODEF),
+    ("uplink", "map", None, None, NODEF),
+    ("sim", "map", None, None, NODEF),
 )
-_UPLINK_KEYS = (
+UPLINK_KEYS = (
     ("broker_host", "str", 1, 253, None),
     ("broker_port", "int", 1, 65535, 1883),
     ("wifi_ssid", "str", 0, 32, ""),
     ("wifi_password", "str", 0, 64, ""),
-    ("client_id", "str", 1, 64, _NODEF),
+    ("client_id", "str", 1, 64, NODEF),
 )
-_SIM_KEYS = (
+SIM_KEYS = (
     ("medium_port", "int", 1, 65535, None),
     ("my_port", "int", 1, 65535, None),
     ("mac", "bytes", 6, 6, None),
@@ -105,88 +108,44 @@ class ConfigError(Exception):
         return self.msg
 
 
-def _what(v, secret):
-    """Describe a value that arrived, hiding secrets."""
-    if isinstance(v, bool):
-        return "a bool" if secret else repr(v)
-    if isinstance(v, int):
-        return "an int" if secret else str(v)
-    if isinstance(v, (bytes, bytearray)):
-        return "%d bytes" % len(v)
-    if isinstance(v, str):
-        return "text of %d bytes" % len(v.encode()) if secret else repr(v)
-    if isinstance(v, dict):
-        return "a map"
-    if isinstance(v, list):
-        return "an array"
-    if v is None:
-        return "null"
-    return type(v).__name__
+def kind_ok(kind, v, lo, hi):
+    """True when value `v` is of `kind` within lo..hi (see KEYS): the one rule of each kind."""
+    if kind == "int":
+        return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+    if kind == "bytes":
+        return isinstance(v, (bytes, bytearray)) and lo <= len(v) <= hi
+    if kind == "text":
+        return isinstance(v, str) and v in lo
+    if kind == "str":
+        return text_problem(v, lo, hi) is None  # the one text grammar (protocol/text.py)
+    if kind == "bool":
+        return isinstance(v, bool)
+    return isinstance(v, dict)
 
 
-def _check(where, d, spec, secrets, strict):
-    """Validate map `d` against `spec`; return a new dict with defaults filled in."""
+def _fill(where, d, spec):
+    """A copy of map `d` with defaults filled in and bytes normalized; ConfigError names the
+    first key missing or invalid (the host's check says more). Other keys pass through."""
     if not isinstance(d, dict):
-        raise ConfigError("%s: expected a map, got %s" % (where or "config", _what(d, False)))
-    out = {}
-    known = []
+        raise ConfigError("%s: expected a map" % (where or "config"))
+    out = dict(d)
     for name, kind, lo, hi, default in spec:
-        known.append(name)
-        key = where + "." + name if where else name
         if name not in d:
             if default is None:
-                raise ConfigError("missing key %s: expected %s" % (key, _expect(kind, lo, hi)))
-            if default is not _NODEF:
+                raise ConfigError("missing key %s%s" % (where, name))
+            if default is not NODEF:
                 out[name] = default
-            continue
-        v = d[name]
-        secret = name in secrets
-        ok = False
-        if kind == "int":
-            ok = isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+        elif not kind_ok(kind, d[name], lo, hi):
+            raise ConfigError("invalid %s%s" % (where, name))
         elif kind == "bytes":
-            ok = isinstance(v, (bytes, bytearray)) and lo <= len(v) <= hi
-            if ok:
-                v = bytes(v)
-        elif kind == "text":
-            ok = isinstance(v, str) and v in lo
-        elif kind == "str":
-            ok = text_problem(v, lo, hi) is None  # the one text grammar (protocol/text.py)
-        elif kind == "bool":
-            ok = isinstance(v, bool)
-        elif kind == "map":
-            ok = isinstance(v, dict)
-        if not ok:
-            raise ConfigError("invalid %s: expected %s, got %s" % (key, _expect(kind, lo, hi), _what(v, secret)))
-        out[name] = v
-    for k in d:
-        if k not in known:
-            if strict:
-                raise ConfigError("unknown key %s%r in %s (known: %s)"
-                                  % ("" if isinstance(k, str) else "non-text ", k, where or "config",
-                                     ", ".join(known)))
-            out[k] = d[k]
+            out[name] = bytes(d[name])
     return out
 
 
-def _expect(kind, lo, hi):
-    if kind == "int":
-        return "the integer %d" % lo if lo == hi else "an integer %d..%d" % (lo, hi)
-    if kind == "bytes":
-        return "%d bytes" % lo if lo == hi else "%d..%d bytes" % (lo, hi)
-    if kind == "text":
-        return "one of " + ", ".join('"%s"' % x for x in lo)
-    if kind == "str":
-        return "text of %d..%d bytes without control characters" % (lo, hi)
-    if kind == "bool":
-        return "true or false"
-    return "a map"
-
-
-def validate(d):
-    """Check a config dict; return it normalized (a new dict, defaults filled in, bytearrays
-    as bytes). Raises ConfigError naming the first bad key."""
-    out = _check("", d, _KEYS, SECRETS, True)
+def normalize(d):
+    """Check what a node needs to run config dict `d`; return it normalized (a new dict,
+    defaults filled in, bytearrays as bytes). Raises ConfigError naming the first bad key."""
+    out = _fill("", d, KEYS)
     # Duty-cycle rules live in the sampler: one definition of what a valid cycle is.
     from firmware.sampler import SamplerConfig
 
@@ -195,32 +154,22 @@ def validate(d):
     except ValueError as e:
         raise ConfigError("invalid sampling settings: %s" % e)
     if "sim" in out:
-        out["sim"] = _check("sim", out["sim"], _SIM_KEYS, (), False)
+        out["sim"] = _fill("sim.", out["sim"], SIM_KEYS)
     if out["role"] == "gateway":
         if "uplink" not in out:
             raise ConfigError("missing key uplink: a gateway needs a map with broker_host and its Wi-Fi settings")
-        up = _check("uplink", out["uplink"], _UPLINK_KEYS, UPLINK_SECRETS, True)
+        up = _fill("uplink.", out["uplink"], UPLINK_KEYS)
         if "client_id" not in up:
             up["client_id"] = "gw-%d" % out["node_id"]
-        if not up["wifi_ssid"] and "sim" not in out:
-            raise ConfigError("invalid uplink.wifi_ssid: expected the Wi-Fi network name (1..32 bytes), got ''")
         out["uplink"] = up
-    elif "uplink" in out:
-        raise ConfigError("invalid uplink: only a gateway has an uplink, this config's role is \"node\"")
     return out
 
 
-def dump_config(d):
-    """Return the CBOR bytes of config dict `d` after validating it (defaults written out).
-    Raises ConfigError."""
-    return cbor.dumps(validate(d))
-
-
 class Config:
-    """A validated config: one attribute per key (uplink and sim are dicts, None when absent).
-    repr() and public_dict() never show secrets."""
+    """A config a node can run: one attribute per KEYS entry (uplink and sim are dicts, None
+    when absent). Never printed with its secrets (firmware/config_check.py public_dict)."""
 
-    # One attribute per _KEYS entry (set in __init__; declared here for type checkers --
+    # One attribute per KEYS entry (set in __init__; declared here for type checkers --
     # bare annotations cost nothing at run time on MicroPython).
     config_version: int
     node_id: int
@@ -239,10 +188,10 @@ class Config:
     sim: dict
 
     def __init__(self, d):
-        d = validate(d)
+        d = normalize(d)
         self._d = d
-        for name, _, _, _, _ in _KEYS:
-            setattr(self, name, d.get(name))
+        for k in KEYS:
+            setattr(self, k[0], d.get(k[0]))
 
     def as_dict(self):
         """Return the full normalized config, secrets included (for saving it again)."""
@@ -251,33 +200,6 @@ class Config:
             if k in out:
                 out[k] = dict(out[k])
         return out
-
-    def public_dict(self):
-        """Return the config without secrets (node_key, mesh_key, uplink.wifi_password), bytes
-        as hex text: safe for logs and `fleet node info`."""
-        out = {}
-        for k in self._d:
-            if k in SECRETS:
-                continue
-            v = self._d[k]
-            if isinstance(v, dict):
-                sub = {}
-                for k2 in v:
-                    if k == "uplink" and k2 in UPLINK_SECRETS:
-                        continue
-                    sub[k2] = _hexed(v[k2])
-                v = sub
-            out[k] = _hexed(v)
-        return out
-
-    def __repr__(self):
-        return "Config(%r)" % (self.public_dict(),)
-
-
-def _hexed(v):
-    if isinstance(v, (bytes, bytearray)):
-        return "".join("%02x" % b for b in v)
-    return v
 
 
 def parse_config(data):
@@ -290,7 +212,7 @@ def parse_config(data):
 
 
 def load_config(fs, path=CONFIG_PATH):
-    """Read and validate the config file at `path` of filesystem adapter `fs`; return a Config.
+    """Read and check the config file at `path` of filesystem adapter `fs`; return a Config.
     Raises ConfigError (missing, unreadable, not CBOR, invalid) with what to do next."""
     try:
         f = fs.open(path, "rb")
@@ -307,12 +229,4 @@ def load_config(fs, path=CONFIG_PATH):
     try:
         return parse_config(data)
     except ConfigError as e:
-        raise ConfigError("%s: %s; re-provision the node" % (path, e.msg))
-
-
-def save_config(fs, d, path=CONFIG_PATH):
-    """Validate `d` and write it to `path` atomically (temp file + rename). Raises ConfigError,
-    OSError."""
-    from firmware import fsutil
-
-    fsutil.write_file(fs, path, dump_config(d))
+        raise ConfigError("%s: %s; re-provision the node (fleet provision checks it first)" % (path, e.msg))

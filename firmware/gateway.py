@@ -17,6 +17,7 @@ import asyncio
 import gc
 
 import protocol
+import protocol.envelope  # noqa: F401 - the MQTT messages (protocol.Envelope, protocol.Downlink)
 from firmware import ota_seed
 from firmware.mqtt import MQTTClient
 from firmware.outbox import Outbox

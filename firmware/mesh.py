@@ -300,26 +300,42 @@ def _link_cost(nb):
 
 
 class _Seen:
-    """Bounded map key -> value, forgetting the oldest insertion first (a ring of keys)."""
+    """Bounded map (a, b, c) -> (t, x), forgetting the oldest insertion first: duplicates
+    (origin, seq, type) -> (time_ms, hops) and floods (target, cseq, 0) -> (time_ms, 0).
+    Preallocated parallel lists: an entry allocates nothing while its numbers are small ints,
+    where a dict keyed by a packed (origin << 32 | seq) << 3 | type long int cost ~75 bytes an
+    entry on a 32-bit board (small ints stop at 2**30)."""
 
     def __init__(self, size):
-        self.ring = [None] * size
+        self.a = [None] * size
+        self.b = [0] * size
+        self.c = bytearray(size)
+        self.t = [0] * size
+        self.x = bytearray(size)
         self.i = 0
-        self.d = {}
 
-    def get(self, key):
-        return self.d.get(key)
+    def find(self, a, b, c):
+        """Index of the entry (a, b, c), or -1."""
+        ka = self.a
+        n = ka.count(a)  # a scan in C; most lookups are misses
+        j = -1
+        while n:
+            j = ka.index(a, j + 1)
+            if self.b[j] == b and self.c[j] == c:
+                return j
+            n -= 1
+        return -1
 
-    def put(self, key, val):
-        d = self.d
-        if key not in d:
-            ring = self.ring
-            old = ring[self.i]
-            if old is not None:
-                del d[old]
-            ring[self.i] = key
-            self.i = (self.i + 1) % len(ring)
-        d[key] = val
+    def put(self, a, b, c, t, x):
+        j = self.find(a, b, c)
+        if j < 0:
+            j = self.i
+            self.a[j] = a
+            self.b[j] = b
+            self.c[j] = c
+            self.i = (j + 1) % len(self.a)
+        self.t[j] = t
+        self.x[j] = x
 
 
 class _Entry:
@@ -608,7 +624,7 @@ class Router:
             frame.hops = 0
             frame.cost = 0
             data = encode(frame, self._hmac)
-            self._dup.put(self._dup_key(frame.origin, frame.seq, frame.type), now_ms << 8)
+            self._dup.put(frame.origin, frame.seq, frame.type, now_ms, 0)
             st["originated"] += 1
             st["uplinks"] += 1
             self._event(("uplink", data, 0, 0))
@@ -625,7 +641,7 @@ class Router:
         e = _Entry(data, p_hops, p_etag, 1, True, app_token)
         e.data = data
         e.data_cost = self.cost
-        self._dup.put(self._dup_key(frame.origin, frame.seq, frame.type), (now_ms << 8) | 1)
+        self._dup.put(frame.origin, frame.seq, frame.type, now_ms, 1)
         if self._enqueue(e):
             st["originated"] += 1
         self._pump(now_ms)
@@ -752,21 +768,21 @@ class Router:
             st["bad_frames"] += 1
             return
         st["data_rx"] += 1
-        key = self._dup_key(origin, seq, t)
-        prev = self._dup.get(key)
-        if prev is not None and now - (prev >> 8) < self.dup_memory_ms:
-            if self.is_gateway or (prev & 255) == hops:
+        dup = self._dup
+        j = dup.find(origin, seq, t)
+        if j >= 0 and now - dup.t[j] < self.dup_memory_ms:
+            if self.is_gateway or dup.x[j] == hops:
                 st["dup_dropped"] += 1
                 return
             # seen with another hop count: looping, or a copy that took another path after
             # a lost ACK. Not a retransmission: forward it, TTL bounds a loop.
             st["dup_other_hops"] += 1
         if self.is_gateway:
-            self._dup.put(key, now << 8)
+            dup.put(origin, seq, t, now, 0)
             st["uplinks"] += 1
             self._event(("uplink", data, rssi, hops))
             return
-        self._dup.put(key, (now << 8) | hops)
+        dup.put(origin, seq, t, now, hops)
         if hops >= self.max_hops:
             st["ttl_dropped"] += 1
             return
@@ -803,12 +819,11 @@ class Router:
         if not self._tag_ok(data):
             st["bad_frames"] += 1
             return False
-        key = (target << 32) | cseq
-        seen = self._flood.get(key)
-        if seen is not None and now - seen < self.flood_memory_ms:
+        j = self._flood.find(target, cseq, 0)
+        if j >= 0 and now - self._flood.t[j] < self.flood_memory_ms:
             st["flood_dup"] += 1
             return False
-        self._flood.put(key, now)
+        self._flood.put(target, cseq, 0, now, 0)
         if target == self.node_id or target == 0:
             try:
                 cmd = decode(data)
@@ -1051,10 +1066,6 @@ class Router:
             self._ev.pop(0)
             self.stats["events_dropped"] += 1
         self._ev.append(ev)
-
-    @staticmethod
-    def _dup_key(origin, seq, t):
-        return (((origin << 32) | seq) << 3) | t
 
     def _start(self, now):
         self._started = True

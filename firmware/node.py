@@ -16,14 +16,28 @@ monitor and `fleet node logs` stay readable.
 import asyncio
 import gc
 
-import protocol
-from firmware import counters as counters_mod
-from firmware import ring as ring_mod
-from firmware.compat import ticks_diff, ticks_ms
-from firmware.drivers import command_bytes, make_parser
-from firmware.mesh import BROADCAST, PeerTable, Router
-from firmware.sampler import Sampler, SamplerConfig
-from protocol import auth
+# A collection after each large import: loading a module leaves garbage (its dicts regrown,
+# the loader's buffers) between the objects it keeps; collected before the next module loads,
+# those holes are filled by it, and the heap keeps the contiguous room the ring's RAM block
+# and the frames need. Without them a 32-bit node failed to allocate its 1.5 KB ring block at
+# a 136 KB heap with 25 KB free (bench/heap_bench.py); with them it boots at 120 KB.
+gc.collect()
+import protocol  # noqa: E402
+
+gc.collect()
+from firmware import counters as counters_mod  # noqa: E402
+from firmware import ring as ring_mod  # noqa: E402
+
+gc.collect()
+from firmware.compat import ticks_diff, ticks_ms  # noqa: E402
+from firmware.drivers import command_bytes, make_parser  # noqa: E402
+from firmware.mesh import BROADCAST, PeerTable, Router  # noqa: E402
+
+gc.collect()
+from firmware.sampler import Sampler, SamplerConfig  # noqa: E402
+from protocol import auth  # noqa: E402
+
+gc.collect()
 
 FW_VERSION = "1.0.0"
 FW_SEQ = 1
@@ -68,9 +82,9 @@ class Node:
         self._last_ticks = ticks_ms()
         self._mono = 0
         self.wake = asyncio.Event()
-        gc.collect()
-        self.heap_min = hal.mem_free()  # lowest free heap seen right after a collection
         self.readings_lost = 0  # readings the node had to discard since boot (status frames)
+        self.heap_min = 1 << 29  # lowest free heap seen right after a collection (heap_sample)
+        self.heap_sample()
         self.last_sample_ms = None
         self.last_report_ms = None
         self.last_pump_ms = 0
@@ -225,9 +239,17 @@ class Node:
                 # Readings are stamped once wall-clock time is known (a gateway beacon or the
                 # RTC): a reading stamped 0 would look current when it reaches the collector.
                 at_ms, agg = self.unstamped.pop(0)
-                seq = self.ring.append(wall - (now - at_ms) // 1000, agg)
+                seq = self._append(wall - (now - at_ms) // 1000, agg)
                 log("node", "reading seq=%d pm25=%d.%d n=%d" % (seq, agg.pm25 // 10, agg.pm25 % 10, agg.n))
                 self.wake.set()
+
+    def _append(self, t_s, agg):
+        """Store a reading in the ring; a spill to flash is one of the heap's worst moments."""
+        spills = self.ring.spills
+        seq = self.ring.append(t_s, agg)
+        if self.ring.spills != spills:
+            self.heap_sample()
+        return seq
 
     async def uplink(self):
         """Move readings from the ring into the mesh while a route exists."""
@@ -255,21 +277,6 @@ class Node:
         self.router.originate(frame, self.now_ms(), token)
         self.wake.set()
 
-    async def load(self, interval_s, for_s=0):
-        """Offered load for throughput verification (config sim.offered_interval_s, virtual rig
-        only): one synthetic reading every interval_s, created on a whole wall-clock second so
-        its timestamp is exact, marked FLAG_SYNTHETIC, through the same ring/mesh/uplink path."""
-        phase = self.node_id % interval_s
-        while not for_s or self.now_ms() < for_s * 1000:
-            ms = self.hal.time_ms()
-            sec = ms // 1000 + 1
-            while sec % interval_s != phase:
-                sec += 1
-            await asyncio.sleep_ms(sec * 1000 - ms)
-            agg = _Synthetic(sec)
-            self.ring.append(sec, agg)
-            self.wake.set()
-
     async def status(self):
         await asyncio.sleep_ms(20000)
         while True:
@@ -280,9 +287,7 @@ class Node:
         """Originate a status frame. With probe, it carries an app token whose ("sent", token,
         ok) outcome goes to the OTA shell (trial health); returns that token (else None)."""
         r = self.router
-        gc.collect()  # report what the live objects leave free, not the garbage since the last GC
-        free = self.hal.mem_free()
-        self.heap_min = min(self.heap_min, free)
+        free = self.heap_sample()
         body = protocol.StatusBody(
             fw_seq=self.fw_seq, fw_version=self.fw_version, uptime_s=self.now_ms() // 1000, heap_free=free,
             heap_min=self.heap_min, backlog=self.ring.backlog(), parent=r.parent or 0,
@@ -299,6 +304,17 @@ class Node:
         self.router.originate(f, self.now_ms(), token)
         self.wake.set()
         return token
+
+    def heap_sample(self):
+        """Collect, then return the free heap: what the live objects leave (before a collection
+        the figure mostly measures garbage). A new low is kept in heap_min (status frames) and
+        logged ("heap low FREE"), so a console shows when the worst moment came."""
+        gc.collect()
+        free = self.hal.mem_free()
+        if free < self.heap_min:
+            self.heap_min = free
+            log("heap", "low %d" % free)
+        return free
 
     def shutdown_for_reset(self):
         """Persist what a planned reset must not lose (ring, exact counters)."""
@@ -347,31 +363,40 @@ class Node:
             code = 2
         log("cmd", "op=%d cseq=%d code=%d" % (op, cmd.cseq, code))
         self._reply(cmd, code, result)
+        self.heap_sample()  # an answer (a resend: up to 4 frames) waits in the router's queue
 
     def _resend(self, a, b):
         """Answer "resend readings a..b" from the ring: result = [first, last] actually resent
-        and the first seq no longer held (a gap the collector must mark lost)."""
+        (at most 4 frames' worth) and the first seq no longer held (a gap the collector must
+        mark lost). The ring is read one frame's worth at a time, so the answer never holds
+        more than a frame of readings in the heap."""
         if not isinstance(a, int) or not isinstance(b, int) or b < a:
             return 1, []
-        held = self.ring.get_range(a, b, 4 * protocol.MAX_READINGS)
-        if not held:
-            # nothing held: say why per range ("aged" out of the ring, "lost" in a power cut or
-            # never issued after a reboot skip) so the collector closes the gap honestly
-            result = []
-            for lo, hi, why in self.ring.gaps(a, b, 2):
-                result.extend([lo, hi, why])
-            return 3, result[:8]
-        i = 0
-        while i < len(held):
-            chunk = held[i:i + protocol.MAX_READINGS]
-            frame = ring_mod.build_telemetry(self.node_id, chunk, self.wall_s())
+        first = last = None
+        left = 4 * protocol.MAX_READINGS
+        lo = a
+        while left > 0 and lo <= b:
+            held = self.ring.get_range(lo, b, min(left, protocol.MAX_READINGS))
+            if not held:
+                break
+            frame = ring_mod.build_telemetry(self.node_id, held, self.wall_s())
             if frame is None:
                 break
             protocol.encode(frame, self.mesh_hmac, self.node_hmac)
             self.router.originate(frame, self.now_ms(), None)
-            i += len(frame.readings)
-        first = held[0][0]
-        last = held[i - 1][0] if i else first
+            n = len(frame.readings)
+            if first is None:
+                first = held[0][0]
+            last = held[n - 1][0]
+            left -= n
+            lo = last + 1
+        if first is None:
+            # nothing held: say why per range ("aged" out of the ring, "lost" in a power cut or
+            # never issued after a reboot skip) so the collector closes the gap honestly
+            result = []
+            for glo, ghi, why in self.ring.gaps(a, b, 2):
+                result.extend([glo, ghi, why])
+            return 3, result[:8]
         return 0, [first, last]
 
     def _set(self, key, value):
@@ -422,12 +447,7 @@ class Node:
                 self.hal.wdt_feed()
             else:
                 log("health", "not healthy: letting the watchdog reset the node")
-            # free heap right after a collection: what the live objects leave (before one, the
-            # figure mostly measures garbage not collected yet)
-            gc.collect()
-            free = self.hal.mem_free()
-            if free < self.heap_min:
-                self.heap_min = free
+            self.heap_sample()
             if self.ota is not None:
                 self.ota.health(now)
             if not self.selftest_done and self.last_sample_ms is not None:
@@ -453,22 +473,8 @@ class Node:
             tasks.append(self.gateway.run(self))
         sim = getattr(self.cfg, "sim", None) or {}
         if sim.get("offered_interval_s"):
-            tasks.append(self.load(int(sim["offered_interval_s"]), int(sim.get("offered_for_s", 0))))
+            from firmware.hal.simload import offered_load  # the rig's throughput tests only
+
+            tasks.append(offered_load(self, int(sim["offered_interval_s"]), int(sim.get("offered_for_s", 0))))
         await asyncio.gather(*tasks)
 
-
-FLAG_SYNTHETIC = 0x8000
-
-
-class _Synthetic:
-    """A made-up aggregate for offered-load tests (values derived from the time)."""
-
-    def __init__(self, t):
-        self.pm1 = 100 + t % 50
-        self.pm25 = 150 + t % 70
-        self.pm10 = 200 + t % 90
-        self.pm25_min = self.pm25_max = self.pm25
-        self.rh = 60
-        self.temp = 220
-        self.n = 1
-        self.flags = FLAG_SYNTHETIC

@@ -134,6 +134,9 @@ class ReadingRing:
         self.flash_capacity = self.max_segments * SEG_RECORDS
         self.unsent_spill = min(unsent_spill, ram_capacity)
         self._ram = bytearray(ram_capacity * REC_SIZE)
+        # one flash read buffer for every scan, allocated once: a 32-bit node answering a resend
+        # failed to find 384 contiguous bytes for a fresh one in a busy heap
+        self._buf = bytearray(_CHUNK * REC_SIZE)
         self._ram_n = 0
         # Segment index, parallel lists (small ints, no per-segment objects): file number,
         # first seq, last seq, record count. A segment is gapless when last-first+1 == count,
@@ -489,7 +492,7 @@ class ReadingRing:
         out = []
         if max_n <= 0 or hi < lo:
             return out
-        buf = None
+        buf = self._buf
         for i in range(len(self._sno)):
             if self._slast[i] < lo:
                 continue
@@ -502,8 +505,6 @@ class ReadingRing:
                 while j < count:
                     k = min(_CHUNK, count - j)
                     f.seek(j * REC_SIZE)
-                    if buf is None:
-                        buf = bytearray(_CHUNK * REC_SIZE)
                     got = f.readinto(buf)
                     if got is None or got < k * REC_SIZE:
                         k = (got or 0) // REC_SIZE
@@ -627,7 +628,7 @@ class ReadingRing:
         size = fsutil.size(self._fs, path)
         n = 0
         first = last = -1
-        buf = bytearray(_CHUNK * REC_SIZE)
+        buf = self._buf
         f = self._fs.open(path, "rb")
         try:
             ok = True

@@ -418,7 +418,7 @@ class _Fleet:
     def config_bytes(self, spec, mac_bytes, previous=None):
         """The node's config.cbor; `previous` (the board's decoded config, if ours) keeps choices
         that are not options (the virtual node's UDP port). Raises ProvisionError."""
-        from firmware.config import ConfigError, dump_config
+        from firmware.config_check import ConfigError, dump_config
 
         try:
             return dump_config(self.config_dict(spec, mac_bytes, previous))
@@ -964,6 +964,7 @@ def node_info(port, *, home=None, baud=DEFAULT_BAUD, restart=True, board_factory
     The app is interrupted to read it and restarted after (unless restart=False)."""
     from firmware import boot as fw_boot
     from firmware.config import ConfigError, parse_config
+    from firmware.config_check import public_dict
 
     with board_factory(port, baud=baud) as board:
         # No soft reset: it would run boot.py once more (a trial boot counts boots); the app is
@@ -994,7 +995,7 @@ def node_info(port, *, home=None, baud=DEFAULT_BAUD, restart=True, board_factory
     config, config_error, ours = None, None, None
     if cfg_raw is not None:
         try:
-            config = parse_config(cfg_raw).public_dict()
+            config = public_dict(parse_config(cfg_raw))
         except ConfigError as e:
             config_error = str(e)
         ident = _config_identity(cfg_raw)

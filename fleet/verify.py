@@ -13,7 +13,7 @@ their window.
 """
 import time
 
-FLAG_SYNTHETIC = 0x8000
+FLAG_SYNTHETIC = 0x8000  # firmware/hal/simload.py marks the offered load with it
 
 
 def _pct(sorted_vals, p):

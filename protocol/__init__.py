@@ -6,7 +6,13 @@ Public API (identical on MicroPython and CPython):
     peek_type(buf) -> int
     ProtocolError
 and the frame classes below. The normative spec is protocol/redmesh.cddl.
+
+A node imports this package for its air frames only. The MQTT messages (Envelope, Downlink)
+have their codec in protocol/envelope.py: the host gets them here; on MicroPython a gateway
+imports protocol.envelope itself (which adds protocol.Envelope and protocol.Downlink).
 """
+import sys
+
 from protocol.errors import ProtocolError  # noqa: F401
 from protocol.frames import (  # noqa: F401
     BF_GATEWAY,
@@ -37,8 +43,6 @@ from protocol.frames import (  # noqa: F401
     VERSION,
     Beacon,
     Command,
-    Downlink,
-    Envelope,
     OtaAdvert,
     OtaData,
     OtaRequest,
@@ -52,3 +56,6 @@ from protocol.frames import (  # noqa: F401
     peek_type,
     signed_bytes,
 )
+
+if sys.implementation.name != "micropython":  # the host: every message
+    from protocol.envelope import Downlink, Envelope  # noqa: F401

@@ -455,42 +455,20 @@ class OtaData(Frame):
     DEFAULTS = {"data": b""}
 
 
-# MQTT messages ---------------------------------------------------------------------------------
-
-
-class Envelope(Frame):
-    """A gateway's uplink batch over MQTT: [version, type, gateway, eseq, items], each item
-    [rx_ms, rssi, frame] — receive time (unix ms), RSSI (dBm), the air frame's bytes."""
-
-    type = T_ENVELOPE
-    FIELDS = ("gateway", "eseq", "items")
-    DEFAULTS = {"items": []}
-
-    def to_dict(self):
-        out = {"type": "envelope", "gateway": self.gateway, "eseq": self.eseq, "frames": []}
-        for rx_ms, rssi, fb in self.items:
-            try:
-                fr = decode(fb).to_dict()
-            except ProtocolError as e:
-                fr = {"error": str(e), "hex": bytes(fb).hex()}
-            fr["rx_ms"] = rx_ms
-            fr["rssi"] = rssi
-            out["frames"].append(fr)
-        return out
-
-
-class Downlink(Frame):
-    """Fleet -> gateway over MQTT: [version, type, frames], air frames to inject into the mesh."""
-
-    type = T_DOWNLINK
-    FIELDS = ("frames",)
-    frames: list
-    DEFAULTS = {"frames": []}
-
-
 # ---- encode ----------------------------------------------------------------------------------
 
 _UPLINK = {T_TELEMETRY: Telemetry, T_STATUS: Status, T_REPLY: Reply}
+# The MQTT messages (gateway envelope, downlink) are encoded and decoded by protocol/envelope.py,
+# which registers its (encode, decode) pair here when imported: a plain node never carries them.
+_MQTT_CODECS = {}
+
+
+def _mqtt(t):
+    codec = _MQTT_CODECS.get(t)
+    if codec is None:
+        raise ProtocolError("%s is an MQTT message: its codec (protocol.envelope) is not loaded" % TYPE_NAMES[t])
+    return codec
+
 _ONEHOP = {T_BEACON: Beacon, T_OTA_ADV: OtaAdvert, T_OTA_REQ: OtaRequest}
 
 
@@ -504,32 +482,8 @@ def encode(frame, mesh_key=None, node_key=None):
     missing; sets frame.etag/frame.auth to the tag used."""
     t = frame.type
     out = bytearray()
-    if t == T_ENVELOPE:
-        _head(4, 5, out)
-        _head(0, VERSION, out)
-        _head(0, T_ENVELOPE, out)
-        _put_num(out, "gateway", frame.gateway, 0, U32)
-        _put_num(out, "eseq", frame.eseq, 0, U32)
-        _head(4, len(frame.items), out)
-        for rx_ms, rssi, fb in frame.items:
-            _head(4, 3, out)
-            _put_num(out, "rx_ms", rx_ms, 0, U64)
-            _put_num(out, "rssi", rssi, -128, 0)
-            _put_bytes(out, "frame", fb, 1, MAX_FRAME)
-        if len(out) > MAX_ENVELOPE:
-            raise ProtocolError("envelope: %d bytes, at most %d" % (len(out), MAX_ENVELOPE))
-        return bytes(out)
-    if t == T_DOWNLINK:
-        if not frame.frames:
-            raise ProtocolError("downlink: expected at least one frame")
-        _head(4, 3, out)
-        _head(0, VERSION, out)
-        _head(0, T_DOWNLINK, out)
-        _head(4, len(frame.frames), out)
-        for fb in frame.frames:
-            _put_bytes(out, "frame", fb, 1, MAX_FRAME)
-        return bytes(out)
-
+    if t == T_ENVELOPE or t == T_DOWNLINK:  # MQTT messages: their codec is protocol/envelope.py
+        return _mqtt(t)[0](frame)
     hmac_mesh = _hmac(mesh_key)
     if hmac_mesh is None:
         raise ProtocolError("encoding an air frame needs the mesh key")
@@ -645,19 +599,8 @@ def _decode(buf, mesh_key, node_key):
     start = d.pos
     _uint(d, "version", U8)
     _uint(d, "type", U8)
-    if t == T_ENVELOPE:
-        env = Envelope(_uint(d, "gateway", U32), _uint(d, "eseq", U32))
-        count = _arr(d, "envelope.items", 0, cbor.MAX_ITEMS)
-        for _ in range(count):
-            _arr(d, "envelope.item", 3, 3)
-            env.items.append((_uint(d, "rx_ms", U64), _num(d, "rssi", -128, 0), _bstr(d, "frame", 1, MAX_FRAME)))
-        d.done()
-        return env
-    if t == T_DOWNLINK:
-        count = _arr(d, "downlink.frames", 1, cbor.MAX_ITEMS)
-        dl = Downlink([_bstr(d, "frame", 1, MAX_FRAME) for _ in range(count)])
-        d.done()
-        return dl
+    if t == T_ENVELOPE or t == T_DOWNLINK:
+        return _mqtt(t)[1](d)
     if t in _UPLINK:
         f = _UPLINK[t]()
         f.origin, f.seq, f.time_s = _get(d, _UP_HEAD)

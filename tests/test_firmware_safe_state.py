@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "device"))
 import test_config as samples  # noqa: E402 - the device test's sample configs
 
 from firmware import config as config_mod  # noqa: E402
+from firmware import config_check as check_mod  # noqa: E402
 
 _RUN = "import sys\nsys.path.insert(0, %r)\nfrom firmware.main import run\nrun(%r)\n"
 
@@ -40,7 +41,7 @@ def test_no_usable_config_means_a_logged_safe_state(tmp_path, case):
             f.write(b"\xa1\x01")  # a CBOR map cut short
     elif case == "no_sim_section":
         with open(os.path.join(flash, config_mod.CONFIG_PATH), "wb") as f:
-            f.write(config_mod.dump_config(samples.node_cfg()))
+            f.write(check_mod.dump_config(samples.node_cfg()))
     out, running = _boot(flash)
     assert running, "the firmware ended instead of waiting in its safe state:\n" + out
     assert "Traceback" not in out, out

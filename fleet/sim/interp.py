@@ -29,19 +29,34 @@ MP32_PATH = os.path.join(BUILD_DIR, "micropython32")
 HEAP_SCALE_64 = 1.5
 
 # ---- the hardware we stand in for (see README "Hardware") --------------------------------------
+# Figures: `.venv/bin/python bench/heap_bench.py --imports --heaps ... --gateway-heaps ...` on the
+# 32-bit interpreter (free heap right after a gc.collect() at the worst moment of boot, steady
+# state, ring spill and a resend answer, on a 3-node line).
 # Node: ESP32-WROOM-32 without PSRAM, stock ESP32_GENERIC: ~112 KB of Python heap after the
 # port's one automatic growth (more would starve Wi-Fi/ESP-NOW of the ~40 KB they need).
 BOARD_NODE_HEAP_KB = 112
-# What the sim HAL (UDP radio shim, simulated PMS5003 generator) costs on top of the board's
-# HAL, given to virtual nodes so they are held to the board's budget for the rest (at most 12k).
-SIM_HAL_ALLOWANCE_KB = 12
+# What the sim HAL (UDP radio shim, simulated PMS5003, the rig's offered load) costs on top of
+# the board's HAL, given to virtual nodes so they are held to the board's budget for the rest
+# (at most 12k). Measured: a node booted to Node() pins 7.3 KB more on firmware/hal/sim.py than
+# on firmware/hal/esp32.py (stand-ins for machine/network, + the 526 B ESP-NOW rxbuf the board
+# keeps on the Python heap): sim_radio + simsensor + sim import 10.1 KB against esp32's 2.0 KB;
+# plus the rig's module paths (each module's __file__ interned: /tmp/.../sim/build/... against
+# /a/... on a board, 0.8-2 KB) and the sim's own tasks (radio reader, watchdog: ~0.3 KB).
+SIM_HAL_ALLOWANCE_KB = 10
 NODE_HEAP_KB = BOARD_NODE_HEAP_KB + SIM_HAL_ALLOWANCE_KB
 # What virtual nodes run at today, plain and booted from OTA slots: more than NODE_HEAP_KB until
-# the node fits the board (measured on 32 bits: plain 119 KB live at peak, OTA ~150 KB).
+# the node fits the board. Plain node on 32 bits (bench/heap_bench.py, 3-node line): before
+# issue 10 peak live 122 KB, 21 KB free at the worst moment at 144k, boot loop at 128k; now
+# peak live 118 KB (the resend answer), 17 KB free at 136k, 13 KB at 132k. Booted to Node()
+# it pins 102.6 KB on the sim HAL, 95.4 KB on the board's. To keep 16 KB free at NODE_HEAP_KB
+# it must come down to 106 KB live: set RIG_NODE_HEAP_KB = NODE_HEAP_KB then.
 RIG_NODE_HEAP_KB = 160
 RIG_OTA_NODE_HEAP_KB = 192
 # Gateway: ESP32-WROVER-E with 4 MB PSRAM (ESP32_GENERIC-SPIRAM): MicroPython puts its heap in
-# the PSRAM; we hold the gateway to 1 MB of it so a leak still shows on the rig.
+# the PSRAM; we hold the gateway to 1 MB of it so a leak still shows on the rig. Measured on 32
+# bits: 186 KB live at its peak at this heap (167-169 KB at 192-256k), 837 KB free at the worst
+# moment; the smallest heap keeping 16 KB free is 192k (24 KB free): the PSRAM board has room
+# to spare, a WROOM-32 without PSRAM (112 KB) could not be a gateway.
 GATEWAY_HEAP_KB = 1024
 
 _cache = {}

@@ -180,7 +180,7 @@ class Rig:
         return ota_bundle.initial_flash_files(bundle)
 
     def _config_for(self, node, ks):
-        from firmware.config import dump_config
+        from firmware.config_check import dump_config
 
         cfg = {
             "config_version": 1, "node_id": node.id, "role": "gateway" if node.is_gateway else "node",

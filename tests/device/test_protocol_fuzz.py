@@ -2,6 +2,7 @@
 from vectors import head, hexes, unhex
 
 import protocol as P
+import protocol.envelope  # noqa: F401 - the MQTT messages too (a node does without them)
 from protocol import auth
 
 _KEYS = head("frames.json")["keys"]

@@ -1,0 +1,35 @@
+"""Offered load for throughput verification on the virtual rig (config sim.offered_interval_s):
+one synthetic reading every interval_s, created on a whole wall-clock second so its timestamp
+is exact, marked FLAG_SYNTHETIC (fleet/verify.py counts them), through the node's own
+ring/mesh/uplink path. Imported by Node.run only when the config asks for it: a board never
+carries it."""
+import asyncio
+
+FLAG_SYNTHETIC = 0x8000
+
+
+class _Synthetic:
+    """A made-up aggregate (values derived from the time)."""
+
+    def __init__(self, t):
+        self.pm1 = 100 + t % 50
+        self.pm25 = 150 + t % 70
+        self.pm10 = 200 + t % 90
+        self.pm25_min = self.pm25_max = self.pm25
+        self.rh = 60
+        self.temp = 220
+        self.n = 1
+        self.flags = FLAG_SYNTHETIC
+
+
+async def offered_load(node, interval_s, for_s=0):
+    """Run until for_s seconds after boot (0: for ever); `node` is a firmware.node.Node."""
+    phase = node.node_id % interval_s
+    while not for_s or node.now_ms() < for_s * 1000:
+        ms = node.hal.time_ms()
+        sec = ms // 1000 + 1
+        while sec % interval_s != phase:
+            sec += 1
+        await asyncio.sleep_ms(sec * 1000 - ms)
+        node._append(sec, _Synthetic(sec))
+        node.wake.set()

@@ -1,0 +1,107 @@
+"""The MQTT messages between gateways and the fleet: a gateway's uplink envelope and the
+fleet's downlink (protocol/redmesh.cddl). Gateway and host only: a plain node never imports
+this module, so it does not carry their codec. Importing it registers both types with
+protocol.encode / protocol.decode (protocol/frames.py) and makes protocol.Envelope and
+protocol.Downlink available; the host's `import protocol` does that for it."""
+import protocol
+from protocol import frames
+from protocol.cbor import MAX_ITEMS, _head
+from protocol.errors import ProtocolError
+from protocol.frames import (
+    MAX_ENVELOPE,
+    MAX_FRAME,
+    T_DOWNLINK,
+    T_ENVELOPE,
+    U32,
+    U64,
+    VERSION,
+    Frame,
+    _arr,
+    _bstr,
+    _num,
+    _put_bytes,
+    _put_num,
+    _uint,
+    decode,
+)
+
+
+class Envelope(Frame):
+    """A gateway's uplink batch over MQTT: [version, type, gateway, eseq, items], each item
+    [rx_ms, rssi, frame] — receive time (unix ms), RSSI (dBm), the air frame's bytes."""
+
+    type = T_ENVELOPE
+    FIELDS = ("gateway", "eseq", "items")
+    DEFAULTS = {"items": []}
+
+    def to_dict(self):
+        out = {"type": "envelope", "gateway": self.gateway, "eseq": self.eseq, "frames": []}
+        for rx_ms, rssi, fb in self.items:
+            try:
+                fr = decode(fb).to_dict()
+            except ProtocolError as e:
+                fr = {"error": str(e), "hex": bytes(fb).hex()}
+            fr["rx_ms"] = rx_ms
+            fr["rssi"] = rssi
+            out["frames"].append(fr)
+        return out
+
+
+class Downlink(Frame):
+    """Fleet -> gateway over MQTT: [version, type, frames], air frames to inject into the mesh."""
+
+    type = T_DOWNLINK
+    FIELDS = ("frames",)
+    frames: list
+    DEFAULTS = {"frames": []}
+
+
+def _encode(frame):
+    out = bytearray()
+    if frame.type == T_ENVELOPE:
+        _head(4, 5, out)
+        _head(0, VERSION, out)
+        _head(0, T_ENVELOPE, out)
+        _put_num(out, "gateway", frame.gateway, 0, U32)
+        _put_num(out, "eseq", frame.eseq, 0, U32)
+        _head(4, len(frame.items), out)
+        for rx_ms, rssi, fb in frame.items:
+            _head(4, 3, out)
+            _put_num(out, "rx_ms", rx_ms, 0, U64)
+            _put_num(out, "rssi", rssi, -128, 0)
+            _put_bytes(out, "frame", fb, 1, MAX_FRAME)
+        if len(out) > MAX_ENVELOPE:
+            raise ProtocolError("envelope: %d bytes, at most %d" % (len(out), MAX_ENVELOPE))
+        return bytes(out)
+    if not frame.frames:
+        raise ProtocolError("downlink: expected at least one frame")
+    _head(4, 3, out)
+    _head(0, VERSION, out)
+    _head(0, T_DOWNLINK, out)
+    _head(4, len(frame.frames), out)
+    for fb in frame.frames:
+        _put_bytes(out, "frame", fb, 1, MAX_FRAME)
+    return bytes(out)
+
+
+def _decode_envelope(d):
+    env = Envelope(_uint(d, "gateway", U32), _uint(d, "eseq", U32))
+    count = _arr(d, "envelope.items", 0, MAX_ITEMS)
+    for _ in range(count):
+        _arr(d, "envelope.item", 3, 3)
+        env.items.append((_uint(d, "rx_ms", U64), _num(d, "rssi", -128, 0), _bstr(d, "frame", 1, MAX_FRAME)))
+    d.done()
+    return env
+
+
+def _decode_downlink(d):
+    count = _arr(d, "downlink.frames", 1, MAX_ITEMS)
+    dl = Downlink([_bstr(d, "frame", 1, MAX_FRAME) for _ in range(count)])
+    d.done()
+    return dl
+
+
+frames._MQTT_CODECS[T_ENVELOPE] = (_encode, _decode_envelope)
+frames._MQTT_CODECS[T_DOWNLINK] = (_encode, _decode_downlink)
+protocol.Envelope = Envelope
+protocol.Downlink = Downlink
