@@ -4,7 +4,8 @@
 # writes anything, and config text with control characters is a ConfigError.
 import ota_fixtures as fx
 
-from firmware.config import ConfigError, validate
+from firmware.config import ConfigError, normalize
+from firmware.config_check import validate
 from firmware.slots import SlotError, SlotManager
 from protocol import ProtocolError, cbor
 from protocol import manifest as mf
@@ -83,6 +84,13 @@ def _config(**uplink):
 
 def test_config_text_follows_the_grammar():
     assert validate(_config())["uplink"]["wifi_ssid"] == "poles"
+    # the node's own check (firmware.config.normalize) holds the same grammar: defence in depth
+    try:
+        normalize(_config(broker_host="x\nslot=b"))
+    except ConfigError as e:
+        assert "broker_host" in str(e)
+    else:
+        raise AssertionError("the node accepted a broker host with control characters")
     for key in ("broker_host", "wifi_ssid", "wifi_password", "client_id"):
         bad = "x\nslot=b\x1b[0m"
         try:
