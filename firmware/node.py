@@ -263,7 +263,10 @@ class Node:
                 sec += 1
             await asyncio.sleep_ms(sec * 1000 - ms)
             agg = _Synthetic(sec)
-            self.ring.append(sec, agg)
+            seq = self.ring.append(sec, agg)
+            # one line per reading made, as for a sensor reading: the rig's independent count
+            # of what each node issued (fleet/verify.py made_by_node)
+            log("load", "reading seq=%d" % seq)
             self.wake.set()
 
     async def status(self):
