@@ -90,16 +90,17 @@ def _count_writes(template, tmp_path, steps):
     shutil.copytree(template, d)
     fs = fx.PowerCutFS(PosixFS(d))
     steps(fs)
+    shutil.rmtree(d)
     return fs.ops
 
 
-def _cut_at_every_write(template, tmp_path, steps, after_reboot):
+def _cut_at_every_write(template, tmp_path, steps, after_reboot, model="prefix"):
     total = _count_writes(template, tmp_path, steps)
     assert total > 5
     for n in range(1, total + 1):
         d = str(tmp_path / ("cut%d" % n))
         shutil.copytree(template, d)
-        fs = fx.PowerCutFS(PosixFS(d), cut_at=n)
+        fs = fx.PowerCutFS(PosixFS(d), cut_at=n, model=model)
         with pytest.raises(fx.PowerCut):
             steps(fs)
         after_reboot(d, n)
@@ -148,9 +149,33 @@ def _resume_update(v):
     return resume
 
 
-def test_power_cut_at_every_write_of_stage_switch_confirm(v1_installed, tmp_path):
-    total = _cut_at_every_write(v1_installed, tmp_path, _update_to(2), _resume_update(2))
-    print("\nstage + switch + trial boot + confirm: %d flash writes, each cut survived" % total)
+@pytest.mark.parametrize("model", fx.MODELS)
+def test_power_cut_at_every_write_of_stage_switch_confirm(v1_installed, tmp_path, model):
+    total = _cut_at_every_write(v1_installed, tmp_path, _update_to(2), _resume_update(2), model)
+    print("\nstage + switch + trial boot + confirm (%s cuts): %d flash writes, each cut survived" % (model, total))
+
+
+@pytest.mark.parametrize("model", fx.MODELS)
+def test_power_cut_at_every_write_of_the_first_install(tmp_path, model):
+    """The first install on a blank flash (no pointer yet): cut anywhere, the node boots no
+    app at all (no pointer: boot.py names no slot; provisioning is run again) or the whole v1,
+    never a slot with part of it; installing again then completes."""
+    template = str(tmp_path / "blank")
+    os.makedirs(template)
+
+    def install(fs):
+        _stage(fs, 1)
+
+    def after(d, n):
+        fs = PosixFS(d)
+        if boot.read_pointer(fs) is None:
+            assert boot.select(fs) is None, n  # nothing half-installed is ever booted
+            _stage(fs, 1)  # run again
+        p = _assert_boots_complete_version(d)
+        assert (p["slot"], p["bseq"], p["state"]) == ("a", 1, "confirmed"), n
+
+    total = _cut_at_every_write(template, tmp_path, install, after, model)
+    print("\nfirst install (%s cuts): %d flash writes, each cut survived" % (model, total))
 
 
 def test_power_cut_at_every_write_of_a_second_update_with_deflate(v1_installed, tmp_path):
@@ -234,6 +259,31 @@ def test_power_cut_at_every_write_of_the_page_store(tmp_path):
         assert OtaEngine(2, PUB, PageStore(PosixFS(d)), 1, running_bseq=1).complete()
 
     _cut_at_every_write(template, tmp_path, receive, after)
+
+
+def test_power_cut_models_of_the_cut_write():
+    def cut_second_write(model):
+        fs = fx.PowerCutFS(fx.MemFS(), cut_at=4, model=model)
+        fs.inner.files["old"] = b"before"
+        f = fs.open("old", "wb")  # op 1
+        f.write(b"new!")  # op 2
+        f.close()
+        g = fs.open("x", "wb")  # op 3
+        with pytest.raises(fx.PowerCut):
+            g.write(b"abcdef")  # op 4: the cut
+        return fs.inner.files
+
+    assert cut_second_write("prefix") == {"old": b"new!", "x": b""}
+    assert cut_second_write("torn") == {"old": b"new!", "x": b"abc"}  # half of the cut write landed
+    # littlefs: a closed file is committed; one still open keeps what it had at open (a new one: empty)
+    assert cut_second_write("littlefs") == {"old": b"new!", "x": b""}
+    fs = fx.PowerCutFS(fx.MemFS(), cut_at=3, model="littlefs")
+    fs.inner.files["p"] = b"old pointer"
+    f = fs.open("p", "wb")
+    f.write(b"new ")
+    with pytest.raises(fx.PowerCut):
+        f.write(b"pointer")
+    assert fs.inner.files["p"] == b"old pointer"
 
 
 def test_power_cut_wrapper_counts_and_kills():
