@@ -21,21 +21,17 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "dev
 
 import ota_fixtures as fx  # noqa: E402
 import ota_vectors as vec  # noqa: E402
+from node_harness import MESH_KEY, NODE_ID, NODE_KEY, boot_node  # noqa: E402
 
 import protocol  # noqa: E402
 from firmware import boot  # noqa: E402
 from firmware import main as fw_main  # noqa: E402
-from firmware.config import Config  # noqa: E402
 from firmware.fsutil import PosixFS, write_file  # noqa: E402
-from firmware.node import Node  # noqa: E402
 from firmware.ota import ST_IDLE, OtaAir, OtaEngine, OtaParams  # noqa: E402
 from firmware.ota_store import PageStore  # noqa: E402
 
 PUB = bytes.fromhex(vec.PUB)
 OTHER_PUB = bytes.fromhex(vec.OTHER_PUB)
-MESH_KEY = bytes(range(32))
-NODE_ID = 5
-NODE_KEY = bytes(range(100, 132))
 ROGUE = 9
 GATEWAY_MAC = b"\x02\x00\x00\x00\x00\x01"
 
@@ -44,46 +40,9 @@ def _h(parts):
     return bytes.fromhex("".join(parts))
 
 
-class _Reset(Exception):
-    pass
-
-
-class FakeHal:
-    """What Node and the OTA shell use of a HAL; the flash is a host directory."""
-
-    virtual = True
-
-    def __init__(self, root):
-        self.fs = PosixFS(root)
-        self.mac = b"\x02\x00\x00\x00\x00\x05"
-        self.radio = None
-        self.resets = 0
-
-    def mem_free(self):
-        return 100000
-
-    def time_s(self):
-        return 1767225600
-
-    def time_ms(self):
-        return 1767225600000
-
-    def reset(self):
-        self.resets += 1
-        raise _Reset()
-
-
-def _config():
-    return Config({"config_version": 1, "node_id": NODE_ID, "role": "node", "net_id": 1, "node_key": NODE_KEY,
-                   "mesh_key": MESH_KEY, "fleet_pub": PUB, "report_interval_s": 60, "warmup_s": 30,
-                   "continuous": True, "sensor": "pms5003t"})
-
-
 def _boot(flash, logs=None):
-    """Start the node on `flash` as main.py does (Node, then OTA attached when a slot pointer
-    exists); console lines go to `logs`."""
-    cfg = _config()
-    node = Node(FakeHal(str(flash)), cfg)
+    """Start the node on `flash` as main.py does; console lines go to `logs`."""
+    node = boot_node(str(flash), PUB)
     if logs is not None:
         import firmware.node as node_mod
 

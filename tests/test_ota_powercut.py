@@ -18,6 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "device"))
 
+import node_harness  # noqa: E402
 import ota_fixtures as fx  # noqa: E402
 import ota_vectors as vec  # noqa: E402
 import pytest  # noqa: E402
@@ -259,6 +260,81 @@ def test_power_cut_at_every_write_of_the_page_store(tmp_path):
         assert OtaEngine(2, PUB, PageStore(PosixFS(d)), 1, running_bseq=1).complete()
 
     _cut_at_every_write(template, tmp_path, receive, after)
+
+
+# ---- the same update driven through the node's own code ------------------------------------------
+# firmware/ota_node.py decides when to stage (allowed + complete), flushes, resets; main.py
+# attaches it at every boot (staging at boot what was allowed before a reset); boot.py picks the
+# slot; the shell confirms a healthy trial. The cut can land in any of their writes (the node's
+# counters and ring included), and after every one the node must boot a complete version and,
+# running its code again, end on v2 confirmed.
+
+def _node_boot(fs):
+    """One boot of the node: boot.py's slot choice, then main.py's Node + OTA shell (which may
+    stage and reset at once: returns None then)."""
+    boot.select(fs)
+    try:
+        return node_harness.boot_node(fs, PUB, ota=True)
+    except node_harness.Reset:
+        return None
+
+
+def _healthy_trial(node):
+    """What the shell needs to confirm a trial: a route, a sensor frame, the uplink proven."""
+    node.router.has_route = lambda: True
+    node.last_frame_ms = 0
+    node.ota.probe_ok = True
+    node.ota.health(node.now_ms())
+
+
+def _ota_node_update(fs):
+    node = _node_boot(fs)
+    assert node is not None and node.ota.engine.complete()  # v2 received, not yet allowed
+    with pytest.raises(node_harness.Reset):
+        node.ota.allow(2)  # the fleet's OP_SET ota_allow 2: stage, flush, reset
+    node = _node_boot(fs)  # the trial boot
+    assert node is not None and node.ota.slots.in_trial()
+    _healthy_trial(node)
+    assert boot.read_pointer(fs)["state"] == "confirmed"
+
+
+def _ota_node_resume(d, n):
+    _assert_boots_complete_version(d)  # boot.py + the slot's main.py, under MicroPython
+    fs = PosixFS(d)
+    for _ in range(4):  # the node runs its code again until the update is through
+        node = _node_boot(fs)
+        if node is None:
+            continue  # staged at boot (allowed before the cut) and reset
+        p = boot.read_pointer(fs)
+        if p["bseq"] == 2 and p["state"] == "confirmed":
+            break
+        if node.ota.slots.in_trial():
+            _healthy_trial(node)
+            continue
+        try:
+            node.ota.allow(2)  # the fleet repeats the allow it has no answer to
+        except node_harness.Reset:
+            pass
+    p = _assert_boots_complete_version(d)
+    assert (p["bseq"], p["state"]) == (2, "confirmed"), n
+
+
+@pytest.fixture()
+def v1_with_v2_received(v1_installed, tmp_path):
+    """v1 confirmed in slot a, and the v2 bundle complete in the node's OTA page store."""
+    d = str(tmp_path / "received")
+    shutil.copytree(v1_installed, d)
+    eng = OtaEngine(node_harness.NODE_ID, PUB, PageStore(PosixFS(d), "ota"), 1, running_bseq=1)
+    eng.offer_bundle(V2, PAGES[2], 0)
+    assert eng.complete()
+    return d
+
+
+@pytest.mark.parametrize("model", fx.MODELS)
+def test_power_cut_at_every_write_of_an_update_driven_by_the_node(v1_with_v2_received, tmp_path, model):
+    total = _cut_at_every_write(v1_with_v2_received, tmp_path, _ota_node_update, _ota_node_resume, model)
+    print("\nallow + stage + reset + trial boot + confirm through ota_node (%s cuts): %d flash writes, each "
+          "cut survived" % (model, total))
 
 
 def test_power_cut_models_of_the_cut_write():
