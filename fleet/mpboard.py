@@ -21,7 +21,6 @@ import ast
 import base64
 import binascii
 import contextlib
-import io
 import os
 import struct
 import time
@@ -266,15 +265,16 @@ class MpBoard:
         deadline = time.monotonic() + max_s
         last = time.monotonic()
         old = ser.timeout
-        ser.timeout = 0.05
         try:
+            ser.timeout = 0.05
             while time.monotonic() < deadline and time.monotonic() - last < _QUIET_S:
                 if ser.read(max(1, ser.in_waiting)):
                     last = time.monotonic()
         except (OSError, serial.SerialException) as e:
             raise self._gone("resynchronising", e) from e
         finally:
-            ser.timeout = old
+            with contextlib.suppress(OSError, serial.SerialException):
+                ser.timeout = old
 
     def _resync(self, timeout_s=15.0):
         """After a glitch: Ctrl-C ends whatever the board was reading (a raw paste answers it with
@@ -329,12 +329,11 @@ class MpBoard:
         for attempt in (1, 2):
             ser = self._ser
             old = ser.timeout
-            ser.timeout = _PASTE_TIMEOUT_S
-            said = io.StringIO()
             try:
-                # mpremote prints what it read when raw paste is refused: keep stdout for our output
-                with contextlib.redirect_stdout(said):
-                    self._t.exec_raw_no_follow(code)
+                ser.timeout = _PASTE_TIMEOUT_S  # reconfigures the port: fails on a port that is gone
+                # (when raw paste is refused or garbled, mpremote print()s what it read: not
+                # redirected here, as redirect_stdout is process-wide and boards run in threads)
+                self._t.exec_raw_no_follow(code)
                 return
             except struct.error as e:  # the raw-paste header never came: nothing was sent
                 err = e

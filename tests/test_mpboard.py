@@ -86,7 +86,7 @@ def test_a_board_stalled_during_a_paste_still_runs_the_code_once(board, capsys):
     assert capsys.readouterr().out == ""  # nothing printed on our stdout
 
 
-def test_a_glitch_in_the_paste_is_resynced_and_retried_once(board, monkeypatch, capsys):
+def test_a_glitch_in_the_paste_is_resynced_and_retried_once(board, monkeypatch):
     # a stall longer than the paste's patience: the first attempt fails (no raw-paste answer in
     # time), the board is brought back to a clean raw REPL and the code is sent once more
     monkeypatch.setattr(mpboard, "_PASTE_TIMEOUT_S", 1.0)
@@ -100,7 +100,6 @@ def test_a_glitch_in_the_paste_is_resynced_and_retried_once(board, monkeypatch, 
         assert out.strip() == b"1", out  # the first, interrupted paste never ran
         assert m.exec("print(os.stat('runs')[6])").strip() == b"1"
         assert m.eval("2 + 3") == 5  # and the session goes on in step
-    assert capsys.readouterr().out == ""
 
 
 def test_a_board_that_stays_silent_is_reported_gone_not_retried_forever(board, monkeypatch):
