@@ -3,8 +3,12 @@
 For each scenario (stage + switch + trial boot + confirm; a crash-loop rollback; a deadline
 rollback; pages arriving in the OTA store) the steps run once to count their flash writes W;
 then for every N in 1..W they run again on a fresh copy of the same flash with the power cut at
-write N (tests/device/ota_fixtures.PowerCutFS: a harsher model than littlefs, the bytes written
-before the cut stay). The node then reboots: firmware/boot.py runs under the real MicroPython
+write N (tests/device/ota_fixtures.PowerCutFS), under three models of the files open at the cut:
+"prefix" (the bytes of earlier writes stay), "torn" (half of the cut write lands too) and
+"littlefs" (what the board's filesystem guarantees: content commits at close; the virtual
+board's real littlefs is cut inside its block writes in tests/test_vboard_torn.py). The first
+install on a blank flash is cut too, and one scenario runs through the node's own code
+(firmware/ota_node.py deciding, main.py attaching OTA at each boot). The node then reboots: firmware/boot.py runs under the real MicroPython
 interpreter on the resulting files (boot.run(), the device's own code path), and its slot must
 hold exactly the files of the version the pointer names — the old or the new one, never a mix,
 never nothing — and `import main` from it must load that version. The app then resumes what was
