@@ -51,14 +51,17 @@ def _interpreter_pid(b, timeout_s=10.0):
 class _Stall:
     """Freeze the board's interpreter now; thaw it after `seconds` (in a thread, always thawed)."""
 
-    def __init__(self, pid, seconds):
+    def __init__(self, pid, seconds, on_thaw=None):
         self.pid = pid
+        self.on_thaw = on_thaw
         os.kill(pid, signal.SIGSTOP)
         self.thread = threading.Thread(target=self._thaw, args=(seconds,), daemon=True)
         self.thread.start()
 
     def _thaw(self, seconds):
         time.sleep(seconds)
+        if self.on_thaw is not None:
+            self.on_thaw()
         try:
             os.kill(self.pid, signal.SIGCONT)
         except ProcessLookupError:
@@ -90,9 +93,13 @@ def test_a_glitch_in_the_paste_is_resynced_and_retried_once(board, monkeypatch):
     # a stall longer than the paste's patience: the first attempt fails (no raw-paste answer in
     # time), the board is brought back to a clean raw REPL and the code is sent once more
     monkeypatch.setattr(mpboard, "_PASTE_TIMEOUT_S", 1.0)
+
+    def patient_again():  # the retry gets the normal patience: a loaded machine must not fail it
+        monkeypatch.setattr(mpboard, "_PASTE_TIMEOUT_S", 10.0)
+
     with MpBoard(board.port) as m:
         m.enter_raw()
-        stall = _Stall(_interpreter_pid(board), 2.5)
+        stall = _Stall(_interpreter_pid(board), 2.5, patient_again)
         try:
             out = m.exec(_CODE, "pasting through a glitch")
         finally:
