@@ -74,7 +74,9 @@ class Node:
                              seed=cfg.node_id ^ (self.boot_count << 16))
         self.gateway = gateway  # firmware.gateway.Gateway or None
         self.cmd_window = auth.ReplayWindow(32)
-        self.cmd_window.update(self.counters.peek("cseq"))
+        # every counter up to the persisted highest counts as seen: a command accepted before a
+        # reboot must not be accepted again after it
+        self.cmd_window.restore(self.counters.peek("cseq"))
         self.ota = None  # firmware.ota_node.OtaShell, set by main when the app runs from a slot
         self.fw_version = FW_VERSION  # main sets the running slot's version and bseq
         self.fw_seq = FW_SEQ

@@ -20,6 +20,7 @@ exec, so a 110 KB app is ~40 execs instead of ~450.
 import ast
 import base64
 import binascii
+import contextlib
 import os
 import struct
 import time
@@ -32,6 +33,12 @@ DEFAULT_BAUD = 115200
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 CHUNK_BYTES = 4096  # payload per exec: ~5.5 KB of source, ~12 KB transient heap on the board
 _SERIAL_TIMEOUT_S = 2.0  # one read() may block this long; overall deadlines are ours
+# mpremote's raw paste reads the board's flow-control bytes with blocking reads and takes a read
+# that times out (b"") for a protocol error. A board answers in milliseconds, but a virtual board
+# is a process, and on a loaded host (a technician's laptop, a shared CI machine) it can be
+# descheduled for seconds: while code is being pasted, one read may wait this long.
+_PASTE_TIMEOUT_S = 10.0
+_QUIET_S = 0.3  # a resync waits for the line to stay silent this long
 
 # Errno numbers of MicroPython (the ESP32 and unix ports print "[Errno 28] ENOSPC")
 _ERRNO_HINTS = {
@@ -237,14 +244,46 @@ class MpBoard:
             if time.monotonic() >= deadline:
                 raise NoReplError(self.port, self._no_repl_message(seen))
         if soft_reset:
-            self._write(b"\x04", "soft-resetting")
-            _, ok = self._read_until(b"soft reboot\r\n", 10.0)
-            if ok:
-                _, ok = self._read_until(RAW_BANNER, 10.0)
-            if not ok:
-                raise NoReplError(self.port, "the board did not come back to the raw REPL after a soft reset; "
-                                             "press its reset button and run the command again")
+            for attempt in (1, 2):
+                self._write(b"\x04", "soft-resetting")
+                _, ok = self._read_until(b"soft reboot\r\n", 10.0)
+                if ok:
+                    _, ok = self._read_until(RAW_BANNER, 10.0)
+                if ok:
+                    break
+                if attempt == 2:
+                    raise NoReplError(self.port, "the board did not come back to the raw REPL after a soft reset; "
+                                                 "press its reset button and run the command again")
+                self._resync(timeout_s)  # a glitch: back to a clean raw REPL, soft-reset once more
         self._t.in_raw_repl = True
+
+    def _quiet(self, max_s=3.0):
+        """Read and drop what the board sends until the line stays silent for _QUIET_S (at most
+        `max_s`): output still on its way from an interrupted exchange must not be taken for the
+        answer to the next one."""
+        ser = self._ser
+        deadline = time.monotonic() + max_s
+        last = time.monotonic()
+        old = ser.timeout
+        try:
+            ser.timeout = 0.05
+            while time.monotonic() < deadline and time.monotonic() - last < _QUIET_S:
+                if ser.read(max(1, ser.in_waiting)):
+                    last = time.monotonic()
+        except (OSError, serial.SerialException) as e:
+            raise self._gone("resynchronising", e) from e
+        finally:
+            with contextlib.suppress(OSError, serial.SerialException):
+                ser.timeout = old
+
+    def _resync(self, timeout_s=15.0):
+        """After a glitch: Ctrl-C ends whatever the board was reading (a raw paste answers it with
+        0x04 and drops the partial code unrun), the line is let go quiet, and the raw REPL is
+        entered afresh (no soft reset)."""
+        self._write(b"\x03", "resynchronising")
+        self._quiet()
+        self._t.in_raw_repl = False
+        self.enter_raw(soft_reset=False, timeout_s=timeout_s)
 
     def _no_repl_message(self, seen):
         text = seen.decode("utf-8", "replace")
@@ -263,8 +302,9 @@ class MpBoard:
 
         if not self._t or not self._t.in_raw_repl:
             self.enter_raw()
+        self._send_code(code, what)
         try:
-            out, err = self._t.exec_raw(code, timeout=timeout_s or self.exec_timeout_s)
+            out, err = self._t.follow(timeout_s or self.exec_timeout_s)
         except TransportError as e:
             raise self._gone(what, e) from e
         except (OSError, serial.SerialException, struct.error) as e:
@@ -278,6 +318,39 @@ class MpBoard:
                 msg += f" ({hint})"
             raise DeviceError(self.port, msg, line)
         return out
+
+    def _send_code(self, code, what):
+        """Hand `code` to the raw REPL through mpremote (raw-paste mode, flow controlled). A
+        glitch before the board has taken the whole code (no prompt, no raw-paste header, a
+        flow-control byte missing or wrong: nothing was run) is retried once after a resync;
+        a failure once the end of the code was sent is not (the board may be running it)."""
+        from mpremote.transport import TransportError
+
+        for attempt in (1, 2):
+            ser = self._ser
+            old = ser.timeout
+            try:
+                ser.timeout = _PASTE_TIMEOUT_S  # reconfigures the port: fails on a port that is gone
+                # (when raw paste is refused or garbled, mpremote print()s what it read: not
+                # redirected here, as redirect_stdout is process-wide and boards run in threads)
+                self._t.exec_raw_no_follow(code)
+                return
+            except struct.error as e:  # the raw-paste header never came: nothing was sent
+                err = e
+            except TransportError as e:
+                msg = str(e)
+                if not ("could not enter raw repl" in msg or "unexpected read during raw paste" in msg):
+                    raise self._gone(what, e) from e  # "could not complete/exec": it may have run
+                err = e
+            except (OSError, serial.SerialException) as e:
+                raise self._gone(what, e) from e
+            finally:
+                with contextlib.suppress(OSError, serial.SerialException):
+                    ser.timeout = old
+            if attempt == 2:
+                raise self._gone(what, err)
+            self._t.use_raw_paste = True  # mpremote gives raw paste up after one refusal: it was a glitch
+            self._resync()
 
     def eval(self, expr, what="reading from the board"):
         """Return the Python literal `expr` evaluates to on the board (repr parsed locally)."""
@@ -423,14 +496,9 @@ class MpBoard:
     def hard_reset(self):
         """machine.reset(): the board reboots (boot.py, then main.py). The port stays open so
         the caller can read the console."""
-        from mpremote.transport import TransportError
-
         if not self._t or not self._t.in_raw_repl:
             self.enter_raw(soft_reset=False)
-        try:
-            self._t.exec_raw_no_follow("import machine\nmachine.reset()\n")
-        except (TransportError, OSError, serial.SerialException, struct.error) as e:
-            raise self._gone("resetting", e) from e
+        self._send_code("import machine\nmachine.reset()\n", "resetting")
         self.execs += 1
         self._t.in_raw_repl = False
 

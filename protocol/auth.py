@@ -143,6 +143,14 @@ class ReplayWindow:
             if off < self.size:
                 self.bits |= 1 << off
 
+    def restore(self, top):
+        """Rebuild the window after a restart from the highest counter accepted before it (the
+        bitmap was not persisted): every counter up to `top` counts as seen, so none of them is
+        accepted again. Counters below `top` that never arrived are refused too: the sender
+        issues a new counter (safe side)."""
+        self.top = top
+        self.bits = (1 << self.size) - 1
+
     def accept(self, c):
         """check() and, when NEW, update(); return the check result."""
         r = self.check(c)

@@ -3,8 +3,12 @@
 For each scenario (stage + switch + trial boot + confirm; a crash-loop rollback; a deadline
 rollback; pages arriving in the OTA store) the steps run once to count their flash writes W;
 then for every N in 1..W they run again on a fresh copy of the same flash with the power cut at
-write N (tests/device/ota_fixtures.PowerCutFS: a harsher model than littlefs, the bytes written
-before the cut stay). The node then reboots: firmware/boot.py runs under the real MicroPython
+write N (tests/device/ota_fixtures.PowerCutFS), under three models of the files open at the cut:
+"prefix" (the bytes of earlier writes stay), "torn" (half of the cut write lands too) and
+"littlefs" (what the board's filesystem guarantees: content commits at close; the virtual
+board's real littlefs is cut inside its block writes in tests/test_vboard_torn.py). The first
+install on a blank flash is cut too, and one scenario runs through the node's own code
+(firmware/ota_node.py deciding, main.py attaching OTA at each boot). The node then reboots: firmware/boot.py runs under the real MicroPython
 interpreter on the resulting files (boot.run(), the device's own code path), and its slot must
 hold exactly the files of the version the pointer names — the old or the new one, never a mix,
 never nothing — and `import main` from it must load that version. The app then resumes what was
@@ -18,6 +22,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "device"))
 
+import node_harness  # noqa: E402
 import ota_fixtures as fx  # noqa: E402
 import ota_vectors as vec  # noqa: E402
 import pytest  # noqa: E402
@@ -90,16 +95,17 @@ def _count_writes(template, tmp_path, steps):
     shutil.copytree(template, d)
     fs = fx.PowerCutFS(PosixFS(d))
     steps(fs)
+    shutil.rmtree(d)
     return fs.ops
 
 
-def _cut_at_every_write(template, tmp_path, steps, after_reboot):
+def _cut_at_every_write(template, tmp_path, steps, after_reboot, model="prefix"):
     total = _count_writes(template, tmp_path, steps)
     assert total > 5
     for n in range(1, total + 1):
         d = str(tmp_path / ("cut%d" % n))
         shutil.copytree(template, d)
-        fs = fx.PowerCutFS(PosixFS(d), cut_at=n)
+        fs = fx.PowerCutFS(PosixFS(d), cut_at=n, model=model)
         with pytest.raises(fx.PowerCut):
             steps(fs)
         after_reboot(d, n)
@@ -148,9 +154,33 @@ def _resume_update(v):
     return resume
 
 
-def test_power_cut_at_every_write_of_stage_switch_confirm(v1_installed, tmp_path):
-    total = _cut_at_every_write(v1_installed, tmp_path, _update_to(2), _resume_update(2))
-    print("\nstage + switch + trial boot + confirm: %d flash writes, each cut survived" % total)
+@pytest.mark.parametrize("model", fx.MODELS)
+def test_power_cut_at_every_write_of_stage_switch_confirm(v1_installed, tmp_path, model):
+    total = _cut_at_every_write(v1_installed, tmp_path, _update_to(2), _resume_update(2), model)
+    print("\nstage + switch + trial boot + confirm (%s cuts): %d flash writes, each cut survived" % (model, total))
+
+
+@pytest.mark.parametrize("model", fx.MODELS)
+def test_power_cut_at_every_write_of_the_first_install(tmp_path, model):
+    """The first install on a blank flash (no pointer yet): cut anywhere, the node boots no
+    app at all (no pointer: boot.py names no slot; provisioning is run again) or the whole v1,
+    never a slot with part of it; installing again then completes."""
+    template = str(tmp_path / "blank")
+    os.makedirs(template)
+
+    def install(fs):
+        _stage(fs, 1)
+
+    def after(d, n):
+        fs = PosixFS(d)
+        if boot.read_pointer(fs) is None:
+            assert boot.select(fs) is None, n  # nothing half-installed is ever booted
+            _stage(fs, 1)  # run again
+        p = _assert_boots_complete_version(d)
+        assert (p["slot"], p["bseq"], p["state"]) == ("a", 1, "confirmed"), n
+
+    total = _cut_at_every_write(template, tmp_path, install, after, model)
+    print("\nfirst install (%s cuts): %d flash writes, each cut survived" % (model, total))
 
 
 def test_power_cut_at_every_write_of_a_second_update_with_deflate(v1_installed, tmp_path):
@@ -234,6 +264,106 @@ def test_power_cut_at_every_write_of_the_page_store(tmp_path):
         assert OtaEngine(2, PUB, PageStore(PosixFS(d)), 1, running_bseq=1).complete()
 
     _cut_at_every_write(template, tmp_path, receive, after)
+
+
+# ---- the same update driven through the node's own code ------------------------------------------
+# firmware/ota_node.py decides when to stage (allowed + complete), flushes, resets; main.py
+# attaches it at every boot (staging at boot what was allowed before a reset); boot.py picks the
+# slot; the shell confirms a healthy trial. The cut can land in any of their writes (the node's
+# counters and ring included), and after every one the node must boot a complete version and,
+# running its code again, end on v2 confirmed.
+
+def _node_boot(fs):
+    """One boot of the node: boot.py's slot choice, then main.py's Node + OTA shell (which may
+    stage and reset at once: returns None then)."""
+    boot.select(fs)
+    try:
+        return node_harness.boot_node(fs, PUB, ota=True)
+    except node_harness.Reset:
+        return None
+
+
+def _healthy_trial(node):
+    """What the shell needs to confirm a trial: a route, a sensor frame, the uplink proven."""
+    node.router.has_route = lambda: True
+    node.last_frame_ms = 0
+    node.ota.probe_ok = True
+    node.ota.health(node.now_ms())
+
+
+def _ota_node_update(fs):
+    node = _node_boot(fs)
+    assert node is not None and node.ota.engine.complete()  # v2 received, not yet allowed
+    with pytest.raises(node_harness.Reset):
+        node.ota.allow(2)  # the fleet's OP_SET ota_allow 2: stage, flush, reset
+    node = _node_boot(fs)  # the trial boot
+    assert node is not None and node.ota.slots.in_trial()
+    _healthy_trial(node)
+    assert boot.read_pointer(fs)["state"] == "confirmed"
+
+
+def _ota_node_resume(d, n):
+    _assert_boots_complete_version(d)  # boot.py + the slot's main.py, under MicroPython
+    fs = PosixFS(d)
+    for _ in range(4):  # the node runs its code again until the update is through
+        node = _node_boot(fs)
+        if node is None:
+            continue  # staged at boot (allowed before the cut) and reset
+        p = boot.read_pointer(fs)
+        if p["bseq"] == 2 and p["state"] == "confirmed":
+            break
+        if node.ota.slots.in_trial():
+            _healthy_trial(node)
+            continue
+        try:
+            node.ota.allow(2)  # the fleet repeats the allow it has no answer to
+        except node_harness.Reset:
+            pass
+    p = _assert_boots_complete_version(d)
+    assert (p["bseq"], p["state"]) == (2, "confirmed"), n
+
+
+@pytest.fixture()
+def v1_with_v2_received(v1_installed, tmp_path):
+    """v1 confirmed in slot a, and the v2 bundle complete in the node's OTA page store."""
+    d = str(tmp_path / "received")
+    shutil.copytree(v1_installed, d)
+    eng = OtaEngine(node_harness.NODE_ID, PUB, PageStore(PosixFS(d), "ota"), 1, running_bseq=1)
+    eng.offer_bundle(V2, PAGES[2], 0)
+    assert eng.complete()
+    return d
+
+
+@pytest.mark.parametrize("model", fx.MODELS)
+def test_power_cut_at_every_write_of_an_update_driven_by_the_node(v1_with_v2_received, tmp_path, model):
+    total = _cut_at_every_write(v1_with_v2_received, tmp_path, _ota_node_update, _ota_node_resume, model)
+    print("\nallow + stage + reset + trial boot + confirm through ota_node (%s cuts): %d flash writes, each "
+          "cut survived" % (model, total))
+
+
+def test_power_cut_models_of_the_cut_write():
+    def cut_second_write(model):
+        fs = fx.PowerCutFS(fx.MemFS(), cut_at=4, model=model)
+        fs.inner.files["old"] = b"before"
+        f = fs.open("old", "wb")  # op 1
+        f.write(b"new!")  # op 2
+        f.close()
+        g = fs.open("x", "wb")  # op 3
+        with pytest.raises(fx.PowerCut):
+            g.write(b"abcdef")  # op 4: the cut
+        return fs.inner.files
+
+    assert cut_second_write("prefix") == {"old": b"new!", "x": b""}
+    assert cut_second_write("torn") == {"old": b"new!", "x": b"abc"}  # half of the cut write landed
+    # littlefs: a closed file is committed; one still open keeps what it had at open (a new one: empty)
+    assert cut_second_write("littlefs") == {"old": b"new!", "x": b""}
+    fs = fx.PowerCutFS(fx.MemFS(), cut_at=3, model="littlefs")
+    fs.inner.files["p"] = b"old pointer"
+    f = fs.open("p", "wb")
+    f.write(b"new ")
+    with pytest.raises(fx.PowerCut):
+        f.write(b"pointer")
+    assert fs.inner.files["p"] == b"old pointer"
 
 
 def test_power_cut_wrapper_counts_and_kills():

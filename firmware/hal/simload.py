@@ -31,5 +31,8 @@ async def offered_load(node, interval_s, for_s=0):
         while sec % interval_s != phase:
             sec += 1
         await asyncio.sleep_ms(sec * 1000 - ms)
-        node._append(sec, _Synthetic(sec))
+        seq = node._append(sec, _Synthetic(sec))
+        # one line per reading made, as for a sensor reading: the rig's independent count of
+        # what each node issued (fleet/verify.py made_by_node)
+        print("load", "reading seq=%d" % seq)
         node.wake.set()

@@ -52,7 +52,8 @@ def throughput(rate_per_s, duration_s, n_nodes, n_gateways, kind, broker_url, se
         rep = verify_throughput(home, topo, rate_per_s, duration_s, settle_s=settle_s, options=opts,
                                 log=lambda m: click.echo(m, err=True))
         rep["wall_s"] = round(time.time() - t0, 1)
-    checks = [("no_loss", rep["holes"] == 0 and rep["lost"] == 0, f"holes={rep['holes']} lost={rep['lost']}"),
+    checks = [("no_loss", rep["holes"] == 0 and rep["lost"] == 0 and not rep["missing"],
+               f"holes={rep['holes']} lost={rep['lost']} made but not stored={rep['missing']}"),
               ("stored_once", rep["duplicates_stored"] == 0, f"duplicates_stored={rep['duplicates_stored']}"),
               ("all_nodes_reporting", rep["nodes_reporting"] == rep["nodes"],
                f"{rep['nodes_reporting']}/{rep['nodes']} nodes reporting")]

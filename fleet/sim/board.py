@@ -171,12 +171,13 @@ def _read_field(path):
         return 0
 
 
-def _write_field(path, value):
+def _write_field(path, value, torn=False):
     # In place, one write: the board reads this file on every flash write and must never see it
-    # truncated (so no O_TRUNC, no rename). Right-aligned, as the board writes it.
+    # truncated (so no O_TRUNC, no rename). Right-aligned, as the board writes it; a leading "t"
+    # (cut_power_at only) asks for a torn write (see _vboard.py).
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
     try:
-        os.pwrite(fd, b"%19d\n" % value, 0)
+        os.pwrite(fd, (b"t%18d\n" if torn else b"%19d\n") % value, 0)
     finally:
         os.close(fd)
 
@@ -186,14 +187,16 @@ def flash_writes(flash_dir):
     return _read_field(os.path.join(flash_dir, "flash_writes"))
 
 
-def arm_power_cut(flash_dir, after_writes):
+def arm_power_cut(flash_dir, after_writes, torn=False):
     """Make flash operation number flash_writes()+after_writes fail with a power cut; return it.
 
-    after_writes=1 cuts at the very next write. Fires once. Works while the board runs."""
+    after_writes=1 cuts at the very next write. Fires once. Works while the board runs. torn:
+    the cut lands inside that operation (the first half of the block program or erase reaches
+    the flash, as when a NOR flash loses power mid-page), not before it."""
     if after_writes < 1:
         raise BoardError("after_writes must be at least 1")
     at_write = flash_writes(flash_dir) + after_writes
-    _write_field(os.path.join(flash_dir, "cut_power_at"), at_write)
+    _write_field(os.path.join(flash_dir, "cut_power_at"), at_write, torn)
     return at_write
 
 
@@ -891,12 +894,13 @@ class VirtualBoard:
         """Program/erase operations made on this board's flash over its life."""
         return flash_writes(self.flash_dir)
 
-    def arm_power_cut(self, after_writes):
+    def arm_power_cut(self, after_writes, torn=False):
         """Cut the power at the after_writes-th flash write from now; return its absolute number.
 
-        The write never reaches the flash; the board stays off until a host opens the port again
-        or power_cycle() is called. An event {"event": "power_cut", "write": K} is reported."""
-        return arm_power_cut(self.flash_dir, after_writes)
+        The write never reaches the flash (torn: only its first half does); the board stays off
+        until a host opens the port again or power_cycle() is called. An event
+        {"event": "power_cut", "write": K} is reported."""
+        return arm_power_cut(self.flash_dir, after_writes, torn)
 
     def disarm_power_cut(self):
         disarm_power_cut(self.flash_dir)

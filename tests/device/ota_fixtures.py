@@ -4,9 +4,17 @@
 #
 # Power-cut model (PowerCutFS): every mutating operation counts — open for writing (it creates or
 # truncates), each write() call, rename, remove, mkdir, rmdir. Operation number `cut_at` never
-# happens: the wrapper closes the files it has open (so what was written before stays, a prefix:
-# harsher than littlefs, which keeps a file's old content until close) and raises PowerCut; the
-# dead filesystem then refuses everything. Renames are atomic, as on littlefs and POSIX.
+# happens (or, torn, only partly): the wrapper settles the files it has open as the chosen
+# `model` says and raises PowerCut; the dead filesystem then refuses everything. Renames,
+# removes and mkdirs are atomic, as on littlefs and POSIX. Models of an open file at the cut:
+# - "prefix" (default): what earlier write() calls wrote stays, the cut write is lost.
+# - "torn": as prefix, and the first half of the cut write's bytes land too (a flash with no
+#   journal, e.g. FAT, cut in the middle of a write: harsher than any board we ship).
+# - "littlefs": what littlefs guarantees (the ESP32 port's filesystem; the virtual board runs
+#   the real one, fleet/sim/board_fs/_vboard.py): a file's new content is committed only at
+#   close (or sync), so a file open for writing keeps its content from before the open; a file
+#   that open created exists, empty (littlefs commits its directory entry at open). The files
+#   of a multi-file update are NOT committed together: each one closed before the cut stays.
 import hashlib
 
 PAGE = 3584
@@ -181,13 +189,18 @@ class PowerCut(BaseException):
     test may swallow it)."""
 
 
+MODELS = ("prefix", "torn", "littlefs")
+
+
 class _CutFile:
-    def __init__(self, owner, f):
+    def __init__(self, owner, f, path=None, before=None):
         self.owner = owner
         self.f = f
+        self.path = path
+        self.before = before  # the file's bytes at open (None: the open created it)
 
     def write(self, b):
-        self.owner._op()
+        self.owner._op(self, b)
         return self.f.write(b)
 
     def flush(self):
@@ -210,28 +223,43 @@ class _CutFile:
 
 class PowerCutFS:
     """Wrap an fsutil-style fs; mutating operation number `cut_at` (1-based; 0 = never) loses
-    power. `ops` counts the mutating operations done so far."""
+    power, with open files settled as `model` says (MODELS, see the top of this file). `ops`
+    counts the mutating operations done so far."""
 
-    def __init__(self, inner, cut_at=0):
+    def __init__(self, inner, cut_at=0, model="prefix"):
+        if model not in MODELS:
+            raise ValueError("model must be one of %r, got %r" % (MODELS, model))
         self.inner = inner
         self.cut_at = cut_at
+        self.model = model
         self.ops = 0
         self.dead = False
         self._open = []
         if hasattr(inner, "rmdir"):
             self.rmdir = self._rmdir
 
-    def _op(self):
+    def _op(self, cut_file=None, data=None):
         if self.dead:
             raise PowerCut("the board is off")
         self.ops += 1
         if self.cut_at and self.ops >= self.cut_at:
             self.dead = True
-            for f in list(self._open):
+            if self.model == "torn" and cut_file is not None and data:
                 try:
-                    f.f.close()  # what reached the flash before the cut stays
+                    cut_file.f.write(data[:len(data) // 2])  # half the cut write lands
                 except Exception:  # noqa: BLE001
                     pass
+            for f in list(self._open):
+                try:
+                    f.f.close()  # what reached the flash before the cut stays (prefix, torn)
+                except Exception:  # noqa: BLE001
+                    pass
+                if self.model == "littlefs":
+                    g = self.inner.open(f.path, "wb")  # not committed: back to the bytes at open
+                    try:
+                        g.write(f.before or b"")
+                    finally:
+                        g.close()
             self._open = []
             raise PowerCut("power cut at write %d" % self.ops)
 
@@ -242,7 +270,17 @@ class PowerCutFS:
     def open(self, path, mode="rb"):
         if "w" in mode or "a" in mode or "+" in mode:
             self._op()
-            f = _CutFile(self, self.inner.open(path, mode))
+            before = None
+            if self.model == "littlefs":
+                try:
+                    g = self.inner.open(path, "rb")
+                    try:
+                        before = g.read()
+                    finally:
+                        g.close()
+                except OSError:
+                    before = None
+            f = _CutFile(self, self.inner.open(path, mode), path, before)
             self._open.append(f)
             return f
         self._alive()

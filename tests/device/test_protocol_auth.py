@@ -35,3 +35,17 @@ def test_replay_window():
     assert w.check(29) == auth.NEW
     assert w.accept(23) == auth.NEW  # 30 - 7: last slot in the window
     assert w.check(22) == auth.OLD
+
+
+def test_replay_window_restored_after_a_restart():
+    # the node persists only the highest accepted counter: after a restart everything up to it
+    # counts as seen (a command accepted before the reboot is never accepted again)
+    w = auth.ReplayWindow(8)
+    w.restore(20)
+    for c in (20, 19, 14, 13, 12, 0):
+        assert w.accept(c) != auth.NEW, c
+    assert w.check(12) == auth.OLD
+    assert w.accept(22) == auth.NEW
+    assert w.accept(21) == auth.NEW  # arrived after the restart, never seen: fine
+    assert w.accept(21) == auth.DUPLICATE
+    assert w.accept(19) == auth.DUPLICATE  # still remembered as seen after the window moved

@@ -9,7 +9,11 @@
 #   in place of the host filesystem. Its size is the quota: a full flash raises OSError(28 ENOSPC).
 # - Every mutating flash operation (program or erase) counts; the lifetime count is kept in
 #   <flash>/flash_writes. If <flash>/cut_power_at holds K > 0, operation number K does not reach
-#   the flash: the board loses power there (the supervisor kills this process).
+#   the flash: the board loses power there (the supervisor kills this process). With a leading
+#   "t" the cut is torn: the first half of that program (or erase) reaches the flash, as when a
+#   NOR flash loses power in the middle of a page. littlefs is built for both: a metadata commit
+#   carries a CRC, so a torn or missing commit is ignored at mount and a file keeps the content
+#   of its last close (what tests/device/ota_fixtures.py's "littlefs" model assumes).
 # - Messages to the supervisor travel in-band on stdout as ESC _ vb:<word> ESC \ (an APC string,
 #   which terminals ignore); the supervisor strips them, so they stay in order with the output.
 # - Everything needed after the host filesystem is unmounted is imported before (boot()).
@@ -82,6 +86,7 @@ class FlashBdev:
         self._rbuf = bytearray(_FIELD)
         self._wbuf = bytearray(_FIELD)
         self._blank = b"\xff" * block_size
+        self._one = bytearray(1)
         writes_f.readinto(self._rbuf)
         self.writes = _parse_field(self._rbuf)
 
@@ -90,7 +95,7 @@ class FlashBdev:
         self._img.readinto(buf)
 
     def writeblocks(self, block, buf, offset=0):
-        self._mutate()
+        self._mutate(block * self._bs + offset, buf)
         self._img.seek(block * self._bs + offset)
         self._img.write(buf)
 
@@ -100,13 +105,13 @@ class FlashBdev:
         if op == 5:  # block size
             return self._bs
         if op == 6:  # erase: flash erases to 0xff
-            self._mutate()
+            self._mutate(arg * self._bs, self._blank)
             self._img.seek(arg * self._bs)
             self._img.write(self._blank)
             return 0
         return 0  # init, deinit, sync: the image file needs none
 
-    def _mutate(self):
+    def _mutate(self, at, buf):
         n = self.writes + 1
         self.writes = n
         _format_field(self._wbuf, n)
@@ -115,6 +120,15 @@ class FlashBdev:
         self._cut_f.seek(0)
         self._cut_f.readinto(self._rbuf)
         if _parse_field(self._rbuf) == n:
+            if self._rbuf[0] == 116:  # "t": a torn cut, half of this operation lands
+                self._img.seek(at)
+                one = self._one  # a byte at a time: no slice, no allocation (see _parse_field)
+                i = 0
+                while i < len(buf) // 2:
+                    one[0] = buf[i]
+                    self._img.write(one)
+                    i += 1
+                self._img.flush()
             _format_field(self._wbuf, 0)  # fires once: the rebooted board does not die again
             self._cut_f.seek(0)
             self._cut_f.write(self._wbuf)
