@@ -10,7 +10,7 @@ Two counts, kept apart on purpose:
   stored: a collector that dropped every reading after each node's 18th has no holes.
 - `made` / `missing`: the independent count. Every node prints one console line per reading it
   numbers ("node reading seq=N ..." for a sensor reading, "load reading seq=N" for an offered
-  one, firmware/node.py); `made_by_node(consoles)` reads those lines back from the virtual
+  one, firmware/hal/simload.py); `made_by_node(consoles)` reads those lines back from the virtual
   nodes' console logs (the rig owns their paths: NodeProc.log_path), so `missing` counts each
   reading a node made that is not stored: lost, or still in flight at the end of the run
   (readings made after the snapshot passed as `made` are not asked for). Without consoles (a

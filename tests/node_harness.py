@@ -1,6 +1,6 @@
 """The real node shell (firmware/node.py) and its OTA shell (firmware/main.py `_attach_ota`,
 firmware/ota_node.py) on a fake HAL, on CPython: the flash is any fsutil-style filesystem (a
-host directory, or the power-cut wrapper around one), time and the radio are left out. Used by
+host directory, or the power-cut wrapper around one), time is fixed and the radio only answers stats(). Used by
 tests/test_node_security.py and tests/test_ota_powercut.py."""
 from firmware import main as fw_main
 from firmware.config import Config
@@ -16,6 +16,13 @@ class Reset(Exception):
     """hal.reset() was called: the board restarts (the test boots a new Node on the same flash)."""
 
 
+class _QuietRadio:
+    """The radio as far as the shell asks it outside its tasks: the driver's stats() 5-tuple."""
+
+    def stats(self):
+        return (0, 0, 0, 0, 0)
+
+
 class FakeHal:
     """What Node and the OTA shell use of a HAL; `fs` is the flash (a path: a PosixFS on it)."""
 
@@ -24,7 +31,7 @@ class FakeHal:
     def __init__(self, fs):
         self.fs = PosixFS(fs) if isinstance(fs, str) else fs
         self.mac = b"\x02\x00\x00\x00\x00\x05"
-        self.radio = None
+        self.radio = _QuietRadio()
         self.resets = 0
 
     def mem_free(self):
