@@ -40,7 +40,7 @@ import protocol  # noqa: E402
 from fleet.collector import FAULT_STOP_MARK, FLAG_TIME_RESTAMPED, state_topic, uplink_topic  # noqa: E402
 from fleet.collector_mqtt import start_collector_process  # noqa: E402
 from fleet.home import FleetHome  # noqa: E402
-from fleet.sim.broker import free_port, mosquitto_path, start_mosquitto  # noqa: E402
+from fleet.sim.broker import free_port, mosquitto_path, start_broker_process, start_mosquitto  # noqa: E402
 from fleet.store import SQLiteStore  # noqa: E402
 
 NET = 1
@@ -199,11 +199,14 @@ def _need_mosquitto():
 class Setup:
     """A tmp dir, mosquitto, a fleet home (at home_path when given) and the collector's log path."""
 
-    def __init__(self, workdir, home_path=None):
-        _need_mosquitto()
+    def __init__(self, workdir, home_path=None, broker="mosquitto"):
         self.dir = workdir
-        os.makedirs(os.path.join(workdir, "mosquitto"), exist_ok=True)
-        self.broker = start_mosquitto(data_dir=os.path.join(workdir, "mosquitto"))
+        if broker == "amqtt":
+            self.broker = start_broker_process(log_path=os.path.join(workdir, "amqtt.log"))
+        else:
+            _need_mosquitto()
+            os.makedirs(os.path.join(workdir, "mosquitto"), exist_ok=True)
+            self.broker = start_mosquitto(data_dir=os.path.join(workdir, "mosquitto"))
         self.url = f"mqtt://127.0.0.1:{self.broker.port}"
         self.home = make_home(home_path or os.path.join(workdir, "home"))
         self.log = os.path.join(workdir, "collector.log")
@@ -228,11 +231,11 @@ class Setup:
 
 # ---- 1. collector SIGKILLed inside a batch commit ----------------------------------------------------
 
-def kill_mid_commit(workdir, groups=3, envelopes=10, k=3):
+def kill_mid_commit(workdir, groups=3, envelopes=10, k=3, broker="mosquitto"):
     """Groups of envelopes, each waited until stored; the collector stops itself inside the
     commit of the last group and is SIGKILLed there; one more group is published while it is
     down; restarted, every (node, seq) must be stored exactly once."""
-    s = Setup(workdir)
+    s = Setup(workdir, broker=broker)
     try:
         m = Mesh(s.home.keys())
         cp = s.collector({"REDMESH_FAULT_STOP_BEFORE_COMMIT": str(groups)})
@@ -260,16 +263,25 @@ def kill_mid_commit(workdir, groups=3, envelopes=10, k=3):
         t0 = time.monotonic()
         s.collector()
         want = m.produced()
-        wait_for(lambda: stored(s.home)[0] >= want, 90, "every reading is stored after the restart", every_s=0.02)
-        recovery = time.monotonic() - t0
+        try:
+            wait_for(lambda: stored(s.home)[0] >= want, 90 if broker == "mosquitto" else 30,
+                     "every reading is stored after the restart", every_s=0.02)
+            recovery = time.monotonic() - t0
+        except TimeoutError:
+            if broker == "mosquitto":
+                raise
+            recovery = None  # amqtt 0.12 does not redeliver: counted below (gap repair's job)
         pairs, count, _ = stored(s.home)
-        saw = [ln for ln in log_lines(s.log) if FAULT_STOP_MARK in ln] + log_lines(s.log, mark)[:4]
+        wait_for(lambda: log_lines(s.log, mark, ("collector: stored",)), 30, "a progress line after the restart")
+        saw = ([ln for ln in log_lines(s.log) if FAULT_STOP_MARK in ln]
+               + log_lines(s.log, mark, ("collector: subscribed",))[:1] + log_lines(s.log, mark, ("collector: stored",))[:1])
         return {
-            "fault": "collector SIGKILLed between INSERT and COMMIT (mosquitto)",
+            "fault": f"collector SIGKILLed between INSERT and COMMIT ({broker})",
             "published": len(want), "stored": count, "distinct": len(pairs), "missing": len(want - pairs),
             "uncommitted_at_kill": produced_at_kill - at_kill, "stored_at_kill": after_kill,
             "lost": len(want - pairs), "duplicates_in_store": count - len(pairs),
-            "recovery_s": round(recovery, 2), "recovery_what": "restart until all stored",
+            "recovery_s": None if recovery is None else round(recovery, 2),
+            "recovery_what": "restart until all stored" if recovery is not None else "never: not redelivered",
             "operator_saw": saw, "status": fleet_status(s.home),
         }
     finally:
@@ -560,7 +572,7 @@ def uplink_flap(workdir, period_s=10.0, duration_s=300.0, down_s=5.0, publish_ev
         s.close()
 
 
-SCENARIOS = {"kill": kill_mid_commit, "enospc": disk_full, "clock": clock_back, "flap": uplink_flap}
+SCENARIOS = {"kill": kill_mid_commit, "kill_amqtt": lambda w: kill_mid_commit(w, broker="amqtt"), "enospc": disk_full, "clock": clock_back, "flap": uplink_flap}
 
 
 def _cell(v):
