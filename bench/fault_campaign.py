@@ -46,7 +46,7 @@ from fleet.store import SQLiteStore  # noqa: E402
 NET = 1
 GW = 100
 NODES = list(range(1, 21))
-FLEET = os.path.join(os.path.dirname(sys.executable), "fleet")
+FLEET = [sys.executable, "-c", "import sys; from fleet.cli import main; sys.exit(main())"]
 
 
 class Skip(Exception):
@@ -177,8 +177,9 @@ def log_size(path):
 
 def fleet_status(home):
     """What `fleet status` printed (first lines) and its exit code."""
-    p = subprocess.run([FLEET, "status", "--home", home.path], capture_output=True, text=True, timeout=60,
-                       stdin=subprocess.DEVNULL)
+    # this tree's fleet (not whichever `fleet` is on PATH)
+    p = subprocess.run(FLEET + ["status", "--home", home.path], capture_output=True, text=True, timeout=60,
+                       stdin=subprocess.DEVNULL, cwd=ROOT)
     out = (p.stdout + p.stderr).strip().splitlines()
     return p.returncode, out[:2]
 
