@@ -170,6 +170,8 @@ def bench_scripts(res, quick):
         runs["des"] = ("des_bench", ["--quick"] if quick else [])
     if os.path.exists(os.path.join(ROOT, "bench", "ota_bench.py")):
         runs["ota"] = ("ota_bench", [])
+    # issue 16's fault campaign: four faults, what was lost, what the operator saw, recovery time
+    runs["faults"] = ("fault_campaign", ["--quick"] if quick else [])
     res["scripts"] = {}
     for key, (name, args) in runs.items():
         try:

@@ -26,12 +26,23 @@ Theory of operation
   logged the first time, then summarised at most once per `log_interval_s` per cause.
 - Writes are batched: readings, state updates, gap changes, reject counts and events go to the
   store in one transaction every `batch_rows` readings or `flush_interval_s`. A failed write keeps
-  the batch and is retried at the next flush.
+  the batch and is retried at the next flush: the first failure is logged as an error, then one
+  line per `log_interval_s` while it lasts, and one when the store is writable again (no
+  traceback). On MQTT (fleet/collector_mqtt.py) a message is acknowledged only once what it
+  carried is committed, so the broker keeps everything a failing or killed collector held.
+- Gateway clocks: each gateway's envelope receive times must not go back. When they do by more
+  than `clock_tolerance_s`, the gateway's clock jumped back: the collector warns (log, and a
+  `clock_back` event), keeps storing everything, and re-stamps that gateway's times forward by
+  the jump (readings whose node time agrees with the gateway's wrong clock too), each such
+  reading flagged FLAG_TIME_RESTAMPED (a bit above the 16 wire bits: never a node's); the
+  correction ends (`clock_restored` event) when the gateway's own times catch up again.
 - Gaps in each node's reading counters are tracked by fleet/repair.py; `poll()` turns due gaps
   into OP_RESEND commands (authenticated with the node's key, counter from store.next_cseq).
 """
 import hmac
 import logging
+import os
+import signal
 import time
 
 import protocol
@@ -47,6 +58,13 @@ except ImportError:  # pragma: no cover - cbor2 is a dependency; the strict deco
 log = logging.getLogger("fleet.collector")
 
 TOPIC_ROOT = "redmesh"
+# Set by the collector in a reading's flags: its time was re-stamped because the gateway's clock
+# went back (above the 16 bits a node's flags have on the wire, so never confused with them).
+FLAG_TIME_RESTAMPED = 1 << 16
+# Fault injection for the fault campaign (bench/fault_campaign.py): REDMESH_FAULT_STOP_BEFORE_COMMIT=N
+# makes the process SIGSTOP itself inside its Nth batch transaction that holds readings, after the
+# INSERTs and before the COMMIT, having logged FAULT_STOP_MARK; the test then SIGKILLs it there.
+FAULT_STOP_MARK = "fault hook: stopped before COMMIT"
 U32 = 0xFFFFFFFF
 
 REJECT_CAUSES = (
@@ -86,7 +104,7 @@ class CollectorConfig:
     node key cache size (key_cache), and `repair` (a fleet.repair.RepairConfig)."""
 
     def __init__(self, batch_rows=5000, flush_interval_s=0.5, log_interval_s=60.0, unknown_recheck_s=10.0,
-                 downlink_max_frames=8, key_cache=50000, repair=None):
+                 downlink_max_frames=8, key_cache=50000, repair=None, max_unacked=64, clock_tolerance_s=60):
         self.batch_rows = int(batch_rows)
         self.flush_interval_s = float(flush_interval_s)
         self.log_interval_s = float(log_interval_s)
@@ -94,6 +112,10 @@ class CollectorConfig:
         self.downlink_max_frames = int(downlink_max_frames)
         self.key_cache = int(key_cache)
         self.repair = repair or RepairConfig()
+        # MQTT messages held unacknowledged (received, not yet committed) before a flush is forced:
+        # below the broker's in-flight window (mosquitto: max_inflight_messages 100 in ours).
+        self.max_unacked = int(max_unacked)
+        self.clock_tolerance_s = int(clock_tolerance_s)
         if self.batch_rows < 1 or self.flush_interval_s <= 0 or self.downlink_max_frames < 1:
             raise ValueError("batch_rows, flush_interval_s and downlink_max_frames must be positive")
 
@@ -145,7 +167,8 @@ class Stats:
     """Running totals of one Ingest (plain ints; `as_dict()` for JSON)."""
 
     FIELDS = ("messages", "envelopes", "frames", "readings", "stored", "duplicates", "status", "status_duplicates",
-              "replies", "reply_duplicates", "commands", "rejects", "flushes", "flush_errors")
+              "replies", "reply_duplicates", "commands", "rejects", "flushes", "flush_errors", "clock_jumps",
+              "restamped")
 
     def __init__(self):
         for f in self.FIELDS:
@@ -265,6 +288,9 @@ class Ingest:
         self._unknown_checked = {}  # node -> when the store last said "not registered"
         self._cur_now = 0.0
         self._cur_unknown = None
+        self._clocks = {}  # gateway -> [latest corrected receive time, correction in s]
+        self._store_down = None  # [since, last logged, failures] while store writes fail
+        self._fault_commits = int(os.environ.get("REDMESH_FAULT_STOP_BEFORE_COMMIT", "0") or 0)
         now = self._now(None)
         self._last_flush = now
         self._known = set(store.node_ids())
@@ -334,10 +360,53 @@ class Ingest:
             self._reject(res, "gateway_mismatch", f"envelope from gateway {env.gateway} on {topic}", now)
             return
         self.stats.envelopes += 1
+        corr = self._gateway_clock(gw, env.items, now)
         for rx_ms, rssi, fb in env.items:
-            self._frame(res, gw, rx_ms, rssi, fb, now)
+            self._frame(res, gw, rx_ms, rssi, fb, now, corr)
         if len(self._rows) >= self.cfg.batch_rows:
             self.flush(now)
+
+    def _gateway_clock(self, gw, items, now):
+        """Return the correction (s) to add to gateway `gw`'s times, after checking this
+        envelope's receive stamps against the gateway's previous ones (see the module notes)."""
+        stamps = [rx_ms // 1000 for rx_ms, _, _ in items if rx_ms]
+        if not stamps:
+            return self._clocks[gw][1] if gw in self._clocks else 0
+        lo, hi = min(stamps), max(stamps)
+        c = self._clocks.get(gw)
+        if c is None:
+            self._clocks[gw] = [hi, 0]
+            return 0
+        last, corr = c
+        tol = self.cfg.clock_tolerance_s
+        if corr and lo >= last - tol:
+            log.warning("gateway %d clock is right again (stamps %d, the re-stamped times had reached %d): "
+                        "its times are no longer corrected (the correction was +%d s)", gw, lo, last, corr)
+            self._events.append((int(now), "clock_restored", gw, {"stamp": lo, "expected": last, "corr_s": corr}))
+            corr = 0
+        elif lo + corr < last - tol:
+            back = last - (lo + corr)
+            corr += back
+            self.stats.clock_jumps += 1
+            log.warning("gateway %d clock went back %d s (stamped %d after %d): its readings are stored, "
+                        "re-stamped +%d s and flagged TIME_RESTAMPED until its clock is right again",
+                        gw, back, lo, last, corr)
+            self._events.append((int(now), "clock_back", gw, {"back_s": back, "stamp": lo, "expected": last,
+                                                             "corr_s": corr}))
+        c[0], c[1] = max(last, hi + corr), corr
+        return corr
+
+    def _times(self, gw_rx_s, time_s, corr):
+        """(reading base time, flags to add) of a frame: the node's time (or the receive time when
+        the node has none), re-stamped when the gateway's clock is corrected and the node's time
+        agrees with the gateway's wrong one."""
+        if not corr:
+            return (time_s or gw_rx_s), 0
+        if not time_s:
+            return gw_rx_s + corr, FLAG_TIME_RESTAMPED
+        if abs(time_s - gw_rx_s) <= self.cfg.clock_tolerance_s:
+            return time_s + corr, FLAG_TIME_RESTAMPED
+        return time_s, 0  # the node's clock is not the gateway's wrong one: kept
 
     def _reject(self, res, cause, detail, now_s):
         self.stats.rejects += 1
@@ -391,12 +460,12 @@ class Ingest:
             return None
         return self._node_hmac(origin)
 
-    def _frame(self, res, gw, rx_ms, rssi, fb, now):
+    def _frame(self, res, gw, rx_ms, rssi, fb, now, corr=0):
         self._cur_now = now
         self._cur_unknown = None
         fast = fast_telemetry(fb, self._mesh, self._key_for)
         if fast is not None:
-            self._fast_rows(res, fast, gw, rx_ms // 1000 if rx_ms else int(now), rssi, now)
+            self._fast_rows(res, fast, gw, rx_ms // 1000 if rx_ms else int(now), rssi, now, corr if rx_ms else 0)
             self.stats.frames += 1
             res["frames"] += 1
             return
@@ -418,38 +487,44 @@ class Ingest:
         t = f.type
         rx_s = rx_ms // 1000 if rx_ms else int(now)
         if t == protocol.T_TELEMETRY:
-            self._telemetry(res, f, gw, rx_s, rssi, now)
+            self._telemetry(res, f, gw, rx_s, rssi, now, corr if rx_ms else 0)
         elif t == protocol.T_STATUS:
-            self._status_frame(res, f, gw, rx_s, rssi, now)
+            self._status_frame(res, f, gw, rx_s + (corr if rx_ms else 0), rssi, now)
         elif t == protocol.T_REPLY:
-            self._reply(res, f, rx_s, now)
+            self._reply(res, f, rx_s + (corr if rx_ms else 0), now)
         else:
             self._reject(res, "unexpected_type", f"a {protocol.TYPE_NAMES[t]} frame via gateway {gw}", now)
             return
         self.stats.frames += 1
         res["frames"] += 1
 
-    def _telemetry(self, res, f, gw, rx_s, rssi, now):
+    def _telemetry(self, res, f, gw, rx_s, rssi, now, corr=0):
         node, seq, hops = f.origin, f.seq, f.hops
-        base = f.time_s or rx_s  # time_s 0: the node has no wall clock yet
+        base, extra = self._times(rx_s, f.time_s, corr)  # time_s 0: the node has no wall clock yet
+        rx_s += corr
+        if extra:
+            self.stats.restamped += len(f.readings)
         rows = self._rows
         for i, r in enumerate(f.readings):
             ts = base - r.dt_s
             rows.append((node, seq + i, ts if ts > 0 else 0, rx_s, r.pm1, r.pm25, r.pm10, r.rh, r.temp, r.n,
-                         r.flags, hops, gw, rssi))
+                         r.flags | extra, hops, gw, rssi))
         n = len(f.readings)
         self.stats.readings += n
         res["readings"] += n
         self.tracker.on_readings(node, seq, seq + n - 1, now, gw)
 
-    def _fast_rows(self, res, fast, gw, rx_s, rssi, now):
+    def _fast_rows(self, res, fast, gw, rx_s, rssi, now, corr=0):
         node, seq, time_s, body, hops = fast
-        base = time_s or rx_s
+        base, extra = self._times(rx_s, time_s, corr)
+        rx_s += corr
+        if extra:
+            self.stats.restamped += len(body)
         rows = self._rows
         for i, (dt_s, pm1, pm25, pm10, rh, temp, n, flags) in enumerate(body):
             ts = base - dt_s
-            rows.append((node, seq + i, ts if ts > 0 else 0, rx_s, pm1, pm25, pm10, rh, temp, n, flags, hops, gw,
-                         rssi))
+            rows.append((node, seq + i, ts if ts > 0 else 0, rx_s, pm1, pm25, pm10, rh, temp, n, flags | extra, hops,
+                         gw, rssi))
         n = len(body)
         self.stats.readings += n
         res["readings"] += n
@@ -589,12 +664,27 @@ class Ingest:
                 for cause, n in rejects.items():
                     store.count_reject(cause, int(now), n)
                 store_ext.add_events(store, events + lost_events)
+                if rows and self._fault_commits:
+                    self._fault_point()
         except Exception as e:  # noqa: BLE001 - keep the batch, try again at the next flush
             self.tracker.restore_dirty(gaps)
             self.stats.flush_errors += 1
-            log.error("store write failed (%s: %s); keeping %d readings for the next attempt",
-                      type(e).__name__, e, len(rows))
+            down = self._store_down
+            if down is None:
+                self._store_down = [now, now, 1]
+                log.error("store write failed (%s: %s): holding %d readings unacknowledged (the broker keeps "
+                          "the rest); retrying at every flush, nothing is dropped", type(e).__name__, e, len(rows))
+            else:
+                down[2] += 1
+                if now - down[1] >= self.cfg.log_interval_s:
+                    down[1] = now
+                    log.error("store still failing after %d s (%s: %s): holding %d readings unacknowledged, "
+                              "%d failed attempts", now - down[0], type(e).__name__, e, len(rows), down[2])
             return 0, 0
+        if self._store_down is not None:
+            log.warning("store writable again after %.1f s (%d failed attempts): %d held readings stored",
+                        now - self._store_down[0], self._store_down[2], len(rows))
+            self._store_down = None
         for g, gap_id in zip(gaps, ids, strict=True):
             g.id = gap_id
         for g in gaps:
@@ -605,6 +695,21 @@ class Ingest:
         self.stats.duplicates += dups
         self.stats.flushes += 1
         return stored, dups
+
+    def _fault_point(self):
+        """REDMESH_FAULT_STOP_BEFORE_COMMIT (see FAULT_STOP_MARK): count this batch; at the Nth,
+        log and SIGSTOP this process with the transaction open (a test SIGKILLs it there)."""
+        self._fault_commits -= 1
+        if self._fault_commits == 0:
+            log.warning("%s (%d readings inserted, not committed)", FAULT_STOP_MARK, len(self._rows))
+            for h in logging.getLogger().handlers + log.handlers:
+                h.flush()
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    def has_pending(self):
+        """True while something received is not yet committed to the store (rows, states,
+        reject counts, events, gap changes): an MQTT message may be acknowledged only when False."""
+        return bool(self._rows or self._status or self._rejects or self._events or self.tracker.has_dirty())
 
     def close(self, now_s=None):
         """Flush what is pending (call at shutdown). Returns (stored, duplicates)."""
@@ -620,7 +725,8 @@ class Ingest:
         d.update({"gaps_pending": t.pending, "gaps_lost": t.lost, "gaps_recovered": t.recovered,
                   "gaps_reordered": t.reordered, "gaps_opened": t.opened, "readings_lost": t.readings_lost,
                   "resend_requests": t.requests_sent, "outstanding": len(t.outstanding),
-                  "pending_rows": len(self._rows)})
+                  "pending_rows": len(self._rows),
+                  "store_failing_s": int(self._now(None) - self._store_down[0]) if self._store_down else 0})
         return d
 
 
@@ -632,4 +738,6 @@ def progress_line(prev, cur, dt_s):
     return (f"collector: stored {cur['stored']} dup {cur['duplicates']} rejects {cur['rejects']}"
             f"{' (' + rej + ')' if rej else ''} gaps open {cur['gaps_pending']} lost {cur['gaps_lost']}"
             f" recovered {cur['gaps_recovered']} resends {cur['resend_requests']}"
-            f" | {rate:.0f} msg/s {frate:.0f} frames/s")
+            f" | {rate:.0f} msg/s {frate:.0f} frames/s"
+            + (f" | STORE FAILING for {cur['store_failing_s']} s, holding {cur['pending_rows']} readings"
+               if cur.get("store_failing_s") else ""))

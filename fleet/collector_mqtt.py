@@ -6,9 +6,13 @@
 - The broker going away is never fatal: the collector logs it and reconnects with backoff
   (0.5 s doubling to 30 s), resubscribing each time (a restarted broker may have lost the session).
   Messages already received (and acknowledged) stay queued in the same client and are processed.
-- An acknowledgement is not storage: a message acknowledged but not yet flushed when the process
-  dies is lost here; gap repair asks the node again. Graceful stop (SIGINT/SIGTERM or the stop
-  event) processes what is queued, flushes the batch and disconnects.
+- A message is acknowledged (PUBACK) only once everything it carried is committed to the store
+  (manual acknowledgement; a flush is forced when `max_unacked` messages wait). A collector
+  killed mid-batch, or a store that cannot write (disk full), leaves the messages unacknowledged:
+  the broker redelivers them to the persistent session, and the store keeps each (node, seq)
+  once. Messages from a dropped connection are never acknowledged on the next one (the broker
+  redelivers them). Graceful stop (SIGINT/SIGTERM or the stop event) processes what is queued,
+  flushes the batch, acknowledges and disconnects.
 - Every `progress_s` a one-line progress report goes to `progress` (default: the log).
 
 In-process: `await run_collector(home, broker_url, stop_event)` (what `fleet sim up` does).
@@ -69,8 +73,9 @@ async def _wait_stop(stop, timeout_s):
         pass
 
 
-def _drain(client, ingest):
-    """Process messages the client already received (and acknowledged) but we have not handled."""
+def _drain(client, ingest, unacked=None):
+    """Process messages the client already received but we have not handled; their (mid, qos)
+    go to `unacked` when given (still connected: acknowledged after the commit)."""
     queue = client._queue  # aiomqtt (2.x) keeps received messages in this asyncio.Queue
     n = 0
     while True:
@@ -79,6 +84,8 @@ def _drain(client, ingest):
         except asyncio.QueueEmpty:
             break
         ingest.on_message(m.topic.value, m.payload, time.time())
+        if unacked is not None and m.qos:
+            unacked.append((m.mid, m.qos))
         n += 1
     return n
 
@@ -119,7 +126,10 @@ async def run_collector(home, broker_url=None, stop_event=None, *, net_id=None, 
     if not isinstance(getattr(client, "_queue", None), asyncio.Queue) or not hasattr(client, "_disconnected"):
         raise FleetError(f"this aiomqtt ({getattr(aiomqtt, '__version__', '?')}) lacks the internals the collector "
                          f"relies on (Client._queue, Client._disconnected); install aiomqtt 2.x")
+    paho = client._client
+    paho.manual_ack_set(True)  # PUBACK after the commit (settle()), never on receipt
     topics = [(uplink_topic(net_id), 1), (state_topic(net_id), 1)]
+    unacked = []  # (mid, qos) received on the current connection, not yet acknowledged
     backoff = _BACKOFF_MIN_S
     prog = {"t": time.monotonic(), "snap": ingest.snapshot()}
 
@@ -132,6 +142,13 @@ async def run_collector(home, broker_url=None, stop_event=None, *, net_id=None, 
             report(progress_line(prog["snap"], snap, now - prog["t"]))
             prog["t"], prog["snap"] = now, snap
 
+    def settle():
+        # Everything received so far is committed (or had nothing to commit): acknowledge it.
+        if unacked and not ingest.has_pending():
+            for mid, qos in unacked:
+                paho.ack(mid, qos)
+            unacked.clear()
+
     async def consume():
         # Straight from the client's queue, not `async for m in client.messages`: cancelling that
         # iterator at the wrong moment drops a message it already took off the queue (and the
@@ -140,6 +157,11 @@ async def run_collector(home, broker_url=None, stop_event=None, *, net_id=None, 
         while True:
             m = await queue.get()
             ingest.on_message(m.topic.value, m.payload, time.time())
+            if m.qos:
+                unacked.append((m.mid, m.qos))
+                if len(unacked) >= config.max_unacked:
+                    ingest.flush(time.time())
+            settle()
 
     async def watch_disconnect():
         fut = client._disconnected  # aiomqtt sets it when the connection drops
@@ -149,7 +171,9 @@ async def run_collector(home, broker_url=None, stop_event=None, *, net_id=None, 
     async def tick():
         while True:
             await asyncio.sleep(_TICK_S)
-            for topic, payload in ingest.poll(time.time()):
+            out = ingest.poll(time.time())
+            settle()
+            for topic, payload in out:
                 await client.publish(topic, payload, qos=1, timeout=_PUBLISH_TIMEOUT_S)
             maybe_progress()
 
@@ -159,6 +183,7 @@ async def run_collector(home, broker_url=None, stop_event=None, *, net_id=None, 
         while not stop.is_set():
             try:
                 async with client:
+                    unacked.clear()  # a new connection: the broker redelivers what was not acknowledged
                     await client.subscribe(topics)
                     backoff = _BACKOFF_MIN_S
                     log.info("%s to %s on %s:%d", SUBSCRIBED_MARK, ", ".join(t for t, _ in topics), host, port)
@@ -175,8 +200,9 @@ async def run_collector(home, broker_url=None, stop_event=None, *, net_id=None, 
                         if not t.cancelled() and t.exception() is not None:
                             raise t.exception()
                     if stop.is_set():
-                        _drain(client, ingest)
+                        _drain(client, ingest, unacked)
                         ingest.flush(time.time())
+                        settle()
             except aiomqtt.MqttError as e:
                 if stop.is_set():
                     break

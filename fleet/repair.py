@@ -446,6 +446,10 @@ class GapTracker:
             g.dirty = False
         return out
 
+    def has_dirty(self):
+        """True when gaps changed since the last take_dirty() (not yet in the store)."""
+        return bool(self._dirty)
+
     def restore_dirty(self, gaps):
         """Put back gaps whose store write failed (they will be written by the next flush)."""
         for g in gaps:

@@ -395,7 +395,8 @@ class SQLiteStore(Store):
             yield self
         except BaseException:
             self._depth = 0
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # SQLite may have rolled back itself (e.g. SQLITE_FULL)
+                self.db.execute("ROLLBACK")
             raise
         self._depth = 0
         self.db.execute("COMMIT")
