@@ -14,7 +14,9 @@ Theory of operation (CTP / RPL ideas, simplified)
 - Beacons (broadcast) on a Trickle timer (firmware/trickle.py) carry cost, depth, wall clock
   and flags. The timer resets (fast beacons) on: route gained or lost, parent change, own cost
   moving by >= cost_reset_delta, a PULL beacon heard while we have a route, loop evidence,
-  a data frame from a sender whose cost is not above ours. A node without a route sets
+  a data frame from a sender whose cost is not above ours, wall-clock time first known (so
+  time reaches a settled mesh in seconds, not an Imax per hop: nodes hold readings until
+  then). A node without a route sets
   BF_NO_ROUTE | BF_PULL and advertises COST_INFINITE.
 - Link ETX per neighbour = etx_b * etx_d, two integer EWMAs (alpha 0.9, in hundredths):
   etx_b from beacon reception - every BEACON_WINDOW expected beacons (bseq gaps) a sample
@@ -478,10 +480,19 @@ class Router:
             return 0
         return self._wall_s + (now_ms - self._wall_ms) // 1000
 
+    def wall_time_ms(self, now_ms):
+        """Unix milliseconds by the same clock as wall_time_s; 0 if unknown."""
+        if not self._wall_s:
+            return 0
+        return self._wall_s * 1000 + now_ms - self._wall_ms
+
     def set_time(self, unix_s, now_ms):
         """The wall clock is known (gateway: NTP/MQTT). Beacons carry it from now on."""
+        first = not self._wall_s
         self._wall_s = unix_s
         self._wall_ms = now_ms
+        if first and unix_s and self._started:
+            self.trickle.reset(now_ms)
 
     @property
     def next_deadline_ms(self):
@@ -734,6 +745,8 @@ class Router:
             if not w or w - time_s > 1 or time_s - w > 1:
                 self._wall_s = time_s
                 self._wall_ms = now
+                if not w:
+                    self.trickle.reset(now)
         if flags & BF_PULL:
             if self.has_route():
                 self.trickle.reset(now)

@@ -33,6 +33,11 @@ _UPLINK_POLL_MS = 500
 _SENSOR_READ_MAX_MS = 1000  # the sampler also ticks at least this often (late config changes)
 _WDT_TIMEOUT_MS = 60000
 _HEALTH_GRACE_MS = 600000  # a node may take 10 min to find a route before the WDT cares
+# Readings held while the wall clock is unknown (an RTC starts at its epoch; a gateway's NTP
+# time reaches nodes in beacons): ring records (24 bytes each) in one buffer allocated at boot
+# and freed once time is known: 64 = 1.5 KB, 5 h at a 5-minute report interval. When full the
+# oldest goes, counted in readings_lost and logged (never silently).
+UNSTAMPED_MAX = 64
 
 
 def log(tag, msg):
@@ -76,7 +81,12 @@ class Node:
         self.last_pump_ms = 0
         self.last_route_ms = None
         self.in_flight = {}  # app token -> (first seq, last seq)
-        self.unstamped = []  # (now_ms, Aggregate) waiting for wall-clock time
+        # readings waiting for wall-clock time: ring records (seq field = now_ms // 1000 when
+        # made, t_s 0) in a circular buffer; None once time is known
+        self._hold = bytearray(UNSTAMPED_MAX * ring_mod.REC_SIZE)
+        self._hold_first = 0
+        self.unstamped = 0  # readings in the hold
+        self.readings_lost = 0  # readings discarded since boot (the hold overflowed)
         self.next_token = 1
         self.errors = 0
         self.selftest_done = False
@@ -92,8 +102,10 @@ class Node:
         self._last_ticks = t
         return self._mono
 
-    def wall_s(self):
-        t = self.router.wall_time_s(self.now_ms())
+    def wall_s(self, now=None):
+        """Unix seconds by the mesh's clock (a gateway's: its NTP-set RTC) or the RTC; 0 if
+        unknown. now: this node's now_ms (default: read it)."""
+        t = self.router.wall_time_s(self.now_ms() if now is None else now)
         return t or self.hal.time_s()
 
     # ---- tasks -----------------------------------------------------------------------------
@@ -218,30 +230,71 @@ class Node:
             agg = self.sampler.poll_report(now)
             if agg is not None:
                 self.last_report_ms = now
-                self.unstamped.append((now, agg))
-                del self.unstamped[:-8]  # bounded: the oldest goes if time stays unknown
-            wall = self.wall_s()
-            while self.unstamped and wall:
-                # Readings are stamped once wall-clock time is known (a gateway beacon or the
-                # RTC): a reading stamped 0 would look current when it reaches the collector.
-                at_ms, agg = self.unstamped.pop(0)
-                seq = self.ring.append(wall - (now - at_ms) // 1000, agg)
-                log("node", "reading seq=%d pm25=%d.%d n=%d" % (seq, agg.pm25 // 10, agg.pm25 % 10, agg.n))
-                self.wake.set()
+            self._stamp(agg, now)
+
+    def _stamp(self, agg, now):
+        """Put a new report (agg, or None) into the ring stamped with wall-clock time, after any
+        readings held before time was known (stamped by when they were made); without wall time
+        (a reading stamped 0 would look current at the collector) hold it instead."""
+        wall = self.wall_s(now)
+        if wall and self.unstamped:
+            n = self.unstamped
+            now_s = now // 1000
+            held = _Held()
+            while self.unstamped:
+                j = self._hold_first
+                rec = ring_mod.unpack_record(self._hold, j * ring_mod.REC_SIZE)
+                self._hold_first = (j + 1) % UNSTAMPED_MAX
+                self.unstamped -= 1
+                if rec is not None:  # RAM: always intact
+                    held.load(rec)
+                    self._store(wall - (now_s - rec[0]), held)
+            log("node", "wall time known: %d held readings stamped" % n)
+        if wall:
+            self._hold = None  # time stays known (RTC / router clock): nothing is held again
+            if agg is not None:
+                self._store(wall, agg)
+            return
+        if agg is None:
+            return
+        if self._hold is None:
+            self._hold = bytearray(UNSTAMPED_MAX * ring_mod.REC_SIZE)
+            self._hold_first = self.unstamped = 0
+        if self.unstamped >= UNSTAMPED_MAX:
+            self._hold_first = (self._hold_first + 1) % UNSTAMPED_MAX
+            self.unstamped -= 1
+            self.readings_lost += 1
+            log("node", "no wall time yet and %d readings held: the oldest is lost (%d lost since boot)"
+                % (UNSTAMPED_MAX, self.readings_lost))
+        j = (self._hold_first + self.unstamped) % UNSTAMPED_MAX
+        self._hold[j * ring_mod.REC_SIZE:(j + 1) * ring_mod.REC_SIZE] = ring_mod.pack_record(
+            now // 1000, 0, agg.pm1, agg.pm25, agg.pm10, agg.rh, agg.temp, agg.n, agg.flags)
+        self.unstamped += 1
+
+    def _store(self, t_s, agg):
+        seq = self.ring.append(t_s, agg)
+        log("node", "reading seq=%d pm25=%d.%d n=%d" % (seq, agg.pm25 // 10, agg.pm25 % 10, agg.n))
+        self.wake.set()
 
     async def uplink(self):
         """Move readings from the ring into the mesh while a route exists."""
         while True:
             await asyncio.sleep_ms(_UPLINK_POLL_MS)
-            if not self.router.has_route() or len(self.in_flight) >= 2:
-                continue
-            after = None
-            for first_last in self.in_flight.values():
-                if after is None or first_last[1] > after:
-                    after = first_last[1]
-            pending = self.ring.pending(protocol.MAX_READINGS, after_seq=after)
-            if not pending:
-                continue
+            self._uplink_poll()
+
+    def _uplink_poll(self):
+        if not self.router.has_route() or len(self.in_flight) >= 2:
+            return
+        if not self.wall_s():
+            # A frame's readings are times relative to its time_s; with time_s 0 the collector
+            # would stamp a backlog (from before a reboot) with its arrival time.
+            return
+        after = None
+        for first_last in self.in_flight.values():
+            if after is None or first_last[1] > after:
+                after = first_last[1]
+        pending = self.ring.pending(protocol.MAX_READINGS, after_seq=after)
+        if pending:
             self._originate_readings(pending)
 
     def _originate_readings(self, readings):
@@ -257,11 +310,16 @@ class Node:
 
     async def load(self, interval_s, for_s=0):
         """Offered load for throughput verification (config sim.offered_interval_s, virtual rig
-        only): one synthetic reading every interval_s, created on a whole wall-clock second so
-        its timestamp is exact, marked FLAG_SYNTHETIC, through the same ring/mesh/uplink path."""
+        only): one synthetic reading every interval_s, created on a whole second of the node's
+        wall clock so its timestamp is exact, marked FLAG_SYNTHETIC, through the same
+        ring/mesh/uplink path. It starts once the node knows wall time (from the mesh) and runs
+        for_s from then (0: for ever)."""
         phase = self.node_id % interval_s
-        while not for_s or self.now_ms() < for_s * 1000:
-            ms = self.hal.time_ms()
+        while not self.wall_ms():
+            await asyncio.sleep_ms(200)
+        end_ms = self.now_ms() + for_s * 1000
+        while not for_s or self.now_ms() < end_ms:
+            ms = self.wall_ms()
             sec = ms // 1000 + 1
             while sec % interval_s != phase:
                 sec += 1
@@ -269,6 +327,13 @@ class Node:
             agg = _Synthetic(sec)
             self.ring.append(sec, agg)
             self.wake.set()
+
+    def wall_ms(self):
+        """Unix milliseconds by the RTC (a gateway's NTP) or the mesh's clock; 0 if unknown."""
+        t = self.hal.time_ms()
+        if t:
+            return t
+        return self.router.wall_time_ms(self.now_ms())
 
     async def status(self):
         await asyncio.sleep_ms(20000)
@@ -350,9 +415,12 @@ class Node:
 
     def _resend(self, a, b):
         """Answer "resend readings a..b" from the ring: result = [first, last] actually resent
-        and the first seq no longer held (a gap the collector must mark lost)."""
+        and the first seq no longer held (a gap the collector must mark lost). Code 4: no wall
+        time yet (the collector retries any code but 0 and 3)."""
         if not isinstance(a, int) or not isinstance(b, int) or b < a:
             return 1, []
+        if not self.wall_s():
+            return 4, []  # no wall time yet (a frame's times are relative to it): ask again later
         held = self.ring.get_range(a, b, 4 * protocol.MAX_READINGS)
         if not held:
             # nothing held: say why per range ("aged" out of the ring, "lost" in a power cut or
@@ -458,6 +526,13 @@ class Node:
 
 
 FLAG_SYNTHETIC = 0x8000
+
+
+class _Held:
+    """The fields ring.append reads, from a held ring record (reused while stamping)."""
+
+    def load(self, rec):
+        self.pm1, self.pm25, self.pm10, self.rh, self.temp, self.n, self.flags = rec[2:]
 
 
 class _Synthetic:

@@ -13,7 +13,11 @@ HAL shape (shared with firmware/hal/sim.py):
     hal.set_time_s(s)    set the RTC
     hal.mem_free()       free heap, bytes
     hal.reset()          power-cycle-like reset
-    hal.uplink()         gateway only: bring the WiFi uplink up; return True when connected
+    hal.uplink(ssid, password, timeout_ms)  gateway only: join Wi-Fi (then PM_NONE); True when
+                         connected
+    hal.uplink_up()      gateway only: the station is connected now
+    hal.uplink_channel() the station's channel (ESP-NOW sends and hears only there)
+    hal.ntp()            gateway only: set the RTC by NTP, return unix seconds; OSError on failure
     hal.virtual          False here
 """
 import asyncio
@@ -60,6 +64,7 @@ class Esp32Hal:
         self._sta = network.WLAN(network.STA_IF)
         self._sta.active(True)
         self._sta.config(channel=channel)
+        self._channel = channel
         self.mac = self._sta.config("mac")
         self.radio = aioespnow.AIOESPNow()
         # before active(True), which allocates the ring: firmware/hal/__init__.py says why 8 frames
@@ -95,13 +100,41 @@ class Esp32Hal:
         machine.reset()
 
     async def uplink(self, ssid, password, timeout_ms=20000):
-        """Connect the station interface to WiFi (a gateway's uplink). ESP-NOW keeps working
-        on the AP's channel, so every node of a gateway's mesh must use that channel."""
-        if self._sta.isconnected():
+        """Connect the station interface to Wi-Fi (a gateway's uplink); return True when
+        connected. ESP-NOW then works only on the AP's channel (the caller checks it against the
+        mesh's), and power save is turned off: with it, ESP-NOW reception is unreliable."""
+        sta = self._sta
+        if sta.isconnected():
             return True
-        self._sta.connect(ssid, password)
+        try:
+            sta.config(reconnects=0)  # our caller retries with backoff: no endless driver scans
+        except (OSError, ValueError):
+            pass  # an older port without the option
+        sta.connect(ssid, password)
         waited = 0
-        while not self._sta.isconnected() and waited < timeout_ms:
+        while not sta.isconnected() and waited < timeout_ms:
             await asyncio.sleep_ms(200)
             waited += 200
+        if not sta.isconnected():
+            try:
+                sta.disconnect()  # stop scanning, and come back to the mesh's channel
+                sta.config(channel=self._channel)
+            except OSError:
+                pass
+            return False
+        sta.config(pm=sta.PM_NONE)
+        return True
+
+    def uplink_up(self):
         return self._sta.isconnected()
+
+    def uplink_channel(self):
+        return self._sta.config("channel")
+
+    def ntp(self):
+        """Set the RTC from NTP (ntptime: pool.ntp.org, blocking, ~1 s timeout); return the
+        unix seconds it set. Raises OSError (or another error of the socket layer) on failure."""
+        import ntptime
+
+        ntptime.settime()
+        return self.time_s()

@@ -3,7 +3,7 @@ does around the router, reduced to what the mesh sees, and the collector side at
 
 Node side (`NodeApp`), after firmware/node.py:
 - A reading every report interval, stamped once wall-clock time is known (router.wall_time_s; at
-  most 8 wait unstamped), numbered by a persistent counter that resumes at the next block of 64
+  most firmware.node.UNSTAMPED_MAX wait unstamped), numbered by a persistent counter that resumes at the next block of 64
   after a power cut (firmware/counters.py), kept in a ring: a dict of held readings and an
   ordered dict of unsent ones. The firmware's RAM block is modelled: readings since the last
   spill (64 records, or 8 unsent ones) are lost at a power cut (firmware/ring.py).
@@ -30,6 +30,7 @@ routers. In `direct` repair mode the command is handed to the target node after 
 40 ms per hop instead of flooding, and the flood's cost is counted as one transmission per live
 node (for networks where thousands of real floods would dominate the run time).
 """
+from firmware.node import UNSTAMPED_MAX
 from firmware.ring import _SIZE_KEY
 from firmware.ring import build_telemetry as _build_telemetry
 from fleet.repair import GapTracker, RepairConfig
@@ -60,7 +61,6 @@ POLL_US = 500_000  # node.py's uplink poll period
 MAX_IN_FLIGHT = 2  # node.py: at most two telemetry frames in flight
 MAX_READINGS = 12
 RESEND_MAX = 48  # node.py: 4 * MAX_READINGS per resend request
-UNSTAMPED_MAX = 8
 RAM_RECORDS = 64  # firmware/ring.py DEFAULT_RAM
 UNSENT_SPILL = 8  # firmware/ring.py DEFAULT_UNSENT_SPILL
 COUNTER_BLOCK = 64  # firmware/counters.py DEFAULT_BLOCK
@@ -105,7 +105,7 @@ class NodeApp:
         """A report from the sampler: stamp it (or keep it until time is known), then poll."""
         self.unstamped.append(now_us)
         if len(self.unstamped) > UNSTAMPED_MAX:
-            del self.unstamped[0]  # node.py keeps the newest 8: this one is never numbered
+            del self.unstamped[0]  # node.py keeps the newest UNSTAMPED_MAX: this one is lost
             self.sim.counters["unstamped_dropped"] += 1
         self.stamp(now_us)
 
