@@ -183,9 +183,9 @@ class Gateway:
                 self._ntp(now)
                 clock_ms = None
             if clock_ms is None or now - clock_ms >= CLOCK_TO_ROUTER_MS:
-                t = hal.time_s()
-                if t:
-                    node.router.set_time(t, node.now_ms())
+                ms = hal.time_ms()
+                if ms:  # the second and where in it we are: beacons carry whole seconds
+                    node.router.set_time(ms // 1000, node.now_ms() - ms % 1000)
                     clock_ms = now
             await asyncio.sleep_ms(WIFI_POLL_MS)
 
