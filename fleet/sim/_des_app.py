@@ -7,8 +7,8 @@ Node side (`NodeApp`), after firmware/node.py:
   after a power cut (firmware/counters.py), kept in a ring: a dict of held readings and an
   ordered dict of unsent ones. The firmware's RAM block is modelled: readings since the last
   spill (64 records, or 8 unsent ones) are lost at a power cut (firmware/ring.py).
-- Uplink as node.py's `uplink()` task: while the router has a route and fewer than 2 frames are
-  in flight, the oldest unsent readings after the in-flight ones (up to 12, consecutive) go out in
+- Uplink as node.py's `uplink()` task: while the router has a route and wall time and fewer than
+  2 frames are in flight, the oldest unsent readings after the in-flight ones (up to 12, consecutive) go out in
   one Telemetry frame built by the firmware's own `ring.build_telemetry` and end-to-end tagged
   with the node key. node.py polls every 500 ms; here the poll runs only when it can do
   something (a new reading, a "sent" outcome, a route gained), at the node's next 500 ms
@@ -162,6 +162,10 @@ class NodeApp:
         r = node.router
         if not r.has_route() or len(self.in_flight) >= MAX_IN_FLIGHT or not self.unsent:
             return
+        now_ms = now_us // 1000
+        wall = r.wall_time_s(now_ms)
+        if not wall:
+            return  # node.py sends no readings without wall time (their times are relative to it)
         after = -1
         for first_last in self.in_flight.values():
             if first_last[1] > after:
@@ -174,8 +178,6 @@ class NodeApp:
                     break
         if not pending:
             return
-        now_ms = now_us // 1000
-        wall = r.wall_time_s(now_ms)
         frame = build_telemetry(node.id, [self.record(s, wall) for s in pending], wall)
         encode(frame, self.sim.mesh_hmac, self.hmac)
         token = self.next_token
