@@ -34,9 +34,10 @@ _SENSOR_READ_MAX_MS = 1000  # the sampler also ticks at least this often (late c
 _WDT_TIMEOUT_MS = 60000
 _HEALTH_GRACE_MS = 600000  # a node may take 10 min to find a route before the WDT cares
 # Readings held while the wall clock is unknown (an RTC starts at its epoch; a gateway's NTP
-# time reaches nodes in beacons): ring records (24 bytes each) in one buffer allocated at boot
-# and freed once time is known: 64 = 1.5 KB, 5 h at a 5-minute report interval. When full the
-# oldest goes, counted in readings_lost and logged (never silently).
+# time reaches nodes in beacons): ring records (24 bytes each) in one buffer allocated by the
+# first reading made without time and freed once time is known: 64 = 1.5 KB (8 Aggregates took
+# 1.1 KB on 32 bits), 5 h at a 5-minute report interval. When full the oldest goes, counted in
+# readings_lost and logged (never silently).
 UNSTAMPED_MAX = 64
 
 
@@ -82,8 +83,10 @@ class Node:
         self.last_route_ms = None
         self.in_flight = {}  # app token -> (first seq, last seq)
         # readings waiting for wall-clock time: ring records (seq field = now_ms // 1000 when
-        # made, t_s 0) in a circular buffer; None once time is known
-        self._hold = bytearray(UNSTAMPED_MAX * ring_mod.REC_SIZE)
+        # made, t_s 0) in a circular buffer, allocated by the first reading made without time
+        # (usually none: beacons bring time well before the first report) and freed when time
+        # is known
+        self._hold = None
         self._hold_first = 0
         self.unstamped = 0  # readings in the hold
         self.readings_lost = 0  # readings discarded since boot (the hold overflowed)
@@ -258,7 +261,17 @@ class Node:
         if agg is None:
             return
         if self._hold is None:
-            self._hold = bytearray(UNSTAMPED_MAX * ring_mod.REC_SIZE)
+            try:
+                self._hold = bytearray(UNSTAMPED_MAX * ring_mod.REC_SIZE)
+            except MemoryError:
+                gc.collect()
+                try:
+                    self._hold = bytearray(UNSTAMPED_MAX * ring_mod.REC_SIZE)
+                except MemoryError:
+                    self.readings_lost += 1
+                    log("node", "no wall time yet and no memory to hold a reading: lost (%d lost since boot)"
+                        % self.readings_lost)
+                    return
             self._hold_first = self.unstamped = 0
         if self.unstamped >= UNSTAMPED_MAX:
             self._hold_first = (self._hold_first + 1) % UNSTAMPED_MAX
