@@ -19,7 +19,7 @@
   against the mesh's radio_channel: ESP-NOW follows the station, so an AP on another channel
   leaves this gateway deaf to its mesh; that is logged ("wifi ALERT ...") every
   CHANNEL_ALERT_MS, flagged in status frames (ERR_WIFI_CHANNEL) and a status is sent at once.
-- Time: NTP (hal.ntp) right after joining, then every NTP_EVERY_MS (a retry every
+- Time: NTP (hal.wifi().ntp()) right after joining, then every NTP_EVERY_MS (a retry every
   NTP_RETRY_MS until one succeeds); the time goes to the router (Router.set_time), whose beacons
   carry it to the nodes. The RTC keeps counting across link outages; without a successful NTP
   since boot, the gateway and its mesh have no wall time and readings wait unstamped.
@@ -133,18 +133,19 @@ class Gateway:
         docstring)."""
         node = self.node
         hal = node.hal
+        wifi = hal.wifi()
         up = self.cfg.uplink
         backoff_ms = WIFI_BACKOFF_MIN_MS
         ntp_try_ms = None  # now_ms of the last NTP attempt
         alert_ms = None
         clock_ms = None
         while True:
-            if not hal.uplink_up():
+            if not wifi.isconnected():
                 if self.wifi_up:
                     self.wifi_up = False
                     self.stats["wifi_drops"] += 1
                     print("wifi", "uplink lost: MQTT paused, envelopes kept in the outbox; rejoining")
-                ok = await hal.uplink(up.get("wifi_ssid", ""), up.get("wifi_password", ""), WIFI_TIMEOUT_MS)
+                ok = await wifi.join(up.get("wifi_ssid", ""), up.get("wifi_password", ""), WIFI_TIMEOUT_MS)
                 if not ok:
                     self.stats["wifi_failures"] += 1
                     wait_ms = _jitter(backoff_ms)
@@ -157,10 +158,10 @@ class Gateway:
                 self.wifi_up = True
                 self.stats["wifi_joins"] += 1
                 print("wifi", "joined the Wi-Fi network on channel %d (mesh channel %d)"
-                      % (hal.uplink_channel(), self.cfg.radio_channel))
+                      % (wifi.channel(), self.cfg.radio_channel))
                 ntp_try_ms = None  # a fresh link: set the clock now
             now = node.now_ms()
-            ch = hal.uplink_channel()
+            ch = wifi.channel()
             if ch != self.cfg.radio_channel:
                 if self.channel_ok or alert_ms is None or now - alert_ms >= CHANNEL_ALERT_MS:
                     print("wifi", "ALERT: the Wi-Fi AP is on channel %d but the mesh uses channel %d: ESP-NOW "
@@ -191,7 +192,7 @@ class Gateway:
 
     def _ntp(self, now):
         try:
-            t = self.node.hal.ntp()
+            t = self.node.hal.wifi().ntp()
         except Exception as e:  # noqa: BLE001 - DNS, timeout, a short or bad reply: try again later
             self.stats["ntp_failures"] += 1
             print("wifi", "NTP failed (%r): the clock stays %s" % (e, "as it was" if self.ntp_ms else "unset"))
@@ -204,10 +205,10 @@ class Gateway:
 
     async def run(self, node):
         self.node = node
-        hal = node.hal
-        self.client.link_up = hal.uplink_up  # MQTT only while the Wi-Fi link is up
-        if hasattr(hal, "open_connection"):
-            self.client.open_connection = hal.open_connection
+        wifi = node.hal.wifi()
+        self.client.link_up = wifi.isconnected  # MQTT only while the Wi-Fi link is up
+        if hasattr(wifi, "open_connection"):  # the rig's: refused while the link is down
+            self.client.open_connection = wifi.open_connection
         await asyncio.gather(self.client.run(), self._batcher(), self._wifi())
 
 

@@ -16,7 +16,7 @@ Rules
 * Liveness: a PINGREQ goes out when nothing was sent or received for keepalive/2; a connection
   from which nothing arrived for a whole keepalive is dead and is dropped. EOF, socket errors and
   bad packets drop the connection too.
-* The network link: `link_up` (a callable, e.g. the gateway HAL's uplink_up) gates every
+* The network link: `link_up` (a callable, e.g. the gateway's Wi-Fi isconnected) gates every
   connect attempt: while it returns False no connection is tried (the outbox keeps filling and
   is flushed to flash), and a live connection is dropped when it turns False. `open_connection`
   (default asyncio.open_connection) is how the TCP connection is made (the virtual rig's HAL

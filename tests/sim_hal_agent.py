@@ -1,4 +1,4 @@
-# A virtual gateway's HAL (firmware/hal/sim.py) and nothing else, driven over stdin/stdout in JSON
+# A virtual gateway's HAL (firmware/hal/sim.py, its Wi-Fi station sim_wifi.py) and nothing else, driven over stdin/stdout in JSON
 # lines, so host tests can check its clock and Wi-Fi rules under the real MicroPython interpreter.
 #   micropython tests/sim_hal_agent.py FLASH_DIR      (FLASH_DIR holds config.cbor)
 # Prints {"ready": true}, then one JSON line per command line:
@@ -40,14 +40,14 @@ async def handle(hal, req):
             hal.set_time_s(req["s"])
             return {"ok": True}
         if op == "uplink":
-            ok = await hal.uplink("", "", req.get("timeout_ms", 1000))
-            return {"ok": ok, "channel": hal.uplink_channel()}
+            ok = await hal.wifi().join("", "", req.get("timeout_ms", 1000))
+            return {"ok": ok, "channel": hal.wifi().channel()}
         if op == "up":
-            return {"up": hal.uplink_up(), "channel": hal.uplink_channel()}
+            return {"up": hal.wifi().isconnected(), "channel": hal.wifi().channel()}
         if op == "ntp":
-            return {"t": hal.ntp()}
+            return {"t": hal.wifi().ntp()}
         if op == "connect":
-            _, w = await hal.open_connection("127.0.0.1", req["port"])
+            _, w = await hal.wifi().open_connection("127.0.0.1", req["port"])
             w.close()
             return {"ok": True}
         if op == "bcast":

@@ -13,11 +13,10 @@ HAL shape (shared with firmware/hal/sim.py):
     hal.set_time_s(s)    set the RTC
     hal.mem_free()       free heap, bytes
     hal.reset()          power-cycle-like reset
-    hal.uplink(ssid, password, timeout_ms)  gateway only: join Wi-Fi (then PM_NONE); True when
-                         connected
-    hal.uplink_up()      gateway only: the station is connected now
-    hal.uplink_channel() the station's channel (ESP-NOW sends and hears only there)
-    hal.ntp()            gateway only: set the RTC by NTP, return unix seconds; OSError on failure
+    hal.wifi()           gateway only: the Wi-Fi station (firmware/hal/esp32_wifi.py, imported
+                         on first use): async join(ssid, password, timeout_ms) -> bool (then
+                         PM_NONE), isconnected(), channel() (ESP-NOW sends and hears only
+                         there), ntp() -> unix seconds set (raises on failure)
     hal.virtual          False here
 """
 import asyncio
@@ -65,6 +64,7 @@ class Esp32Hal:
         self._sta.active(True)
         self._sta.config(channel=channel)
         self._channel = channel
+        self._wifi = None
         self.mac = self._sta.config("mac")
         self.radio = aioespnow.AIOESPNow()
         # before active(True), which allocates the ring: firmware/hal/__init__.py says why 8 frames
@@ -99,42 +99,10 @@ class Esp32Hal:
     def reset(self):
         machine.reset()
 
-    async def uplink(self, ssid, password, timeout_ms=20000):
-        """Connect the station interface to Wi-Fi (a gateway's uplink); return True when
-        connected. ESP-NOW then works only on the AP's channel (the caller checks it against the
-        mesh's), and power save is turned off: with it, ESP-NOW reception is unreliable."""
-        sta = self._sta
-        if sta.isconnected():
-            return True
-        try:
-            sta.config(reconnects=0)  # our caller retries with backoff: no endless driver scans
-        except (OSError, ValueError):
-            pass  # an older port without the option
-        sta.connect(ssid, password)
-        waited = 0
-        while not sta.isconnected() and waited < timeout_ms:
-            await asyncio.sleep_ms(200)
-            waited += 200
-        if not sta.isconnected():
-            try:
-                sta.disconnect()  # stop scanning, and come back to the mesh's channel
-                sta.config(channel=self._channel)
-            except OSError:
-                pass
-            return False
-        sta.config(pm=sta.PM_NONE)
-        return True
+    def wifi(self):
+        """The Wi-Fi station (a gateway's uplink): firmware/hal/esp32_wifi.py Esp32Wifi."""
+        if self._wifi is None:
+            from firmware.hal.esp32_wifi import Esp32Wifi
 
-    def uplink_up(self):
-        return self._sta.isconnected()
-
-    def uplink_channel(self):
-        return self._sta.config("channel")
-
-    def ntp(self):
-        """Set the RTC from NTP (ntptime: pool.ntp.org, blocking, ~1 s timeout); return the
-        unix seconds it set. Raises OSError (or another error of the socket layer) on failure."""
-        import ntptime
-
-        ntptime.settime()
-        return self.time_s()
+            self._wifi = Esp32Wifi(self, self._sta, self._channel)
+        return self._wifi

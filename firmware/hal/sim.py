@@ -7,17 +7,11 @@ launcher restarts it, as a power cycle would.
 Clock and Wi-Fi, as strict as the board:
 - The RTC starts unset at every start (a power cycle): time_s() and time_ms() read 0 (the port's
   epoch) until set_time_s() or ntp() sets them. Nodes learn wall time from the mesh's beacons.
-- The station (a gateway's uplink) is down until uplink() joins the simulated access point.
-  The AP is the rig's: config sim.ap_file names a small control file ("1 6": up on channel 6,
-  "0 6": down; written by fleet/sim/rig.py Rig.set_ap), read when the station connects and
-  whenever the link is checked. Without sim.ap_file (a lone virtual board) the AP is always up
-  on the config's radio_channel. An AP that goes down or moves to another channel drops the
-  station; joining it again puts the station on the AP's channel.
+- The Wi-Fi station (a gateway's uplink, hal.wifi(): firmware/hal/sim_wifi.py, imported by
+  gateways only) is down until it joins the simulated access point of the rig.
 - ESP-NOW works only on the station's channel: the HAL tells the medium its channel (datagram
   b"C" channel(1), see fleet/sim/medium.py), which then carries frames only between nodes on the
   same channel. A gateway whose station follows an AP to another channel no longer hears its mesh.
-- ntp() answers from the host clock (the rig's "NTP server", nothing leaves the machine) only
-  while the station is connected, and sets whole seconds as micropython-lib's ntptime does.
 """
 import asyncio
 import gc
@@ -118,19 +112,17 @@ class SimHal:
         # launcher sees the exit and starts the node again from its flash (a power cycle).
         sys.exit(3)
 
-    # ---- Wi-Fi station and NTP (a gateway's uplink) -------------------------------------------
+    # ---- clock and channel; the Wi-Fi station is firmware/hal/sim_wifi.py (gateways only) ----
 
     def _init_clock_wifi(self, cfg):
         self._rtc_offset_ms = None  # unset RTC: it reads its epoch until something sets it
-        sim = cfg.sim
-        self._ap_file = sim.get("ap_file")
-        self._mesh_channel = cfg.radio_channel
-        self._sta_connected = False
-        self._sta_ap_channel = 0  # the AP channel the station joined
+        self._cfg = cfg
+        self._wifi = None
         self.channel = 0
         self._set_channel(cfg.radio_channel)  # the station starts on the configured channel
 
     def _set_channel(self, ch):
+        """Put the station (and ESP-NOW with it) on channel ch; the medium is told."""
         if ch == self.channel:
             return
         self.channel = ch
@@ -140,64 +132,15 @@ class SimHal:
         except OSError:
             pass  # the medium is gone: nothing is heard on any channel anyway
 
-    def _ap(self):
-        """The simulated access point: (up, channel)."""
-        if self._ap_file is None:
-            return True, self._mesh_channel
-        try:
-            with open(self._ap_file) as f:
-                parts = f.read().split()
-            ch = int(parts[1])
-            return parts[0] == "1" and 1 <= ch <= 14, ch
-        except (OSError, ValueError, IndexError, TypeError):
-            return False, 0  # no control file (yet), or a torn one: no AP on the air
+    def wifi(self):
+        """The Wi-Fi station (a gateway's uplink): firmware/hal/sim_wifi.py SimWifi."""
+        if self._wifi is None:
+            from firmware.hal.sim_wifi import SimWifi
 
-    def uplink_up(self):
-        """True while the station is connected to the AP (network.WLAN.isconnected())."""
-        if self._sta_connected:
-            up, ch = self._ap()
-            if not up or ch != self._sta_ap_channel:
-                self._sta_connected = False  # beacons lost: the station is disconnected
-        return self._sta_connected
-
-    def uplink_channel(self):
-        """The station's channel (WLAN.config("channel")): ESP-NOW sends and hears only there."""
-        return self.channel
-
-    async def uplink(self, ssid, password, timeout_ms=20000):
-        """Join the AP (a gateway's uplink); return True when connected. Credentials are not
-        checked by the simulated AP."""
-        if self.uplink_up():
-            return True
-        waited = 0
-        while True:
-            await asyncio.sleep_ms(200)  # association and DHCP take time on a board too
-            waited += 200
-            up, ch = self._ap()
-            if up:
-                self._sta_connected = True
-                self._sta_ap_channel = ch
-                self._set_channel(ch)  # the station follows its AP's channel, ESP-NOW with it
-                return True
-            if waited >= timeout_ms:
-                return False
-
-    def ntp(self):
-        """Set the RTC from the rig's NTP server (the host clock); return the unix seconds set.
-        Raises OSError while the uplink is down (no server reachable)."""
-        if not self.uplink_up():
-            raise OSError(110, "ETIMEDOUT: NTP needs the Wi-Fi uplink")
-        t = _host_ms() // 1000  # ntptime sets whole seconds
-        self.set_time_s(t)
-        return t
-
-    async def open_connection(self, host, port):
-        """asyncio.open_connection through the station: refused while the uplink is down, as a
-        board's socket has no route then (the rig's broker is on loopback either way)."""
-        if not self.uplink_up():
-            raise OSError(113, "EHOSTUNREACH: the Wi-Fi uplink is down")
-        return await asyncio.open_connection(host, port)
+            self._wifi = SimWifi(self, self._cfg.sim.get("ap_file"), self._cfg.radio_channel)
+        return self._wifi
 
 
 def _host_ms():
+    """The host clock, unix ms: the rig's stand-in for true time (and its NTP server's)."""
     return time.time_ns() // 1000000
