@@ -89,7 +89,6 @@ class Node:
         self._hold = None
         self._hold_first = 0
         self.unstamped = 0  # readings in the hold
-        self.readings_lost = 0  # readings discarded since boot (the hold overflowed)
         self.next_token = 1
         self.errors = 0
         self.selftest_done = False
