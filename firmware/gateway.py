@@ -136,6 +136,7 @@ class Gateway:
         wifi = hal.wifi()
         up = self.cfg.uplink
         backoff_ms = WIFI_BACKOFF_MIN_MS
+        tries = 0  # failed joins since the link was last up
         ntp_try_ms = None  # now_ms of the last NTP attempt
         alert_ms = None
         clock_ms = None
@@ -148,13 +149,15 @@ class Gateway:
                 ok = await wifi.join(up.get("wifi_ssid", ""), up.get("wifi_password", ""), WIFI_TIMEOUT_MS)
                 if not ok:
                     self.stats["wifi_failures"] += 1
+                    tries += 1
                     wait_ms = _jitter(backoff_ms)
                     print("wifi", "cannot join the Wi-Fi network (attempt %d): next try in %d s"
-                          % (self.stats["wifi_failures"], wait_ms // 1000))
+                          % (tries, wait_ms // 1000))
                     await asyncio.sleep_ms(wait_ms)
                     backoff_ms = min(backoff_ms * 2, WIFI_BACKOFF_MAX_MS)
                     continue
                 backoff_ms = WIFI_BACKOFF_MIN_MS
+                tries = 0
                 self.wifi_up = True
                 self.stats["wifi_joins"] += 1
                 print("wifi", "joined the Wi-Fi network on channel %d (mesh channel %d)"
