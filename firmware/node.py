@@ -34,10 +34,10 @@ _SENSOR_READ_MAX_MS = 1000  # the sampler also ticks at least this often (late c
 _WDT_TIMEOUT_MS = 60000
 _HEALTH_GRACE_MS = 600000  # a node may take 10 min to find a route before the WDT cares
 # Readings held while the wall clock is unknown (an RTC starts at its epoch; a gateway's NTP
-# time reaches nodes in beacons): ring records (24 bytes each) in one buffer allocated by the
-# first reading made without time and freed once time is known: 64 = 1.5 KB (8 Aggregates took
-# 1.1 KB on 32 bits), 5 h at a 5-minute report interval. When full the oldest goes, counted in
-# readings_lost and logged (never silently).
+# time reaches nodes in beacons), as 24-byte ring records: 48 bytes of heap each on 32 bits in
+# small blocks (an Aggregate and its tuple took ~140), 3 KB when full; 64 = 5 h at a 5-minute
+# report interval. When full the oldest goes, counted in readings_lost and logged (never
+# silently).
 UNSTAMPED_MAX = 64
 
 
@@ -82,13 +82,7 @@ class Node:
         self.last_pump_ms = 0
         self.last_route_ms = None
         self.in_flight = {}  # app token -> (first seq, last seq)
-        # readings waiting for wall-clock time: ring records (seq field = now_ms // 1000 when
-        # made, t_s 0) in a circular buffer, allocated by the first reading made without time
-        # (usually none: beacons bring time well before the first report) and freed when time
-        # is known
-        self._hold = None
-        self._hold_first = 0
-        self.unstamped = 0  # readings in the hold
+        self.unstamped = []  # readings waiting for wall-clock time: ring records, oldest first
         self.next_token = 1
         self.errors = 0
         self.selftest_done = False
@@ -239,49 +233,32 @@ class Node:
         readings held before time was known (stamped by when they were made); without wall time
         (a reading stamped 0 would look current at the collector) hold it instead."""
         wall = self.wall_s(now)
-        if wall and self.unstamped:
-            n = self.unstamped
-            now_s = now // 1000
-            held = _Held()
-            while self.unstamped:
-                j = self._hold_first
-                rec = ring_mod.unpack_record(self._hold, j * ring_mod.REC_SIZE)
-                self._hold_first = (j + 1) % UNSTAMPED_MAX
-                self.unstamped -= 1
-                if rec is not None:  # RAM: always intact
-                    held.load(rec)
-                    self._store(wall - (now_s - rec[0]), held)
-            log("node", "wall time known: %d held readings stamped" % n)
+        held = self.unstamped
         if wall:
-            self._hold = None  # time stays known (RTC / router clock): nothing is held again
+            if held:
+                now_s = now // 1000
+                h = _Held()
+                for rec in held:
+                    r = ring_mod.unpack_record(rec)
+                    if r is not None:  # RAM: always intact
+                        h.load(r)
+                        self._store(wall - (now_s - r[0]), h)
+                log("node", "wall time known: %d held readings stamped" % len(held))
+                self.unstamped = []
             if agg is not None:
                 self._store(wall, agg)
             return
         if agg is None:
             return
-        if self._hold is None:
-            try:
-                self._hold = bytearray(UNSTAMPED_MAX * ring_mod.REC_SIZE)
-            except MemoryError:
-                gc.collect()
-                try:
-                    self._hold = bytearray(UNSTAMPED_MAX * ring_mod.REC_SIZE)
-                except MemoryError:
-                    self.readings_lost += 1
-                    log("node", "no wall time yet and no memory to hold a reading: lost (%d lost since boot)"
-                        % self.readings_lost)
-                    return
-            self._hold_first = self.unstamped = 0
-        if self.unstamped >= UNSTAMPED_MAX:
-            self._hold_first = (self._hold_first + 1) % UNSTAMPED_MAX
-            self.unstamped -= 1
+        if len(held) >= UNSTAMPED_MAX:
+            held.pop(0)
             self.readings_lost += 1
             log("node", "no wall time yet and %d readings held: the oldest is lost (%d lost since boot)"
                 % (UNSTAMPED_MAX, self.readings_lost))
-        j = (self._hold_first + self.unstamped) % UNSTAMPED_MAX
-        self._hold[j * ring_mod.REC_SIZE:(j + 1) * ring_mod.REC_SIZE] = ring_mod.pack_record(
-            now // 1000, 0, agg.pm1, agg.pm25, agg.pm10, agg.rh, agg.temp, agg.n, agg.flags)
-        self.unstamped += 1
+        # a ring record (seq field: when it was made, now_ms // 1000; t_s 0): 48 bytes of heap
+        # in two small blocks, where an Aggregate takes ~140
+        held.append(ring_mod.pack_record(now // 1000, 0, agg.pm1, agg.pm25, agg.pm10, agg.rh, agg.temp, agg.n,
+                                         agg.flags))
 
     def _store(self, t_s, agg):
         seq = self.ring.append(t_s, agg)
