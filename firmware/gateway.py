@@ -12,9 +12,22 @@
   handed to the gateway's OTA engine (OtaSeedSink below), which then seeds the mesh.
 - While the broker is unreachable the MQTT client's outbox (RAM, spilled to flash, bounded)
   keeps envelopes and sends them later, in order.
+- Wi-Fi (`_wifi`): the station joins the uplink's network at start and again whenever the link
+  drops, with a backoff from WIFI_BACKOFF_MIN_MS doubling to WIFI_BACKOFF_MAX_MS (jittered), so a
+  failing AP is not hammered and ESP-NOW is not left deaf by endless scans. MQTT is attempted
+  only while the link is up (MQTTClient link_up). After joining, the AP's channel is checked
+  against the mesh's radio_channel: ESP-NOW follows the station, so an AP on another channel
+  leaves this gateway deaf to its mesh; that is logged ("wifi ALERT ...") every
+  CHANNEL_ALERT_MS, flagged in status frames (ERR_WIFI_CHANNEL) and a status is sent at once.
+- Time: NTP (hal.wifi().ntp()) right after joining, then every NTP_EVERY_MS (a retry every
+  NTP_RETRY_MS until one succeeds); the time goes to the router (Router.set_time), whose beacons
+  carry it to the nodes. The RTC keeps counting across link outages; without a successful NTP
+  since boot, the gateway and its mesh have no wall time and readings wait unstamped.
+- Credentials (uplink.wifi_ssid, wifi_password) come from the config and are never printed.
 """
 import asyncio
 import gc
+import os
 
 import protocol
 import protocol.envelope  # noqa: F401 - the MQTT messages (protocol.Envelope, protocol.Downlink)
@@ -24,6 +37,15 @@ from firmware.outbox import Outbox
 
 MAX_ITEMS = 40
 BATCH_MS = 1000
+WIFI_TIMEOUT_MS = 20000  # one join attempt
+WIFI_BACKOFF_MIN_MS = 2000
+WIFI_BACKOFF_MAX_MS = 300000
+WIFI_POLL_MS = 1000  # how often the link and the AP's channel are looked at
+NTP_EVERY_MS = 4 * 3600 * 1000  # an ESP32 RTC drifts seconds a day: a few hours is plenty
+NTP_RETRY_MS = 30000
+CLOCK_TO_ROUTER_MS = 60000
+CHANNEL_ALERT_MS = 600000
+ERR_WIFI_CHANNEL = 2  # status errors bit: the AP is not on the mesh's channel
 
 
 def topics(net_id, gw_id):
@@ -51,7 +73,11 @@ class Gateway:
         self.client.subscribe(self.down_topic, 1)
         self.client.subscribe(self.down_all, 1)
         self.client.subscribe(self.ota_topic, 1)
-        self.stats = {"frames_up": 0, "envelopes": 0, "downlink_frames": 0, "bad_downlink": 0}
+        self.stats = {"frames_up": 0, "envelopes": 0, "downlink_frames": 0, "bad_downlink": 0, "wifi_joins": 0,
+                      "wifi_failures": 0, "wifi_drops": 0, "ntp_ok": 0, "ntp_failures": 0}
+        self.wifi_up = False
+        self.channel_ok = True
+        self.ntp_ms = None  # now_ms of the last successful NTP
 
     def uplink(self, frame_bytes, rssi, rx_ms):
         """Queue one frame that reached this gateway (called from the router's events);
@@ -103,18 +129,97 @@ class Gateway:
             self.node.router.inject_downlink(fb, self.node.now_ms())
         self.node.wake.set()
 
-    async def _clock(self):
-        # The gateway knows wall-clock time (NTP on a real board, the host clock on the rig);
-        # beacons carry it to the mesh.
+    async def _wifi(self):
+        """Keep the Wi-Fi uplink joined, its channel checked and the clock set (see the module
+        docstring)."""
+        node = self.node
+        hal = node.hal
+        wifi = hal.wifi()
+        up = self.cfg.uplink
+        backoff_ms = WIFI_BACKOFF_MIN_MS
+        tries = 0  # failed joins since the link was last up
+        ntp_try_ms = None  # now_ms of the last NTP attempt
+        alert_ms = None
+        clock_ms = None
         while True:
-            t = self.node.hal.time_s()
-            if t:
-                self.node.router.set_time(t, self.node.now_ms())
-            await asyncio.sleep_ms(60000)
+            if not wifi.isconnected():
+                if self.wifi_up:
+                    self.wifi_up = False
+                    self.stats["wifi_drops"] += 1
+                    print("wifi", "uplink lost: MQTT paused, envelopes kept in the outbox; rejoining")
+                ok = await wifi.join(up.get("wifi_ssid", ""), up.get("wifi_password", ""), WIFI_TIMEOUT_MS)
+                if not ok:
+                    self.stats["wifi_failures"] += 1
+                    tries += 1
+                    wait_ms = _jitter(backoff_ms)
+                    print("wifi", "cannot join the Wi-Fi network (attempt %d): next try in %d s"
+                          % (tries, wait_ms // 1000))
+                    await asyncio.sleep_ms(wait_ms)
+                    backoff_ms = min(backoff_ms * 2, WIFI_BACKOFF_MAX_MS)
+                    continue
+                backoff_ms = WIFI_BACKOFF_MIN_MS
+                tries = 0
+                self.wifi_up = True
+                self.stats["wifi_joins"] += 1
+                print("wifi", "joined the Wi-Fi network on channel %d (mesh channel %d)"
+                      % (wifi.channel(), self.cfg.radio_channel))
+                ntp_try_ms = None  # a fresh link: set the clock now
+            now = node.now_ms()
+            ch = wifi.channel()
+            if ch != self.cfg.radio_channel:
+                if self.channel_ok or alert_ms is None or now - alert_ms >= CHANNEL_ALERT_MS:
+                    print("wifi", "ALERT: the Wi-Fi AP is on channel %d but the mesh uses channel %d: ESP-NOW "
+                          "follows the station, so this gateway no longer hears its mesh; put the AP back on "
+                          "channel %d (or move the mesh)" % (ch, self.cfg.radio_channel, self.cfg.radio_channel))
+                    alert_ms = now
+                if self.channel_ok:
+                    self.channel_ok = False
+                    node.errors |= ERR_WIFI_CHANNEL
+                    node.send_status()  # tell the fleet now, over the uplink that still works
+            elif not self.channel_ok:
+                self.channel_ok = True
+                node.errors &= ~ERR_WIFI_CHANNEL
+                print("wifi", "the AP is back on the mesh channel %d" % ch)
+                node.send_status()
+            due = NTP_RETRY_MS if self.ntp_ms is None or (ntp_try_ms is not None and ntp_try_ms > self.ntp_ms) \
+                else NTP_EVERY_MS
+            if ntp_try_ms is None or now - ntp_try_ms >= due:
+                ntp_try_ms = now
+                self._ntp(now)
+                clock_ms = None
+            if clock_ms is None or now - clock_ms >= CLOCK_TO_ROUTER_MS:
+                ms = hal.time_ms()
+                if ms:  # the second and where in it we are: beacons carry whole seconds
+                    node.router.set_time(ms // 1000, node.now_ms() - ms % 1000)
+                    clock_ms = now
+            await asyncio.sleep_ms(WIFI_POLL_MS)
+
+    def _ntp(self, now):
+        try:
+            t = self.node.hal.wifi().ntp()
+        except Exception as e:  # noqa: BLE001 - DNS, timeout, a short or bad reply: try again later
+            self.stats["ntp_failures"] += 1
+            print("wifi", "NTP failed (%r): the clock stays %s" % (e, "as it was" if self.ntp_ms else "unset"))
+            return
+        self.stats["ntp_ok"] += 1
+        first = self.ntp_ms is None
+        self.ntp_ms = now
+        if first:
+            print("wifi", "clock set by NTP: %d" % t)
 
     async def run(self, node):
         self.node = node
-        await asyncio.gather(self.client.run(), self._batcher(), self._clock())
+        wifi = node.hal.wifi()
+        self.client.link_up = wifi.isconnected  # MQTT only while the Wi-Fi link is up
+        if hasattr(wifi, "open_connection"):  # the rig's: refused while the link is down
+            self.client.open_connection = wifi.open_connection
+        await asyncio.gather(self.client.run(), self._batcher(), self._wifi())
+
+
+def _jitter(ms):
+    # half fixed, half random, so gateways that lost one AP do not rejoin in lockstep
+    r = os.urandom(2)
+    return ms // 2 + (((r[0] << 8) | r[1]) * (ms // 2) >> 16)
 
 
 class OtaSeedSink:

@@ -14,7 +14,9 @@ Theory of operation (CTP / RPL ideas, simplified)
 - Beacons (broadcast) on a Trickle timer (firmware/trickle.py) carry cost, depth, wall clock
   and flags. The timer resets (fast beacons) on: route gained or lost, parent change, own cost
   moving by >= cost_reset_delta, a PULL beacon heard while we have a route, loop evidence,
-  a data frame from a sender whose cost is not above ours. A node without a route sets
+  a data frame from a sender whose cost is not above ours, wall-clock time first known (so
+  time reaches a settled mesh in seconds, not an Imax per hop: nodes hold readings until
+  then). A node without a route sets
   BF_NO_ROUTE | BF_PULL and advertises COST_INFINITE.
 - Link ETX per neighbour = etx_b * etx_d, two integer EWMAs (alpha 0.9, in hundredths):
   etx_b from beacon reception - every BEACON_WINDOW expected beacons (bseq gaps) a sample
@@ -103,6 +105,7 @@ ETX_PENALTY = const(10)  # added to etx_d after tries_per_parent consecutive fai
 # The two estimates are kept in hundredths (EWMA steps of a tenth would stall a tenth off)
 _E1 = const(100)
 _EMAX = const(2500)
+_WALL_DELAY_MS = const(200)  # a beacon's time is this late at most (air, queues, the loop)
 _ALPHA = const(9)  # EWMA weight of the old estimate, in tenths
 _WARMUP_WINDOWS = const(4)  # the first beacon windows weigh 1/2 (an estimate from the guess)
 BEACON_WINDOW = const(3)  # expected beacons per beacon-ratio sample
@@ -494,10 +497,19 @@ class Router:
             return 0
         return self._wall_s + (now_ms - self._wall_ms) // 1000
 
+    def wall_time_ms(self, now_ms):
+        """Unix milliseconds by the same clock as wall_time_s; 0 if unknown."""
+        if not self._wall_s:
+            return 0
+        return self._wall_s * 1000 + now_ms - self._wall_ms
+
     def set_time(self, unix_s, now_ms):
         """The wall clock is known (gateway: NTP/MQTT). Beacons carry it from now on."""
+        first = not self._wall_s
         self._wall_s = unix_s
         self._wall_ms = now_ms
+        if first and unix_s and self._started:
+            self.trickle.reset(now_ms)
 
     @property
     def next_deadline_ms(self):
@@ -746,16 +758,33 @@ class Router:
         nb.depth = depth
         nb.flags = flags
         if time_s and not self.is_gateway and (nb is self._par or not self._wall_s):
-            w = self.wall_time_s(now)
-            if not w or w - time_s > 1 or time_s - w > 1:
-                self._wall_s = time_s
-                self._wall_ms = now
+            self._sync_wall(time_s, now)
         if flags & BF_PULL:
             if self.has_route():
                 self.trickle.reset(now)
         elif cost != COST_INFINITE:
             self.trickle.heard_consistent()
         self._evaluate(now, nb)
+
+    def _sync_wall(self, time_s, now):
+        """A beacon says the sender's clock reads time_s (whole seconds, floored) as we hear it:
+        its exact time lies in [time_s, time_s + 1 s + air delay). Jump to the middle of that
+        second when unknown or far off; otherwise only move into it (up when behind, down when
+        ahead). Beacons land at random phases of the second, so the clock closes in on the
+        parent's instead of losing up to a second to the floor at every hop."""
+        if not self._wall_s:
+            self._wall_s = time_s
+            self._wall_ms = now - 500
+            self.trickle.reset(now)  # time first known: pass it on quickly
+            return
+        rel = (self._wall_s - time_s) * 1000 + (now - self._wall_ms)  # our clock - time_s, ms
+        if rel < -2000 or rel > 3000:
+            self._wall_s = time_s
+            self._wall_ms = now - 500
+        elif rel < 0:
+            self._wall_ms += rel
+        elif rel > 1000 + _WALL_DELAY_MS:
+            self._wall_ms += rel - 1000 - _WALL_DELAY_MS
 
     def _rx_up(self, src_mac, data, rssi, now, t):
         st = self.stats

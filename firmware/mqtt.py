@@ -16,6 +16,11 @@ Rules
 * Liveness: a PINGREQ goes out when nothing was sent or received for keepalive/2; a connection
   from which nothing arrived for a whole keepalive is dead and is dropped. EOF, socket errors and
   bad packets drop the connection too.
+* The network link: `link_up` (a callable, e.g. the gateway's Wi-Fi isconnected) gates every
+  connect attempt: while it returns False no connection is tried (the outbox keeps filling and
+  is flushed to flash), and a live connection is dropped when it turns False. `open_connection`
+  (default asyncio.open_connection) is how the TCP connection is made (the virtual rig's HAL
+  refuses it while its simulated uplink is down, as a board's socket would fail).
 * Reconnect delays grow from `backoff_min_ms`, doubling to `backoff_max_ms`, with jitter (half
   fixed, half random) so a district of gateways does not reconnect in lockstep. While
   disconnected the outbox is flushed to flash every `flush_interval_ms`.
@@ -50,6 +55,7 @@ def _wait_for_ms(aw, ms):
 
 _READ_CHUNK = 1024
 _MAX_BATCH = 32  # packets written per drain
+_LINK_POLL_MS = 1000  # how often a client waiting for its network link looks again
 _CONTROL = -1  # packet-id owner for SUBSCRIBE and the "online" publish (not outbox messages)
 
 
@@ -90,7 +96,7 @@ class MQTTClient:
                  will_retain=True, outbox=None, on_message=None, online_payload=b"online",
                  clean_session=True, max_inflight=8, backoff_min_ms=500, backoff_max_ms=30000,
                  connect_timeout_ms=10000, max_packet_bytes=codec.DEFAULT_MAX_PACKET_BYTES,
-                 flush_interval_ms=5000):
+                 flush_interval_ms=5000, link_up=None, open_connection=None):
         self.client_id = client_id
         self.host = host
         self.port = port
@@ -108,6 +114,8 @@ class MQTTClient:
         self.connect_timeout_ms = connect_timeout_ms
         self.max_packet_bytes = max_packet_bytes
         self.flush_interval_ms = flush_interval_ms
+        self.link_up = link_up  # callable -> bool, or None: the link is always up
+        self.open_connection = open_connection or asyncio.open_connection
         self._connect_packet = codec.encode_connect(
             client_id, keepalive_s, clean_session, will_topic,
             self.will_payload if will_topic is not None else b"",
@@ -127,6 +135,7 @@ class MQTTClient:
         self.callback_errors = 0
         self.sub_failures = 0  # SUBACK return codes 0x80
         self.keepalive_timeouts = 0  # connections dropped because the broker fell silent
+        self.link_waits = 0  # times run() waited for the network link before connecting
 
         self._subs = []  # [[topic_filter, qos]]
         self._unacked = []  # [[seq, packet_id, needs_resend]] in outbox order
@@ -186,6 +195,7 @@ class MQTTClient:
              "connect_failures": self.connect_failures, "dropped": self.outbox.dropped,
              "inflight": len(self._unacked), "callback_errors": self.callback_errors,
              "sub_failures": self.sub_failures, "keepalive_timeouts": self.keepalive_timeouts,
+             "link_waits": self.link_waits,
              "last_error": self.last_error}
         d["queued"] = len(self.outbox)
         return d
@@ -210,6 +220,12 @@ class MQTTClient:
         backoff_ms = self.backoff_min_ms
         try:
             while not self._stop:
+                if self.link_up is not None and not self.link_up():
+                    # no network: nothing to try; keep the outbox safe and look again soon
+                    self.link_waits += 1
+                    while not self._stop and not self.link_up():
+                        await self._idle(_LINK_POLL_MS)
+                    continue
                 try:
                     await self._connect()
                 except Exception as e:  # noqa: BLE001 - refused, timeout, bad CONNACK, MemoryError...
@@ -267,7 +283,7 @@ class MQTTClient:
     async def _connect(self):
         self._parser = codec.Parser(self.max_packet_bytes)
         self._reader, self._writer = await _wait_for_ms(
-            asyncio.open_connection(self.host, self.port), self.connect_timeout_ms)
+            self.open_connection(self.host, self.port), self.connect_timeout_ms)
         _nodelay(self._writer)
         self._writer.write(self._connect_packet)
         await self._writer.drain()
@@ -325,6 +341,9 @@ class MQTTClient:
                     await _wait_for_ms(self._done.wait(), tick_ms)
                 except asyncio.TimeoutError:
                     pass
+                if self.link_up is not None and not self.link_up():
+                    self._end("the network link is down")
+                    continue
                 if not ka_ms or self._done.is_set():
                     continue
                 now = ticks_ms()

@@ -47,6 +47,12 @@ _UPLINK_POLL_MS = 500
 _SENSOR_READ_MAX_MS = 1000  # the sampler also ticks at least this often (late config changes)
 _WDT_TIMEOUT_MS = 60000
 _HEALTH_GRACE_MS = 600000  # a node may take 10 min to find a route before the WDT cares
+# Readings held while the wall clock is unknown (an RTC starts at its epoch; a gateway's NTP
+# time reaches nodes in beacons), as 24-byte ring records: 48 bytes of heap each on 32 bits in
+# small blocks (an Aggregate and its tuple took ~140), 3 KB when full; 64 = 5 h at a 5-minute
+# report interval. When full the oldest goes, counted in readings_lost and logged (never
+# silently).
+UNSTAMPED_MAX = 64
 
 
 def log(tag, msg):
@@ -92,7 +98,7 @@ class Node:
         self.last_pump_ms = 0
         self.last_route_ms = None
         self.in_flight = {}  # app token -> (first seq, last seq)
-        self.unstamped = []  # (now_ms, Aggregate) waiting for wall-clock time
+        self.unstamped = []  # readings waiting for wall-clock time: ring records, oldest first
         self.next_token = 1
         self.errors = 0
         self.selftest_done = False
@@ -108,8 +114,10 @@ class Node:
         self._last_ticks = t
         return self._mono
 
-    def wall_s(self):
-        t = self.router.wall_time_s(self.now_ms())
+    def wall_s(self, now=None):
+        """Unix seconds by the mesh's clock (a gateway's: its NTP-set RTC) or the RTC; 0 if
+        unknown. now: this node's now_ms (default: read it)."""
+        t = self.router.wall_time_s(self.now_ms() if now is None else now)
         return t or self.hal.time_s()
 
     # ---- tasks -----------------------------------------------------------------------------
@@ -234,16 +242,44 @@ class Node:
             agg = self.sampler.poll_report(now)
             if agg is not None:
                 self.last_report_ms = now
-                self.unstamped.append((now, agg))
-                del self.unstamped[:-8]  # bounded: the oldest goes if time stays unknown
-            wall = self.wall_s()
-            while self.unstamped and wall:
-                # Readings are stamped once wall-clock time is known (a gateway beacon or the
-                # RTC): a reading stamped 0 would look current when it reaches the collector.
-                at_ms, agg = self.unstamped.pop(0)
-                seq = self._append(wall - (now - at_ms) // 1000, agg)
-                log("node", "reading seq=%d pm25=%d.%d n=%d" % (seq, agg.pm25 // 10, agg.pm25 % 10, agg.n))
-                self.wake.set()
+            self._stamp(agg, now)
+
+    def _stamp(self, agg, now):
+        """Put a new report (agg, or None) into the ring stamped with wall-clock time, after any
+        readings held before time was known (stamped by when they were made); without wall time
+        (a reading stamped 0 would look current at the collector) hold it instead."""
+        wall = self.wall_s(now)
+        held = self.unstamped
+        if wall:
+            if held:
+                now_s = now // 1000
+                h = _Held()
+                for rec in held:
+                    r = ring_mod.unpack_record(rec)
+                    if r is not None:  # RAM: always intact
+                        h.load(r)
+                        self._store(wall - (now_s - r[0]), h)
+                log("node", "wall time known: %d held readings stamped" % len(held))
+                self.unstamped = []
+            if agg is not None:
+                self._store(wall, agg)
+            return
+        if agg is None:
+            return
+        if len(held) >= UNSTAMPED_MAX:
+            held.pop(0)
+            self.readings_lost += 1
+            log("node", "no wall time yet and %d readings held: the oldest is lost (%d lost since boot)"
+                % (UNSTAMPED_MAX, self.readings_lost))
+        # a ring record (seq field: when it was made, now_ms // 1000; t_s 0): 48 bytes of heap
+        # in two small blocks, where an Aggregate takes ~140
+        held.append(ring_mod.pack_record(now // 1000, 0, agg.pm1, agg.pm25, agg.pm10, agg.rh, agg.temp, agg.n,
+                                         agg.flags))
+
+    def _store(self, t_s, agg):
+        seq = self._append(t_s, agg)
+        log("node", "reading seq=%d pm25=%d.%d n=%d" % (seq, agg.pm25 // 10, agg.pm25 % 10, agg.n))
+        self.wake.set()
 
     def _append(self, t_s, agg):
         """Store a reading in the ring; a spill to flash is one of the heap's worst moments."""
@@ -257,15 +293,21 @@ class Node:
         """Move readings from the ring into the mesh while a route exists."""
         while True:
             await asyncio.sleep_ms(_UPLINK_POLL_MS)
-            if not self.router.has_route() or len(self.in_flight) >= 2:
-                continue
-            after = None
-            for first_last in self.in_flight.values():
-                if after is None or first_last[1] > after:
-                    after = first_last[1]
-            pending = self.ring.pending(protocol.MAX_READINGS, after_seq=after)
-            if not pending:
-                continue
+            self._uplink_poll()
+
+    def _uplink_poll(self):
+        if not self.router.has_route() or len(self.in_flight) >= 2:
+            return
+        if not self.wall_s():
+            # A frame's readings are times relative to its time_s; with time_s 0 the collector
+            # would stamp a backlog (from before a reboot) with its arrival time.
+            return
+        after = None
+        for first_last in self.in_flight.values():
+            if after is None or first_last[1] > after:
+                after = first_last[1]
+        pending = self.ring.pending(protocol.MAX_READINGS, after_seq=after)
+        if pending:
             self._originate_readings(pending)
 
     def _originate_readings(self, readings):
@@ -278,6 +320,13 @@ class Node:
         self.in_flight[token] = (frame.seq, frame.seq + len(frame.readings) - 1)
         self.router.originate(frame, self.now_ms(), token)
         self.wake.set()
+
+    def wall_ms(self):
+        """Unix milliseconds by the RTC (a gateway's NTP) or the mesh's clock; 0 if unknown."""
+        t = self.hal.time_ms()
+        if t:
+            return t
+        return self.router.wall_time_ms(self.now_ms())
 
     async def status(self):
         await asyncio.sleep_ms(20000)
@@ -371,9 +420,12 @@ class Node:
         """Answer "resend readings a..b" from the ring: result = [first, last] actually resent
         (at most 4 frames' worth) and the first seq no longer held (a gap the collector must
         mark lost). The ring is read one frame's worth at a time, so the answer never holds
-        more than a frame of readings in the heap."""
+        more than a frame of readings in the heap. Code 4: no wall time yet (a frame's times are
+        relative to it; the collector retries any code but 0 and 3)."""
         if not isinstance(a, int) or not isinstance(b, int) or b < a:
             return 1, []
+        if not self.wall_s():
+            return 4, []
         first = last = None
         left = 4 * protocol.MAX_READINGS
         lo = a
@@ -480,3 +532,9 @@ class Node:
             tasks.append(offered_load(self, int(sim["offered_interval_s"]), int(sim.get("offered_for_s", 0))))
         await asyncio.gather(*tasks)
 
+
+class _Held:
+    """The fields ring.append reads, from a held ring record (reused while stamping)."""
+
+    def load(self, rec):
+        self.pm1, self.pm25, self.pm10, self.rh, self.temp, self.n, self.flags = rec[2:]

@@ -13,7 +13,10 @@ HAL shape (shared with firmware/hal/sim.py):
     hal.set_time_s(s)    set the RTC
     hal.mem_free()       free heap, bytes
     hal.reset()          power-cycle-like reset
-    hal.uplink()         gateway only: bring the WiFi uplink up; return True when connected
+    hal.wifi()           gateway only: the Wi-Fi station (firmware/hal/esp32_wifi.py, imported
+                         on first use): async join(ssid, password, timeout_ms) -> bool (then
+                         PM_NONE), isconnected(), channel() (ESP-NOW sends and hears only
+                         there), ntp() -> unix seconds set (raises on failure)
     hal.virtual          False here
 """
 import asyncio
@@ -60,6 +63,8 @@ class Esp32Hal:
         self._sta = network.WLAN(network.STA_IF)
         self._sta.active(True)
         self._sta.config(channel=channel)
+        self._channel = channel
+        self._wifi = None
         self.mac = self._sta.config("mac")
         self.radio = aioespnow.AIOESPNow()
         # before active(True), which allocates the ring: firmware/hal/__init__.py says why 8 frames
@@ -94,14 +99,10 @@ class Esp32Hal:
     def reset(self):
         machine.reset()
 
-    async def uplink(self, ssid, password, timeout_ms=20000):
-        """Connect the station interface to WiFi (a gateway's uplink). ESP-NOW keeps working
-        on the AP's channel, so every node of a gateway's mesh must use that channel."""
-        if self._sta.isconnected():
-            return True
-        self._sta.connect(ssid, password)
-        waited = 0
-        while not self._sta.isconnected() and waited < timeout_ms:
-            await asyncio.sleep_ms(200)
-            waited += 200
-        return self._sta.isconnected()
+    def wifi(self):
+        """The Wi-Fi station (a gateway's uplink): firmware/hal/esp32_wifi.py Esp32Wifi."""
+        if self._wifi is None:
+            from firmware.hal.esp32_wifi import Esp32Wifi
+
+            self._wifi = Esp32Wifi(self, self._sta, self._channel)
+        return self._wifi

@@ -3,6 +3,15 @@ port. The radio is firmware/hal/sim_radio.py (loopback UDP to the medium), the s
 a simulated PMS5003 emitting real byte frames (firmware/hal/simsensor.py), flash is the
 process's directory, and the watchdog resets the "board" by ending the process — the rig's
 launcher restarts it, as a power cycle would.
+
+Clock and Wi-Fi, as strict as the board:
+- The RTC starts unset at every start (a power cycle): time_s() and time_ms() read 0 (the port's
+  epoch) until set_time_s() or ntp() sets them. Nodes learn wall time from the mesh's beacons.
+- The Wi-Fi station (a gateway's uplink, hal.wifi(): firmware/hal/sim_wifi.py, imported by
+  gateways only) is down until it joins the simulated access point of the rig.
+- ESP-NOW works only on the station's channel: the HAL tells the medium its channel (datagram
+  b"C" channel(1), see fleet/sim/medium.py), which then carries frames only between nodes on the
+  same channel. A gateway whose station follows an AP to another channel no longer hears its mesh.
 """
 import asyncio
 import gc
@@ -64,6 +73,7 @@ class SimHal:
         self.uart = SimUart(SimPMS5003(seed, cfg.node_id, noise, th=(cfg.sensor == "pms5003t")))
         self._wdt_timeout_ms = None
         self._wdt_fed = ticks_ms()
+        self._init_clock_wifi(cfg)
 
     def wdt_start(self, timeout_ms):
         self._wdt_timeout_ms = timeout_ms
@@ -81,13 +91,18 @@ class SimHal:
                 self.reset()
 
     def time_s(self):
-        return int(time.time())  # the unix port's epoch is 1970
+        """Unix seconds from the RTC; 0 while it was never set (it reads the port's epoch)."""
+        return self.time_ms() // 1000
 
     def time_ms(self):
-        return time.time_ns() // 1000000
+        """Unix milliseconds from the RTC; 0 while it was never set."""
+        if self._rtc_offset_ms is None:
+            return 0
+        return _host_ms() + self._rtc_offset_ms
 
     def set_time_s(self, unix_s):
-        pass  # the host clock is the RTC
+        """Set the RTC to whole unix seconds (as the ESP32 HAL's RTC.datetime() does)."""
+        self._rtc_offset_ms = int(unix_s) * 1000 - _host_ms()
 
     def mem_free(self):
         return gc.mem_free()
@@ -97,5 +112,35 @@ class SimHal:
         # launcher sees the exit and starts the node again from its flash (a power cycle).
         sys.exit(3)
 
-    async def uplink(self, ssid, password, timeout_ms=20000):
-        return True  # loopback: nothing to join
+    # ---- clock and channel; the Wi-Fi station is firmware/hal/sim_wifi.py (gateways only) ----
+
+    def _init_clock_wifi(self, cfg):
+        self._rtc_offset_ms = None  # unset RTC: it reads its epoch until something sets it
+        self._cfg = cfg
+        self._wifi = None
+        self.channel = 0
+        self._set_channel(cfg.radio_channel)  # the station starts on the configured channel
+
+    def _set_channel(self, ch):
+        """Put the station (and ESP-NOW with it) on channel ch; the medium is told."""
+        if ch == self.channel:
+            return
+        self.channel = ch
+        r = self.radio
+        try:
+            r._sock.sendto(b"C" + bytes((ch,)), r._medium)  # the medium carries ESP-NOW per channel
+        except OSError:
+            pass  # the medium is gone: nothing is heard on any channel anyway
+
+    def wifi(self):
+        """The Wi-Fi station (a gateway's uplink): firmware/hal/sim_wifi.py SimWifi."""
+        if self._wifi is None:
+            from firmware.hal.sim_wifi import SimWifi
+
+            self._wifi = SimWifi(self, self._cfg.sim.get("ap_file"), self._cfg.radio_channel)
+        return self._wifi
+
+
+def _host_ms():
+    """The host clock, unix ms: the rig's stand-in for true time (and its NTP server's)."""
+    return time.time_ns() // 1000000

@@ -1,7 +1,7 @@
 """Offered load for throughput verification on the virtual rig (config sim.offered_interval_s):
 one synthetic reading every interval_s, created on a whole wall-clock second so its timestamp
 is exact, marked FLAG_SYNTHETIC (fleet/verify.py counts them), through the node's own
-ring/mesh/uplink path. Imported by Node.run only when the config asks for it: a board never
+ring/mesh/uplink path, once the node knows wall time. Imported by Node.run only when the config asks for it: a board never
 carries it."""
 import asyncio
 
@@ -23,10 +23,15 @@ class _Synthetic:
 
 
 async def offered_load(node, interval_s, for_s=0):
-    """Run until for_s seconds after boot (0: for ever); `node` is a firmware.node.Node."""
+    """Run for for_s seconds (0: for ever) from the moment the node knows wall time (from the
+    mesh or its RTC): each reading is made on a whole second of the node's wall clock, so its
+    timestamp is exact; `node` is a firmware.node.Node."""
     phase = node.node_id % interval_s
-    while not for_s or node.now_ms() < for_s * 1000:
-        ms = node.hal.time_ms()
+    while not node.wall_ms():
+        await asyncio.sleep_ms(200)
+    end_ms = node.now_ms() + for_s * 1000
+    while not for_s or node.now_ms() < end_ms:
+        ms = node.wall_ms()
         sec = ms // 1000 + 1
         while sec % interval_s != phase:
             sec += 1

@@ -3,12 +3,12 @@ does around the router, reduced to what the mesh sees, and the collector side at
 
 Node side (`NodeApp`), after firmware/node.py:
 - A reading every report interval, stamped once wall-clock time is known (router.wall_time_s; at
-  most 8 wait unstamped), numbered by a persistent counter that resumes at the next block of 64
+  most firmware.node.UNSTAMPED_MAX wait unstamped), numbered by a persistent counter that resumes at the next block of 64
   after a power cut (firmware/counters.py), kept in a ring: a dict of held readings and an
   ordered dict of unsent ones. The firmware's RAM block is modelled: readings since the last
   spill (64 records, or 8 unsent ones) are lost at a power cut (firmware/ring.py).
-- Uplink as node.py's `uplink()` task: while the router has a route and fewer than 2 frames are
-  in flight, the oldest unsent readings after the in-flight ones (up to 12, consecutive) go out in
+- Uplink as node.py's `uplink()` task: while the router has a route and wall time and fewer than
+  2 frames are in flight, the oldest unsent readings after the in-flight ones (up to 12, consecutive) go out in
   one Telemetry frame built by the firmware's own `ring.build_telemetry` and end-to-end tagged
   with the node key. node.py polls every 500 ms; here the poll runs only when it can do
   something (a new reading, a "sent" outcome, a route gained), at the node's next 500 ms
@@ -30,6 +30,7 @@ routers. In `direct` repair mode the command is handed to the target node after 
 40 ms per hop instead of flooding, and the flood's cost is counted as one transmission per live
 node (for networks where thousands of real floods would dominate the run time).
 """
+from firmware.node import UNSTAMPED_MAX
 from firmware.ring import _SIZE_KEY
 from firmware.ring import build_telemetry as _build_telemetry
 from fleet.repair import GapTracker, RepairConfig
@@ -60,7 +61,6 @@ POLL_US = 500_000  # node.py's uplink poll period
 MAX_IN_FLIGHT = 2  # node.py: at most two telemetry frames in flight
 MAX_READINGS = 12
 RESEND_MAX = 48  # node.py: 4 * MAX_READINGS per resend request
-UNSTAMPED_MAX = 8
 RAM_RECORDS = 64  # firmware/ring.py DEFAULT_RAM
 UNSENT_SPILL = 8  # firmware/ring.py DEFAULT_UNSENT_SPILL
 COUNTER_BLOCK = 64  # firmware/counters.py DEFAULT_BLOCK
@@ -105,7 +105,7 @@ class NodeApp:
         """A report from the sampler: stamp it (or keep it until time is known), then poll."""
         self.unstamped.append(now_us)
         if len(self.unstamped) > UNSTAMPED_MAX:
-            del self.unstamped[0]  # node.py keeps the newest 8: this one is never numbered
+            del self.unstamped[0]  # node.py keeps the newest UNSTAMPED_MAX: this one is lost
             self.sim.counters["unstamped_dropped"] += 1
         self.stamp(now_us)
 
@@ -162,6 +162,10 @@ class NodeApp:
         r = node.router
         if not r.has_route() or len(self.in_flight) >= MAX_IN_FLIGHT or not self.unsent:
             return
+        now_ms = now_us // 1000
+        wall = r.wall_time_s(now_ms)
+        if not wall:
+            return  # node.py sends no readings without wall time (their times are relative to it)
         after = -1
         for first_last in self.in_flight.values():
             if first_last[1] > after:
@@ -174,8 +178,6 @@ class NodeApp:
                     break
         if not pending:
             return
-        now_ms = now_us // 1000
-        wall = r.wall_time_s(now_ms)
         frame = build_telemetry(node.id, [self.record(s, wall) for s in pending], wall)
         encode(frame, self.sim.mesh_hmac, self.hmac)
         token = self.next_token

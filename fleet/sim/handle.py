@@ -91,6 +91,10 @@ class RigHandle:
     def reflash_node(self, node_id, overrides):
         self.call_soon(self.rig.reflash_node, node_id, overrides)
 
+    def set_ap(self, node_id, up=None, channel=None):
+        """Gateway node_id's Wi-Fi access point up/down and/or on another channel (Rig.set_ap)."""
+        return self.call_soon(self.rig.set_ap, node_id, up, channel)
+
     def kill_broker(self):
         self.call_soon(self.rig.kill_broker)
 

@@ -6,6 +6,7 @@ what. Datagram protocol (the node side is firmware/hal/sim_radio.py):
     node -> medium  b"T" seq(2) dst(6) payload           transmit
     medium -> node  b"R" src(6) rssi(int8) payload       receive
     medium -> node  b"D" seq(2) ok(u8)                   transmit outcome
+    node -> medium  b"C" channel(u8)                      the node's Wi-Fi channel (its station's)
 
 ESP-NOW, as modelled
 - Payload 1..250 bytes; larger is refused (D ok=0, counted "oversize").
@@ -21,6 +22,10 @@ ESP-NOW, as modelled
   busy neighbourhood delays frames instead of delivering them all at once. Collisions are not
   modelled here (the discrete-event simulator models them); delivery delay is.
 - RSSI: the topology's link RSSI plus +-2 dB noise.
+- Channels: ESP-NOW works only on the channel the node's Wi-Fi station uses; a node tells its
+  channel (b"C", firmware/hal/sim.py: at start and when its station follows an AP elsewhere) and
+  frames pass only between nodes on the same channel (dropped: "channel"). A node that never
+  said its channel (a test's fake radio) is heard on every channel.
 Faults, by Python call or a JSON-lines control port on 127.0.0.1 (see `control()`; from another
 process `send_control(port, cmd)`): link down/up (both ways, or one way with both=False),
 partition/heal, kill/revive a node (hooks registered with `on_node_event` are told, so a
@@ -31,7 +36,7 @@ every receiver of one broadcast. Randomness is seeded (one generator, so outcome
 seed when the frames arrive in the same order).
 
 Counters (`stats()`): offered/broadcast/unicast frames, delivered receptions, acked/unacked
-unicasts, bytes, `dropped` by cause (loss: the link's PRR; extra_loss; link_down; partition;
+unicasts, bytes, `dropped` by cause (loss: the link's PRR; extra_loss; link_down; channel; partition;
 killed; out_of_range: unicast to a node that cannot hear the sender; no_such_node), oversize,
 corrupted, duplicates, and frames_per_s / delivered_per_s since start. bench/medium_bench.py
 measures how many frames per second the medium sustains. `MediumThread` runs a Medium on a
@@ -103,6 +108,7 @@ class Medium:
         self._down_links = set()
         self._partition = None
         self._killed = set()
+        self._channel = {}  # node id -> Wi-Fi channel it said it is on
         self.extra_loss = 0.0
         self.node_loss = {}
         self.corrupt_p = 0.0
@@ -231,7 +237,8 @@ class Medium:
         return {"links_down": sorted([a, b] for a, b in self._down_links), "killed": sorted(self._killed),
                 "partition": None if self._partition is None else {str(k): v for k, v in self._partition.items()},
                 "loss": self.extra_loss, "node_loss": {str(k): v for k, v in self.node_loss.items() if v},
-                "corrupt": self.corrupt_p, "node_corrupt": {str(k): v for k, v in self.node_corrupt.items() if v}}
+                "corrupt": self.corrupt_p, "node_corrupt": {str(k): v for k, v in self.node_corrupt.items() if v},
+                "channels": {str(k): v for k, v in self._channel.items()}}
 
     def inject(self, src_id, payload, dst_id=None):
         """Put arbitrary bytes on the air as if `src_id` sent them (fault tests: garbage,
@@ -253,11 +260,16 @@ class Medium:
     # ---- the radio --------------------------------------------------------------------------------
 
     def _blocked(self, a, b):
-        """The fault stopping frames a->b ("killed", "link_down", "partition"), or None."""
+        """The fault stopping frames a->b ("killed", "link_down", "channel", "partition"), or None."""
         if a in self._killed or b in self._killed:
             return "killed"
         if (a, b) in self._down_links:
             return "link_down"
+        ch = self._channel
+        if ch:
+            ca, cb = ch.get(a), ch.get(b)
+            if ca is not None and cb is not None and ca != cb:
+                return "channel"
         if self._partition is not None:
             ga, gb = self._partition.get(a), self._partition.get(b)
             if ga is not None and gb is not None and ga != gb:
@@ -296,6 +308,8 @@ class Medium:
             self._transmit(node_id, seq, bytes(data[3:9]), bytes(data[9:]))
         elif kind == 0x48:  # H
             self._hello.add(node_id)
+        elif kind == 0x43 and len(data) == 2:  # C
+            self._channel[node_id] = data[1]
 
     def _airtime_s(self, n):
         return (PREAMBLE_US + US_PER_BYTE * n) / 1e6

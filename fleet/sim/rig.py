@@ -7,8 +7,13 @@ each running the real firmware under an ESP32-like heap with its own flash direc
     await rig.stop()           # every process it started, by PID
 
 Fault hooks for HIL tests: kill_node / start_node, kill_broker / restart_broker, reflash_node
-(a killed node's config and flash rewritten, e.g. into a rogue), and the medium's own faults
-(rig.medium). Everything binds 127.0.0.1 only.
+(a killed node's config and flash rewritten, e.g. into a rogue), set_ap (a gateway's Wi-Fi access
+point down/up or on another channel), and the medium's own faults (rig.medium).
+
+Wi-Fi: each gateway has a simulated access point, a control file `<rig dir>/wifi/<id>.ap`
+holding "1 <channel>" (up) or "0 <channel>" (down), named in the gateway's config (sim.ap_file)
+and read by its HAL (firmware/hal/sim.py). It starts up on the mesh's channel (RigOptions
+wifi_up=False: down). From a shell: `echo "0 1" > <home>/sim/wifi/<id>.ap` drops it. Everything binds 127.0.0.1 only.
 """
 import asyncio
 import os
@@ -42,7 +47,7 @@ class RigOptions:
                  capture_path=None, collector=True, restart_crashed=True, sensor_noise_per_mille=5,
                  broker_kind="embedded", offered_interval_s=None, mesh_params=None, gateway_heap=_GATEWAY_HEAP,
                  offered_for_s=None, ota=False, ota_bundle=None, ota_settings=None,
-                 ota_heap=interp.RIG_OTA_NODE_HEAP_KB, repair=None, node_overrides=None):
+                 ota_heap=interp.RIG_OTA_NODE_HEAP_KB, repair=None, node_overrides=None, wifi_up=True):
         self.broker_url = broker_url
         self.seed = seed
         self.heap = heap
@@ -75,6 +80,7 @@ class RigOptions:
         # removes one), e.g. another app in slot a with its /active pointer, or a bundle in the
         # OTA page store (ota/m, ota/p<i>). Applied when the rig first writes the node's flash.
         self.node_overrides = dict(node_overrides or {})
+        self.wifi_up = bool(wifi_up)  # the gateways' access points are up when the rig starts
 
 
 class NodeProc:
@@ -202,6 +208,7 @@ class Rig:
         if node.is_gateway:
             host, port = _host_port(self.broker_url)
             cfg["uplink"] = {"broker_host": host, "broker_port": port, "client_id": "gw-%d" % node.id}
+            cfg["sim"]["ap_file"] = self.ap_path(node.id)
         cfg.update(self.opt.node_overrides.get(node.id, {}).get("config") or {})
         return dump_config(cfg)
 
@@ -281,6 +288,9 @@ class Rig:
             await self._start_collector()
         nodes_dir = os.path.join(self.dir, "nodes")
         for n in self.topo.nodes:
+            if n.is_gateway:  # each gateway's access point, before the gateway boots
+                self.set_ap(n.id, self.opt.wifi_up, self._radio_channel(n.id))
+        for n in self.topo.nodes:
             flash = os.path.join(nodes_dir, str(n.id))
             fresh = flash_files is not None and not os.path.exists(os.path.join(flash, "active"))
             self._write_flash(n, ks, flash_files if fresh else None)
@@ -333,6 +343,41 @@ class Rig:
         self.opt.node_overrides[node_id] = dict(overrides)
         node = next(n for n in self.topo.nodes if n.id == node_id)
         self._write_flash(node, self.home.keys(), None)
+
+    def ap_path(self, node_id):
+        """The control file of gateway node_id's simulated Wi-Fi access point."""
+        return os.path.join(self.dir, "wifi", "%d.ap" % node_id)
+
+    def set_ap(self, node_id, up=None, channel=None):
+        """Bring gateway node_id's access point up or down and/or move it to another channel
+        (None keeps what it is); returns (up, channel). The gateway's station drops when its AP
+        goes down or changes channel, and must join again (firmware/gateway.py)."""
+        cur_up, cur_ch = self.ap(node_id)
+        up = cur_up if up is None else bool(up)
+        channel = cur_ch if channel is None else int(channel)
+        if not 1 <= channel <= 14:
+            raise FleetError("Wi-Fi channel must be 1..14, got %d" % channel)
+        path = self.ap_path(node_id)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("%d %d\n" % (1 if up else 0, channel))
+        os.replace(tmp, path)  # the HAL never reads half a file
+        return up, channel
+
+    def ap(self, node_id):
+        """(up, channel) of gateway node_id's access point (down on the mesh's channel when the
+        rig never wrote it)."""
+        try:
+            with open(self.ap_path(node_id)) as f:
+                up, ch = f.read().split()
+            return up == "1", int(ch)
+        except (OSError, ValueError):
+            return False, self._radio_channel(node_id)
+
+    def _radio_channel(self, node_id):
+        cfg = self.opt.node_overrides.get(node_id, {}).get("config") or {}
+        return int(cfg.get("radio_channel", 1))
 
     def kill_broker(self):
         if self.broker is None:
