@@ -12,7 +12,7 @@ import time
 
 from mp_support import ROOT, micropython_bin
 
-from firmware.config import dump_config
+from firmware.config_check import dump_config
 from fleet.sim import interp
 from fleet.sim import topology as topo_mod
 from fleet.sim.medium import Medium
