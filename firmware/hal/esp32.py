@@ -7,7 +7,9 @@ HAL shape (shared with firmware/hal/sim.py):
     hal.mac              this node's 6-byte MAC
     hal.uart             sensor UART: write(bytes), async read_some() -> bytes
     hal.fs               firmware.fsutil.PosixFS at the flash root
-    hal.wdt_start(timeout_ms), hal.wdt_feed()
+    hal.wdt_start(timeout_ms), hal.wdt_feed()   the one WDT boot.py started (firmware/boot.py
+                         start_watchdog: its timeout holds; machine.WDT cannot be re-created)
+    hal.reset_cause()    machine.reset_cause(): firmware/boot.py RESET_CAUSES names it
     hal.time_s()         unix seconds from the RTC (0 when never set)
     hal.set_time_s(s)    set the RTC
     hal.mem_free()       free heap, bytes
@@ -57,7 +59,9 @@ class Esp32Hal:
         self._rtc = machine.RTC()
 
     def wdt_start(self, timeout_ms):
-        self._wdt = machine.WDT(timeout=timeout_ms)
+        from firmware import boot
+
+        self._wdt = boot.start_watchdog(timeout_ms)
 
     def wdt_feed(self):
         if self._wdt is not None:
@@ -80,6 +84,9 @@ class Esp32Hal:
 
     def reset(self):
         machine.reset()
+
+    def reset_cause(self):
+        return machine.reset_cause()
 
     async def uplink(self, ssid, password, timeout_ms=20000):
         """Connect the station interface to WiFi (a gateway's uplink). ESP-NOW keeps working
