@@ -1,4 +1,5 @@
-# Red Mesh boot.py: choose the app slot to run (A/B with trial boot and rollback).
+# Red Mesh boot.py: start the watchdog, choose the app slot to run (A/B with trial boot and
+# rollback), and turn any crash into a logged reset.
 #
 # Installed at the flash root as /boot.py (the port runs it on every boot); the app ships a copy
 # as firmware/boot.py so firmware/slots.py writes the pointer with this very code. It must stay
@@ -11,8 +12,10 @@
 #                    trial_ms=N  fallback=a|b|-  fallback_bseq=N  fallback_version=V  failed=N
 #   /ota_result    the last outcome for the fleet (same format): result=confirmed|rolled_back|
 #                    refused, bseq, version, reason
-#   /main.py       one line, `import main`: boot.py puts the slot first on sys.path, so this
-#                  imports the slot's main.py
+#   /main.py       ROOT_MAIN_PY: runs app_main() below (boot.py and main.py share the REPL's
+#                  globals on the board), which imports the active slot's main.py
+#   /crash.log     the last crashes, newest last, at most CRASH_LOG_MAX bytes (see crashed())
+#   /crashes       "count=N": crashes in a row, cleared once the app has run CRASH_CLEAR_MS
 # Rules
 #   confirmed          -> run `slot`.
 #   trial, boots < max -> boots += 1 (pointer rewritten), run `slot`; the app must call
@@ -23,14 +26,41 @@
 #   unreadable pointer -> run slot a (cannot happen through rename; kept as a last resort).
 # Every file is replaced by writing `<name>.tmp` then renaming it, so a power cut anywhere leaves
 # the old or the new pointer, never a torn one (tests/test_ota_powercut.py cuts at every write).
+#
+# Crashes (an ESP32 left with an uncaught exception sits at its REPL forever; only a started
+# watchdog or machine.reset() brings it back):
+#   - The watchdog starts first thing (WDT_TIMEOUT_MS covers boot, imports and a stage at boot
+#     on a real board); the app feeds this same WDT (machine.WDT cannot be stopped, re-created
+#     or given another timeout: start_watchdog() hands out the one boot.py started).
+#   - Any exception out of boot.py or the app (except Ctrl-C and sys.exit) -> crashed(): the
+#     traceback goes to the console and to /crash.log, the crash count goes up, machine.reset().
+#     A watchdog reset seen at boot counts as a crash too (the app hung or stopped feeding).
+#   - CRASH_LOOP_N crashes in a row: on a trial boot, roll back to the old slot (the crash is a
+#     failed boot); otherwise the logged safe state (firmware/safe_state.py), which feeds the
+#     watchdog and keeps the REPL reachable for a technician.
+#   - Nothing read from flash can make this file raise: every read is guarded, and an
+#     unexpected failure of the crash handler itself still ends in machine.reset().
 import os
 import sys
 
 POINTER = "active"
 RESULT = "ota_result"
 SLOTS = ("a", "b")
-ROOT_MAIN_PY = "import main  # the active slot's main.py: boot.py put the slot first on sys.path\n"
-_INT_KEYS = ("bseq", "boots", "max_boots", "trial_ms", "fallback_bseq", "failed")
+ROOT_MAIN_PY = ("# Red Mesh root main.py: runs the active slot's app; boot.py (same globals) turns a crash\n"
+                "# into a logged reset. Without Red Mesh's boot.py, the slot's main.py runs bare.\n"
+                "try:\n    _app = app_main\nexcept NameError:\n    import main\nelse:\n    _app()\n")
+_INT_KEYS = ("bseq", "boots", "max_boots", "trial_ms", "fallback_bseq", "failed", "count")
+WDT_TIMEOUT_MS = 60000  # boot + imports + a stage at boot on an ESP32 take ~20 s at worst
+CRASH_LOG = "crash.log"
+CRASH_COUNT = "crashes"
+CRASH_LOG_MAX = 2048
+CRASH_LOOP_N = 3
+CRASH_CLEAR_MS = 300000
+# machine.reset_cause() on the ESP32 port: machine.reset() and a panic read SOFT_RESET, the EN
+# button POWERON (ports/esp32/modmachine.c)
+WDT_RESET = 3
+RESET_CAUSES = {1: "power-on", 2: "hard reset", 3: "watchdog", 4: "deep sleep", 5: "soft reset"}
+_WDT_NAME = "redmesh_wdt"  # the __main__ global holding the one WDT
 
 
 class FlashFS:
@@ -152,7 +182,7 @@ def select(fs):
     flash has no pointer. Writes the pointer (boot count, rollback) as the rules say."""
     try:
         p = read_pointer(fs)
-    except (ValueError, OSError):
+    except Exception:  # noqa: BLE001 - any damage (bad UTF-8, bad numbers, bad fields): slot a
         return SLOTS[0]
     if p is None:
         return None
@@ -168,18 +198,273 @@ def select(fs):
     return p["slot"]
 
 
+_booted: list = [None]  # the slot run() chose
+
+
+def _slot_dir(root, slot):
+    base = root.rstrip("/") if root else os.getcwd().rstrip("/")
+    return base + "/" + slot
+
+
 def run(root=""):
-    """The device path: select a slot on the flash and put it first on sys.path."""
+    """The device path: select a slot on the flash and put it first on sys.path. `root` is the
+    flash directory ("": the current directory, "/" on a board)."""
     slot = select(FlashFS(root))
     if slot is not None:
-        d = (root.rstrip("/") + "/" + slot) if root else "/" + slot
+        d = _slot_dir(root, slot)
         for s in SLOTS:
-            for cand in ("/" + s, root.rstrip("/") + "/" + s):
+            for cand in ("/" + s, _slot_dir(root, s)):
                 while cand in sys.path:
                     sys.path.remove(cand)
         sys.path.insert(0, d)
+    _booted[0] = slot
     return slot
 
 
+# ---- watchdog, reset, crashes ----------------------------------------------------------------
+
+
+def start_watchdog(timeout_ms=WDT_TIMEOUT_MS):
+    """Return the board's one watchdog, starting it (with `timeout_ms`) if nothing has yet; the
+    first start's timeout holds. None on a port without machine.WDT (plain unix MicroPython)."""
+    import __main__  # pyright: ignore[reportMissingImports] (boot.py and main.py run in its globals)
+
+    w = getattr(__main__, _WDT_NAME, None)
+    if w is not None:
+        return w
+    try:
+        import machine
+
+        w = machine.WDT(timeout=timeout_ms)
+    except (ImportError, AttributeError):
+        return None
+    setattr(__main__, _WDT_NAME, w)
+    return w
+
+
+def feed_watchdog():
+    w = start_watchdog()
+    if w is not None:
+        w.feed()
+
+
+def reset_cause():
+    """machine.reset_cause() (RESET_CAUSES names it); 0 where the port cannot tell."""
+    try:
+        import machine
+
+        return machine.reset_cause()
+    except (ImportError, AttributeError):
+        return 0
+
+
+def hard_reset():
+    """machine.reset(); where the port has none, SystemExit (ends a unix-port process)."""
+    try:
+        import machine
+
+        machine.reset()
+    except (ImportError, AttributeError):
+        pass
+    raise SystemExit(3)
+
+
+def crash_count(fs):
+    """Crashes in a row recorded on `fs` (0 when none or unreadable)."""
+    try:
+        n = (read_kv(fs, CRASH_COUNT) or {}).get("count", 0)
+        return n if isinstance(n, int) and n > 0 else 0
+    except Exception:  # noqa: BLE001 - a damaged counter counts as none
+        return 0
+
+
+def clear_crashes(fs):
+    """The app ran long enough: forget the crashes in a row (the log stays)."""
+    try:
+        fs.remove(CRASH_COUNT)
+    except OSError:
+        pass
+
+
+def _log_crash(fs, entry):
+    """Append `entry` to the crash log, keeping its last CRASH_LOG_MAX bytes (whole lines)."""
+    old = b""
+    try:
+        f = fs.open(CRASH_LOG, "rb")
+        try:
+            f.seek(0, 2)
+            size = f.tell()
+            keep = CRASH_LOG_MAX - len(entry)
+            if keep > 0 and size > 0:
+                f.seek(max(0, size - keep))
+                old = f.read(keep)
+                if size > keep:
+                    i = old.find(b"\n")
+                    old = old[i + 1:] if i >= 0 else b""
+        finally:
+            f.close()
+    except OSError:
+        old = b""
+    f = fs.open(CRASH_LOG + ".tmp", "wb")
+    try:
+        f.write(old)
+        f.write(entry[-CRASH_LOG_MAX:])
+    finally:
+        f.close()
+    try:
+        fs.rename(CRASH_LOG + ".tmp", CRASH_LOG)
+    except OSError:
+        fs.remove(CRASH_LOG)
+        fs.rename(CRASH_LOG + ".tmp", CRASH_LOG)
+
+
+def _exc_text(exc):
+    try:
+        import io
+
+        buf = io.StringIO()
+        sys.print_exception(exc, buf)  # pyright: ignore (MicroPython: its StringIO is a stream)
+        return buf.getvalue()  # pyright: ignore[reportAttributeAccessIssue]
+    except Exception:  # noqa: BLE001 - MemoryError, or CPython (no print_exception)
+        try:
+            return "%s: %s\n" % (type(exc).__name__, exc)
+        except Exception:  # noqa: BLE001
+            return "crash\n"
+
+
+def record_crash(fs, where, text):
+    """Log one crash (console + crash log) and count it; return the crashes in a row. Raises
+    OSError when the count cannot be stored (a loop could then not be seen)."""
+    n = crash_count(fs) + 1
+    cause = reset_cause()
+    entry = "crash #%d in a row (%s), slot %s, after a %s reset, %d ms after boot\n%s" % (
+        n, where, _booted[0] or "-", RESET_CAUSES.get(cause, "unknown"), _uptime_ms(), text)
+    print(entry)
+    try:
+        _log_crash(fs, entry.encode())
+    except OSError as e:
+        print("crash", "cannot write %s: %s" % (CRASH_LOG, e))
+    write_kv(fs, CRASH_COUNT, {"count": n})
+    return n
+
+
+def _uptime_ms():
+    try:
+        import time
+
+        return time.ticks_ms()  # pyright: ignore[reportAttributeAccessIssue] (MicroPython)
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def enter_safe_state(why, what="crash loop"):
+    """The logged safe state, feeding the watchdog; never returns (Ctrl-C raises)."""
+    import time
+
+    w = start_watchdog()
+
+    def sleep_s(s):
+        if w is not None:
+            w.feed()
+        time.sleep(s)
+        if w is not None:
+            w.feed()
+
+    try:
+        from firmware.safe_state import safe_state_loop
+    except Exception:  # noqa: BLE001 - the slot itself is broken: the same line, from here
+        safe_state_loop = None
+    while True:
+        if safe_state_loop is not None:
+            safe_state_loop(why, sleep_s, what=what)
+        print("safe-state", "%s: %s. The node is idle (radio and sensor off). Re-provision it over USB "
+              "(fleet provision --port <port>); the REPL stays available." % (what, why))
+        sleep_s(30)
+
+
+def after_crash(fs, n, why):
+    """What follows crash number `n` in a row: roll back a trial, the safe state, or a reset."""
+    if n >= CRASH_LOOP_N:
+        try:
+            p = read_pointer(fs)
+        except Exception:  # noqa: BLE001
+            p = None
+        if p is not None and p["state"] == "trial" and p.get("fallback") in SLOTS:
+            print("crash", "%d crashes in a row on a trial boot: rolling back to slot %s" % (n, p["fallback"]))
+            rollback(fs, p, "crashed %d times in a row: %s" % (n, why))
+            clear_crashes(fs)
+        else:
+            enter_safe_state("%d crashes in a row, the last: %s (see /%s: fleet node logs)" % (n, why, CRASH_LOG))
+    hard_reset()
+
+
+def crashed(exc, where="app", root=""):
+    """An exception ended boot.py or the app: log it, count it, then reset, roll back a trial or
+    enter the safe state (after_crash). Never returns; whatever fails here, the board resets."""
+    try:
+        text = _exc_text(exc)
+        exc = None
+        import gc
+
+        gc.collect()
+        lines = text.strip().split("\n")
+        why = lines[-1][:120] if lines else "crash"
+        fs = FlashFS(root)
+        try:
+            n = record_crash(fs, where, text)
+        except OSError as e:
+            enter_safe_state("%s, and the crash cannot be counted on flash (%s)" % (why, e), "crash")
+        after_crash(fs, n, why)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # noqa: BLE001 - the handler itself failed: still reset
+        try:
+            print("crash", "crash handler failed: %r" % (e,))
+        except BaseException:  # noqa: BLE001
+            pass
+    hard_reset()
+
+
+def app_main(root=""):
+    """The root main.py: import the active slot's main.py (which runs the app); any exception
+    but Ctrl-C / sys.exit becomes crashed(). Without a slot pointer, nothing runs."""
+    slot = _booted[0]
+    try:
+        if slot is None:
+            print("boot", "no app slot pointer (/%s) on this flash: nothing to run; provision the node "
+                  "(fleet provision --port <port>)" % POINTER)
+            return
+        try:
+            os.stat(_slot_dir(root, slot) + "/main.py")
+        except OSError:
+            raise OSError("slot %s has no main.py" % slot)
+        __import__("main")
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # noqa: BLE001 - the whole point: no crash ends at the REPL
+        crashed(e, "app", root)
+
+
+def boot_main(root=""):
+    """The root boot.py: the watchdog first, then count a watchdog reset as a crash, then select
+    the slot. Any exception becomes crashed()."""
+    start_watchdog()
+    try:
+        if reset_cause() == WDT_RESET:
+            fs = FlashFS(root)
+            why = "watchdog reset (the app hung or stopped feeding it)"
+            try:
+                n = record_crash(fs, "watchdog", why + "\n")
+            except OSError:
+                n = 0
+            if n >= CRASH_LOOP_N:
+                after_crash(fs, n, why)
+        run(root)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # noqa: BLE001
+        crashed(e, "boot", root)
+
+
 if __name__ == "__main__":
-    run()
+    boot_main()
