@@ -59,7 +59,7 @@ CRASH_CLEAR_MS = 300000
 # machine.reset_cause() on the ESP32 port: machine.reset() and a panic read SOFT_RESET, the EN
 # button POWERON (ports/esp32/modmachine.c)
 WDT_RESET = 3
-RESET_CAUSES = {1: "power-on", 2: "hard reset", 3: "watchdog", 4: "deep sleep", 5: "soft reset"}
+RESET_CAUSES = {1: "power-on reset", 2: "hard reset", 3: "watchdog reset", 4: "deep-sleep wake", 5: "soft reset"}
 _WDT_NAME = "redmesh_wdt"  # the __main__ global holding the one WDT
 
 
@@ -337,7 +337,7 @@ def record_crash(fs, where, text):
     OSError when the count cannot be stored (a loop could then not be seen)."""
     n = crash_count(fs) + 1
     cause = reset_cause()
-    entry = "crash #%d in a row (%s), slot %s, after a %s reset, %d ms after boot\n%s" % (
+    entry = "crash #%d in a row (%s), slot %s, after a %s, %d ms after boot\n%s" % (
         n, where, _booted[0] or "-", RESET_CAUSES.get(cause, "unknown"), _uptime_ms(), text)
     print(entry)
     try:

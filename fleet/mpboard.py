@@ -444,6 +444,21 @@ class MpBoard:
         self._write(b"\x04", "restarting the app")
         self._t.in_raw_repl = False
 
+    def at_friendly_repl(self, timeout_s=1.0):
+        """True when the board sits at its friendly REPL (no app running): a bare Enter is
+        answered with the ">>> " prompt. A running app only buffers the byte (harmless)."""
+        self.open()
+        self._write(b"\r", "probing the REPL")
+        _, found = self._read_until(b">>> ", timeout_s)
+        return found
+
+    def leave_raw(self):
+        """Back from the raw REPL to the friendly one, without a reset (the app stays stopped)."""
+        if self._t is None:
+            return
+        self._write(b"\r\x02", "leaving the raw REPL")
+        self._t.in_raw_repl = False
+
     def console_lines(self, timeout_s=None, stop=None, join_mid_stream=False):
         """Yield lines printed on the serial console (decoded, without line ends) until
         `timeout_s` passes (None: forever) or `stop()` is true. With `join_mid_stream` (attaching
