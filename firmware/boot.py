@@ -12,8 +12,9 @@
 #                    trial_ms=N  fallback=a|b|-  fallback_bseq=N  fallback_version=V  failed=N
 #   /ota_result    the last outcome for the fleet (same format): result=confirmed|rolled_back|
 #                    refused, bseq, version, reason
-#   /main.py       ROOT_MAIN_PY: runs app_main() below (boot.py and main.py share the REPL's
-#                  globals on the board), which imports the active slot's main.py
+#   /main.py       ROOT_MAIN_PY: imports the active slot's main.py (boot.py put the slot first on
+#                  sys.path); on a crash it drops the app's modules and runs this file again
+#                  with `_crash` set (boot.py and main.py share the REPL's globals on a board)
 #   /crash.log     the last crashes, newest last, at most CRASH_LOG_MAX bytes (see crashed())
 #   /crashes       "count=N": crashes in a row, cleared once the app has run CRASH_CLEAR_MS
 # Rules
@@ -40,15 +41,41 @@
 #     watchdog and keeps the REPL reachable for a technician.
 #   - Nothing read from flash can make this file raise: every read is guarded, and an
 #     unexpected failure of the crash handler itself still ends in machine.reset().
-import os
-import sys
+_PRESENT = tuple(globals())  # names there before this file ran (as __main__: the REPL's); see the end
+import os  # noqa: E402
+import sys  # noqa: E402
 
 POINTER = "active"
 RESULT = "ota_result"
 SLOTS = ("a", "b")
-ROOT_MAIN_PY = ("# Red Mesh root main.py: runs the active slot's app; boot.py (same globals) turns a crash\n"
-                "# into a logged reset. Without Red Mesh's boot.py, the slot's main.py runs bare.\n"
-                "try:\n    _app = app_main\nexcept NameError:\n    import main\nelse:\n    _app()\n")
+ROOT_MAIN_PY = """\
+# Red Mesh root main.py: run the active slot's app (boot.py put the slot first on sys.path and
+# left its directory in _slot). Any exception but Ctrl-C / sys.exit: drop the app's modules (a
+# fresh heap) and run boot.py again with _crash set, which logs it and resets (firmware/boot.py).
+import sys
+try:
+    if not _slot:
+        raise ImportError("no app slot to run (no /active pointer)")
+    import main
+    if not getattr(main, "__file__", "").startswith(_slot):
+        raise ImportError("the app slot %s has no main.py" % _slot)
+except (KeyboardInterrupt, SystemExit):
+    raise
+except BaseException as _e:
+    _crash = _e
+    _e = None
+    for _k in list(sys.modules):
+        if _k == "main" or _k[:9] == "firmware." or _k[:9] == "protocol." or _k in ("firmware", "protocol"):
+            del sys.modules[_k]
+    try:
+        exec(open("boot.py").read())
+    except KeyboardInterrupt:
+        raise
+    except BaseException as _e:
+        print("crash", "the crash handler failed: %r" % (_e,))
+    import machine
+    machine.reset()
+"""
 _INT_KEYS = ("bseq", "boots", "max_boots", "trial_ms", "fallback_bseq", "failed", "count")
 WDT_TIMEOUT_MS = 60000  # boot + imports + a stage at boot on an ESP32 take ~20 s at worst
 CRASH_LOG = "crash.log"
@@ -60,7 +87,7 @@ CRASH_CLEAR_MS = 300000
 # button POWERON (ports/esp32/modmachine.c)
 WDT_RESET = 3
 RESET_CAUSES = {1: "power-on reset", 2: "hard reset", 3: "watchdog reset", 4: "deep-sleep wake", 5: "soft reset"}
-_WDT_NAME = "redmesh_wdt"  # the __main__ global holding the one WDT
+WDT_NAME = "redmesh_wdt"  # the __main__ global holding the one WDT (fleet/mpboard.py feeds it)
 
 
 class FlashFS:
@@ -229,7 +256,7 @@ def start_watchdog(timeout_ms=WDT_TIMEOUT_MS):
     first start's timeout holds. None on a port without machine.WDT (plain unix MicroPython)."""
     import __main__  # pyright: ignore[reportMissingImports] (boot.py and main.py run in its globals)
 
-    w = getattr(__main__, _WDT_NAME, None)
+    w = getattr(__main__, WDT_NAME, None)
     if w is not None:
         return w
     try:
@@ -238,7 +265,7 @@ def start_watchdog(timeout_ms=WDT_TIMEOUT_MS):
         w = machine.WDT(timeout=timeout_ms)
     except (ImportError, AttributeError):
         return None
-    setattr(__main__, _WDT_NAME, w)
+    setattr(__main__, WDT_NAME, w)
     return w
 
 
@@ -425,26 +452,6 @@ def crashed(exc, where="app", root=""):
     hard_reset()
 
 
-def app_main(root=""):
-    """The root main.py: import the active slot's main.py (which runs the app); any exception
-    but Ctrl-C / sys.exit becomes crashed(). Without a slot pointer, nothing runs."""
-    slot = _booted[0]
-    try:
-        if slot is None:
-            print("boot", "no app slot pointer (/%s) on this flash: nothing to run; provision the node "
-                  "(fleet provision --port <port>)" % POINTER)
-            return
-        try:
-            os.stat(_slot_dir(root, slot) + "/main.py")
-        except OSError:
-            raise OSError("slot %s has no main.py" % slot)
-        __import__("main")
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as e:  # noqa: BLE001 - the whole point: no crash ends at the REPL
-        crashed(e, "app", root)
-
-
 def boot_main(root=""):
     """The root boot.py: the watchdog first, then count a watchdog reset as a crash, then select
     the slot. Any exception becomes crashed()."""
@@ -467,4 +474,12 @@ def boot_main(root=""):
 
 
 if __name__ == "__main__":
+    if "_crash" in globals():  # run again by the root main.py: the app crashed
+        _booted[0] = (globals().get("_slot") or "-")[-1:]
+        crashed(globals()["_crash"], "app")
     boot_main()
+    _slot = _booted[0] and _slot_dir("", _booted[0])
+    # Keep only the watchdog and _slot for the root main.py: the rest of this file would hold
+    # ~8 KB of a board's heap for nothing (a crash runs the file again).
+    for _n in [k for k in globals() if k not in _PRESENT and k not in (WDT_NAME, "_slot")]:
+        del globals()[_n]

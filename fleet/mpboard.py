@@ -26,6 +26,7 @@ import time
 
 import serial
 
+from firmware import boot as fw_boot
 from fleet.errors import FleetError
 
 DEFAULT_BAUD = 115200
@@ -127,6 +128,11 @@ def _open_transport(port, baud):
         raise PortError(port, f"the port is in use by another program ({reason}): close serial monitors "
                               f"(mpremote, screen, minicom) on it")
     raise PortError(port, f"cannot open the serial port: {reason}")
+
+
+# Red Mesh's boot.py starts the watchdog (60 s) and keeps it in the REPL's globals: a board
+# stopped at the REPL for a long session (provisioning) is fed before each exec, or it resets.
+_FEED_WDT = "try:\n %s.feed()\nexcept NameError:\n pass\n" % fw_boot.WDT_NAME
 
 
 class MpBoard:
@@ -264,7 +270,7 @@ class MpBoard:
         if not self._t or not self._t.in_raw_repl:
             self.enter_raw()
         try:
-            out, err = self._t.exec_raw(code, timeout=timeout_s or self.exec_timeout_s)
+            out, err = self._t.exec_raw(_FEED_WDT + code, timeout=timeout_s or self.exec_timeout_s)
         except TransportError as e:
             raise self._gone(what, e) from e
         except (OSError, serial.SerialException, struct.error) as e:
