@@ -201,9 +201,9 @@ def build_bundle(arch=DEFAULT_ARCH):
         if cached is not None:
             return cached
         files = dict(ota_bundle.compile_app(root, arch))
-        with open(os.path.join(root, "firmware", "boot.py"), "rb") as f:
-            boot_py = f.read()
         from firmware import boot as fw_boot
+
+        boot_py = fw_boot.root_boot_py(os.path.join(root, "firmware")).encode()
 
         version, seq = firmware_version()
         bundle = Bundle(files, version, seq, arch, boot_py, fw_boot.ROOT_MAIN_PY.encode())

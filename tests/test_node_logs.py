@@ -75,8 +75,7 @@ def test_logs_of_a_board_whose_app_crash_loops_at_boot(board, tmp_path):
     """The real boot.py + root main.py, a slot app that dies importing (as the MemoryError of
     issue 10): every crash is logged and the board resets; the third in a row leaves it in the
     safe state. `fleet node logs --crash-log` shows the crash log, then the console."""
-    with open(os.path.join(ROOT, "firmware", "boot.py")) as f:
-        boot_py = f.read()
+    boot_py = boot.root_boot_py()
     _put(board, tmp_path, {"active": boot.format_kv(boot.confirmed_pointer("a", 1, "1.0.0")),
                            "a/main.py": "raise MemoryError('memory allocation failed, allocating 1280 bytes')\n",
                            "main.py": boot.ROOT_MAIN_PY, "boot.py": boot_py})

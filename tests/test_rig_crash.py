@@ -113,7 +113,7 @@ def test_machine_reset_restarts_with_soft_reset_cause(rig, tmp_path):
 # ---- firmware/boot.py and the root main.py on the rig ------------------------------------------
 
 def _slot_flash(pointer, slots):
-    files = {"boot.py": open(os.path.join(ROOT, "firmware", "boot.py")).read(), "main.py": boot.ROOT_MAIN_PY,
+    files = {"boot.py": boot.root_boot_py(), "main.py": boot.ROOT_MAIN_PY,
              "active": boot.format_kv(pointer)}
     for slot, main in slots.items():
         files[slot + "/main.py"] = main
