@@ -78,10 +78,14 @@ class WDT:
         _tell(_s["state"])
 
 
-def _run(code, g):
-    """Run source `code` in globals g; True when it ran to the end."""
+def _run(name, g):
+    """Run file `name` in globals g (compiled as it is read, as a board's pyexec_file does: no
+    copy of the whole source in the heap); True when it ran to the end."""
     try:
-        exec(code, g)
+        if name.endswith(".py"):
+            execfile(name, g)  # noqa: F821 - a MicroPython builtin
+        else:
+            exec(name, g)
         return True
     except SystemExit:
         _tell("soft")  # sys.exit() in boot.py/main.py soft-resets an ESP32
@@ -94,15 +98,12 @@ def _run(code, g):
     return False
 
 
-def _read(name):
+def _exists(name):
     try:
-        f = open(name)
+        open(name).close()
+        return True
     except OSError:
-        return None
-    try:
-        return f.read()
-    finally:
-        f.close()
+        return False
 
 
 def boot(g, cause, ctl, mode, build, flash):
@@ -111,15 +112,12 @@ def boot(g, cause, ctl, mode, build, flash):
     _s["ctl"] = ctl
     sys.modules["machine"] = sys.modules["_rignode"]
     if mode == "slot":
-        code = _read("boot.py")
-        if code is None or _run(code, g):
-            code = _read("main.py")
-            if code is not None:
-                _run(code, g)
+        if not _exists("boot.py") or _run("boot.py", g):
+            if _exists("main.py"):
+                _run("main.py", g)
     else:
         sys.path.insert(0, build)
         _run("from firmware.main import run\nrun(%r)\n" % flash, g)
-    code = None
     _tell("repl")
     print('MicroPython (virtual rig node); the app is not running\nType "help()" for more information.\n>>> ')
     _halt()
