@@ -43,8 +43,9 @@ except NameError:  # as firmware/crash.py (tests, lint)
 
 ROOT_MAIN_PY = """\
 # Red Mesh root main.py: run the active slot's app (boot.py put the slot first on sys.path and
-# left its directory in _slot). Any exception but Ctrl-C / sys.exit: drop the app's modules (a
-# fresh heap), import /boot.py's crash handler and let it log the crash and reset the board.
+# left its directory in _slot); it never returns (Ctrl-C raises). Any exception but Ctrl-C /
+# sys.exit, or a return: drop the app's modules (a fresh heap), import /boot.py's crash handler
+# and let it log the crash and reset the board.
 import sys
 try:
     if not _slot:
@@ -52,6 +53,7 @@ try:
     import main
     if not getattr(main, "__file__", "").startswith(_slot):
         raise ImportError("the app slot %s has no main.py" % _slot)
+    raise RuntimeError("the app returned (a damaged %s/main.py?)" % _slot)
 except (KeyboardInterrupt, SystemExit):
     raise
 except BaseException as _e:

@@ -155,6 +155,7 @@ def run(root="."):
         asyncio.run(_run_node(node, fs))
     except KeyboardInterrupt:
         print("node", "stopped (Ctrl-C)")
+        raise  # to the REPL: the root main.py takes a return for a crash (the app never ends)
     finally:
         try:
             node.ring.flush()

@@ -160,3 +160,19 @@ def test_a_crash_loop_on_a_trial_boot_rolls_back_to_the_old_slot(rig, tmp_path):
     assert result["result"] == "rolled_back" and "crashed %d times" % boot.CRASH_LOOP_N in result["reason"]
     assert "safe-state" not in _log(np)
     assert boot.crash_count(boot.FlashFS(np.flash_dir)) == 0
+
+
+def test_an_app_that_hangs_is_reset_by_the_watchdog_boot_py_started(rig, tmp_path):
+    """The watchdog starts first thing in boot.py: an app that hangs before it feeds anything
+    (here: sleeps forever at import) is reset, and the reset counts as a crash in a row."""
+    files = _slot_flash(boot.confirmed_pointer("a", 1, "1.0.0"),
+                        {"a": "print('app hangs')\nimport time\nwhile True:\n    time.sleep(1)\n"})
+    np = _node(rig, tmp_path, files)
+    _wait(lambda: "app hangs" in _log(np), "the app", np)
+    assert rig.step_node(np) is None
+    assert np._wdt_ms == boot.WDT_TIMEOUT_MS
+    assert rig.step_node(np, time.monotonic() + FAR_S) == "wdt"
+    _wait(lambda: _log(np).count("app hangs") == 2, "the app after the watchdog reset", np)
+    out = _log(np)
+    assert "crash #1 in a row (watchdog)" in out and "after a watchdog reset" in out, out
+    assert np.causes == [1, WDT_RESET]
