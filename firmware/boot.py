@@ -12,10 +12,10 @@
 #                    trial_ms=N  fallback=a|b|-  fallback_bseq=N  fallback_version=V  failed=N
 #   /ota_result    the last outcome for the fleet (same format): result=confirmed|rolled_back|
 #                    refused, bseq, version, reason
-#   /boot.py       root_boot_py(): this file followed by firmware/crash.py (the crash handler)
-#   /main.py       ROOT_MAIN_PY: imports the active slot's main.py (boot.py put the slot first on
-#                  sys.path and left `_slot`: boot.py and main.py share the REPL's globals on a
-#                  board); on a crash it drops the app's modules and calls crashed() of /boot.py
+#   /main.py       firmware/crash.py ROOT_MAIN_PY: imports the active slot's main.py (boot.py put
+#                  the slot first on sys.path and left `_slot`: boot.py and main.py share the REPL's
+#                  globals on a board); on a crash it drops the app's modules and hands it to the
+#                  slot's firmware.crash
 #   /crash.log     the last crashes, newest last, at most CRASH_LOG_MAX bytes (see crashed())
 #   /crashes       "count=N": crashes in a row, cleared once the app has run CRASH_CLEAR_MS
 # Rules
@@ -34,14 +34,18 @@
 #   - The watchdog starts first thing (WDT_TIMEOUT_MS covers boot, imports and a stage at boot
 #     on a real board); the app feeds this same WDT (machine.WDT cannot be stopped, re-created
 #     or given another timeout: start_watchdog() hands out the one boot.py started).
-#   - Any exception out of boot.py or the app (except Ctrl-C and sys.exit) -> crashed(): the
-#     traceback goes to the console and to /crash.log, the crash count goes up, machine.reset().
-#     A watchdog reset seen at boot counts as a crash too (the app hung or stopped feeding).
+#   - Any exception out of boot.py or the app (except Ctrl-C and sys.exit) -> firmware/crash.py
+#     crashed() (the slot's copy, imported by the root main.py only then): the traceback goes to
+#     the console and to /crash.log, the crash count goes up, machine.reset(). A watchdog reset
+#     seen at boot counts as a crash too (the app hung or stopped feeding). boot.py itself only
+#     notes either for the root main.py (which always runs after a boot.py that returned).
 #   - CRASH_LOOP_N crashes in a row: on a trial boot, roll back to the old slot (the crash is a
 #     failed boot); otherwise the logged safe state (firmware/safe_state.py), which feeds the
 #     watchdog and keeps the REPL reachable for a technician.
 #   - Nothing read from flash can make this file raise: every read is guarded, and an
-#     unexpected failure of the crash handler itself still ends in machine.reset().
+#     unexpected failure of the crash handler itself still ends in machine.reset(). This file
+#     stays small: an ESP32 compiles /boot.py from source at every boot and keeps its interned
+#     names for good.
 _PRESENT = tuple(globals())  # names there before this file ran (as __main__: the REPL's); see the end
 import os  # noqa: E402
 import sys  # noqa: E402
@@ -297,3 +301,31 @@ if sys.implementation.name != "micropython":  # never on a node: __main__ must k
 
             return getattr(crash, name)
         raise AttributeError(name)
+
+
+def boot_main(root=""):
+    """The flash's /boot.py: the watchdog first, then the slot. A crash here, or a watchdog
+    reset, is left for the root main.py to hand to firmware.crash (the slot's, loaded only then):
+    _boot_crash and _wdt_boot in the REPL's globals. Returns the slot's directory or None."""
+    g = globals()
+    start_watchdog()
+    g["_boot_crash"] = None
+    g["_wdt_boot"] = False
+    try:
+        g["_wdt_boot"] = reset_cause() == WDT_RESET
+        slot = run(root)
+        return _slot_dir(root, slot) if slot else None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # noqa: BLE001 - handled by the root main.py, which always runs after
+        g["_boot_crash"] = e
+        return _slot_dir(root, _booted[0]) if _booted[0] else None
+
+
+if __name__ == "__main__":
+    _slot = boot_main()
+    # Keep only what the root main.py needs: the rest of this file would hold a board's heap for
+    # nothing (the app imports its own firmware.boot).
+    for _n in [k for k in globals() if k not in _PRESENT and k not in (WDT_NAME, "_slot", "_boot_crash",
+                                                                         "_wdt_boot")]:
+        del globals()[_n]

@@ -1,53 +1,51 @@
-# Red Mesh crash handler: the second half of the flash's /boot.py (firmware/boot.py
-# root_boot_py() appends this file to firmware/boot.py). The app never imports it: a running node
-# pays no heap for it. Rules (see firmware/boot.py "Crashes"):
-#   - boot_main(): the watchdog first, then a watchdog reset counts as a crash, then the slot.
-#   - crashed(exc): the traceback to the console and /crash.log (its last CRASH_LOG_MAX bytes),
-#     the crash count up, then after_crash(): CRASH_LOOP_N in a row roll a trial back to its
-#     fallback slot, else enter the logged safe state (firmware/safe_state.py, fed watchdog);
-#     fewer: machine.reset(). Whatever fails in here, the board still resets.
-#   - The root main.py imports this file's module (`import boot`: /boot.py) when the app
-#     crashes, after dropping the app's modules; at boot it runs as __main__ and then drops its
-#     own names, keeping the watchdog and `_slot` for the root main.py.
-# pyright: reportUnboundVariable=false, reportOperatorIssue=false, reportUnusedExpression=false
-# (the names below come from firmware/boot.py: right above in /boot.py, imported here otherwise)
+"""The crash handler of a node (issue 10): the root main.py imports it from the active slot only
+after the app crashed (or boot.py deferred a crash or a watchdog reset to it), so a running node
+pays no heap for it; as .mpy from the slot it needs no big contiguous block to load.
+
+Rules (the flash layout and the watchdog are in firmware/boot.py):
+- crashed(exc): the traceback to the console and /crash.log (its last CRASH_LOG_MAX bytes), the
+  crash count (/crashes) up, then after_crash(): CRASH_LOOP_N in a row roll a trial back to its
+  fallback slot, else enter the logged safe state (firmware/safe_state.py, watchdog fed); fewer:
+  machine.reset(). Whatever fails in here, the board still resets.
+- watchdog_reset(): a boot after a watchdog reset counts as a crash (the app hung or stopped
+  feeding); the CRASH_LOOP_N-th in a row is handled as above.
+- If this module cannot be imported (a damaged slot), the root main.py still resets the board;
+  a damaged trial slot is then rolled back by boot.py's boot count (max_boots).
+"""
 import sys
 
-try:
-    write_kv  # noqa: B018 - as /boot.py, firmware/boot.py is right above
-except NameError:  # as firmware/crash.py (tests, lint)
-    from firmware.boot import (  # noqa: F401
-        _PRESENT,
-        CRASH_COUNT,
-        CRASH_LOG,
-        CRASH_LOG_MAX,
-        CRASH_LOOP_N,
-        RESET_CAUSES,
-        SLOTS,
-        WDT_NAME,
-        WDT_RESET,
-        FlashFS,
-        _booted,
-        _slot_dir,
-        clear_crashes,
-        crash_count,
-        hard_reset,
-        read_pointer,
-        reset_cause,
-        rollback,
-        run,
-        start_watchdog,
-        write_kv,
-    )
-
+from firmware.boot import (
+    CRASH_COUNT,
+    CRASH_LOG,
+    CRASH_LOG_MAX,
+    CRASH_LOOP_N,
+    RESET_CAUSES,
+    SLOTS,
+    FlashFS,
+    clear_crashes,
+    crash_count,
+    hard_reset,
+    read_pointer,
+    reset_cause,
+    rollback,
+    start_watchdog,
+    write_kv,
+)
 
 ROOT_MAIN_PY = """\
 # Red Mesh root main.py: run the active slot's app (boot.py put the slot first on sys.path and
-# left its directory in _slot); it never returns (Ctrl-C raises). Any exception but Ctrl-C /
-# sys.exit, or a return: drop the app's modules (a fresh heap), import /boot.py's crash handler
-# and let it log the crash and reset the board.
+# left its directory in _slot, a crash of its own in _boot_crash, a watchdog reset in _wdt_boot);
+# the app never returns (Ctrl-C raises). Any exception but Ctrl-C / sys.exit, or a return: drop
+# the app's modules (a fresh heap) and let the slot's firmware.crash log it and reset the board.
 import sys
 try:
+    if _boot_crash is not None:
+        raise _boot_crash
+    if _wdt_boot:
+        from firmware import crash
+        crash.watchdog_reset(_slot)
+        crash = None
+        del sys.modules["firmware.crash"]
     if not _slot:
         raise ImportError("no app slot to run (no /active pointer)")
     import main
@@ -63,30 +61,27 @@ except BaseException as _e:
         if _k == "main" or _k[:9] == "firmware." or _k[:9] == "protocol." or _k in ("firmware", "protocol"):
             del sys.modules[_k]
     try:
-        import boot
-        boot._booted[0] = _slot[-1:] if _slot else None
-        boot.crashed(_crash, "app")
+        from firmware import crash
+        crash.crashed(_crash, "boot" if _crash is _boot_crash else "app", _slot)
     except KeyboardInterrupt:
         raise
     except BaseException as _e:
-        print("crash", "the crash handler failed: %r" % (_e,))
+        print("crash", "no crash handler (%r): resetting" % (_e,))
     import machine
     machine.reset()
 """
-
 def root_boot_py(firmware_dir=None):
     """The text of the flash's /boot.py (host side: fleet/ota_bundle.py, fleet/provision.py):
-    this file, then firmware/crash.py (the crash handler, which the app never imports, so its
-    bytecode costs a running node no heap). `firmware_dir`: default, this file's directory."""
+    firmware/boot.py, the very code the app's slots.py writes the pointer with."""
     d = firmware_dir or __file__.rsplit("/", 1)[0]
-    out = []
-    for name in ("boot.py", "crash.py"):
-        f = open(d + "/" + name)
-        try:
-            out.append(f.read())
-        finally:
-            f.close()
-    return "\n\n".join(out)
+    f = open(d + "/boot.py")
+    try:
+        return f.read()
+    finally:
+        f.close()
+
+
+_SLOT = [None]  # the slot that crashed (a letter), for the log
 
 
 def _log_crash(fs, entry):
@@ -141,7 +136,7 @@ def record_crash(fs, where, text):
     n = crash_count(fs) + 1
     cause = reset_cause()
     entry = "crash #%d in a row (%s), slot %s, after a %s, %d ms after boot\n%s" % (
-        n, where, _booted[0] or "-", RESET_CAUSES.get(cause, "unknown"), _uptime_ms(), text)
+        n, where, _SLOT[0] or "-", RESET_CAUSES.get(cause, "unknown"), _uptime_ms(), text)
     print(entry)
     try:
         _log_crash(fs, entry.encode())
@@ -201,9 +196,11 @@ def after_crash(fs, n, why):
     hard_reset()
 
 
-def crashed(exc, where="app", root=""):
-    """An exception ended boot.py or the app: log it, count it, then reset, roll back a trial or
-    enter the safe state (after_crash). Never returns; whatever fails here, the board resets."""
+def crashed(exc, where="app", slot_dir=None, root=""):
+    """An exception ended boot.py or the app (running from `slot_dir`): log it, count it, then
+    reset, roll back a trial or enter the safe state (after_crash). Never returns; whatever
+    fails here, the board resets."""
+    _SLOT[0] = slot_dir[-1:] if slot_dir else None
     try:
         text = _exc_text(exc)
         exc = None
@@ -228,31 +225,15 @@ def crashed(exc, where="app", root=""):
     hard_reset()
 
 
-def boot_main(root=""):
-    """The root boot.py: the watchdog first, then count a watchdog reset as a crash, then select
-    the slot. Any exception becomes crashed()."""
-    start_watchdog()
+def watchdog_reset(slot_dir=None, root=""):
+    """This boot follows a watchdog reset: count it as a crash; the CRASH_LOOP_N-th in a row
+    rolls a trial back or enters the safe state (after_crash)."""
+    _SLOT[0] = slot_dir[-1:] if slot_dir else None
+    fs = FlashFS(root)
+    why = "watchdog reset (the app hung or stopped feeding it)"
     try:
-        if reset_cause() == WDT_RESET:
-            fs = FlashFS(root)
-            why = "watchdog reset (the app hung or stopped feeding it)"
-            try:
-                n = record_crash(fs, "watchdog", why + "\n")
-            except OSError:
-                n = 0
-            if n >= CRASH_LOOP_N:
-                after_crash(fs, n, why)
-        run(root)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as e:  # noqa: BLE001
-        crashed(e, "boot", root)
-
-
-if __name__ == "__main__":
-    boot_main()
-    _slot = _booted[0] and _slot_dir("", _booted[0])
-    # Keep only the watchdog and _slot for the root main.py: the rest of this file would hold
-    # ~8 KB of a board's heap for nothing (a crash runs the file again).
-    for _n in [k for k in globals() if k not in _PRESENT and k not in (WDT_NAME, "_slot")]:
-        del globals()[_n]
+        n = record_crash(fs, "watchdog", why + "\n")
+    except OSError:
+        return
+    if n >= CRASH_LOOP_N:
+        after_crash(fs, n, why)

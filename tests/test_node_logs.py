@@ -36,7 +36,12 @@ def _mpremote(port, *args):
 
 def _put(board, tmp_path, files):
     """Write {flash path: text} with `mpremote fs cp` (directories first)."""
-    for d in sorted({os.path.dirname(p) for p in files if os.path.dirname(p)}):
+    dirs = set()
+    for p in files:
+        while os.path.dirname(p):
+            p = os.path.dirname(p)
+            dirs.add(p)
+    for d in sorted(dirs):
         _mpremote(board.port, "fs", "mkdir", ":" + d)
     for path, text in files.items():
         local = tmp_path / ("put_" + path.replace("/", "_"))
@@ -76,9 +81,13 @@ def test_logs_of_a_board_whose_app_crash_loops_at_boot(board, tmp_path):
     issue 10): every crash is logged and the board resets; the third in a row leaves it in the
     safe state. `fleet node logs --crash-log` shows the crash log, then the console."""
     boot_py = boot.root_boot_py()
-    _put(board, tmp_path, {"active": boot.format_kv(boot.confirmed_pointer("a", 1, "1.0.0")),
-                           "a/main.py": "raise MemoryError('memory allocation failed, allocating 1280 bytes')\n",
-                           "main.py": boot.ROOT_MAIN_PY, "boot.py": boot_py})
+    files = {"active": boot.format_kv(boot.confirmed_pointer("a", 1, "1.0.0")),
+             "a/main.py": "raise MemoryError('memory allocation failed, allocating 1280 bytes')\n"}
+    for name in ("__init__.py", "boot.py", "crash.py", "safe_state.py"):  # the slot's crash handler
+        with open(os.path.join(ROOT, "firmware", name)) as f:
+            files["a/firmware/" + name] = f.read()
+    files.update({"main.py": boot.ROOT_MAIN_PY, "boot.py": boot_py})
+    _put(board, tmp_path, files)
     seen = _power_cycle_and_read_until(board, b"safe-state")
     for n in range(1, boot.CRASH_LOOP_N + 1):
         assert "crash #%d in a row (app)" % n in seen, seen

@@ -117,7 +117,20 @@ def _slot_flash(pointer, slots):
              "active": boot.format_kv(pointer)}
     for slot, main in slots.items():
         files[slot + "/main.py"] = main
+        files.update(_slot_firmware(slot))
     return files
+
+
+# what a slot holds for crash handling (the root main.py imports the slot's firmware.crash)
+CRASH_MODULES = ("__init__.py", "boot.py", "crash.py", "safe_state.py")
+
+
+def _slot_firmware(slot):
+    out = {}
+    for name in CRASH_MODULES:
+        with open(os.path.join(ROOT, "firmware", name)) as f:
+            out["%s/firmware/%s" % (slot, name)] = f.read()
+    return out
 
 
 def _run_resets(rig, np, until, what):
