@@ -37,8 +37,9 @@
 #   - Any exception out of boot.py or the app (except Ctrl-C and sys.exit) -> firmware/crash.py
 #     crashed() (the slot's copy, imported by the root main.py only then): the traceback goes to
 #     the console and to /crash.log, the crash count goes up, machine.reset(). A watchdog reset
-#     seen at boot counts as a crash too (the app hung or stopped feeding). boot.py itself only
-#     notes either for the root main.py (which always runs after a boot.py that returned).
+#     seen at boot counts as a crash too (the app hung or stopped feeding): boot.py hands it to
+#     the slot's firmware.crash. A crash of boot.py itself is left for the root main.py (which
+#     always runs after a boot.py that returned).
 #   - CRASH_LOOP_N crashes in a row: on a trial boot, roll back to the old slot (the crash is a
 #     failed boot); otherwise the logged safe state (firmware/safe_state.py), which feeds the
 #     watchdog and keeps the REPL reachable for a technician.
@@ -303,18 +304,37 @@ if sys.implementation.name != "micropython":  # never on a node: __main__ must k
         raise AttributeError(name)
 
 
+def _watchdog_reset(slot_dir):
+    """This boot follows a watchdog reset: the slot's firmware.crash counts it (and handles the
+    CRASH_LOOP_N-th in a row); without one (a damaged slot), it is only counted here."""
+    try:
+        from firmware import crash
+    except Exception:  # noqa: BLE001 - a damaged slot: count it at least
+        fs = FlashFS()
+        n = crash_count(fs) + 1
+        print("crash", "#%d in a row: watchdog reset (no crash handler in the slot)" % n)
+        write_kv(fs, CRASH_COUNT, {"count": n})
+        return
+    crash.watchdog_reset(slot_dir)
+    for k in ("firmware.crash", "firmware.safe_state"):
+        if k in sys.modules:
+            del sys.modules[k]
+
+
 def boot_main(root=""):
-    """The flash's /boot.py: the watchdog first, then the slot. A crash here, or a watchdog
-    reset, is left for the root main.py to hand to firmware.crash (the slot's, loaded only then):
-    _boot_crash and _wdt_boot in the REPL's globals. Returns the slot's directory or None."""
+    """The flash's /boot.py: the watchdog first, then the slot, then a watchdog reset counted as
+    a crash (a hung app). A crash here is left for the root main.py (which runs after a boot.py
+    that returned) to hand to the slot's firmware.crash: _boot_crash in the REPL's globals.
+    Returns the slot's directory or None."""
     g = globals()
     start_watchdog()
     g["_boot_crash"] = None
-    g["_wdt_boot"] = False
     try:
-        g["_wdt_boot"] = reset_cause() == WDT_RESET
         slot = run(root)
-        return _slot_dir(root, slot) if slot else None
+        d = _slot_dir(root, slot) if slot else None
+        if reset_cause() == WDT_RESET:
+            _watchdog_reset(d)
+        return d
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as e:  # noqa: BLE001 - handled by the root main.py, which always runs after
@@ -326,6 +346,5 @@ if __name__ == "__main__":
     _slot = boot_main()
     # Keep only what the root main.py needs: the rest of this file would hold a board's heap for
     # nothing (the app imports its own firmware.boot).
-    for _n in [k for k in globals() if k not in _PRESENT and k not in (WDT_NAME, "_slot", "_boot_crash",
-                                                                         "_wdt_boot")]:
+    for _n in [k for k in globals() if k not in _PRESENT and k not in (WDT_NAME, "_slot", "_boot_crash")]:
         del globals()[_n]

@@ -34,18 +34,13 @@ from firmware.boot import (
 
 ROOT_MAIN_PY = """\
 # Red Mesh root main.py: run the active slot's app (boot.py put the slot first on sys.path and
-# left its directory in _slot, a crash of its own in _boot_crash, a watchdog reset in _wdt_boot);
+# left its directory in _slot, a crash of its own in _boot_crash);
 # the app never returns (Ctrl-C raises). Any exception but Ctrl-C / sys.exit, or a return: drop
 # the app's modules (a fresh heap) and let the slot's firmware.crash log it and reset the board.
 import sys
 try:
     if _boot_crash is not None:
         raise _boot_crash
-    if _wdt_boot:
-        from firmware import crash
-        crash.watchdog_reset(_slot)
-        crash = None
-        del sys.modules["firmware.crash"]
     if not _slot:
         raise ImportError("no app slot to run (no /active pointer)")
     import main
