@@ -12,7 +12,7 @@
 #                    trial_ms=N  fallback=a|b|-  fallback_bseq=N  fallback_version=V  failed=N
 #   /ota_result    the last outcome for the fleet (same format): result=confirmed|rolled_back|
 #                    refused, bseq, version, reason
-#   /main.py       firmware/crash.py ROOT_MAIN_PY: imports the active slot's main.py (boot.py put
+#   /main.py       firmware/crash.py ROOT_MAIN_PY (host side, with root_boot_py()): imports the active slot's main.py (boot.py put
 #                  the slot first on sys.path and left `_slot`: boot.py and main.py share the REPL's
 #                  globals on a board); on a crash it drops the app's modules and hands it to the
 #                  slot's firmware.crash
@@ -289,19 +289,6 @@ def clear_crashes(fs):
         fs.remove(CRASH_COUNT)
     except OSError:
         pass
-
-
-if sys.implementation.name != "micropython":  # never on a node: __main__ must keep plain lookups
-
-    def __getattr__(name):
-        """Host side (CPython): ROOT_MAIN_PY and root_boot_py live in firmware/crash.py, which a
-        running node never imports (fleet/provision.py and fleet/ota_bundle.py write the root
-        files)."""
-        if name in ("ROOT_MAIN_PY", "root_boot_py"):
-            from firmware import crash
-
-            return getattr(crash, name)
-        raise AttributeError(name)
 
 
 def _watchdog_reset(slot_dir):

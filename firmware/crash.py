@@ -67,7 +67,8 @@ except BaseException as _e:
 """
 def root_boot_py(firmware_dir=None):
     """The text of the flash's /boot.py (host side: fleet/ota_bundle.py, fleet/provision.py):
-    firmware/boot.py, the very code the app's slots.py writes the pointer with."""
+    firmware/boot.py, the very code the app's slots.py writes the pointer with. (Kept here, with
+    ROOT_MAIN_PY, so that a node's firmware.boot carries no host-only bytes.)"""
     d = firmware_dir or __file__.rsplit("/", 1)[0]
     f = open(d + "/boot.py")
     try:

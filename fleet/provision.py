@@ -201,12 +201,12 @@ def build_bundle(arch=DEFAULT_ARCH):
         if cached is not None:
             return cached
         files = dict(ota_bundle.compile_app(root, arch))
-        from firmware import boot as fw_boot
+        from firmware import crash as fw_crash
 
-        boot_py = fw_boot.root_boot_py(os.path.join(root, "firmware")).encode()
+        boot_py = fw_crash.root_boot_py(os.path.join(root, "firmware")).encode()
 
         version, seq = firmware_version()
-        bundle = Bundle(files, version, seq, arch, boot_py, fw_boot.ROOT_MAIN_PY.encode())
+        bundle = Bundle(files, version, seq, arch, boot_py, fw_crash.ROOT_MAIN_PY.encode())
         _bundle_cache.clear()
         _bundle_cache[key] = bundle
         return bundle

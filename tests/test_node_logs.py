@@ -12,7 +12,7 @@ import pytest
 import serial
 from click.testing import CliRunner
 
-from firmware import boot
+from firmware import boot, crash
 from fleet.cli import group
 from fleet.sim.board import VirtualBoard
 
@@ -80,13 +80,13 @@ def test_logs_of_a_board_whose_app_crash_loops_at_boot(board, tmp_path):
     """The real boot.py + root main.py, a slot app that dies importing (as the MemoryError of
     issue 10): every crash is logged and the board resets; the third in a row leaves it in the
     safe state. `fleet node logs --crash-log` shows the crash log, then the console."""
-    boot_py = boot.root_boot_py()
+    boot_py = crash.root_boot_py()
     files = {"active": boot.format_kv(boot.confirmed_pointer("a", 1, "1.0.0")),
              "a/main.py": "raise MemoryError('memory allocation failed, allocating 1280 bytes')\n"}
     for name in ("__init__.py", "boot.py", "crash.py", "safe_state.py"):  # the slot's crash handler
         with open(os.path.join(ROOT, "firmware", name)) as f:
             files["a/firmware/" + name] = f.read()
-    files.update({"main.py": boot.ROOT_MAIN_PY, "boot.py": boot_py})
+    files.update({"main.py": crash.ROOT_MAIN_PY, "boot.py": boot_py})
     _put(board, tmp_path, files)
     seen = _power_cycle_and_read_until(board, b"safe-state")
     for n in range(1, boot.CRASH_LOOP_N + 1):

@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from mp_support import ROOT, micropython_bin  # noqa: E402
 
-from firmware import boot  # noqa: E402
+from firmware import crash  # noqa: E402
 from firmware.ota import OtaEngine  # noqa: E402
 from firmware.slots import SlotError, SlotManager  # noqa: E402
 from fleet import ota_bundle, signing  # noqa: E402
@@ -223,7 +223,7 @@ def test_initial_flash_files_boot_with_the_root_boot_py(built, tmp_path):
     assert proc.returncode == 0 and proc.stdout.split() == [str(tmp_path) + "/a"], proc.stdout + proc.stderr
     mgr = SlotManager(fx_posix(tmp_path))
     assert mgr.running() == (1, "1.0.0") and not mgr.in_trial()
-    assert (tmp_path / "main.py").read_text() == boot.ROOT_MAIN_PY
+    assert (tmp_path / "main.py").read_text() == crash.ROOT_MAIN_PY
     assert (tmp_path / "a" / "main.py").read_bytes() == ota_bundle.APP_MAIN
 
 

@@ -16,7 +16,7 @@ import types
 
 import pytest
 
-from firmware import boot
+from firmware import boot, crash
 from fleet.sim.rig import SOFT_RESET, WDT_RESET, NodeProc, Rig, RigOptions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -113,7 +113,7 @@ def test_machine_reset_restarts_with_soft_reset_cause(rig, tmp_path):
 # ---- firmware/boot.py and the root main.py on the rig ------------------------------------------
 
 def _slot_flash(pointer, slots):
-    files = {"boot.py": boot.root_boot_py(), "main.py": boot.ROOT_MAIN_PY,
+    files = {"boot.py": crash.root_boot_py(), "main.py": crash.ROOT_MAIN_PY,
              "active": boot.format_kv(pointer)}
     for slot, main in slots.items():
         files[slot + "/main.py"] = main
