@@ -17,7 +17,8 @@
 #                  globals on a board); on a crash it drops the app's modules and hands it to the
 #                  slot's firmware.crash
 #   /crash.log     the last crashes, newest last, at most CRASH_LOG_MAX bytes (see crashed())
-#   /crashes       "count=N": crashes in a row, cleared once the app has run CRASH_CLEAR_MS
+#   /crashes       "count=N": crashes in a row, cleared once the app has run CRASH_CLEAR_MS or
+#                  resets on purpose (hal.reset(): an update, a rollback, a planned restart)
 # Rules
 #   confirmed          -> run `slot`.
 #   trial, boots < max -> boots += 1 (pointer rewritten), run `slot`; the app must call

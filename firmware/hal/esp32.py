@@ -13,7 +13,7 @@ HAL shape (shared with firmware/hal/sim.py):
     hal.time_s()         unix seconds from the RTC (0 when never set)
     hal.set_time_s(s)    set the RTC
     hal.mem_free()       free heap, bytes
-    hal.reset()          power-cycle-like reset
+    hal.reset()          power-cycle-like reset, planned by the app (clears the crash count)
     hal.uplink()         gateway only: bring the WiFi uplink up; return True when connected
     hal.virtual          False here
 """
@@ -83,6 +83,9 @@ class Esp32Hal:
         return gc.mem_free()
 
     def reset(self):
+        from firmware import boot
+
+        boot.clear_crashes(self.fs)  # a planned reset: the boots before it were no crash loop
         machine.reset()
 
     def reset_cause(self):

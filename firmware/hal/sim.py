@@ -84,6 +84,7 @@ class SimHal:
     def reset(self):
         from firmware import boot
 
+        boot.clear_crashes(self.fs)  # a planned reset: the boots before it were no crash loop
         boot.hard_reset()  # machine.reset(); SystemExit where the port has none
 
     def reset_cause(self):
