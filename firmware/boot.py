@@ -1,4 +1,5 @@
-# Red Mesh boot.py: choose the app slot to run (A/B with trial boot and rollback).
+# Red Mesh boot.py: start the watchdog, choose the app slot to run (A/B with trial boot and
+# rollback), and turn any crash into a logged reset.
 #
 # Installed at the flash root as /boot.py (the port runs it on every boot); the app ships a copy
 # as firmware/boot.py so firmware/slots.py writes the pointer with this very code. It must stay
@@ -11,8 +12,13 @@
 #                    trial_ms=N  fallback=a|b|-  fallback_bseq=N  fallback_version=V  failed=N
 #   /ota_result    the last outcome for the fleet (same format): result=confirmed|rolled_back|
 #                    refused, bseq, version, reason
-#   /main.py       one line, `import main`: boot.py puts the slot first on sys.path, so this
-#                  imports the slot's main.py
+#   /main.py       firmware/crash.py ROOT_MAIN_PY (host side, with root_boot_py()): imports the active slot's main.py (boot.py put
+#                  the slot first on sys.path and left `_slot`: boot.py and main.py share the REPL's
+#                  globals on a board); on a crash it drops the app's modules and hands it to the
+#                  slot's firmware.crash
+#   /crash.log     the last crashes, newest last, at most CRASH_LOG_MAX bytes (see crashed())
+#   /crashes       "count=N": crashes in a row, cleared once the app has run CRASH_CLEAR_MS or
+#                  resets on purpose (hal.reset(): an update, a rollback, a planned restart)
 # Rules
 #   confirmed          -> run `slot`.
 #   trial, boots < max -> boots += 1 (pointer rewritten), run `slot`; the app must call
@@ -23,14 +29,44 @@
 #   unreadable pointer -> run slot a (cannot happen through rename; kept as a last resort).
 # Every file is replaced by writing `<name>.tmp` then renaming it, so a power cut anywhere leaves
 # the old or the new pointer, never a torn one (tests/test_ota_powercut.py cuts at every write).
-import os
-import sys
+#
+# Crashes (an ESP32 left with an uncaught exception sits at its REPL forever; only a started
+# watchdog or machine.reset() brings it back):
+#   - The watchdog starts first thing (WDT_TIMEOUT_MS covers boot, imports and a stage at boot
+#     on a real board); the app feeds this same WDT (machine.WDT cannot be stopped, re-created
+#     or given another timeout: start_watchdog() hands out the one boot.py started).
+#   - Any exception out of boot.py or the app (except Ctrl-C and sys.exit) -> firmware/crash.py
+#     crashed() (the slot's copy, imported by the root main.py only then): the traceback goes to
+#     the console and to /crash.log, the crash count goes up, machine.reset(). A watchdog reset
+#     seen at boot counts as a crash too (the app hung or stopped feeding): boot.py hands it to
+#     the slot's firmware.crash. A crash of boot.py itself is left for the root main.py (which
+#     always runs after a boot.py that returned).
+#   - CRASH_LOOP_N crashes in a row: on a trial boot, roll back to the old slot (the crash is a
+#     failed boot); otherwise the logged safe state (firmware/safe_state.py), which feeds the
+#     watchdog and keeps the REPL reachable for a technician.
+#   - Nothing read from flash can make this file raise: every read is guarded, and an
+#     unexpected failure of the crash handler itself still ends in machine.reset(). This file
+#     stays small: an ESP32 compiles /boot.py from source at every boot and keeps its interned
+#     names for good.
+_PRESENT = tuple(globals())  # names there before this file ran (as __main__: the REPL's); see the end
+import os  # noqa: E402
+import sys  # noqa: E402
 
 POINTER = "active"
 RESULT = "ota_result"
 SLOTS = ("a", "b")
-ROOT_MAIN_PY = "import main  # the active slot's main.py: boot.py put the slot first on sys.path\n"
-_INT_KEYS = ("bseq", "boots", "max_boots", "trial_ms", "fallback_bseq", "failed")
+_INT_KEYS = ("bseq", "boots", "max_boots", "trial_ms", "fallback_bseq", "failed", "count")
+WDT_TIMEOUT_MS = 60000  # boot + imports + a stage at boot on an ESP32 take ~20 s at worst
+CRASH_LOG = "crash.log"
+CRASH_COUNT = "crashes"
+CRASH_LOG_MAX = 2048
+CRASH_LOOP_N = 3
+CRASH_CLEAR_MS = 300000
+# machine.reset_cause() on the ESP32 port: machine.reset() and a panic read SOFT_RESET, the EN
+# button POWERON (ports/esp32/modmachine.c)
+WDT_RESET = 3
+RESET_CAUSES = {1: "power-on reset", 2: "hard reset", 3: "watchdog reset", 4: "deep-sleep wake", 5: "soft reset"}
+WDT_NAME = "redmesh_wdt"  # the __main__ global holding the one WDT (fleet/mpboard.py feeds it)
 
 
 class FlashFS:
@@ -152,7 +188,7 @@ def select(fs):
     flash has no pointer. Writes the pointer (boot count, rollback) as the rules say."""
     try:
         p = read_pointer(fs)
-    except (ValueError, OSError):
+    except Exception:  # noqa: BLE001 - any damage (bad UTF-8, bad numbers, bad fields): slot a
         return SLOTS[0]
     if p is None:
         return None
@@ -168,18 +204,135 @@ def select(fs):
     return p["slot"]
 
 
+_booted: list = [None]  # the slot run() chose
+
+
+def _slot_dir(root, slot):
+    base = root.rstrip("/") if root else os.getcwd().rstrip("/")
+    return base + "/" + slot
+
+
 def run(root=""):
-    """The device path: select a slot on the flash and put it first on sys.path."""
+    """The device path: select a slot on the flash and put it first on sys.path. `root` is the
+    flash directory ("": the current directory, "/" on a board)."""
     slot = select(FlashFS(root))
     if slot is not None:
-        d = (root.rstrip("/") + "/" + slot) if root else "/" + slot
+        d = _slot_dir(root, slot)
         for s in SLOTS:
-            for cand in ("/" + s, root.rstrip("/") + "/" + s):
+            for cand in ("/" + s, _slot_dir(root, s)):
                 while cand in sys.path:
                     sys.path.remove(cand)
         sys.path.insert(0, d)
+    _booted[0] = slot
     return slot
 
 
+# ---- watchdog, reset, crashes ----------------------------------------------------------------
+
+
+def start_watchdog(timeout_ms=WDT_TIMEOUT_MS):
+    """Return the board's one watchdog, starting it (with `timeout_ms`) if nothing has yet; the
+    first start's timeout holds. None on a port without machine.WDT (plain unix MicroPython)."""
+    import __main__  # pyright: ignore[reportMissingImports] (boot.py and main.py run in its globals)
+
+    w = getattr(__main__, WDT_NAME, None)
+    if w is not None:
+        return w
+    try:
+        import machine
+
+        w = machine.WDT(timeout=timeout_ms)
+    except Exception:  # noqa: BLE001 - no WDT here; or (older ESP32 ports) already started before a
+        return None  # soft reset, which OSErrors: it keeps running, unfed, and resets the board
+    setattr(__main__, WDT_NAME, w)
+    return w
+
+
+def feed_watchdog():
+    w = start_watchdog()
+    if w is not None:
+        w.feed()
+
+
+def reset_cause():
+    """machine.reset_cause() (RESET_CAUSES names it); 0 where the port cannot tell."""
+    try:
+        import machine
+
+        return machine.reset_cause()
+    except (ImportError, AttributeError):
+        return 0
+
+
+def hard_reset():
+    """machine.reset(); where the port has none, SystemExit (ends a unix-port process)."""
+    try:
+        import machine
+
+        machine.reset()
+    except (ImportError, AttributeError):
+        pass
+    raise SystemExit(3)
+
+
+def crash_count(fs):
+    """Crashes in a row recorded on `fs` (0 when none or unreadable)."""
+    try:
+        n = (read_kv(fs, CRASH_COUNT) or {}).get("count", 0)
+        return n if isinstance(n, int) and n > 0 else 0
+    except Exception:  # noqa: BLE001 - a damaged counter counts as none
+        return 0
+
+
+def clear_crashes(fs):
+    """The app ran long enough: forget the crashes in a row (the log stays)."""
+    try:
+        fs.remove(CRASH_COUNT)
+    except OSError:
+        pass
+
+
+def _watchdog_reset(slot_dir):
+    """This boot follows a watchdog reset: the slot's firmware.crash counts it (and handles the
+    CRASH_LOOP_N-th in a row); without one (a damaged slot), it is only counted here."""
+    try:
+        from firmware import crash
+    except Exception:  # noqa: BLE001 - a damaged slot: count it at least
+        fs = FlashFS()
+        n = crash_count(fs) + 1
+        print("crash", "#%d in a row: watchdog reset (no crash handler in the slot)" % n)
+        write_kv(fs, CRASH_COUNT, {"count": n})
+        return
+    crash.watchdog_reset(slot_dir)
+    for k in ("firmware.crash", "firmware.safe_state"):
+        if k in sys.modules:
+            del sys.modules[k]
+
+
+def boot_main(root=""):
+    """The flash's /boot.py: the watchdog first, then the slot, then a watchdog reset counted as
+    a crash (a hung app). A crash here is left for the root main.py (which runs after a boot.py
+    that returned) to hand to the slot's firmware.crash: _boot_crash in the REPL's globals.
+    Returns the slot's directory or None."""
+    g = globals()
+    start_watchdog()
+    g["_boot_crash"] = None
+    try:
+        slot = run(root)
+        d = _slot_dir(root, slot) if slot else None
+        if reset_cause() == WDT_RESET:
+            _watchdog_reset(d)
+        return d
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # noqa: BLE001 - handled by the root main.py, which always runs after
+        g["_boot_crash"] = e
+        return _slot_dir(root, _booted[0]) if _booted[0] else None
+
+
 if __name__ == "__main__":
-    run()
+    _slot = boot_main()
+    # Keep only what the root main.py needs: the rest of this file would hold a board's heap for
+    # nothing (the app imports its own firmware.boot).
+    for _n in [k for k in globals() if k not in _PRESENT and k not in (WDT_NAME, "_slot", "_boot_crash")]:
+        del globals()[_n]

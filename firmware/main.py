@@ -36,12 +36,19 @@ def _make_hal(cfg, fs, root):
 
 def safe_state(err, fs=None):
     """No usable config: say so on the console every 30 s and keep the REPL reachable
-    (Ctrl-C), never crash-loop. A technician re-provisions the node over USB."""
+    (Ctrl-C), never crash-loop: the watchdog boot.py started is fed while it waits. A technician
+    re-provisions the node over USB."""
     import time
 
+    from firmware import boot
     from firmware.safe_state import safe_state_loop
 
-    safe_state_loop(err, time.sleep)
+    def sleep_s(s):
+        boot.feed_watchdog()
+        time.sleep(s)
+        boot.feed_watchdog()
+
+    safe_state_loop(err, sleep_s)
 
 
 def _ota_settings(cfg):
@@ -85,13 +92,41 @@ def _attach_ota(node, cfg, fs, gateway):
                        OtaParams(**params), running_bseq=slots.floor_bseq(), now_ms=node.now_ms())
     shell = OtaShell(node, slots, OtaAir(engine, cfg.mesh_key), print)
     node.ota = shell
-    shell.maybe_stage(at_boot=True)  # complete and allowed before a reset: stage on a fresh heap
+    try:
+        shell.maybe_stage(at_boot=True)  # complete and allowed before a reset: stage on a fresh heap
+    except Exception as e:  # noqa: BLE001 - nothing a bundle carries may make a boot raise (issue 16)
+        print("ota", "staging at boot failed, the bundle is left aside: %r" % (e,))
     if gateway is not None:
         from firmware.gateway import OtaSeedSink
 
         gateway.ota_sink = OtaSeedSink(shell, node)
     print("ota", "slot %s bseq %d version %s state %s" % (pointer["slot"], node.fw_seq, node.fw_version,
                                                          pointer["state"]))
+
+
+async def _clear_crashes(node, fs):
+    """Once the app has run boot.CRASH_CLEAR_MS with a sensor reading seen, its earlier crashes
+    are no longer "in a row" (firmware/boot.py counts them to detect a crash loop)."""
+    from firmware import boot
+
+    if not boot.crash_count(fs):
+        return
+    while not (node.selftest_done and node.now_ms() >= boot.CRASH_CLEAR_MS):
+        await asyncio.sleep_ms(5000)
+    boot.clear_crashes(fs)
+    print("boot", "the app runs: crash count cleared")
+
+
+async def _run_node(node, fs):
+    asyncio.create_task(_clear_crashes(node, fs))
+    await node.run()
+
+
+def _log_reset_cause(hal):
+    from firmware import boot
+
+    cause = hal.reset_cause()
+    print("boot", "reset cause: %s (%d)" % (boot.RESET_CAUSES.get(cause, "unknown"), cause))
 
 
 def run(root="."):
@@ -106,6 +141,7 @@ def run(root="."):
     except ConfigError as e:
         safe_state(e, fs)
         return
+    _log_reset_cause(hal)
     gateway = None
     if cfg.role == "gateway":
         from firmware.gateway import Gateway
@@ -116,9 +152,10 @@ def run(root="."):
     node = Node(hal, cfg, gateway)
     _attach_ota(node, cfg, fs, gateway)
     try:
-        asyncio.run(node.run())
+        asyncio.run(_run_node(node, fs))
     except KeyboardInterrupt:
         print("node", "stopped (Ctrl-C)")
+        raise  # to the REPL: the root main.py takes a return for a crash (the app never ends)
     finally:
         try:
             node.ring.flush()

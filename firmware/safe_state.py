@@ -1,4 +1,5 @@
-"""What a node does when it has no usable config (missing, corrupt or invalid config.cbor).
+"""What a node does when it has no usable config (missing, corrupt or invalid config.cbor), or
+when its app crashed CRASH_LOOP_N times in a row (firmware/boot.py after_crash).
 
 Behaviour (the shell, firmware/main.py, implements the loop; `safe_state_loop` is that loop
 with the clock and console injected):
@@ -10,31 +11,33 @@ with the clock and console injected):
   messages never contain key material).
 - The REPL stays reachable: the loop only sleeps and prints, so Ctrl-C interrupts it and raw
   REPL / `fleet provision` work over USB.
-- It never crash-loops: nothing in the loop can raise, no watchdog is started (none runs yet
-  at that point), and it never resets the board itself. LEDs are not blinked: the node is on
+- It never crash-loops: nothing in the loop can raise, and it never resets the board itself.
+  The watchdog boot.py started cannot be stopped: the injected sleep feeds it (firmware/main.py
+  safe_state, firmware/boot.py enter_safe_state), so the node stays in this state. LEDs are not blinked: the node is on
   a street light, and a blinking pole would alarm passers-by more than it would help.
 """
 SAFE_STATE_INTERVAL_S = 30
 TAG = "safe-state"
 
 
-def safe_state_message(err):
-    """Return the one-line console message for config error `err` (an exception or text)."""
+def safe_state_message(err, what="no usable config"):
+    """Return the one-line console message for `what` (a config error, a crash loop) caused by
+    `err` (an exception or text)."""
     try:
         why = str(err)
     except Exception:  # noqa: BLE001 - a message must come out whatever err is
         why = "unknown error"
     if not why:
         why = type(err).__name__
-    return ("no usable config: %s. The node is idle (radio and sensor off). Re-provision it "
-            "over USB (fleet provision --port <port>); the REPL stays available." % why)
+    return ("%s: %s. The node is idle (radio and sensor off). Re-provision it "
+            "over USB (fleet provision --port <port>); the REPL stays available." % (what, why))
 
 
-def safe_state_loop(err, sleep_s, log=print, interval_s=SAFE_STATE_INTERVAL_S, rounds=None):
+def safe_state_loop(err, sleep_s, log=print, interval_s=SAFE_STATE_INTERVAL_S, rounds=None, what="no usable config"):
     """Print the safe-state line every `interval_s` seconds via `log(tag, msg)`, sleeping with
     `sleep_s(seconds)`; forever, or `rounds` times (tests). KeyboardInterrupt (Ctrl-C at the
     REPL) propagates; nothing else escapes."""
-    msg = safe_state_message(err)
+    msg = safe_state_message(err, what)
     n = 0
     while rounds is None or n < rounds:
         try:

@@ -27,6 +27,7 @@ import time
 
 import serial
 
+from firmware import boot as fw_boot
 from fleet.errors import FleetError
 
 DEFAULT_BAUD = 115200
@@ -134,6 +135,11 @@ def _open_transport(port, baud):
         raise PortError(port, f"the port is in use by another program ({reason}): close serial monitors "
                               f"(mpremote, screen, minicom) on it")
     raise PortError(port, f"cannot open the serial port: {reason}")
+
+
+# Red Mesh's boot.py starts the watchdog (60 s) and keeps it in the REPL's globals: a board
+# stopped at the REPL for a long session (provisioning) is fed before each exec, or it resets.
+_FEED_WDT = "try:\n %s.feed()\nexcept NameError:\n pass\n" % fw_boot.WDT_NAME
 
 
 class MpBoard:
@@ -302,7 +308,7 @@ class MpBoard:
 
         if not self._t or not self._t.in_raw_repl:
             self.enter_raw()
-        self._send_code(code, what)
+        self._send_code(_FEED_WDT + code, what)
         try:
             out, err = self._t.follow(timeout_s or self.exec_timeout_s)
         except TransportError as e:
@@ -510,6 +516,21 @@ class MpBoard:
         self._write(b"\r\x02", "leaving the raw REPL")
         time.sleep(0.05)
         self._write(b"\x04", "restarting the app")
+        self._t.in_raw_repl = False
+
+    def at_friendly_repl(self, timeout_s=1.0):
+        """True when the board sits at its friendly REPL (no app running): a bare Enter is
+        answered with the ">>> " prompt. A running app only buffers the byte (harmless)."""
+        self.open()
+        self._write(b"\r", "probing the REPL")
+        _, found = self._read_until(b">>> ", timeout_s)
+        return found
+
+    def leave_raw(self):
+        """Back from the raw REPL to the friendly one, without a reset (the app stays stopped)."""
+        if self._t is None:
+            return
+        self._write(b"\r\x02", "leaving the raw REPL")
         self._t.in_raw_repl = False
 
     def console_lines(self, timeout_s=None, stop=None, join_mid_stream=False):

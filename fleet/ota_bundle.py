@@ -195,14 +195,12 @@ def build_bundle(files, bseq, version, sign_fn, target_class=DEFAULT_TARGET, com
 
 def initial_flash_files(bundle, slot="a"):
     """Return {flash path: bytes} that make a blank node boot `bundle` from `slot`, confirmed:
-    /boot.py (firmware/boot.py), /main.py (boot.ROOT_MAIN_PY), the pointer /active and the
-    slot's app files. For provisioning over USB; later versions arrive over the air."""
-    from firmware import boot
+    /boot.py (firmware/boot.py), /main.py (firmware/crash.py ROOT_MAIN_PY), the pointer /active
+    and the slot's app files. For provisioning over USB; later versions arrive over the air."""
+    from firmware import boot, crash
 
-    with open(boot.__file__, "rb") as f:
-        boot_py = f.read()
     m = bundle.manifest
-    out = {"boot.py": boot_py, "main.py": boot.ROOT_MAIN_PY.encode(),
+    out = {"boot.py": crash.root_boot_py().encode(), "main.py": crash.ROOT_MAIN_PY.encode(),
            boot.POINTER: boot.format_kv(boot.confirmed_pointer(slot, m.bseq, m.version)).encode()}
     for path, data in bundle.files():
         out[slot + "/" + path] = data

@@ -202,12 +202,12 @@ def build_bundle(arch=DEFAULT_ARCH):
         if cached is not None:
             return cached
         files = dict(ota_bundle.compile_app(root, arch))
-        with open(os.path.join(root, "firmware", "boot.py"), "rb") as f:
-            boot_py = f.read()
-        from firmware import boot as fw_boot
+        from firmware import crash as fw_crash
+
+        boot_py = fw_crash.root_boot_py(os.path.join(root, "firmware")).encode()
 
         version, seq = firmware_version()
-        bundle = Bundle(files, version, seq, arch, boot_py, fw_boot.ROOT_MAIN_PY.encode())
+        bundle = Bundle(files, version, seq, arch, boot_py, fw_crash.ROOT_MAIN_PY.encode())
         _bundle_cache.clear()
         _bundle_cache[key] = bundle
         return bundle
@@ -823,7 +823,7 @@ class _Run:
     def _wait_selftest(self, board):
         spec = self.spec
         timeout_s = self.o.selftest_timeout_s or (self.fleet.warmup_s() + 60)
-        tail, started, exc_line = [], False, None
+        tail, started, exc_line, crashed = [], False, None, False
         for line in board.console_lines(timeout_s):
             line = _scrub(line, self.secrets)
             tail = (tail + [line])[-12:]
@@ -841,9 +841,20 @@ class _Run:
                           f"{'check the sensor cable; ' if 'sensor' in missing else ''}the board is provisioned, "
                           f"fix the cause and run the command again")
             elif line.startswith("safe-state"):
-                self.fail(f"the node rejected its config: {line[len('safe-state'):].strip()}")
+                why = line[len("safe-state"):].strip()
+                if why.startswith("crash"):
+                    self.fail(f"the app is not running: it crash-loops and the node went to its safe state ({why}); see "
+                              f"`fleet node logs --port {spec.port} --crash-log`. The board is provisioned; fix the "
+                              f"firmware and run the command again")
+                self.fail(f"the node rejected its config: {why}")
+            elif line.startswith("crash #"):
+                crashed = True
             elif line.strip() and not line.startswith(" ") and ("Error" in line or "Exception" in line):
                 exc_line = line.strip()
+                if crashed:  # firmware/boot.py logged a crash and resets the board: no need to wait
+                    self.fail(f"the app is not running: it crashed after the reset ({exc_line}) and the board reset "
+                              f"itself; see `fleet node logs --port {spec.port} --crash-log`. The board is provisioned; "
+                              f"fix the firmware and run the command again")
             elif 'Type "help()" for more information.' in line:
                 self.fail(f"the app is not running after the reset (it stopped with: {exc_line or 'no error shown'}); "
                           f"see `fleet node logs --port {spec.port}`. The board is provisioned; fix the firmware "
@@ -1022,16 +1033,51 @@ def node_info(port, *, home=None, baud=DEFAULT_BAUD, restart=True, board_factory
     }
 
 
-def node_logs(port, *, lines=None, follow=False, timeout_s=10.0, baud=DEFAULT_BAUD, board_factory=MpBoard):
-    """Yield console lines of the board as they come (the app keeps running: like `mpremote resume`).
-    Stops after `lines` lines, or after `timeout_s` unless `follow`."""
+CRASH_LOG_PATH = "/crash.log"  # firmware/boot.py CRASH_LOG, at the flash root
+
+
+def _crash_log_lines(board, secrets=()):
+    data = board.read_file(CRASH_LOG_PATH, "reading the crash log")
+    if data is None:
+        return ["--- %s: none (no crash recorded on this board) ---" % CRASH_LOG_PATH]
+    text = _scrub(data.decode("utf-8", "replace"), secrets)
+    return (["--- %s (the board's last crashes, newest last) ---" % CRASH_LOG_PATH]
+            + text.rstrip("\n").split("\n") + ["--- end of %s ---" % CRASH_LOG_PATH])
+
+
+def node_logs(port, *, lines=None, follow=False, timeout_s=10.0, baud=DEFAULT_BAUD, board_factory=MpBoard,
+              crash_log=False):
+    """Yield the board's log: console lines as they come (the app keeps running: like
+    `mpremote resume`), stopping after `lines` lines, or after `timeout_s` unless `follow`.
+
+    A board idle at its REPL (an app that ended or crashed with no watchdog to reset it) prints
+    nothing: then the crash log on its flash (firmware/boot.py writes /crash.log) comes first,
+    with a line saying the app is not running; the board is left at its REPL. With `crash_log`,
+    a running app is interrupted to read the crash log and restarted (soft reset) before the
+    console is followed."""
     with board_factory(port, baud=baud) as board:
+        if board.at_friendly_repl():
+            board.enter_raw(soft_reset=False)
+            yield from _crash_log_lines(board)
+            board.leave_raw()
+            yield ("--- the board is at its REPL: the app is not running (it ended or crashed, and no watchdog "
+                   "reset it); `fleet node reset --port %s` restarts it ---" % port)
+            return
+        if crash_log:
+            board.enter_raw(soft_reset=False)
+            yield from _crash_log_lines(board)
+            board.soft_reset_to_app()
+            yield "--- console (the app restarted) ---"
         n = 0
         for line in board.console_lines(None if follow else timeout_s, join_mid_stream=True):
             yield line
             n += 1
             if lines is not None and n >= lines:
                 return
+        if n == 0 and not crash_log:
+            yield ("--- nothing on the console in %g s (a quiet app, or the safe state, which prints every 30 s): "
+                   "`fleet node logs --port %s --crash-log` stops the app to read %s ---" % (timeout_s, port,
+                                                                                            CRASH_LOG_PATH))
 
 
 def node_reset(port, *, baud=DEFAULT_BAUD, wait_s=5.0, board_factory=MpBoard):
@@ -1049,6 +1095,7 @@ def node_reset(port, *, baud=DEFAULT_BAUD, wait_s=5.0, board_factory=MpBoard):
 
 __all__ = [
     "Bundle", "MpBoardError", "NodeSpec", "ProvisionError", "ProvisionOptions", "build_bundle", "detect",
-    "estimate_usb_seconds", "firmware_version", "locate_by_mac", "node_info", "node_logs", "node_reset",
+    "CRASH_LOG_PATH", "estimate_usb_seconds", "firmware_version", "locate_by_mac", "node_info", "node_logs",
+    "node_reset",
     "provision", "read_sheet", "with_extra_files",
 ]

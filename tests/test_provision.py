@@ -123,7 +123,7 @@ def test_provision_one_board_registers_it_and_writes_a_verified_slot(home, board
     # the real mpremote command sees the layout: pointer last written, naming slot a
     pointer = mpremote_cat(board.port, ":/active")
     assert "slot=a" in pointer and "state=confirmed" in pointer
-    assert mpremote_cat(board.port, ":/main.py").startswith("import main")
+    assert mpremote_cat(board.port, ":/main.py").startswith("# Red Mesh root main.py")
 
     # fleet node info: slots, versions, config without secrets
     info = json.loads(fleet("node", "info", "--port", board.port, "--json", "--home", home.path).stdout)

@@ -233,7 +233,8 @@ def test_external_kill_power_cycles(board):
     m = board.mark()
     os.kill(board.board_pid, signal.SIGSEGV)
     assert board.wait_event("power_on", since=m)["cause"] == "crash"
-    assert exec_out(board.port, "import machine; print(machine.reset_cause())") == "2"
+    # an ESP32 panic (Guru Meditation) reboots through SW_CPU_RESET: SOFT_RESET, as machine.reset()
+    assert exec_out(board.port, "import machine; print(machine.reset_cause())") == "5"
 
 
 def test_watchdog_expiry_power_cycles(board):
@@ -241,6 +242,33 @@ def test_watchdog_expiry_power_cycles(board):
     mpremote(board.port, "exec", "--no-follow", "import machine; machine.WDT(timeout=200)")
     assert board.wait_event("power_on", since=m)["cause"] == "watchdog"
     assert exec_out(board.port, "import machine; print(machine.reset_cause())") == "3"
+
+
+def test_exception_in_main_waits_at_the_repl_until_a_started_watchdog_resets(board, tmp_path, line_to):
+    """The board rule: an uncaught exception leaves the board at its REPL; without a watchdog it
+    stays there, with one started before the crash the watchdog resets it (reset cause WDT)."""
+    (tmp_path / "main.py").write_text("import machine\nprint('cause', machine.reset_cause())\n"
+                                      "import os\nif 'armed' in os.listdir():\n"
+                                      "    machine.WDT(timeout=1500)\nraise ValueError('boom')\n")
+    mpremote(board.port, "fs", "cp", str(tmp_path / "main.py"), ":main.py")
+    line = line_to(board.port)
+    line.write(b"\r\x03\r\x02")
+    line.read_until(b">>> ")
+    m = board.mark()
+    line.write(b"\x04")
+    seen = line.read_until(b"ValueError: boom")
+    line.read_until(b">>> ")
+    assert b"cause" in seen
+    time.sleep(3)  # twice the watchdog's timeout below: no watchdog runs, nothing happens
+    assert not [e for e in board.events[m:] if e.get("event") == "power_on"]
+    line.write(b"open('armed', 'w').close()\r")
+    line.read_until(b">>> ")
+    m = board.mark()
+    line.write(b"\x04")  # soft reset: main.py starts the watchdog, then crashes to the REPL
+    line.read_until(b"ValueError: boom")
+    line.read_until(b">>> ")
+    assert board.wait_event("power_on", timeout_s=20, since=m)["cause"] == "watchdog"
+    assert b"cause 3" in line.read_until(b"cause 3", timeout_s=20)
 
 
 def test_quota_gives_enospc(make_board, tmp_path):

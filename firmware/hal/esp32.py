@@ -8,11 +8,13 @@ HAL shape (shared with firmware/hal/sim.py):
     hal.mac              this node's 6-byte MAC
     hal.uart             sensor UART: write(bytes), async read_some(timeout_ms) -> bytes (b"" on timeout)
     hal.fs               firmware.fsutil.PosixFS at the flash root
-    hal.wdt_start(timeout_ms), hal.wdt_feed()
+    hal.wdt_start(timeout_ms), hal.wdt_feed()   the one WDT boot.py started (firmware/boot.py
+                         start_watchdog: its timeout holds; machine.WDT cannot be re-created)
+    hal.reset_cause()    machine.reset_cause(): firmware/boot.py RESET_CAUSES names it
     hal.time_s()         unix seconds from the RTC (0 when never set)
     hal.set_time_s(s)    set the RTC
     hal.mem_free()       free heap, bytes
-    hal.reset()          power-cycle-like reset
+    hal.reset()          power-cycle-like reset, planned by the app (clears the crash count)
     hal.wifi()           gateway only: the Wi-Fi station (firmware/hal/esp32_wifi.py, imported
                          on first use): async join(ssid, password, timeout_ms) -> bool (then
                          PM_NONE), isconnected(), channel() (ESP-NOW sends and hears only
@@ -75,7 +77,9 @@ class Esp32Hal:
         self._rtc = machine.RTC()
 
     def wdt_start(self, timeout_ms):
-        self._wdt = machine.WDT(timeout=timeout_ms)
+        from firmware import boot
+
+        self._wdt = boot.start_watchdog(timeout_ms)
 
     def wdt_feed(self):
         if self._wdt is not None:
@@ -97,7 +101,13 @@ class Esp32Hal:
         return gc.mem_free()
 
     def reset(self):
+        from firmware import boot
+
+        boot.clear_crashes(self.fs)  # a planned reset: the boots before it were no crash loop
         machine.reset()
+
+    def reset_cause(self):
+        return machine.reset_cause()
 
     def wifi(self):
         """The Wi-Fi station (a gateway's uplink): firmware/hal/esp32_wifi.py Esp32Wifi."""

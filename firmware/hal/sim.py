@@ -1,8 +1,10 @@
 """The virtual rig's HAL: the same shape as firmware/hal/esp32.py, on the MicroPython unix
 port. The radio is firmware/hal/sim_radio.py (loopback UDP to the medium), the sensor UART is
 a simulated PMS5003 emitting real byte frames (firmware/hal/simsensor.py), flash is the
-process's directory, and the watchdog resets the "board" by ending the process — the rig's
-launcher restarts it, as a power cycle would.
+process's directory. Watchdog, reset and reset cause are the board's `machine` module, as on
+an ESP32: on the virtual rig fleet/sim/node_fs/_rignode.py (the rig keeps the watchdog and
+restarts the node with the cause), on a virtual board fleet/sim/board_fs/_vmachine.py. On a bare
+unix port without machine.WDT, an in-process task stands in (it ends the process).
 
 Clock and Wi-Fi, as strict as the board:
 - The RTC starts unset at every start (a power cycle): time_s() and time_ms() read 0 (the port's
@@ -15,7 +17,6 @@ Clock and Wi-Fi, as strict as the board:
 """
 import asyncio
 import gc
-import sys
 import time
 
 from firmware.compat import ticks_diff, ticks_ms
@@ -71,16 +72,24 @@ class SimHal:
         seed = sim.get("seed", 1)
         noise = sim.get("sensor_noise_per_mille", 5)
         self.uart = SimUart(SimPMS5003(seed, cfg.node_id, noise, th=(cfg.sensor == "pms5003t")))
+        self._wdt = None
         self._wdt_timeout_ms = None
         self._wdt_fed = ticks_ms()
         self._init_clock_wifi(cfg)
 
     def wdt_start(self, timeout_ms):
+        from firmware import boot
+
+        self._wdt = boot.start_watchdog(timeout_ms)
+        if self._wdt is not None:
+            return
         self._wdt_timeout_ms = timeout_ms
         self._wdt_fed = ticks_ms()
         asyncio.create_task(self._wdt_task())
 
     def wdt_feed(self):
+        if self._wdt is not None:
+            self._wdt.feed()
         self._wdt_fed = ticks_ms()
 
     async def _wdt_task(self):
@@ -108,9 +117,15 @@ class SimHal:
         return gc.mem_free()
 
     def reset(self):
-        # SystemExit is not an Exception: it leaves asyncio's loop and ends the process; the
-        # launcher sees the exit and starts the node again from its flash (a power cycle).
-        sys.exit(3)
+        from firmware import boot
+
+        boot.clear_crashes(self.fs)  # a planned reset: the boots before it were no crash loop
+        boot.hard_reset()  # machine.reset(); SystemExit where the port has none
+
+    def reset_cause(self):
+        from firmware import boot
+
+        return boot.reset_cause()
 
     # ---- clock and channel; the Wi-Fi station is firmware/hal/sim_wifi.py (gateways only) ----
 

@@ -2,7 +2,8 @@
 
 Thin: the services are fleet.provision.node_info / node_logs / node_reset (plain data); this
 module renders them. `info` interrupts the app to read the flash and restarts it (soft reset)
-unless --no-restart; `logs` only listens (the app keeps running, like `mpremote resume`).
+unless --no-restart; `logs` only listens (the app keeps running, like `mpremote resume`), except
+on a board idle at its REPL (then it shows the crash log first) or with --crash-log.
 """
 import json
 
@@ -90,9 +91,13 @@ def info_cmd(home, port, baud, no_restart, as_json):
 @click.option("--lines", "-n", type=click.IntRange(1), help="Stop after N lines.")
 @click.option("--timeout-s", type=BoundedFloat(0.1), default=10.0, show_default=True,
               help="Without --follow: stop after this long.")
-def logs_cmd(port, baud, follow, lines, timeout_s):
-    """Print the board's serial console (the running app's output) without interrupting it."""
-    for line in prov.node_logs(port, lines=lines, follow=follow, timeout_s=timeout_s, baud=baud):
+@click.option("--crash-log", is_flag=True,
+              help="First stop the app to read the crash log on the flash (/crash.log), then restart it.")
+def logs_cmd(port, baud, follow, lines, timeout_s, crash_log):
+    """Print the board's serial console (the running app's output) without interrupting it. A
+    board idle at its REPL (its app crashed or ended) shows its crash log (/crash.log) instead."""
+    for line in prov.node_logs(port, lines=lines, follow=follow, timeout_s=timeout_s, baud=baud,
+                               crash_log=crash_log):
         click.echo(line)
 
 

@@ -82,10 +82,12 @@ DEFAULT_HEAP = "%dk" % interp.RIG_NODE_HEAP_KB  # board KB, scaled on a 64-bit i
 
 BOARD_FS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "board_fs")
 
-# machine.reset_cause() values and the ROM's first words for each way the board starts
+# machine.reset_cause() values and the ROM's first words for each way the board starts. As the
+# ESP32 port (ports/esp32/modmachine.c): a panic and machine.reset() are both SW_CPU_RESET and
+# read SOFT_RESET (5); the EN button is a power-on reset; HARD_RESET (2) never happens on an ESP32.
 _CAUSES = {
     "power_on": (1, "rst:0x1 (POWERON_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)"),
-    "crash": (2, "rst:0xc (SW_CPU_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)"),
+    "crash": (5, "rst:0xc (SW_CPU_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)"),
     "watchdog": (3, "rst:0x7 (TG0WDT_SYS_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)"),
     "deepsleep": (4, "rst:0x5 (DEEPSLEEP_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)"),
     "reset": (5, "rst:0xc (SW_CPU_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)"),

@@ -3,7 +3,7 @@ each running the real firmware under an ESP32-like heap with its own flash direc
 
     rig = Rig(home, topology, RigOptions(...))
     await rig.start()          # keys, configs, medium, broker, collector, nodes
-    await rig.run_for(60)      # progress lines; restarts crashed nodes like a power cycle
+    await rig.run_for(60)      # progress lines; resets nodes as a board resets (see _watch)
     await rig.stop()           # every process it started, by PID
 
 Fault hooks for HIL tests: kill_node / start_node, kill_broker / restart_broker, reflash_node
@@ -31,13 +31,15 @@ from fleet.sim.interp import micropython_bin  # noqa: F401 - the one lookup, re-
 # interpreter and says why each is what it is).
 _NODE_HEAP = interp.RIG_NODE_HEAP_KB
 _GATEWAY_HEAP = interp.GATEWAY_HEAP_KB
-_BOOT = ("import sys\nsys.path[:0]=[{build!r}]\nfrom firmware.main import run\nrun({flash!r})\n")
-# OTA mode: boot like a board — the flash's boot.py chooses the slot, then the root main.py
-# (`import main`) runs the slot's app; cwd is the flash directory (the board's "/").
-_BOOT_SLOT = ("import os, sys\nos.chdir({flash!r})\nimport boot\nboot.run({flash!r})\n"
-              "exec(open('main.py').read())\n")
-
-
+# Nodes start like boards (fleet/sim/node_fs/_rignode.py is their `machine` and start-up):
+# "slot" runs the flash's boot.py then main.py (boot.py chooses the A/B slot), "plain" runs
+# firmware.main from the build directory on the flash.
+_NODE_FS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node_fs")
+_LAUNCH = ("import sys\nsys.path.insert(0, {shim!r})\nimport _rignode\nsys.path.pop(0)\n"
+           "_rignode.boot(globals(), {cause}, {ctl!r}, {mode!r}, {build!r}, {flash!r})\n")
+# machine.reset_cause() values of the ESP32 port (firmware/boot.py RESET_CAUSES names them)
+PWRON_RESET, WDT_RESET, SOFT_RESET = 1, 3, 5
+_CAUSE_NAMES = {PWRON_RESET: "PWRON_RESET", WDT_RESET: "WDT_RESET", SOFT_RESET: "SOFT_RESET"}
 
 
 class RigOptions:
@@ -84,21 +86,41 @@ class RigOptions:
 
 
 class NodeProc:
-    """One virtual node: a MicroPython process whose cwd is its flash directory."""
+    """One virtual node: a MicroPython process whose cwd is its flash directory, started like a
+    board (mode "slot" or "plain", see _rignode.py), with its watchdog kept here.
 
-    def __init__(self, node_id, flash_dir, build_dir, heap, log_path, boot_code=_BOOT):
-        self.boot_code = boot_code
+    check(now) reads the node's control file (<flash>.machine) and says what the board would do:
+    "reset" (machine.reset()), "soft" (sys.exit()), "wdt" (the watchdog expired), "panic" (the
+    interpreter itself ended) or None (running, or idle at its REPL: `at_repl`)."""
+
+    def __init__(self, node_id, flash_dir, build_dir, heap, log_path, mode="plain"):
+        self.mode = mode
         self.node_id = node_id
         self.flash_dir = flash_dir
         self.build_dir = build_dir
         self.heap = heap
         self.log_path = log_path
+        self.ctl_path = flash_dir.rstrip("/") + ".machine"
         self.proc = None
         self.starts = 0
         self.killed = False  # killed on purpose: do not restart
+        self.cause = PWRON_RESET
+        self.causes = []  # the reset cause of every start, in order
+        self.at_repl = False
+        self._wdt_ms = 0
+        self._wdt_seen = None
+        self._wdt_fed_s = None
 
-    def start(self):
-        code = self.boot_code.format(build=self.build_dir, flash=self.flash_dir)
+    def start(self, cause=PWRON_RESET, keep_wdt=False):
+        """Start the interpreter with machine.reset_cause() == cause; the watchdog stops unless
+        keep_wdt (a soft reset keeps it running, as on an ESP32)."""
+        if not keep_wdt:
+            self._wdt_ms, self._wdt_seen, self._wdt_fed_s = 0, None, None
+        with open(self.ctl_path, "w") as f:
+            f.write("run %d 0\n" % self._wdt_ms)
+        self._wdt_seen = None
+        code = _LAUNCH.format(shim=_NODE_FS, cause=int(cause), ctl=self.ctl_path, mode=self.mode,
+                              build=self.build_dir, flash=self.flash_dir)
         log = open(self.log_path, "ab")
         mp = micropython_bin()
         self.proc = subprocess.Popen([mp, "-X", interp.heap_arg(self.heap, mp), "-c", code],
@@ -107,9 +129,40 @@ class NodeProc:
         log.close()
         self.starts += 1
         self.killed = False
+        self.at_repl = False
+        self.cause = cause
+        self.causes.append(cause)
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
+
+    def _read_ctl(self):
+        try:
+            with open(self.ctl_path) as f:
+                parts = f.read().split()
+            return parts[0], int(parts[1]), parts[2]
+        except (OSError, ValueError, IndexError):
+            return None  # absent, or caught half-written: next time
+
+    def check(self, now_s=None):
+        """What the board does now (see the class docstring); the caller acts on it."""
+        now_s = time.monotonic() if now_s is None else now_s
+        ctl = self._read_ctl()
+        if ctl is not None:
+            state, wdt_ms, feeds = ctl
+            if wdt_ms and not self._wdt_ms:
+                self._wdt_ms = wdt_ms
+            if self._wdt_ms and (feeds != self._wdt_seen or self._wdt_fed_s is None):
+                self._wdt_seen = feeds
+                self._wdt_fed_s = now_s  # started or fed
+            if state in ("reset", "soft"):
+                return state
+            self.at_repl = state == "repl"
+        if self._wdt_ms and self._wdt_fed_s is not None and now_s - self._wdt_fed_s > self._wdt_ms / 1000:
+            return "wdt"
+        if self.proc is not None and not self.alive():
+            return "panic"
+        return None
 
     def kill(self, on_purpose=True):
         self.killed = on_purpose
@@ -296,7 +349,7 @@ class Rig:
             self._write_flash(n, ks, flash_files if fresh else None)
             heap = self.opt.gateway_heap if n.is_gateway else (self.opt.ota_heap if self.opt.ota else self.opt.heap)
             np = NodeProc(n.id, flash, build, heap, os.path.join(flash, "console.log"),
-                          boot_code=_BOOT_SLOT if flash_files is not None else _BOOT)
+                          mode="slot" if flash_files is not None else "plain")
             self.nodes[n.id] = np
         # gateways first, so the first beacons find a root
         order = sorted(self.topo.nodes, key=lambda n: (not n.is_gateway, n.id))
@@ -308,17 +361,39 @@ class Rig:
             len(self.topo.nodes), len(self.topo.gateways()), self.medium.port, self.broker_url))
 
     async def _watch(self):
-        """A node process that ended (crash, watchdog reset, machine.reset) is restarted, like a
-        board power-cycling; a node killed on purpose stays down."""
+        """Every second, do what a board does: machine.reset() and a watchdog that expires
+        restart the node (with that reset cause, logged), so does an interpreter that dies (a
+        panic); a node left at its REPL by an uncaught exception stays there (logged once).
+        A node killed on purpose stays down; restart_crashed=False leaves every node as it is."""
         while True:
             await asyncio.sleep(1.0)
             for np in self.nodes.values():
-                if np.proc is not None and not np.alive() and not np.killed and self.opt.restart_crashed:
-                    rc = np.proc.returncode
-                    why = "reset itself (machine.reset: an update, a roll back or the watchdog)" if rc == 3 \
-                        else "crashed (exit %s)" % rc
-                    self.log("rig: node %d %s: restarting it" % (np.node_id, why))
-                    np.start()
+                self.step_node(np)
+
+    def step_node(self, np, now_s=None):
+        """One watch step for node process `np`; returns what happened (see NodeProc.check)."""
+        if np.proc is None or np.killed or not self.opt.restart_crashed:
+            return None
+        was_repl = np.at_repl
+        what = np.check(now_s)
+        if what is None:
+            if np.at_repl and not was_repl:
+                self.log("rig: node %d is at its REPL (the app ended, see its console.log); no watchdog "
+                         "running, so it stays there as a board would" % np.node_id)
+            return None
+        if what == "soft":
+            cause, keep, why = np.cause, True, "soft-reset itself (sys.exit)"
+        elif what == "reset":
+            cause, keep, why = SOFT_RESET, False, "reset itself (machine.reset)"
+        elif what == "wdt":
+            cause, keep, why = WDT_RESET, False, "was reset by its watchdog (not fed for %d ms)" % np._wdt_ms
+        else:
+            cause, keep, why = SOFT_RESET, False, "crashed (the interpreter ended, exit %s: a panic)" % (
+                np.proc.returncode,)
+        self.log("rig: node %d %s: restarting it, reset cause %s" % (np.node_id, why, _CAUSE_NAMES[cause]))
+        np.kill(on_purpose=False)
+        np.start(cause, keep_wdt=keep)
+        return what
 
     # ---- faults ---------------------------------------------------------------------------------
 
