@@ -36,6 +36,7 @@ the mesh key; OtaAir below does it for firmware/node.py), poll_event() -> ("prog
 """
 import hashlib
 
+from firmware.compat import verify_signature
 from firmware.trickle import Trickle, Xorshift32
 from protocol import OTA_PKT_MAX, OtaAdvert, OtaData, OtaRequest, ProtocolError, decode, encode
 from protocol.frames import T_OTA_ADV, T_OTA_DATA, T_OTA_REQ
@@ -55,7 +56,7 @@ ST_RECEIVING = 1
 ST_COMPLETE = 2  # complete and verified, newer than the running app: ready to stage
 
 _TOKEN = 1000  # milli-tokens per frame
-_EMPTY = bytearray(0)  # an unallocated buffer (the RX and manifest buffers live only while needed)
+_EMPTY = bytearray(0)  # an unallocated buffer (a manifest of several units: only while fetched)
 _MAX_REFUSED = 8
 
 
@@ -100,20 +101,41 @@ class OtaEngine:
     node_id: this node's id (frames' src/dst); fleet_pub: the fleet's 32-byte Ed25519 public key;
     store: firmware.ota_store.PageStore (or anything with its methods); seed: jitter seed;
     params: OtaParams (None: defaults); running_bseq: bseq of the running (or staged) app;
-    now_ms: the time the engine starts at."""
+    now_ms: the time the engine starts at; carry: what carry() returned from an engine of this
+    node dropped earlier in this boot (its Trickle, token bucket, neighbour and distrust tables,
+    refusals and counters go on; running_bseq and seed are then ignored)."""
 
-    def __init__(self, node_id, fleet_pub, store, seed, params=None, running_bseq=0, now_ms=0):
+    def __init__(self, node_id, fleet_pub, store, seed, params=None, running_bseq=0, now_ms=0, carry=None):
         self.node_id = node_id
         self.fleet_pub = fleet_pub
         self.store = store
         self.p = params if params is not None else OtaParams()
-        self._rng = Xorshift32(seed ^ node_id)
-        self.floor = running_bseq
         self._now = now_ms
-        self._tokens = self.p.tx_burst * _TOKEN
-        self._tok_ms = now_ms
-        self.trickle = Trickle(self.p.adv_imin_ms, self.p.adv_doublings, self.p.adv_k, self._rng)
-        self.trickle.start(now_ms)
+        if carry is None:
+            self._rng = Xorshift32(seed ^ node_id)
+            self.floor = running_bseq
+            self._tokens = self.p.tx_burst * _TOKEN
+            self._tok_ms = now_ms
+            self.trickle = Trickle(self.p.adv_imin_ms, self.p.adv_doublings, self.p.adv_k, self._rng)
+            self.trickle.start(now_ms)
+            self._fails = {}
+            self._nbs = {}  # src -> [bseq, mid, mlen, npages, have, heard_ms]
+            self._distrust = {}
+            self._refused = []
+            self.tx_frames = 0
+            self.bad_pages = 0
+        else:
+            self._rng = carry["rng"]
+            self.floor = carry["floor"]
+            self._tokens = carry["tokens"]
+            self._tok_ms = carry["tok_ms"]
+            self.trickle = carry["trickle"]
+            self._fails = carry["fails"]
+            self._nbs = carry["nbs"]
+            self._distrust = carry["distrust"]
+            self._refused = carry["refused"]
+            self.tx_frames = carry["tx_frames"]
+            self.bad_pages = carry["bad_pages"]
         self.m = None  # the stored bundle's Manifest
         self.signed = b""
         self.mpages = 0
@@ -125,16 +147,15 @@ class OtaEngine:
         self._mbuf = _EMPTY
         self._munits = 0
         self._msrcs = {}
-        self._rx = _EMPTY
+        # the one receive buffer, allocated first and kept for the engine's life: resume checks
+        # pages through it, a one-unit manifest is assembled and checked in it; a heap that has
+        # run a while may not have 3.5 KB in one piece any more
+        self._rx = bytearray(PAGE_MAX)
         self._rx_unit = -1
         self._rx_bits = 0
         self._rx_srcs = {}
         self._req_due = None
         self._req_nb = None
-        self._fails = {}
-        self._nbs = {}  # src -> [bseq, mid, mlen, npages, have, heard_ms]
-        self._distrust = {}
-        self._refused = []
         self._serve = {}
         self._serve_due = None
         self._tx_unit = -1
@@ -142,9 +163,9 @@ class OtaEngine:
         self._ctl = []
         self._events = []
         self.progress_pct = 0
-        self.tx_frames = 0
-        self.bad_pages = 0
         self._resume()
+        if carry is not None and carry["adv_due"]:
+            self._ctl.append(self._advert())
 
     # ---- stored bundle ----------------------------------------------------------------------
 
@@ -154,9 +175,9 @@ class OtaEngine:
             return
         try:
             if self.p.reverify_stored:
-                m = parse_signed_manifest(signed, self.fleet_pub)
+                m = parse_signed_manifest(signed, self.fleet_pub, verify_signature, False)
             else:
-                m = parse_manifest(split_signed(signed)[0], signed)
+                m = parse_manifest(split_signed(signed)[0], signed, False)
         except ProtocolError:
             m = None
         except MemoryError:
@@ -165,7 +186,7 @@ class OtaEngine:
             self.store.clear()
             return
         self._set_stored(m, signed)
-        buf = bytearray(PAGE_MAX)
+        buf = self._rx
         for i in range(m.npages):
             if not self._page_intact(i, buf):
                 self.store.drop_pages(i)
@@ -202,6 +223,40 @@ class OtaEngine:
         self.trickle.reset(now)
         self._schedule_request(now)
 
+    # ---- dropped between campaigns (firmware/ota_node.py) ---------------------------------------
+
+    def quiescent(self):
+        """True when nothing is fetched, served, scheduled or reported: the engine may be
+        dropped (carry() and summary() keep what goes on) and built again when needed."""
+        if self.t_bseq or self._serve or self._req_due is not None or self._events:
+            return False
+        if self.m is not None and self.have < self.total:
+            return False
+        for f in self._ctl:
+            if f.type != T_OTA_ADV:
+                return False
+        return True
+
+    def summary(self):
+        """(bseq, mlen, mid, npages, have) of the stored bundle as adverts carry it, or None."""
+        if self.m is None:
+            return None
+        return self.m.bseq, len(self.signed), self.m.mid, self.m.npages, self.have
+
+    def carry(self):
+        """What a quiescent engine hands to the one built after it (see __init__), with the
+        tunables and limits the stand-in (firmware/ota_node.py) applies while there is none.
+        Plain values and firmware.trickle objects only: nothing that keeps this module alive."""
+        adv_due = False
+        for f in self._ctl:
+            adv_due = adv_due or f.type == T_OTA_ADV
+        return {"rng": self._rng, "floor": self.floor, "tokens": self._tokens, "tok_ms": self._tok_ms,
+                "trickle": self.trickle, "fails": self._fails, "nbs": self._nbs, "distrust": self._distrust,
+                "refused": self._refused, "tx_frames": self.tx_frames, "bad_pages": self.bad_pages,
+                "adv_due": adv_due, "progress": self.progress_pct, "complete_state": ST_COMPLETE,
+                "max_signed": MAX_SIGNED, "tx_burst": self.p.tx_burst, "tx_rate_per_s": self.p.tx_rate_per_s,
+                "max_neighbours": self.p.max_neighbours}
+
     def set_running(self, bseq):
         """Tell the engine the bseq now running (after staging or a rollback)."""
         self.floor = bseq
@@ -218,6 +273,13 @@ class OtaEngine:
         """True when the stored bundle is complete (all units verified)."""
         return self.m is not None and self.have == self.total
 
+    def stage_manifest(self):
+        """The stored bundle's Manifest with its file list, for staging (self.m keeps only what
+        dissemination needs). Its signature was checked when it was stored or resumed."""
+        m = parse_manifest(split_signed(self.signed)[0], self.signed)
+        m.raw = b""  # a 3 KB copy staging never reads
+        return m
+
     # ---- gateway seeding ----------------------------------------------------------------------
 
     def offer_bundle(self, signed, pages, now_ms=None):
@@ -233,7 +295,7 @@ class OtaEngine:
     def offer_manifest(self, signed, now_ms=None):
         """Seed a signed manifest (gateway). Raises ProtocolError when it is refused."""
         now = self._now if now_ms is None else now_ms
-        m = parse_signed_manifest(signed, self.fleet_pub)
+        m = parse_signed_manifest(signed, self.fleet_pub, verify_signature, False)
         if m.bseq < self.floor:
             raise ProtocolError("bseq %d is below the running %d" % (m.bseq, self.floor))
         if not self._class_ok(m):
@@ -390,8 +452,6 @@ class OtaEngine:
         self._rx_unit = unit
         self._rx_bits = 0
         self._rx_srcs = {}
-        if not self._rx:
-            self._rx = bytearray(PAGE_MAX)
 
     def _schedule_request(self, now):
         if self._target() is None:
@@ -422,7 +482,7 @@ class OtaEngine:
                 return
             if self.t_bseq == 0 or a.bseq > self.t_bseq:
                 self.t_bseq, self.t_mid, self.t_mlen = a.bseq, a.mid, a.mlen
-                self._mbuf = bytearray(a.mlen)
+                self._mbuf = bytearray(a.mlen) if manifest_pages(a.mlen) > 1 else _EMPTY
                 self._munits = 0
                 self._msrcs = {}
                 self._rx_reset(0)
@@ -514,7 +574,7 @@ class OtaEngine:
     def _unit_bytes(self, u):
         """The bytes of stored unit u (manifest chunk or verified page), or None."""
         if u < self.mpages:
-            return self.signed[u * PAGE_MAX:(u + 1) * PAGE_MAX]
+            return memoryview(self.signed)[u * PAGE_MAX:(u + 1) * PAGE_MAX]  # no 3.5 KB copy per packet
         if u != self._tx_unit:
             i = u - self.mpages
             if self._tx_buf is None:
@@ -592,15 +652,18 @@ class OtaEngine:
         srcs = list(self._rx_srcs)
         self._req_due = None
         if self.t_bseq:
-            self._mbuf[unit * PAGE_MAX:unit * PAGE_MAX + size] = memoryview(self._rx)[:size]
             self._munits = unit + 1
             for s in srcs:
                 self._msrcs[s] = True
+            if not self._mbuf:  # a one-unit manifest: checked where it was received
+                self._manifest_done(now, memoryview(self._rx)[:size])
+                return
+            self._mbuf[unit * PAGE_MAX:unit * PAGE_MAX + size] = memoryview(self._rx)[:size]
             if self._munits < manifest_pages(self.t_mlen):
                 self._rx_reset(self._munits)
                 self._schedule_request(now)
                 return
-            self._manifest_done(now)
+            self._manifest_done(now, self._mbuf)
             return
         i = unit - self.mpages
         page = memoryview(self._rx)[:size]  # no copy: the heap is tight
@@ -618,7 +681,6 @@ class OtaEngine:
         self._progress()
         self.trickle.reset(now)
         if self.have == self.total:
-            self._rx = _EMPTY  # 3.5 KB back to the heap
             self._rx_unit = -1
             self._req_due = None
             self._events.append(("complete", self.m.bseq))
@@ -626,8 +688,9 @@ class OtaEngine:
             self._rx_reset(self.have)
             self._schedule_request(now)
 
-    def _manifest_done(self, now):
-        signed = bytes(self._mbuf)
+    def _manifest_done(self, now, signed):
+        # `signed` (the receive buffer or _mbuf) is checked in place: one copy of it on the heap
+        # at the worst moment; the Manifest makes its own bytes copy after the check
         bseq, mid = self.t_bseq, self.t_mid
         srcs = list(self._msrcs)
         self.t_bseq = self.t_mid = self.t_mlen = 0
@@ -643,7 +706,7 @@ class OtaEngine:
             return
         bad = False  # a sender served something no honest node stores
         try:
-            m = parse_signed_manifest(signed, self.fleet_pub)
+            m = parse_signed_manifest(signed, self.fleet_pub, verify_signature, False)
         except ProtocolError as e:
             reason = str(e)
             bad = True
@@ -664,7 +727,8 @@ class OtaEngine:
             self._req_due = None
             self._schedule_request(now)
             return
-        self._install(m, signed, now)
+        signed = None
+        self._install(m, m.signed, now)  # the manifest's own bytes copy, made after the check
 
 
 class OtaAir:

@@ -159,12 +159,12 @@ def _memo_manifest():
     orig = ota_mod.parse_signed_manifest
     cache = {}
 
-    def cached(buf, fleet_pub, verify=None):
-        key = (bytes(buf), bytes(fleet_pub), verify)
+    def cached(buf, fleet_pub, verify=None, files=True):
+        key = (bytes(buf), bytes(fleet_pub), verify, files)
         hit = cache.get(key)
         if hit is None:
             try:
-                hit = (orig(buf, fleet_pub, verify), None)
+                hit = (orig(buf, fleet_pub, verify, files), None)
             except ProtocolError as e:
                 hit = (None, str(e))
             cache[key] = hit
