@@ -207,16 +207,25 @@ def _parse(raw, signed, keep_files):
 
 def split_signed(buf):
     """Return (manifest_bytes, signature) of a signed manifest, checking only its structure."""
+    a, b, sig = _split_at(buf)
+    return bytes(buf[a:b]), sig
+
+
+def _split_at(buf):
+    """split_signed's checks; return (start, end) of the manifest bytes in buf and the signature."""
     if not isinstance(buf, (bytes, bytearray, memoryview)):
         raise ProtocolError("signed manifest: expected bytes")
     if len(buf) > MAX_SIGNED:
         raise ProtocolError("signed manifest: %d bytes, at most %d" % (len(buf), MAX_SIGNED))
     d = cbor.Decoder(buf)
     _array(d, "signed", 2, 2)
-    raw = _bytes(d, "bytes", 1, MAX_SIGNED)
+    n = _head(d, "bytes", 2, 1, MAX_SIGNED)
+    d._need(n, "bytes")
+    a = d.pos
+    d.pos += n
     sig = _bytes(d, "signature", SIG_LEN, SIG_LEN)
     d.done()
-    return raw, sig
+    return a, a + n, sig
 
 
 def parse_signed_manifest(buf, fleet_pub, verify=None, files=True):
@@ -227,19 +236,21 @@ def parse_signed_manifest(buf, fleet_pub, verify=None, files=True):
     unloads it again). files: see parse_manifest. Raises ProtocolError for a bad size,
     structure or signature, or any field out of spec; MemoryError passes through."""
     try:
-        raw, sig = split_signed(buf)
+        a, b, sig = _split_at(buf)
     except (ProtocolError, MemoryError):
         raise
     except Exception as e:  # noqa: BLE001 - only ProtocolError (and MemoryError) escape
         raise ProtocolError("malformed signed manifest (%s: %s)" % (type(e).__name__, e))
-    digest = sha256(raw)
-    raw = None  # the signature check is the heap's worst moment on a node: no copy held over it
+    # the Manifest's own copy, made first: the signature check leaves a node's heap in small
+    # pieces, so no big block is allocated after it (the manifest bytes are parsed in place)
+    signed = bytes(buf)
+    raw = memoryview(signed)[a:b]
     if verify is None:
         from protocol.ed25519 import verify
-    if not verify(fleet_pub, digest, sig):
+    if not verify(fleet_pub, sha256(raw), sig):
         raise ProtocolError("manifest signature does not verify with the fleet key")
     verify = None
-    return parse_manifest(split_signed(buf)[0], bytes(buf), files)
+    return parse_manifest(raw, signed, files)
 
 
 def build_manifest(bseq, version, target_class, image_size, page_size, page_digests, files, compression):
