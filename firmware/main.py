@@ -62,6 +62,7 @@ def _attach_ota(node, cfg, fs, gateway):
     """Give the node its OTA shell when the app runs from an A/B slot (a /active pointer on
     the flash); without one (run from a build directory, tests) OTA stays off, logged. The shell
     builds the engine and the slot manager only while it needs them (firmware/ota_node.py)."""
+    import protocol
     from firmware import boot
     from firmware.compat import unload
 
@@ -74,6 +75,11 @@ def _attach_ota(node, cfg, fs, gateway):
     if pointer is None:
         print("ota", "disabled: no A/B slot pointer on this flash (app not run from a slot)")
         return
+
+    # the OTA engine's one receive buffer, allocated first (a page in one piece) and handed from
+    # engine to engine for the node's life: a heap that has run a while may not have 3.5 KB free
+    # in one piece when a campaign starts
+    rx = bytearray(protocol.OTA_PKTS_PER_PAGE * protocol.OTA_PKT_MAX)
     # the engine's modules first, as the node's last big imports: the shell drops and reloads
     # them later, but their bytecode (and the interned names) are best placed on a fresh heap
     import firmware.ota  # noqa: F401
@@ -98,7 +104,7 @@ def _attach_ota(node, cfg, fs, gateway):
         if carry is not None:
             p.reverify_stored = False  # checked at boot or when it arrived, by this very boot
         engine = OtaEngine(cfg.node_id, cfg.fleet_pub, PageStore(fs, "ota"), cfg.node_id ^ (node.boot_count << 8),
-                           p, running_bseq=floor, now_ms=node.now_ms(), carry=carry)
+                           p, running_bseq=floor, now_ms=node.now_ms(), carry=carry, rx=rx)
         return OtaAir(engine, cfg.mesh_key)
 
     shell = OtaShell(node, make_air, make_slots, cfg.mesh_key, print)

@@ -103,9 +103,10 @@ class OtaEngine:
     params: OtaParams (None: defaults); running_bseq: bseq of the running (or staged) app;
     now_ms: the time the engine starts at; carry: what carry() returned from an engine of this
     node dropped earlier in this boot (its Trickle, token bucket, neighbour and distrust tables,
-    refusals and counters go on; running_bseq and seed are then ignored)."""
+    refusals and counters go on; running_bseq and seed are then ignored); rx: the receive
+    buffer (PAGE_MAX bytes) to use, allocated by the caller while its heap was fresh."""
 
-    def __init__(self, node_id, fleet_pub, store, seed, params=None, running_bseq=0, now_ms=0, carry=None):
+    def __init__(self, node_id, fleet_pub, store, seed, params=None, running_bseq=0, now_ms=0, carry=None, rx=None):
         self.node_id = node_id
         self.fleet_pub = fleet_pub
         self.store = store
@@ -150,7 +151,9 @@ class OtaEngine:
         # the one receive buffer, allocated first and kept for the engine's life: resume checks
         # pages through it, a one-unit manifest is assembled and checked in it; a heap that has
         # run a while may not have 3.5 KB in one piece any more
-        self._rx = bytearray(PAGE_MAX)
+        if carry is not None:
+            rx = carry["rx"]
+        self._rx = rx if rx is not None else bytearray(PAGE_MAX)
         self._rx_unit = -1
         self._rx_bits = 0
         self._rx_srcs = {}
@@ -250,7 +253,7 @@ class OtaEngine:
         adv_due = False
         for f in self._ctl:
             adv_due = adv_due or f.type == T_OTA_ADV
-        return {"rng": self._rng, "floor": self.floor, "tokens": self._tokens, "tok_ms": self._tok_ms,
+        return {"rx": self._rx, "rng": self._rng, "floor": self.floor, "tokens": self._tokens, "tok_ms": self._tok_ms,
                 "trickle": self.trickle, "fails": self._fails, "nbs": self._nbs, "distrust": self._distrust,
                 "refused": self._refused, "tx_frames": self.tx_frames, "bad_pages": self.bad_pages,
                 "adv_due": adv_due, "progress": self.progress_pct, "complete_state": ST_COMPLETE,

@@ -32,8 +32,11 @@ Rules
   a stage is due, and drops it (and unloads its modules) once it has been quiescent for
   IDLE_DROP_MS. Meanwhile it does the engine's idle part itself, with the engine's own Trickle,
   token bucket and neighbour table (OtaEngine.carry()): the same adverts at the same times,
-  the same Trickle resets and suppressions. The slot manager is built for a stage, a confirm or
-  a roll back only; Ed25519 is unloaded after every signature check.
+  the same Trickle resets and suppressions. The engine's one receive buffer (a page, allocated
+  by main.py before anything else OTA) goes from engine to engine: a heap that has run for
+  hours seldom has 3.5 KB in one piece. The slot manager is built for a stage, a confirm or a
+  roll back only; Ed25519 is unloaded after every signature check; staging always follows a
+  reset (fresh heap).
 """
 import gc
 import sys
@@ -179,10 +182,10 @@ class OtaShell:
             gc.collect()
         try:
             self._load().engine.on_frame(f, mac, now_ms)
-        except MemoryError:
+        except MemoryError as e:
             # the engine's state is not to be trusted after a failed allocation: reset; the
             # verified pages are on flash and the fetch resumes from them
-            self.log("ota", "out of memory while receiving: resetting (progress is kept on flash)")
+            self.log("ota", "out of memory while receiving (%s): resetting (progress is kept on flash)" % e)
             self.node.shutdown_for_reset()
             self.node.hal.reset()
         self._unload_sig()
@@ -405,7 +408,7 @@ class OtaShell:
             # (a reset follows; after a failure it is built again when needed, and what it was
             # about to answer is asked again, as after that reset)
             self._drop()
-            buf = bytearray(m.page_size)  # one page buffer for the whole image
+            buf = self.carry["rx"]  # the engine's receive buffer: one page for the whole image
         except MemoryError as err:
             if at_boot:
                 raise
