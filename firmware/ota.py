@@ -45,6 +45,7 @@ from protocol.manifest import (
     PAGE_MAX,
     manifest_id,
     manifest_pages,
+    manifest_view,
     parse_manifest,
     parse_signed_manifest,
     split_signed,
@@ -138,7 +139,7 @@ class OtaEngine:
             self.tx_frames = carry["tx_frames"]
             self.bad_pages = carry["bad_pages"]
         self.m = None  # the stored bundle's Manifest
-        self.signed = b""
+        self.mlen = 0  # the stored signed manifest's length (its bytes stay on flash)
         self.mpages = 0
         self.total = 0
         self.have = 0
@@ -173,9 +174,10 @@ class OtaEngine:
     # ---- stored bundle ----------------------------------------------------------------------
 
     def _resume(self):
-        signed = self.store.manifest()
-        if signed is None:
+        n = self.store.read_manifest_into(self._rx)  # no allocation: read where pages are checked
+        if n < 0:
             return
+        signed = memoryview(self._rx)[:n] if n < len(self._rx) else self.store.manifest()
         try:
             if self.p.reverify_stored:
                 m = parse_signed_manifest(signed, self.fleet_pub, verify_signature, False)
@@ -189,6 +191,7 @@ class OtaEngine:
             self.store.clear()
             return
         self._set_stored(m, signed)
+        signed = None
         buf = self._rx
         for i in range(m.npages):
             if not self._page_intact(i, buf):
@@ -207,8 +210,8 @@ class OtaEngine:
 
     def _set_stored(self, m, signed):
         self.m = m
-        self.signed = signed
-        self.mpages = manifest_pages(len(signed))
+        self.mlen = len(signed)
+        self.mpages = manifest_pages(self.mlen)
         self.total = self.mpages + m.npages
         self.have = self.mpages
         self._serve = {}
@@ -244,7 +247,7 @@ class OtaEngine:
         """(bseq, mlen, mid, npages, have) of the stored bundle as adverts carry it, or None."""
         if self.m is None:
             return None
-        return self.m.bseq, len(self.signed), self.m.mid, self.m.npages, self.have
+        return self.m.bseq, self.mlen, self.m.mid, self.m.npages, self.have
 
     def carry(self):
         """What a quiescent engine hands to the one built after it (see __init__), with the
@@ -278,10 +281,11 @@ class OtaEngine:
 
     def stage_manifest(self):
         """The stored bundle's Manifest with its file list, for staging (self.m keeps only what
-        dissemination needs). Its signature was checked when it was stored or resumed."""
-        m = parse_manifest(split_signed(self.signed)[0], self.signed)
-        m.raw = b""  # a 3 KB copy staging never reads
-        return m
+        dissemination needs). Its signature was checked when it was stored or resumed. Read
+        through the receive buffer (free once the bundle is complete) and parsed in place."""
+        n = self.store.read_manifest_into(self._rx)
+        signed = memoryview(self._rx)[:n] if 0 <= n < len(self._rx) else self.store.manifest()
+        return parse_manifest(manifest_view(signed), None)
 
     # ---- gateway seeding ----------------------------------------------------------------------
 
@@ -434,7 +438,7 @@ class OtaEngine:
     def _advert(self):
         if self.m is None:
             return OtaAdvert(self.node_id, self.floor, 0, 0, 0, 0)
-        return OtaAdvert(self.node_id, self.m.bseq, len(self.signed), self.m.mid, self.m.npages, self.have)
+        return OtaAdvert(self.node_id, self.m.bseq, self.mlen, self.m.mid, self.m.npages, self.have)
 
     def _unit_len(self, u, mlen, m):
         mp = manifest_pages(mlen)
@@ -448,7 +452,7 @@ class OtaEngine:
             u = self._munits
             return self.t_bseq, self.t_mid, u, self._unit_len(u, self.t_mlen, None)
         if self.m is not None and self.have < self.total:
-            return self.m.bseq, self.m.mid, self.have, self._unit_len(self.have, len(self.signed), self.m)
+            return self.m.bseq, self.m.mid, self.have, self._unit_len(self.have, self.mlen, self.m)
         return None
 
     def _rx_reset(self, unit):
@@ -564,7 +568,7 @@ class OtaEngine:
             return
         if self.m is None or r.bseq != self.m.bseq or r.page >= self.have:
             return
-        size = self._unit_len(r.page, len(self.signed), self.m)
+        size = self._unit_len(r.page, self.mlen, self.m)
         bits = r.missing & _mask((size + OTA_PKT_MAX - 1) // OTA_PKT_MAX)
         if not bits:
             return
@@ -576,13 +580,17 @@ class OtaEngine:
 
     def _unit_bytes(self, u):
         """The bytes of stored unit u (manifest chunk or verified page), or None."""
-        if u < self.mpages:
-            return memoryview(self.signed)[u * PAGE_MAX:(u + 1) * PAGE_MAX]  # no 3.5 KB copy per packet
         if u != self._tx_unit:
             i = u - self.mpages
             if self._tx_buf is None:
                 self._tx_buf = bytearray(PAGE_MAX)  # one buffer for the node's life: no fragmentation
             self._tx_unit = -1
+            if u < self.mpages:  # a chunk of the signed manifest, read from flash (not kept in RAM)
+                want = min(PAGE_MAX, self.mlen - u * PAGE_MAX)
+                if self.store.read_manifest_into(memoryview(self._tx_buf)[:want], u * PAGE_MAX) != want:
+                    return None
+                self._tx_unit = u
+                return self._tx_buf
             if not self._page_intact(i, self._tx_buf):
                 # flash lost it: forget this page and those after it, fetch them again
                 self.store.drop_pages(i)
@@ -612,7 +620,7 @@ class OtaEngine:
             data = self._unit_bytes(u)
             if data is None:
                 continue
-            end = min((k + 1) * OTA_PKT_MAX, self._unit_len(u, len(self.signed), self.m))
+            end = min((k + 1) * OTA_PKT_MAX, self._unit_len(u, self.mlen, self.m))
             return OtaData(self.node_id, self.m.bseq, u, k, bytes(data[k * OTA_PKT_MAX:end]))
         self._serve_due = None
         return None
@@ -730,8 +738,7 @@ class OtaEngine:
             self._req_due = None
             self._schedule_request(now)
             return
-        signed = None
-        self._install(m, m.signed, now)  # the manifest's own bytes copy, made after the check
+        self._install(m, signed, now)  # written to flash before the receive buffer is reused
 
 
 class OtaAir:

@@ -202,13 +202,20 @@ def _parse(raw, signed, keep_files):
     d.done()
     seen = None
     return Manifest(bseq, version, target, image_size, page_size, pages, files, compression,
-                    bytes(raw) if keep_files else b"", signed)
+                    bytes(raw) if keep_files and not isinstance(raw, memoryview) else b"", signed)
 
 
 def split_signed(buf):
     """Return (manifest_bytes, signature) of a signed manifest, checking only its structure."""
     a, b, sig = _split_at(buf)
     return bytes(buf[a:b]), sig
+
+
+def manifest_view(buf):
+    """The manifest bytes of signed manifest `buf` as a memoryview into it (no copy); the
+    structure is checked as split_signed does."""
+    a, b, _sig = _split_at(buf)
+    return memoryview(buf)[a:b]
 
 
 def _split_at(buf):
@@ -242,15 +249,20 @@ def parse_signed_manifest(buf, fleet_pub, verify=None, files=True):
     except Exception as e:  # noqa: BLE001 - only ProtocolError (and MemoryError) escape
         raise ProtocolError("malformed signed manifest (%s: %s)" % (type(e).__name__, e))
     # the Manifest's own copy, made first: the signature check leaves a node's heap in small
-    # pieces, so no big block is allocated after it (the manifest bytes are parsed in place)
-    signed = bytes(buf)
+    # pieces, so no big block is allocated after it (the manifest bytes are parsed in place).
+    # files=False and a buffer that is not bytes (a node's receive buffer): no copy at all, the
+    # caller keeps the bytes (on flash); Manifest.signed is None, mid is computed all the same
+    signed = buf if isinstance(buf, bytes) or not files else bytes(buf)
     raw = memoryview(signed)[a:b]
     if verify is None:
         from protocol.ed25519 import verify
     if not verify(fleet_pub, sha256(raw), sig):
         raise ProtocolError("manifest signature does not verify with the fleet key")
     verify = None
-    return parse_manifest(raw, signed, files)
+    m = parse_manifest(bytes(raw) if files else raw, signed, files)  # Manifest.raw: bytes when kept
+    if not isinstance(signed, bytes):
+        m.signed = None  # a view of the caller's buffer, not to be kept
+    return m
 
 
 def build_manifest(bseq, version, target_class, image_size, page_size, page_digests, files, compression):

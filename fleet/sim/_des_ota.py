@@ -47,6 +47,13 @@ class MemPageStore:
     def get_page(self, i):
         return self.pages.get(i)
 
+    def read_manifest_into(self, buf, offset=0):
+        if self.signed is None:
+            return -1
+        n = max(0, min(len(self.signed) - offset, len(buf)))
+        buf[:n] = self.signed[offset:offset + n]
+        return n
+
     def read_page_into(self, i, buf):
         p = self.pages.get(i)
         if p is None:
