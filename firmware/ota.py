@@ -48,7 +48,6 @@ from protocol.manifest import (
     manifest_view,
     parse_manifest,
     parse_signed_manifest,
-    split_signed,
 )
 
 # ota_state values for status frames (firmware/slots.py continues at 3)
@@ -167,13 +166,13 @@ class OtaEngine:
         self._ctl = []
         self._events = []
         self.progress_pct = 0
-        self._resume()
+        self._resume(carry is not None)
         if carry is not None and carry["adv_due"]:
             self._ctl.append(self._advert())
 
     # ---- stored bundle ----------------------------------------------------------------------
 
-    def _resume(self):
+    def _resume(self, strict=False):
         n = self.store.read_manifest_into(self._rx)  # no allocation: read where pages are checked
         if n < 0:
             return
@@ -182,10 +181,12 @@ class OtaEngine:
             if self.p.reverify_stored:
                 m = parse_signed_manifest(signed, self.fleet_pub, verify_signature, False)
             else:
-                m = parse_manifest(split_signed(signed)[0], signed, False)
+                m = parse_manifest(manifest_view(signed), signed, False)  # in place: no 3 KB block
         except ProtocolError:
             m = None
         except MemoryError:
+            if strict:
+                raise  # an engine built again mid-boot must hold what the dropped one held
             return  # the heap, not the bundle: keep it on flash, a later boot resumes it
         if m is None or m.bseq < self.floor or not self._class_ok(m):
             self.store.clear()
