@@ -76,10 +76,11 @@ def _attach_ota(node, cfg, fs, gateway):
         print("ota", "disabled: no A/B slot pointer on this flash (app not run from a slot)")
         return
 
-    # the OTA engine's one receive buffer, allocated first (a page in one piece) and handed from
-    # engine to engine for the node's life: a heap that has run a while may not have 3.5 KB free
-    # in one piece when a campaign starts
+    # the OTA engine's receive and send buffers, allocated first (a page each, in one piece) and
+    # handed from engine to engine for the node's life: a heap that has run a while may not have
+    # 3.5 KB free in one piece when a campaign starts or a neighbour asks for a page
     rx = bytearray(protocol.OTA_PKTS_PER_PAGE * protocol.OTA_PKT_MAX)
+    tx = bytearray(len(rx))
     # the engine's modules first, as the node's last big imports: the shell drops and reloads
     # them later, but their bytecode (and the interned names) are best placed on a fresh heap
     import firmware.ota  # noqa: F401
@@ -104,7 +105,7 @@ def _attach_ota(node, cfg, fs, gateway):
         if carry is not None:
             p.reverify_stored = False  # checked at boot or when it arrived, by this very boot
         engine = OtaEngine(cfg.node_id, cfg.fleet_pub, PageStore(fs, "ota"), cfg.node_id ^ (node.boot_count << 8),
-                           p, running_bseq=floor, now_ms=node.now_ms(), carry=carry, rx=rx)
+                           p, running_bseq=floor, now_ms=node.now_ms(), carry=carry, rx=rx, tx=tx)
         return OtaAir(engine, cfg.mesh_key)
 
     shell = OtaShell(node, make_air, make_slots, cfg.mesh_key, print)

@@ -104,9 +104,11 @@ class OtaEngine:
     now_ms: the time the engine starts at; carry: what carry() returned from an engine of this
     node dropped earlier in this boot (its Trickle, token bucket, neighbour and distrust tables,
     refusals and counters go on; running_bseq and seed are then ignored); rx: the receive
-    buffer (PAGE_MAX bytes) to use, allocated by the caller while its heap was fresh."""
+    buffer (PAGE_MAX bytes) to use, allocated by the caller while its heap was fresh; tx: the
+    same for the buffer pages are served from (default: allocated at the first request)."""
 
-    def __init__(self, node_id, fleet_pub, store, seed, params=None, running_bseq=0, now_ms=0, carry=None, rx=None):
+    def __init__(self, node_id, fleet_pub, store, seed, params=None, running_bseq=0, now_ms=0, carry=None, rx=None,
+                 tx=None):
         self.node_id = node_id
         self.fleet_pub = fleet_pub
         self.store = store
@@ -153,6 +155,7 @@ class OtaEngine:
         # run a while may not have 3.5 KB in one piece any more
         if carry is not None:
             rx = carry["rx"]
+            tx = carry["tx"]
         self._rx = rx if rx is not None else bytearray(PAGE_MAX)
         self._rx_unit = -1
         self._rx_bits = 0
@@ -162,7 +165,7 @@ class OtaEngine:
         self._serve = {}
         self._serve_due = None
         self._tx_unit = -1
-        self._tx_buf = None
+        self._tx_buf = tx
         self._ctl = []
         self._events = []
         self.progress_pct = 0
@@ -257,7 +260,8 @@ class OtaEngine:
         adv_due = False
         for f in self._ctl:
             adv_due = adv_due or f.type == T_OTA_ADV
-        return {"rx": self._rx, "rng": self._rng, "floor": self.floor, "tokens": self._tokens, "tok_ms": self._tok_ms,
+        return {"rx": self._rx, "tx": self._tx_buf, "rng": self._rng, "floor": self.floor, "tokens": self._tokens,
+                "tok_ms": self._tok_ms,
                 "trickle": self.trickle, "fails": self._fails, "nbs": self._nbs, "distrust": self._distrust,
                 "refused": self._refused, "tx_frames": self.tx_frames, "bad_pages": self.bad_pages,
                 "adv_due": adv_due, "progress": self.progress_pct, "complete_state": ST_COMPLETE,

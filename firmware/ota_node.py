@@ -32,9 +32,9 @@ Rules
   a stage is due, and drops it (and unloads its modules) once it has been quiescent for
   IDLE_DROP_MS. Meanwhile it does the engine's idle part itself, with the engine's own Trickle,
   token bucket and neighbour table (OtaEngine.carry()): the same adverts at the same times,
-  the same Trickle resets and suppressions. The engine's one receive buffer (a page, allocated
-  by main.py before anything else OTA) goes from engine to engine: a heap that has run for
-  hours seldom has 3.5 KB in one piece. The slot manager is built for a stage, a confirm or a
+  the same Trickle resets and suppressions. The engine's receive and send buffers (a page each,
+  allocated by main.py before anything else OTA) go from engine to engine: a heap that has run
+  for hours seldom has 3.5 KB in one piece. The slot manager is built for a stage, a confirm or a
   roll back only; Ed25519 is unloaded after every signature check; staging always follows a
   reset (fresh heap).
 """
