@@ -40,9 +40,9 @@ NODE_HEAP_KB = BOARD_NODE_HEAP_KB + SIM_HAL_ALLOWANCE_KB
 # the node fits the board (measured on 32 bits: plain 119 KB live at peak, OTA ~150 KB).
 RIG_NODE_HEAP_KB = 160
 # OTA-slot nodes: the smallest heap that runs bench/ota_heap_bench.py (a v2 bundle received,
-# staged, confirmed; a bad v3 rolled back) with no MemoryError: 192k, worst moment (receiving)
-# 28 KB free after a collect, ~164 KB live; 176k fails (receiving). Before the lazy OTA shell
-# 192k failed too (out of memory receiving the manifest, every boot).
+# staged, confirmed; a bad v3 rolled back) with no MemoryError: 192k, worst moment (receiving,
+# complete) 23 KB free after a collect, ~169 KB live; 176k fails (receiving). Before the lazy
+# OTA shell 192k failed too (out of memory receiving the manifest, every boot).
 RIG_OTA_NODE_HEAP_KB = 192
 # Gateway: ESP32-WROVER-E with 4 MB PSRAM (ESP32_GENERIC-SPIRAM): MicroPython puts its heap in
 # the PSRAM; we hold the gateway to 1 MB of it so a leak still shows on the rig.
