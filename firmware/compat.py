@@ -2,7 +2,8 @@
 # (this shim defines CPython fallbacks for MicroPython names; the checker sees both branches)
 """The one place that papers over MicroPython/CPython differences for the shell and HAL.
 
-Cores (mesh, ota, sampler, drivers) import only `const` from here: they never read a clock.
+Cores (mesh, ota, sampler, drivers) import only `const` and `verify_signature` from here: they
+never read a clock.
 """
 try:
     from micropython import const  # noqa: F401
@@ -26,3 +27,35 @@ except ImportError:  # CPython
 
     def ticks_diff(a, b):
         return ((a - b + _TICKS_HALF) & (_TICKS_PERIOD - 1)) - _TICKS_HALF
+
+
+def unload(*names):
+    """Forget modules so their bytecode goes back to the heap once nothing refers to them (a
+    later import loads them again): on MicroPython, drop them from sys.modules and from their
+    package's attributes. On CPython nothing happens (its modules cost no board heap, and host
+    tests keep their class identities)."""
+    import sys
+
+    if sys.implementation.name != "micropython":
+        return
+    for name in names:
+        if sys.modules.pop(name, None) is None:
+            continue
+        i = name.rfind(".")
+        parent = sys.modules.get(name[:i]) if i > 0 else None
+        if parent is not None:
+            try:
+                delattr(parent, name[i + 1:])
+            except (AttributeError, TypeError):
+                pass
+
+
+def verify_signature(public_key, message, signature):
+    """protocol.ed25519.verify, with the module (and protocol.sha512, ~7 KB of bytecode on a
+    node) imported for this one check and unloaded after it."""
+    from protocol import ed25519
+
+    ok = ed25519.verify(public_key, message, signature)
+    ed25519 = None
+    unload("protocol.ed25519", "protocol.sha512")
+    return ok

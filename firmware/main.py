@@ -67,30 +67,55 @@ def _ota_settings(cfg):
 
 def _attach_ota(node, cfg, fs, gateway):
     """Give the node its OTA shell when the app runs from an A/B slot (a /active pointer on
-    the flash); without one (run from a build directory, tests) OTA stays off, logged."""
+    the flash); without one (run from a build directory, tests) OTA stays off, logged. The shell
+    builds the engine and the slot manager only while it needs them (firmware/ota_node.py)."""
+    import protocol
     from firmware import boot
+    from firmware.compat import unload
 
     try:
         pointer = boot.read_pointer(fs)
     except ValueError:
         pointer = None
+    boot = None
+    unload("firmware.boot")
     if pointer is None:
         print("ota", "disabled: no A/B slot pointer on this flash (app not run from a slot)")
         return
-    from firmware.ota import OtaAir, OtaEngine, OtaParams
+
+    # the OTA engine's receive and send buffers, allocated first (a page each, in one piece) and
+    # handed from engine to engine for the node's life: a heap that has run a while may not have
+    # 3.5 KB free in one piece when a campaign starts or a neighbour asks for a page
+    rx = bytearray(protocol.OTA_PKTS_PER_PAGE * protocol.OTA_PKT_MAX)
+    tx = bytearray(len(rx))
+    # the engine's modules first, as the node's last big imports: the shell drops and reloads
+    # them later, but their bytecode (and the interned names) are best placed on a fresh heap
+    import firmware.ota  # noqa: F401
+    import firmware.ota_store  # noqa: F401
     from firmware.ota_node import OtaShell
-    from firmware.ota_store import PageStore
-    from firmware.slots import SlotManager
 
     trial, params = _ota_settings(cfg)
     # this hardware class: bundles built for another (fleet ota build --target-class) are refused
     # by the engine (not stored or forwarded) and by the slot manager (never staged)
     params["target_class"] = TARGET_CLASS
-    slots = SlotManager(fs, max_boots=trial["max_boots"], trial_ms=trial["trial_ms"], target_class=TARGET_CLASS)
-    node.fw_seq, node.fw_version = slots.running()
-    engine = OtaEngine(cfg.node_id, cfg.fleet_pub, PageStore(fs, "ota"), cfg.node_id ^ (node.boot_count << 8),
-                       OtaParams(**params), running_bseq=slots.floor_bseq(), now_ms=node.now_ms())
-    shell = OtaShell(node, slots, OtaAir(engine, cfg.mesh_key), print)
+
+    def make_slots():
+        from firmware.slots import SlotManager
+
+        return SlotManager(fs, max_boots=trial["max_boots"], trial_ms=trial["trial_ms"], target_class=TARGET_CLASS)
+
+    def make_air(carry, floor):
+        from firmware.ota import OtaAir, OtaEngine, OtaParams
+        from firmware.ota_store import PageStore
+
+        p = OtaParams(**params)
+        if carry is not None:
+            p.reverify_stored = False  # checked at boot or when it arrived, by this very boot
+        engine = OtaEngine(cfg.node_id, cfg.fleet_pub, PageStore(fs, "ota"), cfg.node_id ^ (node.boot_count << 8),
+                           p, running_bseq=floor, now_ms=node.now_ms(), carry=carry, rx=rx, tx=tx)
+        return OtaAir(engine, cfg.mesh_key)
+
+    shell = OtaShell(node, make_air, make_slots, cfg.mesh_key, print)
     node.ota = shell
     try:
         shell.maybe_stage(at_boot=True)  # complete and allowed before a reset: stage on a fresh heap

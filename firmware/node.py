@@ -379,9 +379,9 @@ class Node:
 
     async def on_command(self, cmd):
         if cmd.target == 0:
-            from protocol import ed25519
+            from firmware.compat import verify_signature  # Ed25519: loaded for this check only
 
-            if not ed25519.verify(self.cfg.fleet_pub, protocol.signed_bytes(cmd), cmd.auth):
+            if not verify_signature(self.cfg.fleet_pub, protocol.signed_bytes(cmd), cmd.auth):
                 log("cmd", "refused: bad fleet signature (cseq %d)" % cmd.cseq)
                 return
         elif cmd.target != self.node_id:

@@ -36,6 +36,7 @@ the mesh key; OtaAir below does it for firmware/node.py), poll_event() -> ("prog
 """
 import hashlib
 
+from firmware.compat import verify_signature
 from firmware.trickle import Trickle, Xorshift32
 from protocol import OTA_PKT_MAX, OtaAdvert, OtaData, OtaRequest, ProtocolError, decode, encode
 from protocol.frames import T_OTA_ADV, T_OTA_DATA, T_OTA_REQ
@@ -44,9 +45,9 @@ from protocol.manifest import (
     PAGE_MAX,
     manifest_id,
     manifest_pages,
+    manifest_view,
     parse_manifest,
     parse_signed_manifest,
-    split_signed,
 )
 
 # ota_state values for status frames (firmware/slots.py continues at 3)
@@ -55,7 +56,7 @@ ST_RECEIVING = 1
 ST_COMPLETE = 2  # complete and verified, newer than the running app: ready to stage
 
 _TOKEN = 1000  # milli-tokens per frame
-_EMPTY = bytearray(0)  # an unallocated buffer (the RX and manifest buffers live only while needed)
+_EMPTY = bytearray(0)  # an unallocated buffer (a manifest of several units: only while fetched)
 _MAX_REFUSED = 8
 
 
@@ -100,22 +101,46 @@ class OtaEngine:
     node_id: this node's id (frames' src/dst); fleet_pub: the fleet's 32-byte Ed25519 public key;
     store: firmware.ota_store.PageStore (or anything with its methods); seed: jitter seed;
     params: OtaParams (None: defaults); running_bseq: bseq of the running (or staged) app;
-    now_ms: the time the engine starts at."""
+    now_ms: the time the engine starts at; carry: what carry() returned from an engine of this
+    node dropped earlier in this boot (its Trickle, token bucket, neighbour and distrust tables,
+    refusals and counters go on; running_bseq and seed are then ignored); rx: the receive
+    buffer (PAGE_MAX bytes) to use, allocated by the caller while its heap was fresh; tx: the
+    same for the buffer pages are served from (default: allocated at the first request)."""
 
-    def __init__(self, node_id, fleet_pub, store, seed, params=None, running_bseq=0, now_ms=0):
+    def __init__(self, node_id, fleet_pub, store, seed, params=None, running_bseq=0, now_ms=0, carry=None, rx=None,
+                 tx=None):
         self.node_id = node_id
         self.fleet_pub = fleet_pub
         self.store = store
         self.p = params if params is not None else OtaParams()
-        self._rng = Xorshift32(seed ^ node_id)
-        self.floor = running_bseq
         self._now = now_ms
-        self._tokens = self.p.tx_burst * _TOKEN
-        self._tok_ms = now_ms
-        self.trickle = Trickle(self.p.adv_imin_ms, self.p.adv_doublings, self.p.adv_k, self._rng)
-        self.trickle.start(now_ms)
+        if carry is None:
+            self._rng = Xorshift32(seed ^ node_id)
+            self.floor = running_bseq
+            self._tokens = self.p.tx_burst * _TOKEN
+            self._tok_ms = now_ms
+            self.trickle = Trickle(self.p.adv_imin_ms, self.p.adv_doublings, self.p.adv_k, self._rng)
+            self.trickle.start(now_ms)
+            self._fails = {}
+            self._nbs = {}  # src -> [bseq, mid, mlen, npages, have, heard_ms]
+            self._distrust = {}
+            self._refused = []
+            self.tx_frames = 0
+            self.bad_pages = 0
+        else:
+            self._rng = carry["rng"]
+            self.floor = carry["floor"]
+            self._tokens = carry["tokens"]
+            self._tok_ms = carry["tok_ms"]
+            self.trickle = carry["trickle"]
+            self._fails = carry["fails"]
+            self._nbs = carry["nbs"]
+            self._distrust = carry["distrust"]
+            self._refused = carry["refused"]
+            self.tx_frames = carry["tx_frames"]
+            self.bad_pages = carry["bad_pages"]
         self.m = None  # the stored bundle's Manifest
-        self.signed = b""
+        self.mlen = 0  # the stored signed manifest's length (its bytes stay on flash)
         self.mpages = 0
         self.total = 0
         self.have = 0
@@ -125,47 +150,53 @@ class OtaEngine:
         self._mbuf = _EMPTY
         self._munits = 0
         self._msrcs = {}
-        self._rx = _EMPTY
+        # the one receive buffer, allocated first and kept for the engine's life: resume checks
+        # pages through it, a one-unit manifest is assembled and checked in it; a heap that has
+        # run a while may not have 3.5 KB in one piece any more
+        if carry is not None:
+            rx = carry["rx"]
+            tx = carry["tx"]
+        self._rx = rx if rx is not None else bytearray(PAGE_MAX)
         self._rx_unit = -1
         self._rx_bits = 0
         self._rx_srcs = {}
         self._req_due = None
         self._req_nb = None
-        self._fails = {}
-        self._nbs = {}  # src -> [bseq, mid, mlen, npages, have, heard_ms]
-        self._distrust = {}
-        self._refused = []
         self._serve = {}
         self._serve_due = None
         self._tx_unit = -1
-        self._tx_buf = None
+        self._tx_buf = tx
         self._ctl = []
         self._events = []
         self.progress_pct = 0
-        self.tx_frames = 0
-        self.bad_pages = 0
-        self._resume()
+        self._resume(carry is not None)
+        if carry is not None and carry["adv_due"]:
+            self._ctl.append(self._advert())
 
     # ---- stored bundle ----------------------------------------------------------------------
 
-    def _resume(self):
-        signed = self.store.manifest()
-        if signed is None:
+    def _resume(self, strict=False):
+        n = self.store.read_manifest_into(self._rx)  # no allocation: read where pages are checked
+        if n < 0:
             return
+        signed = memoryview(self._rx)[:n] if n < len(self._rx) else self.store.manifest()
         try:
             if self.p.reverify_stored:
-                m = parse_signed_manifest(signed, self.fleet_pub)
+                m = parse_signed_manifest(signed, self.fleet_pub, verify_signature, False)
             else:
-                m = parse_manifest(split_signed(signed)[0], signed)
+                m = parse_manifest(manifest_view(signed), signed, False)  # in place: no 3 KB block
         except ProtocolError:
             m = None
         except MemoryError:
+            if strict:
+                raise  # an engine built again mid-boot must hold what the dropped one held
             return  # the heap, not the bundle: keep it on flash, a later boot resumes it
         if m is None or m.bseq < self.floor or not self._class_ok(m):
             self.store.clear()
             return
         self._set_stored(m, signed)
-        buf = bytearray(PAGE_MAX)
+        signed = None
+        buf = self._rx
         for i in range(m.npages):
             if not self._page_intact(i, buf):
                 self.store.drop_pages(i)
@@ -183,8 +214,8 @@ class OtaEngine:
 
     def _set_stored(self, m, signed):
         self.m = m
-        self.signed = signed
-        self.mpages = manifest_pages(len(signed))
+        self.mlen = len(signed)
+        self.mpages = manifest_pages(self.mlen)
         self.total = self.mpages + m.npages
         self.have = self.mpages
         self._serve = {}
@@ -202,6 +233,41 @@ class OtaEngine:
         self.trickle.reset(now)
         self._schedule_request(now)
 
+    # ---- dropped between campaigns (firmware/ota_node.py) ---------------------------------------
+
+    def quiescent(self):
+        """True when nothing is fetched, served, scheduled or reported: the engine may be
+        dropped (carry() and summary() keep what goes on) and built again when needed."""
+        if self.t_bseq or self._serve or self._req_due is not None or self._events:
+            return False
+        if self.m is not None and self.have < self.total:
+            return False
+        for f in self._ctl:
+            if f.type != T_OTA_ADV:
+                return False
+        return True
+
+    def summary(self):
+        """(bseq, mlen, mid, npages, have) of the stored bundle as adverts carry it, or None."""
+        if self.m is None:
+            return None
+        return self.m.bseq, self.mlen, self.m.mid, self.m.npages, self.have
+
+    def carry(self):
+        """What a quiescent engine hands to the one built after it (see __init__), with the
+        tunables and limits the stand-in (firmware/ota_node.py) applies while there is none.
+        Plain values and firmware.trickle objects only: nothing that keeps this module alive."""
+        adv_due = False
+        for f in self._ctl:
+            adv_due = adv_due or f.type == T_OTA_ADV
+        return {"rx": self._rx, "tx": self._tx_buf, "rng": self._rng, "floor": self.floor, "tokens": self._tokens,
+                "tok_ms": self._tok_ms,
+                "trickle": self.trickle, "fails": self._fails, "nbs": self._nbs, "distrust": self._distrust,
+                "refused": self._refused, "tx_frames": self.tx_frames, "bad_pages": self.bad_pages,
+                "adv_due": adv_due, "progress": self.progress_pct, "complete_state": ST_COMPLETE,
+                "max_signed": MAX_SIGNED, "tx_burst": self.p.tx_burst, "tx_rate_per_s": self.p.tx_rate_per_s,
+                "max_neighbours": self.p.max_neighbours}
+
     def set_running(self, bseq):
         """Tell the engine the bseq now running (after staging or a rollback)."""
         self.floor = bseq
@@ -218,6 +284,14 @@ class OtaEngine:
         """True when the stored bundle is complete (all units verified)."""
         return self.m is not None and self.have == self.total
 
+    def stage_manifest(self):
+        """The stored bundle's Manifest with its file list, for staging (self.m keeps only what
+        dissemination needs). Its signature was checked when it was stored or resumed. Read
+        through the receive buffer (free once the bundle is complete) and parsed in place."""
+        n = self.store.read_manifest_into(self._rx)
+        signed = memoryview(self._rx)[:n] if 0 <= n < len(self._rx) else self.store.manifest()
+        return parse_manifest(manifest_view(signed), None)
+
     # ---- gateway seeding ----------------------------------------------------------------------
 
     def offer_bundle(self, signed, pages, now_ms=None):
@@ -233,7 +307,7 @@ class OtaEngine:
     def offer_manifest(self, signed, now_ms=None):
         """Seed a signed manifest (gateway). Raises ProtocolError when it is refused."""
         now = self._now if now_ms is None else now_ms
-        m = parse_signed_manifest(signed, self.fleet_pub)
+        m = parse_signed_manifest(signed, self.fleet_pub, verify_signature, False)
         if m.bseq < self.floor:
             raise ProtocolError("bseq %d is below the running %d" % (m.bseq, self.floor))
         if not self._class_ok(m):
@@ -369,7 +443,7 @@ class OtaEngine:
     def _advert(self):
         if self.m is None:
             return OtaAdvert(self.node_id, self.floor, 0, 0, 0, 0)
-        return OtaAdvert(self.node_id, self.m.bseq, len(self.signed), self.m.mid, self.m.npages, self.have)
+        return OtaAdvert(self.node_id, self.m.bseq, self.mlen, self.m.mid, self.m.npages, self.have)
 
     def _unit_len(self, u, mlen, m):
         mp = manifest_pages(mlen)
@@ -383,15 +457,13 @@ class OtaEngine:
             u = self._munits
             return self.t_bseq, self.t_mid, u, self._unit_len(u, self.t_mlen, None)
         if self.m is not None and self.have < self.total:
-            return self.m.bseq, self.m.mid, self.have, self._unit_len(self.have, len(self.signed), self.m)
+            return self.m.bseq, self.m.mid, self.have, self._unit_len(self.have, self.mlen, self.m)
         return None
 
     def _rx_reset(self, unit):
         self._rx_unit = unit
         self._rx_bits = 0
         self._rx_srcs = {}
-        if not self._rx:
-            self._rx = bytearray(PAGE_MAX)
 
     def _schedule_request(self, now):
         if self._target() is None:
@@ -422,7 +494,7 @@ class OtaEngine:
                 return
             if self.t_bseq == 0 or a.bseq > self.t_bseq:
                 self.t_bseq, self.t_mid, self.t_mlen = a.bseq, a.mid, a.mlen
-                self._mbuf = bytearray(a.mlen)
+                self._mbuf = bytearray(a.mlen) if manifest_pages(a.mlen) > 1 else _EMPTY
                 self._munits = 0
                 self._msrcs = {}
                 self._rx_reset(0)
@@ -501,7 +573,7 @@ class OtaEngine:
             return
         if self.m is None or r.bseq != self.m.bseq or r.page >= self.have:
             return
-        size = self._unit_len(r.page, len(self.signed), self.m)
+        size = self._unit_len(r.page, self.mlen, self.m)
         bits = r.missing & _mask((size + OTA_PKT_MAX - 1) // OTA_PKT_MAX)
         if not bits:
             return
@@ -513,13 +585,17 @@ class OtaEngine:
 
     def _unit_bytes(self, u):
         """The bytes of stored unit u (manifest chunk or verified page), or None."""
-        if u < self.mpages:
-            return self.signed[u * PAGE_MAX:(u + 1) * PAGE_MAX]
         if u != self._tx_unit:
             i = u - self.mpages
             if self._tx_buf is None:
                 self._tx_buf = bytearray(PAGE_MAX)  # one buffer for the node's life: no fragmentation
             self._tx_unit = -1
+            if u < self.mpages:  # a chunk of the signed manifest, read from flash (not kept in RAM)
+                want = min(PAGE_MAX, self.mlen - u * PAGE_MAX)
+                if self.store.read_manifest_into(memoryview(self._tx_buf)[:want], u * PAGE_MAX) != want:
+                    return None
+                self._tx_unit = u
+                return self._tx_buf
             if not self._page_intact(i, self._tx_buf):
                 # flash lost it: forget this page and those after it, fetch them again
                 self.store.drop_pages(i)
@@ -549,7 +625,7 @@ class OtaEngine:
             data = self._unit_bytes(u)
             if data is None:
                 continue
-            end = min((k + 1) * OTA_PKT_MAX, self._unit_len(u, len(self.signed), self.m))
+            end = min((k + 1) * OTA_PKT_MAX, self._unit_len(u, self.mlen, self.m))
             return OtaData(self.node_id, self.m.bseq, u, k, bytes(data[k * OTA_PKT_MAX:end]))
         self._serve_due = None
         return None
@@ -592,15 +668,18 @@ class OtaEngine:
         srcs = list(self._rx_srcs)
         self._req_due = None
         if self.t_bseq:
-            self._mbuf[unit * PAGE_MAX:unit * PAGE_MAX + size] = memoryview(self._rx)[:size]
             self._munits = unit + 1
             for s in srcs:
                 self._msrcs[s] = True
+            if not self._mbuf:  # a one-unit manifest: checked where it was received
+                self._manifest_done(now, memoryview(self._rx)[:size])
+                return
+            self._mbuf[unit * PAGE_MAX:unit * PAGE_MAX + size] = memoryview(self._rx)[:size]
             if self._munits < manifest_pages(self.t_mlen):
                 self._rx_reset(self._munits)
                 self._schedule_request(now)
                 return
-            self._manifest_done(now)
+            self._manifest_done(now, self._mbuf)
             return
         i = unit - self.mpages
         page = memoryview(self._rx)[:size]  # no copy: the heap is tight
@@ -618,7 +697,6 @@ class OtaEngine:
         self._progress()
         self.trickle.reset(now)
         if self.have == self.total:
-            self._rx = _EMPTY  # 3.5 KB back to the heap
             self._rx_unit = -1
             self._req_due = None
             self._events.append(("complete", self.m.bseq))
@@ -626,8 +704,9 @@ class OtaEngine:
             self._rx_reset(self.have)
             self._schedule_request(now)
 
-    def _manifest_done(self, now):
-        signed = bytes(self._mbuf)
+    def _manifest_done(self, now, signed):
+        # `signed` (the receive buffer or _mbuf) is checked in place: one copy of it on the heap
+        # at the worst moment; the Manifest makes its own bytes copy after the check
         bseq, mid = self.t_bseq, self.t_mid
         srcs = list(self._msrcs)
         self.t_bseq = self.t_mid = self.t_mlen = 0
@@ -643,7 +722,7 @@ class OtaEngine:
             return
         bad = False  # a sender served something no honest node stores
         try:
-            m = parse_signed_manifest(signed, self.fleet_pub)
+            m = parse_signed_manifest(signed, self.fleet_pub, verify_signature, False)
         except ProtocolError as e:
             reason = str(e)
             bad = True
@@ -664,7 +743,7 @@ class OtaEngine:
             self._req_due = None
             self._schedule_request(now)
             return
-        self._install(m, signed, now)
+        self._install(m, signed, now)  # written to flash before the receive buffer is reused
 
 
 class OtaAir:

@@ -8,8 +8,9 @@ Rules
   when the fleet allowed that bseq (command OP_SET "ota_allow" <bseq>, HMAC'd to one node or
   Ed25519-signed to all, kept in the counters file so it survives a reset). This is how a
   campaign targets nodes and orders them (canary first, leaves before relays, gateways last).
-- complete + allowed -> slots.stage() (unpack, verify every file, switch the pointer on trial),
-  flush the ring and counters, hal.reset(). A staging failure is a refusal (reported).
+- complete + allowed -> flush the ring and counters, hal.reset(); at boot, before the node's
+  tasks run, slots.stage() (unpack, verify every file, switch the pointer on trial) and
+  hal.reset() into the trial. A staging failure is a refusal (reported).
 - Trial boot: confirm when healthy — mesh joined (a route, or the gateway role), sensor read (a
   valid sensor frame parsed since boot) and uplink proven: on a gateway the MQTT session is up;
   on a node its parent acknowledged (MAC ACK) a status frame sent while it had a route. There is
@@ -24,24 +25,53 @@ Rules
   ota_progress; a status goes out at every change of state and every 25 % of progress. A roll
   back or a refusal is also reported once as an unsolicited Reply (cseq 0, code 0) with result
   ["ota", "rolled_back"|"refused", bseq, reason] (the collector stores replies as events).
+- Heap (a board has ~112 KB): the engine, the page store, the manifest parser, Ed25519 and the
+  slot manager cost ~35 KB of bytecode, so an idle node does not keep them. This shell is what
+  stays: it builds the engine when an OTA frame needs it (a newer bundle advertised, a request
+  for a page it holds, a neighbour's conflicting manifest), when the gateway seeds a bundle or
+  a stage is due, and drops it (and unloads its modules) once it has been quiescent for
+  IDLE_DROP_MS. Meanwhile it does the engine's idle part itself, with the engine's own Trickle,
+  token bucket and neighbour table (OtaEngine.carry()): the same adverts at the same times,
+  the same Trickle resets and suppressions. The engine's receive and send buffers (a page each,
+  allocated by main.py before anything else OTA) go from engine to engine: a heap that has run
+  for hours seldom has 3.5 KB in one piece. The slot manager is built for a stage, a confirm or a
+  roll back only; Ed25519 is unloaded after every signature check; staging always follows a
+  reset (fresh heap).
 """
 import gc
+import sys
 
-from firmware import ota as ota_mod
-from firmware import slots as slots_mod
-from protocol.frames import T_OTA_ADV, T_OTA_DATA
+import protocol
+from firmware.compat import unload
+from firmware.mesh import BROADCAST
+from protocol.frames import T_OTA_ADV, T_OTA_DATA, T_OTA_REQ
 
 _REPORT_CODE = 0
+IDLE_DROP_MS = 60000  # an engine quiescent this long is dropped
+_TOKEN = 1000  # milli-tokens per frame (firmware/ota.py)
+# ota_state codes (status frames): firmware/ota.py ST_IDLE/ST_RECEIVING/ST_COMPLETE and
+# firmware/slots.py ST_TRIAL..ST_REFUSED own them; mirrored here so the idle shell imports
+# neither (tests/device/test_ota_core.py checks they agree)
+ST_RECEIVING = 1
+ST_REFUSED = 6
+# heap_mark's phase for each ota_state (0 idle, 1 receiving, 2 complete, 3 trial, 4..6 after one)
+_PHASES = ("steady", "receive", "complete", "trial", "steady", "steady", "steady")
+_ENGINE_MODULES = ("firmware.ota", "firmware.ota_store", "protocol.manifest")
+_SIG_MODULES = ("protocol.ed25519", "protocol.sha512")
+_SLOT_MODULES = ("firmware.slots", "firmware.boot")
 
 
 class OtaShell:
-    """node: firmware.node.Node; slots: SlotManager; air: ota.OtaAir around the engine."""
+    """node: firmware.node.Node; make_air(carry, floor) -> firmware.ota.OtaAir around a new
+    engine (carry: None at boot, else what the dropped engine's carry() returned; floor: the
+    slots' running or failed bseq); make_slots() ->
+    firmware.slots.SlotManager of this flash; mesh_key: OTA frames' key; log(tag, msg)."""
 
-    def __init__(self, node, slots, air, log):
+    def __init__(self, node, make_air, make_slots, mesh_key, log):
         self.node = node
-        self.slots = slots
-        self.air = air
-        self.engine = air.engine
+        self._make_air = make_air
+        self._make_slots = make_slots
+        self.mesh_key = mesh_key
         self.log = log
         self.refused = None  # (bseq, reason) refused during this boot
         self.probe_token = None
@@ -51,55 +81,254 @@ class OtaShell:
         self._last_quarter = -1
         self.reported = False
         self._bad_pages = 0
+        self._heap_low = {}  # phase -> lowest free heap right after a collect (see heap_mark)
+        self.rx_errors = 0
+        self._dropped = False
+        # the slots, read once: what they say changes only through this shell (or a reset)
+        slots = make_slots()
+        node.fw_seq, node.fw_version = slots.running()
+        self._slots_read(slots)
+        self.last_result = slots.last_result()
+        # the engine (None while dropped) or, while dropped, what goes on without it
+        self.air = None
+        self.carry = None
+        self.summary = None  # the stored bundle's (bseq, mlen, mid, npages, have), or None
+        self._now = node.now_ms()
+        self._adv_due = False
+        # at boot: resume the stored bundle (signature and pages checked again); kept for
+        # IDLE_DROP_MS (a fetch that ran out of heap and reset the node goes on from here)
+        self._load()
+        slots = None
+        unload(*_SLOT_MODULES)
 
-    # ---- the interface node.py drives (same as OtaAir) --------------------------------------
+    def _slots_read(self, slots):
+        self.floor = slots.floor_bseq()
+        self.in_trial = slots.in_trial()
+        self.slot_state = slots.status()
+        p = slots.pointer() or {}
+        self.trial_ms = p.get("trial_ms", slots.trial_ms)
+
+    def _slots(self, fn, *args):
+        """Build the slot manager, call its method `fn`, re-read the slots, unload it; return
+        what fn returned (exceptions pass through, the manager unloaded all the same)."""
+        gc.collect()
+        slots = self._make_slots()
+        try:
+            return getattr(slots, fn)(*args)
+        finally:
+            self._slots_read(slots)
+            slots = None
+            unload(*_SLOT_MODULES)
+            gc.collect()
+
+    # ---- the engine, built when needed ---------------------------------------------------------
+
+    def _load(self):
+        if self.air is None:
+            carry = self.carry
+            self.carry = None
+            self.air = self._make_air(carry, self.floor)
+            self._unload_sig()
+            self._bad_pages = self.air.engine.bad_pages
+            self._active_ms = self._now
+        return self.air
+
+    @property
+    def engine(self):
+        """The OTA engine (built if it was dropped): gateway seeding feeds it directly."""
+        return self._load().engine
+
+    def _maybe_drop(self, now):
+        e = self.air.engine
+        if not e.quiescent():
+            self._active_ms = now
+            return
+        if now - self._active_ms < IDLE_DROP_MS:
+            return
+        e = None
+        self._drop()
+
+    def _drop(self):
+        e = self.air.engine
+        self._dropped = True
+        self.carry = e.carry()
+        self.summary = e.summary()
+        e = None
+        self.air = None
+        unload(*_ENGINE_MODULES)
+        gc.collect()
+
+    def _unload_sig(self):
+        if "protocol.ed25519" in sys.modules:
+            unload(*_SIG_MODULES)
+
+    # ---- the interface node.py drives -------------------------------------------------------
 
     def on_air(self, mac, msg, now_ms):
-        e = self.engine
-        t = msg[2]
-        if (t == T_OTA_ADV and not e.t_bseq and e.state != ota_mod.ST_RECEIVING) or (t == T_OTA_DATA and e.t_bseq):
-            # the engine may now allocate its 3.5 KB receive buffer or copy and parse the signed
-            # manifest: collect first so a fragmented heap still has a block that size
+        if now_ms > self._now:
+            self._now = now_ms
+        try:
+            f = protocol.decode(msg, self.mesh_key)
+        except protocol.ProtocolError:
+            self.rx_errors += 1
+            return
+        if self.air is None and not self._needs_engine(f, now_ms):
+            return
+        if self.air is None or (f.type == T_OTA_ADV and not self.air.engine.t_bseq
+                                and self.air.engine.state != ST_RECEIVING) or \
+                (f.type == T_OTA_DATA and self.air.engine.t_bseq):
+            # the engine may now be built, allocate its 3.5 KB receive buffer or copy and parse
+            # the signed manifest: collect first so a fragmented heap still has a block that size
             gc.collect()
         try:
-            self.air.on_air(mac, msg, now_ms)
-        except MemoryError:
+            self._load().engine.on_frame(f, mac, now_ms)
+        except MemoryError as e:
             # the engine's state is not to be trusted after a failed allocation: reset; the
             # verified pages are on flash and the fetch resumes from them
-            self.log("ota", "out of memory while receiving: resetting (progress is kept on flash)")
+            self.log("ota", "out of memory while receiving (%s): resetting (progress is kept on flash)" % e)
             self.node.shutdown_for_reset()
             self.node.hal.reset()
+        self._unload_sig()
         self._drain()
 
     def tick(self, now_ms):
+        if now_ms > self._now:
+            self._now = now_ms
+        if self.air is None:
+            if self.carry["trickle"].poll(now_ms):
+                self._adv_due = True
+            return
         self.air.tick(now_ms)
+        self._unload_sig()  # gateway seeding checks signatures outside on_air
         self._drain()
+        if self.air is not None:
+            self._maybe_drop(now_ms)
 
     def poll_tx(self):
-        return self.air.poll_tx()
+        if self.air is not None:
+            return self.air.poll_tx()
+        if not self._adv_due:
+            return None
+        c = self._refill()
+        if c["tokens"] < _TOKEN:
+            return None
+        self._adv_due = False
+        c["tokens"] -= _TOKEN
+        c["tx_frames"] += 1
+        s = self.summary
+        if s is None:
+            a = protocol.OtaAdvert(self.node.node_id, c["floor"], 0, 0, 0, 0)
+        else:
+            a = protocol.OtaAdvert(self.node.node_id, s[0], s[1], s[2], s[3], s[4])
+        return None, BROADCAST, protocol.encode(a, self.mesh_key)
 
     @property
     def next_deadline_ms(self):
-        return self.air.next_deadline_ms
+        if self.air is not None:
+            return self.air.next_deadline_ms
+        c = self.carry
+        d = c["trickle"].next_fire_ms
+        if self._adv_due:
+            want = self._now
+            self._refill()
+            if c["tokens"] < _TOKEN:
+                rate = c["tx_rate_per_s"] or 1
+                ready = self._now + (_TOKEN - c["tokens"] + rate - 1) // rate
+                if ready > want:
+                    want = ready
+            if want < d:
+                d = want
+        return d
 
     @property
     def state(self):
-        s = self.engine.state
-        if s != ota_mod.ST_IDLE:
+        s = self._engine_state()
+        if s:
             return s
-        if self.slots.in_trial():
-            return slots_mod.ST_TRIAL
+        if self.in_trial:
+            return self.slot_state
         if self.refused is not None:
-            return slots_mod.ST_REFUSED
-        return self.slots.status()
+            return ST_REFUSED
+        return self.slot_state
+
+    def _engine_state(self):
+        if self.air is not None:
+            return self.air.engine.state
+        s = self.summary
+        if s is not None and s[0] > self.carry["floor"]:
+            return self.carry["complete_state"]  # a dropped engine held a complete bundle
+        return 0
 
     @property
     def progress_pct(self):
-        return self.engine.progress_pct
+        return self.air.engine.progress_pct if self.air is not None else self.carry["progress"]
+
+    # ---- the engine's idle part, while it is dropped (firmware/ota.py OtaEngine: same rules) --
+
+    def _refill(self):
+        c = self.carry
+        dt = self._now - c["tok_ms"]
+        if dt > 0:
+            c["tokens"] = min(c["tx_burst"] * _TOKEN, c["tokens"] + dt * c["tx_rate_per_s"])
+            c["tok_ms"] = self._now
+        return c
+
+    def _needs_engine(self, f, now):
+        """Handle frame f as the dropped engine would when that is only bookkeeping (an
+        advert that fetches nothing, a frame for someone else); True when the engine must."""
+        c = self.carry
+        if f.src == self.node.node_id:
+            return False
+        until = c["distrust"].get(f.src)
+        if until is not None:
+            if now < until:
+                return False
+            del c["distrust"][f.src]
+        s = self.summary
+        t = f.type
+        if t == T_OTA_REQ:  # a request for a unit we hold: serve it
+            return f.dst == self.node.node_id and s is not None and f.bseq == s[0] and f.page < s[4]
+        if t != T_OTA_ADV:
+            return False  # data: nothing is fetched or served while the engine is dropped
+        mine = s[0] if s is not None else 0
+        if f.mlen > c["max_signed"]:
+            return True
+        newer = f.bseq > c["floor"] and f.bseq > mine and f.mlen
+        if newer and (f.bseq, f.mid) not in c["refused"]:
+            return True  # a newer bundle: fetch it
+        if not newer and s is not None and f.bseq == mine and f.mlen and (f.mid != s[2] or f.have > s[4]):
+            return True  # a conflicting manifest (refuse it), or more of ours than we hold
+        nbs = c["nbs"]
+        prev = nbs.get(f.src)
+        changed = prev is None or prev[0] != f.bseq or prev[1] != f.mid or prev[4] != f.have
+        if prev is None and len(nbs) >= c["max_neighbours"]:
+            oldest = None
+            for k in nbs:
+                if oldest is None or nbs[k][5] < nbs[oldest][5]:
+                    oldest = k
+            del nbs[oldest]
+        nbs[f.src] = [f.bseq, f.mid, f.mlen, f.npages, f.have, now]
+        if changed:
+            c["fails"].pop(f.src, None)
+        tr = c["trickle"]
+        if newer:
+            pass  # a refused bundle: noted, nothing else
+        elif s is not None and f.bseq < mine:
+            if changed:
+                tr.reset(now)  # behind us: let it hear our advert soon
+        elif s is not None and f.bseq == mine and f.mlen and f.have < s[4]:
+            if changed:
+                tr.reset(now)
+        else:
+            tr.heard_consistent()
+        return False
 
     # ---- events ------------------------------------------------------------------------------
 
     def _drain(self):
+        if self.air is None:
+            self._maybe_status()
+            return
         while True:
             ev = self.air.poll_event()
             if ev is None:
@@ -109,16 +338,18 @@ class OtaShell:
                 self.maybe_stage()
             elif ev[0] == "refused":
                 self.on_refused(ev[1], ev[2])
-        bad = self.engine.bad_pages
+            if self.air is None:
+                return
+        bad = self.air.engine.bad_pages
         if bad != self._bad_pages:
             # the engine dropped a page (digest mismatch) and distrusts its senders: a neighbour
             # serving pages no honest node stores is worth a line on the console
             first = self._bad_pages == 0
             self._bad_pages = bad
             self.log("ota", "dropped a page of bseq %d that does not match the manifest (%d so far); its senders "
-                     "are ignored for a while" % (self.engine.m.bseq, bad))
+                     "are ignored for a while" % (self.air.engine.m.bseq, bad))
             if first:  # the fleet hears of it once per boot: a polluting neighbour is worth a look
-                self._report("bad_page", self.engine.m.bseq, "page digest mismatch")
+                self._report("bad_page", self.air.engine.m.bseq, "page digest mismatch")
         self._maybe_status()
 
     def on_refused(self, bseq, reason):
@@ -132,8 +363,8 @@ class OtaShell:
 
     def _maybe_status(self, force=False):
         st = self.state
-        q = self.engine.progress_pct // 25
-        if force or st != self._last_state or (st == ota_mod.ST_RECEIVING and q != self._last_quarter):
+        q = self.progress_pct // 25
+        if force or st != self._last_state or (st == ST_RECEIVING and q != self._last_quarter):
             self._last_state = st
             self._last_quarter = q
             self.node.send_status()
@@ -150,31 +381,58 @@ class OtaShell:
         self.maybe_stage()
 
     def maybe_stage(self, at_boot=False):
-        """Stage, switch and reset when the stored bundle is complete, newer and allowed.
-        Unpacking needs a few contiguous KB (a page, the inflate window): a long-running node's
-        heap may be too fragmented, so a MemoryError while running resets the node and main.py
-        stages again at boot (at_boot=True), before the node's tasks fill the heap."""
-        e = self.engine
-        if not e.complete() or e.m.bseq <= self.slots.floor_bseq() or e.m.bseq > self.allowed():
-            return False
-        if self.slots.in_trial():
-            return False  # confirm or roll back the running trial first
-        m = e.m
-        gc.collect()
+        """When the stored bundle is complete, newer and allowed: while running, flush and reset;
+        at boot (main.py, at_boot=True, before the node's tasks fill the heap) stage it, switch
+        and reset into the trial. A failure to stage is a refusal (reported)."""
+        s = self.summary
+        if self.air is None and (s is None or s[4] < s[3] + 1 or s[0] <= self.floor or s[0] > self.allowed()):
+            return False  # the dropped engine held nothing to stage (have counts the manifest unit too)
         try:
-            slot = self.slots.stage(m, e.store.get_page)
-        except (slots_mod.SlotError, MemoryError) as err:
-            if not at_boot and ("memory" in str(err) or isinstance(err, MemoryError)):
-                self.log("ota", "staging bseq %d ran out of memory: resetting to stage at boot" % m.bseq)
+            e = self.engine
+            if not e.complete() or e.m.bseq <= self.floor or e.m.bseq > self.allowed():
+                return False
+            if self.in_trial:
+                return False  # confirm or roll back the running trial first
+            if not at_boot:
+                # unpacking wants a few KB in one piece (a page, the inflate window) and the slot
+                # manager: a heap that has run for a while rarely has them, so stage right after
+                # the reset, before the node's tasks run (main.py: maybe_stage(at_boot=True))
+                self.log("ota", "bseq %d complete and allowed: resetting to stage it on a fresh heap" % e.m.bseq)
                 self.node.shutdown_for_reset()
                 self.node.hal.reset()
                 return False
-            self.on_refused(m.bseq, str(err))
+            m = e.stage_manifest()
+            store = e.store
+            e = None
+            # unpacking needs the slot manager, a page, the inflate window: the engine makes room
+            # (a reset follows; after a failure it is built again when needed, and what it was
+            # about to answer is asked again, as after that reset)
+            self._drop()
+            buf = self.carry["rx"]  # the engine's receive buffer: one page for the whole image
+        except MemoryError as err:
+            if at_boot:
+                raise
+            self.log("ota", "no heap to look at the stored bundle (%s): resetting to stage at boot" % err)
+            self.node.shutdown_for_reset()
+            self.node.hal.reset()
             return False
+
+        def read_page(i):
+            n = store.read_page_into(i, buf)
+            return None if n < 0 else memoryview(buf)[:n]
+
+        self.heap_mark("stage")  # collects
+        try:
+            slot = self._slots("stage", m, read_page)
         except OSError as err:  # flash full or failing: the active slot is untouched
             self.on_refused(m.bseq, "staging failed: %s" % err)
             return False
-        e.set_running(m.bseq)
+        except Exception as err:  # noqa: BLE001 - firmware.slots.SlotError (unloaded by now) or MemoryError
+            if not isinstance(err, MemoryError) and type(err).__name__ != "SlotError":
+                raise
+            self.on_refused(m.bseq, str(err))
+            return False
+        self.carry["floor"] = m.bseq  # OtaEngine.set_running, for the engine built next
         self.log("ota", "staged bseq %d version %s in slot %s: resetting into the trial" % (m.bseq, m.version, slot))
         self.node.shutdown_for_reset()
         self.node.hal.reset()
@@ -203,30 +461,50 @@ class OtaShell:
 
     def health(self, now_ms):
         """Called by the node's health task (every few seconds): confirm a healthy trial, roll
-        back an expired one (resets the node), report a past roll back once."""
-        if self.slots.in_trial():
+        back an expired one (resets the node), report a past roll back once. The node's health
+        task has just collected: the free heap now is what the live objects leave."""
+        self.heap_mark(free=gc.mem_free())
+        if self.in_trial:
             node = self.node
             joined = node.router.has_route()
             sensor = node.last_frame_ms is not None
             if joined and sensor and self._uplink_proven():
-                if self.slots.confirm():
+                if self._slots("confirm"):
                     self.confirmed_now = True
-                    self.log("ota", "trial of %s confirmed (route, sensor, uplink)" % self.slots.running()[1])
+                    self.log("ota", "trial of %s confirmed (route, sensor, uplink)" % node.fw_version)
                     self._maybe_status(force=True)
                     return
-            if self.slots.check_trial(now_ms):
+            if now_ms >= self.trial_ms and self._slots("check_trial", now_ms):
                 self.log("ota", "trial not confirmed in time: rolled back, resetting")
                 node.shutdown_for_reset()
                 node.hal.reset()
             return
         if not self.reported and self.node.router.has_route():
             self.reported = True
-            r = self.slots.last_result() or {}
+            r = self.last_result or {}
             if r.get("result") in ("rolled_back", "refused"):
                 bseq = r.get("bseq", 0)
                 if isinstance(bseq, int) and bseq > self.node.counters.peek("ota_rep"):
                     self._report(str(r["result"]), bseq, str(r.get("reason", "")))
                     self.node.counters.set_min("ota_rep", bseq)
+
+    def heap_mark(self, phase=None, free=None):
+        """Note the free heap right after a collect in `phase` (default: from the OTA state) and
+        log a line `ota heap PHASE FREE` at each new low of that phase (bench/ota_heap_bench.py
+        reads them: the worst moment of boot, steady (idle, engine dropped), serve (idle, engine
+        built to answer), receive, complete, stage, trial)."""
+        if free is None:
+            gc.collect()
+            free = gc.mem_free()
+        if phase is None:
+            phase = _PHASES[self.state]
+            if phase == "steady" and self.air is not None:
+                # idle with the engine built: at boot (kept IDLE_DROP_MS), or answering requests
+                phase = "serve" if self._dropped else "boot"
+        low = self._heap_low.get(phase)
+        if low is None or free < low:
+            self._heap_low[phase] = free
+            self.log("ota", "heap %s %d" % (phase, free))
 
     def _report(self, what, bseq, reason):
         try:

@@ -48,13 +48,26 @@ class PageStore:
     def read_page_into(self, i, buf):
         """Read image page i into bytearray `buf` (no allocation); return its length, or -1
         when absent."""
+        return self._read_into("p%d" % i, buf, 0)
+
+    def read_manifest_into(self, buf, offset=0):
+        """Read the stored signed manifest from byte `offset` into bytearray `buf` (no
+        allocation); return how many bytes, or -1 when there is none."""
+        return self._read_into("m", buf, offset)
+
+    def _read_into(self, name, buf, offset):
         try:
-            f = self.fs.open(self._p("p%d" % i), "rb")
+            f = self.fs.open(self._p(name), "rb")
         except OSError:
             return -1
         try:
-            n = 0
             mv = memoryview(buf)
+            while offset:  # skip through buf itself (not every file object here can seek)
+                k = f.readinto(mv[:min(offset, len(buf))])
+                if not k:
+                    return 0
+                offset -= k
+            n = 0
             while n < len(buf):
                 k = f.readinto(mv[n:])
                 if not k:

@@ -99,6 +99,11 @@ class _ZlibReader:
         self.z = zlib.decompressobj()
         self.out = b""
 
+    def readinto(self, buf):
+        b = self.read(len(buf))
+        buf[:len(b)] = b
+        return len(b)
+
     def read(self, n):
         while len(self.out) < n and not self.z.eof:
             chunk = self.src.read(1024)
@@ -137,6 +142,19 @@ def _read_exact(r, n, what):
     return out
 
 
+def _read_into(r, mv, what):
+    """Read at most len(mv) bytes of the image into memoryview mv; return how many (> 0)."""
+    try:
+        k = r.readinto(mv)
+    except SlotError:
+        raise
+    except Exception as e:  # noqa: BLE001 - OSError/zlib.error from a corrupt stream
+        raise SlotError("cannot unpack %s: %s" % (what, e))
+    if not k:
+        raise SlotError("image ends inside %s" % what)
+    return k
+
+
 def read_archive_index(r):
     """Read the archive header from reader `r`; return [(path, size), ...]."""
     head = _read_exact(r, 6, "the archive header")
@@ -152,15 +170,17 @@ def read_archive_index(r):
     return out
 
 
-def file_sha256(fs, path):
-    """Return (size, sha256 digest) of file `path` on fs, or (-1, None) when it is absent."""
+def file_sha256(fs, path, buf=None):
+    """Return (size, sha256 digest) of file `path` on fs, or (-1, None) when it is absent.
+    buf: a bytearray of _CHUNK bytes to read through (default: a new one)."""
     try:
         f = fs.open(path, "rb")
     except OSError:
         return -1, None
     h = hashlib.sha256()
     n = 0
-    buf = bytearray(_CHUNK)
+    if buf is None:
+        buf = bytearray(_CHUNK)
     try:
         while True:
             k = f.readinto(buf)
@@ -278,9 +298,10 @@ class SlotManager:
         slot = other_slot(p["slot"]) if p is not None else "a"
         fs = self.fs
         wipe(fs, slot)
-        self._unpack(manifest, read_page, slot)
+        chunk = bytearray(_CHUNK)  # one buffer for every read: a long-running heap has few big holes
+        self._unpack(manifest, read_page, slot, chunk)
         for path, size, digest in manifest.files:
-            n, h = file_sha256(fs, slot + "/" + path)
+            n, h = file_sha256(fs, slot + "/" + path, chunk)
             if n != size or h != digest:
                 raise SlotError("%s/%s does not match the manifest after writing (flash fault?)" % (slot, path))
         if p is None:
@@ -293,7 +314,7 @@ class SlotManager:
         _boot.write_kv(fs, _boot.POINTER, newp)  # the switch: one rename
         return slot
 
-    def _unpack(self, manifest, read_page, slot):
+    def _unpack(self, manifest, read_page, slot, chunk):
         r = open_image(manifest, read_page)
         index = read_archive_index(r)
         want = [(f[0], f[1]) for f in manifest.files]
@@ -308,10 +329,11 @@ class SlotManager:
             f = fs.open(full, "wb")
             try:
                 left = size
+                mv = memoryview(chunk)
                 while left:
-                    b = _read_exact(r, min(left, _CHUNK), path)
-                    f.write(b)
-                    left -= len(b)
+                    k = _read_into(r, mv[:min(left, _CHUNK)], path)
+                    f.write(mv[:k])
+                    left -= k
             finally:
                 f.close()
 

@@ -47,6 +47,13 @@ class MemPageStore:
     def get_page(self, i):
         return self.pages.get(i)
 
+    def read_manifest_into(self, buf, offset=0):
+        if self.signed is None:
+            return -1
+        n = max(0, min(len(self.signed) - offset, len(buf)))
+        buf[:n] = self.signed[offset:offset + n]
+        return n
+
     def read_page_into(self, i, buf):
         p = self.pages.get(i)
         if p is None:
@@ -159,12 +166,12 @@ def _memo_manifest():
     orig = ota_mod.parse_signed_manifest
     cache = {}
 
-    def cached(buf, fleet_pub, verify=None):
-        key = (bytes(buf), bytes(fleet_pub), verify)
+    def cached(buf, fleet_pub, verify=None, files=True):
+        key = (bytes(buf), bytes(fleet_pub), verify, files)
         hit = cache.get(key)
         if hit is None:
             try:
-                hit = (orig(buf, fleet_pub, verify), None)
+                hit = (orig(buf, fleet_pub, verify, files), None)
             except ProtocolError as e:
                 hit = (None, str(e))
             cache[key] = hit

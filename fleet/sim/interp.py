@@ -51,6 +51,10 @@ NODE_HEAP_KB = BOARD_NODE_HEAP_KB + SIM_HAL_ALLOWANCE_KB
 # it pins 102.6 KB on the sim HAL, 95.4 KB on the board's. To keep 16 KB free at NODE_HEAP_KB
 # it must come down to 106 KB live: set RIG_NODE_HEAP_KB = NODE_HEAP_KB then.
 RIG_NODE_HEAP_KB = 160
+# OTA-slot nodes: the smallest heap that runs bench/ota_heap_bench.py (a v2 bundle received,
+# staged, confirmed; a bad v3 rolled back) with no MemoryError: 192k, worst moment (receiving,
+# complete) 23 KB free after a collect, ~169 KB live; 176k fails (receiving). Before the lazy
+# OTA shell 192k failed too (out of memory receiving the manifest, every boot).
 RIG_OTA_NODE_HEAP_KB = 192
 # Gateway: ESP32-WROVER-E with 4 MB PSRAM (ESP32_GENERIC-SPIRAM): MicroPython puts its heap in
 # the PSRAM; we hold the gateway to 1 MB of it so a leak still shows on the rig. Measured on 32

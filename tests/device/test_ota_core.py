@@ -304,3 +304,38 @@ def test_running_out_of_heap_is_not_a_verdict_on_the_manifest():
     assert b.m is None and sorted(fs.files) == held  # nothing refused, nothing dropped
     c = OtaEngine(1, PUB, PageStore(fs), 1, _params(), running_bseq=1)  # the next boot resumes it
     assert c.m is not None and c.m.bseq == 2 and c.have == a.have
+
+
+def test_engine_dropped_and_rebuilt_from_its_carry_goes_on():
+    # firmware/ota_node.py drops a quiescent engine between campaigns and builds another from
+    # carry(): the next one must hold the same bundle, Trickle, bucket, tables and floor
+    fs = fx.MemFS()
+    a = OtaEngine(2, PUB, PageStore(fs), 7, _params(), running_bseq=1)
+    a.offer_bundle(_h(vec.V2), _pages(2), 0)
+    a.tick(100000)  # Trickle has fired: an advert waits for a token
+    assert not a.quiescent()  # its events are not read yet
+    while a.poll_event() is not None:
+        pass
+    assert a.quiescent() and a.complete()
+    c = a.carry()
+    assert c["adv_due"] and c["floor"] == 1 and c["complete_state"] == 2
+    b = OtaEngine(2, PUB, PageStore(fs), 99, OtaParams(reverify_stored=False), running_bseq=0, now_ms=100000,
+                  carry=c)
+    assert b.complete() and b.summary() == a.summary() == (2, len(_h(vec.V2)), a.m.mid, a.m.npages, a.have)
+    assert b.floor == 1 and b.trickle is a.trickle and b._nbs is a._nbs and b._tokens == a._tokens
+    assert b.m.files is None and b.stage_manifest().files == mf.parse_signed_manifest(_h(vec.V2), PUB).files
+    out = b.poll_tx()
+    assert out is not None and out.type == protocol.T_OTA_ADV and out.have == a.have and out.bseq == 2
+    # an engine fetching or answering is not quiescent: it is not dropped
+    f = OtaEngine(3, PUB, PageStore(fx.MemFS()), 7, _params(), running_bseq=1)
+    f.on_frame(a._advert(), b"\x00" * 6, 0)
+    assert f.t_bseq == 2 and not f.quiescent()
+
+
+def test_idle_shell_state_codes_are_the_cores():
+    from firmware import ota as ota_mod
+    from firmware import ota_node
+    from firmware import slots as slots_mod
+
+    assert ota_node.ST_RECEIVING == ota_mod.ST_RECEIVING and ota_node.ST_REFUSED == slots_mod.ST_REFUSED
+    assert ota_node._PHASES[ota_mod.ST_RECEIVING] == "receive" and ota_node._PHASES[slots_mod.ST_TRIAL] == "trial"
