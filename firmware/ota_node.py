@@ -463,7 +463,7 @@ class OtaShell:
         """Called by the node's health task (every few seconds): confirm a healthy trial, roll
         back an expired one (resets the node), report a past roll back once. The node's health
         task has just collected: the free heap now is what the live objects leave."""
-        self.heap_mark(free=gc.mem_free())
+        self.heap_mark(free=self.node.hal.mem_free())
         if self.in_trial:
             node = self.node
             joined = node.router.has_route()
@@ -495,7 +495,7 @@ class OtaShell:
         built to answer), receive, complete, stage, trial)."""
         if free is None:
             gc.collect()
-            free = gc.mem_free()
+            free = self.node.hal.mem_free()  # the HAL's figure, as the node's status frames report
         if phase is None:
             phase = _PHASES[self.state]
             if phase == "steady" and self.air is not None:

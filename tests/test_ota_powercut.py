@@ -298,7 +298,7 @@ def _ota_node_update(fs):
     with pytest.raises(node_harness.Reset):
         node.ota.allow(2)  # the fleet's OP_SET ota_allow 2: stage, flush, reset
     node = _node_boot(fs)  # the trial boot
-    assert node is not None and node.ota.slots.in_trial()
+    assert node is not None and node.ota.in_trial
     _healthy_trial(node)
     assert boot.read_pointer(fs)["state"] == "confirmed"
 
@@ -313,7 +313,7 @@ def _ota_node_resume(d, n):
         p = boot.read_pointer(fs)
         if p["bseq"] == 2 and p["state"] == "confirmed":
             break
-        if node.ota.slots.in_trial():
+        if node.ota.in_trial:
             _healthy_trial(node)
             continue
         try:
