@@ -129,6 +129,8 @@ def run(root="."):
 
     node = Node(hal, cfg, gateway)
     _attach_ota(node, cfg, fs, gateway)
+    if node.ota is None:
+        _drop("firmware.boot")  # read only to find the slot pointer (~2.6 KB)
     try:
         asyncio.run(node.run())
     except KeyboardInterrupt:
