@@ -77,8 +77,8 @@ print("TOTAL %%d" %% (prev - base))
 """
 
 
-# A node booted up to Node() on each HAL, same config and flash: what the sim HAL pins over the
-# board's. The board's side runs firmware/hal/esp32.py over stand-ins for machine, network and
+# A node booted up to Node() on each HAL, same config and flash, as firmware/main.py run() boots
+# it (its module included; the config loader dropped): what the sim HAL pins over the board's. The board's side runs firmware/hal/esp32.py over stand-ins for machine, network and
 # aioespnow (their objects live in C on a board); ESP-NOW's receive buffer, which MicroPython
 # allocates on the Python heap, is added as ESPNOW_RXBUF.
 ESPNOW_RXBUF = 526
@@ -106,10 +106,13 @@ if board:
 import asyncio
 gc.collect()
 base = gc.mem_alloc()
-from firmware.config import load_config
+from firmware.main import _drop
 from firmware.fsutil import PosixFS
+from firmware import config
 fs = PosixFS(%(flash)r)
-cfg = load_config(fs)
+cfg = config.settings(config.load_config(fs))  # what firmware/main.py run() keeps
+del config
+_drop("firmware.config", "protocol.text")
 if board:
     from firmware.hal.esp32 import Esp32Hal
     hal = Esp32Hal(fs)

@@ -165,12 +165,14 @@ def normalize(d):
     return out
 
 
-class Config:
-    """A config a node can run: one attribute per KEYS entry (uplink and sim are dicts, None
-    when absent). Never printed with its secrets (firmware/config_check.py public_dict)."""
+class Settings:
+    """The values of a config, one attribute per KEYS entry (uplink and sim are dicts, None
+    when absent), and nothing else: no method, so an instance pins none of this module's code
+    or tables. What a running node keeps (settings()), once this module is dropped after boot
+    (firmware/main.py). Never printed with its secrets (firmware/config_check.py public_dict)."""
 
-    # One attribute per KEYS entry (set in __init__; declared here for type checkers --
-    # bare annotations cost nothing at run time on MicroPython).
+    # One attribute per KEYS entry (set by Config and settings(); declared here for type
+    # checkers -- bare annotations cost nothing at run time on MicroPython).
     config_version: int
     node_id: int
     role: str
@@ -187,6 +189,10 @@ class Config:
     uplink: dict
     sim: dict
 
+
+class Config(Settings):
+    """A config a node can run (see Settings), with the normalized dict it came from."""
+
     def __init__(self, d):
         d = normalize(d)
         self._d = d
@@ -200,6 +206,15 @@ class Config:
             if k in out:
                 out[k] = dict(out[k])
         return out
+
+
+def settings(cfg):
+    """Return a Settings copy of Config `cfg`: the same attribute values, without the
+    normalized dict or any reference to this module (so a node can drop it after boot)."""
+    s = Settings()
+    for k in KEYS:
+        setattr(s, k[0], getattr(cfg, k[0]))
+    return s
 
 
 def parse_config(data):

@@ -12,7 +12,6 @@ try:
 except ImportError:  # pragma: no cover
     import uasyncio as asyncio
 
-from firmware.config import ConfigError, load_config
 from firmware.fsutil import PosixFS
 
 # The OTA target class of this firmware's hardware (the virtual rig's nodes stand in for ESP32
@@ -27,6 +26,8 @@ def _make_hal(cfg, fs, root):
         return Esp32Hal(fs, channel=cfg.radio_channel)
     sim = getattr(cfg, "sim", None)
     if not sim or "mac" not in sim or "my_port" not in sim or "medium_port" not in sim:
+        from firmware.config import ConfigError
+
         raise ConfigError("this is not an ESP32 and the config has no sim section (mac, my_port, medium_port): "
                           "a virtual board needs the rig's radio medium (fleet provision --sim-medium-port PORT)")
     from firmware.hal.sim import SimHal
@@ -154,19 +155,32 @@ def _log_reset_cause(hal):
     print("boot", "reset cause: %s (%d)" % (boot.RESET_CAUSES.get(cause, "unknown"), cause))
 
 
+def _drop(*names):
+    """Forget modules imported only to boot (a later import loads them again)."""
+    for name in names:
+        sys.modules.pop(name, None)
+        pkg, _, attr = name.rpartition(".")
+        try:
+            delattr(sys.modules[pkg], attr)
+        except (KeyError, AttributeError):
+            pass
+
+
 def run(root="."):
     fs = PosixFS(root)
+    from firmware import config
+
     try:
-        cfg = load_config(fs)
-    except ConfigError as e:
-        safe_state(e, fs)
-        return
-    try:
+        cfg = config.settings(config.load_config(fs))
         hal = _make_hal(cfg, fs, root)
-    except ConfigError as e:
+    except config.ConfigError as e:
         safe_state(e, fs)
         return
     _log_reset_cause(hal)
+    # the node keeps the config's values only (Settings): the loader and its tables go
+    # (~5 KB of a 112 KB heap, bench/heap_bench.py)
+    del config
+    _drop("firmware.config", "protocol.text")
     gateway = None
     if cfg.role == "gateway":
         from firmware.gateway import Gateway
@@ -176,6 +190,8 @@ def run(root="."):
 
     node = Node(hal, cfg, gateway)
     _attach_ota(node, cfg, fs, gateway)
+    if node.ota is None:
+        _drop("firmware.boot")  # read only to find the slot pointer (~2.6 KB)
     try:
         asyncio.run(_run_node(node, fs))
     except KeyboardInterrupt:

@@ -3,7 +3,7 @@
 # Runs under CPython (pytest) and MicroPython (tests/mp_run.py).
 from flashfakes import rmtree, tmpdir
 
-from firmware.config import Config, ConfigError, load_config, parse_config
+from firmware.config import KEYS, Config, ConfigError, load_config, parse_config, settings
 from firmware.config_check import dump_config, public_dict, save_config, validate
 from firmware.fsutil import PosixFS, write_file
 from firmware.safe_state import TAG, safe_state_loop, safe_state_message
@@ -59,6 +59,18 @@ def test_round_trip_node_and_gateway():
     assert c.sim is None
     s = parse_config(dump_config(sim_cfg()))
     assert s.sim["my_port"] == 40017 and s.sim["mac"] == b"\x02\x00\x00\x00\x00\x11"
+
+
+def test_settings_keep_the_values_and_nothing_of_the_module():
+    # what a running node keeps once main.py dropped firmware.config: the values only, no
+    # method or normalized dict that would pin the loader's code and tables in the heap
+    c = Config(gw_cfg())
+    s = settings(c)
+    for k in KEYS:
+        assert getattr(s, k[0]) == getattr(c, k[0]), k[0]
+    assert s.uplink["wifi_password"] == WIFI_PW and s.sim is None
+    assert not isinstance(s, Config)
+    assert not hasattr(s, "_d") and not hasattr(s, "as_dict")
 
 
 def test_defaults_for_optional_keys():
