@@ -45,21 +45,18 @@ BOARD_NODE_HEAP_KB = 112
 SIM_HAL_ALLOWANCE_KB = 10
 NODE_HEAP_KB = BOARD_NODE_HEAP_KB + SIM_HAL_ALLOWANCE_KB
 # What virtual nodes run at today, plain and booted from OTA slots: more than NODE_HEAP_KB until
-# the node fits the board. Plain node on 32 bits (bench/heap_bench.py, 3-node line): before
-# issue 10 peak live 122 KB, 21 KB free at the worst moment at 144k, boot loop at 128k; then
-# peak live 118 KB (the resend answer), 17 KB free at 136k; now (the config loader and
-# firmware.boot dropped after boot) 16.7 KB free at 134k (resend 17,120 B; boot 18,720),
-# 14.7 KB at 132k, a MemoryError at 122k (3.8 KB free; the code before boot-looped there).
-# Booted to Node() (main.py's module included) it pins 103.7 KB on the sim HAL, 94.9 KB on the
-# board's. To keep 16 KB free at NODE_HEAP_KB it must shed another ~12 KB live (free at the
-# resend would be ~4.6 KB at 122k): set RIG_NODE_HEAP_KB = NODE_HEAP_KB then. Until then:
-# the smallest heap that keeps 16 KB free at the worst moment.
-RIG_NODE_HEAP_KB = 134
-# OTA-slot nodes: the smallest heap that runs bench/ota_heap_bench.py (a v2 bundle received,
-# staged, confirmed; a bad v3 rolled back) with no MemoryError: 192k, worst moment (receiving,
-# complete) 23 KB free after a collect, ~169 KB live; 176k fails (receiving). Before the lazy
-# OTA shell 192k failed too (out of memory receiving the manifest, every boot).
-RIG_OTA_NODE_HEAP_KB = 192
+# the node fits the board; each the smallest heap that keeps 16 KB free after a collect at the
+# worst moment (32 bits). Plain node (bench/heap_bench.py, 3-node line): before issue 10 peak
+# live 122 KB (21 KB free at 144k, boot loop at 128k); with every issue-10 branch merged (crash
+# handling, clock hold, the 2,106-byte ESP-NOW buffer included) peak live 127 KB, the resend
+# answer the worst moment: 17.3 KB free at 144k, 8 KB and a MemoryError at 134k. Booted to
+# Node() it pins ~104 KB on the sim HAL, ~95 KB on the board's. To keep 16 KB free at
+# NODE_HEAP_KB it must shed ~21 KB live: set RIG_NODE_HEAP_KB = NODE_HEAP_KB then.
+RIG_NODE_HEAP_KB = 144
+# OTA-slot nodes (bench/ota_heap_bench.py: a v2 bundle received, staged, confirmed; a bad v3
+# rolled back; no MemoryError): 224k, worst moment 45 KB free (trial/receive, ~180 KB live).
+# Before the lazy OTA shell 192k failed (out of memory receiving the manifest, every boot).
+RIG_OTA_NODE_HEAP_KB = 224
 # Gateway: ESP32-WROVER-E with 4 MB PSRAM (ESP32_GENERIC-SPIRAM): MicroPython puts its heap in
 # the PSRAM; we hold the gateway to 1 MB of it so a leak still shows on the rig. Measured on 32
 # bits: 186 KB live at its peak at this heap (167-169 KB at 192-256k), 837 KB free at the worst
