@@ -573,7 +573,67 @@ def uplink_flap(workdir, period_s=10.0, duration_s=300.0, down_s=5.0, publish_ev
         s.close()
 
 
-SCENARIOS = {"kill": kill_mid_commit, "kill_amqtt": lambda w: kill_mid_commit(w, broker="amqtt"), "enospc": disk_full, "clock": clock_back, "flap": uplink_flap}
+def rig_uplink_flap(workdir, period_s=10.0, duration_s=300.0, down_s=5.0, nodes=6, offered_s=5):
+    """The same flapping on the virtual rig with the real firmware: a 6-pole line (one gateway,
+    real MicroPython nodes making a reading every offered_s seconds), the gateway's Wi-Fi access
+    point switched off for down_s every period_s for duration_s (Rig.set_ap: its station drops,
+    MQTT waits, envelopes queue in its outbox, it rejoins with backoff). Lost = readings the
+    nodes made (their own console count) that are not stored once the last flap is over."""
+    from fleet.sim import topology as topo_mod
+    from fleet.sim.handle import RigHandle
+    from fleet.sim.rig import RigOptions
+    from fleet.verify import delivery_report, made_by_node
+
+    if rig_ap_control() is None:
+        raise Skip("this tree's rig has no Wi-Fi access-point control (Rig.set_ap)")
+    home = FleetHome(os.path.join(workdir, "home"))  # the rig makes its keys and registers its poles
+    topo = topo_mod.line(nodes, spacing_m=35, n_gateways=1, seed=3)
+    gw = topo.gateways()[0]
+    opt = RigOptions(offered_interval_s=offered_s, offered_for_s=int(duration_s + 60), seed=3,
+                     repair={"grace_s": 20})
+    rig = RigHandle(home, topo, opt, log=lambda m: None)
+    try:
+        rig.start()
+        wait_for(lambda: stored(home)[1] >= 2 * (nodes - 1), 180, "readings flowing before the flapping", 1.0)
+        start = time.monotonic()
+        cuts = 0
+        while time.monotonic() - start < duration_s:
+            rig.set_ap(gw, up=False)
+            cuts += 1
+            time.sleep(down_s)
+            rig.set_ap(gw, up=True)
+            time.sleep(max(0.0, period_s - down_s))
+        t_end = time.monotonic()
+        consoles = {nid: np.log_path for nid, np in rig.rig.nodes.items()}
+        made = made_by_node(consoles)
+        want = sum(len(v) for v in made.values())
+        wait_for(lambda: delivery_report(home, made=made)["missing"] == 0, 240,
+                 "every reading the nodes made is stored after the flapping", 2.0)
+        recovery = time.monotonic() - t_end
+        rep = delivery_report(home, made=made)
+        with open(consoles[gw], errors="replace") as f:
+            gw_log = f.read()
+        joins = gw_log.count("joined the Wi-Fi network")
+        saw = [ln.strip() for ln in gw_log.splitlines() if ln.startswith("wifi uplink lost")][:1] + \
+              [ln.strip() for ln in gw_log.splitlines() if ln.startswith("wifi joined")][1:2]
+        pairs, count, _ = stored(home)
+        return {
+            "fault": f"real gateway firmware: its Wi-Fi AP off {down_s:g} s every {period_s:g} s for {duration_s:g} s "
+                     f"({nodes}-pole rig line, Rig.set_ap)",
+            "published": want, "stored": count, "distinct": len(pairs), "lost": rep["missing"],
+            "duplicates_in_store": rep["duplicates_stored"], "cuts": cuts, "gateway_joins": joins,
+            "recovery_s": round(recovery, 1),
+            "recovery_what": "end of the last flap until every reading the nodes made was stored",
+            "operator_saw": saw or ["(no wifi line on the gateway console)"],
+            "status": fleet_status(home),
+            "rig_ap_control": "present (Rig.set_ap)",
+        }
+    finally:
+        rig.stop()
+
+
+SCENARIOS = {"kill": kill_mid_commit, "kill_amqtt": lambda w: kill_mid_commit(w, broker="amqtt"), "enospc": disk_full, "clock": clock_back, "flap": uplink_flap,
+             "rig_flap": rig_uplink_flap}
 
 
 def _cell(v):
@@ -602,7 +662,7 @@ def main(argv=None):
     results = {}
     for key in only:
         work = tempfile.mkdtemp(prefix=f"redmesh-fault-{key}-")
-        kw = {"duration_s": 60.0} if (key == "flap" and a.quick) else {}
+        kw = {"duration_s": 60.0} if (key in ("flap", "rig_flap") and a.quick) else {}
         try:
             results[key] = SCENARIOS[key](work, **kw)
         except Skip as e:
