@@ -19,6 +19,7 @@ from fleet import ota_bundle, ota_campaign
 from fleet.home import FleetHome
 from fleet.sim import topology as topo_mod
 from fleet.verify import delivery_report
+from protocol import manifest as mf
 
 OTA_FAST = {"trial_ms": 40000, "tx_rate_per_s": 60, "tx_burst": 8, "adv_imin_ms": 500}
 _OTA_TYPES = (6, 7, 8)
@@ -343,7 +344,7 @@ def test_rogue_pole_bad_bundles_refused_over_the_air_by_every_node(make_rig, nee
         heard = {}
         for rec, f in _ota_heard(cap, mesh_key):
             if (rec["delivered"] and rec["src"] == rogue and f.type == 6 and f.bseq == 1 and f.mlen
-                    and f.have == f.npages + 1):
+                    and f.have == f.npages + mf.manifest_pages(f.mlen)):
                 heard[rec["dst"]] = heard.get(rec["dst"], 0) + 1
         return heard if all(heard.get(v, 0) >= 2 for v in honest) else (False, heard)
 
@@ -375,7 +376,9 @@ def test_rogue_pole_bad_bundles_refused_over_the_air_by_every_node(make_rig, nee
     # by the rogue's altered engine (honest firmware would drop that page itself)
     reflash(dict(ota_bundle.initial_flash_files(rogue_app), **_page_store_files(good3, flipped_pages)),
             {"fleet_pub": ks.public_key()})
-    bad_unit = 2  # unit 0 is the manifest, unit 2 is image page 1
+    # units 0..m-1 are the signed manifest (m = its 3,584-byte pages), then the image pages
+    m_units = mf.manifest_pages(len(good3.signed_manifest))
+    bad_unit = m_units + 1  # image page 1
     npk = (len(flipped_pages[1]) + 223) // 224
 
     def dropped():
@@ -407,8 +410,8 @@ def test_rogue_pole_bad_bundles_refused_over_the_air_by_every_node(make_rig, nee
                 and f.type == 8 and f.bseq == 3 and f.page == bad_unit}
         assert len(pkts) == npk, "node %d heard packets %r of the bad page from the rogue" % (v, sorted(pkts))
         haves = {f.have for rec, f in heard if rec["src"] == v and f.type == 6 and f.bseq == 3}
-        # it took the validly signed manifest and page 0 (units 0, 1), never the flipped page 1
-        assert max(haves, default=0) <= 2, "node %d advertised units %r of bseq 3" % (v, haves)
+        # it took the validly signed manifest and page 0 (units 0..m_units), never the flipped page 1
+        assert max(haves, default=0) <= m_units + 1, "node %d advertised units %r of bseq 3" % (v, haves)
         stored = sorted(os.listdir(os.path.join(flash[v], "ota")))
         assert stored == ["m", "p0"], "node %d's page store holds %r" % (v, stored)
 
