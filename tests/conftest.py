@@ -17,3 +17,17 @@ def guard_cli_output(monkeypatch):
     import key_leak_guard
 
     key_leak_guard.install(monkeypatch)
+
+
+@pytest.fixture
+def board(tmp_path):
+    """A virtual board (fleet/sim/board.py) on a fresh flash directory, stopped by PID after the
+    test, pass or fail. Modules with their own `board` fixture (test_virtual_board) override it."""
+    from fleet.sim.board import VirtualBoard
+
+    b = VirtualBoard(str(tmp_path / "flash"))
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()

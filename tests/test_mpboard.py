@@ -13,7 +13,6 @@ import pytest
 
 from fleet import mpboard
 from fleet.mpboard import MpBoard
-from fleet.sim.board import VirtualBoard
 
 # Longer than the pyserial read timeout a paste used to run with (2 s), shorter than a test's patience.
 _STALL_S = 3.0
@@ -22,15 +21,6 @@ _CODE = ("import os\n" + "# padding, so the paste needs several flow-control win
          + "f=open('runs','a');f.write('x');f.close()\n"
          + "print(os.stat('runs')[6])\n")
 
-
-@pytest.fixture
-def board(tmp_path):
-    b = VirtualBoard(str(tmp_path / "flash"))
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 def _interpreter_pid(b, timeout_s=10.0):

@@ -14,18 +14,10 @@ from click.testing import CliRunner
 
 from firmware import boot, crash
 from fleet.cli import group
-from fleet.sim.board import VirtualBoard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MPREMOTE = os.path.join(os.path.dirname(sys.executable), "mpremote")
 
-
-@pytest.fixture
-def board(tmp_path):
-    b = VirtualBoard(str(tmp_path / "flash"))
-    b.start()
-    yield b
-    b.stop()
 
 
 def _mpremote(port, *args):

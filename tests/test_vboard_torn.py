@@ -12,25 +12,13 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from fleet.mpboard import MpBoard
-from fleet.sim.board import VirtualBoard
 
 MPREMOTE = os.path.join(os.path.dirname(sys.executable), "mpremote")
 OLD = "old" * 10
 NEW_REPEAT = 3000  # 'new' * 3000 = 9000 bytes: three 4 KB blocks plus metadata
 WRITE = "with open('a.txt', 'w') as f:\n f.write('new' * %d)\n" % NEW_REPEAT
 
-
-@pytest.fixture
-def board(tmp_path):
-    b = VirtualBoard(str(tmp_path / "flash"))
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 def _exec(port, code):

@@ -105,8 +105,8 @@ def heap_kb(board_kb, path=None):
         return int(board_kb)
     if not _noticed:
         _noticed.append(1)
-        print("note: no 32-bit MicroPython (make mp32); heaps scaled x%.1f on the 64-bit %s"
-              % (HEAP_SCALE_64, os.path.basename(path or micropython_bin())), file=sys.stderr)
+        print("note: %s is a 64-bit MicroPython (`make mp32` builds a 32-bit one): heaps scaled x%.1f"
+              % (path or micropython_bin(), HEAP_SCALE_64), file=sys.stderr)
     return -(-int(board_kb * HEAP_SCALE_64) // 16) * 16
 
 
