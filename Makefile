@@ -18,21 +18,6 @@ TEST_WORKERS ?= 2
 MP32_TARBALL ?= $(firstword $(wildcard ../shared/micropython32/micropython-*-unix-src.tar.gz) \
 	$(wildcard /work/shared/micropython32/micropython-*-unix-src.tar.gz))
 
-.PHONY: install test test-unit test-device test-hil lint bench demo clean mp32
-
-# A 32-bit MicroPython unix port (an ESP32's object layout) for the virtual rig and the device
-# tests, built into build/mp32 from a MicroPython source tarball (MP32_TARBALL=...; default: the
-# trimmed v1.28.0 kit beside the project). Needs gcc-multilib; without it (or the tarball) the
-# rig falls back to the 64-bit PyPI interpreter with heaps scaled, and says so.
-# fleet/sim/interp.py finds the build; REDMESH_MICROPYTHON=path overrides.
-MP32_TARBALL ?= $(firstword $(wildcard ../shared/micropython32/micropython-*-unix-src.tar.gz) \
-	$(wildcard /work/shared/micropython32/micropython-*-unix-src.tar.gz))
-
-# A 32-bit MicroPython unix port (an ESP32's object layout) for the virtual rig and the device
-# tests: built from ../shared/micropython32 (or MP32_SRC=path/to/build-kit) into build/mp32.
-# Needs gcc-multilib; without it everything falls back to the 64-bit PyPI interpreter with the
-# heaps scaled (one notice). fleet/sim/interp.py finds it.
-
 install: $(STAMP)
 
 $(STAMP): pyproject.toml

@@ -308,6 +308,20 @@ def test_power_cut_at_write_n(board):
     assert exec_out(board.port, "with open('b.txt', 'w') as f:\n f.write('ok')\nprint(open('b.txt').read())") == "ok"
 
 
+def test_a_host_too_slow_to_start_the_board_never_gets_a_repl_off_its_flash(make_board, monkeypatch):
+    """On a busy host the interpreter can take seconds to mount the flash. A Ctrl-C in that window
+    used to land in _vboot.py (input was let through 1 s after the spawn), leaving a REPL on the
+    host's filesystem: files "written to the board" went to the host directory (seen in CI as a
+    file gone after it was written). Input is now held until the flash is mounted."""
+    monkeypatch.setenv("FLEET_VBOARD_SLOW_START_S", "2.5")
+    board = make_board()
+    m = board.mark()
+    out = exec_out(board.port, "import os\nprint(os.getcwd(), 'boot.py' in os.listdir(), 'flash.img' in os.listdir())",
+                   resume=True)  # resume: no soft reset first, which would hide a REPL on the host
+    assert out == "/ True False", out
+    assert not any(e.get("event") == "power_on" for e in board.events[m:])
+
+
 def test_unplug_and_replug_keeps_flash(board):
     mpremote(board.port, "exec", "with open('keep.txt', 'w') as f:\n f.write('kept')")
     interpreter = board.board_pid

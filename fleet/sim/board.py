@@ -73,11 +73,7 @@ from fleet.sim import interp
 
 BLOCK_SIZE = 4096  # the ESP32 port's littlefs block size (one flash sector)
 DEFAULT_QUOTA_BYTES = 2 * 1024 * 1024  # the vfs partition of the usual 4 MB ESP32 layout
-# An ESP32-WROOM without PSRAM shows ~110-130 KB free after boot, and its port grows the heap
-# from the IDF's free memory on demand. The unix build is 64-bit: every pointer-sized word
-# (object headers, list/dict slots, small ints) takes 8 bytes instead of 4, so the same program
-# needs ~1.3-1.6x the heap. 256k is the virtual rig's node heap: the Red Mesh app needs 208k
-# here to boot and run (bench/heap_bench.py), so a smaller default could not self-test.
+# The default heap is a node's (fleet/sim/interp.py owns the figure and its 64-bit scaling).
 DEFAULT_HEAP = "%dk" % interp.RIG_NODE_HEAP_KB  # board KB, scaled on a 64-bit interpreter (fleet/sim/interp.py)
 
 BOARD_FS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "board_fs")
@@ -104,7 +100,7 @@ _FIELD = 20  # bytes in flash_writes / cut_power_at (ascii decimal, padded) — 
 _QUEUE_LIMIT = 64 * 1024  # bytes buffered each way before the supervisor stops reading
 _HELD_FLUSH_S = 0.05  # a partial in-band marker older than this was ordinary output
 _CONNECT_POLL_S = 0.1
-_BOOT_HOLD_S = 1.0  # host input held at most this long while boot.py runs
+_BOOT_HOLD_S = 1.0  # host input held at most this long while boot.py runs (counted from the mount)
 
 
 class BoardError(FleetError):
@@ -306,6 +302,7 @@ class Supervisor:
         self._boot_mode = "friendly"  # REPL mode the current interpreter was started for
         self._repl_mode = "friendly"  # REPL mode the board is in now (a soft reset keeps it)
         self._input_open = False
+        self._mounted = False  # the interpreter has mounted the flash ("mounted" marker)
         self._boot_started = 0.0
         self._to_child = bytearray()
         self._to_host = bytearray()
@@ -492,7 +489,7 @@ class Supervisor:
         if self._held and now - self._held_since >= _HELD_FLUSH_S:
             held, self._held = self._held, b""
             self._pass(held)
-        if self._phase == "boot" and now - self._boot_started >= _BOOT_HOLD_S:
+        if self._phase == "boot" and self._mounted and now - self._boot_started >= _BOOT_HOLD_S:
             self._input_open = True  # a long boot.py can still be interrupted
 
     # ---- byte movers -----------------------------------------------------------------------
@@ -617,7 +614,14 @@ class Supervisor:
         self._child_spoke = True
         if _DEBUG:
             _debug("marker", repr(msg), "phase", self._phase)
-        if word == "app":
+        if word == "mounted":
+            # The port's own start-up is over (flash mounted, machine installed): from here a
+            # Ctrl-C can only reach boot.py, as on the board, where that start-up takes
+            # microseconds. Before it, input stays held however slow this host is: a Ctrl-C there
+            # would leave a REPL running on the host's filesystem instead of the flash.
+            self._mounted = True
+            self._boot_started = time.monotonic()
+        elif word == "app":
             self._phase = "app"
             self._input_open = True
         elif word == "repl":
@@ -759,6 +763,7 @@ class Supervisor:
         self._repl_mode = mode
         self._phase = "boot"
         self._child_spoke = False
+        self._mounted = False
         self._boot_started = time.monotonic()
         self._input_open = False
         self._tail = b""

@@ -227,6 +227,9 @@ def boot(g):
     import _vmachine  # imported while the host filesystem (its directory) is still mounted
 
     sys.modules["machine"] = _vmachine
+    slow = getenv("FLEET_VBOARD_SLOW_START_S")  # tests: a host too busy to start us promptly
+    if slow:
+        time.sleep(float(slow))
     _mount(flash_dir, block_count)
     for name in ("VBOARD_FLASH", "VBOARD_MODE", "VBOARD_BLOCKS", "VBOARD_MAC", "VBOARD_CAUSE"):
         os.unsetenv(name)
@@ -237,6 +240,7 @@ def boot(g):
     # The unix port leaves on Ctrl-D at the REPL and on sys.exit(): the supervisor makes that a
     # soft reset, so the finalisers run as they would on the board.
     sys.atexit(finalise)
+    tell("mounted")  # the port's start-up is done: host input may reach boot.py from here
     # The ESP32 port runs main.py only in the friendly REPL mode and only if boot.py succeeded.
     if _run("boot.py", g) and mode == "friendly" and _exists("main.py"):
         try:
