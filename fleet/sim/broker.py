@@ -21,6 +21,7 @@ three across a clean stop; after SIGKILL only what its last autosave wrote.
 """
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -111,7 +112,7 @@ class BrokerProcess:
     """A broker running as a child process: `.port`, `.pid`, `.kill()` (SIGKILL, like a crash),
     `.stop()` (SIGTERM, then SIGKILL after a timeout), `.restart()` (same port, same data)."""
 
-    def __init__(self, kind, argv, host, port, data_dir=None, log_path=None, owns_data_dir=False):
+    def __init__(self, kind, argv, host, port, data_dir=None, log_path=None, owns_data_dir=False, owns_log=False):
         self.kind = kind
         self.argv = argv
         self.host = host
@@ -120,6 +121,7 @@ class BrokerProcess:
         self.log_path = log_path
         self.proc = None
         self._owns_data_dir = owns_data_dir
+        self._owns_log = owns_log
 
     @property
     def pid(self):
@@ -146,10 +148,13 @@ class BrokerProcess:
                 self.proc.wait(timeout=10)
 
     def close(self):
-        """Stop the broker and remove a data directory we created."""
+        """Stop the broker and remove a data directory and a log file we created."""
         self.stop()
         if self._owns_data_dir and self.data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+        if self._owns_log and self.log_path:
+            with contextlib.suppress(OSError):
+                os.unlink(self.log_path)
 
     def restart(self, timeout_s=10):
         """Start the broker again on the same port (and data directory); returns self."""
@@ -241,10 +246,11 @@ def start_broker_process(port=0, host="127.0.0.1", log_path=None, timeout_s=15):
     """Start the embedded amqtt broker as `python -m fleet.sim.broker`; returns a started
     BrokerProcess whose `.port` is the bound port. Raises BrokerError if it does not come up."""
     argv = [sys.executable, "-m", "fleet.sim.broker", "--port", "{port}", "--host", host]
-    if log_path is None:
+    owns_log = log_path is None
+    if owns_log:
         fd, log_path = tempfile.mkstemp(prefix="amqtt-", suffix=".log")
         os.close(fd)
-    bp = BrokerProcess("amqtt", argv, host, port, log_path=log_path)
+    bp = BrokerProcess("amqtt", argv, host, port, log_path=log_path, owns_log=owns_log)
     bp._spawn(timeout_s)  # sets bp.port to the bound port, so restart() reuses it
     return bp
 
