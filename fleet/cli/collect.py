@@ -11,11 +11,12 @@ import sys
 
 import click
 
+from fleet.cli._lazy import FleetCommand
 from fleet.cli._options import BoundedFloat, home_option
 from fleet.errors import FleetError
 
 
-@click.command()
+@click.command(cls=FleetCommand)
 @click.option("--broker", metavar="URL", help="MQTT broker, mqtt://HOST:PORT (default: broker.url in fleet.toml).")
 @click.option("--net", "net_id", type=click.IntRange(0, 0xFFFFFFFF), metavar="N",
               help="Network id (default: network.id in fleet.toml).")

@@ -2,10 +2,11 @@
 ESP32 on a USB serial port (see fleet/sim/board.py for how, and for the Python API)."""
 import click
 
+from fleet.cli._lazy import FleetCommand
 from fleet.sim.board import DEFAULT_HEAP, BoardConfig, parse_heap, parse_mac, run_supervisor
 
 
-@click.command("board")
+@click.command("board", cls=FleetCommand)
 @click.option("--flash", "flash_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Flash directory to keep (littlefs image, MAC, write counter); default: a temporary one, removed at exit.")
 @click.option("--link", type=click.Path(dir_okay=False), default=None, metavar="PATH",
@@ -38,3 +39,7 @@ def cli(flash_dir, link, heap, quota_kb, mac, cut_power_at_write, micropython, s
         stop_on_stdin_eof=stop_on_stdin_eof,
     )
     run_supervisor(config)
+
+
+if __name__ == "__main__":  # `python -m fleet.cli.sim_board` (VirtualBoard.start)
+    cli(prog_name="fleet sim board")

@@ -20,6 +20,7 @@ import sys
 
 import click
 
+from fleet.cli._lazy import FleetCommand
 from fleet.cli._options import BoundedFloat
 from fleet.cli._table import format_table
 
@@ -73,7 +74,7 @@ def _progress(t_s, end_s, events):
     click.echo(f"des: {t_s / 60:.0f}/{end_s / 60:.0f} virtual min, {events} events", err=True)
 
 
-@click.command("des")
+@click.command("des", cls=FleetCommand)
 @click.option("--nodes", "nodes", type=click.IntRange(2, 1_000_000), default=1000, show_default=True,
               help="Nodes in total, gateways included.")
 @click.option("--topology", type=click.Choice(["district", "line", "grid"]), default="district", show_default=True)

@@ -786,7 +786,7 @@ def run_supervisor(config, out=None):
 
 
 class VirtualBoard:
-    """A virtual board in a supervisor subprocess (`python -m fleet.sim.board`), for tests and tools.
+    """A virtual board in a supervisor subprocess (`python -m fleet.cli.sim_board`, i.e. `fleet sim board`), for tests and tools.
 
         with VirtualBoard() as board:        # or VirtualBoard(flash_dir, heap="160k", ...)
             port = board.port                # /dev/pts/N, for mpremote / fleet provision --port
@@ -818,7 +818,7 @@ class VirtualBoard:
         """Start the supervisor; return the port path once the board is powered. Raises BoardError."""
         if self._proc is not None and self._proc.poll() is None:
             return self.port
-        cmd = [sys.executable, "-m", "fleet.sim.board", "--flash", self.flash_dir, "--heap", str(self.heap),
+        cmd = [sys.executable, "-m", "fleet.cli.sim_board", "--flash", self.flash_dir, "--heap", str(self.heap),
                "--quota-kb", str(self.quota_bytes // 1024), "--stop-on-stdin-eof"]
         if self.mac:
             cmd += ["--mac", self.mac.hex()]
@@ -990,14 +990,3 @@ def _alive(pid):
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
-
-
-def main(argv=None):
-    """`python -m fleet.sim.board ...`: the same command as `fleet sim board`."""
-    from fleet.cli.sim_board import cli
-
-    cli.main(args=argv, prog_name="python -m fleet.sim.board")
-
-
-if __name__ == "__main__":
-    main()
