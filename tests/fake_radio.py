@@ -15,8 +15,8 @@ same run. What it models (and what it does not):
 - Each node uses a firmware.mesh.PeerTable like the shell does (the 20-peer ESP-NOW limit).
 - Ticks: after every input a node's router.next_deadline_ms is read and a tick scheduled.
 
-The harness never looks inside a router: it only uses the public API the node shell uses,
-so the DES simulator can reuse this loop with more nodes and a cheaper medium.
+The harness never looks inside a router: it only uses the public API the node shell uses.
+(The city-size simulator, fleet/sim/des.py, has its own cheaper medium and event loop.)
 """
 import heapq
 import math

@@ -2,9 +2,8 @@
 
 Every virtual board is started by the `boards` fixture and stopped in its finalizer; every
 subprocess has a timeout. The self-test wait is exercised with a stand-in slot main.py that prints
-what firmware/node.py prints (the real node needs firmware/hal/sim.py and a radio medium, and a
-sensor warm-up of at least 30 s): the real firmware's path is the test at the end, skipped until
-firmware/hal/sim.py exists.
+what firmware/node.py prints (the real node needs a radio medium and a sensor warm-up of at least
+30 s); the real firmware's path is test_real_firmware_reports_its_selftest, at the end.
 """
 import json
 import os
@@ -21,6 +20,7 @@ from fleet import provision as prov
 from fleet.cli import group
 from fleet.errors import FleetError
 from fleet.home import FleetHome
+from fleet.sim import interp
 from fleet.sim.board import VirtualBoard
 
 MPREMOTE = os.path.join(os.path.dirname(sys.executable), "mpremote")
@@ -385,15 +385,9 @@ def test_selftest_failures_say_what_was_missing(home, boards):
         store.close()
 
 
-_HAL_DIR = os.path.join(os.path.dirname(prov.firmware.__file__), "hal")
-
-
-@pytest.mark.skipif(not all(os.path.exists(os.path.join(_HAL_DIR, f)) for f in ("sim.py", "sim_radio.py")),
-                    reason="firmware/hal/sim.py + sim_radio.py (the virtual node's HAL) are not there yet")
 def test_real_firmware_reports_its_selftest(home, boards):
-    # 320k: the virtual board keeps its filesystem in the same heap, and the whole app (.mpy,
-    # OTA included) needs ~256k on this 64-bit port (the ESP32 heap question: see README).
-    (board,) = boards(1, heap="320k")
+    # A provisioned node boots from OTA slots: the rig's heap for those (fleet/sim/interp.py).
+    (board,) = boards(1, heap="%dk" % interp.RIG_OTA_NODE_HEAP_KB)
     opts = prov.ProvisionOptions(selftest_timeout_s=90, sim_medium_port=47999)
     (res,) = prov.provision(home, [prov.NodeSpec(node_id=15, port=board.port)], opts)["results"]
     assert res["ok"], res["error"]
