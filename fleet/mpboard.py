@@ -2,7 +2,7 @@
 
 The board is driven through mpremote's own `SerialTransport` (raw REPL, raw-paste mode), so
 what works with `mpremote connect PORT ...` works here, on an ESP32 and on a virtual board
-(fleet/sim/board.py). This module adds only what provisioning needs on top:
+(fleet/sim/board/). This module adds only what provisioning needs on top:
 
 - a few primitives: enter_raw() (interrupt the app, raw REPL, optional soft reset), exec(),
   eval(), write_files() (base64 batches, several small files per exec), hash_files() (SHA-256

@@ -21,7 +21,7 @@ def guard_cli_output(monkeypatch):
 
 @pytest.fixture
 def board(tmp_path):
-    """A virtual board (fleet/sim/board.py) on a fresh flash directory, stopped by PID after the
+    """A virtual board (fleet/sim/board/) on a fresh flash directory, stopped by PID after the
     test, pass or fail. Modules with their own `board` fixture (test_virtual_board) override it."""
     from fleet.sim.board import VirtualBoard
 

@@ -1,6 +1,6 @@
 """`fleet node logs` on a board that crashed at boot (issue 10 part 6: it printed nothing).
 
-Real virtual boards (fleet/sim/board.py) with files put on their flash by the real mpremote; the
+Real virtual boards (fleet/sim/board/) with files put on their flash by the real mpremote; the
 command talks to them through fleet.mpboard (mpremote's transport). Every board is stopped at the
 end; every wait and subprocess has a timeout.
 """

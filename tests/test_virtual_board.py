@@ -16,10 +16,10 @@ import serial
 from fleet.sim.board import (
     BoardError,
     VirtualBoard,
-    _alive,
     derive_mac,
     parse_heap,
     parse_mac,
+    pid_alive,
     prepare_flash,
 )
 
@@ -83,7 +83,7 @@ def line_to():
 
 def _kill_pids(pids):
     for pid in pids:
-        if pid and _alive(pid):
+        if pid and pid_alive(pid):
             try:
                 os.killpg(pid, signal.SIGKILL)
             except OSError:
@@ -326,7 +326,7 @@ def test_unplug_and_replug_keeps_flash(board):
     mpremote(board.port, "exec", "with open('keep.txt', 'w') as f:\n f.write('kept')")
     interpreter = board.board_pid
     board.kill()
-    assert not _alive(interpreter)
+    assert not pid_alive(interpreter)
     board.start()
     assert exec_out(board.port, "print(open('keep.txt').read())") == "kept"
 
@@ -360,7 +360,7 @@ def test_cli_prints_port_then_events_and_cleans_up(tmp_path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
         assert not os.path.lexists(link)
-        assert not _alive(interpreter)
+        assert not pid_alive(interpreter)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -1,5 +1,5 @@
 """`fleet sim board` — run one virtual board: MicroPython on a pseudo-terminal that behaves like an
-ESP32 on a USB serial port (see fleet/sim/board.py for how, and for the Python API)."""
+ESP32 on a USB serial port (see fleet/sim/board/ for how, and for the Python API)."""
 import click
 
 from fleet.cli._lazy import FleetCommand

@@ -1,7 +1,7 @@
 # Virtual board, MicroPython side: mounts the flash and runs boot.py / main.py like the ESP32 port.
 #
 # Runs inside the unix-port interpreter as `micropython -X heapsize=H -i _vboot.py`, started by the
-# supervisor in fleet/sim/board.py, which passes its settings in VBOARD_* environment variables.
+# supervisor in fleet/sim/board/supervisor.py, which passes its settings in VBOARD_* environment variables.
 #
 # Rules:
 # - The flash is a littlefs2 filesystem (as on the ESP32 port: 4096-byte blocks, default
