@@ -11,7 +11,7 @@ import click
 from fleet import flash as flashmod
 from fleet import provision as prov
 from fleet.cli._options import home_option
-from fleet.cli.provision import _options_from, provision_options, run_provision, specs_from_options
+from fleet.cli.provision import options_from, provision_options, run_provision, specs_from_options
 from fleet.errors import FleetError
 
 
@@ -48,7 +48,7 @@ def cli(home, port, image, flash_baud, address, connect_attempts, then_provision
             click.echo(json.dumps(result, indent=2))
         return
     # A freshly flashed MicroPython formats its filesystem at first boot: give it time to answer.
-    opts = _options_from(kw, connect_timeout_s=30.0)
+    opts = options_from(kw, connect_timeout_s=30.0)
     if not as_json:
         run_provision(home, specs, opts, as_json=False)
         return

@@ -58,7 +58,7 @@ def provision_options(f, repl_baud=True):
     return f
 
 
-def _options_from(kw, connect_timeout_s=15.0):
+def options_from(kw, connect_timeout_s=15.0):
     return prov.ProvisionOptions(
         replace=kw["replace"], selftest=not kw["no_selftest"], selftest_timeout_s=kw["selftest_timeout_s"],
         report_interval_s=kw["report_interval_s"], warmup_s=kw["warmup_s"], sample_window_s=kw["sample_window_s"],
@@ -222,4 +222,4 @@ def cli(home, ports, sheet, as_json, **kw):
                              f"and run the command again")
     else:
         specs, skipped = specs_from_options(ports, kw), []
-    run_provision(home, specs, _options_from(kw), as_json, skipped)
+    run_provision(home, specs, options_from(kw), as_json, skipped)
