@@ -29,11 +29,7 @@ State table
 All arithmetic is integer: PM in 0.1 ug/m3, RH in %, temperature in 0.1 C.
 """
 from firmware.compat import const
-
-FLAG_SENSOR_ERROR = const(1)  # no valid sample in the window
-FLAG_HIGH_RH = const(2)  # mean RH above HIGH_RH_PCT: optical PM reads high
-FLAG_CHECKSUM = const(4)  # checksum errors during the window
-FLAG_WARMUP_SHORT = const(8)  # sampling started before a full warm-up
+from protocol.frames import FLAG_CHECKSUM, FLAG_HIGH_RH, FLAG_SENSOR_ERROR, FLAG_WARMUP_SHORT
 
 HIGH_RH_PCT = const(75)
 MIN_WARMUP_S = const(30)  # the PMS5003 needs 30 s after wake for stable readings

@@ -26,7 +26,7 @@ their window.
 import re
 import time
 
-FLAG_SYNTHETIC = 0x8000  # firmware/hal/simload.py marks the offered load with it
+from protocol.frames import FLAG_SYNTHETIC
 
 # The console line a node prints for every reading it numbers (firmware/node.py sensor / load).
 _MADE_LINE = re.compile(rb"^(?:node|load) reading seq=(\d+)\b", re.M)

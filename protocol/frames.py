@@ -257,11 +257,20 @@ def _plain(v):
     return v
 
 
+# A reading's flags (redmesh.cddl reading-flags): set by the node that made it (firmware/sampler.py,
+# the rig's offered load firmware/hal/simload.py), shown and counted by the host. Other bits: 0.
+FLAG_SENSOR_ERROR = 1  # no valid sample in the window
+FLAG_HIGH_RH = 2  # mean RH above 75 %: optical PM reads high
+FLAG_CHECKSUM = 4  # checksum errors during the window
+FLAG_WARMUP_SHORT = 8  # sampling started before a full warm-up
+FLAG_SYNTHETIC = 0x8000  # the rig's offered load, not a sensor's (fleet/verify.py counts them)
+
+
 class Reading(Frame):
     """One aggregated sensor reading.
 
     dt_s: seconds before the frame's time_s; pm1/pm25/pm10: 0.1 ug/m3; rh: %; temp: 0.1 C;
-    n: samples aggregated; flags: sensor health bits (see firmware/sampler.py)."""
+    n: samples aggregated; flags: FLAG_* bits (above)."""
 
     SPEC = (("reading.dt_s", 0, U32), ("reading.pm1", 0, U16), ("reading.pm25", 0, U16),
             ("reading.pm10", 0, U16), ("reading.rh", 0, 100), ("reading.temp", -400, 850),

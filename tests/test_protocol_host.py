@@ -70,6 +70,19 @@ def test_valid_vectors_match_the_cddl(v):
     assert cddl_matches(bytes.fromhex(v["hex"])) == [rule]
 
 
+def test_reading_flags_are_the_cddls():
+    """protocol/frames.py FLAG_* and redmesh.cddl reading-flags name the same bits."""
+    import re
+
+    block = _CDDL[_CDDL.index("reading-flags = &("):]
+    block = block[:block.index(")")]
+    spec = {name.replace("-", "_").upper(): 1 << int(bit) for name, bit in re.findall(r"([a-z-]+): (\d+)", block)}
+    from protocol import frames
+
+    ours = {k[5:]: v for k, v in vars(frames).items() if k.startswith("FLAG_")}
+    assert spec and spec == ours
+
+
 def test_cddl_rejects_structurally_invalid_vectors():
     # pycddl checks structure and ranges (not byte-level encoding rules): every invalid vector
     # that cbor2 can parse and that breaks a structural rule must fail the schema too.

@@ -5,7 +5,7 @@ ring/mesh/uplink path, once the node knows wall time. Imported by Node.run only 
 carries it."""
 import asyncio
 
-FLAG_SYNTHETIC = 0x8000
+from protocol.frames import FLAG_SYNTHETIC
 
 
 class _Synthetic:

@@ -1,16 +1,13 @@
 # Sampler duty cycle and aggregation. Runs under CPython (pytest) and MicroPython.
 from firmware.drivers import SensorSample
 from firmware.sampler import (
-    FLAG_CHECKSUM,
-    FLAG_HIGH_RH,
-    FLAG_SENSOR_ERROR,
-    FLAG_WARMUP_SHORT,
     SAMPLE,
     SLEEP,
     WARMUP,
     Sampler,
     SamplerConfig,
 )
+from protocol.frames import FLAG_CHECKSUM, FLAG_HIGH_RH, FLAG_SENSOR_ERROR, FLAG_WARMUP_SHORT
 
 WAKE = [("wake",)]
 SLEEP_A = [("sleep",)]
