@@ -30,10 +30,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import protocol  # noqa: E402
-from fleet.collector import CollectorConfig, Ingest, uplink_topic  # noqa: E402
+from fleet.collector import CollectorConfig, Ingest  # noqa: E402
 from fleet.collector_mqtt import run_collector  # noqa: E402
 from fleet.home import FleetHome  # noqa: E402
 from fleet.sim.broker import mosquitto_path, start_broker_process, start_mosquitto  # noqa: E402
+from protocol.envelope import uplink_topic  # noqa: E402
 
 NET = 1
 GW = 1

@@ -37,11 +37,12 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import protocol  # noqa: E402
-from fleet.collector import FAULT_STOP_MARK, FLAG_TIME_RESTAMPED, state_topic, uplink_topic  # noqa: E402
+from fleet.collector import FAULT_STOP_MARK, FLAG_TIME_RESTAMPED  # noqa: E402
 from fleet.collector_mqtt import start_collector_process  # noqa: E402
 from fleet.home import FleetHome  # noqa: E402
 from fleet.sim.broker import free_port, mosquitto_path, start_broker_process, start_mosquitto  # noqa: E402
 from fleet.store import SQLiteStore  # noqa: E402
+from protocol.envelope import state_topic, uplink_topic  # noqa: E402
 
 NET = 1
 GW = 100

@@ -30,10 +30,10 @@ import gc
 import os
 
 import protocol
-import protocol.envelope  # noqa: F401 - the MQTT messages (protocol.Envelope, protocol.Downlink)
 from firmware import ota_seed
 from firmware.mqtt import MQTTClient
 from firmware.outbox import Outbox
+from protocol import envelope  # the MQTT messages (adds protocol.Envelope, .Downlink) and topics
 
 MAX_ITEMS = 40
 BATCH_MS = 1000
@@ -48,17 +48,14 @@ CHANNEL_ALERT_MS = 600000
 ERR_WIFI_CHANNEL = 2  # status errors bit: the AP is not on the mesh's channel
 
 
-def topics(net_id, gw_id):
-    base = "redmesh/%d/" % net_id
-    return base + "up/%d" % gw_id, base + "down/%d" % gw_id, base + "down/all", base + "state/%d" % gw_id
-
-
 class Gateway:
     def __init__(self, cfg, fs_root, ota_sink=None):
         up = cfg.uplink
         self.cfg = cfg
-        self.up_topic, self.down_topic, self.down_all, self.state_topic = topics(cfg.net_id, cfg.node_id)
-        self.ota_topic = "redmesh/%d/ota" % cfg.net_id
+        net, gw = cfg.net_id, cfg.node_id
+        self.up_topic, self.state_topic = envelope.uplink_topic(net, gw), envelope.state_topic(net, gw)
+        self.down_topic, self.down_all = envelope.downlink_topic(net, gw), envelope.downlink_topic(net)
+        self.ota_topic = envelope.ota_topic(net)
         self.items = []
         self.first_ms = None
         self.eseq = 0

@@ -3,11 +3,8 @@ counts into the store; resend commands out. No sockets and no clock of its own (
 as `now_s`, or from `now_fn`), so tests drive it directly; fleet/collector_mqtt.py runs it on MQTT.
 
 Theory of operation
-- Topics (net = network id, gw = gateway node id):
-    redmesh/<net>/up/<gw>     uplink: a protocol Envelope of air frames the gateway received
-    redmesh/<net>/state/<gw>  "online" / "offline" (retained; the gateway's last will)
-    redmesh/<net>/down/<gw>   downlink to one gateway: a protocol Downlink of air frames
-    redmesh/<net>/down/all    downlink to every gateway
+- Topics: protocol/envelope.py spells them (up/<gw> uplink envelopes, state/<gw> online/offline,
+  down/<gw> and down/all downlinks).
 - Every air frame is decoded with the mesh key (hop tag) and its origin's node key (end-to-end
   tag). Only registered nodes have keys here: an unregistered origin is rejected.
 - Telemetry takes a fast path (`fast_telemetry`): cbor2 (C) parses the frame, then the same
@@ -49,6 +46,7 @@ import protocol
 from fleet import ingest as store_ext
 from fleet.repair import LOST, GapTracker, RepairConfig
 from protocol import auth
+from protocol.envelope import downlink_topic, parse_topic
 
 try:
     import cbor2
@@ -57,7 +55,6 @@ except ImportError:  # pragma: no cover - cbor2 is a dependency; the strict deco
 
 log = logging.getLogger("fleet.collector")
 
-TOPIC_ROOT = "redmesh"
 # Set by the collector in a reading's flags: its time was re-stamped because the gateway's clock
 # went back (above the 16 bits a node's flags have on the wire, so never confused with them).
 FLAG_TIME_RESTAMPED = 1 << 16
@@ -81,21 +78,6 @@ REJECT_CAUSES = (
     "bad_state",         # gateway state payload other than online/offline
     "internal_error",    # a collector bug met this input (logged with its traceback once)
 )
-
-
-def uplink_topic(net_id, gateway="+"):
-    """redmesh/<net>/up/<gateway> ('+' = every gateway, for subscribing)."""
-    return f"{TOPIC_ROOT}/{net_id}/up/{gateway}"
-
-
-def state_topic(net_id, gateway="+"):
-    """redmesh/<net>/state/<gateway>."""
-    return f"{TOPIC_ROOT}/{net_id}/state/{gateway}"
-
-
-def downlink_topic(net_id, gateway=None):
-    """redmesh/<net>/down/<gateway>, or redmesh/<net>/down/all when gateway is None."""
-    return f"{TOPIC_ROOT}/{net_id}/down/{'all' if gateway is None else gateway}"
 
 
 class CollectorConfig:
@@ -246,18 +228,6 @@ def fast_telemetry(fb, mesh_hmac, key_for):
     return origin, seq, time_s, body, hops
 
 
-def _parse_topic(topic, net_id):
-    """Return (kind, gateway) for redmesh/<net>/<kind>/<gw>, or None."""
-    parts = topic.split("/")
-    if len(parts) != 4 or parts[0] != TOPIC_ROOT or parts[1] != str(net_id):
-        return None
-    kind, gw = parts[2], parts[3]
-    if kind not in ("up", "state") or not gw.isdigit() or len(gw) > 10:
-        return None
-    gw = int(gw)
-    return (kind, gw) if gw <= U32 else None
-
-
 class Ingest:
     """The collector core for network `net_id`: `on_message()` for every MQTT message,
     `poll()` regularly (it flushes batches and returns downlink messages to publish),
@@ -329,7 +299,7 @@ class Ingest:
         return res
 
     def _message(self, res, topic, payload, now):
-        parsed = _parse_topic(topic, self.net_id) if isinstance(topic, str) else None
+        parsed = parse_topic(topic, self.net_id) if isinstance(topic, str) else None
         if parsed is None:
             self._reject(res, "wrong_topic", f"topic {str(topic)[:80]!r}", now)
             return

@@ -28,8 +28,9 @@ import tempfile
 import time
 import urllib.parse
 
-from fleet.collector import CollectorConfig, Ingest, progress_line, state_topic, uplink_topic
+from fleet.collector import CollectorConfig, Ingest, progress_line
 from fleet.errors import FleetError
+from protocol.envelope import state_topic, uplink_topic
 
 log = logging.getLogger("fleet.collector")
 

@@ -285,8 +285,8 @@ async def run(home, bundle, broker_url=None, log=None, poll_s=2.0, seed_every_s=
     Returns the final campaign dict."""
     import aiomqtt
 
-    from fleet.collector import downlink_topic
     from fleet.collector_mqtt import parse_broker_url
+    from protocol.envelope import downlink_topic, ota_topic
 
     log = log or (lambda msg: None)
     host, port = parse_broker_url(broker_url or home.broker_url)
@@ -303,7 +303,7 @@ async def run(home, bundle, broker_url=None, log=None, poll_s=2.0, seed_every_s=
             now = time.monotonic()
             if now - last_seed >= seed_every_s:
                 for p in seeds:
-                    await client.publish(f"redmesh/{net}/ota", p, qos=1)
+                    await client.publish(ota_topic(net), p, qos=1)
                 last_seed = now
             status = campaign_status(home)
             by_node = {n["node"]: n for n in status["nodes"]}

@@ -20,6 +20,7 @@ from fleet.home import FleetHome
 from fleet.sim import topology as topo_mod
 from fleet.verify import delivery_report
 from protocol import manifest as mf
+from protocol.envelope import ota_topic
 
 OTA_FAST = {"trial_ms": 40000, "tx_rate_per_s": 60, "tx_burst": 8, "adv_imin_ms": 500}
 _OTA_TYPES = (6, 7, 8)
@@ -165,7 +166,7 @@ def _publish(rig, payloads):
     async def go():
         async with aiomqtt.Client(host, int(port), identifier="hil-ota-attacker") as c:
             for p in payloads:
-                await c.publish("redmesh/%d/ota" % rig.home.net_id, p, qos=1)
+                await c.publish(ota_topic(rig.home.net_id), p, qos=1)
 
     asyncio.run(go())
 

@@ -5,6 +5,7 @@ import pytest
 
 from fleet.sim import topology as topo_mod
 from fleet.verify import delivery_report, made_by_node
+from protocol.envelope import uplink_topic
 
 
 def _made(rig, skip=()):
@@ -117,9 +118,9 @@ def test_garbage_and_forged_frames_counted_nothing_lost(make_rig, needs_virtual_
                                  mesh, bytes(32))
     env = protocol.encode(protocol.Envelope(gateway=topo.gateways()[0], eseq=1, items=[(1, -50, forged_e2e)]))
     net = rig.home.net_id
-    msgs = [("redmesh/%d/up/%d" % (net, topo.gateways()[0]), b"\x00garbage"),
-            ("redmesh/%d/up/%d" % (net, topo.gateways()[0]), env),
-            ("redmesh/%d/up/%d" % (net, topo.gateways()[0]), b"\x85" + bytes(300000))]
+    msgs = [(uplink_topic(net, topo.gateways()[0]), b"\x00garbage"),
+            (uplink_topic(net, topo.gateways()[0]), env),
+            (uplink_topic(net, topo.gateways()[0]), b"\x85" + bytes(300000))]
 
     async def publish():
         import aiomqtt

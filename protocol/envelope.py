@@ -101,6 +101,48 @@ def _decode_downlink(d):
     return dl
 
 
+# ---- the MQTT topics (the one place they are spelled; gateway and host) -----------------------
+#   redmesh/<net>/up/<gw>     uplink: an Envelope of air frames the gateway received
+#   redmesh/<net>/state/<gw>  "online" / "offline" (retained; the gateway's last will)
+#   redmesh/<net>/down/<gw>   downlink to one gateway: a Downlink of air frames
+#   redmesh/<net>/down/all    downlink to every gateway
+#   redmesh/<net>/ota         OTA seeding: one manifest unit or page per message
+TOPIC_ROOT = "redmesh"
+MAX_GATEWAY = U32
+
+
+def uplink_topic(net_id, gateway="+"):
+    """redmesh/<net>/up/<gateway> ('+' = every gateway, for subscribing)."""
+    return "%s/%d/up/%s" % (TOPIC_ROOT, net_id, gateway)
+
+
+def state_topic(net_id, gateway="+"):
+    """redmesh/<net>/state/<gateway> ('+' = every gateway)."""
+    return "%s/%d/state/%s" % (TOPIC_ROOT, net_id, gateway)
+
+
+def downlink_topic(net_id, gateway=None):
+    """redmesh/<net>/down/<gateway>, or redmesh/<net>/down/all when gateway is None."""
+    return "%s/%d/down/%s" % (TOPIC_ROOT, net_id, "all" if gateway is None else gateway)
+
+
+def ota_topic(net_id):
+    """redmesh/<net>/ota."""
+    return "%s/%d/ota" % (TOPIC_ROOT, net_id)
+
+
+def parse_topic(topic, net_id):
+    """(kind, gateway) for redmesh/<net_id>/up|state/<gateway>, else None (any other text)."""
+    parts = topic.split("/")
+    if len(parts) != 4 or parts[0] != TOPIC_ROOT or parts[1] != str(net_id):
+        return None
+    kind, gw = parts[2], parts[3]
+    if kind not in ("up", "state") or not gw.isdigit() or len(gw) > 10:
+        return None
+    gw = int(gw)
+    return (kind, gw) if gw <= MAX_GATEWAY else None
+
+
 frames._MQTT_CODECS[T_ENVELOPE] = (_encode, _decode_envelope)
 frames._MQTT_CODECS[T_DOWNLINK] = (_encode, _decode_downlink)
 protocol.Envelope = Envelope

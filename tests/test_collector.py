@@ -6,10 +6,11 @@ import sqlite3
 import pytest
 
 import protocol
-from fleet.collector import CollectorConfig, Ingest, downlink_topic
+from fleet.collector import CollectorConfig, Ingest
 from fleet.repair import RepairConfig
 from fleet.store import SQLiteStore
 from protocol import auth
+from protocol.envelope import downlink_topic
 
 SECRET = bytes(range(1, 33))
 NET = 1

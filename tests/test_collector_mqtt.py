@@ -14,7 +14,7 @@ import aiomqtt
 import pytest
 
 import protocol
-from fleet.collector import CollectorConfig, downlink_topic, uplink_topic
+from fleet.collector import CollectorConfig
 from fleet.collector_mqtt import run_collector, start_collector_process
 from fleet.home import FleetHome
 from fleet.repair import RepairConfig
@@ -26,6 +26,7 @@ from fleet.sim.broker import (
     start_mosquitto,
 )
 from fleet.store import SQLiteStore
+from protocol.envelope import downlink_topic, uplink_topic
 
 NET = 1
 GW = 100
