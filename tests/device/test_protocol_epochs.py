@@ -1,0 +1,84 @@
+# Key epochs (protocol/vectors/epochs.json), on both interpreters: mesh keys per epoch, and the
+# key phase a frame carries in its version item.
+from vectors import each, head, unhex
+
+import protocol
+from protocol import auth
+from protocol.errors import ProtocolError
+
+_H = head("epochs.json")["keys"]
+EVEN, ODD, NODE = unhex(_H["mesh_even"]), unhex(_H["mesh_odd"]), unhex(_H["node_key"])
+
+
+def test_mesh_key_per_epoch_vectors():
+    n = 0
+    for v in each("epochs.json"):
+        if v["kind"] == "derive":
+            got = auth.derive_mesh_key(unhex(v["fleet_secret"]), v["net_id"], v["epoch"])
+            assert got == unhex(v["mesh_key"]), v["name"]
+            n += 1
+    assert n >= 4
+
+
+def test_epoch_zero_is_the_provisioned_key():
+    # nodes provisioned before epochs existed hold derive_mesh_key(secret, net): epoch 0
+    s = unhex(_H["fleet_secret"])
+    assert auth.derive_mesh_key(s, 7, 0) == auth.derive_mesh_key(s, 7)
+    assert auth.derive_mesh_key(s, 7, 1) != auth.derive_mesh_key(s, 7, 0)
+    assert auth.key_phase(2) == 0 and auth.key_phase(3) == 1
+
+
+def test_bad_epoch_refused():
+    for bad in (-1, 1 << 32, "1"):
+        try:
+            auth.derive_mesh_key(bytes(16), 1, bad)
+        except ProtocolError as e:
+            assert "epoch" in str(e)
+        else:
+            raise AssertionError("epoch %r accepted" % (bad,))
+
+
+def _fields(f):
+    d = f.to_dict()
+    for k in ("etag", "auth"):
+        d.pop(k, None)
+    return d
+
+
+def test_frame_vectors_with_key_phase():
+    n_ok = n_bad = 0
+    for v in each("epochs.json"):
+        if v["kind"] != "frame":
+            continue
+        buf = unhex(v["hex"])
+        keys = (EVEN, None) if v.get("keys") == "even" else (EVEN, ODD)
+        if v["valid"]:
+            f = protocol.decode(buf, keys, NODE)
+            assert f.phase == v["phase"], v["name"]
+            assert _fields(f) == v["fields"], (v["name"], _fields(f))
+            assert protocol.encode(f, keys) == buf, v["name"]  # a forwarder re-tags in the same phase
+            assert protocol.encode(f, keys, NODE) == buf, v["name"]  # the origin too
+            n_ok += 1
+        else:
+            try:
+                protocol.decode(buf, keys, NODE)
+            except ProtocolError as e:
+                assert v["error"] in str(e), (v["name"], str(e))
+            else:
+                raise AssertionError("accepted: " + v["name"])
+            n_bad += 1
+    assert n_ok >= 6 and n_bad >= 5
+
+
+def test_phase_costs_no_byte_and_keeps_the_e2e_tag():
+    # the same telemetry in both phases: same length, same end-to-end tag (a forwarder in the
+    # other epoch may re-tag it), different hop tags
+    f = protocol.Telemetry(origin=5, seq=1, time_s=1795000000,
+                           readings=[protocol.Reading(0, 1, 2, 3, 40, 210, 30, 0)])
+    a = protocol.encode(f, (EVEN, ODD), NODE, phase=0)
+    e0 = f.etag
+    b = protocol.encode(f, (EVEN, ODD), NODE, phase=1)
+    assert len(a) == len(b) and f.etag == e0 and a[-4:] != b[-4:]
+    g = protocol.decode(b, (EVEN, ODD), NODE)
+    assert g.phase == 1
+    assert protocol.encode(g, (EVEN, ODD), phase=0) == a
