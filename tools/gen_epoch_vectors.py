@@ -82,13 +82,40 @@ def vectors():
     )
     for name, hx, err, keys in bad:
         out.append({"name": name, "kind": "frame", "hex": hx, "valid": False, "error": err, "keys": keys})
+    # key wraps (protocol/keywrap.py), computed here with CPython's hmac
+    for node, epoch in ((NODE_ID, ODD), (NODE_ID, 4), (7, 1)):
+        nk_i = node_key(SECRET, NET_ID, node)
+        mk = mesh_key(SECRET, NET_ID, epoch)
+        w = wrap(nk_i, NET_ID, node, epoch, mk)
+        out.append({"name": "wrap, node %d epoch %d" % (node, epoch), "kind": "wrap", "node_id": node, "epoch": epoch,
+                    "node_key": nk_i.hex(), "mesh_key": mk.hex(), "wrapped": w.hex(), "valid": True})
+    w = wrap(nk, NET_ID, NODE_ID, ODD, k_odd)
+    for name, node, epoch, hx, err in (
+            ("wrap with one bit of the ciphertext flipped", NODE_ID, ODD, bytes([w[0] ^ 1]) + w[1:], "tag mismatch"),
+            ("wrap with one bit of the tag flipped", NODE_ID, ODD, w[:-1] + bytes([w[-1] ^ 0x80]), "tag mismatch"),
+            ("wrap replayed as another epoch", NODE_ID, ODD + 2, w, "tag mismatch"),
+            ("wrap meant for another node", NODE_ID + 1, ODD, w, "tag mismatch"),
+            ("wrap truncated", NODE_ID, ODD, w[:-1], "expected 48 bytes"),
+            ("wrap for epoch 0", NODE_ID, 0, w, "epoch must be")):
+        out.append({"name": name, "kind": "wrap", "node_id": node, "epoch": epoch, "node_key": nk.hex(),
+                    "wrapped": hx.hex(), "valid": False, "error": err})
     return out
+
+
+def wrap(nk, net, node, epoch, mk):
+    hdr = b"redmesh wrap\x00" + net.to_bytes(4, "big") + node.to_bytes(4, "big") + epoch.to_bytes(4, "big")
+    enc = hmac.new(nk, b"redmesh wrap enc\x00", hashlib.sha256).digest()
+    mac = hmac.new(nk, b"redmesh wrap mac\x00", hashlib.sha256).digest()
+    ct = bytes(a ^ b for a, b in zip(mk, hmac.new(enc, hdr, hashlib.sha256).digest(), strict=True))
+    return ct + hmac.new(mac, hdr + ct, hashlib.sha256).digest()[:16]
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     head = {"description": "Red Mesh key-epoch vectors. kind=derive: protocol.auth.derive_mesh_key(fleet_secret, "
-                           "net_id, epoch) == mesh_key. kind=frame: protocol.decode(bytes.fromhex(hex), (mesh_even, "
+                           "net_id, epoch) == mesh_key. kind=wrap: protocol.keywrap.unwrap(node_key, net_id, node_id, epoch, "
+                           "wrapped) == mesh_key and wrap() gives `wrapped`; invalid ones raise ProtocolError "
+                           "containing `error`. kind=frame: protocol.decode(bytes.fromhex(hex), (mesh_even, "
                            "mesh_odd), node_key) (keys \"even\": (mesh_even, None)); valid ones decode to `fields` "
                            "(without tags) with frame.phase == phase and re-encode to the same bytes; invalid ones "
                            "raise ProtocolError containing `error`.",

@@ -82,3 +82,27 @@ def test_phase_costs_no_byte_and_keeps_the_e2e_tag():
     g = protocol.decode(b, (EVEN, ODD), NODE)
     assert g.phase == 1
     assert protocol.encode(g, (EVEN, ODD), phase=0) == a
+
+
+def test_key_wrap_vectors():
+    from protocol import keywrap
+
+    net = _H["net_id"]
+    n_ok = n_bad = 0
+    for v in each("epochs.json"):
+        if v["kind"] != "wrap":
+            continue
+        nk, w = unhex(v["node_key"]), unhex(v["wrapped"])
+        if v["valid"]:
+            assert keywrap.unwrap(nk, net, v["node_id"], v["epoch"], w) == unhex(v["mesh_key"]), v["name"]
+            assert keywrap.wrap(nk, net, v["node_id"], v["epoch"], unhex(v["mesh_key"])) == w, v["name"]
+            n_ok += 1
+        else:
+            try:
+                keywrap.unwrap(nk, net, v["node_id"], v["epoch"], w)
+            except ProtocolError as e:
+                assert v["error"] in str(e), (v["name"], str(e))
+            else:
+                raise AssertionError("accepted: " + v["name"])
+            n_bad += 1
+    assert n_ok >= 3 and n_bad >= 5
