@@ -57,6 +57,8 @@ OP_SET = 2
 OP_REBOOT = 3
 OP_STATUS = 4
 OP_PING = 5
+OP_REKEY = 6  # to one node: [epoch, wrap b64 [:32], wrap b64 [32:]] (protocol/keywrap.py); reply [epoch]
+OP_EPOCH = 7  # to every node (signed): [epoch, 0] activate the epoch, [epoch, 1] end its grace window
 
 MAX_READINGS = 12  # worst realistic readings (~16 bytes each) keep a frame within 250
 OTA_PKT_MAX = 224  # image bytes per OTA data frame; a full frame stays within 250 bytes

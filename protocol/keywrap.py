@@ -56,3 +56,26 @@ def unwrap(node_key, net_id, node_id, epoch, wrapped):
         raise ProtocolError("key wrap: tag mismatch (forged, corrupted, or for another node or epoch)")
     ks = enc.digest(hdr)
     return bytes(a ^ b for a, b in zip(ct, ks))
+
+
+def to_args(epoch, wrapped):
+    """The OP_REKEY command arguments: [epoch, base64 of the wrap in two 32-character texts]."""
+    import binascii
+
+    b = binascii.b2a_base64(wrapped).strip().decode()
+    return [epoch, b[:32], b[32:]]
+
+
+def from_args(args):
+    """(epoch, wrapped) from OP_REKEY arguments; raises ProtocolError when malformed."""
+    if len(args) != 3 or not isinstance(args[0], int) or not isinstance(args[1], str) or not isinstance(args[2], str):
+        raise ProtocolError("rekey: expected [epoch, text, text]")
+    import binascii
+
+    try:
+        w = binascii.a2b_base64(args[1] + args[2])
+    except Exception:  # noqa: BLE001 - binascii.Error on CPython, ValueError on MicroPython
+        raise ProtocolError("rekey: the wrapped key is not base64")
+    if len(w) != WRAPPED_LEN:
+        raise ProtocolError("rekey: the wrapped key is %d bytes, expected %d" % (len(w), WRAPPED_LEN))
+    return args[0], w

@@ -106,3 +106,24 @@ def test_key_wrap_vectors():
                 raise AssertionError("accepted: " + v["name"])
             n_bad += 1
     assert n_ok >= 3 and n_bad >= 5
+
+
+
+def test_rekey_command_carries_a_wrapped_key():
+    # the 48-byte wrap travels as base64 text in two 32-byte text arguments (no new CBOR type)
+    from protocol import keywrap
+
+    w = keywrap.wrap(NODE, 7, 9, 3, ODD)
+    args = keywrap.to_args(3, w)
+    c = protocol.Command(target=9, cseq=3, op=protocol.OP_REKEY, args=args)
+    buf = protocol.encode(c, (EVEN, ODD), NODE, phase=1)
+    assert len(buf) <= protocol.MAX_FRAME
+    g = protocol.decode(buf, (EVEN, ODD), NODE)
+    assert keywrap.from_args(g.args) == (3, w)
+    for bad in ([3, args[1]], [3, args[1], args[2][:-1]], [3, args[1], "!" * 32], ["3", args[1], args[2]]):
+        try:
+            keywrap.from_args(bad)
+        except ProtocolError:
+            pass
+        else:
+            raise AssertionError("accepted rekey args %r" % (bad,))
