@@ -79,6 +79,12 @@ class Node:
         self.router = Router(cfg.node_id, hal.mac, cfg.role == "gateway", self.mesh_hmac,
                              seed=cfg.node_id ^ (self.boot_count << 16))
         self.gateway = gateway  # firmware.gateway.Gateway or None
+        self.epoch = 0  # mesh key epoch (issue 14); a rotated node holds its keys in mesh_keys.bin
+        try:
+            fs.stat("mesh_keys.bin")
+            self._epoch_op(None)
+        except OSError:
+            pass
         self.cmd_window = auth.ReplayWindow(32)
         # every counter up to the persisted highest counts as seen: a command accepted before a
         # reboot must not be accepted again after it
@@ -405,6 +411,8 @@ class Node:
             self.send_status()
         elif op == protocol.OP_PING:
             result = [self.now_ms() // 1000]
+        elif op == protocol.OP_REKEY or op == protocol.OP_EPOCH:
+            code, result = self._epoch_op(cmd)
         elif op == protocol.OP_REBOOT:
             self._reply(cmd, 0, [])
             await asyncio.sleep_ms(2000)
@@ -415,6 +423,48 @@ class Node:
         log("cmd", "op=%d cseq=%d code=%d" % (op, cmd.cseq, code))
         self._reply(cmd, code, result)
         self.heap_sample()  # an answer (a resend: up to 4 frames) waits in the router's queue
+
+    def _epoch_op(self, cmd):
+        """Mesh key epochs (issue 14): firmware/rekey.py is imported for this command (or the
+        boot-time load when cmd is None) and unloaded after. OP_REKEY (to this node, node-key
+        auth): store the next epoch's key, reply [epoch]. OP_EPOCH [epoch, 0]: activate it (the
+        previous key stays for the grace window); [epoch, 1]: end that epoch's grace window.
+        Returns (code, result): 1 refused (replayed, forged, not held), 5 flash error."""
+        from firmware import rekey
+        from firmware.compat import unload
+
+        code, result = 0, []
+        fs = self.hal.fs
+        try:
+            st = rekey.load(fs, self.cfg.mesh_key)
+            if cmd is not None:
+                a = cmd.args
+                try:
+                    if cmd.op == protocol.OP_REKEY:
+                        from protocol.keywrap import from_args
+
+                        epoch, w = from_args(a)
+                        st = rekey.offer(fs, st, self.cfg.node_key, self.cfg.net_id, self.node_id, epoch, w)
+                        result = [epoch]
+                    elif len(a) == 2 and isinstance(a[0], int) and a[1] == 0:
+                        st = rekey.activate(fs, st, a[0])
+                    elif len(a) == 2 and isinstance(a[0], int) and a[1] == 1 and a[0] == st[0]:
+                        st = rekey.end_grace(fs, st)
+                    else:
+                        code = 1
+                except protocol.ProtocolError as e:
+                    log("cmd", "epoch op refused: %s" % e)
+                    code = 1
+                except OSError as e:
+                    log("cmd", "epoch op: flash error %s" % e)
+                    code = 5
+            rekey.apply(self.router, st)
+            self.epoch = st[0]
+            st = None
+        finally:
+            rekey = None
+            unload("firmware.rekey", "protocol.keywrap")
+        return code, result
 
     def _resend(self, a, b):
         """Answer "resend readings a..b" from the ring: result = [first, last] actually resent
