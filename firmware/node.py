@@ -425,46 +425,16 @@ class Node:
         self.heap_sample()  # an answer (a resend: up to 4 frames) waits in the router's queue
 
     def _epoch_op(self, cmd):
-        """Mesh key epochs (issue 14): firmware/rekey.py is imported for this command (or the
-        boot-time load when cmd is None) and unloaded after. OP_REKEY (to this node, node-key
-        auth): store the next epoch's key, reply [epoch]. OP_EPOCH [epoch, 0]: activate it (the
-        previous key stays for the grace window); [epoch, 1]: end that epoch's grace window.
-        Returns (code, result): 1 refused (replayed, forged, not held), 5 flash error."""
+        """Mesh key epochs (issue 14): firmware/rekey.py (node_op) is imported for this command,
+        or for the boot-time load when cmd is None, and unloaded after. Returns (code, result)."""
         from firmware import rekey
         from firmware.compat import unload
 
-        code, result = 0, []
-        fs = self.hal.fs
         try:
-            st = rekey.load(fs, self.cfg.mesh_key)
-            if cmd is not None:
-                a = cmd.args
-                try:
-                    if cmd.op == protocol.OP_REKEY:
-                        from protocol.keywrap import from_args
-
-                        epoch, w = from_args(a)
-                        st = rekey.offer(fs, st, self.cfg.node_key, self.cfg.net_id, self.node_id, epoch, w)
-                        result = [epoch]
-                    elif len(a) == 2 and isinstance(a[0], int) and a[1] == 0:
-                        st = rekey.activate(fs, st, a[0])
-                    elif len(a) == 2 and isinstance(a[0], int) and a[1] == 1 and a[0] == st[0]:
-                        st = rekey.end_grace(fs, st)
-                    else:
-                        code = 1
-                except protocol.ProtocolError as e:
-                    log("cmd", "epoch op refused: %s" % e)
-                    code = 1
-                except OSError as e:
-                    log("cmd", "epoch op: flash error %s" % e)
-                    code = 5
-            rekey.apply(self.router, st)
-            self.epoch = st[0]
-            st = None
+            return rekey.node_op(self, cmd, log)
         finally:
             rekey = None
             unload("firmware.rekey", "protocol.keywrap")
-        return code, result
 
     def _resend(self, a, b):
         """Answer "resend readings a..b" from the ring: result = [first, last] actually resent

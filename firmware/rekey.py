@@ -21,6 +21,7 @@ Steps (each returns the new state and persists it first; a refused step changes 
 import hashlib
 
 from firmware import fsutil
+from protocol import OP_REKEY
 from protocol.errors import ProtocolError
 
 STATE_FILE = "mesh_keys.bin"
@@ -92,3 +93,39 @@ def end_grace(fs, st):
 def apply(router, st):
     """Give the router the state's keys (mesh.Router.set_mesh_keys)."""
     router.set_mesh_keys(st[1], st[0] & 1, st[3])
+
+
+def node_op(node, cmd, log):
+    """A firmware.node.Node's epoch command (or, cmd None, its boot-time load). OP_REKEY (to
+    this node, node-key auth): store the next epoch's key, result [epoch]. OP_EPOCH [epoch, 0]:
+    activate it (the previous key stays for the grace window); [epoch, 1]: end that epoch's
+    grace window. Gives the router the resulting keys. Returns (code, result): 0 done,
+    1 refused (replayed, forged, malformed, not held), 5 flash error."""
+    code, result = 0, []
+    fs = node.hal.fs
+    cfg = node.cfg
+    st = load(fs, cfg.mesh_key)
+    if cmd is not None:
+        a = cmd.args
+        try:
+            if cmd.op == OP_REKEY:
+                from protocol.keywrap import from_args
+
+                epoch, w = from_args(a)
+                st = offer(fs, st, cfg.node_key, cfg.net_id, node.node_id, epoch, w)
+                result = [epoch]
+            elif len(a) == 2 and isinstance(a[0], int) and a[1] == 0:
+                st = activate(fs, st, a[0])
+            elif len(a) == 2 and isinstance(a[0], int) and a[1] == 1 and a[0] == st[0]:
+                st = end_grace(fs, st)
+            else:
+                code = 1
+        except ProtocolError as e:
+            log("cmd", "epoch op refused: %s" % e)
+            code = 1
+        except OSError as e:
+            log("cmd", "epoch op: flash error %s" % e)
+            code = 5
+    apply(node.router, st)
+    node.epoch = st[0]
+    return code, result
