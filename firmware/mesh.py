@@ -402,9 +402,11 @@ class Router:
         self.mac = bytes(mac)
         self.is_gateway = bool(is_gateway)
         self._hmac = mesh_key if isinstance(mesh_key, Hmac) else Hmac(mesh_key)
-        self._phase = 0  # key phase of the epoch this node sends in (protocol/frames.py)
-        self._vb = b"\x01"  # the version item it writes: 1, or 17 in an odd epoch
-        self._keys = [self._hmac, None]  # mesh key by key phase: current + at most one other
+        # key epochs (issue 14; set by firmware/rekey.py set_keys): the key phase this node sends
+        # in, the version item it writes (1, or 17 in an odd epoch), mesh keys by key phase
+        self._phase = 0
+        self._vb = b"\x01"
+        self._keys = [self._hmac, None]
         self.rng = Xorshift32(seed if seed is not None else (node_id * 2654435761 + 12345))
         self.trickle = Trickle(p["beacon_imin_ms"], p["beacon_doublings"], p["beacon_k"], self.rng)
         self.imin_ms = p["beacon_imin_ms"]
@@ -675,21 +677,6 @@ class Router:
         return self._rx_cmd(frame_bytes, now_ms)
 
     # ---- receive paths -------------------------------------------------------------------
-
-    def set_mesh_keys(self, current, phase, other=None):
-        """Key epochs: `current` (bytes or Hmac) tags every frame this node sends or forwards,
-        in key phase `phase` (epoch & 1); `other` is the one other epoch's key it holds (the
-        next epoch during a rotation, the previous one in the grace window after it) or None.
-        Frames tagged with either are accepted; any other key phase fails the hop tag."""
-        cur = current if isinstance(current, Hmac) else Hmac(current)
-        oth = other if other is None or isinstance(other, Hmac) else Hmac(other)
-        self._hmac = cur
-        self._phase = phase & 1
-        self._vb = b"\x11" if self._phase else b"\x01"
-        self._keys = [oth, cur] if self._phase else [cur, oth]
-        for e in self._q:  # queued frames are re-tagged in the new epoch when sent
-            if e is not self._inflight:
-                e.data = None
 
     def _tag_ok(self, data):
         n = len(data)

@@ -411,7 +411,7 @@ class Node:
             self.send_status()
         elif op == protocol.OP_PING:
             result = [self.now_ms() // 1000]
-        elif op == protocol.OP_REKEY or op == protocol.OP_EPOCH:
+        elif op == 6 or op == 7:  # protocol.keywrap OP_REKEY, OP_EPOCH (issue 14)
             code, result = self._epoch_op(cmd)
         elif op == protocol.OP_REBOOT:
             self._reply(cmd, 0, [])

@@ -21,8 +21,8 @@ Steps (each returns the new state and persists it first; a refused step changes 
 import hashlib
 
 from firmware import fsutil
-from protocol import OP_REKEY
 from protocol.errors import ProtocolError
+from protocol.keywrap import OP_REKEY
 
 STATE_FILE = "mesh_keys.bin"
 _MAGIC = b"RMK1"
@@ -90,9 +90,28 @@ def end_grace(fs, st):
     return new
 
 
+def set_keys(router, current, phase, other=None):
+    """Key epochs on a firmware.mesh.Router: `current` (bytes or Hmac) tags every frame it sends
+    or forwards, in key phase `phase` (epoch & 1); `other` is the one other epoch's key it holds
+    (the next epoch during a rotation, the previous one in the grace window) or None. Frames
+    tagged with either are accepted; any other key phase fails the hop tag. (Here, not in
+    mesh.py, so a node that never rotates carries none of this code.)"""
+    from protocol.auth import Hmac
+
+    cur = current if isinstance(current, Hmac) else Hmac(current)
+    oth = other if other is None or isinstance(other, Hmac) else Hmac(other)
+    router._hmac = cur
+    router._phase = phase & 1
+    router._vb = b"\x11" if router._phase else b"\x01"
+    router._keys = [oth, cur] if router._phase else [cur, oth]
+    for e in router._q:  # queued frames are re-tagged in the new epoch when sent
+        if e is not router._inflight:
+            e.data = None
+
+
 def apply(router, st):
-    """Give the router the state's keys (mesh.Router.set_mesh_keys)."""
-    router.set_mesh_keys(st[1], st[0] & 1, st[3])
+    """Give the router the state's keys."""
+    set_keys(router, st[1], st[0] & 1, st[3])
 
 
 def node_op(node, cmd, log):

@@ -118,15 +118,10 @@ def derive_mesh_key(fleet_secret, net_id, epoch=0):
     _check_secret(fleet_secret)
     label = b"redmesh mesh key\x00" + int(net_id).to_bytes(4, "big")
     if not isinstance(epoch, int) or epoch < 0 or epoch > MAX_EPOCH:
-        raise ProtocolError("key epoch: expected 0..%d, got %r" % (MAX_EPOCH, epoch))
+        raise ProtocolError("bad key epoch")
     if epoch:
         label += epoch.to_bytes(4, "big")
     return Hmac(fleet_secret).digest(label)
-
-
-def key_phase(epoch):
-    """Return the key phase (0 or 1) a frame tagged with epoch `epoch`'s mesh key carries."""
-    return epoch & 1
 
 
 NEW = 0

@@ -57,8 +57,7 @@ OP_SET = 2
 OP_REBOOT = 3
 OP_STATUS = 4
 OP_PING = 5
-OP_REKEY = 6  # to one node: [epoch, wrap b64 [:32], wrap b64 [32:]] (protocol/keywrap.py); reply [epoch]
-OP_EPOCH = 7  # to every node (signed): [epoch, 0] activate the epoch, [epoch, 1] end its grace window
+# 6, 7: OP_REKEY, OP_EPOCH (mesh key rotation): defined in protocol/keywrap.py, loaded only for them
 
 MAX_READINGS = 12  # worst realistic readings (~16 bytes each) keep a frame within 250
 OTA_PKT_MAX = 224  # image bytes per OTA data frame; a full frame stays within 250 bytes
@@ -195,7 +194,10 @@ def _enc_args(args, out, name):
             _put_num(out, name, a, _ARG, U64)
 
 
-def _hmac(key):
+def _hmac(key, phase=0):
+    # key: bytes, an Hmac, or a pair (even epoch's key, odd epoch's key) indexed by key phase
+    if isinstance(key, (tuple, list)):
+        key = key[phase]
     if key is None:
         return None
     if isinstance(key, Hmac):
@@ -483,16 +485,6 @@ def _mqtt(t):
 _ONEHOP = {T_BEACON: Beacon, T_OTA_ADV: OtaAdvert, T_OTA_REQ: OtaRequest}
 
 
-def _mesh_for(mesh_key, phase):
-    """The mesh key for key phase `phase`: `mesh_key` is one key (bytes or Hmac) or a pair
-    (key of the even epoch, key of the odd epoch), either of which may be None."""
-    if isinstance(mesh_key, (tuple, list)):
-        if len(mesh_key) != 2:
-            raise ProtocolError("mesh keys: expected a pair (even epoch, odd epoch)")
-        return _hmac(mesh_key[phase])
-    return _hmac(mesh_key)
-
-
 def encode(frame, mesh_key=None, node_key=None, phase=None):
     """Return the bytes of `frame`.
 
@@ -509,10 +501,10 @@ def encode(frame, mesh_key=None, node_key=None, phase=None):
     if phase is None:
         phase = frame.phase
     if phase != 0 and phase != 1:
-        raise ProtocolError("key phase: expected 0 or 1, got %r" % (phase,))
-    hmac_mesh = _mesh_for(mesh_key, phase)
+        raise ProtocolError("key phase: expected 0 or 1")
+    hmac_mesh = _hmac(mesh_key, phase)
     if hmac_mesh is None:
-        raise ProtocolError("encoding an air frame needs the mesh key (key phase %d)" % phase)
+        raise ProtocolError("encoding an air frame needs the mesh key")
     if t in _UPLINK:
         _head(4, 10, out)
         start = len(out)
@@ -589,8 +581,8 @@ def peek_type(buf):
     t = _uint(d, "type", U64)
     if t not in TYPE_NAMES:
         raise ProtocolError("type: unknown frame type %d" % t)
-    if v != VERSION and (t == T_ENVELOPE or t == T_DOWNLINK):
-        raise ProtocolError("version: expected %d, got %d (MQTT messages have no key phase)" % (VERSION, v))
+    if v != VERSION and t >= T_ENVELOPE:  # MQTT messages have no key phase
+        raise ProtocolError("version: expected %d, got %d" % (VERSION, v))
     return t
 
 
@@ -617,14 +609,6 @@ def decode(buf, mesh_key=None, node_key=None):
         raise ProtocolError("malformed frame (%s: %s)" % (type(e).__name__, e))
 
 
-def _unphased(buf, start, end, phase):
-    """The bytes an end-to-end tag or auth covers: buf[start:end] with the version item as
-    VERSION (the key phase bit is covered by the hop tag only)."""
-    if phase:
-        return bytes((VERSION,)) + bytes(buf[start + 1:end])
-    return bytes(buf[start:end])
-
-
 def _decode(buf, mesh_key, node_key):
     if not isinstance(buf, (bytes, bytearray, memoryview)):
         raise ProtocolError("expected bytes, got " + type(buf).__name__)
@@ -646,7 +630,7 @@ def _decode(buf, mesh_key, node_key):
         f = _UPLINK[t]()
         f.origin, f.seq, f.time_s = _get(d, _UP_HEAD)
         f._dec_body(d)
-        covered = _unphased(buf, start, d.pos, phase)
+        covered = bytes(buf[start:d.pos])
         f.hops, f.cost = _get(d, _UP_MUT)
         f.etag = _bstr(d, "etag", E2E_TAG_LEN, E2E_TAG_LEN)
         if t == T_TELEMETRY and f.seq + len(f.readings) - 1 > U32:
@@ -655,7 +639,7 @@ def _decode(buf, mesh_key, node_key):
         f = Command(*_get(d, Command.SPEC))
         n = _arr(d, "command.args", 0, 4)
         f.args = [_scalar_arg(d, "command.args") for _ in range(n)]
-        covered = _unphased(buf, start, d.pos, phase)
+        covered = bytes(buf[start:d.pos])
         f.hops = _uint(d, "hops", U8)
         want = SIG_LEN if f.target == 0 else E2E_TAG_LEN
         f.auth = _bstr(d, "command.auth", want, want)
@@ -664,6 +648,8 @@ def _decode(buf, mesh_key, node_key):
         f.data = _bstr(d, "data", 1, OTA_PKT_MAX)
     else:
         f = _ONEHOP[t](*_get(d, _ONEHOP[t].SPEC))
+    if phase and (t in _UPLINK or t == T_COMMAND):  # e2e tags and auth cover the version item as VERSION: only the hop tag has the phase
+        covered = b"\x01" + covered[1:]
     tag_at = d.pos
     htag = _bstr(d, "hop tag", HOP_TAG_LEN, HOP_TAG_LEN)
     d.done()
@@ -671,9 +657,9 @@ def _decode(buf, mesh_key, node_key):
     # stranger's frame is told apart from a member's forgery and costs no node-key lookup.
     f.phase = phase
     if mesh_key is not None:
-        hm = _mesh_for(mesh_key, phase)
+        hm = _hmac(mesh_key, phase)
         if hm is None:
-            raise ProtocolError("hop tag: no mesh key for key phase %d (an epoch this node does not hold)" % phase)
+            raise ProtocolError("hop tag: no mesh key for key phase %d" % phase)
         if not ct_equal(hm.tag(bytes(buf[:tag_at + 1]), HOP_TAG_LEN), htag):
             raise ProtocolError("hop tag mismatch: frame not from this mesh, or corrupted")
     if node_key is not None:

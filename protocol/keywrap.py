@@ -18,6 +18,8 @@ anything is decrypted.
 from protocol.auth import KEY_LEN, MAX_EPOCH, Hmac, ct_equal
 from protocol.errors import ProtocolError
 
+OP_REKEY = 6  # command to one node: [epoch, wrap b64 [:32], wrap b64 [32:]]; reply [epoch]
+OP_EPOCH = 7  # command to every node (signed): [epoch, 0] activate the epoch, [epoch, 1] end its grace
 WRAP_TAG_LEN = 16
 WRAPPED_LEN = KEY_LEN + WRAP_TAG_LEN
 

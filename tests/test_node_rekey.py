@@ -13,6 +13,7 @@ from firmware import rekey
 from firmware.fsutil import PosixFS
 from fleet import signing
 from protocol import keywrap
+from protocol.keywrap import OP_EPOCH, OP_REKEY
 
 SEED = hashlib.sha256(b"redmesh rekey test key").digest()
 PUB = signing.public_key_of(SEED)
@@ -44,11 +45,11 @@ class Fleet:
 
     def rekey(self, node, cseq, epoch, key=K1, node_id=NODE_ID, wrap_key=NODE_KEY):
         w = keywrap.wrap(wrap_key, NET, node_id, epoch, key)
-        return self.deliver(node, protocol.Command(target=NODE_ID, cseq=cseq, op=protocol.OP_REKEY,
+        return self.deliver(node, protocol.Command(target=NODE_ID, cseq=cseq, op=OP_REKEY,
                                                    args=keywrap.to_args(epoch, w)))
 
     def epoch(self, node, cseq, epoch, stage):
-        return self.deliver(node, protocol.Command(target=0, cseq=cseq, op=protocol.OP_EPOCH, args=[epoch, stage]))
+        return self.deliver(node, protocol.Command(target=0, cseq=cseq, op=OP_EPOCH, args=[epoch, stage]))
 
 
 def state(tmp_path):
@@ -64,7 +65,7 @@ def test_rotation_on_the_node(tmp_path):
     assert f.rekey(node, 2, 1, key=bytes(32), wrap_key=bytes(range(32)))  # forged wrap: answered, refused
     assert state(tmp_path) == (0, MESH_KEY, 1, K1)
     # a forged activation (bad signature) changes nothing
-    bad = protocol.Command(target=0, cseq=3, op=protocol.OP_EPOCH, args=[1, 0], auth=bytes(64))
+    bad = protocol.Command(target=0, cseq=3, op=OP_EPOCH, args=[1, 0], auth=bytes(64))
     f.now += 10 ** 6
     node.router.on_recv(GW_MAC, protocol.encode(bad, MESH_KEY), -50, f.now)
     while (ev := node.router.poll_event()) is not None:

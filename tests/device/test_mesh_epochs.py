@@ -4,6 +4,7 @@
 from test_mesh_core import TinyRadio, mac
 
 from firmware.mesh import Router
+from firmware.rekey import set_keys
 from protocol import Beacon, Reading, Telemetry, decode, encode
 from protocol.auth import Hmac
 
@@ -28,16 +29,16 @@ def test_rotation_grace_then_old_key_refused():
     assert radio.r[2].parent == 2
     assert _send(radio, 1).phase == 0
     # far activates epoch 1 first, the others still send in epoch 0 but hold the next key
-    radio.r[2].set_mesh_keys(K1, 1, K0)
+    set_keys(radio.r[2], K1, 1, K0)
     for r in radio.r[:2]:
-        r.set_mesh_keys(K0, 0, K1)
+        set_keys(r, K0, 0, K1)
     got = _send(radio, 2)
     assert got.seq == 2 and got.phase == 0  # re-tagged by mid in its epoch; e2e tag intact
     for r in radio.r:
-        r.set_mesh_keys(K1, 1, K0)  # activated, grace window
+        set_keys(r, K1, 1, K0)  # activated, grace window
     assert _send(radio, 3).phase == 1
     for r in radio.r:
-        r.set_mesh_keys(K1, 1)  # grace over: the old key is gone
+        set_keys(r, K1, 1)  # grace over: the old key is gone
     assert _send(radio, 4).seq == 4
     far = radio.r[2]
     bad0 = far.stats["bad_frames"]
