@@ -402,6 +402,11 @@ class Router:
         self.mac = bytes(mac)
         self.is_gateway = bool(is_gateway)
         self._hmac = mesh_key if isinstance(mesh_key, Hmac) else Hmac(mesh_key)
+        # key epochs (issue 14; set by firmware/rekey.py set_keys): the key phase this node sends
+        # in, the version item it writes (1, or 17 in an odd epoch), mesh keys by key phase
+        self._phase = 0
+        self._vb = b"\x01"
+        self._keys = [self._hmac, None]
         self.rng = Xorshift32(seed if seed is not None else (node_id * 2654435761 + 12345))
         self.trickle = Trickle(p["beacon_imin_ms"], p["beacon_doublings"], p["beacon_k"], self.rng)
         self.imin_ms = p["beacon_imin_ms"]
@@ -576,7 +581,7 @@ class Router:
         if type(data) is not bytes:
             data = bytes(data)
         n = len(data)
-        if n < 8 or n > MAX_FRAME or data[1] != 1:
+        if n < 8 or n > MAX_FRAME or data[1] & 0xEF != 1:
             self.stats["bad_frames"] += 1
             return True
         t = data[2]
@@ -635,7 +640,7 @@ class Router:
         if self.is_gateway:
             frame.hops = 0
             frame.cost = 0
-            data = encode(frame, self._hmac)
+            data = encode(frame, self._hmac, None, self._phase)
             self._dup.put(frame.origin, frame.seq, frame.type, now_ms, 0)
             st["originated"] += 1
             st["uplinks"] += 1
@@ -648,7 +653,7 @@ class Router:
             return
         frame.hops = 1
         frame.cost = self.cost
-        data = encode(frame, self._hmac)
+        data = encode(frame, self._hmac, None, self._phase)
         _, _, _, _, p_hops, p_etag = _parse_up(data)
         e = _Entry(data, p_hops, p_etag, 1, True, app_token)
         e.data = data
@@ -666,7 +671,7 @@ class Router:
         if type(frame_bytes) is not bytes:
             frame_bytes = bytes(frame_bytes)
         n = len(frame_bytes)
-        if n < 8 or n > MAX_FRAME or frame_bytes[1] != 1 or frame_bytes[2] != T_COMMAND:
+        if n < 8 or n > MAX_FRAME or frame_bytes[1] & 0xEF != 1 or frame_bytes[2] != T_COMMAND:
             self.stats["bad_frames"] += 1
             return False
         return self._rx_cmd(frame_bytes, now_ms)
@@ -675,7 +680,8 @@ class Router:
 
     def _tag_ok(self, data):
         n = len(data)
-        return ct_equal(self._hmac.tag(data[:n - HOP_TAG_LEN], HOP_TAG_LEN), data[n - HOP_TAG_LEN:])
+        k = self._keys[1 if data[1] & 0x10 else 0]
+        return k is not None and ct_equal(k.tag(data[:n - HOP_TAG_LEN], HOP_TAG_LEN), data[n - HOP_TAG_LEN:])
 
     def _rx_beacon(self, src_mac, data, rssi, now):
         st = self.stats
@@ -865,7 +871,7 @@ class Router:
             if hops >= self.max_hops:
                 st["ttl_dropped"] += 1
             elif len(self._floods) + self.flood_repeats <= _MAX_FLOODS:
-                body = data[:p_hops] + _uhead(hops + 1) + data[p_auth:len(data) - HOP_TAG_LEN]
+                body = data[:1] + self._vb + data[2:p_hops] + _uhead(hops + 1) + data[p_auth:len(data) - HOP_TAG_LEN]
                 out = body + self._hmac.tag(body, HOP_TAG_LEN)
                 due = now
                 for _ in range(self.flood_repeats):
@@ -1115,7 +1121,7 @@ class Router:
                 self._ref_pending = cost
                 self._ref_at_ms = now + 2 * self.imin_ms
         b = Beacon(self.node_id, bseq, cost, depth, self.wall_time_s(now), flags)
-        self._out((self._token(), BROADCAST, encode(b, self._hmac)))
+        self._out((self._token(), BROADCAST, encode(b, self._hmac, None, self._phase)))
         self.stats["beacons_tx"] += 1
         self._housekeep(now)
 
@@ -1150,7 +1156,8 @@ class Router:
         cost = self.cost
         if not e.data or e.data_cost != cost:
             raw = e.raw
-            body = raw[:e.p_hops] + _uhead(e.hops) + _uhead(cost) + raw[e.p_etag:len(raw) - HOP_TAG_LEN]
+            body = (raw[:1] + self._vb + raw[2:e.p_hops] + _uhead(e.hops) + _uhead(cost)
+                    + raw[e.p_etag:len(raw) - HOP_TAG_LEN])
             e.data = body + self._hmac.tag(body, HOP_TAG_LEN)
             e.data_cost = cost
         tok = self._token()

@@ -79,6 +79,12 @@ class Node:
         self.router = Router(cfg.node_id, hal.mac, cfg.role == "gateway", self.mesh_hmac,
                              seed=cfg.node_id ^ (self.boot_count << 16))
         self.gateway = gateway  # firmware.gateway.Gateway or None
+        self.epoch = 0  # mesh key epoch (issue 14); a rotated node holds its keys in mesh_keys.bin
+        try:
+            fs.stat("mesh_keys.bin")
+            self._epoch_op(None)
+        except OSError:
+            pass
         self.cmd_window = auth.ReplayWindow(32)
         # every counter up to the persisted highest counts as seen: a command accepted before a
         # reboot must not be accepted again after it
@@ -405,6 +411,8 @@ class Node:
             self.send_status()
         elif op == protocol.OP_PING:
             result = [self.now_ms() // 1000]
+        elif op == 6 or op == 7:  # protocol.keywrap OP_REKEY, OP_EPOCH (issue 14)
+            code, result = self._epoch_op(cmd)
         elif op == protocol.OP_REBOOT:
             self._reply(cmd, 0, [])
             await asyncio.sleep_ms(2000)
@@ -415,6 +423,18 @@ class Node:
         log("cmd", "op=%d cseq=%d code=%d" % (op, cmd.cseq, code))
         self._reply(cmd, code, result)
         self.heap_sample()  # an answer (a resend: up to 4 frames) waits in the router's queue
+
+    def _epoch_op(self, cmd):
+        """Mesh key epochs (issue 14): firmware/rekey.py (node_op) is imported for this command,
+        or for the boot-time load when cmd is None, and unloaded after. Returns (code, result)."""
+        from firmware import rekey
+        from firmware.compat import unload
+
+        try:
+            return rekey.node_op(self, cmd, log)
+        finally:
+            rekey = None
+            unload("firmware.rekey", "protocol.keywrap")
 
     def _resend(self, a, b):
         """Answer "resend readings a..b" from the ring: result = [first, last] actually resent

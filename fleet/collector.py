@@ -33,6 +33,9 @@ Theory of operation
   the jump (readings whose node time agrees with the gateway's wrong clock too), each such
   reading flagged FLAG_TIME_RESTAMPED (a bit above the 16 wire bits: never a node's); the
   correction ends (`clock_restored` event) when the gateway's own times catch up again.
+- Revoked nodes (`fleet keys revoke`, the keystore's revocation list, re-read within
+  `revoked_recheck_s` of a change): their frames are refused and counted under `revoked`, never
+  stored, and no resend command is sent to them (counted in stats.commands_withheld).
 - Gaps in each node's reading counters are tracked by fleet/repair.py; `poll()` turns due gaps
   into OP_RESEND commands (authenticated with the node's key, counter from store.next_cseq).
 """
@@ -72,6 +75,7 @@ REJECT_CAUSES = (
     "malformed_frame",   # an air frame that does not decode
     "bad_hop_tag",       # hop tag wrong: not from this mesh, or corrupted
     "unknown_node",      # origin not registered in the store
+    "revoked",           # origin revoked (`fleet keys revoke`: a stolen pole); frames refused
     "bad_tag",           # end-to-end tag wrong: forged or corrupted
     "unexpected_type",   # a frame type that has no business on the uplink
     "replay",            # status/reply counter already passed
@@ -83,10 +87,11 @@ REJECT_CAUSES = (
 class CollectorConfig:
     """Collector settings: batching (batch_rows, flush_interval_s), logging (log_interval_s),
     unknown-node re-check (unknown_recheck_s), downlink batching (downlink_max_frames),
-    node key cache size (key_cache), and `repair` (a fleet.repair.RepairConfig)."""
+    node key cache size (key_cache), revocation-list re-check (revoked_recheck_s), and `repair` (a fleet.repair.RepairConfig)."""
 
     def __init__(self, batch_rows=5000, flush_interval_s=0.5, log_interval_s=60.0, unknown_recheck_s=10.0,
-                 downlink_max_frames=8, key_cache=50000, repair=None, max_unacked=64, clock_tolerance_s=60):
+                 downlink_max_frames=8, key_cache=50000, repair=None, max_unacked=64, clock_tolerance_s=60,
+                 revoked_recheck_s=1.0):
         self.batch_rows = int(batch_rows)
         self.flush_interval_s = float(flush_interval_s)
         self.log_interval_s = float(log_interval_s)
@@ -98,6 +103,7 @@ class CollectorConfig:
         # below the broker's in-flight window (mosquitto: max_inflight_messages 100 in ours).
         self.max_unacked = int(max_unacked)
         self.clock_tolerance_s = int(clock_tolerance_s)
+        self.revoked_recheck_s = float(revoked_recheck_s)  # how soon a `fleet keys revoke` takes hold
         if self.batch_rows < 1 or self.flush_interval_s <= 0 or self.downlink_max_frames < 1:
             raise ValueError("batch_rows, flush_interval_s and downlink_max_frames must be positive")
 
@@ -150,7 +156,7 @@ class Stats:
 
     FIELDS = ("messages", "envelopes", "frames", "readings", "stored", "duplicates", "status", "status_duplicates",
               "replies", "reply_duplicates", "commands", "rejects", "flushes", "flush_errors", "clock_jumps",
-              "restamped")
+              "restamped", "commands_withheld")
 
     def __init__(self):
         for f in self.FIELDS:
@@ -264,6 +270,11 @@ class Ingest:
         now = self._now(None)
         self._last_flush = now
         self._known = set(store.node_ids())
+        self._revoked = frozenset()
+        self._revoked_stamp = None
+        self._revoked_checked = None
+        self._cur_revoked = None
+        self._check_revoked(now)
         self._load(now)
 
     # ---- start-up -------------------------------------------------------------------------------
@@ -304,6 +315,7 @@ class Ingest:
             self._reject(res, "wrong_topic", f"topic {str(topic)[:80]!r}", now)
             return
         kind, gw = parsed
+        self._check_revoked(now)
         if isinstance(payload, str):
             payload = payload.encode("utf-8", "replace")
         elif isinstance(payload, (bytes, bytearray, memoryview)):
@@ -423,8 +435,36 @@ class Ingest:
             h = self._node_hmacs[node] = auth.Hmac(self.keys.node_key(node))
         return h
 
+    def _check_revoked(self, now):
+        """Re-read the revocation list when it changed (checked at most every revoked_recheck_s).
+        A damaged list keeps the last good one and is logged (rate-limited), never ignored."""
+        if self._revoked_checked is not None and now - self._revoked_checked < self.cfg.revoked_recheck_s:
+            return
+        self._revoked_checked = now
+        stamp_fn = getattr(self.keys, "revoked_stamp", None)
+        if stamp_fn is None:
+            return
+        stamp = stamp_fn()
+        if stamp == self._revoked_stamp:
+            return
+        try:
+            rev = frozenset(self.keys.revoked())
+        except Exception as e:  # noqa: BLE001 - KeystoreError; the collector keeps running
+            self._ratelog.note("revocation_list", str(e), now)
+            return
+        self._revoked_stamp = stamp
+        added = rev - self._revoked
+        if added:
+            log.warning("revoked node(s) %s: their frames are refused from now on", ", ".join(map(str, sorted(added))))
+            for n in sorted(added):
+                self._events.append((int(now), "revoked", n, None))
+        self._revoked = rev
+
     def _key_for(self, origin):
         # decode() calls this with the frame's origin; None makes it raise "unknown node".
+        if origin in self._revoked:
+            self._cur_revoked = origin
+            return None
         if not self._is_known(origin):
             self._cur_unknown = origin
             return None
@@ -433,6 +473,7 @@ class Ingest:
     def _frame(self, res, gw, rx_ms, rssi, fb, now, corr=0):
         self._cur_now = now
         self._cur_unknown = None
+        self._cur_revoked = None
         fast = fast_telemetry(fb, self._mesh, self._key_for)
         if fast is not None:
             self._fast_rows(res, fast, gw, rx_ms // 1000 if rx_ms else int(now), rssi, now, corr if rx_ms else 0)
@@ -444,7 +485,10 @@ class Ingest:
             f = protocol.decode(fb, self._mesh, self._key_for)
         except protocol.ProtocolError as e:
             msg = str(e)
-            if self._cur_unknown is not None:
+            if self._cur_revoked is not None:
+                cause = "revoked"
+                msg = f"node {self._cur_revoked} is revoked"
+            elif self._cur_unknown is not None:
                 cause = "unknown_node"
             elif msg.startswith("end-to-end tag mismatch"):
                 cause = "bad_tag"
@@ -575,6 +619,7 @@ class Ingest:
         messages to publish with QoS 1."""
         now = self._now(now_s)
         self._cur_now = now
+        self._check_revoked(now)
         if now - self._last_flush >= self.cfg.flush_interval_s:
             self.flush(now)
         if not send:
@@ -588,6 +633,9 @@ class Ingest:
     def _commands(self, reqs, now):
         by_topic = {}
         for req in reqs:
+            if req.node in self._revoked:  # never a command to a revoked node
+                self.stats.commands_withheld += 1
+                continue
             cmd = protocol.Command(target=req.node, cseq=req.cseq, op=protocol.OP_RESEND, args=[req.a, req.b])
             fb = protocol.encode(cmd, self._mesh, self._node_hmac(req.node))
             topic = downlink_topic(self.net_id, None if req.via_all else req.gateway)
@@ -600,7 +648,7 @@ class Ingest:
         for topic, frames in by_topic.items():
             for i in range(0, len(frames), step):
                 out.append((topic, protocol.encode(protocol.Downlink(frames[i:i + step]))))
-        self.stats.commands += len(reqs)
+        self.stats.commands += sum(len(f) for f in by_topic.values())
         return out
 
     def next_deadline_s(self):

@@ -8,6 +8,9 @@ Files (directory 0700):
                       format of fleet/signing.py (load_private_key / sign). Signs OTA manifests
                       and broadcast commands.
   fleet_signing.pub   the raw 32-byte public key as hex, mode 0644: what nodes hold.
+  revoked.json        revoked nodes {"<node>": {"reason": text, "at": unix s}}, mode 0600
+                      (no key bytes): `fleet keys revoke`. A revoked node's frames are refused
+                      by the collector, no command is sent to it, and it gets no later epoch.
 
 Rules: private files are created with os.open(..., 0o600) and fchmod'ed (umask-proof), written to
 a temporary file and linked into place so an interrupted `keys init` leaves no half-written key;
@@ -16,8 +19,10 @@ others is refused when loaded (as ssh does), with the chmod that fixes it. Deriv
 cached in memory only. Nothing here returns a secret in a repr or an error message.
 """
 import hashlib
+import json
 import os
 import secrets
+import time
 
 from fleet import signing
 from fleet.errors import FleetError
@@ -26,6 +31,8 @@ from protocol import auth
 SECRET_NAME = "fleet.secret"
 SIGNING_NAME = "fleet_signing.key"
 PUBLIC_NAME = "fleet_signing.pub"
+REVOKED_NAME = "revoked.json"
+MAX_REASON = 200
 SECRET_LEN = 32
 
 
@@ -126,6 +133,7 @@ class Keystore:
         self.secret_path = os.path.join(self.dir, SECRET_NAME)
         self.signing_path = os.path.join(self.dir, SIGNING_NAME)
         self.public_path = os.path.join(self.dir, PUBLIC_NAME)
+        self.revoked_path = os.path.join(self.dir, REVOKED_NAME)
         self._secret = None
         self._signing = None
         self._mesh_key = None
@@ -200,11 +208,66 @@ class Keystore:
         """Return the 64-byte Ed25519 signature of `data` by the fleet signing key."""
         return signing.sign(self.signing_seed(), data)
 
-    def mesh_key(self):
-        """Return the network's 32-byte mesh (hop-by-hop) key, derived and cached."""
+    def mesh_key(self, epoch=0):
+        """Return the network's 32-byte mesh (hop-by-hop) key of key epoch `epoch` (0: the key
+        nodes are provisioned with), derived; epoch 0 is cached."""
+        if epoch:
+            return auth.derive_mesh_key(self.fleet_secret(), self.net_id, epoch)
         if self._mesh_key is None:
             self._mesh_key = auth.derive_mesh_key(self.fleet_secret(), self.net_id)
         return self._mesh_key
+
+    # ---- revocation -------------------------------------------------------------------------
+
+    def revoked(self):
+        """Return {node_id: {"reason": str, "at": unix s}} of the revoked nodes ({} when none).
+        Raises KeystoreError when the file is damaged (never silently treated as empty)."""
+        try:
+            with open(self.revoked_path, encoding="utf-8") as f:
+                raw = json.load(f)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            raise KeystoreError(f"the revocation list {self.revoked_path} cannot be read ({e}): restore it "
+                                f"from a backup; until then no revoked node is refused") from None
+        out = {}
+        if not isinstance(raw, dict):
+            raise KeystoreError(f"the revocation list {self.revoked_path} is not a JSON object: restore it from a backup")
+        for k, v in raw.items():
+            if not k.isdigit() or not isinstance(v, dict) or not isinstance(v.get("reason"), str):
+                raise KeystoreError(f"the revocation list {self.revoked_path} has a bad entry {k[:20]!r}: "
+                                    f"restore it from a backup")
+            out[int(k)] = {"reason": v["reason"], "at": v.get("at")}
+        return out
+
+    def revoked_stamp(self):
+        """A value that changes when the revocation list changes (for cheap re-reads)."""
+        try:
+            st = os.stat(self.revoked_path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def revoke(self, node_id, reason, now_s=None):
+        """Add `node_id` to the revocation list (atomic write). Returns (entry, newly_revoked):
+        a node already revoked keeps its first reason and time. Raises KeystoreError."""
+        node_id = int(node_id)
+        reason = " ".join(str(reason).split())
+        if not reason:
+            raise KeystoreError("a revocation needs a reason (e.g. \"pole 17 reported stolen, ticket 4411\")")
+        if len(reason) > MAX_REASON:
+            raise KeystoreError(f"the reason is {len(reason)} characters, at most {MAX_REASON}")
+        if node_id <= 0:
+            raise KeystoreError(f"node id {node_id}: expected 1..4294967295")
+        cur = self.revoked()
+        if node_id in cur:
+            return cur[node_id], False
+        cur[node_id] = {"reason": reason, "at": int(time.time() if now_s is None else now_s)}
+        if not os.path.isdir(self.dir):
+            raise KeystoreError(f"no fleet keys in {self.dir}: run `fleet keys init`")
+        data = json.dumps({str(k): v for k, v in sorted(cur.items())}, indent=1, sort_keys=True) + "\n"
+        write_file_atomic(self.revoked_path, data.encode("utf-8"), 0o600, overwrite=True)
+        return cur[node_id], True
 
     def node_key(self, node_id):
         """Return node `node_id`'s 32-byte end-to-end key, derived and cached."""

@@ -264,6 +264,8 @@ def start(home, bundle_path, to="all", canary=0, halt_after=1, wave_timeout_s=90
         rows = store.status_rows(fields=("node", "role", "pole", "parent", "hops", "fw_seq"))
     finally:
         store.close()
+    revoked = home.keys().revoked()
+    rows = [r for r in rows if r["node"] not in revoked]  # no command to a revoked node (fleet keys revoke)
     targets = resolve_targets(rows, to)
     m = bundle.manifest
     if all((r["fw_seq"] or 0) >= m.bseq for r in rows if r["node"] in targets):

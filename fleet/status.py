@@ -33,7 +33,7 @@ NODE_KEYS = (
 SUMMARY_KEYS = (
     "generated_at", "nodes", "online", "stale", "offline", "never_heard", "readings", "duplicates",
     "expected", "delivery_ratio", "gaps", "gaps_recovered", "gaps_lost", "rejects", "firmware", "categories",
-    "aqi", "rh_correction", "stale_after_s", "offline_after_s",
+    "aqi", "rh_correction", "stale_after_s", "offline_after_s", "revoked_nodes", "revoked_frames",
 )
 
 
@@ -151,12 +151,14 @@ def _sort_key(sort):
 
 
 def fleet_status(store, now_s, stale_after_s=300, offline_after_s=1800, nodes=None, states=None, gateway=None,
-                 sort="node", reverse=False, aqi="ica", rh_correction="none", limit=None):
+                 sort="node", reverse=False, aqi="ica", rh_correction="none", limit=None, revoked=None):
     """Return {'summary': ..., 'nodes': [...]} for the nodes selected by `nodes` (ids),
     `states` (subset of STATES) and `gateway` (last gateway heard through), sorted by `sort`
     (SORTS; `reverse` flips) and cut to `limit` rows (the summary still counts all selected).
     `aqi` ('ica' | 'epa') picks the index the summary's `categories` count; both are in every
     node. `rh_correction` ('none' | 'epa2021' | 'kappa') corrects PM2.5 for humidity.
+    `revoked`: the node ids of the keystore's revocation list (`fleet keys revoke`), listed in
+    the summary with the count of their frames the collector refused.
     Raises FleetError on inconsistent arguments."""
     if stale_after_s >= offline_after_s:
         raise FleetError(f"the stale threshold ({stale_after_s} s) must be below the offline threshold ({offline_after_s} s)")
@@ -199,6 +201,7 @@ def fleet_status(store, now_s, stale_after_s=300, offline_after_s=1800, nodes=No
     views.sort(key=key, reverse=reverse)
     if limit is not None:
         views = views[:limit]
+    rejects = store.rejects()
     summary = {
         "generated_at": now_s,
         "nodes": sum(counts.values()),
@@ -213,12 +216,14 @@ def fleet_status(store, now_s, stale_after_s=300, offline_after_s=1800, nodes=No
         "gaps": gaps,
         "gaps_recovered": gaps_recovered,
         "gaps_lost": gaps_lost,
-        "rejects": sum(r["count"] for r in store.rejects().values()),
+        "rejects": sum(r["count"] for r in rejects.values()),
         "firmware": dict(sorted(firmware.items())),
         "categories": categories,
         "aqi": aqi,
         "rh_correction": rh_correction,
         "stale_after_s": stale_after_s,
         "offline_after_s": offline_after_s,
+        "revoked_nodes": sorted(revoked or ()),
+        "revoked_frames": rejects.get("revoked", {}).get("count", 0),
     }
     return {"summary": summary, "nodes": views}

@@ -14,6 +14,8 @@ Tag lengths, and why
 - Keys are 32 bytes. Node keys and the mesh key are derived on the fleet host from the fleet
   secret (HMAC-SHA256 as a PRF with distinct labels), so a node holds only its own key and the
   mesh key, and one stolen node key forges only that node's readings.
+- Mesh keys carry an epoch (derive_mesh_key(secret, net, epoch)): after a pole is stolen the
+  fleet revokes it and rotates the network to the next epoch, whose key the thief never saw.
 """
 import hashlib
 
@@ -103,10 +105,23 @@ def derive_node_key(fleet_secret, net_id, node_id):
     return Hmac(fleet_secret).digest(label)
 
 
-def derive_mesh_key(fleet_secret, net_id):
-    """Return the 32-byte network-wide mesh key of network `net_id`."""
+MAX_EPOCH = 0xFFFFFFFF
+
+
+def derive_mesh_key(fleet_secret, net_id, epoch=0):
+    """Return the 32-byte network-wide mesh key of network `net_id` in key epoch `epoch`.
+
+    Epoch 0 is the key every node was provisioned with (its label has no epoch, so existing
+    nodes keep working); epoch e > 0 appends e as 4 big-endian bytes to the label. Each rotation
+    (`fleet keys rotate`) moves the network to the next epoch; a frame says which of the two
+    keys a node holds tagged it by the epoch's parity (its key phase, see protocol/frames.py)."""
     _check_secret(fleet_secret)
-    return Hmac(fleet_secret).digest(b"redmesh mesh key\x00" + int(net_id).to_bytes(4, "big"))
+    label = b"redmesh mesh key\x00" + int(net_id).to_bytes(4, "big")
+    if not isinstance(epoch, int) or epoch < 0 or epoch > MAX_EPOCH:
+        raise ProtocolError("bad key epoch")
+    if epoch:
+        label += epoch.to_bytes(4, "big")
+    return Hmac(fleet_secret).digest(label)
 
 
 NEW = 0

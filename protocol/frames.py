@@ -12,6 +12,13 @@ Theory of operation (normative text: protocol/redmesh.cddl)
 - One-hop frames (beacon, OTA advert/request/data) end with the hop tag only.
 - MQTT messages (gateway envelope, downlink) are frames too, without tags: MQTT carries them
   and each air frame inside keeps its own tags.
+- Key phase: an air frame's version item is VERSION, or VERSION | PHASE_BIT when the hop tag
+  was made with the mesh key of an odd key epoch (protocol.auth.derive_mesh_key). Both values
+  are one CBOR byte, so saying which epoch tagged a frame costs no byte (a clean-air telemetry
+  frame stays 47 B). A node holds at most two mesh keys (current and next epoch), and their
+  parities differ, so one bit picks the key (the QUIC key-phase bit does the same). The phase
+  is a hop-level field: the hop tag covers it, end-to-end tags and signatures do not (they
+  cover the version item as VERSION), so a forwarder may re-tag a frame in its own epoch.
 """
 from protocol import cbor
 from protocol.auth import E2E_TAG_LEN, HOP_TAG_LEN, SIG_LEN, Hmac, ct_equal
@@ -19,6 +26,7 @@ from protocol.cbor import _head
 from protocol.errors import ProtocolError
 
 VERSION = 1
+PHASE_BIT = 0x10  # in the version item: hop tag made with an odd epoch's mesh key
 MAX_FRAME = 250  # ESP-NOW payload limit
 MAX_ENVELOPE = 262144  # largest MQTT message we accept (bytes)
 
@@ -49,6 +57,7 @@ OP_SET = 2
 OP_REBOOT = 3
 OP_STATUS = 4
 OP_PING = 5
+# 6, 7: OP_REKEY, OP_EPOCH (mesh key rotation): defined in protocol/keywrap.py, loaded only for them
 
 MAX_READINGS = 12  # worst realistic readings (~16 bytes each) keep a frame within 250
 OTA_PKT_MAX = 224  # image bytes per OTA data frame; a full frame stays within 250 bytes
@@ -185,7 +194,10 @@ def _enc_args(args, out, name):
             _put_num(out, name, a, _ARG, U64)
 
 
-def _hmac(key):
+def _hmac(key, phase=0):
+    # key: bytes, an Hmac, or a pair (even epoch's key, odd epoch's key) indexed by key phase
+    if isinstance(key, (tuple, list)):
+        key = key[phase]
     if key is None:
         return None
     if isinstance(key, Hmac):
@@ -204,6 +216,7 @@ class Frame:
     type = 0
     FIELDS = ()
     DEFAULTS = {}
+    phase = 0  # key phase of the hop tag (air frames): set by decode, used by encode
 
     def __init__(self, *args, **kw):
         fields = self.FIELDS
@@ -481,10 +494,11 @@ def _mqtt(t):
 _ONEHOP = {T_BEACON: Beacon, T_OTA_ADV: OtaAdvert, T_OTA_REQ: OtaRequest}
 
 
-def encode(frame, mesh_key=None, node_key=None):
+def encode(frame, mesh_key=None, node_key=None, phase=None):
     """Return the bytes of `frame`.
 
-    Air frames need `mesh_key` (bytes or Hmac) for the hop tag. Telemetry/status/reply use
+    Air frames need `mesh_key` (bytes or Hmac, or a pair indexed by key phase) for the hop tag;
+    `phase` (0/1, default frame.phase) is the key phase written in the version item. Telemetry/status/reply use
     `node_key` to compute the end-to-end tag, or keep `frame.etag` when node_key is None (a
     forwarder). Commands use `node_key` for an HMAC auth tag or keep `frame.auth` (a signature
     made over `signed_bytes`). Raises ProtocolError when a field is out of range or a key is
@@ -493,7 +507,11 @@ def encode(frame, mesh_key=None, node_key=None):
     out = bytearray()
     if t == T_ENVELOPE or t == T_DOWNLINK:  # MQTT messages: their codec is protocol/envelope.py
         return _mqtt(t)[0](frame)
-    hmac_mesh = _hmac(mesh_key)
+    if phase is None:
+        phase = frame.phase
+    if phase != 0 and phase != 1:
+        raise ProtocolError("key phase: expected 0 or 1")
+    hmac_mesh = _hmac(mesh_key, phase)
     if hmac_mesh is None:
         raise ProtocolError("encoding an air frame needs the mesh key")
     if t in _UPLINK:
@@ -535,6 +553,9 @@ def encode(frame, mesh_key=None, node_key=None):
             _put_bytes(out, "data", frame.data, 1, OTA_PKT_MAX)
     else:
         raise ProtocolError("cannot encode frame type %r" % (t,))
+    if phase:
+        out[1] |= PHASE_BIT  # after the e2e tag / auth: they cover the version item as VERSION
+    frame.phase = phase
     out.append(0x44)  # bstr(4) head of the hop tag
     out.extend(hmac_mesh.tag(out, HOP_TAG_LEN))
     if len(out) > MAX_FRAME:
@@ -564,11 +585,13 @@ def peek_type(buf):
     if n < 3:
         raise ProtocolError("frame: expected at least 3 items, got %d" % n)
     v = _uint(d, "version", U64)
-    if v != VERSION:
+    if v != VERSION and v != VERSION | PHASE_BIT:
         raise ProtocolError("version: expected %d, got %d" % (VERSION, v))
     t = _uint(d, "type", U64)
     if t not in TYPE_NAMES:
         raise ProtocolError("type: unknown frame type %d" % t)
+    if v != VERSION and t >= T_ENVELOPE:  # MQTT messages have no key phase
+        raise ProtocolError("version: expected %d, got %d" % (VERSION, v))
     return t
 
 
@@ -579,7 +602,9 @@ _NFIELDS = {T_BEACON: 9, T_TELEMETRY: 10, T_STATUS: 10, T_REPLY: 10, T_COMMAND: 
 def decode(buf, mesh_key=None, node_key=None):
     """Decode one frame from `buf` and return the frame object.
 
-    mesh_key: when given (bytes or Hmac), the hop tag of an air frame must match.
+    mesh_key: when given (bytes or Hmac, or a pair (even epoch key, odd epoch key) either of
+    which may be None), the hop tag of an air frame must match the key of its key phase; the
+    frame's `phase` attribute says which phase tagged it.
     node_key: when given (bytes, Hmac, or a callable origin -> key or None), the end-to-end tag
     of telemetry/status/reply, or the HMAC auth of a command to one node, must match.
     Raises ProtocolError — and nothing else — for any input."""
@@ -606,7 +631,7 @@ def _decode(buf, mesh_key, node_key):
     if n != _NFIELDS[t]:
         raise ProtocolError("%s: expected %d items, got %d" % (TYPE_NAMES[t], _NFIELDS[t], n))
     start = d.pos
-    _uint(d, "version", U8)
+    phase = 1 if _uint(d, "version", U8) & PHASE_BIT else 0
     _uint(d, "type", U8)
     if t == T_ENVELOPE or t == T_DOWNLINK:
         return _mqtt(t)[1](d)
@@ -632,13 +657,19 @@ def _decode(buf, mesh_key, node_key):
         f.data = _bstr(d, "data", 1, OTA_PKT_MAX)
     else:
         f = _ONEHOP[t](*_get(d, _ONEHOP[t].SPEC))
+    if phase and (t in _UPLINK or t == T_COMMAND):  # e2e tags and auth cover the version item as VERSION: only the hop tag has the phase
+        covered = b"\x01" + covered[1:]
     tag_at = d.pos
     htag = _bstr(d, "hop tag", HOP_TAG_LEN, HOP_TAG_LEN)
     d.done()
     # The hop tag first: it is the cheap check that the frame comes from this mesh at all, so a
     # stranger's frame is told apart from a member's forgery and costs no node-key lookup.
+    f.phase = phase
     if mesh_key is not None:
-        if not ct_equal(_hmac(mesh_key).tag(bytes(buf[:tag_at + 1]), HOP_TAG_LEN), htag):
+        hm = _hmac(mesh_key, phase)
+        if hm is None:
+            raise ProtocolError("hop tag: no mesh key for key phase %d" % phase)
+        if not ct_equal(hm.tag(bytes(buf[:tag_at + 1]), HOP_TAG_LEN), htag):
             raise ProtocolError("hop tag mismatch: frame not from this mesh, or corrupted")
     if node_key is not None:
         if t in _UPLINK:

@@ -52,6 +52,9 @@ def summary_line(summary):
     parts.append(f"delivery {ratio} ({s['readings']} readings, {s['duplicates']} duplicates)")
     parts.append(f"gaps {s['gaps']} pending, {s['gaps_recovered']} recovered, {s['gaps_lost']} lost")
     parts.append(f"rejects {s['rejects']}")
+    if s.get("revoked_nodes") or s.get("revoked_frames"):
+        ids = ", ".join(map(str, s.get("revoked_nodes") or [])) or "-"
+        parts.append(f"REVOKED {len(s.get('revoked_nodes') or [])} ({ids}), {s.get('revoked_frames', 0)} frames refused")
     return " | ".join(parts)
 
 
@@ -65,6 +68,7 @@ def render(result, aqi, colour=False):
     columns = list(_COLUMNS)
     columns[5] = ("ICA" if aqi == "ica" else "AQI", "l")
     rows = []
+    revoked = set(result["summary"].get("revoked_nodes") or ())
     for n in result["nodes"]:
         if aqi == "ica":
             index, level, cat = n["ica_index"], n["ica_level"], n["ica"]
@@ -74,7 +78,7 @@ def render(result, aqi, colour=False):
             str(n["node"]),
             n["role"],
             n["firmware"] or "-",
-            (n["state"], _STATE_STYLE[n["state"]]),
+            ("REVOKED", "red") if n["node"] in revoked else (n["state"], _STATE_STYLE[n["state"]]),
             "-" if n["pm25"] is None else f"{n['pm25']:.1f}",
             "-" if index is None else (f"{index} {cat}", aqimod.LEVEL_COLOURS[level]),
             _dash(n["hops"]),
@@ -126,13 +130,14 @@ def cli(home, as_json, watch, interval, count, node_ids, states, gateway, sort, 
     })
     cfg = home.config["status"]
     store = home.store()
+    keys = home.keys()
 
     def snapshot():
         try:
             return fleet_status(
                 store, int(time.time()), stale_after_s=cfg["stale_after_s"], offline_after_s=cfg["offline_after_s"],
                 nodes=node_ids or None, states=states or None, gateway=gateway, sort=sort, reverse=reverse,
-                aqi=cfg["aqi"], rh_correction=cfg["rh_correction"], limit=limit,
+                aqi=cfg["aqi"], rh_correction=cfg["rh_correction"], limit=limit, revoked=keys.revoked(),
             )
         except sqlite3.Error as e:
             raise store_error(store.path, e) from e

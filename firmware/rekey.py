@@ -1,0 +1,150 @@
+"""Mesh key epochs on a node (issue 14): the persisted key state and the three rotation steps.
+Imported only when a re-key or activation command arrives (firmware/node.py drops it after),
+so a node's steady-state heap does not carry it.
+
+State: the current epoch and its mesh key, plus at most one other epoch's key - the next epoch
+(received, not yet active) or the previous one (grace window after an activation). Kept in
+STATE_FILE on the flash, written with fsutil.write_file (new file, then rename), so a power cut
+at any flash write leaves the old state or the new one, never none: a node without a valid
+state file runs on the provisioned key (epoch 0) and re-keys by asking. Layout (81 bytes):
+    "RMK1" | cur_epoch u32 | cur_key 32 | oth_epoch u32 (0xFFFFFFFF = none) | oth_key 32 | check 8
+where check = SHA-256 of the bytes before it, truncated (a corrupted file is not trusted).
+
+Steps (each returns the new state and persists it first; a refused step changes nothing):
+- offer(state, ..., epoch, wrapped): the next epoch's key, unwrapped with the node key
+  (protocol/keywrap.py). Refused unless epoch > cur_epoch; a repeat of the held next epoch is
+  accepted again without a write (the fleet may resend when a confirmation was lost).
+- activate(state, epoch): the held next epoch becomes current; the old one is kept for the
+  grace window. Refused unless epoch is the held next one (or already current: idempotent).
+- end_grace(state): drop the previous epoch's key.
+"""
+import hashlib
+
+from firmware import fsutil
+from protocol.errors import ProtocolError
+from protocol.keywrap import OP_REKEY
+
+STATE_FILE = "mesh_keys.bin"
+_MAGIC = b"RMK1"
+NONE = 0xFFFFFFFF
+_LEN = 4 + 4 + 32 + 4 + 32 + 8
+
+
+def _enc(st):
+    cur_e, cur_k, oth_e, oth_k = st
+    b = _MAGIC + cur_e.to_bytes(4, "big") + cur_k + (NONE if oth_e is None else oth_e).to_bytes(4, "big") \
+        + (oth_k if oth_k is not None else bytes(32))
+    return b + hashlib.sha256(b).digest()[:8]
+
+
+def _dec(b):
+    if b is None or len(b) != _LEN or b[:4] != _MAGIC or hashlib.sha256(b[:-8]).digest()[:8] != b[-8:]:
+        return None
+    oth_e = int.from_bytes(b[40:44], "big")
+    if oth_e == NONE:
+        return (int.from_bytes(b[4:8], "big"), bytes(b[8:40]), None, None)
+    return (int.from_bytes(b[4:8], "big"), bytes(b[8:40]), oth_e, bytes(b[44:76]))
+
+
+def load(fs, provisioned_key):
+    """Return the node's key state (cur_epoch, cur_key, other_epoch or None, other_key or None):
+    the state file when valid, else epoch 0 with the provisioned mesh key."""
+    st = _dec(fsutil.read_file(fs, STATE_FILE))
+    return st if st is not None else (0, bytes(provisioned_key), None, None)
+
+
+def save(fs, st):
+    fsutil.write_file(fs, STATE_FILE, _enc(st))
+
+
+def offer(fs, st, node_key, net_id, node_id, epoch, wrapped):
+    cur_e = st[0]
+    if epoch <= cur_e:
+        raise ProtocolError("rekey: epoch %d is not after the current epoch %d (replayed or stale)" % (epoch, cur_e))
+    from protocol.keywrap import unwrap
+
+    key = unwrap(node_key, net_id, node_id, epoch, wrapped)  # raises on a forged or foreign wrap
+    if st[2] == epoch and st[3] == key:
+        return st
+    new = (cur_e, st[1], epoch, key)
+    save(fs, new)
+    return new
+
+
+def activate(fs, st, epoch):
+    cur_e, cur_k, oth_e, oth_k = st
+    if epoch == cur_e:
+        return st
+    if oth_e != epoch or epoch <= cur_e:
+        raise ProtocolError("activate: epoch %d is not the next epoch this node holds" % epoch)
+    new = (epoch, oth_k, cur_e, cur_k)
+    save(fs, new)
+    return new
+
+
+def end_grace(fs, st):
+    if st[2] is None or st[2] > st[0]:
+        return st  # nothing to drop (or the other key is the next epoch's: kept)
+    new = (st[0], st[1], None, None)
+    save(fs, new)
+    return new
+
+
+def set_keys(router, current, phase, other=None):
+    """Key epochs on a firmware.mesh.Router: `current` (bytes or Hmac) tags every frame it sends
+    or forwards, in key phase `phase` (epoch & 1); `other` is the one other epoch's key it holds
+    (the next epoch during a rotation, the previous one in the grace window) or None. Frames
+    tagged with either are accepted; any other key phase fails the hop tag. (Here, not in
+    mesh.py, so a node that never rotates carries none of this code.)"""
+    from protocol.auth import Hmac
+
+    cur = current if isinstance(current, Hmac) else Hmac(current)
+    oth = other if other is None or isinstance(other, Hmac) else Hmac(other)
+    router._hmac = cur
+    router._phase = phase & 1
+    router._vb = b"\x11" if router._phase else b"\x01"
+    router._keys = [oth, cur] if router._phase else [cur, oth]
+    for e in router._q:  # queued frames are re-tagged in the new epoch when sent
+        if e is not router._inflight:
+            e.data = None
+
+
+def apply(router, st):
+    """Give the router the state's keys."""
+    set_keys(router, st[1], st[0] & 1, st[3])
+
+
+def node_op(node, cmd, log):
+    """A firmware.node.Node's epoch command (or, cmd None, its boot-time load). OP_REKEY (to
+    this node, node-key auth): store the next epoch's key, result [epoch]. OP_EPOCH [epoch, 0]:
+    activate it (the previous key stays for the grace window); [epoch, 1]: end that epoch's
+    grace window. Gives the router the resulting keys. Returns (code, result): 0 done,
+    1 refused (replayed, forged, malformed, not held), 5 flash error."""
+    code, result = 0, []
+    fs = node.hal.fs
+    cfg = node.cfg
+    st = load(fs, cfg.mesh_key)
+    if cmd is not None:
+        a = cmd.args
+        try:
+            if cmd.op == OP_REKEY:
+                from protocol.keywrap import from_args
+
+                epoch, w = from_args(a)
+                st = offer(fs, st, cfg.node_key, cfg.net_id, node.node_id, epoch, w)
+                result = [epoch]
+            elif len(a) == 2 and isinstance(a[0], int) and a[1] == 0:
+                st = activate(fs, st, a[0])
+            elif len(a) == 2 and isinstance(a[0], int) and a[1] == 1 and a[0] == st[0]:
+                st = end_grace(fs, st)
+            else:
+                code = 1
+        except ProtocolError as e:
+            log("cmd", "epoch op refused: %s" % e)
+            code = 1
+        except OSError as e:
+            log("cmd", "epoch op: flash error %s" % e)
+            code = 5
+    apply(node.router, st)
+    node.epoch = st[0]
+    return code, result

@@ -1,0 +1,83 @@
+"""Mesh key wrapping for over-the-air rotation (issue 14): the next epoch's mesh key, sent to one
+node encrypted and authenticated with that node's own key. Imported only by the re-key path
+(firmware/rekey.py on a node, fleet/keys.py on the host), never by protocol/__init__.
+
+Construction (encrypt-then-MAC, HMAC-SHA256 only: hashlib is on every MicroPython port, while
+`cryptolib` is not in the project's 32-bit unix build - it is compiled without SSL/mbedTLS -
+so AES would not run on the rig):
+    hdr = "redmesh wrap\\0" | net_id u32 | node_id u32 | epoch u32
+    enc = HMAC(node_key, "redmesh wrap enc\\0"),  mac = HMAC(node_key, "redmesh wrap mac\\0")
+    ct  = mesh_key XOR HMAC(enc, hdr)              (HMAC-SHA256 as a PRF in counter mode, 1 block)
+    tag = HMAC(mac, hdr | ct)[:16]
+    wrapped = ct | tag                             (48 bytes)
+Each (node, epoch) wraps exactly one key (that epoch's mesh key), so the keystream is never
+reused for two plaintexts; the header binds the key to its network, node and epoch, so a wrap
+for another node or another epoch fails the tag. The tag is checked (constant time) before
+anything is decrypted.
+"""
+from protocol.auth import KEY_LEN, MAX_EPOCH, Hmac, ct_equal
+from protocol.errors import ProtocolError
+
+OP_REKEY = 6  # command to one node: [epoch, wrap b64 [:32], wrap b64 [32:]]; reply [epoch]
+OP_EPOCH = 7  # command to every node (signed): [epoch, 0] activate the epoch, [epoch, 1] end its grace
+WRAP_TAG_LEN = 16
+WRAPPED_LEN = KEY_LEN + WRAP_TAG_LEN
+
+
+def _hdr(net_id, node_id, epoch):
+    if not 0 < epoch <= MAX_EPOCH:
+        raise ProtocolError("key wrap: epoch must be 1..%d, got %r" % (MAX_EPOCH, epoch))
+    return b"redmesh wrap\x00" + int(net_id).to_bytes(4, "big") + int(node_id).to_bytes(4, "big") + int(epoch).to_bytes(4, "big")
+
+
+def _keys(node_key):
+    h = Hmac(node_key)
+    return Hmac(h.digest(b"redmesh wrap enc\x00")), Hmac(h.digest(b"redmesh wrap mac\x00"))
+
+
+def wrap(node_key, net_id, node_id, epoch, mesh_key):
+    """Return the 48-byte wrap of `mesh_key` (32 bytes) for node `node_id`, epoch `epoch`."""
+    if len(mesh_key) != KEY_LEN:
+        raise ProtocolError("key wrap: the mesh key must be %d bytes" % KEY_LEN)
+    hdr = _hdr(net_id, node_id, epoch)
+    enc, mac = _keys(node_key)
+    ks = enc.digest(hdr)
+    ct = bytes(a ^ b for a, b in zip(mesh_key, ks))
+    return ct + mac.tag(hdr + ct, WRAP_TAG_LEN)
+
+
+def unwrap(node_key, net_id, node_id, epoch, wrapped):
+    """Return the mesh key in `wrapped`, or raise ProtocolError when it was not made with this
+    node key for this network, node and epoch (forged, corrupted, or meant for another)."""
+    if not isinstance(wrapped, (bytes, bytearray)) or len(wrapped) != WRAPPED_LEN:
+        raise ProtocolError("key wrap: expected %d bytes" % WRAPPED_LEN)
+    hdr = _hdr(net_id, node_id, epoch)
+    enc, mac = _keys(node_key)
+    ct = bytes(wrapped[:KEY_LEN])
+    if not ct_equal(mac.tag(hdr + ct, WRAP_TAG_LEN), bytes(wrapped[KEY_LEN:])):
+        raise ProtocolError("key wrap: tag mismatch (forged, corrupted, or for another node or epoch)")
+    ks = enc.digest(hdr)
+    return bytes(a ^ b for a, b in zip(ct, ks))
+
+
+def to_args(epoch, wrapped):
+    """The OP_REKEY command arguments: [epoch, base64 of the wrap in two 32-character texts]."""
+    import binascii
+
+    b = binascii.b2a_base64(wrapped).strip().decode()
+    return [epoch, b[:32], b[32:]]
+
+
+def from_args(args):
+    """(epoch, wrapped) from OP_REKEY arguments; raises ProtocolError when malformed."""
+    if len(args) != 3 or not isinstance(args[0], int) or not isinstance(args[1], str) or not isinstance(args[2], str):
+        raise ProtocolError("rekey: expected [epoch, text, text]")
+    import binascii
+
+    try:
+        w = binascii.a2b_base64(args[1] + args[2])
+    except Exception:  # noqa: BLE001 - binascii.Error on CPython, ValueError on MicroPython
+        raise ProtocolError("rekey: the wrapped key is not base64")
+    if len(w) != WRAPPED_LEN:
+        raise ProtocolError("rekey: the wrapped key is %d bytes, expected %d" % (len(w), WRAPPED_LEN))
+    return args[0], w

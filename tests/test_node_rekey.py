@@ -1,0 +1,88 @@
+"""Mesh key rotation on the real node shell (firmware/node.py + firmware/rekey.py) on a fake
+HAL, on CPython: OP_REKEY (node-key auth) stores the next epoch's key, a signed OP_EPOCH
+activates it network-wide and later ends the grace window; the router then tags in the new
+epoch and refuses the old key. Replayed and forged rotation commands are refused; the state
+survives a reboot. Device-level twins: tests/device/test_rekey.py, test_mesh_epochs.py."""
+import asyncio
+import hashlib
+
+from node_harness import MESH_KEY, NODE_ID, NODE_KEY, boot_node
+
+import protocol
+from firmware import rekey
+from firmware.fsutil import PosixFS
+from fleet import signing
+from protocol import keywrap
+from protocol.keywrap import OP_EPOCH, OP_REKEY
+
+SEED = hashlib.sha256(b"redmesh rekey test key").digest()
+PUB = signing.public_key_of(SEED)
+GW_MAC = b"\x02\x00\x00\x00\x00\x01"
+K1 = hashlib.sha256(b"epoch 1 mesh key").digest()
+NET = 1
+
+
+class Fleet:
+    def __init__(self):
+        self.now = 0
+        self.mesh = (MESH_KEY, None)  # the key(s) the fleet's frames are tagged with, by phase
+        self.phase = 0
+
+    def deliver(self, node, cmd, node_key=NODE_KEY):
+        if cmd.target == 0:
+            cmd.auth = signing.sign(SEED, protocol.signed_bytes(cmd))
+            node_key = None
+        frame = protocol.encode(cmd, self.mesh, node_key, self.phase)
+        self.now += node.router.flood_memory_ms + 1000
+        before = node.counters.peek("reply")
+        node.router.on_recv(GW_MAC, frame, -50, self.now)
+        while True:
+            ev = node.router.poll_event()
+            if ev is None:
+                break
+            asyncio.run(node._on_event(ev))
+        return node.counters.peek("reply") > before
+
+    def rekey(self, node, cseq, epoch, key=K1, node_id=NODE_ID, wrap_key=NODE_KEY):
+        w = keywrap.wrap(wrap_key, NET, node_id, epoch, key)
+        return self.deliver(node, protocol.Command(target=NODE_ID, cseq=cseq, op=OP_REKEY,
+                                                   args=keywrap.to_args(epoch, w)))
+
+    def epoch(self, node, cseq, epoch, stage):
+        return self.deliver(node, protocol.Command(target=0, cseq=cseq, op=OP_EPOCH, args=[epoch, stage]))
+
+
+def state(tmp_path):
+    return rekey.load(PosixFS(str(tmp_path)), MESH_KEY)
+
+
+def test_rotation_on_the_node(tmp_path):
+    node = boot_node(str(tmp_path), PUB)
+    f = Fleet()
+    assert f.rekey(node, 1, 1)
+    assert state(tmp_path) == (0, MESH_KEY, 1, K1)
+    assert not f.rekey(node, 1, 1)  # replayed command counter
+    assert f.rekey(node, 2, 1, key=bytes(32), wrap_key=bytes(range(32)))  # forged wrap: answered, refused
+    assert state(tmp_path) == (0, MESH_KEY, 1, K1)
+    # a forged activation (bad signature) changes nothing
+    bad = protocol.Command(target=0, cseq=3, op=OP_EPOCH, args=[1, 0], auth=bytes(64))
+    f.now += 10 ** 6
+    node.router.on_recv(GW_MAC, protocol.encode(bad, MESH_KEY), -50, f.now)
+    while (ev := node.router.poll_event()) is not None:
+        asyncio.run(node._on_event(ev))
+    assert state(tmp_path)[0] == 0 and node.epoch == 0
+    assert f.epoch(node, 4, 1, 0)  # activate, signed
+    assert state(tmp_path) == (1, K1, 0, MESH_KEY) and node.epoch == 1
+    # grace: frames in both epochs pass the node's hop-tag check
+    assert node.router._tag_ok(protocol.encode(protocol.Beacon(9, 1, 30, 1, 0, 0), MESH_KEY, None, 0))
+    assert node.router._tag_ok(protocol.encode(protocol.Beacon(9, 1, 30, 1, 0, 0), K1, None, 1))
+    f.mesh, f.phase = (MESH_KEY, K1), 1
+    assert f.epoch(node, 5, 1, 1)  # end of grace
+    assert state(tmp_path) == (1, K1, None, None)
+    assert not node.router._tag_ok(protocol.encode(protocol.Beacon(9, 1, 30, 1, 0, 0), MESH_KEY, None, 0))
+    assert not f.epoch(node, 5, 1, 1)  # replayed
+    # a reboot keeps epoch 1
+    node2 = boot_node(str(tmp_path), PUB)
+    assert node2.epoch == 1 and node2.router._phase == 1
+    assert not node2.router._tag_ok(protocol.encode(protocol.Beacon(9, 1, 30, 1, 0, 0), MESH_KEY, None, 0))
+    assert node2.router._tag_ok(protocol.encode(protocol.Beacon(9, 1, 30, 1, 0, 0), K1, None, 1))
