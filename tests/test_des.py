@@ -5,7 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from fleet.cli.sim_des import cli as des_cli
+from fleet.cli.sim.des import cli as des_cli
 from fleet.errors import FleetError
 from fleet.sim.des import DesOptions, Simulation, run_des
 

@@ -48,7 +48,7 @@ Nodes and keys
   third of the street with the most nodes goes dark at T/3 for an hour, or T/3 if shorter, then
   reboots: fresh routers and RAM, flash kept), extra loss, OTA (see fleet/sim/_des_ota.py).
 
-Figures: `Simulation.results()`; the keys are listed in fleet/cli/sim_des.py. Delivery counts
+Figures: `Simulation.results()`; the keys are listed in fleet/cli/sim/des.py. Delivery counts
 the readings made before `measured_until_s` (the end minus a tail long enough for a reading to
 be sent, a gap to be noticed and repaired); parent changes are counted after a warm-up (the
 first 5 minutes, or a quarter of the run) and the boot's churn is given apart.
@@ -745,7 +745,7 @@ class Simulation:
     # ---- figures -------------------------------------------------------------------------------
 
     def results(self):
-        """Plain data: the figures of the run (keys documented in fleet/cli/sim_des.py)."""
+        """Plain data: the figures of the run (keys documented in fleet/cli/sim/des.py)."""
         o = self.opt
         col = self.collector
         non_gw = [n for n in self.nodes if not n.is_gateway]

@@ -25,7 +25,7 @@ from fleet.sim.board.flash import (
 
 
 class VirtualBoard:
-    """A virtual board in a supervisor subprocess (`python -m fleet.cli.sim_board`, i.e. `fleet sim board`), for tests and tools.
+    """A virtual board in a supervisor subprocess (`python -m fleet.cli.sim.board`, i.e. `fleet sim board`), for tests and tools.
 
         with VirtualBoard() as board:        # or VirtualBoard(flash_dir, heap="160k", ...)
             port = board.port                # /dev/pts/N, for mpremote / fleet provision --port
@@ -57,7 +57,7 @@ class VirtualBoard:
         """Start the supervisor; return the port path once the board is powered. Raises BoardError."""
         if self._proc is not None and self._proc.poll() is None:
             return self.port
-        cmd = [sys.executable, "-m", "fleet.cli.sim_board", "--flash", self.flash_dir, "--heap", str(self.heap),
+        cmd = [sys.executable, "-m", "fleet.cli.sim.board", "--flash", self.flash_dir, "--heap", str(self.heap),
                "--quota-kb", str(self.quota_bytes // 1024), "--stop-on-stdin-eof"]
         if self.mac:
             cmd += ["--mac", self.mac.hex()]

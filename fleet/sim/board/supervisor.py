@@ -1,5 +1,5 @@
 """The supervisor: one board's interpreter on a pty, and the host's port; resets, power, Ctrl-C
-and events (see fleet/sim/board/__init__.py). `python -m fleet.cli.sim_board` runs one."""
+and events (see fleet/sim/board/__init__.py). `python -m fleet.cli.sim.board` runs one."""
 import fcntl
 import json
 import os

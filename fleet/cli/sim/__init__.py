@@ -5,10 +5,10 @@ from fleet.cli._lazy import lazy_group
 
 SUBCOMMANDS = {
     # name -> module defining `cli`
-    "broker": "fleet.cli.sim_broker",
-    "board": "fleet.cli.sim_board",
-    "up": "fleet.cli.sim_up",
-    "des": "fleet.cli.sim_des",
+    "broker": "fleet.cli.sim.broker",
+    "board": "fleet.cli.sim.board",
+    "up": "fleet.cli.sim.up",
+    "des": "fleet.cli.sim.des",
 }
 
 

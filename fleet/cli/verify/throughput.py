@@ -1,22 +1,17 @@
-"""`fleet verify throughput` — drive a rig at an offered rate and report what arrived."""
+"""`fleet verify throughput`."""
 import json
 import os
 import tempfile
 import time
-from xml.sax.saxutils import escape
 
 import click
 
 from fleet.cli._options import BoundedFloat
+from fleet.cli.verify._common import junit
 from fleet.errors import FleetError
 
 
-@click.group("verify")
-def cli():
-    """Verification runs against a rig (the virtual rig unless told otherwise)."""
-
-
-@cli.command("throughput")
+@click.command("throughput")
 @click.option("--rate", "rate_per_s", type=BoundedFloat(0.1, 1000), default=5.0, show_default=True,
               help="Offered readings per second, over the whole rig.")
 @click.option("--duration", "duration_s", type=click.IntRange(10, 3600), default=60, show_default=True)
@@ -31,7 +26,7 @@ def cli():
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False), default=None,
               help="Also write a JUnit XML file (one test case per check).")
-def throughput(rate_per_s, duration_s, n_nodes, n_gateways, kind, broker_url, settle_s, seed, as_json, junit_path):
+def cli(rate_per_s, duration_s, n_nodes, n_gateways, kind, broker_url, settle_s, seed, as_json, junit_path):
     """Offer RATE readings/s for DURATION seconds on a fresh virtual rig (its own fleet home in
     a temporary directory), then report offered vs delivered per second, loss, duplicates,
     latency p50/p95/p99 and a per-hop breakdown. Exit status 1 when anything was lost."""
@@ -59,7 +54,7 @@ def throughput(rate_per_s, duration_s, n_nodes, n_gateways, kind, broker_url, se
                f"{rep['nodes_reporting']}/{rep['nodes']} nodes reporting")]
     rep["checks"] = {name: ok for name, ok, _ in checks}
     if junit_path:
-        _junit(junit_path, checks, rep)
+        junit(junit_path, checks, rep)
     if as_json:
         click.echo(json.dumps(rep, indent=2))
     else:
@@ -73,16 +68,3 @@ def throughput(rate_per_s, duration_s, n_nodes, n_gateways, kind, broker_url, se
             click.echo(f"{h:>4}  {v['readings']:>8}  {v['latency_p50_s']}")
     if not all(ok for _, ok, _ in checks):
         raise SystemExit(1)
-
-
-def _junit(path, checks, rep):
-    fails = sum(1 for _, ok, _ in checks if not ok)
-    cases = []
-    for name, ok, detail in checks:
-        body = "" if ok else f'<failure message="{escape(detail, {chr(34): "&quot;"})}"/>'
-        cases.append(f'  <testcase classname="verify.throughput" name="{name}">{body}</testcase>')
-    xml = (f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="fleet-verify-throughput" tests="{len(checks)}" '
-           f'failures="{fails}" time="{rep.get("wall_s", 0)}">\n' + "\n".join(cases)
-           + f'\n  <system-out>{escape(json.dumps(rep))}</system-out>\n</testsuite>\n')
-    with open(path, "w") as f:
-        f.write(xml)

@@ -41,5 +41,5 @@ def cli(flash_dir, link, heap, quota_kb, mac, cut_power_at_write, micropython, s
     run_supervisor(config)
 
 
-if __name__ == "__main__":  # `python -m fleet.cli.sim_board` (VirtualBoard.start)
+if __name__ == "__main__":  # `python -m fleet.cli.sim.board` (VirtualBoard.start)
     cli(prog_name="fleet sim board")
