@@ -1,7 +1,11 @@
 """The fleet store: nodes, readings, per-node state, gaps, events, rejects, command counters.
 
 `Store` is the interface (plain data in, plain data out); `SQLiteStore` is the default
-implementation, and a PostgreSQL one can fill the same methods later. Units follow the wire:
+implementation. A store is named by a URL (`store.url` in fleet.toml, `--store URL`):
+`sqlite:///PATH` (the default, the home's fleet.db) or `postgresql://...` (not in this build:
+refused with a StoreError that says so). `open_url` is the one place that maps a URL to a
+backend; nothing outside this module touches sqlite3 or a connection, and every failure of
+a store reaches callers as StoreError (or its subclass StoreBusy). Units follow the wire:
 PM in 0.1 ug/m3, RH in %, temperature in 0.1 C, times in unix seconds.
 
 Theory of operation
@@ -135,6 +139,10 @@ class StoreError(FleetError):
     """The store cannot be opened or used; the message says what to do."""
 
 
+class StoreBusy(StoreError):
+    """Another process holds a lock on the store; it is healthy: retry later."""
+
+
 def is_busy(e):
     """True when sqlite3 error `e` means another connection holds a lock (the store is healthy)."""
     text = str(e).lower()
@@ -181,8 +189,8 @@ def store_error(path, e, doing="read"):
     if is_busy(e):
         who = holders(path)
         by = f" (held by {', '.join(who)})" if who else ""
-        return StoreError(f"the store {path} is busy: another process holds a lock on it{by}; "
-                          f"retry when it is done")
+        return StoreBusy(f"the store {path} is busy: another process holds a lock on it{by}; "
+                         f"retry when it is done")
     return StoreError(f"cannot {doing} the store {path}: {e}; is it damaged? move it aside")
 
 
@@ -324,6 +332,7 @@ class SQLiteStore(Store):
         except sqlite3.Error as e:
             raise StoreError(f"cannot open the store {path}: {e}") from e
         try:
+            self._opened_at_version = self.db.execute("PRAGMA user_version").fetchone()[0]
             self._setup()
         except sqlite3.DatabaseError as e:
             self.db.close()
@@ -389,7 +398,10 @@ class SQLiteStore(Store):
             finally:
                 self._depth -= 1
             return
-        self.db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            self.db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        except sqlite3.Error as e:
+            raise store_error(self.path, e, "write" if write else "read") from e
         self._depth = 1
         try:
             yield self
@@ -399,7 +411,12 @@ class SQLiteStore(Store):
                 self.db.execute("ROLLBACK")
             raise
         self._depth = 0
-        self.db.execute("COMMIT")
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.Error as e:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise store_error(self.path, e, "write") from e
 
     # ----------------------------------------------------------------------------------- nodes
     def register_node(self, node, *, mac=None, role="node", pole=None, lat=None, lon=None, fw_version=None,
@@ -739,6 +756,175 @@ class SQLiteStore(Store):
             "rejects": sum(r["count"] for r in rejects.values()),
             "rejects_by_cause": {c: r["count"] for c, r in rejects.items()},
         }
+
+
+    # ----------------------------------------------------------------- collector, verify, admin
+    def write_gaps(self, rows, now_s):
+        """Persist gap rows (tuples in GAP_ROW order: id, node, first_seq, last_seq, state,
+        requests, created_at) inside the caller's transaction.
+
+        id None: insert (unless state is 'gone'); state 'gone' with an id: delete the row (a gap
+        filled by late frames before any request is not a loss); otherwise update range, state
+        and request count. Returns the ids in row order (None for a 'gone' row never stored)."""
+        db = self.db
+        now = int(now_s)
+        ids = []
+        with self.transaction():
+            for gap_id, node, first, last, state, requests, created_s in rows:
+                if gap_id is None:
+                    if state == "gone":
+                        ids.append(None)
+                        continue
+                    cur = db.execute(
+                        "INSERT INTO gaps (node, first_seq, last_seq, state, created_at, updated_at, requests) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)", (node, first, last, state, int(created_s), now, requests))
+                    ids.append(cur.lastrowid)
+                elif state == "gone":
+                    db.execute("DELETE FROM gaps WHERE id = ?", (gap_id,))
+                    ids.append(None)
+                else:
+                    db.execute("UPDATE gaps SET first_seq = ?, last_seq = ?, state = ?, requests = ?, "
+                               "updated_at = ? WHERE id = ?", (first, last, state, requests, now, gap_id))
+                    ids.append(gap_id)
+        return ids
+
+    def delivery_counts(self, with_seqs=False):
+        """What a delivery audit (fleet.verify) reads, in one snapshot: a dict with
+        registered (nodes registered), per_node [(node, stored, min_seq, max_seq)],
+        stored_twice ((node, seq) stored more than once: 0 unless the unique key broke),
+        duplicates_received (sum over node_state), gaps {node: {state: count}}, latency rows
+        [(hops, rx_ts - ts, flags)], rejects {cause: count}, and with `with_seqs` also
+        seqs {node: set of stored seqs}."""
+        db = self.db
+        with self.transaction(write=False):
+            out = {
+                "registered": db.execute("SELECT count(*) FROM nodes").fetchone()[0],
+                "per_node": db.execute(
+                    "SELECT node, count(*), min(seq), max(seq) FROM readings GROUP BY node").fetchall(),
+                "stored_twice": db.execute(
+                    "SELECT count(*) FROM (SELECT node, seq FROM readings GROUP BY node, seq "
+                    "HAVING count(*) > 1)").fetchone()[0],
+                "duplicates_received": db.execute(
+                    "SELECT coalesce(sum(duplicates), 0) FROM node_state").fetchone()[0],
+                "gaps": self.gap_counts(),
+                "latency": db.execute(
+                    "SELECT hops, rx_ts - ts, flags FROM readings WHERE rx_ts IS NOT NULL").fetchall(),
+                "rejects": {c: r["count"] for c, r in self.rejects().items()},
+            }
+            if with_seqs:
+                seqs = {}
+                for node, seq in db.execute("SELECT node, seq FROM readings"):
+                    seqs.setdefault(node, set()).add(seq)
+                out["seqs"] = seqs
+        return out
+
+    def query(self, sql, *args):
+        """Run one read-only SQL statement of this backend's dialect (SQLite, `?` parameters)
+        and return its rows as tuples. For tests and diagnostics, not for the fleet's code."""
+        return self.db.execute(sql, args).fetchall()
+
+    @property
+    def url(self):
+        return "sqlite:///" + self.path.lstrip("/") if os.path.isabs(self.path) else "sqlite://" + self.path
+
+    def schema_version(self):
+        """Return the schema version stored in the store."""
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    def info(self):
+        """Return {backend, url, schema_version, code_schema_version, rows {table: n}, size_bytes}
+        (size: the database file with its WAL)."""
+        rows = {}
+        with self.transaction(write=False):
+            for t in ("nodes", "readings", "node_state", "gaps", "events", "rejects", "command_counters"):
+                rows[t] = self.db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # noqa: S608 - fixed names
+            version = self.schema_version()
+        size = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                size += os.path.getsize(self.path + suffix)
+        return {"backend": "sqlite", "url": self.url, "schema_version": version,
+                "code_schema_version": SCHEMA_VERSION, "rows": rows, "size_bytes": size}
+
+    def migrate(self):
+        """Bring the schema up to this code's version; return (version before, version after).
+        Opening a store already migrates it (one transaction: all or nothing); this says what
+        was done, for `fleet store migrate`."""
+        return self._opened_at_version, self.schema_version()
+
+
+def _wrap_sqlite_errors(cls):
+    """Make every public method of `cls` raise StoreError (StoreBusy for a lock) instead of
+    sqlite3.Error, so no caller needs to know the backend. Generators are wrapped as
+    generators (an error may come while iterating)."""
+    import functools
+    import inspect
+
+    def wrap(name, fn):
+        doing = "read" if name in _READS else "write"
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def gen(self, *a, **k):
+                try:
+                    yield from fn(self, *a, **k)
+                except sqlite3.Error as e:
+                    raise store_error(self.path, e, doing) from e
+            return gen
+
+        @functools.wraps(fn)
+        def call(self, *a, **k):
+            try:
+                return fn(self, *a, **k)
+            except sqlite3.Error as e:
+                raise store_error(self.path, e, doing) from e
+        return call
+
+    for name, fn in list(vars(cls).items()):
+        if name.startswith("_") or name in ("transaction", "close") or not inspect.isfunction(fn):
+            continue
+        setattr(cls, name, wrap(name, fn))
+    return cls
+
+
+_READS = {"node", "nodes", "node_ids", "node_state", "readings", "iter_readings", "missing_seqs", "open_gaps",
+          "gap_counts", "events", "rejects", "status_rows", "summary", "delivery_counts", "query", "info",
+          "schema_version"}
+_wrap_sqlite_errors(SQLiteStore)
+
+SQLITE_PREFIX = "sqlite://"
+POSTGRES_PREFIXES = ("postgresql://", "postgres://")
+
+
+def parse_url(url, base_dir=None):
+    """Return (backend, target) for a store URL: ('sqlite', absolute path) for sqlite:///PATH
+    (a relative PATH, as in sqlite://fleet.db, is taken from `base_dir`), ('postgresql', url)
+    for postgresql://... Raises StoreError for anything else."""
+    if not isinstance(url, str) or not url:
+        raise StoreError("a store URL is needed: sqlite:///PATH or postgresql://USER@HOST/DB")
+    if url.startswith(SQLITE_PREFIX):
+        path = url[len(SQLITE_PREFIX):]
+        if "?" in path or "#" in path:
+            raise StoreError(f"store URL {url!r}: no query or fragment is understood; use sqlite:///PATH")
+        if not path or path == "/":
+            raise StoreError(f"store URL {url!r} names no file; use sqlite:///PATH")
+        if path.startswith("/"):
+            path = "/" + path.lstrip("/")  # sqlite:////abs (SQLAlchemy's spelling) too
+        else:
+            path = os.path.join(base_dir or os.getcwd(), path)
+        return "sqlite", os.path.abspath(path)
+    if url.startswith(POSTGRES_PREFIXES):
+        return "postgresql", url
+    scheme = url.split(":", 1)[0] if ":" in url else url
+    raise StoreError(f"store URL scheme {scheme!r} not understood: use sqlite:///PATH or postgresql://...")
+
+
+def open_url(url, base_dir=None):
+    """Open the store named by `url` (see parse_url), creating its schema when new. Raises
+    StoreError."""
+    backend, target = parse_url(url, base_dir)
+    if backend == "postgresql":
+        raise StoreError("the PostgreSQL store backend is not in this build of fleet; use sqlite:///PATH")
+    return SQLiteStore(target)
 
 
 def open_store(path, create=True):

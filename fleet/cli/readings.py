@@ -10,15 +10,13 @@ a large export does not load into memory. Exit status 1 when the node is unknown
 import csv
 import datetime as dt
 import json
-import sqlite3
 import sys
 
 import click
 
-from fleet.cli._options import NODE_ID, BoundedInt, TimeParam, home_option, parse_time  # noqa: F401 - parse_time: API
+from fleet.cli._options import NODE_ID, BoundedInt, TimeParam, home_option, parse_time, store_option  # noqa: F401 - parse_time: API
 from fleet.cli._table import format_table, want_colour
 from fleet.errors import FleetError
-from fleet.store import store_error
 
 COLUMNS = ("node", "seq", "time", "ts", "rx_ts", "pm1_ugm3", "pm25_ugm3", "pm10_ugm3", "rh_pct", "temp_c", "n",
            "flags", "hops", "gateway", "rssi")
@@ -45,6 +43,7 @@ def export_row(r):
 @click.option("--csv", "as_csv", is_flag=True, help="CSV with a header row.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array of objects.")
 @home_option
+@store_option
 def cli(home, node_id, since, until, limit, as_csv, as_json):
     """Export the stored readings of one node."""
     if as_csv and as_json:
@@ -52,15 +51,13 @@ def cli(home, node_id, since, until, limit, as_csv, as_json):
     store = home.store()
     try:
         if store.node(node_id) is None and store.node_state(node_id) is None:
-            raise FleetError(f"node {node_id} is not registered and was never heard in {store.path}: "
+            raise FleetError(f"node {node_id} is not registered and was never heard in the store: "
                              f"check the id (`fleet status` lists the nodes)")
         rows = (export_row(r) for r in store.iter_readings(node_id, since=since, until=until, limit=limit))
         n = _write(rows, as_csv, as_json)
         if n == 0:
             span = " in that time range" if since is not None or until is not None else ""
             click.echo(f"no readings for node {node_id}{span}", err=True)
-    except sqlite3.Error as e:
-        raise store_error(store.path, e) from e
     finally:
         store.close()
 

@@ -6,17 +6,15 @@ seconds until Ctrl-C (with --json: one JSON object per line per refresh). The ta
 fixed-width text (fleet/cli/_table.py) because rich's Table needs ~8 s for 5,000 rows.
 """
 import json
-import sqlite3
 import sys
 import time
 
 import click
 
 from fleet import aqi as aqimod
-from fleet.cli._options import NODE_ID, BoundedFloat, BoundedInt, home_option
+from fleet.cli._options import NODE_ID, BoundedFloat, BoundedInt, home_option, store_option
 from fleet.cli._table import format_table, want_colour
 from fleet.status import SORTS, STATES, fleet_status
-from fleet.store import store_error
 
 _STATE_STYLE = {"online": "green", "stale": "yellow", "offline": "red", "never": "dim"}
 
@@ -117,6 +115,7 @@ def render(result, aqi, colour=False):
 @click.option("--offline-after", type=BoundedInt(1), default=None, metavar="S",
               help="Seconds of silence before a node is offline. Default: fleet.toml status.offline_after_s.")
 @home_option
+@store_option
 def cli(home, as_json, watch, interval, count, node_ids, states, gateway, sort, reverse, limit, aqi, rh_correction,
         stale_after, offline_after):
     """Show every node's state, latest PM2.5 and air-quality category, and mesh health."""
@@ -127,15 +126,12 @@ def cli(home, as_json, watch, interval, count, node_ids, states, gateway, sort, 
     cfg = home.config["status"]
     store = home.store()
 
-    def snapshot():
-        try:
-            return fleet_status(
-                store, int(time.time()), stale_after_s=cfg["stale_after_s"], offline_after_s=cfg["offline_after_s"],
-                nodes=node_ids or None, states=states or None, gateway=gateway, sort=sort, reverse=reverse,
-                aqi=cfg["aqi"], rh_correction=cfg["rh_correction"], limit=limit,
-            )
-        except sqlite3.Error as e:
-            raise store_error(store.path, e) from e
+    def snapshot():  # a store failure is a StoreError (a FleetError): one line, exit 1
+        return fleet_status(
+            store, int(time.time()), stale_after_s=cfg["stale_after_s"], offline_after_s=cfg["offline_after_s"],
+            nodes=node_ids or None, states=states or None, gateway=gateway, sort=sort, reverse=reverse,
+            aqi=cfg["aqi"], rh_correction=cfg["rh_correction"], limit=limit,
+        )
 
     try:
         if not watch:

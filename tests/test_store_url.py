@@ -1,0 +1,111 @@
+"""The store behind one interface: URL selection (store.url, --store), the store's own error
+types (no sqlite3 error reaches a caller), `fleet store info|migrate`, and no SQLite outside
+the SQLite backend."""
+import json
+import os
+import pathlib
+import re
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from fleet.cli import group
+from fleet.home import FleetHome
+from fleet.store import SQLiteStore, StoreBusy, StoreError, open_url, parse_url
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_parse_url_forms(tmp_path):
+    assert parse_url("sqlite:///var/x.db") == ("sqlite", "/var/x.db")
+    assert parse_url("sqlite:////var/x.db") == ("sqlite", "/var/x.db")
+    assert parse_url("sqlite://x.db", str(tmp_path)) == ("sqlite", str(tmp_path / "x.db"))
+    assert parse_url("postgresql://u@h/db")[0] == "postgresql"
+    for bad in ("", "mysql://h/db", "sqlite://", "sqlite:///x.db?mode=ro", "/plain/path"):
+        with pytest.raises(StoreError):
+            parse_url(bad)
+
+
+def test_postgresql_url_is_refused_plainly(tmp_path):
+    with pytest.raises(StoreError, match="PostgreSQL store backend is not in this build"):
+        open_url("postgresql://u@127.0.0.1:1/db")
+
+
+def test_store_url_from_config_and_option(tmp_path):
+    other = tmp_path / "elsewhere" / "fleet.db"
+    home = FleetHome(str(tmp_path / "home")).with_overrides({"store.url": f"sqlite://{other}"})
+    s = home.store(create=True)
+    s.register_node(7)
+    s.close()
+    assert other.exists() and not os.path.exists(home.store_path)
+    r = CliRunner().invoke(group, ["store", "info", "--json", "--home", str(tmp_path / "home"),
+                                   "--store", f"sqlite://{other}"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output)
+    assert info["backend"] == "sqlite" and info["rows"]["nodes"] == 1 and info["schema_version"] == 2
+    assert info["url"] == f"sqlite://{other}" and info["size_bytes"] > 0
+    # without --store the home's own (missing) store is meant: exit 1, one line
+    r = CliRunner().invoke(group, ["store", "info", "--home", str(tmp_path / "home")])
+    assert r.exit_code == 1 and "no fleet store" in r.output
+
+
+def test_migrate_reports_versions(tmp_path):
+    path = tmp_path / "old.db"
+    SQLiteStore(str(path)).close()
+    db = sqlite3.connect(path)  # make it a version-1 store: without the columns version 2 added
+    db.execute("ALTER TABLE node_state DROP COLUMN radio_drops")
+    db.execute("ALTER TABLE node_state DROP COLUMN readings_lost")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    run = CliRunner().invoke
+    r = run(group, ["store", "migrate", "--home", str(tmp_path / "h"), "--store", f"sqlite://{path}"])
+    assert r.exit_code == 0 and "from version 1 to 2" in r.output, r.output
+    r = run(group, ["store", "migrate", "--home", str(tmp_path / "h"), "--store", f"sqlite://{path}"])
+    assert r.exit_code == 0 and "up to date" in r.output, r.output
+
+
+_HOLD_LOCK = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_method_raises_the_stores_own_error(tmp_path):
+    path = str(tmp_path / "s.db")
+    s = SQLiteStore(path)
+    s.register_node(1)
+    s.db.execute("PRAGMA busy_timeout = 50")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, path], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(StoreBusy, match="busy") as e:  # a write method
+            s.register_node(2)
+        assert not isinstance(e.value, sqlite3.Error)
+    finally:
+        holder.stdin.close()
+        holder.wait(10)
+    s.close()
+    with pytest.raises(StoreError):  # a generator, failing while iterated
+        list(s.iter_readings(1))
+    with pytest.raises(StoreError):  # a read method
+        s.node_ids()
+
+
+def test_no_sqlite_outside_the_sqlite_backend():
+    leaks = []
+    for p in sorted((ROOT / "fleet").rglob("*.py")):
+        if p.name == "store.py" and p.parent.name == "fleet":
+            continue
+        text = p.read_text(encoding="utf-8")
+        for pat in (r"\bimport sqlite3\b", r"\bsqlite3\.", r"\bstore\.db\b", r"\.db\.execute\b"):
+            if re.search(pat, text):
+                leaks.append(f"{p.relative_to(ROOT)}: {pat}")
+    assert not leaks, leaks
