@@ -51,7 +51,7 @@ STATUS_FIELDS = (
 ) + STATE_FIELDS
 
 APPLICATION_ID = 0x524D5348  # 'RMSH': marks a file as a Red Mesh store
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -91,7 +91,8 @@ CREATE TABLE IF NOT EXISTS node_state (
     gateway INTEGER, rssi INTEGER, hops INTEGER,
     fw_version TEXT, fw_seq INTEGER, boot_count INTEGER,
     ota_state INTEGER, ota_progress INTEGER, errors INTEGER,
-    radio_drops INTEGER, readings_lost INTEGER
+    radio_drops INTEGER, readings_lost INTEGER,
+    status_seq INTEGER
 );
 CREATE TABLE IF NOT EXISTS gaps (
     id INTEGER PRIMARY KEY,
@@ -128,6 +129,7 @@ CREATE TABLE IF NOT EXISTS command_counters (
 _MIGRATIONS = {
     2: ("ALTER TABLE node_state ADD COLUMN radio_drops INTEGER",  # status frames since firmware 1.0
         "ALTER TABLE node_state ADD COLUMN readings_lost INTEGER"),
+    3: ("ALTER TABLE node_state ADD COLUMN status_seq INTEGER",),  # a late status never overwrites a newer one
 }
 
 # Rows per INSERT ... VALUES (...),(...) statement: 14 columns x 1,000 rows stays well under
@@ -540,17 +542,27 @@ class SQLiteStore(Store):
             cols = ("node", "last_heard", "status_at") + keys
             sets = ["last_heard = CASE WHEN node_state.last_heard IS NULL OR excluded.last_heard > "
                     "node_state.last_heard THEN coalesce(excluded.last_heard, node_state.last_heard) "
-                    "ELSE node_state.last_heard END",
-                    "status_at = coalesce(excluded.status_at, node_state.status_at)"]
-            sets += [f"{k} = excluded.{k}" for k in keys]
+                    "ELSE node_state.last_heard END"]
+            if "status_seq" in keys:
+                # a status frame older (by its own counter) than the one stored changes nothing
+                # but last_heard: several collectors, or a redelivery after a restart, may
+                # bring statuses out of order
+                newer = "(node_state.status_seq IS NULL OR excluded.status_seq > node_state.status_seq)"
+                sets += [f"{k} = CASE WHEN {newer} THEN excluded.{k} ELSE node_state.{k} END"
+                         for k in ("status_at",) + keys]
+            else:
+                sets.append("status_at = coalesce(excluded.status_at, node_state.status_at)")
+                sets += [f"{k} = excluded.{k}" for k in keys]
             sql = (f"INSERT INTO node_state ({', '.join(cols)}) VALUES ({','.join('?' * len(cols))}) "
                    f"ON CONFLICT (node) DO UPDATE SET {', '.join(sets)}")
             self._state_sql[keys] = sql
         return sql
 
     def update_state(self, node, heard_s, **fields):
-        """Record a node's reported state (a status frame): `fields` among STATE_FIELDS; the
-        node counts as heard at `heard_s`. Raises ValueError on an unknown field."""
+        """Record a node's reported state (a status frame): `fields` among STATE_FIELDS, plus
+        optionally `status_seq` (the frame's counter: then a status older than the stored one
+        is ignored, except that the node counts as heard); the node counts as heard at
+        `heard_s`. Raises ValueError on an unknown field."""
         self.update_states([(node, heard_s, fields)])
 
     def update_states(self, items):
@@ -560,7 +572,7 @@ class SQLiteStore(Store):
         for node, heard_s, fields in items:
             keys = tuple(sorted(fields))
             for k in keys:
-                if k not in STATE_FIELDS:
+                if k not in STATE_FIELDS and k != "status_seq":
                     raise ValueError(f"unknown node state field {k!r}; expected some of {STATE_FIELDS}")
             groups.setdefault(keys, []).append((node, heard_s, heard_s) + tuple(fields[k] for k in keys))
         with self.transaction():

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from fleet.cli import group
 from fleet.home import FleetHome
-from fleet.store import SQLiteStore, StoreBusy, StoreError, open_url, parse_url
+from fleet.store import SCHEMA_VERSION, SQLiteStore, StoreBusy, StoreError, open_url, parse_url
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -45,7 +45,7 @@ def test_store_url_from_config_and_option(tmp_path):
                                    "--store", f"sqlite://{other}"])
     assert r.exit_code == 0, r.output
     info = json.loads(r.output)
-    assert info["backend"] == "sqlite" and info["rows"]["nodes"] == 1 and info["schema_version"] == 2
+    assert info["backend"] == "sqlite" and info["rows"]["nodes"] == 1 and info["schema_version"] == SCHEMA_VERSION
     assert info["url"] == f"sqlite://{other}" and info["size_bytes"] > 0
     # without --store the home's own (missing) store is meant: exit 1, one line
     r = CliRunner().invoke(group, ["store", "info", "--home", str(tmp_path / "home")])
@@ -58,12 +58,13 @@ def test_migrate_reports_versions(tmp_path):
     db = sqlite3.connect(path)  # make it a version-1 store: without the columns version 2 added
     db.execute("ALTER TABLE node_state DROP COLUMN radio_drops")
     db.execute("ALTER TABLE node_state DROP COLUMN readings_lost")
+    db.execute("ALTER TABLE node_state DROP COLUMN status_seq")
     db.execute("PRAGMA user_version = 1")
     db.commit()
     db.close()
     run = CliRunner().invoke
     r = run(group, ["store", "migrate", "--home", str(tmp_path / "h"), "--store", f"sqlite://{path}"])
-    assert r.exit_code == 0 and "from version 1 to 2" in r.output, r.output
+    assert r.exit_code == 0 and f"from version 1 to {SCHEMA_VERSION}" in r.output, r.output
     r = run(group, ["store", "migrate", "--home", str(tmp_path / "h"), "--store", f"sqlite://{path}"])
     assert r.exit_code == 0 and "up to date" in r.output, r.output
 
@@ -109,3 +110,15 @@ def test_no_sqlite_outside_the_sqlite_backend():
             if re.search(pat, text):
                 leaks.append(f"{p.relative_to(ROOT)}: {pat}")
     assert not leaks, leaks
+
+
+def test_a_late_status_never_overwrites_a_newer_one(tmp_path):
+    with SQLiteStore(str(tmp_path / "s.db")) as s:
+        s.update_state(5, 100, status_seq=7, uptime_s=700, parent=1)
+        s.update_state(5, 110, status_seq=6, uptime_s=600, parent=2)  # late: delivered after 7
+        st = s.node_state(5)
+        assert (st["status_seq"], st["uptime_s"], st["parent"], st["status_at"]) == (7, 700, 1, 100)
+        assert st["last_heard"] == 110  # it was still heard
+        s.update_state(5, 120, status_seq=8, uptime_s=800, parent=3)
+        st = s.node_state(5)
+        assert (st["status_seq"], st["uptime_s"], st["parent"], st["status_at"]) == (8, 800, 3, 120)
