@@ -51,7 +51,7 @@ STATUS_FIELDS = (
 ) + STATE_FIELDS
 
 APPLICATION_ID = 0x524D5348  # 'RMSH': marks a file as a Red Mesh store
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -94,6 +94,13 @@ CREATE TABLE IF NOT EXISTS node_state (
     radio_drops INTEGER, readings_lost INTEGER,
     status_seq INTEGER
 );
+CREATE TABLE IF NOT EXISTS hourly (
+    node INTEGER NOT NULL,
+    hour INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    pm1_sum INTEGER, pm25_sum INTEGER, pm10_sum INTEGER,
+    PRIMARY KEY (node, hour)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS gaps (
     id INTEGER PRIMARY KEY,
     node INTEGER NOT NULL,
@@ -130,7 +137,23 @@ _MIGRATIONS = {
     2: ("ALTER TABLE node_state ADD COLUMN radio_drops INTEGER",  # status frames since firmware 1.0
         "ALTER TABLE node_state ADD COLUMN readings_lost INTEGER"),
     3: ("ALTER TABLE node_state ADD COLUMN status_seq INTEGER",),  # a late status never overwrites a newer one
+    4: ("CREATE TABLE hourly (node INTEGER NOT NULL, hour INTEGER NOT NULL, n INTEGER NOT NULL, "
+        "pm1_sum INTEGER, pm25_sum INTEGER, pm10_sum INTEGER, PRIMARY KEY (node, hour)) WITHOUT ROWID",
+        "INSERT INTO hourly SELECT node, ts / 3600, count(*), sum(pm1), sum(pm25), sum(pm10) FROM readings "
+        "WHERE pm25 IS NOT NULL GROUP BY node, ts / 3600"),
 }
+
+# Hourly sums, kept as readings are stored (late and repaired ones included: every stored row
+# adds to the hour of its reading time, and (node, seq) is stored once, so it adds once).
+_HOURLY_ADD = (
+    "INSERT INTO hourly (node, hour, n, pm1_sum, pm25_sum, pm10_sum) VALUES (?,?,?,?,?,?) "
+    "ON CONFLICT (node, hour) DO UPDATE SET n = hourly.n + excluded.n, "
+    "pm1_sum = coalesce(hourly.pm1_sum, 0) + coalesce(excluded.pm1_sum, 0), "
+    "pm25_sum = hourly.pm25_sum + excluded.pm25_sum, "
+    "pm10_sum = coalesce(hourly.pm10_sum, 0) + coalesce(excluded.pm10_sum, 0)"
+)
+EVERY = {"1h": 3600, "1d": 86400}
+MEAN_FIELDS = ("node", "start", "n", "pm1", "pm25", "pm10")
 
 # Rows per INSERT ... VALUES (...),(...) statement: 14 columns x 1,000 rows stays well under
 # SQLite's 32,766 bound-variable limit; a batch is several such statements in one transaction.
@@ -534,7 +557,40 @@ class SQLiteStore(Store):
                     upserts.append((node, heard, seq, ts, pm1, pm25, pm10, rh, temp, hops, gateway, rssi,
                                     count, copies - count, min_seq))
             self.db.executemany(_STATE_FROM_READINGS, upserts)
+            hours = {}
+            for node, _seq, ts, pm1, pm25, pm10, _rh, _temp in stored:
+                if pm25 is None:
+                    continue
+                h = hours.get((node, ts // 3600))
+                if h is None:
+                    hours[(node, ts // 3600)] = [1, pm1 or 0, pm25, pm10 or 0]
+                else:
+                    h[0] += 1
+                    h[1] += pm1 or 0
+                    h[2] += pm25
+                    h[3] += pm10 or 0
+            self.db.executemany(_HOURLY_ADD, [k + tuple(v) for k, v in hours.items()])
         return len(stored), len(rows) - len(stored)
+
+    def means(self, node, every="1h", since=None, until=None):
+        """Return node `node`'s mean PM per period as dicts (MEAN_FIELDS: start = the period's
+        first second, UTC; n = readings in it; pm in 0.1 ug/m3 as floats), oldest first, for
+        periods starting in [since, until). `every` is '1h' or '1d' (UTC days)."""
+        if every not in EVERY:
+            raise ValueError(f"every must be one of {tuple(EVERY)}, got {every!r}")
+        span = EVERY[every] // 3600
+        sql = ("SELECT node, (hour / ?) * ? * 3600 AS start, sum(n), sum(pm1_sum), sum(pm25_sum), sum(pm10_sum) "
+               "FROM hourly WHERE node = ?")
+        args = [span, span, node]
+        if since is not None:
+            sql += " AND hour >= ?"
+            args.append(-(-int(since) // 3600) if span == 1 else -(-int(since) // EVERY[every]) * span)
+        if until is not None:
+            sql += " AND hour < ?"
+            args.append(-(-int(until) // EVERY[every]) * span)
+        sql += " GROUP BY node, start ORDER BY start"
+        return [{"node": nd, "start": st, "n": n, "pm1": p1 / n, "pm25": p25 / n, "pm10": p10 / n}
+                for nd, st, n, p1, p25, p10 in self.db.execute(sql, args)]
 
     def _state_stmt(self, keys):
         sql = self._state_sql.get(keys)
@@ -848,7 +904,7 @@ class SQLiteStore(Store):
         (size: the database file with its WAL)."""
         rows = {}
         with self.transaction(write=False):
-            for t in ("nodes", "readings", "node_state", "gaps", "events", "rejects", "command_counters"):
+            for t in ("nodes", "readings", "hourly", "node_state", "gaps", "events", "rejects", "command_counters"):
                 rows[t] = self.db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # noqa: S608 - fixed names
             version = self.schema_version()
         size = 0
@@ -898,7 +954,7 @@ def _wrap_sqlite_errors(cls):
     return cls
 
 
-_READS = {"node", "nodes", "node_ids", "node_state", "readings", "iter_readings", "missing_seqs", "open_gaps",
+_READS = {"means", "node", "nodes", "node_ids", "node_state", "readings", "iter_readings", "missing_seqs", "open_gaps",
           "gap_counts", "events", "rejects", "status_rows", "summary", "delivery_counts", "query", "info",
           "schema_version"}
 _wrap_sqlite_errors(SQLiteStore)

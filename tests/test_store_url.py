@@ -59,6 +59,7 @@ def test_migrate_reports_versions(tmp_path):
     db.execute("ALTER TABLE node_state DROP COLUMN radio_drops")
     db.execute("ALTER TABLE node_state DROP COLUMN readings_lost")
     db.execute("ALTER TABLE node_state DROP COLUMN status_seq")
+    db.execute("DROP TABLE hourly")
     db.execute("PRAGMA user_version = 1")
     db.commit()
     db.close()
@@ -122,3 +123,38 @@ def test_a_late_status_never_overwrites_a_newer_one(tmp_path):
         s.update_state(5, 120, status_seq=8, uptime_s=800, parent=3)
         st = s.node_state(5)
         assert (st["status_seq"], st["uptime_s"], st["parent"], st["status_at"]) == (8, 800, 3, 120)
+
+
+def _r(seq, ts, pm25):
+    return (3, seq, ts, ts + 1, 50, pm25, 80, 60, 210, 1, 0, 1, 9, -60)
+
+
+def test_means_kept_as_readings_arrive_late_and_resent_included(tmp_path):
+    h0 = 1_800_000_000 // 86400 * 86400  # a UTC midnight
+    home = FleetHome(str(tmp_path / "home"))
+    s = home.store(create=True)
+    s.add_readings([_r(0, h0 + 10, 100), _r(2, h0 + 3600 + 5, 300)])
+    s.add_readings([_r(1, h0 + 20, 200), _r(0, h0 + 10, 999)])  # a repaired gap, and a duplicate
+    assert [(m["start"], m["n"], m["pm25"]) for m in s.means(3, "1h")] == [(h0, 2, 150.0), (h0 + 3600, 1, 300.0)]
+    assert [(m["start"], m["n"], m["pm25"]) for m in s.means(3, "1d")] == [(h0, 3, 200.0)]
+    assert [m["start"] for m in s.means(3, "1h", since=h0 + 1)] == [h0 + 3600]
+    s.close()
+    r = CliRunner().invoke(group, ["readings", "--node", "3", "--every", "1h", "--json", "--home", home.path])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)
+    assert [(x["readings"], x["pm25_ugm3"], x["pm1_ugm3"]) for x in rows] == [(2, 15.0, 5.0), (1, 30.0, 5.0)]
+    r = CliRunner().invoke(group, ["readings", "--node", "3", "--every", "1d", "--csv", "--home", home.path])
+    assert r.exit_code == 0 and r.output.splitlines()[1].endswith(",3,5.0,20.0,8.0"), r.output
+
+
+def test_migration_to_hourly_means_fills_them_from_stored_readings(tmp_path):
+    path = str(tmp_path / "s.db")
+    with SQLiteStore(path) as s:
+        s.add_readings([_r(0, 7200, 100), _r(1, 7300, 300)])
+    db = sqlite3.connect(path)  # a schema-3 store: readings, no hourly sums
+    db.execute("DROP TABLE hourly")
+    db.execute("PRAGMA user_version = 3")
+    db.commit()
+    db.close()
+    with SQLiteStore(path) as s:
+        assert [(m["start"], m["n"], m["pm25"]) for m in s.means(3, "1h")] == [(7200, 2, 200.0)]
