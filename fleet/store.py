@@ -101,6 +101,7 @@ CREATE TABLE IF NOT EXISTS hourly (
     pm1_sum INTEGER, pm25_sum INTEGER, pm10_sum INTEGER,
     PRIMARY KEY (node, hour)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS hourly_hour ON hourly (hour, node, n, pm25_sum);
 CREATE TABLE IF NOT EXISTS gaps (
     id INTEGER PRIMARY KEY,
     node INTEGER NOT NULL,
@@ -140,7 +141,8 @@ _MIGRATIONS = {
     4: ("CREATE TABLE hourly (node INTEGER NOT NULL, hour INTEGER NOT NULL, n INTEGER NOT NULL, "
         "pm1_sum INTEGER, pm25_sum INTEGER, pm10_sum INTEGER, PRIMARY KEY (node, hour)) WITHOUT ROWID",
         "INSERT INTO hourly SELECT node, ts / 3600, count(*), sum(pm1), sum(pm25), sum(pm10) FROM readings "
-        "WHERE pm25 IS NOT NULL GROUP BY node, ts / 3600"),
+        "WHERE pm25 IS NOT NULL GROUP BY node, ts / 3600",
+        "CREATE INDEX hourly_hour ON hourly (hour, node, n, pm25_sum)"),
 }
 
 # Hourly sums, kept as readings are stored (late and repaired ones included: every stored row
@@ -572,6 +574,21 @@ class SQLiteStore(Store):
             self.db.executemany(_HOURLY_ADD, [k + tuple(v) for k, v in hours.items()])
         return len(stored), len(rows) - len(stored)
 
+    def recent_means(self, now_s, nodes=None):
+        """Return {node: (n_1h, pm25_sum_1h, n_24h, pm25_sum_24h)} over the last complete hour
+        and the 24 complete hours before `now_s` (UTC hours; PM2.5 in 0.1 ug/m3), for every
+        node with readings in them (or only `nodes`)."""
+        hour = int(now_s) // 3600
+        sql = ("SELECT node, sum(CASE WHEN hour = ? THEN n ELSE 0 END), "
+               "sum(CASE WHEN hour = ? THEN pm25_sum ELSE 0 END), sum(n), sum(pm25_sum) "
+               "FROM hourly WHERE hour BETWEEN ? AND ?")
+        args = [hour - 1, hour - 1, hour - 24, hour - 1]
+        if nodes:
+            sql += " AND node IN (SELECT value FROM json_each(?))"
+            args.append(json.dumps([int(n) for n in nodes]))
+        sql += " GROUP BY node"
+        return {r[0]: r[1:] for r in self.db.execute(sql, args)}
+
     def means(self, node, every="1h", since=None, until=None):
         """Return node `node`'s mean PM per period as dicts (MEAN_FIELDS: start = the period's
         first second, UTC; n = readings in it; pm in 0.1 ug/m3 as floats), oldest first, for
@@ -954,7 +971,7 @@ def _wrap_sqlite_errors(cls):
     return cls
 
 
-_READS = {"means", "node", "nodes", "node_ids", "node_state", "readings", "iter_readings", "missing_seqs", "open_gaps",
+_READS = {"means", "recent_means", "node", "nodes", "node_ids", "node_state", "readings", "iter_readings", "missing_seqs", "open_gaps",
           "gap_counts", "events", "rejects", "status_rows", "summary", "delivery_counts", "query", "info",
           "schema_version"}
 _wrap_sqlite_errors(SQLiteStore)

@@ -158,3 +158,32 @@ def test_migration_to_hourly_means_fills_them_from_stored_readings(tmp_path):
     db.close()
     with SQLiteStore(path) as s:
         assert [(m["start"], m["n"], m["pm25"]) for m in s.means(3, "1h")] == [(7200, 2, 200.0)]
+
+
+def test_status_shows_1h_and_24h_means_marked_under_75_percent(tmp_path):
+    from fleet.status import fleet_status
+
+    now = 1_800_000_000 // 3600 * 3600 + 600  # 10 min into an hour
+    h = now // 3600
+    with SQLiteStore(str(tmp_path / "s.db")) as s:
+        # node 3: every 5 min for the 24 complete hours (full coverage): 12.0 ug/m3, last hour 30.0
+        rows = [_r(i, (h - 24) * 3600 + i * 300, 300 if i >= 23 * 12 else 120) for i in range(24 * 12)]
+        rows += [_r(1000, now - 60, 999)]  # the current hour: not in either mean
+        # node 4: 17 of 24 hours (70.8 %): marked
+        rows += [(4, i, (h - 17) * 3600 + i * 300, None, 0, 400, 0, 50, 200, 1, 0, 1, 9, -60) for i in range(17 * 12)]
+        s.add_readings(rows)
+        result = fleet_status(s, now)
+        got = {v["node"]: v for v in result["nodes"]}
+    from fleet.cli.status import render
+
+    table = render(result, "ica")
+    assert " 40.0* " in table and " 12.8 " in table, table
+    n3, n4 = got[3], got[4]
+    assert (n3["pm25_1h"], n3["coverage_1h"], n3["coverage_24h"], n3["low_coverage_24h"]) == (30.0, 1.0, 1.0, False)
+    assert n3["pm25_24h"] == round((23 * 12 * 120 + 12 * 300) / 288 / 10, 1) and n3["ica_24h"]
+    assert (n4["pm25_24h"], n4["coverage_24h"], n4["low_coverage_24h"]) == (40.0, 0.708, True)
+    assert n4["ica_24h"] and n4["aqi_category_24h"]
+    home = FleetHome(str(tmp_path / "home"))
+    r = CliRunner().invoke(group, ["status", "--json", "--home", home.path, "--store", f"sqlite://{tmp_path}/s.db"])
+    assert r.exit_code == 0, r.output
+    assert {"pm25_24h", "coverage_24h", "low_coverage_24h", "ica_24h"} <= set(json.loads(r.output)["nodes"][0])

@@ -54,6 +54,7 @@ def summary_line(summary):
 
 
 _COLUMNS = [("node", "r"), ("role", "l"), ("fw", "l"), ("state", "l"), ("PM2.5", "r"), ("INDEX", "l"),
+            ("1h", "r"), ("24h", "r"), ("INDEX 24h", "l"),
             ("hops", "r"), ("parent", "r"), ("ETX", "r"), ("uptime", "r"), ("heap", "r"), ("heap min", "r"),
             ("backlog", "r"), ("rx drops", "r"), ("lost", "r"), ("gw", "r"), ("heard", "r")]
 
@@ -62,6 +63,7 @@ def render(result, aqi, colour=False):
     """Return the summary line and the node table of `result` as text."""
     columns = list(_COLUMNS)
     columns[5] = ("ICA" if aqi == "ica" else "AQI", "l")
+    columns[8] = ("ICA 24h" if aqi == "ica" else "AQI 24h", "l")
     rows = []
     for n in result["nodes"]:
         if aqi == "ica":
@@ -75,6 +77,10 @@ def render(result, aqi, colour=False):
             (n["state"], _STATE_STYLE[n["state"]]),
             "-" if n["pm25"] is None else f"{n['pm25']:.1f}",
             "-" if index is None else (f"{index} {cat}", aqimod.LEVEL_COLOURS[level]),
+            "-" if n["pm25_1h"] is None else f"{n['pm25_1h']:.1f}",
+            # * : under 75 % of the day's readings, not a valid 24-hour mean
+            "-" if n["pm25_24h"] is None else f"{n['pm25_24h']:.1f}" + ("*" if n["low_coverage_24h"] else ""),
+            "-" if n["pm25_24h"] is None else (n["ica_24h"] if aqi == "ica" else n["aqi_category_24h"]) or "-",
             _dash(n["hops"]),
             _dash(n["parent"]),
             "-" if n["link_etx"] is None else f"{n['link_etx']:.1f}",
