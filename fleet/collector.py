@@ -571,6 +571,7 @@ class Ingest:
             "readings_lost": b.readings_lost,
             # the path this frame took; body.rssi (the parent link) is summarised by link_etx
             "gateway": gw, "hops": f.hops, "rssi": rssi,
+            "status_seq": f.seq,  # the store keeps the newest: a late status never overwrites it
         })
         prev = self._last_status.get(node)
         if prev is not None:

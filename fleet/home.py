@@ -7,7 +7,8 @@ Where it is, first match wins:
 
 Layout:
   fleet.toml        settings (this module validates them; see SCHEMA)
-  fleet.db          the SQLite store (fleet.store.SQLiteStore), plus its -wal/-shm files
+  fleet.db          the SQLite store (fleet.store.SQLiteStore), plus its -wal/-shm files, unless
+                    fleet.toml store.url (or --store URL) names another store
   keys/             the keystore (fleet.keys.Keystore), directory 0700, secret files 0600
 
 Settings: defaults (SCHEMA) < fleet.toml < command-line overrides. `fleet.toml` is read with
@@ -52,6 +53,10 @@ SCHEMA = {
     },
     "broker": {
         "url": (str, "mqtt://127.0.0.1:1883", None),
+    },
+    "store": {
+        # sqlite:///PATH or postgresql://...; empty: the SQLite file fleet.db in the home.
+        "url": (str, "", None),
     },
     "collector": {
         "client_id": (str, "redmesh-collector", None),
@@ -266,26 +271,35 @@ class FleetHome:
         self._config = None
         return config
 
-    def store(self, create=False):
-        """Open the store (fleet.store.SQLiteStore). Unless `create`, a missing store is a
-        FleetError that says how to make one."""
-        from fleet.store import SQLiteStore
+    @property
+    def store_url(self):
+        """The store's URL: fleet.toml store.url (or --store), else sqlite:/// + the home's fleet.db."""
+        url = self.config["store"]["url"]
+        return url or "sqlite:///" + self.store_path.lstrip("/")
 
-        if not create and not os.path.exists(self.store_path):
-            raise FleetError(
-                f"no fleet store at {self.store_path}: start the collector (`fleet collect`) or the "
-                f"virtual rig (`fleet sim up`) to create one, or point --home / ${ENV_HOME} at an existing home"
-            )
-        if not create and os.path.isfile(self.store_path) and os.path.getsize(self.store_path) == 0:
-            # SQLite would take a 0-byte file for a new database and this read would re-create
-            # the schema, hiding a wiped store
-            raise FleetError(
-                f"the fleet store {self.store_path} is empty (0 bytes): it was wiped or truncated. Restore it "
-                f"from a backup, or remove the file to start a new store (`fleet collect` creates one)"
-            )
-        if create:
-            self.ensure()
-        return SQLiteStore(self.store_path)
+    def store(self, create=False):
+        """Open the store named by store_url (fleet.store.open_url). Unless `create`, a missing
+        SQLite file is a FleetError that says how to make one."""
+        from fleet.store import open_url, parse_url
+
+        backend, path = parse_url(self.store_url, self.path)
+        if backend == "sqlite":
+            if not create and not os.path.exists(path):
+                raise FleetError(
+                    f"no fleet store at {path}: start the collector (`fleet collect`) or the "
+                    f"virtual rig (`fleet sim up`) to create one, or point --home / ${ENV_HOME} at an existing home"
+                )
+            if not create and os.path.isfile(path) and os.path.getsize(path) == 0:
+                # SQLite would take a 0-byte file for a new database and this read would re-create
+                # the schema, hiding a wiped store
+                raise FleetError(
+                    f"the fleet store {path} is empty (0 bytes): it was wiped or truncated. Restore it "
+                    f"from a backup, or remove the file to start a new store (`fleet collect` creates one)"
+                )
+            if create:
+                self.ensure()
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+        return open_url(self.store_url, self.path)
 
     def keys(self):
         """Return the keystore (fleet.keys.Keystore) of this home, bound to the network id."""

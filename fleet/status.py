@@ -28,8 +28,15 @@ NODE_KEYS = (
     "ica_level", "aqi", "aqi_category", "aqi_level", "hops", "parent", "link_etx", "path_cost", "rssi",
     "uptime_s", "heap_free", "backlog", "boot_count", "gateway", "last_heard", "age_s", "last_reading_ts",
     "last_seq", "delivered", "duplicates", "delivery_ratio", "gaps", "gaps_lost", "ota_state", "ota_progress",
-    "heap_min", "radio_drops", "readings_lost",
+    "heap_min", "radio_drops", "readings_lost", "pm25_1h", "coverage_1h", "pm25_24h", "coverage_24h",
+    "ica_24h", "aqi_24h", "aqi_category_24h", "low_coverage_24h",
 )
+# Means (raw PM2.5, no humidity correction) over the last complete UTC hour and the 24 before
+# now. Coverage = readings / those a node makes at the firmware's default report interval
+# (firmware/config.py report_interval_s = 300 s: 12 an hour); under 75 % the 24-hour figure is
+# not a valid regulatory mean and is marked (low_coverage_24h).
+EXPECTED_PER_HOUR = 3600 // 300
+MIN_COVERAGE = 0.75
 SUMMARY_KEYS = (
     "generated_at", "nodes", "online", "stale", "offline", "never_heard", "readings", "duplicates",
     "expected", "delivery_ratio", "gaps", "gaps_recovered", "gaps_lost", "rejects", "firmware", "categories",
@@ -136,6 +143,31 @@ def _node_view(r, now_s, stale_after_s, offline_after_s, rh_correction, gap_coun
     }
 
 
+_NO_MEANS = {"pm25_1h": None, "coverage_1h": 0.0, "pm25_24h": None, "coverage_24h": 0.0, "ica_24h": None,
+             "aqi_24h": None, "aqi_category_24h": None, "low_coverage_24h": True}
+
+
+def _add_means(v, m, index_cache):
+    if m is None:
+        v.update(_NO_MEANS)
+        return
+    n1, s1, n24, s24 = m
+    cov24 = min(1.0, n24 / (24 * EXPECTED_PER_HOUR))
+    v["pm25_1h"] = round(s1 / n1 / 10, 1) if n1 else None
+    v["coverage_1h"] = round(min(1.0, n1 / EXPECTED_PER_HOUR), 3)
+    v["pm25_24h"] = mean = round(s24 / n24 / 10, 1) if n24 else None
+    v["coverage_24h"] = round(cov24, 3)
+    if mean is None:
+        v["ica_24h"] = v["aqi_24h"] = v["aqi_category_24h"] = None
+    else:
+        pm = int(round(mean * 10))
+        both = index_cache.get(pm)
+        if both is None:
+            both = index_cache[pm] = (aqimod.ica_pm25(pm), aqimod.epa_aqi_pm25(pm))
+        v["ica_24h"], v["aqi_24h"], v["aqi_category_24h"] = both[0][2], both[1][0], both[1][2]
+    v["low_coverage_24h"] = cov24 < MIN_COVERAGE
+
+
 def _sort_key(sort):
     # Each sort puts first what an operator looks for: highest PM2.5, longest silence
     # (never-heard first), most hops. Unknown values go last; ties by node id.
@@ -173,8 +205,11 @@ def fleet_status(store, now_s, stale_after_s=300, offline_after_s=1800, nodes=No
 
     rows = store.status_rows(nodes=list(nodes) if nodes else None, gateway=gateway, fields=_ROW_FIELDS)
     gap_counts = store.gap_counts()
+    recent = store.recent_means(now_s, nodes=list(nodes) if nodes else None)
     cache = {}
     views = [_node_view(r, now_s, stale_after_s, offline_after_s, rh_correction, gap_counts, cache) for r in rows]
+    for v in views:
+        _add_means(v, recent.get(v["node"]), cache)
     if states:
         wanted = set(states)
         views = [v for v in views if v["state"] in wanted]

@@ -1,7 +1,11 @@
 """The fleet store: nodes, readings, per-node state, gaps, events, rejects, command counters.
 
 `Store` is the interface (plain data in, plain data out); `SQLiteStore` is the default
-implementation, and a PostgreSQL one can fill the same methods later. Units follow the wire:
+implementation. A store is named by a URL (`store.url` in fleet.toml, `--store URL`):
+`sqlite:///PATH` (the default, the home's fleet.db) or `postgresql://...` (not in this build:
+refused with a StoreError that says so). `open_url` is the one place that maps a URL to a
+backend; nothing outside this module touches sqlite3 or a connection, and every failure of
+a store reaches callers as StoreError (or its subclass StoreBusy). Units follow the wire:
 PM in 0.1 ug/m3, RH in %, temperature in 0.1 C, times in unix seconds.
 
 Theory of operation
@@ -47,7 +51,7 @@ STATUS_FIELDS = (
 ) + STATE_FIELDS
 
 APPLICATION_ID = 0x524D5348  # 'RMSH': marks a file as a Red Mesh store
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -87,8 +91,17 @@ CREATE TABLE IF NOT EXISTS node_state (
     gateway INTEGER, rssi INTEGER, hops INTEGER,
     fw_version TEXT, fw_seq INTEGER, boot_count INTEGER,
     ota_state INTEGER, ota_progress INTEGER, errors INTEGER,
-    radio_drops INTEGER, readings_lost INTEGER
+    radio_drops INTEGER, readings_lost INTEGER,
+    status_seq INTEGER
 );
+CREATE TABLE IF NOT EXISTS hourly (
+    node INTEGER NOT NULL,
+    hour INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    pm1_sum INTEGER, pm25_sum INTEGER, pm10_sum INTEGER,
+    PRIMARY KEY (node, hour)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS hourly_hour ON hourly (hour, node, n, pm25_sum);
 CREATE TABLE IF NOT EXISTS gaps (
     id INTEGER PRIMARY KEY,
     node INTEGER NOT NULL,
@@ -124,7 +137,25 @@ CREATE TABLE IF NOT EXISTS command_counters (
 _MIGRATIONS = {
     2: ("ALTER TABLE node_state ADD COLUMN radio_drops INTEGER",  # status frames since firmware 1.0
         "ALTER TABLE node_state ADD COLUMN readings_lost INTEGER"),
+    3: ("ALTER TABLE node_state ADD COLUMN status_seq INTEGER",),  # a late status never overwrites a newer one
+    4: ("CREATE TABLE hourly (node INTEGER NOT NULL, hour INTEGER NOT NULL, n INTEGER NOT NULL, "
+        "pm1_sum INTEGER, pm25_sum INTEGER, pm10_sum INTEGER, PRIMARY KEY (node, hour)) WITHOUT ROWID",
+        "INSERT INTO hourly SELECT node, ts / 3600, count(*), sum(pm1), sum(pm25), sum(pm10) FROM readings "
+        "WHERE pm25 IS NOT NULL GROUP BY node, ts / 3600",
+        "CREATE INDEX hourly_hour ON hourly (hour, node, n, pm25_sum)"),
 }
+
+# Hourly sums, kept as readings are stored (late and repaired ones included: every stored row
+# adds to the hour of its reading time, and (node, seq) is stored once, so it adds once).
+_HOURLY_ADD = (
+    "INSERT INTO hourly (node, hour, n, pm1_sum, pm25_sum, pm10_sum) VALUES (?,?,?,?,?,?) "
+    "ON CONFLICT (node, hour) DO UPDATE SET n = hourly.n + excluded.n, "
+    "pm1_sum = coalesce(hourly.pm1_sum, 0) + coalesce(excluded.pm1_sum, 0), "
+    "pm25_sum = hourly.pm25_sum + excluded.pm25_sum, "
+    "pm10_sum = coalesce(hourly.pm10_sum, 0) + coalesce(excluded.pm10_sum, 0)"
+)
+EVERY = {"1h": 3600, "1d": 86400}
+MEAN_FIELDS = ("node", "start", "n", "pm1", "pm25", "pm10")
 
 # Rows per INSERT ... VALUES (...),(...) statement: 14 columns x 1,000 rows stays well under
 # SQLite's 32,766 bound-variable limit; a batch is several such statements in one transaction.
@@ -133,6 +164,10 @@ _CHUNK_ROWS = 1000
 
 class StoreError(FleetError):
     """The store cannot be opened or used; the message says what to do."""
+
+
+class StoreBusy(StoreError):
+    """Another process holds a lock on the store; it is healthy: retry later."""
 
 
 def is_busy(e):
@@ -181,8 +216,8 @@ def store_error(path, e, doing="read"):
     if is_busy(e):
         who = holders(path)
         by = f" (held by {', '.join(who)})" if who else ""
-        return StoreError(f"the store {path} is busy: another process holds a lock on it{by}; "
-                          f"retry when it is done")
+        return StoreBusy(f"the store {path} is busy: another process holds a lock on it{by}; "
+                         f"retry when it is done")
     return StoreError(f"cannot {doing} the store {path}: {e}; is it damaged? move it aside")
 
 
@@ -324,6 +359,7 @@ class SQLiteStore(Store):
         except sqlite3.Error as e:
             raise StoreError(f"cannot open the store {path}: {e}") from e
         try:
+            self._opened_at_version = self.db.execute("PRAGMA user_version").fetchone()[0]
             self._setup()
         except sqlite3.DatabaseError as e:
             self.db.close()
@@ -389,7 +425,10 @@ class SQLiteStore(Store):
             finally:
                 self._depth -= 1
             return
-        self.db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            self.db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        except sqlite3.Error as e:
+            raise store_error(self.path, e, "write" if write else "read") from e
         self._depth = 1
         try:
             yield self
@@ -399,7 +438,12 @@ class SQLiteStore(Store):
                 self.db.execute("ROLLBACK")
             raise
         self._depth = 0
-        self.db.execute("COMMIT")
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.Error as e:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise store_error(self.path, e, "write") from e
 
     # ----------------------------------------------------------------------------------- nodes
     def register_node(self, node, *, mac=None, role="node", pole=None, lat=None, lon=None, fw_version=None,
@@ -515,7 +559,55 @@ class SQLiteStore(Store):
                     upserts.append((node, heard, seq, ts, pm1, pm25, pm10, rh, temp, hops, gateway, rssi,
                                     count, copies - count, min_seq))
             self.db.executemany(_STATE_FROM_READINGS, upserts)
+            hours = {}
+            for node, _seq, ts, pm1, pm25, pm10, _rh, _temp in stored:
+                if pm25 is None:
+                    continue
+                h = hours.get((node, ts // 3600))
+                if h is None:
+                    hours[(node, ts // 3600)] = [1, pm1 or 0, pm25, pm10 or 0]
+                else:
+                    h[0] += 1
+                    h[1] += pm1 or 0
+                    h[2] += pm25
+                    h[3] += pm10 or 0
+            self.db.executemany(_HOURLY_ADD, [k + tuple(v) for k, v in hours.items()])
         return len(stored), len(rows) - len(stored)
+
+    def recent_means(self, now_s, nodes=None):
+        """Return {node: (n_1h, pm25_sum_1h, n_24h, pm25_sum_24h)} over the last complete hour
+        and the 24 complete hours before `now_s` (UTC hours; PM2.5 in 0.1 ug/m3), for every
+        node with readings in them (or only `nodes`)."""
+        hour = int(now_s) // 3600
+        sql = ("SELECT node, sum(CASE WHEN hour = ? THEN n ELSE 0 END), "
+               "sum(CASE WHEN hour = ? THEN pm25_sum ELSE 0 END), sum(n), sum(pm25_sum) "
+               "FROM hourly WHERE hour BETWEEN ? AND ?")
+        args = [hour - 1, hour - 1, hour - 24, hour - 1]
+        if nodes:
+            sql += " AND node IN (SELECT value FROM json_each(?))"
+            args.append(json.dumps([int(n) for n in nodes]))
+        sql += " GROUP BY node"
+        return {r[0]: r[1:] for r in self.db.execute(sql, args)}
+
+    def means(self, node, every="1h", since=None, until=None):
+        """Return node `node`'s mean PM per period as dicts (MEAN_FIELDS: start = the period's
+        first second, UTC; n = readings in it; pm in 0.1 ug/m3 as floats), oldest first, for
+        periods starting in [since, until). `every` is '1h' or '1d' (UTC days)."""
+        if every not in EVERY:
+            raise ValueError(f"every must be one of {tuple(EVERY)}, got {every!r}")
+        span = EVERY[every] // 3600
+        sql = ("SELECT node, (hour / ?) * ? * 3600 AS start, sum(n), sum(pm1_sum), sum(pm25_sum), sum(pm10_sum) "
+               "FROM hourly WHERE node = ?")
+        args = [span, span, node]
+        if since is not None:
+            sql += " AND hour >= ?"
+            args.append(-(-int(since) // 3600) if span == 1 else -(-int(since) // EVERY[every]) * span)
+        if until is not None:
+            sql += " AND hour < ?"
+            args.append(-(-int(until) // EVERY[every]) * span)
+        sql += " GROUP BY node, start ORDER BY start"
+        return [{"node": nd, "start": st, "n": n, "pm1": p1 / n, "pm25": p25 / n, "pm10": p10 / n}
+                for nd, st, n, p1, p25, p10 in self.db.execute(sql, args)]
 
     def _state_stmt(self, keys):
         sql = self._state_sql.get(keys)
@@ -523,17 +615,27 @@ class SQLiteStore(Store):
             cols = ("node", "last_heard", "status_at") + keys
             sets = ["last_heard = CASE WHEN node_state.last_heard IS NULL OR excluded.last_heard > "
                     "node_state.last_heard THEN coalesce(excluded.last_heard, node_state.last_heard) "
-                    "ELSE node_state.last_heard END",
-                    "status_at = coalesce(excluded.status_at, node_state.status_at)"]
-            sets += [f"{k} = excluded.{k}" for k in keys]
+                    "ELSE node_state.last_heard END"]
+            if "status_seq" in keys:
+                # a status frame older (by its own counter) than the one stored changes nothing
+                # but last_heard: several collectors, or a redelivery after a restart, may
+                # bring statuses out of order
+                newer = "(node_state.status_seq IS NULL OR excluded.status_seq > node_state.status_seq)"
+                sets += [f"{k} = CASE WHEN {newer} THEN excluded.{k} ELSE node_state.{k} END"
+                         for k in ("status_at",) + keys]
+            else:
+                sets.append("status_at = coalesce(excluded.status_at, node_state.status_at)")
+                sets += [f"{k} = excluded.{k}" for k in keys]
             sql = (f"INSERT INTO node_state ({', '.join(cols)}) VALUES ({','.join('?' * len(cols))}) "
                    f"ON CONFLICT (node) DO UPDATE SET {', '.join(sets)}")
             self._state_sql[keys] = sql
         return sql
 
     def update_state(self, node, heard_s, **fields):
-        """Record a node's reported state (a status frame): `fields` among STATE_FIELDS; the
-        node counts as heard at `heard_s`. Raises ValueError on an unknown field."""
+        """Record a node's reported state (a status frame): `fields` among STATE_FIELDS, plus
+        optionally `status_seq` (the frame's counter: then a status older than the stored one
+        is ignored, except that the node counts as heard); the node counts as heard at
+        `heard_s`. Raises ValueError on an unknown field."""
         self.update_states([(node, heard_s, fields)])
 
     def update_states(self, items):
@@ -543,7 +645,7 @@ class SQLiteStore(Store):
         for node, heard_s, fields in items:
             keys = tuple(sorted(fields))
             for k in keys:
-                if k not in STATE_FIELDS:
+                if k not in STATE_FIELDS and k != "status_seq":
                     raise ValueError(f"unknown node state field {k!r}; expected some of {STATE_FIELDS}")
             groups.setdefault(keys, []).append((node, heard_s, heard_s) + tuple(fields[k] for k in keys))
         with self.transaction():
@@ -739,6 +841,175 @@ class SQLiteStore(Store):
             "rejects": sum(r["count"] for r in rejects.values()),
             "rejects_by_cause": {c: r["count"] for c, r in rejects.items()},
         }
+
+
+    # ----------------------------------------------------------------- collector, verify, admin
+    def write_gaps(self, rows, now_s):
+        """Persist gap rows (tuples in GAP_ROW order: id, node, first_seq, last_seq, state,
+        requests, created_at) inside the caller's transaction.
+
+        id None: insert (unless state is 'gone'); state 'gone' with an id: delete the row (a gap
+        filled by late frames before any request is not a loss); otherwise update range, state
+        and request count. Returns the ids in row order (None for a 'gone' row never stored)."""
+        db = self.db
+        now = int(now_s)
+        ids = []
+        with self.transaction():
+            for gap_id, node, first, last, state, requests, created_s in rows:
+                if gap_id is None:
+                    if state == "gone":
+                        ids.append(None)
+                        continue
+                    cur = db.execute(
+                        "INSERT INTO gaps (node, first_seq, last_seq, state, created_at, updated_at, requests) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)", (node, first, last, state, int(created_s), now, requests))
+                    ids.append(cur.lastrowid)
+                elif state == "gone":
+                    db.execute("DELETE FROM gaps WHERE id = ?", (gap_id,))
+                    ids.append(None)
+                else:
+                    db.execute("UPDATE gaps SET first_seq = ?, last_seq = ?, state = ?, requests = ?, "
+                               "updated_at = ? WHERE id = ?", (first, last, state, requests, now, gap_id))
+                    ids.append(gap_id)
+        return ids
+
+    def delivery_counts(self, with_seqs=False):
+        """What a delivery audit (fleet.verify) reads, in one snapshot: a dict with
+        registered (nodes registered), per_node [(node, stored, min_seq, max_seq)],
+        stored_twice ((node, seq) stored more than once: 0 unless the unique key broke),
+        duplicates_received (sum over node_state), gaps {node: {state: count}}, latency rows
+        [(hops, rx_ts - ts, flags)], rejects {cause: count}, and with `with_seqs` also
+        seqs {node: set of stored seqs}."""
+        db = self.db
+        with self.transaction(write=False):
+            out = {
+                "registered": db.execute("SELECT count(*) FROM nodes").fetchone()[0],
+                "per_node": db.execute(
+                    "SELECT node, count(*), min(seq), max(seq) FROM readings GROUP BY node").fetchall(),
+                "stored_twice": db.execute(
+                    "SELECT count(*) FROM (SELECT node, seq FROM readings GROUP BY node, seq "
+                    "HAVING count(*) > 1)").fetchone()[0],
+                "duplicates_received": db.execute(
+                    "SELECT coalesce(sum(duplicates), 0) FROM node_state").fetchone()[0],
+                "gaps": self.gap_counts(),
+                "latency": db.execute(
+                    "SELECT hops, rx_ts - ts, flags FROM readings WHERE rx_ts IS NOT NULL").fetchall(),
+                "rejects": {c: r["count"] for c, r in self.rejects().items()},
+            }
+            if with_seqs:
+                seqs = {}
+                for node, seq in db.execute("SELECT node, seq FROM readings"):
+                    seqs.setdefault(node, set()).add(seq)
+                out["seqs"] = seqs
+        return out
+
+    def query(self, sql, *args):
+        """Run one read-only SQL statement of this backend's dialect (SQLite, `?` parameters)
+        and return its rows as tuples. For tests and diagnostics, not for the fleet's code."""
+        return self.db.execute(sql, args).fetchall()
+
+    @property
+    def url(self):
+        return "sqlite:///" + self.path.lstrip("/") if os.path.isabs(self.path) else "sqlite://" + self.path
+
+    def schema_version(self):
+        """Return the schema version stored in the store."""
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    def info(self):
+        """Return {backend, url, schema_version, code_schema_version, rows {table: n}, size_bytes}
+        (size: the database file with its WAL)."""
+        rows = {}
+        with self.transaction(write=False):
+            for t in ("nodes", "readings", "hourly", "node_state", "gaps", "events", "rejects", "command_counters"):
+                rows[t] = self.db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # noqa: S608 - fixed names
+            version = self.schema_version()
+        size = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                size += os.path.getsize(self.path + suffix)
+        return {"backend": "sqlite", "url": self.url, "schema_version": version,
+                "code_schema_version": SCHEMA_VERSION, "rows": rows, "size_bytes": size}
+
+    def migrate(self):
+        """Bring the schema up to this code's version; return (version before, version after).
+        Opening a store already migrates it (one transaction: all or nothing); this says what
+        was done, for `fleet store migrate`."""
+        return self._opened_at_version, self.schema_version()
+
+
+def _wrap_sqlite_errors(cls):
+    """Make every public method of `cls` raise StoreError (StoreBusy for a lock) instead of
+    sqlite3.Error, so no caller needs to know the backend. Generators are wrapped as
+    generators (an error may come while iterating)."""
+    import functools
+    import inspect
+
+    def wrap(name, fn):
+        doing = "read" if name in _READS else "write"
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def gen(self, *a, **k):
+                try:
+                    yield from fn(self, *a, **k)
+                except sqlite3.Error as e:
+                    raise store_error(self.path, e, doing) from e
+            return gen
+
+        @functools.wraps(fn)
+        def call(self, *a, **k):
+            try:
+                return fn(self, *a, **k)
+            except sqlite3.Error as e:
+                raise store_error(self.path, e, doing) from e
+        return call
+
+    for name, fn in list(vars(cls).items()):
+        if name.startswith("_") or name in ("transaction", "close") or not inspect.isfunction(fn):
+            continue
+        setattr(cls, name, wrap(name, fn))
+    return cls
+
+
+_READS = {"means", "recent_means", "node", "nodes", "node_ids", "node_state", "readings", "iter_readings", "missing_seqs", "open_gaps",
+          "gap_counts", "events", "rejects", "status_rows", "summary", "delivery_counts", "query", "info",
+          "schema_version"}
+_wrap_sqlite_errors(SQLiteStore)
+
+SQLITE_PREFIX = "sqlite://"
+POSTGRES_PREFIXES = ("postgresql://", "postgres://")
+
+
+def parse_url(url, base_dir=None):
+    """Return (backend, target) for a store URL: ('sqlite', absolute path) for sqlite:///PATH
+    (a relative PATH, as in sqlite://fleet.db, is taken from `base_dir`), ('postgresql', url)
+    for postgresql://... Raises StoreError for anything else."""
+    if not isinstance(url, str) or not url:
+        raise StoreError("a store URL is needed: sqlite:///PATH or postgresql://USER@HOST/DB")
+    if url.startswith(SQLITE_PREFIX):
+        path = url[len(SQLITE_PREFIX):]
+        if "?" in path or "#" in path:
+            raise StoreError(f"store URL {url!r}: no query or fragment is understood; use sqlite:///PATH")
+        if not path or path == "/":
+            raise StoreError(f"store URL {url!r} names no file; use sqlite:///PATH")
+        if path.startswith("/"):
+            path = "/" + path.lstrip("/")  # sqlite:////abs (SQLAlchemy's spelling) too
+        else:
+            path = os.path.join(base_dir or os.getcwd(), path)
+        return "sqlite", os.path.abspath(path)
+    if url.startswith(POSTGRES_PREFIXES):
+        return "postgresql", url
+    scheme = url.split(":", 1)[0] if ":" in url else url
+    raise StoreError(f"store URL scheme {scheme!r} not understood: use sqlite:///PATH or postgresql://...")
+
+
+def open_url(url, base_dir=None):
+    """Open the store named by `url` (see parse_url), creating its schema when new. Raises
+    StoreError."""
+    backend, target = parse_url(url, base_dir)
+    if backend == "postgresql":
+        raise StoreError("the PostgreSQL store backend is not in this build of fleet; use sqlite:///PATH")
+    return SQLiteStore(target)
 
 
 def open_store(path, create=True):

@@ -69,26 +69,21 @@ def delivery_report(home, exclude=(), made=None):
     a loss after a node's last stored reading."""
     store = home.store()
     try:
-        db = store.db
-        nodes = db.execute("SELECT count(*) FROM nodes").fetchone()[0] - len(exclude)
-        per_node = [r for r in db.execute("SELECT node, count(*), min(seq), max(seq) FROM readings GROUP BY node")
-                    if r[0] not in exclude]
-        stored = {}
-        if made is not None:
-            for node, seq in db.execute("SELECT DISTINCT node, seq FROM readings"):
-                if node not in exclude:
-                    stored.setdefault(node, set()).add(seq)
-        dup_stored = db.execute(
-            "SELECT count(*) FROM (SELECT node, seq FROM readings GROUP BY node, seq HAVING count(*) > 1)").fetchone()[0]
-        dup_rx = db.execute("SELECT coalesce(sum(duplicates), 0) FROM node_state").fetchone()[0]
-        gaps = {}
-        for node, state, count in db.execute("SELECT node, state, count(*) FROM gaps GROUP BY node, state"):
-            if node not in exclude:
-                gaps[state] = gaps.get(state, 0) + count
-        rows = db.execute("SELECT hops, rx_ts - ts, flags FROM readings WHERE rx_ts IS NOT NULL").fetchall()
-        rejects = dict(db.execute("SELECT cause, count FROM rejects").fetchall()) if _has_table(db, "rejects") else {}
+        c = store.delivery_counts(with_seqs=made is not None)
     finally:
         store.close()
+    nodes = c["registered"] - len(exclude)
+    per_node = [r for r in c["per_node"] if r[0] not in exclude]
+    stored = {n: v for n, v in c.get("seqs", {}).items() if n not in exclude}
+    dup_stored = c["stored_twice"]
+    dup_rx = c["duplicates_received"]
+    gaps = {}
+    for node, by_state in c["gaps"].items():
+        if node not in exclude:
+            for state, count in by_state.items():
+                gaps[state] = gaps.get(state, 0) + count
+    rows = c["latency"]
+    rejects = c["rejects"]
     readings = sum(r[1] for r in per_node)
     holes = sum(r[3] + 1 for r in per_node) - readings
     missing_by_node = {}
@@ -137,10 +132,6 @@ def delivery_report(home, exclude=(), made=None):
                     if h is not None},
         "rejects": rejects,
     }
-
-
-def _has_table(db, name):
-    return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
 
 
 def verify_throughput(home, topology, rate_per_s, duration_s, settle_s=60, options=None, log=None):

@@ -5,7 +5,7 @@ import sqlite3
 
 import pytest
 
-from fleet.store import READING_FIELDS, SQLiteStore, StoreError
+from fleet.store import READING_FIELDS, SCHEMA_VERSION, SQLiteStore, StoreError
 
 
 @pytest.fixture
@@ -232,6 +232,8 @@ def test_opens_a_schema_1_store_and_adds_the_status_columns(tmp_path):
     db = sqlite3.connect(path)  # make it the schema-1 file an older fleet tool wrote
     db.execute("ALTER TABLE node_state DROP COLUMN radio_drops")
     db.execute("ALTER TABLE node_state DROP COLUMN readings_lost")
+    db.execute("ALTER TABLE node_state DROP COLUMN status_seq")
+    db.execute("DROP TABLE hourly")
     db.execute("PRAGMA user_version = 1")
     db.commit()
     db.close()
@@ -241,6 +243,6 @@ def test_opens_a_schema_1_store_and_adds_the_status_columns(tmp_path):
         assert st["radio_drops"] is None and st["readings_lost"] is None
         s.update_state(1, 1001, radio_drops=4, readings_lost=2)
         assert (s.node_state(1)["radio_drops"], s.node_state(1)["readings_lost"]) == (4, 2)
-        assert s.db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     with SQLiteStore(path) as s:  # and opens again without migrating twice
         assert s.node_state(1)["radio_drops"] == 4

@@ -40,6 +40,20 @@ def home_option(f):
     return wrapper
 
 
+def store_option(f):
+    """Decorator, placed under @home_option: add `--store URL` (sqlite:///PATH or
+    postgresql://...), which overrides fleet.toml store.url for this command."""
+
+    @click.option("--store", "store_url", default=None, metavar="URL",
+                  help="The fleet store: sqlite:///PATH or postgresql://... (default: fleet.toml store.url, "
+                       "else fleet.db in the home).")
+    @functools.wraps(f)
+    def wrapper(*args, home, store_url=None, **kwargs):
+        return f(*args, home=home.with_overrides({"store.url": store_url}), **kwargs)
+
+    return wrapper
+
+
 U32_MAX = 0xFFFFFFFF
 
 

@@ -12,7 +12,7 @@ import sys
 import click
 
 from fleet.cli._lazy import FleetCommand
-from fleet.cli._options import BoundedFloat, home_option
+from fleet.cli._options import BoundedFloat, home_option, store_option
 from fleet.errors import FleetError
 
 
@@ -34,6 +34,7 @@ from fleet.errors import FleetError
 @click.option("--json", "as_json", is_flag=True, help="Print the final totals as JSON on stdout.")
 @click.option("-v", "--verbose", is_flag=True, help="Log at debug level.")
 @home_option
+@store_option
 def cli(home, broker, net_id, client_id, progress_s, gap_grace_s, resend_retry_s, resend_attempts, max_outstanding,
         as_json, verbose):
     """Collect telemetry from the gateways into the fleet store, repairing gaps."""

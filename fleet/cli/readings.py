@@ -6,19 +6,20 @@ in unix seconds, `rx_ts` when the gateway received it. Rows stream in counter (s
 a large export does not load into memory. Exit status 1 when the node is unknown to the store
 (never registered, never heard); a known node with no readings in the range exports nothing
 (exit 0).
+
+`--every 1h|1d` exports mean PM per hour or per UTC day instead (the store keeps hourly sums
+as readings arrive, late and resent ones included), with how many readings each mean is of.
 """
 import csv
 import datetime as dt
 import json
-import sqlite3
 import sys
 
 import click
 
-from fleet.cli._options import NODE_ID, BoundedInt, TimeParam, home_option, parse_time  # noqa: F401 - parse_time: API
+from fleet.cli._options import NODE_ID, BoundedInt, TimeParam, home_option, parse_time, store_option  # noqa: F401 - parse_time: API
 from fleet.cli._table import format_table, want_colour
 from fleet.errors import FleetError
-from fleet.store import store_error
 
 COLUMNS = ("node", "seq", "time", "ts", "rx_ts", "pm1_ugm3", "pm25_ugm3", "pm10_ugm3", "rh_pct", "temp_c", "n",
            "flags", "hops", "gateway", "rssi")
@@ -26,6 +27,16 @@ COLUMNS = ("node", "seq", "time", "ts", "rx_ts", "pm1_ugm3", "pm25_ugm3", "pm10_
 
 def _d(v):
     return None if v is None else round(v / 10, 1)
+
+
+MEAN_COLUMNS = ("node", "time", "start", "readings", "pm1_ugm3", "pm25_ugm3", "pm10_ugm3")
+
+
+def mean_row(m):
+    """Return one period's means (store.means dict) as an export row (MEAN_COLUMNS order)."""
+    iso = dt.datetime.fromtimestamp(m["start"], dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (m["node"], iso, m["start"], m["n"], round(m["pm1"] / 10, 1), round(m["pm25"] / 10, 1),
+            round(m["pm10"] / 10, 1))
 
 
 def export_row(r):
@@ -42,35 +53,41 @@ def export_row(r):
               help="From this reading time: unix seconds, -1h / -30m / -2d, or ISO 8601.")
 @click.option("--until", type=TimeParam(), default=None, help="Before this reading time (same forms).")
 @click.option("--limit", type=BoundedInt(1), default=None, metavar="N", help="At most this many readings.")
+@click.option("--every", type=click.Choice(("raw", "1h", "1d")), default="raw", show_default=True,
+              help="raw readings, or mean PM per hour / per UTC day (periods starting in --since..--until; "
+                   "`readings` = how many readings the mean is of).")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV with a header row.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array of objects.")
 @home_option
-def cli(home, node_id, since, until, limit, as_csv, as_json):
+@store_option
+def cli(home, node_id, since, until, limit, every, as_csv, as_json):
     """Export the stored readings of one node."""
     if as_csv and as_json:
         raise click.UsageError("choose one of --csv and --json")
     store = home.store()
     try:
         if store.node(node_id) is None and store.node_state(node_id) is None:
-            raise FleetError(f"node {node_id} is not registered and was never heard in {store.path}: "
+            raise FleetError(f"node {node_id} is not registered and was never heard in the store: "
                              f"check the id (`fleet status` lists the nodes)")
-        rows = (export_row(r) for r in store.iter_readings(node_id, since=since, until=until, limit=limit))
-        n = _write(rows, as_csv, as_json)
+        if every == "raw":
+            rows = (export_row(r) for r in store.iter_readings(node_id, since=since, until=until, limit=limit))
+            n = _write(rows, as_csv, as_json)
+        else:
+            means = store.means(node_id, every, since=since, until=until)[:limit]
+            n = _write((mean_row(m) for m in means), as_csv, as_json, MEAN_COLUMNS)
         if n == 0:
             span = " in that time range" if since is not None or until is not None else ""
             click.echo(f"no readings for node {node_id}{span}", err=True)
-    except sqlite3.Error as e:
-        raise store_error(store.path, e) from e
     finally:
         store.close()
 
 
-def _write(rows, as_csv, as_json):
+def _write(rows, as_csv, as_json, columns=COLUMNS):
     out = sys.stdout
     n = 0
     if as_csv:
         w = csv.writer(out, lineterminator="\n")
-        w.writerow(COLUMNS)
+        w.writerow(columns)
         for row in rows:
             w.writerow(["" if v is None else v for v in row])
             n += 1
@@ -78,12 +95,12 @@ def _write(rows, as_csv, as_json):
     if as_json:
         out.write("[")
         for row in rows:
-            out.write(("," if n else "") + "\n" + json.dumps(dict(zip(COLUMNS, row, strict=True))))
+            out.write(("," if n else "") + "\n" + json.dumps(dict(zip(columns, row, strict=True))))
             n += 1
         out.write("\n]\n" if n else "]\n")
         return n
     body = [tuple("-" if v is None else str(v) for v in row) for row in rows]
     if body:
-        columns = [(c, "l" if c == "time" else "r") for c in COLUMNS]
+        columns = [(c, "l" if c == "time" else "r") for c in columns]
         click.echo(format_table(columns, body, want_colour()))
     return len(body)

@@ -6,17 +6,15 @@ seconds until Ctrl-C (with --json: one JSON object per line per refresh). The ta
 fixed-width text (fleet/cli/_table.py) because rich's Table needs ~8 s for 5,000 rows.
 """
 import json
-import sqlite3
 import sys
 import time
 
 import click
 
 from fleet import aqi as aqimod
-from fleet.cli._options import NODE_ID, BoundedFloat, BoundedInt, home_option
+from fleet.cli._options import NODE_ID, BoundedFloat, BoundedInt, home_option, store_option
 from fleet.cli._table import format_table, want_colour
 from fleet.status import SORTS, STATES, fleet_status
-from fleet.store import store_error
 
 _STATE_STYLE = {"online": "green", "stale": "yellow", "offline": "red", "never": "dim"}
 
@@ -59,6 +57,7 @@ def summary_line(summary):
 
 
 _COLUMNS = [("node", "r"), ("role", "l"), ("fw", "l"), ("state", "l"), ("PM2.5", "r"), ("INDEX", "l"),
+            ("1h", "r"), ("24h", "r"), ("INDEX 24h", "l"),
             ("hops", "r"), ("parent", "r"), ("ETX", "r"), ("uptime", "r"), ("heap", "r"), ("heap min", "r"),
             ("backlog", "r"), ("rx drops", "r"), ("lost", "r"), ("gw", "r"), ("heard", "r")]
 
@@ -67,6 +66,7 @@ def render(result, aqi, colour=False):
     """Return the summary line and the node table of `result` as text."""
     columns = list(_COLUMNS)
     columns[5] = ("ICA" if aqi == "ica" else "AQI", "l")
+    columns[8] = ("ICA 24h" if aqi == "ica" else "AQI 24h", "l")
     rows = []
     revoked = set(result["summary"].get("revoked_nodes") or ())
     for n in result["nodes"]:
@@ -81,6 +81,10 @@ def render(result, aqi, colour=False):
             ("REVOKED", "red") if n["node"] in revoked else (n["state"], _STATE_STYLE[n["state"]]),
             "-" if n["pm25"] is None else f"{n['pm25']:.1f}",
             "-" if index is None else (f"{index} {cat}", aqimod.LEVEL_COLOURS[level]),
+            "-" if n["pm25_1h"] is None else f"{n['pm25_1h']:.1f}",
+            # * : under 75 % of the day's readings, not a valid 24-hour mean
+            "-" if n["pm25_24h"] is None else f"{n['pm25_24h']:.1f}" + ("*" if n["low_coverage_24h"] else ""),
+            "-" if n["pm25_24h"] is None else (n["ica_24h"] if aqi == "ica" else n["aqi_category_24h"]) or "-",
             _dash(n["hops"]),
             _dash(n["parent"]),
             "-" if n["link_etx"] is None else f"{n['link_etx']:.1f}",
@@ -121,6 +125,7 @@ def render(result, aqi, colour=False):
 @click.option("--offline-after", type=BoundedInt(1), default=None, metavar="S",
               help="Seconds of silence before a node is offline. Default: fleet.toml status.offline_after_s.")
 @home_option
+@store_option
 def cli(home, as_json, watch, interval, count, node_ids, states, gateway, sort, reverse, limit, aqi, rh_correction,
         stale_after, offline_after):
     """Show every node's state, latest PM2.5 and air-quality category, and mesh health."""
@@ -132,15 +137,12 @@ def cli(home, as_json, watch, interval, count, node_ids, states, gateway, sort, 
     store = home.store()
     keys = home.keys()
 
-    def snapshot():
-        try:
-            return fleet_status(
-                store, int(time.time()), stale_after_s=cfg["stale_after_s"], offline_after_s=cfg["offline_after_s"],
-                nodes=node_ids or None, states=states or None, gateway=gateway, sort=sort, reverse=reverse,
-                aqi=cfg["aqi"], rh_correction=cfg["rh_correction"], limit=limit, revoked=keys.revoked(),
-            )
-        except sqlite3.Error as e:
-            raise store_error(store.path, e) from e
+    def snapshot():  # a store failure is a StoreError (a FleetError): one line, exit 1
+        return fleet_status(
+            store, int(time.time()), stale_after_s=cfg["stale_after_s"], offline_after_s=cfg["offline_after_s"],
+            nodes=node_ids or None, states=states or None, gateway=gateway, sort=sort, reverse=reverse,
+            aqi=cfg["aqi"], rh_correction=cfg["rh_correction"], limit=limit, revoked=keys.revoked(),
+        )
 
     try:
         if not watch:

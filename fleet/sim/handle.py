@@ -63,7 +63,7 @@ class RigHandle:
     def query(self, sql, *args):
         store = self.home.store()
         try:
-            return store.db.execute(sql, args).fetchall()
+            return store.query(sql, *args)
         finally:
             store.close()
 

@@ -1,0 +1,189 @@
+"""The store behind one interface: URL selection (store.url, --store), the store's own error
+types (no sqlite3 error reaches a caller), `fleet store info|migrate`, and no SQLite outside
+the SQLite backend."""
+import json
+import os
+import pathlib
+import re
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from fleet.cli import group
+from fleet.home import FleetHome
+from fleet.store import SCHEMA_VERSION, SQLiteStore, StoreBusy, StoreError, open_url, parse_url
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_parse_url_forms(tmp_path):
+    assert parse_url("sqlite:///var/x.db") == ("sqlite", "/var/x.db")
+    assert parse_url("sqlite:////var/x.db") == ("sqlite", "/var/x.db")
+    assert parse_url("sqlite://x.db", str(tmp_path)) == ("sqlite", str(tmp_path / "x.db"))
+    assert parse_url("postgresql://u@h/db")[0] == "postgresql"
+    for bad in ("", "mysql://h/db", "sqlite://", "sqlite:///x.db?mode=ro", "/plain/path"):
+        with pytest.raises(StoreError):
+            parse_url(bad)
+
+
+def test_postgresql_url_is_refused_plainly(tmp_path):
+    with pytest.raises(StoreError, match="PostgreSQL store backend is not in this build"):
+        open_url("postgresql://u@127.0.0.1:1/db")
+
+
+def test_store_url_from_config_and_option(tmp_path):
+    other = tmp_path / "elsewhere" / "fleet.db"
+    home = FleetHome(str(tmp_path / "home")).with_overrides({"store.url": f"sqlite://{other}"})
+    s = home.store(create=True)
+    s.register_node(7)
+    s.close()
+    assert other.exists() and not os.path.exists(home.store_path)
+    r = CliRunner().invoke(group, ["store", "info", "--json", "--home", str(tmp_path / "home"),
+                                   "--store", f"sqlite://{other}"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output)
+    assert info["backend"] == "sqlite" and info["rows"]["nodes"] == 1 and info["schema_version"] == SCHEMA_VERSION
+    assert info["url"] == f"sqlite://{other}" and info["size_bytes"] > 0
+    # without --store the home's own (missing) store is meant: exit 1, one line
+    r = CliRunner().invoke(group, ["store", "info", "--home", str(tmp_path / "home")])
+    assert r.exit_code == 1 and "no fleet store" in r.output
+
+
+def test_migrate_reports_versions(tmp_path):
+    path = tmp_path / "old.db"
+    SQLiteStore(str(path)).close()
+    db = sqlite3.connect(path)  # make it a version-1 store: without the columns version 2 added
+    db.execute("ALTER TABLE node_state DROP COLUMN radio_drops")
+    db.execute("ALTER TABLE node_state DROP COLUMN readings_lost")
+    db.execute("ALTER TABLE node_state DROP COLUMN status_seq")
+    db.execute("DROP TABLE hourly")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    run = CliRunner().invoke
+    r = run(group, ["store", "migrate", "--home", str(tmp_path / "h"), "--store", f"sqlite://{path}"])
+    assert r.exit_code == 0 and f"from version 1 to {SCHEMA_VERSION}" in r.output, r.output
+    r = run(group, ["store", "migrate", "--home", str(tmp_path / "h"), "--store", f"sqlite://{path}"])
+    assert r.exit_code == 0 and "up to date" in r.output, r.output
+
+
+_HOLD_LOCK = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_method_raises_the_stores_own_error(tmp_path):
+    path = str(tmp_path / "s.db")
+    s = SQLiteStore(path)
+    s.register_node(1)
+    s.db.execute("PRAGMA busy_timeout = 50")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, path], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(StoreBusy, match="busy") as e:  # a write method
+            s.register_node(2)
+        assert not isinstance(e.value, sqlite3.Error)
+    finally:
+        holder.stdin.close()
+        holder.wait(10)
+    s.close()
+    with pytest.raises(StoreError):  # a generator, failing while iterated
+        list(s.iter_readings(1))
+    with pytest.raises(StoreError):  # a read method
+        s.node_ids()
+
+
+def test_no_sqlite_outside_the_sqlite_backend():
+    leaks = []
+    for p in sorted((ROOT / "fleet").rglob("*.py")):
+        if p.name == "store.py" and p.parent.name == "fleet":
+            continue
+        text = p.read_text(encoding="utf-8")
+        for pat in (r"\bimport sqlite3\b", r"\bsqlite3\.", r"\bstore\.db\b", r"\.db\.execute\b"):
+            if re.search(pat, text):
+                leaks.append(f"{p.relative_to(ROOT)}: {pat}")
+    assert not leaks, leaks
+
+
+def test_a_late_status_never_overwrites_a_newer_one(tmp_path):
+    with SQLiteStore(str(tmp_path / "s.db")) as s:
+        s.update_state(5, 100, status_seq=7, uptime_s=700, parent=1)
+        s.update_state(5, 110, status_seq=6, uptime_s=600, parent=2)  # late: delivered after 7
+        st = s.node_state(5)
+        assert (st["status_seq"], st["uptime_s"], st["parent"], st["status_at"]) == (7, 700, 1, 100)
+        assert st["last_heard"] == 110  # it was still heard
+        s.update_state(5, 120, status_seq=8, uptime_s=800, parent=3)
+        st = s.node_state(5)
+        assert (st["status_seq"], st["uptime_s"], st["parent"], st["status_at"]) == (8, 800, 3, 120)
+
+
+def _r(seq, ts, pm25):
+    return (3, seq, ts, ts + 1, 50, pm25, 80, 60, 210, 1, 0, 1, 9, -60)
+
+
+def test_means_kept_as_readings_arrive_late_and_resent_included(tmp_path):
+    h0 = 1_800_000_000 // 86400 * 86400  # a UTC midnight
+    home = FleetHome(str(tmp_path / "home"))
+    s = home.store(create=True)
+    s.add_readings([_r(0, h0 + 10, 100), _r(2, h0 + 3600 + 5, 300)])
+    s.add_readings([_r(1, h0 + 20, 200), _r(0, h0 + 10, 999)])  # a repaired gap, and a duplicate
+    assert [(m["start"], m["n"], m["pm25"]) for m in s.means(3, "1h")] == [(h0, 2, 150.0), (h0 + 3600, 1, 300.0)]
+    assert [(m["start"], m["n"], m["pm25"]) for m in s.means(3, "1d")] == [(h0, 3, 200.0)]
+    assert [m["start"] for m in s.means(3, "1h", since=h0 + 1)] == [h0 + 3600]
+    s.close()
+    r = CliRunner().invoke(group, ["readings", "--node", "3", "--every", "1h", "--json", "--home", home.path])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)
+    assert [(x["readings"], x["pm25_ugm3"], x["pm1_ugm3"]) for x in rows] == [(2, 15.0, 5.0), (1, 30.0, 5.0)]
+    r = CliRunner().invoke(group, ["readings", "--node", "3", "--every", "1d", "--csv", "--home", home.path])
+    assert r.exit_code == 0 and r.output.splitlines()[1].endswith(",3,5.0,20.0,8.0"), r.output
+
+
+def test_migration_to_hourly_means_fills_them_from_stored_readings(tmp_path):
+    path = str(tmp_path / "s.db")
+    with SQLiteStore(path) as s:
+        s.add_readings([_r(0, 7200, 100), _r(1, 7300, 300)])
+    db = sqlite3.connect(path)  # a schema-3 store: readings, no hourly sums
+    db.execute("DROP TABLE hourly")
+    db.execute("PRAGMA user_version = 3")
+    db.commit()
+    db.close()
+    with SQLiteStore(path) as s:
+        assert [(m["start"], m["n"], m["pm25"]) for m in s.means(3, "1h")] == [(7200, 2, 200.0)]
+
+
+def test_status_shows_1h_and_24h_means_marked_under_75_percent(tmp_path):
+    from fleet.status import fleet_status
+
+    now = 1_800_000_000 // 3600 * 3600 + 600  # 10 min into an hour
+    h = now // 3600
+    with SQLiteStore(str(tmp_path / "s.db")) as s:
+        # node 3: every 5 min for the 24 complete hours (full coverage): 12.0 ug/m3, last hour 30.0
+        rows = [_r(i, (h - 24) * 3600 + i * 300, 300 if i >= 23 * 12 else 120) for i in range(24 * 12)]
+        rows += [_r(1000, now - 60, 999)]  # the current hour: not in either mean
+        # node 4: 17 of 24 hours (70.8 %): marked
+        rows += [(4, i, (h - 17) * 3600 + i * 300, None, 0, 400, 0, 50, 200, 1, 0, 1, 9, -60) for i in range(17 * 12)]
+        s.add_readings(rows)
+        result = fleet_status(s, now)
+        got = {v["node"]: v for v in result["nodes"]}
+    from fleet.cli.status import render
+
+    table = render(result, "ica")
+    assert " 40.0* " in table and " 12.8 " in table, table
+    n3, n4 = got[3], got[4]
+    assert (n3["pm25_1h"], n3["coverage_1h"], n3["coverage_24h"], n3["low_coverage_24h"]) == (30.0, 1.0, 1.0, False)
+    assert n3["pm25_24h"] == round((23 * 12 * 120 + 12 * 300) / 288 / 10, 1) and n3["ica_24h"]
+    assert (n4["pm25_24h"], n4["coverage_24h"], n4["low_coverage_24h"]) == (40.0, 0.708, True)
+    assert n4["ica_24h"] and n4["aqi_category_24h"]
+    home = FleetHome(str(tmp_path / "home"))
+    r = CliRunner().invoke(group, ["status", "--json", "--home", home.path, "--store", f"sqlite://{tmp_path}/s.db"])
+    assert r.exit_code == 0, r.output
+    assert {"pm25_24h", "coverage_24h", "low_coverage_24h", "ica_24h"} <= set(json.loads(r.output)["nodes"][0])
