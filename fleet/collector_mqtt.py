@@ -28,6 +28,7 @@ import tempfile
 import time
 import urllib.parse
 
+from fleet.childproc import ChildProcess
 from fleet.collector import CollectorConfig, Ingest, progress_line
 from fleet.errors import FleetError
 from protocol.envelope import state_topic, uplink_topic
@@ -234,22 +235,14 @@ def install_signal_handlers(stop):
             pass
 
 
-class CollectorProcess:
+class CollectorProcess(ChildProcess):
     """`fleet collect` as a child process (`python -m fleet.cli.collect ...`): `.pid`, `.stop()`
     (SIGTERM: graceful), `.kill()` (SIGKILL: a crash), `.restart()`, `.log_tail()`."""
 
-    def __init__(self, argv, log_path, env=None):
+    def __init__(self, argv, log_path, env=None, owns_log=False):
+        super().__init__(log_path, owns_log)
         self.argv = argv
-        self.log_path = log_path
         self.env = env
-        self.proc = None
-
-    @property
-    def pid(self):
-        return self.proc.pid if self.proc else None
-
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
 
     def start(self, timeout_s=20.0):
         """Spawn and wait until it has subscribed (a line in its log). Raises FleetError."""
@@ -270,42 +263,9 @@ class CollectorProcess:
                 raise FleetError(f"the collector did not subscribe within {timeout_s} s: {self.log_tail()}")
             time.sleep(0.05)
 
-    def stop(self, timeout_s=15.0):
-        """SIGTERM (flush and disconnect); SIGKILL if still running after timeout_s. Returns the exit status."""
-        if self.alive():
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        return self.proc.returncode if self.proc else None
-
-    def kill(self):
-        """SIGKILL, like a crash (the unflushed batch is lost; gap repair recovers it)."""
-        if self.alive():
-            self.proc.kill()
-        if self.proc is not None:
-            self.proc.wait(timeout=10)
-
     def restart(self, timeout_s=20.0):
         self.kill()
         return self.start(timeout_s)
-
-    def log_tail(self, n_bytes=3000):
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - n_bytes))
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 def start_collector_process(home_path, broker_url, *, net_id=None, client_id=None, extra_args=(), log_path=None,
@@ -319,7 +279,8 @@ def start_collector_process(home_path, broker_url, *, net_id=None, client_id=Non
     if client_id is not None:
         argv += ["--client-id", client_id]
     argv += list(extra_args)
-    if log_path is None:
+    owns_log = log_path is None
+    if owns_log:
         fd, log_path = tempfile.mkstemp(prefix="collector-", suffix=".log")
         os.close(fd)
-    return CollectorProcess(argv, log_path, env).start(timeout_s)
+    return CollectorProcess(argv, log_path, env, owns_log).start(timeout_s)

@@ -21,7 +21,6 @@ three across a clean stop; after SIGKILL only what its last autosave wrote.
 """
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
@@ -31,6 +30,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from fleet.childproc import ChildProcess
 
 READY_PREFIX = "READY "
 # The repository root: the child `python -m fleet.sim.broker` must find this tree's `fleet`.
@@ -108,69 +109,33 @@ class EmbeddedBroker:
         await self.stop()
 
 
-class BrokerProcess:
+class BrokerProcess(ChildProcess):
     """A broker running as a child process: `.port`, `.pid`, `.kill()` (SIGKILL, like a crash),
     `.stop()` (SIGTERM, then SIGKILL after a timeout), `.restart()` (same port, same data)."""
 
     def __init__(self, kind, argv, host, port, data_dir=None, log_path=None, owns_data_dir=False, owns_log=False):
+        super().__init__(log_path, owns_log)
         self.kind = kind
         self.argv = argv
         self.host = host
         self.port = port
         self.data_dir = data_dir
-        self.log_path = log_path
-        self.proc = None
         self._owns_data_dir = owns_data_dir
-        self._owns_log = owns_log
-
-    @property
-    def pid(self):
-        return self.proc.pid if self.proc else None
-
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self):
-        """SIGKILL the broker and reap it."""
-        if self.alive():
-            self.proc.kill()
-        if self.proc is not None:
-            self.proc.wait(timeout=10)
 
     def stop(self, timeout_s=10):
-        """Stop gracefully (SIGTERM); SIGKILL if it has not exited within `timeout_s`."""
-        if self.alive():
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        return super().stop(timeout_s)
 
     def close(self):
         """Stop the broker and remove a data directory and a log file we created."""
-        self.stop()
+        super().close()
         if self._owns_data_dir and self.data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-        if self._owns_log and self.log_path:
-            with contextlib.suppress(OSError):
-                os.unlink(self.log_path)
 
     def restart(self, timeout_s=10):
         """Start the broker again on the same port (and data directory); returns self."""
         self.kill()
         self._spawn(timeout_s)
         return self
-
-    def log_tail(self, n_bytes=2000):
-        """The end of the broker's log, for failure messages."""
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - n_bytes))
-                return f.read().decode(errors="replace")
-        except (OSError, TypeError):
-            return ""
 
     def _spawn(self, timeout_s):
         argv = [a.replace("{port}", str(self.port)) for a in self.argv]
