@@ -583,7 +583,7 @@ def rig_uplink_flap(workdir, period_s=10.0, duration_s=300.0, down_s=5.0, nodes=
     from fleet.sim import topology as topo_mod
     from fleet.sim.handle import RigHandle
     from fleet.sim.rig import RigOptions
-    from fleet.verify import delivery_report, made_by_node
+    from fleet.sim.verify import delivery_report, made_by_node
 
     if rig_ap_control() is None:
         raise Skip("this tree's rig has no Wi-Fi access-point control (Rig.set_ap)")

@@ -84,7 +84,7 @@ def _rig_run(quick, mp):
     from fleet.sim import topology as topo_mod
     from fleet.sim.handle import RigHandle
     from fleet.sim.rig import RigOptions
-    from fleet.verify import delivery_report
+    from fleet.sim.verify import delivery_report
 
     n = 20 if quick else 30
     topo = topo_mod.generate("grid", n, 2, seed=7)

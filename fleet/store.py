@@ -874,7 +874,7 @@ class SQLiteStore(Store):
         return ids
 
     def delivery_counts(self, with_seqs=False):
-        """What a delivery audit (fleet.verify) reads, in one snapshot: a dict with
+        """What a delivery audit (fleet.sim.verify) reads, in one snapshot: a dict with
         registered (nodes registered), per_node [(node, stored, min_seq, max_seq)],
         stored_twice ((node, seq) stored more than once: 0 unless the unique key broke),
         duplicates_received (sum over node_state), gaps {node: {state: count}}, latency rows

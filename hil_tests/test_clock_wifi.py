@@ -15,7 +15,7 @@ import time
 import pytest
 
 from fleet.sim import topology as topo_mod
-from fleet.verify import delivery_report
+from fleet.sim.verify import delivery_report
 
 INTERVAL_S = 31  # report interval (continuous sampling needs more than the 30 s warm-up)
 WARMUP_S = 30  # the rig's warmup_s

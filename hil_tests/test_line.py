@@ -8,7 +8,7 @@ import pytest
 
 from fleet.sim import topology as topo_mod
 from fleet.sim.medium import capture_hops
-from fleet.verify import delivery_report
+from fleet.sim.verify import delivery_report
 
 
 @pytest.mark.timeout(300)

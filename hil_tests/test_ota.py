@@ -18,7 +18,7 @@ import pytest
 from fleet import ota_bundle, ota_campaign
 from fleet.home import FleetHome
 from fleet.sim import topology as topo_mod
-from fleet.verify import delivery_report
+from fleet.sim.verify import delivery_report
 from protocol import manifest as mf
 from protocol.envelope import ota_topic
 

@@ -21,7 +21,7 @@ import time
 import pytest
 
 from fleet.home import FleetHome
-from fleet.verify import delivery_report
+from fleet.sim.verify import delivery_report
 
 
 def parse_rig(desc):

@@ -4,13 +4,13 @@ import time
 import pytest
 
 from fleet.sim import topology as topo_mod
-from fleet.verify import delivery_report, made_by_node
+from fleet.sim.verify import delivery_report, made_by_node
 from protocol.envelope import uplink_topic
 
 
 def _made(rig, skip=()):
     """What each node says it made so far (its console lines): the count the store is held to,
-    independent of the store (fleet/verify.py)."""
+    independent of the store (fleet/sim/verify.py)."""
     return made_by_node({n: p.log_path for n, p in rig.rig.nodes.items() if n not in skip})
 
 

@@ -276,7 +276,7 @@ FLAG_SENSOR_ERROR = 1  # no valid sample in the window
 FLAG_HIGH_RH = 2  # mean RH above 75 %: optical PM reads high
 FLAG_CHECKSUM = 4  # checksum errors during the window
 FLAG_WARMUP_SHORT = 8  # sampling started before a full warm-up
-FLAG_SYNTHETIC = 0x8000  # the rig's offered load, not a sensor's (fleet/verify.py counts them)
+FLAG_SYNTHETIC = 0x8000  # the rig's offered load, not a sensor's (fleet/sim/verify.py counts them)
 
 
 class Reading(Frame):

@@ -1,6 +1,6 @@
 """Offered load for throughput verification on the virtual rig (config sim.offered_interval_s):
 one synthetic reading every interval_s, created on a whole wall-clock second so its timestamp
-is exact, marked FLAG_SYNTHETIC (fleet/verify.py counts them), through the node's own
+is exact, marked FLAG_SYNTHETIC (fleet/sim/verify.py counts them), through the node's own
 ring/mesh/uplink path, once the node knows wall time. Imported by Node.run only when the config asks for it: a board never
 carries it."""
 import asyncio
@@ -38,6 +38,6 @@ async def offered_load(node, interval_s, for_s=0):
         await asyncio.sleep_ms(sec * 1000 - ms)
         seq = node._append(sec, _Synthetic(sec))
         # one line per reading made, as for a sensor reading: the rig's independent count of
-        # what each node issued (fleet/verify.py made_by_node)
+        # what each node issued (fleet/sim/verify.py made_by_node)
         print("load", "reading seq=%d" % seq)
         node.wake.set()

@@ -33,7 +33,7 @@ def cli(rate_per_s, duration_s, n_nodes, n_gateways, kind, broker_url, settle_s,
     from fleet.home import FleetHome
     from fleet.sim import topology as topo_mod
     from fleet.sim.rig import RigOptions
-    from fleet.verify import verify_throughput
+    from fleet.sim.verify import verify_throughput
 
     try:
         topo = topo_mod.generate(kind, n_nodes, n_gateways, seed=seed)
