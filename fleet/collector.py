@@ -46,7 +46,6 @@ import signal
 import time
 
 import protocol
-from fleet import ingest as store_ext
 from fleet.repair import LOST, GapTracker, RepairConfig
 from protocol import auth
 from protocol.envelope import downlink_topic, parse_topic
@@ -679,10 +678,11 @@ class Ingest:
                 stored, dups = store.add_readings(rows) if rows else (0, 0)
                 if status:
                     store.update_states([(node, heard, fields) for node, (heard, fields) in status.items()])
-                ids = store_ext.write_gaps(store, [g.row() for g in gaps], now) if gaps else []
+                ids = store.write_gaps([g.row() for g in gaps], now) if gaps else []
                 for cause, n in rejects.items():
                     store.count_reject(cause, int(now), n)
-                store_ext.add_events(store, events + lost_events)
+                for ts, kind, node, detail in events + lost_events:
+                    store.record_event(ts, kind, node=node, detail=detail)
                 if rows and self._fault_commits:
                     self._fault_point()
         except Exception as e:  # noqa: BLE001 - keep the batch, try again at the next flush
