@@ -151,3 +151,22 @@ def test_map_in_chromium(home, tmp_path):
             assert any(abs(r - g) < 12 and abs(g - b) < 12 and 100 < r < 190 for r, g, b in ring), ring
     # as many marker blobs on screen as poles placed (no links drawn, the legend excluded)
     assert _blobs(img, min(x for x, _ in pos.values()) - 20) == len(POLES)
+
+
+def test_export_geojson_and_csv(home, tmp_path):
+    out = tmp_path / "poles.geojson"
+    r = CliRunner().invoke(group, ["export", "--format", "geojson", "--out", str(out), "--home", home.path])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(out.read_text())
+    feats = {f["properties"]["node"]: f for f in doc["features"]}
+    assert sorted(feats) == sorted(POLES)
+    assert feats[3]["geometry"]["coordinates"] == [pytest.approx(LON0 + 0.006), pytest.approx(LAT0)]
+    assert feats[3]["properties"]["level"] == 3 and feats[7]["properties"]["state"] == "stale"
+    assert "mac" not in out.read_text().lower()
+    out = tmp_path / "day.csv"
+    r = CliRunner().invoke(group, ["export", "--format", "csv", "--since", "-1h", "--out", str(out), "--home", home.path])
+    assert r.exit_code == 0, r.output
+    lines = out.read_text().splitlines()
+    assert len(lines) == 1 + 7 and lines[0].startswith("node,")  # 7 poles heard, one reading each
+    r = CliRunner().invoke(group, ["export", "--format", "xml", "--out", str(out), "--home", home.path])
+    assert r.exit_code == 2

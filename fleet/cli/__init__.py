@@ -25,6 +25,7 @@ COMMANDS = {
     "node": "fleet.cli.node",
     "verify": "fleet.cli.verify",
     "map": "fleet.cli.map",
+    "export": "fleet.cli.export",
 }
 
 
