@@ -170,3 +170,22 @@ def test_export_geojson_and_csv(home, tmp_path):
     assert len(lines) == 1 + 7 and lines[0].startswith("node,")  # 7 poles heard, one reading each
     r = CliRunner().invoke(group, ["export", "--format", "xml", "--out", str(out), "--home", home.path])
     assert r.exit_code == 2
+
+
+def test_plot_node(home, tmp_path):
+    from PIL import Image
+
+    store = home.store()
+    now = int(time.time())
+    # node 2: readings every 60 s, a 20-minute gap, one flagged high-RH reading
+    rows = [(2, s, now - 3000 + 60 * s, now, 0, 100 + 10 * s, 0, 60, 240, 10, 2 if s == 5 else 0, 1, 1, -70)
+            for s in range(1, 40) if not 10 <= s < 30]
+    store.add_readings(rows)
+    store.close()
+    out = tmp_path / "n2.png"
+    r = CliRunner().invoke(group, ["plot", "--node", "2", "--since", "-2h", "--out", str(out), "--home", home.path])
+    assert r.exit_code == 0, r.output
+    assert "20 readings of node 2" in r.output  # seq 0 and 19 of 1..39
+    assert Image.open(out).size == (1000, 400)
+    r = CliRunner().invoke(group, ["plot", "--node", "8", "--out", str(out), "--home", home.path])
+    assert r.exit_code == 1 and "no readings" in r.output

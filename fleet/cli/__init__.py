@@ -26,6 +26,7 @@ COMMANDS = {
     "verify": "fleet.cli.verify",
     "map": "fleet.cli.map",
     "export": "fleet.cli.export",
+    "plot": "fleet.cli.plot",
 }
 
 
