@@ -25,6 +25,9 @@ COMMANDS = {
     "node": "fleet.cli.node",
     "verify": "fleet.cli.verify",
     "store": "fleet.cli.store",
+    "map": "fleet.cli.map",
+    "export": "fleet.cli.export",
+    "plot": "fleet.cli.plot",
 }
 
 
