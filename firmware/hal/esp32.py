@@ -77,9 +77,9 @@ class Esp32Hal:
         self._rtc = machine.RTC()
 
     def wdt_start(self, timeout_ms):
-        from firmware import boot
+        from firmware.compat import boot_call
 
-        self._wdt = boot.start_watchdog(timeout_ms)
+        self._wdt = boot_call("start_watchdog", timeout_ms)
 
     def wdt_feed(self):
         if self._wdt is not None:
