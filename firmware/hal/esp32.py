@@ -83,7 +83,7 @@ class Esp32Hal:
 
     def wdt_feed(self):
         if self._wdt is not None:
-            self._wdt.feed()
+            self._wdt.feed()  # pyright: ignore[reportAttributeAccessIssue] (a machine.WDT)
 
     def time_s(self):
         t = time.time() + _EPOCH_OFFSET

@@ -87,7 +87,7 @@ class SimHal:
 
     def wdt_feed(self):
         if self._wdt is not None:
-            self._wdt.feed()
+            self._wdt.feed()  # pyright: ignore[reportAttributeAccessIssue] (a machine.WDT)
         self._wdt_fed = ticks_ms()
 
     async def _wdt_task(self):
