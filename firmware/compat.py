@@ -50,6 +50,25 @@ def unload(*names):
                 pass
 
 
+def boot_call(name, *args):
+    """firmware.boot.<name>(*args), or its value when it is a constant, for the shell and the
+    HALs (the watchdog, the crash count, the reset cause): firmware/boot.py (~4.6 KB of a node's
+    heap on 32 bits) is imported for the call and, unless something had it loaded already,
+    unloaded after it (a node kept it for its whole life once health() started the watchdog)."""
+    import sys
+
+    had = "firmware.boot" in sys.modules
+    from firmware import boot
+
+    try:
+        v = getattr(boot, name)
+        return v(*args) if callable(v) else v
+    finally:
+        boot = None
+        if not had:
+            unload("firmware.boot")
+
+
 def verify_signature(public_key, message, signature):
     """protocol.ed25519.verify, with the module (and protocol.sha512, ~7 KB of bytecode on a
     node) imported for this one check and unloaded after it."""

@@ -133,13 +133,14 @@ def _attach_ota(node, cfg, fs, gateway):
 async def _clear_crashes(node, fs):
     """Once the app has run boot.CRASH_CLEAR_MS with a sensor reading seen, its earlier crashes
     are no longer "in a row" (firmware/boot.py counts them to detect a crash loop)."""
-    from firmware import boot
+    from firmware.compat import boot_call
 
-    if not boot.crash_count(fs):
-        return
-    while not (node.selftest_done and node.now_ms() >= boot.CRASH_CLEAR_MS):
+    if not boot_call("crash_count", fs):
+        return  # firmware/boot.py is held only for the calls: not for the app's life
+    clear_ms = boot_call("CRASH_CLEAR_MS")
+    while not (node.selftest_done and node.now_ms() >= clear_ms):
         await asyncio.sleep_ms(5000)
-    boot.clear_crashes(fs)
+    boot_call("clear_crashes", fs)
     print("boot", "the app runs: crash count cleared")
 
 

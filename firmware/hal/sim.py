@@ -19,7 +19,7 @@ import asyncio
 import gc
 import time
 
-from firmware.compat import ticks_diff, ticks_ms
+from firmware.compat import boot_call, ticks_diff, ticks_ms
 from firmware.hal import ESPNOW_RXBUF
 from firmware.hal.sim_radio import SimRadio
 from firmware.hal.simsensor import SimPMS5003
@@ -78,9 +78,7 @@ class SimHal:
         self._init_clock_wifi(cfg)
 
     def wdt_start(self, timeout_ms):
-        from firmware import boot
-
-        self._wdt = boot.start_watchdog(timeout_ms)
+        self._wdt = boot_call("start_watchdog", timeout_ms)
         if self._wdt is not None:
             return
         self._wdt_timeout_ms = timeout_ms
@@ -89,7 +87,7 @@ class SimHal:
 
     def wdt_feed(self):
         if self._wdt is not None:
-            self._wdt.feed()
+            self._wdt.feed()  # pyright: ignore[reportAttributeAccessIssue] (a machine.WDT)
         self._wdt_fed = ticks_ms()
 
     async def _wdt_task(self):
@@ -123,9 +121,7 @@ class SimHal:
         boot.hard_reset()  # machine.reset(); SystemExit where the port has none
 
     def reset_cause(self):
-        from firmware import boot
-
-        return boot.reset_cause()
+        return boot_call("reset_cause")
 
     # ---- clock and channel; the Wi-Fi station is firmware/hal/sim_wifi.py (gateways only) ----
 
