@@ -54,12 +54,6 @@ def bench_status(res, quick):
     res["status"] = out
 
 
-def bench_map(res, quick):
-    from bench import map_bench
-
-    res["map"] = {str(k): v for k, v in map_bench.run((5000,) if quick else (5000, 100000)).items()}
-
-
 def bench_rig(res, quick):
     """The virtual rig, once per interpreter there is (the 32-bit build, then the 64-bit PyPI
     one): nodes' real memory and CPU, so how many virtual nodes this machine holds, frames per
@@ -286,14 +280,13 @@ def _load(path):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes (minutes, not tens of minutes)")
-    ap.add_argument("--only", default="", help="comma-separated: protocol,status,map,rig,scripts")
+    ap.add_argument("--only", default="", help="comma-separated: protocol,status,rig,scripts")
     args = ap.parse_args(argv)
     os.makedirs(OUT, exist_ok=True)
     only = set(filter(None, args.only.split(",")))
     res = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    for name, fn in (("protocol", bench_protocol), ("status", bench_status), ("map", bench_map),
-                     ("rig", bench_rig),
+    for name, fn in (("protocol", bench_protocol), ("status", bench_status), ("rig", bench_rig),
                      ("scripts", bench_scripts)):
         if only and name not in only:
             continue

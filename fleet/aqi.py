@@ -63,22 +63,6 @@ EPA_PM25 = (
 # verde, amarillo, naranja, rojo, purpura, marron).
 LEVEL_COLOURS = {1: "green", 2: "yellow", 3: "orange", 4: "red", 5: "magenta", 6: "maroon"}
 
-# The official category colours as RGB hex, the same in both indices: EPA AQI Technical
-# Assistance Document (EPA-454/B-24-002) Green 0,228,0 / Yellow 255,255,0 / Orange 255,126,0 /
-# Red 255,0,0 / Purple 143,63,151 / Maroon 126,0,35; the ICA (Res. 2254/2017) uses the same
-# six colours (verde, amarillo, naranja, rojo, purpura, marron). Used by maps and plots.
-LEVEL_HEX = {1: "#00e400", 2: "#ffff00", 3: "#ff7e00", 4: "#ff0000", 5: "#8f3f97", 6: "#7e0023"}
-
-
-def table(scheme):
-    """The breakpoint table of `scheme` ('ica' | 'epa') and its concentration unit in 0.1 ug/m3
-    (ICA: whole ug/m3 = 10; EPA: 0.1 ug/m3 = 1), for legends and plot bands."""
-    if scheme == "ica":
-        return ICA_PM25, 10
-    if scheme == "epa":
-        return EPA_PM25, 1
-    raise ValueError(f"unknown air-quality index {scheme!r}; expected one of {', '.join(SCHEMES)}")
-
 SCHEMES = ("ica", "epa")
 
 

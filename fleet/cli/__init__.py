@@ -25,9 +25,6 @@ COMMANDS = {
     "node": "fleet.cli.node",
     "verify": "fleet.cli.verify",
     "store": "fleet.cli.store",
-    "map": "fleet.cli.map",
-    "export": "fleet.cli.export",
-    "plot": "fleet.cli.plot",
 }
 
 
