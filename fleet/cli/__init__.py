@@ -24,6 +24,7 @@ COMMANDS = {
     "flash": "fleet.cli.flash",
     "node": "fleet.cli.node",
     "verify": "fleet.cli.verify",
+    "map": "fleet.cli.map",
 }
 
 
