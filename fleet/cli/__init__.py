@@ -25,6 +25,8 @@ COMMANDS = {
     "node": "fleet.cli.node",
     "verify": "fleet.cli.verify",
     "map": "fleet.cli.map",
+    "serve": "fleet.cli.serve",
+    "export": "fleet.cli.export",
 }
 
 
