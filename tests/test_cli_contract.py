@@ -173,6 +173,7 @@ def _forced(path, world):
         "serve": ["--host", "192.0.2.1"],        # cannot bind: exit 1 at once
         "map": ["--out", str(tmp / "map.html")],
         "export": ["--out", str(tmp / "export.out")],
+        "plot": ["--out", str(tmp / "plot.png")],
         "verify throughput": ["--nodes", "1"],   # idem
     }.get(name, [])
     return forced

@@ -27,6 +27,7 @@ COMMANDS = {
     "map": "fleet.cli.map",
     "serve": "fleet.cli.serve",
     "export": "fleet.cli.export",
+    "plot": "fleet.cli.plot",
 }
 
 
