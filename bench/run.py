@@ -54,6 +54,14 @@ def bench_status(res, quick):
     res["status"] = out
 
 
+def bench_map(res, quick):
+    from bench import map_bench
+
+    with tempfile.TemporaryDirectory(prefix="redmesh-bench-") as d:
+        res["map"] = {"map": [map_bench.map_figures(n, d) for n in ((5000,) if quick else (5000, 100000))],
+                      "api_5000_nodes": map_bench.api_figures(d, reps=10 if quick else 40)}
+
+
 def bench_rig(res, quick):
     """The virtual rig, once per interpreter there is (the 32-bit build, then the 64-bit PyPI
     one): nodes' real memory and CPU, so how many virtual nodes this machine holds, frames per
@@ -286,7 +294,7 @@ def main(argv=None):
     only = set(filter(None, args.only.split(",")))
     res = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    for name, fn in (("protocol", bench_protocol), ("status", bench_status), ("rig", bench_rig),
+    for name, fn in (("protocol", bench_protocol), ("status", bench_status), ("map", bench_map), ("rig", bench_rig),
                      ("scripts", bench_scripts)):
         if only and name not in only:
             continue

@@ -63,7 +63,20 @@ EPA_PM25 = (
 # verde, amarillo, naranja, rojo, purpura, marron).
 LEVEL_COLOURS = {1: "green", 2: "yellow", 3: "orange", 4: "red", 5: "magenta", 6: "maroon"}
 
+# The official RGB colours of the six levels (EPA AQI Technical Assistance Document, Table 2;
+# the ICA's verde/amarillo/naranja/rojo/purpura/marron use the same values): maps and plots.
+LEVEL_HEX = {1: "#00e400", 2: "#ffff00", 3: "#ff7e00", 4: "#ff0000", 5: "#8f3f97", 6: "#7e0023"}
+
 SCHEMES = ("ica", "epa")
+
+
+def categories(scheme):
+    """Return [(level, name, lowest concentration in ug/m3)] of `scheme` ('ica' | 'epa')."""
+    if scheme == "ica":
+        return [(r[4], r[5], r[0]) for r in ICA_PM25]
+    if scheme == "epa":
+        return [(r[4], r[5], r[0] / 10) for r in EPA_PM25]
+    raise ValueError(f"unknown air-quality index {scheme!r}; expected one of {', '.join(SCHEMES)}")
 
 
 def _interpolate(table, c):

@@ -306,6 +306,12 @@ class Store:
     def summary(self):
         raise NotImplementedError
 
+    def pm25_means(self, since, until=None):
+        raise NotImplementedError
+
+    def reading_means(self, node, since, until, every_s):
+        raise NotImplementedError
+
 
 def _newer(col, key="last_seq"):
     """SQL: take the incoming value of `col` when the incoming row is newer by `key`."""
@@ -841,6 +847,30 @@ class SQLiteStore(Store):
             "rejects": sum(r["count"] for r in rejects.values()),
             "rejects_by_cause": {c: r["count"] for c, r in rejects.items()},
         }
+
+    # ------------------------------------------------------------------------------ aggregates
+    def pm25_means(self, since, until=None):
+        """Return {node: (mean PM2.5 in 0.1 ug/m3 rounded, readings)} over readings with `ts` in
+        [since, until) (for map and open-data means: the 1 h and 24 h averages)."""
+        sql = "SELECT node, avg(pm25), count(pm25) FROM readings WHERE ts >= ? AND pm25 IS NOT NULL"
+        args = [int(since)]
+        if until is not None:
+            sql += " AND ts < ?"
+            args.append(int(until))
+        return {n: (round(a), c) for n, a, c in self.db.execute(sql + " GROUP BY node", args)}
+
+    def reading_means(self, node, since, until, every_s):
+        """Return node `node`'s readings in [since, until) averaged in buckets of `every_s`
+        seconds (aligned to the epoch), oldest first, as dicts: start (bucket time), n, pm1,
+        pm25, pm10 (0.1 ug/m3), rh, temp (0.1 C), as floats."""
+        every = int(every_s)
+        cur = self.db.execute(
+            "SELECT (ts / ?) * ?, count(*), avg(pm1), avg(pm25), avg(pm10), avg(rh), avg(temp) "
+            "FROM readings WHERE node = ? AND ts >= ? AND ts < ? GROUP BY ts / ? ORDER BY 1",
+            (every, every, node, int(since), int(until), every))
+        keys = ("start", "n", "pm1", "pm25", "pm10", "rh", "temp")
+        return [{k: (v if i < 2 or v is None else round(v, 1)) for i, (k, v) in enumerate(zip(keys, r, strict=True))}
+                for r in cur]
 
 
     # ----------------------------------------------------------------- collector, verify, admin

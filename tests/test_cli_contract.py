@@ -170,6 +170,10 @@ def _forced(path, world):
                       "--link", str(tmp / "link")],
         "sim des": ["--nodes", "5", "--minutes", "0.5"],
         "sim up": ["--nodes", "1"],              # out of range: parse, then stop (exit 2)
+        "serve": ["--host", "192.0.2.1"],        # cannot bind: exit 1 at once
+        "map": ["--out", str(tmp / "map.html")],
+        "export": ["--out", str(tmp / "export.out")],
+        "plot": ["--out", str(tmp / "plot.png")],
         "verify throughput": ["--nodes", "1"],   # idem
     }.get(name, [])
     return forced

@@ -25,6 +25,10 @@ COMMANDS = {
     "node": "fleet.cli.node",
     "verify": "fleet.cli.verify",
     "store": "fleet.cli.store",
+    "map": "fleet.cli.map",
+    "serve": "fleet.cli.serve",
+    "export": "fleet.cli.export",
+    "plot": "fleet.cli.plot",
 }
 
 

@@ -1,0 +1,202 @@
+"""`fleet serve` over real HTTP: a real uvicorn process on a free 127.0.0.1 port (started and
+stopped by PID), httpx as the client, hypothesis on the query parameters, a writer adding
+readings while the service answers, and the served page in headless Chromium."""
+import csv
+import io
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+from browser import dump_dom
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_map import NODES, NOW, _fill
+
+from fleet.home import FleetHome
+
+SECRET_MAC = "aa:bb:cc:dd:ee:ff"
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    home_dir = tmp_path_factory.mktemp("serve") / "home"
+    home = FleetHome.resolve(str(home_dir))
+    store = home.store(create=True)
+    _fill(store)
+    store.register_node(1, role="gateway", mac=SECRET_MAC, pole="P1", lat=6.2, lon=-75.6)
+    # 30 days of hourly readings for node 2 (a series to page through)
+    store.add_readings([(2, 100 + i, NOW - 30 * 86400 + i * 3600, None, 10, 100 + i % 50, 150, 60, 250, 10,
+                         4 if i % 7 == 0 else 0, 1, 1, -60) for i in range(30 * 24)])
+    store.close()
+    port = _free_port()
+    p = subprocess.Popen([sys.executable, "-c", "from fleet.cli import main; main()", "serve", "--home",
+                          str(home_dir), "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            if p.poll() is not None:
+                raise AssertionError(f"fleet serve exited: {p.stderr.read().decode()[-1000:]}")
+            try:
+                httpx.get(base + "/api/summary", timeout=2)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise AssertionError("fleet serve did not answer within 30 s") from None
+                time.sleep(0.1)
+        with httpx.Client(base_url=base, timeout=10) as c:
+            yield c, home_dir, base
+    finally:
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=10)
+
+
+def test_geojson_summary_docs_and_read_only(served):
+    c, _, _ = served
+    r = c.get("/api/poles.geojson")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/geo+json")
+    feats = r.json()["features"]
+    assert len(feats) == len(NODES)
+    by = {f["properties"]["node"]: f for f in feats}
+    assert by[3]["geometry"]["coordinates"] == [-75.59, 6.22]
+    assert by[3]["properties"]["level"] == 4 and by[4]["properties"]["state"] != "online"
+    s = c.get("/api/summary").json()
+    assert s["nodes"] == len(NODES)
+    assert c.get("/openapi.json").status_code == 200 and c.get("/docs").status_code == 200
+    for path in ("/api/poles.geojson", "/api/nodes/2/readings", "/api/summary"):
+        assert c.post(path).status_code == 405
+        assert c.delete(path).status_code == 405
+    for path in ("/", "/api/poles.geojson", "/api/summary", "/api/map.json", "/api/nodes/1/readings"):
+        body = c.get(path).text.lower()
+        assert SECRET_MAC not in body and "aabbccddeeff" not in body and "mac" not in re.findall(r'"(\w+)":', body)
+
+
+def test_readings_raw_means_csv_and_pages(served):
+    c, _, _ = served
+    since = NOW - 30 * 86400
+    r = c.get("/api/nodes/2/readings", params={"since": since, "until": NOW, "every": "1h", "limit": 500})
+    assert r.status_code == 200, r.text
+    j = r.json()
+    assert len(j["rows"]) == 500 and j["next_page"] == 2
+    r2 = c.get("/api/nodes/2/readings", params={"since": since, "until": NOW, "every": "1h", "limit": 500, "page": 2})
+    assert len(r2.json()["rows"]) == 30 * 24 + 1 - 500 and r2.json()["next_page"] is None
+    r = c.get("/api/nodes/2/readings", params={"since": since, "until": NOW, "every": "1d", "format": "csv"})
+    rows = list(csv.reader(io.StringIO(r.text)))
+    days = {(since + i * 3600) // 86400 for i in range(30 * 24)} | {(NOW - 10) // 86400}
+    assert rows[0][0] == "node" and len(rows) == 1 + len(days)
+    assert [int(row[2]) for row in rows[1:]] == sorted(d * 86400 for d in days)
+    r = c.get("/api/nodes/2/readings", params={"since": since, "until": since + 7200})
+    assert [row[1] for row in r.json()["rows"]] == [100, 101]
+
+
+@pytest.mark.parametrize("params,code", [
+    ({"every": "5m"}, 422), ({"limit": 100000}, 422), ({"limit": 0}, 422), ({"page": 0}, 422),
+    ({"since": "yesterday"}, 400), ({"since": "200", "until": "100"}, 400), ({"format": "xml"}, 422),
+])
+def test_bad_parameters_get_4xx_with_a_message(served, params, code):
+    c, _, _ = served
+    r = c.get("/api/nodes/2/readings", params=params)
+    assert r.status_code == code, r.text
+    assert r.json()["detail"]
+    assert c.get("/api/nodes/999/readings").status_code == 404
+    assert c.get("/api/nodes/abc/readings").status_code == 422
+
+
+_text = st.one_of(st.none(), st.integers(-10**12, 10**13).map(str), st.text(max_size=12),
+                  st.sampled_from(["-1h", "-2d", "2026-01-01T00:00:00Z", "nan", "1e9"]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(since=_text, until=_text, every=st.one_of(st.none(), st.sampled_from(["raw", "1h", "1d", "", "x"])),
+       fmt=st.one_of(st.none(), st.sampled_from(["json", "csv", "JSON"])),
+       page=st.one_of(st.none(), st.integers(-5, 2_000_000)), limit=st.one_of(st.none(), st.integers(-5, 20000)))
+def test_any_query_gets_an_answer_not_a_crash(served, since, until, every, fmt, page, limit):
+    c, _, _ = served
+    params = {k: v for k, v in dict(since=since, until=until, every=every, format=fmt, page=page,
+                                     limit=limit).items() if v is not None}
+    r = c.get("/api/nodes/2/readings", params=params)
+    assert r.status_code in (200, 400, 422), (params, r.status_code, r.text[:300])
+    if r.status_code == 200 and fmt in (None, "json"):
+        assert len(r.json()["rows"]) <= min(limit or 1000, 10000)
+    elif r.status_code != 200:
+        assert r.json()["detail"]
+
+
+def test_keeps_answering_while_a_collector_writes(served):
+    c, home_dir, _ = served
+    stop = threading.Event()
+    wrote = []
+
+    def writer():
+        store = FleetHome.resolve(str(home_dir)).store()
+        try:
+            seq = 10_000
+            while not stop.is_set() and seq < 10_000 + 200 * 50:
+                store.add_readings([(3, seq + k, NOW + k, NOW + k, 1, 200, 3, 50, 250, 10, 0, 1, 1, -60)
+                                    for k in range(50)])
+                seq += 50
+                wrote.append(seq)
+        finally:
+            store.close()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        for _ in range(30):
+            assert c.get("/api/poles.geojson").status_code == 200
+            assert c.get("/api/nodes/3/readings", params={"since": NOW - 3600, "until": NOW + 20000}).status_code == 200
+    finally:
+        stop.set()
+        t.join(timeout=30)
+    assert wrote
+
+
+def test_served_page_draws_every_node_in_chromium(served, tmp_path):
+    _, _, base = served
+    dom = dump_dom(base + "/", str(tmp_path / "profile"))
+    m = re.search(r'data-markers="(\d+)"', dom)
+    assert m and int(m.group(1)) == len(NODES)
+    assert "/api/map.json" in dom
+
+
+def test_export_csv_and_geojson(tmp_path):
+    import json
+
+    from cli_run import assert_clean, run_fleet
+
+    home = FleetHome.resolve(str(tmp_path / "home"))
+    store = home.store(create=True)
+    _fill(store)
+    store.close()
+    h = ["--home", str(tmp_path / "home")]
+    r = run_fleet(["export", "--format", "csv", "--since", str(NOW - 3600), "--until", str(NOW), "--out",
+                   str(tmp_path / "d.csv"), *h])
+    assert_clean(r, (0,))
+    rows = list(csv.reader(open(tmp_path / "d.csv")))
+    assert rows[0][0] == "node" and sorted(int(x[0]) for x in rows[1:]) == [n[0] for n in NODES]
+    r = run_fleet(["export", "--format", "csv", "--since", str(NOW - 5), "--until", str(NOW), *h])
+    assert_clean(r, (0,))
+    assert len(r.stdout.strip().splitlines()) == 1  # every reading is older than 5 s: the header only
+    r = run_fleet(["export", "--format", "geojson", "--until", str(NOW), *h])
+    assert_clean(r, (0,))
+    assert len(json.loads(r.stdout)["features"]) == len(NODES)
+    r = run_fleet(["export", "--format", "geojson", "--since", str(NOW), "--until", str(NOW - 1), *h])
+    assert_clean(r, (2,))
