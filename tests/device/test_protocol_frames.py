@@ -114,3 +114,29 @@ def test_encode_refuses_out_of_range_fields():
             pass
         else:
             raise AssertionError("encoded an invalid frame: %r" % f)
+
+
+def test_routed_command_roundtrip_and_limits():
+    cmd = P.encode(P.Command(target=1234, cseq=9, op=P.OP_RESEND, args=[1, 5]), MESH, NODE)
+    r = P.Routed(path=[1100, 1200, 1234], at=1, cmd=cmd)
+    b = P.encode(r, MESH)
+    back = P.decode(b, MESH)
+    assert back == r and P.TYPE_NAMES[P.peek_type(b)] == "routed"
+    # the inner command is a whole frame: it decodes and authenticates on its own
+    assert P.decode(back.cmd, MESH, NODE).target == 1234
+    # the longest route with a command still fits the radio
+    assert len(P.encode(P.Routed(path=[0xFFFFFFFF] * P.MAX_ROUTE, at=P.MAX_ROUTE - 1, cmd=cmd), MESH)) <= P.MAX_FRAME
+    for bad in (P.Routed(path=[], at=0, cmd=cmd), P.Routed(path=[1, 2], at=2, cmd=cmd),
+                P.Routed(path=[0], at=0, cmd=cmd), P.Routed(path=[1] * (P.MAX_ROUTE + 1), at=0, cmd=cmd)):
+        try:
+            P.encode(bad, MESH)
+        except P.ProtocolError:
+            pass
+        else:
+            raise AssertionError("encoded %r" % (bad,))
+    try:
+        P.decode(b[:-1] + bytes([b[-1] ^ 1]), MESH)
+    except P.ProtocolError as e:
+        assert "hop tag" in str(e)
+    else:
+        raise AssertionError("routed frame with a bad hop tag accepted")
