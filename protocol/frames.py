@@ -421,22 +421,6 @@ class Command(Frame):
     SPEC = (("target", 0, U32), ("cseq", 0, U32), ("op", 0, U8))
 
 
-class Routed(Frame):
-    """A command for one node on its way down a source route (RPL non-storing style): [version,
-    type, path, at, cmd, htag]. path: the node ids from the gateway's child down to the target
-    (1..MAX_ROUTE, the target last), compiled by the gateway from the parents nodes report;
-    at: the index in path of the node the frame is addressed to now (mutable, like hops);
-    cmd: the whole command frame (its own auth and hop tag) that the target hands to its
-    ordinary command path. No node keeps a table of its descendants."""
-
-    type = T_ROUTED
-    FIELDS = ("path", "at", "cmd")
-    DEFAULTS = {"path": []}
-
-
-MAX_ROUTE = 32  # hops a source route names at most (32 x 5 bytes + a command fits 250)
-
-
 # One-hop frames -------------------------------------------------------------------------------
 
 
@@ -543,17 +527,9 @@ def encode(frame, mesh_key=None, node_key=None):
         if frame.auth is None or len(frame.auth) != want:
             raise ProtocolError("command auth: expected %d bytes for target %d" % (want, frame.target))
         _put_bytes(out, "auth", frame.auth, want, want)
-    elif t == T_ROUTED:
-        _head(4, 6, out)
-        _head(0, VERSION, out)
-        _head(0, t, out)
-        if len(frame.path) < 1 or len(frame.path) > MAX_ROUTE:
-            raise ProtocolError("routed.path: expected 1..%d node ids" % MAX_ROUTE)
-        _head(4, len(frame.path), out)
-        for nid in frame.path:
-            _put_num(out, "routed.path", nid, 1, U32)
-        _put_num(out, "routed.at", frame.at, 0, len(frame.path) - 1)
-        _put_bytes(out, "routed.cmd", frame.cmd, 8, MAX_FRAME)
+    elif t == T_ROUTED:  # its codec is protocol/routed.py, loaded only where routes are made or read
+        from protocol.routed import enc_routed
+        enc_routed(frame, out)
     elif t in _ONEHOP or t == T_OTA_DATA:
         _head(4, len(frame.SPEC) + (4 if t == T_OTA_DATA else 3), out)
         _head(0, VERSION, out)
@@ -656,12 +632,8 @@ def _decode(buf, mesh_key, node_key):
         want = SIG_LEN if f.target == 0 else E2E_TAG_LEN
         f.auth = _bstr(d, "command.auth", want, want)
     elif t == T_ROUTED:
-        n = _arr(d, "routed.path", 1, MAX_ROUTE)
-        f = Routed([_num(d, "routed.path", 1, U32) for _ in range(n)])
-        f.at = _num(d, "routed.at", 0, n - 1)
-        f.cmd = _bstr(d, "routed.cmd", 8, MAX_FRAME)
-        if peek_type(f.cmd) != T_COMMAND:
-            raise ProtocolError("routed.cmd: expected a command frame")
+        from protocol.routed import dec_routed
+        f = dec_routed(d)
     elif t == T_OTA_DATA:
         f = OtaData(*_get(d, OtaData.SPEC))
         f.data = _bstr(d, "data", 1, OTA_PKT_MAX)

@@ -15,6 +15,7 @@ sys.path.insert(0, ROOT)
 
 import protocol as P  # noqa: E402
 from protocol.auth import Hmac  # noqa: E402
+from protocol.routed import Routed  # noqa: E402
 
 MESH_KEY = bytes(range(32))
 NODE_KEY = bytes(range(100, 132))
@@ -72,8 +73,8 @@ def valid_vectors():
         b = P.encode(f, MESH_KEY, node_key)
         out.append({"name": name, "hex": b.hex(), "valid": True, "fields": f.to_dict()})
     cmd = bytes.fromhex(next(v["hex"] for v in out if v["name"] == "command resend to one node"))
-    for name, f in (("routed command, at the first hop", P.Routed(path=[1100, 1200, 1234], at=0, cmd=cmd)),
-                    ("routed command, at its target", P.Routed(path=[1100, 1200, 1234], at=2, cmd=cmd))):
+    for name, f in (("routed command, at the first hop", Routed(path=[1100, 1200, 1234], at=0, cmd=cmd)),
+                    ("routed command, at its target", Routed(path=[1100, 1200, 1234], at=2, cmd=cmd))):
         out.append({"name": name, "hex": P.encode(f, MESH_KEY).hex(), "valid": True, "fields": f.to_dict()})
     tel = bytes.fromhex(out[2]["hex"])
     env = P.Envelope(gateway=2, eseq=99, items=[(1795000000123, -60, tel)])

@@ -3,6 +3,7 @@ from vectors import head, unhex
 
 import protocol as P
 from protocol import auth
+from protocol.routed import MAX_ROUTE, Routed
 
 _KEYS = head("frames.json")["keys"]
 MESH = auth.Hmac(unhex(_KEYS["mesh_key"]))
@@ -118,16 +119,16 @@ def test_encode_refuses_out_of_range_fields():
 
 def test_routed_command_roundtrip_and_limits():
     cmd = P.encode(P.Command(target=1234, cseq=9, op=P.OP_RESEND, args=[1, 5]), MESH, NODE)
-    r = P.Routed(path=[1100, 1200, 1234], at=1, cmd=cmd)
+    r = Routed(path=[1100, 1200, 1234], at=1, cmd=cmd)
     b = P.encode(r, MESH)
     back = P.decode(b, MESH)
     assert back == r and P.TYPE_NAMES[P.peek_type(b)] == "routed"
     # the inner command is a whole frame: it decodes and authenticates on its own
     assert P.decode(back.cmd, MESH, NODE).target == 1234
     # the longest route with a command still fits the radio
-    assert len(P.encode(P.Routed(path=[0xFFFFFFFF] * P.MAX_ROUTE, at=P.MAX_ROUTE - 1, cmd=cmd), MESH)) <= P.MAX_FRAME
-    for bad in (P.Routed(path=[], at=0, cmd=cmd), P.Routed(path=[1, 2], at=2, cmd=cmd),
-                P.Routed(path=[0], at=0, cmd=cmd), P.Routed(path=[1] * (P.MAX_ROUTE + 1), at=0, cmd=cmd)):
+    assert len(P.encode(Routed(path=[0xFFFFFFFF] * MAX_ROUTE, at=MAX_ROUTE - 1, cmd=cmd), MESH)) <= P.MAX_FRAME
+    for bad in (Routed(path=[], at=0, cmd=cmd), Routed(path=[1, 2], at=2, cmd=cmd),
+                Routed(path=[0], at=0, cmd=cmd), Routed(path=[1] * (MAX_ROUTE + 1), at=0, cmd=cmd)):
         try:
             P.encode(bad, MESH)
         except P.ProtocolError:
