@@ -56,3 +56,20 @@ def dec_routed(d):
     if peek_type(f.cmd) != T_COMMAND:
         raise ProtocolError("routed.cmd: expected a command frame")
     return f
+
+
+def compile_path(parents, target, gateways):
+    """Source route to `target` from the parents nodes reported (RPL non-storing mode, at the
+    fleet, never on a node): parents maps node id -> parent id (0 or absent: unknown);
+    gateways is a set of gateway ids. Returns (gateway, path) with path the node ids from the
+    gateway's child down to target, or None when the chain is unknown, loops, or is longer
+    than MAX_ROUTE (the caller falls back to a flood and counts it)."""
+    path = [target]
+    cur = parents.get(target, 0)
+    while cur not in gateways:
+        if not cur or cur in path or len(path) >= MAX_ROUTE:
+            return None
+        path.append(cur)
+        cur = parents.get(cur, 0)
+    path.reverse()
+    return cur, path

@@ -141,3 +141,17 @@ def test_routed_command_roundtrip_and_limits():
         assert "hop tag" in str(e)
     else:
         raise AssertionError("routed frame with a bad hop tag accepted")
+
+
+def test_compile_path_from_reported_parents():
+    from protocol.routed import compile_path
+    parents = {5: 4, 4: 3, 3: 1, 7: 6, 6: 7, 8: 0, 9: 2}
+    assert compile_path(parents, 5, {1, 2}) == (1, [3, 4, 5])
+    assert compile_path(parents, 9, {1, 2}) == (2, [9])
+    assert compile_path(parents, 7, {1, 2}) is None  # a loop
+    assert compile_path(parents, 8, {1, 2}) is None  # no parent reported
+    assert compile_path(parents, 42, {1, 2}) is None  # never heard of
+    chain = {i + 1: i for i in range(1, MAX_ROUTE + 1)}  # 1 <- 2 <- ... <- MAX_ROUTE + 1
+    assert compile_path(chain, MAX_ROUTE + 1, {1}) == (1, list(range(2, MAX_ROUTE + 2)))
+    chain[MAX_ROUTE + 2] = MAX_ROUTE + 1
+    assert compile_path(chain, MAX_ROUTE + 2, {1}) is None  # too long for one frame
