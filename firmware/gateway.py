@@ -6,7 +6,8 @@
   batching is what lets one broker and one collector carry a district (DESIGN: the MQTT
   client, not the broker, is the bottleneck).
 - Downlink from redmesh/<net>/down/<gw> and redmesh/<net>/down/all: a protocol Downlink whose
-  air frames are injected into the mesh (commands are flooded by the router).
+  air frames are injected into the mesh: commands are flooded by the router, routed frames
+  (a command for one node on its source route, compiled by the fleet) go down that route.
 - redmesh/<net>/state/<gw>: retained "online", and "offline" as the MQTT last will.
 - redmesh/<net>/ota: OTA seeding (firmware/ota_seed.py), one manifest or page per message,
   handed to the gateway's OTA engine (OtaSeedSink below), which then seeds the mesh.
@@ -123,7 +124,12 @@ class Gateway:
             return
         for fb in dl.frames:
             self.stats["downlink_frames"] += 1
-            self.node.router.inject_downlink(fb, self.node.now_ms())
+            r = self.node.router
+            if len(fb) > 2 and fb[2] == protocol.T_ROUTED:  # one node's command, down its source route
+                from firmware.downroute import inject_routed
+                inject_routed(r, fb, self.node.now_ms())
+            else:
+                r.inject_downlink(fb, self.node.now_ms())
         self.node.wake.set()
 
     async def _wifi(self):

@@ -88,6 +88,7 @@ from protocol.frames import (
     T_BEACON,
     T_COMMAND,
     T_REPLY,
+    T_ROUTED,
     T_STATUS,
     T_TELEMETRY,
     Beacon,
@@ -149,7 +150,7 @@ STAT_KEYS = (
     "dup_dropped", "dup_other_hops", "loops_detected", "cost_inconsistent", "ttl_dropped", "no_route_drops",
     "queue_drops", "parent_changes", "route_losses", "retries", "tx_fail", "send_timeouts",
     "bad_frames", "commands", "floods_tx", "flood_dup", "nbr_evicted", "nbr_full",
-    "events_dropped", "txq_drops", "queue_len",
+    "events_dropped", "txq_drops", "queue_len", "routed_fwd", "routed_nbr_miss",
 )
 
 _NOT_UINT = "not a small unsigned integer"
@@ -591,6 +592,9 @@ class Router:
             self._rx_up(src_mac, data, rssi, now_ms, t)
         elif t == T_COMMAND:
             self._rx_cmd(data, now_ms)
+        elif t == T_ROUTED:  # the down-route code is loaded the first time it is needed
+            from firmware.downroute import rx_routed
+            rx_routed(self, data, now_ms, False)
         else:
             return False
         self._pump(now_ms)

@@ -37,6 +37,7 @@ from protocol.frames import (  # noqa: F401
     T_OTA_DATA,
     T_OTA_REQ,
     T_REPLY,
+    T_ROUTED,
     T_STATUS,
     T_TELEMETRY,
     TYPE_NAMES,

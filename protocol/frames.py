@@ -38,12 +38,13 @@ T_REPLY = 5
 T_OTA_ADV = 6
 T_OTA_REQ = 7
 T_OTA_DATA = 8
+T_ROUTED = 9
 T_ENVELOPE = 16
 T_DOWNLINK = 17
 
 TYPE_NAMES = {
     T_BEACON: "beacon", T_TELEMETRY: "telemetry", T_STATUS: "status", T_COMMAND: "command",
-    T_REPLY: "reply", T_OTA_ADV: "ota_advert", T_OTA_REQ: "ota_request", T_OTA_DATA: "ota_data",
+    T_REPLY: "reply", T_OTA_ADV: "ota_advert", T_OTA_REQ: "ota_request", T_OTA_DATA: "ota_data", T_ROUTED: "routed",
     T_ENVELOPE: "envelope", T_DOWNLINK: "downlink",
 }
 
@@ -544,6 +545,9 @@ def encode(frame, mesh_key=None, node_key=None, phase=None):
         if frame.auth is None or len(frame.auth) != want:
             raise ProtocolError("command auth: expected %d bytes for target %d" % (want, frame.target))
         _put_bytes(out, "auth", frame.auth, want, want)
+    elif t == T_ROUTED:  # its codec is protocol/routed.py, loaded only where routes are made or read
+        from protocol.routed import enc_routed
+        enc_routed(frame, out)
     elif t in _ONEHOP or t == T_OTA_DATA:
         _head(4, len(frame.SPEC) + (4 if t == T_OTA_DATA else 3), out)
         _head(0, VERSION, out)
@@ -596,7 +600,7 @@ def peek_type(buf):
 
 
 _NFIELDS = {T_BEACON: 9, T_TELEMETRY: 10, T_STATUS: 10, T_REPLY: 10, T_COMMAND: 9,
-            T_OTA_ADV: 9, T_OTA_REQ: 8, T_OTA_DATA: 8, T_ENVELOPE: 5, T_DOWNLINK: 3}
+            T_OTA_ADV: 9, T_OTA_REQ: 8, T_OTA_DATA: 8, T_ROUTED: 6, T_ENVELOPE: 5, T_DOWNLINK: 3}
 
 
 def decode(buf, mesh_key=None, node_key=None):
@@ -652,6 +656,9 @@ def _decode(buf, mesh_key, node_key):
         f.hops = _uint(d, "hops", U8)
         want = SIG_LEN if f.target == 0 else E2E_TAG_LEN
         f.auth = _bstr(d, "command.auth", want, want)
+    elif t == T_ROUTED:
+        from protocol.routed import dec_routed
+        f = dec_routed(d)
     elif t == T_OTA_DATA:
         f = OtaData(*_get(d, OtaData.SPEC))
         f.data = _bstr(d, "data", 1, OTA_PKT_MAX)

@@ -232,3 +232,27 @@ def test_oversize_payloads_are_refused_like_espnow():
 def test_mesh_parameters_are_checked():
     with pytest.raises(FleetError, match="mesh parameters"):
         DesOptions(mesh_params={"no_such_knob": 1})
+
+
+def test_a_lost_reading_is_recovered_down_a_source_route_without_a_flood():
+    sim = Simulation(DesOptions(nodes=49, topology="grid", gateways=1, minutes=12, report_interval_s=60,
+                                status_interval_s=60, repair="route"))
+    victim = sim.by_id[40]
+    dropped = []
+
+    def at_reading(t):
+        if victim.app.unsent and t > 240_000_000:  # after a status report told the collector its parent
+            seq = next(reversed(victim.app.unsent))
+            del victim.app.unsent[seq]
+            dropped.append(seq)
+        else:
+            sim.at(t + 100_000, at_reading)
+
+    sim.at(180_000_000, at_reading)
+    r = sim.run()
+    assert dropped
+    assert sim.collector.got[40][dropped[0]] > 0 and not sim.collector.first_pass[40][dropped[0]]
+    assert r["repair"]["routed_requests"] >= 1 and r["repair"]["route_fallbacks"] == 0
+    assert r["control_tx"]["repair_commands"] == 0  # nothing flooded
+    hops = sim.by_id[40].router.depth
+    assert 1 <= r["control_tx"]["repair_routed"] <= 3 * hops * r["repair"]["routed_requests"]

@@ -14,6 +14,7 @@ from fake_radio import (
     mac_of,
 )
 
+from firmware.downroute import inject_routed
 from firmware.mesh import BROADCAST, DEFAULTS, PeerTable, Router, _parse_up
 from firmware.trickle import Trickle, Xorshift32
 from protocol import (
@@ -664,3 +665,72 @@ def test_cores_stay_sans_io():
             for name in names:
                 assert name.split(".")[0] not in _IO_MODULES, (os.path.relpath(path, root), name)
                 assert not name.startswith("firmware.hal"), (os.path.relpath(path, root), name)
+
+
+# ---- downward routes (issue 15) ---------------------------------------------------------------
+
+def _routed(radio, gateways, target, cseq, drop=()):
+    """A Routed frame for `target`, compiled from the parents the routers have now (as the
+    fleet compiles it from the parents nodes report), with `drop` ids left out of the map."""
+    from protocol.routed import Routed, compile_path
+    parents = {i: n.router.parent for i, n in radio.nodes.items() if i not in drop}
+    gw, path = compile_path(parents, target, gateways)
+    return gw, path, encode(Routed(path=path, at=0, cmd=command_bytes(target, cseq)), MESH)
+
+
+def test_routed_command_travels_only_down_its_path():
+    ids = list(range(1, 26))
+    radio = make_net(ids, {1})
+    link_grid(radio, ids, 5)
+    radio.run(3 * MIN)
+    assert_tree(radio, {1})
+    gw, path, frame = _routed(radio, {1}, 25, 77)
+    assert gw == 1 and path[-1] == 25 and len(path) >= 4
+    before = {i: dict(n.router.stats) for i, n in radio.nodes.items()}
+    ok = []
+    radio.call(1, lambda r, now: ok.append(inject_routed(r, frame, now)))
+    radio.run(radio.now_ms + 10_000)
+    assert ok == [True]
+    seen = commands_seen(radio)
+    assert [c.cseq for c in seen[25]] == [77]
+    assert all(not seen[i] for i in ids if i != 25)
+    fwd = {i: n.router.stats["routed_fwd"] - before[i]["routed_fwd"] for i, n in radio.nodes.items()}
+    # one unicast per hop: the gateway and every relay on the path, nobody else, no flood
+    assert sorted(i for i in ids if fwd[i]) == sorted([1] + path[:-1])
+    assert all(v == 1 for v in fwd.values() if v)
+    assert total(radio, "floods_tx") == sum(b["floods_tx"] for b in before.values())
+    assert radio.nodes[25].router.stats["commands"] == 1
+
+
+def test_routed_command_to_a_child_missing_from_the_neighbour_table_goes_one_hop_broadcast():
+    ids = list(range(1, 9))
+    radio = make_net(ids, {1})
+    link_line(radio, ids)
+    radio.run(3 * MIN)
+    _, path, frame = _routed(radio, {1}, 5, 9)
+    assert path == [2, 3, 4, 5]
+    radio.nodes[4].router._nbrs.pop(5)  # the relay forgot its child (evicted, rebooted)
+    radio.call(1, lambda r, now: inject_routed(r, frame, now))
+    radio.run(radio.now_ms + 10_000)
+    seen = commands_seen(radio)
+    assert [c.cseq for c in seen[5]] == [9] and all(not seen[i] for i in ids if i != 5)
+    assert radio.nodes[4].router.stats["routed_nbr_miss"] == 1
+    assert total(radio, "floods_tx") == 0
+
+
+def test_routed_frame_never_floods_a_command_for_another_node():
+    from protocol.routed import Routed
+    ids = list(range(1, 5))
+    radio = make_net(ids, {1})
+    link_line(radio, ids)
+    radio.run(3 * MIN)
+    # a route ending at 4 carrying a command for 3 (a compiler bug or a forgery with the mesh key)
+    bad = encode(Routed(path=[2, 3, 4], at=0, cmd=command_bytes(3, 5)), MESH)
+    radio.call(1, lambda r, now: inject_routed(r, bad, now))
+    radio.run(radio.now_ms + 10_000)
+    assert all(not v for v in commands_seen(radio).values())
+    assert total(radio, "floods_tx") == 0 and radio.nodes[4].router.stats["bad_frames"] == 1
+    r = Router(5, mac_of(5), False, MESH)
+    good = encode(Routed(path=[5], at=0, cmd=command_bytes(5, 6)), MESH)
+    assert r.on_recv(mac_of(1), good[:-1] + bytes([good[-1] ^ 1]), -50, 0) and r.stats["bad_frames"] == 1
+    assert inject_routed(r, b"\x86\x01\x09" + bytes(10), 1) is False and r.stats["bad_frames"] == 2

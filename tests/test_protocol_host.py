@@ -23,7 +23,7 @@ MESH = bytes.fromhex(KEYS["mesh_key"])
 NODE = bytes.fromhex(KEYS["node_key"])
 _CDDL = open(os.path.join(ROOT, "protocol", "redmesh.cddl")).read()
 _RULES = ("beacon", "telemetry", "status", "command", "reply", "ota-advert", "ota-request", "ota-data",
-          "envelope", "downlink")
+          "routed", "envelope", "downlink")
 # One schema per frame rule: pycddl 0.6 wrongly accepts some arrays against a type choice of
 # array rules (e.g. `envelope / downlink` accepts [1, 9, 1, 2, 3], which neither accepts alone).
 SCHEMAS = {r: pycddl.Schema("top = %s\n%s" % (r, _CDDL)) for r in _RULES}
@@ -90,7 +90,8 @@ def test_cddl_rejects_structurally_invalid_vectors():
     structural = ("expected 10 items", "readings: expected 1..12 items, got 0", "reading: expected 8 items",
                   "expected at most 65535", "reading.rh", "unknown frame type", "version: expected 1",
                   "command.args: expected 0..4", "data: expected 1..224", "status: expected 16 items",
-                  "status: expected 14..16 items")
+                  "status: expected 14..16 items", "routed.path: expected 1..32 items, got 0",
+                  "routed.path: expected 1..4294967295")
     checked = 0
     for v in invalid():
         if any(s in v["error"] for s in structural):

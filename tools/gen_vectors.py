@@ -15,6 +15,7 @@ sys.path.insert(0, ROOT)
 
 import protocol as P  # noqa: E402
 from protocol.auth import Hmac  # noqa: E402
+from protocol.routed import Routed  # noqa: E402
 
 MESH_KEY = bytes(range(32))
 NODE_KEY = bytes(range(100, 132))
@@ -71,6 +72,10 @@ def valid_vectors():
             f.type == P.T_COMMAND and f.target != 0) else None
         b = P.encode(f, MESH_KEY, node_key)
         out.append({"name": name, "hex": b.hex(), "valid": True, "fields": f.to_dict()})
+    cmd = bytes.fromhex(next(v["hex"] for v in out if v["name"] == "command resend to one node"))
+    for name, f in (("routed command, at the first hop", Routed(path=[1100, 1200, 1234], at=0, cmd=cmd)),
+                    ("routed command, at its target", Routed(path=[1100, 1200, 1234], at=2, cmd=cmd))):
+        out.append({"name": name, "hex": P.encode(f, MESH_KEY).hex(), "valid": True, "fields": f.to_dict()})
     tel = bytes.fromhex(out[2]["hex"])
     env = P.Envelope(gateway=2, eseq=99, items=[(1795000000123, -60, tel)])
     out.append({"name": "gateway envelope", "hex": P.encode(env).hex(), "valid": True, "fields": env.to_dict()})
@@ -89,7 +94,7 @@ def invalid_vectors(tel):
     add("empty input", b"", "truncated")
     add("not an array (a map)", cbor2.dumps({1: 2}), "expected a CBOR array")
     add("unsupported version 2", tagged([2] + tel_items[1:]), "version: expected 1, got 2")
-    add("unknown frame type 9", tagged([1, 9, 1, 2, 3]), "unknown frame type 9")
+    add("unknown frame type 15", tagged([1, 15, 1, 2, 3]), "unknown frame type 15")
     add("too few items", bytes.fromhex("8201"), "expected at least 3 items")
     add("telemetry with an extra item", tagged(tel_items + [0]), "telemetry: expected 10 items, got 11")
     add("telemetry missing the cost", tagged(tel_items[:7] + tel_items[8:]), "telemetry: expected 10 items, got 9")
@@ -156,6 +161,12 @@ def invalid_vectors(tel):
     add("OTA data without image bytes", tagged([1, 8, 1, 2, 3, 4, b""]), "data: expected 1..224 bytes")
     add("command to every node with an 8-byte tag", tagged([1, 4, 0, 1, 3, [], 0, b"\0" * 8]),
         "command.auth: expected 64..64 bytes")
+    rcmd = P.encode(P.Command(target=1234, cseq=42, op=P.OP_RESEND, args=[4990, 4999], hops=1), MESH_KEY, NODE_KEY)
+    add("routed with at past the end of its path", tagged([1, 9, [1100, 1234], 2, rcmd]),
+        "routed.at: expected at most 1, got 2")
+    add("routed with an empty path", tagged([1, 9, [], 0, rcmd]), "routed.path: expected 1..32 items, got 0")
+    add("routed with node id 0 in its path", tagged([1, 9, [0, 1234], 0, rcmd]), "routed.path: expected 1..4294967295")
+    add("routed carrying a telemetry frame", tagged([1, 9, [1234], 0, tel]), "routed.cmd: expected a command frame")
     add("command with 5 arguments", tagged([1, 4, 5, 1, 2, [1, 2, 3, 4, 5], 0, b"\0" * 8]), "command.args: expected 0..4")
     add("command argument is a byte string", tagged([1, 4, 5, 1, 2, [b"x"], 0, b"\0" * 8]), "expected an integer")
     add("envelope with a positive RSSI", cbor2.dumps([1, 16, 2, 1, [[1, 5, tel]]]), "rssi: expected -128..0")

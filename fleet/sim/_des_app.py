@@ -30,6 +30,7 @@ routers. In `direct` repair mode the command is handed to the target node after 
 40 ms per hop instead of flooding, and the flood's cost is counted as one transmission per live
 node (for networks where thousands of real floods would dominate the run time).
 """
+from firmware.downroute import inject_routed
 from firmware.node import UNSTAMPED_MAX
 from firmware.ring import _SIZE_KEY
 from firmware.ring import build_telemetry as _build_telemetry
@@ -49,6 +50,7 @@ from protocol import (
     signed_bytes,
 )
 from protocol.auth import E2E_TAG_LEN, NEW, Hmac, ReplayWindow, ct_equal
+from protocol.routed import Routed, compile_path
 
 _SIZE_HMAC = Hmac(_SIZE_KEY)
 
@@ -319,6 +321,9 @@ class Collector:
         self.status_frames = 0
         self.requests = 0
         self.direct_flood_tx = 0
+        self.parents = {}  # node id -> parent id, from the nodes' status reports (route mode)
+        self.routed = 0  # resend requests sent down a source route
+        self.route_fallbacks = 0  # ...flooded instead: no known path to the node
 
     def resent_of(self, node_id):
         s = self.resent.get(node_id)
@@ -334,7 +339,14 @@ class Collector:
         """A gateway router's ("uplink", data, rssi, hops)."""
         t = data[2] if len(data) > 2 else 0
         if t == T_STATUS:
-            self.status_frames += 1  # the collector stores them; nothing here depends on them
+            self.status_frames += 1
+            if self.mode == "route":  # the parent each node reports compiles its source route
+                try:
+                    f = decode(data, None, self.key_of)
+                except ProtocolError:
+                    self.rejects += 1
+                    return
+                self.parents[f.origin] = f.body.parent
             return
         if t != T_TELEMETRY and t != T_REPLY:
             return
@@ -423,6 +435,8 @@ class Collector:
             if self.mode == "direct":
                 self._direct(req.node, fb, now_us)
                 continue
+            if self.mode == "route" and self._route(req.node, fb, now_us):
+                continue
             if req.via_all or req.gateway is None:
                 gws = [g for g in sim.gateways if g.alive]
             else:
@@ -432,6 +446,22 @@ class Collector:
                 g.router.inject_downlink(fb, now_us // 1000)
                 sim.service(g, now_us)
         self.schedule(now_us)
+
+    def _route(self, node_id, fb, now_us):
+        """Send one resend request down the source route compiled from the reported parents
+        (RPL non-storing mode); False (counted as a fallback, the caller floods) when no path
+        is known or its gateway is down."""
+        sim = self.sim
+        gw_ids = {g.id for g in sim.gateways}
+        r = compile_path(self.parents, node_id, gw_ids)
+        if r is None or not self._online(r[0]):
+            self.route_fallbacks += 1
+            return False
+        g = sim.by_id[r[0]]
+        inject_routed(g.router, encode(Routed(path=r[1], at=0, cmd=fb), sim.mesh_hmac), now_us // 1000)
+        sim.service(g, now_us)
+        self.routed += 1
+        return True
 
     def _direct(self, node_id, fb, now_us):
         sim = self.sim

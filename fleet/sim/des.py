@@ -65,7 +65,17 @@ from fleet.errors import FleetError
 from fleet.sim import topology as topo_mod
 from fleet.sim._des_app import Collector, NodeApp
 from fleet.sim.medium import MAC_ATTEMPTS, MAX_PAYLOAD, PREAMBLE_US, US_PER_BYTE
-from protocol import T_BEACON, T_COMMAND, T_OTA_ADV, T_OTA_DATA, T_OTA_REQ, T_REPLY, T_STATUS, T_TELEMETRY
+from protocol import (
+    T_BEACON,
+    T_COMMAND,
+    T_OTA_ADV,
+    T_OTA_DATA,
+    T_OTA_REQ,
+    T_REPLY,
+    T_ROUTED,
+    T_STATUS,
+    T_TELEMETRY,
+)
 from protocol.auth import HOP_TAG_LEN, Hmac, derive_mesh_key, derive_node_key
 
 FRAME_OVERHEAD_BYTES = 30  # as fleet/sim/medium.py charges per frame
@@ -92,9 +102,10 @@ STATUS_FIRST_US = 20_000_000  # node.py: the first status report 20 s after boot
 BOOT_JITTER_US = 2_000_000  # ...give or take how long each board takes to boot
 
 _TYPES = {T_BEACON: "beacon", T_TELEMETRY: "telemetry", T_STATUS: "status", T_COMMAND: "command",
-          T_REPLY: "reply", T_OTA_ADV: "ota_adv", T_OTA_REQ: "ota_req", T_OTA_DATA: "ota_data"}
+          T_REPLY: "reply", T_OTA_ADV: "ota_adv", T_OTA_REQ: "ota_req", T_OTA_DATA: "ota_data",
+          T_ROUTED: "routed"}
 
-REPAIR_MODES = ("auto", "flood", "direct")
+REPAIR_MODES = ("auto", "flood", "direct", "route")
 AUTO_FLOOD_MAX_NODES = 2000  # `auto` repair: real floods up to this size, `direct` above
 
 
@@ -757,7 +768,7 @@ class Simulation:
             for k, v in n.router.stats.items():
                 stats[k] = stats.get(k, 0) + v
         delivered_total = sum(sum(1 for x in g if x) for g in col.got.values())
-        repair_tx = (self.tx_by_type["command"] + self.tx_by_type["reply"] + self.counters["repair_telemetry_tx"]
+        repair_tx = (self.tx_by_type["command"] + self.tx_by_type["routed"] + self.tx_by_type["reply"] + self.counters["repair_telemetry_tx"]
                      + col.direct_flood_tx)
         beacons = self.tx_by_type["beacon"]
         hops_total = sum(col.hops.values())
@@ -788,7 +799,7 @@ class Simulation:
             "hops_mean": round(sum(h * c for h, c in col.hops.items()) / hops_total, 2) if hops_total else None,
             "control_overhead": round((beacons + repair_tx) / delivered_total, 3) if delivered_total else None,
             "control_tx": {"beacons": beacons, "repair": repair_tx, "repair_commands": self.tx_by_type["command"],
-                           "repair_replies": self.tx_by_type["reply"],
+                           "repair_routed": self.tx_by_type["routed"], "repair_replies": self.tx_by_type["reply"],
                            "repair_telemetry": self.counters["repair_telemetry_tx"],
                            "repair_flood_estimated": col.direct_flood_tx},
             "readings_delivered": delivered_total,
@@ -798,6 +809,7 @@ class Simulation:
             "warmup_s": round(self.warmup_us / 1e6, 1),
             "route_losses": stats.get("route_losses", 0),
             "repair": {"gaps_opened": col.tracker.opened, "requests": col.requests,
+                       "routed_requests": col.routed, "route_fallbacks": col.route_fallbacks,
                        "recovered": col.tracker.recovered, "gaps_lost": col.tracker.lost,
                        "readings_lost": col.tracker.readings_lost, "readings_filled": col.tracker.readings_filled},
             "radio": {"frames_by_type": dict(self.tx_by_type), "mac_attempts": self.counters["mac_attempts"],

@@ -3,6 +3,7 @@ from vectors import head, unhex
 
 import protocol as P
 from protocol import auth
+from protocol.routed import MAX_ROUTE, Routed
 
 _KEYS = head("frames.json")["keys"]
 MESH = auth.Hmac(unhex(_KEYS["mesh_key"]))
@@ -114,3 +115,43 @@ def test_encode_refuses_out_of_range_fields():
             pass
         else:
             raise AssertionError("encoded an invalid frame: %r" % f)
+
+
+def test_routed_command_roundtrip_and_limits():
+    cmd = P.encode(P.Command(target=1234, cseq=9, op=P.OP_RESEND, args=[1, 5]), MESH, NODE)
+    r = Routed(path=[1100, 1200, 1234], at=1, cmd=cmd)
+    b = P.encode(r, MESH)
+    back = P.decode(b, MESH)
+    assert back == r and P.TYPE_NAMES[P.peek_type(b)] == "routed"
+    # the inner command is a whole frame: it decodes and authenticates on its own
+    assert P.decode(back.cmd, MESH, NODE).target == 1234
+    # the longest route with a command still fits the radio
+    assert len(P.encode(Routed(path=[0xFFFFFFFF] * MAX_ROUTE, at=MAX_ROUTE - 1, cmd=cmd), MESH)) <= P.MAX_FRAME
+    for bad in (Routed(path=[], at=0, cmd=cmd), Routed(path=[1, 2], at=2, cmd=cmd),
+                Routed(path=[0], at=0, cmd=cmd), Routed(path=[1] * (MAX_ROUTE + 1), at=0, cmd=cmd)):
+        try:
+            P.encode(bad, MESH)
+        except P.ProtocolError:
+            pass
+        else:
+            raise AssertionError("encoded %r" % (bad,))
+    try:
+        P.decode(b[:-1] + bytes([b[-1] ^ 1]), MESH)
+    except P.ProtocolError as e:
+        assert "hop tag" in str(e)
+    else:
+        raise AssertionError("routed frame with a bad hop tag accepted")
+
+
+def test_compile_path_from_reported_parents():
+    from protocol.routed import compile_path
+    parents = {5: 4, 4: 3, 3: 1, 7: 6, 6: 7, 8: 0, 9: 2}
+    assert compile_path(parents, 5, {1, 2}) == (1, [3, 4, 5])
+    assert compile_path(parents, 9, {1, 2}) == (2, [9])
+    assert compile_path(parents, 7, {1, 2}) is None  # a loop
+    assert compile_path(parents, 8, {1, 2}) is None  # no parent reported
+    assert compile_path(parents, 42, {1, 2}) is None  # never heard of
+    chain = {i + 1: i for i in range(1, MAX_ROUTE + 1)}  # 1 <- 2 <- ... <- MAX_ROUTE + 1
+    assert compile_path(chain, MAX_ROUTE + 1, {1}) == (1, list(range(2, MAX_ROUTE + 2)))
+    chain[MAX_ROUTE + 2] = MAX_ROUTE + 1
+    assert compile_path(chain, MAX_ROUTE + 2, {1}) is None  # too long for one frame

@@ -95,9 +95,10 @@ def _progress(t_s, end_s, events):
               help="Switch a street segment off at a third of the run, for an hour or a third of the run.")
 @click.option("--ota", "ota_bytes", type=click.IntRange(1, 10_000_000), default=None, metavar="BYTES",
               help="Seed an OTA bundle of this size at the gateways once the mesh has converged.")
-@click.option("--repair", type=click.Choice(["auto", "flood", "direct"]), default="auto", show_default=True,
-              help="Gap repair: real flooded commands, or handed to the node (flood cost counted); "
-                   "auto floods up to 2,000 nodes.")
+@click.option("--repair", type=click.Choice(["auto", "flood", "direct", "route"]), default="auto", show_default=True,
+              help="Gap repair: real flooded commands; route: sent down source routes compiled from the "
+                   "parents in status reports (needs --status-interval), flooded when no path is known; "
+                   "direct: handed to the node (flood cost counted); auto floods up to 2,000 nodes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def cli(nodes, topology, gateways, minutes, loss, seed, report_interval_s, status_interval_s, gateway_failure,
         power_cut_street, ota_bytes, repair, as_json):

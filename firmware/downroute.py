@@ -1,0 +1,68 @@
+"""Downward source routes on a node (issue 15): forwarding of routed frames (protocol/routed.py).
+
+A command for one node travels down the path the fleet compiled from the parents nodes report
+(RPL non-storing mode): each relay reads path[at], sets at + 1, re-tags and unicasts to the next
+hop; the target hands the inner command to Router._rx_cmd (its auth, replay window, duplicate
+check). Bytes only: no frame objects, no per-descendant state. Kept out of firmware/mesh.py so
+a node that never relays a routed frame does not pin this code (firmware/mesh.py imports it on
+the first routed frame)."""
+
+from firmware.mesh import BROADCAST, _skip, _u, _uhead
+from protocol.auth import HOP_TAG_LEN
+
+
+def rx_routed(router, data, now, inject):
+    """For `router` (a firmware.mesh.Router): a routed frame [v, 9, path, at, cmd, htag]: forward it to path[at + 1], or hand
+    cmd to the command path when this node is its target. The next hop's MAC comes from
+    the neighbour table (children beacon); a child not in it gets the frame as a one-hop
+    broadcast that only it acts on (counted: routed_nbr_miss). No per-descendant state."""
+    st = router.stats
+    try:
+        n = len(data)
+        ib = data[3]
+        p = 4 if ib < 0x98 else 5
+        plen = ib - 0x80 if p == 4 else data[4]
+        if data[0] != 0x86 or plen < 1 or plen > 32:
+            raise ValueError
+        ids = []
+        for _ in range(plen):
+            v, p = _u(data, p)
+            ids.append(v)
+        p_at = p
+        at, p = _u(data, p)
+        p_cmd = p
+        p = _skip(data, p, 1)
+        if at >= plen or data[p] != 0x44 or p + 5 != n or data[p_cmd] >> 5 != 2:
+            raise ValueError
+        hl = data[p_cmd] & 31
+        cmd = data[p - (hl if hl < 24 else data[p_cmd + 1]):p]
+        if not inject:
+            if ids[at] != router.node_id:
+                return False  # a fallback broadcast for another node
+            if at == plen - 1 and _u(cmd, 3)[0] != ids[at]:
+                raise ValueError  # only a command for this node ends here: never a flood
+    except Exception:  # noqa: BLE001
+        st["bad_frames"] += 1
+        return False
+    if not router._tag_ok(data):
+        st["bad_frames"] += 1
+        return False
+    if not inject:
+        if at == plen - 1:
+            return router._rx_cmd(cmd, now)
+        at += 1
+        data = data[:p_at] + _uhead(at) + data[p_cmd:n - HOP_TAG_LEN]
+        data += router._hmac.tag(data, HOP_TAG_LEN)
+    nb = router._nbrs.get(ids[at])
+    st["routed_nbr_miss" if nb is None else "routed_fwd"] += 1
+    router._out((router._token(), BROADCAST if nb is None else nb.mac, data))
+    return True
+
+
+
+def inject_routed(router, frame_bytes, now_ms):
+    """Gateway: a Routed frame from MQTT (a source route the fleet compiled) to send to path[0],
+    its first hop. Returns True when sent (False: not a valid routed frame, counted bad_frames)."""
+    if not router._started:
+        router._start(now_ms)
+    return rx_routed(router, bytes(frame_bytes), now_ms, True)
