@@ -51,7 +51,8 @@ def rx_routed(router, data, now, inject):
         if at == plen - 1:
             return router._rx_cmd(cmd, now)
         at += 1
-        data = data[:p_at] + _uhead(at) + data[p_cmd:n - HOP_TAG_LEN]
+        # re-tagged in this node's own epoch (its key phase in the version item), as floods are
+        data = data[:1] + router._vb + data[2:p_at] + _uhead(at) + data[p_cmd:n - HOP_TAG_LEN]
         data += router._hmac.tag(data, HOP_TAG_LEN)
     nb = router._nbrs.get(ids[at])
     st["routed_nbr_miss" if nb is None else "routed_fwd"] += 1

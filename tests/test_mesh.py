@@ -702,6 +702,28 @@ def test_routed_command_travels_only_down_its_path():
     assert radio.nodes[25].router.stats["commands"] == 1
 
 
+def test_a_relay_in_the_next_epoch_re_tags_a_routed_command_in_its_own_key_phase():
+    """During a key rotation's grace window a relay that already runs the next epoch forwards a
+    routed command tagged with its own key and says so in the version item, so the next hop
+    checks it with the right key (as floods are re-tagged)."""
+    from firmware.rekey import set_keys
+    from protocol.auth import Hmac
+
+    ids = list(range(1, 9))
+    radio = make_net(ids, {1})
+    link_line(radio, ids)
+    radio.run(3 * MIN)
+    _, path, frame = _routed(radio, {1}, 5, 11)
+    assert path == [2, 3, 4, 5]
+    k0, k1 = MESH, Hmac(b"next epoch mesh key, 32 bytes!!!")
+    for i, n in radio.nodes.items():
+        set_keys(n.router, k1, 1, k0) if i == 3 else set_keys(n.router, k0, 0, k1)
+    radio.call(1, lambda r, now: inject_routed(r, frame, now))
+    radio.run(radio.now_ms + 10_000)
+    assert [c.cseq for c in commands_seen(radio)[5]] == [11]
+    assert radio.nodes[4].router.stats["routed_fwd"] == 1
+
+
 def test_routed_command_to_a_child_missing_from_the_neighbour_table_goes_one_hop_broadcast():
     ids = list(range(1, 9))
     radio = make_net(ids, {1})
