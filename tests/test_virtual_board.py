@@ -379,3 +379,8 @@ def test_bad_settings_are_board_errors(tmp_path):
         prepare_flash(str(tmp_path / "f"), 128 * 1024)
     with pytest.raises(BoardError, match="multiple of 4 KB"):
         prepare_flash(str(tmp_path / "g"), 1000)
+    # a quota beyond any ESP32's flash is refused before a byte is written (the contract test's
+    # hostile --quota-kb once wrote a 78 GB image and filled the disk)
+    with pytest.raises(BoardError, match="16384 KB"):
+        prepare_flash(str(tmp_path / "h"), 20_000_000 * 1024)
+    assert not (tmp_path / "h").exists() or not os.listdir(tmp_path / "h")

@@ -3,7 +3,7 @@ ESP32 on a USB serial port (see fleet/sim/board/ for how, and for the Python API
 import click
 
 from fleet.cli._lazy import FleetCommand
-from fleet.sim.board import DEFAULT_HEAP, BoardConfig, parse_heap, parse_mac, run_supervisor
+from fleet.sim.board import DEFAULT_HEAP, MAX_QUOTA_BYTES, BoardConfig, parse_heap, parse_mac, run_supervisor
 
 
 @click.command("board", cls=FleetCommand)
@@ -12,7 +12,7 @@ from fleet.sim.board import DEFAULT_HEAP, BoardConfig, parse_heap, parse_mac, ru
 @click.option("--link", type=click.Path(dir_okay=False), default=None, metavar="PATH",
               help="Also make PATH a symlink to the port (removed at exit).")
 @click.option("--heap", default=DEFAULT_HEAP, show_default=True, help="Python heap in board KB (a 32-bit ESP32: the default is the rig node's); scaled x1.5 on a 64-bit interpreter (fleet/sim/interp.py).")
-@click.option("--quota-kb", type=click.IntRange(min=32), default=2048, show_default=True,
+@click.option("--quota-kb", type=click.IntRange(32, MAX_QUOTA_BYTES // 1024), default=2048, show_default=True,
               help="Flash size in KB (multiple of 4); writes beyond it fail with ENOSPC.")
 @click.option("--mac", default=None, metavar="HEX", help="machine.unique_id() as 12 hex digits; default: stored, else derived from the flash directory.")
 @click.option("--cut-power-at-write", type=click.IntRange(min=1), default=None, metavar="N",

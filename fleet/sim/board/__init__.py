@@ -57,6 +57,7 @@ from fleet.sim.board.flash import (
     BOARD_FS_DIR,
     DEFAULT_HEAP,
     DEFAULT_QUOTA_BYTES,
+    MAX_QUOTA_BYTES,
     BoardConfig,
     BoardError,
     arm_power_cut,
@@ -71,7 +72,7 @@ from fleet.sim.board.flash import (
 from fleet.sim.board.supervisor import Supervisor, run_supervisor
 
 __all__ = [
-    "BLOCK_SIZE", "BOARD_FS_DIR", "DEFAULT_HEAP", "DEFAULT_QUOTA_BYTES", "BoardConfig", "BoardError",
+    "BLOCK_SIZE", "BOARD_FS_DIR", "DEFAULT_HEAP", "DEFAULT_QUOTA_BYTES", "MAX_QUOTA_BYTES", "BoardConfig", "BoardError",
     "Supervisor", "VirtualBoard", "arm_power_cut", "derive_mac", "disarm_power_cut", "find_micropython",
     "flash_writes", "parse_heap", "parse_mac", "pid_alive", "prepare_flash", "run_supervisor",
 ]

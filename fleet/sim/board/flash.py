@@ -10,6 +10,7 @@ from fleet.sim import interp
 
 BLOCK_SIZE = 4096  # the ESP32 port's littlefs block size (one flash sector)
 DEFAULT_QUOTA_BYTES = 2 * 1024 * 1024  # the vfs partition of the usual 4 MB ESP32 layout
+MAX_QUOTA_BYTES = 16 * 1024 * 1024  # the largest ESP32 module flash (the image is written in full)
 # The default heap is a node's (fleet/sim/interp.py owns the figure and its 64-bit scaling).
 DEFAULT_HEAP = "%dk" % interp.RIG_NODE_HEAP_KB  # board KB, scaled on a 64-bit interpreter (fleet/sim/interp.py)
 
@@ -122,8 +123,9 @@ def prepare_flash(flash_dir, quota_bytes, mac=None):
     """Create or check a flash directory; return the board's MAC (6 bytes). Raises BoardError.
 
     A new image is blank (all 0xff, like erased flash); the board formats it at first boot."""
-    if quota_bytes % BLOCK_SIZE or quota_bytes < 8 * BLOCK_SIZE:
-        raise BoardError(f"flash quota must be a multiple of 4 KB and at least 32 KB, not {quota_bytes} bytes")
+    if quota_bytes % BLOCK_SIZE or not 8 * BLOCK_SIZE <= quota_bytes <= MAX_QUOTA_BYTES:
+        raise BoardError(f"flash quota must be a multiple of 4 KB from 32 KB to {MAX_QUOTA_BYTES // 1024} KB "
+                         f"(an ESP32's flash), not {quota_bytes} bytes")
     try:
         os.makedirs(flash_dir, exist_ok=True)
         img = os.path.join(flash_dir, "flash.img")
