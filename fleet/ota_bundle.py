@@ -90,6 +90,8 @@ def device_sources(root):
 def compile_app(root=None, arch=DEFAULT_ARCH):
     """Compile the app with mpy-cross; return [(slot path, bytes), ...] sorted by path, with
     main.py. Raises FleetError naming the file that failed."""
+    from fleet import devstrings
+
     root = root or source_root()
     files = []
     with tempfile.TemporaryDirectory(prefix="redmesh-mpy-") as tmp:
@@ -98,7 +100,10 @@ def compile_app(root=None, arch=DEFAULT_ARCH):
             cmd = [_mpy_cross(), MPY_OPT, "-o", dst, "-s", rel]
             if arch:
                 cmd.append("-march=" + arch)
-            cmd.append(os.path.join(root, rel))
+            try:  # the board's form: exception messages as codes (fleet/devstrings.py)
+                cmd.append(devstrings.prepared(root, rel, os.path.join(tmp, "src")))
+            except (SyntaxError, devstrings.DevStringsError) as e:
+                raise FleetError(f"cannot build {rel}: {e}") from None
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
             except (OSError, subprocess.TimeoutExpired) as e:

@@ -5,8 +5,10 @@ Used by the device-side tests (so MicroPython imports bytecode, as on a board) a
 Exit status 1 and one line per file when any file fails to compile.
 """
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICE_DIRS = ("protocol", "firmware")
@@ -35,21 +37,39 @@ def device_sources():
                     yield os.path.relpath(os.path.join(dirpath, fn), ROOT)
 
 
-def build(out_dir, arch=None):
-    """Compile all device sources into out_dir; return a list of (path, error) failures."""
+def build(out_dir, arch=None, coded=True):
+    """Compile all device sources into out_dir; return a list of (path, error) failures.
+
+    coded: compile the board's form of each source, its exception messages replaced by codes
+    (fleet/devstrings.py), as bundles and provisioning do; False keeps the texts (the
+    device-side unit tests read them)."""
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    from fleet import devstrings
+
     failures = []
-    for rel in device_sources():
-        dst = os.path.join(out_dir, rel[:-3] + ".mpy")
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        # -s: the name tracebacks show on the device
-        cmd = [mpy_cross(), _mpy_opt(), "-o", dst, "-s", rel]
-        if arch:
-            cmd.append("-march=" + arch)
-        cmd.append(os.path.join(ROOT, rel))
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-        if proc.returncode != 0:
-            failures.append((rel, (proc.stderr or proc.stdout).strip().splitlines()[-1:]))
+    tmp = tempfile.mkdtemp(prefix="redmesh-src-")
+    try:
+        for rel in device_sources():
+            src = devstrings.prepared(ROOT, rel, tmp) if coded else os.path.join(ROOT, rel)
+            failures += _compile(rel, src, out_dir, arch)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return failures
+
+
+def _compile(rel, src, out_dir, arch):
+    """Compile one source (`src`, the file; `rel`, the name tracebacks show on the device)."""
+    dst = os.path.join(out_dir, rel[:-3] + ".mpy")
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    cmd = [mpy_cross(), _mpy_opt(), "-o", dst, "-s", rel]
+    if arch:
+        cmd.append("-march=" + arch)
+    cmd.append(src)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        return [(rel, (proc.stderr or proc.stdout).strip().splitlines()[-1:])]
+    return []
 
 
 def main(argv):

@@ -9,6 +9,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from fleet import devstrings
 from fleet.errors import FleetError
 from fleet.mpboard import DEFAULT_BAUD, MpBoard
 from fleet.provision.board import config_identity, decode_config, detect, norm_mac, parse_pointer, scrub
@@ -364,7 +365,7 @@ class _Run:
         timeout_s = self.o.selftest_timeout_s or (self.fleet.warmup_s() + 60)
         tail, started, exc_line, crashed = [], False, None, False
         for line in board.console_lines(timeout_s):
-            line = scrub(line, self.secrets)
+            line = devstrings.expand(scrub(line, self.secrets))  # coded messages as text
             tail = (tail + [line])[-12:]
             if line.startswith("node start"):
                 started = True

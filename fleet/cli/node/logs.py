@@ -2,6 +2,7 @@
 
 import click
 
+from fleet import devstrings
 from fleet import provision as prov
 from fleet.cli._options import BoundedFloat
 from fleet.cli.node._common import baud_option, port_option
@@ -21,4 +22,4 @@ def cli(port, baud, follow, lines, timeout_s, crash_log):
     board idle at its REPL (its app crashed or ended) shows its crash log (/crash.log) instead."""
     for line in prov.node_logs(port, lines=lines, follow=follow, timeout_s=timeout_s, baud=baud,
                                crash_log=crash_log):
-        click.echo(line)
+        click.echo(devstrings.expand(line))  # the board's coded messages, as text
