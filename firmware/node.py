@@ -401,28 +401,16 @@ class Node:
             log("cmd", "refused: replayed cseq %d" % cmd.cseq)
             return
         self.counters.set_min("cseq", cmd.cseq)
-        code, result = 0, []
-        op = cmd.op
-        if op == protocol.OP_RESEND and len(cmd.args) == 2:
-            code, result = self._resend(cmd.args[0], cmd.args[1])
-        elif op == protocol.OP_SET and len(cmd.args) == 2:
-            code = self._set(cmd.args[0], cmd.args[1])
-        elif op == protocol.OP_STATUS:
-            self.send_status()
-        elif op == protocol.OP_PING:
-            result = [self.now_ms() // 1000]
-        elif op == 6 or op == 7:  # protocol.keywrap OP_REKEY, OP_EPOCH (issue 14)
-            code, result = self._epoch_op(cmd)
-        elif op == protocol.OP_REBOOT:
-            self._reply(cmd, 0, [])
-            await asyncio.sleep_ms(2000)
-            self.shutdown_for_reset()
-            self.hal.reset()
-        else:
-            code = 2
-        log("cmd", "op=%d cseq=%d code=%d" % (op, cmd.cseq, code))
-        self._reply(cmd, code, result)
-        self.heap_sample()  # an answer (a resend: up to 4 frames) waits in the router's queue
+        # What a command does (firmware/node_cmd.py, ~2 KB of bytecode on a 32-bit node) is
+        # loaded for the command and dropped after it: commands come a few times a day.
+        from firmware import node_cmd
+        from firmware.compat import unload
+
+        try:
+            await node_cmd.run(self, cmd, log)
+        finally:
+            node_cmd = None
+            unload("firmware.node_cmd")
 
     def _epoch_op(self, cmd):
         """Mesh key epochs (issue 14): firmware/rekey.py (node_op) is imported for this command,
@@ -435,61 +423,6 @@ class Node:
         finally:
             rekey = None
             unload("firmware.rekey", "protocol.keywrap")
-
-    def _resend(self, a, b):
-        """Answer "resend readings a..b" from the ring: result = [first, last] actually resent
-        (at most 4 frames' worth) and the first seq no longer held (a gap the collector must
-        mark lost). The ring is read one frame's worth at a time, so the answer never holds
-        more than a frame of readings in the heap. Code 4: no wall time yet (a frame's times are
-        relative to it; the collector retries any code but 0 and 3)."""
-        if not isinstance(a, int) or not isinstance(b, int) or b < a:
-            return 1, []
-        if not self.wall_s():
-            return 4, []
-        first = last = None
-        left = 4 * protocol.MAX_READINGS
-        lo = a
-        while left > 0 and lo <= b:
-            held = self.ring.get_range(lo, b, min(left, protocol.MAX_READINGS))
-            if not held:
-                break
-            frame = ring_mod.build_telemetry(self.node_id, held, self.wall_s())
-            if frame is None:
-                break
-            protocol.encode(frame, self.mesh_hmac, self.node_hmac)
-            self.router.originate(frame, self.now_ms(), None)
-            n = len(frame.readings)
-            if first is None:
-                first = held[0][0]
-            last = held[n - 1][0]
-            left -= n
-            lo = last + 1
-        if first is None:
-            # nothing held: say why per range ("aged" out of the ring, "lost" in a power cut or
-            # never issued after a reboot skip) so the collector closes the gap honestly
-            result = []
-            for glo, ghi, why in self.ring.gaps(a, b, 2):
-                result.extend([glo, ghi, why])
-            return 3, result[:8]
-        return 0, [first, last]
-
-    def _set(self, key, value):
-        if key in ("report_interval_s", "warmup_s", "sample_window_s"):
-            try:
-                self.sampler.configure(self.sampler.config.replace(key, value))
-            except ValueError as e:
-                log("cmd", "set %s refused: %s" % (key, e))
-                return 1
-            return 0
-        if key == "ota_allow":
-            if self.ota is None or not isinstance(value, int) or value < 0:
-                return 1
-            self.ota.allow(value)  # may stage and reset the node (then there is no reply)
-            return 0
-        return 2
-
-    def _reply(self, cmd, code, result):
-        self.send_reply(cmd.cseq, code, result)
 
     def send_reply(self, cseq, code, result):
         """Originate a Reply frame (result: up to 8 ints or texts of <= 32 bytes)."""

@@ -554,124 +554,24 @@ class ReadingRing:
             self.write_errors += 1
 
     def _recover(self):
-        names = self._fs.listdir(self._dir)
-        snos = []
-        for name in names:
-            if name.endswith(".seg") and len(name) == 12 and name[:8].isdigit():
-                snos.append(int(name[:8]))
-            elif name.endswith(".tmp"):
-                try:
-                    self._fs.remove(self._dir + "/" + name)  # an interrupted atomic write
-                except OSError:
-                    pass
-        snos.sort()
-        if snos:
-            self._next_sno = snos[-1] + 1
-        for k in range(len(snos)):
-            sno = snos[k]
-            i = len(self._sno)
-            self._sno.append(sno)
-            self._sfirst.append(0)
-            self._slast.append(0)
-            self._scount.append(0)
-            # Only the newest segment is ever appended to; older ones get a cheap check.
-            if not self._quick_check(i, k == len(snos) - 1):
-                self._verify_seg(i, True)
-            if i < len(self._sno) and i > 0 and self._sfirst[i] <= self._slast[i - 1]:
-                self.corrupt += 1  # seqs must grow across segments: this file is not ours
-                self._fs.remove(self._seg_path(sno))
-                self._forget_seg(i)
-        while len(self._sno) > self.max_segments:  # capacity lowered since last boot
-            self._drop_oldest()
-        data = fsutil.read_file(self._fs, self._dir + "/" + _SENT)
-        try:
-            v = cbor.loads(data) if data is not None else None
-        except ProtocolError:
-            v = None
-            self.corrupt += 1
-        if isinstance(v, list) and len(v) == 2 and v[0] == 1 and isinstance(v[1], int):
-            self._w = self._w_saved = v[1]
-        newest = self.newest_seq()
-        if newest is not None:
-            # Never hand out a seq already on flash, even if the counter file was lost.
-            self.counters.set_min(_SEQ_NAME, newest + 1)
-
-    def _quick_check(self, i, newest):
-        """Fill the index of segment i from its first and last record; return False when a
-        full verification is needed (the newest segment always gets one)."""
-        if newest:
-            return False
-        size = fsutil.size(self._fs, self._seg_path(self._sno[i]))
-        if size <= 0 or size % REC_SIZE or size > SEG_RECORDS * REC_SIZE:
-            return False
-        n = size // REC_SIZE
-        f = self._fs.open(self._seg_path(self._sno[i]), "rb")
-        try:
-            b0 = f.read(REC_SIZE)
-            f.seek((n - 1) * REC_SIZE)
-            b1 = f.read(REC_SIZE)
-        finally:
-            f.close()
-        if len(b0) < REC_SIZE or len(b1) < REC_SIZE:
-            return False
-        r0 = unpack_record(b0)
-        r1 = unpack_record(b1)
-        if r0 is None or r1 is None or r1[0] - r0[0] + 1 < n:
-            return False
-        self._sfirst[i], self._slast[i], self._scount[i] = r0[0], r1[0], n
-        return True
+        """Rebuild the index from flash (boot): firmware/ring_check.py, loaded for it."""
+        self._check("recover")
 
     def _verify_seg(self, i, fix):
-        """Scan segment i; keep the longest valid prefix (magic, CRC, growing seqs). With `fix`,
-        rewrite a damaged file to that prefix (or delete it when nothing is valid)."""
-        path = self._seg_path(self._sno[i])
-        size = fsutil.size(self._fs, path)
-        n = 0
-        first = last = -1
-        buf = self._buf
-        f = self._fs.open(path, "rb")
+        """Scan segment i and keep its valid prefix (firmware/ring_check.py verify_seg)."""
+        self._check("verify_seg", i, fix)
+
+    def _check(self, name, *args):
+        # The ring's cold half (boot recovery, damaged-segment repair: ~2 KB of bytecode on a
+        # 32-bit node) is imported for the call and dropped after it.
+        from firmware import ring_check
+        from firmware.compat import unload
+
         try:
-            ok = True
-            while ok and n < SEG_RECORDS:
-                got = f.readinto(buf) or 0
-                k = got // REC_SIZE
-                if k == 0:
-                    break
-                for m in range(k):
-                    r = unpack_record(buf, m * REC_SIZE)
-                    if r is None or r[0] <= last or n >= SEG_RECORDS:
-                        ok = False
-                        break
-                    if first < 0:
-                        first = r[0]
-                    last = r[0]
-                    n += 1
-                if got < len(buf):
-                    break
+            getattr(ring_check, name)(self, *args)
         finally:
-            f.close()
-        if n * REC_SIZE != size:
-            self.corrupt += 1
-            if n == 0:
-                try:
-                    self._fs.remove(path)
-                except OSError:
-                    pass
-            elif fix:
-                g = self._fs.open(path, "rb")
-                try:
-                    keep = g.read(n * REC_SIZE)
-                finally:
-                    g.close()
-                try:
-                    fsutil.write_file(self._fs, path, keep)
-                except OSError:
-                    self.write_errors += 1
-                    self._sealed = True  # the cut tail stays: never append after it
-        if n == 0:
-            self._forget_seg(i)
-            return
-        self._sfirst[i], self._slast[i], self._scount[i] = first, last, n
+            ring_check = None
+            unload("firmware.ring_check")
 
 
 # ---- telemetry packer ---------------------------------------------------------------------------
