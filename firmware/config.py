@@ -169,7 +169,7 @@ class Settings:
     """The values of a config, one attribute per KEYS entry (uplink and sim are dicts, None
     when absent), and nothing else: no method, so an instance pins none of this module's code
     or tables. What a running node keeps (settings()), once this module is dropped after boot
-    (firmware/main.py). Never printed with its secrets (firmware/config_check.py public_dict)."""
+    (firmware/startup.py). Never printed with its secrets (firmware/config_check.py public_dict)."""
 
     # One attribute per KEYS entry (set by Config and settings(); declared here for type
     # checkers -- bare annotations cost nothing at run time on MicroPython).

@@ -1,5 +1,5 @@
 """The node's OTA shell: joins the OTA engine (firmware/ota.py), the page store and the A/B slots
-(firmware/slots.py) to the node (firmware/node.py). Built by firmware/main.py only when the app
+(firmware/slots.py) to the node (firmware/node.py). Built by firmware/ota_attach.py only when the app
 runs from a slot (a /active pointer exists); a node run from a build directory has no OTA.
 
 Rules

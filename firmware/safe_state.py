@@ -1,7 +1,7 @@
 """What a node does when it has no usable config (missing, corrupt or invalid config.cbor), or
 when its app crashed CRASH_LOOP_N times in a row (firmware/boot.py after_crash).
 
-Behaviour (the shell, firmware/main.py, implements the loop; `safe_state_loop` is that loop
+Behaviour (the shell, firmware/startup.py, implements the loop; `safe_state_loop` is that loop
 with the clock and console injected):
 - It does not start the radio, the sensor or the mesh: without its keys a node must not talk
   to the mesh, and guessing a role or an id could disturb a working network.
@@ -12,7 +12,7 @@ with the clock and console injected):
 - The REPL stays reachable: the loop only sleeps and prints, so Ctrl-C interrupts it and raw
   REPL / `fleet provision` work over USB.
 - It never crash-loops: nothing in the loop can raise, and it never resets the board itself.
-  The watchdog boot.py started cannot be stopped: the injected sleep feeds it (firmware/main.py
+  The watchdog boot.py started cannot be stopped: the injected sleep feeds it (firmware/startup.py
   safe_state, firmware/boot.py enter_safe_state), so the node stays in this state. LEDs are not blinked: the node is on
   a street light, and a blinking pole would alarm passers-by more than it would help.
 """

@@ -46,6 +46,7 @@ import signal
 import time
 
 import protocol
+from fleet import devstrings
 from fleet.repair import LOST, GapTracker, RepairConfig
 from protocol import auth
 from protocol.envelope import downlink_topic, parse_topic
@@ -596,7 +597,9 @@ class Ingest:
         w.update(f.seq)
         self.stats.replies += 1
         req = self.tracker.on_reply(node, f.cseq, f.code, f.result, now)
-        detail = {"cseq": f.cseq, "code": f.code, "result": f.result}
+        # a node's texts come coded (fleet/devstrings.py): stored as the operator reads them
+        result = [devstrings.expand(x) if isinstance(x, str) else x for x in f.result]
+        detail = {"cseq": f.cseq, "code": f.code, "result": result}
         if req is not None:
             detail["resend"] = [req.a, req.b]
         self._events.append((rx_s, "reply", node, detail))

@@ -24,7 +24,7 @@ import json
 import os
 import time
 
-from fleet import devstrings, ota_bundle
+from fleet import ota_bundle
 from fleet.errors import FleetError
 
 CAMPAIGN_FILE = "campaign.json"
@@ -148,8 +148,7 @@ def _reasons(store, since):
             continue
         res = d.get("result") or []
         if len(res) >= 4 and res[0] == "ota" and res[1] in ("rolled_back", "refused"):
-            reason = devstrings.expand(res[3]) if isinstance(res[3], str) else res[3]  # a node's coded text
-            out[ev["node"]] = (res[1], res[2], reason)
+            out[ev["node"]] = (res[1], res[2], res[3])
     return out
 
 

@@ -2,7 +2,7 @@
 firmware/ota_node.py) on a fake HAL, on CPython: the flash is any fsutil-style filesystem (a
 host directory, or the power-cut wrapper around one), time is fixed and the radio only answers stats(). Used by
 tests/test_node_security.py and tests/test_ota_powercut.py."""
-from firmware import main as fw_main
+from firmware import ota_attach
 from firmware.config import Config
 from firmware.fsutil import PosixFS
 from firmware.node import Node
@@ -60,6 +60,6 @@ def boot_node(fs, fleet_pub, ota=False):
     bundle at once (may raise Reset)."""
     node = Node(FakeHal(fs), config(fleet_pub))
     if ota:
-        fw_main._attach_ota(node, node.cfg, node.hal.fs, None)
+        ota_attach.attach(node, node.cfg, node.hal.fs, None)
         assert node.ota is not None, "no slot pointer on this flash: main.py would not attach OTA"
     return node

@@ -24,8 +24,7 @@ import ota_vectors as vec  # noqa: E402
 from node_harness import MESH_KEY, NODE_ID, NODE_KEY, boot_node  # noqa: E402
 
 import protocol  # noqa: E402
-from firmware import boot  # noqa: E402
-from firmware import main as fw_main  # noqa: E402
+from firmware import boot, ota_attach  # noqa: E402
 from firmware.fsutil import PosixFS, write_file  # noqa: E402
 from firmware.ota import ST_IDLE, OtaAir, OtaEngine, OtaParams  # noqa: E402
 from firmware.ota_store import PageStore  # noqa: E402
@@ -143,7 +142,7 @@ def _slot_flash(flash):
 
 def _boot_with_ota(flash, logs):
     node = _boot(flash, logs)
-    fw_main._attach_ota(node, node.cfg, node.hal.fs, None)
+    ota_attach.attach(node, node.cfg, node.hal.fs, None)
     assert node.ota is not None, logs
     return node
 

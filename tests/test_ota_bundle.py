@@ -305,8 +305,8 @@ def test_formats_match_the_cddl(built):
 
 
 def test_nodes_take_the_class_that_fleet_ota_build_targets():
-    # firmware/main.py gives the OTA engine and the slot manager its TARGET_CLASS: a bundle built
-    # with the default --target-class is accepted, any other refused (tests/device/test_ota_core.py)
-    from firmware import main as fw_main
+    # firmware/ota_attach.py gives the OTA engine and the slot manager its TARGET_CLASS: a bundle
+    # built with the default --target-class is accepted, any other refused (tests/device/test_ota_core.py)
+    from firmware import ota_attach
 
-    assert fw_main.TARGET_CLASS == ota_bundle.DEFAULT_TARGET
+    assert ota_attach.TARGET_CLASS == ota_bundle.DEFAULT_TARGET

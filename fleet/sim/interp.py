@@ -52,15 +52,14 @@ NODE_HEAP_KB = BOARD_NODE_HEAP_KB + SIM_HAL_ALLOWANCE_KB
 # answer the worst moment: 17.3 KB free at 144k, 8 KB and a MemoryError at 134k. Booted to
 # Node() it pins ~104 KB on the sim HAL, ~95 KB on the board's. To keep 16 KB free at
 # NODE_HEAP_KB it must shed ~21 KB live: set RIG_NODE_HEAP_KB = NODE_HEAP_KB then.
-# Issue 10 part 3 so far (heapfit): device builds with mpy-cross -O3 (fleet/ota_bundle.py
-# MPY_OPT) and firmware/boot.py no longer pinned by the watchdog start (firmware/compat.py
-# boot_call): node imports 87.6 -> 84.7 KB; a node running on the sim HAL outside the rig 116.6
-# -> 109.4 KB live; on the 3-node line at 144k (-O3 alone) peak live 127 -> 123 KB, 20.9 KB free
-# at the resend answer; with both: 136k runs with 16.6 KB free at the resend answer (peak live
-# 119 KB), 132k with 12.7 KB free, no MemoryError. 136k is now the smallest heap keeping 16 KB
-# free; still ~13 KB live too many for NODE_HEAP_KB. This figure stays at 144 until the HIL
-# suite has run at 136.
-RIG_NODE_HEAP_KB = 144
+# Issue 10 part 3 so far: -O3 device builds (fleet/ota_bundle.py MPY_OPT), firmware/boot.py
+# borrowed (firmware/compat.py boot_call), exception texts as codes in device builds
+# (fleet/devstrings.py), the ring's recovery and the command handler loaded on demand
+# (firmware/ring_check.py, firmware/node_cmd.py): node imports 87.6 -> 74.6 KB, peak live on the
+# 3-node line 127 -> 116 KB; 136k keeps 19.8 KB free at the worst moment (the resend answer),
+# 128k 11.9 KB with a MemoryError (`.venv/bin/python bench/heap_bench.py --heaps 136,128`).
+# Still ~10 KB live too many for NODE_HEAP_KB.
+RIG_NODE_HEAP_KB = 136
 # OTA-slot nodes (bench/ota_heap_bench.py: a v2 bundle received, staged, confirmed; a bad v3
 # rolled back; no MemoryError): 224k, worst moment 45 KB free (trial/receive, ~180 KB live).
 # Before the lazy OTA shell 192k failed (out of memory receiving the manifest, every boot).

@@ -1,0 +1,86 @@
+"""The node's OTA shell wired in at boot (firmware/startup.py calls attach): when the app runs
+from an A/B slot, the shell (firmware/ota_node.py), its page buffers and the factories of the
+engine and the slot manager. Imported by every boot, kept only by a node that runs from a slot
+(the factories below live as long as the shell); a node without slots unloads it.
+"""
+# The OTA target class of this firmware's hardware (the virtual rig's nodes stand in for ESP32
+# poles, so they are "esp32" too): fleet/ota_bundle.py DEFAULT_TARGET
+TARGET_CLASS = "esp32"
+
+
+def _ota_settings(cfg):
+    """OTA knobs: defaults, overridden on the virtual rig by the config's sim.ota map (a test
+    speeds up Trickle or shortens the trial; a real node's config has no such key)."""
+    sim = getattr(cfg, "sim", None) or {}
+    o = sim.get("ota") or {}
+    trial = {"trial_ms": o.get("trial_ms", 600000), "max_boots": o.get("max_boots", 3)}
+    params = {}
+    for k in ("adv_imin_ms", "adv_doublings", "tx_rate_per_s", "tx_burst", "req_delay_ms", "req_timeout_ms",
+              "serve_delay_ms"):
+        if k in o:
+            params[k] = o[k]
+    return trial, params
+
+
+def attach(node, cfg, fs, gateway):
+    """Give the node its OTA shell when the app runs from an A/B slot (a /active pointer on
+    the flash); without one (run from a build directory, tests) OTA stays off, logged. The shell
+    builds the engine and the slot manager only while it needs them (firmware/ota_node.py)."""
+    import protocol
+    from firmware import boot
+    from firmware.compat import unload
+
+    try:
+        pointer = boot.read_pointer(fs)
+    except ValueError:
+        pointer = None
+    boot = None
+    unload("firmware.boot")
+    if pointer is None:
+        print("ota", "disabled: no A/B slot pointer on this flash (app not run from a slot)")
+        return
+
+    # the OTA engine's receive and send buffers, allocated first (a page each, in one piece) and
+    # handed from engine to engine for the node's life: a heap that has run a while may not have
+    # 3.5 KB free in one piece when a campaign starts or a neighbour asks for a page
+    rx = bytearray(protocol.OTA_PKTS_PER_PAGE * protocol.OTA_PKT_MAX)
+    tx = bytearray(len(rx))
+    # the engine's modules first, as the node's last big imports: the shell drops and reloads
+    # them later, but their bytecode (and the interned names) are best placed on a fresh heap
+    import firmware.ota  # noqa: F401
+    import firmware.ota_store  # noqa: F401
+    from firmware.ota_node import OtaShell
+
+    trial, params = _ota_settings(cfg)
+    # this hardware class: bundles built for another (fleet ota build --target-class) are refused
+    # by the engine (not stored or forwarded) and by the slot manager (never staged)
+    params["target_class"] = TARGET_CLASS
+
+    def make_slots():
+        from firmware.slots import SlotManager
+
+        return SlotManager(fs, max_boots=trial["max_boots"], trial_ms=trial["trial_ms"], target_class=TARGET_CLASS)
+
+    def make_air(carry, floor):
+        from firmware.ota import OtaAir, OtaEngine, OtaParams
+        from firmware.ota_store import PageStore
+
+        p = OtaParams(**params)
+        if carry is not None:
+            p.reverify_stored = False  # checked at boot or when it arrived, by this very boot
+        engine = OtaEngine(cfg.node_id, cfg.fleet_pub, PageStore(fs, "ota"), cfg.node_id ^ (node.boot_count << 8),
+                           p, running_bseq=floor, now_ms=node.now_ms(), carry=carry, rx=rx, tx=tx)
+        return OtaAir(engine, cfg.mesh_key)
+
+    shell = OtaShell(node, make_air, make_slots, cfg.mesh_key, print)
+    node.ota = shell
+    try:
+        shell.maybe_stage(at_boot=True)  # complete and allowed before a reset: stage on a fresh heap
+    except Exception as e:  # noqa: BLE001 - nothing a bundle carries may make a boot raise (issue 16)
+        print("ota", "staging at boot failed, the bundle is left aside: %r" % (e,))
+    if gateway is not None:
+        from firmware.gateway import OtaSeedSink
+
+        gateway.ota_sink = OtaSeedSink(shell, node)
+    print("ota", "slot %s bseq %d version %s state %s" % (pointer["slot"], node.fw_seq, node.fw_version,
+                                                         pointer["state"]))

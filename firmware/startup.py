@@ -1,0 +1,83 @@
+"""Boot of the app, up to a node ready to run (firmware/main.py run() calls build and unloads
+this module after it: none of this is needed once the node runs). Reads the config from flash,
+builds the HAL for this platform (ESP32 or the virtual rig), the node (and a gateway's uplink)
+and, when the app runs from an A/B slot, its OTA shell. The only code that knows which
+hardware exists; the cores are handed what they need.
+"""
+import sys
+
+from firmware.fsutil import PosixFS
+
+
+def _make_hal(cfg, fs, root):
+    if sys.platform == "esp32":
+        from firmware.hal.esp32 import Esp32Hal
+
+        return Esp32Hal(fs, channel=cfg.radio_channel)
+    sim = getattr(cfg, "sim", None)
+    if not sim or "mac" not in sim or "my_port" not in sim or "medium_port" not in sim:
+        from firmware.config import ConfigError
+
+        raise ConfigError("this is not an ESP32 and the config has no sim section (mac, my_port, medium_port): "
+                          "a virtual board needs the rig's radio medium (fleet provision --sim-medium-port PORT)")
+    from firmware.hal.sim import SimHal
+
+    return SimHal(cfg, fs, root)
+
+
+def safe_state(err, fs=None):
+    """No usable config: say so on the console every 30 s and keep the REPL reachable
+    (Ctrl-C), never crash-loop: the watchdog boot.py started is fed while it waits. A technician
+    re-provisions the node over USB."""
+    import time
+
+    from firmware import boot
+    from firmware.safe_state import safe_state_loop
+
+    def sleep_s(s):
+        boot.feed_watchdog()
+        time.sleep(s)
+        boot.feed_watchdog()
+
+    safe_state_loop(err, sleep_s)
+
+
+def _log_reset_cause(hal):
+    from firmware import boot
+
+    cause = hal.reset_cause()
+    print("boot", "reset cause: %s (%d)" % (boot.RESET_CAUSES.get(cause, "unknown"), cause))
+
+
+def build(root, drop):
+    """(node, fs) ready to run, or None when the config is unusable (the safe state ran).
+    drop(*module names) forgets modules used only to boot."""
+    fs = PosixFS(root)
+    from firmware import config
+
+    try:
+        cfg = config.settings(config.load_config(fs))
+        hal = _make_hal(cfg, fs, root)
+    except config.ConfigError as e:
+        safe_state(e, fs)
+        return None
+    _log_reset_cause(hal)
+    # the node keeps the config's values only (Settings): the loader and its tables go
+    # (~5 KB of a 112 KB heap, bench/heap_bench.py)
+    del config
+    drop("firmware.config", "protocol.text")
+    gateway = None
+    if cfg.role == "gateway":
+        from firmware.gateway import Gateway
+
+        gateway = Gateway(cfg, root)
+    from firmware.node import Node
+
+    node = Node(hal, cfg, gateway)
+    from firmware import ota_attach
+
+    ota_attach.attach(node, cfg, fs, gateway)
+    if node.ota is None:
+        ota_attach = None
+        drop("firmware.ota_attach", "firmware.boot")  # boot: read only to find the slot pointer (~2.6 KB)
+    return node, fs
