@@ -38,8 +38,9 @@ import hashlib
 
 from firmware.compat import verify_signature
 from firmware.trickle import Trickle, Xorshift32
-from protocol import OTA_PKT_MAX, OtaAdvert, OtaData, OtaRequest, ProtocolError, decode, encode
+from protocol import OTA_PKT_MAX, ProtocolError, decode, encode
 from protocol.frames import T_OTA_ADV, T_OTA_DATA, T_OTA_REQ
+from protocol.frames_ota import OtaAdvert, OtaData, OtaRequest
 from protocol.manifest import (
     MAX_SIGNED,
     PAGE_MAX,

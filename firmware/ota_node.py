@@ -215,11 +215,13 @@ class OtaShell:
         self._adv_due = False
         c["tokens"] -= _TOKEN
         c["tx_frames"] += 1
+        from protocol.frames_ota import OtaAdvert  # the OTA node's own: kept while the shell lives
+
         s = self.summary
         if s is None:
-            a = protocol.OtaAdvert(self.node.node_id, c["floor"], 0, 0, 0, 0)
+            a = OtaAdvert(self.node.node_id, c["floor"], 0, 0, 0, 0)
         else:
-            a = protocol.OtaAdvert(self.node.node_id, s[0], s[1], s[2], s[3], s[4])
+            a = OtaAdvert(self.node.node_id, s[0], s[1], s[2], s[3], s[4])
         return None, BROADCAST, protocol.encode(a, self.mesh_key)
 
     @property

@@ -8,8 +8,9 @@ Public API (identical on MicroPython and CPython):
 and the frame classes below. The normative spec is protocol/redmesh.cddl.
 
 A node imports this package for its air frames only. The MQTT messages (Envelope, Downlink)
-have their codec in protocol/envelope.py: the host gets them here; on MicroPython a gateway
-imports protocol.envelope itself (which adds protocol.Envelope and protocol.Downlink).
+have their codec in protocol/envelope.py, the OTA frames (OtaAdvert, OtaRequest, OtaData)
+theirs in protocol/frames_ota.py: the host gets them here; on MicroPython a gateway imports
+protocol.envelope itself and the OTA code protocol.frames_ota.
 """
 import sys
 
@@ -44,9 +45,6 @@ from protocol.frames import (  # noqa: F401
     VERSION,
     Beacon,
     Command,
-    OtaAdvert,
-    OtaData,
-    OtaRequest,
     Reading,
     Reply,
     Status,
@@ -60,3 +58,4 @@ from protocol.frames import (  # noqa: F401
 
 if sys.implementation.name != "micropython":  # the host: every message
     from protocol.envelope import Downlink, Envelope  # noqa: F401
+    from protocol.frames_ota import OtaAdvert, OtaData, OtaRequest  # noqa: F401

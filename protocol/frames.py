@@ -448,34 +448,9 @@ class Beacon(Frame):
     FIELDS = ("src", "bseq", "cost", "depth", "time_s", "flags")
 
 
-class OtaAdvert(Frame):
-    """OTA advertisement (Deluge summary): src; bseq (bundle sequence number); mlen (signed
-    manifest length in bytes); mid (first 4 bytes of SHA-256 of the signed manifest, as an int);
-    npages (image pages); have (pages complete and verified, in order, counting the manifest
-    as page 0: have = npages + 1 means complete)."""
-
-    type = T_OTA_ADV
-    SPEC = (("src", 0, U32), ("bseq", 0, U32), ("mlen", 0, U16), ("mid", 0, U32), ("npages", 0, U16),
-            ("have", 0, U16))
-    FIELDS = ("src", "bseq", "mlen", "mid", "npages", "have")
-
-
-class OtaRequest(Frame):
-    """Ask neighbour dst for packets of one page: missing is a bitmap of packet indices."""
-
-    type = T_OTA_REQ
-    SPEC = (("src", 0, U32), ("dst", 0, U32), ("bseq", 0, U32), ("page", 0, U16), ("missing", 0, U16))
-    FIELDS = ("src", "dst", "bseq", "page", "missing")
-
-
-class OtaData(Frame):
-    """One packet of a page, broadcast: src, bseq, page (0 = the signed manifest, 1.. image),
-    pkt (0..15), data (1..224 bytes)."""
-
-    type = T_OTA_DATA
-    SPEC = (("src", 0, U32), ("bseq", 0, U32), ("page", 0, U16), ("pkt", 0, OTA_PKTS_PER_PAGE - 1))
-    FIELDS = ("src", "bseq", "page", "pkt", "data")
-    DEFAULTS = {"data": b""}
+# The OTA frames (advert, request, data) are in protocol/frames_ota.py: only a node running an
+# OTA campaign (firmware/ota.py, firmware/ota_node.py) and the host load them; decode imports
+# them when one arrives.
 
 
 # ---- encode ----------------------------------------------------------------------------------
@@ -492,7 +467,7 @@ def _mqtt(t):
         raise ProtocolError("%s is an MQTT message: its codec (protocol.envelope) is not loaded" % TYPE_NAMES[t])
     return codec
 
-_ONEHOP = {T_BEACON: Beacon, T_OTA_ADV: OtaAdvert, T_OTA_REQ: OtaRequest}
+_ONEHOP = (T_BEACON, T_OTA_ADV, T_OTA_REQ)
 
 
 def encode(frame, mesh_key=None, node_key=None, phase=None):
@@ -659,11 +634,15 @@ def _decode(buf, mesh_key, node_key):
     elif t == T_ROUTED:
         from protocol.routed import dec_routed
         f = dec_routed(d)
-    elif t == T_OTA_DATA:
-        f = OtaData(*_get(d, OtaData.SPEC))
-        f.data = _bstr(d, "data", 1, OTA_PKT_MAX)
+    elif t == T_BEACON:
+        f = Beacon(*_get(d, Beacon.SPEC))
     else:
-        f = _ONEHOP[t](*_get(d, _ONEHOP[t].SPEC))
+        from protocol.frames_ota import OTA_FRAMES
+
+        cls = OTA_FRAMES[t]
+        f = cls(*_get(d, cls.SPEC))
+        if t == T_OTA_DATA:
+            f.data = _bstr(d, "data", 1, OTA_PKT_MAX)
     if phase and (t in _UPLINK or t == T_COMMAND):  # e2e tags and auth cover the version item as VERSION: only the hop tag has the phase
         covered = b"\x01" + covered[1:]
     tag_at = d.pos

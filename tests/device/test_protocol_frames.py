@@ -3,6 +3,7 @@ from vectors import head, unhex
 
 import protocol as P
 from protocol import auth
+from protocol.frames_ota import OtaData
 from protocol.routed import MAX_ROUTE, Routed
 
 _KEYS = head("frames.json")["keys"]
@@ -36,7 +37,7 @@ def test_size_budgets():
     assert len(P.encode(worst, MESH, NODE)) <= 64
     b = P.encode(P.Beacon(src=0xFFFFFFFF, bseq=255, cost=0xFFFF, depth=255, time_s=0xFFFFFFFF, flags=255), MESH)
     assert len(b) <= 32
-    d = P.encode(P.OtaData(src=0xFFFFFFFF, bseq=0xFFFFFFFF, page=0xFFFF, pkt=15, data=bytes(P.OTA_PKT_MAX)), MESH)
+    d = P.encode(OtaData(src=0xFFFFFFFF, bseq=0xFFFFFFFF, page=0xFFFF, pkt=15, data=bytes(P.OTA_PKT_MAX)), MESH)
     assert P.OTA_PKT_MAX >= 200 and len(d) <= P.MAX_FRAME
     # status: 63 bytes for a first-phase node with a few radio drops; every field at its
     # widest (16-byte version, u32 maxima) 117, so the two counters added after firmware 1.0
@@ -106,7 +107,7 @@ def test_encode_refuses_out_of_range_fields():
         P.Beacon(src=-1, bseq=0, cost=0, depth=0, time_s=0, flags=0),
         P.Telemetry(origin=1, seq=1, time_s=1, readings=[P.Reading(pm25=70000)]),
         P.Telemetry(origin=1, seq=1, time_s=1, readings=[]),
-        P.OtaData(src=1, bseq=1, page=1, pkt=0, data=bytes(225)),
+        OtaData(src=1, bseq=1, page=1, pkt=0, data=bytes(225)),
     ]
     for f in bad:
         try:
