@@ -106,6 +106,11 @@ if board:
 import asyncio
 gc.collect()
 base = gc.mem_alloc()
+if not board:  # the rig's `machine` and start-up (a board's machine module is in C, off the heap)
+    sys.path.insert(0, %(node_fs)r)
+    import _rignode
+    sys.path.pop(0)
+    sys.modules["machine"] = _rignode
 from firmware.main import _drop
 from firmware.fsutil import PosixFS
 from firmware import config
@@ -136,7 +141,8 @@ def boot_pinned(build, board):
                "sim": {"medium_port": 9, "my_port": 9, "mac": b"\x02\x00\x00\x00\x00\x02"}}
         with open(os.path.join(flash, "config.cbor"), "wb") as f:
             f.write(dump_config(cfg))
-        code = _BOOT_SCRIPT % {"build": build, "board": board, "flash": flash}
+        node_fs = os.path.join(ROOT, "fleet", "sim", "node_fs")
+        code = _BOOT_SCRIPT % {"build": build, "board": board, "flash": flash, "node_fs": node_fs}
         proc = subprocess.run([interp.micropython_bin(), "-X", "heapsize=1024k", "-c", code], capture_output=True,
                               text=True, timeout=60, cwd=flash)
         m = re.search(r"PINNED (\d+)", proc.stdout)
@@ -191,7 +197,7 @@ def print_imports():
         sim = boot_pinned(build, False)
         board = boot_pinned(build, True)
         print("  booted to Node(), imports and objects: sim HAL %d, board HAL %d (+%d B ESP-NOW rxbuf): "
-              "the sim HAL costs %d B more (interp.SIM_HAL_ALLOWANCE_KB = %d)"
+              "the sim HAL and the rig's machine module (fleet/sim/node_fs/_rignode.py) cost %d B more (interp.SIM_HAL_ALLOWANCE_KB = %d)"
               % (sim, board, ESPNOW_RXBUF, sim - board, interp.SIM_HAL_ALLOWANCE_KB))
 
 

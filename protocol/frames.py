@@ -669,9 +669,3 @@ def _decode(buf, mesh_key, node_key):
             if key is None or not ct_equal(_hmac(key).tag(covered, E2E_TAG_LEN), f.auth):
                 raise ProtocolError("command auth mismatch for node %d cseq %d" % (f.target, f.cseq))
     return f
-
-
-def verify_command_signature(cmd, verify_fn, public_key):
-    """For a target-0 command: return True when its auth is a valid signature (verify_fn is
-    protocol.ed25519.verify, passed in so this module loads without it)."""
-    return cmd.target == 0 and verify_fn(public_key, signed_bytes(cmd), cmd.auth)

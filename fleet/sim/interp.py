@@ -35,13 +35,12 @@ HEAP_SCALE_64 = 1.5
 # Node: ESP32-WROOM-32 without PSRAM, stock ESP32_GENERIC: ~112 KB of Python heap after the
 # port's one automatic growth (more would starve Wi-Fi/ESP-NOW of the ~40 KB they need).
 BOARD_NODE_HEAP_KB = 112
-# What the sim HAL (UDP radio shim, simulated PMS5003, the rig's offered load) costs on top of
-# the board's HAL, given to virtual nodes so they are held to the board's budget for the rest
-# (at most 12k). Measured: a node booted to Node() pins 7.3 KB more on firmware/hal/sim.py than
-# on firmware/hal/esp32.py (stand-ins for machine/network, + the 526 B ESP-NOW rxbuf the board
-# keeps on the Python heap): sim_radio + simsensor + sim import 10.1 KB against esp32's 2.0 KB;
-# plus the rig's module paths (each module's __file__ interned: /tmp/.../sim/build/... against
-# /a/... on a board, 0.8-2 KB) and the sim's own tasks (radio reader, watchdog: ~0.3 KB).
+# What the sim HAL (UDP radio shim, simulated PMS5003, the rig's offered load) and the rig's
+# `machine` module (fleet/sim/node_fs/_rignode.py; a board's is in C) cost on top of the board's
+# HAL, given to virtual nodes so they are held to the board's budget for the rest (at most
+# 12k). Measured (`bench/heap_bench.py --imports`): a node booted to Node() pins 97.5 KB on
+# the sim HAL with _rignode, 87.5 KB on firmware/hal/esp32.py (stand-ins for machine/network)
+# + the 526 B ESP-NOW rxbuf a board keeps on the Python heap: 10,050 B more.
 SIM_HAL_ALLOWANCE_KB = 10
 NODE_HEAP_KB = BOARD_NODE_HEAP_KB + SIM_HAL_ALLOWANCE_KB
 # What virtual nodes run at today, plain and booted from OTA slots: more than NODE_HEAP_KB until
@@ -54,12 +53,15 @@ NODE_HEAP_KB = BOARD_NODE_HEAP_KB + SIM_HAL_ALLOWANCE_KB
 # NODE_HEAP_KB it must shed ~21 KB live: set RIG_NODE_HEAP_KB = NODE_HEAP_KB then.
 # Issue 10 part 3 so far: -O3 device builds (fleet/ota_bundle.py MPY_OPT), firmware/boot.py
 # borrowed (firmware/compat.py boot_call), exception texts as codes in device builds
-# (fleet/devstrings.py), the ring's recovery and the command handler loaded on demand
-# (firmware/ring_check.py, firmware/node_cmd.py): node imports 87.6 -> 74.6 KB, peak live on the
-# 3-node line 127 -> 116 KB; 136k keeps 19.8 KB free at the worst moment (the resend answer),
-# 128k 11.9 KB with a MemoryError (`.venv/bin/python bench/heap_bench.py --heaps 136,128`).
-# Still ~10 KB live too many for NODE_HEAP_KB.
-RIG_NODE_HEAP_KB = 136
+# (fleet/devstrings.py), cold code loaded for its call and unloaded (the ring's recovery
+# firmware/ring_check.py, the command handler firmware/node_cmd.py, the boot
+# firmware/startup.py and firmware/ota_attach.py), OTA frames out of a plain node
+# (protocol/frames_ota.py): node imports 87.6 -> 73.3 KB, booted to Node() on the board's HAL
+# 95.9 -> 87.5 KB, peak live on the 3-node line 127 -> 113 KB; 132k keeps 18.5 KB free at the
+# worst moment (the resend answer), 128k 14.5 KB (no MemoryError)
+# (`.venv/bin/python bench/heap_bench.py --heaps 132,128`). Still ~7 KB live too many for
+# NODE_HEAP_KB.
+RIG_NODE_HEAP_KB = 132
 # OTA-slot nodes (bench/ota_heap_bench.py: a v2 bundle received, staged, confirmed; a bad v3
 # rolled back; no MemoryError): 224k, worst moment 45 KB free (trial/receive, ~180 KB live).
 # Before the lazy OTA shell 192k failed (out of memory receiving the manifest, every boot).
