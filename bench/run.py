@@ -241,10 +241,18 @@ def table(res):
     if col:
         rows.append(("collector ingest (in-process)", "%s frames/s" % _first(r"in-process\s+(\d+) frames/s", col, int),
                      "-"))
+        pg = _first(r"in-process postgresql\s+(\d+) frames/s", col, int)
+        if pg:
+            rows.append(("collector ingest (in-process), PostgreSQL store, one writer",
+                         "%d frames/s (%sx SQLite's)" % (pg, _first(r"postgresql / sqlite: ([\d.]+)x", col, str)),
+                         ">= 20,000 frames/s"))
         for kind in ("amqtt", "mosquitto"):
             v = _first(kind + r"\s+\S+\s+(\d+) frames/s", col, int)
             if v:
                 rows.append(("collector ingest through %s" % kind, "%d frames/s" % v, "-"))
+            v = _first(kind + r"\+pg\s+\S+\s+(\d+) frames/s", col, int)
+            if v:
+                rows.append(("collector ingest through %s, PostgreSQL store" % kind, "%d frames/s" % v, "-"))
     hp = sc.get("heap", {}).get("output")
     if hp:
         from fleet.sim import interp

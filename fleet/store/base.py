@@ -292,6 +292,21 @@ class SqlStore(Store):
             self._insert_sql[n] = sql
         return sql
 
+    def _insert_readings(self, rows):
+        """Insert reading tuples skipping (node, seq) already stored; return the rows inserted
+        as (node, seq, ts, pm1, pm25, pm10, rh, temp) tuples."""
+        stored = []
+        for i in range(0, len(rows), _CHUNK_ROWS):
+            chunk = rows[i:i + _CHUNK_ROWS]
+            flat = [v for r in chunk for v in r]
+            stored.extend(self.db.execute(self._insert_stmt(len(chunk)), flat).fetchall())
+        return stored
+
+    def _upsert_many(self, sql, rows):
+        """Run the one-row upsert `sql` (INSERT ... VALUES (?, ...) ON CONFLICT ...) for every
+        row of `rows` (each key at most once)."""
+        self.db.executemany(sql, rows)
+
     def add_readings(self, rows):
         """Store a batch of readings and update node_state from it, in one transaction.
 
@@ -325,11 +340,7 @@ class SqlStore(Store):
             rows = sorted(rows, key=lambda r: (r[0], r[1]))
         stored = []
         with self.transaction():
-            ex = self.db.execute
-            for i in range(0, len(rows), _CHUNK_ROWS):
-                chunk = rows[i:i + _CHUNK_ROWS]
-                flat = [v for r in chunk for v in r]
-                stored.extend(ex(self._insert_stmt(len(chunk)), flat).fetchall())
+            stored = self._insert_readings(rows)
             # node -> [count, min_seq, last row (seq, ts, pm1, pm25, pm10, rh, temp)]
             agg = {}
             for node, seq, ts, pm1, pm25, pm10, rh, temp in stored:
@@ -354,7 +365,7 @@ class SqlStore(Store):
                                     count, copies - count, min_seq))
             if self._ORDERED_WRITES:
                 upserts.sort(key=lambda u: u[0])
-            self.db.executemany(_STATE_FROM_READINGS, upserts)
+            self._upsert_many(_STATE_FROM_READINGS, upserts)
             hours = {}
             for node, _seq, ts, pm1, pm25, pm10, _rh, _temp in stored:
                 if pm25 is None:
@@ -367,7 +378,7 @@ class SqlStore(Store):
                     h[1] += pm1 or 0
                     h[2] += pm25
                     h[3] += pm10 or 0
-            self.db.executemany(_HOURLY_ADD, [k + tuple(v) for k, v in sorted(hours.items())])
+            self._upsert_many(_HOURLY_ADD, [k + tuple(v) for k, v in sorted(hours.items())])
         return len(stored), len(rows) - len(stored)
 
     def recent_means(self, now_s, nodes=None):

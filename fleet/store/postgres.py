@@ -26,6 +26,7 @@ Every psycopg error reaches callers as StoreError / StoreBusy, with the URL's pa
 """
 import contextlib
 import functools
+import re
 import threading
 import time
 
@@ -34,7 +35,7 @@ from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
 from psycopg.types.numeric import NumericBinaryLoader, NumericLoader
 
-from fleet.store.base import SCHEMA_VERSION, SqlStore, StoreBusy, StoreError, wrap_errors
+from fleet.store.base import READING_FIELDS, SCHEMA_VERSION, SqlStore, StoreBusy, StoreError, wrap_errors
 
 BASE_VERSION = 3  # a new store gets _SCHEMA (this version), then _MIGRATIONS[4 ..]
 LOCK_KEY = 0x524D5348  # 'RMSH': the advisory lock taken while creating or migrating the schema
@@ -129,6 +130,29 @@ _MIGRATIONS = {
 }
 
 TABLES = ("nodes", "readings", "hourly", "node_state", "gaps", "events", "rejects", "command_counters")
+
+
+# A batch in one statement: one bigint array per column (sent in binary), unnested into rows (a
+# fixed, small statement: psycopg parses and the server plans it once, whatever the batch size).
+_INSERT_READINGS = (
+    f"INSERT INTO readings ({', '.join(READING_FIELDS)}) SELECT * FROM unnest("
+    + ", ".join(["%b::bigint[]"] * len(READING_FIELDS))
+    + ") ON CONFLICT (node, seq) DO NOTHING RETURNING node, seq, ts, pm1, pm25, pm10, rh, temp"
+)
+_VALUES = re.compile(r"VALUES \((\?(?:,\s*\?)*)\)")
+
+
+@functools.lru_cache(maxsize=64)
+def _unnest(sql):
+    """The one-row upsert `sql` (INSERT ... VALUES (?,...) ...) taking one bigint array per column."""
+    m = _VALUES.search(sql)
+    n = m.group(1).count("?")
+    return _pg(sql[:m.start()]) + "SELECT * FROM unnest(" + ", ".join(["%b::bigint[]"] * n) + ")" + _pg(sql[m.end():])
+
+
+def _ints(col):
+    """A column as a list of int or None (a float or bool stored in a bigint column as SQLite would take it)."""
+    return [v if v is None or type(v) is int else int(v) for v in col]
 
 
 @functools.lru_cache(maxsize=512)
@@ -383,6 +407,21 @@ class PostgresStore(SqlStore):
             raise self._error(e, "write") from None
 
     # ------------------------------------------------------------------------------ hooks
+    def _insert_readings(self, rows):
+        cols = [_ints(c) for c in zip(*rows, strict=True)]
+        return self._run(_INSERT_READINGS, cols).fetchall()
+
+    def _upsert_many(self, sql, rows):
+        """Every row in one statement (the columns of these upserts are all bigint)."""
+        if rows:
+            self._run(_unnest(sql), [_ints(c) for c in zip(*rows, strict=True)])
+
+    def _run(self, pg_sql, args):
+        """Execute SQL already in psycopg's spelling (%s, %b: binary parameters)."""
+        cur = self._conn_for_call().cursor()
+        cur.execute(pg_sql, args)
+        return cur
+
     def _ids_in(self, col, ids):
         return f"{col} = ANY(?)", [int(n) for n in ids]
 
