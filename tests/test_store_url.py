@@ -310,3 +310,15 @@ def test_postgresql_two_writers_store_each_reading_once(pg_url):
 
 def _r4(node, seq):
     return (node, seq, 1_000_000 + seq * 60, 1_000_000 + seq * 60 + 2, 50, 100, 150, 50, 215, 10, 0, 1, 1, -70)
+
+
+def test_postgresql_pooled_stores_share_connections(pg_url):
+    """What `fleet serve` opens per request: a store on a connection of the process's pool."""
+    pids = set()
+    for _ in range(3):
+        with open_url(pg_url, pooled=True) as s:
+            s.register_node(5)
+            pids.add(s.query("SELECT pg_backend_pid()")[0][0])
+            assert s.node_ids() == {5}
+    assert len(pids) < 3  # connections given back and taken again (the pool may open a second one
+    # while its first is still connecting)

@@ -102,14 +102,16 @@ def parse_url(url, base_dir=None):
     raise StoreError(f"store URL scheme {scheme!r} not understood: use sqlite:///PATH or postgresql://...")
 
 
-def open_url(url, base_dir=None):
-    """Open the store named by `url` (see parse_url), creating its schema when new. Raises
+def open_url(url, base_dir=None, pooled=False):
+    """Open the store named by `url` (see parse_url), creating its schema when new. `pooled`:
+    a PostgreSQL store takes its connection from this process's pool for the URL and gives it
+    back at close() (for a server opening a store per request; SQLite ignores it). Raises
     StoreError."""
     backend, target = parse_url(url, base_dir)
     if backend == "postgresql":
         from fleet.store.postgres import PostgresStore
 
-        return PostgresStore(target)
+        return PostgresStore(target, pooled=pooled)
     return SQLiteStore(target)
 
 

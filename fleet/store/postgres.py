@@ -218,6 +218,7 @@ class _Db:
 
 _pools = {}
 _pools_lock = threading.Lock()
+_ready = set()  # URLs whose schema this process found current (pooled stores skip the check)
 
 
 def _pool(url):
@@ -265,7 +266,12 @@ class PostgresStore(SqlStore):
         self.db = _Db(self)
         try:
             self._connect()
-            self._opened_at_version = self._setup()
+            if pooled and url in _ready:  # this process checked the schema already
+                self._opened_at_version = SCHEMA_VERSION
+            else:
+                self._opened_at_version = self._setup()
+                if pooled:
+                    _ready.add(url)
         except psycopg.Error as e:
             self.close()
             raise self._error(e, "open") from None
