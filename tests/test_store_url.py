@@ -39,6 +39,11 @@ def test_an_unreachable_postgresql_store_is_one_line_without_the_password():
         "postgresql://u:***@h/db?password=***&sslmode=require"
     with pytest.raises(StoreError, match="not a valid PostgreSQL URL"):
         parse_url("postgresql://u:pw@h:notaport/db")
+    for cmd in (["status"], ["store", "info"], ["readings", "--node", "1"]):
+        r = CliRunner().invoke(group, cmd + ["--home", "/nonexistent/h", "--store",
+                                             "postgresql://fleet:s3cret-Pw@127.0.0.1:1/db"])
+        assert r.exit_code == 1 and "cannot open the store" in r.output, (cmd, r.output)
+        assert "s3cret-Pw" not in r.output and "Traceback" not in r.output
 
 
 def _is_psycopg(e):
