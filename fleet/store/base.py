@@ -231,6 +231,11 @@ class SqlStore(Store):
         """Run `sql` and return its rows as read-only mappings (r['col'], r.keys(), dict(r))."""
         raise NotImplementedError
 
+    def _iter_rows(self, sql, args):
+        """Rows of `sql` as tuples, such that the caller may write to the store while iterating
+        (here: fetched whole)."""
+        return self.db.execute(sql, args).fetchall()
+
     def __enter__(self):
         return self
 
@@ -481,8 +486,7 @@ class SqlStore(Store):
         if limit is not None:
             sql += " LIMIT ?"
             args.append(int(limit))
-        # Fetched whole, so a caller may write while iterating.
-        for r in self.db.execute(sql, args).fetchall():
+        for r in self._iter_rows(sql, args):
             yield dict(zip(READING_FIELDS, r, strict=True))
 
     def readings(self, node, since=None, until=None, limit=None):
@@ -743,7 +747,8 @@ class SqlStore(Store):
 # Methods that only read (their errors say "cannot read the store").
 _READS = {"means", "recent_means", "node", "nodes", "node_ids", "node_state", "readings", "iter_readings",
           "missing_seqs", "open_gaps", "gap_counts", "events", "rejects", "status_rows", "summary",
-          "delivery_counts", "query", "info", "schema_version", "pm25_means", "reading_means"}
+          "delivery_counts", "query", "info", "schema_version", "pm25_means", "reading_means",
+          "migrations"}
 
 
 def wrap_errors(cls, exc_types, make_error):
