@@ -3,18 +3,22 @@
 Gateways batch air frames into envelopes (default 50 frames each); each frame carries `k`
 readings from one of `--nodes` registered nodes, with valid hop and end-to-end tags.
 
-  in-process   Ingest.on_message() + flush on a fresh SQLiteStore (no MQTT): the core's ceiling
-               (node keys already derived, as in a running collector).
+  in-process   Ingest.on_message() + flush on a fresh store (no MQTT): the core's ceiling
+               (node keys already derived, as in a running collector). One writer, batches of
+               10,000 readings per commit, on each store backend: SQLite (the home's fleet.db)
+               and PostgreSQL (a throwaway cluster started here from Debian's packages, default
+               durability: fsync and synchronous_commit on; tests/pg.py), with the ratio.
   live         a publisher process sends the envelopes (QoS 1) through a broker process to
                run_collector() in this process; timed from the first publish to the last reading
                stored. Broker, publisher and collector share this machine's CPUs.
   backlog      the envelopes are queued in the collector's persistent session while it is away,
                then it starts and drains them: collector + broker only.
 
-Brokers: the embedded amqtt broker (as a process) and mosquitto when installed.
-Prints the figures; asserts nothing (speed is not a test).
+Brokers: the embedded amqtt broker (as a process) and mosquitto when installed; each broker case
+runs on each store backend too. Prints the figures; asserts nothing (speed is not a test).
 
     .venv/bin/python bench/collector_bench.py [--envelopes 1000] [--frames 50] [--k 1,6] [--nodes 5000]
+                                              [--stores sqlite,postgresql]
 """
 import argparse
 import asyncio
@@ -28,6 +32,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(1, os.path.join(ROOT, "tests"))  # tests/pg.py: the throwaway PostgreSQL cluster
 
 import protocol  # noqa: E402
 from fleet.collector import CollectorConfig, Ingest  # noqa: E402
@@ -41,9 +46,11 @@ GW = 1
 T0 = 1_700_000_000
 
 
-def make_home(n_nodes):
+def make_home(n_nodes, store_url=None):
     path = tempfile.mkdtemp(prefix="collector-bench-")
     home = FleetHome(path)
+    if store_url:
+        home = home.with_overrides({"store.url": store_url})
     home.ensure()
     home.keys().init()
     with home.store(create=True) as s:
@@ -126,13 +133,8 @@ def write_envelopes(envs):
 
 
 def count_readings(home):
-    import sqlite3
-
-    db = sqlite3.connect(home.store_path, timeout=10)
-    try:
-        return db.execute("SELECT count(*) FROM readings").fetchone()[0]
-    finally:
-        db.close()
+    with home.store() as s:
+        return s.query("SELECT count(*) FROM readings")[0][0]
 
 
 async def _wait_count(home, want, timeout_s):
@@ -194,42 +196,80 @@ def main(argv=None):
     ap.add_argument("--k", default="1,6", help="readings per frame (comma-separated cases)")
     ap.add_argument("--nodes", type=int, default=5000)
     ap.add_argument("--brokers", default="amqtt,mosquitto")
+    ap.add_argument("--stores", default="sqlite,postgresql",
+                    help="store backends (postgresql: a throwaway cluster is started, if installed)")
     args = ap.parse_args(argv)
     ks = [int(x) for x in args.k.split(",")]
     n_frames = args.envelopes * args.frames
     print(f"collector ingest: {args.envelopes} envelopes x {args.frames} frames = {n_frames} frames, "
           f"{args.nodes} nodes, on {os.cpu_count()} CPUs")
-    for k in ks:
-        home = make_home(args.nodes)
+    stores = args.stores.split(",")
+    cluster = None
+    if "postgresql" in stores:
+        from pg import PgCluster, PgUnavailable
+
+        try:
+            cluster = PgCluster(durable=True).start()
+            print(f"PostgreSQL: a throwaway cluster ({cluster.bindir.split('/')[-2] if cluster.bindir else '?'}), "
+                  f"default durability (fsync on, synchronous_commit on), on this machine's CPUs")
+        except (PgUnavailable, OSError) as e:
+            print(f"PostgreSQL: unavailable ({e}); its cases are skipped")
+            stores.remove("postgresql")
+    try:
+        for k in ks:
+            _bench_k(args, k, n_frames, stores, cluster)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+    return 0
+
+
+def _store_url(backend, cluster):
+    """None (the home's SQLite file) or a fresh schema of the PostgreSQL cluster."""
+    if backend == "sqlite":
+        return None
+    return cluster.new_schema()[1]
+
+
+def _bench_k(args, k, n_frames, stores, cluster):
+    rates = {}
+    for backend in stores:
+        home = make_home(args.nodes, _store_url(backend, cluster))
         try:
             t = time.perf_counter()
             envs, n_readings = make_envelopes(home, args.envelopes, args.frames, k, args.nodes)
-            mb = sum(map(len, envs)) / 1e6
-            print(f"\n{k} reading(s)/frame: {n_readings} readings, {mb:.1f} MB of envelopes "
-                  f"(built in {time.perf_counter() - t:.1f} s)")
+            if not rates:
+                mb = sum(map(len, envs)) / 1e6
+                print(f"\n{k} reading(s)/frame: {n_readings} readings, {mb:.1f} MB of envelopes "
+                      f"(built in {time.perf_counter() - t:.1f} s)")
             dt = bench_in_process(home, envs, n_readings, n_frames)
-            print(f"  in-process           {n_frames / dt:9.0f} frames/s {n_readings / dt:9.0f} readings/s "
+            rates[backend] = n_frames / dt
+            label = "in-process" if backend == "sqlite" else "in-process " + backend
+            print(f"  {label:20s} {n_frames / dt:9.0f} frames/s {n_readings / dt:9.0f} readings/s "
                   f"{args.envelopes / dt:7.0f} envelopes/s")
         finally:
             shutil.rmtree(home.path, ignore_errors=True)
-        for kind in args.brokers.split(","):
-            if kind == "mosquitto" and mosquitto_path() is None:
-                print("  mosquitto: not installed, skipped")
-                continue
+    if "sqlite" in rates and "postgresql" in rates:
+        print(f"  in-process postgresql / sqlite: {rates['postgresql'] / rates['sqlite']:.2f}x (one writer)")
+    for kind in args.brokers.split(","):
+        if kind == "mosquitto" and mosquitto_path() is None:
+            print("  mosquitto: not installed, skipped")
+            continue
+        for backend in stores:
             for mode in ("live", "backlog"):
-                home = make_home(args.nodes)
+                home = make_home(args.nodes, _store_url(backend, cluster))
                 bp = start_mosquitto() if kind == "mosquitto" else start_broker_process()
+                label = kind if backend == "sqlite" else f"{kind}+pg"
                 try:
                     envs, n_readings = make_envelopes(home, args.envelopes, args.frames, k, args.nodes)
                     dt = asyncio.run(bench_broker(home, envs, n_readings, bp.port, mode))
-                    print(f"  {kind:9s} {mode:8s}   {n_frames / dt:9.0f} frames/s {n_readings / dt:9.0f} "
+                    print(f"  {label:12s} {mode:8s}{n_frames / dt:9.0f} frames/s {n_readings / dt:9.0f} "
                           f"readings/s {args.envelopes / dt:7.0f} envelopes/s")
                 except Exception as e:  # noqa: BLE001 - report and go on with the other cases
-                    print(f"  {kind:9s} {mode:8s}   failed: {type(e).__name__}: {e}")
+                    print(f"  {label:12s} {mode:8s}failed: {type(e).__name__}: {e}")
                 finally:
                     bp.close()
                     shutil.rmtree(home.path, ignore_errors=True)
-    return 0
 
 
 if __name__ == "__main__":

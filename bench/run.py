@@ -52,6 +52,27 @@ def bench_status(res, quick):
             t_table, _ = status_bench.cli_time(home, [])
             out[str(n)] = {"status_json_s": round(t_json, 3), "status_table_s": round(t_table, 3)}
     res["status"] = out
+    # the same on a PostgreSQL store (a throwaway cluster, default durability; tests/pg.py)
+    sys.path.insert(1, os.path.join(ROOT, "tests"))
+    from pg import PgCluster, PgUnavailable
+
+    try:
+        cluster = PgCluster(durable=True).start()
+    except (PgUnavailable, OSError) as e:
+        print("  PostgreSQL unavailable (%s): no status figures on it" % e, flush=True)
+        return
+    out = {}
+    try:
+        for n in ((5000,) if quick else (5000, 100000)):
+            with tempfile.TemporaryDirectory(prefix="redmesh-bench-") as d:
+                home = FleetHome(d).with_overrides({"store.url": cluster.new_schema()[1]})
+                status_bench.fill(home, n, 5, int(time.time()))
+                t_json, _ = status_bench.cli_time(home, ["--json"])
+                t_table, _ = status_bench.cli_time(home, [])
+                out[str(n)] = {"status_json_s": round(t_json, 3), "status_table_s": round(t_table, 3)}
+    finally:
+        cluster.stop()
+    res["status_postgresql"] = out
 
 
 def bench_map(res, quick):
@@ -213,10 +234,9 @@ def table(res):
         mp = p["micropython"]
         rows.append(("same on MicroPython (unix port)", "%.1f / %.1f us" % (
             mp["telemetry_encode_tag_us"], mp["telemetry_verify_decode_us"]), "-"))
-    st = res.get("status")
-    if st:
-        for n, v in st.items():
-            rows.append(("`fleet status` at %s nodes (process)" % n, "%.2f s (json %.2f s)" % (
+    for key, store in (("status", ""), ("status_postgresql", ", PostgreSQL store")):
+        for n, v in (res.get(key) or {}).items():
+            rows.append(("`fleet status` at %s nodes (process%s)" % (n, store), "%.2f s (json %.2f s)" % (
                 v["status_table_s"], v["status_json_s"]), "< 0.5 s at 5,000" if n == "5000" else "-"))
     for label, rg in (res.get("rig") or {}).items():
         rows.append(("virtual rig (%s): frames/s through the medium (%d nodes)" % (label, rg["nodes"]),
@@ -241,10 +261,18 @@ def table(res):
     if col:
         rows.append(("collector ingest (in-process)", "%s frames/s" % _first(r"in-process\s+(\d+) frames/s", col, int),
                      "-"))
+        pg = _first(r"in-process postgresql\s+(\d+) frames/s", col, int)
+        if pg:
+            rows.append(("collector ingest (in-process), PostgreSQL store, one writer",
+                         "%d frames/s (%sx SQLite's)" % (pg, _first(r"postgresql / sqlite: ([\d.]+)x", col, str)),
+                         ">= 20,000 frames/s"))
         for kind in ("amqtt", "mosquitto"):
             v = _first(kind + r"\s+\S+\s+(\d+) frames/s", col, int)
             if v:
                 rows.append(("collector ingest through %s" % kind, "%d frames/s" % v, "-"))
+            v = _first(kind + r"\+pg\s+\S+\s+(\d+) frames/s", col, int)
+            if v:
+                rows.append(("collector ingest through %s, PostgreSQL store" % kind, "%d frames/s" % v, "-"))
     hp = sc.get("heap", {}).get("output")
     if hp:
         from fleet.sim import interp

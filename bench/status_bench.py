@@ -7,9 +7,10 @@ batches of 10,000 like the collector does, some gaps), then times:
   - json: json.dumps of the service dict
   - table: rendering of the table text (what `fleet status` prints)
   - cli: wall time of `fleet status --json` and `fleet status` as a subprocess (start-up included)
-Prints the figures; asserts nothing (speed is not a test).
+On each store backend asked for (--stores; postgresql: a throwaway cluster from Debian's
+packages, default durability, tests/pg.py). Prints the figures; asserts nothing (speed is not a test).
 
-    .venv/bin/python bench/status_bench.py [--sizes 5000,100000] [--readings-per-node 20]
+    .venv/bin/python bench/status_bench.py [--sizes 5000,100000] [--readings-per-node 20] [--stores sqlite,postgresql]
 """
 import argparse
 import json
@@ -24,6 +25,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(1, os.path.join(ROOT, "tests"))  # tests/pg.py
 
 from fleet.cli.status import render  # noqa: E402
 from fleet.home import FleetHome  # noqa: E402
@@ -92,7 +94,8 @@ def cli_time(home, args, n=3):
     size = 0
     for _ in range(n):
         t = time.perf_counter()
-        p = subprocess.run(cmd + ["status"] + args, env=env, capture_output=True, timeout=300)
+        store = ["--store", home.store_url] if home.store_url.startswith("postgres") else []
+        p = subprocess.run(cmd + ["status"] + args + store, env=env, capture_output=True, timeout=300)
         times.append(time.perf_counter() - t)
         if p.returncode != 0:
             raise SystemExit(f"fleet status failed: {p.stderr.decode()[-500:]}")
@@ -100,15 +103,20 @@ def cli_time(home, args, n=3):
     return min(times), size
 
 
-def bench_size(n, per_node):
-    """Fill a fresh home with `n` nodes and print the figures."""
+def bench_size(n, per_node, store_url=None):
+    """Fill a fresh home with `n` nodes (on the store `store_url`, default the home's SQLite
+    file) and print the figures."""
     tmp = tempfile.mkdtemp(prefix="redmesh-bench-")
     try:
         home = FleetHome(tmp)
+        if store_url:
+            home = home.with_overrides({"store.url": store_url})
         now = int(time.time())
         rows, dup, ingest_s = fill(home, n, per_node, now)
-        print(f"\n== {n:,} nodes, {rows:,} reading rows offered ({dup:,} duplicates), "
-              f"store {os.path.getsize(home.store_path) / 1e6:.0f} MB")
+        with home.store() as s:
+            info = s.info()
+        print(f"\n== {info['backend']}: {n:,} nodes, {rows:,} reading rows offered ({dup:,} duplicates), "
+              f"store {info['size_bytes'] / 1e6:.0f} MB")
         print(f"ingest (batches of {BATCH:,}, dedup + node_state):  {rows / ingest_s:,.0f} rows/s")
         store = home.store()
         best, med, result = best_of(lambda: fleet_status(store, now))
@@ -138,10 +146,24 @@ def main():
     ap.add_argument("--sizes", default="5000,100000")
     ap.add_argument("--readings-per-node", type=int, default=None,
                     help="default: 20 for <= 10k nodes, 5 above")
+    ap.add_argument("--stores", default="sqlite")
     args = ap.parse_args()
     print(f"python {sys.version.split()[0]}, sqlite {__import__('sqlite3').sqlite_version}, {os.cpu_count()} CPUs")
-    for n in (int(x) for x in args.sizes.split(",")):
-        bench_size(n, args.readings_per_node or (20 if n <= 10_000 else 5))
+    cluster = None
+    try:
+        for backend in args.stores.split(","):
+            for n in (int(x) for x in args.sizes.split(",")):
+                url = None
+                if backend == "postgresql":
+                    if cluster is None:
+                        from pg import PgCluster
+
+                        cluster = PgCluster(durable=True).start()
+                    url = cluster.new_schema()[1]
+                bench_size(n, args.readings_per_node or (20 if n <= 10_000 else 5), url)
+    finally:
+        if cluster is not None:
+            cluster.stop()
 
 
 if __name__ == "__main__":

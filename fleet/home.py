@@ -277,7 +277,7 @@ class FleetHome:
         url = self.config["store"]["url"]
         return url or "sqlite:///" + self.store_path.lstrip("/")
 
-    def store(self, create=False):
+    def store(self, create=False, pooled=False):
         """Open the store named by store_url (fleet.store.open_url). Unless `create`, a missing
         SQLite file is a FleetError that says how to make one."""
         from fleet.store import open_url, parse_url
@@ -299,7 +299,7 @@ class FleetHome:
             if create:
                 self.ensure()
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-        return open_url(self.store_url, self.path)
+        return open_url(self.store_url, self.path, pooled=pooled)
 
     def keys(self):
         """Return the keystore (fleet.keys.Keystore) of this home, bound to the network id."""

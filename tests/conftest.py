@@ -31,3 +31,6 @@ def board(tmp_path):
         yield b
     finally:
         b.stop()
+
+
+from pg import pg_cluster, pg_url  # noqa: E402, F401 - PostgreSQL fixtures (tests/pg.py)

@@ -1,4 +1,4 @@
-"""The collector core (fleet/collector.py Ingest) against a real SQLiteStore, with frames made by
+"""The collector core (fleet/collector.py Ingest) against a real store (SQLite and PostgreSQL), with frames made by
 protocol.encode and keys derived by protocol.auth. No MQTT: messages are (topic, payload)."""
 import os
 import sqlite3
@@ -8,7 +8,7 @@ import pytest
 import protocol
 from fleet.collector import CollectorConfig, Ingest
 from fleet.repair import RepairConfig
-from fleet.store import SQLiteStore
+from fleet.store import SQLiteStore, open_url
 from protocol import auth
 from protocol.envelope import downlink_topic
 
@@ -64,9 +64,13 @@ def envelope(frames, gw=GW, eseq=1, rx_ms=T0 * 1000 + 500):
     return protocol.encode(protocol.Envelope(gw, eseq, [(rx_ms, -61, fb) for fb in frames]))
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = SQLiteStore(str(tmp_path / "fleet.db"))
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    """A store on each backend (PostgreSQL: a fresh schema of the worker's throwaway cluster)."""
+    if request.param == "sqlite":
+        s = SQLiteStore(str(tmp_path / "fleet.db"))
+    else:
+        s = open_url(request.getfixturevalue("pg_url"))
     s.register_nodes([{"node": n} for n in NODES] + [{"node": GW, "role": "gateway"},
                                                       {"node": GW2, "role": "gateway"}])
     yield s
@@ -92,8 +96,8 @@ def seqs(store, node):
 
 
 def gap_rows(store):
-    return [tuple(r) for r in store.db.execute("SELECT node, first_seq, last_seq, state, requests FROM gaps "
-                                               "ORDER BY node, first_seq")]
+    return [tuple(r) for r in store.query("SELECT node, first_seq, last_seq, state, requests FROM gaps "
+                                          "ORDER BY node, first_seq")]
 
 
 def decode_commands(out, node):
@@ -234,6 +238,20 @@ def test_node_registered_after_start_is_accepted_after_recheck(store):
 
 
 def test_store_failure_keeps_the_batch(tmp_path, store):
+    if not isinstance(store, SQLiteStore):  # PostgreSQL: the server drops the collector's session
+        import psycopg
+
+        ing = make_ingest(store)
+        ing.on_message(UP, envelope([telemetry(1, 0, k=2)]))
+        with psycopg.connect(store._url, autocommit=True) as c:
+            c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE application_name = 'redmesh-fleet' AND pid <> pg_backend_pid()")
+        assert ing.flush() == (0, 0)
+        assert ing.pending_rows() == 2 and ing.snapshot()["flush_errors"] == 1
+        assert ing.flush() == (2, 0)  # a new connection
+        assert seqs(store, 1) == [0, 1]
+        return
+
     class Flaky(SQLiteStore):
         fail = 1
 

@@ -1,4 +1,5 @@
-"""`fleet status` and `fleet readings` through the real CLI (CliRunner) on a real store:
+"""`fleet status` and `fleet readings` through the real CLI (CliRunner) on a real store (each
+test on both backends: the home's SQLite file, and a PostgreSQL schema named by fleet.toml):
 JSON shape and stable keys, states by last-heard age, never-heard nodes, filters and sorting,
 and clear errors (no traceback) for a missing or damaged store or fleet.toml."""
 import csv
@@ -18,12 +19,16 @@ def reading(node, seq, ts, pm25, rh=60, gateway=1, hops=2):
     return (node, seq, ts, ts + 2, 40, pm25, 180, rh, 230, 10, 0, hops, gateway, -71)
 
 
-@pytest.fixture
-def home(tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def home(request, tmp_path):
     """A fleet home with: gateways 1, 2; node 10 online (gw 1), 11 stale (gw 2), 12 offline,
-    13 provisioned but never heard, 20 heard but never registered; default thresholds 300/1800 s."""
+    13 provisioned but never heard, 20 heard but never registered; default thresholds 300/1800 s.
+    postgresql: its fleet.toml names a fresh PostgreSQL schema as the store (store.url)."""
     now = int(time.time())
     h = FleetHome(str(tmp_path / "home"))
+    if request.param == "postgresql":
+        h.write_config({"store": {"url": request.getfixturevalue("pg_url")}})
+        h = FleetHome(h.path)
     store = h.store(create=True)
     store.register_nodes([
         {"node": 1, "role": "gateway", "fw_version": "0.1.0"},
@@ -211,7 +216,7 @@ def test_bad_toml_is_a_clear_error(home, toml, expect):
 
 
 def test_toml_settings_apply_and_options_override_them(home):
-    with open(home.config_path, "w") as f:
+    with open(home.config_path, "a") as f:  # keeps the store's URL
         f.write("[status]\naqi = \"epa\"\nstale_after_s = 5000\noffline_after_s = 9000\n")
     s = status_json(home)["summary"]
     assert s["aqi"] == "epa" and s["stale_after_s"] == 5000 and s["stale"] == 1
@@ -238,12 +243,14 @@ def test_readings_csv(home):
 
 
 def test_readings_json_and_since(home):
-    r = run(["readings", "--node", "10", "--json", "--since", "-3m"], home)
+    # reading times are fixture-time - 600 + 60 * seq: the bounds sit 30 s inside a reading
+    # interval, so a slow fixture (a busy box, a PostgreSQL store) does not move them across one
+    r = run(["readings", "--node", "10", "--json", "--since", "-210s"], home)
     assert r.exit_code == 0, r.output
     rows = json.loads(r.stdout)
     assert [x["seq"] for x in rows] == [7, 8, 9]
     assert rows[-1]["pm25_ugm3"] == 12.9
-    r = run(["readings", "--node", "10", "--json", "--since", str(int(time.time()) - 130), "--limit", "1"], home)
+    r = run(["readings", "--node", "10", "--json", "--since", str(int(time.time()) - 150), "--limit", "1"], home)
     assert [x["seq"] for x in json.loads(r.stdout)] == [8]
 
 

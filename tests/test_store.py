@@ -1,16 +1,26 @@
-"""The SQLite store: de-duplication, node_state kept in step with readings, gaps, counters,
+"""The store, on both backends (SQLite and a throwaway PostgreSQL cluster): de-duplication, node_state kept in step with readings, gaps, counters,
 transactions, views, and refusing files that are not a Red Mesh store."""
 import os
 import sqlite3
 
 import pytest
 
-from fleet.store import READING_FIELDS, SCHEMA_VERSION, SQLiteStore, StoreError
+from fleet.store import READING_FIELDS, SCHEMA_VERSION, SQLiteStore, StoreError, open_url
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request, tmp_path):
+    """A URL naming a new store on each backend (PostgreSQL: a fresh schema of the worker's cluster)."""
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path}/fleet.db"
+    return request.getfixturevalue("pg_url")
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = SQLiteStore(str(tmp_path / "fleet.db"))
+def store(store_url):
+    s = open_url(store_url)
     yield s
     s.close()
 
@@ -21,9 +31,11 @@ def reading(node, seq, ts=None, rx_ts=None, pm25=100, rh=50, hops=2, gateway=1, 
     return (node, seq, ts, rx_ts, 50, pm25, 150, rh, 215, 10, 0, hops, gateway, rssi)
 
 
-def test_pragmas_wal_and_normal_sync(store):
+def test_pragmas_wal_and_normal_sync(tmp_path):
+    store = SQLiteStore(str(tmp_path / "fleet.db"))
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    store.close()
 
 
 def test_duplicates_are_stored_once_and_counted(store):
@@ -185,11 +197,10 @@ def test_summary(store):
     assert (s["nodes"], s["heard"], s["readings"], s["duplicates"], s["expected"]) == (4, 2, 3, 1, 4)
 
 
-def test_persists_across_reopen(tmp_path):
-    path = str(tmp_path / "fleet.db")
-    with SQLiteStore(path) as s:
+def test_persists_across_reopen(store_url):
+    with open_url(store_url) as s:
         s.add_readings([reading(1, 0)])
-    with SQLiteStore(path) as s:
+    with open_url(store_url) as s:
         assert s.node_state(1)["delivered"] == 1
 
 

@@ -23,7 +23,7 @@ def cli(home, host, port, aqi):
     home = home.with_overrides({"status.aqi": aqi})
     cfg = home.config["status"]
     home.store().close()  # a missing or wiped store is an error now, not at the first request
-    app = create_app(home.store, aqi=cfg["aqi"], stale_after_s=cfg["stale_after_s"],
+    app = create_app(lambda: home.store(pooled=True), aqi=cfg["aqi"], stale_after_s=cfg["stale_after_s"],
                      offline_after_s=cfg["offline_after_s"])
     import socket
 

@@ -1,35 +1,39 @@
-"""The fleet store: nodes, readings, per-node state, gaps, events, rejects, command counters.
+"""The store interface and what both backends share.
 
-`Store` is the interface (plain data in, plain data out); `SQLiteStore` is the default
-implementation. A store is named by a URL (`store.url` in fleet.toml, `--store URL`):
-`sqlite:///PATH` (the default, the home's fleet.db) or `postgresql://...` (not in this build:
-refused with a StoreError that says so). `open_url` is the one place that maps a URL to a
-backend; nothing outside this module touches sqlite3 or a connection, and every failure of
-a store reaches callers as StoreError (or its subclass StoreBusy). Units follow the wire:
-PM in 0.1 ug/m3, RH in %, temperature in 0.1 C, times in unix seconds.
+`Store` is the interface (plain data in, plain data out). `SqlStore` holds the SQL both backends
+run (SQLite in fleet/store/sqlite.py, PostgreSQL in fleet/store/postgres.py): statements are
+written with `?` parameters and standard upserts (INSERT ... ON CONFLICT ... DO UPDATE, RETURNING);
+a backend supplies the connection (`self.db`: execute / executemany returning a cursor), its
+transaction, and the few dialect hooks below. Units follow the wire: PM in 0.1 ug/m3, RH in %,
+temperature in 0.1 C, times in unix seconds.
 
 Theory of operation
-- readings: one row per (node, seq), UNIQUE(node, seq); `add_readings` inserts a batch with
-  INSERT OR IGNORE, so QoS-1 redeliveries, mesh duplicates and gap-repair resends are stored
-  once and counted as duplicates. The batch runs in one transaction (DESIGN: the dedup index is
-  the cost; 10,000 rows per commit run ~2.5x faster than 1,000).
+- readings: one row per (node, seq), unique (node, seq); `add_readings` inserts a batch skipping
+  rows already stored (SQLite INSERT OR IGNORE, PostgreSQL ON CONFLICT DO NOTHING), so QoS-1
+  redeliveries, mesh duplicates and gap-repair resends are stored once and counted as duplicates.
+  The batch runs in one transaction (DESIGN: the dedup index is the cost; 10,000 rows per commit
+  run ~2.5x faster than 1,000).
 - node_state: one row per node holding the LATEST of everything (last heard, last reading, last
   status, delivered and duplicate counts, lowest and highest seq stored). `add_readings`
   updates it in the same transaction from the rows actually inserted (INSERT ... RETURNING), so
   `fleet status` reads one row per node and never scans readings. A resend of an old reading
   (seq below last_seq) adds to `delivered` but does not replace the latest values.
+- status frames carry their own counter (status_seq): the upsert takes a status only when its
+  counter is above the stored one, so a late status never overwrites a newer one.
+- hourly: per node and UTC hour, the count and sums of PM; every inserted reading adds to its
+  hour in the same transaction (late and repaired ones too, each once).
 - delivery ratio of a node = delivered / (last_seq - min_seq + 1): readings stored out of the
   counter range seen. Missing counters are gaps: the collector records them (`add_gap`), asks
   the node to resend, and marks them requested / recovered / lost.
-- Writes take the write lock at once (BEGIN IMMEDIATE) so a second writer process waits
-  (busy_timeout) instead of failing half-way; `transaction()` groups calls into one commit.
+- Several writers: SQLite takes the write lock at BEGIN IMMEDIATE (a second writer waits);
+  PostgreSQL lets writers run together, so a batch writes its rows in (node, seq) / node / hour
+  order: two batches lock the same rows in the same order and cannot deadlock.
 """
-import contextlib
 import json
-import os
-import sqlite3
 
 from fleet.errors import FleetError
+
+SCHEMA_VERSION = 4
 
 READING_FIELDS = (
     "node", "seq", "ts", "rx_ts", "pm1", "pm25", "pm10", "rh", "temp", "n", "flags", "hops", "gateway", "rssi",
@@ -50,100 +54,7 @@ STATUS_FIELDS = (
     "pm10", "rh", "temp", "delivered", "duplicates", "min_seq",
 ) + STATE_FIELDS
 
-APPLICATION_ID = 0x524D5348  # 'RMSH': marks a file as a Red Mesh store
-SCHEMA_VERSION = 4
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS nodes (
-    node INTEGER PRIMARY KEY,
-    mac TEXT,
-    role TEXT NOT NULL DEFAULT 'node' CHECK (role IN ('node', 'gateway')),
-    pole TEXT,
-    lat REAL,
-    lon REAL,
-    fw_version TEXT,
-    fw_seq INTEGER,
-    registered_at INTEGER
-);
-CREATE TABLE IF NOT EXISTS readings (
-    node INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    ts INTEGER NOT NULL,
-    rx_ts INTEGER,
-    pm1 INTEGER, pm25 INTEGER, pm10 INTEGER,
-    rh INTEGER, temp INTEGER,
-    n INTEGER, flags INTEGER,
-    hops INTEGER, gateway INTEGER, rssi INTEGER,
-    UNIQUE (node, seq)
-);
-CREATE TABLE IF NOT EXISTS node_state (
-    node INTEGER PRIMARY KEY,
-    last_heard INTEGER,
-    status_at INTEGER,
-    last_seq INTEGER,
-    last_ts INTEGER,
-    pm1 INTEGER, pm25 INTEGER, pm10 INTEGER, rh INTEGER, temp INTEGER,
-    delivered INTEGER NOT NULL DEFAULT 0,
-    duplicates INTEGER NOT NULL DEFAULT 0,
-    min_seq INTEGER,
-    parent INTEGER, link_etx INTEGER, path_cost INTEGER, uptime_s INTEGER,
-    heap_free INTEGER, heap_min INTEGER, backlog INTEGER,
-    gateway INTEGER, rssi INTEGER, hops INTEGER,
-    fw_version TEXT, fw_seq INTEGER, boot_count INTEGER,
-    ota_state INTEGER, ota_progress INTEGER, errors INTEGER,
-    radio_drops INTEGER, readings_lost INTEGER,
-    status_seq INTEGER
-);
-CREATE TABLE IF NOT EXISTS hourly (
-    node INTEGER NOT NULL,
-    hour INTEGER NOT NULL,
-    n INTEGER NOT NULL,
-    pm1_sum INTEGER, pm25_sum INTEGER, pm10_sum INTEGER,
-    PRIMARY KEY (node, hour)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS hourly_hour ON hourly (hour, node, n, pm25_sum);
-CREATE TABLE IF NOT EXISTS gaps (
-    id INTEGER PRIMARY KEY,
-    node INTEGER NOT NULL,
-    first_seq INTEGER NOT NULL,
-    last_seq INTEGER NOT NULL,
-    state TEXT NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'requested', 'recovered', 'lost')),
-    created_at INTEGER,
-    updated_at INTEGER,
-    requests INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS gaps_node ON gaps (node, first_seq);
-CREATE INDEX IF NOT EXISTS gaps_pending ON gaps (state) WHERE state IN ('open', 'requested');
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY,
-    ts INTEGER NOT NULL,
-    node INTEGER,
-    kind TEXT NOT NULL,
-    detail TEXT
-);
-CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
-CREATE TABLE IF NOT EXISTS rejects (
-    cause TEXT PRIMARY KEY,
-    count INTEGER NOT NULL DEFAULT 0,
-    last_ts INTEGER
-);
-CREATE TABLE IF NOT EXISTS command_counters (
-    target INTEGER PRIMARY KEY,
-    cseq INTEGER NOT NULL
-);
-"""
-
-# What turns a store of schema version N - 1 into version N (a fresh store gets _SCHEMA whole).
-_MIGRATIONS = {
-    2: ("ALTER TABLE node_state ADD COLUMN radio_drops INTEGER",  # status frames since firmware 1.0
-        "ALTER TABLE node_state ADD COLUMN readings_lost INTEGER"),
-    3: ("ALTER TABLE node_state ADD COLUMN status_seq INTEGER",),  # a late status never overwrites a newer one
-    4: ("CREATE TABLE hourly (node INTEGER NOT NULL, hour INTEGER NOT NULL, n INTEGER NOT NULL, "
-        "pm1_sum INTEGER, pm25_sum INTEGER, pm10_sum INTEGER, PRIMARY KEY (node, hour)) WITHOUT ROWID",
-        "INSERT INTO hourly SELECT node, ts / 3600, count(*), sum(pm1), sum(pm25), sum(pm10) FROM readings "
-        "WHERE pm25 IS NOT NULL GROUP BY node, ts / 3600",
-        "CREATE INDEX hourly_hour ON hourly (hour, node, n, pm25_sum)"),
-}
 
 # Hourly sums, kept as readings are stored (late and repaired ones included: every stored row
 # adds to the hour of its reading time, and (node, seq) is stored once, so it adds once).
@@ -170,60 +81,10 @@ class StoreBusy(StoreError):
     """Another process holds a lock on the store; it is healthy: retry later."""
 
 
-def is_busy(e):
-    """True when sqlite3 error `e` means another connection holds a lock (the store is healthy)."""
-    text = str(e).lower()
-    return isinstance(e, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
-
-
-def holders(path, limit=3):
-    """Return 'pid N (name)' texts of the processes (other than this one) that have the file
-    `path` open, best effort (Linux /proc; [] elsewhere or without permission)."""
-    out = []
-    want = os.path.realpath(path)
-    try:
-        pids = [p for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]
-    except OSError:
-        return out
-    for pid in pids:
-        fd_dir = f"/proc/{pid}/fd"
-        try:
-            fds = os.listdir(fd_dir)
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(f"{fd_dir}/{fd}") != want:
-                    continue
-            except OSError:
-                continue
-            try:
-                with open(f"/proc/{pid}/comm") as f:
-                    name = f.read().strip()
-            except OSError:
-                name = "?"
-            out.append(f"pid {pid} ({name})")
-            break
-        if len(out) >= limit:
-            break
-    return out
-
-
-def store_error(path, e, doing="read"):
-    """Return the StoreError for sqlite3 error `e` on the store at `path`: a lock held by
-    another process says so (retry later; which process) - never advice to discard a healthy
-    store; anything else names the store and what to check."""
-    if is_busy(e):
-        who = holders(path)
-        by = f" (held by {', '.join(who)})" if who else ""
-        return StoreBusy(f"the store {path} is busy: another process holds a lock on it{by}; "
-                         f"retry when it is done")
-    return StoreError(f"cannot {doing} the store {path}: {e}; is it damaged? move it aside")
-
 
 class Store:
     """The store interface. Every method takes and returns plain data (ints, strs, tuples,
-    lists, dicts). Implementations: SQLiteStore; PostgreSQL later."""
+    lists, dicts). Implementations: SQLiteStore, PostgresStore."""
 
     def close(self):
         raise NotImplementedError
@@ -351,68 +212,29 @@ def _later(a, b):
     return a if a >= b else b
 
 
-class SQLiteStore(Store):
-    """The store in one SQLite file (WAL, synchronous=NORMAL). Opening creates the schema.
-    Raises StoreError when the file is not a Red Mesh store or cannot be opened."""
 
-    def __init__(self, path):
-        self.path = path
-        self._depth = 0
-        self._insert_sql = {}
-        self._state_sql = {}
-        try:
-            self.db = sqlite3.connect(path, isolation_level=None, timeout=10.0)
-        except sqlite3.Error as e:
-            raise StoreError(f"cannot open the store {path}: {e}") from e
-        try:
-            self._opened_at_version = self.db.execute("PRAGMA user_version").fetchone()[0]
-            self._setup()
-        except sqlite3.DatabaseError as e:
-            self.db.close()
-            if is_busy(e):
-                raise store_error(path, e, "open") from e
-            raise StoreError(
-                f"{path} is not a usable Red Mesh store ({e}); move it aside to start a new one, "
-                f"or point --home at the right fleet home"
-            ) from e
+class SqlStore(Store):
+    """The SQL both backends run. A subclass sets `self.db` (an object with execute(sql, args)
+    and executemany(sql, rows) taking `?` parameters and returning a DB-API cursor) and
+    implements transaction(); the hooks below cover the dialects' differences."""
 
-    def _setup(self):
-        db = self.db
-        db.execute("PRAGMA busy_timeout = 10000")
-        app_id = db.execute("PRAGMA application_id").fetchone()[0]
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if app_id not in (0, APPLICATION_ID):
-            raise sqlite3.DatabaseError(f"application_id {app_id:#x} is not a Red Mesh store's")
-        if app_id == 0:
-            tables = db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
-            if tables:
-                raise sqlite3.DatabaseError("it is an SQLite database of something else")
-        if version > SCHEMA_VERSION:
-            raise sqlite3.DatabaseError(
-                f"schema version {version} is newer than this fleet tool's ({SCHEMA_VERSION}); upgrade redmesh"
-            )
-        # WAL: readers (fleet status) never block the collector's writes. NORMAL sync in WAL mode
-        # is durable against application crashes; a power cut may lose the last commits, which
-        # gap repair then asks the nodes to resend.
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = NORMAL")
-        db.execute("PRAGMA temp_store = MEMORY")
-        if app_id == 0 or version < SCHEMA_VERSION:
-            with self.transaction():
-                # one statement at a time: executescript() would COMMIT our transaction
-                if app_id == APPLICATION_ID:  # an older store: bring its tables up to date
-                    for v in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
-                        for stmt in _MIGRATIONS.get(v, ()):
-                            db.execute(stmt)
-                for stmt in _SCHEMA.split(";"):
-                    if stmt.strip():
-                        db.execute(stmt)
-                db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    _INSERT_OR_SKIP = ("INSERT OR IGNORE INTO readings", "")  # SQL before the column list, after VALUES
+    _GREATEST = "max"  # the two-argument maximum
+    _ORDERED_WRITES = False  # write rows in key order (concurrent writers: no deadlock)
+    _depth = 0
 
-    def close(self):
-        """Close the connection (checkpointing the WAL when last out)."""
-        self.db.close()
+    def _ids_in(self, col, ids):
+        """Return (SQL condition, its one argument): `col` is one of the node ids `ids`."""
+        return f"{col} IN (SELECT value FROM json_each(?))", json.dumps([int(n) for n in ids])
+
+    def _mappings(self, sql, args):
+        """Run `sql` and return its rows as read-only mappings (r['col'], r.keys(), dict(r))."""
+        raise NotImplementedError
+
+    def _iter_rows(self, sql, args):
+        """Rows of `sql` as tuples, such that the caller may write to the store while iterating
+        (here: fetched whole)."""
+        return self.db.execute(sql, args).fetchall()
 
     def __enter__(self):
         return self
@@ -420,38 +242,6 @@ class SQLiteStore(Store):
     def __exit__(self, *exc):
         self.close()
 
-    @contextlib.contextmanager
-    def transaction(self, write=True):
-        """Group calls into one transaction; nests (only the outermost commits). `write=False`
-        takes a read snapshot instead of the write lock."""
-        if self._depth:
-            self._depth += 1
-            try:
-                yield self
-            finally:
-                self._depth -= 1
-            return
-        try:
-            self.db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        except sqlite3.Error as e:
-            raise store_error(self.path, e, "write" if write else "read") from e
-        self._depth = 1
-        try:
-            yield self
-        except BaseException:
-            self._depth = 0
-            if self.db.in_transaction:  # SQLite may have rolled back itself (e.g. SQLITE_FULL)
-                self.db.execute("ROLLBACK")
-            raise
-        self._depth = 0
-        try:
-            self.db.execute("COMMIT")
-        except sqlite3.Error as e:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
-            raise store_error(self.path, e, "write") from e
-
-    # ----------------------------------------------------------------------------------- nodes
     def register_node(self, node, *, mac=None, role="node", pole=None, lat=None, lon=None, fw_version=None,
                       fw_seq=None, registered_at=None):
         """Add or update node `node`'s registration (provisioning data). Returns None."""
@@ -500,11 +290,27 @@ class SQLiteStore(Store):
         sql = self._insert_sql.get(n)
         if sql is None:
             one = "(" + ",".join("?" * len(READING_FIELDS)) + ")"
-            sql = (f"INSERT OR IGNORE INTO readings ({', '.join(READING_FIELDS)}) VALUES "
-                   + ",".join([one] * n)
+            before, after = self._INSERT_OR_SKIP
+            sql = (f"{before} ({', '.join(READING_FIELDS)}) VALUES "
+                   + ",".join([one] * n) + after
                    + " RETURNING node, seq, ts, pm1, pm25, pm10, rh, temp")
             self._insert_sql[n] = sql
         return sql
+
+    def _insert_readings(self, rows):
+        """Insert reading tuples skipping (node, seq) already stored; return the rows inserted
+        as (node, seq, ts, pm1, pm25, pm10, rh, temp) tuples."""
+        stored = []
+        for i in range(0, len(rows), _CHUNK_ROWS):
+            chunk = rows[i:i + _CHUNK_ROWS]
+            flat = [v for r in chunk for v in r]
+            stored.extend(self.db.execute(self._insert_stmt(len(chunk)), flat).fetchall())
+        return stored
+
+    def _upsert_many(self, sql, rows):
+        """Run the one-row upsert `sql` (INSERT ... VALUES (?, ...) ON CONFLICT ...) for every
+        row of `rows` (each key at most once)."""
+        self.db.executemany(sql, rows)
 
     def add_readings(self, rows):
         """Store a batch of readings and update node_state from it, in one transaction.
@@ -526,7 +332,7 @@ class SQLiteStore(Store):
         for r in rows:
             node, rx_ts = r[0], r[3]
             if node is None or r[1] is None or r[2] is None:
-                # checked here: INSERT OR IGNORE would silently skip a NOT NULL violation
+                # checked here: SQLite's INSERT OR IGNORE would silently skip a NOT NULL violation
                 raise ValueError(f"a reading needs node, seq and ts; got {dict(zip(READING_FIELDS, r, strict=True))}")
             s = seen.get(node)
             if s is None:
@@ -535,13 +341,11 @@ class SQLiteStore(Store):
                 s[0] += 1
                 if rx_ts is not None and (s[1] is None or rx_ts >= s[1]):
                     s[1], s[2], s[3], s[4] = rx_ts, r[11], r[12], r[13]
+        if self._ORDERED_WRITES:
+            rows = sorted(rows, key=lambda r: (r[0], r[1]))
         stored = []
         with self.transaction():
-            ex = self.db.execute
-            for i in range(0, len(rows), _CHUNK_ROWS):
-                chunk = rows[i:i + _CHUNK_ROWS]
-                flat = [v for r in chunk for v in r]
-                stored.extend(ex(self._insert_stmt(len(chunk)), flat).fetchall())
+            stored = self._insert_readings(rows)
             # node -> [count, min_seq, last row (seq, ts, pm1, pm25, pm10, rh, temp)]
             agg = {}
             for node, seq, ts, pm1, pm25, pm10, rh, temp in stored:
@@ -564,7 +368,9 @@ class SQLiteStore(Store):
                     count, min_seq, (seq, ts, pm1, pm25, pm10, rh, temp) = a
                     upserts.append((node, heard, seq, ts, pm1, pm25, pm10, rh, temp, hops, gateway, rssi,
                                     count, copies - count, min_seq))
-            self.db.executemany(_STATE_FROM_READINGS, upserts)
+            if self._ORDERED_WRITES:
+                upserts.sort(key=lambda u: u[0])
+            self._upsert_many(_STATE_FROM_READINGS, upserts)
             hours = {}
             for node, _seq, ts, pm1, pm25, pm10, _rh, _temp in stored:
                 if pm25 is None:
@@ -577,7 +383,7 @@ class SQLiteStore(Store):
                     h[1] += pm1 or 0
                     h[2] += pm25
                     h[3] += pm10 or 0
-            self.db.executemany(_HOURLY_ADD, [k + tuple(v) for k, v in hours.items()])
+            self._upsert_many(_HOURLY_ADD, [k + tuple(v) for k, v in sorted(hours.items())])
         return len(stored), len(rows) - len(stored)
 
     def recent_means(self, now_s, nodes=None):
@@ -590,8 +396,9 @@ class SQLiteStore(Store):
                "FROM hourly WHERE hour BETWEEN ? AND ?")
         args = [hour - 1, hour - 1, hour - 24, hour - 1]
         if nodes:
-            sql += " AND node IN (SELECT value FROM json_each(?))"
-            args.append(json.dumps([int(n) for n in nodes]))
+            cond, arg = self._ids_in("node", nodes)
+            sql += " AND " + cond
+            args.append(arg)
         sql += " GROUP BY node"
         return {r[0]: r[1:] for r in self.db.execute(sql, args)}
 
@@ -679,8 +486,7 @@ class SQLiteStore(Store):
         if limit is not None:
             sql += " LIMIT ?"
             args.append(int(limit))
-        # A separate cursor, so a caller may write while iterating (WAL gives a snapshot).
-        for r in self.db.cursor().execute(sql, args):
+        for r in self._iter_rows(sql, args):
             yield dict(zip(READING_FIELDS, r, strict=True))
 
     def readings(self, node, since=None, until=None, limit=None):
@@ -710,8 +516,8 @@ class SQLiteStore(Store):
         with self.transaction():
             cur = self.db.execute(
                 "INSERT INTO gaps (node, first_seq, last_seq, state, created_at, updated_at) "
-                "VALUES (?, ?, ?, 'open', ?, ?)", (node, first_seq, last_seq, now_s, now_s))
-            return cur.lastrowid
+                "VALUES (?, ?, ?, 'open', ?, ?) RETURNING id", (node, first_seq, last_seq, now_s, now_s))
+            return cur.fetchone()[0]
 
     _GAP_FIELDS = ("id", "node", "first_seq", "last_seq", "state", "created_at", "updated_at", "requests")
 
@@ -757,7 +563,7 @@ class SQLiteStore(Store):
 
     def events(self, since=None, node=None, kind=None, limit=1000):
         """Return events as dicts (id, ts, node, kind, detail), oldest first."""
-        sql, args = "SELECT id, ts, node, kind, detail FROM events WHERE 1", []
+        sql, args = "SELECT id, ts, node, kind, detail FROM events WHERE 1 = 1", []
         for col, op, val in (("ts", ">=", since), ("node", "=", node), ("kind", "=", kind)):
             if val is not None:
                 sql += f" AND {col} {op} ?"
@@ -771,7 +577,7 @@ class SQLiteStore(Store):
         with self.transaction():
             self.db.execute(
                 "INSERT INTO rejects (cause, count, last_ts) VALUES (?, ?, ?) ON CONFLICT (cause) "
-                "DO UPDATE SET count = count + excluded.count, last_ts = excluded.last_ts", (cause, n, now_s))
+                "DO UPDATE SET count = rejects.count + excluded.count, last_ts = excluded.last_ts", (cause, n, now_s))
 
     def rejects(self):
         """Return {cause: {'count': n, 'last_ts': t}}."""
@@ -782,8 +588,8 @@ class SQLiteStore(Store):
         never below `floor` (to jump past counters a node already saw)."""
         with self.transaction():
             return self.db.execute(
-                "INSERT INTO command_counters (target, cseq) VALUES (?, max(1, ?)) ON CONFLICT (target) "
-                "DO UPDATE SET cseq = max(command_counters.cseq + 1, excluded.cseq) RETURNING cseq",
+                f"INSERT INTO command_counters (target, cseq) VALUES (?, {self._GREATEST}(1, ?)) ON CONFLICT (target) "
+                f"DO UPDATE SET cseq = {self._GREATEST}(command_counters.cseq + 1, excluded.cseq) RETURNING cseq",
                 (target, floor)).fetchone()[0]
 
     # ---------------------------------------------------------------------------------- views
@@ -803,8 +609,9 @@ class SQLiteStore(Store):
         cols = "".join(f", s.{c}" for c in state_cols)
         where, args = [], []
         if nodes:
-            where.append("x.node IN (SELECT value FROM json_each(?))")
-            args.append(json.dumps([int(n) for n in nodes]))
+            cond, arg = self._ids_in("x.node", nodes)
+            where.append(cond)
+            args.append(arg)
         if gateway is not None:
             where.append("x.gateway = ?")
             args.append(int(gateway))
@@ -818,10 +625,7 @@ class SQLiteStore(Store):
             f"FROM node_state s WHERE NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node = s.node)"
             f") x{cond} ORDER BY x.node"
         )
-        cur = self.db.cursor()
-        # sqlite3.Row: built in C, ~30 % faster than dict(zip(...)) per row at 100k nodes
-        cur.row_factory = sqlite3.Row
-        return cur.execute(sql, args).fetchall()
+        return self._mappings(sql, args)
 
     def summary(self):
         """Return store-wide totals: nodes, heard, readings (stored), duplicates, expected
@@ -866,10 +670,10 @@ class SQLiteStore(Store):
         every = int(every_s)
         cur = self.db.execute(
             "SELECT (ts / ?) * ?, count(*), avg(pm1), avg(pm25), avg(pm10), avg(rh), avg(temp) "
-            "FROM readings WHERE node = ? AND ts >= ? AND ts < ? GROUP BY ts / ? ORDER BY 1",
-            (every, every, node, int(since), int(until), every))
+            "FROM readings WHERE node = ? AND ts >= ? AND ts < ? GROUP BY 1 ORDER BY 1",
+            (every, every, node, int(since), int(until)))
         keys = ("start", "n", "pm1", "pm25", "pm10", "rh", "temp")
-        return [{k: (v if i < 2 or v is None else round(v, 1)) for i, (k, v) in enumerate(zip(keys, r, strict=True))}
+        return [{k: (v if i < 2 or v is None else round(float(v), 1)) for i, (k, v) in enumerate(zip(keys, r, strict=True))}
                 for r in cur]
 
 
@@ -892,8 +696,8 @@ class SQLiteStore(Store):
                         continue
                     cur = db.execute(
                         "INSERT INTO gaps (node, first_seq, last_seq, state, created_at, updated_at, requests) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)", (node, first, last, state, int(created_s), now, requests))
-                    ids.append(cur.lastrowid)
+                        "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id", (node, first, last, state, int(created_s), now, requests))
+                    ids.append(cur.fetchone()[0])
                 elif state == "gone":
                     db.execute("DELETE FROM gaps WHERE id = ?", (gap_id,))
                     ids.append(None)
@@ -918,7 +722,7 @@ class SQLiteStore(Store):
                     "SELECT node, count(*), min(seq), max(seq) FROM readings GROUP BY node").fetchall(),
                 "stored_twice": db.execute(
                     "SELECT count(*) FROM (SELECT node, seq FROM readings GROUP BY node, seq "
-                    "HAVING count(*) > 1)").fetchone()[0],
+                    "HAVING count(*) > 1) AS twice").fetchone()[0],
                 "duplicates_received": db.execute(
                     "SELECT coalesce(sum(duplicates), 0) FROM node_state").fetchone()[0],
                 "gaps": self.gap_counts(),
@@ -934,43 +738,23 @@ class SQLiteStore(Store):
         return out
 
     def query(self, sql, *args):
-        """Run one read-only SQL statement of this backend's dialect (SQLite, `?` parameters)
+        """Run one read-only SQL statement of this backend's dialect (`?` parameters; PostgreSQL takes them too)
         and return its rows as tuples. For tests and diagnostics, not for the fleet's code."""
         return self.db.execute(sql, args).fetchall()
 
-    @property
-    def url(self):
-        return "sqlite:///" + self.path.lstrip("/") if os.path.isabs(self.path) else "sqlite://" + self.path
-
-    def schema_version(self):
-        """Return the schema version stored in the store."""
-        return self.db.execute("PRAGMA user_version").fetchone()[0]
-
-    def info(self):
-        """Return {backend, url, schema_version, code_schema_version, rows {table: n}, size_bytes}
-        (size: the database file with its WAL)."""
-        rows = {}
-        with self.transaction(write=False):
-            for t in ("nodes", "readings", "hourly", "node_state", "gaps", "events", "rejects", "command_counters"):
-                rows[t] = self.db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # noqa: S608 - fixed names
-            version = self.schema_version()
-        size = 0
-        for suffix in ("", "-wal"):
-            with contextlib.suppress(OSError):
-                size += os.path.getsize(self.path + suffix)
-        return {"backend": "sqlite", "url": self.url, "schema_version": version,
-                "code_schema_version": SCHEMA_VERSION, "rows": rows, "size_bytes": size}
-
-    def migrate(self):
-        """Bring the schema up to this code's version; return (version before, version after).
-        Opening a store already migrates it (one transaction: all or nothing); this says what
-        was done, for `fleet store migrate`."""
-        return self._opened_at_version, self.schema_version()
 
 
-def _wrap_sqlite_errors(cls):
-    """Make every public method of `cls` raise StoreError (StoreBusy for a lock) instead of
-    sqlite3.Error, so no caller needs to know the backend. Generators are wrapped as
+# Methods that only read (their errors say "cannot read the store").
+_READS = {"means", "recent_means", "node", "nodes", "node_ids", "node_state", "readings", "iter_readings",
+          "missing_seqs", "open_gaps", "gap_counts", "events", "rejects", "status_rows", "summary",
+          "delivery_counts", "query", "info", "schema_version", "pm25_means", "reading_means",
+          "migrations"}
+
+
+def wrap_errors(cls, exc_types, make_error):
+    """Make every public method of `cls` (its own and inherited) raise the store's own error
+    instead of the driver's `exc_types`: `make_error(self, e, doing)` returns it (doing is
+    'read' or 'write'). So no caller needs to know the backend. Generators are wrapped as
     generators (an error may come while iterating)."""
     import functools
     import inspect
@@ -982,68 +766,21 @@ def _wrap_sqlite_errors(cls):
             def gen(self, *a, **k):
                 try:
                     yield from fn(self, *a, **k)
-                except sqlite3.Error as e:
-                    raise store_error(self.path, e, doing) from e
+                except exc_types as e:
+                    raise make_error(self, e, doing) from e
             return gen
 
         @functools.wraps(fn)
         def call(self, *a, **k):
             try:
                 return fn(self, *a, **k)
-            except sqlite3.Error as e:
-                raise store_error(self.path, e, doing) from e
+            except exc_types as e:
+                raise make_error(self, e, doing) from e
         return call
 
-    for name, fn in list(vars(cls).items()):
+    for name in dir(cls):
+        fn = getattr(cls, name)
         if name.startswith("_") or name in ("transaction", "close") or not inspect.isfunction(fn):
             continue
         setattr(cls, name, wrap(name, fn))
     return cls
-
-
-_READS = {"means", "recent_means", "node", "nodes", "node_ids", "node_state", "readings", "iter_readings", "missing_seqs", "open_gaps",
-          "gap_counts", "events", "rejects", "status_rows", "summary", "delivery_counts", "query", "info",
-          "schema_version"}
-_wrap_sqlite_errors(SQLiteStore)
-
-SQLITE_PREFIX = "sqlite://"
-POSTGRES_PREFIXES = ("postgresql://", "postgres://")
-
-
-def parse_url(url, base_dir=None):
-    """Return (backend, target) for a store URL: ('sqlite', absolute path) for sqlite:///PATH
-    (a relative PATH, as in sqlite://fleet.db, is taken from `base_dir`), ('postgresql', url)
-    for postgresql://... Raises StoreError for anything else."""
-    if not isinstance(url, str) or not url:
-        raise StoreError("a store URL is needed: sqlite:///PATH or postgresql://USER@HOST/DB")
-    if url.startswith(SQLITE_PREFIX):
-        path = url[len(SQLITE_PREFIX):]
-        if "?" in path or "#" in path:
-            raise StoreError(f"store URL {url!r}: no query or fragment is understood; use sqlite:///PATH")
-        if not path or path == "/":
-            raise StoreError(f"store URL {url!r} names no file; use sqlite:///PATH")
-        if path.startswith("/"):
-            path = "/" + path.lstrip("/")  # sqlite:////abs (SQLAlchemy's spelling) too
-        else:
-            path = os.path.join(base_dir or os.getcwd(), path)
-        return "sqlite", os.path.abspath(path)
-    if url.startswith(POSTGRES_PREFIXES):
-        return "postgresql", url
-    scheme = url.split(":", 1)[0] if ":" in url else url
-    raise StoreError(f"store URL scheme {scheme!r} not understood: use sqlite:///PATH or postgresql://...")
-
-
-def open_url(url, base_dir=None):
-    """Open the store named by `url` (see parse_url), creating its schema when new. Raises
-    StoreError."""
-    backend, target = parse_url(url, base_dir)
-    if backend == "postgresql":
-        raise StoreError("the PostgreSQL store backend is not in this build of fleet; use sqlite:///PATH")
-    return SQLiteStore(target)
-
-
-def open_store(path, create=True):
-    """Open the SQLite store at `path` (helper for tools and tests). Raises StoreError."""
-    if not create and not os.path.exists(path):
-        raise StoreError(f"no fleet store at {path}")
-    return SQLiteStore(path)
