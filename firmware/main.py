@@ -31,11 +31,6 @@ async def _run_node(node, fs):
     await node.run()
 
 
-async def _run_node(node, fs):
-    asyncio.create_task(_clear_crashes(node, fs))
-    await node.run()
-
-
 def _drop(*names):
     """Forget modules imported only to boot (a later import loads them again)."""
     for name in names:
