@@ -115,10 +115,12 @@ def fleet_plot(store, since, until, path, bucket_s=3600):
     xs = [_t(b) for b in bs]
     plt = _plt()
     fig, (a1, a2, a3) = plt.subplots(3, 1, figsize=(10, 7), sharex=True)
-    a1.step(xs, [series[b][0] for b in bs], where="post")
+    xe = xs + [_t(bs[-1] + bucket_s)]  # the last bucket drawn to its end, not as a bare riser
+    a1.step(xe, [series[b][0] for b in bs] + [series[bs[-1]][0]], where="post")
     a1.set_ylabel(f"readings / {bucket_s // 60} min")
-    a2.step(xs, [series[b][1] for b in bs], where="post", color="#2a7f2a")
+    a2.step(xe, [series[b][1] for b in bs] + [series[bs[-1]][1]], where="post", color="#2a7f2a")
     a2.set_ylabel("nodes heard")
+    xs = [_t(b + bucket_s // 2) for b in bs]  # latency at the bucket's middle
     nan = float("nan")
     p50 = [series[b][2] if series[b][2] is not None else nan for b in bs]
     p90 = [series[b][3] if series[b][3] is not None else nan for b in bs]
