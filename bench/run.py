@@ -80,7 +80,8 @@ def bench_map(res, quick):
 
     with tempfile.TemporaryDirectory(prefix="redmesh-bench-") as d:
         res["map"] = {"map": [map_bench.map_figures(n, d) for n in ((5000,) if quick else (5000, 100000))],
-                      "api_5000_nodes": map_bench.api_figures(d, reps=10 if quick else 40)}
+                      "api_5000_nodes": map_bench.api_figures(d, reps=10 if quick else 40),
+                      "pan_5000_nodes": map_bench.pan_bench(d, frames=120 if quick else 240)}
 
 
 def bench_rig(res, quick):
@@ -238,6 +239,20 @@ def table(res):
         for n, v in (res.get(key) or {}).items():
             rows.append(("`fleet status` at %s nodes (process%s)" % (n, store), "%.2f s (json %.2f s)" % (
                 v["status_table_s"], v["status_json_s"]), "< 0.5 s at 5,000" if n == "5000" else "-"))
+    mp_ = res.get("map")
+    if mp_:
+        for m in mp_["map"]:
+            rows.append(("`fleet map` at %d nodes: build / file" % m["nodes"], "%.2f s / %.2f MB" % (
+                m["build_s"], m["size_mb"]), "<= 2 s / <= 3 MB at 5,000" if m["nodes"] == 5000 else "-"))
+        api = mp_["api_5000_nodes"]
+        for k, label in (("geojson", "GeoJSON of 5,000 poles"), ("series_30d_1h", "30-day hourly series")):
+            rows.append(("fleet serve over HTTP: %s p50 / p99" % label, "%.0f / %.0f ms" % (
+                api[k]["p50_ms"], api[k]["p99_ms"]), "-"))
+        pan = mp_.get("pan_5000_nodes")
+        if pan:
+            rows.append(("map of 5,000 nodes panned in headless Chromium", "%.0f frames/s, p95 frame %.0f ms "
+                         "(blank page %.0f/s)" % (pan["fps"], pan["frame_ms_p95"], pan["blank_page_fps"]),
+                         "-"))
     for label, rg in (res.get("rig") or {}).items():
         rows.append(("virtual rig (%s): frames/s through the medium (%d nodes)" % (label, rg["nodes"]),
                      str(rg["frames_per_s"]), "-"))

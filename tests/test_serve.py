@@ -1,6 +1,7 @@
 """`fleet serve` over real HTTP: a real uvicorn process on a free 127.0.0.1 port (started and
 stopped by PID), httpx as the client, hypothesis on the query parameters, a writer adding
 readings while the service answers, and the served page in headless Chromium."""
+import asyncio
 import csv
 import io
 import os
@@ -9,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import httpx
@@ -17,9 +17,12 @@ import pytest
 from browser import dump_dom
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_collector_mqtt import FAST_ARGS, Gateway
 from test_map import NODES, NOW, _fill
 
+from fleet.collector_mqtt import start_collector_process
 from fleet.home import FleetHome
+from fleet.sim.broker import mosquitto_path, start_broker_process, start_mosquitto
 
 SECRET_MAC = "aa:bb:cc:dd:ee:ff"
 
@@ -140,33 +143,62 @@ def test_any_query_gets_an_answer_not_a_crash(served, since, until, every, fmt, 
         assert r.json()["detail"]
 
 
-def test_keeps_answering_while_a_collector_writes(served):
+@pytest.mark.timeout(120)
+async def test_keeps_answering_while_a_collector_writes(served, tmp_path):
+    """A real `fleet collect` process stores frames a gateway publishes through a real broker
+    (mosquitto, else the amqtt broker process) while the uvicorn process answers: every answer
+    is 200 and well formed, and the readings the API shows grow to all the gateway sent."""
     c, home_dir, _ = served
-    stop = threading.Event()
-    wrote = []
+    home = FleetHome.resolve(str(home_dir))
+    if not home.keys().exists():
+        home.keys().init()
+    if mosquitto_path() is not None:
+        os.makedirs(tmp_path / "mosquitto")
+        broker = start_mosquitto(data_dir=str(tmp_path / "mosquitto"))
+    else:
+        broker = start_broker_process(log_path=str(tmp_path / "amqtt.log"))
+    cp = gw = None
+    writers = [3, 5]  # registered, positioned; node 2's 30-day series is left alone
 
-    def writer():
-        store = FleetHome.resolve(str(home_dir)).store()
-        try:
-            seq = 10_000
-            while not stop.is_set() and seq < 10_000 + 200 * 50:
-                store.add_readings([(3, seq + k, NOW + k, NOW + k, 1, 200, 3, 50, 250, 10, 0, 1, 1, -60)
-                                    for k in range(50)])
-                seq += 50
-                wrote.append(seq)
-        finally:
-            store.close()
+    def check(before):
+        r = c.get("/api/summary")
+        assert r.status_code == 200, r.text
+        total = r.json()["readings"]
+        g = c.get("/api/poles.geojson")
+        assert g.status_code == 200 and len(g.json()["features"]) == len(NODES)
+        r = c.get("/api/nodes/5/readings", params={"since": 1_000_000_000, "until": 3_000_000_000, "limit": 10000})
+        assert r.status_code == 200 and r.json()["columns"][:2] == ["node", "seq"], r.text
+        assert all(len(row) == len(r.json()["columns"]) for row in r.json()["rows"])
+        assert total >= before  # never goes back
+        return total
 
-    t = threading.Thread(target=writer)
-    t.start()
     try:
-        for _ in range(30):
-            assert c.get("/api/poles.geojson").status_code == 200
-            assert c.get("/api/nodes/3/readings", params={"since": NOW - 3600, "until": NOW + 20000}).status_code == 200
+        cp = await asyncio.to_thread(start_collector_process, str(home_dir), f"mqtt://127.0.0.1:{broker.port}",
+                                     log_path=str(tmp_path / "collector.log"), extra_args=FAST_ARGS)
+        gw = Gateway(home.keys(), broker.port).start()
+        for n in writers:
+            gw.next_seq[n] = 2  # seq 1 is the fixture's reading: no gap to repair
+        await asyncio.wait_for(gw.connected.wait(), 20)
+        start = await asyncio.to_thread(check, 0)
+        seen = [start]
+        for _ in range(20):
+            await gw.publish(gw.produce_envelope(n_frames=25, nodes=writers))
+            await asyncio.sleep(0.25)  # the collector flushes every 0.5 s: answers come between its writes
+            seen.append(await asyncio.to_thread(check, seen[-1]))
+        sent = sum(gw.next_seq[n] - 2 for n in writers)
+        deadline = time.monotonic() + 30
+        while seen[-1] < start + sent:
+            assert time.monotonic() < deadline, f"API shows {seen[-1] - start} of {sent} readings; {cp.log_tail()}"
+            await asyncio.sleep(0.2)
+            seen.append(await asyncio.to_thread(check, seen[-1]))
     finally:
-        stop.set()
-        t.join(timeout=30)
-    assert wrote
+        if gw is not None:
+            await gw.stop()
+        if cp is not None:
+            await asyncio.to_thread(cp.stop)
+        broker.close()
+    assert seen[-1] == start + sent > start
+    print(f"{len(seen)} rounds of answers, all 200; readings seen through the API: {sorted(set(seen))}")
 
 
 def test_served_page_draws_every_node_in_chromium(served, tmp_path):

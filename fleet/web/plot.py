@@ -4,8 +4,12 @@
 bands (official colours, fleet.aqi), its 1-hour mean, gaps drawn as gaps (the line breaks where
 two readings are more than GAP_FACTOR x the usual interval apart), flagged readings (high
 humidity, sensor error, short warm-up, checksum) marked with a red x.
-`fleet_plot(store, since, until, path, bucket_s)`: readings delivered per interval and nodes
-heard per interval, from every node's readings. Returns the number of points drawn.
+`fleet_plot(store, since, until, path, bucket_s)`: readings delivered per interval, nodes heard
+per interval, and latency per interval (p50 and p90 of rx_ts - ts: from the reading's time to
+its reception by a gateway, as the store holds it - in whole seconds, on the gateway's clock
+corrected by the collector; the collector's own arrival time is not stored, so the MQTT leg is
+not in it; a resent reading's latency includes the wait for the resend). Buckets hold readings
+by their reading time. Returns the number of buckets drawn.
 """
 import datetime as dt
 
@@ -16,6 +20,8 @@ from protocol.frames import FLAG_CHECKSUM, FLAG_HIGH_RH, FLAG_SENSOR_ERROR, FLAG
 FLAGGED = FLAG_SENSOR_ERROR | FLAG_HIGH_RH | FLAG_CHECKSUM | FLAG_WARMUP_SHORT
 GAP_FACTOR = 3
 FLAG_MARK = "#d00000"
+LATENCY_P50 = "#7a1fa2"  # the latency panel's line colours (tests look for them)
+LATENCY_P90 = "#e08a00"
 
 
 def _plt():
@@ -82,23 +88,52 @@ def node_plot(store, node, since, until, path, aqi="ica"):
     return len(rows)
 
 
-def fleet_plot(store, since, until, path, bucket_s=3600):
-    counts, heard = {}, {}
+def _quantile(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def fleet_series(store, since, until, bucket_s=3600):
+    """Per bucket start: (readings, nodes heard, latency p50 s or None, latency p90 s or None)."""
+    counts, heard, lat = {}, {}, {}
     for node in sorted(store.node_ids()):
         for r in store.iter_readings(node, since=since, until=until):
             b = r["ts"] // bucket_s * bucket_s
             counts[b] = counts.get(b, 0) + 1
             heard.setdefault(b, set()).add(node)
-    if not counts:
+            if r["rx_ts"] is not None:
+                lat.setdefault(b, []).append(max(0, r["rx_ts"] - r["ts"]))
+    return {b: (counts[b], len(heard[b]), _quantile(lat[b], 0.5) if b in lat else None,
+                _quantile(lat[b], 0.9) if b in lat else None) for b in sorted(counts)}
+
+
+def fleet_plot(store, since, until, path, bucket_s=3600):
+    series = fleet_series(store, since, until, bucket_s)
+    if not series:
         raise FleetError("no readings in that time range")
-    bs = sorted(counts)
+    bs = list(series)
+    xs = [_t(b) for b in bs]
     plt = _plt()
-    fig, (a1, a2) = plt.subplots(2, 1, figsize=(10, 5), sharex=True)
-    a1.step([_t(b) for b in bs], [counts[b] for b in bs], where="post")
+    fig, (a1, a2, a3) = plt.subplots(3, 1, figsize=(10, 7), sharex=True)
+    xe = xs + [_t(bs[-1] + bucket_s)]  # the last bucket drawn to its end, not as a bare riser
+    a1.step(xe, [series[b][0] for b in bs] + [series[bs[-1]][0]], where="post")
     a1.set_ylabel(f"readings / {bucket_s // 60} min")
-    a2.step([_t(b) for b in bs], [len(heard[b]) for b in bs], where="post", color="#2a7f2a")
+    a2.step(xe, [series[b][1] for b in bs] + [series[bs[-1]][1]], where="post", color="#2a7f2a")
     a2.set_ylabel("nodes heard")
-    a1.set_title("fleet delivery")
+    xs = [_t(b + bucket_s // 2) for b in bs]  # latency at the bucket's middle
+    nan = float("nan")
+    p50 = [series[b][2] if series[b][2] is not None else nan for b in bs]
+    p90 = [series[b][3] if series[b][3] is not None else nan for b in bs]
+    if any(series[b][2] is not None for b in bs):
+        a3.plot(xs, p90, color=LATENCY_P90, lw=1, marker=".", label="p90")
+        a3.plot(xs, p50, color=LATENCY_P50, lw=2, marker=".", label="p50")
+        a3.legend(loc="upper left", fontsize=7)
+    else:
+        a3.text(0.5, 0.5, "no reception times (rx_ts) stored for these readings", transform=a3.transAxes,
+                ha="center", va="center", color="#666666")
+    a3.set_ylabel("latency (s)\nreading to gateway")
+    a3.set_ylim(bottom=0)
+    a1.set_title("fleet delivery, nodes heard, latency")
     fig.autofmt_xdate()
     fig.tight_layout()
     _save(fig, path)
