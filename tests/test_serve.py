@@ -14,11 +14,11 @@ import time
 
 import httpx
 import pytest
-from browser import dump_dom
+from browser import dump_dom, screenshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_collector_mqtt import FAST_ARGS, Gateway
-from test_map import NODES, NOW, _fill
+from test_map import NODES, NOW, SIZE, _fill, _near, _project, _rgb  # noqa: F401
 
 from fleet.collector_mqtt import start_collector_process
 from fleet.home import FleetHome
@@ -207,6 +207,33 @@ def test_served_page_draws_every_node_in_chromium(served, tmp_path):
     m = re.search(r'data-markers="(\d+)"', dom)
     assert m and int(m.group(1)) == len(NODES)
     assert "/api/map.json" in dom
+
+
+def test_served_page_screenshot_shows_each_marker_where_it_belongs(served, tmp_path):
+    """The page at / photographed: each node's marker at its projected position. The fixture's
+    readings are from tests/test_map.py's fixed NOW, months before the server's clock, so every
+    node is offline there: drawn hollow (a grey ring; tests/test_map.py checks the category
+    colours of a map made at NOW), the gateway a hollow square. The page draws the parent
+    links, which end at the markers' centres, so the centres are not checked here."""
+    from fleet.web import map as mapmod
+
+    _, _, base = served
+    img = screenshot(base + "/", str(tmp_path / "shot.png"), str(tmp_path / "profile"), SIZE)
+    pos = _project(NODES, SIZE)
+    from fleet import aqi as aqimod
+
+    bg, grey = _rgb("#f4f4f0"), _rgb(mapmod.HOLLOW)
+    colours = [_rgb(h) for h in aqimod.LEVEL_HEX.values()]
+    assert _near(img.getpixel((SIZE[0] - 4, SIZE[1] - 4)), bg)  # the map's background, away from the poles
+    r = mapmod.RADIUS_PX
+    for n, role, _, _, _, _ in NODES:
+        x, y = (round(v) for v in pos[n])
+        assert not any(_near(img.getpixel((x + d, y + d)), c, 40) for d in (0, 1) for c in colours), (n, "coloured")
+        if role == "gateway":  # the square's outline runs through its corners
+            edge = [img.getpixel((x + d, y + d)) for d in (r - 1, r, r + 1)]
+        else:
+            edge = [img.getpixel((x + d, y)) for d in (r - 1, r, r + 1)] + [img.getpixel((x - d, y)) for d in (r - 1, r, r + 1)]
+        assert any(_near(q, grey, 40) for q in edge), (n, edge)
 
 
 def test_export_csv_and_geojson(tmp_path):
