@@ -56,7 +56,7 @@ NODE_HEAP_KB = BOARD_NODE_HEAP_KB + SIM_HAL_ALLOWANCE_KB
 # (fleet/devstrings.py), cold code loaded for its call and unloaded (the ring's recovery
 # firmware/ring_check.py, the command handler firmware/node_cmd.py, the boot
 # firmware/startup.py and firmware/ota_attach.py), OTA frames out of a plain node
-# (protocol/frames_ota.py): node imports 87.6 -> 73.3 KB, booted to Node() on the board's HAL
+# (protocol/frames_ota.py): node imports (bench list) 86.3 -> 79.0 KB, booted to Node() on the board's HAL
 # 95.9 -> 87.5 KB, peak live on the 3-node line 127 -> 113 KB; 132k keeps 18.5 KB free at the
 # worst moment (the resend answer), 128k 14.5 KB (no MemoryError)
 # (`.venv/bin/python bench/heap_bench.py --heaps 132,128`). Still ~7 KB live too many for
