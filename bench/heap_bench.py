@@ -111,13 +111,14 @@ if not board:  # the rig's `machine` and start-up (a board's machine module is i
     import _rignode
     sys.path.pop(0)
     sys.modules["machine"] = _rignode
-from firmware.main import _drop
+import firmware.main  # a running node keeps it (its run() is on the stack)
+from firmware.compat import unload
 from firmware.fsutil import PosixFS
 from firmware import config
 fs = PosixFS(%(flash)r)
 cfg = config.settings(config.load_config(fs))  # what firmware/main.py run() keeps
 del config
-_drop("firmware.config", "protocol.text")
+unload("firmware.config", "protocol.text")
 if board:
     from firmware.hal.esp32 import Esp32Hal
     hal = Esp32Hal(fs)

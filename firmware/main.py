@@ -31,23 +31,13 @@ async def _run_node(node, fs):
     await node.run()
 
 
-def _drop(*names):
-    """Forget modules imported only to boot (a later import loads them again)."""
-    for name in names:
-        sys.modules.pop(name, None)
-        pkg, _, attr = name.rpartition(".")
-        try:
-            delattr(sys.modules[pkg], attr)
-        except (KeyError, AttributeError):
-            pass
-
-
 def run(root="."):
     from firmware import startup
+    from firmware.compat import unload
 
-    got = startup.build(root, _drop)
+    got = startup.build(root)
     startup = None
-    _drop("firmware.startup")
+    unload("firmware.startup")
     if got is None:
         return  # the safe state ran (it returns only on Ctrl-C)
     node, fs = got

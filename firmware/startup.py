@@ -6,6 +6,7 @@ hardware exists; the cores are handed what they need.
 """
 import sys
 
+from firmware.compat import unload
 from firmware.fsutil import PosixFS
 
 
@@ -49,9 +50,9 @@ def _log_reset_cause(hal):
     print("boot", "reset cause: %s (%d)" % (boot.RESET_CAUSES.get(cause, "unknown"), cause))
 
 
-def build(root, drop):
+def build(root):
     """(node, fs) ready to run, or None when the config is unusable (the safe state ran).
-    drop(*module names) forgets modules used only to boot."""
+    Modules used only to boot are unloaded on the way (firmware/compat.py unload)."""
     fs = PosixFS(root)
     from firmware import config
 
@@ -65,7 +66,7 @@ def build(root, drop):
     # the node keeps the config's values only (Settings): the loader and its tables go
     # (~5 KB of a 112 KB heap, bench/heap_bench.py)
     del config
-    drop("firmware.config", "protocol.text")
+    unload("firmware.config", "protocol.text")
     gateway = None
     if cfg.role == "gateway":
         from firmware.gateway import Gateway
@@ -79,5 +80,5 @@ def build(root, drop):
     ota_attach.attach(node, cfg, fs, gateway)
     if node.ota is None:
         ota_attach = None
-        drop("firmware.ota_attach", "firmware.boot")  # boot: read only to find the slot pointer (~2.6 KB)
+        unload("firmware.ota_attach", "firmware.boot")  # boot: read only to find the slot pointer (~2.6 KB)
     return node, fs

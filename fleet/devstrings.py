@@ -130,22 +130,6 @@ def shrink_source(source, table=None):
     return raw.decode("utf-8")
 
 
-def source_root():
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def device_sources(root):
-    """Relative paths of every device .py (protocol/, firmware/)."""
-    out = []
-    for top in ("protocol", "firmware"):
-        for dirpath, dirnames, filenames in os.walk(os.path.join(root, top)):
-            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
-            for fn in sorted(filenames):
-                if fn.endswith(".py"):
-                    out.append(os.path.relpath(os.path.join(dirpath, fn), root).replace(os.sep, "/"))
-    return sorted(out)
-
-
 _TABLE = None
 
 
@@ -154,6 +138,8 @@ def source_table(root=None):
     global _TABLE
     if _TABLE is not None and root is None:
         return _TABLE
+    from fleet.ota_bundle import device_sources, source_root  # the device build's own list
+
     table = {}
     base = root or source_root()
     for rel in device_sources(base):

@@ -9,7 +9,7 @@ import pytest
 from mp_support import ROOT, micropython_bin
 
 import protocol
-from fleet import devstrings
+from fleet import devstrings, ota_bundle
 from fleet.sim import interp
 
 # Frames that fail in different places of protocol.decode: each raises a formatted message.
@@ -71,7 +71,7 @@ def test_the_boards_coded_messages_read_back_as_the_hosts_text(coded_build):
 
 def test_every_device_source_keeps_its_lines_and_parses():
     table = {}
-    for rel in devstrings.device_sources(ROOT):
+    for rel in ota_bundle.device_sources(ROOT):
         with open(os.path.join(ROOT, rel), encoding="utf-8") as f:
             src = f.read()
         out = devstrings.shrink_source(src, table)
