@@ -35,10 +35,12 @@ class Envelope(Frame):
     DEFAULTS = {"items": []}
 
     def to_dict(self):
+        from protocol.view import to_dict
+
         out = {"type": "envelope", "gateway": self.gateway, "eseq": self.eseq, "frames": []}
         for rx_ms, rssi, fb in self.items:
             try:
-                fr = decode(fb).to_dict()
+                fr = to_dict(decode(fb))
             except ProtocolError as e:
                 fr = {"error": str(e), "hex": bytes(fb).hex()}
             fr["rx_ms"] = rx_ms

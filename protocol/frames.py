@@ -247,29 +247,6 @@ class Frame:
                 return False
         return True
 
-    def __ne__(self, other):
-        return not self.__eq__(other)
-
-    def __repr__(self):
-        return "%s(%s)" % (type(self).__name__, ", ".join("%s=%r" % (f, getattr(self, f)) for f in self.FIELDS))
-
-    def to_dict(self):
-        """Plain-data view (for JSON): `type` name plus every field; bytes become hex."""
-        out = {"type": TYPE_NAMES[self.type]} if self.type else {}
-        for f in self.FIELDS:
-            out[f] = _plain(getattr(self, f))
-        return out
-
-
-def _plain(v):
-    if isinstance(v, (bytes, bytearray)):
-        return bytes(v).hex()
-    if isinstance(v, Frame):
-        return v.to_dict()
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v
-
 
 # A reading's flags (redmesh.cddl reading-flags): set by the node that made it (firmware/sampler.py,
 # the rig's offered load firmware/hal/simload.py), shown and counted by the host. Other bits: 0.
@@ -330,11 +307,6 @@ def _put_rec(out, rec, name, n=0):
             _put_num(out, label, getattr(rec, f), lo, hi)
 
 
-def _get_rec(d, cls, name):
-    _arr(d, name, len(cls.FIELDS), len(cls.FIELDS))
-    return cls(*_get(d, cls.SPEC))
-
-
 # Mesh frames carrying an end-to-end tag ---------------------------------------------------
 
 _UP_HEAD = (("origin", 0, U32), ("seq", 0, U32), ("time_s", 0, U32))
@@ -366,9 +338,6 @@ class Telemetry(Frame):
         for r in self.readings:
             _put_rec(out, r, "reading")
 
-    def _dec_body(self, d):
-        n = _arr(d, "readings", 1, MAX_READINGS)
-        self.readings = [_get_rec(d, Reading, "reading") for _ in range(n)]
 
 
 class Status(Frame):
@@ -385,16 +354,6 @@ class Status(Frame):
         legacy = b.radio_drops is None and b.readings_lost is None
         _put_rec(out, b, "status", StatusBody.LEGACY_FIELDS if legacy else 0)
 
-    def _dec_body(self, d):
-        full = len(StatusBody.FIELDS)
-        n = _arr(d, "status", StatusBody.LEGACY_FIELDS, full)
-        if n != StatusBody.LEGACY_FIELDS and n != full:
-            raise ProtocolError("status: expected %d items (or %d from firmware 1.0), got %d"
-                                % (full, StatusBody.LEGACY_FIELDS, n))
-        vals = _get(d, StatusBody.SPEC if n == full else StatusBody.SPEC[:n])
-        while len(vals) < full:
-            vals.append(None)  # not reported by firmware 1.0
-        self.body = StatusBody(*vals)
 
 
 class Reply(Frame):
@@ -404,7 +363,6 @@ class Reply(Frame):
     type = T_REPLY
     FIELDS = ("origin", "seq", "time_s", "cseq", "code", "result", "hops", "cost", "etag")
     DEFAULTS = {"result": [], "etag": None}
-    _SPEC = (("reply.cseq", 0, U32), ("reply.code", 0, U8))
 
     def _enc_body(self, out):
         if len(self.result) > 8:
@@ -414,11 +372,6 @@ class Reply(Frame):
         _put_num(out, "reply.code", self.code, 0, U8)
         _enc_args(self.result, out, "reply.result")
 
-    def _dec_body(self, d):
-        _arr(d, "reply", 3, 3)
-        self.cseq, self.code = _get(d, self._SPEC)
-        n = _arr(d, "reply.result", 0, 8)
-        self.result = [_scalar_arg(d, "reply.result") for _ in range(n)]
 
 
 class Command(Frame):
@@ -614,15 +567,10 @@ def _decode(buf, mesh_key, node_key):
     _uint(d, "type", U8)
     if t == T_ENVELOPE or t == T_DOWNLINK:
         return _mqtt(t)[1](d)
-    if t in _UPLINK:
-        f = _UPLINK[t]()
-        f.origin, f.seq, f.time_s = _get(d, _UP_HEAD)
-        f._dec_body(d)
-        covered = bytes(buf[start:d.pos])
-        f.hops, f.cost = _get(d, _UP_MUT)
-        f.etag = _bstr(d, "etag", E2E_TAG_LEN, E2E_TAG_LEN)
-        if t == T_TELEMETRY and f.seq + len(f.readings) - 1 > U32:
-            raise ProtocolError("telemetry: reading sequence numbers overflow 32 bits")
+    if t in _UPLINK:  # the host's business (a node forwards these by their bytes, firmware/mesh.py)
+        from protocol.frames_up import dec_uplink
+
+        f, covered = dec_uplink(d, t, buf, start)
     elif t == T_COMMAND:
         f = Command(*_get(d, Command.SPEC))
         n = _arr(d, "command.args", 0, 4)

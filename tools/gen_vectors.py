@@ -16,6 +16,7 @@ sys.path.insert(0, ROOT)
 import protocol as P  # noqa: E402
 from protocol.auth import Hmac  # noqa: E402
 from protocol.routed import Routed  # noqa: E402
+from protocol.view import to_dict  # noqa: E402
 
 MESH_KEY = bytes(range(32))
 NODE_KEY = bytes(range(100, 132))
@@ -71,16 +72,16 @@ def valid_vectors():
         node_key = NODE_KEY if f.type in (P.T_TELEMETRY, P.T_STATUS, P.T_REPLY) or (
             f.type == P.T_COMMAND and f.target != 0) else None
         b = P.encode(f, MESH_KEY, node_key)
-        out.append({"name": name, "hex": b.hex(), "valid": True, "fields": f.to_dict()})
+        out.append({"name": name, "hex": b.hex(), "valid": True, "fields": to_dict(f)})
     cmd = bytes.fromhex(next(v["hex"] for v in out if v["name"] == "command resend to one node"))
     for name, f in (("routed command, at the first hop", Routed(path=[1100, 1200, 1234], at=0, cmd=cmd)),
                     ("routed command, at its target", Routed(path=[1100, 1200, 1234], at=2, cmd=cmd))):
-        out.append({"name": name, "hex": P.encode(f, MESH_KEY).hex(), "valid": True, "fields": f.to_dict()})
+        out.append({"name": name, "hex": P.encode(f, MESH_KEY).hex(), "valid": True, "fields": to_dict(f)})
     tel = bytes.fromhex(out[2]["hex"])
     env = P.Envelope(gateway=2, eseq=99, items=[(1795000000123, -60, tel)])
-    out.append({"name": "gateway envelope", "hex": P.encode(env).hex(), "valid": True, "fields": env.to_dict()})
+    out.append({"name": "gateway envelope", "hex": P.encode(env).hex(), "valid": True, "fields": to_dict(env)})
     dl = P.Downlink(frames=[bytes.fromhex(out[5]["hex"])])
-    out.append({"name": "downlink", "hex": P.encode(dl).hex(), "valid": True, "fields": dl.to_dict()})
+    out.append({"name": "downlink", "hex": P.encode(dl).hex(), "valid": True, "fields": to_dict(dl)})
     return out, tel
 
 
@@ -252,7 +253,7 @@ def main(argv=None):
     valid, tel = valid_vectors()
     frames = {
         "description": "Red Mesh frame vectors. Decode every entry with protocol.decode(bytes.fromhex(hex), "
-                       "mesh_key, node_key) using the keys below. Valid entries decode to `fields` (frame.to_dict()) "
+                       "mesh_key, node_key) using the keys below. Valid entries decode to `fields` (protocol.view.to_dict(frame)) "
                        "and re-encode to the same bytes; invalid ones raise ProtocolError whose message contains "
                        "`error`. Signatures in target-0 commands are placeholders (decode checks their size only).",
         "keys": {"mesh_key": MESH_KEY.hex(), "node_key": NODE_KEY.hex()},

@@ -6,6 +6,7 @@ import click
 
 import protocol
 from fleet.errors import FleetError
+from protocol import view
 
 _KEY_FILE_FORM = 'a JSON object with hex "mesh_key" and/or "node_key", or "fleet_secret" and "net_id"'
 
@@ -67,7 +68,7 @@ def parse_hex(text):
 def describe(frame):
     """Return the JSON-ready dict for a decoded frame: `type`, and for mesh frames `origin`
     and `hops`."""
-    d = frame.to_dict()
+    d = view.to_dict(frame)
     if frame.type in (protocol.T_BEACON, protocol.T_OTA_ADV, protocol.T_OTA_REQ, protocol.T_OTA_DATA):
         d["origin"] = frame.src
         d["hops"] = 0

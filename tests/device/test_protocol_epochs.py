@@ -6,6 +6,7 @@ import protocol
 from protocol import auth
 from protocol.errors import ProtocolError
 from protocol.keywrap import OP_REKEY
+from protocol.view import to_dict
 
 _H = head("epochs.json")["keys"]
 EVEN, ODD, NODE = unhex(_H["mesh_even"]), unhex(_H["mesh_odd"]), unhex(_H["node_key"])
@@ -39,7 +40,7 @@ def test_bad_epoch_refused():
 
 
 def _fields(f):
-    d = f.to_dict()
+    d = to_dict(f)
     for k in ("etag", "auth"):
         d.pop(k, None)
     return d
