@@ -20,6 +20,8 @@ Theory of operation (normative text: protocol/redmesh.cddl)
   is a hop-level field: the hop tag covers it, end-to-end tags and signatures do not (they
   cover the version item as VERSION), so a forwarder may re-tag a frame in its own epoch.
 """
+import sys
+
 from protocol import cbor
 from protocol.auth import E2E_TAG_LEN, HOP_TAG_LEN, SIG_LEN, Hmac, ct_equal
 from protocol.cbor import _head
@@ -423,6 +425,22 @@ def _mqtt(t):
 _ONEHOP = (T_BEACON, T_OTA_ADV, T_OTA_REQ)
 
 
+# A board encodes every frame in one buffer, emptied (its capacity kept) for each: a frame grown
+# byte by byte in a new bytearray reallocates as it grows, and at a resend answer (up to 4
+# frames, each encoded for its size and then for the air) that churn fragmented a 123 KB heap
+# until 243 bytes in one piece could not be had. encode is not re-entrant and a node runs one
+# task at a time, so one buffer serves; the host (threads) takes a new bytearray each time.
+_SCRATCH = bytearray(MAX_FRAME + 16) if sys.implementation.name == "micropython" else None
+
+
+def _out():
+    b = _SCRATCH
+    if b is None:
+        return bytearray()
+    b[:] = b""
+    return b
+
+
 def encode(frame, mesh_key=None, node_key=None, phase=None):
     """Return the bytes of `frame`.
 
@@ -433,7 +451,6 @@ def encode(frame, mesh_key=None, node_key=None, phase=None):
     made over `signed_bytes`). Raises ProtocolError when a field is out of range or a key is
     missing; sets frame.etag/frame.auth to the tag used."""
     t = frame.type
-    out = bytearray()
     if t == T_ENVELOPE or t == T_DOWNLINK:  # MQTT messages: their codec is protocol/envelope.py
         return _mqtt(t)[0](frame)
     if phase is None:
@@ -443,6 +460,7 @@ def encode(frame, mesh_key=None, node_key=None, phase=None):
     hmac_mesh = _hmac(mesh_key, phase)
     if hmac_mesh is None:
         raise ProtocolError("encoding an air frame needs the mesh key")
+    out = _out()
     if t in _UPLINK:
         _head(4, 10, out)
         start = len(out)
