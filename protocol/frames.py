@@ -76,18 +76,24 @@ U64 = 0xFFFFFFFFFFFFFFFF
 # Table-driven on purpose: one code path per kind keeps the module small in a device's heap.
 
 
-def _num(d, name, lo, hi):
+def _label(name, pre):
+    """A field's name in an error message: "status.heap_free" for a record's field (the record's
+    name `pre` is joined only when there is an error to report: no string per field encoded)."""
+    return pre + "." + name if pre else name
+
+
+def _num(d, name, lo, hi, pre=None):
     at = d.pos
     major, v = d.head()
     if major == 1 and lo < 0:
         v = -1 - v
     elif major != 0:
         raise ProtocolError("%s: expected %s at offset %d, got major type %d"
-                            % (name, "an integer" if lo < 0 else "an unsigned integer", at, major))
+                            % (_label(name, pre), "an integer" if lo < 0 else "an unsigned integer", at, major))
     if v < lo or v > hi:
         if lo == 0:
-            raise ProtocolError("%s: expected at most %d, got %d" % (name, hi, v))
-        raise ProtocolError("%s: expected %d..%d, got %d" % (name, lo, hi, v))
+            raise ProtocolError("%s: expected at most %d, got %d" % (_label(name, pre), hi, v))
+        raise ProtocolError("%s: expected %d..%d, got %d" % (_label(name, pre), lo, hi, v))
     return v
 
 
@@ -95,17 +101,17 @@ def _uint(d, name, maxv):
     return _num(d, name, 0, maxv)
 
 
-def _str_or_bytes(d, name, major_want, lo, hi):
+def _str_or_bytes(d, name, major_want, lo, hi, pre=None):
     at = d.pos
     major, n = d.head()
     if major != major_want:
         raise ProtocolError("%s: expected a %s at offset %d, got major type %d"
-                            % (name, "byte string" if major_want == 2 else "text string", at, major))
+                            % (_label(name, pre), "byte string" if major_want == 2 else "text string", at, major))
     if n < lo or n > hi:
         if major_want == 3:
-            raise ProtocolError("%s: expected at most %d bytes of text, got %d" % (name, hi, n))
-        raise ProtocolError("%s: expected %d..%d bytes, got %d" % (name, lo, hi, n))
-    d._need(n, name)
+            raise ProtocolError("%s: expected at most %d bytes of text, got %d" % (_label(name, pre), hi, n))
+        raise ProtocolError("%s: expected %d..%d bytes, got %d" % (_label(name, pre), lo, hi, n))
+    d._need(n, _label(name, pre))
     v = bytes(d.buf[d.pos:d.pos + n])
     d.pos += n
     if major_want == 2:
@@ -113,7 +119,7 @@ def _str_or_bytes(d, name, major_want, lo, hi):
     try:
         return str(v, "utf-8")
     except Exception:  # noqa: BLE001 - error type differs between interpreters
-        raise ProtocolError("%s: invalid UTF-8" % name)
+        raise ProtocolError("%s: invalid UTF-8" % _label(name, pre))
 
 
 def _bstr(d, name, lo, hi):
@@ -134,35 +140,37 @@ def _arr(d, name, lo, hi):
     return n
 
 
-def _get(d, spec):
-    """Decode the fields of `spec` in order; return their values as a list."""
+def _get(d, spec, pre=None):
+    """Decode the fields of `spec` in order; return their values as a list (pre: the record's
+    name, for error messages)."""
     out = []
     for name, lo, hi in spec:
-        out.append(_str_or_bytes(d, name, 3, 0, hi) if lo is None else _num(d, name, lo, hi))
+        out.append(_str_or_bytes(d, name, 3, 0, hi, pre) if lo is None else _num(d, name, lo, hi, pre))
     return out
 
 
-def _put_num(out, name, v, lo, hi):
+def _put_num(out, name, v, lo, hi, pre=None):
     if not isinstance(v, int) or isinstance(v, bool) or v < lo or v > hi:
-        raise ProtocolError("%s: expected an integer %d..%d, got %r" % (name, lo, hi, v))
+        raise ProtocolError("%s: expected an integer %d..%d, got %r" % (_label(name, pre), lo, hi, v))
     if v >= 0:
         _head(0, v, out)
     else:
         _head(1, -1 - v, out)
 
 
-def _put(out, obj, spec):
-    """Validate and encode the attributes of `obj` named by `spec`, in order."""
+def _put(out, obj, spec, pre=None):
+    """Validate and encode the attributes of `obj` named by `spec`, in order (pre: the record's
+    name, for error messages)."""
     for name, lo, hi in spec:
         v = getattr(obj, name)
         if lo is None:
             b = v.encode("utf-8") if isinstance(v, str) else None
             if b is None or len(b) > hi:
-                raise ProtocolError("%s: expected text of at most %d bytes" % (name, hi))
+                raise ProtocolError("%s: expected text of at most %d bytes" % (_label(name, pre), hi))
             _head(3, len(b), out)
             out.extend(b)
         else:
-            _put_num(out, name, v, lo, hi)
+            _put_num(out, name, v, lo, hi, pre)
 
 
 def _put_bytes(out, name, v, lo, hi):
@@ -265,9 +273,9 @@ class Reading(Frame):
     dt_s: seconds before the frame's time_s; pm1/pm25/pm10: 0.1 ug/m3; rh: %; temp: 0.1 C;
     n: samples aggregated; flags: FLAG_* bits (above)."""
 
-    SPEC = (("reading.dt_s", 0, U32), ("reading.pm1", 0, U16), ("reading.pm25", 0, U16),
-            ("reading.pm10", 0, U16), ("reading.rh", 0, 100), ("reading.temp", -400, 850),
-            ("reading.n", 0, U16), ("reading.flags", 0, U16))
+    SPEC = (("dt_s", 0, U32), ("pm1", 0, U16), ("pm25", 0, U16),
+            ("pm10", 0, U16), ("rh", 0, 100), ("temp", -400, 850),
+            ("n", 0, U16), ("flags", 0, U16))
     FIELDS = ("dt_s", "pm1", "pm25", "pm10", "rh", "temp", "n", "flags")
 
 
@@ -283,30 +291,22 @@ class StatusBody(Frame):
     FIELDS = ("fw_seq", "fw_version", "uptime_s", "heap_free", "heap_min", "backlog", "parent",
               "link_etx", "path_cost", "rssi", "boot_count", "ota_state", "ota_progress", "errors",
               "radio_drops", "readings_lost")
-    SPEC = (("status.fw_seq", 0, U32), ("status.fw_version", None, 16), ("status.uptime_s", 0, U32),
-            ("status.heap_free", 0, U32), ("status.heap_min", 0, U32), ("status.backlog", 0, U32),
-            ("status.parent", 0, U32), ("status.link_etx", 0, U16), ("status.path_cost", 0, U16),
-            ("status.rssi", -128, 0), ("status.boot_count", 0, U32), ("status.ota_state", 0, U8),
-            ("status.ota_progress", 0, 100), ("status.errors", 0, U32), ("status.radio_drops", 0, U32),
-            ("status.readings_lost", 0, U32))
+    SPEC = (("fw_seq", 0, U32), ("fw_version", None, 16), ("uptime_s", 0, U32),
+            ("heap_free", 0, U32), ("heap_min", 0, U32), ("backlog", 0, U32),
+            ("parent", 0, U32), ("link_etx", 0, U16), ("path_cost", 0, U16),
+            ("rssi", -128, 0), ("boot_count", 0, U32), ("ota_state", 0, U8),
+            ("ota_progress", 0, 100), ("errors", 0, U32), ("radio_drops", 0, U32),
+            ("readings_lost", 0, U32))
     DEFAULTS = {"fw_version": ""}
     LEGACY_FIELDS = 14
 
 
 def _put_rec(out, rec, name, n=0):
-    """Encode rec's fields as an array (only the first n when n is given)."""
-    fields = rec.FIELDS[:n] if n else rec.FIELDS
-    _head(4, len(fields), out)
-    for f, (label, lo, hi) in zip(fields, rec.SPEC):
-        if lo is None:
-            v = getattr(rec, f)
-            b = v.encode("utf-8") if isinstance(v, str) else None
-            if b is None or len(b) > hi:
-                raise ProtocolError("%s: expected text of at most %d bytes" % (label, hi))
-            _head(3, len(b), out)
-            out.extend(b)
-        else:
-            _put_num(out, label, getattr(rec, f), lo, hi)
+    """Encode rec's fields as an array (only the first n when n is given); `name` prefixes the
+    field in error messages ("reading.pm25")."""
+    spec = rec.SPEC[:n] if n else rec.SPEC
+    _head(4, len(spec), out)
+    _put(out, rec, spec, name)
 
 
 # Mesh frames carrying an end-to-end tag ---------------------------------------------------

@@ -27,7 +27,7 @@ _REPLY = (("reply.cseq", 0, U32), ("reply.code", 0, U8))
 
 def _rec(d, cls, name):
     _arr(d, name, len(cls.FIELDS), len(cls.FIELDS))
-    return cls(*_get(d, cls.SPEC))
+    return cls(*_get(d, cls.SPEC, name))
 
 
 def _status_body(d):
@@ -36,7 +36,7 @@ def _status_body(d):
     if n != StatusBody.LEGACY_FIELDS and n != full:
         raise ProtocolError("status: expected %d items (or %d from firmware 1.0), got %d"
                             % (full, StatusBody.LEGACY_FIELDS, n))
-    vals = _get(d, StatusBody.SPEC if n == full else StatusBody.SPEC[:n])
+    vals = _get(d, StatusBody.SPEC if n == full else StatusBody.SPEC[:n], "status")
     while len(vals) < full:
         vals.append(None)  # not reported by firmware 1.0
     return StatusBody(*vals)
