@@ -38,9 +38,9 @@ BOARD_NODE_HEAP_KB = 112
 # What the sim HAL (UDP radio shim, simulated PMS5003, the rig's offered load) and the rig's
 # `machine` module (fleet/sim/node_fs/_rignode.py; a board's is in C) cost on top of the board's
 # HAL, given to virtual nodes so they are held to the board's budget for the rest (at most
-# 12k). Measured (`bench/heap_bench.py --imports`): a node booted to Node() pins 97.4 KB on
-# the sim HAL with _rignode, 86.8 KB on firmware/hal/esp32.py (stand-ins for machine/network)
-# with the 526 B ESP-NOW rxbuf a board keeps on the Python heap: 10,514 B more.
+# 12k). Measured (`bench/heap_bench.py --imports`): a node booted to Node() pins 95.0 KB on
+# the sim HAL with _rignode, 84.6 KB on firmware/hal/esp32.py (stand-ins for machine/network)
+# with the 526 B ESP-NOW rxbuf a board keeps on the Python heap: 10,450 B more.
 SIM_HAL_ALLOWANCE_KB = 11
 NODE_HEAP_KB = BOARD_NODE_HEAP_KB + SIM_HAL_ALLOWANCE_KB
 # What virtual nodes run at today, plain and booted from OTA slots: more than NODE_HEAP_KB until
@@ -59,9 +59,13 @@ NODE_HEAP_KB = BOARD_NODE_HEAP_KB + SIM_HAL_ALLOWANCE_KB
 # (protocol/frames_ota.py): node imports (bench list) 86.3 -> 79.0 KB, booted to Node() on the board's HAL
 # 95.9 -> 86.8 KB, peak live on the 3-node line 127 -> 113 KB; 132k keeps 18.5 KB free at the
 # worst moment (the resend answer), 128k 14.5 KB (no MemoryError)
-# (`.venv/bin/python bench/heap_bench.py --heaps 132,128`). Still ~6 KB live too many for
-# NODE_HEAP_KB (123k).
-RIG_NODE_HEAP_KB = 132
+# (`.venv/bin/python bench/heap_bench.py --heaps 132,128`). Then uplink decoding and the
+# frames' plain-data view out of a node's protocol (protocol/frames_up.py, protocol/view.py),
+# record field labels joined only for an error, and one reused encode buffer (a resend answer
+# had fragmented a 124k heap into a MemoryError): imports 79.0 -> 76.8 KB, 128k keeps 16.4 KB
+# free at the worst moment (the resend answer; boot 19.2 KB), 124k 12.4 KB, no MemoryError.
+# Still ~4.7 KB live too many for NODE_HEAP_KB (123k).
+RIG_NODE_HEAP_KB = 128
 # OTA-slot nodes (bench/ota_heap_bench.py: a v2 bundle received, staged, confirmed; a bad v3
 # rolled back; no MemoryError): 224k, worst moment 45 KB free (trial/receive, ~180 KB live).
 # Before the lazy OTA shell 192k failed (out of memory receiving the manifest, every boot).
