@@ -75,8 +75,8 @@ Events (poll_event):
   ("parent", node_id)           parent changed (0: none)
   ("route", has_route)          route gained / lost
 """
-from firmware.compat import const
-from firmware.trickle import Trickle, Xorshift32
+from firmware.compat import const, unload
+from firmware.trickle import Xorshift32
 from protocol.auth import HOP_TAG_LEN, Hmac, ct_equal
 from protocol.errors import ProtocolError
 from protocol.frames import (
@@ -117,33 +117,7 @@ _MAX_TXQ = const(16)  # frames waiting for poll_tx (a shell that stops polling l
 _MAX_FLOODS = const(8)  # pending rebroadcasts
 DEPTH_NONE = const(255)
 
-# Tunables (Router(params={...}) overrides any of them). Times in ms, costs/ETX in tenths.
-DEFAULTS = {
-    "beacon_imin_ms": 1000,  # Trickle Imin
-    "beacon_doublings": 9,  # Imax = 1 s * 2**9 = 512 s
-    "beacon_k": 0,  # Trickle redundancy; 0 = never suppress (link estimation needs beacons)
-    "max_hops": 32,  # TTL
-    "queue_len": 16,  # forwarding queue, frames
-    "max_neighbors": 16,
-    "dup_cache": 32,  # (origin, seq, type) entries
-    "dup_memory_ms": 60000,
-    "flood_cache": 16,  # (target, cseq) entries
-    "flood_memory_ms": 600000,
-    "flood_delay_ms": 40,  # rebroadcast after 1..this ms
-    "flood_repeats": 1,
-    "tries_per_parent": 3,  # consecutive failures before the link is penalised
-    "max_tries": 9,  # sends per frame, across re-routes
-    "retry_backoff_ms": 30,  # x tries (max 4), plus 0..this jitter
-    "send_timeout_ms": 1000,  # no on_send_done by then = failure
-    "switch_margin": 15,  # hysteresis: 1.5 ETX
-    "min_heard": 3,  # beacons heard before a neighbour may replace a working parent
-    "max_link_etx": 100,  # worse links are not used
-    "max_path_cost": 3000,  # a path this expensive is no route (bounds count-to-infinity)
-    "neighbor_timeout_ms": 0,  # 0 = 4.5 x Imax
-    "loop_hold_ms": 3000,  # a parent caught in a loop is not chosen again for this long
-    "cost_reset_delta": 10,  # own cost change that resets Trickle
-    "weak_rssi_dbm": -80,  # a new neighbour heard weaker starts at ETX_INIT_WEAK
-}
+# Tunables: firmware/mesh_params.py (DEFAULTS), read by Router() once and unloaded after.
 
 STAT_KEYS = (
     "beacons_tx", "beacons_rx", "data_rx", "data_tx", "originated", "forwarded", "uplinks",
@@ -382,23 +356,9 @@ class Router:
     node_id: this node's id (1..2**32-1); mac: its 6-byte radio address; is_gateway: the root
     role; mesh_key: bytes or a protocol.auth.Hmac (pass the node's one shared instance);
     seed: PRNG seed (default: from node_id, so runs are reproducible); params: dict of
-    overrides of DEFAULTS. Raises ValueError on an unknown or bad parameter."""
+    overrides of firmware/mesh_params.py DEFAULTS. Raises ValueError on an unknown or bad parameter."""
 
     def __init__(self, node_id, mac, is_gateway, mesh_key, seed=None, params=None):
-        p = dict(DEFAULTS)
-        if params:
-            for k in params:
-                if k not in p:
-                    raise ValueError("unknown mesh parameter %r (known: %s)" % (k, ", ".join(sorted(p))))
-                p[k] = params[k]
-        for k in p:
-            v = p[k]
-            if not isinstance(v, int) or isinstance(v, bool) or (v < 0 and k != "weak_rssi_dbm"):
-                raise ValueError("mesh parameter %s must be an int >= 0, got %r" % (k, v))
-        if p["queue_len"] < 1 or p["max_neighbors"] < 1 or p["dup_cache"] < 1 or p["flood_cache"] < 1:
-            raise ValueError("queue_len, max_neighbors, dup_cache and flood_cache must be >= 1")
-        if p["tries_per_parent"] < 1 or p["max_tries"] < 1 or p["max_hops"] < 1 or p["max_hops"] > 255:
-            raise ValueError("tries_per_parent, max_tries must be >= 1 and max_hops 1..255")
         self.node_id = node_id
         self.mac = bytes(mac)
         self.is_gateway = bool(is_gateway)
@@ -409,27 +369,11 @@ class Router:
         self._vb = b"\x01"
         self._keys = [self._hmac, None]
         self.rng = Xorshift32(seed if seed is not None else (node_id * 2654435761 + 12345))
-        self.trickle = Trickle(p["beacon_imin_ms"], p["beacon_doublings"], p["beacon_k"], self.rng)
-        self.imin_ms = p["beacon_imin_ms"]
-        self.max_hops = p["max_hops"]
-        self.queue_len = p["queue_len"]
-        self.max_neighbors = p["max_neighbors"]
-        self.dup_memory_ms = p["dup_memory_ms"]
-        self.flood_memory_ms = p["flood_memory_ms"]
-        self.flood_delay_ms = max(1, p["flood_delay_ms"])
-        self.flood_repeats = p["flood_repeats"]
-        self.tries_per_parent = p["tries_per_parent"]
-        self.max_tries = p["max_tries"]
-        self.retry_backoff_ms = p["retry_backoff_ms"]
-        self.send_timeout_ms = p["send_timeout_ms"]
-        self.switch_margin = p["switch_margin"]
-        self.min_heard = p["min_heard"]
-        self.max_link_etx = p["max_link_etx"]
-        self.max_path_cost = min(p["max_path_cost"], COST_INFINITE - 1)
-        self.neighbor_timeout_ms = p["neighbor_timeout_ms"] or (self.trickle.imax_ms * 9) // 2
-        self.loop_hold_ms = p["loop_hold_ms"]
-        self.cost_reset_delta = p["cost_reset_delta"]
-        self.weak_rssi_dbm = p["weak_rssi_dbm"]
+        from firmware import mesh_params  # the tunables and their checks: read once (~2 KB of heap)
+
+        p = mesh_params.configure(self, params)
+        mesh_params = None
+        unload("firmware.mesh_params")
 
         self.stats = {}
         for k in STAT_KEYS:

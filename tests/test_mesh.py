@@ -15,7 +15,8 @@ from fake_radio import (
 )
 
 from firmware.downroute import inject_routed
-from firmware.mesh import BROADCAST, DEFAULTS, PeerTable, Router, _parse_up
+from firmware.mesh import BROADCAST, PeerTable, Router, _parse_up
+from firmware.mesh_params import DEFAULTS
 from firmware.trickle import Trickle, Xorshift32
 from protocol import (
     BF_GATEWAY,
