@@ -76,7 +76,7 @@ Events (poll_event):
   ("route", has_route)          route gained / lost
 """
 from firmware.compat import const, unload
-from firmware.trickle import Xorshift32
+from firmware.trickle import Trickle, Xorshift32
 from protocol.auth import HOP_TAG_LEN, Hmac, ct_equal
 from protocol.errors import ProtocolError
 from protocol.frames import (
@@ -357,6 +357,29 @@ class Router:
     role; mesh_key: bytes or a protocol.auth.Hmac (pass the node's one shared instance);
     seed: PRNG seed (default: from node_id, so runs are reproducible); params: dict of
     overrides of firmware/mesh_params.py DEFAULTS. Raises ValueError on an unknown or bad parameter."""
+
+    # set by firmware/mesh_params.py configure() (annotations only: no code, no heap)
+    trickle: Trickle
+    cost_reset_delta: int
+    dup_memory_ms: int
+    flood_delay_ms: int
+    flood_memory_ms: int
+    flood_repeats: int
+    imin_ms: int
+    loop_hold_ms: int
+    max_hops: int
+    max_link_etx: int
+    max_neighbors: int
+    max_path_cost: int
+    max_tries: int
+    min_heard: int
+    neighbor_timeout_ms: int
+    queue_len: int
+    retry_backoff_ms: int
+    send_timeout_ms: int
+    switch_margin: int
+    tries_per_parent: int
+    weak_rssi_dbm: int
 
     def __init__(self, node_id, mac, is_gateway, mesh_key, seed=None, params=None):
         self.node_id = node_id
