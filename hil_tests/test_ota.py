@@ -233,7 +233,8 @@ def test_v2_failing_health_rolls_back_everywhere(make_rig, needs_virtual_rig, tm
         f.write("\n\nclass _Dead:\n    checksum_errors = 0\n\n    def feed(self, data):\n        return ()\n\n\n"
                 "def make_parser(kind):\n    return _Dead()\n")
     topo = topo_mod.line(3, spacing_m=60, n_gateways=1, seed=5)
-    rig = make_rig(topo, ota=True, ota_settings=OTA_FAST, seed=5)
+    # v2 never confirms, so every wave lasts its trial: 20 s is enough to show the roll back
+    rig = make_rig(topo, ota=True, ota_settings=dict(OTA_FAST, trial_ms=20000), seed=5)
     info = ota_bundle.build(home, version="2.0.0-bad", src=str(src))
     rig.wait_until(lambda: len(_states(rig)) == 3, 90, "a status from every node")
     final, took_s, st = _campaign(rig, info["path"], 330, halt_after=99)
