@@ -7,13 +7,16 @@
 # SOURCE_TARBALL: a MicroPython source release (.tar.gz/.tar.xz) holding ports/unix, e.g. the
 # trimmed v1.28.0 one in ../shared/micropython32 (`make mp32` passes it). Needs a C compiler
 # that builds 32-bit programs (Debian: gcc-multilib). ~40 s on 2 cores. Does nothing when
-# OUT_DIR/micropython32 exists. Exit 2 when it cannot build (the rig then uses 64 bits).
+# OUT_DIR/micropython32 exists and has the rig's ROMFS segments. Exit 2 when it cannot build (the rig then uses 64 bits).
 set -euo pipefail
 tarball=${1:?usage: build_mp32.sh SOURCE_TARBALL OUT_DIR}
 out=${2:?usage: build_mp32.sh SOURCE_TARBALL OUT_DIR}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-if [ -x "$out/micropython32" ]; then echo "$out/micropython32"; exit 0; fi
+# An existing build is kept when it has the rig's ROMFS segments (tools/mp32/rig_romfs.c).
+if [ -x "$out/micropython32" ] && "$out/micropython32" -c "import vfs; vfs.rom_ioctl(1)" >/dev/null 2>&1; then
+  echo "$out/micropython32"; exit 0
+fi
 if [ ! -f "$tarball" ]; then echo "build_mp32: no source tarball at $tarball" >&2; exit 2; fi
 if ! echo 'int main(void){return 0;}' | cc -m32 -x c - -o /dev/null 2>/dev/null; then
   echo "build_mp32: the C compiler cannot build 32-bit programs: apt-get install gcc-multilib" >&2
@@ -31,6 +34,8 @@ fi
 # Ctrl-A right after a reset, and the virtual board relies on both arriving): switch now.
 sed -i 's/tcsetattr(0, TCSAFLUSH, /tcsetattr(0, TCSANOW, /' "$top/ports/unix/unix_mphal.c"
 grep -q 'TCSAFLUSH' "$top/ports/unix/unix_mphal.c" && { echo "build_mp32: could not patch unix_mphal.c" >&2; exit 2; }
+# ROMFS segments backed by files, as a board's romfs flash partitions (tools/mp32/rig_romfs.c).
+python3 "$(dirname "$0")/mp32/patch_unix.py" "$top" || exit 2
 echo 'include("$(MPY_DIR)/extmod/asyncio")' > "$src/manifest.py"
 make -s -C "$top/mpy-cross" -j2 >"$src/mpy-cross.log" 2>&1 || { tail -20 "$src/mpy-cross.log" >&2; exit 2; }
 make -s -C "$top/ports/unix" -j2 BUILD=build-32 PROG=micropython32 MICROPY_FORCE_32BIT=1 \

@@ -23,6 +23,7 @@ import sys
 from fleet.errors import FleetError
 
 ENV_VAR = "REDMESH_MICROPYTHON"
+ROMFS_ENV = "REDMESH_ROMFS"  # PATH[:PATH]: a node's romfs partition files (tools/mp32/rig_romfs.c)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD_DIR = os.path.join(ROOT, "build", "mp32")
 MP32_PATH = os.path.join(BUILD_DIR, "micropython32")
@@ -64,8 +65,14 @@ NODE_HEAP_KB = BOARD_NODE_HEAP_KB + SIM_HAL_ALLOWANCE_KB
 # record field labels joined only for an error, and one reused encode buffer (a resend answer
 # had fragmented a 124k heap into a MemoryError): imports 79.0 -> 76.8 KB, 128k keeps 16.4 KB
 # free at the worst moment (the resend answer; boot 19.2 KB), 124k 12.4 KB, no MemoryError.
-# Still ~4.7 KB live too many for NODE_HEAP_KB (123k).
-RIG_NODE_HEAP_KB = 128
+# Still ~4.7 KB live too many for NODE_HEAP_KB (123k) from a filesystem.
+# From a romfs partition (fleet/romfs.py: bytecode and constants read in place from flash, as on
+# a board built with ROMFS) the node's imports pin 46.0 KB instead of 101.6 KB: virtual nodes
+# then run at the board budget. RIG_NODE_HEAP_FS_KB is for a node whose firmware is on its
+# littlefs (the virtual board `fleet provision` writes files to, and any node on an interpreter
+# without the rig's ROMFS segments: the PyPI one).
+RIG_NODE_HEAP_KB = NODE_HEAP_KB
+RIG_NODE_HEAP_FS_KB = 128
 # OTA-slot nodes (bench/ota_heap_bench.py: a v2 bundle received, staged, confirmed; a bad v3
 # rolled back; no MemoryError): 224k, worst moment 45 KB free (trial/receive, ~180 KB live).
 # Before the lazy OTA shell 192k failed (out of memory receiving the manifest, every boot).
@@ -113,6 +120,21 @@ def is_32bit(path=None):
         except (OSError, subprocess.TimeoutExpired):
             _cache[path] = False
     return _cache[path]
+
+
+def has_romfs(path=None):
+    """True when the interpreter at `path` (default: micropython_bin()) maps romfs partitions
+    from files named in ROMFS_ENV (the rig's 32-bit build, tools/mp32/rig_romfs.c)."""
+    path = path or micropython_bin()
+    key = ("romfs", path)
+    if key not in _cache:
+        env = {k: v for k, v in os.environ.items() if k != ROMFS_ENV}
+        try:
+            _cache[key] = subprocess.run([path, "-c", "import vfs; vfs.rom_ioctl(1)"], capture_output=True,
+                                         timeout=20, env=env).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            _cache[key] = False
+    return _cache[key]
 
 
 def heap_kb(board_kb, path=None):

@@ -29,7 +29,6 @@ from fleet.sim.interp import micropython_bin  # noqa: F401 - the one lookup, re-
 
 # Heaps in board KB (what a 32-bit ESP32 has; fleet/sim/interp.py scales them on a 64-bit
 # interpreter and says why each is what it is).
-_NODE_HEAP = interp.RIG_NODE_HEAP_KB
 _GATEWAY_HEAP = interp.GATEWAY_HEAP_KB
 # Nodes start like boards (fleet/sim/node_fs/_rignode.py is their `machine` and start-up):
 # "slot" runs the flash's boot.py then main.py (boot.py chooses the A/B slot), "plain" runs
@@ -45,7 +44,7 @@ _CAUSE_NAMES = {PWRON_RESET: "PWRON_RESET", WDT_RESET: "WDT_RESET", SOFT_RESET: 
 class RigOptions:
     """Knobs of a virtual rig; defaults suit `make demo` (readings every ~40 s)."""
 
-    def __init__(self, broker_url=None, seed=1, heap=_NODE_HEAP, report_interval_s=40, continuous=True,
+    def __init__(self, broker_url=None, seed=1, heap=None, report_interval_s=40, continuous=True,
                  capture_path=None, collector=True, restart_crashed=True, sensor_noise_per_mille=5,
                  broker_kind="embedded", offered_interval_s=None, mesh_params=None, gateway_heap=_GATEWAY_HEAP,
                  offered_for_s=None, ota=False, ota_bundle=None, ota_settings=None,
@@ -70,7 +69,8 @@ class RigOptions:
         self.ota = ota
         self.ota_bundle = ota_bundle
         self.ota_settings = ota_settings
-        # heaps (heap, ota_heap, gateway_heap) are board KB: see fleet/sim/interp.py
+        # heaps (heap, ota_heap, gateway_heap) are board KB: see fleet/sim/interp.py; heap None:
+        # RIG_NODE_HEAP_KB for nodes that boot from a romfs partition, RIG_NODE_HEAP_FS_KB else
         self.ota_heap = ota_heap
         # the collector's gap repair (fleet.repair.RepairConfig keywords, e.g. grace_s): None keeps
         # the fleet home's settings (production defaults: a gap is first asked for after 120 s)
@@ -93,8 +93,9 @@ class NodeProc:
     "reset" (machine.reset()), "soft" (sys.exit()), "wdt" (the watchdog expired), "panic" (the
     interpreter itself ended) or None (running, or idle at its REPL: `at_repl`)."""
 
-    def __init__(self, node_id, flash_dir, build_dir, heap, log_path, mode="plain"):
+    def __init__(self, node_id, flash_dir, build_dir, heap, log_path, mode="plain", romfs=None):
         self.mode = mode
+        self.romfs = romfs  # the node's romfs partition file (plain nodes run their firmware from it)
         self.node_id = node_id
         self.flash_dir = flash_dir
         self.build_dir = build_dir
@@ -123,9 +124,13 @@ class NodeProc:
                               build=self.build_dir, flash=self.flash_dir)
         log = open(self.log_path, "ab")
         mp = micropython_bin()
+        env = dict(os.environ)
+        env.pop(interp.ROMFS_ENV, None)
+        if self.romfs:
+            env[interp.ROMFS_ENV] = self.romfs
         self.proc = subprocess.Popen([mp, "-X", interp.heap_arg(self.heap, mp), "-c", code],
                                      cwd=self.flash_dir, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True, env=env)
         log.close()
         self.starts += 1
         self.killed = False
@@ -198,6 +203,7 @@ class Rig:
         self.broker = None
         self.broker_url = None
         self.nodes = {}
+        self.romfs = None  # the romfs partition plain nodes boot from (None: from the build directory)
         self.collector_task = None
         self.collector_stop = None
         self.ingest = None
@@ -223,6 +229,11 @@ class Rig:
         fails = mpy_build.build(out)
         if fails:
             raise FleetError("mpy-cross failed on: " + ", ".join(f for f, _ in fails))
+        self.romfs = None
+        if interp.has_romfs():  # plain nodes run the build from their romfs partition
+            from fleet import romfs
+
+            self.romfs = romfs.segment(romfs.image(out))
         return out
 
     def _ota_flash_files(self, ks):
@@ -347,9 +358,16 @@ class Rig:
             flash = os.path.join(nodes_dir, str(n.id))
             fresh = flash_files is not None and not os.path.exists(os.path.join(flash, "active"))
             self._write_flash(n, ks, flash_files if fresh else None)
-            heap = self.opt.gateway_heap if n.is_gateway else (self.opt.ota_heap if self.opt.ota else self.opt.heap)
-            np = NodeProc(n.id, flash, build, heap, os.path.join(flash, "console.log"),
-                          mode="slot" if flash_files is not None else "plain")
+            node_heap = self.opt.heap or (interp.RIG_NODE_HEAP_KB if self.romfs is not None
+                                          else interp.RIG_NODE_HEAP_FS_KB)
+            heap = self.opt.gateway_heap if n.is_gateway else (self.opt.ota_heap if self.opt.ota else node_heap)
+            mode = "slot" if flash_files is not None else "plain"
+            rom = None
+            if mode == "plain" and self.romfs is not None:
+                rom = flash.rstrip("/") + ".romfs"  # the node's romfs partition
+                with open(rom, "wb") as f:
+                    f.write(self.romfs)
+            np = NodeProc(n.id, flash, build, heap, os.path.join(flash, "console.log"), mode=mode, romfs=rom)
             self.nodes[n.id] = np
         # gateways first, so the first beacons find a root
         order = sorted(self.topo.nodes, key=lambda n: (not n.is_gateway, n.id))

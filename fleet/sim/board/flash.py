@@ -12,7 +12,7 @@ BLOCK_SIZE = 4096  # the ESP32 port's littlefs block size (one flash sector)
 DEFAULT_QUOTA_BYTES = 2 * 1024 * 1024  # the vfs partition of the usual 4 MB ESP32 layout
 MAX_QUOTA_BYTES = 16 * 1024 * 1024  # the largest ESP32 module flash (the image is written in full)
 # The default heap is a node's (fleet/sim/interp.py owns the figure and its 64-bit scaling).
-DEFAULT_HEAP = "%dk" % interp.RIG_NODE_HEAP_KB  # board KB, scaled on a 64-bit interpreter (fleet/sim/interp.py)
+DEFAULT_HEAP = "%dk" % interp.RIG_NODE_HEAP_FS_KB  # board KB, scaled on a 64-bit interpreter (fleet/sim/interp.py)
 
 BOARD_FS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "board_fs")
 

@@ -15,7 +15,8 @@
 #   (what an ESP32 reports after machine.reset()). sys.exit() is a soft reset: same cause, the
 #   watchdog keeps running.
 # - "mode" slot: run the flash's boot.py, then main.py only if boot.py succeeded; "plain": the
-#   app from the build directory (firmware.main.run on the flash), for nodes without slots.
+#   app (firmware.main.run on the flash) from the romfs partition mounted at /rom when the
+#   interpreter has one (REDMESH_ROMFS, tools/mp32/rig_romfs.c), else from the build directory.
 #
 # Control file CTL (rewritten whole, read by the rig every second): "<state> <wdt_ms> <feeds>\n"
 # with state run | repl | reset | soft; wdt_ms 0 while no watchdog runs; feeds counts feed().
@@ -116,7 +117,8 @@ def boot(g, cause, ctl, mode, build, flash):
             if _exists("main.py"):
                 _run("main.py", g)
     else:
-        sys.path.insert(0, build)
+        if "/rom" not in sys.path:  # no romfs partition mounted: the build directory on the flash
+            sys.path.insert(0, build)
         _run("from firmware.main import run\nrun(%r)\n" % flash, g)
     _tell("repl")
     print('MicroPython (virtual rig node); the app is not running\nType "help()" for more information.\n>>> ')
