@@ -120,6 +120,7 @@ def boot(g, cause, ctl, mode, build, flash):
         if "/rom" not in sys.path:  # no romfs partition mounted: the build directory on the flash
             sys.path.insert(0, build)
         _run("from firmware.main import run\nrun(%r)\n" % flash, g)
-    _tell("repl")
+    # the banner first: the rig (and a test) may read the console as soon as the state says repl
     print('MicroPython (virtual rig node); the app is not running\nType "help()" for more information.\n>>> ')
+    _tell("repl")
     _halt()
