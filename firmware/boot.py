@@ -6,7 +6,9 @@
 # small, rarely change and import nothing from the app (the app is what it chooses).
 #
 # Flash layout
-#   /a/, /b/       app slots: main.py, firmware/*.mpy, protocol/*.mpy
+#   /a/, /b/       app slots: main.py, firmware/*.mpy, protocol/*.mpy; on a board with two romfs
+#                  partitions (rom_segments()) the slots are those partitions (a: 0, b: 1), the
+#                  active one mounted at /a or /b: its bytecode runs in place, off the heap
 #   /active        the pointer, "key=value" lines, replaced only by rename (atomic):
 #                    slot=a|b  bseq=N  version=V  state=trial|confirmed  boots=N  max_boots=N
 #                    trial_ms=N  fallback=a|b|-  fallback_bseq=N  fallback_version=V  failed=N
@@ -207,9 +209,38 @@ def select(fs):
 _booted: list = [None]  # the slot run() chose
 
 
+def rom_segments():
+    """How many romfs partitions the board maps (0 where the port has none): with two, the
+    slots are partitions (a: 0, b: 1) mounted at /a and /b instead of flash directories."""
+    try:
+        import vfs
+
+        return vfs.rom_ioctl(1)
+    except Exception:  # noqa: BLE001 - no vfs, no rom_ioctl (CPython, a port without ROMFS)
+        return 0
+
+
 def _slot_dir(root, slot):
+    if rom_segments() >= 2:
+        return "/" + slot
     base = root.rstrip("/") if root else os.getcwd().rstrip("/")
     return base + "/" + slot
+
+
+def _mount_slot(slot):
+    """Mount the slot's romfs partition at /<slot>, and nothing else of ROMFS: the port mounts
+    partition 0 at /rom by itself, which would mix slot a's modules into slot b's."""
+    import vfs
+
+    for mp in ("/rom", "/a", "/b"):
+        try:
+            vfs.umount(mp)
+        except OSError:
+            pass
+    for p in ("/rom", "/rom/lib"):
+        while p in sys.path:
+            sys.path.remove(p)
+    vfs.mount(vfs.VfsRom(vfs.rom_ioctl(2, SLOTS.index(slot))), "/" + slot)  # pyright: ignore[reportAttributeAccessIssue] (MicroPython 1.25+)
 
 
 def run(root=""):
@@ -217,6 +248,8 @@ def run(root=""):
     flash directory ("": the current directory, "/" on a board)."""
     slot = select(FlashFS(root))
     if slot is not None:
+        if rom_segments() >= 2:
+            _mount_slot(slot)
         d = _slot_dir(root, slot)
         for s in SLOTS:
             for cand in ("/" + s, _slot_dir(root, s)):

@@ -14,6 +14,11 @@ Theory of operation (the pointer format and the boot rules are in firmware/boot.
   resets). boot.py rolls back a crash loop (max_boots boots without a confirm).
 - Power cuts: every step is either a write to the unreferenced slot or a rename of a complete
   file, so the node always boots a complete, verified version (tests/test_ota_powercut.py).
+- Romfs partitions (a board with two, firmware/boot.py rom_segments()): a slot is partition 0
+  (a) or 1 (b) instead of a flash directory. Staging erases the inactive partition and writes
+  the archive's files into it as a ROMFS image laid out from the index (firmware/romfs_write.py),
+  mounts it at /<slot> and reads every file back against the manifest, as above; boot.py
+  mounts the active one. Bytecode then runs in place from flash (README "Firmware in ROMFS").
 
 Archive (the unpacked image; fleet/ota_bundle.py writes it): b"RMA1", u16 count, then per file
 u8 path length, path (UTF-8), u32 size; then the files' bytes in the same order. Big-endian.
@@ -210,6 +215,22 @@ def wipe(fs, path):
             fs.remove(p)
 
 
+def _rom_write(seg, off, buf):
+    import vfs
+
+    if vfs.rom_ioctl(4, seg, off, buf) < 0:
+        raise SlotError("cannot write romfs partition %d at %d" % (seg, off))
+
+
+def _umount(mount_point):
+    import vfs
+
+    try:
+        vfs.umount(mount_point)
+    except OSError:
+        pass
+
+
 class SlotManager:
     """The slots of one node. fs: an fsutil-style adapter at the flash root. max_boots: trial
     boots allowed without a confirm; trial_ms: time a trial has to confirm (app uptime);
@@ -297,13 +318,22 @@ class SlotManager:
             self._refuse(manifest, "bundle has no main.py")
         slot = other_slot(p["slot"]) if p is not None else "a"
         fs = self.fs
-        wipe(fs, slot)
         chunk = bytearray(_CHUNK)  # one buffer for every read: a long-running heap has few big holes
-        self._unpack(manifest, read_page, slot, chunk)
-        for path, size, digest in manifest.files:
-            n, h = file_sha256(fs, slot + "/" + path, chunk)
-            if n != size or h != digest:
-                raise SlotError("%s/%s does not match the manifest after writing (flash fault?)" % (slot, path))
+        if _boot.rom_segments() >= 2:  # the slot is a romfs partition
+            self._unpack_rom(manifest, read_page, slot, chunk)
+            where, vfs_fs = "/" + slot, _boot.FlashFS()
+        else:
+            wipe(fs, slot)
+            self._unpack(manifest, read_page, slot, chunk)
+            where, vfs_fs = slot, fs
+        try:
+            for path, size, digest in manifest.files:
+                n, h = file_sha256(vfs_fs, where + "/" + path, chunk)
+                if n != size or h != digest:
+                    raise SlotError("%s/%s does not match the manifest after writing (flash fault?)" % (slot, path))
+        finally:
+            if vfs_fs is not fs:
+                _umount("/" + slot)
         if p is None:
             newp = _boot.confirmed_pointer(slot, manifest.bseq, manifest.version)
         else:
@@ -336,6 +366,51 @@ class SlotManager:
                     left -= k
             finally:
                 f.close()
+
+    def _unpack_rom(self, manifest, read_page, slot, chunk):
+        """Write the image as a ROMFS image into the slot's romfs partition (erased first; a
+        power cut leaves a partition nothing points to), then mount it at /<slot> to be read
+        back. The layout follows the manifest's file list (the archive's, checked equal)."""
+        import vfs
+
+        from firmware import romfs_write
+
+        r = open_image(manifest, read_page)
+        index = read_archive_index(r)
+        files = manifest.files
+        if len(index) != len(files) or [1 for i in range(len(files)) if index[i] != (files[i][0], files[i][1])]:
+            raise SlotError("archive index does not match the manifest's file list")
+        del index
+        seg = _boot.SLOTS.index(slot)
+        _umount("/" + slot)
+        try:
+            total = romfs_write.image_length(files)
+        except ValueError as e:
+            raise SlotError("cannot lay out the image: %s" % e)
+        room = len(vfs.rom_ioctl(2, seg))
+        if total > room:
+            raise SlotError("the image needs %d bytes, the romfs partition holds %d" % (total, room))
+        if vfs.rom_ioctl(3, seg, total) < 0:
+            raise SlotError("cannot erase romfs partition %d" % seg)
+        mv = memoryview(chunk)
+        off = 0
+        try:
+            for head, path, left in romfs_write.records(files):
+                _rom_write(seg, off, head)
+                off += len(head)
+                while left:
+                    k = _read_into(r, mv[:min(left, _CHUNK)], path)
+                    _rom_write(seg, off, mv[:k])
+                    off += k
+                    left -= k
+        except ValueError as e:
+            raise SlotError("cannot lay out the image: %s" % e)
+        if vfs.rom_ioctl(5, seg) < 0:
+            raise SlotError("cannot complete the write of romfs partition %d" % seg)
+        try:
+            vfs.mount(vfs.VfsRom(vfs.rom_ioctl(2, seg)), "/" + slot)  # pyright: ignore[reportAttributeAccessIssue]
+        except Exception as e:  # noqa: BLE001 - OSError from a damaged image
+            raise SlotError("the written image does not mount: %s" % e)
 
     # ---- trial --------------------------------------------------------------------------
 

@@ -10,6 +10,8 @@ segment files in their place (tools/mp32/rig_romfs.c).
 """
 import contextlib
 import io
+import os
+import tempfile
 
 from fleet.errors import FleetError
 
@@ -27,6 +29,22 @@ def image(tree_dir):
     with contextlib.redirect_stdout(io.StringIO()):  # it draws the tree as it goes
         copy_recursively(fs, tree_dir.rstrip("/") + "/", "", False)
     return fs.finalise()
+
+
+def image_of_files(files):
+    """The ROMFS image holding `files` ({relative path: bytes})."""
+    with tempfile.TemporaryDirectory(prefix="redmesh-romfs-") as d:
+        for rel, data in files.items():
+            path = os.path.join(d, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(data)
+        return image(d)
+
+
+def erased(size=SEGMENT_BYTES):
+    """A romfs partition as it leaves the factory: all 0xFF."""
+    return b"\xff" * size
 
 
 def segment(img, size=SEGMENT_BYTES):

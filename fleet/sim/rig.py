@@ -48,7 +48,7 @@ class RigOptions:
                  capture_path=None, collector=True, restart_crashed=True, sensor_noise_per_mille=5,
                  broker_kind="embedded", offered_interval_s=None, mesh_params=None, gateway_heap=_GATEWAY_HEAP,
                  offered_for_s=None, ota=False, ota_bundle=None, ota_settings=None,
-                 ota_heap=interp.RIG_OTA_NODE_HEAP_KB, repair=None, node_overrides=None, wifi_up=True):
+                 ota_heap=None, repair=None, node_overrides=None, wifi_up=True):
         self.broker_url = broker_url
         self.seed = seed
         self.heap = heap
@@ -69,8 +69,9 @@ class RigOptions:
         self.ota = ota
         self.ota_bundle = ota_bundle
         self.ota_settings = ota_settings
-        # heaps (heap, ota_heap, gateway_heap) are board KB: see fleet/sim/interp.py; heap None:
-        # RIG_NODE_HEAP_KB for nodes that boot from a romfs partition, RIG_NODE_HEAP_FS_KB else
+        # heaps (heap, ota_heap, gateway_heap) are board KB: see fleet/sim/interp.py; heap and
+        # ota_heap None: RIG_NODE_HEAP_KB / RIG_OTA_NODE_HEAP_KB for nodes whose firmware is on
+        # romfs partitions, the _FS_KB ones for firmware in flash directories
         self.ota_heap = ota_heap
         # the collector's gap repair (fleet.repair.RepairConfig keywords, e.g. grace_s): None keeps
         # the fleet home's settings (production defaults: a gap is first asked for after 120 s)
@@ -204,6 +205,7 @@ class Rig:
         self.broker_url = None
         self.nodes = {}
         self.romfs = None  # the romfs partition plain nodes boot from (None: from the build directory)
+        self.romfs_slots = False  # OTA nodes' slots are romfs partitions (else flash directories)
         self.collector_task = None
         self.collector_stop = None
         self.ingest = None
@@ -247,7 +249,12 @@ class Rig:
             if ota_bundle.last_seq(self.home) < 1:
                 ota_bundle.record_seq(self.home, 1)
         self.ota_v1 = bundle
+        self.romfs_slots = interp.has_romfs()  # slots are romfs partitions (_write_flash)
         return ota_bundle.initial_flash_files(bundle)
+
+    def _slot_partitions(self, flash):
+        """The paths of a node's two romfs partitions (slots a and b)."""
+        return [flash.rstrip("/") + ".romfs_" + s for s in ("a", "b")]
 
     def _config_for(self, node, ks):
         from firmware.config_check import dump_config
@@ -286,6 +293,16 @@ class Rig:
         os.chmod(os.path.join(flash, "config.cbor"), 0o600)
         files = dict(files or {})
         files.update(self.opt.node_overrides.get(node.id, {}).get("files") or {})
+        if self.romfs_slots:  # slot a's files make its romfs partition; slot b is erased
+            from fleet import romfs
+
+            slot_a = {k[2:]: v for k, v in files.items() if k.startswith("a/") and v is not None}
+            files = {k: v for k, v in files.items() if not k.startswith("a/")}
+            parts = self._slot_partitions(flash)
+            if slot_a or not all(os.path.exists(p) for p in parts):
+                for p, data in zip(parts, (romfs.segment(romfs.image_of_files(slot_a)), romfs.erased()), strict=True):
+                    with open(p, "wb") as f:
+                        f.write(data)
         for rel, data in files.items():
             path = os.path.join(flash, rel)
             if data is None:
@@ -358,15 +375,21 @@ class Rig:
             flash = os.path.join(nodes_dir, str(n.id))
             fresh = flash_files is not None and not os.path.exists(os.path.join(flash, "active"))
             self._write_flash(n, ks, flash_files if fresh else None)
-            node_heap = self.opt.heap or (interp.RIG_NODE_HEAP_KB if self.romfs is not None
-                                          else interp.RIG_NODE_HEAP_FS_KB)
-            heap = self.opt.gateway_heap if n.is_gateway else (self.opt.ota_heap if self.opt.ota else node_heap)
+            if self.opt.ota:
+                node_heap = self.opt.ota_heap or (interp.RIG_OTA_NODE_HEAP_KB if self.romfs_slots
+                                                  else interp.RIG_OTA_NODE_HEAP_FS_KB)
+            else:
+                node_heap = self.opt.heap or (interp.RIG_NODE_HEAP_KB if self.romfs is not None
+                                              else interp.RIG_NODE_HEAP_FS_KB)
+            heap = self.opt.gateway_heap if n.is_gateway else node_heap
             mode = "slot" if flash_files is not None else "plain"
             rom = None
             if mode == "plain" and self.romfs is not None:
                 rom = flash.rstrip("/") + ".romfs"  # the node's romfs partition
                 with open(rom, "wb") as f:
                     f.write(self.romfs)
+            elif mode == "slot" and self.romfs_slots:
+                rom = ":".join(self._slot_partitions(flash))
             np = NodeProc(n.id, flash, build, heap, os.path.join(flash, "console.log"), mode=mode, romfs=rom)
             self.nodes[n.id] = np
         # gateways first, so the first beacons find a root
