@@ -360,7 +360,7 @@ def main():
     a = ap.parse_args()
     if not (a.imports or a.heaps or a.gateway_heaps):
         a.imports = True
-        a.heaps = "%d,136,%d" % (interp.RIG_NODE_HEAP_KB, interp.NODE_HEAP_KB)
+        a.heaps = "%d,112,96" % interp.RIG_NODE_HEAP_KB
     print("interpreter: %s" % _interp_name())
     if a.imports:
         print_imports()

@@ -14,6 +14,7 @@ temporary directory; every process is stopped at the end of each trial.
 """
 import argparse
 import asyncio
+import contextlib
 import glob
 import os
 import shutil
@@ -53,10 +54,14 @@ def _wait(pred, timeout_s):
     return False
 
 
-def trial(heap_kb, timeout_s, log):
-    """Return (passed, {phase: lowest free}, MemoryErrors, boots, notes)."""
+def trial(heap_kb, timeout_s, log, keep=False):
+    """Return (passed, {phase: lowest free}, MemoryErrors, boots, notes). keep: leave the
+    trial's directory (the nodes' consoles) and log where it is."""
     notes = []
-    with tempfile.TemporaryDirectory(prefix="redmesh-otaheap-") as d:
+    kept = tempfile.mkdtemp(prefix="redmesh-otaheap-") if keep else None
+    with (contextlib.nullcontext(kept) if keep else tempfile.TemporaryDirectory(prefix="redmesh-otaheap-")) as d:
+        if keep:
+            log("  heap %d KB: trial directory %s (kept)" % (heap_kb, d))
         home = FleetHome.resolve(os.path.join(d, "home"))
         home.ensure()
         home.keys().init()
@@ -127,12 +132,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--heaps", default=str(interp.NODE_HEAP_KB), help="node heaps to try, board KB, comma-separated")
     ap.add_argument("--timeout", type=int, default=300, help="seconds each campaign may take")
+    ap.add_argument("--keep", action="store_true", help="keep each trial's directory (node consoles) and say where")
     a = ap.parse_args()
     mp = interp.micropython_bin()
     print("interpreter %s (%s)" % (mp, "32-bit: board figures" if interp.is_32bit(mp) else "64-bit: NOT board figures"))
     smallest = None
     for kb in [int(x) for x in a.heaps.split(",")]:
-        ok, lows, errors, boots, notes = trial(kb, a.timeout, print)
+        ok, lows, errors, boots, notes = trial(kb, a.timeout, print, a.keep)
         print("OTA node heap %3d KB: %s  MemoryErrors %d  boots %d  (%s)" % (kb, "runs " if ok else "FAILS", errors,
                                                                             boots, "; ".join(notes)))
         for ph in PHASES + tuple(sorted(set(lows) - set(PHASES))):

@@ -193,10 +193,10 @@ def bench_scripts(res, quick):
         "collector": ("collector_bench", ["--envelopes", "200" if quick else "1000"]),
         "mqtt": ("mqtt_bench", ["--n", "2000" if quick else "5000"]),
         "provision": ("provision_bench", ["--boards", "4"]),
-        "heap": ("heap_bench", ["--imports", "--heaps", "144,128"] if quick else
-                 ["--imports", "--heaps", "160,144,134,128,122", "--gateway-heaps", "1024,256,224,192"]),
+        "heap": ("heap_bench", ["--imports", "--heaps", "123,96"] if quick else
+                 ["--imports", "--heaps", "123,112,96,88", "--gateway-heaps", "1024,256,192,160"]),
         # issue 10: an OTA-slot node through a whole campaign (v2 confirmed, v3 rolled back)
-        "ota_heap": ("ota_heap_bench", ["--heaps", "224" if quick else "224,208,192"]),
+        "ota_heap": ("ota_heap_bench", ["--heaps", "136" if quick else "136,132,123"]),
     }
     if os.path.exists(os.path.join(ROOT, "bench", "des_bench.py")):
         runs["des"] = ("des_bench", ["--quick"] if quick else [])

@@ -109,7 +109,7 @@ class OtaEngine:
     same for the buffer pages are served from (default: allocated at the first request)."""
 
     def __init__(self, node_id, fleet_pub, store, seed, params=None, running_bseq=0, now_ms=0, carry=None, rx=None,
-                 tx=None):
+                 tx=None, mb=None):
         self.node_id = node_id
         self.fleet_pub = fleet_pub
         self.store = store
@@ -157,6 +157,10 @@ class OtaEngine:
         if carry is not None:
             rx = carry["rx"]
             tx = carry["tx"]
+            mb = carry["mb"]
+        # a manifest of several units is assembled in `mb` (MAX_SIGNED bytes, allocated at boot
+        # with rx and tx) when given: 4.6 KB in one piece is rarely there once the node has run
+        self._mb = mb
         self._rx = rx if rx is not None else bytearray(PAGE_MAX)
         self._rx_unit = -1
         self._rx_bits = 0
@@ -261,7 +265,7 @@ class OtaEngine:
         adv_due = False
         for f in self._ctl:
             adv_due = adv_due or f.type == T_OTA_ADV
-        return {"rx": self._rx, "tx": self._tx_buf, "rng": self._rng, "floor": self.floor, "tokens": self._tokens,
+        return {"rx": self._rx, "tx": self._tx_buf, "mb": self._mb, "rng": self._rng, "floor": self.floor, "tokens": self._tokens,
                 "tok_ms": self._tok_ms,
                 "trickle": self.trickle, "fails": self._fails, "nbs": self._nbs, "distrust": self._distrust,
                 "refused": self._refused, "tx_frames": self.tx_frames, "bad_pages": self.bad_pages,
@@ -495,7 +499,12 @@ class OtaEngine:
                 return
             if self.t_bseq == 0 or a.bseq > self.t_bseq:
                 self.t_bseq, self.t_mid, self.t_mlen = a.bseq, a.mid, a.mlen
-                self._mbuf = bytearray(a.mlen) if manifest_pages(a.mlen) > 1 else _EMPTY
+                if manifest_pages(a.mlen) < 2:
+                    self._mbuf = _EMPTY
+                elif self._mb is not None and len(self._mb) >= a.mlen:
+                    self._mbuf = memoryview(self._mb)[:a.mlen]
+                else:
+                    self._mbuf = bytearray(a.mlen)
                 self._munits = 0
                 self._msrcs = {}
                 self._rx_reset(0)

@@ -40,11 +40,14 @@ def attach(node, cfg, fs, gateway):
         print("ota", "disabled: no A/B slot pointer on this flash (app not run from a slot)")
         return
 
-    # the OTA engine's receive and send buffers, allocated first (a page each, in one piece) and
-    # handed from engine to engine for the node's life: a heap that has run a while may not have
+    # the OTA engine's receive and send buffers (a page each) and its manifest buffer, allocated
+    # first (each in one piece) and handed from engine to engine for the node's life: a heap that has run a while may not have
     # 3.5 KB free in one piece when a campaign starts or a neighbour asks for a page
     rx = bytearray(protocol.OTA_PKTS_PER_PAGE * protocol.OTA_PKT_MAX)
     tx = bytearray(len(rx))
+    from protocol.manifest import MAX_SIGNED
+
+    mb = bytearray(MAX_SIGNED)  # a manifest of several units is assembled here (firmware/ota.py)
     # the engine's modules first, as the node's last big imports: the shell drops and reloads
     # them later, but their bytecode (and the interned names) are best placed on a fresh heap
     import firmware.ota  # noqa: F401
@@ -69,7 +72,7 @@ def attach(node, cfg, fs, gateway):
         if carry is not None:
             p.reverify_stored = False  # checked at boot or when it arrived, by this very boot
         engine = OtaEngine(cfg.node_id, cfg.fleet_pub, PageStore(fs, "ota"), cfg.node_id ^ (node.boot_count << 8),
-                           p, running_bseq=floor, now_ms=node.now_ms(), carry=carry, rx=rx, tx=tx)
+                           p, running_bseq=floor, now_ms=node.now_ms(), carry=carry, rx=rx, tx=tx, mb=mb)
         return OtaAir(engine, cfg.mesh_key)
 
     shell = OtaShell(node, make_air, make_slots, cfg.mesh_key, print)
@@ -84,3 +87,60 @@ def attach(node, cfg, fs, gateway):
         gateway.ota_sink = OtaSeedSink(shell, node)
     print("ota", "slot %s bseq %d version %s state %s" % (pointer["slot"], node.fw_seq, node.fw_version,
                                                          pointer["state"]))
+
+
+def stage_early(cfg, fs, hal):
+    """At boot, before the node is built (the heap holds the config and little else): when the
+    page store holds a complete bundle newer than the running slot and allowed by the fleet,
+    stage it into the other slot and reset into its trial. Returns when there is nothing to
+    stage; a failure is logged and left to the node's own staging at boot, which reports it
+    (firmware/ota_node.py maybe_stage). Staging after the node was built wanted a 4.6 KB
+    manifest and the inflate state on a heap the node had fragmented (the 123k rig failed)."""
+    import gc
+
+    from firmware import boot
+
+    try:
+        p = boot.read_pointer(fs)
+    except ValueError:
+        p = None
+    boot = None
+    if p is None or p["state"] == "trial":
+        return
+    from firmware.counters import Counters
+
+    allowed = Counters(fs, "counters.bin").peek("ota_allow")
+    floor = max(p["bseq"], p.get("failed", 0))
+    if allowed <= floor:
+        return  # the usual boot: nothing the fleet allows beyond what runs (or failed)
+    import protocol
+    from firmware.ota import OtaEngine, OtaParams
+    from firmware.ota_store import PageStore
+
+    trial, params = _ota_settings(cfg)
+    params["target_class"] = TARGET_CLASS
+    rx = bytearray(protocol.OTA_PKTS_PER_PAGE * protocol.OTA_PKT_MAX)
+    try:
+        store = PageStore(fs, "ota")
+        e = OtaEngine(cfg.node_id, cfg.fleet_pub, store, cfg.node_id, OtaParams(**params), running_bseq=floor,
+                      now_ms=0, rx=rx)
+        if not e.complete() or not floor < e.m.bseq <= allowed:
+            return
+        m = e.stage_manifest()
+        e = None
+        gc.collect()
+        from firmware.slots import SlotManager
+
+        def read_page(i):
+            n = store.read_page_into(i, rx)
+            return None if n < 0 else memoryview(rx)[:n]
+
+        slot = SlotManager(fs, max_boots=trial["max_boots"], trial_ms=trial["trial_ms"],
+                           target_class=TARGET_CLASS).stage(m, read_page)
+    except Exception as err:  # noqa: BLE001 - SlotError, MemoryError, a bad store: the node's staging decides
+        print("ota", "early staging did not happen (%s): the node stages at boot" % (err,))
+        return
+    print("ota", "staged bseq %d version %s in slot %s before the node started: resetting into the trial"
+          % (m.bseq, m.version, slot))
+    hal.reset()
+

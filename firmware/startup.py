@@ -63,6 +63,9 @@ def build(root):
         safe_state(e, fs)
         return None
     _log_reset_cause(hal)
+    from firmware import ota_attach
+
+    ota_attach.stage_early(cfg, fs, hal)  # a bundle ready to install goes in before the node fills the heap
     # the node keeps the config's values only (Settings): the loader and its tables go
     # (~5 KB of a 112 KB heap, bench/heap_bench.py)
     del config
@@ -75,8 +78,6 @@ def build(root):
     from firmware.node import Node
 
     node = Node(hal, cfg, gateway)
-    from firmware import ota_attach
-
     ota_attach.attach(node, cfg, fs, gateway)
     if node.ota is None:
         ota_attach = None

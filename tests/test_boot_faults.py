@@ -28,7 +28,7 @@ from fleet.sim.rig import NodeProc, Rig, RigOptions
 DEADLINE_S = 90
 # What is tested here is data on flash, not heap: the OTA node runs near the edge of the rig's
 # OTA heap today (issue 10: heapcore / heapota), so it gets 64 KB more than the rig gives it.
-HEAP_KB = interp.RIG_OTA_NODE_HEAP_KB + 64
+HEAP_KB = interp.RIG_OTA_NODE_HEAP_FS_KB + 64
 WAYS = ("truncate", "empty", "random", "wrong_types", "huge")
 # every file on the flash that boot.py or the app reads while booting -- but /boot.py itself: an
 # ESP32 compiles it before running a line of it, and skips main.py when it fails, so no code on

@@ -387,7 +387,7 @@ def test_selftest_failures_say_what_was_missing(home, boards):
 
 def test_real_firmware_reports_its_selftest(home, boards):
     # A provisioned node boots from OTA slots: the rig's heap for those (fleet/sim/interp.py).
-    (board,) = boards(1, heap="%dk" % interp.RIG_OTA_NODE_HEAP_KB)
+    (board,) = boards(1, heap="%dk" % interp.RIG_OTA_NODE_HEAP_FS_KB)
     opts = prov.ProvisionOptions(selftest_timeout_s=90, sim_medium_port=47999)
     (res,) = prov.provision(home, [prov.NodeSpec(node_id=15, port=board.port)], opts)["results"]
     assert res["ok"], res["error"]

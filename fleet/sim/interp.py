@@ -79,7 +79,15 @@ RIG_NODE_HEAP_FS_KB = 128
 # After -O3 and the borrowed boot module (heapfit): at 224k the worst moment is still the
 # receive, 51.2 KB free (peak live 174.0 KB; boot 170.4, trial 170.1, stage 158.1, steady
 # 149.0 KB): `.venv/bin/python bench/ota_heap_bench.py --heaps 224`.
-RIG_OTA_NODE_HEAP_KB = 224
+RIG_OTA_NODE_HEAP_FS_KB = 224
+# With the slots as romfs partitions (firmware/boot.py, firmware/slots.py: a bundle is staged
+# as a ROMFS image into the inactive partition, the active one mounted at /a or /b), staging
+# before the node is built and the manifest buffer allocated at boot: 136k runs both campaigns
+# with no MemoryError, 30.0 KB free at the worst moment (boot, engine built; 106.7 KB live);
+# 132k and 128k once ran out of a 584-byte piece receiving (reset, resumed), 123k ends in a
+# crash loop at boot (no 2,106-byte piece for the ESP-NOW buffer) after v2 went in
+# (`.venv/bin/python bench/ota_heap_bench.py --heaps 136,132,123`). Not yet the board budget.
+RIG_OTA_NODE_HEAP_KB = 136
 # Gateway: ESP32-WROVER-E with 4 MB PSRAM (ESP32_GENERIC-SPIRAM): MicroPython puts its heap in
 # the PSRAM; we hold the gateway to 1 MB of it so a leak still shows on the rig. Measured on 32
 # bits: 186 KB live at its peak at this heap (167-169 KB at 192-256k), 837 KB free at the worst
