@@ -22,6 +22,12 @@ def _ota_settings(cfg):
     return trial, params
 
 
+def _slot_manager(fs, trial):
+    from firmware.slots import SlotManager
+
+    return SlotManager(fs, max_boots=trial["max_boots"], trial_ms=trial["trial_ms"], target_class=TARGET_CLASS)
+
+
 def attach(node, cfg, fs, gateway):
     """Give the node its OTA shell when the app runs from an A/B slot (a /active pointer on
     the flash); without one (run from a build directory, tests) OTA stays off, logged. The shell
@@ -41,8 +47,9 @@ def attach(node, cfg, fs, gateway):
         return
 
     # the OTA engine's receive and send buffers (a page each) and its manifest buffer, allocated
-    # first (each in one piece) and handed from engine to engine for the node's life: a heap that has run a while may not have
-    # 3.5 KB free in one piece when a campaign starts or a neighbour asks for a page
+    # first (each in one piece) and handed from engine to engine for the node's life: a heap
+    # that has run a while may not have 3.5 KB free in one piece when a campaign starts or a
+    # neighbour asks for a page
     rx = bytearray(protocol.OTA_PKTS_PER_PAGE * protocol.OTA_PKT_MAX)
     tx = bytearray(len(rx))
     from protocol.manifest import MAX_SIGNED
@@ -60,9 +67,7 @@ def attach(node, cfg, fs, gateway):
     params["target_class"] = TARGET_CLASS
 
     def make_slots():
-        from firmware.slots import SlotManager
-
-        return SlotManager(fs, max_boots=trial["max_boots"], trial_ms=trial["trial_ms"], target_class=TARGET_CLASS)
+        return _slot_manager(fs, trial)
 
     def make_air(carry, floor):
         from firmware.ota import OtaAir, OtaEngine, OtaParams
@@ -129,18 +134,15 @@ def stage_early(cfg, fs, hal):
         m = e.stage_manifest()
         e = None
         gc.collect()
-        from firmware.slots import SlotManager
 
         def read_page(i):
             n = store.read_page_into(i, rx)
             return None if n < 0 else memoryview(rx)[:n]
 
-        slot = SlotManager(fs, max_boots=trial["max_boots"], trial_ms=trial["trial_ms"],
-                           target_class=TARGET_CLASS).stage(m, read_page)
+        slot = _slot_manager(fs, trial).stage(m, read_page)
     except Exception as err:  # noqa: BLE001 - SlotError, MemoryError, a bad store: the node's staging decides
         print("ota", "early staging did not happen (%s): the node stages at boot" % (err,))
         return
     print("ota", "staged bseq %d version %s in slot %s before the node started: resetting into the trial"
           % (m.bseq, m.version, slot))
     hal.reset()
-

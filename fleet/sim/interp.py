@@ -117,16 +117,22 @@ def micropython_bin():
     return found
 
 
+def _probe(path, code):
+    """(returncode, stdout) of `path -c code`, run without a romfs partition; None when it cannot run."""
+    env = {k: v for k, v in os.environ.items() if k != ROMFS_ENV}
+    try:
+        out = subprocess.run([path, "-c", code], capture_output=True, text=True, timeout=20, env=env)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.returncode, out.stdout.strip()
+
+
 def is_32bit(path=None):
     """True when the interpreter at `path` (default: micropython_bin()) has 31-bit small ints."""
     path = path or micropython_bin()
     if path not in _cache:
-        try:
-            out = subprocess.run([path, "-c", "import sys; print(sys.maxsize)"], capture_output=True, text=True,
-                                 timeout=20).stdout.strip()
-            _cache[path] = out.isdigit() and int(out) < 2 ** 32
-        except (OSError, subprocess.TimeoutExpired):
-            _cache[path] = False
+        got = _probe(path, "import sys; print(sys.maxsize)")
+        _cache[path] = got is not None and got[1].isdigit() and int(got[1]) < 2 ** 32
     return _cache[path]
 
 
@@ -136,12 +142,8 @@ def has_romfs(path=None):
     path = path or micropython_bin()
     key = ("romfs", path)
     if key not in _cache:
-        env = {k: v for k, v in os.environ.items() if k != ROMFS_ENV}
-        try:
-            _cache[key] = subprocess.run([path, "-c", "import vfs; vfs.rom_ioctl(1)"], capture_output=True,
-                                         timeout=20, env=env).returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            _cache[key] = False
+        got = _probe(path, "import vfs; vfs.rom_ioctl(1)")
+        _cache[key] = got is not None and got[0] == 0
     return _cache[key]
 
 
