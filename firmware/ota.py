@@ -42,8 +42,10 @@ from protocol import OTA_PKT_MAX, ProtocolError, decode, encode
 from protocol.frames import T_OTA_ADV, T_OTA_DATA, T_OTA_REQ
 from protocol.frames_ota import OtaAdvert, OtaData, OtaRequest
 from protocol.manifest import (
+    DIGEST_LEN,
     MAX_SIGNED,
     PAGE_MAX,
+    manifest_at,
     manifest_id,
     manifest_pages,
     manifest_view,
@@ -165,6 +167,8 @@ class OtaEngine:
         self._rx_unit = -1
         self._rx_bits = 0
         self._rx_srcs = {}
+        self._dig = bytearray(DIGEST_LEN)  # a page's digest, read from the stored manifest (_digest)
+        self._dig_at = 0
         self._req_due = None
         self._req_nb = None
         self._serve = {}
@@ -181,11 +185,10 @@ class OtaEngine:
     # ---- stored bundle ----------------------------------------------------------------------
 
     def _resume(self, strict=False):
-        n = self.store.read_manifest_into(self._rx)  # no allocation: read where pages are checked
-        if n < 0:
-            return
-        signed = memoryview(self._rx)[:n] if n < len(self._rx) else self.store.manifest()
         try:
+            signed = self._stored_signed()
+            if signed is None:
+                return
             if self.p.reverify_stored:
                 m = parse_signed_manifest(signed, self.fleet_pub, verify_signature, False)
             else:
@@ -209,16 +212,39 @@ class OtaEngine:
             self.have += 1
         self.progress_pct = self.have * 100 // self.total
 
+    def _stored_signed(self):
+        """The stored signed manifest, or None: read without allocating into the receive buffer
+        or, when longer than a page, into the manifest buffer allocated at boot (a 4.3 KB read
+        after a rollback did not fit a 123k heap); a fresh bytes only without one."""
+        buf = self._rx
+        n = self.store.read_manifest_into(buf)
+        if n < 0:
+            return None
+        if n == len(buf) and self._mb is not None:
+            buf = self._mb
+            n = self.store.read_manifest_into(buf)
+        return memoryview(buf)[:n] if n < len(buf) else self.store.manifest()
+
     def _page_intact(self, i, buf):
         """Read stored image page i into buf; True when it matches the manifest."""
         n = self.store.read_page_into(i, buf)
-        return n == self.m.page_len(i) and hashlib.sha256(memoryview(buf)[:n]).digest() == self.m.pages[i]
+        return n == self.m.page_len(i) and hashlib.sha256(memoryview(buf)[:n]).digest() == self._digest(i)
+
+    def _digest(self, i):
+        """Page i's SHA-256 from the stored manifest (on flash, read into a 32-byte buffer: the
+        Manifest holds only where the digests are, protocol/manifest.py PageDigests); None when
+        the store cannot give it."""
+        d = self._dig
+        if self.store.read_manifest_into(d, self._dig_at + self.m.pages.offset(i)) != DIGEST_LEN:
+            return None
+        return d
 
     def _class_ok(self, m):
         return self.p.target_class is None or m.target_class == self.p.target_class
 
     def _set_stored(self, m, signed):
         self.m = m
+        self._dig_at = manifest_at(signed)  # the manifest bytes' offset in the stored signed manifest
         self.mlen = len(signed)
         self.mpages = manifest_pages(self.mlen)
         self.total = self.mpages + m.npages
@@ -292,10 +318,9 @@ class OtaEngine:
     def stage_manifest(self):
         """The stored bundle's Manifest with its file list, for staging (self.m keeps only what
         dissemination needs). Its signature was checked when it was stored or resumed. Read
-        through the receive buffer (free once the bundle is complete) and parsed in place."""
-        n = self.store.read_manifest_into(self._rx)
-        signed = memoryview(self._rx)[:n] if 0 <= n < len(self._rx) else self.store.manifest()
-        return parse_manifest(manifest_view(signed), None)
+        through the receive buffer (free once the bundle is complete) or the manifest buffer and
+        parsed in place."""
+        return parse_manifest(manifest_view(self._stored_signed()), None)
 
     # ---- gateway seeding ----------------------------------------------------------------------
 
@@ -332,7 +357,7 @@ class OtaEngine:
         now = self._now if now_ms is None else now_ms
         if self.m is None or i != self.have - self.mpages:
             raise ProtocolError("page %d out of order (next is %d)" % (i, self.have - self.mpages))
-        if len(data) != self.m.page_len(i) or hashlib.sha256(data).digest() != self.m.pages[i]:
+        if len(data) != self.m.page_len(i) or hashlib.sha256(data).digest() != self._digest(i):
             raise ProtocolError("page %d does not match the manifest" % i)
         self._page_ok(i, data, now)
 
@@ -693,7 +718,7 @@ class OtaEngine:
             return
         i = unit - self.mpages
         page = memoryview(self._rx)[:size]  # no copy: the heap is tight
-        if hashlib.sha256(page).digest() != self.m.pages[i]:
+        if hashlib.sha256(page).digest() != self._digest(i):
             self.bad_pages += 1
             self._distrust_all(srcs, now)
             self._rx_reset(unit)

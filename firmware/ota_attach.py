@@ -28,11 +28,7 @@ def _slot_manager(fs, trial):
     return SlotManager(fs, max_boots=trial["max_boots"], trial_ms=trial["trial_ms"], target_class=TARGET_CLASS)
 
 
-def attach(node, cfg, fs, gateway):
-    """Give the node its OTA shell when the app runs from an A/B slot (a /active pointer on
-    the flash); without one (run from a build directory, tests) OTA stays off, logged. The shell
-    builds the engine and the slot manager only while it needs them (firmware/ota_node.py)."""
-    import protocol
+def _pointer(fs):
     from firmware import boot
     from firmware.compat import unload
 
@@ -42,19 +38,49 @@ def attach(node, cfg, fs, gateway):
         pointer = None
     boot = None
     unload("firmware.boot")
-    if pointer is None:
-        print("ota", "disabled: no A/B slot pointer on this flash (app not run from a slot)")
-        return
+    return pointer
 
-    # the OTA engine's receive and send buffers (a page each) and its manifest buffer, allocated
-    # first (each in one piece) and handed from engine to engine for the node's life: a heap
-    # that has run a while may not have 3.5 KB free in one piece when a campaign starts or a
-    # neighbour asks for a page
-    rx = bytearray(protocol.OTA_PKTS_PER_PAGE * protocol.OTA_PKT_MAX)
-    tx = bytearray(len(rx))
+
+def prepare(cfg, fs, hal):
+    """At boot, before the node is built (the heap holds the config and the radio's ring):
+    None when the app does not run from an A/B slot; otherwise the slot pointer and the OTA
+    engine's buffers, each allocated here in one piece and kept for the node's life: a page to
+    receive into, a page to send from and a buffer for a manifest of several units. Asked for
+    after the node was built, the 8 KB manifest buffer did not fit a 123k heap that had 21 KB free
+    in pieces (bench/ota_heap_bench.py). Then stages a ready bundle (stage_early)."""
+    pointer = _pointer(fs)
+    if pointer is None:
+        return None
+    import protocol
     from protocol.manifest import MAX_SIGNED
 
-    mb = bytearray(MAX_SIGNED)  # a manifest of several units is assembled here (firmware/ota.py)
+    n = protocol.OTA_PKTS_PER_PAGE * protocol.OTA_PKT_MAX
+    prep = {"pointer": pointer, "rx": bytearray(n), "tx": bytearray(n), "mb": bytearray(MAX_SIGNED)}
+    stage_early(cfg, fs, hal, prep)
+    return prep
+
+
+def attach(node, cfg, fs, gateway, prep=None):
+    """Give the node its OTA shell when the app runs from an A/B slot (a /active pointer on
+    the flash); without one (run from a build directory, tests) OTA stays off, logged. `prep`:
+    what prepare() returned at boot (None: allocated here, as tests do). The shell builds the
+    engine and the slot manager only while it needs them (firmware/ota_node.py)."""
+    if prep is None:
+        pointer = _pointer(fs)
+        if pointer is not None:
+            import protocol
+            from protocol.manifest import MAX_SIGNED
+
+            n = protocol.OTA_PKTS_PER_PAGE * protocol.OTA_PKT_MAX
+            prep = {"pointer": pointer, "rx": bytearray(n), "tx": bytearray(n), "mb": bytearray(MAX_SIGNED)}
+    if prep is None:
+        print("ota", "disabled: no A/B slot pointer on this flash (app not run from a slot)")
+        return
+    pointer = prep["pointer"]
+    rx = prep["rx"]
+    tx = prep["tx"]
+    mb = prep["mb"]
+    prep = None
     # the engine's modules first, as the node's last big imports: the shell drops and reloads
     # them later, but their bytecode (and the interned names) are best placed on a fresh heap
     import firmware.ota  # noqa: F401
@@ -94,7 +120,31 @@ def attach(node, cfg, fs, gateway):
                                                          pointer["state"]))
 
 
-def stage_early(cfg, fs, hal):
+def _looks_complete(store, buf, floor, allowed):
+    """Whether the page store holds a bundle worth checking for staging: a manifest (read into
+    `buf`, parsed in place and not yet verified) newer than `floor`, allowed, with a file of the
+    right size for every page. Cheap: no signature check and no page hashing, which the engine
+    does next; a boot with a download in progress used to verify the manifest here, and the
+    Ed25519 code's leftovers kept the node's own import from fitting a 123k heap."""
+    from protocol import ProtocolError
+    from protocol.manifest import manifest_view, parse_manifest
+
+    n = store.read_manifest_into(buf)
+    if n <= 0 or n == len(buf):
+        return n == len(buf)  # none, or longer than any signed manifest: let the engine say
+    try:
+        m = parse_manifest(manifest_view(memoryview(buf)[:n]), None, False)
+    except (ProtocolError, ValueError):
+        return False  # the engine's own resume drops it
+    if not floor < m.bseq <= allowed:
+        return False
+    for i in range(m.npages):
+        if store.page_length(i) != m.page_len(i):
+            return False
+    return True
+
+
+def stage_early(cfg, fs, hal, prep):
     """At boot, before the node is built (the heap holds the config and little else): when the
     page store holds a complete bundle newer than the running slot and allowed by the fleet,
     stage it into the other slot and reset into its trial. Returns when there is nothing to
@@ -103,14 +153,8 @@ def stage_early(cfg, fs, hal):
     manifest and the inflate state on a heap the node had fragmented (the 123k rig failed)."""
     import gc
 
-    from firmware import boot
-
-    try:
-        p = boot.read_pointer(fs)
-    except ValueError:
-        p = None
-    boot = None
-    if p is None or p["state"] == "trial":
+    p = prep["pointer"]
+    if p["state"] == "trial":
         return
     from firmware.counters import Counters
 
@@ -118,17 +162,19 @@ def stage_early(cfg, fs, hal):
     floor = max(p["bseq"], p.get("failed", 0))
     if allowed <= floor:
         return  # the usual boot: nothing the fleet allows beyond what runs (or failed)
-    import protocol
-    from firmware.ota import OtaEngine, OtaParams
     from firmware.ota_store import PageStore
+
+    store = PageStore(fs, "ota")
+    if not _looks_complete(store, prep["mb"], floor, allowed):
+        return  # a download in progress (or none): the engine and its signature check wait for the node
+    from firmware.ota import OtaEngine, OtaParams
 
     trial, params = _ota_settings(cfg)
     params["target_class"] = TARGET_CLASS
-    rx = bytearray(protocol.OTA_PKTS_PER_PAGE * protocol.OTA_PKT_MAX)
+    rx = prep["rx"]
     try:
-        store = PageStore(fs, "ota")
         e = OtaEngine(cfg.node_id, cfg.fleet_pub, store, cfg.node_id, OtaParams(**params), running_bseq=floor,
-                      now_ms=0, rx=rx)
+                      now_ms=0, rx=rx, mb=prep["mb"])
         if not e.complete() or not floor < e.m.bseq <= allowed:
             return
         m = e.stage_manifest()

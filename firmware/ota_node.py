@@ -186,6 +186,8 @@ class OtaShell:
             # the engine's state is not to be trusted after a failed allocation: reset; the
             # verified pages are on flash and the fetch resumes from them
             self.log("ota", "out of memory while receiving (%s): resetting (progress is kept on flash)" % e)
+            if hasattr(sys, "print_exception"):
+                sys.print_exception(e)  # pyright: ignore  (MicroPython) where: for fleet node logs
             self.node.shutdown_for_reset()
             self.node.hal.reset()
         self._unload_sig()

@@ -7,7 +7,7 @@ pages a node keeps serving to its neighbours):
 A page file cut short by a power loss is harmless: the engine re-checks every page's SHA-256
 when it starts and drops the first bad one and everything after it.
 """
-from firmware.fsutil import exists, makedirs, read_file, write_file
+from firmware.fsutil import exists, makedirs, read_file, size, write_file
 
 
 class PageStore:
@@ -41,6 +41,10 @@ class PageStore:
         finally:
             f.close()
 
+    def page_length(self, i):
+        """The size of stored page i's file, -1 when absent (not checked against anything)."""
+        return size(self.fs, self._p("p%d" % i))
+
     def get_page(self, i):
         """Return image page i as bytes, or None when absent."""
         return read_file(self.fs, self._p("p%d" % i))
@@ -62,7 +66,10 @@ class PageStore:
             return -1
         try:
             mv = memoryview(buf)
-            while offset:  # skip through buf itself (not every file object here can seek)
+            if offset and hasattr(f, "seek"):
+                f.seek(offset)  # a board's and the rig's files seek; past the end reads nothing
+                offset = 0
+            while offset:  # skip through buf itself (a file object that cannot seek)
                 k = f.readinto(mv[:min(offset, len(buf))])
                 if not k:
                     return 0

@@ -63,9 +63,15 @@ def build(root):
         safe_state(e, fs)
         return None
     _log_reset_cause(hal)
+    # the radio's receive ring (firmware/hal/__init__.py ESPNOW_RXBUF, one 2.1 KB piece) while the
+    # heap is still whole, as the board's HAL does in its constructor: asked for after the node
+    # and its OTA engine were built, it did not fit a 123k heap that had 21 KB free in pieces
+    hal.radio.active(True)
     from firmware import ota_attach
 
-    ota_attach.stage_early(cfg, fs, hal)  # a bundle ready to install goes in before the node fills the heap
+    # a node run from A/B slots: its OTA buffers, then a bundle ready to install goes in before
+    # the node fills the heap (ota_attach.stage_early)
+    ota = ota_attach.prepare(cfg, fs, hal)
     # the node keeps the config's values only (Settings): the loader and its tables go
     # (~5 KB of a 112 KB heap, bench/heap_bench.py)
     del config
@@ -78,7 +84,8 @@ def build(root):
     from firmware.node import Node
 
     node = Node(hal, cfg, gateway)
-    ota_attach.attach(node, cfg, fs, gateway)
+    ota_attach.attach(node, cfg, fs, gateway, ota)
+    ota = None
     if node.ota is None:
         ota_attach = None
         unload("firmware.ota_attach", "firmware.boot")  # boot: read only to find the slot pointer (~2.6 KB)

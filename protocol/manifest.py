@@ -54,9 +54,31 @@ def manifest_pages(mlen):
     return (mlen + PAGE_MAX - 1) // PAGE_MAX
 
 
+DIGEST_STRIDE = 2 + DIGEST_LEN  # a canonical CBOR byte string of 32 bytes: 0x58 0x20 and the digest
+
+
+class PageDigests:
+    """The page digests of a manifest parsed in place (parse_manifest files=False, as a node
+    does): how many and where they sit in the manifest bytes, not a copy. A list of 73 digests
+    is ~4 KB of a node's heap in 74 small pieces, allocated when a campaign's manifest arrives
+    on a heap that has run for days (a 584-byte list did not fit a 123k node). Digest i is the
+    DIGEST_LEN bytes at offset(i) of the manifest bytes (firmware/ota.py reads it from flash)."""
+
+    def __init__(self, at, n):
+        self.at = at  # offset of the first item (its CBOR head) in the manifest bytes
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def offset(self, i):
+        return self.at + DIGEST_STRIDE * i + 2
+
+
 class Manifest:
     """A parsed manifest. Attributes: bseq, version, target_class, image_size, page_size,
-    pages (list of 32-byte digests), files (list of (path, size, sha256)), compression,
+    pages (list of 32-byte digests; a PageDigests when parsed with files=False), files (list of
+    (path, size, sha256), None with files=False), compression,
     raw (the manifest bytes), signed (the signed manifest bytes or None), mid (manifest id of
     `signed`, or 0)."""
 
@@ -193,17 +215,29 @@ def _parse(raw, signed, keep_files):
     page_size = _head(d, "page_size", 0, 1, PAGE_MAX)
     npages = (image_size + page_size - 1) // page_size
     n = _array(d, "pages", npages, npages)
-    pages = [_bytes(d, "page digest", DIGEST_LEN, DIGEST_LEN) for _ in range(n)]
+    if keep_files:
+        pages = [_bytes(d, "page digest", DIGEST_LEN, DIGEST_LEN) for _ in range(n)]
+    else:
+        # each item is DIGEST_STRIDE bytes: the decoder refuses a head that is not the shortest
+        pages = PageDigests(d.pos, n)
+        for _ in range(n):
+            _head(d, "page digest", 2, DIGEST_LEN, DIGEST_LEN)
+            d._need(DIGEST_LEN, "page digest")
+            d.pos += DIGEST_LEN
     n = _array(d, "files", 1, MAX_FILES)
     files = [] if keep_files else None
-    seen = {}
+    # duplicates are looked for only where the list is kept (the host, a node staging a bundle):
+    # parsed in place a node keeps no file list, and a dict of 40 paths wanted a 584-byte table
+    # in one piece on a heap that has run for days
+    seen = {} if keep_files else None
     for _ in range(n):
         _array(d, "file entry", 3, 3)
         path = _text(d, "file path", MAX_PATH)
         check_path(path)
-        if path in seen:
-            raise ProtocolError("manifest files: %r listed twice" % path)
-        seen[path] = True
+        if seen is not None:
+            if path in seen:
+                raise ProtocolError("manifest files: %r listed twice" % path)
+            seen[path] = True
         size = _head(d, "file size", 0, 0, MAX_IMAGE * 8)
         digest = _bytes(d, "file digest", DIGEST_LEN, DIGEST_LEN)
         if keep_files:
@@ -221,6 +255,12 @@ def split_signed(buf):
     """Return (manifest_bytes, signature) of a signed manifest, checking only its structure."""
     a, b, sig = _split_at(buf)
     return bytes(buf[a:b]), sig
+
+
+def manifest_at(buf):
+    """The offset of the manifest bytes in signed manifest `buf` (structure checked as
+    split_signed does)."""
+    return _split_at(buf)[0]
 
 
 def manifest_view(buf):
@@ -266,12 +306,16 @@ def parse_signed_manifest(buf, fleet_pub, verify=None, files=True):
     # caller keeps the bytes (on flash); Manifest.signed is None, mid is computed all the same
     signed = buf if isinstance(buf, bytes) or not files else bytes(buf)
     raw = memoryview(signed)[a:b]
+    # parsed (strictly, bounded) before the signature is checked, and used only if it verifies:
+    # the page digests (a list and a small bytes per page, ~4 KB for 73 pages) are allocated
+    # before the check's garbage, not into the small pieces it leaves (a 584-byte list did not
+    # fit a 123k node after it)
+    m = parse_manifest(bytes(raw) if files else raw, signed, files)  # Manifest.raw: bytes when kept
     if verify is None:
         from protocol.ed25519 import verify
     if not verify(fleet_pub, sha256(raw), sig):
         raise ProtocolError("manifest signature does not verify with the fleet key")
     verify = None
-    m = parse_manifest(bytes(raw) if files else raw, signed, files)  # Manifest.raw: bytes when kept
     if not isinstance(signed, bytes):
         m.signed = None  # a view of the caller's buffer, not to be kept
     return m

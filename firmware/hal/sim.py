@@ -68,7 +68,7 @@ class SimHal:
         self.fs = fs
         self.mac = bytes(sim["mac"])
         self.radio = SimRadio(self.mac, sim["my_port"], sim["medium_port"])
-        self.radio.config(rxbuf=ESPNOW_RXBUF)  # as the board's HAL; the node's run() activates it
+        self.radio.config(rxbuf=ESPNOW_RXBUF)  # as the board's HAL; firmware/startup.py activates it
         seed = sim.get("seed", 1)
         noise = sim.get("sensor_noise_per_mille", 5)
         self.uart = SimUart(SimPMS5003(seed, cfg.node_id, noise, th=(cfg.sensor == "pms5003t")))

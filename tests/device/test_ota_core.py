@@ -66,7 +66,8 @@ def test_manifest_refusals():
     _raises(mf.parse_signed_manifest, signed + b"\x00", PUB)
     _raises(mf.parse_signed_manifest, b"\x82" + b"\x59\x30\x00" + b"\x00" * 9000, PUB)  # oversize
     _raises(mf.parse_signed_manifest, b"", PUB)
-    # fields out of spec are refused even when signed (the parser runs after the signature)
+    # fields out of spec are refused even when signed (the parser runs before the signature
+    # check, and its result is used only when the signature verifies)
     for bad in (
         [1, 2, "v", "esp32", 10, 3584, [b"\x00" * 31], [["main.py", 1, b"\x00" * 32]], "none"],  # digest length
         [1, 2, "v", "esp32", 10, 3584, [], [["main.py", 1, b"\x00" * 32]], "none"],  # page count
@@ -76,6 +77,33 @@ def test_manifest_refusals():
         [2, 2, "v", "esp32", 10, 3584, [b"\x00" * 32], [["main.py", 1, b"\x00" * 32]], "none"],  # format
     ):
         _raises(mf.parse_manifest, protocol.cbor.dumps(bad))
+
+
+def test_manifest_parsed_in_place_points_at_its_digests():
+    # a node parses in place (files=False): no list of digests, only where each one sits in the
+    # manifest bytes (the engine reads digest i from the stored manifest on flash)
+    signed = _h(vec.V2)
+    kept = mf.parse_signed_manifest(signed, PUB)
+    m = mf.parse_signed_manifest(bytearray(signed), PUB, None, False)
+    assert m.files is None and isinstance(m.pages, mf.PageDigests)
+    assert m.npages == len(m.pages) == kept.npages == 3
+    at = mf.manifest_at(signed)
+    for i in range(m.npages):
+        o = at + m.pages.offset(i)
+        assert signed[o:o + mf.DIGEST_LEN] == kept.pages[i]
+    # the offsets are computed: they hold because a digest's head can only be the shortest one
+    raw = protocol.cbor.dumps([1, 2, "v", "esp32", 10, 3584, [b"\x11" * 32], [["main.py", 1, b"\x00" * 32]],
+                               "none"])
+    canon = b"\x58\x20" + b"\x11" * 32
+    assert raw.count(canon) == 1
+    long_form = raw.replace(canon, b"\x59\x00\x20" + b"\x11" * 32)
+    assert "non-shortest" in _raises(mf.parse_manifest, long_form, None, False)
+    # a path listed twice: refused where the file list is kept (the host, a node staging), not
+    # looked for in place (no list is kept; a dict of paths cost the node a 584-byte table)
+    dup = protocol.cbor.dumps([1, 2, "v", "esp32", 10, 3584, [b"\x11" * 32],
+                               [["main.py", 1, b"\x00" * 32], ["main.py", 1, b"\x00" * 32]], "none"])
+    assert "twice" in _raises(mf.parse_manifest, dup)
+    assert mf.parse_manifest(dup, None, False).npages == 1
 
 
 def test_page_verification_in_engine():
