@@ -133,7 +133,12 @@ def main():
     ap.add_argument("--heaps", default=str(interp.NODE_HEAP_KB), help="node heaps to try, board KB, comma-separated")
     ap.add_argument("--timeout", type=int, default=300, help="seconds each campaign may take")
     ap.add_argument("--keep", action="store_true", help="keep each trial's directory (node consoles) and say where")
+    ap.add_argument("--no-romfs", action="store_true",
+                    help="slots as flash directories, firmware loaded from files (a board without romfs partitions)")
     a = ap.parse_args()
+    if a.no_romfs:
+        os.environ[interp.NO_ROMFS_ENV] = "1"
+        print("no romfs partitions: OTA slots are flash directories")
     mp = interp.micropython_bin()
     print("interpreter %s (%s)" % (mp, "32-bit: board figures" if interp.is_32bit(mp) else "64-bit: NOT board figures"))
     smallest = None

@@ -206,7 +206,7 @@ def select(fs):
     return p["slot"]
 
 
-_booted: list = [None]  # the slot run() chose
+_booted: list = [None, None]  # the slot run() chose and the directory it runs from
 
 
 def rom_segments():
@@ -221,15 +221,17 @@ def rom_segments():
 
 
 def _slot_dir(root, slot):
-    if rom_segments() >= 2:
-        return "/" + slot
+    """The slot's flash directory (where `fleet provision` writes the app)."""
     base = root.rstrip("/") if root else os.getcwd().rstrip("/")
     return base + "/" + slot
 
 
 def _mount_slot(slot):
     """Mount the slot's romfs partition at /<slot>, and nothing else of ROMFS: the port mounts
-    partition 0 at /rom by itself, which would mix slot a's modules into slot b's."""
+    partition 0 at /rom by itself, which would mix slot a's modules into slot b's. False when
+    the partition holds no ROMFS image (erased: the slot was written over USB as a flash
+    directory, and `fleet provision` erased the partition's first sector so a stale image in it
+    can never shadow the directory)."""
     import vfs
 
     for mp in ("/rom", "/a", "/b"):
@@ -240,23 +242,30 @@ def _mount_slot(slot):
     for p in ("/rom", "/rom/lib"):
         while p in sys.path:
             sys.path.remove(p)
-    vfs.mount(vfs.VfsRom(vfs.rom_ioctl(2, SLOTS.index(slot))), "/" + slot)  # pyright: ignore[reportAttributeAccessIssue] (MicroPython 1.25+)
+    try:
+        rom = vfs.VfsRom(vfs.rom_ioctl(2, SLOTS.index(slot)))  # pyright: ignore[reportAttributeAccessIssue] (MicroPython 1.25+)
+    except OSError:
+        return False  # ENODEV: no image in the partition
+    vfs.mount(rom, "/" + slot)
+    return True
 
 
 def run(root=""):
     """The device path: select a slot on the flash and put it first on sys.path. `root` is the
     flash directory ("": the current directory, "/" on a board)."""
     slot = select(FlashFS(root))
+    d = None
     if slot is not None:
-        if rom_segments() >= 2:
-            _mount_slot(slot)
-        d = _slot_dir(root, slot)
+        # the slot's romfs partition when it holds an image (staged by OTA), else its flash
+        # directory (provisioned over USB, or a board without romfs partitions)
+        d = "/" + slot if rom_segments() >= 2 and _mount_slot(slot) else _slot_dir(root, slot)
         for s in SLOTS:
             for cand in ("/" + s, _slot_dir(root, s)):
                 while cand in sys.path:
                     sys.path.remove(cand)
         sys.path.insert(0, d)
     _booted[0] = slot
+    _booted[1] = d
     return slot
 
 
@@ -351,8 +360,8 @@ def boot_main(root=""):
     start_watchdog()
     g["_boot_crash"] = None
     try:
-        slot = run(root)
-        d = _slot_dir(root, slot) if slot else None
+        run(root)
+        d = _booted[1]
         if reset_cause() == WDT_RESET:
             _watchdog_reset(d)
         return d
@@ -360,7 +369,7 @@ def boot_main(root=""):
         raise
     except BaseException as e:  # noqa: BLE001 - handled by the root main.py, which always runs after
         g["_boot_crash"] = e
-        return _slot_dir(root, _booted[0]) if _booted[0] else None
+        return _booted[1] if _booted[0] else None
 
 
 if __name__ == "__main__":

@@ -497,6 +497,58 @@ class MpBoard:
         flush()
         return total
 
+    def write_rom(self, part, image, chunk_bytes=CHUNK_BYTES, on_bytes=None, what="writing the romfs partition"):
+        """Write ROMFS `image` into romfs partition `part` (vfs.rom_ioctl, as `mpremote romfs
+        deploy`): erase what it needs (WRITE_PREPARE), write it as base64 chunks, several per
+        exec, each a multiple of the flash's minimum write, then WRITE_COMPLETE. The partition
+        must not be mounted (the port's /rom is unmounted when it is partition 0). Returns the
+        bytes written; the caller checks them (rom_sha256)."""
+        head = "import vfs\n"
+        if part == 0:
+            head += "try:\n vfs.umount('/rom')\nexcept OSError:\n pass\n"
+        out = self.exec(head + f"print(vfs.rom_ioctl(3,{part},{len(image)}))\n", f"{what} (erasing)")
+        try:
+            min_write = int(out.decode("ascii", "replace").strip().splitlines()[-1])
+        except (ValueError, IndexError) as e:
+            raise NoReplError(self.port, f"unexpected answer while {what}: {out[:80]!r}") from e
+        if min_write < 0:
+            raise DeviceError(self.port, f"{what}: the board refused to erase romfs partition {part}",
+                              f"rom_ioctl WRITE_PREPARE returned {min_write}")
+        step = max(min_write, 1)
+        chunk = max(step, chunk_bytes // step * step)
+        total, batch = 0, []
+
+        def flush():
+            nonlocal total
+            if not batch:
+                return
+            lines = ["from binascii import a2b_base64 as _d"]
+            for off, data in batch:
+                b64 = binascii.b2a_base64(data, newline=False).decode("ascii")
+                lines.append(f"vfs.rom_ioctl(4,{part},{off},_d(b'{b64}'))")
+            self.exec("\n".join(lines) + "\n", f"{what} (offset {batch[0][0]})")
+            n = sum(len(d) for _, d in batch)
+            total += n
+            if on_bytes is not None:
+                on_bytes(n)
+            batch.clear()
+
+        for off in range(0, len(image), chunk):
+            data = image[off:off + chunk]
+            if len(data) % step:
+                data += b"\xff" * (step - len(data) % step)  # erased flash: writing it changes nothing
+            batch.append((off, data))
+            if sum(len(d) for _, d in batch) >= chunk_bytes:
+                flush()
+        flush()
+        self.exec(f"vfs.rom_ioctl(5,{part})\n", f"{what} (completing)")
+        return total
+
+    def rom_sha256(self, part, n, what="verifying the romfs partition"):
+        """SHA-256 (hex) of the first `n` bytes of romfs partition `part`, computed on the board."""
+        return self.eval(f"__import__('hashlib').sha256(memoryview(__import__('vfs').rom_ioctl(2,{part}))[:{n}])"
+                         f".digest().hex()", what)
+
     # ---- reset and console ------------------------------------------------------------------
 
     def hard_reset(self):

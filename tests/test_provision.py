@@ -192,12 +192,18 @@ def test_unplugged_mid_copy_leaves_the_board_untouched_and_a_rerun_repairs_it(ho
     port = board.start()  # plug it back in (the flash directory survived)
     info = prov.node_info(port, home=home)
     assert not info["provisioned"] and info["pointer"] is None  # boots nothing new: untouched
-    assert 0 < info["slots"]["a"]["files"] < out["bundle_files"]  # the partial copy is inert
+    if res["slot_storage"] == "files":
+        assert 0 < info["slots"]["a"]["files"] < out["bundle_files"]  # the partial copy is inert
+    else:  # a partial image in slot a's romfs partition: no pointer names it, nothing mounts it
+        assert info["slots"]["a"]["files"] == 0
 
     again = prov.provision(home, [prov.NodeSpec(node_id=9, port=port)], prov.ProvisionOptions(selftest=False))
     (res2,) = again["results"]
     assert res2["ok"], res2["error"]
-    assert res2["files_skipped"] > 0 and res2["bytes_written"] < again["bundle_bytes"]
+    if res2["slot_storage"] == "files":  # files already there are not sent again
+        assert res2["files_skipped"] > 0 and res2["bytes_written"] < again["bundle_bytes"]
+    else:  # a romfs partition is written whole (erase, then the image), as mpremote romfs deploy does
+        assert res2["files_skipped"] == 0 and res2["files_written"] == again["bundle_files"] + 3 + 1
     assert prov.node_info(port, home=home)["provisioned"]
 
 
@@ -367,6 +373,37 @@ def test_selftest_line_is_awaited_and_checked(home, boards):
     assert out["boot_seen"]
 
 
+def test_a_stale_image_in_the_target_slots_romfs_partition_is_erased_before_the_switch(home, boards, tmp_path):
+    # A board built with two romfs partitions (the node's hardware spec) runs a slot from its
+    # partition when that holds an image, else from the slot's directory. An app too big for the
+    # partition is written as files: the partition must then be erased, or the board would boot
+    # the image left in it. Slot a's partition holds an old app that never reports a self-test;
+    # the provisioned one does (and carries 300 KB of data no ROMFS partition here can hold).
+    if not interp.has_romfs():
+        pytest.skip("the interpreter maps no romfs partitions (no 32-bit rig build: make mp32)")
+    from fleet import romfs
+    from fleet.sim.board.flash import romfs_paths
+
+    flash = tmp_path / "flash0"  # the first board's flash directory (the boards fixture)
+    flash.mkdir()
+    part_a, part_b = romfs_paths(str(flash))
+    with open(part_a, "wb") as f:
+        f.write(romfs.segment(romfs.image_of_files({"main.py": FAKE_APP_SILENT})))
+    (board,) = boards(1)
+    big = os.urandom(300 * 1024)
+    opts = prov.ProvisionOptions(selftest_timeout_s=20, extra_files={"main.py": FAKE_APP_SELFTEST, "data.bin": big},
+                                 sim_medium_port=_NO_RADIO)
+    (res,) = prov.provision(home, [prov.NodeSpec(node_id=16, port=board.port)], opts)["results"]
+    assert res["board"]["romfs_partitions"] == 2 and res["board"]["romfs_bytes"] == [256 * 1024] * 2
+    assert res["ok"], res["error"]
+    assert res["slot_storage"] == "files" and any("does not fit the board's romfs partitions" in n for n in res["notes"])
+    assert res["slot"] == "a" and res["selftest"].startswith("selftest ok node=16")
+    with open(part_a, "rb") as f:
+        assert f.read(4096) == b"\xff" * 4096  # the old image's header sector is erased flash
+    with open(part_b, "rb") as f:
+        assert f.read(3) == b"\xff" * 3  # the other partition is left alone
+
+
 def test_selftest_failures_say_what_was_missing(home, boards):
     b1, b2 = boards(2)
     crash = prov.ProvisionOptions(selftest_timeout_s=20, extra_files={"main.py": FAKE_APP_CRASH}, sim_medium_port=_NO_RADIO)
@@ -387,11 +424,13 @@ def test_selftest_failures_say_what_was_missing(home, boards):
 
 def test_real_firmware_reports_its_selftest(home, boards):
     # A provisioned node boots from OTA slots: the rig's heap for those (fleet/sim/interp.py).
-    (board,) = boards(1, heap="%dk" % interp.RIG_OTA_NODE_HEAP_FS_KB)
+    (board,) = boards(1)  # the virtual board's default heap: a provisioned node's (123k with romfs partitions)
     opts = prov.ProvisionOptions(selftest_timeout_s=90, sim_medium_port=47999)
     (res,) = prov.provision(home, [prov.NodeSpec(node_id=15, port=board.port)], opts)["results"]
     assert res["ok"], res["error"]
     assert res["selftest"].startswith("selftest ok node=15")
+    # with the rig's romfs partitions the app went into one and runs there, at the board budget
+    assert res["slot_storage"] == ("romfs" if interp.has_romfs() else "files")
 
 
 def test_a_home_without_keys_is_refused_before_any_board_is_touched(tmp_path):

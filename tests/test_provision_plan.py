@@ -82,3 +82,20 @@ def test_a_root_file_already_staged_is_renamed_without_being_written_again():
     plan = plan_copy(found, None, _bundle(), want)
     assert ("/config.cbor.new", "/config.cbor") in plan.renames
     assert "/config.cbor.new" not in plan.staged
+
+
+def test_a_board_with_romfs_partitions_gets_the_image_and_an_emptied_slot_directory():
+    # the inactive slot held files of an old provisioning: its partition gets the image, its
+    # directory's files go (all of them, even those equal to the build's)
+    ptr = _pointer("a", 1)
+    found = _held({**_slot("a", OLD), **_slot("b", {"main.py": b"app main", "old.mpy": b"x"}), **ROOT,
+                   **_active(ptr)})
+    plan = plan_copy(found, ptr, _bundle(), ROOT, rom_image=b"IMAGE")
+    assert plan.target == "b" and plan.rom_image == b"IMAGE"
+    assert plan.to_write == {} and sorted(plan.stale) == ["/b/main.py", "/b/old.mpy"]
+    assert plan.skipped == len(ROOT) and plan.need_bytes == 0 and "slot=b" in plan.new_pointer
+    # the running slot already holds this build (from its mounted partition): nothing is written
+    ptr = _pointer("b", 2)
+    found = _held({**_slot("b", APP), **ROOT, **_active(ptr)})
+    plan = plan_copy(found, ptr, _bundle(), ROOT, rom_image=b"IMAGE")
+    assert plan.target == "b" and plan.rom_image is None and plan.to_write == {} and plan.stale == []

@@ -216,3 +216,26 @@ def test_ota_slots_are_romfs_partitions_staged_in_place_and_booted_from(mp, tmp_
     for part in parts:
         with open(part, "rb") as f:
             assert f.read(3) == b"\xd2\xcd\x31"  # a ROMFS image, written in place
+
+
+def test_a_slot_whose_partition_holds_no_image_runs_from_its_directory(mp, tmp_path):
+    # fleet provision writes a slot as a flash directory and erases the slot's partition; boot.py
+    # then runs the directory. Once an image is in the partition (an OTA update), it runs that.
+    flash = tmp_path / "flash"
+    (flash / "a").mkdir(parents=True)
+    (flash / "a" / "main.py").write_text("VERSION = 7\n")
+    (flash / "active").write_text("slot=a\nbseq=7\nversion=7\nstate=confirmed\n")
+    parts = [_write(tmp_path / "a.romfs", romfs.erased(65536)), _write(tmp_path / "b.romfs", romfs.erased(65536))]
+    env = {k: v for k, v in os.environ.items() if k != interp.ROMFS_ENV}
+    env[interp.ROMFS_ENV] = ":".join(parts)
+
+    def reboot():
+        out = subprocess.run([mp, "-X", "heapsize=256k", "-c", _REBOOT.format(fw=os.path.join(ROOT, "firmware"))],
+                             capture_output=True, text=True, timeout=TIMEOUT_S, env=env, cwd=str(flash))
+        assert out.returncode == 0, out.stdout + out.stderr
+        return out.stdout.split("\n")[0]
+
+    d = str(flash / "a")
+    assert reboot() == "boot a 7 %s/main.py %s False" % (d, d)
+    _write(tmp_path / "a.romfs", romfs.segment(romfs.image_of_files({"main.py": b"VERSION = 8\n"}), 65536))
+    assert reboot() == "boot a 8 /a/main.py /a False"

@@ -7,14 +7,18 @@
 # SOURCE_TARBALL: a MicroPython source release (.tar.gz/.tar.xz) holding ports/unix, e.g. the
 # trimmed v1.28.0 one in ../shared/micropython32 (`make mp32` passes it). Needs a C compiler
 # that builds 32-bit programs (Debian: gcc-multilib). ~40 s on 2 cores. Does nothing when
-# OUT_DIR/micropython32 exists and has the rig's ROMFS segments. Exit 2 when it cannot build (the rig then uses 64 bits).
+# OUT_DIR/micropython32 exists, was built from these patches and has the rig's ROMFS segments. Exit 2 when it cannot build (the rig then uses 64 bits).
 set -euo pipefail
 tarball=${1:?usage: build_mp32.sh SOURCE_TARBALL OUT_DIR}
 out=${2:?usage: build_mp32.sh SOURCE_TARBALL OUT_DIR}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-# An existing build is kept when it has the rig's ROMFS segments (tools/mp32/rig_romfs.c).
-if [ -x "$out/micropython32" ] && "$out/micropython32" -c "import vfs; vfs.rom_ioctl(1)" >/dev/null 2>&1; then
+# An existing build is kept when it was built from these very patches (a stamp of tools/mp32
+# and this script) and has the rig's ROMFS segments (tools/mp32/rig_romfs.c).
+here=$(cd "$(dirname "$0")" && pwd)
+stamp=$(cat "$here/build_mp32.sh" "$here"/mp32/* | sha256sum | cut -c1-16)
+if [ -x "$out/micropython32" ] && [ "$(cat "$out/patches.stamp" 2>/dev/null)" = "$stamp" ] \
+   && "$out/micropython32" -c "import vfs; vfs.rom_ioctl(1)" >/dev/null 2>&1; then
   echo "$out/micropython32"; exit 0
 fi
 if [ ! -f "$tarball" ]; then echo "build_mp32: no source tarball at $tarball" >&2; exit 2; fi
@@ -44,4 +48,5 @@ make -s -C "$top/ports/unix" -j2 BUILD=build-32 PROG=micropython32 MICROPY_FORCE
 cp "$top/ports/unix/build-32/micropython32" "$out/micropython32.tmp"
 mv "$out/micropython32.tmp" "$out/micropython32"
 cp "$top/mpy-cross/build/mpy-cross" "$out/mpy-cross32"
+echo "$stamp" > "$out/patches.stamp"
 echo "$out/micropython32"

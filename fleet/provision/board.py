@@ -14,9 +14,13 @@ _DETECT_CODE = (
     " _s=os.statvfs('/');_f=_s[0]*_s[4];_t=_s[0]*_s[2]\n"
     "except Exception:\n"
     " _f=_t=-1\n"
+    "try:\n"
+    " import vfs;_r=vfs.rom_ioctl(1);_z=[len(vfs.rom_ioctl(2,i)) for i in range(_r)]\n"
+    "except Exception:\n"
+    " _r=0;_z=[]\n"
     "print(repr({'impl':sys.implementation.name,'version':'.'.join(str(x) for x in sys.implementation.version[:3]),"
     "'platform':sys.platform,'machine':getattr(sys.implementation,'_machine',''),'uid':bytes(_u),"
-    "'virtual':bool(_v),'free':_f,'total':_t}))\n"
+    "'virtual':bool(_v),'free':_f,'total':_t,'romfs':_r,'romfs_bytes':_z}))\n"
 )
 
 
@@ -36,6 +40,10 @@ def detect(board):
         "implementation": d.get("impl"), "micropython": d.get("version"), "platform": d.get("platform"),
         "machine": d.get("machine"), "mac": mac_str(uid[:6]) if len(uid) >= 6 else None,
         "virtual": bool(d.get("virtual")), "free_flash_bytes": d.get("free"), "total_flash_bytes": d.get("total"),
+        # romfs partitions the port maps (vfs.rom_ioctl(1)); with two, firmware/boot.py runs a slot
+        # from its partition when that holds an image, else from the slot's directory
+        "romfs_partitions": d.get("romfs") if isinstance(d.get("romfs"), int) and d.get("romfs") > 0 else 0,
+        "romfs_bytes": [z for z in d.get("romfs_bytes") or () if isinstance(z, int)],
     }
     if info["implementation"] != "micropython":
         info["supported"], info["reason"] = False, f"it runs {info['implementation']}, not MicroPython"

@@ -35,6 +35,7 @@ class Bundle:
         self.boot_py = boot_py
         self.root_main_py = root_main_py
         self.digests = {p: hashlib.sha256(b).hexdigest() for p, b in files.items()}
+        self.rom_image = None  # the files as a ROMFS image, built when a board has romfs partitions
 
     @property
     def size_bytes(self):

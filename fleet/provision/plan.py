@@ -58,12 +58,16 @@ class CopyPlan:
     new_pointer: str
     pointer_changes: bool
     need_bytes: int
+    rom_image: bytes | None = None  # the app as a ROMFS image for the target's romfs partition
 
 
-def plan_copy(found, pointer, bundle, want_root):
+def plan_copy(found, pointer, bundle, want_root, rom_image=None):
     """The plan for a board holding `found` ({path: (size, sha256 hex)} of both slots and the root
     files, as MpBoard.hash_files gives), whose slot pointer is `pointer` (the parsed /active, or
-    None), to boot `bundle` with `want_root` ({root path: bytes}). Pure: no board, no I/O."""
+    None), to boot `bundle` with `want_root` ({root path: bytes}). rom_image: the bundle's files
+    as a ROMFS image when the board has romfs partitions it fits: the target slot is then written
+    as that image into its partition (its bytecode runs in place, off the heap) and its
+    directory's files are removed. Pure: no board, no I/O."""
     from firmware import boot as fw_boot
 
     def slot_matches(s):
@@ -85,6 +89,13 @@ def plan_copy(found, pointer, bundle, want_root):
         else:
             to_write[prefix + rel] = data
     stale = [p for p in found if p.startswith(prefix) and p[len(prefix):] not in bundle.files]
+    if rom_image is not None:
+        if to_write:  # the slot does not hold this build: the image goes into its partition
+            skipped -= len(bundle.files) - len(to_write)
+            to_write = {}
+            stale = [p for p in found if p.startswith(prefix)]  # the partition, not the directory, holds it
+        else:
+            rom_image = None  # the running slot already holds exactly this build
     staged, renames = {}, []
     for path, data in want_root.items():
         digest = hashlib.sha256(data).hexdigest()
@@ -101,4 +112,4 @@ def plan_copy(found, pointer, bundle, want_root):
     new_pointer = fw_boot.format_kv(fw_boot.confirmed_pointer(target, bundle.seq, bundle.version, failed))
     pointer_changes = pointer is None or fw_boot.format_kv(pointer) != new_pointer or "/active" not in found
     need = sum(-(-len(d) // 4096) * 4096 for d in list(to_write.values()) + list(staged.values()))
-    return CopyPlan(target, to_write, stale, staged, renames, skipped, new_pointer, pointer_changes, need)
+    return CopyPlan(target, to_write, stale, staged, renames, skipped, new_pointer, pointer_changes, need, rom_image)

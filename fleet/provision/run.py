@@ -14,7 +14,15 @@ from fleet.errors import FleetError
 from fleet.mpboard import DEFAULT_BAUD, MpBoard
 from fleet.provision.board import config_identity, decode_config, detect, norm_mac, parse_pointer, scrub
 from fleet.provision.bundle import build_bundle, with_extra_files
-from fleet.provision.model import _BEFORE_COMMIT, ROLES, ROOT_FILES, SENSORS, ProvisionError, ProvisionOptions
+from fleet.provision.model import (
+    _BEFORE_COMMIT,
+    ROLES,
+    ROOT_FILES,
+    SENSORS,
+    SLOTS,
+    ProvisionError,
+    ProvisionOptions,
+)
 from fleet.provision.plan import ESTIMATE_BAUDS, estimate_usb_seconds, plan_copy
 
 # ---- config -----------------------------------------------------------------------------------
@@ -102,6 +110,21 @@ class _Fleet:
 
     def warmup_s(self):
         return self.options.warmup_s or 30
+
+
+_ROM_LOCK = threading.Lock()
+
+
+def _rom_image_of(bundle):
+    """The bundle's slot files as one ROMFS image (fleet/romfs.py, mpremote's writer), built once
+    per bundle for all the boards provisioned in parallel."""
+    with _ROM_LOCK:
+        img = getattr(bundle, "rom_image", None)
+        if img is None:
+            from fleet import romfs
+
+            img = bundle.rom_image = romfs.image_of_files(bundle.files)
+        return img
 
 
 # ---- one board --------------------------------------------------------------------------------
@@ -244,21 +267,23 @@ class _Run:
         # the plan
         want_root = {"/boot.py": bundle.boot_py, "/main.py": bundle.root_main_py, "/config.cbor": config}
 
-        plan = plan_copy(found, pointer, bundle, want_root)
+        rom_image = self._rom_image(info, pointer)
+        plan = plan_copy(found, pointer, bundle, want_root, rom_image)
         target, to_write, stale, staged, renames = plan.target, plan.to_write, plan.stale, plan.staged, plan.renames
         new_pointer, pointer_changes, need = plan.new_pointer, plan.pointer_changes, plan.need_bytes
         self.res["slot"] = target
+        self.res["slot_storage"] = "romfs" if rom_image is not None else "files"
         prefix = f"/{target}/"
         self.res["files_skipped"] = plan.skipped
         self.res["files_removed"] = len(stale)
-        self.res["files_written"] = len(to_write) + len(staged)
+        self.res["files_written"] = len(to_write) + len(staged) + (len(bundle.files) if plan.rom_image else 0)
         free = info["free_flash_bytes"] or 0
         if need and free >= 0 and need + 16384 > free:
             self.fail(f"not enough free flash: the app needs about {need // 1024} KB, the board has "
                       f"{free // 1024} KB free; remove old files from the board (or erase it) and re-run")
 
         self.enter("copy")
-        total = sum(len(d) for d in to_write.values()) + sum(len(d) for d in staged.values())
+        total = sum(len(d) for d in to_write.values()) + sum(len(d) for d in staged.values()) + len(plan.rom_image or b"")
         done = 0
 
         def on_bytes(n):
@@ -268,6 +293,16 @@ class _Run:
             self.progress(done, total)
 
         self.progress(0, total)
+        if plan.rom_image is not None:
+            # the app into the target's romfs partition (never the running slot's: that one is
+            # mounted), where its bytecode runs in place; the slot's directory is emptied below
+            board.write_rom(SLOTS.index(target), plan.rom_image, o.chunk_bytes, on_bytes, "copying the app")
+        elif (to_write or stale) and info["romfs_partitions"] >= 2:
+            # the slot's romfs partition may hold an image an OTA update staged there: erase its
+            # first sector, or firmware/boot.py would run that image instead of the directory
+            # written now (the target is never the running slot, so never the mounted partition)
+            board.exec(f"import vfs\nvfs.rom_ioctl(3,{SLOTS.index(target)},4096)\n",
+                       "erasing the slot's romfs partition")
         board.remove_files(stale)
         dirs = set()
         for path in to_write:
@@ -279,10 +314,15 @@ class _Run:
         board.write_files(staged, o.chunk_bytes, on_bytes, "writing the config and boot files")
 
         self.enter("verify")
-        if to_write or staged or stale:
+        if plan.rom_image is not None:
+            got = board.rom_sha256(SLOTS.index(target), len(plan.rom_image))
+            if got != hashlib.sha256(plan.rom_image).hexdigest():
+                self.fail(f"verification failed: romfs partition {SLOTS.index(target)} (slot {target}) differs from "
+                          f"the image sent; the flash may be faulty. Nothing was switched: run the command again")
+        if to_write or staged or stale or plan.rom_image is not None:
             found2, _ = board.hash_files(dirs=[f"/{target}"], files=[n for n, _ in renames],
                                          what="verifying the files")
-            for rel in bundle.files:
+            for rel in () if plan.rom_image is not None else bundle.files:
                 got = found2.get(prefix + rel)
                 if got is None or got[1] != bundle.digests[rel]:
                     self.fail(f"verification failed: {prefix + rel} on the board "
@@ -339,6 +379,21 @@ class _Run:
                                    detail=f"mac={info['mac']} port={spec.port} slot={target} fw={bundle.version}")
             finally:
                 store.close()
+
+    def _rom_image(self, info, pointer):
+        """The app as a ROMFS image when the board has the two romfs partitions of the node's
+        hardware spec and the image fits the slot's (else None: the slot is written as files,
+        which cost the board heap: their bytecode is loaded into RAM)."""
+        if info["romfs_partitions"] < 2:
+            return None
+        img = _rom_image_of(self.bundle)
+        sizes = info["romfs_bytes"]
+        if len(sizes) < 2 or len(img) > min(sizes[:2]):
+            self.res["notes"].append(f"the app ({len(img) // 1024} KB as a ROMFS image) does not fit the board's "
+                                     f"romfs partitions ({', '.join(str(z // 1024) for z in sizes)} KB): written as "
+                                     f"files, which cost heap (README, Firmware in ROMFS)")
+            return None
+        return img
 
     def _check_store(self, mac):
         spec = self.spec

@@ -142,9 +142,16 @@ def is_32bit(path=None):
     return _cache[path]
 
 
+NO_ROMFS_ENV = "REDMESH_NO_ROMFS"
+
+
 def has_romfs(path=None):
     """True when the interpreter at `path` (default: micropython_bin()) maps romfs partitions
-    from files named in ROMFS_ENV (the rig's 32-bit build, tools/mp32/rig_romfs.c)."""
+    from files named in ROMFS_ENV (the rig's 32-bit build, tools/mp32/rig_romfs.c). False when
+    REDMESH_NO_ROMFS=1: the rig then loads firmware from files, as a board without romfs
+    partitions does (bench/ota_heap_bench.py --no-romfs measures that case)."""
+    if os.environ.get(NO_ROMFS_ENV) == "1":
+        return False
     path = path or micropython_bin()
     key = ("romfs", path)
     if key not in _cache:

@@ -2,7 +2,8 @@
 // Appended to ports/unix/main.c by tools/mp32/patch_unix.py (the port's own rom_ioctl, which
 // serves one empty segment, is removed there).
 //
-// REDMESH_ROMFS=PATH[:PATH] names at most two segment files (a node's A and B slots). Each is
+// REDMESH_ROMFS=PATH[:PATH...] names at most four segment files (a node's A and B slots; a virtual
+// board adds its port code). Each is
 // mapped outside the GC heap, so .mpy bytecode on it runs in place and costs no heap, as on
 // memory-mapped flash; MicroPython mounts segment 0 at /rom at start (py/runtime.c mp_init) and
 // main() puts /rom on sys.path, as the esp32 port does. Writes go to the file with a NOR
@@ -11,12 +12,16 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 
-#define RM_ROMFS_MAX (2)
+#define RM_ROMFS_MAX (4)  // two slot partitions, and the virtual board's port code (fleet/sim/board/flash.py)
 #define RM_ROMFS_SECTOR (4096)
 
 static mp_obj_array_t rm_romfs_seg[RM_ROMFS_MAX];
 static int rm_romfs_fd[RM_ROMFS_MAX];
 static int rm_romfs_n = -1;
+// REDMESH_ROMFS_HIDDEN=K: the last K segments are the virtual board's own port code (C on a
+// board): reachable by id, but not counted by GET_NUMBER_OF_SEGMENTS, so the board reports its
+// real partitions only
+static int rm_romfs_hidden = 0;
 
 static void rm_romfs_open(void) {
     if (rm_romfs_n >= 0) {
@@ -48,6 +53,15 @@ static void rm_romfs_open(void) {
         mp_obj_memoryview_init(&rm_romfs_seg[rm_romfs_n], 'B', 0, st.st_size, m);
         rm_romfs_fd[rm_romfs_n++] = fd;
     }
+    const char *hidden = getenv("REDMESH_ROMFS_HIDDEN");
+    if (hidden != NULL && *hidden) {
+        int k = atoi(hidden);
+        if (k < 0 || k > rm_romfs_n) {
+            fprintf(stderr, "REDMESH_ROMFS_HIDDEN: %s: not 0..%d\n", hidden, rm_romfs_n);
+            exit(1);
+        }
+        rm_romfs_hidden = k;
+    }
 }
 
 static void rm_romfs_sys_path(void) {
@@ -64,7 +78,7 @@ mp_obj_t mp_vfs_rom_ioctl(size_t n_args, const mp_obj_t *args) {
     rm_romfs_open();
     mp_int_t cmd = mp_obj_get_int(args[0]);
     if (cmd == MP_VFS_ROM_IOCTL_GET_NUMBER_OF_SEGMENTS) {
-        return MP_OBJ_NEW_SMALL_INT(rm_romfs_n);
+        return MP_OBJ_NEW_SMALL_INT(rm_romfs_n - rm_romfs_hidden);
     }
     if (n_args < 2) {
         return MP_OBJ_NEW_SMALL_INT(-MP_EINVAL);

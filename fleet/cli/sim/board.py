@@ -11,7 +11,7 @@ from fleet.sim.board import DEFAULT_HEAP, MAX_QUOTA_BYTES, BoardConfig, parse_he
               help="Flash directory to keep (littlefs image, MAC, write counter); default: a temporary one, removed at exit.")
 @click.option("--link", type=click.Path(dir_okay=False), default=None, metavar="PATH",
               help="Also make PATH a symlink to the port (removed at exit).")
-@click.option("--heap", default=DEFAULT_HEAP, show_default=True, help="Python heap in board KB (a 32-bit ESP32: the default is the rig node's); scaled x1.5 on a 64-bit interpreter (fleet/sim/interp.py).")
+@click.option("--heap", default=DEFAULT_HEAP, show_default=True, help="Python heap in board KB, e.g. 160k; 'node' (the default): a provisioned node's, 123k with the rig's romfs partitions (32-bit build), 224k with the app in files. Scaled x1.5 on a 64-bit interpreter (fleet/sim/interp.py).")
 @click.option("--quota-kb", type=click.IntRange(32, MAX_QUOTA_BYTES // 1024), default=2048, show_default=True,
               help="Flash size in KB (multiple of 4); writes beyond it fail with ENOSPC.")
 @click.option("--mac", default=None, metavar="HEX", help="machine.unique_id() as 12 hex digits; default: stored, else derived from the flash directory.")

