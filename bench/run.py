@@ -196,7 +196,7 @@ def bench_scripts(res, quick):
         "heap": ("heap_bench", ["--imports", "--heaps", "123,96"] if quick else
                  ["--imports", "--heaps", "123,112,96,88", "--gateway-heaps", "1024,256,192,160"]),
         # issue 10: an OTA-slot node through a whole campaign (v2 confirmed, v3 rolled back)
-        "ota_heap": ("ota_heap_bench", ["--heaps", "136" if quick else "136,132,123"]),
+        "ota_heap": ("ota_heap_bench", ["--heaps", "123" if quick else "123,116"]),
     }
     if os.path.exists(os.path.join(ROOT, "bench", "des_bench.py")):
         runs["des"] = ("des_bench", ["--quick"] if quick else [])

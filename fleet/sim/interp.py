@@ -69,8 +69,8 @@ NODE_HEAP_KB = BOARD_NODE_HEAP_KB + SIM_HAL_ALLOWANCE_KB
 # From a romfs partition (fleet/romfs.py: bytecode and constants read in place from flash, as on
 # a board built with ROMFS) the node's imports pin 46.0 KB instead of 101.6 KB: virtual nodes
 # then run at the board budget. RIG_NODE_HEAP_FS_KB is for a node whose firmware is on its
-# littlefs (the virtual board `fleet provision` writes files to, and any node on an interpreter
-# without the rig's ROMFS segments: the PyPI one).
+# littlefs (an app provisioned as files, and any node on an interpreter without the rig's ROMFS
+# segments: the PyPI one).
 RIG_NODE_HEAP_KB = NODE_HEAP_KB
 RIG_NODE_HEAP_FS_KB = 128
 # OTA-slot nodes (bench/ota_heap_bench.py: a v2 bundle received, staged, confirmed; a bad v3
