@@ -25,7 +25,8 @@ only through flash corruption) is ignored with `damaged = True`: counters restar
 callers raise them from other evidence (the ring does so from the newest reading on flash).
 
 Counter names used by the node: "reading" (reading seq, kept by the ring), "status" and
-"reply" (frame seqs), "boot" (boot count), "cseq" (highest accepted command counter).
+"reply" (frame seqs), "boot" (boot count), "cseq" (highest accepted command counter); the OTA
+shell's "ota_allow", "ota_rep" and "stage" (firmware/ota_node.py).
 """
 from firmware import fsutil
 from protocol import cbor

@@ -6,6 +6,7 @@ engine and the slot manager. Imported by every boot, kept only by a node that ru
 # The OTA target class of this firmware's hardware (the virtual rig's nodes stand in for ESP32
 # poles, so they are "esp32" too): fleet/ota_bundle.py DEFAULT_TARGET
 TARGET_CLASS = "esp32"
+STAGE_GC_EVERY = 4096  # bytes allocated between collections while staging at boot (stage_early)
 
 
 def _ota_settings(cfg):
@@ -41,13 +42,10 @@ def _pointer(fs):
     return pointer
 
 
-def prepare(cfg, fs, hal):
-    """At boot, before the node is built (the heap holds the config and the radio's ring):
-    None when the app does not run from an A/B slot; otherwise the slot pointer and the OTA
-    engine's buffers, each allocated here in one piece and kept for the node's life: a page to
-    receive into, a page to send from and a buffer for a manifest of several units. Asked for
-    after the node was built, the 8 KB manifest buffer did not fit a 123k heap that had 21 KB free
-    in pieces (bench/ota_heap_bench.py). Then stages a ready bundle (stage_early)."""
+def _prep(fs):
+    """None when the app does not run from an A/B slot; otherwise the slot pointer and the OTA
+    engine's buffers, each in one piece: a page to receive into, a page to send from and a buffer
+    for a manifest of several units."""
     pointer = _pointer(fs)
     if pointer is None:
         return None
@@ -55,8 +53,19 @@ def prepare(cfg, fs, hal):
     from protocol.manifest import MAX_SIGNED
 
     n = protocol.OTA_PKTS_PER_PAGE * protocol.OTA_PKT_MAX
-    prep = {"pointer": pointer, "rx": bytearray(n), "tx": bytearray(n), "mb": bytearray(MAX_SIGNED)}
-    stage_early(cfg, fs, hal, prep)
+    return {"pointer": pointer, "rx": bytearray(n), "tx": bytearray(n), "mb": bytearray(MAX_SIGNED)}
+
+
+def prepare(cfg, fs):
+    """At boot, right after the config was read, before the HAL, the radio's ring and the node
+    take the heap: None when the app does not run from an A/B slot; otherwise the slot pointer
+    and the OTA engine's buffers, allocated here at the bottom of the heap and kept for the
+    node's life (asked for after the node was built, the 8 KB manifest buffer did not fit a 123k
+    heap that had 21 KB free in pieces: bench/ota_heap_bench.py). Then stages a bundle that is
+    ready to install (stage_early), with these buffers."""
+    prep = _prep(fs)
+    if prep is not None:
+        stage_early(cfg, fs, prep)
     return prep
 
 
@@ -66,13 +75,7 @@ def attach(node, cfg, fs, gateway, prep=None):
     what prepare() returned at boot (None: allocated here, as tests do). The shell builds the
     engine and the slot manager only while it needs them (firmware/ota_node.py)."""
     if prep is None:
-        pointer = _pointer(fs)
-        if pointer is not None:
-            import protocol
-            from protocol.manifest import MAX_SIGNED
-
-            n = protocol.OTA_PKTS_PER_PAGE * protocol.OTA_PKT_MAX
-            prep = {"pointer": pointer, "rx": bytearray(n), "tx": bytearray(n), "mb": bytearray(MAX_SIGNED)}
+        prep = _prep(fs)
     if prep is None:
         print("ota", "disabled: no A/B slot pointer on this flash (app not run from a slot)")
         return
@@ -144,13 +147,15 @@ def _looks_complete(store, buf, floor, allowed):
     return True
 
 
-def stage_early(cfg, fs, hal, prep):
-    """At boot, before the node is built (the heap holds the config and little else): when the
+def stage_early(cfg, fs, prep):
+    """At boot, before the HAL, the radio's ring and the node take the heap (prepare): when the
     page store holds a complete bundle newer than the running slot and allowed by the fleet,
     stage it into the other slot and reset into its trial. Returns when there is nothing to
-    stage; a failure is logged and left to the node's own staging at boot, which reports it
-    (firmware/ota_node.py maybe_stage). Staging after the node was built wanted a 4.6 KB
-    manifest and the inflate state on a heap the node had fragmented (the 123k rig failed)."""
+    stage, having unloaded what it imported; a failure is logged and left to the node's own
+    staging (firmware/ota_node.py maybe_stage), which reports it and gives up on a bundle after
+    MAX_STAGE_RESETS resets. Staged after the HAL and the radio's ring, a 123k heap had 33 KB
+    free in pieces and the inflate window (1 KB) did not fit on some nodes of the 25-node rig:
+    each of them reset into a failed staging for ever."""
     import gc
 
     p = prep["pointer"]
@@ -162,33 +167,58 @@ def stage_early(cfg, fs, hal, prep):
     floor = max(p["bseq"], p.get("failed", 0))
     if allowed <= floor:
         return  # the usual boot: nothing the fleet allows beyond what runs (or failed)
+    from firmware.compat import unload
     from firmware.ota_store import PageStore
 
     store = PageStore(fs, "ota")
-    if not _looks_complete(store, prep["mb"], floor, allowed):
-        return  # a download in progress (or none): the engine and its signature check wait for the node
+    slot = m = None
+    if _looks_complete(store, prep["mb"], floor, allowed):
+        # collect every few KB while staging: garbage left to pile up until the heap is full
+        # spreads what stays alive over the whole heap, and at one heap size (123k, 4 nodes of
+        # 8 on the rig) no 1 KB piece was left for the inflate window with 40 KB free
+        threshold = getattr(gc, "threshold", None)  # MicroPython's (CPython's gc has none)
+        if threshold is not None:
+            threshold(STAGE_GC_EVERY)
+        try:
+            slot, m = _stage_from(cfg, fs, store, floor, allowed, prep)
+        except Exception as err:  # noqa: BLE001 - SlotError, MemoryError, a bad store: the node's staging decides
+            print("ota", "early staging did not happen (%s): the node stages at boot" % (err,))
+        if threshold is not None:
+            threshold(-1)  # back to collecting only when the heap is full
+    # else a download in progress (or none): the engine and its signature check wait for the node
+    if slot is None:
+        store = m = None
+        unload("firmware.ota", "firmware.ota_store", "protocol.manifest", "firmware.slots")
+        gc.collect()
+        return
+    print("ota", "staged bseq %d version %s in slot %s before the node started: resetting into the trial"
+          % (m.bseq, m.version, slot))
+    from firmware import boot
+
+    boot.clear_crashes(fs)  # a planned reset, as the HALs' reset()
+    boot.hard_reset()
+
+
+def _stage_from(cfg, fs, store, floor, allowed, prep):
+    """stage_early's work once the store looks complete: (slot, manifest) when staged, else
+    (None, None). Its engine checks the signature and every page."""
+    import gc
+
     from firmware.ota import OtaEngine, OtaParams
 
     trial, params = _ota_settings(cfg)
     params["target_class"] = TARGET_CLASS
     rx = prep["rx"]
-    try:
-        e = OtaEngine(cfg.node_id, cfg.fleet_pub, store, cfg.node_id, OtaParams(**params), running_bseq=floor,
-                      now_ms=0, rx=rx, mb=prep["mb"])
-        if not e.complete() or not floor < e.m.bseq <= allowed:
-            return
-        m = e.stage_manifest()
-        e = None
-        gc.collect()
+    e = OtaEngine(cfg.node_id, cfg.fleet_pub, store, cfg.node_id, OtaParams(**params), running_bseq=floor,
+                  now_ms=0, rx=rx, mb=prep["mb"])
+    if not e.complete() or not floor < e.m.bseq <= allowed:
+        return None, None
+    m = e.stage_manifest()
+    e = None
+    gc.collect()
 
-        def read_page(i):
-            n = store.read_page_into(i, rx)
-            return None if n < 0 else memoryview(rx)[:n]
+    def read_page(i):
+        n = store.read_page_into(i, rx)
+        return None if n < 0 else memoryview(rx)[:n]
 
-        slot = _slot_manager(fs, trial).stage(m, read_page)
-    except Exception as err:  # noqa: BLE001 - SlotError, MemoryError, a bad store: the node's staging decides
-        print("ota", "early staging did not happen (%s): the node stages at boot" % (err,))
-        return
-    print("ota", "staged bseq %d version %s in slot %s before the node started: resetting into the trial"
-          % (m.bseq, m.version, slot))
-    hal.reset()
+    return _slot_manager(fs, trial).stage(m, read_page), m

@@ -48,6 +48,7 @@ from protocol.frames import T_OTA_ADV, T_OTA_DATA, T_OTA_REQ
 
 _REPORT_CODE = 0
 IDLE_DROP_MS = 60000  # an engine quiescent this long is dropped
+MAX_STAGE_RESETS = 3  # resets to stage one bundle before it is refused (OtaShell._reset_to_stage)
 _TOKEN = 1000  # milli-tokens per frame (firmware/ota.py)
 # ota_state codes (status frames): firmware/ota.py ST_IDLE/ST_RECEIVING/ST_COMPLETE and
 # firmware/slots.py ST_TRIAL..ST_REFUSED own them; mirrored here so the idle shell imports
@@ -391,6 +392,7 @@ class OtaShell:
         s = self.summary
         if self.air is None and (s is None or s[4] < s[3] + 1 or s[0] <= self.floor or s[0] > self.allowed()):
             return False  # the dropped engine held nothing to stage (have counts the manifest unit too)
+        bseq = s[0] if self.air is None else getattr(self.air.engine.m, "bseq", 0)
         try:
             e = self.engine
             if not e.complete() or e.m.bseq <= self.floor or e.m.bseq > self.allowed():
@@ -400,10 +402,8 @@ class OtaShell:
             if not at_boot:
                 # unpacking wants a few KB in one piece (a page, the inflate window) and the slot
                 # manager: a heap that has run for a while rarely has them, so stage right after
-                # the reset, before the node's tasks run (main.py: maybe_stage(at_boot=True))
-                self.log("ota", "bseq %d complete and allowed: resetting to stage it on a fresh heap" % e.m.bseq)
-                self.node.shutdown_for_reset()
-                self.node.hal.reset()
+                # the reset, before the node is built (firmware/ota_attach.py stage_early)
+                self._reset_to_stage(e.m.bseq, "complete and allowed")
                 return False
             m = e.stage_manifest()
             store = e.store
@@ -416,9 +416,7 @@ class OtaShell:
         except MemoryError as err:
             if at_boot:
                 raise
-            self.log("ota", "no heap to look at the stored bundle (%s): resetting to stage at boot" % err)
-            self.node.shutdown_for_reset()
-            self.node.hal.reset()
+            self._reset_to_stage(bseq, "no heap to look at it here (%s)" % err)
             return False
 
         def read_page(i):
@@ -441,6 +439,23 @@ class OtaShell:
         self.node.shutdown_for_reset()
         self.node.hal.reset()
         return True
+
+    def _reset_to_stage(self, bseq, why):
+        """Reset so the boot stages bundle `bseq` on a fresh heap, at most MAX_STAGE_RESETS
+        times per bundle (counter "stage" = bseq * 16 + resets, persisted before the reset):
+        a bundle that cannot be staged even then is refused (reported) instead of resetting the
+        node for ever."""
+        c = self.node.counters
+        v = c.peek("stage")
+        n = v % 16 if v // 16 == bseq else 0
+        if n >= MAX_STAGE_RESETS:
+            self.on_refused(bseq, "staging failed after %d resets (see the console at boot)" % n)
+            return
+        c.set_min("stage", bseq * 16 + n + 1)
+        self.log("ota", "bseq %d %s: resetting to stage it on a fresh heap (%d of %d)" % (bseq, why, n + 1,
+                                                                                      MAX_STAGE_RESETS))
+        self.node.shutdown_for_reset()
+        self.node.hal.reset()
 
     # ---- trial -------------------------------------------------------------------------------------
 

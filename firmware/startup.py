@@ -43,11 +43,13 @@ def safe_state(err, fs=None):
     safe_state_loop(err, sleep_s)
 
 
-def _log_reset_cause(hal):
+def _log_reset_cause():
     from firmware import boot
 
-    cause = hal.reset_cause()
+    cause = boot.reset_cause()
     print("boot", "reset cause: %s (%d)" % (boot.RESET_CAUSES.get(cause, "unknown"), cause))
+    boot = None
+    unload("firmware.boot")  # imported again by whatever needs it (~4.6 KB of a node's heap)
 
 
 def build(root):
@@ -58,20 +60,24 @@ def build(root):
 
     try:
         cfg = config.settings(config.load_config(fs))
+    except config.ConfigError as e:
+        safe_state(e, fs)
+        return None
+    _log_reset_cause()
+    # a node run from A/B slots: its OTA buffers at the bottom of the heap, then a bundle ready
+    # to install is staged on the emptiest heap this boot has (a reset into the trial follows)
+    from firmware import ota_attach
+
+    ota = ota_attach.prepare(cfg, fs)
+    try:
         hal = _make_hal(cfg, fs, root)
     except config.ConfigError as e:
         safe_state(e, fs)
         return None
-    _log_reset_cause(hal)
     # the radio's receive ring (firmware/hal/__init__.py ESPNOW_RXBUF, one 2.1 KB piece) while the
     # heap is still whole, as the board's HAL does in its constructor: asked for after the node
     # and its OTA engine were built, it did not fit a 123k heap that had 21 KB free in pieces
     hal.radio.active(True)
-    from firmware import ota_attach
-
-    # a node run from A/B slots: its OTA buffers, then a bundle ready to install goes in before
-    # the node fills the heap (ota_attach.stage_early)
-    ota = ota_attach.prepare(cfg, fs, hal)
     # the node keeps the config's values only (Settings): the loader and its tables go
     # (~5 KB of a 112 KB heap, bench/heap_bench.py)
     del config

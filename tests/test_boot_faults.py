@@ -21,6 +21,8 @@ import pytest
 
 from firmware import boot
 from firmware import config_check as config_mod
+from firmware.counters import Counters
+from firmware.fsutil import PosixFS
 from fleet import ota_bundle
 from fleet.sim import interp
 from fleet.sim.rig import NodeProc, Rig, RigOptions
@@ -87,15 +89,16 @@ def _free_udp_port():
     return port
 
 
-def _boot(flash, workdir, heap_kb=HEAP_KB):
+def _boot(flash, workdir, heap_kb=HEAP_KB, romfs=None, until="node start id=17"):
     """Boot the node on `flash` as the rig does, acting on its resets (at the REPL, time is
     fast-forwarded so a running watchdog fires at once); return ("up" | "safe" | "repl" |
-    "timeout", console text, starts)."""
+    "timeout", console text, starts). romfs: its slot partitions ("A:B", fleet/sim/rig.py);
+    until: the console text that means "up"."""
     rig = Rig(types.SimpleNamespace(path=str(workdir)), None, RigOptions(), log=lambda m: None)
     log = flash.rstrip("/") + ".console.log"
     if os.path.exists(log):
         os.remove(log)
-    np = NodeProc(17, flash, "/nonexistent", heap_kb, log, mode="slot")
+    np = NodeProc(17, flash, "/nonexistent", heap_kb, log, mode="slot", romfs=romfs)
     rig.nodes[17] = np
     np.start()
     deadline = time.monotonic() + DEADLINE_S
@@ -113,7 +116,7 @@ def _boot(flash, workdir, heap_kb=HEAP_KB):
             if "safe-state" in text:
                 what = "safe"
                 break
-            if "node start id=17" in text:
+            if until in text:
                 what = "up"
                 break
             time.sleep(0.1)
@@ -218,9 +221,6 @@ def test_a_bundle_whose_staging_raises_at_boot_does_not_crash_the_boot(template,
     node's manifest parser refuses the version (protocol/text.py) and main.py guards the staging
     besides: the boot goes on with the running slot, however often it reboots, and the bundle is
     never staged."""
-    from firmware.counters import Counters
-    from firmware.fsutil import PosixFS
-
     flash = str(tmp_path / "flash")
     shutil.copytree(template.flash, flash)
     # The host and the manifest parser refuse such a version now (protocol/text.py); a rogue
@@ -248,3 +248,55 @@ def test_a_bundle_whose_staging_raises_at_boot_does_not_crash_the_boot(template,
         assert what == "up" and starts == 1, text[-2500:]
         assert "ota slot a bseq 1" in text, text[-2500:]
     assert boot.read_pointer(PosixFS(flash))["slot"] == "a"
+
+
+def _romfs_flash(template, flash):
+    """The template's flash with slot a as its romfs partition, as the rig deploys it (slot b's
+    partition erased); bseq 2 complete on it and allowed. Returns "A:B", the partitions."""
+    from fleet import romfs
+
+    shutil.copytree(template.flash, flash)
+    slot_a = {}
+    for dirpath, _dirs, files in os.walk(os.path.join(flash, "a")):
+        for fn in files:
+            full = os.path.join(dirpath, fn)
+            with open(full, "rb") as f:
+                slot_a[os.path.relpath(full, os.path.join(flash, "a"))] = f.read()
+    shutil.rmtree(os.path.join(flash, "a"))
+    parts = [flash + ".romfs_a", flash + ".romfs_b"]
+    for part, data in zip(parts, (romfs.segment(romfs.image_of_files(slot_a)), romfs.erased()), strict=True):
+        with open(part, "wb") as f:
+            f.write(data)
+    c = Counters(PosixFS(flash), "counters.bin")
+    c.set_min("ota_allow", 2)
+    c.sync()
+    return ":".join(parts)
+
+
+@pytest.mark.skipif(not interp.has_romfs(), reason="needs the 32-bit interpreter with romfs partitions "
+                    "(make mp32: build/mp32); the PyPI interpreter has neither the board's heap layout nor ROMFS")
+def test_a_ready_bundle_is_staged_at_the_board_heap(template, tmp_path):
+    """Issue 10: a node run from romfs slots, as deployed, with bseq 2 complete and allowed on
+    flash stages it before the node is built (firmware/ota_attach.py stage_early) and comes up on
+    its trial at the rig's OTA node heap (the board's 123k). Staged after the HAL and the radio's
+    ring, with garbage left to pile up, it ran out of heap at some heap sizes and not at others
+    (123k for 4 of the 25-node rig's nodes, 110k for this flash): each such node reset into a
+    failed staging for ever. So the staging is tried at every heap from 16 KB below the board's
+    up to it, each boot stopped once it staged."""
+    board = interp.RIG_OTA_NODE_HEAP_KB
+    failed = []
+    for heap_kb in range(board - 16, board + 1):
+        flash = str(tmp_path / ("flash%d" % heap_kb))
+        parts = _romfs_flash(template, flash)
+        what, text, _starts = _boot(flash, tmp_path, heap_kb=heap_kb, romfs=parts, until="before the node started")
+        if what != "up" or "memory allocation failed" in text:
+            failed.append("%dk: %s\n%s" % (heap_kb, what, text[-1500:]))
+        shutil.rmtree(flash)
+    assert not failed, "\n\n".join(failed)
+    flash = str(tmp_path / "flash")
+    parts = _romfs_flash(template, flash)
+    what, text, starts = _boot(flash, tmp_path, heap_kb=board, romfs=parts, until="node start id=17 role=node fw=2.0.0")
+    assert what == "up" and starts == 2, text[-3000:]
+    assert "ota staged bseq 2 version 2.0.0 in slot b before the node started" in text, text[-3000:]
+    assert "memory allocation failed" not in text and "MemoryError" not in text, text[-3000:]
+    assert boot.read_pointer(PosixFS(flash))["state"] == "trial", text[-3000:]

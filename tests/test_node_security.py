@@ -220,3 +220,43 @@ def test_an_intact_manifest_on_flash_is_kept_at_boot(tmp_path):
     _store_v2_on_flash(fs, lambda s: s)
     node = _boot_with_ota(tmp_path, [])
     assert node.ota.engine.complete() and node.ota.engine.m.bseq == 2
+
+
+def test_a_bundle_that_cannot_be_staged_resets_the_node_a_bounded_number_of_times(tmp_path, capsys, monkeypatch):
+    """A complete, allowed bundle makes the running node reset to stage it on a fresh heap
+    (firmware/ota_attach.py stage_early). When staging keeps failing (on the 25-node rig some
+    nodes ran out of heap in it, every boot), the node must not reset for ever: it resets at most
+    MAX_STAGE_RESETS times for that bundle, counted on flash across boots, then refuses it and
+    tells the fleet."""
+    from node_harness import Reset
+
+    from firmware import slots
+    from firmware.ota_node import MAX_STAGE_RESETS
+
+    def no_heap(self, manifest, read_page):
+        raise MemoryError("memory allocation failed, allocating 1024 bytes")
+
+    monkeypatch.setattr(slots.SlotManager, "stage", no_heap)  # as at every boot of node 5 on the rig
+    fs = _slot_flash(tmp_path)
+    _store_v2_on_flash(fs, lambda s: s)
+    resets = 0
+    for boot_no in range(MAX_STAGE_RESETS + 2):
+        logs = []
+        node = _boot_with_ota(tmp_path, logs)  # a fresh boot: counters read back from flash
+        node.counters.set_min("ota_allow", 2)
+        replies = node.counters.peek("reply")
+        try:
+            staged = node.ota.maybe_stage()
+        except Reset:
+            resets += 1
+            assert boot_no < MAX_STAGE_RESETS, logs
+            out = capsys.readouterr().out  # the OTA shell logs with print
+            assert "resetting to stage it on a fresh heap (%d of %d)" % (resets, MAX_STAGE_RESETS) in out, out
+            continue
+        assert staged is False and boot_no >= MAX_STAGE_RESETS, logs
+        assert node.ota.refused is not None and node.ota.refused[0] == 2, logs
+        assert "staging failed after %d resets" % MAX_STAGE_RESETS in node.ota.refused[1]
+        assert "refused bseq 2: staging failed" in capsys.readouterr().out
+        assert node.counters.peek("reply") > replies  # the fleet is told (Reply ["ota", "refused", ...])
+    assert resets == MAX_STAGE_RESETS
+    assert boot.read_pointer(fs)["slot"] == "a"  # the running slot untouched
