@@ -250,7 +250,9 @@ class Ingest:
         self.cfg = config or CollectorConfig()
         self.stats = Stats()
         self.tracker = GapTracker(self.cfg.repair)
-        self._mesh = auth.Hmac(keys.mesh_key())
+        self._mesh = (auth.Hmac(keys.mesh_key()), None)  # hop keys by key phase (_check_epoch)
+        self._phase = 0  # the key phase of the epoch in force: the collector's own commands
+        self._epoch_stamp = None
         self._node_hmacs = {}
         self._ratelog = _RateLog(log, self.cfg.log_interval_s)
         self._rows = []
@@ -275,6 +277,7 @@ class Ingest:
         self._revoked_checked = None
         self._cur_revoked = None
         self._check_revoked(now)
+        self._check_epoch()
         self._load(now)
 
     # ---- start-up -------------------------------------------------------------------------------
@@ -441,6 +444,7 @@ class Ingest:
         if self._revoked_checked is not None and now - self._revoked_checked < self.cfg.revoked_recheck_s:
             return
         self._revoked_checked = now
+        self._check_epoch()
         stamp_fn = getattr(self.keys, "revoked_stamp", None)
         if stamp_fn is None:
             return
@@ -460,6 +464,29 @@ class Ingest:
                 self._events.append((int(now), "revoked", n, None))
         self._revoked = rev
 
+    def _check_epoch(self):
+        """Take the mesh key epochs in force (fleet/keys.py epoch.json, written by `fleet keys
+        rotate`) when they changed: hop tags of the epoch in force and of the one other accepted
+        epoch verify; commands are tagged in the epoch in force. Checked with the revocation
+        list. A damaged file keeps the last good keys and is logged (rate-limited)."""
+        stamp_fn = getattr(self.keys, "epoch_stamp", None)
+        if stamp_fn is None:
+            return
+        stamp = stamp_fn()
+        if stamp == self._epoch_stamp:
+            return
+        try:
+            pair, phase = self.keys.mesh_keys()
+        except Exception as e:  # noqa: BLE001 - KeystoreError; the collector keeps running
+            self._ratelog.note("epoch_file", str(e), self._cur_now)
+            return
+        if self._epoch_stamp is not None:
+            log.warning("mesh key epochs changed: now accepting key phase(s) %s, tagging in phase %d",
+                        ", ".join(str(i) for i in (0, 1) if pair[i] is not None), phase)
+        self._epoch_stamp = stamp
+        self._mesh = tuple(None if k is None else auth.Hmac(k) for k in pair)
+        self._phase = phase
+
     def _key_for(self, origin):
         # decode() calls this with the frame's origin; None makes it raise "unknown node".
         if origin in self._revoked:
@@ -474,7 +501,7 @@ class Ingest:
         self._cur_now = now
         self._cur_unknown = None
         self._cur_revoked = None
-        fast = fast_telemetry(fb, self._mesh, self._key_for)
+        fast = fast_telemetry(fb, self._mesh[0], self._key_for) if self._mesh[0] is not None else None
         if fast is not None:
             self._fast_rows(res, fast, gw, rx_ms // 1000 if rx_ms else int(now), rssi, now, corr if rx_ms else 0)
             self.stats.frames += 1
@@ -492,7 +519,7 @@ class Ingest:
                 cause = "unknown_node"
             elif msg.startswith("end-to-end tag mismatch"):
                 cause = "bad_tag"
-            elif msg.startswith("hop tag mismatch"):
+            elif msg.startswith("hop tag"):  # a mismatch, or a key epoch not accepted (fleet keys rotate)
                 cause = "bad_hop_tag"
             else:
                 cause = "malformed_frame"
@@ -640,7 +667,7 @@ class Ingest:
                 self.stats.commands_withheld += 1
                 continue
             cmd = protocol.Command(target=req.node, cseq=req.cseq, op=protocol.OP_RESEND, args=[req.a, req.b])
-            fb = protocol.encode(cmd, self._mesh, self._node_hmac(req.node))
+            fb = protocol.encode(cmd, self._mesh, self._node_hmac(req.node), phase=self._phase)
             topic = downlink_topic(self.net_id, None if req.via_all else req.gateway)
             by_topic.setdefault(topic, []).append(fb)
             self._events.append((int(now), "resend_request", req.node,

@@ -11,6 +11,11 @@ Files (directory 0700):
   revoked.json        revoked nodes {"<node>": {"reason": text, "at": unix s}}, mode 0600
                       (no key bytes): `fleet keys revoke`. A revoked node's frames are refused
                       by the collector, no command is sent to it, and it gets no later epoch.
+  epoch.json          the mesh key epoch in force {"epoch": E, "other": F or null}, mode 0644 (no
+                      key bytes: every epoch's key derives from the fleet secret). `other` is
+                      the one other epoch whose hop tags are accepted: the next one while
+                      `fleet keys rotate` hands it out, the previous one in the grace window
+                      after activation. Absent: epoch 0, none other.
 
 Rules: private files are created with os.open(..., 0o600) and fchmod'ed (umask-proof), written to
 a temporary file and linked into place so an interrupted `keys init` leaves no half-written key;
@@ -32,6 +37,7 @@ SECRET_NAME = "fleet.secret"
 SIGNING_NAME = "fleet_signing.key"
 PUBLIC_NAME = "fleet_signing.pub"
 REVOKED_NAME = "revoked.json"
+EPOCH_NAME = "epoch.json"
 MAX_REASON = 200
 SECRET_LEN = 32
 
@@ -134,6 +140,7 @@ class Keystore:
         self.signing_path = os.path.join(self.dir, SIGNING_NAME)
         self.public_path = os.path.join(self.dir, PUBLIC_NAME)
         self.revoked_path = os.path.join(self.dir, REVOKED_NAME)
+        self.epoch_path = os.path.join(self.dir, EPOCH_NAME)
         self._secret = None
         self._signing = None
         self._mesh_key = None
@@ -216,6 +223,57 @@ class Keystore:
         if self._mesh_key is None:
             self._mesh_key = auth.derive_mesh_key(self.fleet_secret(), self.net_id)
         return self._mesh_key
+
+    # ---- key epochs ---------------------------------------------------------------------------
+
+    def epoch_state(self):
+        """Return {"epoch": E, "other": F or None} (see epoch.json in the module docstring).
+        Raises KeystoreError when the file is damaged (never guessed: a wrong epoch refuses
+        every frame)."""
+        try:
+            with open(self.epoch_path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return {"epoch": 0, "other": None}
+        except OSError as e:
+            raise KeystoreError(f"cannot read {self.epoch_path}: {e.strerror}") from None
+        try:
+            d = json.loads(raw)
+            e, o = d["epoch"], d.get("other")
+            ok = type(e) is int and 0 <= e < 2 ** 32 and (o is None or (type(o) is int and 0 <= o < 2 ** 32
+                                                                        and abs(o - e) == 1))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            ok = False
+        if not ok:
+            raise KeystoreError(f"{self.epoch_path} is damaged: expected {{\"epoch\": E, \"other\": E±1 or null}}; "
+                                f"restore it from a backup (the fleet's nodes hold the epoch it names)")
+        return {"epoch": e, "other": o}
+
+    def set_epoch_state(self, epoch, other=None):
+        """Write the epoch in force and the other accepted one (atomic)."""
+        if not os.path.isdir(self.dir):
+            raise KeystoreError(f"no fleet keys in {self.dir}: run `fleet keys init`")
+        data = json.dumps({"epoch": int(epoch), "other": None if other is None else int(other)}) + "\n"
+        write_file_atomic(self.epoch_path, data.encode("utf-8"), 0o644, overwrite=True)
+
+    def epoch_stamp(self):
+        """A value that changes when epoch.json changes (for cheap re-reads)."""
+        try:
+            st = os.stat(self.epoch_path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def mesh_keys(self):
+        """(pair, phase): the mesh keys accepted now, as the pair protocol.decode takes (indexed
+        by key phase: the even epoch's key, the odd one's; None where no epoch of that parity is
+        accepted), and the key phase the host tags its own frames with (the epoch in force)."""
+        st = self.epoch_state()
+        pair = [None, None]
+        pair[st["epoch"] & 1] = self.mesh_key(st["epoch"])
+        if st["other"] is not None:
+            pair[st["other"] & 1] = self.mesh_key(st["other"])
+        return (pair[0], pair[1]), st["epoch"] & 1
 
     # ---- revocation -------------------------------------------------------------------------
 

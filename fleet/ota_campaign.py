@@ -227,11 +227,11 @@ def allow_frames(home, store, nodes, bseq):
     import protocol
 
     ks = home.keys()
-    mesh = ks.mesh_key()
+    mesh, phase = ks.mesh_keys()  # hop-tagged in the key epoch in force (fleet keys rotate)
     out = []
     for n in nodes:
         cmd = protocol.Command(target=n, cseq=store.next_cseq(n), op=protocol.OP_SET, args=["ota_allow", bseq])
-        out.append(protocol.encode(cmd, mesh, ks.node_key(n)))
+        out.append(protocol.encode(cmd, mesh, ks.node_key(n), phase=phase))
     return out
 
 

@@ -1,0 +1,285 @@
+"""`fleet keys rotate`: hand every node that is not revoked the next mesh key, then switch the
+whole fleet to it with one signed command (issue 14).
+
+A campaign, like an OTA one (fleet/ota_campaign.py), kept in `<home>/keys/rotation.json` (no key
+bytes: every epoch's mesh key derives from the fleet secret):
+
+1. **start**: the next epoch is the one in force + 1 (+ 2 past an aborted campaign's epoch, so
+   no key handed out before is ever activated: a node revoked since may hold it). The targets
+   are the registered nodes that are not revoked. `epoch.json` now accepts the next epoch's hop
+   tags too (a node that activated early is heard).
+2. **distributing**: each target not yet confirmed gets OP_REKEY [epoch, wrap] to it alone, the
+   key wrapped with its own node key (protocol/keywrap.py) and the command authenticated with
+   it, re-sent every `resend_s`. A node confirms with its reply (code 0, result [epoch]) to one
+   of those commands' counters.
+3. **activating**: once the confirmed share reaches `min_confirmed` (default: every target),
+   one Ed25519-signed OP_EPOCH [epoch, 0] goes to every node, sent `activate_repeats` times;
+   `epoch.json` = the new epoch in force, the old one still accepted (grace window: no reading
+   tagged in the old epoch, in flight or queued, is lost).
+4. **grace**: after `grace_s`, signed OP_EPOCH [epoch, 1] ends the grace window; `epoch.json`
+   accepts only the new epoch: frames tagged with the old key (a stolen node's) fail every hop.
+
+`abort` works before activation only (the old epoch stays in force; nodes keep the next key
+unused). A campaign interrupted (the process killed) is resumed by running it again: its state
+is on disk after every step. A target that has not confirmed at activation is `missed`: during
+the grace window (both epochs pass) it keeps getting the key, and once it confirms, its own
+activation (OP_EPOCH to it alone, node-key auth): a node that was off comes back on the new
+epoch if it is back within the grace window. One still missed when the window ends no longer
+passes hop tags and must be re-keyed over USB (`fleet provision`); a node asking for the key by
+itself after that is not built.
+"""
+import asyncio
+import json
+import os
+import time
+
+from fleet.errors import FleetError
+
+ROTATION_NAME = "rotation.json"
+ACTIVE_STATES = ("distributing", "grace")
+
+
+def rotation_path(home):
+    return os.path.join(home.path, "keys", ROTATION_NAME)
+
+
+def load(home):
+    """The campaign dict, or None when none was ever started. Raises FleetError when damaged."""
+    path = rotation_path(home)
+    try:
+        with open(path, encoding="utf-8") as f:
+            camp = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise FleetError(f"cannot read the key rotation state {path}: {e}") from None
+    if not isinstance(camp, dict) or not isinstance(camp.get("epoch"), int) or camp.get("state") not in (
+            "distributing", "grace", "done", "aborted"):
+        raise FleetError(f"the key rotation state {path} is damaged: restore it from a backup")
+    return camp
+
+
+def save(home, camp):
+    from fleet.keys import write_file_atomic
+
+    data = (json.dumps(camp, indent=1, sort_keys=True) + "\n").encode("utf-8")
+    write_file_atomic(rotation_path(home), data, 0o600, overwrite=True)
+
+
+def start(home, min_confirmed=1.0, grace_s=600.0, now_s=None):
+    """Plan a rotation to the next epoch and write it (state distributing). Raises FleetError
+    when one is already running, or there is no node to re-key."""
+    if not 0.0 < min_confirmed <= 1.0:
+        raise FleetError(f"--min-confirmed must be in (0, 1], got {min_confirmed}")
+    if grace_s < 0:
+        raise FleetError(f"--grace must be 0 or more seconds, got {grace_s}")
+    ks = home.keys()
+    old = load(home)
+    if old is not None and old["state"] in ACTIVE_STATES:
+        raise FleetError(f"a key rotation to epoch {old['epoch']} is {old['state']}: `fleet keys rotate` resumes it, "
+                         f"`fleet keys rotate --abort` stops it (before activation)")
+    st = ks.epoch_state()
+    cur = st["epoch"]
+    epoch = cur + 1
+    if old is not None and old["state"] == "aborted" and old["epoch"] >= epoch:
+        epoch = old["epoch"] + 2  # never activate a key an aborted campaign handed out
+    revoked = ks.revoked()
+    store = home.store()
+    try:
+        rows = store.status_rows(fields=("node", "role"))
+    finally:
+        store.close()
+    targets = sorted(r["node"] for r in rows if r["node"] not in revoked)
+    if not targets:
+        raise FleetError("no node to re-key: the store knows no node that is not revoked (`fleet status`)")
+    now_s = time.time() if now_s is None else now_s
+    camp = {"epoch": epoch, "from_epoch": cur, "state": "distributing", "targets": targets,
+            "excluded": sorted(revoked), "sent": {}, "confirmed": {}, "min_confirmed": min_confirmed,
+            "grace_s": grace_s, "started_at": now_s, "activated_at": None, "ended_at": None, "missed": []}
+    save(home, camp)
+    ks.set_epoch_state(cur, epoch)  # a node that activated early is heard
+    return camp
+
+
+def abort(home):
+    """Stop a campaign that has not activated; the old epoch stays in force alone."""
+    camp = load(home)
+    if camp is None or camp["state"] not in ACTIVE_STATES:
+        raise FleetError("no key rotation is running")
+    if camp["state"] == "grace":
+        raise FleetError(f"epoch {camp['epoch']} is already active on the fleet: it cannot be aborted; "
+                         f"the grace window ends by itself")
+    camp.update(state="aborted", ended_at=time.time())
+    save(home, camp)
+    home.keys().set_epoch_state(camp["from_epoch"], None)
+    return camp
+
+
+def status(home):
+    """{"campaign": dict or None, "nodes": [{"node", "state"}], "totals": {state: n}}: states
+    pending (nothing sent yet), sent (re-key sent, no confirmation), confirmed, missed (left
+    out at activation), revoked (excluded)."""
+    camp = load(home)
+    if camp is None:
+        return {"campaign": None, "nodes": [], "totals": {}}
+    missed = set(camp.get("missed") or [])
+    nodes = []
+    for n in camp["targets"]:
+        k = str(n)
+        state = ("confirmed" if k in camp["confirmed"] else "missed" if n in missed
+                 else "sent" if k in camp["sent"] else "pending")
+        nodes.append({"node": n, "state": state})
+    nodes.extend({"node": n, "state": "revoked"} for n in camp["excluded"])
+    totals = {}
+    for r in nodes:
+        totals[r["state"]] = totals.get(r["state"], 0) + 1
+    return {"campaign": camp, "nodes": sorted(nodes, key=lambda r: r["node"]), "totals": totals}
+
+
+def rekey_frames(home, store, camp, nodes):
+    """Air frames of OP_REKEY for each node (the next key wrapped with its node key, the command
+    tagged with it, hop-tagged in the epoch in force); records the counters sent in camp."""
+    import protocol
+    from protocol.keywrap import OP_REKEY, to_args, wrap
+
+    ks = home.keys()
+    mesh, phase = ks.mesh_keys()
+    key = ks.mesh_key(camp["epoch"])
+    out = []
+    for n in nodes:
+        nk = ks.node_key(n)
+        cmd = protocol.Command(target=n, cseq=store.next_cseq(n), op=OP_REKEY,
+                               args=to_args(camp["epoch"], wrap(nk, ks.net_id, n, camp["epoch"], key)))
+        out.append(protocol.encode(cmd, mesh, nk, phase=phase))
+        camp["sent"].setdefault(str(n), []).append(cmd.cseq)
+        del camp["sent"][str(n)][:-8]  # the last few are enough to match a late reply
+    return out
+
+
+def epoch_frame(home, store, camp, stage):
+    """The signed OP_EPOCH [epoch, stage] frame for every node (stage 0 activates, 1 ends the
+    grace window). Its counter is above every node's, and every node's next one above it (one
+    replay window per node holds unicast and broadcast commands alike)."""
+    import protocol
+    from protocol.keywrap import OP_EPOCH
+
+    ks = home.keys()
+    mesh, phase = ks.mesh_keys()
+    top = max(store.next_cseq(n) for n in camp["targets"])
+    cseq = store.next_cseq(0, floor=top + 1)
+    for n in camp["targets"]:
+        store.next_cseq(n, floor=cseq + 1)
+    cmd = protocol.Command(target=0, cseq=cseq, op=OP_EPOCH, args=[camp["epoch"], stage])
+    cmd.auth = ks.sign(protocol.signed_bytes(cmd))
+    return protocol.encode(cmd, mesh, None, phase=phase)
+
+
+def activation_frames(home, store, camp, nodes):
+    """OP_EPOCH [epoch, 0] to each node alone (tagged with its node key, as OP_REKEY): a node
+    that confirmed the key after the fleet-wide activation activates it too."""
+    import protocol
+    from protocol.keywrap import OP_EPOCH
+
+    ks = home.keys()
+    mesh, phase = ks.mesh_keys()
+    out = []
+    for n in nodes:
+        cmd = protocol.Command(target=n, cseq=store.next_cseq(n), op=OP_EPOCH, args=[camp["epoch"], 0])
+        out.append(protocol.encode(cmd, mesh, ks.node_key(n), phase=phase))
+    return out
+
+
+def _confirmations(store, camp):
+    """Nodes whose reply to one of the re-key commands sent says the next key is stored."""
+    out = []
+    for ev in store.events(since=int(camp["started_at"]) - 1, kind="reply", limit=1000000):
+        k = str(ev["node"])
+        if k in camp["confirmed"] or k not in camp["sent"]:
+            continue
+        try:
+            d = json.loads(ev["detail"] or "{}")
+        except ValueError:
+            continue
+        if d.get("code") == 0 and d.get("cseq") in camp["sent"][k] and d.get("result") == [camp["epoch"]]:
+            out.append((k, ev["ts"]))
+    return out
+
+
+async def run(home, broker_url=None, log=None, poll_s=2.0, resend_s=30.0, activate_repeats=3, timeout_s=None):
+    """Drive the campaign of `home` until done or aborted (or timeout_s: it stays resumable).
+    Returns the campaign dict."""
+    import aiomqtt
+
+    from fleet.collector_mqtt import parse_broker_url
+    from fleet.ota_campaign import pack_downlinks
+    from protocol.envelope import downlink_topic
+
+    log = log or (lambda msg: None)
+    host, port = parse_broker_url(broker_url or home.broker_url)
+    topic = downlink_topic(home.net_id, None)
+    t_end = None if timeout_s is None else time.monotonic() + timeout_s
+    last_sent = -1e9
+    async with aiomqtt.Client(host, port, identifier=f"fleet-keys-{os.getpid()}") as client:
+        while True:
+            camp = load(home)
+            if camp is None or camp["state"] not in ACTIVE_STATES:
+                return camp
+            now = time.monotonic()
+            store = home.store()
+            epochs = None  # epoch.json after this step, written once its frames are out
+            try:
+                out = []
+                if camp["state"] == "distributing":
+                    for k, _ts in _confirmations(store, camp):
+                        camp["confirmed"][k] = time.time()
+                    todo = [n for n in camp["targets"] if str(n) not in camp["confirmed"]]
+                    share = 1.0 - len(todo) / len(camp["targets"])
+                    if share >= camp["min_confirmed"]:
+                        camp["missed"] = todo
+                        out = [epoch_frame(home, store, camp, 0)] * activate_repeats
+                        camp.update(state="grace", activated_at=time.time())
+                        epochs = (camp["epoch"], camp["from_epoch"])
+                        log(f"keys: epoch {camp['epoch']} activated ({len(camp['confirmed'])} confirmed, "
+                            f"{len(todo)} missed); grace window {camp['grace_s']:.0f} s")
+                    elif now - last_sent >= resend_s:
+                        out = rekey_frames(home, store, camp, todo)
+                        last_sent = now
+                        log(f"keys: re-key sent to {len(todo)} node(s) ({len(camp['confirmed'])} of "
+                            f"{len(camp['targets'])} confirmed)")
+                elif time.time() - camp["activated_at"] >= camp["grace_s"]:
+                    out = [epoch_frame(home, store, camp, 1)] * activate_repeats
+                    camp.update(state="done", ended_at=time.time())
+                    epochs = (camp["epoch"], None)
+                    log(f"keys: grace window of epoch {camp['epoch']} ended: the old key is refused everywhere"
+                        + (f"; missed: {camp['missed']}" if camp["missed"] else ""))
+                else:
+                    # nodes that missed the activation (off, or out of reach) and come back within
+                    # the grace window, when both epochs still pass: the key, then their own activation
+                    caught = [k for k, _ts in _confirmations(store, camp)]
+                    for k in caught:
+                        camp["confirmed"][k] = time.time()
+                    if caught:
+                        out = activation_frames(home, store, camp, [int(k) for k in caught])
+                        camp["missed"] = [n for n in camp["missed"] if str(n) not in camp["confirmed"]]
+                        camp.setdefault("caught_up", []).extend(sorted(int(k) for k in caught))
+                        log(f"keys: node(s) {', '.join(caught)} caught up with epoch {camp['epoch']}")
+                    elif camp["missed"] and now - last_sent >= resend_s:
+                        out = rekey_frames(home, store, camp, camp["missed"])
+                        last_sent = now
+            finally:
+                store.close()
+            fresh = load(home)  # an abort may have been written meanwhile: nothing more is sent
+            if fresh is not None and fresh["state"] == "aborted":
+                return fresh
+            # frames first: killed before the save, the step is taken again on resume (a repeated
+            # activation is harmless); saved first, a resumed campaign would never send it
+            for dl in pack_downlinks(out):
+                await client.publish(topic, dl, qos=1)
+            save(home, camp)
+            if epochs is not None:
+                home.keys().set_epoch_state(*epochs)
+            if camp["state"] == "done":
+                return camp
+            if t_end is not None and time.monotonic() > t_end:
+                return camp
+            await asyncio.sleep(poll_s)

@@ -1,0 +1,235 @@
+"""`fleet keys rotate` (issue 14 part 3), one layer at a time: the keystore's epoch state, the
+campaign's plan and frames (real Keystore, real SQLiteStore, frames checked by
+protocol.decode and the node's own unwrap), and the collector switching epochs while it runs.
+The whole campaign against real nodes is hil_tests/test_keys_rotate.py."""
+import json
+
+import pytest
+from cli_run import assert_clean, run_fleet
+from test_collector import GW, NET, NODES, T0, UP, Clock, envelope, nkey, reading
+
+import protocol
+from fleet import key_rotation
+from fleet.collector import CollectorConfig, Ingest
+from fleet.errors import FleetError
+from fleet.home import FleetHome
+from fleet.keys import Keystore, KeystoreError
+from fleet.repair import RepairConfig
+from fleet.store import SQLiteStore
+from protocol import auth, keywrap
+
+SECRET = bytes(range(1, 33))  # the secret of test_collector's frames
+
+
+@pytest.fixture
+def home(tmp_path):
+    h = FleetHome.resolve(str(tmp_path / "home"))
+    h.ensure()
+    ks = h.keys()
+    ks.init()
+    with open(ks.secret_path, "wb") as f:
+        f.write(SECRET)
+    store = h.store(create=True)
+    try:
+        store.register_nodes([{"node": n} for n in NODES] + [{"node": GW, "role": "gateway"}])
+    finally:
+        store.close()
+    return h
+
+
+def _ks(home):
+    return Keystore(home.keys().dir, home.net_id)
+
+
+def test_epoch_state_roundtrip_validation_and_key_pair(tmp_path):
+    ks = Keystore(str(tmp_path / "keys"), NET)
+    ks.init()
+    assert ks.epoch_state() == {"epoch": 0, "other": None}
+    pair, phase = ks.mesh_keys()
+    assert pair == (ks.mesh_key(0), None) and phase == 0
+    ks.set_epoch_state(0, 1)
+    assert ks.mesh_keys() == ((ks.mesh_key(0), ks.mesh_key(1)), 0)
+    ks.set_epoch_state(1, 0)
+    assert ks.mesh_keys() == ((ks.mesh_key(0), ks.mesh_key(1)), 1)
+    ks.set_epoch_state(1)
+    assert ks.mesh_keys() == ((None, ks.mesh_key(1)), 1)
+    assert ks.mesh_key(1) != ks.mesh_key(0) and ks.mesh_key(2) not in (ks.mesh_key(0), ks.mesh_key(1))
+    for bad in ("{", '{"epoch": -1}', '{"epoch": 2, "other": 4}', '{"epoch": "1"}', "[]"):
+        with open(ks.epoch_path, "w") as f:
+            f.write(bad)
+        with pytest.raises(KeystoreError, match="damaged"):
+            ks.epoch_state()  # never guessed: a wrong epoch would refuse every frame
+
+
+def test_start_plans_the_next_epoch_for_the_nodes_not_revoked(home):
+    ks = home.keys()
+    ks.revoke(3, "stolen", now_s=T0)
+    camp = key_rotation.start(home, grace_s=5)
+    assert camp["epoch"] == 1 and camp["from_epoch"] == 0 and camp["state"] == "distributing"
+    assert camp["targets"] == sorted(set(NODES) - {3} | {GW}) and camp["excluded"] == [3]
+    assert _ks(home).epoch_state() == {"epoch": 0, "other": 1}  # early activators are heard
+    with pytest.raises(FleetError, match="is distributing"):
+        key_rotation.start(home)
+    st = key_rotation.status(home)
+    assert st["totals"] == {"pending": len(camp["targets"]), "revoked": 1}
+    # the file holds no key byte
+    raw = open(key_rotation.rotation_path(home), "rb").read()
+    for e in (0, 1):
+        assert ks.mesh_key(e).hex().encode() not in raw and ks.mesh_key(e) not in raw
+
+
+def test_abort_before_activation_only_and_the_next_campaign_skips_the_handed_out_key(home):
+    key_rotation.start(home)
+    camp = key_rotation.abort(home)
+    assert camp["state"] == "aborted" and _ks(home).epoch_state() == {"epoch": 0, "other": None}
+    with pytest.raises(FleetError, match="no key rotation is running"):
+        key_rotation.abort(home)
+    again = key_rotation.start(home)
+    # epoch 1's key went out: a node revoked since may hold it, so it is never activated; 3 keeps
+    # the parity rule (the next epoch's key phase differs from the one in force)
+    assert again["epoch"] == 3 and (again["epoch"] - again["from_epoch"]) % 2 == 1
+    again["state"] = "grace"
+    key_rotation.save(home, again)
+    with pytest.raises(FleetError, match="cannot be aborted"):
+        key_rotation.abort(home)
+
+
+def test_rekey_frames_carry_the_next_key_wrapped_for_each_node(home):
+    camp = key_rotation.start(home)
+    ks = home.keys()
+    store = home.store()
+    try:
+        frames = key_rotation.rekey_frames(home, store, camp, [1, 2])
+        frames += key_rotation.rekey_frames(home, store, camp, [1])
+    finally:
+        store.close()
+    assert camp["sent"] == {"1": [1, 2], "2": [1]}
+    for fb, node in zip(frames, (1, 2, 1), strict=True):
+        assert len(fb) <= protocol.MAX_FRAME
+        cmd = protocol.decode(fb, auth.Hmac(ks.mesh_key(0)))  # hop-tagged in the epoch in force
+        assert cmd.target == node and cmd.op == keywrap.OP_REKEY
+        want = auth.Hmac(ks.node_key(node)).tag(protocol.signed_bytes(cmd), auth.E2E_TAG_LEN)
+        assert cmd.auth == want  # authenticated with the node's own key
+        epoch, w = keywrap.from_args(cmd.args)
+        assert epoch == 1 and keywrap.unwrap(ks.node_key(node), home.net_id, node, 1, w) == ks.mesh_key(1)
+        with pytest.raises(protocol.ProtocolError):
+            keywrap.unwrap(ks.node_key(node + 1), home.net_id, node, 1, w)  # another node's key opens nothing
+
+
+def test_epoch_frame_is_signed_and_its_counter_is_new_for_every_node(home):
+    from protocol import ed25519
+
+    camp = key_rotation.start(home)
+    ks = home.keys()
+    store = home.store()
+    try:
+        for _ in range(40):
+            store.next_cseq(2)  # node 2 has had many commands
+        fb = key_rotation.epoch_frame(home, store, camp, 0)
+        after = {n: store.next_cseq(n) for n in camp["targets"]}
+    finally:
+        store.close()
+    cmd = protocol.decode(fb, auth.Hmac(ks.mesh_key(0)))
+    assert cmd.target == 0 and cmd.op == keywrap.OP_EPOCH and cmd.args == [1, 0]
+    assert ed25519.verify(ks.public_key(), protocol.signed_bytes(cmd), cmd.auth)
+    assert cmd.cseq > 40 and all(c > cmd.cseq for c in after.values()), (cmd.cseq, after)
+
+
+def test_a_late_node_gets_its_own_activation_with_its_node_key(home):
+    camp = key_rotation.start(home)
+    ks = home.keys()
+    ks.set_epoch_state(1, 0)  # activated: the grace window, both epochs pass
+    store = home.store()
+    try:
+        frames = key_rotation.activation_frames(home, store, camp, [4])
+    finally:
+        store.close()
+    cmd = protocol.decode(frames[0], (None, auth.Hmac(ks.mesh_key(1))))  # tagged in the new epoch
+    assert cmd.target == 4 and cmd.op == keywrap.OP_EPOCH and cmd.args == [1, 0]
+    assert cmd.auth == auth.Hmac(ks.node_key(4)).tag(protocol.signed_bytes(cmd), auth.E2E_TAG_LEN)
+
+
+def test_confirmations_match_the_replies_to_the_commands_sent(home):
+    camp = key_rotation.start(home)
+    camp["sent"] = {"1": [5, 6], "2": [7]}
+    store = home.store()
+    try:
+        ts = int(camp["started_at"]) + 1
+        store.record_event(ts, "reply", 1, json.dumps({"cseq": 6, "code": 0, "result": [1]}))
+        store.record_event(ts, "reply", 2, json.dumps({"cseq": 7, "code": 1, "result": []}))  # refused
+        store.record_event(ts, "reply", 4, json.dumps({"cseq": 1, "code": 0, "result": [1]}))  # never sent
+        store.record_event(ts, "reply", 2, json.dumps({"cseq": 9, "code": 0, "result": [1]}))  # not ours
+        got = key_rotation._confirmations(store, camp)
+    finally:
+        store.close()
+    assert [k for k, _ in got] == ["1"]
+
+
+def test_collector_switches_epochs_while_running(tmp_path):
+    ks = Keystore(str(tmp_path / "keys"), NET)
+    ks.init()
+    with open(ks.secret_path, "wb") as f:
+        f.write(SECRET)
+    ks = Keystore(ks.dir, NET)
+    store = SQLiteStore(str(tmp_path / "fleet.db"))
+    store.register_nodes([{"node": n} for n in NODES] + [{"node": GW, "role": "gateway"}])
+    clock = Clock()
+    rc = RepairConfig(grace_s=10, retry_s=5, retry_max_s=20, follow_s=1, max_attempts=3)
+    ing = Ingest(store, ks, NET, now_fn=clock, config=CollectorConfig(batch_rows=1000, repair=rc))
+    k0, k1 = ks.mesh_key(0), ks.mesh_key(1)
+
+    def up(seq, phase):
+        f = protocol.Telemetry(origin=1, seq=seq, time_s=T0, readings=[reading(0)],
+                               hops=1, cost=20)
+        return envelope([protocol.encode(f, (k0, k1), nkey(1), phase=phase)])
+
+    assert ing.on_message(UP, up(0, 0))["readings"] == 1
+    assert ing.on_message(UP, up(1, 1))["rejects"] == {"bad_hop_tag": 1}  # epoch 1 not accepted yet
+    ks.set_epoch_state(0, 1)  # the campaign starts
+    clock.t += 1.5
+    assert ing.on_message(UP, up(2, 1))["readings"] == 1
+    ks.set_epoch_state(1, 0)  # activated: grace window
+    clock.t += 1.5
+    assert ing.on_message(UP, up(3, 0))["readings"] == 1 and ing.on_message(UP, up(4, 1))["readings"] == 1
+    ks.set_epoch_state(1)  # grace over: the old key (a stolen node's) fails
+    clock.t += 1.5
+    assert ing.on_message(UP, up(5, 0))["rejects"] == {"bad_hop_tag": 1}
+    assert ing.on_message(UP, up(6, 1))["readings"] == 1
+    with open(ks.epoch_path, "w") as f:
+        f.write("{damaged")
+    clock.t += 1.5
+    assert ing.on_message(UP, up(7, 1))["readings"] == 1  # the last good keys stay
+    store.close()
+
+
+def test_cli_rotation_status_abort_and_a_broker_that_is_not_there(home):
+    h = home.path
+    r = run_fleet(["keys", "rotation", "--home", h])
+    assert_clean(r, (0,))
+    assert "mesh key epoch in force: 0" in r.stdout and "no key rotation yet" in r.stdout
+    r = run_fleet(["keys", "rotate", "--abort", "--home", h])
+    assert_clean(r, (1,))
+    assert "no key rotation is running" in r.stderr
+    r = run_fleet(["keys", "rotate", "--min-confirmed", "0", "--home", h])
+    assert_clean(r, (2,))
+    # a broker that is not there: the campaign is recorded (resumable), the error says what to do
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    r = run_fleet(["keys", "rotate", "--broker", f"mqtt://127.0.0.1:{port}", "--timeout", "5", "--home", h])
+    assert_clean(r, (1,))
+    assert "cannot reach the MQTT broker" in r.stderr and "run `fleet keys rotate` again" in r.stderr
+    r = run_fleet(["keys", "rotation", "--json", "--home", h])
+    assert_clean(r, (0,))
+    st = json.loads(r.stdout)
+    assert st["epoch"] == {"epoch": 0, "other": 1} and st["campaign"]["state"] == "distributing"
+    r = run_fleet(["keys", "rotate", "--abort", "--home", h])
+    assert_clean(r, (0,))
+    assert "epoch 0 stays in force" in r.stdout
+    assert _ks(home).epoch_state() == {"epoch": 0, "other": None}
+    for r in (run_fleet(["keys", "rotation", "--home", h]),):
+        for e in (0, 1, 3):
+            assert _ks(home).mesh_key(e).hex() not in r.output
