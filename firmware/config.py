@@ -18,7 +18,8 @@ Format (CDDL; protocol/redmesh.cddl stays the wire spec, this is the flash file)
       "role": "node" / "gateway",
       "net_id": 0..4294967295,
       "node_key": bstr .size 32,           ; secret: this node's HMAC key
-      "mesh_key": bstr .size 32,           ; secret: network-wide hop key
+      "mesh_key": bstr .size 32,           ; secret: network-wide hop key (of mesh_epoch)
+      ? "mesh_epoch": 0..4294967295,       ; default 0: the key epoch of mesh_key (fleet keys rotate)
       "fleet_pub": bstr .size 32,          ; Ed25519 public key of the fleet
       ? "report_interval_s": 1..86400,     ; default 300
       ? "warmup_s": 30..600,               ; default 30
@@ -71,6 +72,7 @@ KEYS = (
     ("net_id", "int", 0, _U32, None),
     ("node_key", "bytes", 32, 32, None),
     ("mesh_key", "bytes", 32, 32, None),
+    ("mesh_epoch", "int", 0, _U32, 0),
     ("fleet_pub", "bytes", 32, 32, None),
     ("report_interval_s", "int", 1, 86400, 300),
     ("warmup_s", "int", 30, 600, 30),
@@ -179,6 +181,7 @@ class Settings:
     net_id: int
     node_key: bytes
     mesh_key: bytes
+    mesh_epoch: int
     fleet_pub: bytes
     report_interval_s: int
     warmup_s: int

@@ -81,7 +81,8 @@ class Node:
         self.gateway = gateway  # firmware.gateway.Gateway or None
         self.epoch = 0  # mesh key epoch (issue 14); a rotated node holds its keys in mesh_keys.bin
         try:
-            fs.stat("mesh_keys.bin")
+            if not getattr(cfg, "mesh_epoch", 0):  # provisioned in a later epoch: its keys now
+                fs.stat("mesh_keys.bin")
             self._epoch_op(None)
         except OSError:
             pass

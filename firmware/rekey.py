@@ -6,7 +6,7 @@ State: the current epoch and its mesh key, plus at most one other epoch's key - 
 (received, not yet active) or the previous one (grace window after an activation). Kept in
 STATE_FILE on the flash, written with fsutil.write_file (new file, then rename), so a power cut
 at any flash write leaves the old state or the new one, never none: a node without a valid
-state file runs on the provisioned key (epoch 0) and re-keys by asking. Layout (81 bytes):
+state file runs on the provisioned key (in the config's mesh_epoch, 0 by default). Layout (81 bytes):
     "RMK1" | cur_epoch u32 | cur_key 32 | oth_epoch u32 (0xFFFFFFFF = none) | oth_key 32 | check 8
 where check = SHA-256 of the bytes before it, truncated (a corrupted file is not trusted).
 
@@ -46,11 +46,15 @@ def _dec(b):
     return (int.from_bytes(b[4:8], "big"), bytes(b[8:40]), oth_e, bytes(b[44:76]))
 
 
-def load(fs, provisioned_key):
+def load(fs, provisioned_key, provisioned_epoch=0):
     """Return the node's key state (cur_epoch, cur_key, other_epoch or None, other_key or None):
-    the state file when valid, else epoch 0 with the provisioned mesh key."""
+    the state file when valid and not older than the provisioned key's epoch (a board
+    re-provisioned after a rotation may still hold an old file), else the provisioned mesh key
+    in its epoch (config mesh_epoch)."""
     st = _dec(fsutil.read_file(fs, STATE_FILE))
-    return st if st is not None else (0, bytes(provisioned_key), None, None)
+    if st is not None and st[0] >= provisioned_epoch:
+        return st
+    return (provisioned_epoch, bytes(provisioned_key), None, None)
 
 
 def save(fs, st):
@@ -123,7 +127,7 @@ def node_op(node, cmd, log):
     code, result = 0, []
     fs = node.hal.fs
     cfg = node.cfg
-    st = load(fs, cfg.mesh_key)
+    st = load(fs, cfg.mesh_key, getattr(cfg, "mesh_epoch", 0))
     if cmd is not None:
         a = cmd.args
         try:

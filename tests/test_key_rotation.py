@@ -233,3 +233,17 @@ def test_cli_rotation_status_abort_and_a_broker_that_is_not_there(home):
     for r in (run_fleet(["keys", "rotation", "--home", h]),):
         for e in (0, 1, 3):
             assert _ks(home).mesh_key(e).hex() not in r.output
+
+
+def test_provisioning_after_a_rotation_writes_the_key_of_the_epoch_in_force(home):
+    from firmware.config import Config
+    from fleet.provision.model import NodeSpec, ProvisionOptions
+    from fleet.provision.run import _Fleet
+
+    spec = NodeSpec(node_id=7)
+    d = _Fleet(home, ProvisionOptions()).config_dict(spec, b"\x02\0\0\0\0\x07")
+    assert "mesh_epoch" not in d and d["mesh_key"] == home.keys().mesh_key(0)  # configs as before
+    home.keys().set_epoch_state(3, 2)  # epoch 3 in force (grace of 2)
+    d = _Fleet(home, ProvisionOptions()).config_dict(spec, b"\x02\0\0\0\0\x07")
+    assert d["mesh_epoch"] == 3 and d["mesh_key"] == home.keys().mesh_key(3)
+    assert Config(d).mesh_epoch == 3

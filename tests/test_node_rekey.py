@@ -86,3 +86,29 @@ def test_rotation_on_the_node(tmp_path):
     assert node2.epoch == 1 and node2.router._phase == 1
     assert not node2.router._tag_ok(protocol.encode(protocol.Beacon(9, 1, 30, 1, 0, 0), MESH_KEY, None, 0))
     assert node2.router._tag_ok(protocol.encode(protocol.Beacon(9, 1, 30, 1, 0, 0), K1, None, 1))
+
+
+def test_a_node_provisioned_in_a_later_epoch_runs_on_it_and_drops_a_stale_state_file(tmp_path):
+    """`fleet provision` after a rotation writes the mesh key of the epoch in force and its
+    epoch (config mesh_epoch): the node tags and checks hop tags in that epoch from its first
+    boot, without a state file; a state file of an older epoch left on a re-provisioned board
+    does not override the config."""
+    from node_harness import FakeHal, config
+
+    from firmware.config import Config
+    from firmware.node import Node
+
+    K3 = hashlib.sha256(b"epoch 3 mesh key").digest()
+    d = config(PUB).as_dict()
+    d.update(mesh_key=K3, mesh_epoch=3)
+    # a state file from epoch 1 (the board's life before it was re-provisioned)
+    rekey.save(PosixFS(str(tmp_path)), (1, K1, None, None))
+    node = Node(FakeHal(str(tmp_path)), Config(d))
+    assert node.epoch == 3 and node.router._phase == 1
+    assert node.router._tag_ok(protocol.encode(protocol.Beacon(9, 1, 30, 1, 0, 0), K3, None, 1))
+    assert not node.router._tag_ok(protocol.encode(protocol.Beacon(9, 1, 30, 1, 0, 0), K1, None, 1))
+    assert not node.router._tag_ok(protocol.encode(protocol.Beacon(9, 1, 30, 1, 0, 0), MESH_KEY, None, 0))
+    # without a state file at all
+    (tmp_path / rekey.STATE_FILE).unlink()
+    node = Node(FakeHal(str(tmp_path)), Config(d))
+    assert node.epoch == 3 and node.router._tag_ok(protocol.encode(protocol.Beacon(9, 1, 30, 1, 0, 0), K3, None, 1))

@@ -53,7 +53,10 @@ class _Fleet:
         keys = home.keys()
         self.net_id = home.net_id
         self.fleet_pub = keys.public_key()
-        self.mesh_key = keys.mesh_key()
+        # the mesh key of the epoch in force (fleet keys rotate): a node provisioned after a
+        # rotation talks to the fleet at once; epoch 0 writes no mesh_epoch (configs as before)
+        self.mesh_epoch = keys.epoch_state()["epoch"]
+        self.mesh_key = keys.mesh_key(self.mesh_epoch)
         self.keys = keys
         uplink = home.config.get("uplink", {}) if isinstance(home.config.get("uplink"), dict) else {}
         self.broker_url = options.broker_url or home.broker_url
@@ -79,6 +82,8 @@ class _Fleet:
             "node_key": self.keys.node_key(spec.node_id), "mesh_key": self.mesh_key, "fleet_pub": self.fleet_pub,
             "sensor": spec.sensor,
         }
+        if self.mesh_epoch:
+            d["mesh_epoch"] = self.mesh_epoch
         for key in ("report_interval_s", "warmup_s", "sample_window_s", "continuous", "radio_channel"):
             v = getattr(o, key)
             if v is not None:

@@ -261,7 +261,8 @@ class Rig:
 
         cfg = {
             "config_version": 1, "node_id": node.id, "role": "gateway" if node.is_gateway else "node",
-            "net_id": self.home.net_id, "node_key": ks.node_key(node.id), "mesh_key": ks.mesh_key(),
+            "net_id": self.home.net_id, "node_key": ks.node_key(node.id),
+            "mesh_key": ks.mesh_key(ks.epoch_state()["epoch"]), "mesh_epoch": ks.epoch_state()["epoch"],
             "fleet_pub": ks.public_key(), "report_interval_s": self.opt.report_interval_s, "warmup_s": 30,
             "continuous": self.opt.continuous, "sensor": "pms5003t",
             "sim": {"medium_port": self.medium.port, "my_port": self.medium.port_for(node.id),
