@@ -21,12 +21,11 @@ bytes: every epoch's mesh key derives from the fleet secret):
 
 `abort` works before activation only (the old epoch stays in force; nodes keep the next key
 unused). A campaign interrupted (the process killed) is resumed by running it again: its state
-is on disk after every step. A target that has not confirmed at activation is `missed`: during
-the grace window (both epochs pass) it keeps getting the key, and once it confirms, its own
-activation (OP_EPOCH to it alone, node-key auth): a node that was off comes back on the new
-epoch if it is back within the grace window. One still missed when the window ends no longer
-passes hop tags and must be re-keyed over USB (`fleet provision`); a node asking for the key by
-itself after that is not built.
+is on disk after every step. A target that has not confirmed at activation is `missed`: it
+cannot follow the fleet (it cannot check the new epoch's beacons and commands, and its
+neighbours re-tag what they forward in their own epoch; tried on the rig) and once the grace
+window ends its frames fail every hop tag: it must be re-keyed over USB (`fleet provision`).
+A node asking for the key by itself is not built.
 """
 import asyncio
 import json
@@ -174,21 +173,6 @@ def epoch_frame(home, store, camp, stage):
     return protocol.encode(cmd, mesh, None, phase=phase)
 
 
-def activation_frames(home, store, camp, nodes):
-    """OP_EPOCH [epoch, 0] to each node alone (tagged with its node key, as OP_REKEY): a node
-    that confirmed the key after the fleet-wide activation activates it too."""
-    import protocol
-    from protocol.keywrap import OP_EPOCH
-
-    ks = home.keys()
-    mesh, phase = ks.mesh_keys()
-    out = []
-    for n in nodes:
-        cmd = protocol.Command(target=n, cseq=store.next_cseq(n), op=OP_EPOCH, args=[camp["epoch"], 0])
-        out.append(protocol.encode(cmd, mesh, ks.node_key(n), phase=phase))
-    return out
-
-
 def _confirmations(store, camp):
     """Nodes whose reply to one of the re-key commands sent says the next key is stored."""
     out = []
@@ -252,20 +236,6 @@ async def run(home, broker_url=None, log=None, poll_s=2.0, resend_s=30.0, activa
                     epochs = (camp["epoch"], None)
                     log(f"keys: grace window of epoch {camp['epoch']} ended: the old key is refused everywhere"
                         + (f"; missed: {camp['missed']}" if camp["missed"] else ""))
-                else:
-                    # nodes that missed the activation (off, or out of reach) and come back within
-                    # the grace window, when both epochs still pass: the key, then their own activation
-                    caught = [k for k, _ts in _confirmations(store, camp)]
-                    for k in caught:
-                        camp["confirmed"][k] = time.time()
-                    if caught:
-                        out = activation_frames(home, store, camp, [int(k) for k in caught])
-                        camp["missed"] = [n for n in camp["missed"] if str(n) not in camp["confirmed"]]
-                        camp.setdefault("caught_up", []).extend(sorted(int(k) for k in caught))
-                        log(f"keys: node(s) {', '.join(caught)} caught up with epoch {camp['epoch']}")
-                    elif camp["missed"] and now - last_sent >= resend_s:
-                        out = rekey_frames(home, store, camp, camp["missed"])
-                        last_sent = now
             finally:
                 store.close()
             fresh = load(home)  # an abort may have been written meanwhile: nothing more is sent

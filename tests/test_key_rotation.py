@@ -135,20 +135,6 @@ def test_epoch_frame_is_signed_and_its_counter_is_new_for_every_node(home):
     assert cmd.cseq > 40 and all(c > cmd.cseq for c in after.values()), (cmd.cseq, after)
 
 
-def test_a_late_node_gets_its_own_activation_with_its_node_key(home):
-    camp = key_rotation.start(home)
-    ks = home.keys()
-    ks.set_epoch_state(1, 0)  # activated: the grace window, both epochs pass
-    store = home.store()
-    try:
-        frames = key_rotation.activation_frames(home, store, camp, [4])
-    finally:
-        store.close()
-    cmd = protocol.decode(frames[0], (None, auth.Hmac(ks.mesh_key(1))))  # tagged in the new epoch
-    assert cmd.target == 4 and cmd.op == keywrap.OP_EPOCH and cmd.args == [1, 0]
-    assert cmd.auth == auth.Hmac(ks.node_key(4)).tag(protocol.signed_bytes(cmd), auth.E2E_TAG_LEN)
-
-
 def test_confirmations_match_the_replies_to_the_commands_sent(home):
     camp = key_rotation.start(home)
     camp["sent"] = {"1": [5, 6], "2": [7]}
