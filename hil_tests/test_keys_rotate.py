@@ -7,7 +7,6 @@ honest node, and every reading an honest node made during the whole run is store
 once. The revoked leaf still holds epoch 0."""
 import asyncio
 import json
-import time
 
 import pytest
 
@@ -55,14 +54,17 @@ def test_rotation_re_keys_every_honest_node_and_leaves_the_revoked_one_out(make_
 
     rig.wait_until(after_rotation, 120, "readings from every honest node after the grace window")
     honest = [n for n in rig.rig.nodes if n != leaf]
+    # a snapshot of what the honest nodes made by now (their console lines, not the store): each
+    # of those readings must reach the store, exactly once; the load goes on, so a snapshot
+    # taken at each check would always find the newest reading still on its way
+    made = made_by_node({n: rig.rig.nodes[n].log_path for n in honest})
 
     def settled():
-        made = made_by_node({n: rig.rig.nodes[n].log_path for n in honest})
         rep = delivery_report(home, exclude=(leaf,), made=made)
-        ok = rep["missing"] == 0 and rep["duplicates_stored"] == 0 and rep["unexplained"] == 0
-        return rep if ok else (False, rep)
+        return rep if rep["missing"] == 0 and rep["gaps_open"] == 0 else (False, rep)
 
-    time.sleep(5)
-    rep = rig.wait_until(settled, 120, "every honest reading of the run stored exactly once")
-    print({k: rep[k] for k in ("made", "readings", "missing", "duplicates_stored", "rejects")})
+    rep = rig.wait_until(settled, 120, "every honest reading of the run stored")
+    print({k: rep[k] for k in ("made", "readings", "missing", "unexplained", "duplicates_stored", "rejects")})
+    assert rep["made"] >= 4 * 10, "the nodes made fewer readings than the load offers: the test proves little"
+    assert rep["unexplained"] == 0 and rep["duplicates_stored"] == 0
     assert rep["rejects"].get("bad_tag", 0) == 0, rep["rejects"]
