@@ -26,6 +26,7 @@ import protocol  # noqa: E402
 
 gc.collect()
 from firmware import counters as counters_mod  # noqa: E402
+from firmware import fsutil  # noqa: E402
 from firmware import ring as ring_mod  # noqa: E402
 
 gc.collect()
@@ -81,9 +82,9 @@ class Node:
         self.gateway = gateway  # firmware.gateway.Gateway or None
         self.epoch = 0  # mesh key epoch (issue 14); a rotated node holds its keys in mesh_keys.bin
         try:
-            if not getattr(cfg, "mesh_epoch", 0):  # provisioned in a later epoch: its keys now
-                fs.stat("mesh_keys.bin")
-            self._epoch_op(None)
+            # rotated (its keys on flash) or provisioned in a later epoch (config mesh_epoch)
+            if cfg.mesh_epoch or fsutil.exists(fs, "mesh_keys.bin"):
+                self._epoch_op(None)
         except OSError:
             pass
         self.cmd_window = auth.ReplayWindow(32)

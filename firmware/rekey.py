@@ -127,7 +127,7 @@ def node_op(node, cmd, log):
     code, result = 0, []
     fs = node.hal.fs
     cfg = node.cfg
-    st = load(fs, cfg.mesh_key, getattr(cfg, "mesh_epoch", 0))
+    st = load(fs, cfg.mesh_key, cfg.mesh_epoch)
     if cmd is not None:
         a = cmd.args
         try:

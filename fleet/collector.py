@@ -276,8 +276,7 @@ class Ingest:
         self._revoked_stamp = None
         self._revoked_checked = None
         self._cur_revoked = None
-        self._check_revoked(now)
-        self._check_epoch()
+        self._check_revoked(now)  # and the key epochs
         self._load(now)
 
     # ---- start-up -------------------------------------------------------------------------------
@@ -439,12 +438,13 @@ class Ingest:
         return h
 
     def _check_revoked(self, now):
-        """Re-read the revocation list when it changed (checked at most every revoked_recheck_s).
-        A damaged list keeps the last good one and is logged (rate-limited), never ignored."""
+        """Re-read the revocation list and the key epochs (_check_epoch) when they changed
+        (checked at most every revoked_recheck_s). A damaged list keeps the last good one and is
+        logged (rate-limited), never ignored."""
         if self._revoked_checked is not None and now - self._revoked_checked < self.cfg.revoked_recheck_s:
             return
         self._revoked_checked = now
-        self._check_epoch()
+        self._check_epoch(now)
         stamp_fn = getattr(self.keys, "revoked_stamp", None)
         if stamp_fn is None:
             return
@@ -464,7 +464,7 @@ class Ingest:
                 self._events.append((int(now), "revoked", n, None))
         self._revoked = rev
 
-    def _check_epoch(self):
+    def _check_epoch(self, now):
         """Take the mesh key epochs in force (fleet/keys.py epoch.json, written by `fleet keys
         rotate`) when they changed: hop tags of the epoch in force and of the one other accepted
         epoch verify; commands are tagged in the epoch in force. Checked with the revocation
@@ -478,7 +478,7 @@ class Ingest:
         try:
             pair, phase = self.keys.mesh_keys()
         except Exception as e:  # noqa: BLE001 - KeystoreError; the collector keeps running
-            self._ratelog.note("epoch_file", str(e), self._cur_now)
+            self._ratelog.note("epoch_file", str(e), now)
             return
         if self._epoch_stamp is not None:
             log.warning("mesh key epochs changed: now accepting key phase(s) %s, tagging in phase %d",

@@ -125,6 +125,15 @@ def read_private_file(path, what):
         os.close(fd)
 
 
+def _stamp(path):
+    """(mtime, size, inode) of `path`, None when absent: changes whenever the file is replaced."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
 def fingerprint(public_key):
     """Return a short printable fingerprint of a 32-byte public key: 'SHA256:<16 hex>'."""
     return "SHA256:" + hashlib.sha256(public_key).hexdigest()[:16]
@@ -258,11 +267,7 @@ class Keystore:
 
     def epoch_stamp(self):
         """A value that changes when epoch.json changes (for cheap re-reads)."""
-        try:
-            st = os.stat(self.epoch_path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        return _stamp(self.epoch_path)
 
     def mesh_keys(self):
         """(pair, phase): the mesh keys accepted now, as the pair protocol.decode takes (indexed
@@ -300,11 +305,7 @@ class Keystore:
 
     def revoked_stamp(self):
         """A value that changes when the revocation list changes (for cheap re-reads)."""
-        try:
-            st = os.stat(self.revoked_path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        return _stamp(self.revoked_path)
 
     def revoke(self, node_id, reason, now_s=None):
         """Add `node_id` to the revocation list (atomic write). Returns (entry, newly_revoked):

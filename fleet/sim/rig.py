@@ -259,10 +259,11 @@ class Rig:
     def _config_for(self, node, ks):
         from firmware.config_check import dump_config
 
+        epoch = ks.epoch_state()["epoch"]  # a node started after `fleet keys rotate` gets that epoch's key
         cfg = {
             "config_version": 1, "node_id": node.id, "role": "gateway" if node.is_gateway else "node",
             "net_id": self.home.net_id, "node_key": ks.node_key(node.id),
-            "mesh_key": ks.mesh_key(ks.epoch_state()["epoch"]), "mesh_epoch": ks.epoch_state()["epoch"],
+            "mesh_key": ks.mesh_key(epoch), "mesh_epoch": epoch,
             "fleet_pub": ks.public_key(), "report_interval_s": self.opt.report_interval_s, "warmup_s": 30,
             "continuous": self.opt.continuous, "sensor": "pms5003t",
             "sim": {"medium_port": self.medium.port, "my_port": self.medium.port_for(node.id),
