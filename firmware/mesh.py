@@ -18,19 +18,26 @@ Theory of operation (CTP / RPL ideas, simplified)
   time reaches a settled mesh in seconds, not an Imax per hop: nodes hold readings until
   then). A node without a route sets
   BF_NO_ROUTE | BF_PULL and advertises COST_INFINITE.
-- Link ETX per neighbour = etx_b * etx_d, two integer EWMAs (alpha 0.9, in hundredths):
-  etx_b from beacon reception - every BEACON_WINDOW expected beacons (bseq gaps) a sample
-  (expected / received)**2, as the ACK needs the reverse direction and beacons measure one
-  (the first windows weigh 1/2; before them a guess from the RSSI: ETX_INIT, or
-  ETX_INIT_WEAK below weak_rssi_dbm); etx_d from unicast outcomes - every DATA_WINDOW sends a
+- Link ETX per neighbour = etx_b * etx_d. etx_b = 1 / prr**2 from the beacon reception ratio
+  prr, an integer EWMA (alpha 0.9, per mille) of one sample every BEACON_WINDOW expected beacons
+  (bseq gaps), squared because the ACK needs the reverse direction and beacons measure one (the
+  first windows weigh 1/2; before them a guess from the RSSI: ETX_INIT, or ETX_INIT_WEAK below
+  weak_rssi_dbm). Averaging the ratio, not ETX samples, matters on a lossy street: a 3-beacon
+  window at a PRR of 0.8 gives ETX samples of 1, 2.25 or 9, whose mean is biased up and swings
+  path costs by whole ETX. etx_d (hundredths) from unicast outcomes - every DATA_WINDOW sends a
   sample sent / acked, +ETX_PENALTY after tries_per_parent consecutive failures, dead
   (ETX_MAX) after twice that; it fades back toward 1.0 with every beacon window. With
   ESP-NOW's MAC retries a working link's sends nearly all succeed and etx_b rules.
 - Parent choice, re-run on every beacon and estimate change:
     keep the parent while it is usable (finite cost, not dead, heard within
     neighbor_timeout_ms, not on loop hold); switch only to a candidate whose path cost beats
-    the current one by switch_margin, whose link ETX <= max_link_etx, heard min_heard times
-    with at least one estimate window (hysteresis: a street of poles must not flap).
+    the current one by switch_margin + switch_pct % of its own, whose link ETX <=
+    max_link_etx, heard min_heard times with at least one estimate window (hysteresis: a
+    street of poles must not flap; estimate noise adds up along a path, so a deep node needs
+    more than a fixed margin, as MRHOF's and CTP's experience says). The relative part is
+    dropped once the current path is worse than the best it has been by more than the margin
+    (its path really changed: a gateway died), and all margin when the parent's link is
+    beyond max_link_etx (kept only because it beats no route).
     Rank rule: a candidate must advertise less than _ref_cost, the lowest cost our
     descendants may still derive theirs from (it cannot be one of them) - or, when we have no
     route at all, it must have beaconed after our own no-route beacon went out (its cost
@@ -109,6 +116,9 @@ _EMAX = const(2500)
 _WALL_DELAY_MS = const(200)  # a beacon's time is this late at most (air, queues, the loop)
 _ALPHA = const(9)  # EWMA weight of the old estimate, in tenths
 _WARMUP_WINDOWS = const(4)  # the first beacon windows weigh 1/2 (an estimate from the guess)
+_PRR_INIT = const(707)  # beacon reception (per mille) of a new neighbour: ETX_INIT = 1 / 0.707**2
+_PRR_INIT_WEAK = const(447)  # ... ETX_INIT_WEAK
+_PRR_MIN2 = const(40000)  # prr**2 at or below this (PRR 0.2): etx_b is _EMAX
 BEACON_WINDOW = const(3)  # expected beacons per beacon-ratio sample
 DATA_WINDOW = const(5)  # unicast sends per ACK-ratio sample
 _MAX_GAP_MISSES = const(6)  # a longer bseq gap (reboot, long fade) counts as this many misses
@@ -235,7 +245,7 @@ class Neighbor:
     """One neighbour's advertised route and our estimate of the link to it."""
 
     __slots__ = ("node_id", "mac", "cost", "depth", "flags", "bseq", "b_rcv", "b_miss", "d_tx",
-                 "d_ack", "fails", "etx_b", "etx_d", "etx", "windows", "rssi", "heard", "last_ms",
+                 "d_ack", "fails", "prr", "etx_b", "etx_d", "etx", "windows", "rssi", "heard", "last_ms",
                  "hold_ms")
 
     def __init__(self, node_id, mac, rssi, now_ms, etx):
@@ -250,7 +260,8 @@ class Neighbor:
         self.d_tx = 0
         self.d_ack = 0
         self.fails = 0  # consecutive unicast failures
-        self.etx_b = etx * 10  # per air attempt, from beacons (first: a guess from the RSSI)
+        self.prr = _PRR_INIT if etx <= ETX_INIT else _PRR_INIT_WEAK  # beacon reception, per mille
+        self.etx_b = etx * 10  # per air attempt, from prr (first: a guess from the RSSI)
         self.etx_d = _E1  # per unicast send, from ACK outcomes
         self.etx = etx  # the link's cost in tenths: etx_b * etx_d
         self.windows = 0  # beacon windows folded in (0: etx_b is the initial guess)
@@ -378,6 +389,7 @@ class Router:
     retry_backoff_ms: int
     send_timeout_ms: int
     switch_margin: int
+    switch_pct: int
     tries_per_parent: int
     weak_rssi_dbm: int
 
@@ -403,6 +415,7 @@ class Router:
             self.stats[k] = 0
         self._nbrs = {}  # node_id -> Neighbor
         self._par = None  # parent Neighbor
+        self._par_low = COST_INFINITE
         self.cost = 0 if self.is_gateway else COST_INFINITE
         self.depth = 0 if self.is_gateway else DEPTH_NONE
         # rank rule: a new parent must advertise less than _ref_cost, the lowest cost our
@@ -695,6 +708,7 @@ class Router:
             # declared dead by the data path, and it is talking again: learn it afresh
             nb.fails = 0
             nb.etx = self._etx_guess(rssi)
+            nb.prr = _PRR_INIT if nb.etx <= ETX_INIT else _PRR_INIT_WEAK
             nb.etx_b = nb.etx * 10
             nb.etx_d = _E1
             nb.windows = 0
@@ -705,18 +719,18 @@ class Router:
         nb.b_rcv += 1
         tot = nb.b_rcv + nb.b_miss
         if tot >= BEACON_WINDOW:
+            # the EWMA is of the reception ratio, not of ETX samples: (tot / rcv)**2 from a
+            # 3-beacon window is 1, 2.25 or 9 at a PRR of 0.8, and averaging those swings path
+            # costs by whole ETX on a lossy street (parents flap)
+            e = (1000 * nb.b_rcv + (tot >> 1)) // tot
+            if nb.windows < _WARMUP_WINDOWS:
+                nb.prr = (nb.prr + e + 1) >> 1  # warm-up from the guess, alpha 0.5
+            else:
+                nb.prr = _ewma(nb.prr, e)
             # both directions matter (frame out, ACK back) and beacons measure one: assume a
             # symmetric link, ETX = 1 / PRR**2
-            r2 = nb.b_rcv * nb.b_rcv
-            e = (_E1 * tot * tot + (r2 >> 1)) // r2
-            if e > _EMAX:
-                e = _EMAX
-            if nb.windows == 0:
-                nb.etx_b = (nb.etx_b + e + 1) >> 1  # one window is a small sample: blend
-            elif nb.windows < _WARMUP_WINDOWS:
-                nb.etx_b = (nb.etx_b + e + 1) >> 1  # EWMA warm-up, alpha 0.5
-            else:
-                nb.etx_b = _ewma(nb.etx_b, e)
+            r2 = nb.prr * nb.prr
+            nb.etx_b = (_E1 * 1000000 + (r2 >> 1)) // r2 if r2 > _PRR_MIN2 else _EMAX
             # ACK failures fade as the neighbour keeps talking: a link we stopped using
             # must not stay condemned by a bad spell
             nb.etx_d = _ewma(nb.etx_d, _E1)
@@ -975,6 +989,15 @@ class Router:
         ref = self._ref_cost
         fresh = self._fresh_after_ms if par is None else None
         margin = self.switch_margin
+        pct = self.switch_pct
+        if par is not None:
+            low = self._par_low
+            if cur < low:
+                self._par_low = low = cur
+            if par.etx > self.max_link_etx:
+                margin = pct = 0  # a link kept only because it beats no route: any better one
+            elif cur > low + margin + (low * pct) // 100:
+                pct = 0  # the path got worse than noise: no relative margin (a gateway died?)
         min_heard = self.min_heard
         max_etx = self.max_link_etx
         best = None
@@ -985,7 +1008,8 @@ class Router:
             pc = nb.cost + nb.etx
             if pc >= best_pc or not self._usable(nb, now, max_etx):
                 continue
-            if cur < COST_INFINITE and (pc + margin > cur or nb.heard < min_heard or not nb.windows):
+            if cur < COST_INFINITE and (pc + margin + (pc * pct) // 100 > cur or nb.heard < min_heard
+                                        or not nb.windows):
                 continue
             if nb.cost >= ref and (fresh is None or nb.last_ms < fresh):
                 continue  # might be our descendant
@@ -1005,6 +1029,9 @@ class Router:
             c = par.cost + par.etx
             if c > self.max_path_cost:
                 c = self.max_path_cost
+            # any move of one perfect link's cost is beaconed at once: the rank rule counts on
+            # descendants advertising at least our cost + 1 ETX (a larger rise missed by one of
+            # them lets it look like a parent; tried: a loop on a lossy street)
             d = self.cost - c
             if d >= self.cost_reset_delta or -d >= self.cost_reset_delta:
                 self.trickle.reset(now)
@@ -1017,6 +1044,7 @@ class Router:
     def _set_parent(self, nb, now):
         old = self._par
         self._par = nb
+        self._par_low = COST_INFINITE  # the lowest path cost seen through this parent
         st = self.stats
         st["parent_changes"] += 1
         self.trickle.reset(now)

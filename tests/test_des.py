@@ -122,7 +122,14 @@ def test_status_frames_go_up_with_the_telemetry():
 def test_extra_loss_costs_retries_not_readings():
     clean = run_des(DesOptions(nodes=49, topology="grid", gateways=1, minutes=10, report_interval_s=60))
     lossy = run_des(DesOptions(nodes=49, topology="grid", gateways=1, minutes=10, report_interval_s=60, loss=0.1))
-    assert lossy["radio"]["unicast_failures"] > clean["radio"]["unicast_failures"]
+
+    def attempts_per_unicast(r):  # MAC attempts of data frames (a beacon is one attempt)
+        rd = r["radio"]
+        return (rd["mac_attempts"] - rd["frames_by_type"]["beacon"]) / rd["frames_by_type"]["telemetry"]
+
+    # (whole sends that fail after the MAC's 4 attempts need not rise: the link estimate then
+    # prefers the better links; 73 clean vs 69 lossy with seed 1)
+    assert attempts_per_unicast(lossy) > 1.1 * attempts_per_unicast(clean)
     assert lossy["delivery_after_repair"] >= 0.98
 
 
