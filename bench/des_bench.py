@@ -19,10 +19,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "bench", "out")
 
 
-def run_size(n, minutes, seed, timeout_s):
-    """Run `fleet sim des` for n nodes in a child process; return its results dict."""
+def run_size(n, minutes, seed, timeout_s, extra=()):
+    """Run `fleet sim des` for n nodes in a child process (extra: more options); return its
+    results dict."""
     cmd = [sys.executable, "-c", "from fleet.cli import main; main()", "sim", "des", "--nodes", str(n),
-           "--topology", "district", "--minutes", str(minutes), "--seed", str(seed), "--json"]
+           "--topology", "district", "--minutes", str(minutes), "--seed", str(seed), "--json", *extra]
     t0 = time.time()
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
     if p.returncode != 0:

@@ -148,7 +148,7 @@ def test_cli_json_has_the_documented_keys():
     assert res.exit_code == 0, res.output
     r = json.loads(res.output)
     for k in ("nodes", "delivery_first_pass", "delivery_after_repair", "latency_p50_s", "latency_p99_s",
-              "control_overhead", "parent_changes_per_node_hour", "ota_complete_s", "ota_tx_per_node",
+              "control_overhead", "parent_changes_per_node_hour", "ota_complete_s", "ota_tx_per_node", "repair_latency_p99_s",
               "hops", "wall_s", "events_per_s"):
         assert k in r, k
     assert r["nodes"] == 25

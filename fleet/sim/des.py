@@ -763,6 +763,7 @@ class Simulation:
         made, fp, after = col.delivery(self.apps, self.measure_until_us)
         lat = sorted(col.latency_us)
         age = sorted(col.age_us)
+        rep = sorted(col.repair_latency_us)
         stats = {}
         for n in self.nodes:
             for k, v in n.router.stats.items():
@@ -793,8 +794,8 @@ class Simulation:
             "latency_max_s": round(lat[-1] / 1e6, 3) if lat else None,
             "age_p50_s": round(_percentile(age, 0.5) / 1e6, 3) if age else None,
             "age_p99_s": round(_percentile(age, 0.99) / 1e6, 3) if age else None,
-            "repair_latency_p50_s": round(_percentile(sorted(col.repair_latency_us), 0.5) / 1e6, 1)
-            if col.repair_latency_us else None,
+            "repair_latency_p50_s": round(_percentile(rep, 0.5) / 1e6, 1) if rep else None,
+            "repair_latency_p99_s": round(_percentile(rep, 0.99) / 1e6, 1) if rep else None,
             "hops": {str(h): c for h, c in sorted(col.hops.items())},
             "hops_mean": round(sum(h * c for h, c in col.hops.items()) / hops_total, 2) if hops_total else None,
             "control_overhead": round((beacons + repair_tx) / delivered_total, 3) if delivered_total else None,

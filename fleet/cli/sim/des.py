@@ -8,7 +8,8 @@ JSON keys (always): nodes, gateways, topology, minutes, seed, loss, report_inter
 repair_mode, measured_until_s, readings_made, delivery_first_pass, delivery_after_repair,
 latency_p50_s, latency_p99_s, latency_max_s (a reading's first hand-over to the router to its first
 arrival at a gateway), age_p50_s, age_p99_s (from the reading's sampling: adds node.py's 500 ms
-uplink poll and any wait in the ring), repair_latency_p50_s, hops (hops -> frames),
+uplink poll and any wait in the ring), repair_latency_p50_s, repair_latency_p99_s (a repaired
+reading, from its making to its storing), hops (hops -> frames),
 hops_mean, control_overhead, control_tx, readings_delivered, parent_changes_per_node_hour,
 parent_changes_boot, route_losses, repair, radio, router, collector, build_s, wall_s, events,
 events_per_s, peak_rss_mb; with --gateway-failure: gateway_failure; with --power-cut-street:
