@@ -8,7 +8,7 @@ Tasks
 - pump:      router/OTA deadlines and output queues -> radio.asend -> on_send_done; events
 - sensor:    UART bytes -> parser -> sampler; sampler wake/sleep -> UART commands; reports -> ring
 - uplink:    ring backlog -> telemetry frames -> router.originate while a route exists
-- status:    a health report every status_interval_s
+- status:    a health report 20 s after boot, then every status_interval_s from a random phase
 - health:    feeds the watchdog only on evidence of health (see _healthy)
 Console lines start with a tag ("node", "selftest", "cmd", ...) so a technician's serial
 monitor and `fleet node logs` stay readable.
@@ -79,6 +79,8 @@ class Node:
         self.sensor_kind = cfg.sensor
         self.router = Router(cfg.node_id, hal.mac, cfg.role == "gateway", self.mesh_hmac,
                              seed=cfg.node_id ^ (self.boot_count << 16))
+        # reports from a random phase after the first (poles boot together: firmware/sampler.py)
+        self.sampler.phase_ms = self.router.rng.below(cfg.report_interval_s * 1000)
         self.gateway = gateway  # firmware.gateway.Gateway or None
         self.epoch = 0  # mesh key epoch (issue 14); a rotated node holds its keys in mesh_keys.bin
         try:
@@ -338,6 +340,11 @@ class Node:
 
     async def status(self):
         await asyncio.sleep_ms(20000)
+        self.send_status()
+        # the next ones at a random phase of the interval: the poles of a lighting circuit boot
+        # in the same second, and a status from each of them in the same second every 5 minutes
+        # overflows the relays' queues near a gateway (fleet sim des --status-interval 300)
+        await asyncio.sleep_ms(self.router.rng.below(_STATUS_INTERVAL_S * 1000))
         while True:
             self.send_status()
             await asyncio.sleep_ms(_STATUS_INTERVAL_S * 1000)

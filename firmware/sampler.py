@@ -9,6 +9,11 @@ Rules
 - Duty cycle: a cycle of `report_interval_s` starts at t0 with a wake; samples are taken from
   t0 + warmup_s to t0 + warmup_s + sample_window_s, then the sensor sleeps and the window's
   `Aggregate` is ready. Cycles stay on their grid (t0 + k * interval) even when ticks are late.
+- `phase_ms` (set before the first report; 0..interval) moves the grid once, after the first
+  report: the poles of a lighting circuit boot in the same second, and without it every one of
+  them reports in the same second for as long as they run (the relays near a gateway overflow).
+  The first report stays quick after boot. In continuous mode the second window is longer by
+  phase_ms.
 - Continuous: one wake, one warm-up, then the sensor stays on; a report closes every interval.
 - Samples outside the sampling window (asleep, warming up) are discarded and counted.
 - A late wake (the shell ticked late) still leaves a full warm-up when it can; when waiting
@@ -214,6 +219,7 @@ class Sampler:
 
     Sampler(config=None, counters=None): config is a SamplerConfig (default: 300 s interval,
     30 s warm-up, 60 s window); counters a dict from `counters()` saved before a power loss.
+    phase_ms: see the module docstring (the node sets it from its own random generator).
     """
 
     def __init__(self, config=None, counters=None):
@@ -225,6 +231,7 @@ class Sampler:
         self._reports = []
         self._window = None
         self._cycle_ms = 0  # start of the current/next cycle (duty) or current window end (continuous)
+        self.phase_ms = 0  # the grid's one move, after the first report (then 0)
         self._sample_ms = 0
         self._end_ms = 0
         self._awake_since_ms = None
@@ -416,13 +423,15 @@ class Sampler:
                         self._cycle_ms = end_ms
                         continue
                     self._apply_pending()
-                    self._end_ms = end_ms + self.config.report_interval_s * 1000
+                    self._end_ms = end_ms + self.config.report_interval_s * 1000 + self.phase_ms
+                    self.phase_ms = 0
                     self._window = _Window(end_ms, False)
                 else:
                     self._close(end_ms)
                     self._sleep(now_ms)
                     self.state = SLEEP
-                    self._cycle_ms = self._cycle_ms + cfg.report_interval_s * 1000
+                    self._cycle_ms = self._cycle_ms + cfg.report_interval_s * 1000 + self.phase_ms
+                    self.phase_ms = 0
         self._set_deadline()
 
     def _set_deadline(self):

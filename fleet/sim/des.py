@@ -38,7 +38,10 @@ Radio model (ESP-NOW on 802.11b at 1 Mbit/s; consistent with fleet/sim/medium.py
 
 Nodes and keys
 - All nodes power on at virtual time 0 (a lighting circuit switching on: the worst case for
-  convergence); each reads a sensor every report interval from a random phase. Gateways know
+  convergence); as node.py does, each reports its first reading 90 s after boot (warm-up and
+  window) and its first status 20 s after, and after that each on its own grid from a random
+  phase (firmware/sampler.py phase_ms; readings at a fixed phase from boot synchronised a whole
+  circuit's poles for as long as they ran). Gateways know
   the wall clock (Router.set_time); the others learn it from beacons, as on the street.
 - Keys are derived as the fleet derives them (protocol.auth.derive_mesh_key/derive_node_key)
   from a fleet secret made from the seed: one mesh key, and one key per node, derived once at
@@ -98,7 +101,8 @@ K_READ = 3
 K_KICK = 4
 K_CALL = 5
 K_STATUS = 6
-STATUS_FIRST_US = 20_000_000  # node.py: the first status report 20 s after boot...
+READ_FIRST_US = 90_000_000  # firmware/sampler.py: the first report at 30 s warm-up + 60 s window
+STATUS_FIRST_US = 20_000_000  # node.py: the first status report 20 s after boot (the next at a random phase)...
 BOOT_JITTER_US = 2_000_000  # ...give or take how long each board takes to boot
 
 _TYPES = {T_BEACON: "beacon", T_TELEMETRY: "telemetry", T_STATUS: "status", T_COMMAND: "command",
@@ -338,9 +342,12 @@ class Simulation:
 
     def _boot_all(self):
         interval_us = self.opt.report_interval_s * 1_000_000
+        first = min(READ_FIRST_US, interval_us)
+        self._read_phased = set()  # nodes past their first report
         for n in self.nodes:
             self._boot(n)
-            self.push(self.rng.randrange(interval_us), K_READ, n, None)
+            self.push(first + self.rng.randrange(BOOT_JITTER_US), K_READ, n, None)
+        self._status_phased = set()  # nodes past their first status
         if self.opt.status_interval_s:
             for n in self.nodes:
                 self.push(STATUS_FIRST_US + self.rng.randrange(BOOT_JITTER_US), K_STATUS, n, None)
@@ -671,13 +678,21 @@ class Simulation:
                     n.app.sample(t)
                     self.service(n, t)
                 self.seq += 1
-                heappush(heap, (t + interval_us, self.seq, K_READ, n, None))
+                nxt = interval_us
+                if n.id not in self._read_phased:  # firmware/sampler.py phase_ms: the grid moves once
+                    self._read_phased.add(n.id)
+                    nxt += self.rng.randrange(interval_us)
+                heappush(heap, (t + nxt, self.seq, K_READ, n, None))
             elif kind == K_STATUS:
                 if n.alive:
                     n.app.send_status(t)
                     self.service(n, t)
                 self.seq += 1
-                heappush(heap, (t + self.opt.status_interval_s * 1_000_000, self.seq, K_STATUS, n, None))
+                nxt = self.opt.status_interval_s * 1_000_000
+                if n.id not in self._status_phased:  # node.py: the second one at a random phase
+                    self._status_phased.add(n.id)
+                    nxt = self.rng.randrange(nxt)
+                heappush(heap, (t + nxt, self.seq, K_STATUS, n, None))
             else:
                 self.events += events
                 events = 0
