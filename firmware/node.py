@@ -79,7 +79,7 @@ class Node:
         self.sensor_kind = cfg.sensor
         self.router = Router(cfg.node_id, hal.mac, cfg.role == "gateway", self.mesh_hmac,
                              seed=cfg.node_id ^ (self.boot_count << 16))
-        # reports from a random phase after the first (poles boot together: firmware/sampler.py)
+        # reports at a random phase of the interval (poles boot together: firmware/sampler.py)
         self.sampler.phase_ms = self.router.rng.below(cfg.report_interval_s * 1000)
         self.gateway = gateway  # firmware.gateway.Gateway or None
         self.epoch = 0  # mesh key epoch (issue 14); a rotated node holds its keys in mesh_keys.bin

@@ -9,11 +9,12 @@ Rules
 - Duty cycle: a cycle of `report_interval_s` starts at t0 with a wake; samples are taken from
   t0 + warmup_s to t0 + warmup_s + sample_window_s, then the sensor sleeps and the window's
   `Aggregate` is ready. Cycles stay on their grid (t0 + k * interval) even when ticks are late.
-- `phase_ms` (set before the first report; 0..interval) moves the grid once, after the first
-  report: the poles of a lighting circuit boot in the same second, and without it every one of
-  them reports in the same second for as long as they run (the relays near a gateway overflow).
-  The first report stays quick after boot. In continuous mode the second window is longer by
-  phase_ms.
+- `phase_ms` (set before the first tick; 0..interval) puts the grid at a random phase: the
+  poles of a lighting circuit boot in the same second, and without it every one of them
+  reports in the same second, every interval, for as long as they run (the relays near a
+  gateway overflow). Duty cycle: the sensor is put to sleep and the first cycle starts
+  phase_ms after the first tick; continuous: the first window is longer by phase_ms. So the
+  first report comes up to one interval later than it would without.
 - Continuous: one wake, one warm-up, then the sensor stays on; a report closes every interval.
 - Samples outside the sampling window (asleep, warming up) are discarded and counted.
 - A late wake (the shell ticked late) still leaves a full warm-up when it can; when waiting
@@ -231,7 +232,7 @@ class Sampler:
         self._reports = []
         self._window = None
         self._cycle_ms = 0  # start of the current/next cycle (duty) or current window end (continuous)
-        self.phase_ms = 0  # the grid's one move, after the first report (then 0)
+        self.phase_ms = 0  # the grid's phase, taken at the first tick (then 0)
         self._sample_ms = 0
         self._end_ms = 0
         self._awake_since_ms = None
@@ -337,7 +338,8 @@ class Sampler:
         self._cycle_ms = t0
         if cfg.continuous:
             self._sample_ms = now_ms + warmup_ms
-            self._end_ms = t0 + cfg.report_interval_s * 1000
+            self._end_ms = t0 + cfg.report_interval_s * 1000 + self.phase_ms
+            self.phase_ms = 0
             short = False
             if self._sample_ms >= self._end_ms:
                 # Woken late in the interval: the first window runs to the following boundary.
@@ -379,6 +381,12 @@ class Sampler:
             st = self.state
             if st == IDLE:
                 self._apply_pending()
+                if self.phase_ms and not self.config.continuous:
+                    self._cycle_ms = now_ms + self.phase_ms
+                    self.phase_ms = 0
+                    self._actions.append(ACTION_SLEEP)  # it may have powered up awake
+                    self.state = SLEEP
+                    continue
                 self._wake(now_ms, now_ms)
             elif st == SLEEP:
                 if now_ms < self._cycle_ms:
@@ -423,15 +431,13 @@ class Sampler:
                         self._cycle_ms = end_ms
                         continue
                     self._apply_pending()
-                    self._end_ms = end_ms + self.config.report_interval_s * 1000 + self.phase_ms
-                    self.phase_ms = 0
+                    self._end_ms = end_ms + self.config.report_interval_s * 1000
                     self._window = _Window(end_ms, False)
                 else:
                     self._close(end_ms)
                     self._sleep(now_ms)
                     self.state = SLEEP
-                    self._cycle_ms = self._cycle_ms + cfg.report_interval_s * 1000 + self.phase_ms
-                    self.phase_ms = 0
+                    self._cycle_ms = self._cycle_ms + cfg.report_interval_s * 1000
         self._set_deadline()
 
     def _set_deadline(self):

@@ -38,10 +38,10 @@ Radio model (ESP-NOW on 802.11b at 1 Mbit/s; consistent with fleet/sim/medium.py
 
 Nodes and keys
 - All nodes power on at virtual time 0 (a lighting circuit switching on: the worst case for
-  convergence); as node.py does, each reports its first reading 90 s after boot (warm-up and
-  window) and its first status 20 s after, and after that each on its own grid from a random
-  phase (firmware/sampler.py phase_ms; readings at a fixed phase from boot synchronised a whole
-  circuit's poles for as long as they ran). Gateways know
+  convergence); as node.py does, each samples on its own grid from a random phase (its first
+  report 90 s - warm-up and window - after a random 0..interval, firmware/sampler.py
+  phase_ms: a fixed phase from boot synchronised a whole circuit's poles for as long as they
+  ran) and sends its first status 20 s after boot, the next ones from a random phase. Gateways know
   the wall clock (Router.set_time); the others learn it from beacons, as on the street.
 - Keys are derived as the fleet derives them (protocol.auth.derive_mesh_key/derive_node_key)
   from a fleet secret made from the seed: one mesh key, and one key per node, derived once at
@@ -101,7 +101,7 @@ K_READ = 3
 K_KICK = 4
 K_CALL = 5
 K_STATUS = 6
-READ_FIRST_US = 90_000_000  # firmware/sampler.py: the first report at 30 s warm-up + 60 s window
+READ_FIRST_US = 90_000_000  # firmware/sampler.py: a report 30 s warm-up + 60 s window after its cycle starts
 STATUS_FIRST_US = 20_000_000  # node.py: the first status report 20 s after boot (the next at a random phase)...
 BOOT_JITTER_US = 2_000_000  # ...give or take how long each board takes to boot
 
@@ -343,10 +343,10 @@ class Simulation:
     def _boot_all(self):
         interval_us = self.opt.report_interval_s * 1_000_000
         first = min(READ_FIRST_US, interval_us)
-        self._read_phased = set()  # nodes past their first report
         for n in self.nodes:
             self._boot(n)
-            self.push(first + self.rng.randrange(BOOT_JITTER_US), K_READ, n, None)
+            # firmware/sampler.py: the first cycle at a random phase, its report a cycle later
+            self.push(first + self.rng.randrange(interval_us), K_READ, n, None)
         self._status_phased = set()  # nodes past their first status
         if self.opt.status_interval_s:
             for n in self.nodes:
@@ -678,11 +678,7 @@ class Simulation:
                     n.app.sample(t)
                     self.service(n, t)
                 self.seq += 1
-                nxt = interval_us
-                if n.id not in self._read_phased:  # firmware/sampler.py phase_ms: the grid moves once
-                    self._read_phased.add(n.id)
-                    nxt += self.rng.randrange(interval_us)
-                heappush(heap, (t + nxt, self.seq, K_READ, n, None))
+                heappush(heap, (t + interval_us, self.seq, K_READ, n, None))
             elif kind == K_STATUS:
                 if n.alive:
                     n.app.send_status(t)

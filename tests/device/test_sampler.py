@@ -261,27 +261,24 @@ def test_switch_continuous_to_duty_at_a_report_boundary():
     assert sm.next_deadline_ms == 180000
 
 
-def test_phase_moves_the_grid_once_after_the_first_report():
-    # poles that boot together must not report together for ever: the first report comes as
-    # quick as ever, the grid then moves once by phase_ms
+def test_phase_puts_the_grid_at_a_random_phase():
+    # poles that boot together must not report together for ever: the sensor sleeps until the
+    # node's own phase, then the grid runs from there
     sm = duty()
     sm.phase_ms = 100000
-    assert sm.tick(1000) == WAKE
-    sm.tick(31000)
-    assert sm.tick(91000) == SLEEP_A and sm.poll_report(91000) is not None
-    assert (sm.state, sm.next_deadline_ms) == (SLEEP, 401000)  # 1000 + 300 s + 100 s
-    assert sm.tick(401000) == WAKE
-    sm.tick(431000)
-    assert sm.tick(491000) == SLEEP_A and sm.poll_report(491000) is not None
-    assert sm.next_deadline_ms == 701000 and sm.phase_ms == 0  # back on a 300 s grid
+    assert sm.tick(1000) == SLEEP_A
+    assert (sm.state, sm.next_deadline_ms) == (SLEEP, 101000)
+    assert sm.tick(101000) == WAKE
+    sm.tick(131000)
+    assert sm.tick(191000) == SLEEP_A and sm.poll_report(191000) is not None
+    assert sm.next_deadline_ms == 401000 and sm.phase_ms == 0
 
 
-def test_phase_in_continuous_mode_lengthens_the_second_window_once():
+def test_phase_in_continuous_mode_lengthens_the_first_window_once():
     sm = Sampler(SamplerConfig(report_interval_s=60, warmup_s=30, continuous=True))
     sm.phase_ms = 20000
     assert sm.tick(0) == WAKE
     sm.tick(30000)
-    sm.tick(60000)
-    assert sm.poll_report(60000) is not None and sm.next_deadline_ms == 140000
-    sm.tick(140000)
-    assert sm.poll_report(140000) is not None and sm.next_deadline_ms == 200000
+    assert sm.poll_report(60000) is None and sm.next_deadline_ms == 80000
+    sm.tick(80000)
+    assert sm.poll_report(80000) is not None and sm.next_deadline_ms == 140000
