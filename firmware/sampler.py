@@ -12,9 +12,9 @@ Rules
 - `phase_ms` (set before the first tick; 0..interval) puts the grid at a random phase: the
   poles of a lighting circuit boot in the same second, and without it every one of them
   reports in the same second, every interval, for as long as they run (the relays near a
-  gateway overflow). Duty cycle: the sensor is put to sleep and the first cycle starts
-  phase_ms after the first tick; continuous: the first window is longer by phase_ms. So the
-  first report comes up to one interval later than it would without.
+  gateway overflow). The first window is longer by phase_ms (the grid runs from t0 +
+  phase_ms): samples, and the node's self-test, come as quick as ever after boot; the first
+  report up to one interval later (the sensor stays on that much longer, once per boot).
 - Continuous: one wake, one warm-up, then the sensor stays on; a report closes every interval.
 - Samples outside the sampling window (asleep, warming up) are discarded and counted.
 - A late wake (the shell ticked late) still leaves a full warm-up when it can; when waiting
@@ -346,7 +346,9 @@ class Sampler:
                 self._end_ms += cfg.report_interval_s * 1000
         else:
             window_ms = cfg.sample_window_s * 1000
-            self._end_ms = t0 + warmup_ms + window_ms
+            self._end_ms = t0 + warmup_ms + window_ms + self.phase_ms
+            self._cycle_ms = t0 + self.phase_ms  # the grid from there on
+            self.phase_ms = 0
             full = now_ms + warmup_ms
             latest = self._end_ms - window_ms // 2
             start = full if full < latest else latest
@@ -381,12 +383,6 @@ class Sampler:
             st = self.state
             if st == IDLE:
                 self._apply_pending()
-                if self.phase_ms and not self.config.continuous:
-                    self._cycle_ms = now_ms + self.phase_ms
-                    self.phase_ms = 0
-                    self._actions.append(ACTION_SLEEP)  # it may have powered up awake
-                    self.state = SLEEP
-                    continue
                 self._wake(now_ms, now_ms)
             elif st == SLEEP:
                 if now_ms < self._cycle_ms:

@@ -39,7 +39,7 @@ Radio model (ESP-NOW on 802.11b at 1 Mbit/s; consistent with fleet/sim/medium.py
 Nodes and keys
 - All nodes power on at virtual time 0 (a lighting circuit switching on: the worst case for
   convergence); as node.py does, each samples on its own grid from a random phase (its first
-  report 90 s - warm-up and window - after a random 0..interval, firmware/sampler.py
+  report 90 s - warm-up and window - plus a random 0..interval after boot, firmware/sampler.py
   phase_ms: a fixed phase from boot synchronised a whole circuit's poles for as long as they
   ran) and sends its first status 20 s after boot, the next ones from a random phase. Gateways know
   the wall clock (Router.set_time); the others learn it from beacons, as on the street.
@@ -345,7 +345,7 @@ class Simulation:
         first = min(READ_FIRST_US, interval_us)
         for n in self.nodes:
             self._boot(n)
-            # firmware/sampler.py: the first cycle at a random phase, its report a cycle later
+            # firmware/sampler.py: the first window longer by a random phase (0..interval)
             self.push(first + self.rng.randrange(interval_us), K_READ, n, None)
         self._status_phased = set()  # nodes past their first status
         if self.opt.status_interval_s:

@@ -262,16 +262,21 @@ def test_switch_continuous_to_duty_at_a_report_boundary():
 
 
 def test_phase_puts_the_grid_at_a_random_phase():
-    # poles that boot together must not report together for ever: the sensor sleeps until the
-    # node's own phase, then the grid runs from there
+    # poles that boot together must not report together for ever: the first window is longer
+    # by the node's phase (samples - and the self-test - come as quick as ever), then the grid
+    # runs from there
     sm = duty()
     sm.phase_ms = 100000
-    assert sm.tick(1000) == SLEEP_A
-    assert (sm.state, sm.next_deadline_ms) == (SLEEP, 101000)
-    assert sm.tick(101000) == WAKE
-    sm.tick(131000)
+    assert sm.tick(1000) == WAKE
+    assert (sm.state, sm.next_deadline_ms) == (WARMUP, 31000)
+    sm.tick(31000)
+    assert sm.state == SAMPLE and sm.next_deadline_ms == 191000
     assert sm.tick(191000) == SLEEP_A and sm.poll_report(191000) is not None
-    assert sm.next_deadline_ms == 401000 and sm.phase_ms == 0
+    assert (sm.state, sm.next_deadline_ms, sm.phase_ms) == (SLEEP, 401000, 0)
+    assert sm.tick(401000) == WAKE
+    sm.tick(431000)
+    assert sm.tick(491000) == SLEEP_A and sm.poll_report(491000) is not None
+    assert sm.next_deadline_ms == 701000  # on a 300 s grid from 101 s
 
 
 def test_phase_in_continuous_mode_lengthens_the_first_window_once():
