@@ -89,11 +89,16 @@ def main(argv):
                  r["delivery_first_pass"] or 0, r["delivery_after_repair"] or 0, r["latency_p50_s"] or 0,
                  r["latency_p99_s"] or 0, r["hops_mean"] or 0, r["control_overhead"] or 0,
                  r["parent_changes_per_node_hour"]), flush=True)
-    with open(os.path.join(OUT, "des.json"), "w") as f:
-        json.dump({"minutes": args.minutes, "seed": args.seed, "runs": runs}, f, indent=1, sort_keys=True)
-    plot(runs, os.path.join(OUT, "des_scale.png"))
-    print("wrote bench/out/des.json and bench/out/des_scale.png")
+    save(runs, args.minutes, args.seed, "des.json", plot, "des_scale.png")
     return 0
+
+
+def save(runs, minutes, seed, json_name, plot_fn, png_name):
+    """Write bench/out/<json_name> ({"minutes", "seed", "runs"}) and plot_fn's bench/out/<png_name>."""
+    with open(os.path.join(OUT, json_name), "w") as f:
+        json.dump({"minutes": minutes, "seed": seed, "runs": runs}, f, indent=1, sort_keys=True)
+    plot_fn(runs, os.path.join(OUT, png_name))
+    print("wrote bench/out/%s and bench/out/%s" % (json_name, png_name))
 
 
 if __name__ == "__main__":

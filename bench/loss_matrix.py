@@ -14,13 +14,12 @@ are for this machine; a cell's wall time varies with the load of the others. Ass
 --quick: 2,000 nodes, losses 0 and 0.2, 30 minutes.
 """
 import argparse
-import json
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.des_bench import OUT, run_size  # noqa: E402
+from bench.des_bench import OUT, run_size, save  # noqa: E402
 
 SCENARIOS = {"none": (), "gateway": ("--gateway-failure",), "power": ("--power-cut-street",)}
 
@@ -109,10 +108,7 @@ def main(argv):
             r = fu.result()
             runs.append(r)
             print(row(r), flush=True)
-    with open(os.path.join(OUT, "loss_matrix.json"), "w") as f:
-        json.dump({"minutes": a.minutes, "seed": a.seed, "runs": runs}, f, indent=1, sort_keys=True)
-    plot(runs, os.path.join(OUT, "loss_matrix.png"))
-    print("wrote bench/out/loss_matrix.json and bench/out/loss_matrix.png")
+    save(runs, a.minutes, a.seed, "loss_matrix.json", plot, "loss_matrix.png")
     return 0
 
 
