@@ -10,6 +10,15 @@ for p in (ROOT, os.path.join(ROOT, "tests")):
 import pytest  # noqa: E402
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Mark a test whose call failed, for teardowns that print evidence (tests/board_trace.py)."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call" and rep.failed:
+        item.redmesh_call_failed = True
+
+
 @pytest.fixture(autouse=True)
 def guard_cli_output(monkeypatch):
     """Every CliRunner.invoke of every test is grepped for the key bytes of the fleet homes it
@@ -20,9 +29,12 @@ def guard_cli_output(monkeypatch):
 
 
 @pytest.fixture
-def board(tmp_path):
+def board(tmp_path, request):
     """A virtual board (fleet/sim/board/) on a fresh flash directory, stopped by PID after the
-    test, pass or fail. Modules with their own `board` fixture (test_virtual_board) override it."""
+    test, pass or fail (its supervisor's trace printed on failure). Modules with their own
+    `board` fixture (test_virtual_board) override it."""
+    from board_trace import stop_boards
+
     from fleet.sim.board import VirtualBoard
 
     b = VirtualBoard(str(tmp_path / "flash"))
@@ -30,7 +42,7 @@ def board(tmp_path):
     try:
         yield b
     finally:
-        b.stop()
+        stop_boards(request, [b])
 
 
 from pg import pg_cluster, pg_url  # noqa: E402, F401 - PostgreSQL fixtures (tests/pg.py)

@@ -13,6 +13,7 @@ from unittest.mock import create_autospec
 
 import esptool
 import pytest
+from board_trace import stop_boards
 from click.testing import CliRunner
 
 from fleet import flash as flashmod
@@ -49,8 +50,9 @@ def home(tmp_path):
 
 
 @pytest.fixture
-def boards(tmp_path):
-    """boards(n, macs=None) -> [VirtualBoard] started; all stopped at the end."""
+def boards(tmp_path, request):
+    """boards(n, macs=None) -> [VirtualBoard] started; all stopped at the end (traces printed
+    on failure)."""
     started = []
 
     def make(n, macs=None, **kw):
@@ -65,8 +67,7 @@ def boards(tmp_path):
     try:
         yield make
     finally:
-        for b in started:
-            b.stop()
+        stop_boards(request, started)
 
 
 def fleet(*args, check=True):

@@ -13,6 +13,7 @@ import time
 from fleet.sim.board.flash import (
     DEFAULT_HEAP,
     DEFAULT_QUOTA_BYTES,
+    TRACE_FILE,
     BoardError,
     arm_power_cut,
     disarm_power_cut,
@@ -49,6 +50,7 @@ class VirtualBoard:
         self.flash_dir = os.path.abspath(flash_dir) if flash_dir else tempfile.mkdtemp(prefix="vboard-")
         self.port = None
         self.events = []
+        self.last_trace = ""  # the supervisor's last lines, read when stop() has stopped it
         self._cond = threading.Condition()
         self._proc = None
         self._lines = None
@@ -169,6 +171,11 @@ class VirtualBoard:
                     proc.kill()
                     proc.wait()
             self._close(proc)
+            try:
+                with open(os.path.join(self.flash_dir, TRACE_FILE)) as f:
+                    self.last_trace = f.read()
+            except OSError:
+                pass
         if self._own_flash:
             shutil.rmtree(self.flash_dir, ignore_errors=True)
 

@@ -25,6 +25,9 @@ def default_heap_kb(micropython=None):
         return interp.RIG_OTA_NODE_HEAP_KB
     return interp.RIG_OTA_NODE_HEAP_FS_KB
 
+# The supervisor's last lines (bytes each way, messages, connections), written beside the flash
+# image when it stops (fleet/sim/board/supervisor.py), so a failure on a busy machine can be read.
+TRACE_FILE = "vboard.trace"
 BOARD_FS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "board_fs")
 
 _FIELD = 20  # bytes in flash_writes / cut_power_at (ascii decimal, padded) — see _vboard.py

@@ -1,11 +1,14 @@
 """The supervisor: one board's interpreter on a pty, and the host's port; resets, power, Ctrl-C
 and events (see fleet/sim/board/__init__.py). `python -m fleet.cli.sim.board` runs one."""
+import collections
+import ctypes
 import fcntl
 import json
 import os
 import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -18,6 +21,7 @@ from fleet.sim.board.flash import (
     BLOCK_SIZE,
     BOARD_FS_DIR,
     DEFAULT_HEAP,
+    TRACE_FILE,
     BoardError,
     arm_power_cut,
     default_heap_kb,
@@ -53,11 +57,10 @@ _CONNECT_POLL_S = 0.1
 _BOOT_HOLD_S = 1.0  # host input held at most this long while boot.py runs (counted from the mount)
 
 _DEBUG = bool(os.environ.get("FLEET_VBOARD_DEBUG"))
-
-
-def _debug(*args):
-    if _DEBUG:
-        print("vboard:", *args, file=sys.stderr, flush=True)
+# The last _TRACE_LEN things the supervisor saw (bytes each way, messages, connections), kept
+# always and written to TRACE_FILE in the flash directory when the supervisor stops: a test that
+# fails on a busy machine prints it (tests/board_trace.py) instead of leaving a mystery.
+_TRACE_LEN = 300
 
 
 def _set_nonblocking(fd):
@@ -87,6 +90,45 @@ def _take_controlling_tty():
     # Runs in the child after setsid(): make its pty the controlling terminal, so Ctrl-C from the
     # host becomes SIGINT and a dead supervisor (closed master) hangs the board up (SIGHUP).
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class _PortWatch:
+    """Opens and closes of the port by hosts, from inotify on the pty's device node: queued in
+    order, so a host that closes and another that opens between two looks are both seen (polling
+    POLLHUP misses that pair, and with it the re-plug that powers a cut board back on). None of
+    it on a system without inotify: the caller falls back to polling."""
+
+    _IN_OPEN, _IN_CLOSE = 0x20, 0x08 | 0x10
+
+    def __init__(self, path):
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        if libc.inotify_add_watch(self.fd, os.fsencode(path), self._IN_OPEN | self._IN_CLOSE) < 0:
+            err = ctypes.get_errno()
+            os.close(self.fd)
+            raise OSError(err, "inotify_add_watch")
+
+    def changes(self):
+        """+1 per open, -1 per close since the last call, in order."""
+        out = []
+        while True:
+            try:
+                data = os.read(self.fd, 4096)
+            except BlockingIOError:
+                return out
+            off = 0
+            while off + 16 <= len(data):
+                _, mask, _, name_len = struct.unpack_from("iIII", data, off)
+                off += 16 + name_len
+                if mask & self._IN_OPEN:
+                    out.append(1)
+                if mask & self._IN_CLOSE:
+                    out.append(-1)
+
+    def close(self):
+        os.close(self.fd)
 
 
 class Supervisor:
@@ -121,6 +163,8 @@ class Supervisor:
         self._sent_ctrl_a = False
         self._tail = b""
         self._connected = False
+        self._watch = None  # _PortWatch, or None (then POLLHUP is polled)
+        self._hosts = 0  # hosts holding the port open (with a _PortWatch)
         self._restore_on_open = False
         self._wake_at = None
         self._wdt_ms = None
@@ -133,6 +177,7 @@ class Supervisor:
         self._reset_button = False
         self._romfs = False
         self._segments = []  # romfs segment files the interpreter maps
+        self._trace = collections.deque(maxlen=_TRACE_LEN)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -182,6 +227,10 @@ class Supervisor:
         os.close(slave)
         _set_nonblocking(master)
         self._host_fd = master
+        try:
+            self._watch = _PortWatch(self.port)
+        except OSError:
+            self._watch = None
         if self._cfg.link:
             link = self._cfg.link
             if os.path.lexists(link) and not os.path.islink(link):
@@ -193,6 +242,7 @@ class Supervisor:
 
     def _shutdown(self):
         self._kill_child()
+        self._write_trace()
         if self._link_made:
             try:
                 if os.readlink(self._cfg.link) == self.port:
@@ -202,6 +252,9 @@ class Supervisor:
         if self._host_fd >= 0:
             os.close(self._host_fd)
             self._host_fd = -1
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         self._print_event("stopped")
         if self._own_flash and self._flash:
             shutil.rmtree(self._flash, ignore_errors=True)
@@ -221,6 +274,29 @@ class Supervisor:
 
     def _print_event(self, name, **fields):
         self._print(json.dumps({"event": name, **fields}))
+        self._note("event", name)
+
+    def _note(self, kind, what):
+        """Keep one line of the trace (formatted only when written out)."""
+        self._trace.append((time.monotonic(), kind, self._phase, self._input_open, what))
+        if _DEBUG:
+            print("vboard:", *self._trace_line(self._trace[-1]), file=sys.stderr, flush=True)
+
+    @staticmethod
+    def _trace_line(entry):
+        t, kind, phase, input_open, what = entry
+        return (f"{t:.3f}", kind, phase, "in-open" if input_open else "in-held",
+                what if isinstance(what, str) else repr(bytes(what[:200])))
+
+    def _write_trace(self):
+        if not self._flash or self._own_flash:
+            return
+        try:
+            with open(os.path.join(self._flash, TRACE_FILE), "w") as f:
+                for entry in self._trace:
+                    f.write(" ".join(self._trace_line(entry)) + "\n")
+        except OSError:
+            pass
 
     # ---- the loop --------------------------------------------------------------------------
 
@@ -233,6 +309,8 @@ class Supervisor:
             if self._stop:
                 break
             rlist, wlist = [wake_r], []
+            if self._watch is not None:
+                rlist.append(self._watch.fd)  # a host opening the port wakes the loop
             if stdin_fd >= 0:
                 rlist.append(stdin_fd)
             if self._connected and len(self._to_child) < _QUEUE_LIMIT:
@@ -244,6 +322,7 @@ class Supervisor:
                     rlist.append(self._child_fd)
                 if self._input_open and self._to_child:
                     wlist.append(self._child_fd)
+            gen = self._gen
             try:
                 readable, writable, _ = select.select(rlist, wlist, [], self._timeout(now))
             except InterruptedError:
@@ -261,7 +340,12 @@ class Supervisor:
                 self._read_child()  # exited while its output was not being read
             if self._host_fd in readable:
                 self._read_host()
-            if self._child_fd in writable and self._child_fd >= 0:
+            # Only the interpreter select() looked at: one that replaced it in this round (a soft
+            # reset read above) may have the same fd number, and its input is held while it boots.
+            # Writing held input there put a Ctrl-C into an interpreter still starting: it died
+            # before mounting the flash, or came up with a REPL on the host's directory and no
+            # input ever let through ("no MicroPython REPL answered", seen in CI).
+            if gen == self._gen and self._child_fd in writable and self._child_fd >= 0:
                 self._write_child()
             if self._host_fd in writable:
                 self._write_host()
@@ -270,23 +354,45 @@ class Supervisor:
         t = 0.5
         if self._held or self._phase == "boot":
             t = _HELD_FLUSH_S
-        elif not self._connected:
-            t = _CONNECT_POLL_S  # a host opening the port gives no event: poll for it
+        elif not self._connected and self._watch is None:
+            t = _CONNECT_POLL_S  # without inotify a host opening the port gives no event: poll for it
         for deadline in (self._wdt_deadline, self._wake_at):
             if deadline is not None:
                 t = min(t, max(0.0, deadline - now))
         return t
 
     def _check_connection(self):
+        if self._watch is not None:
+            for change in self._watch.changes():
+                was = self._hosts > 0
+                self._hosts = max(0, self._hosts + change)
+                if was and not self._hosts:
+                    self._host_left()
+                elif self._hosts and not was:
+                    self._host_came()
+            return
         p = select.poll()
         p.register(self._host_fd, select.POLLIN)
         hup = any(ev & select.POLLHUP for _, ev in p.poll(0))
-        was, self._connected = self._connected, not hup
-        if self._connected and not was:
-            if self._phase == "off" and self._restore_on_open:
-                self._power_on("power_on")  # a host opened the port: power is back
-        if not self._connected:
-            self._to_host.clear()
+        if hup and self._connected:
+            self._host_left()
+        elif not hup and not self._connected:
+            self._host_came()
+
+    def _host_came(self):
+        self._note("host", "opened the port")
+        self._connected = True
+        if self._phase == "off" and self._restore_on_open:
+            self._power_on("power_on")  # a host opened the port: power is back
+
+    def _host_left(self):
+        self._note("host", "closed the port")
+        # What the host wrote just before closing reached the board's UART: deliver it now,
+        # never to the next host (a Ctrl-D left over would reset the board under that one).
+        while self._read_host():
+            pass
+        self._connected = False
+        self._to_host.clear()
 
     def _check_timers(self, now):
         if self._reset_button:
@@ -308,14 +414,15 @@ class Supervisor:
     # ---- byte movers -----------------------------------------------------------------------
 
     def _read_host(self):
+        """Take what the host sent; True when something was read."""
         try:
             data = os.read(self._host_fd, 4096)
         except OSError:
-            return  # EIO: the host just closed the port
-        if _DEBUG:
-            _debug("in", self._phase, self._input_open, repr(data))
+            return False  # EIO: the host closed the port and nothing is left; EAGAIN: nothing now
+        self._note("in", data)
         if self._phase != "off" and self._child is not None:
             self._to_child += data  # while the board is off, what is sent is lost
+        return bool(data)
 
     def _write_host(self):
         try:
@@ -328,6 +435,8 @@ class Supervisor:
         del self._to_host[:n]
 
     def _write_child(self):
+        if not self._input_open:
+            return
         try:
             n = os.write(self._child_fd, self._to_child[:4096])
         except BlockingIOError:
@@ -387,8 +496,7 @@ class Supervisor:
         if not data:
             return
         self._last_output = (self._last_output + data)[-2048:]
-        if _DEBUG:
-            _debug("out", self._phase, repr(data))
+        self._note("out", data)
         if self._phase == "enter_raw":
             self._swallow += data
             if not self._sent_ctrl_a and self._swallow.endswith(_PROMPT):
@@ -425,8 +533,7 @@ class Supervisor:
     def _on_marker(self, msg):
         word, _, arg = msg.partition(" ")
         self._child_spoke = True
-        if _DEBUG:
-            _debug("marker", repr(msg), "phase", self._phase)
+        self._note("marker", msg)
         if word == "mounted":
             # The port's own start-up is over (flash mounted, machine installed): from here a
             # Ctrl-C can only reach boot.py, as on the board, where that start-up takes

@@ -248,10 +248,23 @@ def boot(g):
     sys.atexit(finalise)
     tell("mounted")  # the port's start-up is done: host input may reach boot.py from here
     # The ESP32 port runs main.py only in the friendly REPL mode and only if boot.py succeeded.
-    if _run("boot.py", g) and mode == "friendly" and _exists("main.py"):
-        try:
+    # A Ctrl-C anywhere from here (a busy host can deliver it between two lines of this function,
+    # not only inside boot.py or main.py) ends at the REPL, with the supervisor told so.
+    try:
+        slow = getenv("FLEET_VBOARD_SLOW_BOOT_S")  # tests: descheduled between mount and boot.py
+        if slow:
+            time.sleep(float(slow))
+        if _run("boot.py", g) and mode == "friendly" and _exists("main.py"):
             tell("app")  # from here the supervisor delivers host input (Ctrl-C reaches main.py)
             _run("main.py", g)
-        except KeyboardInterrupt as e:
+    except KeyboardInterrupt as e:
+        try:
             _print_exception(e)
-    tell("repl")
+        except KeyboardInterrupt:
+            pass
+    while True:
+        try:
+            tell("repl")  # one write: a Ctrl-C lands before it or after it
+            break
+        except KeyboardInterrupt:
+            pass
