@@ -3,13 +3,13 @@
     .venv/bin/python bench/loss_matrix.py [--sizes 2000,5000] [--losses 0,0.1,0.2]
         [--scenarios none,gateway,power] [--minutes 60] [--seed 1] [--jobs 2] [--quick]
 
-Every cell is `fleet sim des --nodes N --loss L [--gateway-failure | --power-cut-street]
---status-interval 300 --json` in its own process (district, one gateway per 1,000 nodes, gap
-repair `auto`: real floods up to 2,000 nodes; above that the cost of a flood is estimated -
-the table says which), --jobs cells at a time. Prints one row per cell: first pass, after
+Every cell is `fleet sim des --nodes N --loss L [--gateway-failure | --power-cut-street] --json`
+in its own process (district, one gateway per 1,000 nodes, status reports every 300 s as node.py
+sends them, gap repair `route`: resend requests down source routes, flooded when no path is
+known - real at every size), --jobs cells at a time. Prints one row per cell: first pass, after
 repair, latency p99, repair latency p50/p99, control transmissions per delivered reading by kind
-(beacons, flooded commands, down-routed, replies and resent telemetry), parent changes per
-node-hour, wall time. Writes bench/out/loss_matrix.json and bench/out/loss_matrix.png. Figures
+(beacons, status reports, down-routed, fallback floods, replies and resent telemetry), parent
+changes per node-hour, wall time. Writes bench/out/loss_matrix.json and bench/out/loss_matrix.png. Figures
 are for this machine; a cell's wall time varies with the load of the others. Asserts nothing.
 --quick: 2,000 nodes, losses 0 and 0.2, 30 minutes.
 """
@@ -25,7 +25,7 @@ SCENARIOS = {"none": (), "gateway": ("--gateway-failure",), "power": ("--power-c
 
 
 def cell(n, loss, scenario, minutes, seed, timeout_s):
-    extra = ("--loss", str(loss), "--status-interval", "300", *SCENARIOS[scenario])
+    extra = ("--loss", str(loss), *SCENARIOS[scenario])
     r = run_size(n, minutes, seed, timeout_s, extra)
     r["scenario"] = scenario
     return r
@@ -33,21 +33,20 @@ def cell(n, loss, scenario, minutes, seed, timeout_s):
 
 def per_reading(r):
     """Control transmissions per delivered reading, by kind."""
-    c = r["control_tx"]
-    d = r["readings_delivered"] or 1
-    return {"beacons": c["beacons"] / d, "flooded": (c["repair_commands"] + c["repair_flood_estimated"]) / d,
-            "routed": c["repair_routed"] / d, "replies+resent": (c["repair_replies"] + c["repair_telemetry"]) / d}
+    k = {kind: v or 0 for kind, v in r["control_per_reading"].items()}
+    return {"beacons": k["beacons"], "status": k["status"], "flooded": k["flooded"] + k["fallback"],
+            "routed": k["routed"], "replies+resent": k["replies"] + k["resent_telemetry"]}
 
 
 def row(r):
     k = per_reading(r)
     f = lambda v, fmt: (fmt % v) if v is not None else "-"  # noqa: E731
     return ("%5d %4.2f %-7s %s | %7s %7s | p99 %6s s | repair p50 %6s p99 %6s s | ctrl %5.2f = bcn %5.2f + "
-            "flood %5.2f + routed %4.2f + resent %4.2f | parents %6.2f /node-h | %5.0f s" % (
+            "flood %5.2f + routed %4.2f + resent %4.2f (status %4.2f) | parents %6.2f /node-h | %5.0f s" % (
                 r["nodes"], r["loss"], r["scenario"], r["repair_mode"][:5], f(r["delivery_first_pass"], "%.5f"),
                 f(r["delivery_after_repair"], "%.5f"), f(r["latency_p99_s"], "%.3f"), f(r["repair_latency_p50_s"], "%.0f"),
                 f(r["repair_latency_p99_s"], "%.0f"), r["control_overhead"] or 0, k["beacons"], k["flooded"], k["routed"],
-                k["replies+resent"], r["parent_changes_per_node_hour"], r["process_s"]))
+                k["replies+resent"], k["status"], r["parent_changes_per_node_hour"], r["process_s"]))
 
 
 def plot(runs, path):

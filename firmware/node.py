@@ -43,7 +43,7 @@ gc.collect()
 FW_VERSION = "1.0.0"
 FW_SEQ = 1
 
-_STATUS_INTERVAL_S = 300
+STATUS_INTERVAL_S = 300
 _UPLINK_POLL_MS = 500
 _SENSOR_READ_MAX_MS = 1000  # the sampler also ticks at least this often (late config changes)
 _WDT_TIMEOUT_MS = 60000
@@ -344,10 +344,10 @@ class Node:
         # the next ones at a random phase of the interval: the poles of a lighting circuit boot
         # in the same second, and a status from each of them in the same second every 5 minutes
         # overflows the relays' queues near a gateway (fleet sim des --status-interval 300)
-        await asyncio.sleep_ms(self.router.rng.below(_STATUS_INTERVAL_S * 1000))
+        await asyncio.sleep_ms(self.router.rng.below(STATUS_INTERVAL_S * 1000))
         while True:
             self.send_status()
-            await asyncio.sleep_ms(_STATUS_INTERVAL_S * 1000)
+            await asyncio.sleep_ms(STATUS_INTERVAL_S * 1000)
 
     def send_status(self, probe=False):
         """Originate a status frame. With probe, it carries an app token whose ("sent", token,

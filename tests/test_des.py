@@ -65,7 +65,7 @@ def test_power_cut_street_backlog_drains_after_power_returns():
     made = r["readings_made"]
     assert r["delivery_after_repair"] >= (made - p["unsent_lost_in_ram"]) / made - 0.005
     # the reboot skipped reading counters: the collector asked, the nodes answered (code 3)
-    assert r["repair"]["requests"] > 0 and r["control_tx"]["repair_replies"] > 0
+    assert r["repair"]["requests"] > 0 and r["control_tx"]["replies"] > 0
 
 
 def test_a_lost_reading_is_recovered_by_a_flooded_resend():
@@ -93,7 +93,7 @@ def test_a_lost_reading_is_recovered_by_a_flooded_resend():
     assert got[dropped[0]] > 0  # arrived in the end...
     assert not sim.collector.first_pass[40][dropped[0]]  # ...through the repair path
     assert r["repair"]["recovered"] >= 1
-    assert r["control_tx"]["repair_commands"] > 10  # the command was flooded by the routers
+    assert r["control_tx"]["flooded"] > 10 and r["control_tx"]["fallback"] == 0  # flooded by the routers
     assert r["delivery_after_repair"] > r["delivery_first_pass"]
 
 
@@ -262,6 +262,6 @@ def test_a_lost_reading_is_recovered_down_a_source_route_without_a_flood():
     assert dropped
     assert sim.collector.got[40][dropped[0]] > 0 and not sim.collector.first_pass[40][dropped[0]]
     assert r["repair"]["routed_requests"] >= 1 and r["repair"]["route_fallbacks"] == 0
-    assert r["control_tx"]["repair_commands"] == 0  # nothing flooded
+    assert r["control_tx"]["fallback"] == 0 and r["control_tx"]["flooded"] == 0  # nothing flooded
     hops = sim.by_id[40].router.depth
-    assert 1 <= r["control_tx"]["repair_routed"] <= 3 * hops * r["repair"]["routed_requests"]
+    assert 1 <= r["control_tx"]["routed"] <= 3 * hops * r["repair"]["routed_requests"]

@@ -17,7 +17,8 @@ Node side (`NodeApp`), after firmware/node.py:
 - A Command to this node is checked (node-key tag, replay window) and OP_RESEND a..b answered as
   node.py's `_resend`: up to 48 held readings re-originated, 12 per frame (fire and forget), then
   a Reply (code 0 [first, last], or 3 with the ranges not held).
-- Optionally (status_interval_s) node.py's status report: a real Status frame, untracked.
+- node.py's status report every status_interval_s (node.py's 300 s by default; 0 = none): a real
+  Status frame; the collector compiles source routes from the parents they name.
   Not modelled: the sampler and sensor (a reading simply appears every report interval), the
   watchdog, flash timing, OTA staging and trial boot (the engine's "complete" ends the story).
 
@@ -26,9 +27,9 @@ protocol.decode, its end-to-end tag checked with the origin's key; readings are 
 (origin, seq) and fed to the fleet's own gap tracker (fleet/repair.py GapTracker); due gaps
 become OP_RESEND commands, tagged with the node key and injected at the gateway that last heard
 the node (or every live gateway) with Router.inject_downlink — the flood then runs on the real
-routers. In `direct` repair mode the command is handed to the target node after a delay of
-40 ms per hop instead of flooding, and the flood's cost is counted as one transmission per live
-node (for networks where thousands of real floods would dominate the run time).
+routers. In `route` repair mode (the default) the request goes down the source route compiled
+from the parents in the nodes' status reports (firmware/downroute.py), and is flooded only when
+no path is known. Both are real at every size: no repair is estimated.
 """
 from firmware.downroute import inject_routed
 from firmware.node import UNSTAMPED_MAX
@@ -66,7 +67,6 @@ RESEND_MAX = 48  # node.py: 4 * MAX_READINGS per resend request
 RAM_RECORDS = 64  # firmware/ring.py DEFAULT_RAM
 UNSENT_SPILL = 8  # firmware/ring.py DEFAULT_UNSENT_SPILL
 COUNTER_BLOCK = 64  # firmware/counters.py DEFAULT_BLOCK
-HOP_DELAY_US = 40_000  # direct repair: a flood advances about one flood_delay_ms per hop
 
 
 def _ceil_block(v):
@@ -320,7 +320,6 @@ class Collector:
         self.frames = 0
         self.status_frames = 0
         self.requests = 0
-        self.direct_flood_tx = 0
         self.parents = {}  # node id -> parent id, from the nodes' status reports (route mode)
         self.routed = 0  # resend requests sent down a source route
         self.route_fallbacks = 0  # ...flooded instead: no known path to the node
@@ -432,9 +431,6 @@ class Collector:
             cmd = Command(target=req.node, cseq=req.cseq, op=OP_RESEND, args=[req.a, req.b])
             fb = encode(cmd, sim.mesh_hmac, app.hmac)
             self.requests += 1
-            if self.mode == "direct":
-                self._direct(req.node, fb, now_us)
-                continue
             if self.mode == "route" and self._route(req.node, fb, now_us):
                 continue
             if req.via_all or req.gateway is None:
@@ -462,19 +458,6 @@ class Collector:
         sim.service(g, now_us)
         self.routed += 1
         return True
-
-    def _direct(self, node_id, fb, now_us):
-        sim = self.sim
-        self.direct_flood_tx += sum(1 for n in sim.nodes if n.alive)
-        node = sim.by_id[node_id]
-        depth = node.router.depth if node.alive and node.router.depth < 255 else 16
-        cmd = decode(fb)
-
-        def deliver(t_us):
-            if node.alive:
-                node.app.on_command(cmd, t_us)
-                sim.service(node, t_us)
-        sim.at(now_us + HOP_DELAY_US * max(1, depth), deliver)
 
     # ---- figures ----------------------------------------------------------------------------------
 

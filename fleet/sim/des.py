@@ -64,6 +64,7 @@ import time
 from heapq import heappop, heappush
 
 from firmware.mesh import BROADCAST, Router
+from firmware.node import STATUS_INTERVAL_S
 from fleet.errors import FleetError
 from fleet.sim import topology as topo_mod
 from fleet.sim._des_app import Collector, NodeApp
@@ -109,8 +110,10 @@ _TYPES = {T_BEACON: "beacon", T_TELEMETRY: "telemetry", T_STATUS: "status", T_CO
           T_REPLY: "reply", T_OTA_ADV: "ota_adv", T_OTA_REQ: "ota_req", T_OTA_DATA: "ota_data",
           T_ROUTED: "routed"}
 
-REPAIR_MODES = ("auto", "flood", "direct", "route")
-AUTO_FLOOD_MAX_NODES = 2000  # `auto` repair: real floods up to this size, `direct` above
+# Gap repair, both real at every size (a resend request is a command frame the routers carry):
+# route - down the source route compiled from the parents in status reports (RPL non-storing
+# mode), a flood when no path is known (counted as a fallback); flood - every request flooded.
+REPAIR_MODES = ("route", "flood")
 
 
 class DesOptions:
@@ -120,8 +123,8 @@ class DesOptions:
               "status_interval_s", "gateway_failure", "power_cut_street", "ota_bytes", "repair", "mesh_params", "tail_s")
 
     def __init__(self, nodes=1000, topology="district", gateways=None, minutes=60.0, loss=0.0, seed=1,
-                 report_interval_s=300, status_interval_s=0, gateway_failure=False, power_cut_street=False, ota_bytes=0,
-                 repair="auto", mesh_params=None, tail_s=None):
+                 report_interval_s=300, status_interval_s=STATUS_INTERVAL_S, gateway_failure=False, power_cut_street=False,
+                 ota_bytes=0, repair="route", mesh_params=None, tail_s=None):
         self.nodes = int(nodes)
         self.topology = topology
         self.gateways = int(gateways) if gateways is not None else max(1, self.nodes // 1000)
@@ -129,7 +132,7 @@ class DesOptions:
         self.loss = float(loss)
         self.seed = int(seed)
         self.report_interval_s = int(report_interval_s)
-        self.status_interval_s = int(status_interval_s or 0)
+        self.status_interval_s = STATUS_INTERVAL_S if status_interval_s is None else int(status_interval_s or 0)
         self.gateway_failure = bool(gateway_failure)
         self.power_cut_street = bool(power_cut_street)
         self.ota_bytes = int(ota_bytes or 0)
@@ -287,12 +290,8 @@ class Simulation:
             for b_id, link in sorted(self.topo.links_from(n.id).items()):
                 n.nidx[b_id] = len(n.nb)
                 n.nb.append((self.by_id[b_id], link.prr * keep, int(round(link.rssi_dbm))))
-        n_real = len(self.nodes)
-        mode = options.repair
-        if mode == "auto":
-            mode = "flood" if n_real <= AUTO_FLOOD_MAX_NODES else "direct"
-        self.repair_mode = mode
-        self.collector = Collector(self, mode)
+        self.repair_mode = options.repair
+        self.collector = Collector(self, options.repair)
         self.apps = {}
         for n in self.nodes:
             key = derive_node_key(secret, NET_ID, n.id)
@@ -780,9 +779,14 @@ class Simulation:
             for k, v in n.router.stats.items():
                 stats[k] = stats.get(k, 0) + v
         delivered_total = sum(sum(1 for x in g if x) for g in col.got.values())
-        repair_tx = (self.tx_by_type["command"] + self.tx_by_type["routed"] + self.tx_by_type["reply"] + self.counters["repair_telemetry_tx"]
-                     + col.direct_flood_tx)
-        beacons = self.tx_by_type["beacon"]
+        floods = self.tx_by_type["command"]  # resend requests are the only commands here
+        kinds = {"beacons": self.tx_by_type["beacon"], "status": self.tx_by_type["status"],
+                 "routed": self.tx_by_type["routed"],
+                 "flooded": floods if self.repair_mode == "flood" else 0,
+                 "fallback": floods if self.repair_mode == "route" else 0,
+                 "replies": self.tx_by_type["reply"], "resent_telemetry": self.counters["repair_telemetry_tx"]}
+        repair_tx = kinds["routed"] + floods + kinds["replies"] + kinds["resent_telemetry"]
+        beacons = kinds["beacons"]
         hops_total = sum(col.hops.values())
         boot_changes = self._boot_changes if self._boot_changes is not None else 0
         steady_hours = max(self.end_us - self.warmup_us, 1) / 3.6e9
@@ -810,11 +814,12 @@ class Simulation:
             "hops": {str(h): c for h, c in sorted(col.hops.items())},
             "hops_mean": round(sum(h * c for h, c in col.hops.items()) / hops_total, 2) if hops_total else None,
             "control_overhead": round((beacons + repair_tx) / delivered_total, 3) if delivered_total else None,
-            "control_tx": {"beacons": beacons, "repair": repair_tx, "repair_commands": self.tx_by_type["command"],
-                           "repair_routed": self.tx_by_type["routed"], "repair_replies": self.tx_by_type["reply"],
-                           "repair_telemetry": self.counters["repair_telemetry_tx"],
-                           "repair_flood_estimated": col.direct_flood_tx},
-            "readings_delivered": delivered_total,
+            "control_tx": dict(kinds, repair=repair_tx),
+            "control_per_reading": {k: round(v / delivered_total, 4) if delivered_total else None
+                                    for k, v in kinds.items()},
+            # made and delivered over the same window (readings made up to measured_until_s)
+            "readings_delivered": after,
+            "readings_delivered_total": delivered_total,
             "parent_changes_per_node_hour": round((sum(n.parent_events for n in non_gw) - boot_changes)
                                                   / (len(non_gw) * steady_hours), 4),
             "parent_changes_boot": boot_changes,

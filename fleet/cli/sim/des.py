@@ -10,7 +10,11 @@ latency_p50_s, latency_p99_s, latency_max_s (a reading's first hand-over to the 
 arrival at a gateway), age_p50_s, age_p99_s (from the reading's sampling: adds node.py's 500 ms
 uplink poll and any wait in the ring), repair_latency_p50_s, repair_latency_p99_s (a repaired
 reading, from its making to its storing), hops (hops -> frames),
-hops_mean, control_overhead, control_tx, readings_delivered, parent_changes_per_node_hour,
+hops_mean, control_overhead (beacons and repair transmissions per delivered reading), control_tx and
+control_per_reading (transmissions by kind: beacons, status, routed (down source routes), flooded
+(--repair flood), fallback (a route-mode request flooded for want of a path), replies,
+resent_telemetry), readings_delivered (of readings_made: the same window), readings_delivered_total,
+parent_changes_per_node_hour,
 parent_changes_boot, route_losses, repair, radio, router, collector, build_s, wall_s, events,
 events_per_s, peak_rss_mb; with --gateway-failure: gateway_failure; with --power-cut-street:
 power_cut; with --ota: ota_bytes, ota_pages, ota_seeded_s, ota_complete_s, ota_nodes_complete,
@@ -48,6 +52,8 @@ def render(r):
         ("hops mean", _num(r["hops_mean"])),
         ("control overhead", f"{_num(r['control_overhead'])} tx per delivered reading "
                              f"({r['control_tx']['beacons']} beacons, {r['control_tx']['repair']} repair)"),
+        ("control by kind", "per delivered reading: " + ", ".join(
+            f"{k} {v:g}" for k, v in r["control_per_reading"].items() if v)),
         ("parent changes", f"{r['parent_changes_per_node_hour']} per node-hour after boot"),
         ("hop histogram", " ".join(f"{h}:{c}" for h, c in r["hops"].items()) or "-"),
     ]
@@ -88,18 +94,19 @@ def _progress(t_s, end_s, events):
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--report-interval", "report_interval_s", type=click.IntRange(1, 86400), default=300, show_default=True,
               help="Seconds between readings of each node.")
-@click.option("--status-interval", "status_interval_s", type=click.IntRange(0, 86400), default=0, show_default=True,
-              help="Seconds between status frames of each node (node.py sends one every 300 s; 0 = none, "
-                   "telemetry only).")
+@click.option("--status-interval", "status_interval_s", type=click.IntRange(0, 86400), default=None,
+              show_default="node.py's, 300",
+              help="Seconds between status frames of each node (node.py's own interval by default; 0 = none: "
+                   "telemetry only, and route repair then floods every request).")
 @click.option("--gateway-failure", is_flag=True, help="Kill the busiest gateway at a third of the run.")
 @click.option("--power-cut-street", is_flag=True,
               help="Switch a street segment off at a third of the run, for an hour or a third of the run.")
 @click.option("--ota", "ota_bytes", type=click.IntRange(1, 10_000_000), default=None, metavar="BYTES",
               help="Seed an OTA bundle of this size at the gateways once the mesh has converged.")
-@click.option("--repair", type=click.Choice(["auto", "flood", "direct", "route"]), default="auto", show_default=True,
-              help="Gap repair: real flooded commands; route: sent down source routes compiled from the "
-                   "parents in status reports (needs --status-interval), flooded when no path is known; "
-                   "direct: handed to the node (flood cost counted); auto floods up to 2,000 nodes.")
+@click.option("--repair", type=click.Choice(["route", "flood"]), default="route", show_default=True,
+              help="Gap repair, real at every size: route sends each resend request down the source route "
+                   "compiled from the parents in status reports and floods it when no path is known "
+                   "(counted as a fallback); flood floods every request.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def cli(nodes, topology, gateways, minutes, loss, seed, report_interval_s, status_interval_s, gateway_failure,
         power_cut_street, ota_bytes, repair, as_json):
