@@ -28,7 +28,9 @@ adds what the unix port lacks, from what it sees on the line:
 - Messages from the board (reset, power cut, watchdog) travel in-band as ESC _ vb:<word> ESC \\ and
   are stripped from the output.
 - Output is dropped while no host has the port open (a UART with nobody listening); while a host
-  is connected, a slow reader slows the board down instead (no bytes are lost).
+  is connected, a slow reader slows the board down instead (no bytes are lost). Hosts opening and
+  closing the port are seen through inotify on the pty (in order, however quickly one follows
+  another); what a host wrote before closing is delivered to the board, never to the next host.
 
 Flash: `<flash>/flash.img`, a littlefs2 image whose size is the quota (default 2 MB, the ESP32's
 usual vfs partition) mounted at "/". littlefs rather than a quota check on the host filesystem: a
@@ -49,7 +51,9 @@ Events: after the port path (the first line), the supervisor prints one JSON obj
 stdout: {"event": "power_on", "cause": "power_on"|"reset"|"watchdog"|"deepsleep"|"crash",
 "pid": N}, {"event": "soft_reboot", "pid": N}, {"event": "power_cut", "write": K},
 {"event": "power_off", "reason": "deepsleep"}, {"event": "stopped"}.
-FLEET_VBOARD_DEBUG=1 in the environment traces every byte and message on stderr.
+FLEET_VBOARD_DEBUG=1 in the environment traces every byte and message on stderr; the last 300
+lines of that trace are always kept and written to `<flash>/vboard.trace` when the supervisor
+stops (test fixtures print it when a test fails, tests/board_trace.py).
 """
 from fleet.sim.board.client import VirtualBoard, pid_alive
 from fleet.sim.board.flash import (
