@@ -323,6 +323,7 @@ class Collector:
         self.parents = {}  # node id -> parent id, from the nodes' status reports (route mode)
         self.routed = 0  # resend requests sent down a source route
         self.route_fallbacks = 0  # ...flooded instead: no known path to the node
+        self.route_retries_flooded = 0  # ...flooded: a routed request went unanswered (stale path)
 
     def resent_of(self, node_id):
         s = self.resent.get(node_id)
@@ -431,8 +432,13 @@ class Collector:
             cmd = Command(target=req.node, cseq=req.cseq, op=OP_RESEND, args=[req.a, req.b])
             fb = encode(cmd, sim.mesh_hmac, app.hmac)
             self.requests += 1
-            if self.mode == "route" and self._route(req.node, fb, now_us):
-                continue
+            if self.mode == "route":
+                # The first attempt goes down the compiled path; a retry means that path went
+                # stale (parents moved since the last status report): flood it, counted.
+                if req.via_all:
+                    self.route_retries_flooded += 1
+                elif self._route(req.node, fb, now_us):
+                    continue
             if req.via_all or req.gateway is None:
                 gws = [g for g in sim.gateways if g.alive]
             else:
