@@ -309,7 +309,7 @@ def table(res):
     if des:
         for r in des if isinstance(des, list) else des.get("runs", []):
             if r.get("nodes") == 5000:
-                rows.append(("DES 5,000 nodes x 1 h: wall time", "%s s" % r.get("wall_s"), "about 60 s"))
+                rows.append(("DES 5,000 nodes x 1 h (status reports on): wall time", "%s s" % r.get("wall_s"), "about 60 s"))
                 rows.append(("DES 5,000: delivery first pass / after repair", "%s / %s" % (
                     r.get("delivery_first_pass"), r.get("delivery_after_repair")), "-"))
                 rows.append(("DES 5,000: latency p50 / p99", "%s / %s s" % (r.get("latency_p50_s"), r.get("latency_p99_s")),
