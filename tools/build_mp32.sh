@@ -41,8 +41,15 @@ grep -q 'TCSAFLUSH' "$top/ports/unix/unix_mphal.c" && { echo "build_mp32: could 
 # ROMFS segments backed by files, as a board's romfs flash partitions (tools/mp32/rig_romfs.c).
 python3 "$(dirname "$0")/mp32/patch_unix.py" "$top" || exit 2
 echo 'include("$(MPY_DIR)/extmod/asyncio")' > "$src/manifest.py"
+# MICROPY_PY_THREAD_GIL=1, as the ESP32 port has it. The unix default (threads without a GIL)
+# turns on MICROPY_ASYNC_KBD_INTR: the SIGINT handler raises KeyboardInterrupt at once, from
+# inside any C code - also while the interpreter holds its (non-recursive) qstr mutex, which
+# then stays locked: the next new name deadlocks the board for ever (seen in CI: a Ctrl-C into
+# an app importing at boot, then "no MicroPython REPL answered"; the hung interpreter sat in
+# futex_wait). With the GIL, Ctrl-C is a pending exception the VM raises between bytecodes, as
+# on the board.
 make -s -C "$top/mpy-cross" -j2 >"$src/mpy-cross.log" 2>&1 || { tail -20 "$src/mpy-cross.log" >&2; exit 2; }
-make -s -C "$top/ports/unix" -j2 BUILD=build-32 PROG=micropython32 MICROPY_FORCE_32BIT=1 \
+make -s -C "$top/ports/unix" -j2 BUILD=build-32 PROG=micropython32 MICROPY_FORCE_32BIT=1 MICROPY_PY_THREAD_GIL=1 \
   MICROPY_PY_FFI=0 MICROPY_PY_BTREE=0 MICROPY_PY_SSL=0 FROZEN_MANIFEST="$src/manifest.py" \
   >"$src/unix.log" 2>&1 || { tail -20 "$src/unix.log" >&2; exit 2; }
 cp "$top/ports/unix/build-32/micropython32" "$out/micropython32.tmp"

@@ -98,10 +98,12 @@ class _PortWatch:
     POLLHUP misses that pair, and with it the re-plug that powers a cut board back on). None of
     it on a system without inotify: the caller falls back to polling."""
 
-    _IN_OPEN, _IN_CLOSE = 0x20, 0x08 | 0x10
+    _IN_OPEN, _IN_CLOSE, _IN_Q_OVERFLOW = 0x20, 0x08 | 0x10, 0x4000
 
     def __init__(self, path):
         libc = ctypes.CDLL(None, use_errno=True)
+        if not hasattr(libc, "inotify_init1"):  # not Linux
+            raise OSError("no inotify on this system")
         self.fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         if self.fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1")
@@ -111,7 +113,8 @@ class _PortWatch:
             raise OSError(err, "inotify_add_watch")
 
     def changes(self):
-        """+1 per open, -1 per close since the last call, in order."""
+        """+1 per open, -1 per close since the last call, in order; None when events were lost
+        (the queue overflowed: the caller recounts)."""
         out = []
         while True:
             try:
@@ -122,6 +125,8 @@ class _PortWatch:
             while off + 16 <= len(data):
                 _, mask, _, name_len = struct.unpack_from("iIII", data, off)
                 off += 16 + name_len
+                if mask & self._IN_Q_OVERFLOW:
+                    out.append(None)
                 if mask & self._IN_OPEN:
                     out.append(1)
                 if mask & self._IN_CLOSE:
@@ -241,8 +246,27 @@ class Supervisor:
             self._link_made = True
 
     def _shutdown(self):
+        self._note_child_state()
         self._kill_child()
         self._write_trace()
+
+    def _note_child_state(self):
+        """The interpreter's state as the kernel sees it (running, sleeping and where, stopped),
+        into the trace: what a board that stopped answering was doing."""
+        if self._child is None:
+            return
+        pid = self._child.pid
+        parts = []
+        for name in ("stat", "wchan", "syscall"):
+            try:
+                with open(f"/proc/{pid}/{name}") as f:
+                    text = f.read().strip()
+            except OSError:
+                continue
+            if name == "stat":
+                text = text.rsplit(")", 1)[-1].split()[0]  # the state letter: R, S, D, T, Z
+            parts.append(f"{name}={text}")
+        self._note("child", f"pid {pid}: " + " ".join(parts))
         if self._link_made:
             try:
                 if os.readlink(self._cfg.link) == self.port:
@@ -365,19 +389,25 @@ class Supervisor:
         if self._watch is not None:
             for change in self._watch.changes():
                 was = self._hosts > 0
-                self._hosts = max(0, self._hosts + change)
+                if change is None:  # events lost: is anyone there now? (one host, or none)
+                    self._hosts = 0 if self._hung_up() else 1
+                else:
+                    self._hosts = max(0, self._hosts + change)
                 if was and not self._hosts:
                     self._host_left()
                 elif self._hosts and not was:
                     self._host_came()
             return
-        p = select.poll()
-        p.register(self._host_fd, select.POLLIN)
-        hup = any(ev & select.POLLHUP for _, ev in p.poll(0))
+        hup = self._hung_up()
         if hup and self._connected:
             self._host_left()
         elif not hup and not self._connected:
             self._host_came()
+
+    def _hung_up(self):
+        p = select.poll()
+        p.register(self._host_fd, select.POLLIN)
+        return any(ev & select.POLLHUP for _, ev in p.poll(0))
 
     def _host_came(self):
         self._note("host", "opened the port")
@@ -440,9 +470,11 @@ class Supervisor:
         try:
             n = os.write(self._child_fd, self._to_child[:4096])
         except BlockingIOError:
+            self._note("to-board", "would block")
             return
         except OSError:
             return  # the interpreter is gone; _read_child handles it
+        self._note("to-board", self._to_child[:n])
         del self._to_child[:n]
 
     def _read_child(self):
