@@ -508,3 +508,24 @@ def test_host_input_after_a_soft_reset_waits_for_the_new_interpreter_to_start(ma
             assert len(reboots) == 1, board.events[m:]
     finally:
         line.close()
+
+
+def test_a_board_stopped_while_off_still_cleans_up(make_board, tmp_path):
+    """Stopped while its power is cut (no interpreter running): the supervisor still removes its
+    link, closes the port, reports "stopped" and writes its trace."""
+    link = str(tmp_path / "port-off")
+    board = make_board(link=link)
+    line = Line(board.port)
+    try:
+        line.write(b"\r")
+        line.read_until(b">>> ")
+        m = board.mark()
+        board.arm_power_cut(1)
+        line.write(b"f=open('x','w');f.write('y');f.close()\r")
+        board.wait_event("power_cut", since=m, timeout_s=20)
+    finally:
+        line.close()
+    board.stop()
+    assert not os.path.lexists(link)
+    assert board.events[-1]["event"] == "stopped", board.events[-3:]
+    assert any(ln.split()[1:2] == ["event"] and ln.endswith(" power_cut") for ln in board.last_trace.splitlines())

@@ -249,6 +249,21 @@ class Supervisor:
         self._note_child_state()
         self._kill_child()
         self._write_trace()
+        if self._link_made:
+            try:
+                if os.readlink(self._cfg.link) == self.port:
+                    os.unlink(self._cfg.link)
+            except OSError:
+                pass
+        if self._host_fd >= 0:
+            os.close(self._host_fd)
+            self._host_fd = -1
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        self._print_event("stopped")
+        if self._own_flash and self._flash:
+            shutil.rmtree(self._flash, ignore_errors=True)
 
     def _note_child_state(self):
         """The interpreter's state as the kernel sees it (running, sleeping and where, stopped),
@@ -267,21 +282,6 @@ class Supervisor:
                 text = text.rsplit(")", 1)[-1].split()[0]  # the state letter: R, S, D, T, Z
             parts.append(f"{name}={text}")
         self._note("child", f"pid {pid}: " + " ".join(parts))
-        if self._link_made:
-            try:
-                if os.readlink(self._cfg.link) == self.port:
-                    os.unlink(self._cfg.link)
-            except OSError:
-                pass
-        if self._host_fd >= 0:
-            os.close(self._host_fd)
-            self._host_fd = -1
-        if self._watch is not None:
-            self._watch.close()
-            self._watch = None
-        self._print_event("stopped")
-        if self._own_flash and self._flash:
-            shutil.rmtree(self._flash, ignore_errors=True)
 
     def _on_stop_signal(self, signum, frame):
         self._stop = True
