@@ -420,16 +420,29 @@ class _Frozen:
         os.kill(self.pid, signal.SIGCONT)
 
 
+def _line_at_repl(board):
+    """A Line to the board, which has answered at its friendly REPL."""
+    line = Line(board.port)
+    line.write(b"\r")
+    line.read_until(b">>> ")
+    return line
+
+
+def _cut_power_from_the_repl(board, line):
+    """Cut the board's power at the next flash write (a file written at its REPL); wait for it."""
+    m = board.mark()
+    board.arm_power_cut(1)
+    line.write(b"f=open('x','w');f.write('y');f.close()\r")
+    board.wait_event("power_cut", since=m, timeout_s=20)
+
+
 def test_what_a_host_writes_just_before_closing_reaches_the_board_then(make_board):
     """A tool that ends with Ctrl-D (mpremote, `fleet node info`: a soft reset to restart the
     app) and closes at once: on a board the byte is in its UART already. A supervisor that sees
     the hang-up first used to keep the byte for the next host, whose Ctrl-C it then swallowed in
     a soft reset. Here the host opens, writes and closes while the supervisor is descheduled."""
     board = make_board()
-    line = Line(board.port)
-    line.write(b"\r")
-    line.read_until(b">>> ")  # booted, at its REPL
-    line.close()
+    _line_at_repl(board).close()  # booted, at its REPL
     time.sleep(1.0)  # let it see that host go (what the test is about does not depend on this)
     m = board.mark()
     with _Frozen(board):
@@ -444,13 +457,8 @@ def test_a_host_that_re_plugs_between_two_looks_powers_a_cut_board_back_on(make_
     opening while the supervisor was descheduled used to be one long connection to it (it
     polled for the hang-up), so the board stayed off under the new host."""
     board = make_board()
-    line = Line(board.port)
-    line.write(b"\r")
-    line.read_until(b">>> ")
-    m = board.mark()
-    board.arm_power_cut(1)
-    line.write(b"f=open('x','w');f.write('y');f.close()\r")
-    board.wait_event("power_cut", since=m, timeout_s=20)
+    line = _line_at_repl(board)
+    _cut_power_from_the_repl(board, line)
     m = board.mark()
     with _Frozen(board):
         line.close()
@@ -493,10 +501,8 @@ def test_host_input_after_a_soft_reset_waits_for_the_new_interpreter_to_start(ma
     provisioning and torn-write tests under `-n 2` showed it within two runs); this checks the
     sequence itself: twenty rounds, each ending at a REPL on the flash after one soft reboot."""
     board = make_board()
-    line = Line(board.port)
+    line = _line_at_repl(board)
     try:
-        line.write(b"\r")
-        line.read_until(b">>> ")
         for i in range(20):
             m = board.mark()
             line.write(b"\x04")
@@ -515,14 +521,9 @@ def test_a_board_stopped_while_off_still_cleans_up(make_board, tmp_path):
     link, closes the port, reports "stopped" and writes its trace."""
     link = str(tmp_path / "port-off")
     board = make_board(link=link)
-    line = Line(board.port)
+    line = _line_at_repl(board)
     try:
-        line.write(b"\r")
-        line.read_until(b">>> ")
-        m = board.mark()
-        board.arm_power_cut(1)
-        line.write(b"f=open('x','w');f.write('y');f.close()\r")
-        board.wait_event("power_cut", since=m, timeout_s=20)
+        _cut_power_from_the_repl(board, line)
     finally:
         line.close()
     board.stop()
