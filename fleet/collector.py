@@ -38,6 +38,11 @@ Theory of operation
   stored, and no resend command is sent to them (counted in stats.commands_withheld).
 - Gaps in each node's reading counters are tracked by fleet/repair.py; `poll()` turns due gaps
   into OP_RESEND commands (authenticated with the node's key, counter from store.next_cseq).
+- Downward routes (RPL non-storing mode): the parent in each node's newest status report is
+  kept; a resend request's first attempt goes down the source route compiled from those parents
+  (protocol/routed.py `compile_path`), as a Routed frame to the gateway at its root, which
+  unicasts it hop by hop (firmware/downroute.py): no flood, no per-descendant table on a node.
+  No known route (counted route_fallbacks) or a retry (the path may be stale): flooded.
 """
 import hmac
 import logging
@@ -50,6 +55,7 @@ from fleet import devstrings
 from fleet.repair import LOST, GapTracker, RepairConfig
 from protocol import auth
 from protocol.envelope import downlink_topic, parse_topic
+from protocol.routed import Routed, compile_path
 
 try:
     import cbor2
@@ -87,11 +93,14 @@ REJECT_CAUSES = (
 class CollectorConfig:
     """Collector settings: batching (batch_rows, flush_interval_s), logging (log_interval_s),
     unknown-node re-check (unknown_recheck_s), downlink batching (downlink_max_frames),
-    node key cache size (key_cache), revocation-list re-check (revoked_recheck_s), and `repair` (a fleet.repair.RepairConfig)."""
+    node key cache size (key_cache), revocation-list re-check (revoked_recheck_s), `repair` (a
+    fleet.repair.RepairConfig) and route_commands: a resend request's first attempt goes down the
+    source route compiled from the parents nodes report (False: every request is flooded, e.g.
+    for a mesh whose firmware predates routed frames)."""
 
     def __init__(self, batch_rows=5000, flush_interval_s=0.5, log_interval_s=60.0, unknown_recheck_s=10.0,
                  downlink_max_frames=8, key_cache=50000, repair=None, max_unacked=64, clock_tolerance_s=60,
-                 revoked_recheck_s=1.0):
+                 revoked_recheck_s=1.0, route_commands=True):
         self.batch_rows = int(batch_rows)
         self.flush_interval_s = float(flush_interval_s)
         self.log_interval_s = float(log_interval_s)
@@ -104,6 +113,7 @@ class CollectorConfig:
         self.max_unacked = int(max_unacked)
         self.clock_tolerance_s = int(clock_tolerance_s)
         self.revoked_recheck_s = float(revoked_recheck_s)  # how soon a `fleet keys revoke` takes hold
+        self.route_commands = bool(route_commands)
         if self.batch_rows < 1 or self.flush_interval_s <= 0 or self.downlink_max_frames < 1:
             raise ValueError("batch_rows, flush_interval_s and downlink_max_frames must be positive")
 
@@ -113,7 +123,8 @@ class CollectorConfig:
         Repair settings are RepairConfig keyword arguments among the overrides."""
         c = home.config.get("collector", {})
         kw = {"batch_rows": c.get("batch_rows", 5000),
-              "flush_interval_s": c.get("flush_interval_ms", 500) / 1000.0}
+              "flush_interval_s": c.get("flush_interval_ms", 500) / 1000.0,
+              "route_commands": c.get("route_commands", True)}
         repair_kw = {}
         for k, v in overrides.items():
             if v is None:
@@ -156,7 +167,7 @@ class Stats:
 
     FIELDS = ("messages", "envelopes", "frames", "readings", "stored", "duplicates", "status", "status_duplicates",
               "replies", "reply_duplicates", "commands", "rejects", "flushes", "flush_errors", "clock_jumps",
-              "restamped", "commands_withheld")
+              "restamped", "commands_withheld", "commands_routed", "commands_flooded", "route_fallbacks")
 
     def __init__(self):
         for f in self.FIELDS:
@@ -263,6 +274,8 @@ class Ingest:
         self._reply_windows = {}
         self._last_status = {}  # node -> (boot_count, parent, fw_version) last applied
         self._gateways = {}  # gateway -> "online" / "offline"
+        self._gw_ids = set()  # every gateway heard of (state or uplink): the roots of source routes
+        self._parents = {}  # node -> parent its newest status reported (source routes, RPL non-storing)
         self._unknown_checked = {}  # node -> when the store last said "not registered"
         self._cur_now = 0.0
         self._cur_unknown = None
@@ -288,6 +301,8 @@ class Ingest:
             self.tracker.load_node(r["node"], r["last_seq"], r["min_seq"])
             if r["boot_count"] is not None:
                 self._last_status[r["node"]] = (r["boot_count"], r["parent"], r["fw_version"])
+            if r["parent"]:
+                self._parents[r["node"]] = r["parent"]
         for g in self.store.open_gaps():
             self.tracker.load_gap(g["id"], g["node"], g["first_seq"], g["last_seq"], g["state"], g["requests"],
                                   g["created_at"] or now_s, now_s)
@@ -344,6 +359,7 @@ class Ingest:
             self._reject(res, "gateway_mismatch", f"envelope from gateway {env.gateway} on {topic}", now)
             return
         self.stats.envelopes += 1
+        self._gw_ids.add(gw)
         corr = self._gateway_clock(gw, env.items, now)
         for rx_ms, rssi, fb in env.items:
             self._frame(res, gw, rx_ms, rssi, fb, now, corr)
@@ -404,6 +420,7 @@ class Ingest:
         if state not in ("online", "offline"):
             self._reject(res, "bad_state", f"gateway {gw} state {payload[:40]!r}", now_s)
             return
+        self._gw_ids.add(gw)
         if self._gateways.get(gw) != state:
             self._gateways[gw] = state
             self._events.append((int(now_s), "gateway_" + state, gw, None))
@@ -610,6 +627,10 @@ class Ingest:
             if fw is not None and b.fw_version != fw:
                 self._events.append((rx_s, "firmware", node, {"from": fw, "to": b.fw_version}))
         self._last_status[node] = (b.boot_count, b.parent, b.fw_version)
+        if b.parent:
+            self._parents[node] = b.parent
+        else:
+            self._parents.pop(node, None)
 
     def _reply(self, res, f, rx_s, now):
         node = f.origin
@@ -661,6 +682,11 @@ class Ingest:
         return out
 
     def _commands(self, reqs, now):
+        """Resend commands as downlink messages. A first attempt goes down the node's source route
+        (a Routed frame to the gateway at its root); with no usable route (unknown or looping
+        parents, its gateway offline: counted route_fallbacks), or on a retry (the routed attempt
+        went unanswered: the path may be stale), the command is flooded from the gateway that
+        last heard the node, or from every gateway. Counted commands_routed / commands_flooded."""
         by_topic = {}
         for req in reqs:
             if req.node in self._revoked:  # never a command to a revoked node
@@ -668,11 +694,21 @@ class Ingest:
                 continue
             cmd = protocol.Command(target=req.node, cseq=req.cseq, op=protocol.OP_RESEND, args=[req.a, req.b])
             fb = protocol.encode(cmd, self._mesh, self._node_hmac(req.node), phase=self._phase)
-            topic = downlink_topic(self.net_id, None if req.via_all else req.gateway)
+            route = self._route(req.node) if self.cfg.route_commands and not req.via_all else None
+            if route is not None:
+                gw, path = route
+                fb = protocol.encode(Routed(path=path, at=0, cmd=fb), self._mesh, phase=self._phase)
+                topic, via = downlink_topic(self.net_id, gw), "route"
+                self.stats.commands_routed += 1
+            else:
+                topic = downlink_topic(self.net_id, None if req.via_all else req.gateway)
+                via = "all" if req.via_all else req.gateway
+                self.stats.commands_flooded += 1
             by_topic.setdefault(topic, []).append(fb)
-            self._events.append((int(now), "resend_request", req.node,
-                                 {"cseq": req.cseq, "first": req.a, "last": req.b,
-                                  "via": "all" if req.via_all else req.gateway}))
+            detail = {"cseq": req.cseq, "first": req.a, "last": req.b, "via": via}
+            if route is not None:
+                detail["gateway"], detail["path"] = route
+            self._events.append((int(now), "resend_request", req.node, detail))
         out = []
         step = self.cfg.downlink_max_frames
         for topic, frames in by_topic.items():
@@ -680,6 +716,15 @@ class Ingest:
                 out.append((topic, protocol.encode(protocol.Downlink(frames[i:i + step]))))
         self.stats.commands += sum(len(f) for f in by_topic.values())
         return out
+
+    def _route(self, node):
+        """(gateway, path) down to `node` compiled from the reported parents, or None (counted
+        route_fallbacks) when the chain is unknown, loops, is too long or ends at an offline gateway."""
+        r = compile_path(self._parents, node, self._gw_ids)
+        if r is None or not self._gateway_online(r[0]):
+            self.stats.route_fallbacks += 1
+            return None
+        return r
 
     def next_deadline_s(self):
         """When poll() next has work: the flush deadline or the earliest due gap."""

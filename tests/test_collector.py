@@ -1,5 +1,6 @@
 """The collector core (fleet/collector.py Ingest) against a real store (SQLite and PostgreSQL), with frames made by
 protocol.encode and keys derived by protocol.auth. No MQTT: messages are (topic, payload)."""
+import json
 import os
 import sqlite3
 
@@ -735,3 +736,63 @@ def test_collect_cli_errors_say_what_to_do(tmp_path):
     assert parse_broker_url("mqtt://10.0.0.2:1884") == ("10.0.0.2", 1884)
     assert parse_broker_url("localhost") == ("localhost", 1883)
     assert parse_broker_url("tcp://h:1") == ("h", 1)
+
+
+def _routed_or_flooded(out, node):
+    """(topic, path or None, Command) for each command to `node` in downlink messages `out`: a
+    Routed frame's hop tag checked and its inner command decoded with the node's key."""
+    from protocol.routed import Routed  # noqa: F401 - the decoder loads it on demand
+    got = []
+    for topic, payload in out:
+        for fb in protocol.decode(payload).frames:
+            f = protocol.decode(fb, MESH)
+            path, inner = (f.path, f.cmd) if f.type == protocol.T_ROUTED else (None, fb)
+            c = protocol.decode(inner, MESH, nkey(node) if protocol.decode(inner).target == node else None)
+            if c.target == node:
+                got.append((topic, path, c))
+    return got
+
+
+def test_resend_goes_down_the_source_route_then_a_retry_is_flooded(store):
+    """Issue 15: the first request for a gap travels down the path compiled from the parents in
+    the nodes' status reports (RPL non-storing), as a Routed frame to the gateway at its root; a
+    retry (the path may be stale) and a node whose chain is unknown get a flood, counted."""
+    clock = Clock()
+    ing = make_ingest(store, clock)
+    # 3 -> 2 -> 1 -> gateway GW2 (heard on GW2's uplink); node 4 reports a parent nobody knows
+    ing.on_message(UP2, envelope([status(1, 1, parent=GW2), status(2, 1, parent=1), status(3, 1, parent=2),
+                                  status(4, 1, parent=99)], gw=GW2))
+    ing.on_message(UP, envelope([telemetry(3, 0), telemetry(3, 4), telemetry(4, 0), telemetry(4, 2)]))
+    clock.t += 11
+    out = ing.poll()
+    (topic, path, c3), = _routed_or_flooded(out, 3)
+    assert (topic, path, c3.op, c3.args) == (downlink_topic(NET, GW2), [1, 2, 3], protocol.OP_RESEND, [1, 3])
+    (topic, path, c4), = _routed_or_flooded(out, 4)
+    assert (topic, path, c4.args) == (downlink_topic(NET, GW), None, [1, 1])  # no route: the old way
+    snap = ing.snapshot()
+    assert (snap["commands_routed"], snap["commands_flooded"], snap["route_fallbacks"]) == (1, 1, 1)
+    clock.t += 5  # unanswered: the retry floods from every gateway
+    (topic, path, c3b), = _routed_or_flooded(ing.poll(), 3)
+    assert (topic, path, c3b.args) == (downlink_topic(NET), None, [1, 3]) and c3b.cseq > c3.cseq
+    ing.flush()
+    vias = [json.loads(e["detail"])["via"] for e in store.events(node=3, kind="resend_request")]
+    assert vias == ["route", "all"]
+
+
+def test_no_route_through_an_offline_gateway_a_loop_or_with_routing_off(store):
+    clock = Clock()
+    ing = make_ingest(store, clock)
+    ing.on_message(UP2, envelope([status(1, 1, parent=GW2), status(2, 1, parent=3), status(3, 1, parent=2)],
+                                 gw=GW2))
+    ing.on_message(f"redmesh/{NET}/state/{GW2}", b"offline")
+    ing.on_message(UP, envelope([telemetry(1, 0), telemetry(1, 2), telemetry(2, 0), telemetry(2, 2)]))
+    clock.t += 11
+    out = ing.poll()
+    assert [p for _, p, _ in _routed_or_flooded(out, 1) + _routed_or_flooded(out, 2)] == [None, None]
+    assert ing.snapshot()["route_fallbacks"] == 2
+    off = Ingest(store, Keys(), NET, now_fn=clock, config=CollectorConfig(
+        route_commands=False, repair=RepairConfig(grace_s=10)))
+    off.on_message(UP2, envelope([status(5, 1, parent=GW2), telemetry(5, 0), telemetry(5, 2)], gw=GW2))
+    clock.t += 11
+    (_, path, _), = _routed_or_flooded(off.poll(), 5)
+    assert path is None and off.snapshot()["commands_routed"] == 0
