@@ -246,7 +246,7 @@ class Neighbor:
 
     __slots__ = ("node_id", "mac", "cost", "depth", "flags", "bseq", "b_rcv", "b_miss", "d_tx",
                  "d_ack", "fails", "prr", "etx_b", "etx_d", "etx", "windows", "rssi", "heard", "last_ms",
-                 "hold_ms")
+                 "hold_ms", "child_ms")
 
     def __init__(self, node_id, mac, rssi, now_ms, etx):
         self.node_id = node_id
@@ -269,6 +269,7 @@ class Neighbor:
         self.heard = 0  # beacons heard (saturates at 255)
         self.last_ms = now_ms  # last beacon
         self.hold_ms = 0  # not a parent candidate before this time
+        self.child_ms = -1  # last frame it originated through us (a child: the next hop of its source routes)
 
     def path_cost(self):
         """Advertised cost + link ETX (COST_INFINITE when the neighbour has no route)."""
@@ -803,6 +804,12 @@ class Router:
             self._event(("uplink", data, rssi, hops))
             return
         dup.put(origin, seq, t, now, hops)
+        if hops == 1:  # originated by the sender (it counts itself): a child, kept for routed frames
+            nb = self._nbrs.get(origin)
+            if nb is None:
+                self._admit_child(origin, src_mac, rssi, now)
+            elif nb.mac == src_mac:
+                nb.child_ms = now
         if hops >= self.max_hops:
             st["ttl_dropped"] += 1
             return
@@ -908,26 +915,8 @@ class Router:
             if cost >= COST_INFINITE:
                 self.stats["nbr_full"] += 1
                 return None
-            victim = None
-            worst = -1
-            timeout = self.neighbor_timeout_ms
-            par = self._par
-            busy = self._inflight_nb
-            for nb in nbrs.values():
-                if nb is par or nb is busy:
-                    continue
-                if now - nb.last_ms > timeout:
-                    victim = nb
-                    worst = COST_INFINITE + 1
-                    break
-                pc = nb.cost
-                if pc < COST_INFINITE:  # nb.path_cost(), inline: this loop runs per beacon heard
-                    pc += nb.etx
-                if pc > worst:
-                    victim = nb
-                    worst = pc
-            new_pc = cost + self._etx_guess(rssi)
-            if victim is None or worst <= new_pc:
+            victim, worst = self._victim(now, False)
+            if victim is None or worst <= cost + self._etx_guess(rssi):
                 self.stats["nbr_full"] += 1
                 return None
             del nbrs[victim.node_id]
@@ -935,6 +924,54 @@ class Router:
         nb = Neighbor(node_id, bytes(mac), rssi, now, self._etx_guess(rssi))
         nbrs[node_id] = nb
         return nb
+
+    def _admit_child(self, node_id, mac, rssi, now):
+        """A child (it originated a frame through us) not in the table: admitted for the routed
+        frames that go down through us to it (firmware/downroute.py), in place of the non-child
+        with the worst path (never the parent). Not a parent candidate until it beacons a route."""
+        nbrs = self._nbrs
+        if len(nbrs) >= self.max_neighbors:
+            victim, _ = self._victim(now, True)
+            if victim is None:
+                self.stats["nbr_full"] += 1
+                return
+            del nbrs[victim.node_id]
+            self.stats["nbr_evicted"] += 1
+        nb = Neighbor(node_id, bytes(mac), rssi, now, self._etx_guess(rssi))
+        nb.child_ms = now
+        nbrs[node_id] = nb
+
+    def _victim(self, now, spare_children):
+        """(neighbour, its path cost) to drop for a newcomer: one not heard for the timeout, else
+        the one with the worst path. Never the parent or the neighbour a send is in flight to;
+        children (they originated frames through us within the timeout) only when no other is
+        left, never with spare_children: the deepest neighbours, those with the worst paths, are
+        the children, and a routed frame reaches a child through this table."""
+        victim = None
+        worst = -1
+        child = None
+        child_worst = -1
+        timeout = self.neighbor_timeout_ms
+        par = self._par
+        busy = self._inflight_nb
+        for nb in self._nbrs.values():
+            if nb is par or nb is busy:
+                continue
+            if now - nb.last_ms > timeout:
+                return nb, COST_INFINITE + 1
+            pc = nb.cost
+            if pc < COST_INFINITE:  # nb.path_cost(), inline: this loop runs per beacon heard
+                pc += nb.etx
+            if nb.child_ms >= 0 and now - nb.child_ms <= timeout:
+                if pc > child_worst:
+                    child = nb
+                    child_worst = pc
+            elif pc > worst:
+                victim = nb
+                worst = pc
+        if victim is None and not spare_children:
+            return child, child_worst
+        return victim, worst
 
     def _etx_guess(self, rssi):
         """Link ETX to assume before any estimate window: a weak signal is a poor link more
