@@ -52,6 +52,31 @@ def _log_reset_cause():
     unload("firmware.boot")  # imported again by whatever needs it (~4.6 KB of a node's heap)
 
 
+# Modules a running node imports for a moment and unloads again (a command, a routed frame, a
+# key rotation, a signed command, a crash report). Their names are interned once, at boot:
+# MicroPython keeps every name (qstr) for good, in pools each twice the size of the last, and a
+# pool asked for on a running node's fragmented heap fails. On the rig (32-bit, 123k) the first
+# routed frame or command after a few minutes needed a pool of 1,280 names, one 8,976-byte
+# piece, where the heap had 54 KB free in pieces of at most 5.4 KB: "MemoryError: memory
+# allocation failed, allocating 1280 bytes" (the figure counts names, not bytes), the node at
+# its REPL. A board's pools start at other sizes; the failure is the same. Imported here and
+# unloaded at once, they leave their names and nothing else (tests/test_cold_names.py checks
+# that every runtime import is here or loaded at boot anyway).
+COLD_MODULES = ("firmware.node_cmd", "firmware.downroute", "firmware.rekey", "protocol.keywrap",
+                "protocol.frames_up", "protocol.ed25519", "protocol.sha512", "firmware.crash",
+                "firmware.safe_state")
+
+
+def intern_cold_names():
+    """Import each of COLD_MODULES not loaded yet, then unload what that loaded (the modules and
+    what they import): their names stay interned, their code goes."""
+    before = set(sys.modules)
+    for name in COLD_MODULES:
+        if name not in sys.modules:
+            __import__(name)
+    unload(*[n for n in sys.modules if n not in before])
+
+
 def build(root):
     """(node, fs) ready to run, or None when the config is unusable (the safe state ran).
     Modules used only to boot are unloaded on the way (firmware/compat.py unload)."""
@@ -95,4 +120,5 @@ def build(root):
     if node.ota is None:
         ota_attach = None
         unload("firmware.ota_attach", "firmware.boot")  # boot: read only to find the slot pointer (~2.6 KB)
+    intern_cold_names()
     return node, fs
