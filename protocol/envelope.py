@@ -83,6 +83,8 @@ def _encode(frame):
     _head(4, len(frame.frames), out)
     for fb in frame.frames:
         _put_bytes(out, "frame", fb, 1, MAX_FRAME)
+    if len(out) > MAX_ENVELOPE:
+        raise ProtocolError("downlink: %d bytes, at most %d" % (len(out), MAX_ENVELOPE))
     return bytes(out)
 
 

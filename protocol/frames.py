@@ -572,7 +572,9 @@ def _decode(buf, mesh_key, node_key):
     if not isinstance(buf, (bytes, bytearray, memoryview)):
         raise ProtocolError("expected bytes, got " + type(buf).__name__)
     t = peek_type(buf)
-    if t != T_ENVELOPE and len(buf) > MAX_FRAME:
+    # MQTT messages (an envelope, a downlink: several air frames) are bounded by MAX_ENVELOPE;
+    # a downlink of routed commands passes 250 bytes at three frames
+    if t != T_ENVELOPE and t != T_DOWNLINK and len(buf) > MAX_FRAME:
         raise ProtocolError("frame is %d bytes, the radio carries at most %d" % (len(buf), MAX_FRAME))
     if len(buf) > MAX_ENVELOPE:
         raise ProtocolError("message is %d bytes, at most %d accepted" % (len(buf), MAX_ENVELOPE))

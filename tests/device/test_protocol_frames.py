@@ -118,6 +118,22 @@ def test_encode_refuses_out_of_range_fields():
             raise AssertionError("encoded an invalid frame: %r" % f)
 
 
+def test_a_downlink_of_routed_commands_longer_than_a_radio_frame_decodes():
+    """A downlink (MQTT, fleet -> gateway) carries several air frames: bounded by MAX_ENVELOPE,
+    not by the radio's 250 bytes. The gateway refused every downlink over 250 bytes (8 routed
+    resend requests: 332) and the commands in it were lost."""
+    from protocol.envelope import Downlink
+
+    frames = []
+    for i in range(8):
+        cmd = P.encode(P.Command(target=1234 + i, cseq=9, op=P.OP_RESEND, args=[1, 5]), MESH, NODE)
+        frames.append(P.encode(Routed(path=[1100, 1200, 1234 + i], at=0, cmd=cmd), MESH))
+    b = P.encode(Downlink(frames))
+    assert len(b) > P.MAX_FRAME
+    back = P.decode(b)
+    assert back.type == P.T_DOWNLINK and back.frames == frames
+
+
 def test_routed_command_roundtrip_and_limits():
     cmd = P.encode(P.Command(target=1234, cseq=9, op=P.OP_RESEND, args=[1, 5]), MESH, NODE)
     r = Routed(path=[1100, 1200, 1234], at=1, cmd=cmd)
