@@ -686,7 +686,8 @@ class Ingest:
         (a Routed frame to the gateway at its root); with no usable route (unknown or looping
         parents, its gateway offline: counted route_fallbacks), or on a retry (the routed attempt
         went unanswered: the path may be stale), the command is flooded from the gateway that
-        last heard the node, or from every gateway. Counted commands_routed / commands_flooded."""
+        last heard the node, or from every gateway. A command for a gateway goes to its own topic
+        (it consumes a command for itself, never floods it). Counted commands_routed / commands_flooded."""
         by_topic = {}
         for req in reqs:
             if req.node in self._revoked:  # never a command to a revoked node
@@ -694,8 +695,13 @@ class Ingest:
                 continue
             cmd = protocol.Command(target=req.node, cseq=req.cseq, op=protocol.OP_RESEND, args=[req.a, req.b])
             fb = protocol.encode(cmd, self._mesh, self._node_hmac(req.node), phase=self._phase)
-            route = self._route(req.node) if self.cfg.route_commands and not req.via_all else None
-            if route is not None:
+            route = None
+            if self.cfg.route_commands and not req.via_all and req.node not in self._gw_ids:
+                route = self._route(req.node)
+            if req.node in self._gw_ids:  # a gateway's own readings: it takes the command off MQTT itself
+                topic, via = downlink_topic(self.net_id, req.node), "gateway"
+                self.stats.commands_routed += 1
+            elif route is not None:
                 gw, path = route
                 fb = protocol.encode(Routed(path=path, at=0, cmd=fb), self._mesh, phase=self._phase)
                 topic, via = downlink_topic(self.net_id, gw), "route"

@@ -796,3 +796,18 @@ def test_no_route_through_an_offline_gateway_a_loop_or_with_routing_off(store):
     clock.t += 11
     (_, path, _), = _routed_or_flooded(off.poll(), 5)
     assert path is None and off.snapshot()["commands_routed"] == 0
+
+
+def test_a_gateways_own_gap_is_asked_on_its_own_topic_never_flooded(store):
+    """A gateway makes readings too; it takes a command for itself off its MQTT topic and
+    consumes it (firmware/mesh.py _rx_cmd floods only commands for others): no route is needed,
+    and its retries go the same way."""
+    clock = Clock()
+    ing = make_ingest(store, clock)
+    ing.on_message(UP, envelope([telemetry(GW, 0), telemetry(GW, 3)]))
+    for attempt in range(2):
+        clock.t += 11 if attempt == 0 else 5
+        (topic, path, c), = _routed_or_flooded(ing.poll(), GW)
+        assert (topic, path, c.args) == (downlink_topic(NET, GW), None, [1, 2])
+    snap = ing.snapshot()
+    assert (snap["commands_routed"], snap["commands_flooded"], snap["route_fallbacks"]) == (2, 0, 0)
