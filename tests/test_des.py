@@ -51,6 +51,34 @@ def test_gateway_failure_nodes_reparent_and_nothing_is_lost():
     assert r["delivery_after_repair"] >= 0.98
 
 
+def test_a_changed_parent_is_reported_before_the_next_periodic_status():
+    """node.py reports a parent once it has held PARENT_REPORT_DELAY_MS (+ a random part),
+    at most once per PARENT_REPORT_GAP_MS: after a gateway dies, the fleet's parent map (what
+    source routes are compiled from) names the new parents long before the 300 s status."""
+    from firmware.node import PARENT_REPORT_DELAY_MS, PARENT_REPORT_GAP_MS, parent_report_ms
+
+    assert parent_report_ms(1000, None, 7) == 1000 + PARENT_REPORT_DELAY_MS + 7
+    assert parent_report_ms(10**7, 0, 7) == 10**7 + PARENT_REPORT_DELAY_MS + 7
+    assert parent_report_ms(1000, 1000 + PARENT_REPORT_GAP_MS, 0) == 1000 + 2 * PARENT_REPORT_GAP_MS  # not so soon
+    sim = Simulation(DesOptions(nodes=100, topology="grid", gateways=2, minutes=16, report_interval_s=60,
+                                gateway_failure=True))
+    checks = []
+
+    def check(t):  # 3 minutes after the failure: before most nodes' periodic status (300 s)
+        parents = sim.collector.parents
+        checks.append([n.id for n in sim.nodes if n.alive and not n.is_gateway
+                       and n.router.parent and parents.get(n.id) != n.router.parent])
+
+    sim.at(sim.end_us // 3 + 180_000_000, check)
+    r = sim.run()
+    assert checks and r["collector"]["parent_reports"] > 10
+    served = r["gateway_failure"]["nodes_served"]
+    assert served > 10
+    # every node that had moved by then and held its parent is known at its new parent (a
+    # few may still be moving, or waiting for the gap since their last report)
+    assert len(checks[0]) <= served // 5, (checks[0], served)
+
+
 def test_power_cut_street_backlog_drains_after_power_returns():
     # a 30-pole street with its gateway at one end: cutting its middle third cuts off the far end
     sim = Simulation(DesOptions(nodes=30, topology="line", gateways=1, minutes=30, report_interval_s=60,

@@ -17,8 +17,10 @@ Node side (`NodeApp`), after firmware/node.py:
 - A Command to this node is checked (node-key tag, replay window) and OP_RESEND a..b answered as
   node.py's `_resend`: up to 48 held readings re-originated, 12 per frame (fire and forget), then
   a Reply (code 0 [first, last], or 3 with the ranges not held).
-- node.py's status report every status_interval_s (node.py's 300 s by default; 0 = none): a real
-  Status frame; the collector compiles source routes from the parents they name.
+- node.py's status report every status_interval_s (node.py's 300 s by default; 0 = none), and
+  its early report of a changed parent (fleet/sim/des.py schedules it with node.py's
+  parent_report_ms): a real Status frame; the collector compiles source routes from the parents
+  they name.
   Not modelled: the sampler and sensor (a reading simply appears every report interval), the
   watchdog, flash timing, OTA staging and trial boot (the engine's "complete" ends the story).
 
@@ -78,7 +80,7 @@ class NodeApp:
 
     __slots__ = ("sim", "node", "hmac", "next_seq", "held", "unsent", "ram", "in_flight", "next_token",
                  "reply_seq", "status_seq", "window", "unstamped", "kick_at", "phase_us", "boot", "created", "first_orig",
-                 "lost_at_cut")
+                 "lost_at_cut", "parent_report_us", "last_status_us")
 
     def __init__(self, sim, node, node_hmac):
         self.sim = sim
@@ -92,6 +94,8 @@ class NodeApp:
         self.next_token = 1
         self.reply_seq = 0
         self.status_seq = 0
+        self.parent_report_us = None  # node.py's parent_report_ms: a changed parent to report then
+        self.last_status_us = None
         self.window = ReplayWindow(32)
         self.unstamped = []  # aggregation times (us) of readings waiting for wall-clock time
         self.kick_at = -1
@@ -271,6 +275,8 @@ class NodeApp:
                           radio_drops=0, readings_lost=0)  # the DES models no receive buffer, no overflow
         f = Status(origin=self.node.id, seq=self.status_seq, time_s=r.wall_time_s(now_ms), body=body)
         self.status_seq += 1
+        self.parent_report_us = None
+        self.last_status_us = now_us
         encode(f, self.sim.mesh_hmac, self.hmac)
         r.originate(f, now_ms, None)
         self.sim.counters["status_sent"] += 1
@@ -288,6 +294,8 @@ class NodeApp:
         self.in_flight = {}
         self.unstamped = []
         self.kick_at = -1
+        self.parent_report_us = None
+        self.last_status_us = None
 
     def power_on(self):
         """Boot: counters resume from their persisted reserves (a block of 64)."""

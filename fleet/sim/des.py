@@ -41,7 +41,8 @@ Nodes and keys
   convergence); as node.py does, each samples on its own grid from a random phase (its first
   report 90 s - warm-up and window - plus a random 0..interval after boot, firmware/sampler.py
   phase_ms: a fixed phase from boot synchronised a whole circuit's poles for as long as they
-  ran) and sends its first status 20 s after boot, the next ones from a random phase. Gateways know
+  ran) and sends its first status 20 s after boot, the next ones from a random phase, and one
+  when a changed parent has held (node.py parent_report_ms; counted parent_reports). Gateways know
   the wall clock (Router.set_time); the others learn it from beacons, as on the street.
 - Keys are derived as the fleet derives them (protocol.auth.derive_mesh_key/derive_node_key)
   from a fleet secret made from the seed: one mesh key, and one key per node, derived once at
@@ -64,7 +65,7 @@ import time
 from heapq import heappop, heappush
 
 from firmware.mesh import BROADCAST, Router
-from firmware.node import STATUS_INTERVAL_S
+from firmware.node import PARENT_REPORT_DELAY_MS, STATUS_INTERVAL_S, parent_report_ms
 from fleet.errors import FleetError
 from fleet.sim import topology as topo_mod
 from fleet.sim._des_app import Collector, NodeApp
@@ -102,6 +103,7 @@ K_READ = 3
 K_KICK = 4
 K_CALL = 5
 K_STATUS = 6
+K_PARENT_REPORT = 7
 READ_FIRST_US = 90_000_000  # firmware/sampler.py: a report 30 s warm-up + 60 s window after its cycle starts
 STATUS_FIRST_US = 20_000_000  # node.py: the first status report 20 s after boot (the next at a random phase)...
 BOOT_JITTER_US = 2_000_000  # ...give or take how long each board takes to boot
@@ -273,7 +275,8 @@ class Simulation:
         self.made = 0
         self.counters = {"deferrals": 0, "collided": 0, "receptions": 0, "oversize": 0, "mac_attempts": 0,
                          "unicast_fail": 0, "resent_frames": 0, "replies_sent": 0, "cmd_refused": 0,
-                         "cmd_replayed": 0, "repair_telemetry_tx": 0, "unstamped_dropped": 0, "status_sent": 0}
+                         "cmd_replayed": 0, "repair_telemetry_tx": 0, "unstamped_dropped": 0, "status_sent": 0,
+                         "parent_reports": 0}
         self.tx_by_type = {name: 0 for name in _TYPES.values()}
         self.tx_by_type["other"] = 0
         self.scenario = {}
@@ -462,6 +465,13 @@ class Simulation:
                 n.parent_events += 1
             elif ev[1]:
                 n.joined = True
+            if ev[1] and self.opt.status_interval_s:  # node.py reports a new parent early
+                app = n.app
+                last = None if app.last_status_us is None else app.last_status_us // 1000
+                t = parent_report_ms(now_us // 1000, last, n.router.rng.below(PARENT_REPORT_DELAY_MS)) * 1000
+                app.parent_report_us = t
+                self.seq += 1
+                heappush(self.heap, (t, self.seq, K_PARENT_REPORT, n, None))
         elif kind == "route":
             if ev[1]:
                 n.app.stamp(now_us)
@@ -688,6 +698,11 @@ class Simulation:
                     self._status_phased.add(n.id)
                     nxt = self.rng.randrange(nxt)
                 heappush(heap, (t + nxt, self.seq, K_STATUS, n, None))
+            elif kind == K_PARENT_REPORT:
+                if n.alive and n.app.parent_report_us == t:
+                    self.counters["parent_reports"] += 1
+                    n.app.send_status(t)
+                    self.service(n, t)
             else:
                 self.events += events
                 events = 0
@@ -839,6 +854,7 @@ class Simulation:
                                                     "no_route_drops", "nbr_evicted", "floods_tx")},
             "collector": {"frames": col.frames, "duplicates": col.duplicates, "rejects": col.rejects,
                           "status_frames": col.status_frames, "status_sent": self.counters["status_sent"],
+                          "parent_reports": self.counters["parent_reports"],
                           "unstamped_dropped": self.counters["unstamped_dropped"]},
             "build_s": round(self.build_s, 2),
             "wall_s": round(getattr(self, "wall_s", 0.0), 2),
