@@ -71,6 +71,14 @@ def test_gateway_killed_nodes_reparent_nothing_lost(make_rig, needs_virtual_rig)
     assert served, "the killed gateway carried no node's readings: the test proves nothing"
     assert served <= after, served - after
     assert rep["holes"] == 0 and rep["lost"] == 0 and rep["missing"] == 0, rep["missing_by_node"]
+    # the nodes that had the victim as parent reported their new parent (firmware/node.py
+    # parent_report_ms: once it has held 60-120 s), not only at their next 300 s status: the
+    # source routes of the fleet's commands are compiled from these
+    def reported():
+        left = [n for (n, p) in rig.query("SELECT node, parent FROM node_state") if p == victim and n != victim]
+        return (not left) or (False, left)
+
+    rig.wait_until(reported, 150, "the re-parented nodes to report their new parents")
 
 
 def _settled_except(rig, skip, made):
