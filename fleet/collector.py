@@ -42,7 +42,8 @@ Theory of operation
   kept; a resend request's first attempt goes down the source route compiled from those parents
   (protocol/routed.py `compile_path`), as a Routed frame to the gateway at its root, which
   unicasts it hop by hop (firmware/downroute.py): no flood, no per-descendant table on a node.
-  No known route (counted route_fallbacks) or a retry (the path may be stale): flooded.
+  No known route (counted route_fallbacks) or a retry (the path may be stale): flooded, scoped to
+  a few hops beyond the node's last distance (fleet/repair.py flood_start_hops), wider each attempt.
 """
 import hmac
 import logging
@@ -51,8 +52,9 @@ import signal
 import time
 
 import protocol
+from firmware.mesh_params import DEFAULTS as MESH_DEFAULTS
 from fleet import devstrings
-from fleet.repair import LOST, GapTracker, RepairConfig
+from fleet.repair import LOST, GapTracker, RepairConfig, flood_start_hops
 from protocol import auth
 from protocol.envelope import downlink_topic, parse_topic
 from protocol.routed import Routed, compile_path
@@ -167,7 +169,8 @@ class Stats:
 
     FIELDS = ("messages", "envelopes", "frames", "readings", "stored", "duplicates", "status", "status_duplicates",
               "replies", "reply_duplicates", "commands", "rejects", "flushes", "flush_errors", "clock_jumps",
-              "restamped", "commands_withheld", "commands_routed", "commands_flooded", "route_fallbacks")
+              "restamped", "commands_withheld", "commands_routed", "commands_flooded", "commands_scoped",
+              "route_fallbacks")
 
     def __init__(self):
         for f in self.FIELDS:
@@ -276,6 +279,7 @@ class Ingest:
         self._gateways = {}  # gateway -> "online" / "offline"
         self._gw_ids = set()  # every gateway heard of (state or uplink): the roots of source routes
         self._parents = {}  # node -> parent its newest status reported (source routes, RPL non-storing)
+        self._hops = {}  # node -> hop count of its newest frame (the scope of a flooded command)
         self._unknown_checked = {}  # node -> when the store last said "not registered"
         self._cur_now = 0.0
         self._cur_unknown = None
@@ -558,6 +562,7 @@ class Ingest:
 
     def _telemetry(self, res, f, gw, rx_s, rssi, now, corr=0):
         node, seq, hops = f.origin, f.seq, f.hops
+        self._hops[node] = hops
         base, extra = self._times(rx_s, f.time_s, corr)  # time_s 0: the node has no wall clock yet
         rx_s += corr
         if extra:
@@ -574,6 +579,7 @@ class Ingest:
 
     def _fast_rows(self, res, fast, gw, rx_s, rssi, now, corr=0):
         node, seq, time_s, body, hops = fast
+        self._hops[node] = hops
         base, extra = self._times(rx_s, time_s, corr)
         rx_s += corr
         if extra:
@@ -606,6 +612,7 @@ class Ingest:
             return
         w.update(f.seq)
         b = f.body
+        self._hops[node] = f.hops
         self.stats.status += 1
         self._status[node] = (rx_s, {
             "fw_version": b.fw_version, "fw_seq": b.fw_seq, "uptime_s": b.uptime_s, "heap_free": b.heap_free,
@@ -686,18 +693,24 @@ class Ingest:
         (a Routed frame to the gateway at its root); with no usable route (unknown or looping
         parents, its gateway offline: counted route_fallbacks), or on a retry (the routed attempt
         went unanswered: the path may be stale), the command is flooded from the gateway that
-        last heard the node, or from every gateway. A command for a gateway goes to its own topic
+        last heard the node, or from every gateway, scoped to a few hops beyond the node's last
+        distance (fleet/repair.py flood_start_hops; counted commands_scoped). A command for a gateway goes to its own topic
         (it consumes a command for itself, never floods it). Counted commands_routed / commands_flooded."""
         by_topic = {}
         for req in reqs:
             if req.node in self._revoked:  # never a command to a revoked node
                 self.stats.commands_withheld += 1
                 continue
-            cmd = protocol.Command(target=req.node, cseq=req.cseq, op=protocol.OP_RESEND, args=[req.a, req.b])
-            fb = protocol.encode(cmd, self._mesh, self._node_hmac(req.node), phase=self._phase)
             route = None
+            scope = 0
             if self.cfg.route_commands and not req.via_all and req.node not in self._gw_ids:
                 route = self._route(req.node)
+            if route is None and req.node not in self._gw_ids:
+                scope = flood_start_hops(self._hops.get(req.node), req.gap.attempts if req.gap else None,
+                                         MESH_DEFAULTS["max_hops"])
+            cmd = protocol.Command(target=req.node, cseq=req.cseq, op=protocol.OP_RESEND, args=[req.a, req.b],
+                                   hops=scope)
+            fb = protocol.encode(cmd, self._mesh, self._node_hmac(req.node), phase=self._phase)
             if req.node in self._gw_ids:  # a gateway's own readings: it takes the command off MQTT itself
                 topic, via = downlink_topic(self.net_id, req.node), "gateway"
                 self.stats.commands_routed += 1
@@ -710,10 +723,14 @@ class Ingest:
                 topic = downlink_topic(self.net_id, None if req.via_all else req.gateway)
                 via = "all" if req.via_all else req.gateway
                 self.stats.commands_flooded += 1
+                if scope:
+                    self.stats.commands_scoped += 1
             by_topic.setdefault(topic, []).append(fb)
             detail = {"cseq": req.cseq, "first": req.a, "last": req.b, "via": via}
             if route is not None:
                 detail["gateway"], detail["path"] = route
+            elif scope:
+                detail["scope"] = MESH_DEFAULTS["max_hops"] - scope  # hops from a gateway it can reach
             self._events.append((int(now), "resend_request", req.node, detail))
         out = []
         step = self.cfg.downlink_max_frames

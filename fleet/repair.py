@@ -51,6 +51,24 @@ RESEND_OK = 0
 RESEND_NONE_HELD = 3
 
 
+# Scoped floods (issue 15): a resend request that cannot go down a source route is flooded, but
+# only as far as the node can be: it starts with a hop count that makes relays stop
+# rebroadcasting it SCOPE_MARGIN[attempt] hops beyond the node's last known distance from a
+# gateway (firmware/mesh.py rebroadcasts a command only while its hops < max_hops). Later
+# attempts widen the scope; past the table, and for a node never heard, the whole mesh.
+SCOPE_MARGIN = {1: 2, 2: 2, 3: 6}
+
+
+def flood_start_hops(last_hops, attempt, max_hops):
+    """The hops value to send a flooded command with (0: the whole mesh). last_hops: the hop
+    count of the node's newest frame at its gateway (None: unknown); attempt: 1 for the gap's
+    first request; max_hops: the nodes' TTL (firmware/mesh_params.py)."""
+    margin = SCOPE_MARGIN.get(attempt)
+    if last_hops is None or margin is None:
+        return 0
+    return max(0, max_hops - (last_hops + margin))
+
+
 class RepairConfig:
     """Gap repair settings (seconds, counts). See the module docstring for their meaning."""
 

@@ -811,3 +811,24 @@ def test_a_gateways_own_gap_is_asked_on_its_own_topic_never_flooded(store):
         assert (topic, path, c.args) == (downlink_topic(NET, GW), None, [1, 2])
     snap = ing.snapshot()
     assert (snap["commands_routed"], snap["commands_flooded"], snap["route_fallbacks"]) == (2, 0, 0)
+
+
+def test_a_flooded_request_is_scoped_to_a_few_hops_beyond_the_node_then_widened(store):
+    """No route known: the request is flooded, but it starts with a hop count that has relays
+    stop rebroadcasting it 2 hops beyond the node's last distance (fleet/repair.py
+    flood_start_hops); later attempts widen it (6 hops), then the whole mesh (hops 0)."""
+    from firmware.mesh_params import DEFAULTS
+
+    clock = Clock()
+    ing = make_ingest(store, clock, max_attempts=5)
+    ing.on_message(UP, envelope([telemetry(1, 0, hops=5), telemetry(1, 3, hops=5)]))
+    starts = []
+    for _ in range(200):
+        clock.t += 1
+        starts += [c.hops for _, path, c in _routed_or_flooded(ing.poll(), 1)]
+    ttl = DEFAULTS["max_hops"]
+    assert starts == [ttl - 7, ttl - 7, ttl - 11, 0, 0]
+    assert ing.snapshot()["commands_scoped"] == 3
+    ing.flush()
+    scopes = [json.loads(e["detail"]).get("scope") for e in store.events(node=1, kind="resend_request")]
+    assert scopes == [7, 7, 11, None, None]

@@ -487,6 +487,23 @@ def commands_seen(radio):
     return {i: [ev[1] for _, ev in n.events if ev[0] == "command"] for i, n in radio.nodes.items()}
 
 
+def test_a_flood_started_with_a_hop_count_stops_that_many_hops_from_the_gateway():
+    """The fleet scopes a flooded command (fleet/repair.py flood_start_hops) by the hop count it
+    starts with: relays rebroadcast only while hops < max_hops, so a command started at
+    max_hops - 3 reaches the nodes within 3 hops and no farther, and costs 3 transmissions
+    on a line, not 7."""
+    ids = list(range(1, 9))
+    radio = make_net(ids, {1})
+    link_line(radio, ids)
+    radio.run(3 * MIN)
+    before = total(radio, "floods_tx")
+    radio.call(1, lambda r, now: r.inject_downlink(command_bytes(0, 51, hops=DEFAULTS["max_hops"] - 3), now))
+    radio.run(radio.now_ms + 10_000)
+    seen = commands_seen(radio)
+    assert sorted(i for i in ids if seen[i]) == [1, 2, 3, 4]
+    assert total(radio, "floods_tx") - before == 3  # the gateway, 2 and 3 rebroadcast; 4 is the edge
+
+
 def test_downlink_flood_reaches_every_node_exactly_once():
     ids = list(range(1, 26))
     radio = make_net(ids, {1})

@@ -34,10 +34,11 @@ from the parents in the nodes' status reports (firmware/downroute.py), and is fl
 no path is known. Both are real at every size: no repair is estimated.
 """
 from firmware.downroute import inject_routed
+from firmware.mesh_params import DEFAULTS as _MESH_DEFAULTS
 from firmware.node import UNSTAMPED_MAX
 from firmware.ring import _SIZE_KEY
 from firmware.ring import build_telemetry as _build_telemetry
-from fleet.repair import GapTracker, RepairConfig
+from fleet.repair import GapTracker, RepairConfig, flood_start_hops
 from protocol import (
     OP_RESEND,
     T_REPLY,
@@ -305,6 +306,9 @@ class NodeApp:
         self.status_seq = _ceil_block(self.status_seq)
 
 
+_MAX_HOPS = _MESH_DEFAULTS["max_hops"]
+
+
 class Collector:
     """The fleet side: decodes uplinks once, tracks readings and gaps, sends resend requests."""
 
@@ -332,6 +336,9 @@ class Collector:
         self.routed = 0  # resend requests sent down a source route
         self.route_fallbacks = 0  # ...flooded instead: no known path to the node
         self.route_retries_flooded = 0  # ...flooded: a routed request went unanswered (stale path)
+        self.scoped = 0  # flooded requests scoped to a few hops beyond the node (flood_start_hops)
+        self.last_hops = {}  # node id -> hop count of its newest frame at a gateway
+        self.max_hops = (sim.opt.mesh_params or {}).get("max_hops", _MAX_HOPS)
 
     def resent_of(self, node_id):
         s = self.resent.get(node_id)
@@ -374,6 +381,7 @@ class Collector:
             self.schedule(now_us)
             return
         self.frames += 1
+        self.last_hops[node] = hops
         app = self.sim.apps[node]
         created = app.created
         first_orig = app.first_orig
@@ -447,6 +455,12 @@ class Collector:
                     self.route_retries_flooded += 1
                 elif self._route(req.node, fb, now_us):
                     continue
+            start = flood_start_hops(self.last_hops.get(req.node), req.gap.attempts if req.gap else None,
+                                     self.max_hops)
+            if start:  # the flood stops a few hops beyond the node, as fleet.collector sends it
+                self.scoped += 1
+                cmd.hops = start
+                fb = encode(cmd, sim.mesh_hmac, app.hmac)
             if req.via_all or req.gateway is None:
                 gws = [g for g in sim.gateways if g.alive]
             else:

@@ -842,7 +842,7 @@ class Simulation:
             "route_losses": stats.get("route_losses", 0),
             "repair": {"gaps_opened": col.tracker.opened, "requests": col.requests,
                        "routed_requests": col.routed, "route_fallbacks": col.route_fallbacks,
-                       "route_retries_flooded": col.route_retries_flooded,
+                       "route_retries_flooded": col.route_retries_flooded, "flood_scoped": col.scoped,
                        "recovered": col.tracker.recovered, "gaps_lost": col.tracker.lost,
                        "readings_lost": col.tracker.readings_lost, "readings_filled": col.tracker.readings_filled},
             "radio": {"frames_by_type": dict(self.tx_by_type), "mac_attempts": self.counters["mac_attempts"],
