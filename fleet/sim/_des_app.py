@@ -31,7 +31,9 @@ become OP_RESEND commands, tagged with the node key and injected at the gateway 
 the node (or every live gateway) with Router.inject_downlink — the flood then runs on the real
 routers. In `route` repair mode (the default) the request goes down the source route compiled
 from the parents in the nodes' status reports (firmware/downroute.py), and is flooded only when
-no path is known. Both are real at every size: no repair is estimated.
+no path is known or on a retry. A flood is scoped as fleet.collector scopes it (fleet/repair.py
+flood_start_hops: the hop count it starts with stops it a few hops beyond the node). Both are
+real at every size: no repair is estimated.
 """
 from firmware.downroute import inject_routed
 from firmware.mesh_params import DEFAULTS as _MESH_DEFAULTS

@@ -114,7 +114,8 @@ _TYPES = {T_BEACON: "beacon", T_TELEMETRY: "telemetry", T_STATUS: "status", T_CO
 
 # Gap repair, both real at every size (a resend request is a command frame the routers carry):
 # route - down the source route compiled from the parents in status reports (RPL non-storing
-# mode), a flood when no path is known (counted as a fallback); flood - every request flooded.
+# mode), a flood when no path is known (counted as a fallback) or on a retry; flood - every
+# request flooded. Floods are scoped by the hop count they start with (fleet/repair.py).
 REPAIR_MODES = ("route", "flood")
 
 
