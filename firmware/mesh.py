@@ -789,6 +789,12 @@ class Router:
             st["bad_frames"] += 1
             return
         st["data_rx"] += 1
+        if hops == 1:  # originated by the sender (it counts itself): a child, kept for routed frames
+            nb = self._nbrs.get(origin)
+            if nb is None:
+                self._admit_child(origin, src_mac, rssi, now)
+            elif nb.mac == src_mac:
+                nb.child_ms = now
         dup = self._dup
         j = dup.find(origin, seq, t)
         if j >= 0 and now - dup.t[j] < self.dup_memory_ms:
@@ -804,12 +810,6 @@ class Router:
             self._event(("uplink", data, rssi, hops))
             return
         dup.put(origin, seq, t, now, hops)
-        if hops == 1:  # originated by the sender (it counts itself): a child, kept for routed frames
-            nb = self._nbrs.get(origin)
-            if nb is None:
-                self._admit_child(origin, src_mac, rssi, now)
-            elif nb.mac == src_mac:
-                nb.child_ms = now
         if hops >= self.max_hops:
             st["ttl_dropped"] += 1
             return

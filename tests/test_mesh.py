@@ -792,6 +792,21 @@ def test_a_full_neighbour_table_keeps_the_children_routed_frames_go_down_to():
     assert r.parent == 1
 
 
+def test_a_gateway_with_a_full_table_keeps_its_children_too():
+    """A gateway is the first hop of every source route: its children must be in its table
+    (a gateway takes uplinks before the relays' forwarding path, where children are noted)."""
+    g = Router(1, mac_of(1), True, MESH, params={"max_neighbors": 2})
+    now = 0
+    for bseq in range(3):
+        now += 10_000
+        for src, cost in ((2, 20), (3, 30)):
+            g.on_recv(mac_of(src), beacon_bytes(src, cost, bseq), -50, now)
+    drain(g)
+    assert sorted(g._nbrs) == [2, 3]
+    g.on_recv(mac_of(50), encode(telemetry(50, 0, hops=1, cost=200), MESH), -70, now + 1000)
+    assert sorted(g._nbrs) == [2, 50] and g._nbrs[50].child_ms == now + 1000
+
+
 def test_routed_frame_never_floods_a_command_for_another_node():
     from protocol.routed import Routed
     ids = list(range(1, 5))
