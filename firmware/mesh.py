@@ -134,7 +134,8 @@ STAT_KEYS = (
     "dup_dropped", "dup_other_hops", "loops_detected", "cost_inconsistent", "ttl_dropped", "no_route_drops",
     "queue_drops", "parent_changes", "route_losses", "retries", "tx_fail", "send_timeouts",
     "bad_frames", "commands", "floods_tx", "flood_dup", "nbr_evicted", "nbr_full",
-    "events_dropped", "txq_drops", "queue_len", "routed_fwd", "routed_nbr_miss",
+    "events_dropped", "txq_drops", "queue_len", "routed_fwd", "routed_nbr_miss", "routed_retries",
+    "routed_fail",
 )
 
 _NOT_UINT = "not a small unsigned integer"
@@ -443,6 +444,7 @@ class Router:
         self._inflight_deadline = 0
         self._retry_ms = 0
         self._tok = 0
+        self._routed = None  # token -> (mac, frame, sends): routed frames awaiting their ACK (downroute.py)
         self._bseq = self.rng.below(256)
         self._wall_s = 0
         self._wall_ms = 0
@@ -584,6 +586,12 @@ class Router:
     def on_send_done(self, token, ok, now_ms):
         """Outcome of a unicast poll_tx() gave (ok: the MAC-level ACK came). Other tokens
         (broadcasts, late reports) are ignored."""
+        rt = self._routed
+        if rt is not None and token in rt:  # a routed frame's hop: sent again on a failure
+            from firmware.downroute import routed_done
+
+            routed_done(self, rt.pop(token), ok)
+            return
         e = self._inflight
         if e is None or token != self._inflight_token:
             return

@@ -807,6 +807,39 @@ def test_a_gateway_with_a_full_table_keeps_its_children_too():
     assert sorted(g._nbrs) == [2, 50] and g._nbrs[50].child_ms == now + 1000
 
 
+def test_a_routed_hop_that_fails_is_sent_again_then_given_up():
+    """A routed frame has no queue entry: a hop lost after the MAC's own retries was gone, and the
+    fleet's retry came as a flood (the 25-node HIL at 20 % extra loss, 2 of 24 in one CI run).
+    Each hop is now sent up to ROUTED_SENDS times, counted."""
+    from firmware.downroute import ROUTED_SENDS
+    from protocol.routed import Routed
+
+    r = Router(3, mac_of(3), False, MESH)
+    now = 0
+    for bseq in range(3):
+        now += 10_000
+        r.on_recv(mac_of(1), beacon_bytes(1, 0, bseq, depth=0, flags=BF_GATEWAY), -50, now)
+        r.on_recv(mac_of(4), beacon_bytes(4, 30, bseq, depth=2), -50, now)
+    drain(r)
+    frame = encode(Routed(path=[3, 4], at=0, cmd=command_bytes(4, 8)), MESH)
+    assert r.on_recv(mac_of(1), frame, -50, now)
+    sent = []
+    for _ in range(ROUTED_SENDS + 1):
+        out = [tx for tx in drain(r) if tx[1] == mac_of(4)]
+        if not out:
+            break
+        (tok, mac, data), = out
+        sent.append(data)
+        r.on_send_done(tok, False, now)
+    assert len(sent) == ROUTED_SENDS and len(set(sent)) == 1
+    assert (r.stats["routed_retries"], r.stats["routed_fail"]) == (ROUTED_SENDS - 1, 1)
+    # an ACK ends it at once
+    assert r.on_recv(mac_of(1), encode(Routed(path=[3, 4], at=0, cmd=command_bytes(4, 9)), MESH), -50, now)
+    (tok, _, _), = [tx for tx in drain(r) if tx[1] == mac_of(4)]
+    r.on_send_done(tok, True, now)
+    assert not [tx for tx in drain(r) if tx[1] == mac_of(4)] and not r._routed
+
+
 def test_routed_frame_never_floods_a_command_for_another_node():
     from protocol.routed import Routed
     ids = list(range(1, 5))
