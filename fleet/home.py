@@ -62,6 +62,9 @@ SCHEMA = {
         "client_id": (str, "redmesh-collector", None),
         "batch_rows": (int, 5000, _range(1, 100000)),
         "flush_interval_ms": (int, 500, _range(1, 3600000)),
+        # resend requests down source routes (issue 15); false: every request flooded, for a
+        # mesh whose firmware predates routed frames
+        "route_commands": (bool, True, None),
     },
     "status": {
         "stale_after_s": (int, 300, _range(1, 0xFFFFFFFF)),

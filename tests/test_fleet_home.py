@@ -81,3 +81,16 @@ def test_store_is_not_created_by_readers(tmp_path):
     s.close()
     assert os.path.exists(h.store_path)
     assert oct(os.stat(h.path).st_mode & 0o777) == oct(0o700)
+
+
+def test_collector_route_commands_setting(tmp_path):
+    """`[collector] route_commands = false` floods every resend request (a mesh whose firmware
+    predates routed frames); anything but true/false is refused by name."""
+    from fleet.collector import CollectorConfig
+
+    h = FleetHome(str(tmp_path))
+    assert CollectorConfig.from_home(h).route_commands is True
+    h.write_config({"collector": {"route_commands": False}})
+    assert CollectorConfig.from_home(FleetHome(str(tmp_path))).route_commands is False
+    with pytest.raises(FleetError, match="'collector.route_commands' must be true or false"):
+        h.write_config({"collector": {"route_commands": "no"}})
