@@ -694,24 +694,26 @@ class Ingest:
         parents, its gateway offline: counted route_fallbacks), or on a retry (the routed attempt
         went unanswered: the path may be stale), the command is flooded from the gateway that
         last heard the node, or from every gateway, scoped to a few hops beyond the node's last
-        distance (fleet/repair.py flood_start_hops; counted commands_scoped). A command for a gateway goes to its own topic
-        (it consumes a command for itself, never floods it). Counted commands_routed / commands_flooded."""
+        distance (fleet/repair.py flood_start_hops; counted commands_scoped). A command for a
+        gateway goes to its own topic (it consumes a command for itself, never floods it).
+        Counted commands_routed / commands_flooded."""
         by_topic = {}
         for req in reqs:
             if req.node in self._revoked:  # never a command to a revoked node
                 self.stats.commands_withheld += 1
                 continue
+            own = req.node in self._gw_ids  # a gateway's own readings: it takes the command off MQTT
             route = None
-            scope = 0
-            if self.cfg.route_commands and not req.via_all and req.node not in self._gw_ids:
+            if self.cfg.route_commands and not req.via_all and not own:
                 route = self._route(req.node)
-            if route is None and req.node not in self._gw_ids:
+            scope = 0
+            if route is None and not own:
                 scope = flood_start_hops(self._hops.get(req.node), req.gap.attempts if req.gap else None,
                                          MESH_DEFAULTS["max_hops"])
             cmd = protocol.Command(target=req.node, cseq=req.cseq, op=protocol.OP_RESEND, args=[req.a, req.b],
                                    hops=scope)
             fb = protocol.encode(cmd, self._mesh, self._node_hmac(req.node), phase=self._phase)
-            if req.node in self._gw_ids:  # a gateway's own readings: it takes the command off MQTT itself
+            if own:
                 topic, via = downlink_topic(self.net_id, req.node), "gateway"
                 self.stats.commands_routed += 1
             elif route is not None:

@@ -758,6 +758,20 @@ def test_routed_command_to_a_child_missing_from_the_neighbour_table_goes_one_hop
     assert total(radio, "floods_tx") == 0
 
 
+def _hear(r, neighbours, rounds=3):
+    """Router r hears `rounds` beacons, 10 s apart and on perfect links, from each neighbour
+    (src, cost[, depth[, flags]]; depth 1, flags 0 by default), draining its output after each
+    round. Returns the time of the last round."""
+    now = 0
+    for bseq in range(rounds):
+        now += 10_000
+        for nb in neighbours:
+            src, cost, depth, flags = tuple(nb) + (1, 0)[len(nb) - 2:]
+            r.on_recv(mac_of(src), beacon_bytes(src, cost, bseq, depth=depth, flags=flags), -50, now)
+        drain(r)
+    return now
+
+
 def test_a_full_neighbour_table_keeps_the_children_routed_frames_go_down_to():
     """A relay's table (max_neighbors) fills with the best paths it hears, and its children are
     the deepest, worst-path neighbours: they were refused or evicted first, so a routed command
@@ -766,13 +780,8 @@ def test_a_full_neighbour_table_keeps_the_children_routed_frames_go_down_to():
     the relay is admitted as a child in place of the worst non-child, and kept against better
     newcomers; children give way only to children when the table is children and parent."""
     r = Router(10, mac_of(10), False, MESH, params={"max_neighbors": 4})
-    now = 0
-    for bseq in range(3):  # a gateway (the parent) and three relays with routes, heard well
-        now += 10_000
-        for src, cost in ((1, 0), (2, 20), (3, 25), (4, 30)):
-            r.on_recv(mac_of(src), beacon_bytes(src, cost, bseq, depth=0 if src == 1 else 1,
-                                                flags=BF_GATEWAY if src == 1 else 0), -50, now)
-    drain(r)
+    # a gateway (the parent) and three relays with routes, heard well
+    now = _hear(r, ((1, 0, 0, BF_GATEWAY), (2, 20), (3, 25), (4, 30)))
     assert r.parent == 1 and sorted(r._nbrs) == [1, 2, 3, 4]
     child = encode(telemetry(50, 0, hops=1, cost=200), MESH)  # as node 50 originates it
     now += 1000
@@ -796,12 +805,7 @@ def test_a_gateway_with_a_full_table_keeps_its_children_too():
     """A gateway is the first hop of every source route: its children must be in its table
     (a gateway takes uplinks before the relays' forwarding path, where children are noted)."""
     g = Router(1, mac_of(1), True, MESH, params={"max_neighbors": 2})
-    now = 0
-    for bseq in range(3):
-        now += 10_000
-        for src, cost in ((2, 20), (3, 30)):
-            g.on_recv(mac_of(src), beacon_bytes(src, cost, bseq), -50, now)
-    drain(g)
+    now = _hear(g, ((2, 20), (3, 30)))
     assert sorted(g._nbrs) == [2, 3]
     g.on_recv(mac_of(50), encode(telemetry(50, 0, hops=1, cost=200), MESH), -70, now + 1000)
     assert sorted(g._nbrs) == [2, 50] and g._nbrs[50].child_ms == now + 1000
@@ -815,12 +819,7 @@ def test_a_routed_hop_that_fails_is_sent_again_then_given_up():
     from protocol.routed import Routed
 
     r = Router(3, mac_of(3), False, MESH)
-    now = 0
-    for bseq in range(3):
-        now += 10_000
-        r.on_recv(mac_of(1), beacon_bytes(1, 0, bseq, depth=0, flags=BF_GATEWAY), -50, now)
-        r.on_recv(mac_of(4), beacon_bytes(4, 30, bseq, depth=2), -50, now)
-    drain(r)
+    now = _hear(r, ((1, 0, 0, BF_GATEWAY), (4, 30, 2)))
     frame = encode(Routed(path=[3, 4], at=0, cmd=command_bytes(4, 8)), MESH)
     assert r.on_recv(mac_of(1), frame, -50, now)
     sent = []
@@ -894,12 +893,7 @@ def _two_parents(params=None):
     """Router 5 hearing gateway-side relays 1 (path 40 + link) and 2 (path 44 + link) on
     perfect links; returns (router, now) once it settled on 1."""
     r = Router(5, mac_of(5), False, MESH, params=params)
-    now = 0
-    for bseq in range(40):
-        now += 10_000
-        for src, cost in ((1, 40), (2, 44)):
-            r.on_recv(mac_of(src), beacon_bytes(src, cost, bseq), -50, now)
-        drain(r)
+    now = _hear(r, ((1, 40), (2, 44)), rounds=40)
     assert r.parent == 1
     return r, now
 
