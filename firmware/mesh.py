@@ -12,11 +12,12 @@ Theory of operation (CTP / RPL ideas, simplified)
 - Cost: path ETX to a gateway in tenths (10 = one perfect hop). Gateways advertise 0 (anycast:
   every node joins the cheapest gateway). cost(node) = ETX(link to parent) + cost(parent).
 - Beacons (broadcast) on a Trickle timer (firmware/trickle.py) carry cost, depth, wall clock
-  and flags. The timer resets (fast beacons) on: route gained or lost, parent change, own cost
-  moving by >= cost_reset_delta, a PULL beacon heard while we have a route, loop evidence,
+  and flags. The timer resets (fast beacons) on: route gained or lost, own cost rising by
+  >= cost_reset_delta, a PULL beacon heard while we have a route, loop evidence,
   a data frame from a sender whose cost is not above ours, wall-clock time first known (so
   time reaches a settled mesh in seconds, not an Imax per hop: nodes hold readings until
-  then). A node without a route sets
+  then). A parent change and a cost falling by >= cost_reset_delta are news, not
+  inconsistencies: one beacon soon (Trickle nudge), the interval kept. A node without a route sets
   BF_NO_ROUTE | BF_PULL and advertises COST_INFINITE.
 - Link ETX per neighbour = etx_b * etx_d. etx_b = 1 / prr**2 from the beacon reception ratio
   prr, an integer EWMA (alpha 0.9, per mille) of one sample every BEACON_WINDOW expected beacons
@@ -1074,12 +1075,17 @@ class Router:
             c = par.cost + par.etx
             if c > self.max_path_cost:
                 c = self.max_path_cost
-            # any move of one perfect link's cost is beaconed at once: the rank rule counts on
-            # descendants advertising at least our cost + 1 ETX (a larger rise missed by one of
-            # them lets it look like a parent; tried: a loop on a lossy street)
+            # a rise of one perfect link's cost is beaconed at once and repeatedly (Trickle
+            # reset): the rank rule counts on descendants advertising at least our cost + 1 ETX
+            # (a larger rise missed by one of them lets it look like a parent; tried: a loop on
+            # a lossy street). A fall is good news and cannot make a loop (our reference cost
+            # falls with it): one beacon soon (nudge) - a reset per fall was ~90 % of all
+            # beacons at 20 % loss (DES, 1,000 nodes)
             d = self.cost - c
-            if d >= self.cost_reset_delta or -d >= self.cost_reset_delta:
+            if -d >= self.cost_reset_delta:
                 self.trickle.reset(now)
+            elif d >= self.cost_reset_delta:
+                self.trickle.nudge(now)
             self.cost = c
             if c < self._ref_cost:
                 self._ref_cost = c
@@ -1092,7 +1098,10 @@ class Router:
         self._par_low = COST_INFINITE  # the lowest path cost seen through this parent
         st = self.stats
         st["parent_changes"] += 1
-        self.trickle.reset(now)
+        if nb is None or old is None:
+            self.trickle.reset(now)  # route lost or gained
+        else:
+            self.trickle.nudge(now)
         if nb is None:
             st["route_losses"] += 1
             if self.cost < self._ref_cost:

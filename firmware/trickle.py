@@ -57,6 +57,7 @@ class Trickle:
         self._t_ms = 0  # fire time of the current interval
         self._end_ms = 0  # end of the current interval
         self._fired = True
+        self._extra_ms = 0  # a one-off transmission (nudge), 0 = none
         self.next_fire_ms = 0
 
     def _begin(self, now_ms):
@@ -83,6 +84,21 @@ class Trickle:
             self.interval_ms = self.imin_ms
             self._begin(now_ms)
 
+    def nudge(self, now_ms):
+        """News worth one transmission but no inconsistency (not in RFC 6206): transmit once
+        within [Imin/2, Imin) unless the timer fires by then anyway; I is unchanged, so the
+        steady rate stays. Starts the timer when it was not started."""
+        if not self.started:
+            self.start(now_ms)
+            return
+        half = self.imin_ms >> 1
+        t = now_ms + half + self.rng.below(self.imin_ms - half)
+        if (not self._fired and self._t_ms <= t) or (self._extra_ms and self._extra_ms <= t):
+            return
+        self._extra_ms = t
+        if t < self.next_fire_ms:
+            self.next_fire_ms = t
+
     def heard_consistent(self):
         """A consistent transmission was heard (rule 3)."""
         self.count += 1
@@ -92,6 +108,10 @@ class Trickle:
         if not self.started or now_ms < self.next_fire_ms:
             return False
         send = False
+        x = self._extra_ms
+        if x and now_ms >= x:
+            self._extra_ms = x = 0
+            send = True
         if not self._fired and now_ms >= self._t_ms:
             self._fired = True
             send = self.k == 0 or self.count < self.k
@@ -105,5 +125,6 @@ class Trickle:
                 self._fired = True
                 if not send:
                     send = self.k == 0 or self.count < self.k
-        self.next_fire_ms = self._end_ms if self._fired else self._t_ms
+        nf = self._end_ms if self._fired else self._t_ms
+        self.next_fire_ms = x if x and x < nf else nf
         return send

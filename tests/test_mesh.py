@@ -179,6 +179,62 @@ def test_trickle_late_poll_fires_at_most_once():
     assert t.interval_ms == 400 and t.next_fire_ms > 10_000
 
 
+def test_trickle_nudge_sends_once_soon_and_keeps_the_interval():
+    t = Trickle(100, 4, 0, 5)
+    t.start(0)
+    for now in range(0, 1600):
+        t.poll(now)
+    assert t.interval_ms == 1600
+    regular = t.next_fire_ms
+    assert regular > 1700  # the next interval's fire is far off
+    t.nudge(1600)
+    assert 1650 <= t.next_fire_ms < 1700
+    t.nudge(1610)  # one pending nudge is enough: not moved, not doubled
+    nudged = t.next_fire_ms
+    assert 1650 <= nudged < 1700
+    fires = [now for now in range(1600, 1700) if t.poll(now)]
+    assert fires == [nudged]
+    assert t.interval_ms == 1600 and t.next_fire_ms == regular  # the steady rate is unchanged
+    # a nudge when the timer fires within Imin anyway adds nothing
+    t2 = Trickle(100, 4, 0, 5)
+    t2.start(0)
+    due = t2.next_fire_ms
+    t2.nudge(0)
+    assert t2.next_fire_ms == due and [n for n in range(0, 100) if t2.poll(n)] == [due]
+    t3 = Trickle(100, 4, 0, 5)
+    t3.nudge(500)  # not started: starts it
+    assert t3.started and t3.interval_ms == 100
+
+
+def test_good_news_nudges_bad_news_resets():
+    """A parent change and a falling cost are told with one beacon (Trickle nudge); a rising
+    cost resets Trickle: the rank rule needs descendants to hear it. A reset per change was ~90 %
+    of all beacons at 20 % loss (DES, 1,000 nodes: 5.8 beacons per delivered reading, 2.5 with
+    nudges)."""
+    r = Router(10, mac_of(10), False, MESH, params={"beacon_imin_ms": 1000})
+    now = _hear(r, ((2, 30), (3, 60)), rounds=4)
+    assert r.parent == 2
+    for t in range(now, now + 200_000, 500):  # the timer settles at a long interval
+        r.tick(t)
+        drain(r)
+    now += 200_000
+    assert r.trickle.interval_ms >= 64_000
+    # better news: node 3 now advertises a far better path -> switch, one beacon, I kept
+    interval = r.trickle.interval_ms
+    for b in range(4, 10):
+        now += 1000
+        r.on_recv(mac_of(3), beacon_bytes(3, 0, b, depth=0, flags=BF_GATEWAY), -50, now)
+        r.on_recv(mac_of(2), beacon_bytes(2, 30, b), -50, now)
+        if r.parent == 3:
+            break
+    assert r.parent == 3
+    assert r.trickle.interval_ms == interval and r.trickle.next_fire_ms <= now + 1000
+    # bad news: the parent's path rises by more than one perfect link -> reset to Imin
+    now += 1000
+    r.on_recv(mac_of(3), beacon_bytes(3, 15, 10, depth=1), -50, now)
+    assert r.cost >= 25 and r.trickle.interval_ms == 1000
+
+
 # ---- convergence -----------------------------------------------------------------------------
 
 def test_line_of_eight_converges_with_right_hop_counts():

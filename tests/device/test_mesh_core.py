@@ -3,7 +3,7 @@
 import gc
 
 from firmware.mesh import BROADCAST, Router
-from firmware.trickle import Xorshift32
+from firmware.trickle import Trickle, Xorshift32
 from protocol import Reading, Telemetry, decode, encode
 from protocol.auth import Hmac
 
@@ -104,6 +104,19 @@ def test_prng_matches_cpython():
     r = Xorshift32(12345)
     assert [r.next() for _ in range(4)] == [3336926330, 1697253807, 2816511904, 1955480042]
     assert [r.below(1000) for _ in range(4)] == [167, 764, 997, 857]
+
+
+def test_trickle_nudge_fires_once_and_keeps_the_interval():
+    t = Trickle(100, 4, 0, 5)
+    t.start(0)
+    for now in range(0, 1600):
+        t.poll(now)
+    regular = t.next_fire_ms
+    t.nudge(1600)
+    nudged = t.next_fire_ms
+    assert 1650 <= nudged < 1700, nudged
+    assert [n for n in range(1600, 1700) if t.poll(n)] == [nudged]
+    assert t.interval_ms == 1600 and t.next_fire_ms == regular
 
 
 def test_router_heap_is_small():
