@@ -42,8 +42,10 @@ Theory of operation
   kept; a resend request's first attempt goes down the source route compiled from those parents
   (protocol/routed.py `compile_path`), as a Routed frame to the gateway at its root, which
   unicasts it hop by hop (firmware/downroute.py): no flood, no per-descendant table on a node.
-  No known route (counted route_fallbacks) or a retry (the path may be stale): flooded, scoped to
-  a few hops beyond the node's last distance (fleet/repair.py flood_start_hops), wider each attempt.
+  No known route (counted route_fallbacks) or a retry down the path already tried (it may be
+  stale): flooded, scoped to a few hops beyond the node's last distance (fleet/repair.py
+  flood_start_hops), wider each attempt. A retry after status reports moved the path (a node on
+  it reported a new parent) goes down the new path (counted route_retries_rerouted).
 """
 import hmac
 import logging
@@ -170,7 +172,7 @@ class Stats:
     FIELDS = ("messages", "envelopes", "frames", "readings", "stored", "duplicates", "status", "status_duplicates",
               "replies", "reply_duplicates", "commands", "rejects", "flushes", "flush_errors", "clock_jumps",
               "restamped", "commands_withheld", "commands_routed", "commands_flooded", "commands_scoped",
-              "route_fallbacks")
+              "route_fallbacks", "route_retries_rerouted")
 
     def __init__(self):
         for f in self.FIELDS:
@@ -279,6 +281,7 @@ class Ingest:
         self._gateways = {}  # gateway -> "online" / "offline"
         self._gw_ids = set()  # every gateway heard of (state or uplink): the roots of source routes
         self._parents = {}  # node -> parent its newest status reported (source routes, RPL non-storing)
+        self._tried = {}  # node -> (gateway, path) of its last routed command
         self._hops = {}  # node -> hop count of its newest frame (the scope of a flooded command)
         self._unknown_checked = {}  # node -> when the store last said "not registered"
         self._cur_now = 0.0
@@ -704,8 +707,8 @@ class Ingest:
                 continue
             own = req.node in self._gw_ids  # a gateway's own readings: it takes the command off MQTT
             route = None
-            if self.cfg.route_commands and not req.via_all and not own:
-                route = self._route(req.node)
+            if self.cfg.route_commands and not own:
+                route = self._route(req.node, retry=req.via_all)
             scope = 0
             if route is None and not own:
                 scope = flood_start_hops(self._hops.get(req.node), req.gap.attempts if req.gap else None,
@@ -742,13 +745,22 @@ class Ingest:
         self.stats.commands += sum(len(f) for f in by_topic.values())
         return out
 
-    def _route(self, node):
+    def _route(self, node, retry=False):
         """(gateway, path) down to `node` compiled from the reported parents, or None (counted
-        route_fallbacks) when the chain is unknown, loops, is too long or ends at an offline gateway."""
+        route_fallbacks) when the chain is unknown, loops, is too long or ends at an offline gateway.
+        A retry (the last attempt went unanswered) is routed only down a path other than the one
+        last tried (reports moved it since: counted route_retries_rerouted); else None, not counted."""
         r = compile_path(self._parents, node, self._gw_ids)
         if r is None or not self._gateway_online(r[0]):
-            self.stats.route_fallbacks += 1
+            if not retry:
+                self.stats.route_fallbacks += 1
             return None
+        r = (r[0], list(r[1]))
+        if retry:
+            if self._tried.get(node) == r:
+                return None
+            self.stats.route_retries_rerouted += 1
+        self._tried[node] = r
         return r
 
     def next_deadline_s(self):

@@ -756,7 +756,8 @@ def _routed_or_flooded(out, node):
 def test_resend_goes_down_the_source_route_then_a_retry_is_flooded(store):
     """Issue 15: the first request for a gap travels down the path compiled from the parents in
     the nodes' status reports (RPL non-storing), as a Routed frame to the gateway at its root; a
-    retry (the path may be stale) and a node whose chain is unknown get a flood, counted."""
+    retry down the same path (it may be stale) and a node whose chain is unknown get a flood,
+    counted."""
     clock = Clock()
     ing = make_ingest(store, clock)
     # 3 -> 2 -> 1 -> gateway GW2 (heard on GW2's uplink); node 4 reports a parent nobody knows
@@ -777,6 +778,36 @@ def test_resend_goes_down_the_source_route_then_a_retry_is_flooded(store):
     ing.flush()
     vias = [json.loads(e["detail"])["via"] for e in store.events(node=3, kind="resend_request")]
     assert vias == ["route", "all"]
+
+
+def test_a_retry_goes_down_a_new_path_when_status_reports_moved_it(store):
+    """A routed request unanswered: when a node on the path has reported a new parent since, the
+    retry goes down the new path (counted route_retries_rerouted); down the same path it would be
+    as stale as before, so it is flooded (scoped), as is the next retry if nothing moved."""
+    clock = Clock()
+    ing = make_ingest(store, clock)
+    ing.on_message(UP2, envelope([status(1, 1, parent=GW2), status(2, 1, parent=GW2), status(3, 1, parent=1),
+                                  telemetry(3, 0), telemetry(3, 4)], gw=GW2))
+    clock.t += 11
+    (_, path, c1), = _routed_or_flooded(ing.poll(), 3)
+    assert path == [1, 3]
+    ing.on_message(UP2, envelope([status(3, 2, parent=2)], gw=GW2))  # 3 moved to relay 2
+    clock.t += 5
+    (topic, path, c2), = _routed_or_flooded(ing.poll(), 3)
+    assert (topic, path, c2.args) == (downlink_topic(NET, GW2), [2, 3], [1, 3]) and c2.cseq > c1.cseq
+    for _ in range(30):  # nothing moved since: the next retry floods
+        clock.t += 5
+        got = _routed_or_flooded(ing.poll(), 3)
+        if got:
+            break
+    (topic, path, c3), = got
+    assert path is None and c3.cseq > c2.cseq
+    snap = ing.snapshot()
+    assert (snap["commands_routed"], snap["commands_flooded"], snap["route_retries_rerouted"]) == (2, 1, 1)
+    assert snap["route_fallbacks"] == 0
+    ing.flush()
+    assert [json.loads(e["detail"])["via"] for e in store.events(node=3, kind="resend_request")] == \
+        ["route", "route", "all"]
 
 
 def test_no_route_through_an_offline_gateway_a_loop_or_with_routing_off(store):

@@ -337,6 +337,8 @@ class Collector:
         self.parents = {}  # node id -> parent id, from the nodes' status reports (route mode)
         self.routed = 0  # resend requests sent down a source route
         self.route_fallbacks = 0  # ...flooded instead: no known path to the node
+        self.route_retries_rerouted = 0  # retries down a path reports moved since the last attempt
+        self.tried = {}  # node -> (gateway, path) of its last routed request
         self.route_retries_flooded = 0  # ...flooded: a routed request went unanswered (stale path)
         self.scoped = 0  # flooded requests scoped to a few hops beyond the node (flood_start_hops)
         self.last_hops = {}  # node id -> hop count of its newest frame at a gateway
@@ -452,11 +454,12 @@ class Collector:
             self.requests += 1
             if self.mode == "route":
                 # The first attempt goes down the compiled path; a retry means that path went
-                # stale (parents moved since the last status report): flood it, counted.
+                # stale: down the path again only when status reports moved it since (counted),
+                # else flooded (counted), as fleet.collector does
+                if self._route(req.node, fb, now_us, retry=req.via_all):
+                    continue
                 if req.via_all:
                     self.route_retries_flooded += 1
-                elif self._route(req.node, fb, now_us):
-                    continue
             start = flood_start_hops(self.last_hops.get(req.node), req.gap.attempts if req.gap else None,
                                      self.max_hops)
             if start:  # the flood stops a few hops beyond the node, as fleet.collector sends it
@@ -473,16 +476,22 @@ class Collector:
                 sim.service(g, now_us)
         self.schedule(now_us)
 
-    def _route(self, node_id, fb, now_us):
+    def _route(self, node_id, fb, now_us, retry=False):
         """Send one resend request down the source route compiled from the reported parents
-        (RPL non-storing mode); False (counted as a fallback, the caller floods) when no path
-        is known or its gateway is down."""
+        (RPL non-storing mode); False (the caller floods) when no path is known or its gateway
+        is down (counted as a fallback), or on a retry down the path already tried."""
         sim = self.sim
         gw_ids = {g.id for g in sim.gateways}
         r = compile_path(self.parents, node_id, gw_ids)
         if r is None or not self._online(r[0]):
-            self.route_fallbacks += 1
+            if not retry:
+                self.route_fallbacks += 1
             return False
+        if retry:
+            if self.tried.get(node_id) == r:
+                return False
+            self.route_retries_rerouted += 1
+        self.tried[node_id] = r
         g = sim.by_id[r[0]]
         inject_routed(g.router, encode(Routed(path=r[1], at=0, cmd=fb), sim.mesh_hmac), now_us // 1000)
         sim.service(g, now_us)
