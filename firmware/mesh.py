@@ -248,7 +248,7 @@ class Neighbor:
 
     __slots__ = ("node_id", "mac", "cost", "depth", "flags", "bseq", "b_rcv", "b_miss", "d_tx",
                  "d_ack", "fails", "prr", "etx_b", "etx_d", "etx", "windows", "rssi", "heard", "last_ms",
-                 "hold_ms", "child_ms")
+                 "hold_ms", "child_ms", "phase")
 
     def __init__(self, node_id, mac, rssi, now_ms, etx):
         self.node_id = node_id
@@ -272,6 +272,7 @@ class Neighbor:
         self.last_ms = now_ms  # last beacon
         self.hold_ms = 0  # not a parent candidate before this time
         self.child_ms = -1  # last frame it originated through us (a child: the next hop of its source routes)
+        self.phase = 0  # key phase bit (0x10) of its last beacon (firmware/rekey.py forgets a retired one)
 
     def path_cost(self):
         """Advertised cost + link ETX (COST_INFINITE when the neighbour has no route)."""
@@ -707,6 +708,7 @@ class Router:
                 return
         elif nb.mac != src_mac:
             nb.mac = bytes(src_mac)  # the node's radio was replaced
+        nb.phase = data[1] & 0x10
         # beacon reception ratio: windows of BEACON_WINDOW expected beacons
         if nb.bseq >= 0:
             gap = (bseq - nb.bseq) & 255

@@ -828,6 +828,53 @@ def _hear(r, neighbours, rounds=3):
     return now
 
 
+def test_a_neighbour_still_in_the_retired_epoch_is_forgotten_when_the_grace_window_ends():
+    """Issue 14: a stolen pole holds only the old epoch's mesh key. It advertises cost 0 and its
+    radio ACKs every unicast (ESP-NOW's ACK is the radio's, not the mesh's): as a parent it
+    swallows our frames. Activation resets the beacon timer (neighbours hear the new epoch
+    soon); when the grace window ends, neighbours last heard in the retired key phase are
+    forgotten, the parent too, and the stolen pole's later beacons fail the hop tag."""
+    from firmware import rekey
+
+    k0, k1 = b"\x10" * 32, b"\x11" * 32
+    r = Router(10, mac_of(10), False, k0)
+    rogue, honest = 7, 2
+    now = 0
+    for b in range(4):  # both heard in epoch 0; the rogue advertises a gateway's cost
+        now += 10_000
+        r.on_recv(mac_of(rogue), encode(Beacon(rogue, b, 0, 0, 0, 0), k0, None, 0), -50, now)
+        r.on_recv(mac_of(honest), encode(Beacon(honest, b, 30, 1, 0, 0), k0, None, 0), -50, now)
+        drain(r)
+    assert r.parent == rogue
+    rekey.apply(r, (0, k0, 1, k1), now)  # re-keyed: both keys, still sending in epoch 0
+    for t in range(now, now + 600_000, 1000):
+        r.tick(t)
+        drain(r)
+    now += 600_000
+    assert r.trickle.interval_ms > 1000
+    rekey.apply(r, (1, k1, 0, k0), now)  # activated: epoch 1, the grace window accepts both
+    assert r.trickle.interval_ms == 1000 and r.parent == rogue
+    for b in range(4, 7):  # the honest neighbour beacons in the new epoch, the rogue cannot
+        now += 1000
+        r.on_recv(mac_of(rogue), encode(Beacon(rogue, b, 0, 0, 0, 0), k0, None, 0), -50, now)
+        r.on_recv(mac_of(honest), encode(Beacon(honest, b, 30, 1, 0, 0), k1, None, 1), -50, now)
+        drain(r)
+    assert r.parent == rogue  # in the grace window the old epoch still counts
+    now += 1000
+    rekey.apply(r, (1, k1, None, None), now)  # the grace window ends
+    drain(r)
+    assert rogue not in r._nbrs and honest in r._nbrs and r.stats["nbr_retired"] == 1
+    bad = r.stats["bad_frames"]
+    for b in range(7, 12):
+        now += 1000
+        r.on_recv(mac_of(rogue), encode(Beacon(rogue, b, 0, 0, 0, 0), k0, None, 0), -50, now)
+        r.on_recv(mac_of(honest), encode(Beacon(honest, b, 30, 1, 0, 0), k1, None, 1), -50, now)
+        drain(r)
+        r.tick(now)
+    assert r.stats["bad_frames"] == bad + 5 and rogue not in r._nbrs
+    assert r.parent == honest
+
+
 def test_a_full_neighbour_table_keeps_the_children_routed_frames_go_down_to():
     """A relay's table (max_neighbors) fills with the best paths it hears, and its children are
     the deepest, worst-path neighbours: they were refused or evicted first, so a routed command
