@@ -12,8 +12,12 @@ bytes: every epoch's mesh key derives from the fleet secret):
    key wrapped with its own node key (protocol/keywrap.py) and the command authenticated with
    it, re-sent every `resend_s`. A node confirms with its reply (code 0, result [epoch]) to one
    of those commands' counters.
-3. **activating**: once the confirmed share reaches `min_confirmed` (default: every target),
-   one Ed25519-signed OP_EPOCH [epoch, 0] goes to every node, sent `activate_repeats` times;
+3. **activating**: once the confirmed share reaches `min_confirmed` (default: every target)
+   and every target not confirmed has been sent the key `min_rounds` times (default 3: a node
+   whose confirmations are lost - swallowed by a stolen pole it routes through - most likely
+   holds the key all the same; it still counts as missed),
+   one Ed25519-signed OP_EPOCH [epoch, 0] goes to every node, sent `activate_repeats` times,
+   each with its own counter (relays flood a counter once: a copy would not get past them);
    `epoch.json` = the new epoch in force, the old one still accepted (grace window: no reading
    tagged in the old epoch, in flight or queued, is lost).
 4. **grace**: after `grace_s`, signed OP_EPOCH [epoch, 1] ends the grace window; `epoch.json`
@@ -35,6 +39,7 @@ import time
 from fleet.errors import FleetError
 
 ROTATION_NAME = "rotation.json"
+MAX_ROUNDS = 8  # re-key counters kept per node (camp["sent"]): the rounds sent are counted up to this
 ACTIVE_STATES = ("distributing", "grace")
 
 
@@ -65,11 +70,13 @@ def save(home, camp):
     write_file_atomic(rotation_path(home), data, 0o600, overwrite=True)
 
 
-def start(home, min_confirmed=1.0, grace_s=600.0, now_s=None):
+def start(home, min_confirmed=1.0, grace_s=600.0, now_s=None, min_rounds=3):
     """Plan a rotation to the next epoch and write it (state distributing). Raises FleetError
     when one is already running, or there is no node to re-key."""
     if not 0.0 < min_confirmed <= 1.0:
         raise FleetError(f"--min-confirmed must be in (0, 1], got {min_confirmed}")
+    if not 1 <= min_rounds <= MAX_ROUNDS:
+        raise FleetError(f"--min-rounds must be 1..{MAX_ROUNDS}, got {min_rounds}")
     if grace_s < 0:
         raise FleetError(f"--grace must be 0 or more seconds, got {grace_s}")
     ks = home.keys()
@@ -94,6 +101,7 @@ def start(home, min_confirmed=1.0, grace_s=600.0, now_s=None):
     now_s = time.time() if now_s is None else now_s
     camp = {"epoch": epoch, "from_epoch": cur, "state": "distributing", "targets": targets,
             "excluded": sorted(revoked), "sent": {}, "confirmed": {}, "min_confirmed": min_confirmed,
+            "min_rounds": min_rounds,
             "grace_s": grace_s, "started_at": now_s, "activated_at": None, "ended_at": None, "missed": []}
     save(home, camp)
     ks.set_epoch_state(cur, epoch)  # a node that activated early is heard
@@ -151,7 +159,7 @@ def rekey_frames(home, store, camp, nodes):
                                args=to_args(camp["epoch"], wrap(nk, ks.net_id, n, camp["epoch"], key)))
         out.append(protocol.encode(cmd, mesh, nk, phase=phase))
         camp["sent"].setdefault(str(n), []).append(cmd.cseq)
-        del camp["sent"][str(n)][:-8]  # the last few are enough to match a late reply
+        del camp["sent"][str(n)][:-MAX_ROUNDS]  # the last few are enough to match a late reply
     return out
 
 
@@ -189,9 +197,28 @@ def _confirmations(store, camp):
     return out
 
 
-async def run(home, broker_url=None, log=None, poll_s=2.0, resend_s=30.0, activate_repeats=3, timeout_s=None):
+def ready_to_activate(camp, todo):
+    """Whether campaign `camp` may activate with the targets `todo` unconfirmed: the confirmed
+    share reaches min_confirmed and each of them has been sent the key min_rounds times."""
+    share = 1.0 - len(todo) / len(camp["targets"])
+    rounds = camp.get("min_rounds", 1)  # campaigns recorded before min_rounds: as they were
+    return share >= camp["min_confirmed"] and all(len(camp["sent"].get(str(n), ())) >= rounds for n in todo)
+
+
+def due_for_rekey(todo, sent_at, now, resend_s, batch):
+    """The next targets to send the key to: those of `todo` not sent it within resend_s
+    (sent_at: node -> monotonic time of its last re-key), at most `batch`, the longest waiting
+    first. Each re-key is a flood through the whole mesh: a burst of them at once overflows the
+    radios' receive buffers (the rig showed a far node missing three rounds of 11 at once)."""
+    due = [n for n in todo if now - sent_at.get(n, -1e18) >= resend_s]
+    due.sort(key=lambda n: (sent_at.get(n, -1e18), n))
+    return due[:batch]
+
+
+async def run(home, broker_url=None, log=None, poll_s=2.0, resend_s=30.0, activate_repeats=3, timeout_s=None,
+              batch=4):
     """Drive the campaign of `home` until done or aborted (or timeout_s: it stays resumable).
-    Returns the campaign dict."""
+    Re-keys go out `batch` per poll at most (see due_for_rekey). Returns the campaign dict."""
     import aiomqtt
 
     from fleet.collector_mqtt import parse_broker_url
@@ -202,7 +229,7 @@ async def run(home, broker_url=None, log=None, poll_s=2.0, resend_s=30.0, activa
     host, port = parse_broker_url(broker_url or home.broker_url)
     topic = downlink_topic(home.net_id, None)
     t_end = None if timeout_s is None else time.monotonic() + timeout_s
-    last_sent = -1e9
+    sent_at = {}
     async with aiomqtt.Client(host, port, identifier=f"fleet-keys-{os.getpid()}") as client:
         while True:
             camp = load(home)
@@ -217,21 +244,23 @@ async def run(home, broker_url=None, log=None, poll_s=2.0, resend_s=30.0, activa
                     for k, _ts in _confirmations(store, camp):
                         camp["confirmed"][k] = time.time()
                     todo = [n for n in camp["targets"] if str(n) not in camp["confirmed"]]
-                    share = 1.0 - len(todo) / len(camp["targets"])
-                    if share >= camp["min_confirmed"]:
+                    if ready_to_activate(camp, todo):
                         camp["missed"] = todo
-                        out = [epoch_frame(home, store, camp, 0)] * activate_repeats
+                        out = [epoch_frame(home, store, camp, 0) for _ in range(activate_repeats)]
                         camp.update(state="grace", activated_at=time.time())
                         epochs = (camp["epoch"], camp["from_epoch"])
                         log(f"keys: epoch {camp['epoch']} activated ({len(camp['confirmed'])} confirmed, "
                             f"{len(todo)} missed); grace window {camp['grace_s']:.0f} s")
-                    elif now - last_sent >= resend_s:
-                        out = rekey_frames(home, store, camp, todo)
-                        last_sent = now
-                        log(f"keys: re-key sent to {len(todo)} node(s) ({len(camp['confirmed'])} of "
-                            f"{len(camp['targets'])} confirmed)")
+                    else:
+                        due = due_for_rekey(todo, sent_at, now, resend_s, batch)
+                        if due:
+                            out = rekey_frames(home, store, camp, due)
+                            for n in due:
+                                sent_at[n] = now
+                            log(f"keys: re-key sent to {len(due)} node(s) ({len(camp['confirmed'])} of "
+                                f"{len(camp['targets'])} confirmed)")
                 elif time.time() - camp["activated_at"] >= camp["grace_s"]:
-                    out = [epoch_frame(home, store, camp, 1)] * activate_repeats
+                    out = [epoch_frame(home, store, camp, 1) for _ in range(activate_repeats)]
                     camp.update(state="done", ended_at=time.time())
                     epochs = (camp["epoch"], None)
                     log(f"keys: grace window of epoch {camp['epoch']} ended: the old key is refused everywhere"

@@ -151,6 +151,45 @@ def test_confirmations_match_the_replies_to_the_commands_sent(home):
     assert [k for k, _ in got] == ["1"]
 
 
+def test_activation_waits_for_the_share_and_for_rounds_to_the_unconfirmed(home):
+    """With --min-confirmed under 1 a node whose confirmations are lost (a stolen pole it routes
+    through swallows them) is activated past only after it has been sent the key min_rounds
+    times: it most likely holds it. Activating at the first confirmations stranded nodes the
+    re-key had not reached yet (the rig: 10 of 20 left on the old epoch)."""
+    camp = key_rotation.start(home, min_confirmed=0.5, min_rounds=3)
+    targets = camp["targets"]
+    half = targets[: len(targets) // 2]
+    rest = targets[len(targets) // 2:]
+    camp["confirmed"] = {str(n): 1.0 for n in half}
+    assert camp["min_rounds"] == 3
+    for rounds in range(3):
+        assert not key_rotation.ready_to_activate(camp, rest), rounds
+        for n in rest:
+            camp["sent"].setdefault(str(n), []).append(100 + rounds)
+    assert key_rotation.ready_to_activate(camp, rest)
+    assert not key_rotation.ready_to_activate(camp, rest + half[:1])  # under the share
+    assert key_rotation.ready_to_activate(camp, [])  # all confirmed: no rounds needed
+    with pytest.raises(FleetError, match="min-rounds"):
+        key_rotation.start(home, min_rounds=0)
+
+
+def test_rekeys_go_out_a_few_at_a_time_longest_waiting_first():
+    sent_at = {}
+    todo = [5, 1, 9, 3, 7]
+    first = key_rotation.due_for_rekey(todo, sent_at, 100.0, 10.0, 2)
+    assert first == [1, 3]  # never sent: by node id
+    for n in first:
+        sent_at[n] = 100.0
+    second = key_rotation.due_for_rekey(todo, sent_at, 101.0, 10.0, 2)
+    assert second == [5, 7]
+    for n in second:
+        sent_at[n] = 101.0
+    assert key_rotation.due_for_rekey(todo, sent_at, 102.0, 10.0, 2) == [9]
+    sent_at[9] = 102.0
+    assert key_rotation.due_for_rekey(todo, sent_at, 105.0, 10.0, 2) == []  # all sent within resend_s
+    assert key_rotation.due_for_rekey(todo, sent_at, 111.0, 10.0, 9) == [1, 3, 5, 7]  # the oldest first
+
+
 def test_collector_switches_epochs_while_running(tmp_path):
     ks = Keystore(str(tmp_path / "keys"), NET)
     ks.init()

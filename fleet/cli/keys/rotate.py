@@ -15,6 +15,9 @@ from fleet.errors import FleetError
 @click.option("--min-confirmed", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
               help="Share of the nodes that must confirm the next key before it is activated; the rest are "
                    "left out (listed as missed) and must be re-keyed over USB.")
+@click.option("--min-rounds", type=click.IntRange(1, 8), default=3, show_default=True,
+              help="With --min-confirmed under 1: times each node that has not confirmed must have been sent the "
+                   "key before activation (its confirmations may be lost on the way, e.g. through a stolen pole).")
 @click.option("--resend-every", "resend_s", type=click.FloatRange(1), default=30.0, show_default=True,
               help="Seconds between re-key commands to the nodes that have not confirmed.")
 @click.option("--timeout", "timeout_s", type=click.IntRange(1), default=None,
@@ -24,7 +27,7 @@ from fleet.errors import FleetError
               help="mqtt://host:port (default: broker.url of fleet.toml; `fleet sim up` writes it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final campaign status as JSON.")
 @home_option
-def cli(home, grace_s, min_confirmed, resend_s, timeout_s, do_abort, broker_url, as_json):
+def cli(home, grace_s, min_confirmed, min_rounds, resend_s, timeout_s, do_abort, broker_url, as_json):
     """Rotate the mesh key: the next epoch's key goes to every node that is not revoked, wrapped
     with that node's own key; once they confirm, one signed command activates it fleet-wide, and
     after the grace window the old key (a stolen node's) fails every hop tag. Resumes a campaign
@@ -41,7 +44,7 @@ def cli(home, grace_s, min_confirmed, resend_s, timeout_s, do_abort, broker_url,
     if camp is not None and camp["state"] in key_rotation.ACTIVE_STATES:
         click.echo(f"keys: resuming the rotation to epoch {camp['epoch']} ({camp['state']})", err=True)
     else:
-        camp = key_rotation.start(home, min_confirmed=min_confirmed, grace_s=grace_s)
+        camp = key_rotation.start(home, min_confirmed=min_confirmed, grace_s=grace_s, min_rounds=min_rounds)
         click.echo(f"keys: rotation from epoch {camp['from_epoch']} to {camp['epoch']}: {len(camp['targets'])} "
                    f"node(s), {len(camp['excluded'])} revoked left out", err=True)
     import aiomqtt
