@@ -22,6 +22,7 @@ import hashlib
 
 from firmware import fsutil
 from protocol.errors import ProtocolError
+from protocol.frames import COST_INFINITE
 from protocol.keywrap import OP_REKEY
 
 STATE_FILE = "mesh_keys.bin"
@@ -135,8 +136,6 @@ def forget_retired(router, now):
     radio's, not the mesh's - so as a parent it would swallow our frames for good. The parent
     among them is given up (the router re-chooses; a node then without a route rejoins as after
     any loss); honest neighbours come back with their next beacon. Returns how many went."""
-    from protocol.frames import COST_INFINITE
-
     bit = router._phase << 4
     nbrs = router._nbrs
     par = router._par
