@@ -10,7 +10,9 @@ bytes: every epoch's mesh key derives from the fleet secret):
    tags too (a node that activated early is heard).
 2. **distributing**: each target not yet confirmed gets OP_REKEY [epoch, wrap] to it alone, the
    key wrapped with its own node key (protocol/keywrap.py) and the command authenticated with
-   it, re-sent every `resend_s`. A node confirms with its reply (code 0, result [epoch]) to one
+   it, re-sent every `resend_s`, a few per poll. The first goes down the node's source route
+   (compiled from the parents in the stored status reports, as the collector routes resend
+   requests), later ones and nodes without a known path are flooded. A node confirms with its reply (code 0, result [epoch]) to one
    of those commands' counters.
 3. **activating**: once the confirmed share reaches `min_confirmed` (default: every target)
    and every target not confirmed has been sent the key `min_rounds` times (default 3: a node
@@ -205,6 +207,35 @@ def ready_to_activate(camp, todo):
     return share >= camp["min_confirmed"] and all(len(camp["sent"].get(str(n), ())) >= rounds for n in todo)
 
 
+def route_rekeys(store, home, frames_by_node, first):
+    """Split re-key frames into ({gateway: [Routed frames]}, [frames to flood]): a node's first
+    re-key goes down the source route compiled from the parents in the nodes' status reports
+    (protocol/routed.py compile_path, as the collector routes resend requests), a flood through
+    the whole mesh for one node otherwise; later rounds (the route may be stale, or swallowed)
+    and nodes without a known path are flooded."""
+    import protocol
+    from protocol.routed import Routed, compile_path
+
+    routed, flood = {}, []
+    parents, gws, mesh, phase = {}, set(), None, 0
+    if first:
+        rows = store.status_rows(fields=("node", "role", "parent"))
+        parents = {r["node"]: r["parent"] or 0 for r in rows}
+        gws = {r["node"] for r in rows if r["role"] == "gateway"}
+        mesh, phase = home.keys().mesh_keys()
+    for n, fb in frames_by_node:
+        r = compile_path(parents, n, gws) if n in first and n not in gws else None
+        if r is not None:
+            try:
+                routed.setdefault(r[0], []).append(protocol.encode(Routed(path=r[1], at=0, cmd=fb), mesh,
+                                                                   phase=phase))
+                continue
+            except protocol.ProtocolError:
+                pass  # too long for one frame: flooded
+        flood.append(fb)
+    return routed, flood
+
+
 def due_for_rekey(todo, sent_at, now, resend_s, batch):
     """The next targets to send the key to: those of `todo` not sent it within resend_s
     (sent_at: node -> monotonic time of its last re-key), at most `batch`, the longest waiting
@@ -240,6 +271,7 @@ async def run(home, broker_url=None, log=None, poll_s=2.0, resend_s=30.0, activa
             epochs = None  # epoch.json after this step, written once its frames are out
             try:
                 out = []
+                routed = {}
                 if camp["state"] == "distributing":
                     for k, _ts in _confirmations(store, camp):
                         camp["confirmed"][k] = time.time()
@@ -254,11 +286,13 @@ async def run(home, broker_url=None, log=None, poll_s=2.0, resend_s=30.0, activa
                     else:
                         due = due_for_rekey(todo, sent_at, now, resend_s, batch)
                         if due:
-                            out = rekey_frames(home, store, camp, due)
+                            first = {n for n in due if not camp["sent"].get(str(n))}
+                            frames = rekey_frames(home, store, camp, due)
+                            routed, out = route_rekeys(store, home, list(zip(due, frames, strict=True)), first)
                             for n in due:
                                 sent_at[n] = now
-                            log(f"keys: re-key sent to {len(due)} node(s) ({len(camp['confirmed'])} of "
-                                f"{len(camp['targets'])} confirmed)")
+                            log(f"keys: re-key sent to {len(due)} node(s), {sum(map(len, routed.values()))} "
+                                f"down source routes ({len(camp['confirmed'])} of {len(camp['targets'])} confirmed)")
                 elif time.time() - camp["activated_at"] >= camp["grace_s"]:
                     out = [epoch_frame(home, store, camp, 1) for _ in range(activate_repeats)]
                     camp.update(state="done", ended_at=time.time())
@@ -272,6 +306,9 @@ async def run(home, broker_url=None, log=None, poll_s=2.0, resend_s=30.0, activa
                 return fresh
             # frames first: killed before the save, the step is taken again on resume (a repeated
             # activation is harmless); saved first, a resumed campaign would never send it
+            for gw, frames in routed.items():
+                for dl in pack_downlinks(frames):
+                    await client.publish(downlink_topic(home.net_id, gw), dl, qos=1)
             for dl in pack_downlinks(out):
                 await client.publish(topic, dl, qos=1)
             save(home, camp)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 from cli_run import assert_clean, run_fleet
-from test_collector import GW, NET, NODES, T0, UP, Clock, envelope, nkey, reading
+from test_collector import GW, NET, NODES, T0, UP, Clock, envelope, make_ingest, nkey, reading, status
 
 import protocol
 from fleet import key_rotation
@@ -188,6 +188,31 @@ def test_rekeys_go_out_a_few_at_a_time_longest_waiting_first():
     sent_at[9] = 102.0
     assert key_rotation.due_for_rekey(todo, sent_at, 105.0, 10.0, 2) == []  # all sent within resend_s
     assert key_rotation.due_for_rekey(todo, sent_at, 111.0, 10.0, 9) == [1, 3, 5, 7]  # the oldest first
+
+
+def test_a_first_rekey_goes_down_the_source_route_later_ones_flood(home):
+    """A re-key is a command to one node: its first copy goes down the path compiled from the
+    parents of the stored status reports (a flood per node would cost the whole mesh for each);
+    a later round, and a node whose path is unknown, is flooded."""
+    from protocol.routed import Routed  # noqa: F401 - the decoder loads it on demand
+
+    store = home.store()
+    try:
+        ing = make_ingest(store, Clock())
+        ing.on_message(UP, envelope([status(1, 1, parent=GW), status(2, 1, parent=1), status(3, 1, parent=99)]))
+        ing.flush()
+        camp = key_rotation.start(home)
+        frames = key_rotation.rekey_frames(home, store, camp, [2, 3, 4])
+        routed, flood = key_rotation.route_rekeys(store, home, list(zip([2, 3, 4], frames, strict=True)), {2, 3})
+        later, flood2 = key_rotation.route_rekeys(store, home, [(2, frames[0])], set())
+    finally:
+        store.close()
+    mesh = auth.Hmac(home.keys().mesh_key(0))
+    (gw, (fb,)), = routed.items()
+    r = protocol.decode(fb, mesh)
+    assert gw == GW and r.path == [1, 2] and protocol.decode(r.cmd, mesh).target == 2
+    assert [protocol.decode(f, mesh).target for f in flood] == [3, 4]  # 3's chain unknown; 4 not first
+    assert later == {} and flood2 == [frames[0]]
 
 
 def test_collector_switches_epochs_while_running(tmp_path):
