@@ -41,11 +41,12 @@ def per_reading(r):
 def row(r):
     k = per_reading(r)
     f = lambda v, fmt: (fmt % v) if v is not None else "-"  # noqa: E731
-    return ("%5d %4.2f %-7s %s | %7s %7s | p99 %6s s | repair p50 %6s p99 %6s s | ctrl %5.2f = bcn %5.2f + "
+    return ("%5d %4.2f %-7s %s | %7s %7s | p99 %6s s | repair p50 %6s p99 %6s s, %4s tx/gap-hop | ctrl %5.2f = bcn %5.2f + "
             "flood %5.2f + routed %4.2f + resent %4.2f (status %4.2f) | parents %6.2f /node-h | %5.0f s" % (
                 r["nodes"], r["loss"], r["scenario"], r["repair_mode"][:5], f(r["delivery_first_pass"], "%.5f"),
                 f(r["delivery_after_repair"], "%.5f"), f(r["latency_p99_s"], "%.3f"), f(r["repair_latency_p50_s"], "%.0f"),
-                f(r["repair_latency_p99_s"], "%.0f"), r["control_overhead"] or 0, k["beacons"], k["flooded"], k["routed"],
+                f(r["repair_latency_p99_s"], "%.0f"), f(r["repair"].get("tx_per_gap_hop"), "%.1f"),
+                r["control_overhead"] or 0, k["beacons"], k["flooded"], k["routed"],
                 k["replies+resent"], k["status"], r["parent_changes_per_node_hour"], r["process_s"]))
 
 

@@ -293,3 +293,7 @@ def test_a_lost_reading_is_recovered_down_a_source_route_without_a_flood():
     assert r["control_tx"]["fallback"] == 0 and r["control_tx"]["flooded"] == 0  # nothing flooded
     hops = sim.by_id[40].router.depth
     assert 1 <= r["control_tx"]["routed"] <= 3 * hops * r["repair"]["routed_requests"]
+    # request down, resent reading and reply up, each over the node's hops: 3 per hop of the gap,
+    # a little more with a hop's retry (the goal: at most 3 x the hop count)
+    assert sim.collector.first_request_hops == r["repair"]["requests"] * sim.collector.last_hops[40]
+    assert 2.5 <= r["repair"]["tx_per_gap_hop"] <= 4, r["repair"]

@@ -342,6 +342,7 @@ class Collector:
         self.route_retries_flooded = 0  # ...flooded: a routed request went unanswered (stale path)
         self.scoped = 0  # flooded requests scoped to a few hops beyond the node (flood_start_hops)
         self.last_hops = {}  # node id -> hop count of its newest frame at a gateway
+        self.first_request_hops = 0  # sum of the node's hop count over each gap's first request
         self.max_hops = (sim.opt.mesh_params or {}).get("max_hops", _MAX_HOPS)
 
     def resent_of(self, node_id):
@@ -452,6 +453,8 @@ class Collector:
             cmd = Command(target=req.node, cseq=req.cseq, op=OP_RESEND, args=[req.a, req.b])
             fb = encode(cmd, sim.mesh_hmac, app.hmac)
             self.requests += 1
+            if req.gap is not None and req.gap.requests == 1:  # a gap's first request: its hop count
+                self.first_request_hops += self.last_hops.get(req.node, 0)
             if self.mode == "route":
                 # The first attempt goes down the compiled path; a retry means that path went
                 # stale: down the path again only when status reports moved it since (counted),

@@ -846,6 +846,11 @@ class Simulation:
                        "route_retries_flooded": col.route_retries_flooded,
                        "route_retries_rerouted": col.route_retries_rerouted, "flood_scoped": col.scoped,
                        "recovered": col.tracker.recovered, "gaps_lost": col.tracker.lost,
+                       # repair transmissions (requests down, replies and resent readings up, retries
+                       # and floods) per hop of the gaps' nodes: 3 is one request down, one
+                       # resent frame and one reply up, each over the node's hop count
+                       "tx_per_gap_hop": round(repair_tx / col.first_request_hops, 2)
+                       if col.first_request_hops else None,
                        "readings_lost": col.tracker.readings_lost, "readings_filled": col.tracker.readings_filled},
             "radio": {"frames_by_type": dict(self.tx_by_type), "mac_attempts": self.counters["mac_attempts"],
                       "deferrals": self.counters["deferrals"], "receptions": self.counters["receptions"],

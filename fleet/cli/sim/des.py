@@ -51,7 +51,9 @@ def render(r):
                               f"{_num(r['age_p99_s'], ' s')})"),
         ("hops mean", _num(r["hops_mean"])),
         ("control overhead", f"{_num(r['control_overhead'])} tx per delivered reading "
-                             f"({r['control_tx']['beacons']} beacons, {r['control_tx']['repair']} repair)"),
+                             f"({r['control_tx']['beacons']} beacons, {r['control_tx']['repair']} repair"
+                             + (f": {r['repair']['tx_per_gap_hop']:g} per hop of each gap's node"
+                                if r["repair"].get("tx_per_gap_hop") is not None else "") + ")"),
         ("control by kind", "per delivered reading: " + ", ".join(
             f"{k} {v:g}" for k, v in r["control_per_reading"].items() if v)),
         ("parent changes", f"{r['parent_changes_per_node_hour']} per node-hour after boot"),
