@@ -17,7 +17,7 @@ Theory of operation (CTP / RPL ideas, simplified)
   a data frame from a sender whose cost is not above ours, wall-clock time first known (so
   time reaches a settled mesh in seconds, not an Imax per hop: nodes hold readings until
   then). A parent change and a cost falling by >= cost_reset_delta are news, not
-  inconsistencies: one beacon soon (Trickle nudge), the interval kept. A node without a route sets
+  inconsistencies: one beacon soon (Trickle wake), the interval kept. A node without a route sets
   BF_NO_ROUTE | BF_PULL and advertises COST_INFINITE.
 - Link ETX per neighbour = etx_b * etx_d. etx_b = 1 / prr**2 from the beacon reception ratio
   prr, an integer EWMA (alpha 0.9, per mille) of one sample every BEACON_WINDOW expected beacons
@@ -1081,13 +1081,13 @@ class Router:
             # reset): the rank rule counts on descendants advertising at least our cost + 1 ETX
             # (a larger rise missed by one of them lets it look like a parent; tried: a loop on
             # a lossy street). A fall is good news and cannot make a loop (our reference cost
-            # falls with it): one beacon soon (nudge) - a reset per fall was ~90 % of all
+            # falls with it): one beacon soon (Trickle wake) - a reset per fall was ~90 % of all
             # beacons at 20 % loss (DES, 1,000 nodes)
             d = self.cost - c
             if -d >= self.cost_reset_delta:
                 self.trickle.reset(now)
             elif d >= self.cost_reset_delta:
-                self.trickle.nudge(now)
+                self.trickle.wake(now)
             self.cost = c
             if c < self._ref_cost:
                 self._ref_cost = c
@@ -1103,7 +1103,7 @@ class Router:
         if nb is None or old is None:
             self.trickle.reset(now)  # route lost or gained
         else:
-            self.trickle.nudge(now)
+            self.trickle.wake(now)
         if nb is None:
             st["route_losses"] += 1
             if self.cost < self._ref_cost:

@@ -117,44 +117,40 @@ def set_keys(router, current, phase, other=None):
 def apply(router, st, now=None):
     """Give the router the state's keys. With `now` (ms, the router's clock), a change of the
     key phase it sends in (an activation) resets its beacon timer, so neighbours hear the new
-    epoch within seconds; and once it holds one key only (the grace window over), the
-    neighbours last heard in the retired phase are forgotten (forget_retired)."""
+    epoch within seconds; and once it holds one key only (the grace window over), every
+    neighbour whose last beacon was tagged in the retired phase is forgotten. Nothing it sends
+    can be checked any more, and a neighbour that stayed in the old epoch through the grace
+    window holds no key in force: a stolen pole (revoked, left out of the rotation) is one. Its
+    radio still acknowledges our unicasts - ESP-NOW's ACK is the radio's, not the mesh's - so as
+    a parent it would swallow our frames for good. The parent among them is given up (the router
+    re-chooses; a node then without a route rejoins as after any loss); honest neighbours come
+    back with their next beacon. Counted in stats["nbr_evicted"]. (One function, no new names:
+    every name is a qstr on a board's heap - a rogue OTA node at 123k ran out at boot.)"""
     phase = router._phase
     set_keys(router, st[1], st[0] & 1, st[3])
-    if now is not None:
-        if router._phase != phase:
-            router.trickle.reset(now)
-        if st[3] is None:
-            forget_retired(router, now)
-
-
-def forget_retired(router, now):
-    """Drop every neighbour whose last beacon was tagged in the key phase this node no longer
-    holds. Nothing it sends can be checked any more, and a neighbour that stayed in the old
-    epoch through the grace window holds no key in force: a stolen pole (revoked, left out of
-    the rotation) is one. Its radio still acknowledges our unicasts - ESP-NOW's ACK is the
-    radio's, not the mesh's - so as a parent it would swallow our frames for good. The parent
-    among them is given up (the router re-chooses; a node then without a route rejoins as after
-    any loss); honest neighbours come back with their next beacon. Returns how many went."""
-    bit = router._phase << 4
+    if now is None:
+        return
+    if router._phase != phase:
+        router.trickle.reset(now)
+    if st[3] is not None:
+        return
+    b = router._phase << 4
     nbrs = router._nbrs
     par = router._par
-    gone = [k for k, nb in nbrs.items() if nb.phase != bit]
-    for k in gone:
+    busy = router._inflight_nb
+    old = [k for k, nb in nbrs.items() if nb.phase != b]
+    for k in old:
         nb = nbrs[k]
-        if nb is par:
-            nb.cost = COST_INFINITE  # unusable: _evaluate leaves it
-        elif nb is not router._inflight_nb:
-            del nbrs[k]
+        if nb is par or nb is busy:
+            nb.cost = COST_INFINITE  # unusable; _evaluate leaves it, housekeeping drops it
+            nb.last_ms = now - router.neighbor_timeout_ms - 1
         else:
-            nb.cost = COST_INFINITE
-            nb.last_ms = now - router.neighbor_timeout_ms - 1  # housekeeping drops it
-    if par is not None and par.phase != bit:
+            del nbrs[k]
+    router.stats["nbr_evicted"] += len(old)
+    if par is not None and par.phase != b:
         router._evaluate(now)
-        if router._par is not par and nbrs.get(par.node_id) is par and par is not router._inflight_nb:
+        if router._par is not par and nbrs.get(par.node_id) is par and par is not busy:
             del nbrs[par.node_id]
-    router.stats["nbr_retired"] = router.stats.get("nbr_retired", 0) + len(gone)
-    return len(gone)
 
 
 def node_op(node, cmd, log):

@@ -57,7 +57,7 @@ class Trickle:
         self._t_ms = 0  # fire time of the current interval
         self._end_ms = 0  # end of the current interval
         self._fired = True
-        self._extra_ms = 0  # a one-off transmission (nudge), 0 = none
+        self.due = 0  # a one-off transmission's time (wake()), 0 = none
         self.next_fire_ms = 0
 
     def _begin(self, now_ms):
@@ -84,7 +84,7 @@ class Trickle:
             self.interval_ms = self.imin_ms
             self._begin(now_ms)
 
-    def nudge(self, now_ms):
+    def wake(self, now_ms):
         """News worth one transmission but no inconsistency (not in RFC 6206): transmit once
         within [Imin/2, Imin) unless the timer fires by then anyway; I is unchanged, so the
         steady rate stays. Starts the timer when it was not started."""
@@ -93,9 +93,9 @@ class Trickle:
             return
         half = self.imin_ms >> 1
         t = now_ms + half + self.rng.below(self.imin_ms - half)
-        if (not self._fired and self._t_ms <= t) or (self._extra_ms and self._extra_ms <= t):
+        if (not self._fired and self._t_ms <= t) or (self.due and self.due <= t):
             return
-        self._extra_ms = t
+        self.due = t
         if t < self.next_fire_ms:
             self.next_fire_ms = t
 
@@ -108,9 +108,9 @@ class Trickle:
         if not self.started or now_ms < self.next_fire_ms:
             return False
         send = False
-        x = self._extra_ms
+        x = self.due
         if x and now_ms >= x:
-            self._extra_ms = x = 0
+            self.due = x = 0
             send = True
         if not self._fired and now_ms >= self._t_ms:
             self._fired = True
@@ -125,6 +125,6 @@ class Trickle:
                 self._fired = True
                 if not send:
                     send = self.k == 0 or self.count < self.k
-        nf = self._end_ms if self._fired else self._t_ms
-        self.next_fire_ms = x if x and x < nf else nf
+        i = self._end_ms if self._fired else self._t_ms
+        self.next_fire_ms = x if x and x < i else i
         return send

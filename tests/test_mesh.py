@@ -179,7 +179,7 @@ def test_trickle_late_poll_fires_at_most_once():
     assert t.interval_ms == 400 and t.next_fire_ms > 10_000
 
 
-def test_trickle_nudge_sends_once_soon_and_keeps_the_interval():
+def test_trickle_wake_sends_once_soon_and_keeps_the_interval():
     t = Trickle(100, 4, 0, 5)
     t.start(0)
     for now in range(0, 1600):
@@ -187,27 +187,27 @@ def test_trickle_nudge_sends_once_soon_and_keeps_the_interval():
     assert t.interval_ms == 1600
     regular = t.next_fire_ms
     assert regular > 1700  # the next interval's fire is far off
-    t.nudge(1600)
+    t.wake(1600)
     assert 1650 <= t.next_fire_ms < 1700
-    t.nudge(1610)  # one pending nudge is enough: not moved, not doubled
+    t.wake(1610)  # one pending wake is enough: not moved, not doubled
     nudged = t.next_fire_ms
     assert 1650 <= nudged < 1700
     fires = [now for now in range(1600, 1700) if t.poll(now)]
     assert fires == [nudged]
     assert t.interval_ms == 1600 and t.next_fire_ms == regular  # the steady rate is unchanged
-    # a nudge when the timer fires within Imin anyway adds nothing
+    # a wake when the timer fires within Imin anyway adds nothing
     t2 = Trickle(100, 4, 0, 5)
     t2.start(0)
     due = t2.next_fire_ms
-    t2.nudge(0)
+    t2.wake(0)
     assert t2.next_fire_ms == due and [n for n in range(0, 100) if t2.poll(n)] == [due]
     t3 = Trickle(100, 4, 0, 5)
-    t3.nudge(500)  # not started: starts it
+    t3.wake(500)  # not started: starts it
     assert t3.started and t3.interval_ms == 100
 
 
 def test_good_news_nudges_bad_news_resets():
-    """A parent change and a falling cost are told with one beacon (Trickle nudge); a rising
+    """A parent change and a falling cost are told with one beacon (Trickle wake); a rising
     cost resets Trickle: the rank rule needs descendants to hear it. A reset per change was ~90 %
     of all beacons at 20 % loss (DES, 1,000 nodes: 5.8 beacons per delivered reading, 2.5 with
     nudges)."""
@@ -863,7 +863,7 @@ def test_a_neighbour_still_in_the_retired_epoch_is_forgotten_when_the_grace_wind
     now += 1000
     rekey.apply(r, (1, k1, None, None), now)  # the grace window ends
     drain(r)
-    assert rogue not in r._nbrs and honest in r._nbrs and r.stats["nbr_retired"] == 1
+    assert rogue not in r._nbrs and honest in r._nbrs and r.stats["nbr_evicted"] == 1
     bad = r.stats["bad_frames"]
     for b in range(7, 12):
         now += 1000

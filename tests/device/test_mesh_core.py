@@ -106,13 +106,13 @@ def test_prng_matches_cpython():
     assert [r.below(1000) for _ in range(4)] == [167, 764, 997, 857]
 
 
-def test_trickle_nudge_fires_once_and_keeps_the_interval():
+def test_trickle_wake_fires_once_and_keeps_the_interval():
     t = Trickle(100, 4, 0, 5)
     t.start(0)
     for now in range(0, 1600):
         t.poll(now)
     regular = t.next_fire_ms
-    t.nudge(1600)
+    t.wake(1600)
     nudged = t.next_fire_ms
     assert 1650 <= nudged < 1700, nudged
     assert [n for n in range(1600, 1700) if t.poll(n)] == [nudged]
