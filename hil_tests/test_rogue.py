@@ -67,7 +67,7 @@ def test_a_stolen_pole_swallows_readings_until_revoked_and_rotated_out(make_rig,
         log = []
         final = asyncio.run(key_rotation.run(home, broker_url=rig.rig.broker_url, poll_s=1.0, resend_s=10.0,
                                              timeout_s=400, log=log.append))
-        print("\n".join(log[-3:]))
+        print("\n".join(log[:2] + log[-3:]))
         assert final["state"] == "done", key_rotation.status(home)
         print("rotation:", json.dumps(key_rotation.status(home)["totals"]), "missed", final["missed"])
         flash = {n: PosixFS(p.flash_dir) for n, p in rig.rig.nodes.items()}
