@@ -9,7 +9,7 @@ swallowed. Then `fleet keys revoke` and `fleet keys rotate`: the collector refus
 node's frames; the next mesh key reaches every honest node wrapped in its own key (nodes under
 the sinkhole receive it, but their confirmations are swallowed, so the campaign activates with
 a share confirmed); once the grace window ends the nodes forget neighbours still in the old
-epoch (firmware/rekey.py forget_retired) and the rogue's frames fail every hop tag. After that
+epoch (firmware/rekey.py apply) and the rogue's frames fail every hop tag. After that
 no honest node sends to it, nothing of it reaches the collector, and every reading an honest
 node made during the whole run - those the rogue swallowed included, repaired from the nodes'
 rings - is stored exactly once."""
