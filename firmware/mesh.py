@@ -126,6 +126,7 @@ _MAX_GAP_MISSES = const(6)  # a longer bseq gap (reboot, long fade) counts as th
 _MAX_EVENTS = const(64)
 _MAX_TXQ = const(16)  # frames waiting for poll_tx (a shell that stops polling loses the oldest)
 _MAX_FLOODS = const(8)  # pending rebroadcasts
+_ALIEN_GAP_MS = const(10000)  # a relay passes on one key request (a status in another key phase) per this
 DEPTH_NONE = const(255)
 
 # Tunables: firmware/mesh_params.py (DEFAULTS), read by Router() once and unloaded after.
@@ -136,7 +137,7 @@ STAT_KEYS = (
     "queue_drops", "parent_changes", "route_losses", "retries", "tx_fail", "send_timeouts",
     "bad_frames", "commands", "floods_tx", "flood_dup", "nbr_evicted", "nbr_full",
     "events_dropped", "txq_drops", "queue_len", "routed_fwd", "routed_nbr_miss", "routed_retries",
-    "routed_fail",
+    "routed_fail", "alien_rx", "alien_fwd",
 )
 
 _NOT_UINT = "not a small unsigned integer"
@@ -407,6 +408,7 @@ class Router:
         self._phase = 0
         self._vb = b"\x01"
         self._keys = [self._hmac, None]
+        self._alien_ms = None  # last status frame in a key phase we hold no key for passed on (_rx_up)
         self.rng = Xorshift32(seed if seed is not None else (node_id * 2654435761 + 12345))
         from firmware import mesh_params  # the tunables and their checks: read once (~2 KB of heap)
 
@@ -674,9 +676,15 @@ class Router:
     # ---- receive paths -------------------------------------------------------------------
 
     def _tag_ok(self, data):
+        """True when the hop tag verifies; False when it does not; None when it was made in a key
+        phase this node holds no key for (another epoch: a node that missed a rotation, or one
+        that is ahead of us; stats["alien_rx"] counts those beacons, firmware/node.py asks the
+        fleet for the key when they outnumber the ones it can check)."""
         n = len(data)
         k = self._keys[1 if data[1] & 0x10 else 0]
-        return k is not None and ct_equal(k.tag(data[:n - HOP_TAG_LEN], HOP_TAG_LEN), data[n - HOP_TAG_LEN:])
+        if k is None:
+            return None
+        return ct_equal(k.tag(data[:n - HOP_TAG_LEN], HOP_TAG_LEN), data[n - HOP_TAG_LEN:])
 
     def _rx_beacon(self, src_mac, data, rssi, now):
         st = self.stats
@@ -695,8 +703,9 @@ class Router:
         except Exception:  # noqa: BLE001 - any malformation is just a bad frame
             st["bad_frames"] += 1
             return
-        if not self._tag_ok(data):
-            st["bad_frames"] += 1
+        ok = self._tag_ok(data)
+        if not ok:
+            st["alien_rx" if ok is None else "bad_frames"] += 1
             return
         if src == self.node_id:
             return
@@ -796,9 +805,23 @@ class Router:
         except Exception:  # noqa: BLE001
             st["bad_frames"] += 1
             return
-        if not self._tag_ok(data):
-            st["bad_frames"] += 1
-            return
+        ok = self._tag_ok(data)
+        if not ok:
+            # A status frame in a key phase we hold no key for: a node that missed a key
+            # rotation asking for the key (its status says its epoch; the fleet checks the
+            # end-to-end tag and answers only a node that is not revoked). Passed on re-tagged in
+            # our epoch, one every _ALIEN_GAP_MS at most (a stolen pole may send them too);
+            # anything else is dropped.
+            a = self._alien_ms
+            if ok is False or t != T_STATUS or (a is not None and now - a < _ALIEN_GAP_MS) \
+                    or not (self.is_gateway or self._par is not None):
+                st["bad_frames"] += 1
+                return
+            self._alien_ms = now
+            st["alien_fwd"] += 1
+            n = len(data) - HOP_TAG_LEN
+            b = data[:1] + self._vb + data[2:n]
+            data = b + self._hmac.tag(b, HOP_TAG_LEN)
         st["data_rx"] += 1
         if hops == 1:  # originated by the sender (it counts itself): a child, kept for routed frames
             nb = self._nbrs.get(origin)
@@ -825,7 +848,9 @@ class Router:
             st["ttl_dropped"] += 1
             return
         par = self._par
-        if par is not None and src_mac == par.mac:
+        if ok is None:
+            pass  # its cost is of an epoch we cannot see: no evidence about our tree
+        elif par is not None and src_mac == par.mac:
             self._loop_evidence(now)
         elif cost <= self.cost:
             st["cost_inconsistent"] += 1
@@ -854,7 +879,11 @@ class Router:
         except Exception:  # noqa: BLE001
             st["bad_frames"] += 1
             return False
-        if not self._tag_ok(data):
+        ok = self._tag_ok(data)
+        # a command to this node in a key phase it holds no key for: the fleet's answer to its
+        # key request (OP_REKEY, authenticated end to end with its node key, which the command
+        # path checks); it is taken, never forwarded
+        if not ok and not (ok is None and target == self.node_id):
             st["bad_frames"] += 1
             return False
         j = self._flood.find(target, cseq, 0)

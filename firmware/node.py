@@ -61,6 +61,10 @@ _UPLINK_POLL_MS = 500
 _SENSOR_READ_MAX_MS = 1000  # the sampler also ticks at least this often (late config changes)
 _WDT_TIMEOUT_MS = 60000
 _HEALTH_GRACE_MS = 600000  # a node may take 10 min to find a route before the WDT cares
+# a node that has heard beacons of a key epoch it has no key for since it last asked, and has no
+# parent or heard more of them than of its own epoch (its parent may be a stolen pole of the old
+# one), missed a rotation (issue 14): it asks the fleet for the key, this often at most
+_ASK_MS = 60000
 # Readings held while the wall clock is unknown (an RTC starts at its epoch; a gateway's NTP
 # time reaches nodes in beacons), as 24-byte ring records: 48 bytes of heap each on 32 bits in
 # small blocks (an Aggregate and its tuple took ~140), 3 KB when full; 64 = 5 h at a 5-minute
@@ -104,6 +108,7 @@ class Node:
         self.sampler.phase_ms = self.router.rng.below(cfg.report_interval_s * 1000)
         self.gateway = gateway  # firmware.gateway.Gateway or None
         self.epoch = 0  # mesh key epoch (issue 14); a rotated node holds its keys in mesh_keys.bin
+        self._ask = [0, 0, 0]  # key requests: last check, alien_rx and beacons_rx at the last request
         try:
             # rotated (its keys on flash) or provisioned in a later epoch (config mesh_epoch)
             if cfg.mesh_epoch or fsutil.exists(fs, "mesh_keys.bin"):
@@ -392,9 +397,12 @@ class Node:
             if now >= periodic:
                 periodic = now + STATUS_INTERVAL_S * 1000
 
-    def send_status(self, probe=False):
+    def send_status(self, probe=False, ask=False):
         """Originate a status frame. With probe, it carries an app token whose ("sent", token,
-        ok) outcome goes to the OTA shell (trial health); returns that token (else None)."""
+        ok) outcome goes to the OTA shell (trial health); returns that token (else None).
+        With ask (a key request: its epoch is what the fleet reads), a node broadcasts it to
+        every neighbour instead of sending it to its parent (which may be a stolen pole of the
+        old epoch; a neighbour of the new one passes it on: firmware/mesh.py _rx_up)."""
         r = self.router
         free = self.heap_sample()
         body = protocol.StatusBody(
@@ -403,11 +411,18 @@ class Node:
             link_etx=min(r.parent_etx, 0xFFFF), path_cost=min(r.cost, 0xFFFF), rssi=max(-128, min(0, r.parent_rssi)),
             boot_count=self.boot_count, ota_state=self.ota.state if self.ota else 0,
             ota_progress=self.ota.progress_pct if self.ota else 0, errors=self.errors,
-            radio_drops=self.hal.radio.stats()[4], readings_lost=self.readings_lost)
-        f = protocol.Status(origin=self.node_id, seq=self.counters.next("status"), time_s=self.wall_s(), body=body)
+            radio_drops=self.hal.radio.stats()[4], readings_lost=self.readings_lost, epoch=self.epoch)
+        # hops and cost as a first transmitter (the router sets them too: a key request is
+        # broadcast as it is)
+        f = protocol.Status(origin=self.node_id, seq=self.counters.next("status"), time_s=self.wall_s(), body=body,
+                            hops=1, cost=min(r.cost, 0xFFFF))
         self.parent_report_ms = None  # this one reports the parent in force
         self.last_status_ms = self.now_ms()
         protocol.encode(f, self.mesh_hmac, self.node_hmac)
+        if ask and not r.is_gateway:
+            r._out((r._token(), BROADCAST, protocol.encode(f, r._hmac, None, r._phase)))
+            self.wake.set()
+            return None
         token = None
         if probe:
             token = self.next_token
@@ -509,6 +524,18 @@ class Node:
             else:
                 log("health", "not healthy: letting the watchdog reset the node")
             self.heap_sample()
+            # counted since the last request (neighbours beacon every Imax = 512 s when all is
+            # quiet: a window of a minute would often see none)
+            a = self._ask
+            if now - a[0] >= _ASK_MS:
+                a[0] = now
+                st = self.router.stats
+                n = st["alien_rx"] - a[1]
+                if n and (self.router._par is None or n > st["beacons_rx"] - a[2]):
+                    log("keys", "%d beacons of a key epoch this node holds no key for: asking for it (epoch %d)"
+                        % (n, self.epoch))
+                    self.send_status(False, True)
+                    a[1], a[2] = st["alien_rx"], st["beacons_rx"]
             if self.ota is not None:
                 self.ota.health(now)
             if not self.selftest_done and self.last_sample_ms is not None:

@@ -11,9 +11,11 @@ state file runs on the provisioned key (in the config's mesh_epoch, 0 by default
 where check = SHA-256 of the bytes before it, truncated (a corrupted file is not trusted).
 
 Steps (each returns the new state and persists it first; a refused step changes nothing):
-- offer(state, ..., epoch, wrapped): the next epoch's key, unwrapped with the node key
+- offer(state, ..., epoch, wrapped, now): the next epoch's key, unwrapped with the node key
   (protocol/keywrap.py). Refused unless epoch > cur_epoch; a repeat of the held next epoch is
-  accepted again without a write (the fleet may resend when a confirmation was lost).
+  accepted again without a write (the fleet may resend when a confirmation was lost). With now
+  (the fleet's answer to a node that missed the rotation and asked for the key: the epoch is
+  in force already), it becomes the only key at once.
 - activate(state, epoch): the held next epoch becomes current; the old one is kept for the
   grace window. Refused unless epoch is the held next one (or already current: idempotent).
 - end_grace(state): drop the previous epoch's key.
@@ -62,16 +64,19 @@ def save(fs, st):
     fsutil.write_file(fs, STATE_FILE, _enc(st))
 
 
-def offer(fs, st, node_key, net_id, node_id, epoch, wrapped):
+def offer(fs, st, node_key, net_id, node_id, epoch, wrapped, now=False):
+    """With now (the epoch is in force on the fleet already: this node missed the rotation and
+    asked), the key becomes the only one at once, in one write: the old epoch is refused
+    everywhere, so no grace window."""
     cur_e = st[0]
     if epoch <= cur_e:
         raise ProtocolError("rekey: epoch %d is not after the current epoch %d (replayed or stale)" % (epoch, cur_e))
     from protocol.keywrap import unwrap
 
     key = unwrap(node_key, net_id, node_id, epoch, wrapped)  # raises on a forged or foreign wrap
-    if st[2] == epoch and st[3] == key:
+    new = (epoch, key, None, None) if now else (cur_e, st[1], epoch, key)
+    if st[2] == epoch and st[3] == key and not now:
         return st
-    new = (cur_e, st[1], epoch, key)
     save(fs, new)
     return new
 
@@ -155,7 +160,9 @@ def apply(router, st, now=None):
 
 def node_op(node, cmd, log):
     """A firmware.node.Node's epoch command (or, cmd None, its boot-time load). OP_REKEY (to
-    this node, node-key auth): store the next epoch's key, result [epoch]. OP_EPOCH [epoch, 0]:
+    this node, node-key auth): store the next epoch's key, result [epoch] (with a fourth
+    argument, 1: the key in force, taken at once - the answer to this node's key request, its
+    status sent with an old epoch: firmware/node.py). OP_EPOCH [epoch, 0]:
     activate it (the previous key stays for the grace window); [epoch, 1]: end that epoch's
     grace window. Gives the router the resulting keys. Returns (code, result): 0 done,
     1 refused (replayed, forged, malformed, not held), 5 flash error."""
@@ -170,7 +177,7 @@ def node_op(node, cmd, log):
                 from protocol.keywrap import from_args
 
                 epoch, w = from_args(a)
-                st = offer(fs, st, cfg.node_key, cfg.net_id, node.node_id, epoch, w)
+                st = offer(fs, st, cfg.node_key, cfg.net_id, node.node_id, epoch, w, len(a) == 4)
                 result = [epoch]
             elif len(a) == 2 and isinstance(a[0], int) and a[1] == 0:
                 st = activate(fs, st, a[0])

@@ -100,11 +100,12 @@ class CollectorConfig:
     node key cache size (key_cache), revocation-list re-check (revoked_recheck_s), `repair` (a
     fleet.repair.RepairConfig) and route_commands: a resend request's first attempt goes down the
     source route compiled from the parents nodes report (False: every request is flooded, e.g.
-    for a mesh whose firmware predates routed frames)."""
+    for a mesh whose firmware predates routed frames); key_answer_s: a node that reports an old
+    key epoch is sent the key in force once per this (its answer may be lost; it asks again)."""
 
     def __init__(self, batch_rows=5000, flush_interval_s=0.5, log_interval_s=60.0, unknown_recheck_s=10.0,
                  downlink_max_frames=8, key_cache=50000, repair=None, max_unacked=64, clock_tolerance_s=60,
-                 revoked_recheck_s=1.0, route_commands=True):
+                 revoked_recheck_s=1.0, route_commands=True, key_answer_s=50.0):
         self.batch_rows = int(batch_rows)
         self.flush_interval_s = float(flush_interval_s)
         self.log_interval_s = float(log_interval_s)
@@ -118,6 +119,7 @@ class CollectorConfig:
         self.clock_tolerance_s = int(clock_tolerance_s)
         self.revoked_recheck_s = float(revoked_recheck_s)  # how soon a `fleet keys revoke` takes hold
         self.route_commands = bool(route_commands)
+        self.key_answer_s = float(key_answer_s)
         if self.batch_rows < 1 or self.flush_interval_s <= 0 or self.downlink_max_frames < 1:
             raise ValueError("batch_rows, flush_interval_s and downlink_max_frames must be positive")
 
@@ -172,7 +174,7 @@ class Stats:
     FIELDS = ("messages", "envelopes", "frames", "readings", "stored", "duplicates", "status", "status_duplicates",
               "replies", "reply_duplicates", "commands", "rejects", "flushes", "flush_errors", "clock_jumps",
               "restamped", "commands_withheld", "commands_routed", "commands_flooded", "commands_scoped",
-              "route_fallbacks", "route_retries_rerouted")
+              "route_fallbacks", "route_retries_rerouted", "key_requests", "key_answers")
 
     def __init__(self):
         for f in self.FIELDS:
@@ -268,7 +270,10 @@ class Ingest:
         self.tracker = GapTracker(self.cfg.repair)
         self._mesh = (auth.Hmac(keys.mesh_key()), None)  # hop keys by key phase (_check_epoch)
         self._phase = 0  # the key phase of the epoch in force: the collector's own commands
+        self._epoch = 0  # the epoch in force (a node whose status reports an older one is re-keyed)
         self._epoch_stamp = None
+        self._key_asks = {}  # node -> gateway: status reported an old epoch, answer not sent yet
+        self._key_answered = {}  # node -> when its last key answer went out (one per key_answer_s)
         self._node_hmacs = {}
         self._ratelog = _RateLog(log, self.cfg.log_interval_s)
         self._rows = []
@@ -501,6 +506,7 @@ class Ingest:
             return
         try:
             pair, phase = self.keys.mesh_keys()
+            epoch = self.keys.epoch_state()["epoch"]
         except Exception as e:  # noqa: BLE001 - KeystoreError; the collector keeps running
             self._ratelog.note("epoch_file", str(e), now)
             return
@@ -510,6 +516,7 @@ class Ingest:
         self._epoch_stamp = stamp
         self._mesh = tuple(None if k is None else auth.Hmac(k) for k in pair)
         self._phase = phase
+        self._epoch = epoch
 
     def _key_for(self, origin):
         # decode() calls this with the frame's origin; None makes it raise "unknown node".
@@ -532,6 +539,7 @@ class Ingest:
             res["frames"] += 1
             return
         self._cur_unknown = None
+        f = None
         try:
             f = protocol.decode(fb, self._mesh, self._key_for)
         except protocol.ProtocolError as e:
@@ -545,10 +553,12 @@ class Ingest:
                 cause = "bad_tag"
             elif msg.startswith("hop tag"):  # a mismatch, or a key epoch not accepted (fleet keys rotate)
                 cause = "bad_hop_tag"
+                f = self._old_gateway_status(fb, gw)
             else:
                 cause = "malformed_frame"
-            self._reject(res, cause, f"frame via gateway {gw}: {msg}", now)
-            return
+            if f is None:
+                self._reject(res, cause, f"frame via gateway {gw}: {msg}", now)
+                return
         t = f.type
         rx_s = rx_ms // 1000 if rx_ms else int(now)
         if t == protocol.T_TELEMETRY:
@@ -562,6 +572,21 @@ class Ingest:
             return
         self.stats.frames += 1
         res["frames"] += 1
+
+    def _old_gateway_status(self, fb, gw):
+        """A gateway's own status frame hop-tagged in the epoch before the one in force: the key
+        request of a gateway that missed a rotation (a node's comes re-tagged by the neighbour
+        that passed it on; a gateway's goes straight to MQTT). Returns the frame when both its
+        tags verify (the hop tag with that older epoch's key), else None."""
+        if self._epoch < 1 or protocol.peek_type(fb) != protocol.T_STATUS or gw not in self._gw_ids:
+            return None
+        pair = [None, None]
+        pair[(self._epoch - 1) & 1] = self.keys.mesh_key(self._epoch - 1)
+        try:
+            f = protocol.decode(fb, tuple(pair), self._key_for)
+        except protocol.ProtocolError:
+            return None
+        return f if f.origin == gw else None
 
     def _telemetry(self, res, f, gw, rx_s, rssi, now, corr=0):
         node, seq, hops = f.origin, f.seq, f.hops
@@ -622,7 +647,7 @@ class Ingest:
             "heap_min": b.heap_min, "backlog": b.backlog, "parent": b.parent, "link_etx": b.link_etx,
             "path_cost": b.path_cost, "boot_count": b.boot_count, "ota_state": b.ota_state,
             "ota_progress": b.ota_progress, "errors": b.errors, "radio_drops": b.radio_drops,
-            "readings_lost": b.readings_lost,
+            "readings_lost": b.readings_lost, "epoch": b.epoch,
             # the path this frame took; body.rssi (the parent link) is summarised by link_etx
             "gateway": gw, "hops": f.hops, "rssi": rssi,
             "status_seq": f.seq,  # the store keeps the newest: a late status never overwrites it
@@ -637,6 +662,11 @@ class Ingest:
             if fw is not None and b.fw_version != fw:
                 self._events.append((rx_s, "firmware", node, {"from": fw, "to": b.fw_version}))
         self._last_status[node] = (b.boot_count, b.parent, b.fw_version)
+        if b.epoch is not None and b.epoch < self._epoch:
+            # a node that missed a key rotation (off, or its re-keys lost): its status is its key
+            # request; it is answered in poll() (a revoked node's frames never get here)
+            self.stats.key_requests += 1
+            self._key_asks[node] = gw
         if b.parent:
             self._parents[node] = b.parent
         else:
@@ -688,8 +718,47 @@ class Ingest:
             return []
         reqs = self.tracker.due_requests(now, self._cseq, self._gateway_online)
         out = self._commands(reqs, now) if reqs else []
+        if self._key_asks:
+            out += self._key_answers(now)
         self._ratelog.tick(now)
         return out
+
+    def _key_answers(self, now):
+        """OP_REKEY [epoch in force, the key wrapped with the node's own key, 1] (taken at once,
+        no grace window: protocol/keywrap.py) to each node whose status reported an older epoch,
+        one per node every cfg.key_answer_s. Flooded from the gateway that heard it, scoped to a
+        few hops beyond the node (the path its parents describe is of the old epoch, where its
+        parent may be a stolen pole); a gateway's own goes to its topic. Counted key_answers,
+        recorded as "key_answer" events."""
+        from protocol.keywrap import OP_REKEY, to_args, wrap
+
+        asks, self._key_asks = self._key_asks, {}
+        by_topic = {}
+        epoch = self._epoch
+        for node, gw in sorted(asks.items()):
+            last = self._key_answered.get(node)
+            if node in self._revoked or (last is not None and now - last < self.cfg.key_answer_s):
+                continue
+            cseq = self._cseq(node)
+            if cseq is None:
+                continue
+            try:
+                nk = self.keys.node_key(node)
+                args = to_args(epoch, wrap(nk, self.net_id, node, epoch, self.keys.mesh_key(epoch)), True)
+            except Exception as e:  # noqa: BLE001 - KeystoreError: logged, asked again by the node
+                self._ratelog.note("keystore", f"no key answer for node {node}: {e}", now)
+                continue
+            own = node in self._gw_ids
+            scope = 0 if own else flood_start_hops(self._hops.get(node), 1, MESH_DEFAULTS["max_hops"])
+            cmd = protocol.Command(target=node, cseq=cseq, op=OP_REKEY, args=args, hops=scope)
+            fb = protocol.encode(cmd, self._mesh, self._node_hmac(node), phase=self._phase)
+            topic = downlink_topic(self.net_id, node if own else gw)
+            by_topic.setdefault(topic, []).append(fb)
+            self._key_answered[node] = now
+            self.stats.key_answers += 1
+            self._events.append((int(now), "key_answer", node, {"cseq": cseq, "epoch": epoch,
+                                                                 "via": "gateway" if own else gw}))
+        return self._pack(by_topic)
 
     def _commands(self, reqs, now):
         """Resend commands as downlink messages. A first attempt goes down the node's source route
@@ -737,6 +806,10 @@ class Ingest:
             elif scope:
                 detail["scope"] = MESH_DEFAULTS["max_hops"] - scope  # hops from a gateway it can reach
             self._events.append((int(now), "resend_request", req.node, detail))
+        return self._pack(by_topic)
+
+    def _pack(self, by_topic):
+        """Downlink messages [(topic, payload)] of the command frames by topic (counted commands)."""
         out = []
         step = self.cfg.downlink_max_frames
         for topic, frames in by_topic.items():

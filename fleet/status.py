@@ -29,7 +29,7 @@ NODE_KEYS = (
     "uptime_s", "heap_free", "backlog", "boot_count", "gateway", "last_heard", "age_s", "last_reading_ts",
     "last_seq", "delivered", "duplicates", "delivery_ratio", "gaps", "gaps_lost", "ota_state", "ota_progress",
     "heap_min", "radio_drops", "readings_lost", "pm25_1h", "coverage_1h", "pm25_24h", "coverage_24h",
-    "ica_24h", "aqi_24h", "aqi_category_24h", "low_coverage_24h",
+    "ica_24h", "aqi_24h", "aqi_category_24h", "low_coverage_24h", "epoch",
 )
 # Means (raw PM2.5, no humidity correction) over the last complete UTC hour and the 24 before
 # now. Coverage = readings / those a node makes at the firmware's default report interval
@@ -61,7 +61,7 @@ _ROW_FIELDS = (
     "node", "role", "pole", "registered_fw", "last_heard", "last_seq", "last_ts", "pm25", "rh", "delivered",
     "duplicates", "min_seq", "parent", "link_etx", "path_cost", "uptime_s", "heap_free", "backlog", "gateway",
     "rssi", "hops", "fw_version", "fw_seq", "boot_count", "ota_state", "ota_progress", "heap_min", "radio_drops",
-    "readings_lost",
+    "readings_lost", "epoch",
 )
 
 
@@ -76,7 +76,7 @@ def _node_view(r, now_s, stale_after_s, offline_after_s, rh_correction, gap_coun
     # at 100k nodes.
     (node, role, pole, registered_fw, last_heard, last_seq, last_ts, raw, rh, delivered, duplicates, min_seq,
      parent, link_etx, path_cost, uptime_s, heap_free, backlog, gateway, rssi, hops, fw_version, fw_seq,
-     boot_count, ota_state, ota_progress, heap_min, radio_drops, readings_lost) = r
+     boot_count, ota_state, ota_progress, heap_min, radio_drops, readings_lost, epoch) = r
     pm = raw if raw is None or rh_correction == "none" else aqimod.correct_pm25(rh_correction, raw, rh)
     if pm is None:
         ica, epa = _NO_INDEX
@@ -138,6 +138,7 @@ def _node_view(r, now_s, stale_after_s, offline_after_s, rh_correction, gap_coun
         "heap_min": heap_min,
         "radio_drops": radio_drops,
         "readings_lost": readings_lost,
+        "epoch": epoch,  # the mesh key epoch its last status reported (None: firmware before 1.2)
         "_expected": expected,
         "_gaps_recovered": gaps.get("recovered", 0) if gaps else 0,
     }

@@ -284,19 +284,21 @@ class StatusBody(Frame):
     (bytes), backlog (readings waiting), parent (node id, 0 = none), link_etx (tenths),
     path_cost (tenths), rssi (dBm of the parent link), boot_count, ota_state, ota_progress (%),
     errors (bit field), radio_drops (ESP-NOW frames the receive buffer dropped since boot),
-    readings_lost (readings the node had to discard since boot). Firmware 1.0 sent the body
-    without the last two (LEGACY_FIELDS items): it still decodes, with both None ("not
-    reported"), and such a body encodes back to the same 14 items."""
+    readings_lost (readings the node had to discard since boot), epoch (the mesh key epoch the
+    node holds in force, issue 14: the fleet re-keys a node that reports an old one). Firmware
+    1.0 sent the body without the last three (LEGACY_FIELDS items), firmware 1.1 without
+    epoch (16 items): both still decode, the missing fields None ("not reported"), and such a
+    body encodes back to the same items (its end-to-end tag covers them)."""
 
     FIELDS = ("fw_seq", "fw_version", "uptime_s", "heap_free", "heap_min", "backlog", "parent",
               "link_etx", "path_cost", "rssi", "boot_count", "ota_state", "ota_progress", "errors",
-              "radio_drops", "readings_lost")
+              "radio_drops", "readings_lost", "epoch")
     SPEC = (("fw_seq", 0, U32), ("fw_version", None, 16), ("uptime_s", 0, U32),
             ("heap_free", 0, U32), ("heap_min", 0, U32), ("backlog", 0, U32),
             ("parent", 0, U32), ("link_etx", 0, U16), ("path_cost", 0, U16),
             ("rssi", -128, 0), ("boot_count", 0, U32), ("ota_state", 0, U8),
             ("ota_progress", 0, 100), ("errors", 0, U32), ("radio_drops", 0, U32),
-            ("readings_lost", 0, U32))
+            ("readings_lost", 0, U32), ("epoch", 0, U32))
     DEFAULTS = {"fw_version": ""}
     LEGACY_FIELDS = 14
 
@@ -351,10 +353,14 @@ class Status(Frame):
 
     def _enc_body(self, out):
         b = self.body
-        # a firmware 1.0 body (decoded, both new fields None) re-encodes as it came: its tag
-        # covers those 14 items
-        legacy = b.radio_drops is None and b.readings_lost is None
-        _put_rec(out, b, "status", StatusBody.LEGACY_FIELDS if legacy else 0)
+        # an older firmware's body (decoded, the fields it lacks None) re-encodes as it came: its
+        # tag covers those 14 or 16 items
+        n = 0
+        if b.radio_drops is None and b.readings_lost is None:
+            n = StatusBody.LEGACY_FIELDS
+        elif b.epoch is None:
+            n = StatusBody.LEGACY_FIELDS + 2
+        _put_rec(out, b, "status", n)
 
 
 

@@ -32,13 +32,14 @@ def _rec(d, cls, name):
 
 def _status_body(d):
     full = len(StatusBody.FIELDS)
-    n = _arr(d, "status", StatusBody.LEGACY_FIELDS, full)
-    if n != StatusBody.LEGACY_FIELDS and n != full:
-        raise ProtocolError("status: expected %d items (or %d from firmware 1.0), got %d"
-                            % (full, StatusBody.LEGACY_FIELDS, n))
+    old = StatusBody.LEGACY_FIELDS
+    n = _arr(d, "status", old, full)
+    if n != old and n != old + 2 and n != full:
+        raise ProtocolError("status: expected %d items (or %d, %d from older firmware), got %d"
+                            % (full, old + 2, old, n))
     vals = _get(d, StatusBody.SPEC if n == full else StatusBody.SPEC[:n], "status")
     while len(vals) < full:
-        vals.append(None)  # not reported by firmware 1.0
+        vals.append(None)  # not reported by an older firmware
     return StatusBody(*vals)
 
 

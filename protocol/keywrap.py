@@ -18,7 +18,7 @@ anything is decrypted.
 from protocol.auth import KEY_LEN, MAX_EPOCH, Hmac, ct_equal
 from protocol.errors import ProtocolError
 
-OP_REKEY = 6  # command to one node: [epoch, wrap b64 [:32], wrap b64 [32:]]; reply [epoch]
+OP_REKEY = 6  # command to one node: [epoch, wrap b64 [:32], wrap b64 [32:]] (+ [1]: in force now); reply [epoch]
 OP_EPOCH = 7  # command to every node (signed): [epoch, 0] activate the epoch, [epoch, 1] end its grace
 WRAP_TAG_LEN = 16
 WRAPPED_LEN = KEY_LEN + WRAP_TAG_LEN
@@ -60,18 +60,22 @@ def unwrap(node_key, net_id, node_id, epoch, wrapped):
     return bytes(a ^ b for a, b in zip(ct, ks))
 
 
-def to_args(epoch, wrapped):
-    """The OP_REKEY command arguments: [epoch, base64 of the wrap in two 32-character texts]."""
+def to_args(epoch, wrapped, now=False):
+    """The OP_REKEY command arguments: [epoch, base64 of the wrap in two 32-character texts],
+    and a fourth, 1, when the epoch is already in force on the fleet (the answer to a node that
+    missed the rotation and asked: it takes the key in force at once, no grace window)."""
     import binascii
 
     b = binascii.b2a_base64(wrapped).strip().decode()
-    return [epoch, b[:32], b[32:]]
+    return [epoch, b[:32], b[32:], 1] if now else [epoch, b[:32], b[32:]]
 
 
 def from_args(args):
-    """(epoch, wrapped) from OP_REKEY arguments; raises ProtocolError when malformed."""
-    if len(args) != 3 or not isinstance(args[0], int) or not isinstance(args[1], str) or not isinstance(args[2], str):
-        raise ProtocolError("rekey: expected [epoch, text, text]")
+    """(epoch, wrapped) from OP_REKEY arguments (the in-force flag, args[3], is read by the
+    caller); raises ProtocolError when malformed."""
+    if len(args) < 3 or len(args) > 4 or not isinstance(args[0], int) or not isinstance(args[1], str) \
+            or not isinstance(args[2], str) or (len(args) == 4 and args[3] != 1):
+        raise ProtocolError("rekey: expected [epoch, text, text] or [epoch, text, text, 1]")
     import binascii
 
     try:

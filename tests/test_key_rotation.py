@@ -252,6 +252,72 @@ def test_collector_switches_epochs_while_running(tmp_path):
     store.close()
 
 
+def test_a_node_reporting_an_old_epoch_is_sent_the_key_in_force_unless_revoked(tmp_path):
+    """A status frame says the node's key epoch. The collector answers one reporting an epoch
+    older than the one in force (a node that missed the rotation: its status is its key
+    request) with OP_REKEY [epoch, wrap, 1], authenticated and wrapped with that node's own key,
+    flooded from the gateway that heard it, scoped; a gateway's own goes to its topic. One
+    answer per node per key_answer_s; none to a revoked node (its frames are refused)."""
+    ks = Keystore(str(tmp_path / "keys"), NET)
+    ks.init()
+    with open(ks.secret_path, "wb") as f:
+        f.write(SECRET)
+    ks = Keystore(ks.dir, NET)
+    store = SQLiteStore(str(tmp_path / "fleet.db"))
+    store.register_nodes([{"node": n} for n in NODES] + [{"node": GW, "role": "gateway"}])
+    ks.set_epoch_state(1)  # epoch 1 in force, the grace window over
+    clock = Clock()
+    ing = Ingest(store, ks, NET, now_fn=clock, config=CollectorConfig(batch_rows=1000, key_answer_s=50))
+    k0, k1 = ks.mesh_key(0), ks.mesh_key(1)
+
+    def st(node, seq, epoch, phase=1):
+        body = protocol.StatusBody(fw_version="1.2.0", parent=7, rssi=-70, epoch=epoch)
+        f = protocol.Status(origin=node, seq=seq, time_s=T0, body=body, hops=2)
+        return envelope([protocol.encode(f, (k0, k1), nkey(node), phase=phase)])
+
+    assert ing.on_message(UP, st(1, 1, 1))["frames"] == 1  # up to date: nothing to send
+    assert ing.poll(send=True) == [] and ing.stats.key_requests == 0
+    assert ing.on_message(UP, st(2, 1, 0))["frames"] == 1  # relayed (re-tagged in epoch 1): epoch 0
+    out = ing.poll(send=True)
+    assert ing.stats.key_requests == 1 and ing.stats.key_answers == 1
+    (topic, payload), = out
+    assert topic == f"redmesh/{NET}/down/{GW}"
+    fb, = protocol.decode(payload).frames
+    cmd = protocol.decode(fb, (None, k1), nkey(2))  # tagged in epoch 1, authenticated with node 2's key
+    assert cmd.target == 2 and cmd.op == keywrap.OP_REKEY and cmd.args[0] == 1 and cmd.args[3] == 1
+    assert cmd.hops > 0  # scoped: a few hops beyond the node's distance, not the whole mesh
+    epoch, w = keywrap.from_args(cmd.args)
+    assert keywrap.unwrap(nkey(2), NET, 2, 1, w) == k1
+    ing.flush()
+    assert store.node_state(2)["epoch"] == 0
+    assert [e["node"] for e in store.events(kind="key_answer")] == [2]
+    # it asks again within key_answer_s: no second answer yet; after it, one more
+    assert ing.on_message(UP, st(2, 2, 0))["frames"] == 1
+    assert ing.poll(send=True) == []
+    clock.t += 51
+    assert ing.on_message(UP, st(2, 3, 0))["frames"] == 1
+    assert len(ing.poll(send=True)) == 1 and ing.stats.key_answers == 2
+    # a gateway that missed the rotation: its own status goes straight up, tagged in epoch 0
+    assert ing.on_message(UP, st(GW, 1, 0, phase=0))["frames"] == 1
+    (topic, payload), = ing.poll(send=True)
+    assert topic == f"redmesh/{NET}/down/{GW}"
+    fb, = protocol.decode(payload).frames
+    assert protocol.decode(fb, (None, k1), nkey(GW)).args[3] == 1
+    # ... but epoch-0 frames of anyone else, status or not, are still refused
+    assert ing.on_message(UP, st(4, 1, 0, phase=0))["rejects"] == {"bad_hop_tag": 1}
+    assert ing.on_message(UP, envelope([protocol.encode(protocol.Telemetry(
+        origin=GW, seq=1, time_s=T0, readings=[reading(0)], hops=0, cost=0), (k0, k1), nkey(GW), phase=0)]))[
+        "rejects"] == {"bad_hop_tag": 1}
+    # a revoked node asks: refused as a frame, never answered
+    ks.revoke(3, "stolen")
+    clock.t += 2
+    ing.poll(send=True)
+    r = ing.on_message(UP, st(3, 1, 0))
+    assert r["rejects"] == {"revoked": 1}
+    assert ing.poll(send=True) == [] and ing.stats.key_answers == 3
+    store.close()
+
+
 def test_cli_rotation_status_abort_and_a_broker_that_is_not_there(home):
     h = home.path
     r = run_fleet(["keys", "rotation", "--home", h])

@@ -864,14 +864,16 @@ def test_a_neighbour_still_in_the_retired_epoch_is_forgotten_when_the_grace_wind
     rekey.apply(r, (1, k1, None, None), now)  # the grace window ends
     drain(r)
     assert rogue not in r._nbrs and honest in r._nbrs and r.stats["nbr_evicted"] == 1
-    bad = r.stats["bad_frames"]
+    alien = r.stats["alien_rx"]
     for b in range(7, 12):
         now += 1000
         r.on_recv(mac_of(rogue), encode(Beacon(rogue, b, 0, 0, 0, 0), k0, None, 0), -50, now)
         r.on_recv(mac_of(honest), encode(Beacon(honest, b, 30, 1, 0, 0), k1, None, 1), -50, now)
         drain(r)
         r.tick(now)
-    assert r.stats["bad_frames"] == bad + 5 and rogue not in r._nbrs
+    # counted as frames of a key phase it holds no key for (as many as the beacons it can check:
+    # not enough for it to ask for a key, firmware/node.py)
+    assert r.stats["alien_rx"] == alien + 5 and rogue not in r._nbrs
     assert r.parent == honest
 
 

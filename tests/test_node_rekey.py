@@ -112,3 +112,39 @@ def test_a_node_provisioned_in_a_later_epoch_runs_on_it_and_drops_a_stale_state_
     (tmp_path / rekey.STATE_FILE).unlink()
     node = Node(FakeHal(str(tmp_path)), Config(d))
     assert node.epoch == 3 and node.router._tag_ok(protocol.encode(protocol.Beacon(9, 1, 30, 1, 0, 0), K3, None, 1))
+
+
+def test_the_answer_to_a_key_request_puts_the_key_in_force_at_once(tmp_path):
+    """A node that missed a rotation reports its epoch in every status (the key request); the
+    fleet answers OP_REKEY with a fourth argument, 1: the epoch is in force already, so the key
+    becomes the node's only one in one flash write (no grace window), and its hop tags switch.
+    A repeat is refused as stale; the answer, like any re-key, needs the node's own key."""
+    node = boot_node(str(tmp_path), PUB)
+    f = Fleet()
+    w = keywrap.wrap(NODE_KEY, NET, NODE_ID, 1, K1)
+    # the answer tagged in the epoch in force (1): this node holds no key for that phase, and
+    # takes it all the same, as a command to itself (its end-to-end auth is what counts)
+    f.mesh, f.phase = (None, K1), 1
+    forged = protocol.Command(target=NODE_ID, cseq=1, op=OP_REKEY, args=keywrap.to_args(1, w, True))
+    assert f.deliver(node, forged, node_key=bytes(range(32))) is False  # bad command tag: no reply
+    assert state(tmp_path) == (0, MESH_KEY, None, None)
+    cmd = protocol.Command(target=NODE_ID, cseq=2, op=OP_REKEY, args=keywrap.to_args(1, w, True))
+    assert cmd.args[3] == 1
+    assert f.deliver(node, cmd)
+    assert state(tmp_path) == (1, K1, None, None) and node.epoch == 1 and node.router._phase == 1
+    assert not node.router._tag_ok(protocol.encode(protocol.Beacon(9, 1, 30, 1, 0, 0), MESH_KEY, None, 0))
+    assert node.router._tag_ok(protocol.encode(protocol.Beacon(9, 1, 30, 1, 0, 0), K1, None, 1))
+    cmd3 = protocol.Command(target=NODE_ID, cseq=3, op=OP_REKEY, args=keywrap.to_args(1, w, True))
+    assert f.deliver(node, cmd3)  # answered (refused: epoch 1 is not after 1)
+    assert state(tmp_path) == (1, K1, None, None)
+
+
+def test_bad_rekey_arguments_are_refused():
+    import pytest
+
+    w = keywrap.wrap(NODE_KEY, NET, NODE_ID, 1, K1)
+    a = keywrap.to_args(1, w)
+    assert keywrap.from_args(a + [1])[0] == 1
+    for bad in (a + [0], a + [2], a + [1, 1], a[:2], [1, 2, 3]):
+        with pytest.raises(protocol.ProtocolError):
+            keywrap.from_args(bad)

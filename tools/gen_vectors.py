@@ -53,12 +53,16 @@ def valid_vectors():
         ("status", P.Status(origin=1234, seq=7, time_s=1795000000, body=P.StatusBody(
             fw_seq=3, fw_version="1.2.0", uptime_s=86400, heap_free=51234, heap_min=40110, backlog=0, parent=1200,
             link_etx=12, path_cost=45, rssi=-71, boot_count=4, ota_state=0, ota_progress=0, errors=0, radio_drops=3,
-            readings_lost=0), hops=2, cost=45)),
+            readings_lost=0, epoch=1), hops=2, cost=45)),
+        ("status from firmware 1.1 (no epoch)", P.Status(origin=1234, seq=7, time_s=1795000000, body=P.StatusBody(
+            fw_seq=3, fw_version="1.2.0", uptime_s=86400, heap_free=51234, heap_min=40110, backlog=0, parent=1200,
+            link_etx=12, path_cost=45, rssi=-71, boot_count=4, ota_state=0, ota_progress=0, errors=0, radio_drops=3,
+            readings_lost=0, epoch=None), hops=2, cost=45)),
         ("status from firmware 1.0 (no radio_drops, readings_lost)", P.Status(
             origin=1234, seq=6, time_s=1794999700, body=P.StatusBody(
                 fw_seq=1, fw_version="1.0.0", uptime_s=86100, heap_free=51234, heap_min=40110, backlog=0, parent=1200,
                 link_etx=12, path_cost=45, rssi=-71, boot_count=4, ota_state=0, ota_progress=0, errors=0,
-                radio_drops=None, readings_lost=None), hops=2, cost=45)),
+                radio_drops=None, readings_lost=None, epoch=None), hops=2, cost=45)),
         ("command resend to one node", P.Command(target=1234, cseq=42, op=P.OP_RESEND, args=[4990, 4999], hops=1)),
         ("command set to every node (signed)", P.Command(target=0, cseq=7, op=P.OP_SET, args=["interval_s", 60],
                                                         hops=0, auth=SIG)),
@@ -138,25 +142,28 @@ def invalid_vectors(tel):
     add("origin above 32 bits", tagged(telem_items(origin=1 << 32)), "origin: expected at most 4294967295")
     add("sequence numbers overflow 32 bits", tagged(telem_items(seq=0xFFFFFFFF, readings=[[0, 1, 2, 3, 4, 5, 6, 7]] * 2)),
         "overflow 32 bits")
-    st = [1, 3, 1, 1, 1, [1, "1.0", 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0, 0, b"\0" * 8]
+    st = [1, 3, 1, 1, 1, [1, "1.0", 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0, 0, b"\0" * 8]
     s_utf = cbor2.dumps(st + [b"\0" * 4], canonical=True).replace(b"\x631.0", b"\x63\xff\xfe\xfd")
     add("invalid UTF-8 in firmware version", s_utf, "invalid UTF-8")
     st2 = list(st)
-    st2[5] = [1, "1.0.0-rc1+build.20261122", 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    st2[5] = [1, "1.0.0-rc1+build.20261122", 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
     add("firmware version over 16 bytes", tagged(st2), "status.fw_version: expected at most 16")
     st3 = list(st)
-    st3[5] = [1, "1.0", 1, 1, 1, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0]
+    st3[5] = [1, "1.0", 1, 1, 1, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0]
     add("positive RSSI in status", tagged(st3), "status.rssi: expected -128..0")
     st4 = list(st)
     st4[5] = st[5][:15]
     add("status body with 15 items (only one of the two new fields)", tagged(st4),
-        "status: expected 16 items (or 14 from firmware 1.0), got 15")
+        "status: expected 17 items (or 16, 14 from older firmware), got 15")
     st5 = list(st)
     st5[5] = st[5] + [0]
-    add("status body with 17 items", tagged(st5), "status: expected 14..16 items, got 17")
+    add("status body with 18 items", tagged(st5), "status: expected 14..17 items, got 18")
     st6 = list(st)
-    st6[5] = st[5][:14] + [-1, 0]
+    st6[5] = st[5][:14] + [-1, 0, 0]
     add("negative radio_drops in status", tagged(st6), "status.radio_drops: expected an unsigned integer")
+    st7 = list(st)
+    st7[5] = st[5][:16] + [1 << 32]
+    add("status epoch above 32 bits", tagged(st7), "status.epoch: expected at most 4294967295")
     add("OTA data of 225 bytes", tagged([1, 8, 1, 2, 3, 4, b"\0" * 225]), "data: expected 1..224 bytes")
     add("OTA data packet index 16", tagged([1, 8, 1, 2, 3, 16, b"\0" * 10]), "pkt: expected at most 15")
     add("OTA data without image bytes", tagged([1, 8, 1, 2, 3, 4, b""]), "data: expected 1..224 bytes")

@@ -33,7 +33,7 @@ import json
 
 from fleet.errors import FleetError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 READING_FIELDS = (
     "node", "seq", "ts", "rx_ts", "pm1", "pm25", "pm10", "rh", "temp", "n", "flags", "hops", "gateway", "rssi",
@@ -42,7 +42,7 @@ READING_FIELDS = (
 STATE_FIELDS = (
     "parent", "link_etx", "path_cost", "uptime_s", "heap_free", "heap_min", "backlog", "gateway", "rssi",
     "hops", "fw_version", "fw_seq", "boot_count", "ota_state", "ota_progress", "errors", "radio_drops",
-    "readings_lost",
+    "readings_lost", "epoch",
 )
 NODE_FIELDS = ("node", "mac", "role", "pole", "lat", "lon", "fw_version", "fw_seq", "registered_at")
 ROLES = ("node", "gateway")

@@ -127,6 +127,7 @@ _MIGRATIONS = {
         "WHERE pm25 IS NOT NULL GROUP BY node, ts / 3600",
         "CREATE INDEX hourly_hour ON hourly (hour, node, n, pm25_sum)",
     )),
+    5: ("the mesh key epoch each node reports", ("ALTER TABLE node_state ADD COLUMN epoch BIGINT",)),
 }
 
 TABLES = ("nodes", "readings", "hourly", "node_state", "gaps", "events", "rejects", "command_counters")

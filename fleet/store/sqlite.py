@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS node_state (
     fw_version TEXT, fw_seq INTEGER, boot_count INTEGER,
     ota_state INTEGER, ota_progress INTEGER, errors INTEGER,
     radio_drops INTEGER, readings_lost INTEGER,
-    status_seq INTEGER
+    status_seq INTEGER,
+    epoch INTEGER
 );
 CREATE TABLE IF NOT EXISTS hourly (
     node INTEGER NOT NULL,
@@ -101,6 +102,7 @@ _MIGRATIONS = {
         "INSERT INTO hourly SELECT node, ts / 3600, count(*), sum(pm1), sum(pm25), sum(pm10) FROM readings "
         "WHERE pm25 IS NOT NULL GROUP BY node, ts / 3600",
         "CREATE INDEX hourly_hour ON hourly (hour, node, n, pm25_sum)"),
+    5: ("ALTER TABLE node_state ADD COLUMN epoch INTEGER",),  # the mesh key epoch a node reports (issue 14)
 }
 
 
