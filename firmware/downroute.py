@@ -48,10 +48,9 @@ def rx_routed(router, data, now, inject):
     except Exception:  # noqa: BLE001
         st["bad_frames"] += 1
         return False
-    ok = router._tag_ok(data)
-    # the last hop to a node that missed a key rotation comes in a key phase it holds no key
-    # for: the command inside carries its own end-to-end check (router._rx_cmd)
-    if not ok and not (ok is None and not inject and at == plen - 1):
+    # the last hop to a node that missed a key rotation comes in an epoch it holds no key for:
+    # the command inside carries its own end-to-end check (router._rx_cmd)
+    if not (not inject and at == plen - 1) and not router._tag_ok(data):
         st["bad_frames"] += 1
         return False
     if not inject:

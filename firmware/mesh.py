@@ -676,15 +676,14 @@ class Router:
     # ---- receive paths -------------------------------------------------------------------
 
     def _tag_ok(self, data):
-        """True when the hop tag verifies; False when it does not; None when it was made in a key
-        phase this node holds no key for (another epoch: a node that missed a rotation, or one
-        that is ahead of us; stats["alien_rx"] counts those beacons, firmware/node.py asks the
-        fleet for the key when they outnumber the ones it can check)."""
+        """Whether the hop tag verifies with the key of the frame's key phase. A well-formed frame
+        that fails is of another key epoch (a node that missed a rotation, or one ahead of us -
+        two epochs apart share a key phase) or forged: stats["alien_rx"] counts such beacons,
+        and firmware/node.py asks the fleet for the key when they outnumber the ones it can
+        check or it has no parent."""
         n = len(data)
         k = self._keys[1 if data[1] & 0x10 else 0]
-        if k is None:
-            return None
-        return ct_equal(k.tag(data[:n - HOP_TAG_LEN], HOP_TAG_LEN), data[n - HOP_TAG_LEN:])
+        return k is not None and ct_equal(k.tag(data[:n - HOP_TAG_LEN], HOP_TAG_LEN), data[n - HOP_TAG_LEN:])
 
     def _rx_beacon(self, src_mac, data, rssi, now):
         st = self.stats
@@ -703,9 +702,8 @@ class Router:
         except Exception:  # noqa: BLE001 - any malformation is just a bad frame
             st["bad_frames"] += 1
             return
-        ok = self._tag_ok(data)
-        if not ok:
-            st["alien_rx" if ok is None else "bad_frames"] += 1
+        if not self._tag_ok(data):
+            st["alien_rx"] += 1
             return
         if src == self.node_id:
             return
@@ -807,13 +805,13 @@ class Router:
             return
         ok = self._tag_ok(data)
         if not ok:
-            # A status frame in a key phase we hold no key for: a node that missed a key
-            # rotation asking for the key (its status says its epoch; the fleet checks the
-            # end-to-end tag and answers only a node that is not revoked). Passed on re-tagged in
-            # our epoch, one every _ALIEN_GAP_MS at most (a stolen pole may send them too);
-            # anything else is dropped.
+            # A status frame whose hop tag fails: a node that missed a key rotation asking for
+            # the key (its status says its epoch; the fleet checks the end-to-end tag and answers
+            # only a node that is not revoked). Passed on re-tagged in our epoch, one every
+            # _ALIEN_GAP_MS at most (a stolen pole or anyone may send them too); anything else
+            # is dropped.
             a = self._alien_ms
-            if ok is False or t != T_STATUS or (a is not None and now - a < _ALIEN_GAP_MS) \
+            if t != T_STATUS or (a is not None and now - a < _ALIEN_GAP_MS) \
                     or not (self.is_gateway or self._par is not None):
                 st["bad_frames"] += 1
                 return
@@ -848,7 +846,7 @@ class Router:
             st["ttl_dropped"] += 1
             return
         par = self._par
-        if ok is None:
+        if not ok:
             pass  # its cost is of an epoch we cannot see: no evidence about our tree
         elif par is not None and src_mac == par.mac:
             self._loop_evidence(now)
@@ -879,18 +877,20 @@ class Router:
         except Exception:  # noqa: BLE001
             st["bad_frames"] += 1
             return False
+        # a command to this node whose hop tag fails: the fleet's answer to its key request, in an
+        # epoch it holds no key for (OP_REKEY, authenticated end to end with its node key, which
+        # the command path checks, with its replay window); it is taken, never forwarded, and
+        # not remembered (a forged copy must not shadow the fleet's)
         ok = self._tag_ok(data)
-        # a command to this node in a key phase it holds no key for: the fleet's answer to its
-        # key request (OP_REKEY, authenticated end to end with its node key, which the command
-        # path checks); it is taken, never forwarded
-        if not ok and not (ok is None and target == self.node_id):
+        if not ok and target != self.node_id:
             st["bad_frames"] += 1
             return False
-        j = self._flood.find(target, cseq, 0)
-        if j >= 0 and now - self._flood.t[j] < self.flood_memory_ms:
-            st["flood_dup"] += 1
-            return False
-        self._flood.put(target, cseq, 0, now, 0)
+        if ok:
+            j = self._flood.find(target, cseq, 0)
+            if j >= 0 and now - self._flood.t[j] < self.flood_memory_ms:
+                st["flood_dup"] += 1
+                return False
+            self._flood.put(target, cseq, 0, now, 0)
         if target == self.node_id or target == 0:
             try:
                 cmd = decode(data)

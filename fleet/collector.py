@@ -574,19 +574,22 @@ class Ingest:
         res["frames"] += 1
 
     def _old_gateway_status(self, fb, gw):
-        """A gateway's own status frame hop-tagged in the epoch before the one in force: the key
-        request of a gateway that missed a rotation (a node's comes re-tagged by the neighbour
-        that passed it on; a gateway's goes straight to MQTT). Returns the frame when both its
-        tags verify (the hop tag with that older epoch's key), else None."""
+        """A gateway's own status frame hop-tagged in one of the two epochs before the one in
+        force: the key request of a gateway that missed a rotation or two (a node's comes
+        re-tagged by the neighbour that passed it on; a gateway's goes straight to MQTT).
+        Returns the frame when both its tags verify (the hop tag with that older epoch's key),
+        else None."""
         if self._epoch < 1 or protocol.peek_type(fb) != protocol.T_STATUS or gw not in self._gw_ids:
             return None
-        pair = [None, None]
-        pair[(self._epoch - 1) & 1] = self.keys.mesh_key(self._epoch - 1)
-        try:
-            f = protocol.decode(fb, tuple(pair), self._key_for)
-        except protocol.ProtocolError:
-            return None
-        return f if f.origin == gw else None
+        for e in range(self._epoch - 1, max(-1, self._epoch - 3), -1):
+            pair = [None, None]
+            pair[e & 1] = self.keys.mesh_key(e)
+            try:
+                f = protocol.decode(fb, tuple(pair), self._key_for)
+            except protocol.ProtocolError:
+                continue
+            return f if f.origin == gw else None
+        return None
 
     def _telemetry(self, res, f, gw, rx_s, rssi, now, corr=0):
         node, seq, hops = f.origin, f.seq, f.hops

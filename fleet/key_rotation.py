@@ -28,10 +28,9 @@ bytes: every epoch's mesh key derives from the fleet secret):
 `abort` works before activation only (the old epoch stays in force; nodes keep the next key
 unused). A campaign interrupted (the process killed) is resumed by running it again: its state
 is on disk after every step. A target that has not confirmed at activation is `missed`: it
-cannot follow the fleet (it cannot check the new epoch's beacons and commands, and its
-neighbours re-tag what they forward in their own epoch; tried on the rig) and once the grace
-window ends its frames fail every hop tag: it must be re-keyed over USB (`fleet provision`).
-A node asking for the key by itself is not built.
+cannot check the new epoch's beacons, so it asks for the key by itself (its status reports its
+epoch; firmware/node.py, firmware/mesh.py) and the collector, not this campaign, answers it
+(fleet/collector.py `_key_answers`) unless it is revoked.
 """
 import asyncio
 import json

@@ -315,6 +315,16 @@ def test_a_node_reporting_an_old_epoch_is_sent_the_key_in_force_unless_revoked(t
     r = ing.on_message(UP, st(3, 1, 0))
     assert r["rejects"] == {"revoked": 1}
     assert ing.poll(send=True) == [] and ing.stats.key_answers == 3
+    # two rotations later the gateway is still on epoch 0 (the same key phase as epoch 2)
+    ks.set_epoch_state(2)
+    clock.t += 51
+    ing.poll(send=True)
+    assert ing.on_message(UP, st(GW, 2, 0, phase=0))["frames"] == 1
+    (topic, payload), = ing.poll(send=True)
+    fb, = protocol.decode(payload).frames
+    cmd = protocol.decode(fb, (ks.mesh_key(2), None), nkey(GW))
+    assert cmd.args[0] == 2 and keywrap.unwrap(nkey(GW), NET, GW, 2, keywrap.from_args(cmd.args)[1]) == \
+        ks.mesh_key(2)
     store.close()
 
 
