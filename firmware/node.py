@@ -108,6 +108,7 @@ class Node:
         self.sampler.phase_ms = self.router.rng.below(cfg.report_interval_s * 1000)
         self.gateway = gateway  # firmware.gateway.Gateway or None
         self.epoch = 0  # mesh key epoch (issue 14); a rotated node holds its keys in mesh_keys.bin
+        self._grace = None  # when it ends its grace window by itself (uptime ms; firmware/rekey.py node_op)
         self._ask = [0, 0, 0]  # key requests: last check, alien_rx and beacons_rx at the last request
         try:
             # rotated (its keys on flash) or provisioned in a later epoch (config mesh_epoch)
@@ -536,6 +537,10 @@ class Node:
                         % (n, self.epoch))
                     self.send_status(False, True)
                     a[1], a[2] = st["alien_rx"], st["beacons_rx"]
+            g = self._grace
+            if g is not None and now >= g:
+                log("keys", "grace window of epoch %d not ended by the fleet: ending it" % self.epoch)
+                self._epoch_op(protocol.Command(target=self.node_id, op=7, args=[self.epoch, 1]))
             if self.ota is not None:
                 self.ota.health(now)
             if not self.selftest_done and self.last_sample_ms is not None:

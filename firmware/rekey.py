@@ -28,6 +28,10 @@ from protocol.frames import COST_INFINITE
 from protocol.keywrap import OP_REKEY
 
 STATE_FILE = "mesh_keys.bin"
+# A node ends a grace window by itself this long after it began (or after a boot in one): the
+# fleet's end of grace (signed OP_EPOCH [e, 1], sent three times) may all be lost, and the old
+# epoch's key is a stolen pole's. `fleet keys rotate --grace` stays under it.
+GRACE_MAX_S = 3600
 _MAGIC = b"RMK1"
 NONE = 0xFFFFFFFF
 _LEN = 4 + 4 + 32 + 4 + 32 + 8
@@ -191,6 +195,13 @@ def node_op(node, cmd, log):
         except OSError as e:
             log("cmd", "epoch op: flash error %s" % e)
             code = 5
-    apply(node.router, st, node.now_ms() if cmd is not None else None)
+    now = node.now_ms() if cmd is not None else None
+    apply(node.router, st, now)
     node.epoch = st[0]
+    # in a grace window (the other key is the previous epoch's): firmware/node.py ends it by
+    # itself GRACE_MAX_S after it began (after a boot in one: timed from the boot)
+    if st[2] is None or st[2] > st[0]:
+        node._grace = None
+    elif node._grace is None:
+        node._grace = (now or 0) + GRACE_MAX_S * 1000
     return code, result

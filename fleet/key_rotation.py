@@ -37,11 +37,14 @@ import json
 import os
 import time
 
+from firmware.rekey import GRACE_MAX_S
 from fleet.errors import FleetError
 
 ROTATION_NAME = "rotation.json"
 MAX_ROUNDS = 8  # re-key counters kept per node (camp["sent"]): the rounds sent are counted up to this
 ACTIVE_STATES = ("distributing", "grace")
+# the longest grace window: well under the one after which a node ends it by itself
+MAX_GRACE_S = GRACE_MAX_S * 5 / 6
 
 
 def rotation_path(home):
@@ -78,8 +81,9 @@ def start(home, min_confirmed=1.0, grace_s=600.0, now_s=None, min_rounds=3):
         raise FleetError(f"--min-confirmed must be in (0, 1], got {min_confirmed}")
     if not 1 <= min_rounds <= MAX_ROUNDS:
         raise FleetError(f"--min-rounds must be 1..{MAX_ROUNDS}, got {min_rounds}")
-    if grace_s < 0:
-        raise FleetError(f"--grace must be 0 or more seconds, got {grace_s}")
+    if not 0 <= grace_s <= MAX_GRACE_S:
+        raise FleetError(f"--grace must be 0..{MAX_GRACE_S:.0f} seconds, got {grace_s:g}: a node ends a grace window by "
+                         f"itself after {GRACE_MAX_S} s (firmware/rekey.py GRACE_MAX_S)")
     ks = home.keys()
     old = load(home)
     if old is not None and old["state"] in ACTIVE_STATES:

@@ -47,6 +47,12 @@ class FakeHal:
         self.resets += 1
         raise Reset()
 
+    def wdt_start(self, timeout_ms):
+        self.wdt_ms = timeout_ms
+
+    def wdt_feed(self):
+        self.wdt_feeds = getattr(self, "wdt_feeds", 0) + 1
+
 
 def config(fleet_pub, node_id=NODE_ID):
     return Config({"config_version": 1, "node_id": node_id, "role": "node", "net_id": 1, "node_key": NODE_KEY,

@@ -148,3 +148,40 @@ def test_bad_rekey_arguments_are_refused():
     for bad in (a + [0], a + [2], a + [1, 1], a[:2], [1, 2, 3]):
         with pytest.raises(protocol.ProtocolError):
             keywrap.from_args(bad)
+
+
+def test_a_node_ends_a_grace_window_the_fleet_did_not_end(tmp_path, monkeypatch):
+    """Every copy of the fleet's end of grace may be lost; the old epoch's key is a stolen
+    pole's. A node in a grace window ends it by itself GRACE_MAX_S after it began (after a boot
+    in one: timed from the boot), in its health loop. `fleet keys rotate --grace` stays under it."""
+    import pytest
+
+    from fleet import key_rotation
+    from fleet.errors import FleetError
+
+    node = boot_node(str(tmp_path), PUB)
+    f = Fleet()
+    assert f.rekey(node, 1, 1) and node._grace is None  # holding the next key: no grace window
+    assert f.epoch(node, 2, 1, 0)
+    t0 = node.now_ms()
+    assert state(tmp_path) == (1, K1, 0, MESH_KEY)
+    assert t0 - 1000 <= node._grace - rekey.GRACE_MAX_S * 1000 <= t0
+    node2 = boot_node(str(tmp_path), PUB)  # a reboot in the grace window: timed from the boot
+    assert node2._grace == rekey.GRACE_MAX_S * 1000
+    node._grace = node.now_ms()  # the hour is over
+
+    # MicroPython's asyncio has sleep_ms; on CPython the health loop's 5 s pause is this
+    monkeypatch.setattr(asyncio, "sleep_ms", lambda ms: asyncio.sleep(ms / 1000), raising=False)
+
+    async def one_round():
+        try:
+            await asyncio.wait_for(node.health(), 0.5)
+        except asyncio.TimeoutError:
+            pass
+
+    asyncio.run(one_round())
+    assert state(tmp_path) == (1, K1, None, None) and node._grace is None
+    assert not node.router._tag_ok(protocol.encode(protocol.Beacon(9, 1, 30, 1, 0, 0), MESH_KEY, None, 0))
+    assert key_rotation.MAX_GRACE_S < rekey.GRACE_MAX_S
+    with pytest.raises(FleetError, match="--grace must be"):
+        key_rotation.start(None, grace_s=rekey.GRACE_MAX_S)

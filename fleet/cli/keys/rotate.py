@@ -10,11 +10,13 @@ from fleet.errors import FleetError
 
 
 @click.command("rotate")
-@click.option("--grace", "grace_s", type=click.FloatRange(0), default=600.0, show_default=True,
-              help="Seconds both epochs are accepted after activation (frames in flight are not lost).")
+@click.option("--grace", "grace_s", type=click.FloatRange(0, key_rotation.MAX_GRACE_S), default=600.0,
+              show_default=True,
+              help="Seconds both epochs are accepted after activation (frames in flight are not lost); at most "
+                   "3000 (a node ends a grace window by itself after an hour).")
 @click.option("--min-confirmed", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
               help="Share of the nodes that must confirm the next key before it is activated; the rest are "
-                   "left out (listed as missed) and must be re-keyed over USB.")
+                   "left out (listed as missed): they ask for the key when they hear the new epoch.")
 @click.option("--min-rounds", type=click.IntRange(1, 8), default=3, show_default=True,
               help="With --min-confirmed under 1: times each node that has not confirmed must have been sent the "
                    "key before activation (its confirmations may be lost on the way, e.g. through a stolen pole).")
