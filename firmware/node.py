@@ -109,6 +109,7 @@ class Node:
         self.gateway = gateway  # firmware.gateway.Gateway or None
         self.epoch = 0  # mesh key epoch (issue 14); a rotated node holds its keys in mesh_keys.bin
         self._grace = None  # when it ends its grace window by itself (uptime ms; firmware/rekey.py node_op)
+        self._nk_oth = None  # the node key of the other epoch held (firmware/rekey.py node_op)
         self._ask = [0, 0, 0]  # key requests: last check, alien_rx and beacons_rx at the last request
         try:
             # rotated (its keys on flash) or provisioned in a later epoch (config mesh_epoch)
@@ -463,8 +464,10 @@ class Node:
         elif cmd.target != self.node_id:
             return
         else:
-            want = self.node_hmac.tag(protocol.signed_bytes(cmd), auth.E2E_TAG_LEN)
-            if not auth.ct_equal(want, cmd.auth):
+            sb = protocol.signed_bytes(cmd)
+            o = self._nk_oth  # mid-rotation: the fleet may still use the other epoch's node key
+            if not auth.ct_equal(self.node_hmac.tag(sb, auth.E2E_TAG_LEN), cmd.auth) and (
+                    o is None or not auth.ct_equal(o.tag(sb, auth.E2E_TAG_LEN), cmd.auth)):
                 log("cmd", "refused: bad tag (cseq %d)" % cmd.cseq)
                 return
         if self.cmd_window.accept(cmd.cseq) != auth.NEW:

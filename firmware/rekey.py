@@ -170,6 +170,9 @@ def node_op(node, cmd, log):
     activate it (the previous key stays for the grace window); [epoch, 1]: end that epoch's
     grace window. Gives the router the resulting keys. Returns (code, result): 0 done,
     1 refused (replayed, forged, malformed, not held), 5 flash error."""
+    from protocol.auth import Hmac
+    from protocol.keywrap import epoch_node_key
+
     code, result = 0, []
     fs = node.hal.fs
     cfg = node.cfg
@@ -181,7 +184,9 @@ def node_op(node, cmd, log):
                 from protocol.keywrap import from_args
 
                 epoch, w = from_args(a)
-                st = offer(fs, st, cfg.node_key, cfg.net_id, node.node_id, epoch, w, len(a) == 4)
+                # wrapped with the node key of the epoch this node is in
+                st = offer(fs, st, epoch_node_key(cfg.node_key, st[0], st[1]), cfg.net_id, node.node_id, epoch, w,
+                           len(a) == 4)
                 result = [epoch]
             elif len(a) == 2 and isinstance(a[0], int) and a[1] == 0:
                 st = activate(fs, st, a[0])
@@ -198,6 +203,10 @@ def node_op(node, cmd, log):
     now = node.now_ms() if cmd is not None else None
     apply(node.router, st, now)
     node.epoch = st[0]
+    # the node key of each epoch held (protocol/keywrap.py epoch_node_key): frames are tagged
+    # with the current one; commands made with either are taken
+    node.node_hmac = Hmac(epoch_node_key(cfg.node_key, st[0], st[1]))
+    node._nk_oth = None if st[2] is None else Hmac(epoch_node_key(cfg.node_key, st[2], st[3]))
     # in a grace window (the other key is the previous epoch's): firmware/node.py ends it by
     # itself GRACE_MAX_S after it began (after a boot in one: timed from the boot)
     if st[2] is None or st[2] > st[0]:

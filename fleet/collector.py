@@ -271,6 +271,8 @@ class Ingest:
         self._mesh = (auth.Hmac(keys.mesh_key()), None)  # hop keys by key phase (_check_epoch)
         self._phase = 0  # the key phase of the epoch in force: the collector's own commands
         self._epoch = 0  # the epoch in force (a node whose status reports an older one is re-keyed)
+        self._other = None  # the other epoch accepted (the next one while a rotation distributes, the
+        # previous one in its grace window): frames e2e-tagged with its node keys verify too
         self._epoch_stamp = None
         self._key_asks = {}  # node -> gateway: status reported an old epoch, answer not sent yet
         self._key_answered = {}  # node -> when its last key answer went out (one per key_answer_s)
@@ -463,8 +465,14 @@ class Ingest:
         if h is None:
             if len(self._node_hmacs) >= self.cfg.key_cache:
                 self._node_hmacs.pop(next(iter(self._node_hmacs)))
-            h = self._node_hmacs[node] = auth.Hmac(self.keys.node_key(node))
+            h = self._node_hmacs[node] = auth.Hmac(self._node_key_at(node, self._epoch))
         return h
+
+    def _node_key_at(self, node, epoch):
+        """Node `node`'s end-to-end key in key epoch `epoch` (protocol/keywrap.py epoch_node_key;
+        a keys object without epochs has the provisioned key only)."""
+        fn = getattr(self.keys, "node_key_at", None)
+        return fn(node, epoch) if fn is not None else self.keys.node_key(node)
 
     def _check_revoked(self, now):
         """Re-read the revocation list and the key epochs (_check_epoch) when they changed
@@ -506,7 +514,7 @@ class Ingest:
             return
         try:
             pair, phase = self.keys.mesh_keys()
-            epoch = self.keys.epoch_state()["epoch"]
+            st = self.keys.epoch_state()
         except Exception as e:  # noqa: BLE001 - KeystoreError; the collector keeps running
             self._ratelog.note("epoch_file", str(e), now)
             return
@@ -516,7 +524,9 @@ class Ingest:
         self._epoch_stamp = stamp
         self._mesh = tuple(None if k is None else auth.Hmac(k) for k in pair)
         self._phase = phase
-        self._epoch = epoch
+        if st["epoch"] != self._epoch:
+            self._node_hmacs.clear()  # node keys carry the epoch (of the epoch in force)
+        self._epoch, self._other = st["epoch"], st["other"]
 
     def _key_for(self, origin):
         # decode() calls this with the frame's origin; None makes it raise "unknown node".
@@ -551,9 +561,10 @@ class Ingest:
                 cause = "unknown_node"
             elif msg.startswith("end-to-end tag mismatch"):
                 cause = "bad_tag"
+                f = self._other_epoch(fb, gw, False)
             elif msg.startswith("hop tag"):  # a mismatch, or a key epoch not accepted (fleet keys rotate)
                 cause = "bad_hop_tag"
-                f = self._old_gateway_status(fb, gw)
+                f = self._other_epoch(fb, gw, True)
             else:
                 cause = "malformed_frame"
             if f is None:
@@ -573,22 +584,38 @@ class Ingest:
         self.stats.frames += 1
         res["frames"] += 1
 
-    def _old_gateway_status(self, fb, gw):
-        """A gateway's own status frame hop-tagged in one of the two epochs before the one in
-        force: the key request of a gateway that missed a rotation or two (a node's comes
-        re-tagged by the neighbour that passed it on; a gateway's goes straight to MQTT).
-        Returns the frame when both its tags verify (the hop tag with that older epoch's key),
-        else None."""
-        if self._epoch < 1 or protocol.peek_type(fb) != protocol.T_STATUS or gw not in self._gw_ids:
+    def _other_epoch(self, fb, gw, hop):
+        """A frame whose end-to-end tag (hop False) or hop tag (hop True) failed, tried in the
+        other key epochs it may honestly come from; returns it decoded, or None.
+        - End-to-end tag: node keys carry the epoch. While a rotation runs, a node may still tag
+          with the other accepted epoch's node key (frames in flight at activation, a node that
+          missed the activation); and a status frame may come from a node that missed a rotation
+          or two (its key request: it holds the node key of an older epoch).
+        - Hop tag: a gateway's own status frame tagged in one of the two epochs before the one in
+          force: the key request of a gateway that missed a rotation (a node's comes re-tagged by
+          the neighbour that passed it on; a gateway's goes straight to MQTT)."""
+        try:
+            status = protocol.peek_type(fb) == protocol.T_STATUS
+        except protocol.ProtocolError:
             return None
-        for e in range(self._epoch - 1, max(-1, self._epoch - 3), -1):
-            pair = [None, None]
-            pair[e & 1] = self.keys.mesh_key(e)
+        older = [e for e in (self._epoch - 1, self._epoch - 2) if e >= 0] if status else []
+        if hop:
+            if not older or gw not in self._gw_ids:
+                return None
+            epochs = older
+        else:
+            epochs = ([self._other] if self._other is not None else []) + [e for e in older if e != self._other]
+        for e in epochs:
+            mesh = self._mesh
+            if hop:
+                pair = [None, None]
+                pair[e & 1] = self.keys.mesh_key(e)
+                mesh = tuple(pair)
             try:
-                f = protocol.decode(fb, tuple(pair), self._key_for)
+                f = protocol.decode(fb, mesh, lambda o, e=e: self._key_for(o) and auth.Hmac(self._node_key_at(o, e)))
             except protocol.ProtocolError:
                 continue
-            return f if f.origin == gw else None
+            return f if not hop or f.origin == gw else None
         return None
 
     def _telemetry(self, res, f, gw, rx_s, rssi, now, corr=0):
@@ -669,7 +696,7 @@ class Ingest:
             # a node that missed a key rotation (off, or its re-keys lost): its status is its key
             # request; it is answered in poll() (a revoked node's frames never get here)
             self.stats.key_requests += 1
-            self._key_asks[node] = gw
+            self._key_asks[node] = (gw, b.epoch)
         if b.parent:
             self._parents[node] = b.parent
         else:
@@ -738,7 +765,7 @@ class Ingest:
         asks, self._key_asks = self._key_asks, {}
         by_topic = {}
         epoch = self._epoch
-        for node, gw in sorted(asks.items()):
+        for node, (gw, old) in sorted(asks.items()):
             last = self._key_answered.get(node)
             if node in self._revoked or (last is not None and now - last < self.cfg.key_answer_s):
                 continue
@@ -746,7 +773,7 @@ class Ingest:
             if cseq is None:
                 continue
             try:
-                nk = self.keys.node_key(node)
+                nk = self._node_key_at(node, old)  # the node key of the epoch the node is in
                 args = to_args(epoch, wrap(nk, self.net_id, node, epoch, self.keys.mesh_key(epoch)), True)
             except Exception as e:  # noqa: BLE001 - KeystoreError: logged, asked again by the node
                 self._ratelog.note("keystore", f"no key answer for node {node}: {e}", now)
@@ -754,7 +781,7 @@ class Ingest:
             own = node in self._gw_ids
             scope = 0 if own else flood_start_hops(self._hops.get(node), 1, MESH_DEFAULTS["max_hops"])
             cmd = protocol.Command(target=node, cseq=cseq, op=OP_REKEY, args=args, hops=scope)
-            fb = protocol.encode(cmd, self._mesh, self._node_hmac(node), phase=self._phase)
+            fb = protocol.encode(cmd, self._mesh, auth.Hmac(nk), phase=self._phase)
             topic = downlink_topic(self.net_id, node if own else gw)
             by_topic.setdefault(topic, []).append(fb)
             self._key_answered[node] = now

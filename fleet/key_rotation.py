@@ -159,7 +159,7 @@ def rekey_frames(home, store, camp, nodes):
     key = ks.mesh_key(camp["epoch"])
     out = []
     for n in nodes:
-        nk = ks.node_key(n)
+        nk = ks.node_key_at(n, camp["from_epoch"])  # the node key of the epoch the node is in
         cmd = protocol.Command(target=n, cseq=store.next_cseq(n), op=OP_REKEY,
                                args=to_args(camp["epoch"], wrap(nk, ks.net_id, n, camp["epoch"], key)))
         out.append(protocol.encode(cmd, mesh, nk, phase=phase))

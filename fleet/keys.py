@@ -154,6 +154,7 @@ class Keystore:
         self._signing = None
         self._mesh_key = None
         self._node_keys = {}
+        self._epoch_keys = {}  # epoch -> mesh key (epochs > 0)
 
     def __repr__(self):  # never the secrets
         return f"Keystore({self.dir!r}, net_id={self.net_id})"
@@ -182,7 +183,7 @@ class Keystore:
         except FileExistsError as e:
             raise KeystoreError(f"{e.filename or e} appeared while creating the keys; refusing to overwrite it") from None
         self._secret, self._signing = secret, seed
-        self._mesh_key, self._node_keys = None, {}
+        self._mesh_key, self._node_keys, self._epoch_keys = None, {}, {}
         return self.info()
 
     def fleet_secret(self):
@@ -228,7 +229,10 @@ class Keystore:
         """Return the network's 32-byte mesh (hop-by-hop) key of key epoch `epoch` (0: the key
         nodes are provisioned with), derived; epoch 0 is cached."""
         if epoch:
-            return auth.derive_mesh_key(self.fleet_secret(), self.net_id, epoch)
+            k = self._epoch_keys.get(epoch)
+            if k is None:
+                k = self._epoch_keys[epoch] = auth.derive_mesh_key(self.fleet_secret(), self.net_id, epoch)
+            return k
         if self._mesh_key is None:
             self._mesh_key = auth.derive_mesh_key(self.fleet_secret(), self.net_id)
         return self._mesh_key
@@ -335,6 +339,16 @@ class Keystore:
             key = auth.derive_node_key(self.fleet_secret(), self.net_id, node_id)
             self._node_keys[node_id] = key
         return key
+
+    def node_key_at(self, node_id, epoch):
+        """Node `node_id`'s end-to-end key in key epoch `epoch` (protocol/keywrap.py
+        epoch_node_key): the provisioned key (node_key) in epoch 0, after that derived with the
+        epoch's mesh key, as the node derives it when it takes the epoch."""
+        if not epoch:
+            return self.node_key(node_id)
+        from protocol.keywrap import epoch_node_key
+
+        return epoch_node_key(self.node_key(node_id), epoch, self.mesh_key(epoch))
 
     def info(self):
         """Return plain data safe to print: paths, net id, public key hex and fingerprint."""

@@ -228,10 +228,11 @@ def allow_frames(home, store, nodes, bseq):
 
     ks = home.keys()
     mesh, phase = ks.mesh_keys()  # hop-tagged in the key epoch in force (fleet keys rotate)
+    epoch = ks.epoch_state()["epoch"]  # and authenticated with the node key of that epoch
     out = []
     for n in nodes:
         cmd = protocol.Command(target=n, cseq=store.next_cseq(n), op=protocol.OP_SET, args=["ota_allow", bseq])
-        out.append(protocol.encode(cmd, mesh, ks.node_key(n), phase=phase))
+        out.append(protocol.encode(cmd, mesh, ks.node_key_at(n, epoch), phase=phase))
     return out
 
 

@@ -14,6 +14,15 @@ Each (node, epoch) wraps exactly one key (that epoch's mesh key), so the keystre
 reused for two plaintexts; the header binds the key to its network, node and epoch, so a wrap
 for another node or another epoch fails the tag. The tag is checked (constant time) before
 anything is decrypted.
+
+Node keys carry the epoch too (epoch_node_key): in epoch 0 a node's end-to-end key is the one it
+was provisioned with; in epoch e > 0 it is HMAC(provisioned key, "redmesh node key epoch\0" | e
+u32 | epoch e's mesh key). The node derives it from what it holds, the host from the fleet
+secret; the next epoch's key is wrapped with the node key of the epoch the node is in. Whoever
+holds an old node key but not the new epoch's mesh key (read from a discarded or serviced
+board, say) cannot make or check that node's frames after a rotation. (Whoever holds it and
+also recorded the re-key sent to that node can: without a key agreement on the node, e.g.
+X25519, a key delivered under the old one is no stronger than it.)
 """
 from protocol.auth import KEY_LEN, MAX_EPOCH, Hmac, ct_equal
 from protocol.errors import ProtocolError
@@ -33,6 +42,16 @@ def _hdr(net_id, node_id, epoch):
 def _keys(node_key):
     h = Hmac(node_key)
     return Hmac(h.digest(b"redmesh wrap enc\x00")), Hmac(h.digest(b"redmesh wrap mac\x00"))
+
+
+def epoch_node_key(node_key, epoch, mesh_key):
+    """The node's end-to-end key in key epoch `epoch` (see the module docstring): `node_key` is
+    the provisioned key, `mesh_key` epoch `epoch`'s mesh key."""
+    if not epoch:
+        return bytes(node_key)
+    if not 0 < epoch <= MAX_EPOCH or len(mesh_key) != KEY_LEN:
+        raise ProtocolError("node key: bad epoch or mesh key")
+    return Hmac(node_key).digest(b"redmesh node key epoch\x00" + int(epoch).to_bytes(4, "big") + bytes(mesh_key))
 
 
 def wrap(node_key, net_id, node_id, epoch, mesh_key):

@@ -228,10 +228,12 @@ def test_collector_switches_epochs_while_running(tmp_path):
     ing = Ingest(store, ks, NET, now_fn=clock, config=CollectorConfig(batch_rows=1000, repair=rc))
     k0, k1 = ks.mesh_key(0), ks.mesh_key(1)
 
-    def up(seq, phase):
+    def up(seq, phase, epoch=None):
+        # a node in epoch e tags end to end with its node key of that epoch (keywrap.epoch_node_key)
         f = protocol.Telemetry(origin=1, seq=seq, time_s=T0, readings=[reading(0)],
                                hops=1, cost=20)
-        return envelope([protocol.encode(f, (k0, k1), nkey(1), phase=phase)])
+        nk = ks.node_key_at(1, phase if epoch is None else epoch)
+        return envelope([protocol.encode(f, (k0, k1), nk, phase=phase)])
 
     assert ing.on_message(UP, up(0, 0))["readings"] == 1
     assert ing.on_message(UP, up(1, 1))["rejects"] == {"bad_hop_tag": 1}  # epoch 1 not accepted yet
@@ -241,10 +243,14 @@ def test_collector_switches_epochs_while_running(tmp_path):
     ks.set_epoch_state(1, 0)  # activated: grace window
     clock.t += 1.5
     assert ing.on_message(UP, up(3, 0))["readings"] == 1 and ing.on_message(UP, up(4, 1))["readings"] == 1
+    # in the grace window a frame e2e-tagged with the old node key but hop-tagged in the new epoch
+    # (in flight at activation, re-tagged by a relay) still verifies
+    assert ing.on_message(UP, up(40, 1, epoch=0))["readings"] == 1
     ks.set_epoch_state(1)  # grace over: the old key (a stolen node's) fails
     clock.t += 1.5
     assert ing.on_message(UP, up(5, 0))["rejects"] == {"bad_hop_tag": 1}
     assert ing.on_message(UP, up(6, 1))["readings"] == 1
+    assert ing.on_message(UP, up(41, 1, epoch=0))["rejects"] == {"bad_tag": 1}  # the old node key: no more
     with open(ks.epoch_path, "w") as f:
         f.write("{damaged")
     clock.t += 1.5
@@ -273,7 +279,8 @@ def test_a_node_reporting_an_old_epoch_is_sent_the_key_in_force_unless_revoked(t
     def st(node, seq, epoch, phase=1):
         body = protocol.StatusBody(fw_version="1.2.0", parent=7, rssi=-70, epoch=epoch)
         f = protocol.Status(origin=node, seq=seq, time_s=T0, body=body, hops=2)
-        return envelope([protocol.encode(f, (k0, k1), nkey(node), phase=phase)])
+        # end to end with its node key of the epoch it is in
+        return envelope([protocol.encode(f, (k0, k1), ks.node_key_at(node, epoch), phase=phase)])
 
     assert ing.on_message(UP, st(1, 1, 1))["frames"] == 1  # up to date: nothing to send
     assert ing.poll(send=True) == [] and ing.stats.key_requests == 0
@@ -373,3 +380,28 @@ def test_provisioning_after_a_rotation_writes_the_key_of_the_epoch_in_force(home
     d = _Fleet(home, ProvisionOptions()).config_dict(spec, b"\x02\0\0\0\0\x07")
     assert d["mesh_epoch"] == 3 and d["mesh_key"] == home.keys().mesh_key(3)
     assert Config(d).mesh_epoch == 3
+
+
+def test_decode_checks_the_tags_of_a_frame_made_in_a_later_epoch(tmp_path):
+    """`fleet decode --key-file` with the fleet secret and the key epoch the frame was made in:
+    the mesh key and the node key of that epoch (keywrap.epoch_node_key); another epoch fails."""
+    ks = Keystore(str(tmp_path / "keys"), NET)
+    ks.init()
+    with open(ks.secret_path, "wb") as f:
+        f.write(SECRET)
+    ks = Keystore(ks.dir, NET)
+    f = protocol.Telemetry(origin=1, seq=5, time_s=T0, readings=[reading(0)], hops=1, cost=20)
+    hexed = protocol.encode(f, (None, ks.mesh_key(3)), ks.node_key_at(1, 3), phase=1).hex()
+    for epoch, code in ((3, 0), (1, 1)):
+        path = tmp_path / f"k{epoch}.json"
+        path.write_text(json.dumps({"fleet_secret": SECRET.hex(), "net_id": NET, "epoch": epoch}))
+        r = run_fleet(["decode", hexed, "--key-file", str(path)])
+        assert_clean(r, (code,))
+        if code == 0:
+            assert json.loads(r.stdout)["origin"] == 1, r
+        else:
+            assert "tag" in r.stderr, r
+    path.write_text(json.dumps({"fleet_secret": SECRET.hex(), "net_id": NET, "epoch": -1}))
+    r = run_fleet(["decode", hexed, "--key-file", str(path)])
+    assert_clean(r, (1,))
+    assert "epoch must be" in r.stderr

@@ -134,8 +134,13 @@ def test_the_answer_to_a_key_request_puts_the_key_in_force_at_once(tmp_path):
     assert state(tmp_path) == (1, K1, None, None) and node.epoch == 1 and node.router._phase == 1
     assert not node.router._tag_ok(protocol.encode(protocol.Beacon(9, 1, 30, 1, 0, 0), MESH_KEY, None, 0))
     assert node.router._tag_ok(protocol.encode(protocol.Beacon(9, 1, 30, 1, 0, 0), K1, None, 1))
+    # node keys carry the epoch: the node now takes commands made with its epoch-1 key only
+    nk1 = keywrap.epoch_node_key(NODE_KEY, 1, K1)
+    assert nk1 != NODE_KEY
     cmd3 = protocol.Command(target=NODE_ID, cseq=3, op=OP_REKEY, args=keywrap.to_args(1, w, True))
-    assert f.deliver(node, cmd3)  # answered (refused: epoch 1 is not after 1)
+    assert not f.deliver(node, cmd3)  # the provisioned key: refused, no reply
+    cmd4 = protocol.Command(target=NODE_ID, cseq=4, op=OP_REKEY, args=keywrap.to_args(1, w, True))
+    assert f.deliver(node, cmd4, node_key=nk1)  # answered (refused: epoch 1 is not after 1)
     assert state(tmp_path) == (1, K1, None, None)
 
 

@@ -89,6 +89,13 @@ def vectors():
         w = wrap(nk_i, NET_ID, node, epoch, mk)
         out.append({"name": "wrap, node %d epoch %d" % (node, epoch), "kind": "wrap", "node_id": node, "epoch": epoch,
                     "node_key": nk_i.hex(), "mesh_key": mk.hex(), "wrapped": w.hex(), "valid": True})
+    # node keys per epoch (protocol.keywrap.epoch_node_key)
+    for epoch in (0, 1, ODD, 0xFFFFFFFF):
+        mk = mesh_key(SECRET, NET_ID, epoch)
+        enk = nk if not epoch else hmac.new(nk, b"redmesh node key epoch\x00" + epoch.to_bytes(4, "big") + mk,
+                                           hashlib.sha256).digest()
+        out.append({"name": "node key, epoch %d" % epoch, "kind": "node_key", "node_key": nk.hex(), "epoch": epoch,
+                    "mesh_key": mk.hex(), "epoch_node_key": enk.hex()})
     w = wrap(nk, NET_ID, NODE_ID, ODD, k_odd)
     for name, node, epoch, hx, err in (
             ("wrap with one bit of the ciphertext flipped", NODE_ID, ODD, bytes([w[0] ^ 1]) + w[1:], "tag mismatch"),
@@ -113,7 +120,8 @@ def wrap(nk, net, node, epoch, mk):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     head = {"description": "Red Mesh key-epoch vectors. kind=derive: protocol.auth.derive_mesh_key(fleet_secret, "
-                           "net_id, epoch) == mesh_key. kind=wrap: protocol.keywrap.unwrap(node_key, net_id, node_id, epoch, "
+                           "net_id, epoch) == mesh_key. kind=node_key: protocol.keywrap.epoch_node_key(node_key, epoch, "
+                           "mesh_key) == epoch_node_key. kind=wrap: protocol.keywrap.unwrap(node_key, net_id, node_id, epoch, "
                            "wrapped) == mesh_key and wrap() gives `wrapped`; invalid ones raise ProtocolError "
                            "containing `error`. kind=frame: protocol.decode(bytes.fromhex(hex), (mesh_even, "
                            "mesh_odd), node_key) (keys \"even\": (mesh_even, None)); valid ones decode to `fields` "

@@ -42,10 +42,17 @@ def _read_keys(path):
         net_id = data.get("net_id", 1)
         if not isinstance(net_id, int) or isinstance(net_id, bool) or not 0 <= net_id <= 0xFFFFFFFF:
             raise FleetError(f"key file {path}: net_id must be an integer 0..4294967295")
+        epoch = data.get("epoch", 0)  # the key epoch (fleet keys rotate) the frames were made in
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch <= 0xFFFFFFFF:
+            raise FleetError(f"key file {path}: epoch must be an integer 0..4294967295")
         try:
-            out.setdefault("mesh_key", auth.derive_mesh_key(out["fleet_secret"], net_id))
+            from protocol.keywrap import epoch_node_key
+
+            mesh = auth.derive_mesh_key(out["fleet_secret"], net_id, epoch)
+            out.setdefault("mesh_key", mesh)
             secret = out["fleet_secret"]
-            out.setdefault("node_key", lambda node: auth.derive_node_key(secret, net_id, node))
+            out.setdefault("node_key",
+                           lambda node: epoch_node_key(auth.derive_node_key(secret, net_id, node), epoch, mesh))
         except (ValueError, protocol.ProtocolError):
             raise FleetError(f"key file {path}: fleet_secret is not a valid fleet secret (32 bytes in hex)") from None
     if not out:
@@ -79,7 +86,7 @@ def describe(frame):
 
 @click.command("decode")
 @click.argument("hex_input", metavar="HEX|-")
-@click.option("--key-file", type=click.Path(dir_okay=False), help="JSON with hex mesh_key/node_key (or fleet_secret + net_id): verify tags.")
+@click.option("--key-file", type=click.Path(dir_okay=False), help="JSON with hex mesh_key/node_key (or fleet_secret + net_id [+ epoch]): verify tags.")
 @click.option("--compact", is_flag=True, help="One line of JSON.")
 def cli(hex_input, key_file, compact):
     """Decode a frame given as hex (or '-' to read hex from stdin) and print it as JSON.

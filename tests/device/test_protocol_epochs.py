@@ -110,6 +110,26 @@ def test_key_wrap_vectors():
 
 
 
+def test_node_key_per_epoch_vectors():
+    # a node derives its node key of each epoch from its provisioned key and that epoch's mesh
+    # key, as the host does from the fleet secret
+    from protocol import keywrap
+
+    n = 0
+    for v in each("epochs.json"):
+        if v["kind"] == "node_key":
+            got = keywrap.epoch_node_key(unhex(v["node_key"]), v["epoch"], unhex(v["mesh_key"]))
+            assert got == unhex(v["epoch_node_key"]), v["name"]
+            n += 1
+    assert n >= 4
+    try:
+        keywrap.epoch_node_key(NODE, 1, b"short")
+    except ProtocolError:
+        pass
+    else:
+        raise AssertionError("a 5-byte mesh key accepted")
+
+
 def test_rekey_command_carries_a_wrapped_key():
     # the 48-byte wrap travels as base64 text in two 32-byte text arguments (no new CBOR type)
     from protocol import keywrap
