@@ -12,8 +12,9 @@ bytes: every epoch's mesh key derives from the fleet secret):
    key wrapped with its own node key (protocol/keywrap.py) and the command authenticated with
    it, re-sent every `resend_s`, a few per poll. The first goes down the node's source route
    (compiled from the parents in the stored status reports, as the collector routes resend
-   requests), later ones and nodes without a known path are flooded. A node confirms with its reply (code 0, result [epoch]) to one
-   of those commands' counters.
+   requests; the parents are re-read once a minute), later ones and nodes without a known path
+   are flooded; a gateway's own always goes to its topic. A node confirms with its reply (code
+   0, result [epoch]) to one of those commands' counters.
 3. **activating**: once the confirmed share reaches `min_confirmed` (default: every target)
    and every target not confirmed has been sent the key `min_rounds` times (default 3: a node
    whose confirmations are lost - swallowed by a stolen pole it routes through - most likely
@@ -210,24 +211,31 @@ def ready_to_activate(camp, todo):
     return share >= camp["min_confirmed"] and all(len(camp["sent"].get(str(n), ())) >= rounds for n in todo)
 
 
-def route_rekeys(store, home, frames_by_node, first):
-    """Split re-key frames into ({gateway: [Routed frames]}, [frames to flood]): a node's first
-    re-key goes down the source route compiled from the parents in the nodes' status reports
-    (protocol/routed.py compile_path, as the collector routes resend requests), a flood through
-    the whole mesh for one node otherwise; later rounds (the route may be stale, or swallowed)
-    and nodes without a known path are flooded."""
+def rekey_topology(store):
+    """(parents, gateways): node -> parent from the stored status reports, and the gateway ids
+    (read once a minute by run(): every node's row, which at 100,000 nodes is not free)."""
+    rows = store.status_rows(fields=("node", "role", "parent"))
+    return {r["node"]: r["parent"] or 0 for r in rows}, {r["node"] for r in rows if r["role"] == "gateway"}
+
+
+def route_rekeys(frames_by_node, first, topo, mesh, phase):
+    """Split re-key frames into ({gateway: [frames for its topic]}, [frames to flood]): a
+    gateway's own goes to its topic (it takes a command for itself off MQTT, as the collector
+    sends it a resend request); a node's first re-key goes down the source route compiled from
+    topo (rekey_topology: protocol/routed.py compile_path, as the collector routes resend
+    requests; hop-tagged with `mesh` in key phase `phase`), a flood through the whole mesh for
+    one node otherwise; later rounds (the route may be stale, or swallowed) and nodes without a
+    known path are flooded."""
     import protocol
     from protocol.routed import Routed, compile_path
 
     routed, flood = {}, []
-    parents, gws, mesh, phase = {}, set(), None, 0
-    if first:
-        rows = store.status_rows(fields=("node", "role", "parent"))
-        parents = {r["node"]: r["parent"] or 0 for r in rows}
-        gws = {r["node"] for r in rows if r["role"] == "gateway"}
-        mesh, phase = home.keys().mesh_keys()
+    parents, gws = topo
     for n, fb in frames_by_node:
-        r = compile_path(parents, n, gws) if n in first and n not in gws else None
+        if n in gws:
+            routed.setdefault(n, []).append(fb)
+            continue
+        r = compile_path(parents, n, gws) if n in first else None
         if r is not None:
             try:
                 routed.setdefault(r[0], []).append(protocol.encode(Routed(path=r[1], at=0, cmd=fb), mesh,
@@ -264,6 +272,7 @@ async def run(home, broker_url=None, log=None, poll_s=2.0, resend_s=30.0, activa
     topic = downlink_topic(home.net_id, None)
     t_end = None if timeout_s is None else time.monotonic() + timeout_s
     sent_at = {}
+    topo, topo_at = None, None  # rekey_topology, re-read once a minute
     async with aiomqtt.Client(host, port, identifier=f"fleet-keys-{os.getpid()}") as client:
         while True:
             camp = load(home)
@@ -291,7 +300,10 @@ async def run(home, broker_url=None, log=None, poll_s=2.0, resend_s=30.0, activa
                         if due:
                             first = {n for n in due if not camp["sent"].get(str(n))}
                             frames = rekey_frames(home, store, camp, due)
-                            routed, out = route_rekeys(store, home, list(zip(due, frames, strict=True)), first)
+                            if topo is None or now - topo_at >= 60:
+                                topo, topo_at = rekey_topology(store), now
+                            mesh, phase = home.keys().mesh_keys()
+                            routed, out = route_rekeys(list(zip(due, frames, strict=True)), first, topo, mesh, phase)
                             for n in due:
                                 sent_at[n] = now
                             log(f"keys: re-key sent to {len(due)} node(s), {sum(map(len, routed.values()))} "

@@ -193,7 +193,8 @@ def test_rekeys_go_out_a_few_at_a_time_longest_waiting_first():
 def test_a_first_rekey_goes_down_the_source_route_later_ones_flood(home):
     """A re-key is a command to one node: its first copy goes down the path compiled from the
     parents of the stored status reports (a flood per node would cost the whole mesh for each);
-    a later round, and a node whose path is unknown, is flooded."""
+    a later round, and a node whose path is unknown, is flooded. A gateway's own goes to its
+    topic, every round."""
     from protocol.routed import Routed  # noqa: F401 - the decoder loads it on demand
 
     store = home.store()
@@ -202,17 +203,21 @@ def test_a_first_rekey_goes_down_the_source_route_later_ones_flood(home):
         ing.on_message(UP, envelope([status(1, 1, parent=GW), status(2, 1, parent=1), status(3, 1, parent=99)]))
         ing.flush()
         camp = key_rotation.start(home)
-        frames = key_rotation.rekey_frames(home, store, camp, [2, 3, 4])
-        routed, flood = key_rotation.route_rekeys(store, home, list(zip([2, 3, 4], frames, strict=True)), {2, 3})
-        later, flood2 = key_rotation.route_rekeys(store, home, [(2, frames[0])], set())
+        frames = key_rotation.rekey_frames(home, store, camp, [2, 3, 4, GW])
+        topo = key_rotation.rekey_topology(store)
+        mk, phase = home.keys().mesh_keys()
+        routed, flood = key_rotation.route_rekeys(list(zip([2, 3, 4, GW], frames, strict=True)), {2, 3, GW}, topo,
+                                                  mk, phase)
+        later, flood2 = key_rotation.route_rekeys([(2, frames[0]), (GW, frames[3])], set(), topo, mk, phase)
     finally:
         store.close()
     mesh = auth.Hmac(home.keys().mesh_key(0))
-    (gw, (fb,)), = routed.items()
+    (gw, (fb, own)), = routed.items()
     r = protocol.decode(fb, mesh)
     assert gw == GW and r.path == [1, 2] and protocol.decode(r.cmd, mesh).target == 2
+    assert own == frames[3] and protocol.decode(own, mesh).target == GW  # the gateway's own, on its topic
     assert [protocol.decode(f, mesh).target for f in flood] == [3, 4]  # 3's chain unknown; 4 not first
-    assert later == {} and flood2 == [frames[0]]
+    assert later == {GW: [frames[3]]} and flood2 == [frames[0]]
 
 
 def test_collector_switches_epochs_while_running(tmp_path):
