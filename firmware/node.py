@@ -31,7 +31,7 @@ from firmware import fsutil  # noqa: E402
 from firmware import ring as ring_mod  # noqa: E402
 
 gc.collect()
-from firmware.compat import ticks_diff, ticks_ms  # noqa: E402
+from firmware.compat import const, ticks_diff, ticks_ms  # noqa: E402
 from firmware.drivers import command_bytes, make_parser  # noqa: E402
 from firmware.mesh import BROADCAST, PeerTable, Router  # noqa: E402
 
@@ -64,7 +64,7 @@ _HEALTH_GRACE_MS = 600000  # a node may take 10 min to find a route before the W
 # a node that has heard beacons of a key epoch it has no key for since it last asked, and has no
 # parent or heard more of them than of its own epoch (its parent may be a stolen pole of the old
 # one), missed a rotation (issue 14): it asks the fleet for the key, this often at most
-_ASK_MS = 60000
+_ASK_MS = const(60000)
 # Readings held while the wall clock is unknown (an RTC starts at its epoch; a gateway's NTP
 # time reaches nodes in beacons), as 24-byte ring records: 48 bytes of heap each on 32 bits in
 # small blocks (an Aggregate and its tuple took ~140), 3 KB when full; 64 = 5 h at a 5-minute

@@ -68,13 +68,19 @@ COLD_MODULES = ("firmware.node_cmd", "firmware.downroute", "firmware.rekey", "pr
 
 
 def intern_cold_names():
-    """Import each of COLD_MODULES not loaded yet, then unload what that loaded (the modules and
-    what they import): their names stay interned, their code goes."""
-    before = set(sys.modules)
+    """Import each of COLD_MODULES not loaded yet and unload what that loaded (the module and
+    what it imports) before the next: their names stay interned, their code goes. One at a time,
+    so the heap never holds all of their code at once: the pool the names need next must still
+    find a piece to grow into (a rogue-firmware OTA node at 123k, its app larger than ours, ran
+    out at boot allocating one while every cold module was loaded: hil_tests/test_ota.py)."""
+    import gc
+
     for name in COLD_MODULES:
         if name not in sys.modules:
+            before = set(sys.modules)
             __import__(name)
-    unload(*[n for n in sys.modules if n not in before])
+            unload(*[n for n in sys.modules if n not in before])
+            gc.collect()
 
 
 def build(root):
