@@ -50,7 +50,7 @@ def test_a_stolen_pole_swallows_readings_until_revoked_and_rotated_out(make_rig,
     rogue = Rogue(stolen, node.mac, ks.mesh_key(0), ks.node_key(stolen), med.port_for(stolen), med.port,
                   forged_origin=honest[-1], ids={n.mac: n.id for n in topo.nodes}).start()
     try:
-        time.sleep(40)
+        time.sleep(30)
         harm = rogue.stats()
         print("before the rotation:", json.dumps(harm))
         # the harm, measured: routes attracted and readings swallowed
@@ -77,7 +77,7 @@ def test_a_stolen_pole_swallows_readings_until_revoked_and_rotated_out(make_rig,
         time.sleep(15)  # the nodes' last frames to it before the grace window ended land
         at_end = rogue.stats()
         rejects_at_end = _rejects(rig)
-        time.sleep(45)
+        time.sleep(30)
         after = rogue.stats()
         print("after the rotation:", json.dumps(after))
         # no honest node sends to it any more, and nothing it sends reaches the collector
