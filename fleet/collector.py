@@ -56,10 +56,10 @@ import time
 import protocol
 from firmware.mesh_params import DEFAULTS as MESH_DEFAULTS
 from fleet import devstrings
-from fleet.repair import LOST, GapTracker, RepairConfig, flood_start_hops
+from fleet.repair import LOST, GapTracker, RepairConfig, SourceRoutes, flood_start_hops
 from protocol import auth
 from protocol.envelope import downlink_topic, parse_topic
-from protocol.routed import Routed, compile_path
+from protocol.routed import Routed
 
 try:
     import cbor2
@@ -287,8 +287,7 @@ class Ingest:
         self._last_status = {}  # node -> (boot_count, parent, fw_version) last applied
         self._gateways = {}  # gateway -> "online" / "offline"
         self._gw_ids = set()  # every gateway heard of (state or uplink): the roots of source routes
-        self._parents = {}  # node -> parent its newest status reported (source routes, RPL non-storing)
-        self._tried = {}  # node -> (gateway, path) of its last routed command
+        self._routes = SourceRoutes()  # the parents nodes report; the rule for routing a command down them
         self._hops = {}  # node -> hop count of its newest frame (the scope of a flooded command)
         self._unknown_checked = {}  # node -> when the store last said "not registered"
         self._cur_now = 0.0
@@ -315,8 +314,7 @@ class Ingest:
             self.tracker.load_node(r["node"], r["last_seq"], r["min_seq"])
             if r["boot_count"] is not None:
                 self._last_status[r["node"]] = (r["boot_count"], r["parent"], r["fw_version"])
-            if r["parent"]:
-                self._parents[r["node"]] = r["parent"]
+            self._routes.report(r["node"], r["parent"])
         for g in self.store.open_gaps():
             self.tracker.load_gap(g["id"], g["node"], g["first_seq"], g["last_seq"], g["state"], g["requests"],
                                   g["created_at"] or now_s, now_s)
@@ -697,10 +695,7 @@ class Ingest:
             # request; it is answered in poll() (a revoked node's frames never get here)
             self.stats.key_requests += 1
             self._key_asks[node] = (gw, b.epoch)
-        if b.parent:
-            self._parents[node] = b.parent
-        else:
-            self._parents.pop(node, None)
+        self._routes.report(node, b.parent)
 
     def _reply(self, res, f, rx_s, now):
         node = f.origin
@@ -853,17 +848,11 @@ class Ingest:
         route_fallbacks) when the chain is unknown, loops, is too long or ends at an offline gateway.
         A retry (the last attempt went unanswered) is routed only down a path other than the one
         last tried (reports moved it since: counted route_retries_rerouted); else None, not counted."""
-        r = compile_path(self._parents, node, self._gw_ids)
-        if r is None or not self._gateway_online(r[0]):
-            if not retry:
-                self.stats.route_fallbacks += 1
-            return None
-        r = (r[0], list(r[1]))
-        if retry:
-            if self._tried.get(node) == r:
-                return None
+        r, why = self._routes.choose(node, self._gw_ids, self._gateway_online, retry)
+        if why == "fallback":
+            self.stats.route_fallbacks += 1
+        elif why == "rerouted":
             self.stats.route_retries_rerouted += 1
-        self._tried[node] = r
         return r
 
     def next_deadline_s(self):

@@ -69,6 +69,43 @@ def flood_start_hops(last_hops, attempt, max_hops):
     return max(0, max_hops - (last_hops + margin))
 
 
+class SourceRoutes:
+    """Downward routes at the fleet (RPL non-storing mode; issue 15): the parent each node's
+    newest status reported, and the rule for sending a command for one node down them - one
+    owner for the collector (fleet/collector.py) and the simulator (fleet/sim/_des_app.py).
+
+    choose(node, gateways, online, retry) returns ((gateway, path), why) with why None, or
+    (None, why): why is "fallback" when no usable path is known (unknown or looping parents, too
+    long, its gateway offline: the caller floods and counts it), "rerouted" for a retry routed
+    down a path reports moved since the last attempt, "same" for a retry down the path already
+    tried (the caller floods, not counted as a fallback)."""
+
+    def __init__(self):
+        self.parents = {}  # node -> parent (absent: unknown or none)
+        self.tried = {}  # node -> (gateway, path) of its last routed command
+
+    def report(self, node, parent):
+        if parent:
+            self.parents[node] = parent
+        else:
+            self.parents.pop(node, None)
+
+    def choose(self, node, gateways, online, retry=False):
+        from protocol.routed import compile_path
+
+        r = compile_path(self.parents, node, gateways)
+        if r is None or not online(r[0]):
+            return None, (None if retry else "fallback")
+        r = (r[0], list(r[1]))
+        why = None
+        if retry:
+            if self.tried.get(node) == r:
+                return None, "same"
+            why = "rerouted"
+        self.tried[node] = r
+        return r, why
+
+
 class RepairConfig:
     """Gap repair settings (seconds, counts). See the module docstring for their meaning."""
 

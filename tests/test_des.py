@@ -65,7 +65,7 @@ def test_a_changed_parent_is_reported_before_the_next_periodic_status():
     checks = []
 
     def check(t):  # 3 minutes after the failure: before most nodes' periodic status (300 s)
-        parents = sim.collector.parents
+        parents = sim.collector.routes.parents
         checks.append([n.id for n in sim.nodes if n.alive and not n.is_gateway
                        and n.router.parent and parents.get(n.id) != n.router.parent])
 

@@ -40,7 +40,7 @@ from firmware.mesh_params import DEFAULTS as _MESH_DEFAULTS
 from firmware.node import UNSTAMPED_MAX
 from firmware.ring import _SIZE_KEY
 from firmware.ring import build_telemetry as _build_telemetry
-from fleet.repair import GapTracker, RepairConfig, flood_start_hops
+from fleet.repair import GapTracker, RepairConfig, SourceRoutes, flood_start_hops
 from protocol import (
     OP_RESEND,
     T_REPLY,
@@ -56,7 +56,7 @@ from protocol import (
     signed_bytes,
 )
 from protocol.auth import E2E_TAG_LEN, NEW, Hmac, ReplayWindow, ct_equal
-from protocol.routed import Routed, compile_path
+from protocol.routed import Routed
 
 _SIZE_HMAC = Hmac(_SIZE_KEY)
 
@@ -334,11 +334,10 @@ class Collector:
         self.frames = 0
         self.status_frames = 0
         self.requests = 0
-        self.parents = {}  # node id -> parent id, from the nodes' status reports (route mode)
+        self.routes = SourceRoutes()  # the parents nodes report, and the routing rule (route mode)
         self.routed = 0  # resend requests sent down a source route
         self.route_fallbacks = 0  # ...flooded instead: no known path to the node
         self.route_retries_rerouted = 0  # retries down a path reports moved since the last attempt
-        self.tried = {}  # node -> (gateway, path) of its last routed request
         self.route_retries_flooded = 0  # ...flooded: a routed request went unanswered (stale path)
         self.scoped = 0  # flooded requests scoped to a few hops beyond the node (flood_start_hops)
         self.last_hops = {}  # node id -> hop count of its newest frame at a gateway
@@ -366,7 +365,7 @@ class Collector:
                 except ProtocolError:
                     self.rejects += 1
                     return
-                self.parents[f.origin] = f.body.parent
+                self.routes.report(f.origin, f.body.parent)
             return
         if t != T_TELEMETRY and t != T_REPLY:
             return
@@ -484,17 +483,13 @@ class Collector:
         (RPL non-storing mode); False (the caller floods) when no path is known or its gateway
         is down (counted as a fallback), or on a retry down the path already tried."""
         sim = self.sim
-        gw_ids = {g.id for g in sim.gateways}
-        r = compile_path(self.parents, node_id, gw_ids)
-        if r is None or not self._online(r[0]):
-            if not retry:
-                self.route_fallbacks += 1
-            return False
-        if retry:
-            if self.tried.get(node_id) == r:
-                return False
+        r, why = self.routes.choose(node_id, {g.id for g in sim.gateways}, self._online, retry)
+        if why == "fallback":
+            self.route_fallbacks += 1
+        elif why == "rerouted":
             self.route_retries_rerouted += 1
-        self.tried[node_id] = r
+        if r is None:
+            return False
         g = sim.by_id[r[0]]
         inject_routed(g.router, encode(Routed(path=r[1], at=0, cmd=fb), sim.mesh_hmac), now_us // 1000)
         sim.service(g, now_us)
