@@ -40,7 +40,8 @@ MIN_COVERAGE = 0.75
 SUMMARY_KEYS = (
     "generated_at", "nodes", "online", "stale", "offline", "never_heard", "readings", "duplicates",
     "expected", "delivery_ratio", "gaps", "gaps_recovered", "gaps_lost", "rejects", "firmware", "categories",
-    "aqi", "rh_correction", "stale_after_s", "offline_after_s", "revoked_nodes", "revoked_frames",
+    "aqi", "rh_correction", "stale_after_s", "offline_after_s", "revoked_nodes", "revoked_frames", "key_epoch",
+    "behind_epoch",
 )
 
 
@@ -184,14 +185,16 @@ def _sort_key(sort):
 
 
 def fleet_status(store, now_s, stale_after_s=300, offline_after_s=1800, nodes=None, states=None, gateway=None,
-                 sort="node", reverse=False, aqi="ica", rh_correction="none", limit=None, revoked=None):
+                 sort="node", reverse=False, aqi="ica", rh_correction="none", limit=None, revoked=None, epoch=0):
     """Return {'summary': ..., 'nodes': [...]} for the nodes selected by `nodes` (ids),
     `states` (subset of STATES) and `gateway` (last gateway heard through), sorted by `sort`
     (SORTS; `reverse` flips) and cut to `limit` rows (the summary still counts all selected).
     `aqi` ('ica' | 'epa') picks the index the summary's `categories` count; both are in every
     node. `rh_correction` ('none' | 'epa2021' | 'kappa') corrects PM2.5 for humidity.
     `revoked`: the node ids of the keystore's revocation list (`fleet keys revoke`), listed in
-    the summary with the count of their frames the collector refused.
+    the summary with the count of their frames the collector refused. `epoch`: the mesh key
+    epoch in force (`fleet keys rotate`): the summary lists the nodes (not revoked) whose last
+    status reported an older one (behind_epoch: they missed a rotation and have not caught up).
     Raises FleetError on inconsistent arguments."""
     if stale_after_s >= offline_after_s:
         raise FleetError(f"the stale threshold ({stale_after_s} s) must be below the offline threshold ({offline_after_s} s)")
@@ -220,6 +223,9 @@ def fleet_status(store, now_s, stale_after_s=300, offline_after_s=1800, nodes=No
     categories = {}
     readings = duplicates = expected = gaps = gaps_lost = gaps_recovered = 0
     cat_key = "ica" if aqi == "ica" else "aqi_category"
+    out_of = set(revoked or ())
+    behind = sorted(v["node"] for v in views if v["epoch"] is not None and v["epoch"] < epoch
+                    and v["node"] not in out_of)
     for v in views:
         counts[v["state"]] += 1
         fw = v["firmware"] or "unknown"
@@ -261,5 +267,7 @@ def fleet_status(store, now_s, stale_after_s=300, offline_after_s=1800, nodes=No
         "offline_after_s": offline_after_s,
         "revoked_nodes": sorted(revoked or ()),
         "revoked_frames": rejects.get("revoked", {}).get("count", 0),
+        "key_epoch": epoch,
+        "behind_epoch": behind,
     }
     return {"summary": summary, "nodes": views}

@@ -3,6 +3,7 @@ refusing a revoked node's frames (counted, never silent) and sending it no comma
 `fleet status` showing it. Real Keystore, real SQLiteStore, frames from protocol.encode."""
 import json
 import os
+import time
 
 import pytest
 from cli_run import assert_clean, run_fleet
@@ -106,6 +107,21 @@ def test_cli_revoke_and_status(tmp_path):
     assert "REVOKED 1 (7)" in r.stdout
     r = run_fleet(["status", "--json", "--home", home])
     assert json.loads(r.stdout)["summary"]["revoked_nodes"] == [7]
+    # after a rotation: the nodes whose last status reported an older key epoch are listed
+    # (a revoked one is left out of every epoch: not listed)
+    s = SQLiteStore(os.path.join(home, "fleet.db"))
+    s.register_nodes([{"node": 9}])
+    for node, epoch in ((7, 0), (8, 0), (9, 1)):
+        s.update_state(node, int(time.time()), epoch=epoch)
+    s.close()
+    Keystore(os.path.join(home, "keys"), 1).set_epoch_state(1)
+    r = run_fleet(["status", "--json", "--home", home])
+    out = json.loads(r.stdout)
+    assert (out["summary"]["key_epoch"], out["summary"]["behind_epoch"]) == (1, [8])
+    assert {n["node"]: n["epoch"] for n in out["nodes"]} == {7: 0, 8: 0, 9: 1}
+    r = run_fleet(["status", "--home", home])
+    assert_clean(r, (0,))
+    assert "KEYS epoch 1: 1 node(s) on an older one (8)" in r.stdout
 
 
 def test_epoch_keys_in_keystore(ks):

@@ -53,6 +53,9 @@ def summary_line(summary):
     if s.get("revoked_nodes") or s.get("revoked_frames"):
         ids = ", ".join(map(str, s.get("revoked_nodes") or [])) or "-"
         parts.append(f"REVOKED {len(s.get('revoked_nodes') or [])} ({ids}), {s.get('revoked_frames', 0)} frames refused")
+    if s.get("behind_epoch"):
+        ids = ", ".join(map(str, s["behind_epoch"][:10])) + (", ..." if len(s["behind_epoch"]) > 10 else "")
+        parts.append(f"KEYS epoch {s['key_epoch']}: {len(s['behind_epoch'])} node(s) on an older one ({ids})")
     return " | ".join(parts)
 
 
@@ -142,6 +145,7 @@ def cli(home, as_json, watch, interval, count, node_ids, states, gateway, sort, 
             store, int(time.time()), stale_after_s=cfg["stale_after_s"], offline_after_s=cfg["offline_after_s"],
             nodes=node_ids or None, states=states or None, gateway=gateway, sort=sort, reverse=reverse,
             aqi=cfg["aqi"], rh_correction=cfg["rh_correction"], limit=limit, revoked=keys.revoked(),
+            epoch=keys.epoch_state()["epoch"],
         )
 
     try:
