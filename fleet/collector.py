@@ -275,7 +275,7 @@ class Ingest:
         # previous one in its grace window): frames e2e-tagged with its node keys verify too
         self._epoch_stamp = None
         self._key_asks = {}  # node -> gateway: status reported an old epoch, answer not sent yet
-        self._key_answered = {}  # node -> when its last key answer went out (one per key_answer_s)
+        self._key_answered = {}  # node -> (when its last key answer went out, answers sent): one per key_answer_s
         self._node_hmacs = {}
         self._ratelog = _RateLog(log, self.cfg.log_interval_s)
         self._rows = []
@@ -752,16 +752,17 @@ class Ingest:
         """OP_REKEY [epoch in force, the key wrapped with the node's own key, 1] (taken at once,
         no grace window: protocol/keywrap.py) to each node whose status reported an older epoch,
         one per node every cfg.key_answer_s. Flooded from the gateway that heard it, scoped to a
-        few hops beyond the node (the path its parents describe is of the old epoch, where its
-        parent may be a stolen pole); a gateway's own goes to its topic. Counted key_answers,
-        recorded as "key_answer" events."""
+        few hops beyond the node, wider for each answer the node asked again after, the whole
+        mesh from the fourth (fleet/repair.py flood_start_hops; the path its parents describe is
+        of the old epoch, where its parent may be a stolen pole); a gateway's own goes to its
+        topic. Counted key_answers, recorded as "key_answer" events."""
         from protocol.keywrap import OP_REKEY, to_args, wrap
 
         asks, self._key_asks = self._key_asks, {}
         by_topic = {}
         epoch = self._epoch
         for node, (gw, old) in sorted(asks.items()):
-            last = self._key_answered.get(node)
+            last, n = self._key_answered.get(node, (None, 0))
             if node in self._revoked or (last is not None and now - last < self.cfg.key_answer_s):
                 continue
             cseq = self._cseq(node)
@@ -774,12 +775,12 @@ class Ingest:
                 self._ratelog.note("keystore", f"no key answer for node {node}: {e}", now)
                 continue
             own = node in self._gw_ids
-            scope = 0 if own else flood_start_hops(self._hops.get(node), 1, MESH_DEFAULTS["max_hops"])
+            scope = 0 if own else flood_start_hops(self._hops.get(node), n + 1, MESH_DEFAULTS["max_hops"])
             cmd = protocol.Command(target=node, cseq=cseq, op=OP_REKEY, args=args, hops=scope)
             fb = protocol.encode(cmd, self._mesh, auth.Hmac(nk), phase=self._phase)
             topic = downlink_topic(self.net_id, node if own else gw)
             by_topic.setdefault(topic, []).append(fb)
-            self._key_answered[node] = now
+            self._key_answered[node] = (now, n + 1)
             self.stats.key_answers += 1
             self._events.append((int(now), "key_answer", node, {"cseq": cseq, "epoch": epoch,
                                                                  "via": "gateway" if own else gw}))

@@ -308,7 +308,16 @@ def test_a_node_reporting_an_old_epoch_is_sent_the_key_in_force_unless_revoked(t
     assert ing.poll(send=True) == []
     clock.t += 51
     assert ing.on_message(UP, st(2, 3, 0))["frames"] == 1
-    assert len(ing.poll(send=True)) == 1 and ing.stats.key_answers == 2
+    (_, payload2), = ing.poll(send=True)
+    assert ing.stats.key_answers == 2
+    fb2, = protocol.decode(payload2).frames
+    assert protocol.decode(fb2, (None, k1), nkey(2)).hops <= cmd.hops  # asked again: the scope no narrower
+    for seq in (4, 5, 6):  # by the fourth answer: the whole mesh
+        clock.t += 51
+        assert ing.on_message(UP, st(2, seq, 0))["frames"] == 1
+        (_, payload2), = ing.poll(send=True)
+    fb2, = protocol.decode(payload2).frames
+    assert protocol.decode(fb2, (None, k1), nkey(2)).hops == 0 and ing.stats.key_answers == 5
     # a gateway that missed the rotation: its own status goes straight up, tagged in epoch 0
     assert ing.on_message(UP, st(GW, 1, 0, phase=0))["frames"] == 1
     (topic, payload), = ing.poll(send=True)
@@ -326,7 +335,7 @@ def test_a_node_reporting_an_old_epoch_is_sent_the_key_in_force_unless_revoked(t
     ing.poll(send=True)
     r = ing.on_message(UP, st(3, 1, 0))
     assert r["rejects"] == {"revoked": 1}
-    assert ing.poll(send=True) == [] and ing.stats.key_answers == 3
+    assert ing.poll(send=True) == [] and ing.stats.key_answers == 6
     # two rotations later the gateway is still on epoch 0 (the same key phase as epoch 2)
     ks.set_epoch_state(2)
     clock.t += 51
