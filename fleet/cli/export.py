@@ -23,7 +23,7 @@ from fleet.errors import FleetError
 @home_option
 def cli(home, fmt, since, until, aqi, out):
     """Write the open-data dump (CSV of readings or GeoJSON of poles)."""
-    from fleet.cli.readings import COLUMNS, export_row
+    from fleet.rows import COLUMNS, export_row
     from fleet.web.opendata import poles_geojson
 
     home = home.with_overrides({"status.aqi": aqi})

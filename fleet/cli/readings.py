@@ -11,7 +11,6 @@ a large export does not load into memory. Exit status 1 when the node is unknown
 as readings arrive, late and resent ones included), with how many readings each mean is of.
 """
 import csv
-import datetime as dt
 import json
 import sys
 
@@ -20,31 +19,7 @@ import click
 from fleet.cli._options import NODE_ID, BoundedInt, TimeParam, home_option, parse_time, store_option  # noqa: F401 - parse_time: API
 from fleet.cli._table import format_table, want_colour
 from fleet.errors import FleetError
-
-COLUMNS = ("node", "seq", "time", "ts", "rx_ts", "pm1_ugm3", "pm25_ugm3", "pm10_ugm3", "rh_pct", "temp_c", "n",
-           "flags", "hops", "gateway", "rssi")
-
-
-def _d(v):
-    return None if v is None else round(v / 10, 1)
-
-
-MEAN_COLUMNS = ("node", "time", "start", "readings", "pm1_ugm3", "pm25_ugm3", "pm10_ugm3")
-
-
-def mean_row(m):
-    """Return one period's means (store.means dict) as an export row (MEAN_COLUMNS order)."""
-    iso = dt.datetime.fromtimestamp(m["start"], dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return (m["node"], iso, m["start"], m["n"], round(m["pm1"] / 10, 1), round(m["pm25"] / 10, 1),
-            round(m["pm10"] / 10, 1))
-
-
-def export_row(r):
-    """Return one stored reading (dict) as an export row (COLUMNS order, physical units)."""
-    ts = r["ts"]
-    iso = dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if ts is not None else None
-    return (r["node"], r["seq"], iso, ts, r["rx_ts"], _d(r["pm1"]), _d(r["pm25"]), _d(r["pm10"]), r["rh"],
-            _d(r["temp"]), r["n"], r["flags"], r["hops"], r["gateway"], r["rssi"])
+from fleet.rows import COLUMNS, MEAN_COLUMNS, export_row, mean_row  # noqa: F401 - export_row: API
 
 
 @click.command()

@@ -71,7 +71,7 @@ def create_app(open_store, aqi="ica", stale_after_s=300, offline_after_s=1800, r
                  format: str = Query("json", pattern="^(json|csv)$"),  # noqa: A002 - the public name
                  page: int = Query(1, ge=1, le=1_000_000),
                  limit: int = Query(1000, ge=1, le=MAX_LIMIT)):
-        from fleet.cli._options import parse_time
+        from fleet.timeparse import parse_time
 
         if not 0 <= node <= 0xFFFFFFFF:
             raise HTTPException(400, f"node must be 0..{0xFFFFFFFF}")

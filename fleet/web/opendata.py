@@ -4,8 +4,8 @@ Nothing here names a MAC, a key or a network address: only node ids, poles and p
 import datetime as dt
 
 from fleet import aqi as aqimod
-from fleet.cli.readings import COLUMNS as RAW_COLUMNS
-from fleet.cli.readings import export_row
+from fleet.rows import COLUMNS as RAW_COLUMNS
+from fleet.rows import export_row
 from fleet.status import fleet_status
 
 EVERY = {"raw": None, "1h": 3600, "1d": 86400}
