@@ -37,6 +37,15 @@ def home(tmp_path):
     return h
 
 
+def _keystore(tmp_path):
+    """A real Keystore under tmp_path holding SECRET (the secret of test_collector's frames)."""
+    ks = Keystore(str(tmp_path / "keys"), NET)
+    ks.init()
+    with open(ks.secret_path, "wb") as f:
+        f.write(SECRET)
+    return Keystore(ks.dir, NET)
+
+
 def _ks(home):
     return Keystore(home.keys().dir, home.net_id)
 
@@ -221,11 +230,7 @@ def test_a_first_rekey_goes_down_the_source_route_later_ones_flood(home):
 
 
 def test_collector_switches_epochs_while_running(tmp_path):
-    ks = Keystore(str(tmp_path / "keys"), NET)
-    ks.init()
-    with open(ks.secret_path, "wb") as f:
-        f.write(SECRET)
-    ks = Keystore(ks.dir, NET)
+    ks = _keystore(tmp_path)
     store = SQLiteStore(str(tmp_path / "fleet.db"))
     store.register_nodes([{"node": n} for n in NODES] + [{"node": GW, "role": "gateway"}])
     clock = Clock()
@@ -269,11 +274,7 @@ def test_a_node_reporting_an_old_epoch_is_sent_the_key_in_force_unless_revoked(t
     request) with OP_REKEY [epoch, wrap, 1], authenticated and wrapped with that node's own key,
     flooded from the gateway that heard it, scoped; a gateway's own goes to its topic. One
     answer per node per key_answer_s; none to a revoked node (its frames are refused)."""
-    ks = Keystore(str(tmp_path / "keys"), NET)
-    ks.init()
-    with open(ks.secret_path, "wb") as f:
-        f.write(SECRET)
-    ks = Keystore(ks.dir, NET)
+    ks = _keystore(tmp_path)
     store = SQLiteStore(str(tmp_path / "fleet.db"))
     store.register_nodes([{"node": n} for n in NODES] + [{"node": GW, "role": "gateway"}])
     ks.set_epoch_state(1)  # epoch 1 in force, the grace window over
@@ -399,11 +400,7 @@ def test_provisioning_after_a_rotation_writes_the_key_of_the_epoch_in_force(home
 def test_decode_checks_the_tags_of_a_frame_made_in_a_later_epoch(tmp_path):
     """`fleet decode --key-file` with the fleet secret and the key epoch the frame was made in:
     the mesh key and the node key of that epoch (keywrap.epoch_node_key); another epoch fails."""
-    ks = Keystore(str(tmp_path / "keys"), NET)
-    ks.init()
-    with open(ks.secret_path, "wb") as f:
-        f.write(SECRET)
-    ks = Keystore(ks.dir, NET)
+    ks = _keystore(tmp_path)
     f = protocol.Telemetry(origin=1, seq=5, time_s=T0, readings=[reading(0)], hops=1, cost=20)
     hexed = protocol.encode(f, (None, ks.mesh_key(3)), ks.node_key_at(1, 3), phase=1).hex()
     for epoch, code in ((3, 0), (1, 1)):
