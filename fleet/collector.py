@@ -48,6 +48,7 @@ Theory of operation
   it reported a new parent) goes down the new path (counted route_retries_rerouted).
 """
 import hmac
+import json
 import logging
 import os
 import signal
@@ -105,7 +106,8 @@ class CollectorConfig:
 
     def __init__(self, batch_rows=5000, flush_interval_s=0.5, log_interval_s=60.0, unknown_recheck_s=10.0,
                  downlink_max_frames=8, key_cache=50000, repair=None, max_unacked=64, clock_tolerance_s=60,
-                 revoked_recheck_s=1.0, route_commands=True, key_answer_s=50.0):
+                 revoked_recheck_s=1.0, route_commands=True, key_answer_s=50.0, share=None, lead_retry_s=3.0,
+                 lead_check_s=2.0, journal_take=20000):
         self.batch_rows = int(batch_rows)
         self.flush_interval_s = float(flush_interval_s)
         self.log_interval_s = float(log_interval_s)
@@ -120,6 +122,14 @@ class CollectorConfig:
         self.revoked_recheck_s = float(revoked_recheck_s)  # how soon a `fleet keys revoke` takes hold
         self.route_commands = bool(route_commands)
         self.key_answer_s = float(key_answer_s)
+        # Several collectors on one store (fleet collect --share GROUP): each stores what the broker
+        # deals it and journals what gap repair must see; the holder of the group's lease (tried
+        # every lead_retry_s, checked every lead_check_s) repairs from the journal, journal_take
+        # rows at a time.
+        self.share = str(share) if share else None
+        self.lead_retry_s = float(lead_retry_s)
+        self.lead_check_s = float(lead_check_s)
+        self.journal_take = int(journal_take)
         if self.batch_rows < 1 or self.flush_interval_s <= 0 or self.downlink_max_frames < 1:
             raise ValueError("batch_rows, flush_interval_s and downlink_max_frames must be positive")
 
@@ -174,7 +184,8 @@ class Stats:
     FIELDS = ("messages", "envelopes", "frames", "readings", "stored", "duplicates", "status", "status_duplicates",
               "replies", "reply_duplicates", "commands", "rejects", "flushes", "flush_errors", "clock_jumps",
               "restamped", "commands_withheld", "commands_routed", "commands_flooded", "commands_scoped",
-              "route_fallbacks", "route_retries_rerouted", "key_requests", "key_answers")
+              "route_fallbacks", "route_retries_rerouted", "key_requests", "key_answers", "journal_taken",
+              "lead_gained", "lead_lost")
 
     def __init__(self):
         for f in self.FIELDS:
@@ -295,6 +306,14 @@ class Ingest:
         self._clocks = {}  # gateway -> [latest corrected receive time, correction in s]
         self._store_down = None  # [since, last logged, failures] while store writes fail
         self._fault_commits = int(os.environ.get("REDMESH_FAULT_STOP_BEFORE_COMMIT", "0") or 0)
+        self._shared = self.cfg.share is not None
+        self._runs = {}  # shared: node -> [[first, last, gateway, hops, rx_s]] reading runs of this batch
+        self._jrows = []  # shared: status and reply journal rows of this batch
+        self._status_seq = {}  # node -> counter of the newest status applied
+        self._lease = None  # shared: the group's repair lease while this collector leads
+        self._lead_tried = None
+        self._lead_checked = None
+        self._last_take = None
         now = self._now(None)
         self._last_flush = now
         self._known = set(store.node_ids())
@@ -303,19 +322,48 @@ class Ingest:
         self._revoked_checked = None
         self._cur_revoked = None
         self._check_revoked(now)  # and the key epochs
-        self._load(now)
+        if not self._shared:
+            self._load(now)
 
     # ---- start-up -------------------------------------------------------------------------------
 
     def _load(self, now_s):
-        """Seed counters and gaps from the store, so a restart continues where the last run stopped."""
+        """Seed counters and gaps from the store, so a restart continues where the last run stopped.
+
+        Shared (a new repair leader): from one snapshot, each node's view as the last leader left
+        it (repair_nodes: written with the journal rows it took), so what the journal still holds is
+        applied on top of it, once. A node no leader has seen yet is seeded from node_state below
+        its first journal row (readings stored before the store was shared), or not at all."""
         fields = ("node", "last_seq", "min_seq", "boot_count", "parent", "fw_version")
-        for r in self.store.status_rows(fields=fields):
-            self.tracker.load_node(r["node"], r["last_seq"], r["min_seq"])
-            if r["boot_count"] is not None:
-                self._last_status[r["node"]] = (r["boot_count"], r["parent"], r["fw_version"])
-            self._routes.report(r["node"], r["parent"])
-        for g in self.store.open_gaps():
+        store = self.store
+        with store.transaction(write=False):
+            rows = store.status_rows(fields=fields)
+            gaps = store.open_gaps()
+            view = store.repair_nodes() if self._shared else {}
+            low = dict(store.query("SELECT node, min(a) FROM journal WHERE kind = 'r' GROUP BY node")) \
+                if self._shared else {}
+        for r in rows:
+            node = r["node"]
+            v = view.get(node)
+            if v is not None:
+                self.tracker.load_node(node, v["max_seq"], v["min_seq"])
+                if v["boot_count"] is not None:
+                    self._last_status[node] = (v["boot_count"], v["parent"], v["fw_version"])
+                if v["status_seq"] is not None:
+                    self._status_seq[node] = v["status_seq"]
+                self._routes.report(node, v["parent"])
+                continue
+            last, first = r["last_seq"], r["min_seq"]
+            if node in low and last is not None:
+                last = min(last, low[node] - 1)  # the rest is in the journal
+                if first is None or last < first:
+                    last = first = None
+            if last is not None or not self._shared:
+                self.tracker.load_node(node, last, first)
+            if r["boot_count"] is not None and not self._shared:
+                self._last_status[node] = (r["boot_count"], r["parent"], r["fw_version"])
+            self._routes.report(node, r["parent"])
+        for g in gaps:
             self.tracker.load_gap(g["id"], g["node"], g["first_seq"], g["last_seq"], g["state"], g["requests"],
                                   g["created_at"] or now_s, now_s)
 
@@ -631,7 +679,7 @@ class Ingest:
         n = len(f.readings)
         self.stats.readings += n
         res["readings"] += n
-        self.tracker.on_readings(node, seq, seq + n - 1, now, gw)
+        self._seqs(node, seq, seq + n - 1, now, gw, hops)
 
     def _fast_rows(self, res, fast, gw, rx_s, rssi, now, corr=0):
         node, seq, time_s, body, hops = fast
@@ -648,7 +696,20 @@ class Ingest:
         n = len(body)
         self.stats.readings += n
         res["readings"] += n
-        self.tracker.on_readings(node, seq, seq + n - 1, now, gw)
+        self._seqs(node, seq, seq + n - 1, now, gw, hops)
+
+    def _seqs(self, node, first, last, now, gw, hops):
+        """Readings first..last of `node` arrived: the gap tracker's input (shared: the journal's)."""
+        if not self._shared:
+            self.tracker.on_readings(node, first, last, now, gw)
+            return
+        runs = self._runs.get(node)
+        if runs is None:
+            self._runs[node] = [[first, last, gw, hops, now]]
+        elif runs[-1][1] + 1 == first and runs[-1][2] == gw:
+            runs[-1][1] = last
+        else:
+            runs.append([first, last, gw, hops, now])
 
     def _window(self, windows, node):
         w = windows.get(node)
@@ -680,22 +741,38 @@ class Ingest:
             "gateway": gw, "hops": f.hops, "rssi": rssi,
             "status_seq": f.seq,  # the store keeps the newest: a late status never overwrites it
         })
+        what = {"boot_count": b.boot_count, "uptime_s": b.uptime_s, "parent": b.parent, "fw_version": b.fw_version,
+                "epoch": b.epoch}
+        if self._shared:
+            self._jrows.append(("s", node, rx_s, gw, f.seq, None, f.hops, json.dumps(what)))
+        else:
+            self._apply_status(node, f.seq, rx_s, gw, f.hops, what, self._events)
+
+    def _apply_status(self, node, seq, rx_s, gw, hops, what, events):
+        """A status report reaches gap repair: events for what changed since the last one applied
+        (reboot, reparent, firmware), a key request when its epoch is old, the node's parent
+        for source routes. A report not newer than the newest applied is not applied again."""
+        if seq <= self._status_seq.get(node, -1):
+            return
+        self._status_seq[node] = seq
+        self._hops[node] = hops
+        boot_count, parent, fw_version, epoch = what["boot_count"], what["parent"], what["fw_version"], what["epoch"]
         prev = self._last_status.get(node)
         if prev is not None:
-            boot, parent, fw = prev
-            if b.boot_count > boot:
-                self._events.append((rx_s, "reboot", node, {"boot_count": b.boot_count, "uptime_s": b.uptime_s}))
-            if b.parent != parent:
-                self._events.append((rx_s, "reparent", node, {"from": parent, "to": b.parent}))
-            if fw is not None and b.fw_version != fw:
-                self._events.append((rx_s, "firmware", node, {"from": fw, "to": b.fw_version}))
-        self._last_status[node] = (b.boot_count, b.parent, b.fw_version)
-        if b.epoch is not None and b.epoch < self._epoch:
+            boot, was, fw = prev
+            if boot_count > boot:
+                events.append((rx_s, "reboot", node, {"boot_count": boot_count, "uptime_s": what["uptime_s"]}))
+            if parent != was:
+                events.append((rx_s, "reparent", node, {"from": was, "to": parent}))
+            if fw is not None and fw_version != fw:
+                events.append((rx_s, "firmware", node, {"from": fw, "to": fw_version}))
+        self._last_status[node] = (boot_count, parent, fw_version)
+        if epoch is not None and epoch < self._epoch:
             # a node that missed a key rotation (off, or its re-keys lost): its status is its key
             # request; it is answered in poll() (a revoked node's frames never get here)
             self.stats.key_requests += 1
-            self._key_asks[node] = (gw, b.epoch)
-        self._routes.report(node, b.parent)
+            self._key_asks[node] = (gw, epoch)
+        self._routes.report(node, parent)
 
     def _reply(self, res, f, rx_s, now):
         node = f.origin
@@ -709,13 +786,20 @@ class Ingest:
             return
         w.update(f.seq)
         self.stats.replies += 1
-        req = self.tracker.on_reply(node, f.cseq, f.code, f.result, now)
         # a node's texts come coded (fleet/devstrings.py): stored as the operator reads them
         result = [devstrings.expand(x) if isinstance(x, str) else x for x in f.result]
-        detail = {"cseq": f.cseq, "code": f.code, "result": result}
+        if self._shared:
+            self._jrows.append(("y", node, rx_s, None, f.cseq, f.code, None, json.dumps(result)))
+        else:
+            self._apply_reply(node, f.cseq, f.code, result, rx_s, now, self._events)
+
+    def _apply_reply(self, node, cseq, code, result, rx_s, now, events):
+        """A command reply reaches gap repair (a resend reply moves its gap on) and the events."""
+        req = self.tracker.on_reply(node, cseq, code, result, now)
+        detail = {"cseq": cseq, "code": code, "result": result}
         if req is not None:
             detail["resend"] = [req.a, req.b]
-        self._events.append((rx_s, "reply", node, detail))
+        events.append((rx_s, "reply", node, detail))
 
     # ---- output ---------------------------------------------------------------------------------
 
@@ -738,6 +822,11 @@ class Ingest:
         self._check_revoked(now)
         if now - self._last_flush >= self.cfg.flush_interval_s:
             self.flush(now)
+        if self._shared:
+            self._lead(now)
+        if self._shared and self._lease is None:  # another collector repairs
+            self._ratelog.tick(now)
+            return []
         if not send:
             self._ratelog.tick(now)
             return []
@@ -747,6 +836,99 @@ class Ingest:
             out += self._key_answers(now)
         self._ratelog.tick(now)
         return out
+
+    # ---- several collectors on one store: the repair leader ---------------------------------------
+
+    def _lead(self, now):
+        """Shared: hold or seek the group's repair lease; while held, take the journal."""
+        if self._lease is None:
+            if self._lead_tried is not None and now - self._lead_tried < self.cfg.lead_retry_s:
+                return
+            self._lead_tried = now
+            try:
+                lease = self.store.lead(self.cfg.share)
+            except Exception as e:  # noqa: BLE001 - StoreError: the store is down; try again later
+                self._ratelog.note("store", f"cannot seek the repair lease: {e}", now)
+                return
+            if lease is None:
+                return
+            self._lease, self._lead_checked, self._last_take = lease, now, None
+            try:
+                self._load(now)
+            except Exception as e:  # noqa: BLE001 - the store failed mid-load: let go, try again later
+                self._step_down(now, f"could not load the repair state: {e}")
+                return
+            self.stats.lead_gained += 1
+            log.info("collector: leading gap repair of group %r (%d nodes tracked, %d gaps open)", self.cfg.share,
+                     len(self.tracker.nodes), self.tracker.pending)
+        elif now - self._lead_checked >= self.cfg.lead_check_s:
+            self._lead_checked = now
+            if not self._lease.check():
+                self._step_down(now, "its lease is gone (the store restarted or the connection broke)")
+                return
+        if self._last_take is None or now - self._last_take >= self.cfg.flush_interval_s:
+            self._last_take = now
+            self._take_journal(now)
+
+    def _step_down(self, now, why):
+        """Stop leading: release the lease and forget the repair state (the next leader, maybe
+        this collector again, loads it from the store)."""
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
+            self.stats.lead_lost += 1
+            log.warning("collector: no longer leading gap repair of group %r: %s", self.cfg.share, why)
+        self._lead_tried = now
+        self.tracker = GapTracker(self.cfg.repair)
+        self._last_status, self._status_seq, self._key_asks = {}, {}, {}
+        self._routes = SourceRoutes()
+
+    def _take_journal(self, now):
+        """Apply the committed journal rows to gap repair and persist what came of it (gaps, the
+        per-node view, events) in the transaction that takes them: all or nothing. A failure
+        ends the leadership (the state in memory may be ahead of the store)."""
+        store, tr = self.store, self.tracker
+        events = []
+        try:
+            with store.transaction():
+                rows = store.take_journal(self.cfg.journal_take)
+                touched = set()
+                for _id, kind, node, at_s, gw, a, b, c, detail in rows:
+                    touched.add(node)
+                    if gw is not None:
+                        self._gw_ids.add(gw)
+                    if kind == "r":
+                        self._hops[node] = c
+                        tr.on_readings(node, a, b, now, gw)
+                    elif kind == "s":
+                        self._apply_status(node, a, int(at_s), gw, c, json.loads(detail), events)
+                    elif kind == "y":
+                        self._apply_reply(node, a, b, json.loads(detail), int(at_s), now, events)
+                gaps = tr.take_dirty()
+                ids = store.write_gaps([g.row() for g in gaps], now) if gaps else []
+                view = []
+                for node in touched:
+                    status = self._last_status.get(node, (None, None, None))
+                    view.append((node, *tr.seq_bounds(node), self._status_seq.get(node), *status))
+                store.save_repair_nodes(view)
+                for ts, kind, node, detail in events + self._lost_events(gaps, now):
+                    store.record_event(ts, kind, node=node, detail=detail)
+        except Exception as e:  # noqa: BLE001 - the journal stays; whoever leads next applies it
+            self._step_down(now, f"the store failed ({type(e).__name__}: {e})")
+            return
+        self.stats.journal_taken += len(rows)
+        self._gaps_written(gaps, ids, now)
+
+    def _lost_events(self, gaps, now):
+        return [(int(now), "gap_lost", g.node, {"first": g.first, "last": g.last, "readings": g.size,
+                                                 "reason": g.reason}) for g in gaps if g.state == LOST]
+
+    def _gaps_written(self, gaps, ids, now):
+        for g, gap_id in zip(gaps, ids, strict=True):
+            g.id = gap_id
+        for g in gaps:
+            if g.state == LOST:
+                self._ratelog.note("gap_lost", f"node {g.node} readings {g.first}..{g.last} lost ({g.reason})", now)
 
     def _key_answers(self, now):
         """OP_REKEY [epoch in force, the key wrapped with the node's own key, 1] (taken at once,
@@ -872,11 +1054,11 @@ class Ingest:
         now = self._now(now_s)
         self._last_flush = now
         rows, status, rejects, events = self._rows, self._status, self._rejects, self._events
-        gaps = self.tracker.take_dirty()
-        if not (rows or status or rejects or events or gaps):
+        gaps = [] if self._shared else self.tracker.take_dirty()  # shared: the leader writes gaps
+        journal = self._journal_rows()
+        if not (rows or status or rejects or events or gaps or journal):
             return 0, 0
-        lost_events = [(int(now), "gap_lost", g.node, {"first": g.first, "last": g.last, "readings": g.size,
-                                                        "reason": g.reason}) for g in gaps if g.state == LOST]
+        lost_events = self._lost_events(gaps, now)
         store = self.store
         try:
             with store.transaction():
@@ -884,6 +1066,7 @@ class Ingest:
                 if status:
                     store.update_states([(node, heard, fields) for node, (heard, fields) in status.items()])
                 ids = store.write_gaps([g.row() for g in gaps], now) if gaps else []
+                store.add_journal(journal)
                 for cause, n in rejects.items():
                     store.count_reject(cause, int(now), n)
                 for ts, kind, node, detail in events + lost_events:
@@ -909,16 +1092,21 @@ class Ingest:
             log.warning("store writable again after %.1f s (%d failed attempts): %d held readings stored",
                         now - self._store_down[0], self._store_down[2], len(rows))
             self._store_down = None
-        for g, gap_id in zip(gaps, ids, strict=True):
-            g.id = gap_id
-        for g in gaps:
-            if g.state == LOST:
-                self._ratelog.note("gap_lost", f"node {g.node} readings {g.first}..{g.last} lost ({g.reason})", now)
+        self._gaps_written(gaps, ids, now)
         self._rows, self._status, self._rejects, self._events = [], {}, {}, []
+        self._runs, self._jrows = {}, []
         self.stats.stored += stored
         self.stats.duplicates += dups
         self.stats.flushes += 1
         return stored, dups
+
+    def _journal_rows(self):
+        """Shared: this batch's journal rows (JOURNAL_FIELDS order), reading runs by node first."""
+        if not self._shared:
+            return []
+        out = [("r", node, rx_s, gw, a, b, hops, None)
+               for node, runs in sorted(self._runs.items()) for a, b, gw, hops, rx_s in runs]
+        return out + self._jrows
 
     def _fault_point(self):
         """REDMESH_FAULT_STOP_BEFORE_COMMIT (see FAULT_STOP_MARK): count this batch; at the Nth,
@@ -933,11 +1121,23 @@ class Ingest:
     def has_pending(self):
         """True while something received is not yet committed to the store (rows, states,
         reject counts, events, gap changes): an MQTT message may be acknowledged only when False."""
+        if self._shared:  # gap changes are the leader's, committed with the journal rows it takes
+            return bool(self._rows or self._status or self._rejects or self._events or self._runs or self._jrows)
         return bool(self._rows or self._status or self._rejects or self._events or self.tracker.has_dirty())
 
     def close(self, now_s=None):
-        """Flush what is pending (call at shutdown). Returns (stored, duplicates)."""
-        return self.flush(now_s)
+        """Flush what is pending (call at shutdown) and let go of the repair lease. Returns
+        (stored, duplicates)."""
+        out = self.flush(now_s)
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
+        return out
+
+    @property
+    def leading(self):
+        """True while this collector repairs gaps: always alone, or holding its group's lease."""
+        return not self._shared or self._lease is not None
 
     # ---- views ----------------------------------------------------------------------------------
 
@@ -949,7 +1149,7 @@ class Ingest:
         d.update({"gaps_pending": t.pending, "gaps_lost": t.lost, "gaps_recovered": t.recovered,
                   "gaps_reordered": t.reordered, "gaps_opened": t.opened, "readings_lost": t.readings_lost,
                   "resend_requests": t.requests_sent, "outstanding": len(t.outstanding),
-                  "pending_rows": len(self._rows),
+                  "pending_rows": len(self._rows), "leading": self.leading,
                   "store_failing_s": int(self._now(None) - self._store_down[0]) if self._store_down else 0})
         return d
 

@@ -14,6 +14,14 @@
   redelivers them). Graceful stop (SIGINT/SIGTERM or the stop event) processes what is queued,
   flushes the batch, acknowledges and disconnects.
 - Every `progress_s` a one-line progress report goes to `progress` (default: the log).
+- Several collectors sharing the load (`config.share` = GROUP, `fleet collect --share GROUP`, for
+  a PostgreSQL store): MQTT 5, the uplink subscribed as `$share/GROUP/redmesh/<net>/up/+` (the
+  broker deals each message to one member; the retained gateway-state topic stays a plain
+  subscription, every member needs it). Each member gets its own client id,
+  `<collector.client_id>-<host>-<pid>`, on a clean session: what a dead member held
+  unacknowledged is lost with its session (a broker MAY re-deal it; mosquitto does not), and gap
+  repair - led by one member at a time (fleet/collector.py) - fetches it from the nodes' rings. A
+  `--client-id` given keeps a persistent session (expiring after a day) a restarted member drains.
 
 In-process: `await run_collector(home, broker_url, stop_event)` (what `fleet sim up` does).
 As a child process: `start_collector_process(...)` runs `python -m fleet.cli.collect`.
@@ -21,7 +29,9 @@ As a child process: `start_collector_process(...)` runs `python -m fleet.cli.col
 import asyncio
 import logging
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +51,8 @@ _BACKOFF_MIN_S = 0.5
 _BACKOFF_MAX_S = 30.0
 _TICK_S = 0.1
 _PUBLISH_TIMEOUT_S = 10.0
+_SESSION_EXPIRY_S = 86400  # a shared member's persistent session (an explicit client id)
+_GROUP_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def parse_broker_url(url):
@@ -107,9 +119,16 @@ async def run_collector(home, broker_url=None, stop_event=None, *, net_id=None, 
     home = _resolve_home(home)
     net_id = home.net_id if net_id is None else int(net_id)
     broker_url = broker_url or home.broker_url
+    explicit_id = client_id is not None
     client_id = client_id or home.get("collector", "client_id")
     host, port = parse_broker_url(broker_url)
     config = config or CollectorConfig.from_home(home)
+    share = config.share
+    if share is not None:
+        if not _GROUP_RE.fullmatch(share):
+            raise FleetError(f"--share {share!r}: a group name is 1-64 letters, digits, '-' or '_'")
+        if not explicit_id:
+            client_id = f"{client_id}-{socket.gethostname()}-{os.getpid()}"
     stop = stop_event or asyncio.Event()
     keys = keys or home.keys()
     keys.mesh_key()  # fails with "run `fleet keys init`" before anything is created
@@ -123,14 +142,24 @@ async def run_collector(home, broker_url=None, stop_event=None, *, net_id=None, 
             store.close()
         raise
     report = progress or (lambda line: log.info("%s", line))
-    client = aiomqtt.Client(host, port, identifier=client_id, clean_session=False, keepalive=30,
-                            logger=logging.getLogger("fleet.collector.mqtt"))
+    mqtt_log = logging.getLogger("fleet.collector.mqtt")
+    if share is None:
+        client = aiomqtt.Client(host, port, identifier=client_id, clean_session=False, keepalive=30, logger=mqtt_log)
+    else:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = _SESSION_EXPIRY_S if explicit_id else 0
+        client = aiomqtt.Client(host, port, identifier=client_id, protocol=aiomqtt.ProtocolVersion.V5,
+                                clean_start=not explicit_id, properties=props, keepalive=30, logger=mqtt_log)
     if not isinstance(getattr(client, "_queue", None), asyncio.Queue) or not hasattr(client, "_disconnected"):
         raise FleetError(f"this aiomqtt ({getattr(aiomqtt, '__version__', '?')}) lacks the internals the collector "
                          f"relies on (Client._queue, Client._disconnected); install aiomqtt 2.x")
     paho = client._client
     paho.manual_ack_set(True)  # PUBACK after the commit (settle()), never on receipt
-    topics = [(uplink_topic(net_id), 1), (state_topic(net_id), 1)]
+    up = uplink_topic(net_id) if share is None else f"$share/{share}/{uplink_topic(net_id)}"
+    topics = [(up, 1), (state_topic(net_id), 1)]
     unacked = []  # (mid, qos) received on the current connection, not yet acknowledged
     backoff = _BACKOFF_MIN_S
     prog = {"t": time.monotonic(), "snap": ingest.snapshot()}

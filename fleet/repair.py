@@ -521,6 +521,11 @@ class GapTracker:
         nt = self.nodes.get(node)
         return nt.max_seq if nt else None
 
+    def seq_bounds(self, node):
+        """(max_seq, min_seq) tracked for `node` ((None, None) when never heard)."""
+        nt = self.nodes.get(node)
+        return (nt.max_seq, nt.min_seq) if nt else (None, None)
+
     def gateway_of(self, node):
         nt = self.nodes.get(node)
         return nt.gateway if nt else None

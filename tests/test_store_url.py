@@ -237,6 +237,8 @@ def test_postgresql_info_and_migrate_from_the_base_schema(tmp_path, pg_url, pg_c
         c.execute("DROP TABLE hourly")
         c.execute("DELETE FROM redmesh_schema WHERE version >= 4")
         c.execute("ALTER TABLE node_state DROP COLUMN epoch")
+        c.execute("DROP TABLE journal")
+        c.execute("DROP TABLE repair_nodes")
     run = CliRunner().invoke
     home = ["--home", str(tmp_path / "h"), "--store", pg_url]
     r = run(group, ["store", "migrate"] + home)

@@ -31,12 +31,15 @@ from fleet.errors import FleetError
               help="Requests without progress before a gap is marked lost (default 5).")
 @click.option("--max-outstanding", type=click.IntRange(1), metavar="N",
               help="Resend requests in flight at most, fleet-wide (default 64).")
+@click.option("--share", metavar="GROUP",
+              help="Share the load with other collectors of GROUP on one store (PostgreSQL): MQTT 5 shared "
+                   "subscription; one of them at a time repairs gaps.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final totals as JSON on stdout.")
 @click.option("-v", "--verbose", is_flag=True, help="Log at debug level.")
 @home_option
 @store_option
 def cli(home, broker, net_id, client_id, progress_s, gap_grace_s, resend_retry_s, resend_attempts, max_outstanding,
-        as_json, verbose):
+        share, as_json, verbose):
     """Collect telemetry from the gateways into the fleet store, repairing gaps."""
     from fleet.collector import CollectorConfig
     from fleet.collector_mqtt import install_signal_handlers, run_collector
@@ -46,7 +49,7 @@ def cli(home, broker, net_id, client_id, progress_s, gap_grace_s, resend_retry_s
     home = home.with_overrides({"broker.url": broker, "network.id": net_id, "collector.client_id": client_id})
     try:
         config = CollectorConfig.from_home(home, grace_s=gap_grace_s, retry_s=resend_retry_s,
-                                           max_attempts=resend_attempts, max_outstanding=max_outstanding)
+                                           max_attempts=resend_attempts, max_outstanding=max_outstanding, share=share)
     except ValueError as e:
         raise FleetError(f"bad collector setting: {e}") from None
 
@@ -56,7 +59,8 @@ def cli(home, broker, net_id, client_id, progress_s, gap_grace_s, resend_retry_s
     async def main():
         stop = asyncio.Event()
         install_signal_handlers(stop)
-        return await run_collector(home, stop_event=stop, config=config, progress_s=progress_s, progress=progress)
+        return await run_collector(home, stop_event=stop, config=config, progress_s=progress_s, progress=progress,
+                                   client_id=client_id)
 
     try:
         snap = asyncio.run(main())

@@ -25,6 +25,15 @@ Theory of operation
 - delivery ratio of a node = delivered / (last_seq - min_seq + 1): readings stored out of the
   counter range seen. Missing counters are gaps: the collector records them (`add_gap`), asks
   the node to resend, and marks them requested / recovered / lost.
+- Several collectors on one store (`fleet collect --share GROUP`, fleet/collector.py): each
+  stores what the broker deals it and appends what the repair leader must see to `journal` (runs
+  of reading seqs, status reports, command replies) in the same transaction; the leader (the
+  holder of `lead(GROUP)`: a PostgreSQL advisory lock / a lock file beside the SQLite file, freed
+  when its process dies) takes the committed journal rows (`take_journal`: DELETE ... RETURNING, so
+  a row is taken once, and only when committed) and writes what it made of them - gaps and its
+  per-node view (`repair_nodes`: highest and lowest seq tracked, last status applied) - in the
+  same transaction. A new leader starts from `repair_nodes` and the open gaps: nothing a journal
+  row says is lost or applied twice across a failover.
 - Several writers: SQLite takes the write lock at BEGIN IMMEDIATE (a second writer waits);
   PostgreSQL lets writers run together, so a batch writes its rows in (node, seq) / node / hour
   order: two batches lock the same rows in the same order and cannot deadlock.
@@ -33,7 +42,7 @@ import json
 
 from fleet.errors import FleetError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 READING_FIELDS = (
     "node", "seq", "ts", "rx_ts", "pm1", "pm25", "pm10", "rh", "temp", "n", "flags", "hops", "gateway", "rssi",
@@ -47,6 +56,12 @@ STATE_FIELDS = (
 NODE_FIELDS = ("node", "mac", "role", "pole", "lat", "lon", "fw_version", "fw_seq", "registered_at")
 ROLES = ("node", "gateway")
 GAP_STATES = ("open", "requested", "recovered", "lost")
+# A journal row (collectors sharing a store, see above): kind 'r' readings a..b (c: hops), 's' a
+# status (a: its counter, c: hops, detail: JSON of what the leader acts on), 'y' a command reply
+# (a: cseq, b: code, detail: JSON result); at_s: when received; gateway: which one carried it.
+JOURNAL_FIELDS = ("kind", "node", "at_s", "gateway", "a", "b", "c", "detail")
+# The repair leader's view of a node, kept across failovers.
+REPAIR_FIELDS = ("node", "max_seq", "min_seq", "status_seq", "boot_count", "parent", "fw_version")
 
 # Columns of status_rows(), in order.
 STATUS_FIELDS = (
@@ -162,6 +177,21 @@ class Store:
 
     # views
     def status_rows(self, nodes=None, gateway=None, fields=None):
+        raise NotImplementedError
+
+    def add_journal(self, rows):
+        raise NotImplementedError
+
+    def take_journal(self, limit=10000):
+        raise NotImplementedError
+
+    def repair_nodes(self):
+        raise NotImplementedError
+
+    def save_repair_nodes(self, rows):
+        raise NotImplementedError
+
+    def lead(self, group):
         raise NotImplementedError
 
     def summary(self):
@@ -707,6 +737,38 @@ class SqlStore(Store):
                     ids.append(gap_id)
         return ids
 
+    # ------------------------------------------------------------- collectors sharing a store
+    def add_journal(self, rows):
+        """Append journal rows (tuples in JOURNAL_FIELDS order, without id) inside the caller's
+        transaction: what the repair leader must see of a batch another collector stored."""
+        if rows:
+            self.db.executemany("INSERT INTO journal (kind, node, at_s, gateway, a, b, c, detail) "
+                                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def take_journal(self, limit=10000):
+        """Remove and return up to `limit` committed journal rows, oldest first (tuples in
+        ("id",) + JOURNAL_FIELDS order). Inside the caller's transaction: rolled back, the rows
+        stay for the next taker."""
+        rows = self.db.execute(
+            "DELETE FROM journal WHERE id IN (SELECT id FROM journal ORDER BY id LIMIT ?) "
+            "RETURNING id, kind, node, at_s, gateway, a, b, c, detail", (int(limit),)).fetchall()
+        return sorted(tuple(r) for r in rows)
+
+    def repair_nodes(self):
+        """The repair leader's persisted view: {node: row dict of REPAIR_FIELDS}."""
+        return {r[0]: dict(zip(REPAIR_FIELDS, r, strict=True)) for r in self.db.execute(
+            f"SELECT {', '.join(REPAIR_FIELDS)} FROM repair_nodes")}
+
+    def save_repair_nodes(self, rows):
+        """Upsert the repair leader's view of nodes (tuples in REPAIR_FIELDS order), inside the
+        caller's transaction."""
+        if rows:
+            rows = sorted(rows, key=lambda r: r[0])  # one lock order for every writer
+            cols = ", ".join(REPAIR_FIELDS)
+            sets = ", ".join(f"{f} = excluded.{f}" for f in REPAIR_FIELDS[1:])
+            self.db.executemany(f"INSERT INTO repair_nodes ({cols}) VALUES ({', '.join('?' * len(REPAIR_FIELDS))}) "
+                                f"ON CONFLICT (node) DO UPDATE SET {sets}", rows)
+
     def delivery_counts(self, with_seqs=False):
         """What a delivery audit (fleet.sim.verify) reads, in one snapshot: a dict with
         registered (nodes registered), per_node [(node, stored, min_seq, max_seq)],
@@ -748,7 +810,7 @@ class SqlStore(Store):
 _READS = {"means", "recent_means", "node", "nodes", "node_ids", "node_state", "readings", "iter_readings",
           "missing_seqs", "open_gaps", "gap_counts", "events", "rejects", "status_rows", "summary",
           "delivery_counts", "query", "info", "schema_version", "pm25_means", "reading_means",
-          "migrations"}
+          "migrations", "repair_nodes"}
 
 
 def wrap_errors(cls, exc_types, make_error):

@@ -10,6 +10,8 @@ import sqlite3
 from fleet.store.base import SCHEMA_VERSION, SqlStore, StoreBusy, StoreError, wrap_errors
 
 APPLICATION_ID = 0x524D5348  # 'RMSH': marks a file as a Red Mesh store
+TABLES = ("nodes", "readings", "hourly", "node_state", "gaps", "events", "rejects", "command_counters",
+          "journal", "repair_nodes")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -90,6 +92,20 @@ CREATE TABLE IF NOT EXISTS command_counters (
     target INTEGER PRIMARY KEY,
     cseq INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS journal (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    node INTEGER NOT NULL,
+    at_s REAL,
+    gateway INTEGER,
+    a INTEGER, b INTEGER, c INTEGER,
+    detail TEXT
+);
+CREATE TABLE IF NOT EXISTS repair_nodes (
+    node INTEGER PRIMARY KEY,
+    max_seq INTEGER, min_seq INTEGER,
+    status_seq INTEGER, boot_count INTEGER, parent INTEGER, fw_version TEXT
+);
 """
 
 # What turns a store of schema version N - 1 into version N (a fresh store gets _SCHEMA whole).
@@ -103,7 +119,27 @@ _MIGRATIONS = {
         "WHERE pm25 IS NOT NULL GROUP BY node, ts / 3600",
         "CREATE INDEX hourly_hour ON hourly (hour, node, n, pm25_sum)"),
     5: ("ALTER TABLE node_state ADD COLUMN epoch INTEGER",),  # the mesh key epoch a node reports (issue 14)
+    6: (),  # journal and repair_nodes (collectors sharing a store): new tables, made by _SCHEMA
 }
+
+
+class Lease:
+    """The repair leadership of one group, held until release() or this process's death."""
+
+    def __init__(self, fd, group):
+        self._fd = fd
+        self.group = group
+        self._held = True
+
+    def check(self):
+        """True while held (a file lock cannot be lost while its descriptor is open)."""
+        return self._held
+
+    def release(self):
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+        self._held = False
 
 
 def is_busy(e):
@@ -276,7 +312,7 @@ class SQLiteStore(SqlStore):
         (size: the database file with its WAL)."""
         rows = {}
         with self.transaction(write=False):
-            for t in ("nodes", "readings", "hourly", "node_state", "gaps", "events", "rejects", "command_counters"):
+            for t in TABLES:
                 rows[t] = self.db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # noqa: S608 - fixed names
             version = self.schema_version()
         size = 0
@@ -285,6 +321,27 @@ class SQLiteStore(SqlStore):
                 size += os.path.getsize(self.path + suffix)
         return {"backend": "sqlite", "url": self.url, "schema_version": version,
                 "code_schema_version": SCHEMA_VERSION, "rows": rows, "size_bytes": size}
+
+    def lead(self, group):
+        """Try to become the repair leader of `group` on this store: return a Lease, or None
+        when another process holds it. The lease is an exclusive lock on a file beside the
+        store (flock), freed by the kernel when its process dies."""
+        import fcntl
+        import hashlib
+
+        if self.path == ":memory:":
+            return Lease(None, group)  # nobody else can open this store
+        name = f"{self.path}.lead-{hashlib.sha256(group.encode()).hexdigest()[:12]}"
+        try:
+            fd = os.open(name, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise StoreError(f"cannot open the leader lock file {name}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        return Lease(fd, group)
 
     def migrate(self):
         """Bring the schema up to this code's version; return (version before, version after).
