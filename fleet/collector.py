@@ -1130,6 +1130,8 @@ class Ingest:
         (stored, duplicates)."""
         out = self.flush(now_s)
         if self._lease is not None:
+            self._take_journal(self._now(now_s))  # what is committed, applied before letting go
+        if self._lease is not None:
             self._lease.release()
             self._lease = None
         return out

@@ -6,13 +6,28 @@ import json
 import random
 
 import pytest
+from test_collector import (
+    GW,
+    MESH,
+    NET,
+    NODES,
+    UP,
+    Clock,
+    FakeNode,
+    Keys,
+    envelope,
+    gap_rows,
+    nkey,
+    reply,
+    seqs,
+    status,
+    telemetry,
+)
 
 import protocol
 from fleet.collector import CollectorConfig, Ingest
 from fleet.repair import RepairConfig
 from fleet.store import SQLiteStore, open_url
-from test_collector import GW, MESH, NET, NODES, UP, Clock, FakeNode, Keys, envelope, gap_rows, nkey, reply, seqs, \
-    status, telemetry
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
