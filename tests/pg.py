@@ -78,23 +78,43 @@ class PgCluster:
         if r.returncode != 0:
             self.stop()
             raise PgUnavailable(f"initdb failed: {r.stderr.strip()[-300:]}")
-        opts = [f"-c listen_addresses=127.0.0.1 -k {self.dir}"]
-        if not self.durable:
-            opts.append("-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
         last = ""
         for _ in range(3):  # a port taken between the probe and the bind: try another
             self.port = _free_port()
-            r = self._as_pg([os.path.join(self.bindir, "pg_ctl"), "-D", data, "-l", os.path.join(self.dir, "log"),
-                             "-w", "-t", "60", "-o", " ".join(opts + [f"-p {self.port}"]), "start"], timeout=90)
+            r = self._pg_ctl_start()
             if r.returncode == 0:
                 break
             last = r.stderr.strip()[-300:] or r.stdout.strip()[-300:]
         else:
             self.stop()
             raise PgUnavailable(f"pg_ctl start failed: {last}")
-        with open(os.path.join(data, "postmaster.pid")) as f:
-            self.pid = int(f.readline())
         return self
+
+    def _pg_ctl_start(self):
+        data = os.path.join(self.dir, "data")
+        opts = [f"-c listen_addresses=127.0.0.1 -k {self.dir}", f"-p {self.port}"]
+        if not self.durable:
+            opts.append("-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+        r = self._as_pg([os.path.join(self.bindir, "pg_ctl"), "-D", data, "-l", os.path.join(self.dir, "log"),
+                         "-w", "-t", "60", "-o", " ".join(opts), "start"], timeout=90)
+        if r.returncode == 0:
+            with open(os.path.join(data, "postmaster.pid")) as f:
+                self.pid = int(f.readline())
+        return r
+
+    def pause(self):
+        """Stop the server (fast shutdown: sessions cut, data kept); resume() starts it again on
+        the same port - a database outage, for the tests that must survive one."""
+        r = self._as_pg([os.path.join(self.bindir, "pg_ctl"), "-D", os.path.join(self.dir, "data"), "-m", "fast",
+                         "-w", "-t", "30", "stop"], timeout=40)
+        if r.returncode != 0:
+            raise PgUnavailable(f"pg_ctl stop failed: {r.stderr.strip()[-300:]}")
+        self.pid = None
+
+    def resume(self):
+        r = self._pg_ctl_start()
+        if r.returncode != 0:
+            raise PgUnavailable(f"pg_ctl start failed: {(r.stderr or r.stdout).strip()[-300:]}")
 
     def url(self, schema=None, db="postgres"):
         base = f"postgresql://postgres@127.0.0.1:{self.port}/{db}"

@@ -48,7 +48,7 @@ class RigOptions:
                  capture_path=None, collector=True, restart_crashed=True, sensor_noise_per_mille=5,
                  broker_kind="embedded", offered_interval_s=None, mesh_params=None, gateway_heap=_GATEWAY_HEAP,
                  offered_for_s=None, ota=False, ota_bundle=None, ota_settings=None,
-                 ota_heap=None, repair=None, node_overrides=None, wifi_up=True):
+                 ota_heap=None, repair=None, node_overrides=None, wifi_up=True, collector_procs=0):
         self.broker_url = broker_url
         self.seed = seed
         self.heap = heap
@@ -84,6 +84,12 @@ class RigOptions:
         # OTA page store (ota/m, ota/p<i>). Applied when the rig first writes the node's flash.
         self.node_overrides = dict(node_overrides or {})
         self.wifi_up = bool(wifi_up)  # the gateways' access points are up when the rig starts
+        # N > 0: instead of the in-process collector, N `fleet collect --share rig` processes on the
+        # home's store (city scale: a PostgreSQL store, a broker with shared subscriptions), started
+        # before the nodes, each killable (Rig.collectors); `collector` must then be False
+        self.collector_procs = int(collector_procs)
+        if self.collector_procs and self.collector:
+            raise ValueError("collector_procs replaces the in-process collector: give collector=False too")
 
 
 class NodeProc:
@@ -208,6 +214,7 @@ class Rig:
         self.romfs_slots = False  # OTA nodes' slots are romfs partitions (else flash directories)
         self.collector_task = None
         self.collector_stop = None
+        self.collectors = []  # fleet collect processes (RigOptions.collector_procs)
         self.ingest = None
         self.started_s = None
         self._watch_task = None
@@ -355,6 +362,20 @@ class Rig:
             run_collector(self.home, self.broker_url, self.collector_stop, client_id="collector-sim", progress_s=0,
                           config=config))
 
+    async def _start_collector_procs(self):
+        from fleet.collector_mqtt import start_collector_process
+
+        args = ["--share", "rig", "--store", self.home.store_url]
+        flags = {"grace_s": "--gap-grace-s", "retry_s": "--resend-retry-s", "max_attempts": "--resend-attempts"}
+        for k, v in (self.opt.repair or {}).items():
+            if k not in flags:
+                raise ValueError(f"collector processes take repair settings {sorted(flags)}, not {k!r}")
+            args += [flags[k], str(v)]
+        for i in range(self.opt.collector_procs):
+            self.collectors.append(await asyncio.to_thread(
+                start_collector_process, self.home.path, self.broker_url, extra_args=args,
+                log_path=os.path.join(self.dir, f"collector{i}.log")))
+
     async def start(self):
         """Start everything; raises FleetError with what to do when a part cannot start."""
         from fleet.sim.medium import Medium
@@ -369,6 +390,8 @@ class Rig:
         self._register()
         if self.opt.collector:
             await self._start_collector()
+        if self.opt.collector_procs:
+            await self._start_collector_procs()
         nodes_dir = os.path.join(self.dir, "nodes")
         for n in self.topo.nodes:
             if n.is_gateway:  # each gateway's access point, before the gateway boots
@@ -539,6 +562,8 @@ class Rig:
                 await asyncio.wait_for(self.collector_task, 15)
             except (asyncio.TimeoutError, Exception) as e:  # noqa: BLE001 - shutting down
                 self.log("rig: collector stop: %s" % (e,))
+        for cp in self.collectors:  # by PID: SIGTERM (they flush and let go), SIGKILL if they hang
+            await asyncio.to_thread(cp.stop)
         if self.broker is not None:
             await asyncio.to_thread(self.broker.stop)
         if self.medium is not None:
