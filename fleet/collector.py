@@ -107,7 +107,7 @@ class CollectorConfig:
     def __init__(self, batch_rows=5000, flush_interval_s=0.5, log_interval_s=60.0, unknown_recheck_s=10.0,
                  downlink_max_frames=8, key_cache=50000, repair=None, max_unacked=64, clock_tolerance_s=60,
                  revoked_recheck_s=1.0, route_commands=True, key_answer_s=50.0, share=None, lead_retry_s=3.0,
-                 lead_check_s=2.0, journal_take=20000):
+                 lead_check_s=2.0, journal_take=20000, retention_days=0, prune_every_s=3600.0):
         self.batch_rows = int(batch_rows)
         self.flush_interval_s = float(flush_interval_s)
         self.log_interval_s = float(log_interval_s)
@@ -130,6 +130,10 @@ class CollectorConfig:
         self.lead_retry_s = float(lead_retry_s)
         self.lead_check_s = float(lead_check_s)
         self.journal_take = int(journal_take)
+        # raw readings older than retention_days (0: kept for ever) are pruned every prune_every_s
+        # by the collector that repairs gaps (the only one, or the group's leader)
+        self.retention_days = int(retention_days)
+        self.prune_every_s = float(prune_every_s)
         if self.batch_rows < 1 or self.flush_interval_s <= 0 or self.downlink_max_frames < 1:
             raise ValueError("batch_rows, flush_interval_s and downlink_max_frames must be positive")
 
@@ -139,6 +143,7 @@ class CollectorConfig:
         Repair settings are RepairConfig keyword arguments among the overrides."""
         c = home.config.get("collector", {})
         kw = {"batch_rows": c.get("batch_rows", 5000),
+              "retention_days": home.config.get("store", {}).get("retention_days", 0),
               "flush_interval_s": c.get("flush_interval_ms", 500) / 1000.0,
               "route_commands": c.get("route_commands", True)}
         repair_kw = {}
@@ -314,6 +319,7 @@ class Ingest:
         self._lead_tried = None
         self._lead_checked = None
         self._last_take = None
+        self._pruned_at = None
         now = self._now(None)
         self._last_flush = now
         self._known = set(store.node_ids())
@@ -824,6 +830,8 @@ class Ingest:
             self.flush(now)
         if self._shared:
             self._lead(now)
+        if self.cfg.retention_days and self.leading:
+            self._maybe_prune(now)
         if self._shared and self._lease is None:  # another collector repairs
             self._ratelog.tick(now)
             return []
@@ -869,6 +877,22 @@ class Ingest:
         if self._last_take is None or now - self._last_take >= self.cfg.flush_interval_s:
             self._last_take = now
             self._take_journal(now)
+
+    def _maybe_prune(self, now):
+        """Drop raw readings older than the retention, once every prune_every_s (the store keeps
+        the hourly sums; fleet/store)."""
+        if self._pruned_at is not None and now - self._pruned_at < self.cfg.prune_every_s:
+            return
+        self._pruned_at = now
+        try:
+            horizon, dropped = self.store.prune(int(now) - self.cfg.retention_days * 86400)
+        except Exception as e:  # noqa: BLE001 - the store may be down: next time
+            self._ratelog.note("store", f"pruning raw readings failed: {e}", now)
+            return
+        if dropped:
+            log.info("collector: %d raw readings older than %s pruned (retention %d days)", dropped,
+                     time.strftime("%Y-%m-%d", time.gmtime(horizon)), self.cfg.retention_days)
+            self._events.append((int(now), "pruned", None, {"before": horizon, "readings": dropped}))
 
     def _step_down(self, now, why):
         """Stop leading: release the lease and forget the repair state (the next leader, maybe

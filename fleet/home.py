@@ -57,6 +57,9 @@ SCHEMA = {
     "store": {
         # sqlite:///PATH or postgresql://...; empty: the SQLite file fleet.db in the home.
         "url": (str, "", None),
+        # raw readings older than this many days are dropped (by the collector that repairs gaps,
+        # once an hour; PostgreSQL: a whole month at a time); hourly sums stay. 0: keep them all.
+        "retention_days": (int, 0, _range(0, 100000)),
     },
     "collector": {
         "client_id": (str, "redmesh-collector", None),

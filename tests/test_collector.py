@@ -863,3 +863,17 @@ def test_a_flooded_request_is_scoped_to_a_few_hops_beyond_the_node_then_widened(
     ing.flush()
     scopes = [json.loads(e["detail"]).get("scope") for e in store.events(node=1, kind="resend_request")]
     assert scopes == [7, 7, 11, None, None]
+
+
+def test_the_collector_prunes_raw_readings_older_than_the_retention(store):
+    clock = Clock()
+    ing = Ingest(store, Keys(), NET, now_fn=clock, config=CollectorConfig(retention_days=30, prune_every_s=3600))
+    ing.on_message(UP, envelope([telemetry(1, 0, time_s=T0 - 90 * 86400), telemetry(1, 1)]))
+    ing.flush()
+    assert seqs(store, 1) == [0, 1]
+    ing.poll()
+    assert seqs(store, 1) == [1]  # 90 days old: gone; the hourly sums keep it
+    assert [m["n"] for m in store.means(1, "1d", since=T0 - 91 * 86400)] == [1, 1]
+    ing.flush()
+    (ev,) = store.events(kind="pruned")
+    assert json.loads(ev["detail"])["readings"] == 1

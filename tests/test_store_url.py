@@ -239,6 +239,10 @@ def test_postgresql_info_and_migrate_from_the_base_schema(tmp_path, pg_url, pg_c
         c.execute("ALTER TABLE node_state DROP COLUMN epoch")
         c.execute("DROP TABLE journal")
         c.execute("DROP TABLE repair_nodes")
+        c.execute("CREATE TABLE r3 AS SELECT * FROM readings")  # unpartitioned, keyed (node, seq)
+        c.execute("DROP TABLE readings, reading_keys, store_meta")
+        c.execute("ALTER TABLE r3 RENAME TO readings")
+        c.execute("ALTER TABLE readings ADD PRIMARY KEY (node, seq)")
     run = CliRunner().invoke
     home = ["--home", str(tmp_path / "h"), "--store", pg_url]
     r = run(group, ["store", "migrate"] + home)
@@ -332,3 +336,40 @@ def test_postgresql_pooled_stores_share_connections(pg_url):
             assert s.node_ids() == {5}
     assert len(pids) < 3  # connections given back and taken again (the pool may open a second one
     # while its first is still connecting)
+
+
+def test_retention_drops_old_raw_readings_keeps_means_and_refuses_them_later(tmp_path, backend_url):
+    """Issue 11 item 4: raw readings older than the retention go (PostgreSQL: whole month
+    partitions dropped), hourly and daily means stay for ever, and a late resend of a pruned
+    reading is not stored again (counted beyond_retention) - (node, seq) stays once."""
+    jan, feb, mar = 1_704_067_200, 1_706_745_600, 1_709_251_200  # 2024-01-01, -02-01, -03-01 UTC
+    home = FleetHome(str(tmp_path / "home")).with_overrides({"store.url": backend_url})
+    s = home.store(create=True)
+    try:
+        s.add_readings([_r(0, jan + 100, 100), _r(1, jan + 200, 300), _r(2, feb + 100, 200), _r(3, mar + 100, 400),
+                        _r(4, 0, 500)])  # seq 4: a node without a clock yet (time 0)
+        assert s.add_readings([_r(1, jan + 7000, 999)]) == (0, 1)  # a resend re-stamped: still a duplicate
+        if backend_url.startswith("postgresql"):
+            parts = {n for (n,) in s.query("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                                           "WHERE i.inhparent = 'readings'::regclass")}
+            assert {"readings_p202401", "readings_p202402", "readings_p202403", "readings_p0", "readings_p9"} <= parts
+        horizon, dropped = s.prune(feb + 86400 * 10)
+        left = [seq for (seq,) in s.query("SELECT seq FROM readings WHERE node = 3 ORDER BY seq")]
+        if backend_url.startswith("postgresql"):  # the months that ended by then: January (and time 0)
+            assert (horizon, dropped, left) == (feb, 3, [2, 3])
+        else:  # up to the instant
+            assert (horizon, dropped, left) == (feb + 86400 * 10, 4, [3])
+        assert [(m["start"], m["n"]) for m in s.means(3, "1d", since=jan, until=mar + 86400)] == \
+            [(jan, 2), (feb, 1), (mar, 1)]  # the means stay
+        assert s.add_readings([_r(0, jan + 100, 100), _r(5, jan + 300, 100)]) == (0, 2)  # older than the horizon
+        assert s.rejects()["beyond_retention"]["count"] == 2
+        assert s.add_readings([_r(6, mar + 200, 100)]) == (1, 0)
+        assert s.prune(feb)[1] == 0  # the horizon never goes back
+    finally:
+        s.close()
+    r = CliRunner().invoke(group, ["store", "prune", "--older-than-days", "1", "--json", "--home", home.path,
+                                   "--store", backend_url])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["readings_dropped"] == len(left) + 1  # all of 2024 is long over
+    r = CliRunner().invoke(group, ["store", "prune", "--older-than-days", "0", "--home", home.path])
+    assert r.exit_code == 2

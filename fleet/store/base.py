@@ -42,7 +42,7 @@ import json
 
 from fleet.errors import FleetError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 READING_FIELDS = (
     "node", "seq", "ts", "rx_ts", "pm1", "pm25", "pm10", "rh", "temp", "n", "flags", "hops", "gateway", "rssi",
@@ -192,6 +192,9 @@ class Store:
         raise NotImplementedError
 
     def lead(self, group):
+        raise NotImplementedError
+
+    def prune(self, before_ts):
         raise NotImplementedError
 
     def summary(self):

@@ -1,9 +1,20 @@
 """The PostgreSQL store backend (psycopg 3): the same tables and semantics as the SQLite store,
 for a store that readers on other hosts share and several collectors write.
 
-- Exactly once per (node, seq): readings has PRIMARY KEY (node, seq) and a batch is inserted with
-  ON CONFLICT (node, seq) DO NOTHING ... RETURNING, so only the rows really stored update
-  node_state and the hourly sums (in the same transaction).
+- Exactly once per (node, seq): readings is partitioned by month of reading time (range on ts,
+  `readings_pYYYYMM`; `readings_p0` before 2020 - a node without a clock yet - and `readings_p9`
+  from 2100 - a clock gone wrong), and a partitioned table's unique keys must hold its partition
+  key, so (node, seq) alone cannot be one:
+  the unpartitioned `reading_keys` (PRIMARY KEY (node, seq), with the reading's ts) is. A batch
+  inserts its keys with ON CONFLICT DO NOTHING ... RETURNING and, in the same statement, only the
+  readings whose key went in; only those update node_state and the hourly sums. (ts cannot serve
+  in the key: a reading of a node without a wall clock is stamped from the gateway's receive time,
+  so a resend of it can carry another ts.) Partitions are made ahead (this month and the next at
+  opening) and on demand, on a connection of their own under an advisory lock.
+- Retention (prune(before_ts)): whole months of raw readings older than the horizon are dropped
+  (DROP TABLE of a partition: no row-by-row delete, no bloat) with their keys; the hourly sums
+  stay for ever. The horizon is kept in store_meta: a reading older than it is not stored again
+  (counted as a reject 'beyond_retention'), so a late resend cannot come back once pruned.
 - A late status never overwrites a newer one: the node_state upsert takes a status frame's
   fields only when its status_seq is above the stored one (the same SQL as SQLite's).
 - Concurrent writers: every batch writes its rows in key order (readings by (node, seq),
@@ -24,6 +35,7 @@ for a store that readers on other hosts share and several collectors write.
 
 Every psycopg error reaches callers as StoreError / StoreBusy, with the URL's password masked.
 """
+import calendar
 import contextlib
 import functools
 import re
@@ -41,6 +53,8 @@ from fleet.store.base import READING_FIELDS, SCHEMA_VERSION, SqlStore, StoreBusy
 BASE_VERSION = 3  # a new store gets _SCHEMA (this version), then _MIGRATIONS[4 ..]
 LOCK_KEY = 0x524D5348  # 'RMSH': the advisory lock taken while creating or migrating the schema
 CONNECT_TIMEOUT_S = 10
+EPOCH_2020 = 1577836800  # readings stamped before it (no clock yet) go to readings_p0
+EPOCH_2100 = 4102444800  # and from it on (a clock gone wrong) to readings_p9
 
 _SCHEMA = """
 CREATE TABLE redmesh_schema (
@@ -135,19 +149,52 @@ _MIGRATIONS = {
         "CREATE TABLE repair_nodes (node BIGINT PRIMARY KEY, max_seq BIGINT, min_seq BIGINT, status_seq BIGINT, "
         "boot_count BIGINT, parent BIGINT, fw_version TEXT)",
     )),
+    7: ("readings partitioned by month of reading time; (node, seq) kept once by reading_keys; store_meta", (
+        "ALTER TABLE readings RENAME TO readings_unpartitioned",
+        "CREATE TABLE reading_keys (node BIGINT NOT NULL, seq BIGINT NOT NULL, ts BIGINT NOT NULL, "
+        "PRIMARY KEY (node, seq))",
+        "INSERT INTO reading_keys SELECT node, seq, ts FROM readings_unpartitioned",
+        "CREATE INDEX reading_keys_ts ON reading_keys (ts)",
+        "CREATE TABLE readings (node BIGINT NOT NULL, seq BIGINT NOT NULL, ts BIGINT NOT NULL, rx_ts BIGINT, "
+        "pm1 BIGINT, pm25 BIGINT, pm10 BIGINT, rh BIGINT, temp BIGINT, n BIGINT, flags BIGINT, hops BIGINT, "
+        "gateway BIGINT, rssi BIGINT, PRIMARY KEY (node, seq, ts)) PARTITION BY RANGE (ts)",
+        f"CREATE TABLE readings_p0 PARTITION OF readings FOR VALUES FROM (MINVALUE) TO ({EPOCH_2020})",
+        f"CREATE TABLE readings_p9 PARTITION OF readings FOR VALUES FROM ({EPOCH_2100}) TO (MAXVALUE)",
+        "CREATE TABLE store_meta (key TEXT PRIMARY KEY, value BIGINT)",
+        lambda store: store._partitions_for(
+            [m for (m,) in store.db.execute("SELECT DISTINCT ts FROM readings_unpartitioned").fetchall()]),
+        "INSERT INTO readings SELECT * FROM readings_unpartitioned",
+        "DROP TABLE readings_unpartitioned",
+    )),
 }
 
-TABLES = ("nodes", "readings", "hourly", "node_state", "gaps", "events", "rejects", "command_counters",
-          "journal", "repair_nodes")
+TABLES = ("nodes", "readings", "reading_keys", "hourly", "node_state", "gaps", "events", "rejects",
+          "command_counters", "journal", "repair_nodes", "store_meta")
 
 
 # A batch in one statement: one bigint array per column (sent in binary), unnested into rows (a
 # fixed, small statement: psycopg parses and the server plans it once, whatever the batch size).
 _INSERT_READINGS = (
-    f"INSERT INTO readings ({', '.join(READING_FIELDS)}) SELECT * FROM unnest("
+    "WITH r AS (SELECT DISTINCT ON (node, seq) * FROM unnest("
     + ", ".join(["%b::bigint[]"] * len(READING_FIELDS))
-    + ") ON CONFLICT (node, seq) DO NOTHING RETURNING node, seq, ts, pm1, pm25, pm10, rh, temp"
+    + f") AS r ({', '.join(READING_FIELDS)})), "
+    "k AS (INSERT INTO reading_keys (node, seq, ts) SELECT node, seq, ts FROM r ORDER BY node, seq "
+    "ON CONFLICT (node, seq) DO NOTHING RETURNING node, seq) "
+    f"INSERT INTO readings ({', '.join(READING_FIELDS)}) SELECT r.* FROM r JOIN k USING (node, seq) "
+    "RETURNING node, seq, ts, pm1, pm25, pm10, rh, temp"
 )
+
+
+def month_start(ts):
+    """The first second (UTC) of the month holding unix time `ts` (>= 2020)."""
+    t = time.gmtime(ts)
+    return calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0))
+
+
+def next_month(start):
+    t = time.gmtime(start)
+    y, m = (t.tm_year + 1, 1) if t.tm_mon == 12 else (t.tm_year, t.tm_mon + 1)
+    return calendar.timegm((y, m, 1, 0, 0, 0))
 _VALUES = re.compile(r"VALUES \((\?(?:,\s*\?)*)\)")
 
 
@@ -299,6 +346,7 @@ class PostgresStore(SqlStore):
         self._depth = 0
         self._insert_sql = {}
         self._state_sql = {}
+        self._months = None
         self.db = _Db(self)
         try:
             self._connect()
@@ -308,6 +356,12 @@ class PostgresStore(SqlStore):
                 self._opened_at_version = self._setup()
                 if pooled:
                     _ready.add(url)
+            if not pooled:  # a writer: this month's partition and the next are there before they are needed
+                self._months = self._known_months()
+                now = month_start(max(time.time(), EPOCH_2020))
+                want = {now, next_month(now)} - self._months
+                if want:
+                    self._ensure_partitions(want)
         except psycopg.Error as e:
             self.close()
             raise self._error(e, "open") from None
@@ -409,7 +463,10 @@ class PostgresStore(SqlStore):
             for v in range(start + 1, SCHEMA_VERSION + 1):
                 description, statements = _MIGRATIONS[v]
                 for stmt in statements:
-                    self.db.execute(stmt)
+                    if callable(stmt):
+                        stmt(self)
+                    else:
+                        self.db.execute(stmt)
                 self.db.execute("INSERT INTO redmesh_schema VALUES (?, ?, ?)", (v, int(time.time()), description))
         return found
 
@@ -450,8 +507,89 @@ class PostgresStore(SqlStore):
 
     # ------------------------------------------------------------------------------ hooks
     def _insert_readings(self, rows):
+        horizon = self._horizon()
+        if horizon:
+            keep = [r for r in rows if r[2] >= horizon]
+            if len(keep) < len(rows):
+                self.count_reject("beyond_retention", int(time.time()), len(rows) - len(keep))
+            rows = keep
+            if not rows:
+                return []
+        starts = {month_start(ts) for ts in {r[2] for r in rows} if EPOCH_2020 <= ts < EPOCH_2100}
+        if self._months is None:
+            self._months = self._known_months()
+        if starts - self._months:
+            self._ensure_partitions(starts)
         cols = [_ints(c) for c in zip(*rows, strict=True)]
         return self._run(_INSERT_READINGS, cols).fetchall()
+
+    # ------------------------------------------------------------------ partitions, retention
+    def _horizon(self):
+        return self._fetch1("SELECT value FROM store_meta WHERE key = 'pruned_before'") or 0
+
+    def _known_months(self):
+        """Month starts of the readings partitions that exist (read from the catalog)."""
+        names = self.db.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'readings'::regclass").fetchall()
+        out = set()
+        for (name,) in names:
+            m = re.fullmatch(r"readings_p(\d{4})(\d{2})", name)
+            if m:
+                out.add(calendar.timegm((int(m.group(1)), int(m.group(2)), 1, 0, 0, 0)))
+        return out
+
+    def _partitions_for(self, times):
+        """Create (inside the caller's transaction) the month partitions holding `times`."""
+        for start in sorted({month_start(t) for t in times if EPOCH_2020 <= t < EPOCH_2100} - self._known_months()):
+            self._create_partition(self.db, start)
+
+    @staticmethod
+    def _create_partition(db, start):
+        t = time.gmtime(start)
+        db.execute(f"CREATE TABLE IF NOT EXISTS readings_p{t.tm_year:04d}{t.tm_mon:02d} PARTITION OF readings "
+                   f"FOR VALUES FROM ({int(start)}) TO ({next_month(start)})")
+
+    def _ensure_partitions(self, starts):
+        """Make the month partitions `starts` that do not exist, on a connection of their own
+        (creating one locks the parent table; never while this connection's transaction holds
+        locks on it), one creator at a time (advisory lock)."""
+        with psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
+                             application_name="redmesh-partitions") as conn:
+            conn.execute("SET lock_timeout = '20s'")
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s, 1)", (LOCK_KEY,))
+                for start in sorted(starts):
+                    self._create_partition(conn, start)
+        self._months |= set(starts)
+
+    def prune(self, before_ts):
+        """Drop raw readings older than `before_ts`, a whole month at a time (the months that
+        end by then), with their keys; hourly sums stay. Returns (horizon, readings dropped):
+        readings older than the horizon are not stored any more."""
+        dropped = 0
+        with self.transaction():
+            self.db.execute("SELECT pg_advisory_xact_lock(?, 1)", (LOCK_KEY,))
+            horizon = self._horizon()
+            for start in sorted(self._known_months()):
+                end = next_month(start)
+                if end > before_ts:
+                    continue
+                t = time.gmtime(start)
+                name = f"readings_p{t.tm_year:04d}{t.tm_mon:02d}"
+                dropped += self._fetch1(f"SELECT count(*) FROM {name}")  # noqa: S608 - a name we made
+                self.db.execute(f"DROP TABLE {name}")
+                horizon = max(horizon, end)
+            if horizon:
+                p0 = self._fetch1("SELECT count(*) FROM readings_p0")
+                if p0:  # readings without a clock, older than any month kept
+                    dropped += p0
+                    self.db.execute("TRUNCATE readings_p0")
+                self.db.execute("DELETE FROM reading_keys WHERE ts < ?", (horizon,))
+                self.db.execute("INSERT INTO store_meta VALUES ('pruned_before', ?) ON CONFLICT (key) DO UPDATE "
+                                "SET value = greatest(store_meta.value, excluded.value)", (horizon,))
+        self._months = self._known_months()
+        return horizon, dropped
 
     def _upsert_many(self, sql, rows):
         """Every row in one statement (the columns of these upserts are all bigint)."""

@@ -6,12 +6,13 @@ lock another process holds)."""
 import contextlib
 import os
 import sqlite3
+import time
 
 from fleet.store.base import SCHEMA_VERSION, SqlStore, StoreBusy, StoreError, wrap_errors
 
 APPLICATION_ID = 0x524D5348  # 'RMSH': marks a file as a Red Mesh store
 TABLES = ("nodes", "readings", "hourly", "node_state", "gaps", "events", "rejects", "command_counters",
-          "journal", "repair_nodes")
+          "journal", "repair_nodes", "store_meta")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -101,6 +102,10 @@ CREATE TABLE IF NOT EXISTS journal (
     a INTEGER, b INTEGER, c INTEGER,
     detail TEXT
 );
+CREATE TABLE IF NOT EXISTS store_meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER
+);
 CREATE TABLE IF NOT EXISTS repair_nodes (
     node INTEGER PRIMARY KEY,
     max_seq INTEGER, min_seq INTEGER,
@@ -120,6 +125,7 @@ _MIGRATIONS = {
         "CREATE INDEX hourly_hour ON hourly (hour, node, n, pm25_sum)"),
     5: ("ALTER TABLE node_state ADD COLUMN epoch INTEGER",),  # the mesh key epoch a node reports (issue 14)
     6: (),  # journal and repair_nodes (collectors sharing a store): new tables, made by _SCHEMA
+    7: (),  # store_meta (the retention horizon): made by _SCHEMA
 }
 
 
@@ -321,6 +327,34 @@ class SQLiteStore(SqlStore):
                 size += os.path.getsize(self.path + suffix)
         return {"backend": "sqlite", "url": self.url, "schema_version": version,
                 "code_schema_version": SCHEMA_VERSION, "rows": rows, "size_bytes": size}
+
+    def _insert_readings(self, rows):
+        horizon = self.db.execute("SELECT value FROM store_meta WHERE key = 'pruned_before'").fetchone()
+        if horizon:
+            keep = [r for r in rows if r[2] >= horizon[0]]
+            if len(keep) < len(rows):
+                self.count_reject("beyond_retention", int(time.time()), len(rows) - len(keep))
+            rows = keep
+        return super()._insert_readings(rows) if rows else []
+
+    def prune(self, before_ts, chunk=50000):
+        """Delete raw readings older than `before_ts` (hourly sums stay), `chunk` rows per
+        transaction so the collector is never held up long. Returns (horizon, readings
+        deleted): readings older than the horizon are not stored any more."""
+        before_ts = int(before_ts)
+        with self.transaction():
+            self.db.execute("INSERT INTO store_meta VALUES ('pruned_before', ?) ON CONFLICT (key) DO UPDATE "
+                            "SET value = max(store_meta.value, excluded.value)", (before_ts,))
+        deleted = 0
+        while True:
+            with self.transaction():
+                n = self.db.execute("DELETE FROM readings WHERE rowid IN (SELECT rowid FROM readings WHERE ts < ? "
+                                    "LIMIT ?)", (before_ts, chunk)).rowcount
+            deleted += n
+            if n < chunk:
+                break
+        horizon = self.db.execute("SELECT value FROM store_meta WHERE key = 'pruned_before'").fetchone()[0]
+        return horizon, deleted
 
     def lead(self, group):
         """Try to become the repair leader of `group` on this store: return a Lease, or None
