@@ -11,6 +11,11 @@ readings from one of `--nodes` registered nodes, with valid hop and end-to-end t
   live         a publisher process sends the envelopes (QoS 1) through a broker process to
                run_collector() in this process; timed from the first publish to the last reading
                stored. Broker, publisher and collector share this machine's CPUs.
+  shared       issue 11: N collector processes (`--share`: journal, one repair leader) on one
+               PostgreSQL store, each given every Nth envelope as a broker's shared subscription
+               deals them, in-process (no broker: the store's bound); 1 vs 3 members, the ratio.
+               And through mosquitto: N `fleet collect --share` processes draining a backlog of
+               the envelopes published to the group (the broker's share of the bound shows).
   backlog      the envelopes are queued in the collector's persistent session while it is away,
                then it starts and drains them: collector + broker only.
 
@@ -98,6 +103,85 @@ def bench_in_process(home, envs, n_readings, n_frames):
     store.close()
     assert snap["stored"] == n_readings and snap["rejects"] == 0, snap
     return dt
+
+
+def _member(url, home_path, envs, go, out):
+    """One shared collector process of bench_shared: waits for `go`, ingests its envelopes."""
+    home = FleetHome(home_path).with_overrides({"store.url": url})
+    store = home.store()
+    ing = Ingest(store, home.keys(), NET, config=CollectorConfig(batch_rows=10000, share="bench"))
+    for node in store.node_ids():
+        ing._node_hmac(node)
+    topic = uplink_topic(NET, GW)
+    go.wait()
+    t, cpu = time.perf_counter(), time.process_time()
+    for env in envs:
+        ing.on_message(topic, env)
+    ing.close()
+    out.put((time.perf_counter() - t, ing.snapshot()["stored"], time.process_time() - cpu))
+    store.close()
+
+
+def bench_shared(home, url, envs, n_readings, members):
+    """Wall time for `members` processes to store every envelope (dealt round robin)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    go, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_member, args=(url, home.path, envs[i::members], go, out)) for i in range(members)]
+    for p in procs:
+        p.start()
+    time.sleep(1.0)  # every member opened its store and derived its keys
+    busy0 = _cpu_busy()
+    t = time.perf_counter()
+    go.set()
+    results = [out.get(timeout=600) for _ in procs]
+    dt = time.perf_counter() - t
+    busy1 = _cpu_busy()
+    for p in procs:
+        p.join(30)
+    stored = sum(r[1] for r in results)
+    assert stored == n_readings, (stored, n_readings)
+    machine = (busy1[0] - busy0[0]) / max(1e-9, busy1[1] - busy0[1])
+    collectors = sum(r[2] for r in results) / dt / (os.cpu_count() or 1)
+    return dt, machine, collectors
+
+
+def _cpu_busy():
+    """(busy, total) jiffies of all CPUs (/proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    return sum(v) - idle, sum(v)
+
+
+async def bench_share_mosquitto(home, url, envs, n_readings, members, timeout_s=600):
+    """Backlog drained by `members` `fleet collect --share` processes through mosquitto: the
+    envelopes are published first (the members subscribed, then stopped: mosquitto queues for
+    the group's persistent sessions), then the members start; timed to the last reading stored."""
+    from fleet.collector_mqtt import start_collector_process
+
+    bp = start_mosquitto()
+    broker = f"mqtt://127.0.0.1:{bp.port}"
+    args = ["--store", url, "--share", "bench", "--progress-s", "0"]
+    cps = []
+    try:
+        for i in range(members):  # persistent sessions (a client id given), subscribed once
+            cp = await asyncio.to_thread(start_collector_process, home.path, broker, client_id=f"bench-{i}",
+                                         extra_args=args)
+            cps.append(cp)
+        for cp in cps:
+            await asyncio.to_thread(cp.stop)
+        await _run_publisher(bp.port, write_envelopes(envs))
+        t = time.perf_counter()
+        for cp in cps:
+            await asyncio.to_thread(cp.start)
+        await _wait_count(home, n_readings, timeout_s)
+        return time.perf_counter() - t
+    finally:
+        for cp in cps:
+            await asyncio.to_thread(cp.stop)
+        bp.close()
 
 
 # ---- through a broker ------------------------------------------------------------------------
@@ -198,6 +282,7 @@ def main(argv=None):
     ap.add_argument("--brokers", default="amqtt,mosquitto")
     ap.add_argument("--stores", default="sqlite,postgresql",
                     help="store backends (postgresql: a throwaway cluster is started, if installed)")
+    ap.add_argument("--members", type=int, default=3, help="shared collectors on PostgreSQL (0: no shared case)")
     args = ap.parse_args(argv)
     ks = [int(x) for x in args.k.split(",")]
     n_frames = args.envelopes * args.frames
@@ -251,6 +336,36 @@ def _bench_k(args, k, n_frames, stores, cluster):
             shutil.rmtree(home.path, ignore_errors=True)
     if "sqlite" in rates and "postgresql" in rates:
         print(f"  in-process postgresql / sqlite: {rates['postgresql'] / rates['sqlite']:.2f}x (one writer)")
+    if "postgresql" in stores and args.members:
+        shared = {}
+        for m in (1, args.members):
+            url = _store_url("postgresql", cluster)
+            home = make_home(args.nodes, url)
+            try:
+                envs, n_readings = make_envelopes(home, args.envelopes, args.frames, k, args.nodes)
+                dt, machine, mine = bench_shared(home, url, envs, n_readings, m)
+                shared[m] = n_frames / dt
+                print(f"  shared pg x{m:<2d} in-proc {n_frames / dt:9.0f} frames/s {n_readings / dt:9.0f} readings/s"
+                      f"  CPUs busy {machine:.0%} (collectors {mine:.0%}, the rest PostgreSQL)")
+            finally:
+                shutil.rmtree(home.path, ignore_errors=True)
+        print(f"  shared pg {args.members} members / 1: {shared[args.members] / shared[1]:.2f}x")
+        if mosquitto_path() is not None and "mosquitto" in args.brokers:
+            via = {}
+            for m in (1, args.members):
+                url = _store_url("postgresql", cluster)
+                home = make_home(args.nodes, url)
+                try:
+                    envs, n_readings = make_envelopes(home, args.envelopes, args.frames, k, args.nodes)
+                    dt = asyncio.run(bench_share_mosquitto(home, url, envs, n_readings, m))
+                    via[m] = n_frames / dt
+                    print(f"  mosquitto+pg --share x{m:<2d} backlog {n_frames / dt:9.0f} frames/s")
+                except Exception as e:  # noqa: BLE001 - report and go on
+                    print(f"  mosquitto+pg --share x{m}: failed: {type(e).__name__}: {e}")
+                finally:
+                    shutil.rmtree(home.path, ignore_errors=True)
+            if len(via) == 2:
+                print(f"  mosquitto+pg --share {args.members} members / 1: {via[args.members] / via[1]:.2f}x")
     for kind in args.brokers.split(","):
         if kind == "mosquitto" and mosquitto_path() is None:
             print("  mosquitto: not installed, skipped")
