@@ -191,6 +191,8 @@ def bench_scripts(res, quick):
         "ed25519": ("ed25519_bench", ["--runs", "10" if quick else "30"]),
         "mesh": ("mesh_bench", ["--side", "10", "--hours", "1"]),
         "collector": ("collector_bench", ["--envelopes", "200" if quick else "1000"]),
+        # issue 11: one node's 30-day series out of a store of 10 million readings, both backends
+        "series": ("series_bench", ["--readings", "1000000" if quick else "10000000"]),
         "mqtt": ("mqtt_bench", ["--n", "2000" if quick else "5000"]),
         "provision": ("provision_bench", ["--boards", "4"]),
         "heap": ("heap_bench", ["--imports", "--heaps", "123,96"] if quick else
