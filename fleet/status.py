@@ -72,7 +72,7 @@ _NO_INDEX = ((None, None, None), (None, None, None))
 _NO_GAPS = {}
 
 
-def _node_view(r, now_s, stale_after_s, offline_after_s, rh_correction, gap_counts, index_cache):
+def _node_view(r, now_s, stale_after_s, offline_after_s, rh_correction, gap_counts, index_cache, means):
     # Unpacked by position (_ROW_FIELDS order): a name lookup per field costs ~40 % of the time
     # at 100k nodes.
     (node, role, pole, registered_fw, last_heard, last_seq, last_ts, raw, rh, delivered, duplicates, min_seq,
@@ -96,6 +96,7 @@ def _node_view(r, now_s, stale_after_s, offline_after_s, rh_correction, gap_coun
         state = "online" if age_s <= stale_after_s else "stale" if age_s <= offline_after_s else "offline"
         if age_s < 0:  # clock skew between gateway and fleet host
             age_s = 0
+    m = _means(means.get(node), index_cache)
     return {
         "node": node,
         "role": role,
@@ -142,32 +143,38 @@ def _node_view(r, now_s, stale_after_s, offline_after_s, rh_correction, gap_coun
         "epoch": epoch,  # the mesh key epoch its last status reported (None: firmware before 1.2)
         "_expected": expected,
         "_gaps_recovered": gaps.get("recovered", 0) if gaps else 0,
+        "pm25_1h": m[0],
+        "coverage_1h": m[1],
+        "pm25_24h": m[2],
+        "coverage_24h": m[3],
+        "ica_24h": m[4],
+        "aqi_24h": m[5],
+        "aqi_category_24h": m[6],
+        "low_coverage_24h": m[7],
     }
 
 
-_NO_MEANS = {"pm25_1h": None, "coverage_1h": 0.0, "pm25_24h": None, "coverage_24h": 0.0, "ica_24h": None,
-             "aqi_24h": None, "aqi_category_24h": None, "low_coverage_24h": True}
+# pm25_1h, coverage_1h, pm25_24h, coverage_24h, ica_24h, aqi_24h, aqi_category_24h, low_coverage_24h
+_NO_MEANS = (None, 0.0, None, 0.0, None, None, None, True)
 
 
-def _add_means(v, m, index_cache):
+def _means(m, index_cache):
+    """The 1-hour and 24-hour means of a node's (n_1h, sum_1h, n_24h, sum_24h), in _NO_MEANS order."""
     if m is None:
-        v.update(_NO_MEANS)
-        return
+        return _NO_MEANS
     n1, s1, n24, s24 = m
     cov24 = min(1.0, n24 / (24 * EXPECTED_PER_HOUR))
-    v["pm25_1h"] = round(s1 / n1 / 10, 1) if n1 else None
-    v["coverage_1h"] = round(min(1.0, n1 / EXPECTED_PER_HOUR), 3)
-    v["pm25_24h"] = mean = round(s24 / n24 / 10, 1) if n24 else None
-    v["coverage_24h"] = round(cov24, 3)
+    mean = round(s24 / n24 / 10, 1) if n24 else None
     if mean is None:
-        v["ica_24h"] = v["aqi_24h"] = v["aqi_category_24h"] = None
+        ica = aqi = cat = None
     else:
         pm = int(round(mean * 10))
         both = index_cache.get(pm)
         if both is None:
             both = index_cache[pm] = (aqimod.ica_pm25(pm), aqimod.epa_aqi_pm25(pm))
-        v["ica_24h"], v["aqi_24h"], v["aqi_category_24h"] = both[0][2], both[1][0], both[1][2]
-    v["low_coverage_24h"] = cov24 < MIN_COVERAGE
+        ica, aqi, cat = both[0][2], both[1][0], both[1][2]
+    return (round(s1 / n1 / 10, 1) if n1 else None, round(min(1.0, n1 / EXPECTED_PER_HOUR), 3), mean,
+            round(cov24, 3), ica, aqi, cat, cov24 < MIN_COVERAGE)
 
 
 def _sort_key(sort):
@@ -211,9 +218,8 @@ def fleet_status(store, now_s, stale_after_s=300, offline_after_s=1800, nodes=No
     gap_counts = store.gap_counts()
     recent = store.recent_means(now_s, nodes=list(nodes) if nodes else None)
     cache = {}
-    views = [_node_view(r, now_s, stale_after_s, offline_after_s, rh_correction, gap_counts, cache) for r in rows]
-    for v in views:
-        _add_means(v, recent.get(v["node"]), cache)
+    views = [_node_view(r, now_s, stale_after_s, offline_after_s, rh_correction, gap_counts, cache, recent)
+             for r in rows]
     if states:
         wanted = set(states)
         views = [v for v in views if v["state"] in wanted]
