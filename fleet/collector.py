@@ -315,6 +315,7 @@ class Ingest:
         self._runs = {}  # shared: node -> [[first, last, gateway, hops, rx_s]] reading runs of this batch
         self._jrows = []  # shared: status and reply journal rows of this batch
         self._status_seq = {}  # node -> counter of the newest status applied
+        self._lead_replies = {}  # shared, leading: node -> ReplayWindow of the replies applied
         self._lease = None  # shared: the group's repair lease while this collector leads
         self._lead_tried = None
         self._lead_checked = None
@@ -795,7 +796,7 @@ class Ingest:
         # a node's texts come coded (fleet/devstrings.py): stored as the operator reads them
         result = [devstrings.expand(x) if isinstance(x, str) else x for x in f.result]
         if self._shared:
-            self._jrows.append(("y", node, rx_s, None, f.cseq, f.code, None, json.dumps(result)))
+            self._jrows.append(("y", node, rx_s, None, f.cseq, f.code, f.seq, json.dumps(result)))
         else:
             self._apply_reply(node, f.cseq, f.code, result, rx_s, now, self._events)
 
@@ -904,7 +905,7 @@ class Ingest:
             log.warning("collector: no longer leading gap repair of group %r: %s", self.cfg.share, why)
         self._lead_tried = now
         self.tracker = GapTracker(self.cfg.repair)
-        self._last_status, self._status_seq, self._key_asks = {}, {}, {}
+        self._last_status, self._status_seq, self._key_asks, self._lead_replies = {}, {}, {}, {}
         self._routes = SourceRoutes()
 
     def _take_journal(self, now):
@@ -927,6 +928,9 @@ class Ingest:
                     elif kind == "s":
                         self._apply_status(node, a, int(at_s), gw, c, json.loads(detail), events)
                     elif kind == "y":
+                        w = self._window(self._lead_replies, node)  # a replay dealt to another member
+                        if c is not None and w.accept(c) != auth.NEW:
+                            continue
                         self._apply_reply(node, a, b, json.loads(detail), int(at_s), now, events)
                 gaps = tr.take_dirty()
                 ids = store.write_gaps([g.row() for g in gaps], now) if gaps else []

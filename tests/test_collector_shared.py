@@ -264,3 +264,18 @@ def test_three_collectors_lossy_channel_leader_killed_every_reading_stored_once(
     for ev in events:
         d = json.loads(ev["detail"])
         assert any(r[0] == ev["node"] and r[1] <= d["last"] and d["first"] <= r[2] for r in gaps), ev
+
+
+def test_a_reply_replayed_to_another_collector_is_applied_once(opener):
+    clock = Clock()
+    a, b = member(opener(), clock), member(opener(), clock)
+    a.poll()
+    b.poll()
+    fb = reply(4, 7, 3, 0, [1, 2])
+    a.on_message(UP, envelope([fb]))
+    b.on_message(UP, envelope([fb], eseq=2))  # the same frame, replayed, dealt to the other member
+    for ing in (a, b):
+        ing.flush()
+    clock.t += 1
+    a.poll()
+    assert [e["kind"] for e in a.store.events(node=4)] == ["reply"]
