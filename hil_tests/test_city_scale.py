@@ -72,7 +72,7 @@ def test_three_collectors_on_postgresql_through_kills_and_a_database_outage(rig_
     topo = topo_mod.grid(4, 5, n_gateways=1, seed=11)
     logs = []
     rig = RigHandle(home, topo, RigOptions(broker_kind="mosquitto", collector=False, collector_procs=3,
-                                           offered_interval_s=3, offered_for_s=85, seed=11,
+                                           offered_interval_s=3, offered_for_s=75, seed=11,
                                            repair={"grace_s": 20.0, "retry_s": 15.0}), log=logs.append)
     try:
         t0 = time.time()
@@ -96,8 +96,8 @@ def test_three_collectors_on_postgresql_through_kills_and_a_database_outage(rig_
         pg.resume()
         resume_at = time.time()
         rig.wait_until(lambda: len(_leaders(rig)) == 1, 30, "a collector to lead again after the outage")
-        # the offered load ends ~85 s after boot; then every reading the nodes made must be stored
-        time.sleep(max(0.0, t0 + 95 - time.time()))
+        # the offered load ends ~75 s after boot; then every reading the nodes made must be stored
+        time.sleep(max(0.0, t0 + 85 - time.time()))
         made = made_by_node({n: p.log_path for n, p in rig.rig.nodes.items()})
 
         def settled():
