@@ -337,35 +337,32 @@ def _bench_k(args, k, n_frames, stores, cluster):
     if "sqlite" in rates and "postgresql" in rates:
         print(f"  in-process postgresql / sqlite: {rates['postgresql'] / rates['sqlite']:.2f}x (one writer)")
     if "postgresql" in stores and args.members:
-        shared = {}
-        for m in (1, args.members):
-            url = _store_url("postgresql", cluster)
-            home = make_home(args.nodes, url)
-            try:
-                envs, n_readings = make_envelopes(home, args.envelopes, args.frames, k, args.nodes)
-                dt, machine, mine = bench_shared(home, url, envs, n_readings, m)
-                shared[m] = n_frames / dt
-                print(f"  shared pg x{m:<2d} in-proc {n_frames / dt:9.0f} frames/s {n_readings / dt:9.0f} readings/s"
-                      f"  CPUs busy {machine:.0%} (collectors {mine:.0%}, the rest PostgreSQL)")
-            finally:
-                shutil.rmtree(home.path, ignore_errors=True)
-        print(f"  shared pg {args.members} members / 1: {shared[args.members] / shared[1]:.2f}x")
+        def in_proc(home, url, envs, n_readings, m):
+            dt, machine, mine = bench_shared(home, url, envs, n_readings, m)
+            return dt, f"  CPUs busy {machine:.0%} (collectors {mine:.0%}, the rest PostgreSQL)"
+
+        def via_broker(home, url, envs, n_readings, m):
+            return asyncio.run(bench_share_mosquitto(home, url, envs, n_readings, m)), ""
+
+        cases = [("shared pg in-process", in_proc)]
         if mosquitto_path() is not None and "mosquitto" in args.brokers:
-            via = {}
+            cases.append(("mosquitto+pg --share backlog", via_broker))
+        for label, run in cases:
+            rate = {}
             for m in (1, args.members):
                 url = _store_url("postgresql", cluster)
                 home = make_home(args.nodes, url)
                 try:
                     envs, n_readings = make_envelopes(home, args.envelopes, args.frames, k, args.nodes)
-                    dt = asyncio.run(bench_share_mosquitto(home, url, envs, n_readings, m))
-                    via[m] = n_frames / dt
-                    print(f"  mosquitto+pg --share x{m:<2d} backlog {n_frames / dt:9.0f} frames/s")
-                except Exception as e:  # noqa: BLE001 - report and go on
-                    print(f"  mosquitto+pg --share x{m}: failed: {type(e).__name__}: {e}")
+                    dt, extra = run(home, url, envs, n_readings, m)
+                    rate[m] = n_frames / dt
+                    print(f"  {label} x{m:<2d} {n_frames / dt:9.0f} frames/s {n_readings / dt:9.0f} readings/s{extra}")
+                except Exception as e:  # noqa: BLE001 - report and go on with the other cases
+                    print(f"  {label} x{m}: failed: {type(e).__name__}: {e}")
                 finally:
                     shutil.rmtree(home.path, ignore_errors=True)
-            if len(via) == 2:
-                print(f"  mosquitto+pg --share {args.members} members / 1: {via[args.members] / via[1]:.2f}x")
+            if len(rate) == 2:
+                print(f"  {label}: {args.members} members / 1 = {rate[args.members] / rate[1]:.2f}x")
     for kind in args.brokers.split(","):
         if kind == "mosquitto" and mosquitto_path() is None:
             print("  mosquitto: not installed, skipped")

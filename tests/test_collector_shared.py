@@ -13,8 +13,8 @@ from test_collector import (
     NODES,
     UP,
     Clock,
-    FakeNode,
     Keys,
+    LossyChannel,
     envelope,
     gap_rows,
     nkey,
@@ -199,28 +199,10 @@ def test_three_collectors_lossy_channel_leader_killed_every_reading_stored_once(
     clock = Clock()
     members = [member(opener(), clock, grace_s=5, retry_s=3, retry_max_s=10, follow_s=1, max_attempts=8,
                       max_outstanding=4, max_outstanding_node=1) for _ in range(3)]
-    nodes = {n: FakeNode(n, 10000) for n in NODES}
-    in_flight = []
-    sent = {"requests": 0}
-
-    def send(frames, reliable=False):
-        for fb in frames:
-            if not reliable and rnd.random() < 0.25:
-                continue
-            for _ in range(1 if reliable or rnd.random() > 0.1 else 2):
-                in_flight.append((clock.t + rnd.choice((0, 0, 1, 2, 4)), fb))
-
-    for n in nodes.values():
-        send(n.produce(1), reliable=True)
+    ch = LossyChannel(rnd, clock, 10000)
     kills = {120: 0, 260: 0}
     for step in range(700):
-        clock.t += 1
-        if step < 150:
-            for n in nodes.values():
-                send(n.produce(rnd.randint(1, 3)))
-        elif step == 150:
-            for n in nodes.values():
-                send(n.produce(1), reliable=True)
+        envelopes = ch.tick(step)
         if step in kills:
             leader = next(m for m in members if m.leading)
             crash(leader)
@@ -228,39 +210,30 @@ def test_three_collectors_lossy_channel_leader_killed_every_reading_stored_once(
                                                     follow_s=1, max_attempts=8, max_outstanding=4,
                                                     max_outstanding_node=1)
             kills[step] = 1
-        due = [fb for t, fb in in_flight if t <= clock.t]
-        in_flight = [(t, fb) for t, fb in in_flight if t > clock.t]
-        rnd.shuffle(due)
-        for i in range(0, len(due), 7):
-            rnd.choice(members).on_message(UP, envelope(due[i:i + 7]))
+        for payload in envelopes:
+            rnd.choice(members).on_message(UP, payload)  # the broker deals each to one member
         for m in members:
             out = m.poll()
             assert not out or m.leading
-            for _topic, payload in out:
-                for fb in protocol.decode(payload).frames:
-                    cmd = protocol.decode(fb, MESH, nkey(protocol.decode(fb).target))
-                    sent["requests"] += 1
-                    if rnd.random() < 0.2:
-                        continue
-                    send(nodes[cmd.target].answer(cmd))
+            ch.answer(out)
     for m in members:
         m.close()
     store = members[0].store
     assert all(kills.values())
     assert [r for r in gap_rows(store) if r[3] != "recovered"] == []
-    for n, fake in nodes.items():
+    for n, fake in ch.nodes.items():
         stored = seqs(store, n)
         assert stored == list(range(fake.next_seq)), n  # every one, once
     gaps = gap_rows(store)
     retries = sum(r[4] for r in gaps)
     events = store.events(kind="resend_request", limit=100000)
-    print(f"seed {seed}: {len(gaps)} gaps, {retries} requests recorded on them, {sent['requests']} sent, "
+    print(f"seed {seed}: {len(gaps)} gaps, {retries} requests recorded on them, {ch.commands} sent, "
           f"{len(events)} resend_request events")
     assert gaps, "no frame was lost: the test proves nothing"
     # every request is recorded, but those of a killed leader not yet committed (its batch died
     # with it: at most its outstanding requests), and each asked for a real gap: one the gap rows
     # hold (no collector took another's readings for a gap)
-    assert sent["requests"] - len(kills) * 4 <= len(events) <= sent["requests"]
+    assert ch.commands - len(kills) * 4 <= len(events) <= ch.commands
     for ev in events:
         d = json.loads(ev["detail"])
         assert any(r[0] == ev["node"] and r[1] <= d["last"] and d["first"] <= r[2] for r in gaps), ev
