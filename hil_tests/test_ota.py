@@ -74,7 +74,7 @@ def _ota_air_bytes(capture_path):
     return total
 
 
-def _update_all(make_rig, tmp_path, topo, timeout_s, kill_mid=False):
+def _update_all(make_rig, tmp_path, topo, timeout_s, kill_mid=False, telemetry_min=None):
     home = _home(tmp_path)
     cap = str(tmp_path / "capture.jsonl")
     rig = make_rig(topo, ota=True, ota_settings=OTA_FAST, offered_interval_s=5, capture_path=cap, seed=7)
@@ -122,13 +122,19 @@ def _update_all(make_rig, tmp_path, topo, timeout_s, kill_mid=False):
         assert kept >= had - 1  # at most the page being written is dropped, the rest resume
     air = _ota_air_bytes(cap)
     image = info["image_bytes"] + info["manifest_bytes"]
-    time.sleep(10)
-    after = delivery_report(home)
     print("OTA bytes on air %d for a %d-byte bundle: %.1f per byte (%d nodes)" % (air, image, air / image,
                                                                                   len(topo.nodes)))
+    # the share of the readings made during the campaign that were stored, given up to 10 s for
+    # those sent near its end to land when the test holds it to telemetry_min (the line is not)
+    end = time.monotonic() + (10 if telemetry_min is not None else 0)
+    while True:
+        after = delivery_report(home)
+        issued = after["issued"] - before["issued"]
+        stored = after["readings"] - before["readings"]
+        if telemetry_min is None or (issued and stored / issued >= telemetry_min) or time.monotonic() >= end:
+            break
+        time.sleep(1)
     print("telemetry before: %s\nafter: %s" % (before, after))
-    issued = after["issued"] - before["issued"]
-    stored = after["readings"] - before["readings"]
     print("telemetry during the campaign: %d of %d readings issued were stored (%.1f %%)"
           % (stored, issued, 100.0 * stored / issued if issued else 0.0))
     return rig, took_s, air / image, (stored / issued if issued else 0.0)
@@ -149,13 +155,14 @@ def test_6_node_line_updates_v1_to_v2_and_killed_node_resumes(make_rig, needs_vi
 def test_25_node_grid_updates_v1_to_v2(make_rig, needs_virtual_rig, tmp_path):
     """Slow on a 2-core machine (25 MicroPython processes and the campaign's waves)."""
     topo = topo_mod.grid(5, 5, n_gateways=1, seed=3)
-    _rig, took_s, ratio, telemetry = _update_all(make_rig, tmp_path, topo, 800)
+    share = 0.75  # of the readings made during the campaign, stored by its end (see below)
+    _rig, took_s, ratio, telemetry = _update_all(make_rig, tmp_path, topo, 800, telemetry_min=share)
     print("25-node grid updated in %.0f s; %.1f bytes on air per bundle byte" % (took_s, ratio))
     # OTA is rate-limited so telemetry keeps flowing: most readings made during the campaign are
     # stored by its end (97-99 % measured here; backlog drain and gap repair bring the rest
     # later). The 6-node line is not held to this: its relays reboot into v2 one after another
     # and cut off everything behind them for a while each time.
-    assert telemetry >= 0.75, telemetry
+    assert telemetry >= share, telemetry
 
 
 def _publish(rig, payloads):

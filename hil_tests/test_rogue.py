@@ -50,8 +50,12 @@ def test_a_stolen_pole_swallows_readings_until_revoked_and_rotated_out(make_rig,
     rogue = Rogue(stolen, node.mac, ks.mesh_key(0), ks.node_key(stolen), med.port_for(stolen), med.port,
                   forged_origin=honest[-1], ids={n.mac: n.id for n in topo.nodes}).start()
     try:
-        time.sleep(30)
-        harm = rogue.stats()
+        def harmed():  # the harm asserted below, as soon as it shows (within the 30 s it had)
+            harm = rogue.stats()
+            ok = harm["children"] and harm["readings_swallowed"] > 0 and _rejects(rig).get("bad_tag", 0) > 0
+            return harm if ok else (False, harm, _rejects(rig))
+
+        harm = rig.wait_until(harmed, 30, "the rogue to attract a route, swallow readings and have a forgery refused")
         print("before the rotation:", json.dumps(harm))
         # the harm, measured: routes attracted and readings swallowed
         assert harm["children"] and harm["readings_swallowed"] > 0, harm
