@@ -52,7 +52,7 @@ _BACKOFF_MAX_S = 30.0
 _TICK_S = 0.1
 _PUBLISH_TIMEOUT_S = 10.0
 _SESSION_EXPIRY_S = 86400  # a shared member's persistent session (an explicit client id)
-_GROUP_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+GROUP_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def parse_broker_url(url):
@@ -125,7 +125,7 @@ async def run_collector(home, broker_url=None, stop_event=None, *, net_id=None, 
     config = config or CollectorConfig.from_home(home)
     share = config.share
     if share is not None:
-        if not _GROUP_RE.fullmatch(share):
+        if not GROUP_RE.fullmatch(share):
             raise FleetError(f"--share {share!r}: a group name is 1-64 letters, digits, '-' or '_'")
         if not explicit_id:
             client_id = f"{client_id}-{socket.gethostname()}-{os.getpid()}"

@@ -754,6 +754,8 @@ def test_collect_cli_errors_say_what_to_do(tmp_path):
     assert not os.path.exists(tmp_path / "h" / "fleet.db")
     r = CliRunner().invoke(group, ["collect", "--home", str(tmp_path / "h"), "--broker", "ws://x"])
     assert r.exit_code == 1 and "mqtt://HOST:PORT" in r.output
+    r = CliRunner().invoke(group, ["collect", "--home", str(tmp_path / "h"), "--share", "city/+"])
+    assert r.exit_code == 2 and "a group name is" in r.output  # a topic filter's characters: usage
     assert parse_broker_url("mqtt://10.0.0.2:1884") == ("10.0.0.2", 1884)
     assert parse_broker_url("localhost") == ("localhost", 1883)
     assert parse_broker_url("tcp://h:1") == ("h", 1)

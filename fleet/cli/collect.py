@@ -16,6 +16,14 @@ from fleet.cli._options import BoundedFloat, home_option, store_option
 from fleet.errors import FleetError
 
 
+def _group(v):
+    from fleet.collector_mqtt import GROUP_RE
+
+    if v is not None and not GROUP_RE.fullmatch(v):
+        raise click.BadParameter("a group name is 1-64 letters, digits, '-' or '_'")
+    return v
+
+
 @click.command(cls=FleetCommand)
 @click.option("--broker", metavar="URL", help="MQTT broker, mqtt://HOST:PORT (default: broker.url in fleet.toml).")
 @click.option("--net", "net_id", type=click.IntRange(0, 0xFFFFFFFF), metavar="N",
@@ -31,7 +39,7 @@ from fleet.errors import FleetError
               help="Requests without progress before a gap is marked lost (default 5).")
 @click.option("--max-outstanding", type=click.IntRange(1), metavar="N",
               help="Resend requests in flight at most, fleet-wide (default 64).")
-@click.option("--share", metavar="GROUP",
+@click.option("--share", metavar="GROUP", callback=lambda _c, _p, v: _group(v),
               help="Share the load with other collectors of GROUP on one store (PostgreSQL): MQTT 5 shared "
                    "subscription; one of them at a time repairs gaps.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final totals as JSON on stdout.")
