@@ -38,6 +38,12 @@ Theory of operation
   stored, and no resend command is sent to them (counted in stats.commands_withheld).
 - Gaps in each node's reading counters are tracked by fleet/repair.py; `poll()` turns due gaps
   into OP_RESEND commands (authenticated with the node's key, counter from store.next_cseq).
+- Several collectors on one store (`CollectorConfig.share` = GROUP): each stores what it is
+  dealt and journals what gap repair must see (reading runs, status reports, replies) in the
+  same transaction; the holder of the group's lease (`store.lead`) takes the committed journal,
+  applies it to the one gap tracker and writes gaps, its per-node view and events in the same
+  transaction (`_take_journal`); only it sends commands. A new leader loads the view (`_load`).
+- Retention (`retention_days`): the repairing collector prunes raw readings once an hour.
 - Downward routes (RPL non-storing mode): the parent in each node's newest status report is
   kept; a resend request's first attempt goes down the source route compiled from those parents
   (protocol/routed.py `compile_path`), as a Routed frame to the gateway at its root, which
