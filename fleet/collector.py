@@ -742,7 +742,6 @@ class Ingest:
             return
         w.update(f.seq)
         b = f.body
-        self._hops[node] = f.hops
         self.stats.status += 1
         self._status[node] = (rx_s, {
             "fw_version": b.fw_version, "fw_seq": b.fw_seq, "uptime_s": b.uptime_s, "heap_free": b.heap_free,
@@ -1155,9 +1154,10 @@ class Ingest:
     def has_pending(self):
         """True while something received is not yet committed to the store (rows, states,
         reject counts, events, gap changes): an MQTT message may be acknowledged only when False."""
+        held = self._rows or self._status or self._rejects or self._events
         if self._shared:  # gap changes are the leader's, committed with the journal rows it takes
-            return bool(self._rows or self._status or self._rejects or self._events or self._runs or self._jrows)
-        return bool(self._rows or self._status or self._rejects or self._events or self.tracker.has_dirty())
+            return bool(held or self._runs or self._jrows)
+        return bool(held or self.tracker.has_dirty())
 
     def close(self, now_s=None):
         """Flush what is pending (call at shutdown) and let go of the repair lease. Returns

@@ -116,7 +116,7 @@ def test_three_collectors_on_postgresql_through_kills_and_a_database_outage(rig_
                          int(resume_at) - 3)
         held_in_gaps = [(n, s) for n, s in held
                         if any(g[0] == n and g[1] <= s <= g[2] for g in gaps)]
-        taken = sum(int(_log(c).count(LEADING)) for c in members)
+        taken = sum(_log(c).count(LEADING) for c in members)
         print(f"3 collectors: one SIGKILLed, then the leader (failover {failover_s:.1f} s), database down 30 s; "
               f"{len(gaps)} real gaps ({sum(g[4] for g in gaps)} requests on them), {len(requests)} resend "
               f"requests sent; leases taken {taken}; readings made while the database was down {len(held)}, "
