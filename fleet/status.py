@@ -69,10 +69,11 @@ _ROW_FIELDS = (
 _NO_INDEX = ((None, None, None), (None, None, None))
 
 
-_NO_GAPS = {}
 
-
-def _node_view(r, now_s, stale_after_s, offline_after_s, rh_correction, gap_counts, index_cache, means):
+def _node_row(r, now_s, stale_after_s, offline_after_s, rh_correction, gap_counts, index_cache, means):
+    """A node's view as a tuple in NODE_KEYS order, then (expected, gaps recovered) for the
+    summary. A tuple, not a dict: at 100,000 nodes a 56-key dict per node costs ~0.3 s, and the
+    table never needs one (the JSON makes them: _as_dicts)."""
     # Unpacked by position (_ROW_FIELDS order): a name lookup per field costs ~40 % of the time
     # at 100k nodes.
     (node, role, pole, registered_fw, last_heard, last_seq, last_ts, raw, rh, delivered, duplicates, min_seq,
@@ -87,7 +88,7 @@ def _node_view(r, now_s, stale_after_s, offline_after_s, rh_correction, gap_coun
         if both is None:
             both = index_cache[pm] = (aqimod.ica_pm25(pm), aqimod.epa_aqi_pm25(pm))
         ica, epa = both
-    gaps = gap_counts.get(node, _NO_GAPS)
+    gaps = gap_counts.get(node)
     expected = (last_seq - min_seq + 1) if last_seq is not None and min_seq is not None else 0
     if last_heard is None:
         state, age_s = "never", None
@@ -96,62 +97,47 @@ def _node_view(r, now_s, stale_after_s, offline_after_s, rh_correction, gap_coun
         state = "online" if age_s <= stale_after_s else "stale" if age_s <= offline_after_s else "offline"
         if age_s < 0:  # clock skew between gateway and fleet host
             age_s = 0
-    m = _means(means.get(node), index_cache)
-    return {
-        "node": node,
-        "role": role,
-        "pole": pole,
-        "state": state,
-        "firmware": fw_version or registered_fw,
-        "fw_seq": fw_seq,
-        "pm25": None if pm is None else pm / 10,  # int / 10 prints with one decimal
-        "pm25_raw": None if raw is None else raw / 10,
-        "rh": rh,
-        "ica": ica[2],
-        "ica_index": ica[0],
-        "ica_level": ica[1],
-        "aqi": epa[0],
-        "aqi_category": epa[2],
-        "aqi_level": epa[1],
-        "hops": hops,
-        "parent": parent,
+    m = means.get(node)
+    return (
+        node, role, pole, state,
+        fw_version or registered_fw,  # firmware
+        fw_seq,
+        None if pm is None else pm / 10,  # pm25: int / 10 prints with one decimal
+        None if raw is None else raw / 10,  # pm25_raw
+        rh,
+        ica[2], ica[0], ica[1],  # ica, ica_index, ica_level
+        epa[0], epa[2], epa[1],  # aqi, aqi_category, aqi_level
+        hops, parent,
         # ETX and path cost travel in tenths (protocol: beacon cost); shown as ratios.
-        "link_etx": None if link_etx is None else link_etx / 10,
-        "path_cost": None if path_cost is None else path_cost / 10,
-        "rssi": rssi,
-        "uptime_s": uptime_s,
-        "heap_free": heap_free,
-        "backlog": backlog,
-        "boot_count": boot_count,
-        "gateway": gateway,
-        "last_heard": last_heard,
-        "age_s": age_s,
-        "last_reading_ts": last_ts,
-        "last_seq": last_seq,
-        "delivered": delivered or 0,
-        "duplicates": duplicates or 0,
-        "delivery_ratio": round(delivered / expected, 4) if expected else None,
-        "gaps": gaps.get("open", 0) + gaps.get("requested", 0) if gaps else 0,
-        "gaps_lost": gaps.get("lost", 0) if gaps else 0,
-        "ota_state": ota_state,
-        "ota_progress": ota_progress,
+        None if link_etx is None else link_etx / 10,
+        None if path_cost is None else path_cost / 10,
+        rssi, uptime_s, heap_free, backlog, boot_count, gateway, last_heard, age_s,
+        last_ts,  # last_reading_ts
+        last_seq,
+        delivered or 0,
+        duplicates or 0,
+        round(delivered / expected, 4) if expected else None,  # delivery_ratio
+        gaps.get("open", 0) + gaps.get("requested", 0) if gaps else 0,  # gaps
+        gaps.get("lost", 0) if gaps else 0,  # gaps_lost
+        ota_state, ota_progress,
         # lowest free heap the node saw, the ESP-NOW frames its receive buffer dropped and the
         # readings it had to discard, since its last boot (None: not reported, firmware 1.0)
-        "heap_min": heap_min,
-        "radio_drops": radio_drops,
-        "readings_lost": readings_lost,
-        "epoch": epoch,  # the mesh key epoch its last status reported (None: firmware before 1.2)
-        "_expected": expected,
-        "_gaps_recovered": gaps.get("recovered", 0) if gaps else 0,
-        "pm25_1h": m[0],
-        "coverage_1h": m[1],
-        "pm25_24h": m[2],
-        "coverage_24h": m[3],
-        "ica_24h": m[4],
-        "aqi_24h": m[5],
-        "aqi_category_24h": m[6],
-        "low_coverage_24h": m[7],
-    }
+        heap_min, radio_drops, readings_lost,
+    ) + (_NO_MEANS if m is None else _means(m, index_cache)) + (
+        epoch,  # the mesh key epoch its last status reported (None: firmware before 1.2)
+        expected, gaps.get("recovered", 0) if gaps else 0)
+
+
+# Positions in a node row (NODE_KEYS order).
+COL = {k: i for i, k in enumerate(NODE_KEYS)}
+_STATE, _EPOCH, _NODE = COL["state"], COL["epoch"], COL["node"]
+_N = len(NODE_KEYS)
+
+
+def _as_dicts(rows):
+    """The node rows as dicts with NODE_KEYS (the JSON and the service's `nodes`)."""
+    keys = NODE_KEYS
+    return [dict(zip(keys, t, strict=False)) for t in rows]  # not strict: the 2 summary figures stay out
 
 
 # pm25_1h, coverage_1h, pm25_24h, coverage_24h, ica_24h, aqi_24h, aqi_category_24h, low_coverage_24h
@@ -160,8 +146,6 @@ _NO_MEANS = (None, 0.0, None, 0.0, None, None, None, True)
 
 def _means(m, index_cache):
     """The 1-hour and 24-hour means of a node's (n_1h, sum_1h, n_24h, sum_24h), in _NO_MEANS order."""
-    if m is None:
-        return _NO_MEANS
     n1, s1, n24, s24 = m
     cov24 = min(1.0, n24 / (24 * EXPECTED_PER_HOUR))
     mean = round(s24 / n24 / 10, 1) if n24 else None
@@ -180,19 +164,21 @@ def _means(m, index_cache):
 def _sort_key(sort):
     # Each sort puts first what an operator looks for: highest PM2.5, longest silence
     # (never-heard first), most hops. Unknown values go last; ties by node id.
+    node = _NODE
     if sort == "node":
-        return lambda n: n["node"]
-    if sort == "pm25":
-        return lambda n: (n["pm25"] is None, -(n["pm25"] or 0), n["node"])
+        return lambda n: n[node]
+    if sort in ("pm25", "hops"):
+        i = COL[sort]
+        return lambda n: (n[i] is None, -(n[i] or 0), n[node])
     if sort == "age":
-        return lambda n: (n["age_s"] is not None, -(n["age_s"] or 0), n["node"])
-    if sort == "hops":
-        return lambda n: (n["hops"] is None, -(n["hops"] or 0), n["node"])
+        i = COL["age_s"]
+        return lambda n: (n[i] is not None, -(n[i] or 0), n[node])
     raise FleetError(f"unknown sort {sort!r}; expected one of {', '.join(SORTS)}")
 
 
 def fleet_status(store, now_s, stale_after_s=300, offline_after_s=1800, nodes=None, states=None, gateway=None,
-                 sort="node", reverse=False, aqi="ica", rh_correction="none", limit=None, revoked=None, epoch=0):
+                 sort="node", reverse=False, aqi="ica", rh_correction="none", limit=None, revoked=None, epoch=0,
+                 as_rows=False):
     """Return {'summary': ..., 'nodes': [...]} for the nodes selected by `nodes` (ids),
     `states` (subset of STATES) and `gateway` (last gateway heard through), sorted by `sort`
     (SORTS; `reverse` flips) and cut to `limit` rows (the summary still counts all selected).
@@ -202,7 +188,9 @@ def fleet_status(store, now_s, stale_after_s=300, offline_after_s=1800, nodes=No
     the summary with the count of their frames the collector refused. `epoch`: the mesh key
     epoch in force (`fleet keys rotate`): the summary lists the nodes (not revoked) whose last
     status reported an older one (behind_epoch: they missed a rotation and have not caught up).
-    Raises FleetError on inconsistent arguments."""
+    `as_rows`: {'summary': ..., 'rows': [tuple, ...]} instead of dicts, each tuple NODE_KEYS'
+    values in order, then two figures the summary used (what the table reads; ~0.3 s less at
+    100,000 nodes). Raises FleetError on inconsistent arguments."""
     if stale_after_s >= offline_after_s:
         raise FleetError(f"the stale threshold ({stale_after_s} s) must be below the offline threshold ({offline_after_s} s)")
     if aqi not in aqimod.SCHEMES:
@@ -214,39 +202,44 @@ def fleet_status(store, now_s, stale_after_s=300, offline_after_s=1800, nodes=No
         if s not in STATES:
             raise FleetError(f"unknown state {s!r}; expected some of {', '.join(STATES)}")
 
-    rows = store.status_rows(nodes=list(nodes) if nodes else None, gateway=gateway, fields=_ROW_FIELDS)
+    rows = store.status_rows(nodes=list(nodes) if nodes else None, gateway=gateway, fields=_ROW_FIELDS,
+                             tuples=True)
     gap_counts = store.gap_counts()
     recent = store.recent_means(now_s, nodes=list(nodes) if nodes else None)
     cache = {}
-    views = [_node_view(r, now_s, stale_after_s, offline_after_s, rh_correction, gap_counts, cache, recent)
+    views = [_node_row(r, now_s, stale_after_s, offline_after_s, rh_correction, gap_counts, cache, recent)
              for r in rows]
+    del rows
     if states:
         wanted = set(states)
-        views = [v for v in views if v["state"] in wanted]
+        views = [v for v in views if v[_STATE] in wanted]
 
     counts = {s: 0 for s in STATES}
     firmware = {}
     categories = {}
-    readings = duplicates = expected = gaps = gaps_lost = gaps_recovered = 0
-    cat_key = "ica" if aqi == "ica" else "aqi_category"
     out_of = set(revoked or ())
-    behind = sorted(v["node"] for v in views if v["epoch"] is not None and v["epoch"] < epoch
-                    and v["node"] not in out_of)
-    for v in views:
-        counts[v["state"]] += 1
-        fw = v["firmware"] or "unknown"
+    behind = sorted(v[_NODE] for v in views if v[_EPOCH] is not None and v[_EPOCH] < epoch and v[_NODE] not in out_of)
+    # Column by column: a builtin's loop per figure beats one Python loop over the nodes.
+    for state in (v[_STATE] for v in views):
+        counts[state] += 1
+    for fw in (v[COL["firmware"]] or "unknown" for v in views):
         firmware[fw] = firmware.get(fw, 0) + 1
-        cat = v[cat_key]
+    ci = COL["ica" if aqi == "ica" else "aqi_category"]
+    for cat in (v[ci] for v in views):
         if cat is not None:
             categories[cat] = categories.get(cat, 0) + 1
-        readings += v["delivered"]
-        duplicates += v["duplicates"]
-        expected += v.pop("_expected")
-        gaps += v["gaps"]
-        gaps_lost += v["gaps_lost"]
-        gaps_recovered += v.pop("_gaps_recovered")
 
-    views.sort(key=key, reverse=reverse)
+    def total(i):
+        return sum(v[i] for v in views)
+
+    readings, duplicates, gaps, gaps_lost = (total(COL[k]) for k in ("delivered", "duplicates", "gaps", "gaps_lost"))
+    expected, gaps_recovered = total(_N), total(_N + 1)
+
+    if sort == "node":  # the store returns them in node order
+        if reverse:
+            views.reverse()
+    else:
+        views.sort(key=key, reverse=reverse)
     if limit is not None:
         views = views[:limit]
     rejects = store.rejects()
@@ -276,4 +269,6 @@ def fleet_status(store, now_s, stale_after_s=300, offline_after_s=1800, nodes=No
         "key_epoch": epoch,
         "behind_epoch": behind,
     }
-    return {"summary": summary, "nodes": views}
+    if as_rows:
+        return {"summary": summary, "rows": views}
+    return {"summary": summary, "nodes": _as_dicts(views)}

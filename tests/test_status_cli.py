@@ -232,6 +232,34 @@ def test_service_directly_is_plain_data(home):
     assert json.loads(json.dumps(out)) == out
 
 
+def test_rows_and_dicts_are_one_view(home):
+    """The table reads positional rows (as_rows: no dict per node); the JSON reads dicts. Both
+    come from one builder: the same values under NODE_KEYS, the same table from either, and
+    colour that changes no cell's text or alignment."""
+    import re
+
+    from fleet.cli.status import render
+    store = home.store()
+    try:
+        now = int(time.time())
+        for sort, reverse in (("node", False), ("node", True), ("pm25", False), ("age", True)):
+            kw = {"sort": sort, "reverse": reverse, "revoked": [12], "epoch": 1}
+            dicts = fleet_status(store, now, **kw)
+            rows = fleet_status(store, now, as_rows=True, **kw)
+            assert rows["summary"] == dicts["summary"]
+            assert {len(r) for r in rows["rows"]} == {len(NODE_KEYS) + 2}  # then expected, gaps recovered
+            assert [dict(zip(NODE_KEYS, r[:-2], strict=True)) for r in rows["rows"]] == dicts["nodes"]
+            for aqi in ("ica", "epa"):
+                plain = render(rows, aqi)
+                assert render(dicts, aqi) == plain
+                coloured = render(rows, aqi, colour=True)
+                assert coloured != plain and re.sub(r"\x1b\[[0-9;]*m", "", coloured) == plain
+    finally:
+        store.close()
+    lines = plain.splitlines()
+    assert len(lines) == 2 + 7 and "REVOKED" in next(ln for ln in lines if ln.split()[:1] == ["12"])
+
+
 # ------------------------------------------------------------------------ fleet readings
 
 def test_readings_csv(home):

@@ -21,30 +21,40 @@ def want_colour(stream=None):
 
 def format_table(columns, rows, colour=False, gap=2):
     """Return `rows` under a header as aligned text. `columns`: [(name, 'l' | 'r'), ...]."""
-    # Column by column (max over a column, one str.format per row): ~3x faster than cell by cell
-    # at 100,000 rows x 20 columns.
-    texts = [[c if type(c) is str else c[0] for c in row] for row in rows]
-    widths = [len(name) for name, _ in columns]
-    for i, col in enumerate(zip(*texts, strict=True)):
-        widths[i] = max(widths[i], max(map(len, col)))
+    cells = [[c if type(c) is str else c[0] for c in col] for col in zip(*rows, strict=True)] if rows else None
+    styles = {}
+    if colour and rows:
+        for i, col in enumerate(zip(*rows, strict=True)):
+            if any(type(c) is not str for c in col):
+                styles[i] = [None if type(c) is str else c[1] for c in col]
+    return format_columns(columns, cells or [[] for _ in columns], styles, colour, gap)
+
+
+def format_columns(columns, cells, styles=None, colour=False, gap=2):
+    """Return a table given column by column: `cells[i]` the strings of column i (all columns of
+    equal length), `styles` {i: [style or None per row]} for the styled ones (ANSI colours,
+    emitted only when `colour`). Widths come from the columns; each row is then one %-format
+    (padding done in C): ~3x faster than cell by cell at 100,000 rows x 20 columns."""
+    if len(cells) != len(columns):
+        raise ValueError(f"{len(cells)} columns of cells for {len(columns)} headers")
     sep = " " * gap
-    right = [j == "r" for _, j in columns]
-    fmt = sep.join(("{:>%d}" if r else "{:<%d}") % w for w, r in zip(widths, right, strict=True))
-    head = fmt.format(*(n for n, _ in columns)).rstrip()
+    specs = []
+    names = []
+    cols = []
+    for i, ((name, just), col) in enumerate(zip(columns, cells, strict=True)):
+        width = max(len(name), max(map(len, col), default=0))
+        names.append(name.rjust(width) if just == "r" else name.ljust(width))
+        style = styles.get(i) if colour and styles else None
+        if style is None:
+            specs.append(("%%%ds" if just == "r" else "%%-%ds") % width)
+        else:  # pad first, then colour: the escape codes must not count in the width
+            pad = str.rjust if just == "r" else str.ljust
+            col = [pad(s, width) if st is None else f"\x1b[{_SGR[st]}m{pad(s, width)}\x1b[0m"
+                   for s, st in zip(col, style, strict=True)]
+            specs.append("%s")
+        cols.append(col)
+    head = sep.join(names).rstrip()
+    fmt = sep.join(specs)
     out = [f"\x1b[1m{head}\x1b[0m" if colour else head]
-    if not colour:
-        out.extend(fmt.format(*t).rstrip() for t in texts)
-        return "\n".join(out)
-    cell = [("{:>%d}" if r else "{:<%d}") % w for w, r in zip(widths, right, strict=True)]
-    for row, t in zip(rows, texts, strict=True):
-        if all(type(c) is str for c in row):
-            out.append(fmt.format(*t).rstrip())
-            continue
-        parts = []
-        for c, text, f in zip(row, t, cell, strict=True):
-            s = f.format(text)
-            if type(c) is not str and c[1]:
-                s = f"\x1b[{_SGR[c[1]]}m{s}\x1b[0m"
-            parts.append(s)
-        out.append(sep.join(parts).rstrip())
+    out.extend((fmt % row).rstrip() for row in zip(*cols, strict=True))
     return "\n".join(out)

@@ -13,8 +13,8 @@ import orjson
 
 from fleet import aqi as aqimod
 from fleet.cli._options import NODE_ID, BoundedFloat, BoundedInt, home_option, store_option
-from fleet.cli._table import format_table, want_colour
-from fleet.status import SORTS, STATES, fleet_status
+from fleet.cli._table import format_columns, want_colour
+from fleet.status import COL, NODE_KEYS, SORTS, STATES, fleet_status
 
 _STATE_STYLE = {"online": "green", "stale": "yellow", "offline": "red", "never": "dim"}
 
@@ -31,10 +31,6 @@ def _duration(s):
     if s < 86400:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
-def _dash(v):
-    return "-" if v is None else str(v)
 
 
 def summary_line(summary):
@@ -66,41 +62,78 @@ _COLUMNS = [("node", "r"), ("role", "l"), ("fw", "l"), ("state", "l"), ("PM2.5",
 
 
 def render(result, aqi, colour=False):
-    """Return the summary line and the node table of `result` as text."""
+    """Return the summary line and the node table of `result` (fleet_status's, with `rows` or
+    with `nodes`) as text."""
     columns = list(_COLUMNS)
     columns[5] = ("ICA" if aqi == "ica" else "AQI", "l")
     columns[8] = ("ICA 24h" if aqi == "ica" else "AQI 24h", "l")
-    rows = []
+    rows = result.get("rows")
+    if rows is None:
+        rows = [tuple(n[k] for k in NODE_KEYS) for n in result["nodes"]]
     revoked = set(result["summary"].get("revoked_nodes") or ())
-    for n in result["nodes"]:
-        if aqi == "ica":
-            index, level, cat = n["ica_index"], n["ica_level"], n["ica"]
-        else:
-            index, level, cat = n["aqi"], n["aqi_level"], n["aqi_category"]
-        rows.append((
-            str(n["node"]),
-            n["role"],
-            n["firmware"] or "-",
-            ("REVOKED", "red") if n["node"] in revoked else (n["state"], _STATE_STYLE[n["state"]]),
-            "-" if n["pm25"] is None else f"{n['pm25']:.1f}",
-            "-" if index is None else (f"{index} {cat}", aqimod.LEVEL_COLOURS[level]),
-            "-" if n["pm25_1h"] is None else f"{n['pm25_1h']:.1f}",
-            # * : under 75 % of the day's readings, not a valid 24-hour mean
-            "-" if n["pm25_24h"] is None else f"{n['pm25_24h']:.1f}" + ("*" if n["low_coverage_24h"] else ""),
-            "-" if n["pm25_24h"] is None else (n["ica_24h"] if aqi == "ica" else n["aqi_category_24h"]) or "-",
-            _dash(n["hops"]),
-            _dash(n["parent"]),
-            "-" if n["link_etx"] is None else f"{n['link_etx']:.1f}",
-            _duration(n["uptime_s"]),
-            "-" if n["heap_free"] is None else f"{n['heap_free'] // 1024}K",
-            "-" if n["heap_min"] is None else f"{n['heap_min'] // 1024}K",
-            _dash(n["backlog"]),
-            _dash(n["radio_drops"]),
-            _dash(n["readings_lost"]),
-            _dash(n["gateway"]),
-            "never" if n["age_s"] is None else _duration(n["age_s"]) + " ago",
-        ))
-    return summary_line(result["summary"]) + "\n" + format_table(columns, rows, colour)
+    c = COL
+    # Column by column (one comprehension each, by position): at 100,000 nodes ~3x faster than
+    # a tuple of cells per row.
+    if aqi == "ica":
+        i, cat, lv, cat24 = c["ica_index"], c["ica"], c["ica_level"], c["ica_24h"]
+    else:
+        i, cat, lv, cat24 = c["aqi"], c["aqi_category"], c["aqi_level"], c["aqi_category_24h"]
+    index = ["-" if n[i] is None else f"{n[i]} {n[cat]}" for n in rows]
+    index_style = [None if n[lv] is None else aqimod.LEVEL_COLOURS[n[lv]] for n in rows]
+    state = [n[c["state"]] for n in rows]
+    state_style = [_STATE_STYLE[s] for s in state]
+    if revoked:
+        node = c["node"]
+        for k, n in enumerate(rows):
+            if n[node] in revoked:
+                state[k], state_style[k] = "REVOKED", "red"
+    durations = {}  # ages repeat: format each once
+
+    def dur(s):
+        d = durations.get(s)
+        if d is None:
+            d = durations[s] = _duration(s)
+        return d
+
+    def text(key):
+        i = c[key]
+        return ["-" if n[i] is None else str(n[i]) for n in rows]
+
+    def tenths(key):
+        i = c[key]
+        return ["-" if n[i] is None else f"{n[i]:.1f}" for n in rows]
+
+    def kib(key):
+        i = c[key]
+        return ["-" if n[i] is None else f"{n[i] // 1024}K" for n in rows]
+
+    m24, low = c["pm25_24h"], c["low_coverage_24h"]
+    uptime, age = c["uptime_s"], c["age_s"]
+    cells = [
+        text("node"),
+        text("role"),
+        [n[c["firmware"]] or "-" for n in rows],
+        state,
+        tenths("pm25"),
+        index,
+        tenths("pm25_1h"),
+        # * : under 75 % of the day's readings, not a valid 24-hour mean
+        ["-" if n[m24] is None else f"{n[m24]:.1f}" + ("*" if n[low] else "") for n in rows],
+        ["-" if n[m24] is None else n[cat24] or "-" for n in rows],
+        text("hops"),
+        text("parent"),
+        tenths("link_etx"),
+        [_duration(n[uptime]) for n in rows],
+        kib("heap_free"),
+        kib("heap_min"),
+        text("backlog"),
+        text("radio_drops"),
+        text("readings_lost"),
+        text("gateway"),
+        ["never" if n[age] is None else dur(n[age]) + " ago" for n in rows],
+    ]
+    return summary_line(result["summary"]) + "\n" + format_columns(columns, cells, {3: state_style, 5: index_style},
+                                                                     colour)
 
 
 @click.command()
@@ -145,7 +178,7 @@ def cli(home, as_json, watch, interval, count, node_ids, states, gateway, sort, 
             store, int(time.time()), stale_after_s=cfg["stale_after_s"], offline_after_s=cfg["offline_after_s"],
             nodes=node_ids or None, states=states or None, gateway=gateway, sort=sort, reverse=reverse,
             aqi=cfg["aqi"], rh_correction=cfg["rh_correction"], limit=limit, revoked=keys.revoked(),
-            epoch=keys.epoch_state()["epoch"],
+            epoch=keys.epoch_state()["epoch"], as_rows=not as_json,  # the table reads rows, not dicts
         )
 
     try:
@@ -162,8 +195,9 @@ def cli(home, as_json, watch, interval, count, node_ids, states, gateway, sort, 
 
 
 def _dumps(result):
-    """The status as one line of JSON (orjson: ~10x the stdlib's speed; 89 MB at 100,000 nodes)."""
-    return orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS).decode()
+    """The status as one line of JSON, UTF-8 bytes (orjson: ~10x the stdlib's speed; 80 MB at
+    100,000 nodes, written as bytes: no decode and re-encode)."""
+    return orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS)
 
 
 def _watch(snapshot, as_json, aqi, interval, count):

@@ -176,7 +176,7 @@ class Store:
         raise NotImplementedError
 
     # views
-    def status_rows(self, nodes=None, gateway=None, fields=None):
+    def status_rows(self, nodes=None, gateway=None, fields=None, tuples=False):
         raise NotImplementedError
 
     def add_journal(self, rows):
@@ -626,12 +626,13 @@ class SqlStore(Store):
                 (target, floor)).fetchone()[0]
 
     # ---------------------------------------------------------------------------------- views
-    def status_rows(self, nodes=None, gateway=None, fields=None):
+    def status_rows(self, nodes=None, gateway=None, fields=None, tuples=False):
         """Return one row per node joining registration and latest state: registered nodes
         (heard or not) and heard-but-unregistered ones, ordered by node id. Each row is a
         read-only mapping (r['pm25'], r.keys(), dict(r)) of `fields` (default STATUS_FIELDS;
-        fewer fields read faster: 100k rows x 37 columns take ~0.7 s to fetch). Filters: `nodes`
-        (ids), `gateway` (last gateway heard through)."""
+        fewer fields read faster: 100k rows x 37 columns take ~0.7 s to fetch), or with `tuples`
+        a plain tuple in `fields` order (~10 % faster to fetch). Filters: `nodes` (ids),
+        `gateway` (last gateway heard through)."""
         fields = STATUS_FIELDS if fields is None else tuple(fields)
         for f in fields:
             if f not in STATUS_FIELDS:
@@ -658,7 +659,7 @@ class SqlStore(Store):
             f"FROM node_state s WHERE NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node = s.node)"
             f") x{cond} ORDER BY x.node"
         )
-        return self._mappings(sql, args)
+        return list(self._iter_rows(sql, args)) if tuples else self._mappings(sql, args)
 
     def summary(self):
         """Return store-wide totals: nodes, heard, readings (stored), duplicates, expected
