@@ -3,8 +3,9 @@
 Fills a fresh fleet home per size (registrations, one status per node, readings ingested in
 batches of 10,000 like the collector does, some gaps), then times:
   - ingest: add_readings rows/s (INSERT OR IGNORE + node_state upserts, one transaction per batch)
-  - service: fleet.status.fleet_status() (store query + per-node views + summary)
-  - json: json.dumps of the service dict
+  - service: fleet.status.fleet_status() (store query + per-node views + summary), as dicts
+    (what --json prints) and as rows (what the table reads)
+  - json: the service dict as JSON (orjson, as `fleet status --json`)
   - table: rendering of the table text (what `fleet status` prints)
   - cli: wall time of `fleet status --json` and `fleet status` as a subprocess (start-up included)
 On each store backend asked for (--stores; postgresql: a throwaway cluster from Debian's
@@ -13,7 +14,6 @@ packages, default durability, tests/pg.py). Prints the figures; asserts nothing 
     .venv/bin/python bench/status_bench.py [--sizes 5000,100000] [--readings-per-node 20] [--stores sqlite,postgresql]
 """
 import argparse
-import json
 import os
 import random
 import shutil
@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(1, os.path.join(ROOT, "tests"))  # tests/pg.py
 
-from fleet.cli.status import render  # noqa: E402
+from fleet.cli.status import _dumps, render  # noqa: E402
 from fleet.home import FleetHome  # noqa: E402
 from fleet.status import fleet_status  # noqa: E402
 
@@ -124,9 +124,11 @@ def bench_size(n, per_node, store_url=None):
         print(f"service fleet_status():          best {best * 1e3:7.1f} ms  median {med * 1e3:7.1f} ms  "
               f"({s['online']} online, {s['stale']} stale, {s['offline']} offline, {s['never_heard']} never; "
               f"delivery {s['delivery_ratio']}, gaps {s['gaps']})")
-        best, _, text = best_of(lambda: json.dumps(result, ensure_ascii=False))
-        print(f"json.dumps:                      best {best * 1e3:7.1f} ms  ({len(text) / 1e6:.1f} MB)")
-        best, _, _ = best_of(lambda: render(result, "ica", colour=True))
+        best, _, text = best_of(lambda: _dumps(result))
+        print(f"JSON (orjson, as --json):        best {best * 1e3:7.1f} ms  ({len(text) / 1e6:.1f} MB)")
+        best, _, rows = best_of(lambda: fleet_status(store, now, as_rows=True))
+        print(f"service as rows (the table's):   best {best * 1e3:7.1f} ms")
+        best, _, _ = best_of(lambda: render(rows, "ica", colour=True))
         print(f"table render (text + ANSI):      best {best * 1e3:7.1f} ms")
         best, _, _ = best_of(lambda: fleet_status(store, now, states=["offline"], sort="pm25", limit=50))
         print(f"service, --state offline --sort pm25 --limit 50: best {best * 1e3:7.1f} ms")

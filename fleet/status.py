@@ -17,6 +17,8 @@ A node's state comes from the age of the last time it was heard (any frame):
 PM2.5 is shown in ug/m3 with one decimal, with the category of Colombia's ICA and of the US
 EPA AQI for the node's LATEST reading (indicative: both indices are defined on 24-h means).
 """
+from operator import itemgetter
+
 from fleet import aqi as aqimod
 from fleet.errors import FleetError
 
@@ -166,7 +168,7 @@ def _sort_key(sort):
     # (never-heard first), most hops. Unknown values go last; ties by node id.
     node = _NODE
     if sort == "node":
-        return lambda n: n[node]
+        return itemgetter(node)
     if sort in ("pm25", "hops"):
         i = COL[sort]
         return lambda n: (n[i] is None, -(n[i] or 0), n[node])
@@ -203,7 +205,7 @@ def fleet_status(store, now_s, stale_after_s=300, offline_after_s=1800, nodes=No
             raise FleetError(f"unknown state {s!r}; expected some of {', '.join(STATES)}")
 
     rows = store.status_rows(nodes=list(nodes) if nodes else None, gateway=gateway, fields=_ROW_FIELDS,
-                             tuples=True)
+                             tuples=True, ordered=False)  # sorted here
     gap_counts = store.gap_counts()
     recent = store.recent_means(now_s, nodes=list(nodes) if nodes else None)
     cache = {}
@@ -235,11 +237,7 @@ def fleet_status(store, now_s, stale_after_s=300, offline_after_s=1800, nodes=No
     readings, duplicates, gaps, gaps_lost = (total(COL[k]) for k in ("delivered", "duplicates", "gaps", "gaps_lost"))
     expected, gaps_recovered = total(_N), total(_N + 1)
 
-    if sort == "node":  # the store returns them in node order
-        if reverse:
-            views.reverse()
-    else:
-        views.sort(key=key, reverse=reverse)
+    views.sort(key=key, reverse=reverse)
     if limit is not None:
         views = views[:limit]
     rejects = store.rejects()

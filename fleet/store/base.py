@@ -176,7 +176,7 @@ class Store:
         raise NotImplementedError
 
     # views
-    def status_rows(self, nodes=None, gateway=None, fields=None, tuples=False):
+    def status_rows(self, nodes=None, gateway=None, fields=None, tuples=False, ordered=True):
         raise NotImplementedError
 
     def add_journal(self, rows):
@@ -424,9 +424,10 @@ class SqlStore(Store):
         and the 24 complete hours before `now_s` (UTC hours; PM2.5 in 0.1 ug/m3), for every
         node with readings in them (or only `nodes`)."""
         hour = int(now_s) // 3600
-        sql = ("SELECT node, sum(CASE WHEN hour = ? THEN n ELSE 0 END), "
-               "sum(CASE WHEN hour = ? THEN pm25_sum ELSE 0 END), sum(n), sum(pm25_sum) "
-               "FROM hourly WHERE hour BETWEEN ? AND ?")
+        # CAST: PostgreSQL's sum of a bigint is a numeric, ~1.5 us a value to load
+        sql = ("SELECT node, CAST(sum(CASE WHEN hour = ? THEN n ELSE 0 END) AS BIGINT), "
+               "CAST(sum(CASE WHEN hour = ? THEN pm25_sum ELSE 0 END) AS BIGINT), CAST(sum(n) AS BIGINT), "
+               "CAST(sum(pm25_sum) AS BIGINT) FROM hourly WHERE hour BETWEEN ? AND ?")
         args = [hour - 1, hour - 1, hour - 24, hour - 1]
         if nodes:
             cond, arg = self._ids_in("node", nodes)
@@ -626,13 +627,14 @@ class SqlStore(Store):
                 (target, floor)).fetchone()[0]
 
     # ---------------------------------------------------------------------------------- views
-    def status_rows(self, nodes=None, gateway=None, fields=None, tuples=False):
+    def status_rows(self, nodes=None, gateway=None, fields=None, tuples=False, ordered=True):
         """Return one row per node joining registration and latest state: registered nodes
-        (heard or not) and heard-but-unregistered ones, ordered by node id. Each row is a
-        read-only mapping (r['pm25'], r.keys(), dict(r)) of `fields` (default STATUS_FIELDS;
-        fewer fields read faster: 100k rows x 37 columns take ~0.7 s to fetch), or with `tuples`
-        a plain tuple in `fields` order (~10 % faster to fetch). Filters: `nodes` (ids),
-        `gateway` (last gateway heard through)."""
+        (heard or not) and heard-but-unregistered ones, ordered by node id unless not `ordered`
+        (a caller that sorts anyway spares the server a sort: ~0.15 s at 100k nodes on
+        PostgreSQL). Each row is a read-only mapping (r['pm25'], r.keys(), dict(r)) of `fields`
+        (default STATUS_FIELDS; fewer fields read faster: 100k rows x 37 columns take ~0.7 s to
+        fetch), or with `tuples` a plain tuple in `fields` order (~10 % faster to fetch).
+        Filters: `nodes` (ids), `gateway` (last gateway heard through)."""
         fields = STATUS_FIELDS if fields is None else tuple(fields)
         for f in fields:
             if f not in STATUS_FIELDS:
@@ -657,7 +659,7 @@ class SqlStore(Store):
             f"UNION ALL "
             f"SELECT s.node, 'node', NULL, NULL{cols} "
             f"FROM node_state s WHERE NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node = s.node)"
-            f") x{cond} ORDER BY x.node"
+            f") x{cond}" + (" ORDER BY x.node" if ordered else "")
         )
         return list(self._iter_rows(sql, args)) if tuples else self._mappings(sql, args)
 
