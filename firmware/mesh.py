@@ -629,7 +629,7 @@ class Router:
     def originate(self, frame, now_ms, app_token=None):
         """Send an uplink frame this node made (Telemetry/Status/Reply with its etag set).
         The router sets hops/cost and the hop tag. The outcome comes as ("sent", app_token,
-        ok) - at once with ok False when there is no route. Raises ProtocolError when the
+        ok) - at once with ok False when there is no route. Raises ValueError when the
         frame cannot be encoded (a caller bug, e.g. no etag)."""
         if not self._started:
             self._start(now_ms)

@@ -51,7 +51,6 @@ import struct
 from firmware import fsutil
 from firmware.compat import const
 from protocol import Reading, Telemetry, cbor, encode
-from protocol.errors import ProtocolError
 from protocol.frames import MAX_FRAME, MAX_READINGS
 
 try:
@@ -595,7 +594,7 @@ def build_telemetry(node_id, readings, now_s, max_bytes=MAX_FRAME, size_key=_SIZ
     holding the longest prefix of `readings` (ring tuples) with consecutive seqs that fits one
     frame of `max_bytes`, at most MAX_READINGS; None when `readings` is empty. The size is
     checked with protocol.encode at the largest hops/cost a forwarder can write, so the frame
-    still fits after any number of hops. Raises ProtocolError if not even one reading fits.
+    still fits after any number of hops. Raises ValueError if not even one reading fits.
     size_key: the key (or a protocol.auth.Hmac of it) for that trial encode; a simulator running
     thousands of nodes passes one Hmac, a device lets the small one of each call go (a Hmac kept
     for good would pin heap a 128k device heap needs contiguous)."""
@@ -613,11 +612,11 @@ def build_telemetry(node_id, readings, now_s, max_bytes=MAX_FRAME, size_key=_SIZ
     while True:
         try:
             size = len(encode(frame, size_key))
-        except ProtocolError:
+        except ValueError:
             size = max_bytes + 1  # encode refuses frames over the radio's 250 bytes
         if size <= max_bytes:
             break
         if len(rs) == 1:
-            raise ProtocolError("telemetry: one reading does not fit in %d bytes" % max_bytes)
+            raise ValueError("telemetry: one reading does not fit in %d bytes" % max_bytes)
         rs.pop()
     return Telemetry(origin=node_id, seq=seq0, time_s=now_s, readings=rs)

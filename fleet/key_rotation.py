@@ -241,7 +241,7 @@ def route_rekeys(frames_by_node, first, topo, mesh, phase):
                 routed.setdefault(r[0], []).append(protocol.encode(Routed(path=r[1], at=0, cmd=fb), mesh,
                                                                    phase=phase))
                 continue
-            except protocol.ProtocolError:
+            except ValueError:
                 pass  # too long for one frame: flooded
         flood.append(fb)
     return routed, flood

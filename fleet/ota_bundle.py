@@ -201,7 +201,7 @@ def build_bundle(files, bseq, version, sign_fn, target_class=DEFAULT_TARGET, com
                                 [(path, len(data), hashlib.sha256(data).digest()) for path, data in files],
                                 compression)
         signed = mf.sign_manifest(raw, sign_fn)
-    except ProtocolError as e:
+    except ValueError as e:  # the bundle's own fields out of spec (protocol/errors.py)
         raise FleetError(f"cannot build the manifest: {e}") from None
     return Bundle(signed, pages, mf.parse_manifest(raw, signed))
 

@@ -19,8 +19,6 @@ Tag lengths, and why
 """
 import hashlib
 
-from protocol.errors import ProtocolError
-
 E2E_TAG_LEN = 8
 HOP_TAG_LEN = 4
 SIG_LEN = 64  # Ed25519 signature (broadcast commands, OTA manifests)
@@ -42,7 +40,7 @@ class Hmac:
 
     def __init__(self, key):
         if not isinstance(key, (bytes, bytearray)) or len(key) == 0:
-            raise ProtocolError("HMAC key must be non-empty bytes")
+            raise ValueError("HMAC key must be non-empty bytes")
         if len(key) > _BLOCK:
             key = hashlib.sha256(key).digest()
         key = bytes(key) + bytes(_BLOCK - len(key))
@@ -95,7 +93,7 @@ except ImportError:  # MicroPython has no hmac module
 
 def _check_secret(fleet_secret):
     if not isinstance(fleet_secret, (bytes, bytearray)) or len(fleet_secret) < 16:
-        raise ProtocolError("fleet secret must be at least 16 bytes")
+        raise ValueError("fleet secret must be at least 16 bytes")
 
 
 def derive_node_key(fleet_secret, net_id, node_id):
@@ -118,7 +116,7 @@ def derive_mesh_key(fleet_secret, net_id, epoch=0):
     _check_secret(fleet_secret)
     label = b"redmesh mesh key\x00" + int(net_id).to_bytes(4, "big")
     if not isinstance(epoch, int) or epoch < 0 or epoch > MAX_EPOCH:
-        raise ProtocolError("bad key epoch")
+        raise ValueError("bad key epoch")
     if epoch:
         label += epoch.to_bytes(4, "big")
     return Hmac(fleet_secret).digest(label)

@@ -39,12 +39,12 @@ def _head(major, n, out):
         out.append(mt | 27)
         out.extend(n.to_bytes(8, "big"))
     else:
-        raise ProtocolError("integer out of range: expected at most 64 bits, got " + str(n))
+        raise ValueError("integer out of range: expected at most 64 bits, got " + str(n))
 
 
 def _enc(obj, out, depth):
     if depth > MAX_DEPTH:
-        raise ProtocolError("nesting too deep: expected at most %d levels" % MAX_DEPTH)
+        raise ValueError("nesting too deep: expected at most %d levels" % MAX_DEPTH)
     # bool before int: on CPython True is an int.
     if obj is True:
         out.append(_SIMPLE_TRUE)
@@ -80,11 +80,12 @@ def _enc(obj, out, depth):
             out.extend(kb)
             _enc(v, out, depth + 1)
     else:
-        raise ProtocolError("cannot encode a " + type(obj).__name__ + ": expected int, bytes, str, list, dict, bool or None")
+        raise TypeError("cannot encode a " + type(obj).__name__ + ": expected int, bytes, str, list, dict, bool or None")
 
 
 def dumps(obj):
-    """Return the deterministic CBOR encoding of `obj` as bytes. Raises ProtocolError."""
+    """Return the deterministic CBOR encoding of `obj` as bytes. Raises ValueError (an integer out
+    of range, nesting too deep) or TypeError (a value CBOR does not carry): the caller's misuse."""
     out = bytearray()
     _enc(obj, out, 0)
     return bytes(out)

@@ -73,10 +73,10 @@ def _encode(frame):
             _put_num(out, "rssi", rssi, -128, 0)
             _put_bytes(out, "frame", fb, 1, MAX_FRAME)
         if len(out) > MAX_ENVELOPE:
-            raise ProtocolError("envelope: %d bytes, at most %d" % (len(out), MAX_ENVELOPE))
+            raise ValueError("envelope: %d bytes, at most %d" % (len(out), MAX_ENVELOPE))
         return bytes(out)
     if not frame.frames:
-        raise ProtocolError("downlink: expected at least one frame")
+        raise ValueError("downlink: expected at least one frame")
     _head(4, 3, out)
     _head(0, VERSION, out)
     _head(0, T_DOWNLINK, out)
@@ -84,7 +84,7 @@ def _encode(frame):
     for fb in frame.frames:
         _put_bytes(out, "frame", fb, 1, MAX_FRAME)
     if len(out) > MAX_ENVELOPE:
-        raise ProtocolError("downlink: %d bytes, at most %d" % (len(out), MAX_ENVELOPE))
+        raise ValueError("downlink: %d bytes, at most %d" % (len(out), MAX_ENVELOPE))
     return bytes(out)
 
 

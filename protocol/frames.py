@@ -151,7 +151,7 @@ def _get(d, spec, pre=None):
 
 def _put_num(out, name, v, lo, hi, pre=None):
     if not isinstance(v, int) or isinstance(v, bool) or v < lo or v > hi:
-        raise ProtocolError("%s: expected an integer %d..%d, got %r" % (_label(name, pre), lo, hi, v))
+        raise ValueError("%s: expected an integer %d..%d, got %r" % (_label(name, pre), lo, hi, v))
     if v >= 0:
         _head(0, v, out)
     else:
@@ -166,7 +166,7 @@ def _put(out, obj, spec, pre=None):
         if lo is None:
             b = v.encode("utf-8") if isinstance(v, str) else None
             if b is None or len(b) > hi:
-                raise ProtocolError("%s: expected text of at most %d bytes" % (_label(name, pre), hi))
+                raise ValueError("%s: expected text of at most %d bytes" % (_label(name, pre), hi))
             _head(3, len(b), out)
             out.extend(b)
         else:
@@ -175,7 +175,7 @@ def _put(out, obj, spec, pre=None):
 
 def _put_bytes(out, name, v, lo, hi):
     if not isinstance(v, (bytes, bytearray)) or len(v) < lo or len(v) > hi:
-        raise ProtocolError("%s: expected %d..%d bytes" % (name, lo, hi))
+        raise ValueError("%s: expected %d..%d bytes" % (name, lo, hi))
     _head(2, len(v), out)
     out.extend(v)
 
@@ -198,7 +198,7 @@ def _enc_args(args, out, name):
         if isinstance(a, str):
             b = a.encode("utf-8")
             if len(b) > 32:
-                raise ProtocolError(name + ": text arguments are at most 32 bytes")
+                raise ValueError(name + ": text arguments are at most 32 bytes")
             _head(3, len(b), out)
             out.extend(b)
         else:
@@ -337,7 +337,7 @@ class Telemetry(Frame):
     def _enc_body(self, out):
         n = len(self.readings)
         if n < 1 or n > MAX_READINGS:
-            raise ProtocolError("telemetry: expected 1..%d readings, got %d" % (MAX_READINGS, n))
+            raise ValueError("telemetry: expected 1..%d readings, got %d" % (MAX_READINGS, n))
         _head(4, n, out)
         for r in self.readings:
             _put_rec(out, r, "reading")
@@ -374,7 +374,7 @@ class Reply(Frame):
 
     def _enc_body(self, out):
         if len(self.result) > 8:
-            raise ProtocolError("reply.result: expected at most 8 items")
+            raise ValueError("reply.result: expected at most 8 items")
         _head(4, 3, out)
         _put_num(out, "reply.cseq", self.cseq, 0, U32)
         _put_num(out, "reply.code", self.code, 0, U8)
@@ -454,18 +454,19 @@ def encode(frame, mesh_key=None, node_key=None, phase=None):
     `phase` (0/1, default frame.phase) is the key phase written in the version item. Telemetry/status/reply use
     `node_key` to compute the end-to-end tag, or keep `frame.etag` when node_key is None (a
     forwarder). Commands use `node_key` for an HMAC auth tag or keep `frame.auth` (a signature
-    made over `signed_bytes`). Raises ProtocolError when a field is out of range or a key is
-    missing; sets frame.etag/frame.auth to the tag used."""
+    made over `signed_bytes`). Raises ValueError (the caller's misuse, not a peer's bytes:
+    protocol/errors.py) when a field is out of range or a key is missing; sets
+    frame.etag/frame.auth to the tag used."""
     t = frame.type
     if t == T_ENVELOPE or t == T_DOWNLINK:  # MQTT messages: their codec is protocol/envelope.py
         return _mqtt(t)[0](frame)
     if phase is None:
         phase = frame.phase
     if phase != 0 and phase != 1:
-        raise ProtocolError("key phase: expected 0 or 1")
+        raise ValueError("key phase: expected 0 or 1")
     hmac_mesh = _hmac(mesh_key, phase)
     if hmac_mesh is None:
-        raise ProtocolError("encoding an air frame needs the mesh key")
+        raise ValueError("encoding an air frame needs the mesh key")
     out = _out()
     if t in _UPLINK:
         _head(4, 10, out)
@@ -475,27 +476,27 @@ def encode(frame, mesh_key=None, node_key=None, phase=None):
         _put(out, frame, _UP_HEAD)
         frame._enc_body(out)
         if t == T_TELEMETRY and frame.seq + len(frame.readings) - 1 > U32:
-            raise ProtocolError("telemetry: reading sequence numbers overflow 32 bits")
+            raise ValueError("telemetry: reading sequence numbers overflow 32 bits")
         if node_key is not None:
             frame.etag = _hmac(node_key).tag(out[start:], E2E_TAG_LEN)
         elif frame.etag is None or len(frame.etag) != E2E_TAG_LEN:
-            raise ProtocolError("encoding %s needs the node key or an existing 8-byte etag" % TYPE_NAMES[t])
+            raise ValueError("encoding %s needs the node key or an existing 8-byte etag" % TYPE_NAMES[t])
         _put(out, frame, _UP_MUT)
         _put_bytes(out, "etag", frame.etag, E2E_TAG_LEN, E2E_TAG_LEN)
     elif t == T_COMMAND:
         if len(frame.args) > 4:
-            raise ProtocolError("command.args: expected at most 4 items")
+            raise ValueError("command.args: expected at most 4 items")
         _head(4, 9, out)
         covered = signed_bytes(frame)
         out.extend(covered)
         if node_key is not None:
             if frame.target == 0:
-                raise ProtocolError("a command to every node (target 0) is signed, not tagged")
+                raise ValueError("a command to every node (target 0) is signed, not tagged")
             frame.auth = _hmac(node_key).tag(covered, E2E_TAG_LEN)
         want = SIG_LEN if frame.target == 0 else E2E_TAG_LEN
         _put_num(out, "hops", frame.hops, 0, U8)
         if frame.auth is None or len(frame.auth) != want:
-            raise ProtocolError("command auth: expected %d bytes for target %d" % (want, frame.target))
+            raise ValueError("command auth: expected %d bytes for target %d" % (want, frame.target))
         _put_bytes(out, "auth", frame.auth, want, want)
     elif t == T_ROUTED:  # its codec is protocol/routed.py, loaded only where routes are made or read
         from protocol.routed import enc_routed
@@ -508,14 +509,14 @@ def encode(frame, mesh_key=None, node_key=None, phase=None):
         if t == T_OTA_DATA:
             _put_bytes(out, "data", frame.data, 1, OTA_PKT_MAX)
     else:
-        raise ProtocolError("cannot encode frame type %r" % (t,))
+        raise ValueError("cannot encode frame type %r" % (t,))
     if phase:
         out[1] |= PHASE_BIT  # after the e2e tag / auth: they cover the version item as VERSION
     frame.phase = phase
     out.append(0x44)  # bstr(4) head of the hop tag
     out.extend(hmac_mesh.tag(out, HOP_TAG_LEN))
     if len(out) > MAX_FRAME:
-        raise ProtocolError("%s frame is %d bytes, the radio carries at most %d" % (TYPE_NAMES[t], len(out), MAX_FRAME))
+        raise ValueError("%s frame is %d bytes, the radio carries at most %d" % (TYPE_NAMES[t], len(out), MAX_FRAME))
     return bytes(out)
 
 

@@ -50,14 +50,14 @@ def epoch_node_key(node_key, epoch, mesh_key):
     if not epoch:
         return bytes(node_key)
     if not 0 < epoch <= MAX_EPOCH or len(mesh_key) != KEY_LEN:
-        raise ProtocolError("node key: bad epoch or mesh key")
+        raise ValueError("node key: bad epoch or mesh key")
     return Hmac(node_key).digest(b"redmesh node key epoch\x00" + int(epoch).to_bytes(4, "big") + bytes(mesh_key))
 
 
 def wrap(node_key, net_id, node_id, epoch, mesh_key):
     """Return the 48-byte wrap of `mesh_key` (32 bytes) for node `node_id`, epoch `epoch`."""
     if len(mesh_key) != KEY_LEN:
-        raise ProtocolError("key wrap: the mesh key must be %d bytes" % KEY_LEN)
+        raise ValueError("key wrap: the mesh key must be %d bytes" % KEY_LEN)
     hdr = _hdr(net_id, node_id, epoch)
     enc, mac = _keys(node_key)
     ks = enc.digest(hdr)

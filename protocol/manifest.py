@@ -323,10 +323,14 @@ def parse_signed_manifest(buf, fleet_pub, verify=None, files=True):
 
 def build_manifest(bseq, version, target_class, image_size, page_size, page_digests, files, compression):
     """Return manifest bytes for these fields (files: (path, size, sha256) tuples, in archive
-    order). Raises ProtocolError when a field is out of spec (the bytes are parsed back)."""
+    order). Raises ValueError when a field is out of spec (the bytes are parsed back: the
+    caller's fields, not a peer's bytes)."""
     raw = cbor.dumps([FORMAT, bseq, version, target_class, image_size, page_size, list(page_digests),
                       [[p, s, h] for p, s, h in files], compression])
-    parse_manifest(raw)
+    try:
+        parse_manifest(raw)
+    except ProtocolError as e:
+        raise ValueError(str(e)) from None
     return raw
 
 
@@ -334,11 +338,11 @@ def sign_manifest(manifest_bytes, sign_fn):
     """Return the signed manifest [manifest_bytes, sign_fn(SHA-256(manifest_bytes))] as CBOR.
 
     sign_fn(message) -> 64-byte Ed25519 signature (fleet side: Keystore.sign). Raises
-    ProtocolError if the result exceeds MAX_SIGNED."""
+    ValueError if the signature is not 64 bytes or the result exceeds MAX_SIGNED."""
     sig = sign_fn(sha256(manifest_bytes))
     if len(sig) != SIG_LEN:
-        raise ProtocolError("signature: expected %d bytes, got %d" % (SIG_LEN, len(sig)))
+        raise ValueError("signature: expected %d bytes, got %d" % (SIG_LEN, len(sig)))
     out = cbor.dumps([bytes(manifest_bytes), bytes(sig)])
     if len(out) > MAX_SIGNED:
-        raise ProtocolError("signed manifest: %d bytes, at most %d (too many files or pages)" % (len(out), MAX_SIGNED))
+        raise ValueError("signed manifest: %d bytes, at most %d (too many files or pages)" % (len(out), MAX_SIGNED))
     return out

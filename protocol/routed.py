@@ -40,7 +40,7 @@ def enc_routed(frame, out):
     _head(0, VERSION, out)
     _head(0, T_ROUTED, out)
     if len(frame.path) < 1 or len(frame.path) > MAX_ROUTE:
-        raise ProtocolError("routed.path: expected 1..%d node ids" % MAX_ROUTE)
+        raise ValueError("routed.path: expected 1..%d node ids" % MAX_ROUTE)
     _head(4, len(frame.path), out)
     for nid in frame.path:
         _put_num(out, "routed.path", nid, 1, U32)
