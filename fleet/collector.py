@@ -43,7 +43,13 @@ Theory of operation
   same transaction; the holder of the group's lease (`store.lead`) takes the committed journal,
   applies it to the one gap tracker and writes gaps, its per-node view and events in the same
   transaction (`_take_journal`); only it sends commands. A new leader loads the view (`_load`).
-- Retention (`retention_days`): the repairing collector prunes raw readings once an hour.
+- Retention (`retention_days`): the repairing collector (the only one, or the group's leader)
+  starts a prune of raw readings once every prune_every_s (an hour) on a thread of its own with
+  a store connection of its own (Pruner), so batches, their commits and the MQTT acknowledgements
+  go on meanwhile. The store prunes in bounded steps, each a transaction that leaves it
+  consistent (fleet/store/postgres.py, sqlite.py), so a prune stopped anywhere - the collector
+  stopped (close() asks it to stop after the step in hand and waits at most prune_stop_s), the
+  store failing, the leadership lost - is resumed by the next.
 - Downward routes (RPL non-storing mode): the parent in each node's newest status report is
   kept; a resend request's first attempt goes down the source route compiled from those parents
   (protocol/routed.py `compile_path`), as a Routed frame to the gateway at its root, which
