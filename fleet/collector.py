@@ -43,7 +43,13 @@ Theory of operation
   same transaction; the holder of the group's lease (`store.lead`) takes the committed journal,
   applies it to the one gap tracker and writes gaps, its per-node view and events in the same
   transaction (`_take_journal`); only it sends commands. A new leader loads the view (`_load`).
-- Retention (`retention_days`): the repairing collector prunes raw readings once an hour.
+- Retention (`retention_days`): the repairing collector (the only one, or the group's leader)
+  starts a prune of raw readings once every prune_every_s (an hour) on a thread of its own with
+  a store connection of its own (Pruner), so batches, their commits and the MQTT acknowledgements
+  go on meanwhile. The store prunes in bounded steps, each a transaction that leaves it
+  consistent (fleet/store/postgres.py, sqlite.py), so a prune stopped anywhere - the collector
+  stopped (close() asks it to stop after the step in hand and waits at most prune_stop_s), the
+  store failing, the leadership lost - is resumed by the next.
 - Downward routes (RPL non-storing mode): the parent in each node's newest status report is
   kept; a resend request's first attempt goes down the source route compiled from those parents
   (protocol/routed.py `compile_path`), as a Routed frame to the gateway at its root, which
@@ -58,6 +64,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 
 import protocol
@@ -113,7 +120,7 @@ class CollectorConfig:
     def __init__(self, batch_rows=5000, flush_interval_s=0.5, log_interval_s=60.0, unknown_recheck_s=10.0,
                  downlink_max_frames=8, key_cache=50000, repair=None, max_unacked=64, clock_tolerance_s=60,
                  revoked_recheck_s=1.0, route_commands=True, key_answer_s=50.0, share=None, lead_retry_s=3.0,
-                 lead_check_s=2.0, journal_take=20000, retention_days=0, prune_every_s=3600.0):
+                 lead_check_s=2.0, journal_take=20000, retention_days=0, prune_every_s=3600.0, prune_stop_s=10.0):
         self.batch_rows = int(batch_rows)
         self.flush_interval_s = float(flush_interval_s)
         self.log_interval_s = float(log_interval_s)
@@ -140,6 +147,7 @@ class CollectorConfig:
         # by the collector that repairs gaps (the only one, or the group's leader)
         self.retention_days = int(retention_days)
         self.prune_every_s = float(prune_every_s)
+        self.prune_stop_s = float(prune_stop_s)  # what close() waits for a prune to stop after its step in hand
         if self.batch_rows < 1 or self.flush_interval_s <= 0 or self.downlink_max_frames < 1:
             raise ValueError("batch_rows, flush_interval_s and downlink_max_frames must be positive")
 
@@ -327,6 +335,7 @@ class Ingest:
         self._lead_checked = None
         self._last_take = None
         self._pruned_at = None
+        self.pruner = Pruner(store)
         now = self._now(None)
         self._last_flush = now
         self._known = set(store.node_ids())
@@ -885,24 +894,30 @@ class Ingest:
             self._take_journal(now)
 
     def _maybe_prune(self, now):
-        """Drop raw readings older than the retention, once every prune_every_s (the store keeps
-        the hourly sums; fleet/store)."""
+        """Start pruning raw readings older than the retention on the pruner's thread, once every
+        prune_every_s (the store keeps the hourly sums; fleet/store); take what a finished prune
+        reports."""
+        self._prune_done(now)
         if self._pruned_at is not None and now - self._pruned_at < self.cfg.prune_every_s:
             return
-        self._pruned_at = now
-        try:
-            horizon, dropped = self.store.prune(int(now) - self.cfg.retention_days * 86400)
-        except Exception as e:  # noqa: BLE001 - the store may be down: next time
-            self._ratelog.note("store", f"pruning raw readings failed: {e}", now)
-            return
-        if dropped:
-            log.info("collector: %d raw readings older than %s pruned (retention %d days)", dropped,
-                     time.strftime("%Y-%m-%d", time.gmtime(horizon)), self.cfg.retention_days)
-            self._events.append((int(now), "pruned", None, {"before": horizon, "readings": dropped}))
+        if self.pruner.start(int(now) - self.cfg.retention_days * 86400, int(now)):
+            self._pruned_at = now
+
+    def _prune_done(self, now):
+        for ok, result in self.pruner.results():
+            if not ok:  # StoreError, StoreBusy: the next prune resumes where this one stopped
+                self._ratelog.note("store", f"pruning raw readings failed: {result}", now)
+                continue
+            horizon, dropped = result
+            if dropped:
+                log.info("collector: %d raw readings older than %s pruned (retention %d days)", dropped,
+                         time.strftime("%Y-%m-%d", time.gmtime(horizon)), self.cfg.retention_days)
+                self._events.append((int(now), "pruned", None, {"before": horizon, "readings": dropped}))
 
     def _step_down(self, now, why):
         """Stop leading: release the lease and forget the repair state (the next leader, maybe
         this collector again, loads it from the store)."""
+        self.pruner.stop()  # only the leader prunes; a prune stopped part way is resumed by the next
         if self._lease is not None:
             self._lease.release()
             self._lease = None
@@ -1161,7 +1176,13 @@ class Ingest:
 
     def close(self, now_s=None):
         """Flush what is pending (call at shutdown) and let go of the repair lease. Returns
-        (stored, duplicates)."""
+        (stored, duplicates). A prune running is asked to stop after its step in hand and waited
+        for at most cfg.prune_stop_s (still running then: logged, left to end with the process)."""
+        now = self._now(now_s)
+        if not self.pruner.stop(self.cfg.prune_stop_s):
+            log.warning("collector: the prune did not stop within %.0f s; leaving it (its open transaction "
+                        "rolls back when the process ends; the next prune resumes)", self.cfg.prune_stop_s)
+        self._prune_done(now)
         out = self.flush(now_s)
         if self._lease is not None:
             self._take_journal(self._now(now_s))  # what is committed, applied before letting go
@@ -1188,6 +1209,74 @@ class Ingest:
                   "pending_rows": len(self._rows), "leading": self.leading,
                   "store_failing_s": int(self._now(None) - self._store_down[0]) if self._store_down else 0})
         return d
+
+
+class Pruner:
+    """Retention pruning off the ingest path: `store.prune` on a thread of its own, with a store
+    connection of its own (`store.reopen()`), so batches, their commits and the MQTT
+    acknowledgements go on while it runs. The store prunes in bounded steps (a transaction each,
+    fleet/store) and checks the stop flag between them, so stop() takes effect within one step.
+
+    start() begins a prune unless one runs; results() hands over what finished ones returned;
+    `on_step(what)`, when set, is called on the pruner's thread after each committed step (tests
+    use it to interleave ingest with a prune); `stop_requested` is set by stop()."""
+
+    def __init__(self, store):
+        self._store = store
+        self._thread = None
+        self.stop_requested = threading.Event()
+        self._lock = threading.Lock()
+        self._results = []  # (True, (horizon, dropped)) or (False, the exception)
+        self.on_step = None
+
+    def running(self):
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, before_ts, now_s):
+        """Start pruning readings older than `before_ts` on the pruner's thread. Returns False
+        (nothing started) while a prune still runs."""
+        if self.running():
+            return False
+        self.stop_requested.clear()
+        self._thread = threading.Thread(target=self._run, args=(before_ts, now_s), name="redmesh-prune", daemon=True)
+        self._thread.start()
+        return True
+
+    def _run(self, before_ts, now_s):
+        try:
+            store = self._store.reopen()
+            try:
+                out = (True, store.prune(before_ts, now_s=now_s, stop=self.stop_requested.is_set, on_step=self.on_step))
+            finally:
+                store.close()
+        except Exception as e:  # noqa: BLE001 - handed to the collector, which logs it
+            out = (False, e)
+        with self._lock:
+            self._results.append(out)
+
+    def results(self):
+        """What the prunes finished since the last call returned: [(ok, (horizon, dropped) or error)]."""
+        with self._lock:
+            out, self._results = self._results, []
+        return out
+
+    def stop(self, timeout_s=0.0):
+        """Ask a running prune to stop after its step in hand; wait for it at most `timeout_s`.
+        Returns True when no prune runs any more."""
+        self.stop_requested.set()
+        t = self._thread
+        if t is None:
+            return True
+        if timeout_s:
+            t.join(timeout_s)
+        return not t.is_alive()
+
+    def join(self, timeout_s):
+        """Wait at most `timeout_s` for a running prune to end; True when none runs."""
+        t = self._thread
+        if t is not None:
+            t.join(timeout_s)
+        return not self.running()
 
 
 def progress_line(prev, cur, dt_s):

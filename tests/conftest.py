@@ -46,3 +46,11 @@ def board(tmp_path, request):
 
 
 from pg import pg_cluster, pg_url  # noqa: E402, F401 - PostgreSQL fixtures (tests/pg.py)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """A URL naming a new store on each backend (PostgreSQL: a fresh schema of the worker's cluster)."""
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path}/fleet.db"
+    return request.getfixturevalue("pg_url")

@@ -3,6 +3,7 @@ protocol.encode and keys derived by protocol.auth. No MQTT: messages are (topic,
 import json
 import os
 import sqlite3
+import threading
 
 import pytest
 
@@ -888,15 +889,81 @@ def test_a_flooded_request_is_scoped_to_a_few_hops_beyond_the_node_then_widened(
     assert scopes == [7, 7, 11, None, None]
 
 
+def _old_readings(store, ing):
+    """Node 1: seqs 0, 1 from 90 days ago, 2, 3 from 60 (two months to prune at 30 days), 4 now."""
+    ing.on_message(UP, envelope([telemetry(1, 0, time_s=T0 - 90 * 86400), telemetry(1, 1, time_s=T0 - 89 * 86400),
+                                 telemetry(1, 2, time_s=T0 - 60 * 86400), telemetry(1, 3, time_s=T0 - 59 * 86400),
+                                 telemetry(1, 4)]))
+    assert ing.flush() == (5, 0)
+
+
+def test_the_collector_prunes_on_its_own_thread_while_batches_commit_and_close_stops_it(store, monkeypatch):
+    """The prune runs on the pruner's thread with its own connection, in bounded steps: between
+    them batches commit (what MQTT acknowledges); close() stops it after the step in hand, and
+    the next collector's prune resumes it."""
+    import fleet.store.postgres
+    import fleet.store.sqlite
+
+    monkeypatch.setattr(fleet.store.postgres, "PRUNE_ROWS", 1)
+    monkeypatch.setattr(fleet.store.sqlite, "PRUNE_ROWS", 1)
+    clock = Clock()
+    cfg = CollectorConfig(retention_days=30)
+    ing = Ingest(store, Keys(), NET, now_fn=clock, config=cfg)
+    _old_readings(store, ing)
+    paused, steps = threading.Event(), []
+
+    def hold(what):  # a long step: it ends when the collector asks the prune to stop
+        steps.append(what)
+        paused.set()
+        assert ing.pruner.stop_requested.wait(30)
+
+    ing.pruner.on_step = hold
+    ing.poll()
+    assert paused.wait(30) and ing.pruner.running()
+    ing.on_message(UP, envelope([telemetry(1, 5), telemetry(2, 0)]))
+    assert ing.flush() == (2, 0) and not ing.has_pending()  # committed while the prune is part way
+    ing.poll()  # no second prune while one runs
+    ing.close()
+    assert not ing.pruner.running() and len(steps) == 1
+    assert seqs(store, 1)[0] < 4  # stopped part way
+    ing2 = Ingest(store, Keys(), NET, now_fn=clock, config=cfg)
+    ing2.poll()
+    assert ing2.pruner.join(30)
+    assert seqs(store, 1) == [4, 5]
+    ing2.close()
+    assert sum(json.loads(e["detail"])["readings"] for e in store.events(kind="pruned")) == 4
+
+
+def test_close_waits_for_a_prune_step_at_most_prune_stop_s(store):
+    clock = Clock()
+    ing = Ingest(store, Keys(), NET, now_fn=clock, config=CollectorConfig(retention_days=30, prune_stop_s=0.05))
+    _old_readings(store, ing)
+    paused, release = threading.Event(), threading.Event()
+
+    def hold(what):  # a step that does not end before close() returns
+        paused.set()
+        assert release.wait(30)
+
+    ing.pruner.on_step = hold
+    ing.poll()
+    assert paused.wait(30)
+    ing.close()
+    assert ing.pruner.running()
+    release.set()
+    assert ing.pruner.join(30)
+
+
 def test_the_collector_prunes_raw_readings_older_than_the_retention(store):
     clock = Clock()
     ing = Ingest(store, Keys(), NET, now_fn=clock, config=CollectorConfig(retention_days=30, prune_every_s=3600))
     ing.on_message(UP, envelope([telemetry(1, 0, time_s=T0 - 90 * 86400), telemetry(1, 1)]))
     ing.flush()
     assert seqs(store, 1) == [0, 1]
-    ing.poll()
+    ing.poll()  # starts the prune on the pruner's thread
+    assert ing.pruner.join(30)
     assert seqs(store, 1) == [1]  # 90 days old: gone; the hourly sums keep it
     assert [m["n"] for m in store.means(1, "1d", since=T0 - 91 * 86400)] == [1, 1]
+    ing.poll()  # takes its result
     ing.flush()
     (ev,) = store.events(kind="pruned")
     assert json.loads(ev["detail"])["readings"] == 1

@@ -7,16 +7,6 @@ import pytest
 
 from fleet.store import READING_FIELDS, SCHEMA_VERSION, SQLiteStore, StoreError, open_url
 
-BACKENDS = ["sqlite", "postgresql"]
-
-
-@pytest.fixture(params=BACKENDS)
-def store_url(request, tmp_path):
-    """A URL naming a new store on each backend (PostgreSQL: a fresh schema of the worker's cluster)."""
-    if request.param == "sqlite":
-        return f"sqlite://{tmp_path}/fleet.db"
-    return request.getfixturevalue("pg_url")
-
 
 @pytest.fixture
 def store(store_url):

@@ -240,7 +240,7 @@ def test_postgresql_info_and_migrate_from_the_base_schema(tmp_path, pg_url, pg_c
         c.execute("DROP TABLE journal")
         c.execute("DROP TABLE repair_nodes")
         c.execute("CREATE TABLE r3 AS SELECT * FROM readings")  # unpartitioned, keyed (node, seq)
-        c.execute("DROP TABLE readings, reading_keys, store_meta")
+        c.execute("DROP TABLE readings, reading_keys_g0, store_meta, key_gens, sealed_seqs")
         c.execute("ALTER TABLE r3 RENAME TO readings")
         c.execute("ALTER TABLE readings ADD PRIMARY KEY (node, seq)")
     run = CliRunner().invoke

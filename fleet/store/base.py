@@ -42,7 +42,7 @@ import json
 
 from fleet.errors import FleetError
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 READING_FIELDS = (
     "node", "seq", "ts", "rx_ts", "pm1", "pm25", "pm10", "rh", "temp", "n", "flags", "hops", "gateway", "rssi",
@@ -194,7 +194,12 @@ class Store:
     def lead(self, group):
         raise NotImplementedError
 
-    def prune(self, before_ts):
+    def prune(self, before_ts, now_s=None, stop=None, on_step=None):
+        raise NotImplementedError
+
+    def reopen(self):
+        """Return a new store object on the same store, with a connection of its own (for
+        another thread: the collector's pruner)."""
         raise NotImplementedError
 
     def summary(self):

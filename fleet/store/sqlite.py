@@ -8,9 +8,18 @@ import os
 import sqlite3
 import time
 
-from fleet.store.base import SCHEMA_VERSION, SqlStore, StoreBusy, StoreError, wrap_errors
+from fleet.store.base import (
+    _CHUNK_ROWS,
+    READING_FIELDS,
+    SCHEMA_VERSION,
+    SqlStore,
+    StoreBusy,
+    StoreError,
+    wrap_errors,
+)
 
 APPLICATION_ID = 0x524D5348  # 'RMSH': marks a file as a Red Mesh store
+PRUNE_ROWS = 50000  # readings deleted per transaction by prune()
 TABLES = ("nodes", "readings", "hourly", "node_state", "gaps", "events", "rejects", "command_counters",
           "journal", "repair_nodes", "store_meta")
 
@@ -126,6 +135,7 @@ _MIGRATIONS = {
     5: ("ALTER TABLE node_state ADD COLUMN epoch INTEGER",),  # the mesh key epoch a node reports (issue 14)
     6: (),  # journal and repair_nodes (collectors sharing a store): new tables, made by _SCHEMA
     7: (),  # store_meta (the retention horizon): made by _SCHEMA
+    8: (),  # PostgreSQL's key generations; nothing changes here
 }
 
 
@@ -328,33 +338,75 @@ class SQLiteStore(SqlStore):
         return {"backend": "sqlite", "url": self.url, "schema_version": version,
                 "code_schema_version": SCHEMA_VERSION, "rows": rows, "size_bytes": size}
 
+    def _insert_stmt(self, n):
+        """INSERT of `n` rows (then the horizon as the last argument): a (node, seq) already
+        stored is skipped, unless that row is dead - older than the horizon, left by a prune still
+        deleting - when the new copy replaces it."""
+        sql = self._insert_sql.get(n)
+        if sql is None:
+            one = "(" + ",".join("?" * len(READING_FIELDS)) + ")"
+            sets = ", ".join(f"{f} = excluded.{f}" for f in READING_FIELDS[2:])
+            sql = (f"INSERT INTO readings ({', '.join(READING_FIELDS)}) VALUES " + ",".join([one] * n)
+                   + f" ON CONFLICT (node, seq) DO UPDATE SET {sets} WHERE readings.ts < ?"
+                   + " RETURNING node, seq, ts, pm1, pm25, pm10, rh, temp")
+            self._insert_sql[n] = sql
+        return sql
+
     def _insert_readings(self, rows):
-        horizon = self.db.execute("SELECT value FROM store_meta WHERE key = 'pruned_before'").fetchone()
+        row = self.db.execute("SELECT value FROM store_meta WHERE key = 'pruned_before'").fetchone()
+        horizon = row[0] if row else 0
         if horizon:
-            keep = [r for r in rows if r[2] >= horizon[0]]
+            keep = [r for r in rows if r[2] >= horizon]
             if len(keep) < len(rows):
                 self.count_reject("beyond_retention", int(time.time()), len(rows) - len(keep))
             rows = keep
-        return super()._insert_readings(rows) if rows else []
+        stored = []
+        for i in range(0, len(rows), _CHUNK_ROWS):
+            chunk = rows[i:i + _CHUNK_ROWS]
+            flat = [v for r in chunk for v in r]
+            flat.append(horizon)
+            stored.extend(self.db.execute(self._insert_stmt(len(chunk)), flat).fetchall())
+        return stored
 
-    def prune(self, before_ts, chunk=50000):
-        """Delete raw readings older than `before_ts` (hourly sums stay), `chunk` rows per
-        transaction so the collector is never held up long. Returns (horizon, readings
-        deleted): readings older than the horizon are not stored any more."""
+    def prune(self, before_ts, now_s=None, stop=None, on_step=None):
+        """Delete raw readings older than `before_ts` (hourly sums stay), PRUNE_ROWS rows per
+        transaction, pausing between chunks as long as one took, so writers wait at most one
+        chunk (2 million readings: ~6 s with a writer going on at full rate, bench/prune_bench.py). The horizon is raised first: from then
+        on a reading older than it is refused, and the rows still to delete are dead (a new copy
+        of one replaces it, _insert_stmt); an interrupted prune leaves only dead rows, which the
+        next deletes. `stop()` true: return after the chunk in hand; `on_step(what)` is called
+        after each committed transaction; `now_s` is unused (PostgreSQL's key generations).
+        Returns (horizon, readings deleted): readings older than the horizon are not stored any
+        more."""
         before_ts = int(before_ts)
+        stop = stop or (lambda: False)
+        chunk = PRUNE_ROWS
         with self.transaction():
             self.db.execute("INSERT INTO store_meta VALUES ('pruned_before', ?) ON CONFLICT (key) DO UPDATE "
                             "SET value = max(store_meta.value, excluded.value)", (before_ts,))
+        horizon = self.db.execute("SELECT value FROM store_meta WHERE key = 'pruned_before'").fetchone()[0]
         deleted = 0
-        while True:
+        while not stop():
+            t0 = time.monotonic()
             with self.transaction():
                 n = self.db.execute("DELETE FROM readings WHERE rowid IN (SELECT rowid FROM readings WHERE ts < ? "
-                                    "LIMIT ?)", (before_ts, chunk)).rowcount
+                                    "LIMIT ?)", (horizon, chunk)).rowcount
             deleted += n
+            if n and on_step:
+                on_step("readings")
             if n < chunk:
                 break
-        horizon = self.db.execute("SELECT value FROM store_meta WHERE key = 'pruned_before'").fetchone()[0]
+            # SQLite has one write lock and its busy handler polls: without a pause as long as the
+            # chunk took, a waiting writer seldom gets in between two chunks
+            time.sleep(min(time.monotonic() - t0, 0.5))
         return horizon, deleted
+
+    def reopen(self):
+        """A new SQLiteStore on the same file (its own connection). Raises StoreError for an
+        in-memory store (another connection would see another database)."""
+        if self.path == ":memory:":
+            raise StoreError("an in-memory store cannot be opened a second time; use a file")
+        return SQLiteStore(self.path)
 
     def lead(self, group):
         """Try to become the repair leader of `group` on this store: return a Lease, or None

@@ -15,8 +15,9 @@ from fleet.cli._options import home_option, store_option
 @store_option
 def cli(home, days, as_json):
     """Drop old raw readings; hourly and daily means stay. A reading older than the new horizon
-    is not stored again (counted as a reject, beyond_retention). `store.retention_days` in
-    fleet.toml has the collector do this every hour."""
+    is not stored again (counted as a reject, beyond_retention). Runs in bounded steps beside a
+    collector (Ctrl-C or a failure leaves the store consistent; run it again to finish).
+    `store.retention_days` in fleet.toml has the collector do this every hour."""
     store = home.store()
     try:
         horizon, dropped = store.prune(int(time.time()) - days * 86400)
