@@ -40,7 +40,8 @@ def fill(store, n_nodes, per_node, end):
             store._partitions_for(range(start, end + 1, 86400 * 27))
         nodes = f"generate_series(1, {n_nodes}) AS n"
         seqs = f"generate_series(0, {per_node - 1}) AS s"
-        store.db.execute(f"INSERT INTO reading_keys SELECT n, s, {start} + s * {EVERY_S} FROM {nodes}, {seqs}")
+        gen = store.db.execute("SELECT gen FROM key_gens WHERE sealed_at IS NULL").fetchone()[0]  # the current keys
+        store.db.execute(f"INSERT INTO reading_keys_g{gen} SELECT n, s, {start} + s * {EVERY_S} FROM {nodes}, {seqs}")
         store.db.execute(f"INSERT INTO readings SELECT n, s, {start} + s * {EVERY_S}, {start} + s * {EVERY_S} + 2, "
                          f"50, 100 + (n * 7 + s) % 300, 150, 60, 210, 30, 0, 2, 0, -70 FROM {nodes}, {seqs}")
     else:
