@@ -8,8 +8,9 @@ awaiting their outcome). Bytes only: no frame objects, no per-descendant state. 
 a node that never relays a routed frame does not pin this code (firmware/mesh.py imports it on
 the first routed frame)."""
 
-from firmware.mesh import BROADCAST, _skip, _u, _uhead
+from firmware.mesh import BROADCAST
 from protocol.auth import HOP_TAG_LEN
+from protocol.cbor import skip_items, uint_at, uint_head
 
 ROUTED_SENDS = 3  # unicasts of one hop (each after the MAC's own retries), as data frames retry
 _MAX_PENDING = 8
@@ -30,12 +31,12 @@ def rx_routed(router, data, now, inject):
             raise ValueError
         ids = []
         for _ in range(plen):
-            v, p = _u(data, p)
+            v, p = uint_at(data, p)
             ids.append(v)
         p_at = p
-        at, p = _u(data, p)
+        at, p = uint_at(data, p)
         p_cmd = p
-        p = _skip(data, p, 1)
+        p = skip_items(data, p, 1)
         if at >= plen or data[p] != 0x44 or p + 5 != n or data[p_cmd] >> 5 != 2:
             raise ValueError
         hl = data[p_cmd] & 31
@@ -43,7 +44,7 @@ def rx_routed(router, data, now, inject):
         if not inject:
             if ids[at] != router.node_id:
                 return False  # a fallback broadcast for another node
-            if at == plen - 1 and _u(cmd, 3)[0] != ids[at]:
+            if at == plen - 1 and uint_at(cmd, 3)[0] != ids[at]:
                 raise ValueError  # only a command for this node ends here: never a flood
     except Exception:  # noqa: BLE001
         st["bad_frames"] += 1
@@ -58,7 +59,7 @@ def rx_routed(router, data, now, inject):
             return router._rx_cmd(cmd, now)
         at += 1
         # re-tagged in this node's own epoch (its key phase in the version item), as floods are
-        data = data[:1] + router._vb + data[2:p_at] + _uhead(at) + data[p_cmd:n - HOP_TAG_LEN]
+        data = data[:1] + router._vb + data[2:p_at] + uint_head(at) + data[p_cmd:n - HOP_TAG_LEN]
         data += router._hmac.tag(data, HOP_TAG_LEN)
     nb = router._nbrs.get(ids[at])
     if nb is None:

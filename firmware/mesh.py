@@ -86,6 +86,7 @@ Events (poll_event):
 from firmware.compat import const, unload
 from firmware.trickle import Trickle, Xorshift32
 from protocol.auth import HOP_TAG_LEN, Hmac, ct_equal
+from protocol.cbor import uint_head
 from protocol.errors import ProtocolError
 from protocol.frames import (
     BF_GATEWAY,
@@ -102,6 +103,9 @@ from protocol.frames import (
     Beacon,
     decode,
     encode,
+    scan_beacon,
+    scan_command,
+    scan_uplink,
 )
 
 BROADCAST = b"\xff\xff\xff\xff\xff\xff"
@@ -139,68 +143,6 @@ STAT_KEYS = (
     "events_dropped", "txq_drops", "queue_len", "routed_fwd", "routed_nbr_miss", "routed_retries",
     "routed_fail", "alien_rx", "alien_fwd",
 )
-
-_NOT_UINT = "not a small unsigned integer"
-
-
-def _u(b, p):
-    """Read a CBOR unsigned integer (up to 32 bits) at p; return (value, next p)."""
-    ib = b[p]
-    if ib < 24:
-        return ib, p + 1
-    if ib == 24:
-        return b[p + 1], p + 2
-    if ib == 25:
-        return (b[p + 1] << 8) | b[p + 2], p + 3
-    if ib == 26:
-        return (b[p + 1] << 24) | (b[p + 2] << 16) | (b[p + 3] << 8) | b[p + 4], p + 5
-    raise ValueError(_NOT_UINT)
-
-
-def _skip(b, p, n):
-    """Skip n CBOR items at p (no floats, tags or indefinite lengths); return the next p.
-    Every step consumes a byte, so hostile counts end in an IndexError, not a long loop."""
-    while n:
-        ib = b[p]
-        p += 1
-        major = ib >> 5
-        ai = ib & 31
-        if ai < 24:
-            v = ai
-        elif ai == 24:
-            v = b[p]
-            p += 1
-        elif ai == 25:
-            v = (b[p] << 8) | b[p + 1]
-            p += 2
-        elif ai == 26:
-            v = int.from_bytes(b[p:p + 4], "big")
-            p += 4
-        elif ai == 27:
-            v = int.from_bytes(b[p:p + 8], "big")
-            p += 8
-        else:
-            raise ValueError("indefinite length")
-        n -= 1
-        if major == 2 or major == 3:
-            p += v
-        elif major == 4:
-            n += v
-        elif major == 5:
-            n += v + v
-        elif major > 1:
-            raise ValueError("unexpected major type")
-    return p
-
-
-def _uhead(v):
-    """CBOR head of unsigned v (v <= 0xFFFF) as bytes."""
-    if v < 24:
-        return bytes((v,))
-    if v < 256:
-        return bytes((24, v))
-    return bytes((25, v >> 8, v & 255))
-
 
 class PeerTable:
     """ESP-NOW peer bookkeeping for the shell: ESP-NOW needs add_peer(mac) before a unicast
@@ -348,22 +290,6 @@ class _Entry:
         self.tries = 0
         self.data = b""  # encoded for data_cost (kept for retries while the cost holds)
         self.data_cost = -1
-
-
-def _parse_up(b):
-    """Scan a telemetry/status/reply frame: (origin, seq, hops, cost, p_hops, p_etag).
-    Raises (ValueError/IndexError) when the layout is wrong; the hop tag is not checked."""
-    if b[0] != 0x8A:
-        raise ValueError("expected a 10-item array")
-    origin, p = _u(b, 3)
-    seq, p = _u(b, p)
-    p = _skip(b, p, 2)  # time_s, body
-    p_hops = p
-    hops, p = _u(b, p)
-    cost, p = _u(b, p)
-    if b[p] != 0x48 or b[p + 9] != 0x44 or p + 14 != len(b) or hops > 255 or cost > COST_INFINITE:
-        raise ValueError("bad tail")
-    return origin, seq, hops, cost, p_hops, p
 
 
 class Router:
@@ -651,7 +577,7 @@ class Router:
         frame.hops = 1
         frame.cost = self.cost
         data = encode(frame, self._hmac, None, self._phase)
-        _, _, _, _, p_hops, p_etag = _parse_up(data)
+        _, _, _, _, p_hops, p_etag = scan_uplink(data)
         e = _Entry(data, p_hops, p_etag, 1, True, app_token)
         e.data = data
         e.data_cost = self.cost
@@ -688,17 +614,7 @@ class Router:
     def _rx_beacon(self, src_mac, data, rssi, now):
         st = self.stats
         try:
-            if data[0] != 0x89:
-                raise ValueError("expected a 9-item array")
-            src, p = _u(data, 3)
-            bseq, p = _u(data, p)
-            cost, p = _u(data, p)
-            depth, p = _u(data, p)
-            time_s, p = _u(data, p)
-            flags, p = _u(data, p)
-            if data[p] != 0x44 or p + 5 != len(data) or bseq > 255 or cost > COST_INFINITE \
-                    or depth > 255 or flags > 255:
-                raise ValueError("bad beacon")
+            src, bseq, cost, depth, time_s, flags = scan_beacon(data)
         except Exception:  # noqa: BLE001 - any malformation is just a bad frame
             st["bad_frames"] += 1
             return
@@ -799,7 +715,7 @@ class Router:
     def _rx_up(self, src_mac, data, rssi, now, t):
         st = self.stats
         try:
-            origin, seq, hops, cost, p_hops, p_etag = _parse_up(data)
+            origin, seq, hops, cost, p_hops, p_etag = scan_uplink(data)
         except Exception:  # noqa: BLE001
             st["bad_frames"] += 1
             return
@@ -858,22 +774,7 @@ class Router:
     def _rx_cmd(self, data, now):
         st = self.stats
         try:
-            if data[0] != 0x89:
-                raise ValueError("expected a 9-item array")
-            target, p = _u(data, 3)
-            cseq, p = _u(data, p)
-            p = _skip(data, p, 2)  # op, args
-            p_hops = p
-            hops, p = _u(data, p)
-            p_auth = p
-            if data[p] == 0x48:
-                p += 9
-            elif data[p] == 0x58 and data[p + 1] == 64:
-                p += 66
-            else:
-                raise ValueError("bad auth")
-            if data[p] != 0x44 or p + 5 != len(data) or hops > 255:
-                raise ValueError("bad tail")
+            target, cseq, hops, p_hops, p_auth = scan_command(data)
         except Exception:  # noqa: BLE001
             st["bad_frames"] += 1
             return False
@@ -903,7 +804,7 @@ class Router:
             if hops >= self.max_hops:
                 st["ttl_dropped"] += 1
             elif len(self._floods) + self.flood_repeats <= _MAX_FLOODS:
-                body = data[:1] + self._vb + data[2:p_hops] + _uhead(hops + 1) + data[p_auth:len(data) - HOP_TAG_LEN]
+                body = data[:1] + self._vb + data[2:p_hops] + uint_head(hops + 1) + data[p_auth:len(data) - HOP_TAG_LEN]
                 out = body + self._hmac.tag(body, HOP_TAG_LEN)
                 due = now
                 for _ in range(self.flood_repeats):
@@ -1240,7 +1141,7 @@ class Router:
         cost = self.cost
         if not e.data or e.data_cost != cost:
             raw = e.raw
-            body = (raw[:1] + self._vb + raw[2:e.p_hops] + _uhead(e.hops) + _uhead(cost)
+            body = (raw[:1] + self._vb + raw[2:e.p_hops] + uint_head(e.hops) + uint_head(cost)
                     + raw[e.p_etag:len(raw) - HOP_TAG_LEN])
             e.data = body + self._hmac.tag(body, HOP_TAG_LEN)
             e.data_cost = cost

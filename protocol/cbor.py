@@ -22,7 +22,8 @@ _SIMPLE_TRUE = 0xF5
 _SIMPLE_NULL = 0xF6
 
 
-def _head(major, n, out):
+def put_head(major, n, out):
+    """Append the CBOR head of major type `major` with argument `n` to bytearray `out`."""
     mt = major << 5
     if n < 24:
         out.append(mt | n)
@@ -54,18 +55,18 @@ def _enc(obj, out, depth):
         out.append(_SIMPLE_NULL)
     elif isinstance(obj, int):
         if obj >= 0:
-            _head(0, obj, out)
+            put_head(0, obj, out)
         else:
-            _head(1, -1 - obj, out)
+            put_head(1, -1 - obj, out)
     elif isinstance(obj, (bytes, bytearray, memoryview)):
-        _head(2, len(obj), out)
+        put_head(2, len(obj), out)
         out.extend(obj)
     elif isinstance(obj, str):
         b = obj.encode("utf-8")
-        _head(3, len(b), out)
+        put_head(3, len(b), out)
         out.extend(b)
     elif isinstance(obj, (list, tuple)):
-        _head(4, len(obj), out)
+        put_head(4, len(obj), out)
         for item in obj:
             _enc(item, out, depth + 1)
     elif isinstance(obj, dict):
@@ -75,7 +76,7 @@ def _enc(obj, out, depth):
             _enc(k, kb, depth + 1)
             pairs.append((bytes(kb), obj[k]))
         pairs.sort(key=lambda p: p[0])
-        _head(5, len(pairs), out)
+        put_head(5, len(pairs), out)
         for kb, v in pairs:
             out.extend(kb)
             _enc(v, out, depth + 1)
@@ -208,3 +209,76 @@ def loads(buf):
     v = d.item()
     d.done()
     return v
+
+
+# ---------------------------------------------------------------------- in-place scanners
+# For the fast paths (a forwarder reading a frame's header where it lies, the simulator's
+# medium): no frame object, no copy. They trust nothing: a layout they do not expect raises
+# ProtocolError, a buffer cut short IndexError (bounds checks left to the indexing: this is the
+# hot path) - a caller counts either as a bad frame. What they read is what decode() reads
+# (tests/device/test_protocol_scan.py holds them to it).
+_NOT_UINT = "not a small unsigned integer"
+
+
+def uint_at(b, p):
+    """The CBOR unsigned integer (at most 32 bits) at b[p]: (value, the offset after it)."""
+    ib = b[p]
+    if ib < 24:
+        return ib, p + 1
+    if ib == 24:
+        return b[p + 1], p + 2
+    if ib == 25:
+        return (b[p + 1] << 8) | b[p + 2], p + 3
+    if ib == 26:
+        return (b[p + 1] << 24) | (b[p + 2] << 16) | (b[p + 3] << 8) | b[p + 4], p + 5
+    raise ProtocolError(_NOT_UINT)
+
+
+def skip_items(b, p, n):
+    """The offset after the `n` CBOR items at b[p] (no floats, tags or indefinite lengths).
+    Every step consumes a byte, so a hostile count ends in an IndexError, not a long loop; a
+    hostile length is refused before it is used as an offset (on a 32-bit board an offset past
+    2**30 is a long int, and indexing with it raises OverflowError, not IndexError)."""
+    end = len(b)
+    while n:
+        ib = b[p]
+        p += 1
+        major = ib >> 5
+        ai = ib & 31
+        if ai < 24:
+            v = ai
+        elif ai == 24:
+            v = b[p]
+            p += 1
+        elif ai == 25:
+            v = (b[p] << 8) | b[p + 1]
+            p += 2
+        elif ai == 26:
+            v = int.from_bytes(b[p:p + 4], "big")
+            p += 4
+        elif ai == 27:
+            v = int.from_bytes(b[p:p + 8], "big")
+            p += 8
+        else:
+            raise ProtocolError("indefinite length")
+        n -= 1
+        if major == 2 or major == 3:
+            p += v
+            if p > end:
+                raise ProtocolError("truncated")
+        elif major == 4:
+            n += v
+        elif major == 5:
+            n += v + v
+        elif major > 1:
+            raise ProtocolError("unexpected major type")
+    return p
+
+
+def uint_head(v):
+    """The CBOR head of unsigned `v` (at most 0xFFFF) as bytes: what a forwarder splices in."""
+    if v < 24:
+        return bytes((v,))
+    if v < 256:
+        return bytes((24, v))
+    return bytes((25, v >> 8, v & 255))

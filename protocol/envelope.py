@@ -5,7 +5,7 @@ protocol.encode / protocol.decode (protocol/frames.py) and makes protocol.Envelo
 protocol.Downlink available; the host's `import protocol` does that for it."""
 import protocol
 from protocol import frames
-from protocol.cbor import MAX_ITEMS, _head
+from protocol.cbor import MAX_ITEMS, put_head
 from protocol.errors import ProtocolError
 from protocol.frames import (
     MAX_ENVELOPE,
@@ -61,14 +61,14 @@ class Downlink(Frame):
 def _encode(frame):
     out = bytearray()
     if frame.type == T_ENVELOPE:
-        _head(4, 5, out)
-        _head(0, VERSION, out)
-        _head(0, T_ENVELOPE, out)
+        put_head(4, 5, out)
+        put_head(0, VERSION, out)
+        put_head(0, T_ENVELOPE, out)
         _put_num(out, "gateway", frame.gateway, 0, U32)
         _put_num(out, "eseq", frame.eseq, 0, U32)
-        _head(4, len(frame.items), out)
+        put_head(4, len(frame.items), out)
         for rx_ms, rssi, fb in frame.items:
-            _head(4, 3, out)
+            put_head(4, 3, out)
             _put_num(out, "rx_ms", rx_ms, 0, U64)
             _put_num(out, "rssi", rssi, -128, 0)
             _put_bytes(out, "frame", fb, 1, MAX_FRAME)
@@ -77,10 +77,10 @@ def _encode(frame):
         return bytes(out)
     if not frame.frames:
         raise ValueError("downlink: expected at least one frame")
-    _head(4, 3, out)
-    _head(0, VERSION, out)
-    _head(0, T_DOWNLINK, out)
-    _head(4, len(frame.frames), out)
+    put_head(4, 3, out)
+    put_head(0, VERSION, out)
+    put_head(0, T_DOWNLINK, out)
+    put_head(4, len(frame.frames), out)
     for fb in frame.frames:
         _put_bytes(out, "frame", fb, 1, MAX_FRAME)
     if len(out) > MAX_ENVELOPE:

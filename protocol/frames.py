@@ -24,7 +24,7 @@ import sys
 
 from protocol import cbor
 from protocol.auth import E2E_TAG_LEN, HOP_TAG_LEN, SIG_LEN, Hmac, ct_equal
-from protocol.cbor import _head
+from protocol.cbor import put_head, skip_items, uint_at
 from protocol.errors import ProtocolError
 
 VERSION = 1
@@ -153,9 +153,9 @@ def _put_num(out, name, v, lo, hi, pre=None):
     if not isinstance(v, int) or isinstance(v, bool) or v < lo or v > hi:
         raise ValueError("%s: expected an integer %d..%d, got %r" % (_label(name, pre), lo, hi, v))
     if v >= 0:
-        _head(0, v, out)
+        put_head(0, v, out)
     else:
-        _head(1, -1 - v, out)
+        put_head(1, -1 - v, out)
 
 
 def _put(out, obj, spec, pre=None):
@@ -167,7 +167,7 @@ def _put(out, obj, spec, pre=None):
             b = v.encode("utf-8") if isinstance(v, str) else None
             if b is None or len(b) > hi:
                 raise ValueError("%s: expected text of at most %d bytes" % (_label(name, pre), hi))
-            _head(3, len(b), out)
+            put_head(3, len(b), out)
             out.extend(b)
         else:
             _put_num(out, name, v, lo, hi, pre)
@@ -176,7 +176,7 @@ def _put(out, obj, spec, pre=None):
 def _put_bytes(out, name, v, lo, hi):
     if not isinstance(v, (bytes, bytearray)) or len(v) < lo or len(v) > hi:
         raise ValueError("%s: expected %d..%d bytes" % (name, lo, hi))
-    _head(2, len(v), out)
+    put_head(2, len(v), out)
     out.extend(v)
 
 
@@ -193,13 +193,13 @@ def _scalar_arg(d, name):
 
 
 def _enc_args(args, out, name):
-    _head(4, len(args), out)
+    put_head(4, len(args), out)
     for a in args:
         if isinstance(a, str):
             b = a.encode("utf-8")
             if len(b) > 32:
                 raise ValueError(name + ": text arguments are at most 32 bytes")
-            _head(3, len(b), out)
+            put_head(3, len(b), out)
             out.extend(b)
         else:
             _put_num(out, name, a, _ARG, U64)
@@ -307,7 +307,7 @@ def _put_rec(out, rec, name, n=0):
     """Encode rec's fields as an array (only the first n when n is given); `name` prefixes the
     field in error messages ("reading.pm25")."""
     spec = rec.SPEC[:n] if n else rec.SPEC
-    _head(4, len(spec), out)
+    put_head(4, len(spec), out)
     _put(out, rec, spec, name)
 
 
@@ -338,7 +338,7 @@ class Telemetry(Frame):
         n = len(self.readings)
         if n < 1 or n > MAX_READINGS:
             raise ValueError("telemetry: expected 1..%d readings, got %d" % (MAX_READINGS, n))
-        _head(4, n, out)
+        put_head(4, n, out)
         for r in self.readings:
             _put_rec(out, r, "reading")
 
@@ -375,7 +375,7 @@ class Reply(Frame):
     def _enc_body(self, out):
         if len(self.result) > 8:
             raise ValueError("reply.result: expected at most 8 items")
-        _head(4, 3, out)
+        put_head(4, 3, out)
         _put_num(out, "reply.cseq", self.cseq, 0, U32)
         _put_num(out, "reply.code", self.code, 0, U8)
         _enc_args(self.result, out, "reply.result")
@@ -469,10 +469,10 @@ def encode(frame, mesh_key=None, node_key=None, phase=None):
         raise ValueError("encoding an air frame needs the mesh key")
     out = _out()
     if t in _UPLINK:
-        _head(4, 10, out)
+        put_head(4, 10, out)
         start = len(out)
-        _head(0, VERSION, out)
-        _head(0, t, out)
+        put_head(0, VERSION, out)
+        put_head(0, t, out)
         _put(out, frame, _UP_HEAD)
         frame._enc_body(out)
         if t == T_TELEMETRY and frame.seq + len(frame.readings) - 1 > U32:
@@ -486,7 +486,7 @@ def encode(frame, mesh_key=None, node_key=None, phase=None):
     elif t == T_COMMAND:
         if len(frame.args) > 4:
             raise ValueError("command.args: expected at most 4 items")
-        _head(4, 9, out)
+        put_head(4, 9, out)
         covered = signed_bytes(frame)
         out.extend(covered)
         if node_key is not None:
@@ -502,9 +502,9 @@ def encode(frame, mesh_key=None, node_key=None, phase=None):
         from protocol.routed import enc_routed
         enc_routed(frame, out)
     elif t in _ONEHOP or t == T_OTA_DATA:
-        _head(4, len(frame.SPEC) + (4 if t == T_OTA_DATA else 3), out)
-        _head(0, VERSION, out)
-        _head(0, t, out)
+        put_head(4, len(frame.SPEC) + (4 if t == T_OTA_DATA else 3), out)
+        put_head(0, VERSION, out)
+        put_head(0, t, out)
         _put(out, frame, frame.SPEC)
         if t == T_OTA_DATA:
             _put_bytes(out, "data", frame.data, 1, OTA_PKT_MAX)
@@ -523,14 +523,70 @@ def encode(frame, mesh_key=None, node_key=None, phase=None):
 def signed_bytes(cmd):
     """Return the bytes a command's auth covers: version through args (a CBOR sequence)."""
     out = bytearray()
-    _head(0, VERSION, out)
-    _head(0, T_COMMAND, out)
+    put_head(0, VERSION, out)
+    put_head(0, T_COMMAND, out)
     _put(out, cmd, cmd.SPEC)
     _enc_args(cmd.args, out, "command.args")
     return bytes(out)
 
 
 # ---- decode ----------------------------------------------------------------------------------
+
+
+# ---- headers read in place (a forwarder's fast path: protocol/cbor.py "in-place scanners").
+# ProtocolError when the layout is not the frame's, IndexError when cut short; the tags are not
+# checked. Offsets are where a forwarder splices: the hops item, the auth/etag item's head.
+
+def scan_uplink(b):
+    """A telemetry/status/reply frame's (origin, seq, hops, cost, p_hops, p_etag)."""
+    if b[0] != 0x8A:
+        raise ProtocolError("expected a 10-item array")
+    origin, p = uint_at(b, 3)
+    seq, p = uint_at(b, p)
+    p = skip_items(b, p, 2)  # time_s, body
+    p_hops = p
+    hops, p = uint_at(b, p)
+    cost, p = uint_at(b, p)
+    if b[p] != 0x48 or b[p + 9] != 0x44 or p + 14 != len(b) or hops > 255 or cost > COST_INFINITE:
+        raise ProtocolError("bad tail")
+    return origin, seq, hops, cost, p_hops, p
+
+
+def scan_beacon(b):
+    """A beacon's (src, bseq, cost, depth, time_s, flags)."""
+    if b[0] != 0x89:
+        raise ProtocolError("expected a 9-item array")
+    src, p = uint_at(b, 3)
+    bseq, p = uint_at(b, p)
+    cost, p = uint_at(b, p)
+    depth, p = uint_at(b, p)
+    time_s, p = uint_at(b, p)
+    flags, p = uint_at(b, p)
+    if b[p] != 0x44 or p + 5 != len(b) or bseq > 255 or cost > COST_INFINITE or depth > 255 or flags > 255:
+        raise ProtocolError("bad beacon")
+    return src, bseq, cost, depth, time_s, flags
+
+
+def scan_command(b):
+    """A command frame's (target, cseq, hops, p_hops, p_auth): p_auth is the auth item's head
+    (an 8-byte HMAC tag or a 64-byte signature), the hop tag follows it."""
+    if b[0] != 0x89:
+        raise ProtocolError("expected a 9-item array")
+    target, p = uint_at(b, 3)
+    cseq, p = uint_at(b, p)
+    p = skip_items(b, p, 2)  # op, args
+    p_hops = p
+    hops, p = uint_at(b, p)
+    p_auth = p
+    if b[p] == 0x48:
+        p += 9
+    elif b[p] == 0x58 and b[p + 1] == 64:
+        p += 66
+    else:
+        raise ProtocolError("bad auth")
+    if b[p] != 0x44 or p + 5 != len(b) or hops > 255:
+        raise ProtocolError("bad tail")
+    return target, cseq, hops, p_hops, p_auth
 
 
 def peek_type(buf):

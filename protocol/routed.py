@@ -3,7 +3,7 @@
 Kept out of protocol/frames.py so that a plain node, which forwards routed frames by their bytes
 (firmware/mesh.py), does not pin this codec in its heap; frames.encode/decode load it on demand."""
 
-from protocol.cbor import _head
+from protocol.cbor import put_head
 from protocol.errors import ProtocolError
 from protocol.frames import (
     MAX_FRAME,
@@ -36,12 +36,12 @@ class Routed(Frame):
 
 
 def enc_routed(frame, out):
-    _head(4, 6, out)
-    _head(0, VERSION, out)
-    _head(0, T_ROUTED, out)
+    put_head(4, 6, out)
+    put_head(0, VERSION, out)
+    put_head(0, T_ROUTED, out)
     if len(frame.path) < 1 or len(frame.path) > MAX_ROUTE:
         raise ValueError("routed.path: expected 1..%d node ids" % MAX_ROUTE)
-    _head(4, len(frame.path), out)
+    put_head(4, len(frame.path), out)
     for nid in frame.path:
         _put_num(out, "routed.path", nid, 1, U32)
     _put_num(out, "routed.at", frame.at, 0, len(frame.path) - 1)

@@ -15,7 +15,7 @@ from fake_radio import (
 )
 
 from firmware.downroute import inject_routed
-from firmware.mesh import BROADCAST, PeerTable, Router, _parse_up
+from firmware.mesh import BROADCAST, PeerTable, Router
 from firmware.mesh_params import DEFAULTS
 from firmware.trickle import Trickle, Xorshift32
 from protocol import (
@@ -33,6 +33,7 @@ from protocol import (
     encode,
 )
 from protocol.auth import Hmac
+from protocol.frames import scan_uplink as _parse_up
 
 MESH = Hmac(bytes(range(32)))
 MIN = 60_000
