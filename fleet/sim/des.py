@@ -82,6 +82,7 @@ from protocol import (
     T_TELEMETRY,
 )
 from protocol.auth import HOP_TAG_LEN, Hmac, derive_mesh_key, derive_node_key
+from protocol.cbor import uint_at
 
 FRAME_OVERHEAD_BYTES = 30  # as fleet/sim/medium.py charges per frame
 ACK_US = 10 + 304  # SIFS + an 802.11b ACK (long preamble) at 1 Mbit/s
@@ -239,19 +240,6 @@ class MemoHmac(Hmac):
                 memo.clear()
             t = memo[data] = self.digest(data)[:n]
         return t
-
-
-def _uint_at(b, p):
-    ib = b[p]
-    if ib < 24:
-        return ib, p + 1
-    if ib == 24:
-        return b[p + 1], p + 2
-    if ib == 25:
-        return (b[p + 1] << 8) | b[p + 2], p + 3
-    if ib == 26:
-        return int.from_bytes(b[p + 1:p + 5], "big"), p + 5
-    return -1, p + 1
 
 
 def _percentile(sorted_vals, q):
@@ -504,9 +492,9 @@ class Simulation:
         name = _TYPES.get(t, "other")
         self.tx_by_type[name] += 1
         if t == T_TELEMETRY and self.collector.resent:
-            origin, p = _uint_at(data, 3)
+            origin, p = uint_at(data, 3)  # the nodes' own frames: valid by construction
             rs = self.collector.resent.get(origin)
-            if rs is not None and _uint_at(data, p)[0] in rs:
+            if rs is not None and uint_at(data, p)[0] in rs:
                 self.counters["repair_telemetry_tx"] += 1
         air = PREAMBLE_US + US_PER_BYTE * (size + FRAME_OVERHEAD_BYTES)
         if dst == BROADCAST:
