@@ -80,6 +80,7 @@ try:
 except ImportError:  # pragma: no cover - cbor2 is a dependency; the strict decoder suffices
     cbor2 = None
 
+_BITS64 = (1 << 64) - 1  # a ReplayWindow's bitmap (64 counters), kept signed in the store
 log = logging.getLogger("fleet.collector")
 
 # Set by the collector in a reading's flags: its time was re-stamped because the gateway's clock
@@ -329,7 +330,7 @@ class Ingest:
         self._runs = {}  # shared: node -> [[first, last, gateway, hops, rx_s]] reading runs of this batch
         self._jrows = []  # shared: status and reply journal rows of this batch
         self._status_seq = {}  # node -> counter of the newest status applied
-        self._lead_replies = {}  # shared, leading: node -> ReplayWindow of the replies applied
+        self._lead_replies = {}  # shared, leading: node -> ReplayWindow of the replies applied (in repair_nodes)
         self._lease = None  # shared: the group's repair lease while this collector leads
         self._lead_tried = None
         self._lead_checked = None
@@ -373,6 +374,9 @@ class Ingest:
                     self._last_status[node] = (v["boot_count"], v["parent"], v["fw_version"])
                 if v["status_seq"] is not None:
                     self._status_seq[node] = v["status_seq"]
+                if v["reply_top"] is not None:  # the last leader's reply window: replays stay refused
+                    w = self._lead_replies[node] = auth.ReplayWindow(64)
+                    w.top, w.bits = v["reply_top"], v["reply_bits"] & _BITS64
                 self._routes.report(node, v["parent"])
                 continue
             last, first = r["last_seq"], r["min_seq"]
@@ -934,6 +938,7 @@ class Ingest:
         ends the leadership (the state in memory may be ahead of the store)."""
         store, tr = self.store, self.tracker
         events = []
+        dups = replays = 0
         try:
             with store.transaction():
                 rows = store.take_journal(self.cfg.journal_take)
@@ -948,23 +953,37 @@ class Ingest:
                     elif kind == "s":
                         self._apply_status(node, a, int(at_s), gw, c, json.loads(detail), events)
                     elif kind == "y":
-                        w = self._window(self._lead_replies, node)  # a replay dealt to another member
-                        if c is not None and w.accept(c) != auth.NEW:
-                            continue
-                        self._apply_reply(node, a, b, json.loads(detail), int(at_s), now, events)
+                        # the group's replay window (a replay may be dealt to another member than the
+                        # original was): kept in repair_nodes, so a new leader refuses what was applied
+                        r = self._window(self._lead_replies, node).accept(c) if c is not None else auth.NEW
+                        if r == auth.DUPLICATE:
+                            dups += 1
+                        elif r == auth.OLD:
+                            replays += 1
+                        else:
+                            self._apply_reply(node, a, b, json.loads(detail), int(at_s), now, events)
                 gaps = tr.take_dirty()
                 ids = store.write_gaps([g.row() for g in gaps], now) if gaps else []
                 view = []
                 for node in touched:
                     status = self._last_status.get(node, (None, None, None))
-                    view.append((node, *tr.seq_bounds(node), self._status_seq.get(node), *status))
+                    w = self._lead_replies.get(node)
+                    window = (None, None) if w is None else (w.top, w.bits - (1 << 64) if w.bits >> 63 else w.bits)
+                    view.append((node, *tr.seq_bounds(node), self._status_seq.get(node), *status, *window))
                 store.save_repair_nodes(view)
+                if replays:
+                    store.count_reject("replay", now, replays)
                 for ts, kind, node, detail in events + self._lost_events(gaps, now):
                     store.record_event(ts, kind, node=node, detail=detail)
         except Exception as e:  # noqa: BLE001 - the journal stays; whoever leads next applies it
             self._step_down(now, f"the store failed ({type(e).__name__}: {e})")
             return
         self.stats.journal_taken += len(rows)
+        self.stats.reply_duplicates += dups
+        if replays:
+            self.stats.rejects += replays
+            self.stats.rejects_by_cause["replay"] = self.stats.rejects_by_cause.get("replay", 0) + replays
+            self._ratelog.note("replay", f"{replays} replayed reply frame(s) dealt to other members", now)
         self._gaps_written(gaps, ids, now)
 
     def _lost_events(self, gaps, now):

@@ -252,3 +252,37 @@ def test_a_reply_replayed_to_another_collector_is_applied_once(opener):
     clock.t += 1
     a.poll()
     assert [e["kind"] for e in a.store.events(node=4)] == ["reply"]
+
+
+def test_the_reply_replay_window_survives_a_change_of_leader(opener):
+    """The group's replay window over a node's reply counter lives in the store (repair_nodes):
+    after the leader dies, a replay of an applied reply dealt to a member whose own window never
+    saw it is still refused by the next leader (a duplicate: not applied twice), and a reply far
+    below the window is counted as a replay reject, once, by the leader."""
+    clock = Clock()
+    a, b, c = member(opener(), clock), member(opener(), clock), member(opener(), clock)
+    for ing in (a, b, c):
+        ing.poll()
+    assert a.leading
+    a.on_message(UP, envelope([reply(4, 70, 3, 0, [1, 2])]))  # reply seq 70 of node 4
+    a.flush()
+    clock.t += 1
+    a.poll()  # the leader applied it and saved its window
+    crash(a)
+    clock.t += 3
+    b.poll()
+    assert b.leading
+    # the same frame again, to c, and an old reply to b: each passes its member's own window
+    # (neither saw node 4's replies), the group's window is the judge
+    c.on_message(UP, envelope([reply(4, 70, 3, 0, [1, 2])], eseq=5))
+    b.on_message(UP, envelope([reply(4, 2, 1, 0, [])], eseq=6))
+    for ing in (b, c):
+        ing.flush()
+    assert b.stats.rejects == c.stats.rejects == 0
+    clock.t += 1
+    b.poll()
+    assert [e["kind"] for e in b.store.events(node=4)] == ["reply"]  # applied once, by a
+    assert b.stats.reply_duplicates == 1 and b.stats.rejects_by_cause.get("replay") == 1
+    assert b.store.rejects()["replay"]["count"] == 1
+    (row,) = [v for n, v in b.store.repair_nodes().items() if n == 4]
+    assert row["reply_top"] == 70 and row["reply_bits"] & 1

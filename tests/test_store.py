@@ -236,6 +236,7 @@ def test_opens_a_schema_1_store_and_adds_the_status_columns(tmp_path):
     db.execute("ALTER TABLE node_state DROP COLUMN status_seq")
     db.execute("ALTER TABLE node_state DROP COLUMN epoch")
     db.execute("DROP TABLE hourly")
+    db.execute("DROP TABLE repair_nodes")  # schema 6 on; made by the migrations
     db.execute("PRAGMA user_version = 1")
     db.commit()
     db.close()

@@ -84,6 +84,7 @@ def test_migrate_reports_versions(tmp_path):
     db.execute("ALTER TABLE node_state DROP COLUMN status_seq")
     db.execute("ALTER TABLE node_state DROP COLUMN epoch")
     db.execute("DROP TABLE hourly")
+    db.execute("DROP TABLE repair_nodes")  # schema 6 on; made by the migrations
     db.execute("PRAGMA user_version = 1")
     db.commit()
     db.close()
@@ -186,6 +187,7 @@ def test_migration_to_hourly_means_fills_them_from_stored_readings(tmp_path):
     db = sqlite3.connect(path)  # a schema-3 store: readings, no hourly sums
     db.execute("DROP TABLE hourly")
     db.execute("ALTER TABLE node_state DROP COLUMN epoch")
+    db.execute("DROP TABLE repair_nodes")  # schema 6 on
     db.execute("PRAGMA user_version = 3")
     db.commit()
     db.close()
@@ -373,3 +375,15 @@ def test_retention_drops_old_raw_readings_keeps_means_and_refuses_them_later(tmp
     assert json.loads(r.output)["readings_dropped"] == len(left) + 1  # all of 2024 is long over
     r = CliRunner().invoke(group, ["store", "prune", "--older-than-days", "0", "--home", home.path])
     assert r.exit_code == 2
+
+
+def test_the_repair_view_keeps_the_reply_window_whole(store_url):
+    """Schema 9: repair_nodes holds the leader's reply replay window (both backends), its 64-bit
+    bitmap stored signed and read back whole (the downgrade tests above migrate through 9)."""
+    from fleet.store.base import REPAIR_FIELDS
+
+    with open_url(store_url) as s:
+        s.save_repair_nodes([(5, 9, 0, 3, 1, 7, "1.2", 70, -(1 << 63) | 1)])
+        assert s.repair_nodes()[5] == dict(zip(REPAIR_FIELDS, (5, 9, 0, 3, 1, 7, "1.2", 70, -(1 << 63) | 1),
+                                               strict=True))
+        assert s.schema_version() == SCHEMA_VERSION

@@ -42,7 +42,7 @@ import json
 
 from fleet.errors import FleetError
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 READING_FIELDS = (
     "node", "seq", "ts", "rx_ts", "pm1", "pm25", "pm10", "rh", "temp", "n", "flags", "hops", "gateway", "rssi",
@@ -61,7 +61,10 @@ GAP_STATES = ("open", "requested", "recovered", "lost")
 # (a: cseq, b: code, detail: JSON result); at_s: when received; gateway: which one carried it.
 JOURNAL_FIELDS = ("kind", "node", "at_s", "gateway", "a", "b", "c", "detail")
 # The repair leader's view of a node, kept across failovers.
-REPAIR_FIELDS = ("node", "max_seq", "min_seq", "status_seq", "boot_count", "parent", "fw_version")
+# reply_top/reply_bits: the leader's replay window over a node's reply counter (protocol.auth.ReplayWindow,
+# its 64-bit bitmap stored as a signed 64-bit integer): a new leader keeps refusing what was applied.
+REPAIR_FIELDS = ("node", "max_seq", "min_seq", "status_seq", "boot_count", "parent", "fw_version", "reply_top",
+                 "reply_bits")
 
 # Columns of status_rows(), in order.
 STATUS_FIELDS = (

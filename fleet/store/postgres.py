@@ -191,6 +191,10 @@ _MIGRATIONS = {
         "INSERT INTO key_gens VALUES (0, extract(epoch FROM now())::bigint, NULL)",
         "CREATE TABLE sealed_seqs (node BIGINT PRIMARY KEY, max_seq BIGINT NOT NULL)",
     )),
+    9: ("the repair leader's reply replay windows in repair_nodes", (
+        "ALTER TABLE repair_nodes ADD COLUMN reply_top BIGINT",
+        "ALTER TABLE repair_nodes ADD COLUMN reply_bits BIGINT",
+    )),
 }
 
 TABLES = ("nodes", "readings", "hourly", "node_state", "gaps", "events", "rejects",

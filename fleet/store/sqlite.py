@@ -118,7 +118,8 @@ CREATE TABLE IF NOT EXISTS store_meta (
 CREATE TABLE IF NOT EXISTS repair_nodes (
     node INTEGER PRIMARY KEY,
     max_seq INTEGER, min_seq INTEGER,
-    status_seq INTEGER, boot_count INTEGER, parent INTEGER, fw_version TEXT
+    status_seq INTEGER, boot_count INTEGER, parent INTEGER, fw_version TEXT,
+    reply_top INTEGER, reply_bits INTEGER
 );
 """
 
@@ -133,9 +134,12 @@ _MIGRATIONS = {
         "WHERE pm25 IS NOT NULL GROUP BY node, ts / 3600",
         "CREATE INDEX hourly_hour ON hourly (hour, node, n, pm25_sum)"),
     5: ("ALTER TABLE node_state ADD COLUMN epoch INTEGER",),  # the mesh key epoch a node reports (issue 14)
-    6: (),  # journal and repair_nodes (collectors sharing a store): new tables, made by _SCHEMA
+    6: ("CREATE TABLE IF NOT EXISTS repair_nodes (node INTEGER PRIMARY KEY, max_seq INTEGER, min_seq INTEGER, "
+        "status_seq INTEGER, boot_count INTEGER, parent INTEGER, fw_version TEXT)",),  # journal: made by _SCHEMA
     7: (),  # store_meta (the retention horizon): made by _SCHEMA
     8: (),  # PostgreSQL's key generations; nothing changes here
+    9: ("ALTER TABLE repair_nodes ADD COLUMN reply_top INTEGER",  # the leader's reply replay windows
+        "ALTER TABLE repair_nodes ADD COLUMN reply_bits INTEGER"),
 }
 
 
