@@ -28,6 +28,12 @@ Format (CDDL; protocol/redmesh.cddl stays the wire spec, this is the flash file)
       ? "continuous": bool,                ; default false: keep the sensor on
       ? "sensor": "pms5003" / "pms5003t" / "sds011",   ; default "pms5003"
       ? "radio_channel": 1..14,            ; default 1 (a gateway: its Wi-Fi AP's channel)
+      ? "parent_report_delay_ms": 1000..600000,  ; default 60000: a new parent is reported once
+                                           ;   held this long plus a random part of it
+      ? "key_ask_ms": 5000..3600000,       ; default 60000: asks for a missed mesh key this
+                                           ;   often at most (firmware/node.py)
+      ? "ota_distrust_ms": 1000..3600000,  ; default 60000: a sender of a bad OTA page or
+                                           ;   manifest is ignored this long (firmware/ota.py)
       ? "uplink": uplink-config,           ; required for a gateway, absent on a node
       ? "sim": sim-config,                 ; only on virtual nodes
     }
@@ -80,6 +86,13 @@ KEYS = (
     ("continuous", "bool", None, None, False),
     ("sensor", "text", SENSORS, None, "pms5003"),
     ("radio_channel", "int", 1, 14, 1),
+    # Protocol timers (parent_report_delay_ms and ota_distrust_ms default to firmware/node.py
+    # PARENT_REPORT_DELAY_MS and firmware/ota.py OtaParams' distrust_ms: tests/device/test_config.py
+    # holds them equal). A board keeps the defaults; the virtual rig may shorten them so that a
+    # HIL test waits seconds for what takes minutes on a pole.
+    ("parent_report_delay_ms", "int", 1000, 600000, 60000),
+    ("key_ask_ms", "int", 5000, 3600000, 60000),
+    ("ota_distrust_ms", "int", 1000, 3600000, 60000),
     ("uplink", "map", None, None, NODEF),
     ("sim", "map", None, None, NODEF),
 )
@@ -189,6 +202,9 @@ class Settings:
     continuous: bool
     sensor: str
     radio_channel: int
+    parent_report_delay_ms: int
+    key_ask_ms: int
+    ota_distrust_ms: int
     uplink: dict
     sim: dict
 

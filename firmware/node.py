@@ -31,7 +31,7 @@ from firmware import fsutil  # noqa: E402
 from firmware import ring as ring_mod  # noqa: E402
 
 gc.collect()
-from firmware.compat import const, ticks_diff, ticks_ms  # noqa: E402
+from firmware.compat import ticks_diff, ticks_ms  # noqa: E402
 from firmware.drivers import command_bytes, make_parser  # noqa: E402
 from firmware.mesh import BROADCAST, PeerTable, Router  # noqa: E402
 
@@ -55,6 +55,8 @@ STATUS_INTERVAL_S = 300
 # control transmissions (beacons + repair) per reading 25.9 / 26.4 -> 21.7 / 18.7, fewer stale
 # routes flooded; status 15.1 / 15.9 -> 18.4 / 18.0. Clean links: status 10.0 per reading, as
 # before. (A gap of 300 s, the status interval, made the report no earlier than the periodic one.)
+# (PARENT_REPORT_DELAY_MS is the default of the config's parent_report_delay_ms: a board keeps
+# it, the virtual rig may shorten it.)
 PARENT_REPORT_DELAY_MS = 60000
 PARENT_REPORT_GAP_MS = 60000
 _UPLINK_POLL_MS = 500
@@ -63,8 +65,8 @@ _WDT_TIMEOUT_MS = 60000
 _HEALTH_GRACE_MS = 600000  # a node may take 10 min to find a route before the WDT cares
 # a node that has heard beacons of a key epoch it has no key for since it last asked, and has no
 # parent or heard more of them than of its own epoch (its parent may be a stolen pole of the old
-# one), missed a rotation (issue 14): it asks the fleet for the key, this often at most
-_ASK_MS = const(60000)
+# one), missed a rotation (issue 14): it asks the fleet for the key, this often at most (the
+# config's key_ask_ms, firmware/config.py: a minute by default)
 # Readings held while the wall clock is unknown (an RTC starts at its epoch; a gateway's NTP
 # time reaches nodes in beacons), as 24-byte ring records: 48 bytes of heap each on 32 bits in
 # small blocks (an Aggregate and its tuple took ~140), 3 KB when full; 64 = 5 h at a 5-minute
@@ -77,9 +79,10 @@ def log(tag, msg):
     print(tag, msg)
 
 
-def parent_report_ms(now_ms, last_status_ms, jitter_ms):
-    """When to report a parent that changed at now_ms (jitter_ms: random, 0..PARENT_REPORT_DELAY_MS)."""
-    t = now_ms + PARENT_REPORT_DELAY_MS + jitter_ms
+def parent_report_ms(now_ms, last_status_ms, jitter_ms, delay_ms=PARENT_REPORT_DELAY_MS):
+    """When to report a parent that changed at now_ms (jitter_ms: random, 0..delay_ms; delay_ms:
+    the config's parent_report_delay_ms)."""
+    t = now_ms + delay_ms + jitter_ms
     if last_status_ms is not None and t < last_status_ms + PARENT_REPORT_GAP_MS:
         t = last_status_ms + PARENT_REPORT_GAP_MS
     return t
@@ -255,8 +258,8 @@ class Node:
             log("mesh", "parent %s" % ev[1])
             if ev[1]:
                 now = self.now_ms()
-                self.parent_report_ms = parent_report_ms(now, self.last_status_ms,
-                                                         self.router.rng.below(PARENT_REPORT_DELAY_MS))
+                d = self.cfg.parent_report_delay_ms
+                self.parent_report_ms = parent_report_ms(now, self.last_status_ms, self.router.rng.below(d), d)
                 self.status_wake.set()
         elif kind == "route":
             log("mesh", "route %s" % ("up" if ev[1] else "lost"))
@@ -531,7 +534,7 @@ class Node:
             # counted since the last request (neighbours beacon every Imax = 512 s when all is
             # quiet: a window of a minute would often see none)
             a = self._ask
-            if now - a[0] >= _ASK_MS:
+            if now - a[0] >= self.cfg.key_ask_ms:
                 a[0] = now
                 st = self.router.stats
                 n = st["alien_rx"] - a[1]

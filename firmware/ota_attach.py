@@ -11,11 +11,12 @@ STAGE_GC_EVERY = 4096  # bytes allocated between collections while staging at bo
 
 def _ota_settings(cfg):
     """OTA knobs: defaults, overridden on the virtual rig by the config's sim.ota map (a test
-    speeds up Trickle or shortens the trial; a real node's config has no such key)."""
+    speeds up Trickle or shortens the trial; a real node's config has no such key); the distrust
+    of a bad sender is the config's ota_distrust_ms (checked by firmware/config.py)."""
     sim = getattr(cfg, "sim", None) or {}
     o = sim.get("ota") or {}
     trial = {"trial_ms": o.get("trial_ms", 600000), "max_boots": o.get("max_boots", 3)}
-    params = {}
+    params = {"distrust_ms": cfg.ota_distrust_ms}
     for k in ("adv_imin_ms", "adv_doublings", "tx_rate_per_s", "tx_burst", "req_delay_ms", "req_timeout_ms",
               "serve_delay_ms"):
         if k in o:

@@ -32,7 +32,9 @@ def test_rotation_re_keys_every_honest_node_and_leaves_the_revoked_one_out(make_
     topo = topo_mod.line(5, spacing_m=35, n_gateways=1, seed=4, radio=topo_mod.RadioModel(max_range_m=50))
     hops = topo.hops_to_gateway()
     leaf = max(hops, key=hops.get)
-    rig = make_rig(topo, offered_interval_s=4, seed=4)
+    # a node that missed the rotation asks for the key at most every 10 s (a board: every minute,
+    # the config's key_ask_ms default): the same request, sooner
+    rig = make_rig(topo, offered_interval_s=4, seed=4, node_config={"key_ask_ms": 10000})
     home = rig.home
     rig.wait_until(lambda: delivery_report(home)["nodes_reporting"] == 5, 150, "readings from all 5 nodes")
     late = next(n for n, h in hops.items() if h == hops[leaf] - 1)  # the leaf's parent: off

@@ -329,7 +329,10 @@ def test_rogue_pole_bad_bundles_refused_over_the_air_by_every_node(make_rig, nee
     honest = [n.id for n in topo.nodes if n.id != rogue]
     assert all(topo.prr(rogue, v) > 0.9 for v in honest)
     cap = str(tmp_path / "capture.jsonl")
-    rig = make_rig(topo, ota=True, ota_bundle=v1["path"], ota_settings=OTA_FAST, capture_path=cap, seed=4)
+    # a node that refused the rogue's foreign bundle ignores it for 10 s, not a board's minute (the
+    # config's ota_distrust_ms): the flipped page of phase 3 comes from the same rogue
+    rig = make_rig(topo, ota=True, ota_bundle=v1["path"], ota_settings=OTA_FAST, capture_path=cap, seed=4,
+                   node_config={"ota_distrust_ms": 10000})
     mesh_key = ks.mesh_key()
     flash = {n: os.path.join(rig.home.path, "sim", "nodes", str(n)) for n in honest}
     rig.wait_until(lambda: len(_states(rig)) == len(topo.nodes), 90, "a status from every node")

@@ -51,10 +51,21 @@ def test_20_node_grid_every_reading_stored_once(make_rig):
 def test_gateway_killed_nodes_reparent_nothing_lost(make_rig, needs_virtual_rig):
     topo = topo_mod.grid(4, 5, n_gateways=2, seed=4)
     gws = list(topo.gateways())
-    rig = make_rig(topo, offered_interval_s=4, offered_for_s=75, seed=4)
+    # a changed parent is reported once held 10-20 s (a board: 60-120 s, the config's default):
+    # the same report, sooner
+    rig = make_rig(topo, offered_interval_s=4, offered_for_s=75, seed=4,
+                   node_config={"parent_report_delay_ms": 10000})
     time.sleep(25)
     victim = gws[0]
-    t_kill = int(time.time())
+
+    def placed():  # a status with a parent from every node (the first comes 20 s after boot)
+        parents = {n: p for (n, p) in rig.query("SELECT node, parent FROM node_state") if n not in gws}
+        return parents if len(parents) == len(topo.nodes) - len(gws) and all(parents.values()) else (False, parents)
+
+    children = sorted(n for n, p in rig.wait_until(placed, 60, "a parent from every node").items() if p == victim)
+    assert children, "no node reported the victim as its parent: the re-parenting check would prove nothing"
+    killed_at = time.time()
+    t_kill = int(killed_at)
     rig.kill_node(victim)  # the process dies and the medium stops carrying its frames
     time.sleep(50)
     made = _made(rig, skip={victim})
@@ -72,12 +83,15 @@ def test_gateway_killed_nodes_reparent_nothing_lost(make_rig, needs_virtual_rig)
     assert served <= after, served - after
     assert rep["holes"] == 0 and rep["lost"] == 0 and rep["missing"] == 0, rep["missing_by_node"]
     # the nodes that had the victim as parent reported their new parent (firmware/node.py
-    # parent_report_ms: once it has held 60-120 s), not only at their next 300 s status: the
-    # source routes of the fleet's commands are compiled from these
+    # parent_report_ms: once it has held the config's parent_report_delay_ms plus a random part
+    # of it), not only at their next 300 s status: the source routes of the fleet's commands are
+    # compiled from these
     def reported():
-        left = [n for (n, p) in rig.query("SELECT node, parent FROM node_state") if p == victim and n != victim]
+        state = {n: (p, at) for (n, p, at) in rig.query("SELECT node, parent, status_at FROM node_state")}
+        left = {n: state[n] for n in children if state[n][0] in (victim, 0, None) or state[n][1] <= killed_at}
         return (not left) or (False, left)
 
+    print("children of the victim:", children)
     rig.wait_until(reported, 150, "the re-parented nodes to report their new parents")
 
 

@@ -48,7 +48,8 @@ class RigOptions:
                  capture_path=None, collector=True, restart_crashed=True, sensor_noise_per_mille=5,
                  broker_kind="embedded", offered_interval_s=None, mesh_params=None, gateway_heap=_GATEWAY_HEAP,
                  offered_for_s=None, ota=False, ota_bundle=None, ota_settings=None,
-                 ota_heap=None, repair=None, node_overrides=None, wifi_up=True, collector_procs=0):
+                 ota_heap=None, repair=None, node_overrides=None, wifi_up=True, collector_procs=0,
+                 node_config=None):
         self.broker_url = broker_url
         self.seed = seed
         self.heap = heap
@@ -83,6 +84,10 @@ class RigOptions:
         # removes one), e.g. another app in slot a with its /active pointer, or a bundle in the
         # OTA page store (ota/m, ota/p<i>). Applied when the rig first writes the node's flash.
         self.node_overrides = dict(node_overrides or {})
+        # Top-level config keys for every node (before node_overrides), e.g. protocol timers a
+        # board keeps at their defaults, shortened for a test: {"parent_report_delay_ms": 10000}.
+        # Validated as `fleet provision` validates a board's config (firmware/config_check.py).
+        self.node_config = dict(node_config or {})
         self.wifi_up = bool(wifi_up)  # the gateways' access points are up when the rig starts
         # N > 0: instead of the in-process collector, N `fleet collect --share rig` processes on the
         # home's store (city scale: a PostgreSQL store, a broker with shared subscriptions), started
@@ -289,6 +294,7 @@ class Rig:
             host, port = _host_port(self.broker_url)
             cfg["uplink"] = {"broker_host": host, "broker_port": port, "client_id": "gw-%d" % node.id}
             cfg["sim"]["ap_file"] = self.ap_path(node.id)
+        cfg.update(self.opt.node_config)
         cfg.update(self.opt.node_overrides.get(node.id, {}).get("config") or {})
         return dump_config(cfg)
 
@@ -517,7 +523,8 @@ class Rig:
             return False, self._radio_channel(node_id)
 
     def _radio_channel(self, node_id):
-        cfg = self.opt.node_overrides.get(node_id, {}).get("config") or {}
+        cfg = dict(self.opt.node_config)
+        cfg.update(self.opt.node_overrides.get(node_id, {}).get("config") or {})
         return int(cfg.get("radio_channel", 1))
 
     def kill_broker(self):

@@ -80,6 +80,28 @@ def test_defaults_for_optional_keys():
     c = Config(d)
     assert (c.report_interval_s, c.warmup_s, c.sample_window_s, c.continuous) == (300, 30, 60, False)
     assert c.sensor == "pms5003" and c.radio_channel == 1 and c.uplink is None
+    assert (c.parent_report_delay_ms, c.key_ask_ms, c.ota_distrust_ms) == (60000, 60000, 60000)
+
+
+def test_timer_defaults_are_the_firmware_constants():
+    # a board's config leaves the protocol timers out: it runs the very timings it ran before
+    # they were settings (the virtual rig shortens them for HIL tests)
+    from firmware.node import PARENT_REPORT_DELAY_MS
+    from firmware.ota import OtaParams
+
+    defaults = {k[0]: k[4] for k in KEYS}
+    assert defaults["parent_report_delay_ms"] == PARENT_REPORT_DELAY_MS
+    assert defaults["ota_distrust_ms"] == OtaParams().distrust_ms
+    assert defaults["key_ask_ms"] == 60000
+
+
+def test_timers_reach_the_node_settings():
+    d = node_cfg()
+    d["parent_report_delay_ms"] = 10000
+    d["key_ask_ms"] = 5000
+    d["ota_distrust_ms"] = 1000
+    s = settings(parse_config(dump_config(d)))
+    assert (s.parent_report_delay_ms, s.key_ask_ms, s.ota_distrust_ms) == (10000, 5000, 1000)
     g = gw_cfg()
     del g["uplink"]["client_id"]
     del g["uplink"]["broker_port"]
@@ -121,6 +143,12 @@ BAD = (
     ("sensor", "bme680", '"pms5003"'),
     ("radio_channel", 15, "1..14"),
     ("uplink", [1], "a map"),
+    ("parent_report_delay_ms", 999, "1000..600000"),
+    ("parent_report_delay_ms", 600001, "1000..600000"),
+    ("key_ask_ms", 4999, "5000..3600000"),
+    ("key_ask_ms", "60000", "integer"),
+    ("ota_distrust_ms", 0, "1000..3600000"),
+    ("ota_distrust_ms", True, "integer"),
 )
 
 
