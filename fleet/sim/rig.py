@@ -46,7 +46,7 @@ class RigOptions:
 
     def __init__(self, broker_url=None, seed=1, heap=None, report_interval_s=40, continuous=True,
                  capture_path=None, collector=True, restart_crashed=True, sensor_noise_per_mille=5,
-                 broker_kind="embedded", offered_interval_s=None, mesh_params=None, gateway_heap=_GATEWAY_HEAP,
+                 broker_kind="embedded", offered_interval_s=None, gateway_heap=_GATEWAY_HEAP,
                  offered_for_s=None, ota=False, ota_bundle=None, ota_settings=None,
                  ota_heap=None, repair=None, node_overrides=None, wifi_up=True, collector_procs=0,
                  node_config=None):
@@ -61,7 +61,6 @@ class RigOptions:
         self.sensor_noise_per_mille = sensor_noise_per_mille
         self.broker_kind = broker_kind
         self.offered_interval_s = offered_interval_s  # synthetic readings per node (verify throughput)
-        self.mesh_params = mesh_params
         self.gateway_heap = gateway_heap
         self.offered_for_s = offered_for_s  # stop the synthetic load this long after boot
         # OTA: nodes boot from A/B slots on their flash (boot.py + /active + /a/...) holding
