@@ -66,7 +66,11 @@ def test_a_stolen_pole_swallows_readings_until_revoked_and_rotated_out(make_rig,
                        "the rogue's own forged readings stored (before the revocation)")
         t_revoke = int(time.time()) + 1
         ks.revoke(stolen, "HIL: pole reported stolen")
-        camp = key_rotation.start(home, min_confirmed=0.4, grace_s=20.0)
+        # The sinkhole swallows the confirmations of every node that routes through it - up to 13
+        # of the 20 seen in this grid - so the campaign can only count the others'; it activates
+        # on a fifth (each unconfirmed target sent the key min_rounds times) and the re-key of
+        # every honest node is checked on their flash below.
+        camp = key_rotation.start(home, min_confirmed=0.2, grace_s=20.0)
         assert stolen not in camp["targets"] and len(camp["targets"]) == 20
         log = []
         final = asyncio.run(key_rotation.run(home, broker_url=rig.rig.broker_url, poll_s=1.0, resend_s=10.0,

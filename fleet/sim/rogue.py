@@ -52,6 +52,8 @@ class Rogue:
         self.children = set()  # node ids (by MAC) that sent data frames to it
         self.readings = set()  # (origin, seq) of readings it swallowed
         self.heard = {}  # MAC -> last time heard (any frame): targets for injected frames
+        self._child_macs = set()  # their MACs: injected frames aim elsewhere
+        self._aim = 0  # round robin over the injection targets
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = None
@@ -120,7 +122,13 @@ class Rogue:
         targets = [m for m, t in self.heard.items() if now - t < 30]
         if not targets:
             return
-        dst = targets[self.seq % len(targets)]
+        # A frame unicast to a node that routes through the rogue comes straight back to it
+        # (swallowed): a thief who wants its frames stored aims at the others, each in turn. (It
+        # once picked targets[seq % n] with seq stepping by 2: half the neighbours never, and as
+        # the sinkhole grew every forgery went to its own children - none reached the fleet.)
+        upstream = [m for m in targets if m not in self._child_macs] or targets
+        self._aim += 1
+        dst = upstream[self._aim % len(upstream)]
         self._send(dst, self._telemetry(self.node_id, self.node_key))
         self.counts["injected_own"] += 1
         if self.forged_origin is not None:
@@ -142,6 +150,7 @@ class Rogue:
         with self._lock:
             self.counts["received"] += 1
             self.children.add(self.ids.get(src_mac, src_mac.hex()))
+            self._child_macs.add(src_mac)
             if t == T_TELEMETRY:
                 self.counts["swallowed_telemetry"] += 1
                 for i in range(len(f.readings)):
