@@ -1,7 +1,8 @@
 """Mesh router: a collection tree toward the nearest gateway on ESP-NOW (sans-IO).
 
 Inputs:  on_recv(src_mac, data, rssi, now_ms) · on_send_done(token, ok, now_ms) · tick(now_ms)
-         originate(frame, now_ms, app_token) · inject_downlink(frame_bytes, now_ms) (gateway)
+         originate(frame_bytes, now_ms, app_token) · broadcast_own(frame_bytes)
+         inject_downlink(frame_bytes, now_ms) (gateway)
          set_time(unix_s, now_ms)
 Outputs: poll_tx() -> (token, dst_mac, data) | None · poll_event() -> tuple | None
          next_deadline_ms (call tick() then) · has_route() · wall_time_s(now_ms) · stats
@@ -68,6 +69,9 @@ Theory of operation (CTP / RPL ideas, simplified)
   is this node; delivered as ("command", Command) when the target is this node or 0 (the app
   checks the auth). (target, cseq) is remembered flood_memory_ms: a re-sent command needs a
   new cseq unless that time has passed.
+- A node's own frame comes as the bytes its origin encoded once (protocol.encode at_origin: the
+  end-to-end tag set, hops and cost at their largest); the router splices hops, cost and the
+  hop tag in, as it does for a frame it forwards - no frame is encoded twice.
 - Gateways: cost 0, never forward upward; every data frame received, and every frame they
   originate, becomes ("uplink", bytes, rssi, hops) (originated: rssi 0, hops 0), once per
   (origin, seq, type).
@@ -552,19 +556,23 @@ class Router:
         st["queue_len"] = len(self._q)
         self._pump(now_ms)
 
-    def originate(self, frame, now_ms, app_token=None):
-        """Send an uplink frame this node made (Telemetry/Status/Reply with its etag set).
-        The router sets hops/cost and the hop tag. The outcome comes as ("sent", app_token,
-        ok) - at once with ok False when there is no route. Raises ValueError when the
-        frame cannot be encoded (a caller bug, e.g. no etag)."""
+    def originate(self, data, now_ms, app_token=None):
+        """Send an uplink frame this node made: `data`, the bytes of a Telemetry/Status/Reply
+        encoded once with its end-to-end tag (protocol.encode with the node key; any hops, cost
+        and hop tag: the router writes its own, as it does for a frame it forwards). The outcome
+        comes as ("sent", app_token, ok) - at once with ok False when there is no route. Raises
+        ValueError when `data` is not such a frame (a caller bug)."""
         if not self._started:
             self._start(now_ms)
+        try:
+            origin, seq, _, _, p_hops, p_etag = scan_uplink(data)
+        except Exception:  # noqa: BLE001 - ProtocolError, IndexError: not our frame's bytes
+            raise ValueError("originate: not an uplink frame")
+        t = data[2]
         st = self.stats
         if self.is_gateway:
-            frame.hops = 0
-            frame.cost = 0
-            data = encode(frame, self._hmac, None, self._phase)
-            self._dup.put(frame.origin, frame.seq, frame.type, now_ms, 0)
+            data = self._splice(data, p_hops, p_etag, 0, 0)
+            self._dup.put(origin, seq, t, now_ms, 0)
             st["originated"] += 1
             st["uplinks"] += 1
             self._event(("uplink", data, 0, 0))
@@ -574,17 +582,27 @@ class Router:
             st["no_route_drops"] += 1
             self._event(("sent", app_token, False))
             return
-        frame.hops = 1
-        frame.cost = self.cost
-        data = encode(frame, self._hmac, None, self._phase)
-        _, _, _, _, p_hops, p_etag = scan_uplink(data)
-        e = _Entry(data, p_hops, p_etag, 1, True, app_token)
+        # spliced now, kept as its raw bytes too: one copy per queued frame, as before the encode
+        c = self.cost
+        data = self._splice(data, p_hops, p_etag, 1, c)
+        e = _Entry(data, p_hops, p_hops + 1 + len(uint_head(c)), 1, True, app_token)
         e.data = data
-        e.data_cost = self.cost
-        self._dup.put(frame.origin, frame.seq, frame.type, now_ms, 1)
+        e.data_cost = c
+        self._dup.put(origin, seq, t, now_ms, 1)
         if self._enqueue(e):
             st["originated"] += 1
         self._pump(now_ms)
+
+    def broadcast_own(self, data):
+        """Send an uplink frame this node made (as for originate) to every neighbour at once, as
+        a first transmitter (hops 1, our cost), untracked: a key request (firmware/node.py)."""
+        _, _, _, _, p_hops, p_etag = scan_uplink(data)
+        self._out((self._token(), BROADCAST, self._splice(data, p_hops, p_etag, 1, min(self.cost, COST_INFINITE))))
+
+    def _splice(self, raw, p_hops, p_etag, hops, cost):
+        """`raw` (an uplink frame) with our key phase, `hops` and `cost` written in and a fresh hop tag."""
+        body = raw[:1] + self._vb + raw[2:p_hops] + uint_head(hops) + uint_head(cost) + raw[p_etag:len(raw) - HOP_TAG_LEN]
+        return body + self._hmac.tag(body, HOP_TAG_LEN)
 
     def inject_downlink(self, frame_bytes, now_ms):
         """Gateway: a Command frame from MQTT to flood into the mesh (hop tag by the fleet's
@@ -1140,10 +1158,7 @@ class Router:
         e = self._q[0]
         cost = self.cost
         if not e.data or e.data_cost != cost:
-            raw = e.raw
-            body = (raw[:1] + self._vb + raw[2:e.p_hops] + uint_head(e.hops) + uint_head(cost)
-                    + raw[e.p_etag:len(raw) - HOP_TAG_LEN])
-            e.data = body + self._hmac.tag(body, HOP_TAG_LEN)
+            e.data = self._splice(e.raw, e.p_hops, e.p_etag, e.hops, cost)
             e.data_cost = cost
         tok = self._token()
         self._inflight = e

@@ -360,14 +360,14 @@ class Node:
             self._originate_readings(pending)
 
     def _originate_readings(self, readings):
-        frame = ring_mod.build_telemetry(self.node_id, readings, self.wall_s())
-        if frame is None:
+        made = ring_mod.build_telemetry(self.node_id, readings, self.wall_s(), self.mesh_hmac, self.node_hmac)
+        if made is None:
             return
-        protocol.encode(frame, self.mesh_hmac, self.node_hmac)  # sets the end-to-end tag
         token = self.next_token
         self.next_token += 1
-        self.in_flight[token] = (frame.seq, frame.seq + len(frame.readings) - 1)
-        self.router.originate(frame, self.now_ms(), token)
+        seq = readings[0][0]
+        self.in_flight[token] = (seq, seq + made[1] - 1)
+        self.router.originate(made[0], self.now_ms(), token)
         self.wake.set()
 
     def wall_ms(self):
@@ -417,22 +417,19 @@ class Node:
             boot_count=self.boot_count, ota_state=self.ota.state if self.ota else 0,
             ota_progress=self.ota.progress_pct if self.ota else 0, errors=self.errors,
             radio_drops=self.hal.radio.stats()[4], readings_lost=self.readings_lost, epoch=self.epoch)
-        # hops and cost as a first transmitter (the router sets them too: a key request is
-        # broadcast as it is)
-        f = protocol.Status(origin=self.node_id, seq=self.counters.next("status"), time_s=self.wall_s(), body=body,
-                            hops=1, cost=min(r.cost, 0xFFFF))
+        f = protocol.Status(origin=self.node_id, seq=self.counters.next("status"), time_s=self.wall_s(), body=body)
         self.parent_report_ms = None  # this one reports the parent in force
         self.last_status_ms = self.now_ms()
-        protocol.encode(f, self.mesh_hmac, self.node_hmac)
+        data = protocol.encode(f, self.mesh_hmac, self.node_hmac, at_origin=True)
         if ask and not r.is_gateway:
-            r._out((r._token(), BROADCAST, protocol.encode(f, r._hmac, None, r._phase)))
+            r.broadcast_own(data)
             self.wake.set()
             return None
         token = None
         if probe:
             token = self.next_token
             self.next_token += 1
-        self.router.originate(f, self.now_ms(), token)
+        self.router.originate(data, self.now_ms(), token)
         self.wake.set()
         return token
 
@@ -504,8 +501,7 @@ class Node:
         """Originate a Reply frame (result: up to 8 ints or texts of <= 32 bytes)."""
         f = protocol.Reply(origin=self.node_id, seq=self.counters.next("reply"), time_s=self.wall_s(),
                            cseq=cseq, code=code, result=result)
-        protocol.encode(f, self.mesh_hmac, self.node_hmac)
-        self.router.originate(f, self.now_ms(), None)
+        self.router.originate(protocol.encode(f, self.mesh_hmac, self.node_hmac, at_origin=True), self.now_ms(), None)
         self.wake.set()
 
     # ---- health and watchdog ----------------------------------------------------------------

@@ -56,12 +56,11 @@ def resend(node, a, b):
         held = node.ring.get_range(lo, b, min(left, protocol.MAX_READINGS))
         if not held:
             break
-        frame = ring_mod.build_telemetry(node.node_id, held, node.wall_s())
-        if frame is None:
+        made = ring_mod.build_telemetry(node.node_id, held, node.wall_s(), node.mesh_hmac, node.node_hmac)
+        if made is None:
             break
-        protocol.encode(frame, node.mesh_hmac, node.node_hmac)
-        node.router.originate(frame, node.now_ms(), None)
-        n = len(frame.readings)
+        node.router.originate(made[0], node.now_ms(), None)
+        n = made[1]
         if first is None:
             first = held[0][0]
         last = held[n - 1][0]

@@ -575,10 +575,6 @@ class ReadingRing:
 
 # ---- telemetry packer ---------------------------------------------------------------------------
 
-_SIZE_KEY = b"\x00" * 32  # any key: tags have fixed lengths, so the size does not depend on it
-_SIZE_ETAG = b"\x00" * 8
-
-
 def to_reading(rec, now_s):
     """Return the protocol.Reading of a ring tuple, dt_s relative to `now_s` (clamped to 0 when
     the reading's time is unknown (0) or ahead of now_s)."""
@@ -589,15 +585,13 @@ def to_reading(rec, now_s):
     return Reading(dt, pm1, pm25, pm10, rh, temp, n, flags)
 
 
-def build_telemetry(node_id, readings, now_s, max_bytes=MAX_FRAME, size_key=_SIZE_KEY):
-    """Return a protocol.Telemetry (origin node_id, time_s now_s, hops 0, cost 0, no etag yet)
-    holding the longest prefix of `readings` (ring tuples) with consecutive seqs that fits one
-    frame of `max_bytes`, at most MAX_READINGS; None when `readings` is empty. The size is
-    checked with protocol.encode at the largest hops/cost a forwarder can write, so the frame
-    still fits after any number of hops. Raises ValueError if not even one reading fits.
-    size_key: the key (or a protocol.auth.Hmac of it) for that trial encode; a simulator running
-    thousands of nodes passes one Hmac, a device lets the small one of each call go (a Hmac kept
-    for good would pin heap a 128k device heap needs contiguous)."""
+def build_telemetry(node_id, readings, now_s, mesh_key, node_key, max_bytes=MAX_FRAME):
+    """Return (bytes, n): a Telemetry frame (origin node_id, time_s now_s) carrying the first n
+    of `readings` (ring tuples): the longest prefix with consecutive seqs, at most MAX_READINGS,
+    that fits one frame of `max_bytes` after any number of hops. Encoded once, as its origin
+    does (protocol.encode at_origin: end-to-end tagged with `node_key`; the router writes hops,
+    cost and the hop tag). None when `readings` is empty. Raises ValueError if not even one
+    reading fits. mesh_key/node_key: bytes or protocol.auth.Hmac (the node's own instances)."""
     if not readings:
         return None
     seq0 = readings[0][0]
@@ -606,17 +600,15 @@ def build_telemetry(node_id, readings, now_s, max_bytes=MAX_FRAME, size_key=_SIZ
         if readings[i][0] != seq0 + i:
             break
         rs.append(to_reading(readings[i], now_s))
-    frame = Telemetry(origin=node_id, seq=seq0, time_s=now_s, readings=rs, hops=0xFF, cost=0xFFFF,
-                      etag=_SIZE_ETAG)
-    # One encode gives the size; readings differ in size, so drop from the end until it fits.
+    frame = Telemetry(origin=node_id, seq=seq0, time_s=now_s, readings=rs)
+    # readings differ in size: drop from the end until it fits
     while True:
         try:
-            size = len(encode(frame, size_key))
+            b = encode(frame, mesh_key, node_key, None, True)
         except ValueError:
-            size = max_bytes + 1  # encode refuses frames over the radio's 250 bytes
-        if size <= max_bytes:
-            break
+            b = None  # over the radio's 250 bytes
+        if b is not None and len(b) <= max_bytes:
+            return b, len(rs)
         if len(rs) == 1:
             raise ValueError("telemetry: one reading does not fit in %d bytes" % max_bytes)
         rs.pop()
-    return Telemetry(origin=node_id, seq=seq0, time_s=now_s, readings=rs)

@@ -447,16 +447,20 @@ def _out():
     return b
 
 
-def encode(frame, mesh_key=None, node_key=None, phase=None):
+def encode(frame, mesh_key=None, node_key=None, phase=None, at_origin=False):
     """Return the bytes of `frame`.
 
     Air frames need `mesh_key` (bytes or Hmac, or a pair indexed by key phase) for the hop tag;
     `phase` (0/1, default frame.phase) is the key phase written in the version item. Telemetry/status/reply use
     `node_key` to compute the end-to-end tag, or keep `frame.etag` when node_key is None (a
     forwarder). Commands use `node_key` for an HMAC auth tag or keep `frame.auth` (a signature
-    made over `signed_bytes`). Raises ValueError (the caller's misuse, not a peer's bytes:
-    protocol/errors.py) when a field is out of range or a key is missing; sets
-    frame.etag/frame.auth to the tag used."""
+    made over `signed_bytes`). at_origin (telemetry/status/reply): encode as the frame's origin
+    does, once - hops and cost written at their largest whatever the frame holds, so the bytes
+    fit after any number of hops (a router splices the real ones in, as a forwarder does:
+    firmware/mesh.py). Raises ValueError (the caller's misuse, not a peer's bytes:
+    protocol/errors.py) when a field is out of range, a key is missing or the frame is over
+    MAX_FRAME. `frame` is not changed: a tag computed here is in the bytes only (scan_uplink
+    gives where)."""
     t = frame.type
     if t == T_ENVELOPE or t == T_DOWNLINK:  # MQTT messages: their codec is protocol/envelope.py
         return _mqtt(t)[0](frame)
@@ -478,26 +482,32 @@ def encode(frame, mesh_key=None, node_key=None, phase=None):
         if t == T_TELEMETRY and frame.seq + len(frame.readings) - 1 > U32:
             raise ValueError("telemetry: reading sequence numbers overflow 32 bits")
         if node_key is not None:
-            frame.etag = _hmac(node_key).tag(out[start:], E2E_TAG_LEN)
-        elif frame.etag is None or len(frame.etag) != E2E_TAG_LEN:
-            raise ValueError("encoding %s needs the node key or an existing 8-byte etag" % TYPE_NAMES[t])
-        _put(out, frame, _UP_MUT)
-        _put_bytes(out, "etag", frame.etag, E2E_TAG_LEN, E2E_TAG_LEN)
+            etag = _hmac(node_key).tag(out[start:], E2E_TAG_LEN)
+        else:
+            etag = frame.etag
+            if etag is None or len(etag) != E2E_TAG_LEN:
+                raise ValueError("encoding %s needs the node key or an existing 8-byte etag" % TYPE_NAMES[t])
+        if at_origin:
+            out.extend(b"\x18\xff\x19\xff\xff")  # hops 255, cost COST_INFINITE
+        else:
+            _put(out, frame, _UP_MUT)
+        _put_bytes(out, "etag", etag, E2E_TAG_LEN, E2E_TAG_LEN)
     elif t == T_COMMAND:
         if len(frame.args) > 4:
             raise ValueError("command.args: expected at most 4 items")
         put_head(4, 9, out)
         covered = signed_bytes(frame)
         out.extend(covered)
+        a = frame.auth
         if node_key is not None:
             if frame.target == 0:
                 raise ValueError("a command to every node (target 0) is signed, not tagged")
-            frame.auth = _hmac(node_key).tag(covered, E2E_TAG_LEN)
+            a = _hmac(node_key).tag(covered, E2E_TAG_LEN)
         want = SIG_LEN if frame.target == 0 else E2E_TAG_LEN
         _put_num(out, "hops", frame.hops, 0, U8)
-        if frame.auth is None or len(frame.auth) != want:
+        if a is None or len(a) != want:
             raise ValueError("command auth: expected %d bytes for target %d" % (want, frame.target))
-        _put_bytes(out, "auth", frame.auth, want, want)
+        _put_bytes(out, "auth", a, want, want)
     elif t == T_ROUTED:  # its codec is protocol/routed.py, loaded only where routes are made or read
         from protocol.routed import enc_routed
         enc_routed(frame, out)
@@ -512,7 +522,6 @@ def encode(frame, mesh_key=None, node_key=None, phase=None):
         raise ValueError("cannot encode frame type %r" % (t,))
     if phase:
         out[1] |= PHASE_BIT  # after the e2e tag / auth: they cover the version item as VERSION
-    frame.phase = phase
     out.append(0x44)  # bstr(4) head of the hop tag
     out.extend(hmac_mesh.tag(out, HOP_TAG_LEN))
     if len(out) > MAX_FRAME:

@@ -317,7 +317,7 @@ class SensorApp:
         self.interval_ms = interval_ms
         self.backlog_max = backlog_max
         self.seq = 0
-        self.frames = {}  # seq -> frame (token = seq)
+        self.frames = {}  # seq -> the frame's bytes (token = seq)
         self.backlog = []
         self.sent_ok = 0
         self.sent_fail = 0
@@ -337,9 +337,9 @@ class SensorApp:
         self.seq += 1
         f = Telemetry(origin=router.node_id, seq=self.seq, time_s=router.wall_time_s(now_ms),
                       readings=[Reading(0, 50, 120 + self.seq % 50, 200, 60, 215, 60, 0)])
-        encode(f, self.mesh_key, self.node_key)  # sets f.etag
-        self.frames[f.seq] = f
-        router.originate(f, now_ms, f.seq)
+        b = encode(f, self.mesh_key, self.node_key, at_origin=True)  # encoded once, as node.py does
+        self.frames[f.seq] = b
+        router.originate(b, now_ms, f.seq)
 
     def on_event(self, radio, node, ev):
         """React to a router event (called by FakeRadio.service)."""

@@ -111,7 +111,7 @@ def beacon_bytes(src, cost, bseq, depth=1, flags=0, key=MESH, time_s=0):
 def telemetry(origin, seq, hops=1, cost=50):
     f = Telemetry(origin=origin, seq=seq, time_s=1_700_000_000,
                   readings=[Reading(0, 10, 120, 200, 55, 215, 60, 0)])
-    encode(f, MESH, node_key(origin))
+    f.etag = decode(encode(f, MESH, node_key(origin)), MESH).etag  # as its origin tagged it
     f.hops = hops
     f.cost = cost
     return f
@@ -344,7 +344,7 @@ def test_three_node_loop_without_gateway_is_bounded_by_ttl():
     assert [radio.nodes[i].router.parent for i in ids] == [12, 13, 11]
     sent = []
     radio.sniffer = lambda now, node, dst, data: sent.append(data) if dst != BROADCAST else None
-    radio.call(11, lambda r, now: r.originate(telemetry(11, 1), now, "t1"))
+    radio.call(11, lambda r, now: r.originate(encode(telemetry(11, 1), MESH), now, "t1"))
     radio.run(10_000)
     copies = [d for d in sent if _parse_up(d)[:2] == (11, 1)]
     hops = sorted(_parse_up(d)[2] for d in copies)
@@ -480,7 +480,7 @@ def test_failed_parent_link_retries_then_reroutes():
     radio.unlink(4, first)
     outcome = []
     radio.on_event = lambda radio, node, ev: outcome.append(ev) if ev[0] == "sent" else None
-    radio.call(4, lambda r, now: r.originate(telemetry(4, 1), now, "x"))
+    radio.call(4, lambda r, now: r.originate(encode(telemetry(4, 1), MESH), now, "x"))
     radio.run(radio.now_ms + 10_000)
     r = radio.nodes[4].router
     assert outcome == [("sent", "x", True)]
@@ -492,7 +492,7 @@ def test_send_timeout_counts_as_failure():
     r = Router(5, mac_of(5), False, MESH)
     r.on_recv(mac_of(1), beacon_bytes(1, 0, 1, depth=0, flags=BF_GATEWAY), -50, 0)
     drain(r)
-    r.originate(telemetry(5, 1), 100, "a")
+    r.originate(encode(telemetry(5, 1), MESH), 100, "a")
     tx = drain(r)
     assert len(tx) == 1 and tx[0][1] == mac_of(1)
     assert r.next_deadline_ms <= 100 + DEFAULTS["send_timeout_ms"]
@@ -504,14 +504,15 @@ def test_send_timeout_counts_as_failure():
 
 def test_originate_without_route_and_at_a_gateway():
     r = Router(5, mac_of(5), False, MESH)
-    r.originate(telemetry(5, 1), 0, "a")
+    r.originate(encode(telemetry(5, 1), MESH), 0, "a")
     assert ("sent", "a", False) in events(r) and r.stats["no_route_drops"] == 1
     assert r.wall_time_s(0) == 0
     g = Router(1, mac_of(1), True, MESH)
     f = telemetry(1, 7)
-    g.originate(f, 0, "b")
+    g.originate(encode(f, MESH), 0, "b")
     ev = events(g)
     assert ev[0][0] == "uplink" and ev[0][2:] == (0, 0) and ev[1] == ("sent", "b", True)
+    f.hops = f.cost = 0  # a gateway's own frame: uplinked as hop 0, cost 0
     assert decode(ev[0][1], MESH, node_key=node_key) == f
 
 
@@ -632,7 +633,7 @@ def test_forwarded_bytes_equal_a_fresh_encode():
     sent = []
     radio.sniffer = lambda now, node, dst, data: sent.append((node.node_id, data)) if dst != BROADCAST else None
     f = telemetry(3, 77)
-    radio.call(3, lambda r, now: r.originate(f, now, None))
+    radio.call(3, lambda r, now: r.originate(encode(f, MESH), now, None))
     radio.run(radio.now_ms + 1000)
     by2 = [d for n, d in sent if n == 2]
     assert len(by2) == 1
@@ -648,8 +649,8 @@ def test_status_and_reply_frames_travel_like_telemetry():
     st = Status(origin=3, seq=4, time_s=5, body=StatusBody(fw_version="1.0", parent=2, rssi=-61))
     rp = Reply(origin=3, seq=6, time_s=7, cseq=41, code=0, result=[1, "ok"])
     for f in (st, rp):
-        encode(f, MESH, node_key(3))
-        radio.call(3, lambda r, now, f=f: r.originate(f, now, f.type))
+        f.etag = decode(encode(f, MESH, node_key(3)), MESH).etag
+        radio.call(3, lambda r, now, f=f: r.originate(encode(f, MESH, node_key(3)), now, f.type))
     radio.run(radio.now_ms + 2000)
     got = [f for _, f, h in uplinks(radio, {1}) if h == 2]  # end-to-end tags checked
     for f in (st, rp):  # what node 2 forwarded: hops 2, its own cost

@@ -76,7 +76,8 @@ def valid_vectors():
         node_key = NODE_KEY if f.type in (P.T_TELEMETRY, P.T_STATUS, P.T_REPLY) or (
             f.type == P.T_COMMAND and f.target != 0) else None
         b = P.encode(f, MESH_KEY, node_key)
-        out.append({"name": name, "hex": b.hex(), "valid": True, "fields": to_dict(f)})
+        # the fields as decoded: the tag computed by encode is in the bytes (encode leaves f as it was)
+        out.append({"name": name, "hex": b.hex(), "valid": True, "fields": to_dict(P.decode(b, MESH_KEY, node_key))})
     cmd = bytes.fromhex(next(v["hex"] for v in out if v["name"] == "command resend to one node"))
     for name, f in (("routed command, at the first hop", Routed(path=[1100, 1200, 1234], at=0, cmd=cmd)),
                     ("routed command, at its target", Routed(path=[1100, 1200, 1234], at=2, cmd=cmd))):

@@ -38,8 +38,7 @@ real at every size: no repair is estimated.
 from firmware.downroute import inject_routed
 from firmware.mesh_params import DEFAULTS as _MESH_DEFAULTS
 from firmware.node import UNSTAMPED_MAX
-from firmware.ring import _SIZE_KEY
-from firmware.ring import build_telemetry as _build_telemetry
+from firmware.ring import build_telemetry
 from fleet.repair import GapTracker, RepairConfig, SourceRoutes, flood_start_hops
 from protocol import (
     OP_RESEND,
@@ -55,15 +54,8 @@ from protocol import (
     encode,
     signed_bytes,
 )
-from protocol.auth import E2E_TAG_LEN, NEW, Hmac, ReplayWindow, ct_equal
+from protocol.auth import E2E_TAG_LEN, NEW, ReplayWindow, ct_equal
 from protocol.routed import Routed
-
-_SIZE_HMAC = Hmac(_SIZE_KEY)
-
-
-def build_telemetry(node_id, readings, now_s):
-    """firmware.ring.build_telemetry with one Hmac for its trial encodes (not one per frame)."""
-    return _build_telemetry(node_id, readings, now_s, size_key=_SIZE_HMAC)
 
 POLL_US = 500_000  # node.py's uplink poll period
 MAX_IN_FLIGHT = 2  # node.py: at most two telemetry frames in flight
@@ -187,17 +179,18 @@ class NodeApp:
                     break
         if not pending:
             return
-        frame = build_telemetry(node.id, [self.record(s, wall) for s in pending], wall)
-        encode(frame, self.sim.mesh_hmac, self.hmac)
+        data, n = build_telemetry(node.id, [self.record(s, wall) for s in pending], wall, self.sim.mesh_hmac,
+                                  self.hmac)
         token = self.next_token
         self.next_token += 1
-        last = frame.seq + len(frame.readings) - 1
-        self.in_flight[token] = (frame.seq, last)
+        first = pending[0]
+        last = first + n - 1
+        self.in_flight[token] = (first, last)
         fo = self.first_orig
-        for s in range(frame.seq, last + 1):
+        for s in range(first, last + 1):
             if fo[s] < 0:
                 fo[s] = now_us
-        r.originate(frame, now_ms, token)
+        r.originate(data, now_ms, token)
         if len(self.in_flight) < MAX_IN_FLIGHT and next(reversed(self.unsent)) > last:
             self.kick(now_us)
 
@@ -246,13 +239,13 @@ class NodeApp:
         resent = self.sim.collector.resent_of(self.node.id)
         i = 0
         while i < len(seqs):
-            frame = build_telemetry(self.node.id, [self.record(s, wall) for s in seqs[i:i + MAX_READINGS]], wall)
-            encode(frame, self.sim.mesh_hmac, self.hmac)
-            for s in range(frame.seq, frame.seq + len(frame.readings)):
+            data, n = build_telemetry(self.node.id, [self.record(s, wall) for s in seqs[i:i + MAX_READINGS]], wall,
+                                      self.sim.mesh_hmac, self.hmac)
+            for s in range(seqs[i], seqs[i] + n):
                 resent.add(s)
-            r.originate(frame, now_ms, None)
+            r.originate(data, now_ms, None)
             self.sim.counters["resent_frames"] += 1
-            i += len(frame.readings)
+            i += n
         return 0, [seqs[0], seqs[i - 1]]
 
     def reply(self, cseq, code, result, now_us):
@@ -261,8 +254,7 @@ class NodeApp:
         f = Reply(origin=self.node.id, seq=self.reply_seq, time_s=r.wall_time_s(now_ms), cseq=cseq, code=code,
                   result=result)
         self.reply_seq += 1
-        encode(f, self.sim.mesh_hmac, self.hmac)
-        r.originate(f, now_ms, None)
+        r.originate(encode(f, self.sim.mesh_hmac, self.hmac, at_origin=True), now_ms, None)
         self.sim.counters["replies_sent"] += 1
 
     def send_status(self, now_us):
@@ -280,8 +272,7 @@ class NodeApp:
         self.status_seq += 1
         self.parent_report_us = None
         self.last_status_us = now_us
-        encode(f, self.sim.mesh_hmac, self.hmac)
-        r.originate(f, now_ms, None)
+        r.originate(encode(f, self.sim.mesh_hmac, self.hmac, at_origin=True), now_ms, None)
         self.sim.counters["status_sent"] += 1
 
     # ---- power -----------------------------------------------------------------------------------

@@ -88,8 +88,7 @@ def test_line_of_three_converges_and_delivers_two_hops():
     gw, mid, far = radio.r
     assert mid.parent == 1 and far.parent == 2 and far.depth == 2
     f = Telemetry(origin=3, seq=9, time_s=1700000000, readings=[Reading(0, 10, 125, 200, 50, 215, 60, 0)])
-    encode(f, MESH, NODE3)
-    far.originate(f, radio.now, 77)
+    far.originate(encode(f, MESH, NODE3, at_origin=True), radio.now, 77)
     radio.pump(2)
     radio.run(radio.now + 2000)
     ups = [e for e in radio.events[0] if e[0] == "uplink"]

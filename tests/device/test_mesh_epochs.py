@@ -16,8 +16,7 @@ NODE3 = Hmac(b"n" * 32)
 
 def _send(radio, seq):
     f = Telemetry(origin=3, seq=seq, time_s=1700000000, readings=[Reading(0, 10, 125, 200, 50, 215, 60, 0)])
-    encode(f, K0, NODE3)
-    radio.r[2].originate(f, radio.now, seq)
+    radio.r[2].originate(encode(f, K0, NODE3, at_origin=True), radio.now, seq)
     radio.pump(2)
     radio.run(radio.now + 2000)
     ups = [e for e in radio.events[0] if e[0] == "uplink"]
@@ -58,8 +57,7 @@ def test_rotation_grace_then_old_key_refused():
 def _status(epoch, seq):
     f = Status(origin=3, seq=seq, time_s=1700000000, body=StatusBody(fw_version="1.2", epoch=epoch), hops=1,
                cost=0xFFFF)
-    encode(f, K0, NODE3)  # sets the e2e tag
-    return encode(f, K0, None, 0)  # the air frame, hop-tagged in epoch 0: what the far node holds
+    return encode(f, K0, NODE3, 0)  # the air frame, hop-tagged in epoch 0: what the far node holds
 
 
 def test_a_node_that_missed_the_rotation_asks_and_is_answered():
@@ -103,10 +101,9 @@ def _missed(key, phase):
     assert mid.stats["alien_fwd"] == 2
     # other frames of epoch 0 are not passed on
     f = Telemetry(origin=3, seq=9, time_s=1700000000, readings=[Reading(0, 1, 2, 3, 4, 5, 6, 0)], hops=1, cost=0)
-    encode(f, K0, NODE3)
     n = len([e for e in radio.events[0] if e[0] == "uplink"])
     radio.run(radio.now + 11000)
-    far._out((far._token(), BROADCAST, encode(f, K0, None, 0)))
+    far._out((far._token(), BROADCAST, encode(f, K0, NODE3, 0)))
     radio.pump(2)
     radio.run(radio.now + 2000)
     assert len([e for e in radio.events[0] if e[0] == "uplink"]) == n

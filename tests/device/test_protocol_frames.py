@@ -67,8 +67,7 @@ def test_forwarder_rewrites_hops_and_keeps_e2e_tag():
 
 
 def test_e2e_tag_binds_the_readings():
-    f = _telemetry()
-    P.encode(f, MESH, NODE)
+    f = P.decode(P.encode(_telemetry(), MESH, NODE), MESH)
     f.readings[0].pm25 += 1
     b = P.encode(f, MESH)  # keeps the old etag: a tampering forwarder
     try:
@@ -77,6 +76,25 @@ def test_e2e_tag_binds_the_readings():
         assert "end-to-end tag mismatch" in str(e)
     else:
         raise AssertionError("tampered reading accepted")
+
+
+def test_encode_leaves_its_argument_alone_and_at_origin_fits_any_hops():
+    f = _telemetry()
+    before = (f.hops, f.cost, f.etag, f.phase)
+    a = P.encode(f, MESH, NODE)
+    assert (f.hops, f.cost, f.etag, f.phase) == before and P.encode(f, MESH, NODE) == a
+    c = P.Command(target=5, cseq=9, op=P.OP_PING, args=[1])
+    P.encode(c, MESH, NODE)
+    assert c.auth is None
+    # at the origin: hops and cost at the largest a forwarder writes, whatever the frame holds
+    b = P.encode(f, MESH, NODE, at_origin=True)
+    g = P.decode(b, MESH, NODE)
+    assert (g.hops, g.cost) == (0xFF, P.COST_INFINITE) and g.readings == f.readings
+    assert (f.hops, f.cost, f.etag) == before[:3]
+    for hops, cost in ((0, 0), (1, 30), (254, 0xFFFE), (0xFF, P.COST_INFINITE)):  # the splice never grows it
+        g.hops, g.cost = hops, cost
+        assert len(P.encode(g, MESH)) <= len(b)
+    assert P.encode(g, MESH) == b  # and at the largest, the same bytes
 
 
 def test_node_key_lookup_callable_and_unknown_node():

@@ -22,6 +22,8 @@ class Agg:
 
 
 T0 = 1760000000
+K = b"k" * 32  # mesh key (hop tag)
+NK = b"n" * 32  # node key (end-to-end tag)
 
 
 def _fill(ring, start, n, dt=60):
@@ -393,33 +395,33 @@ def test_packer_respects_250_bytes_and_consecutive_seqs():
             a.rh = 100
             r.append(1000, a)
         now = 1000 + 4000000000  # dt_s needs 5 bytes
-        f = build_telemetry(77, r.pending(20), now)
-        assert 1 <= len(f.readings) < protocol.MAX_READINGS
-        assert f.seq == 0 and f.origin == 77 and f.time_s == now
-        f.hops, f.cost = 255, 0xFFFF  # after many hops the frame still fits
-        b = protocol.encode(f, b"k" * 32, b"n" * 32)
+        b, n = build_telemetry(77, r.pending(20), now, K, NK)
+        assert 1 <= n < protocol.MAX_READINGS
+        # encoded once, at the largest hops/cost a forwarder writes: it fits after any number of hops
         assert len(b) <= protocol.MAX_FRAME
-        back = protocol.decode(b, b"k" * 32, b"n" * 32)
-        assert back.readings[0].pm25 == 65535 and back.readings[0].dt_s == 4000000000
+        f = protocol.decode(b, K, NK)
+        assert f.seq == 0 and f.origin == 77 and f.time_s == now and len(f.readings) == n
+        assert (f.hops, f.cost) == (255, protocol.COST_INFINITE)
+        assert f.readings[0].pm25 == 65535 and f.readings[0].dt_s == 4000000000
         # a smaller budget holds fewer readings
-        g = build_telemetry(77, r.pending(20), now, max_bytes=120)
-        assert len(g.readings) < len(f.readings)
+        g = build_telemetry(77, r.pending(20), now, K, NK, max_bytes=120)
+        assert g[1] < n and len(g[0]) <= 120
         # small readings: the frame takes the protocol's maximum
         r2 = ReadingRing(PosixFS(d), "ring2", ram_capacity=64, unsent_spill=64)
         first, _ = _fill(r2, 0, 20)
-        h = build_telemetry(5, r2.pending(20), T0 + 3600)
+        h = protocol.decode(build_telemetry(5, r2.pending(20), T0 + 3600, K, NK)[0], K, NK)
         assert len(h.readings) == protocol.MAX_READINGS
         assert h.readings[0].dt_s == 3600 and h.readings[1].dt_s == 3540
         # only consecutive seqs go in one frame
         recs = r2.pending(20)
         holey = recs[:3] + recs[4:8]
-        f3 = build_telemetry(5, holey, T0 + 3600)
+        f3 = protocol.decode(build_telemetry(5, holey, T0 + 3600, K, NK)[0], K, NK)
         assert f3.seq == first and len(f3.readings) == 3
-        assert build_telemetry(5, [], T0) is None
+        assert build_telemetry(5, [], T0, K, NK) is None
         # unknown reading time (0) packs as dt 0
         r2.append(0, Agg(1))
         last = r2.pending(30)[-1]
-        assert build_telemetry(5, [last], T0).readings[0].dt_s == 0
+        assert protocol.decode(build_telemetry(5, [last], T0, K, NK)[0], K, NK).readings[0].dt_s == 0
     finally:
         rmtree(d)
 
@@ -545,9 +547,9 @@ def test_matches_a_simple_model_across_resets_with_gaps():
             p = r.pending(12)
             if not p:
                 break
-            f = build_telemetry(1, p, T0 + 10000)
-            r.mark_sent(f.seq, f.seq + len(f.readings) - 1)
-            sent += len(f.readings)
+            n = build_telemetry(1, p, T0 + 10000, K, NK)[1]
+            r.mark_sent(p[0][0], p[0][0] + n - 1)
+            sent += n
         assert sent == len(model) and r.backlog() == 0
     finally:
         rmtree(d)
