@@ -95,6 +95,12 @@ class RigHandle:
         """Gateway node_id's Wi-Fi access point up/down and/or on another channel (Rig.set_ap)."""
         return self.call_soon(self.rig.set_ap, node_id, up, channel)
 
+    def stop_collector(self):
+        self.call(self.rig.stop_collector(), 30)
+
+    def start_collector(self):
+        self.call(self.rig.start_collector(), 30)
+
     def kill_broker(self):
         self.call_soon(self.rig.kill_broker)
 

@@ -6,7 +6,8 @@ each running the real firmware under an ESP32-like heap with its own flash direc
     await rig.run_for(60)      # progress lines; resets nodes as a board resets (see _watch)
     await rig.stop()           # every process it started, by PID
 
-Fault hooks for HIL tests: kill_node / start_node, kill_broker / restart_broker, reflash_node
+Fault hooks for HIL tests: kill_node / start_node, kill_broker / restart_broker, stop_collector /
+start_collector (the in-process one), reflash_node
 (a killed node's config and flash rewritten, e.g. into a rogue), set_ap (a gateway's Wi-Fi access
 point down/up or on another channel), and the medium's own faults (rig.medium).
 
@@ -366,6 +367,20 @@ class Rig:
         self.collector_task = asyncio.create_task(
             run_collector(self.home, self.broker_url, self.collector_stop, client_id="collector-sim", progress_s=0,
                           config=config))
+
+    async def stop_collector(self, timeout_s=15.0):
+        """Stop the in-process collector (it commits what it took and disconnects);
+        start_collector() runs it again. A HIL fault: the fleet's side gone for a while."""
+        if self.collector_task is None:
+            raise FleetError("the rig runs no in-process collector (RigOptions collector=False)")
+        self.collector_stop.set()
+        task, self.collector_task, self.collector_stop = self.collector_task, None, None
+        await asyncio.wait_for(task, timeout_s)
+
+    async def start_collector(self):
+        if self.collector_task is not None:
+            raise FleetError("the rig's collector is running already")
+        await self._start_collector()
 
     async def _start_collector_procs(self):
         from fleet.collector_mqtt import start_collector_process
