@@ -50,7 +50,7 @@ FREE_FLOOR = 16 * 1024  # the budget: at least this much free after a collect at
 # What a node imports, in order (firmware/main.py run(), then Node), then a gateway's extra.
 NODE_MODULES = ("protocol", "firmware.compat", "firmware.fsutil", "firmware.config", "firmware.trickle",
                 "firmware.mesh", "firmware.ring", "firmware.counters", "firmware.sampler", "firmware.drivers",
-                "firmware.node")
+                "firmware.app", "firmware.node")
 SIM_HAL_MODULES = ("firmware.hal.sim_radio", "firmware.hal.simsensor", "firmware.hal.sim", "firmware.hal.simload")
 GATEWAY_MODULES = ("firmware.mqtt_codec", "firmware.mqtt", "firmware.outbox", "firmware.ota_seed",
                    "firmware.gateway")

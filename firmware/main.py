@@ -26,9 +26,9 @@ async def _clear_crashes(node, fs):
     print("boot", "the app runs: crash count cleared")
 
 
-async def _run_node(node, fs):
+async def _run_node(node, fs, tasks):
     asyncio.create_task(_clear_crashes(node, fs))
-    await node.run()
+    await asyncio.gather(*tasks)
 
 
 def run(root="."):
@@ -36,13 +36,14 @@ def run(root="."):
     from firmware.compat import unload
 
     got = startup.build(root)
+    tasks = None if got is None else startup.tasks(got[0])
     startup = None
     unload("firmware.startup")
     if got is None:
         return  # the safe state ran (it returns only on Ctrl-C)
     node, fs = got
     try:
-        asyncio.run(_run_node(node, fs))
+        asyncio.run(_run_node(node, fs, tasks))
     except KeyboardInterrupt:
         print("node", "stopped (Ctrl-C)")
         raise  # to the REPL: the root main.py takes a return for a crash (the app never ends)

@@ -31,9 +31,10 @@ from firmware import fsutil  # noqa: E402
 from firmware import ring as ring_mod  # noqa: E402
 
 gc.collect()
+from firmware.app import NodeApp  # noqa: E402
 from firmware.compat import ticks_diff, ticks_ms  # noqa: E402
 from firmware.drivers import command_bytes, make_parser  # noqa: E402
-from firmware.mesh import BROADCAST, PeerTable, Router  # noqa: E402
+from firmware.mesh import PeerTable, Router  # noqa: E402
 
 gc.collect()
 from firmware.sampler import Sampler, SamplerConfig  # noqa: E402
@@ -88,8 +89,9 @@ def parent_report_ms(now_ms, last_status_ms, jitter_ms, delay_ms=PARENT_REPORT_D
     return t
 
 
-class Node:
-    """One node (or gateway) running on a HAL with a validated config."""
+class Node(NodeApp):
+    """One node (or gateway) running on a HAL with a validated config: the asyncio shell around
+    the application core (firmware/app.py NodeApp) and the other sans-IO cores."""
 
     def __init__(self, hal, cfg, gateway=None):
         self.hal = hal
@@ -112,7 +114,7 @@ class Node:
         self.gateway = gateway  # firmware.gateway.Gateway or None
         self.epoch = 0  # mesh key epoch (issue 14); a rotated node holds its keys in mesh_keys.bin
         self._grace = None  # when it ends its grace window by itself (uptime ms; firmware/rekey.py node_op)
-        self._nk_oth = None  # the node key of the other epoch held (firmware/rekey.py node_op)
+        self.fleet_pub = cfg.fleet_pub
         self._ask = [0, 0, 0]  # key requests: last check, alien_rx and beacons_rx at the last request
         try:
             # rotated (its keys on flash) or provisioned in a later epoch (config mesh_epoch)
@@ -141,12 +143,12 @@ class Node:
         self.last_report_ms = None
         self.last_pump_ms = 0
         self.last_route_ms = None
-        self.in_flight = {}  # app token -> (first seq, last seq)
         self.unstamped = []  # readings waiting for wall-clock time: ring records, oldest first
-        self.next_token = 1
+        self.app_init()
         self.errors = 0
         self.selftest_done = False
         self.radio_ok = False
+        self.peers = PeerTable(20)  # ESP-NOW holds at most 20 peers (broadcast: firmware/startup.py tasks())
 
     # ---- time ----------------------------------------------------------------------------
 
@@ -251,9 +253,7 @@ class Node:
         elif kind == "sent":
             if self.ota is not None and self.ota.on_sent(ev[1], ev[2]):
                 return
-            first_last = self.in_flight.pop(ev[1], None)
-            if first_last is not None and ev[2]:
-                self.ring.mark_sent(first_last[0], first_last[1])
+            self.on_sent(ev[1], ev[2])
         elif kind == "parent":
             log("mesh", "parent %s" % ev[1])
             if ev[1]:
@@ -295,35 +295,24 @@ class Node:
 
     def _stamp(self, agg, now):
         """Put a new report (agg, or None) into the ring stamped with wall-clock time, after any
-        readings held before time was known (stamped by when they were made); without wall time
-        (a reading stamped 0 would look current at the collector) hold it instead."""
+        readings held before time was known; without wall time hold it instead (firmware/hold.py,
+        loaded for the call: a node with time carries none of it)."""
         wall = self.wall_s(now)
-        held = self.unstamped
-        if wall:
-            if held:
-                now_s = now // 1000
-                h = _Held()
-                for rec in held:
-                    r = ring_mod.unpack_record(rec)
-                    if r is not None:  # RAM: always intact
-                        h.load(r)
-                        self._store(wall - (now_s - r[0]), h)
-                log("node", "wall time known: %d held readings stamped" % len(held))
-                self.unstamped = []
-            if agg is not None:
-                self._store(wall, agg)
-            return
-        if agg is None:
-            return
-        if len(held) >= UNSTAMPED_MAX:
-            held.pop(0)
-            self.readings_lost += 1
-            log("node", "no wall time yet and %d readings held: the oldest is lost (%d lost since boot)"
-                % (UNSTAMPED_MAX, self.readings_lost))
-        # a ring record (seq field: when it was made, now_ms // 1000; t_s 0): 48 bytes of heap
-        # in two small blocks, where an Aggregate takes ~140
-        held.append(ring_mod.pack_record(now // 1000, 0, agg.pm1, agg.pm25, agg.pm10, agg.rh, agg.temp, agg.n,
-                                         agg.flags))
+        if (agg is not None and not wall) or (wall and self.unstamped):  # not on every idle pass
+            from firmware import hold
+            from firmware.compat import unload
+
+            try:
+                if not wall:
+                    if agg is not None:
+                        hold.hold(self, agg, now, UNSTAMPED_MAX, log)
+                    return
+                hold.release(self, wall, now, log)
+            finally:
+                hold = None
+                unload("firmware.hold")
+        if agg is not None and wall:
+            self._store(wall, agg)
 
     def _store(self, t_s, agg):
         seq = self._append(t_s, agg)
@@ -345,29 +334,9 @@ class Node:
             self._uplink_poll()
 
     def _uplink_poll(self):
-        if not self.router.has_route() or len(self.in_flight) >= 2:
-            return
-        if not self.wall_s():
-            # A frame's readings are times relative to its time_s; with time_s 0 the collector
-            # would stamp a backlog (from before a reboot) with its arrival time.
-            return
-        after = None
-        for first_last in self.in_flight.values():
-            if after is None or first_last[1] > after:
-                after = first_last[1]
-        pending = self.ring.pending(protocol.MAX_READINGS, after_seq=after)
-        if pending:
-            self._originate_readings(pending)
+        self.poll_uplink(self.now_ms())
 
-    def _originate_readings(self, readings):
-        made = ring_mod.build_telemetry(self.node_id, readings, self.wall_s(), self.mesh_hmac, self.node_hmac)
-        if made is None:
-            return
-        token = self.next_token
-        self.next_token += 1
-        seq = readings[0][0]
-        self.in_flight[token] = (seq, seq + made[1] - 1)
-        self.router.originate(made[0], self.now_ms(), token)
+    def woke(self):
         self.wake.set()
 
     def wall_ms(self):
@@ -417,21 +386,7 @@ class Node:
             boot_count=self.boot_count, ota_state=self.ota.state if self.ota else 0,
             ota_progress=self.ota.progress_pct if self.ota else 0, errors=self.errors,
             radio_drops=self.hal.radio.stats()[4], readings_lost=self.readings_lost, epoch=self.epoch)
-        f = protocol.Status(origin=self.node_id, seq=self.counters.next("status"), time_s=self.wall_s(), body=body)
-        self.parent_report_ms = None  # this one reports the parent in force
-        self.last_status_ms = self.now_ms()
-        data = protocol.encode(f, self.mesh_hmac, self.node_hmac, at_origin=True)
-        if ask and not r.is_gateway:
-            r.broadcast_own(data)
-            self.wake.set()
-            return None
-        token = None
-        if probe:
-            token = self.next_token
-            self.next_token += 1
-        self.router.originate(data, self.now_ms(), token)
-        self.wake.set()
-        return token
+        return self.send_status_body(body, probe, ask)
 
     def heap_sample(self):
         """Collect, then return the free heap: what the live objects leave (before a collection
@@ -455,25 +410,11 @@ class Node:
     # ---- commands ----------------------------------------------------------------------------
 
     async def on_command(self, cmd):
-        if cmd.target == 0:
-            from firmware.compat import verify_signature  # Ed25519: loaded for this check only
-
-            if not verify_signature(self.cfg.fleet_pub, protocol.signed_bytes(cmd), cmd.auth):
-                log("cmd", "refused: bad fleet signature (cseq %d)" % cmd.cseq)
-                return
-        elif cmd.target != self.node_id:
+        why = self.accept_command(cmd)
+        if why is not None:
+            if why:
+                log("cmd", "refused: %s (cseq %d)" % (why, cmd.cseq))
             return
-        else:
-            sb = protocol.signed_bytes(cmd)
-            o = self._nk_oth  # mid-rotation: the fleet may still use the other epoch's node key
-            if not auth.ct_equal(self.node_hmac.tag(sb, auth.E2E_TAG_LEN), cmd.auth) and (
-                    o is None or not auth.ct_equal(o.tag(sb, auth.E2E_TAG_LEN), cmd.auth)):
-                log("cmd", "refused: bad tag (cseq %d)" % cmd.cseq)
-                return
-        if self.cmd_window.accept(cmd.cseq) != auth.NEW:
-            log("cmd", "refused: replayed cseq %d" % cmd.cseq)
-            return
-        self.counters.set_min("cseq", cmd.cseq)
         # What a command does (firmware/node_cmd.py, ~2 KB of bytecode on a 32-bit node) is
         # loaded for the command and dropped after it: commands come a few times a day.
         from firmware import node_cmd
@@ -496,13 +437,6 @@ class Node:
         finally:
             rekey = None
             unload("firmware.rekey", "protocol.keywrap")
-
-    def send_reply(self, cseq, code, result):
-        """Originate a Reply frame (result: up to 8 ints or texts of <= 32 bytes)."""
-        f = protocol.Reply(origin=self.node_id, seq=self.counters.next("reply"), time_s=self.wall_s(),
-                           cseq=cseq, code=code, result=result)
-        self.router.originate(protocol.encode(f, self.mesh_hmac, self.node_hmac, at_origin=True), self.now_ms(), None)
-        self.wake.set()
 
     # ---- health and watchdog ----------------------------------------------------------------
 
@@ -550,32 +484,3 @@ class Node:
                 log("selftest", "ok node=%d role=%s sensor=1 radio=1 config=1 fw=%s" % (
                     self.node_id, self.cfg.role, self.fw_version))
             await asyncio.sleep_ms(5000)
-
-    async def run(self):
-        log("node", "start id=%d role=%s fw=%s bseq=%d boot=%d" % (self.node_id, self.cfg.role, self.fw_version,
-                                                                  self.fw_seq, self.boot_count))
-        radio = self.hal.radio
-        radio.active(True)
-        # ESP-NOW sends only to registered peers, broadcast included (ESP_ERR_ESPNOW_NOT_FOUND
-        # otherwise): ff:ff:ff:ff:ff:ff takes one of the driver's 20 slots for good
-        try:
-            radio.add_peer(BROADCAST)
-        except OSError:
-            pass  # already a peer after a soft reset (ESP_ERR_ESPNOW_EXIST)
-        self.peers = PeerTable(20)
-        tasks: list = [self.radio_rx(), self.pump(), self.sensor(), self.uplink(), self.status(), self.health()]
-        if self.gateway is not None:
-            tasks.append(self.gateway.run(self))
-        sim = getattr(self.cfg, "sim", None) or {}
-        if sim.get("offered_interval_s"):
-            from firmware.hal.simload import offered_load  # the rig's throughput tests only
-
-            tasks.append(offered_load(self, int(sim["offered_interval_s"]), int(sim.get("offered_for_s", 0))))
-        await asyncio.gather(*tasks)
-
-
-class _Held:
-    """The fields ring.append reads, from a held ring record (reused while stamping)."""
-
-    def load(self, rec):
-        self.pm1, self.pm25, self.pm10, self.rh, self.temp, self.n, self.flags = rec[2:]

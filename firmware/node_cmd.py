@@ -1,7 +1,8 @@
 """What a node does with a command it accepted (firmware/node.py Node.on_command checked its
 tag or signature and its replay window first): resend readings, set a setting, report status,
 answer a ping, change key epoch, reboot. Commands come a few times a day, so this module is
-imported for one command and unloaded after it (Node.on_command); it works on the Node.
+imported for one command and unloaded after it (Node.on_command); it works on the Node
+(resend on any firmware/app.py NodeApp: the DES answers with it too).
 
 Reply codes: 0 ok, 1 bad arguments or refused value, 2 unknown op or setting, 3 nothing held
 for a resend (the result says why per range), 4 no wall time yet (the collector retries)."""
@@ -18,7 +19,7 @@ async def run(node, cmd, log):
     code, result = 0, []
     op = cmd.op
     if op == protocol.OP_RESEND and len(cmd.args) == 2:
-        code, result = resend(node, cmd.args[0], cmd.args[1])
+        code, result = resend(node, cmd.args[0], cmd.args[1])[:2]
     elif op == protocol.OP_SET and len(cmd.args) == 2:
         code = set_value(node, cmd.args[0], cmd.args[1], log)
     elif op == protocol.OP_STATUS:
@@ -40,18 +41,20 @@ async def run(node, cmd, log):
 
 
 def resend(node, a, b):
-    """Answer "resend readings a..b" from the ring: result = [first, last] actually resent
-    (at most 4 frames' worth) and the first seq no longer held (a gap the collector must
-    mark lost). The ring is read one frame's worth at a time, so the answer never holds
-    more than a frame of readings in the heap. Code 4: no wall time yet (a frame's times are
-    relative to it; the collector retries any code but 0 and 3)."""
+    """Answer "resend readings a..b" from the ring: (code, result, frames originated), result =
+    [first, last] actually resent (at most 4 frames' worth), or with code 3 the ranges not held
+    and why. The ring is read one frame's worth at a time, so the answer never holds more than
+    a frame of readings in the heap. Code 4: no wall time yet (a frame's times are relative to
+    it; the collector retries any code but 0 and 3). `node`: a firmware/app.py NodeApp (the
+    node's shell, or the DES's)."""
     if not isinstance(a, int) or not isinstance(b, int) or b < a:
-        return 1, []
+        return 1, [], 0
     if not node.wall_s():
-        return 4, []
+        return 4, [], 0
     first = last = None
     left = _RESEND_FRAMES * protocol.MAX_READINGS
     lo = a
+    frames = 0
     while left > 0 and lo <= b:
         held = node.ring.get_range(lo, b, min(left, protocol.MAX_READINGS))
         if not held:
@@ -60,6 +63,7 @@ def resend(node, a, b):
         if made is None:
             break
         node.router.originate(made[0], node.now_ms(), None)
+        frames += 1
         n = made[1]
         if first is None:
             first = held[0][0]
@@ -72,8 +76,8 @@ def resend(node, a, b):
         result = []
         for glo, ghi, why in node.ring.gaps(a, b, 2):
             result.extend([glo, ghi, why])
-        return 3, result[:8]
-    return 0, [first, last]
+        return 3, result[:8], 0
+    return 0, [first, last], frames
 
 
 def set_value(node, key, value, log):

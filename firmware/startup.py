@@ -64,7 +64,7 @@ def _log_reset_cause():
 # that every runtime import is here or loaded at boot anyway).
 COLD_MODULES = ("firmware.node_cmd", "firmware.downroute", "firmware.rekey", "protocol.keywrap",
                 "protocol.frames_up", "protocol.ed25519", "protocol.sha512", "firmware.crash",
-                "firmware.safe_state")
+                "firmware.safe_state", "firmware.hold")
 
 
 def intern_cold_names():
@@ -81,6 +81,32 @@ def intern_cold_names():
             __import__(name)
             unload(*[n for n in sys.modules if n not in before])
             gc.collect()
+
+
+def tasks(node):
+    """The node's tasks (coroutines of firmware/node.py Node), its radio ready for them: made here,
+    at boot, so a running node keeps no code that ran once."""
+    from firmware.mesh import BROADCAST
+
+    print("node", "start id=%d role=%s fw=%s bseq=%d boot=%d" % (node.node_id, node.cfg.role, node.fw_version,
+                                                              node.fw_seq, node.boot_count))
+    radio = node.hal.radio
+    radio.active(True)
+    # ESP-NOW sends only to registered peers, broadcast included (ESP_ERR_ESPNOW_NOT_FOUND
+    # otherwise): ff:ff:ff:ff:ff:ff takes one of the driver's 20 slots for good
+    try:
+        radio.add_peer(BROADCAST)
+    except OSError:
+        pass  # already a peer after a soft reset (ESP_ERR_ESPNOW_EXIST)
+    out = [node.radio_rx(), node.pump(), node.sensor(), node.uplink(), node.status(), node.health()]
+    if node.gateway is not None:
+        out.append(node.gateway.run(node))
+    sim = getattr(node.cfg, "sim", None) or {}
+    if sim.get("offered_interval_s"):
+        from firmware.hal.simload import offered_load  # the rig's throughput tests only
+
+        out.append(offered_load(node, int(sim["offered_interval_s"]), int(sim.get("offered_for_s", 0))))
+    return out
 
 
 def build(root):

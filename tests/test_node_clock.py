@@ -3,6 +3,7 @@ brings time, so reports wait in the hold; when time arrives they are stamped by 
 made, in order; when the hold overflows the oldest go, counted in readings_lost and logged, never
 silently. And no telemetry leaves without wall time (the collector would stamp a backlog with its
 arrival time). A real Node on a fake HAL (flash in a temp dir), CPython."""
+import protocol
 from firmware import node as node_mod
 from firmware.config import Config
 from firmware.fsutil import PosixFS
@@ -90,10 +91,10 @@ def test_no_telemetry_without_wall_time(tmp_path, monkeypatch):
     n.router._wall_s = 0  # ... and a reboot later: no time yet, a backlog on flash
     sent = []
     n.router.has_route = lambda: True
-    n._originate_readings = lambda readings: sent.append(readings)
+    n.router.originate = lambda data, now, token: sent.append(protocol.decode(data))
 
     n._uplink_poll()
     assert sent == []
     n.router.set_time(T0 + 100, 2000)
     n._uplink_poll()
-    assert len(sent) == 1 and sent[0][0][0] == 0
+    assert len(sent) == 1 and sent[0].seq == 0 and sent[0].time_s > 0

@@ -52,13 +52,13 @@ def test_resend_answers_frame_by_frame_up_to_48_readings(tmp_path):
     node = _node(tmp_path)
     seqs = [node.ring.append(1795000000 - 1000 + i, _Synthetic(i)) for i in range(70)]
     _frames(node)
-    code, result = node_cmd.resend(node, seqs[3], seqs[65])
+    code, result, n = node_cmd.resend(node, seqs[3], seqs[65])
     frames = _frames(node)
-    assert code == 0 and result == [seqs[3], seqs[3] + 47]
+    assert code == 0 and result == [seqs[3], seqs[3] + 47] and n == len(frames)
     assert _seqs(frames) == list(range(seqs[3], seqs[3] + 48))
     assert len(frames) == 4 and all(len(f.readings) <= protocol.MAX_READINGS for f in frames)
     # a short range: exactly what it asks for
-    code, result = node_cmd.resend(node, seqs[10], seqs[14])
+    code, result, _ = node_cmd.resend(node, seqs[10], seqs[14])
     assert code == 0 and result == [seqs[10], seqs[14]]
     assert _seqs(_frames(node)) == list(range(seqs[10], seqs[14] + 1))
 
@@ -67,8 +67,8 @@ def test_resend_of_nothing_held_says_why(tmp_path):
     node = _node(tmp_path)
     seqs = [node.ring.append(1795000000 - 100 + i, _Synthetic(i)) for i in range(5)]
     _frames(node)
-    code, result = node_cmd.resend(node, seqs[-1] + 10, seqs[-1] + 20)
-    assert code == 3 and result == [seqs[-1] + 10, seqs[-1] + 20, "ahead"]
+    code, result, n = node_cmd.resend(node, seqs[-1] + 10, seqs[-1] + 20)
+    assert code == 3 and result == [seqs[-1] + 10, seqs[-1] + 20, "ahead"] and n == 0
     assert _frames(node) == []
-    assert node_cmd.resend(node, 5, 4) == (1, [])
+    assert node_cmd.resend(node, 5, 4) == (1, [], 0)
 

@@ -35,10 +35,13 @@ no path is known or on a retry. A flood is scoped as fleet.collector scopes it (
 flood_start_hops: the hop count it starts with stops it a few hops beyond the node). Both are
 real at every size: no repair is estimated.
 """
+from firmware import node_cmd
+from firmware.app import MAX_IN_FLIGHT, NodeApp
+from firmware.counters import DEFAULT_BLOCK
 from firmware.downroute import inject_routed
 from firmware.mesh_params import DEFAULTS as _MESH_DEFAULTS
 from firmware.node import UNSTAMPED_MAX
-from firmware.ring import build_telemetry
+from firmware.ring import AHEAD, DEFAULT_RAM, DEFAULT_UNSENT_SPILL, LOST
 from fleet.repair import GapTracker, RepairConfig, SourceRoutes, flood_start_hops
 from protocol import (
     OP_RESEND,
@@ -47,51 +50,68 @@ from protocol import (
     T_TELEMETRY,
     Command,
     ProtocolError,
-    Reply,
-    Status,
     StatusBody,
     decode,
     encode,
-    signed_bytes,
 )
-from protocol.auth import E2E_TAG_LEN, NEW, ReplayWindow, ct_equal
+from protocol.auth import ReplayWindow
 from protocol.routed import Routed
 
 POLL_US = 500_000  # node.py's uplink poll period
-MAX_IN_FLIGHT = 2  # node.py: at most two telemetry frames in flight
-MAX_READINGS = 12
-RESEND_MAX = 48  # node.py: 4 * MAX_READINGS per resend request
-RAM_RECORDS = 64  # firmware/ring.py DEFAULT_RAM
-UNSENT_SPILL = 8  # firmware/ring.py DEFAULT_UNSENT_SPILL
-COUNTER_BLOCK = 64  # firmware/counters.py DEFAULT_BLOCK
 
 
 def _ceil_block(v):
-    return -(-v // COUNTER_BLOCK) * COUNTER_BLOCK
+    return -(-v // DEFAULT_BLOCK) * DEFAULT_BLOCK
 
 
-class NodeApp:
-    """One node's application state: ring, in-flight frames, command window, counters."""
+class _Counters:
+    """firmware/counters.py's interface over a dict: a reboot resumes each at its next block."""
 
-    __slots__ = ("sim", "node", "hmac", "next_seq", "held", "unsent", "ram", "in_flight", "next_token",
-                 "reply_seq", "status_seq", "window", "unstamped", "kick_at", "phase_us", "boot", "created", "first_orig",
-                 "lost_at_cut", "parent_report_us", "last_status_us")
+    __slots__ = ("v",)
+
+    def __init__(self):
+        self.v = {}
+
+    def next(self, name):
+        n = self.v.get(name, 0)
+        self.v[name] = n + 1
+        return n
+
+    def peek(self, name):
+        return self.v.get(name, 0)
+
+    def set_min(self, name, value):
+        if value > self.v.get(name, 0):
+            self.v[name] = value
+
+    def reboot(self):
+        for k, n in self.v.items():
+            self.v[k] = _ceil_block(n)
+
+
+class DesApp(NodeApp):
+    """One node: the firmware's application core (firmware/app.py NodeApp: uplink, in-flight
+    tracking, command checks, resend answers via firmware/node_cmd.py, replies, status), on a
+    ring of dicts (this class: the ReadingRing methods the core uses) and the simulator's clock."""
 
     def __init__(self, sim, node, node_hmac):
         self.sim = sim
         self.node = node
-        self.hmac = node_hmac
+        self.node_id = node.id
+        self.ring = self
+        self.counters = _Counters()
+        self.mesh_hmac = sim.mesh_hmac
+        self.node_hmac = node_hmac
+        self.fleet_pub = None  # the DES sends no fleet-signed command to a node's app
+        self.cmd_window = ReplayWindow(32)
+        self.app_init()
+        self._now = 0  # ms: set at every entry from the simulator
         self.next_seq = 0
         self.held = {}  # seq -> t_s (the ring: sent or not, until the end of the run)
         self.unsent = {}  # seq -> None, oldest first
         self.ram = []  # seqs in the RAM block (lost at a power cut)
-        self.in_flight = {}  # token -> (first seq, last seq)
-        self.next_token = 1
-        self.reply_seq = 0
-        self.status_seq = 0
-        self.parent_report_us = None  # node.py's parent_report_ms: a changed parent to report then
-        self.last_status_us = None
-        self.window = ReplayWindow(32)
+        self.parent_report_ms = None  # node.py's: a changed parent to report then
+        self.last_status_ms = None
         self.unstamped = []  # aggregation times (us) of readings waiting for wall-clock time
         self.kick_at = -1
         self.phase_us = (node.id * 7919) % POLL_US
@@ -99,6 +119,69 @@ class NodeApp:
         self.created = []  # sim truth: created[seq] = aggregation time (us), -1 = never issued
         self.first_orig = []  # first_orig[seq] = when the reading was first handed to the router
         self.lost_at_cut = 0
+
+    @property
+    def router(self):
+        return self.node.router  # a power cycle gives the node a new one
+
+    # ---- the core's clock -----------------------------------------------------------------------
+
+    def now_ms(self):
+        return self._now
+
+    def wall_s(self, now=None):
+        return self.router.wall_time_s(self._now if now is None else now)
+
+    # ---- the ring (firmware/ring.py ReadingRing's methods the core uses) -------------------------
+
+    def record(self, seq):
+        """The ring tuple of reading seq (values made up from the seq: they are not studied)."""
+        v = (self.node_id * 7 + seq * 13) % 97
+        return (seq, self.held[seq], 100 + v, 150 + v, 200 + v, 60, 215, 60, 0)
+
+    def pending(self, max_n, after_seq=None):
+        out = []
+        for s in self.unsent:
+            if after_seq is None or s > after_seq:
+                out.append(self.record(s))
+                if len(out) >= max_n:
+                    break
+        return out
+
+    def mark_sent(self, first, last):
+        unsent = self.unsent
+        for s in range(first, last + 1):
+            unsent.pop(s, None)
+
+    def _held_in(self, a, b):
+        held = self.held
+        if b - a < 4096:
+            return (s for s in range(a, b + 1) if s in held)
+        return iter(sorted(s for s in held if a <= s <= b))
+
+    def get_range(self, a, b, max_n):
+        out = []
+        for s in self._held_in(a, b):
+            out.append(self.record(s))
+            if len(out) >= max_n:
+                break
+        return out
+
+    def gaps(self, a, b, max_ranges=8):
+        """Not held in a..b: LOST below the next seq (a power cut, a reboot's skip), AHEAD from
+        it (the DES ages nothing out: its ring holds the whole run)."""
+        out = []
+        top = min(b, self.next_seq - 1)
+        cur = a
+        for s in self._held_in(a, top):
+            if s > cur and len(out) < max_ranges:
+                out.append((cur, s - 1, LOST))
+            cur = s + 1
+        if cur <= top and len(out) < max_ranges:
+            out.append((cur, top, LOST))
+        if b > top and len(out) < max_ranges:
+            out.append((max(a, top + 1), b, AHEAD))
+        return out
 
     # ---- readings -------------------------------------------------------------------------
 
@@ -114,7 +197,7 @@ class NodeApp:
         """Number and store the readings waiting for wall-clock time, once it is known."""
         if not self.unstamped:
             return
-        wall = self.node.router.wall_time_s(now_us // 1000)
+        wall = self.router.wall_time_s(now_us // 1000)
         if not wall:
             return
         created = self.created
@@ -134,15 +217,9 @@ class NodeApp:
             ram.append(seq)
             self.sim.made += 1
         self.unstamped = []
-        if len(ram) >= RAM_RECORDS or sum(1 for s in ram if s in unsent) >= UNSENT_SPILL:
+        if len(ram) >= DEFAULT_RAM or sum(1 for s in ram if s in unsent) >= DEFAULT_UNSENT_SPILL:
             self.ram = []  # spilled to flash: survives a power cut
         self.kick(now_us)
-
-    def record(self, seq, now_s):
-        """The ring tuple of reading seq (values made up from the seq: they are not studied)."""
-        nid = self.node.id
-        v = (nid * 7 + seq * 13) % 97
-        return (seq, self.held[seq], 100 + v, 150 + v, 200 + v, 60, 215, 60, 0)
 
     # ---- uplink -----------------------------------------------------------------------------
 
@@ -157,110 +234,57 @@ class NodeApp:
         self.sim.push_kick(t, self.node)
 
     def uplink(self, now_us):
-        """node.py's uplink poll: originate the next readings while a route exists."""
+        """node.py's uplink poll (the core's poll_uplink), with the simulator's truth kept:
+        when each reading was first handed to the router."""
         self.kick_at = -1
-        node = self.node
-        r = node.router
-        if not r.has_route() or len(self.in_flight) >= MAX_IN_FLIGHT or not self.unsent:
+        if not self.unsent:
             return
-        now_ms = now_us // 1000
-        wall = r.wall_time_s(now_ms)
-        if not wall:
-            return  # node.py sends no readings without wall time (their times are relative to it)
-        after = -1
-        for first_last in self.in_flight.values():
-            if first_last[1] > after:
-                after = first_last[1]
-        pending = []
-        for s in self.unsent:
-            if s > after:
-                pending.append(s)
-                if len(pending) >= MAX_READINGS:
-                    break
-        if not pending:
-            return
-        data, n = build_telemetry(node.id, [self.record(s, wall) for s in pending], wall, self.sim.mesh_hmac,
-                                  self.hmac)
-        token = self.next_token
-        self.next_token += 1
-        first = pending[0]
-        last = first + n - 1
-        self.in_flight[token] = (first, last)
-        fo = self.first_orig
-        for s in range(first, last + 1):
-            if fo[s] < 0:
-                fo[s] = now_us
-        r.originate(data, now_ms, token)
-        if len(self.in_flight) < MAX_IN_FLIGHT and next(reversed(self.unsent)) > last:
-            self.kick(now_us)
-
-    def on_sent(self, token, ok, now_us):
-        first_last = self.in_flight.pop(token, None)
+        self._now = now_ms = now_us // 1000
+        first_last = self.poll_uplink(now_ms)
         if first_last is None:
             return
-        if ok:
-            unsent = self.unsent
-            for s in range(first_last[0], first_last[1] + 1):
-                unsent.pop(s, None)
-        if self.unsent:
+        fo = self.first_orig
+        for s in range(first_last[0], first_last[1] + 1):
+            if fo[s] < 0:
+                fo[s] = now_us
+        if len(self.in_flight) < MAX_IN_FLIGHT and next(reversed(self.unsent)) > first_last[1]:
             self.kick(now_us)
+
+    def on_sent(self, token, ok, now_us=None):
+        self._now = self._now if now_us is None else now_us // 1000
+        first_last = NodeApp.on_sent(self, token, ok)
+        if first_last is not None and self.unsent and now_us is not None:
+            self.kick(now_us)
+        return first_last
 
     # ---- commands -----------------------------------------------------------------------------
 
     def on_command(self, cmd, now_us):
-        """node.py's on_command for a command to this node (HMAC-tagged)."""
-        if cmd.target != self.node.id:
+        """node.py's on_command for a command to this node: the core's checks, OP_RESEND answered
+        by the firmware's own node_cmd.resend, any other op refused (code 2), then the reply."""
+        if cmd.target != self.node_id:
             return
-        if not ct_equal(self.hmac.tag(signed_bytes(cmd), E2E_TAG_LEN), cmd.auth):
-            self.sim.counters["cmd_refused"] += 1
-            return
-        if self.window.accept(cmd.cseq) != NEW:
-            self.sim.counters["cmd_replayed"] += 1
+        self._now = now_us // 1000
+        why = self.accept_command(cmd)
+        if why is not None:
+            self.sim.counters["cmd_replayed" if why == "replayed" else "cmd_refused"] += 1
             return
         if cmd.op == OP_RESEND and len(cmd.args) == 2:
-            code, result = self.resend(cmd.args[0], cmd.args[1], now_us)
+            code, result, frames = node_cmd.resend(self, cmd.args[0], cmd.args[1])
+            if code == 0:
+                self.sim.counters["resent_frames"] += frames
+                resent = self.sim.collector.resent_of(self.node_id)
+                for s in self._held_in(result[0], result[1]):
+                    resent.add(s)
         else:
             code, result = 2, []
-        self.reply(cmd.cseq, code, result, now_us)
-
-    def resend(self, a, b, now_us):
-        """Re-originate the held readings a..b (at most 48); return (code, result)."""
-        if not isinstance(a, int) or not isinstance(b, int) or b < a:
-            return 1, []
-        held = self.held
-        seqs = [s for s in range(a, b + 1) if s in held][:RESEND_MAX] if b - a < 4096 else \
-            [s for s in held if a <= s <= b][:RESEND_MAX]
-        if not seqs:
-            why = "lost" if a < self.next_seq else "ahead"
-            return 3, [a, b, why]
-        r = self.node.router
-        now_ms = now_us // 1000
-        wall = r.wall_time_s(now_ms)
-        resent = self.sim.collector.resent_of(self.node.id)
-        i = 0
-        while i < len(seqs):
-            data, n = build_telemetry(self.node.id, [self.record(s, wall) for s in seqs[i:i + MAX_READINGS]], wall,
-                                      self.sim.mesh_hmac, self.hmac)
-            for s in range(seqs[i], seqs[i] + n):
-                resent.add(s)
-            r.originate(data, now_ms, None)
-            self.sim.counters["resent_frames"] += 1
-            i += n
-        return 0, [seqs[0], seqs[i - 1]]
-
-    def reply(self, cseq, code, result, now_us):
-        r = self.node.router
-        now_ms = now_us // 1000
-        f = Reply(origin=self.node.id, seq=self.reply_seq, time_s=r.wall_time_s(now_ms), cseq=cseq, code=code,
-                  result=result)
-        self.reply_seq += 1
-        r.originate(encode(f, self.sim.mesh_hmac, self.hmac, at_origin=True), now_ms, None)
+        self.send_reply(cmd.cseq, code, result)
         self.sim.counters["replies_sent"] += 1
 
     def send_status(self, now_us):
         """node.py's send_status(): a Status frame (the real StatusBody) originated untracked."""
-        r = self.node.router
-        now_ms = now_us // 1000
+        self._now = now_ms = now_us // 1000
+        r = self.router
         ota = self.node.ota
         body = StatusBody(fw_seq=1, fw_version="1.0.0", uptime_s=now_ms // 1000, heap_free=60000, heap_min=50000,
                           backlog=len(self.unsent), parent=r.parent, link_etx=min(r.parent_etx, 0xFFFF),
@@ -268,11 +292,7 @@ class NodeApp:
                           ota_state=ota.state if ota is not None else 0,
                           ota_progress=ota.progress_pct if ota is not None else 0, errors=0,
                           radio_drops=0, readings_lost=0)  # the DES models no receive buffer, no overflow
-        f = Status(origin=self.node.id, seq=self.status_seq, time_s=r.wall_time_s(now_ms), body=body)
-        self.status_seq += 1
-        self.parent_report_us = None
-        self.last_status_us = now_us
-        r.originate(encode(f, self.sim.mesh_hmac, self.hmac, at_origin=True), now_ms, None)
+        self.send_status_body(body)
         self.sim.counters["status_sent"] += 1
 
     # ---- power -----------------------------------------------------------------------------------
@@ -288,15 +308,14 @@ class NodeApp:
         self.in_flight = {}
         self.unstamped = []
         self.kick_at = -1
-        self.parent_report_us = None
-        self.last_status_us = None
+        self.parent_report_ms = None
+        self.last_status_ms = None
 
     def power_on(self):
         """Boot: counters resume from their persisted reserves (a block of 64)."""
         self.boot += 1
         self.next_seq = _ceil_block(self.next_seq)
-        self.reply_seq = _ceil_block(self.reply_seq)
-        self.status_seq = _ceil_block(self.status_seq)
+        self.counters.reboot()
 
 
 _MAX_HOPS = _MESH_DEFAULTS["max_hops"]
@@ -343,7 +362,7 @@ class Collector:
 
     def key_of(self, node_id):
         app = self.sim.apps.get(node_id)
-        return app.hmac if app is not None else None
+        return app.node_hmac if app is not None else None
 
     def on_uplink(self, gw, data, hops, now_us):
         """A gateway router's ("uplink", data, rssi, hops)."""
@@ -441,7 +460,7 @@ class Collector:
         for req in reqs:
             app = sim.apps[req.node]
             cmd = Command(target=req.node, cseq=req.cseq, op=OP_RESEND, args=[req.a, req.b])
-            fb = encode(cmd, sim.mesh_hmac, app.hmac)
+            fb = encode(cmd, sim.mesh_hmac, app.node_hmac)
             self.requests += 1
             if req.gap is not None and req.gap.requests == 1:  # a gap's first request: its hop count
                 self.first_request_hops += self.last_hops.get(req.node, 0)
@@ -458,7 +477,7 @@ class Collector:
             if start:  # the flood stops a few hops beyond the node, as fleet.collector sends it
                 self.scoped += 1
                 cmd.hops = start
-                fb = encode(cmd, sim.mesh_hmac, app.hmac)
+                fb = encode(cmd, sim.mesh_hmac, app.node_hmac)
             if req.via_all or req.gateway is None:
                 gws = [g for g in sim.gateways if g.alive]
             else:

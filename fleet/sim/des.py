@@ -68,7 +68,7 @@ from firmware.mesh import BROADCAST, Router
 from firmware.node import PARENT_REPORT_DELAY_MS, STATUS_INTERVAL_S, parent_report_ms
 from fleet.errors import FleetError
 from fleet.sim import topology as topo_mod
-from fleet.sim._des_app import Collector, NodeApp
+from fleet.sim._des_app import Collector, DesApp
 from fleet.sim.medium import MAC_ATTEMPTS, MAX_PAYLOAD, PREAMBLE_US, US_PER_BYTE
 from protocol import (
     T_BEACON,
@@ -287,7 +287,7 @@ class Simulation:
         self.apps = {}
         for n in self.nodes:
             key = derive_node_key(secret, NET_ID, n.id)
-            n.app = NodeApp(self, n, Hmac(key))
+            n.app = DesApp(self, n, Hmac(key))
             self.apps[n.id] = n.app
         self.end_us = int(options.minutes * 60e6)
         tail = options.tail_s
@@ -456,9 +456,9 @@ class Simulation:
                 n.joined = True
             if ev[1] and self.opt.status_interval_s:  # node.py reports a new parent early
                 app = n.app
-                last = None if app.last_status_us is None else app.last_status_us // 1000
-                t = parent_report_ms(now_us // 1000, last, n.router.rng.below(PARENT_REPORT_DELAY_MS)) * 1000
-                app.parent_report_us = t
+                app.parent_report_ms = ms = parent_report_ms(now_us // 1000, app.last_status_ms,
+                                                             n.router.rng.below(PARENT_REPORT_DELAY_MS))
+                t = ms * 1000
                 self.seq += 1
                 heappush(self.heap, (t, self.seq, K_PARENT_REPORT, n, None))
         elif kind == "route":
@@ -688,7 +688,7 @@ class Simulation:
                     nxt = self.rng.randrange(nxt)
                 heappush(heap, (t + nxt, self.seq, K_STATUS, n, None))
             elif kind == K_PARENT_REPORT:
-                if n.alive and n.app.parent_report_us == t:
+                if n.alive and n.app.parent_report_ms is not None and n.app.parent_report_ms * 1000 == t:
                     self.counters["parent_reports"] += 1
                     n.app.send_status(t)
                     self.service(n, t)
