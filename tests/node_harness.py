@@ -1,7 +1,9 @@
 """The real node shell (firmware/node.py) and its OTA shell (firmware/main.py `_attach_ota`,
 firmware/ota_node.py) on a fake HAL, on CPython: the flash is any fsutil-style filesystem (a
 host directory, or the power-cut wrapper around one), time is fixed and the radio only answers stats(). Used by
-tests/test_node_security.py and tests/test_ota_powercut.py."""
+tests/test_node_security.py, tests/test_node_rekey.py and tests/test_ota_powercut.py."""
+import asyncio
+
 from firmware import ota_attach
 from firmware.config import Config
 from firmware.fsutil import PosixFS
@@ -69,3 +71,18 @@ def boot_node(fs, fleet_pub, ota=False):
         ota_attach.attach(node, node.cfg, node.hal.fs, None)
         assert node.ota is not None, "no slot pointer on this flash: main.py would not attach OTA"
     return node
+
+
+def deliver(node, frame, now, src_mac, must_pass=False):
+    """Hand air frame `frame` to the node's router as heard from `src_mac` at `now`, and run
+    every event it raises (a command runs to its reply). Returns whether the node replied.
+    must_pass: the router must take the frame (not a duplicate, not a bad tag)."""
+    before = node.counters.peek("reply")
+    took = node.router.on_recv(src_mac, frame, -50, now)
+    assert took or not must_pass, "the router refused the frame"
+    while True:
+        ev = node.router.poll_event()
+        if ev is None:
+            break
+        asyncio.run(node._on_event(ev))
+    return node.counters.peek("reply") > before

@@ -117,22 +117,21 @@ def telemetry(origin, seq, hops=1, cost=50):
     return f
 
 
-def drain(router):
+def _until_none(poll):
     out = []
-    tx = router.poll_tx()
-    while tx is not None:
-        out.append(tx)
-        tx = router.poll_tx()
+    x = poll()
+    while x is not None:
+        out.append(x)
+        x = poll()
     return out
+
+
+def drain(router):
+    return _until_none(router.poll_tx)
 
 
 def events(router):
-    out = []
-    ev = router.poll_event()
-    while ev is not None:
-        out.append(ev)
-        ev = router.poll_event()
-    return out
+    return _until_none(router.poll_event)
 
 
 # ---- Trickle and PRNG ------------------------------------------------------------------------

@@ -6,7 +6,7 @@ survives a reboot. Device-level twins: tests/device/test_rekey.py, test_mesh_epo
 import asyncio
 import hashlib
 
-from node_harness import MESH_KEY, NODE_ID, NODE_KEY, boot_node
+from node_harness import MESH_KEY, NODE_ID, NODE_KEY, boot_node, deliver
 
 import protocol
 from firmware import rekey
@@ -34,14 +34,7 @@ class Fleet:
             node_key = None
         frame = protocol.encode(cmd, self.mesh, node_key, self.phase)
         self.now += node.router.flood_memory_ms + 1000
-        before = node.counters.peek("reply")
-        node.router.on_recv(GW_MAC, frame, -50, self.now)
-        while True:
-            ev = node.router.poll_event()
-            if ev is None:
-                break
-            asyncio.run(node._on_event(ev))
-        return node.counters.peek("reply") > before
+        return deliver(node, frame, self.now, GW_MAC)
 
     def rekey(self, node, cseq, epoch, key=K1, node_id=NODE_ID, wrap_key=NODE_KEY):
         w = keywrap.wrap(wrap_key, NET, node_id, epoch, key)

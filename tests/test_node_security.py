@@ -11,7 +11,6 @@ firmware/main.py `_attach_ota` wires the real OTA shell, exactly as on a board.
 - A manifest tampered on flash: dropped when the node starts (main.py attaches OTA).
 The engine-level twins run on both interpreters: tests/device/test_ota_forged.py.
 """
-import asyncio
 import os
 import sys
 
@@ -21,7 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "dev
 
 import ota_fixtures as fx  # noqa: E402
 import ota_vectors as vec  # noqa: E402
-from node_harness import MESH_KEY, NODE_ID, NODE_KEY, boot_node  # noqa: E402
+from node_harness import MESH_KEY, NODE_ID, NODE_KEY, boot_node, deliver  # noqa: E402
 
 import protocol  # noqa: E402
 from firmware import boot, ota_attach  # noqa: E402
@@ -72,14 +71,7 @@ class Commander:
         frame = protocol.encode(protocol.Command(target=NODE_ID, cseq=cseq, op=op, args=list(args)),
                                 MESH_KEY, NODE_KEY)
         self.now += node.router.flood_memory_ms + 1000
-        before = node.counters.peek("reply")
-        assert node.router.on_recv(GATEWAY_MAC, frame, -50, self.now)
-        while True:
-            ev = node.router.poll_event()
-            if ev is None:
-                break
-            asyncio.run(node._on_event(ev))
-        return node.counters.peek("reply") > before
+        return deliver(node, frame, self.now, GATEWAY_MAC, must_pass=True)
 
 
 def test_a_repeated_command_counter_is_refused(tmp_path):

@@ -4,6 +4,7 @@ import os
 import sqlite3
 
 import pytest
+from old_stores import sqlite_schema1
 
 from fleet.store import READING_FIELDS, SCHEMA_VERSION, SQLiteStore, StoreError, open_url
 
@@ -230,16 +231,7 @@ def test_opens_a_schema_1_store_and_adds_the_status_columns(tmp_path):
     with SQLiteStore(path) as s:
         s.add_readings([reading(1, 0)])
         s.update_state(1, 1000, heap_min=40000)
-    db = sqlite3.connect(path)  # make it the schema-1 file an older fleet tool wrote
-    db.execute("ALTER TABLE node_state DROP COLUMN radio_drops")
-    db.execute("ALTER TABLE node_state DROP COLUMN readings_lost")
-    db.execute("ALTER TABLE node_state DROP COLUMN status_seq")
-    db.execute("ALTER TABLE node_state DROP COLUMN epoch")
-    db.execute("DROP TABLE hourly")
-    db.execute("DROP TABLE repair_nodes")  # schema 6 on; made by the migrations
-    db.execute("PRAGMA user_version = 1")
-    db.commit()
-    db.close()
+    sqlite_schema1(path)
     with SQLiteStore(path) as s:
         st = s.node_state(1)
         assert st["delivered"] == 1 and st["heap_min"] == 40000

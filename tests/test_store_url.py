@@ -12,6 +12,7 @@ import threading
 
 import pytest
 from click.testing import CliRunner
+from old_stores import sqlite_schema1
 
 from fleet.cli import group
 from fleet.home import FleetHome
@@ -78,16 +79,7 @@ def test_store_url_from_config_and_option(tmp_path):
 def test_migrate_reports_versions(tmp_path):
     path = tmp_path / "old.db"
     SQLiteStore(str(path)).close()
-    db = sqlite3.connect(path)  # make it a version-1 store: without the columns version 2 added
-    db.execute("ALTER TABLE node_state DROP COLUMN radio_drops")
-    db.execute("ALTER TABLE node_state DROP COLUMN readings_lost")
-    db.execute("ALTER TABLE node_state DROP COLUMN status_seq")
-    db.execute("ALTER TABLE node_state DROP COLUMN epoch")
-    db.execute("DROP TABLE hourly")
-    db.execute("DROP TABLE repair_nodes")  # schema 6 on; made by the migrations
-    db.execute("PRAGMA user_version = 1")
-    db.commit()
-    db.close()
+    sqlite_schema1(path)
     run = CliRunner().invoke
     r = run(group, ["store", "migrate", "--home", str(tmp_path / "h"), "--store", f"sqlite://{path}"])
     assert r.exit_code == 0 and f"from version 1 to {SCHEMA_VERSION}" in r.output, r.output
