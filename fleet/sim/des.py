@@ -67,6 +67,7 @@ from heapq import heappop, heappush
 from firmware.mesh import BROADCAST, Router
 from firmware.node import PARENT_REPORT_DELAY_MS, STATUS_INTERVAL_S, parent_report_ms
 from fleet.errors import FleetError
+from fleet.repair import RepairConfig
 from fleet.sim import topology as topo_mod
 from fleet.sim._des_app import Collector, DesApp
 from fleet.sim.medium import MAC_ATTEMPTS, MAX_PAYLOAD, PREAMBLE_US, US_PER_BYTE
@@ -124,11 +125,12 @@ class DesOptions:
     """Options of one run (see `fleet sim des --help`). Raises FleetError on a bad value."""
 
     FIELDS = ("nodes", "topology", "gateways", "minutes", "loss", "seed", "report_interval_s",
-              "status_interval_s", "gateway_failure", "power_cut_street", "ota_bytes", "repair", "mesh_params", "tail_s")
+              "status_interval_s", "gateway_failure", "power_cut_street", "ota_bytes", "repair", "mesh_params", "tail_s",
+              "gap_grace_s")
 
     def __init__(self, nodes=1000, topology="district", gateways=None, minutes=60.0, loss=0.0, seed=1,
                  report_interval_s=300, status_interval_s=STATUS_INTERVAL_S, gateway_failure=False, power_cut_street=False,
-                 ota_bytes=0, repair="route", mesh_params=None, tail_s=None):
+                 ota_bytes=0, repair="route", mesh_params=None, tail_s=None, gap_grace_s=None):
         self.nodes = int(nodes)
         self.topology = topology
         self.gateways = int(gateways) if gateways is not None else max(1, self.nodes // 1000)
@@ -143,6 +145,11 @@ class DesOptions:
         self.repair = repair
         self.mesh_params = dict(mesh_params or {})
         self.tail_s = tail_s
+        # the collector's wait before a gap's first request (fleet/repair.py RepairConfig grace_s;
+        # `fleet collect --gap-grace-s`); None: the fleet's default
+        self.gap_grace_s = None if gap_grace_s is None else float(gap_grace_s)
+        if self.gap_grace_s is not None and not 0 < self.gap_grace_s <= 3600:
+            raise FleetError(f"--gap-grace-s must be in (0, 3600], got {self.gap_grace_s}")
         if self.nodes < 2:
             raise FleetError("--nodes must be at least 2")
         if not 1 <= self.gateways < self.nodes:
@@ -283,7 +290,8 @@ class Simulation:
                 n.nidx[b_id] = len(n.nb)
                 n.nb.append((self.by_id[b_id], link.prr * keep, int(round(link.rssi_dbm))))
         self.repair_mode = options.repair
-        self.collector = Collector(self, options.repair)
+        self.collector = Collector(self, options.repair, None if options.gap_grace_s is None
+                                   else RepairConfig(grace_s=options.gap_grace_s))
         self.apps = {}
         for n in self.nodes:
             key = derive_node_key(secret, NET_ID, n.id)
@@ -804,6 +812,7 @@ class Simulation:
             "report_interval_s": o.report_interval_s,
             "status_interval_s": o.status_interval_s,
             "repair_mode": self.repair_mode,
+            "gap_grace_s": self.collector.tracker.cfg.grace_s,
             "measured_until_s": round(self.measure_until_us / 1e6, 1),
             "readings_made": made,
             "delivery_first_pass": round(fp / made, 5) if made else None,

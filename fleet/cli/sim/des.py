@@ -109,9 +109,13 @@ def _progress(t_s, end_s, events):
               help="Gap repair, real at every size: route sends each resend request down the source route "
                    "compiled from the parents in status reports and floods it when no path is known "
                    "(counted as a fallback); flood floods every request.")
+@click.option("--gap-grace-s", "gap_grace_s", type=BoundedFloat(0.1, 3600), default=None,
+              show_default="the fleet's, 120",
+              help="Seconds the collector waits after a gap opens before its first resend request "
+                   "(as `fleet collect --gap-grace-s`).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def cli(nodes, topology, gateways, minutes, loss, seed, report_interval_s, status_interval_s, gateway_failure,
-        power_cut_street, ota_bytes, repair, as_json):
+        power_cut_street, ota_bytes, repair, gap_grace_s, as_json):
     """Simulate a mesh of --nodes nodes running the firmware's own mesh (and OTA) cores in virtual time, with
     a radio model of ESP-NOW (distance-based reception, MAC retries and ACKs, CSMA, collisions),
     telemetry every --report-interval and the collector's gap repair; print delivery, latency,
@@ -121,7 +125,8 @@ def cli(nodes, topology, gateways, minutes, loss, seed, report_interval_s, statu
     opts = DesOptions(nodes=nodes, topology=topology, gateways=gateways, minutes=minutes, loss=loss, seed=seed,
                       report_interval_s=report_interval_s, status_interval_s=status_interval_s,
                       gateway_failure=gateway_failure,
-                      power_cut_street=power_cut_street, ota_bytes=ota_bytes or 0, repair=repair)
+                      power_cut_street=power_cut_street, ota_bytes=ota_bytes or 0, repair=repair,
+                      gap_grace_s=gap_grace_s)
     progress = _progress if sys.stderr.isatty() else None
     results = run_des(opts, progress=progress)
     if as_json:
