@@ -99,22 +99,7 @@ def test_power_cut_street_backlog_drains_after_power_returns():
 def test_a_lost_reading_is_recovered_by_a_flooded_resend():
     sim = Simulation(DesOptions(nodes=49, topology="grid", gateways=1, minutes=12, report_interval_s=60,
                                 repair="flood"))
-    victim = sim.by_id[40]
-    dropped = []
-
-    def lose_one(t):
-        # the newest reading vanishes as if its frame was acknowledged and then lost upstream
-        seq = next(reversed(victim.app.unsent))
-        del victim.app.unsent[seq]
-        dropped.append(seq)
-
-    def at_reading(t):
-        if victim.app.unsent:
-            lose_one(t)
-        else:
-            sim.at(t + 100_000, at_reading)
-
-    sim.at(180_000_000, at_reading)
+    dropped = _lose_one_reading(sim, 40, 180_000_000)
     r = sim.run()
     assert dropped
     got = sim.collector.got[40]
@@ -161,6 +146,40 @@ def test_extra_loss_costs_retries_not_readings():
     # prefers the better links. Seed 1: 1.42 clean, 1.51 lossy)
     assert attempts_per_unicast(lossy) > attempts_per_unicast(clean)
     assert lossy["delivery_after_repair"] >= 0.98
+
+
+def _lose_one_reading(sim, node_id, at_us):
+    """The newest reading of node_id vanishes after at_us, as if acknowledged and then lost upstream."""
+    victim = sim.by_id[node_id]
+    dropped = []
+
+    def at_reading(t):
+        if victim.app.unsent:
+            seq = next(reversed(victim.app.unsent))
+            del victim.app.unsent[seq]
+            dropped.append(seq)
+        else:
+            sim.at(t + 100_000, at_reading)
+
+    sim.at(at_us, at_reading)
+    return dropped
+
+
+def test_the_gap_grace_is_the_wait_before_the_first_request():
+    lat = {}
+    for grace in (None, 20.0):
+        sim = Simulation(DesOptions(nodes=49, topology="grid", gateways=1, minutes=12, report_interval_s=60,
+                                    gap_grace_s=grace))
+        dropped = _lose_one_reading(sim, 40, 180_000_000)
+        r = sim.run()
+        assert dropped and sim.collector.got[40][dropped[0]] > 0
+        assert r["gap_grace_s"] == (120.0 if grace is None else grace)
+        lat[grace] = r["repair_latency_p50_s"]
+    # repaired after the next reading shows the gap (60 s later), the grace and the round trip: the
+    # two runs differ by the grace alone (virtual time: deterministic)
+    assert 120 <= lat[None] < 120 + 90 and abs((lat[None] - lat[20.0]) - 100) < 1, lat
+    with pytest.raises(FleetError, match="gap-grace"):
+        DesOptions(gap_grace_s=0)
 
 
 def test_bad_options_are_fleet_errors():
