@@ -1,26 +1,22 @@
 """The application layer of the discrete-event simulator (fleet/sim/des.py): what firmware/node.py
 does around the router, reduced to what the mesh sees, and the collector side at the gateways.
 
-Node side (`NodeApp`), after firmware/node.py:
+Node side (`DesApp`): the firmware's own application core, firmware/app.py `NodeApp` - the
+uplink and its in-flight tracking, the command checks, the resend answer (firmware/node_cmd.py
+`resend`), replies and status frames - on the simulator's clock and a ring of dicts:
 - A reading every report interval, stamped once wall-clock time is known (router.wall_time_s; at
-  most firmware.node.UNSTAMPED_MAX wait unstamped), numbered by a persistent counter that resumes at the next block of 64
-  after a power cut (firmware/counters.py), kept in a ring: a dict of held readings and an
-  ordered dict of unsent ones. The firmware's RAM block is modelled: readings since the last
-  spill (64 records, or 8 unsent ones) are lost at a power cut (firmware/ring.py).
-- Uplink as node.py's `uplink()` task: while the router has a route and wall time and fewer than
-  2 frames are in flight, the oldest unsent readings after the in-flight ones (up to 12, consecutive) go out in
-  one Telemetry frame built by the firmware's own `ring.build_telemetry` and end-to-end tagged
-  with the node key. node.py polls every 500 ms; here the poll runs only when it can do
-  something (a new reading, a "sent" outcome, a route gained), at the node's next 500 ms
-  boundary, so the latency it adds is the same without 7,200 idle polls per node-hour.
-- ("sent", token, True) marks the readings sent; False keeps them unsent (the next poll retries).
-- A Command to this node is checked (node-key tag, replay window) and OP_RESEND a..b answered as
-  node.py's `_resend`: up to 48 held readings re-originated, 12 per frame (fire and forget), then
-  a Reply (code 0 [first, last], or 3 with the ranges not held).
+  most firmware.node.UNSTAMPED_MAX wait unstamped), numbered by a persistent counter that resumes
+  at the next block of 64 after a power cut (firmware/counters.py), kept in a ring: a dict of
+  held readings and an ordered dict of unsent ones, with the ReadingRing methods the core uses
+  (pending, mark_sent, get_range, gaps). The firmware's RAM block is modelled: readings since
+  the last spill (64 records, or 8 unsent ones) are lost at a power cut (firmware/ring.py).
+- The uplink poll (NodeApp.poll_uplink) runs only when it can do something (a new reading, a
+  "sent" outcome, a route gained), at the node's next 500 ms boundary: node.py polls every
+  500 ms, so the latency it adds is the same without 7,200 idle polls per node-hour.
 - node.py's status report every status_interval_s (node.py's 300 s by default; 0 = none), and
   its early report of a changed parent (fleet/sim/des.py schedules it with node.py's
   parent_report_ms): a real Status frame; the collector compiles source routes from the parents
-  they name.
+  they name. Commands other than OP_RESEND are refused (code 2).
   Not modelled: the sampler and sensor (a reading simply appears every report interval), the
   watchdog, flash timing, OTA staging and trial boot (the engine's "complete" ends the story).
 
@@ -251,9 +247,10 @@ class DesApp(NodeApp):
             self.kick(now_us)
 
     def on_sent(self, token, ok, now_us=None):
-        self._now = self._now if now_us is None else now_us // 1000
+        """The core's on_sent; given the simulator's now_us, the next poll is asked for while
+        readings wait (node.py polls every 500 ms anyway)."""
         first_last = NodeApp.on_sent(self, token, ok)
-        if first_last is not None and self.unsent and now_us is not None:
+        if first_last is not None and now_us is not None and self.unsent:
             self.kick(now_us)
         return first_last
 
