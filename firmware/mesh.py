@@ -566,7 +566,7 @@ class Router:
             self._start(now_ms)
         try:
             origin, seq, _, _, p_hops, p_etag = scan_uplink(data)
-        except Exception:  # noqa: BLE001 - ProtocolError, IndexError: not our frame's bytes
+        except (ProtocolError, IndexError):  # not an uplink frame's layout, or cut short
             raise ValueError("originate: not an uplink frame")
         t = data[2]
         st = self.stats
@@ -582,7 +582,7 @@ class Router:
             st["no_route_drops"] += 1
             self._event(("sent", app_token, False))
             return
-        # spliced now, kept as its raw bytes too: one copy per queued frame, as before the encode
+        # spliced now and kept as the entry's raw bytes too: one copy per queued frame
         c = self.cost
         data = self._splice(data, p_hops, p_etag, 1, c)
         e = _Entry(data, p_hops, p_hops + 1 + len(uint_head(c)), 1, True, app_token)

@@ -513,6 +513,12 @@ def test_originate_without_route_and_at_a_gateway():
     assert ev[0][0] == "uplink" and ev[0][2:] == (0, 0) and ev[1] == ("sent", "b", True)
     f.hops = f.cost = 0  # a gateway's own frame: uplinked as hop 0, cost 0
     assert decode(ev[0][1], MESH, node_key=node_key) == f
+    # bytes that are not an uplink frame are the caller's bug: ValueError, nothing sent
+    good = encode(f, MESH)
+    for bad in (b"", b"\x8a\x01", good[:-6], encode(Beacon(1, 0, 0, 0, 0, 0), MESH)):
+        with pytest.raises(ValueError):
+            g.originate(bad, 0, "c")
+    assert events(g) == []
 
 
 def test_forwarding_queue_is_bounded_and_drops_oldest_forwarded():
