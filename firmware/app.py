@@ -7,7 +7,8 @@ One implementation, three drivers:
 - firmware/node.py `Node(NodeApp)`: the asyncio shell on a board or the virtual rig (HAL, tasks);
 - fleet/sim/_des_app.py `DesApp(NodeApp)`: the discrete-event simulator's nodes (a ring of
   dicts with the ReadingRing methods used here);
-- tests: the router's tests drive the same methods.
+- tests/device/test_app.py: the same methods on the real router, ring and counters, on both
+  interpreters.
 A subclass is a shell (a class, not a wrapper object: a node's heap keeps no second object) and
 sets, before the first call: node_id; router (firmware.mesh.Router); ring (pending, mark_sent;
 get_range and gaps for firmware/node_cmd.py resend); counters (next(name), set_min(name, v):

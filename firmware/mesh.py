@@ -597,7 +597,7 @@ class Router:
         """Send an uplink frame this node made (as for originate) to every neighbour at once, as
         a first transmitter (hops 1, our cost), untracked: a key request (firmware/node.py)."""
         _, _, _, _, p_hops, p_etag = scan_uplink(data)
-        self._out((self._token(), BROADCAST, self._splice(data, p_hops, p_etag, 1, min(self.cost, COST_INFINITE))))
+        self._out((self._token(), BROADCAST, self._splice(data, p_hops, p_etag, 1, self.cost)))
 
     def _splice(self, raw, p_hops, p_etag, hops, cost):
         """`raw` (an uplink frame) with our key phase, `hops` and `cost` written in and a fresh hop tag."""

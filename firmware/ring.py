@@ -604,8 +604,10 @@ def build_telemetry(node_id, readings, now_s, mesh_key, node_key, max_bytes=MAX_
     # readings differ in size: drop from the end until it fits
     while True:
         try:
-            b = encode(frame, mesh_key, node_key, None, True)
+            b = encode(frame, mesh_key, node_key, at_origin=True)
         except ValueError:
+            if len(rs) == 1:
+                raise  # not a size: a bad key or field is the caller's, said as it is
             b = None  # over the radio's 250 bytes
         if b is not None and len(b) <= max_bytes:
             return b, len(rs)

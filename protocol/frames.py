@@ -488,7 +488,8 @@ def encode(frame, mesh_key=None, node_key=None, phase=None, at_origin=False):
             if etag is None or len(etag) != E2E_TAG_LEN:
                 raise ValueError("encoding %s needs the node key or an existing 8-byte etag" % TYPE_NAMES[t])
         if at_origin:
-            out.extend(b"\x18\xff\x19\xff\xff")  # hops 255, cost COST_INFINITE
+            put_head(0, 0xFF, out)  # hops and cost at their largest
+            put_head(0, COST_INFINITE, out)
         else:
             _put(out, frame, _UP_MUT)
         _put_bytes(out, "etag", etag, E2E_TAG_LEN, E2E_TAG_LEN)

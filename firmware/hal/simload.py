@@ -1,8 +1,8 @@
 """Offered load for throughput verification on the virtual rig (config sim.offered_interval_s):
 one synthetic reading every interval_s, created on a whole wall-clock second so its timestamp
 is exact, marked FLAG_SYNTHETIC (fleet/sim/verify.py counts them), through the node's own
-ring/mesh/uplink path, once the node knows wall time. Imported by firmware/startup.py tasks() only when the config asks for it: a board never
-carries it."""
+ring/mesh/uplink path, once the node knows wall time. Imported by firmware/startup.py tasks()
+only when the config asks for it: a board never carries it."""
 import asyncio
 
 from protocol.frames import FLAG_SYNTHETIC

@@ -418,6 +418,12 @@ def test_packer_respects_250_bytes_and_consecutive_seqs():
         f3 = protocol.decode(build_telemetry(5, holey, T0 + 3600, K, NK)[0], K, NK)
         assert f3.seq == first and len(f3.readings) == 3
         assert build_telemetry(5, [], T0, K, NK) is None
+        try:  # a missing node key is said as it is, not as a reading too large to fit
+            build_telemetry(5, recs[:3], T0 + 3600, K, None)
+        except ValueError as e:
+            assert "node key" in str(e), str(e)
+        else:
+            raise AssertionError("a frame was built without its end-to-end tag")
         # unknown reading time (0) packs as dt 0
         r2.append(0, Agg(1))
         last = r2.pending(30)[-1]
