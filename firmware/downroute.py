@@ -1,4 +1,5 @@
-"""Downward source routes on a node (issue 15): forwarding of routed frames (protocol/routed.py).
+"""Downward source routes on a node (issue 15): forwarding of routed frames (protocol/routed.py;
+read in place by protocol/routed_scan.py).
 
 A command for one node travels down the path the fleet compiled from the parents nodes report
 (RPL non-storing mode): each relay reads path[at], sets at + 1, re-tags and unicasts to the next
@@ -10,7 +11,9 @@ the first routed frame)."""
 
 from firmware.mesh import BROADCAST
 from protocol.auth import HOP_TAG_LEN
-from protocol.cbor import skip_items, uint_at, uint_head
+from protocol.cbor import uint_head
+from protocol.frames import scan_command
+from protocol.routed_scan import cmd_bytes, scan_routed
 
 ROUTED_SENDS = 3  # unicasts of one hop (each after the MAC's own retries), as data frames retry
 _MAX_PENDING = 8
@@ -23,43 +26,27 @@ def rx_routed(router, data, now, inject):
     broadcast that only it acts on (counted: routed_nbr_miss). No per-descendant state."""
     st = router.stats
     try:
-        n = len(data)
-        ib = data[3]
-        p = 4 if ib < 0x98 else 5
-        plen = ib - 0x80 if p == 4 else data[4]
-        if data[0] != 0x86 or plen < 1 or plen > 32:
-            raise ValueError
-        ids = []
-        for _ in range(plen):
-            v, p = uint_at(data, p)
-            ids.append(v)
-        p_at = p
-        at, p = uint_at(data, p)
-        p_cmd = p
-        p = skip_items(data, p, 1)
-        if at >= plen or data[p] != 0x44 or p + 5 != n or data[p_cmd] >> 5 != 2:
-            raise ValueError
-        hl = data[p_cmd] & 31
-        cmd = data[p - (hl if hl < 24 else data[p_cmd + 1]):p]
+        ids, at, p_at, p_cmd, p = scan_routed(data)
+        cmd = cmd_bytes(data, p_cmd, p)
         if not inject:
             if ids[at] != router.node_id:
                 return False  # a fallback broadcast for another node
-            if at == plen - 1 and uint_at(cmd, 3)[0] != ids[at]:
+            if at == len(ids) - 1 and scan_command(cmd)[0] != ids[at]:
                 raise ValueError  # only a command for this node ends here: never a flood
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a peer's bad bytes (ProtocolError, IndexError): a bad frame
         st["bad_frames"] += 1
         return False
     # the last hop to a node that missed a key rotation comes in an epoch it holds no key for:
     # the command inside carries its own end-to-end check (router._rx_cmd)
-    if not (not inject and at == plen - 1) and not router._tag_ok(data):
+    if not (not inject and at == len(ids) - 1) and not router._tag_ok(data):
         st["bad_frames"] += 1
         return False
     if not inject:
-        if at == plen - 1:
+        if at == len(ids) - 1:
             return router._rx_cmd(cmd, now)
         at += 1
         # re-tagged in this node's own epoch (its key phase in the version item), as floods are
-        data = data[:1] + router._vb + data[2:p_at] + uint_head(at) + data[p_cmd:n - HOP_TAG_LEN]
+        data = data[:1] + router._vb + data[2:p_at] + uint_head(at) + data[p_cmd:p + 1]  # through the hop tag's head
         data += router._hmac.tag(data, HOP_TAG_LEN)
     nb = router._nbrs.get(ids[at])
     if nb is None:

@@ -19,8 +19,7 @@ from protocol.frames import (
     _put_num,
     peek_type,
 )
-
-MAX_ROUTE = 32  # hops a source route names at most (32 x 5 bytes + a command fits 250)
+from protocol.routed_scan import MAX_ROUTE  # noqa: F401 - hops a source route names at most
 
 
 class Routed(Frame):

@@ -1,12 +1,15 @@
 # Protocol tests that run unchanged on CPython (pytest) and MicroPython (tests/mp_run.py).
 # The in-place scanners (protocol/cbor.py uint_at/skip_items/uint_head, protocol/frames.py
-# scan_uplink/scan_beacon/scan_command) are the forwarders' fast path: held here to decode().
+# scan_uplink/scan_beacon/scan_command, protocol/routed_scan.py scan_routed) are the forwarders'
+# fast path: held here to decode().
 from vectors import head, hexes, unhex
 
 import protocol as P
 from protocol import auth
 from protocol.cbor import dumps, skip_items, uint_at, uint_head
 from protocol.frames import scan_beacon, scan_command, scan_uplink
+from protocol.routed import Routed
+from protocol.routed_scan import MAX_ROUTE, cmd_bytes, scan_routed
 
 _KEYS = head("frames.json")["keys"]
 MESH = auth.Hmac(unhex(_KEYS["mesh_key"]))
@@ -65,6 +68,9 @@ def _frames():
     yield P.Beacon(src=0xFFFFFFFF, bseq=0, cost=P.COST_INFINITE, depth=255, time_s=0, flags=255)
     yield P.Command(target=1234, cseq=9, op=P.OP_RESEND, args=[1, 5], hops=4)
     yield P.Command(target=70000, cseq=70000, op=P.OP_PING, args=[], hops=255)
+    cmd = P.encode(P.Command(target=1234, cseq=9, op=P.OP_RESEND, args=[1, 5]), MESH, NODE)
+    yield Routed(path=[1100, 70000, 1234], at=1, cmd=cmd)
+    yield Routed(path=[0xFFFFFFFF - i for i in range(MAX_ROUTE - 1)] + [1234], at=MAX_ROUTE - 1, cmd=cmd)
 
 
 def _check(b):
@@ -77,7 +83,7 @@ def _check(b):
     except P.ProtocolError:
         f = None
     scan = {P.T_TELEMETRY: scan_uplink, P.T_STATUS: scan_uplink, P.T_REPLY: scan_uplink,
-            P.T_BEACON: scan_beacon, P.T_COMMAND: scan_command}.get(t)
+            P.T_BEACON: scan_beacon, P.T_COMMAND: scan_command, P.T_ROUTED: scan_routed}.get(t)
     if scan is None:
         return "other"
     try:
@@ -95,6 +101,10 @@ def _check(b):
         target, cseq, hops, p_hops, p_auth = got
         assert (target, cseq, hops) == (f.target, f.cseq, f.hops), bytes(b).hex()
         assert uint_at(b, p_hops)[0] == f.hops and b[p_auth] in (0x48, 0x58), bytes(b).hex()
+    elif t == P.T_ROUTED:
+        path, at, p_at, p_cmd, p_end = got
+        assert (path, at, uint_at(b, p_at)[0]) == (f.path, f.at, f.at), bytes(b).hex()
+        assert bytes(cmd_bytes(b, p_cmd, p_end)) == bytes(f.cmd) and p_end + 5 == len(b), bytes(b).hex()
     else:
         origin, seq, hops, cost, p_hops, p_etag = got
         assert (origin, seq, hops, cost) == (f.origin, f.seq, f.hops, f.cost), bytes(b).hex()
@@ -112,7 +122,7 @@ def test_scanners_read_what_decode_reads():
     for h in hexes("frames.json"):  # the protocol's own vectors, every type
         _check(h)
         n += 1
-    assert n >= 8
+    assert n >= 10
 
 
 def test_scanners_on_mutated_frames_agree_with_decode_or_refuse():

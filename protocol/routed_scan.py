@@ -1,0 +1,45 @@
+"""The routed frame's layout read in place, for the relays that forward it by its bytes
+(firmware/downroute.py). protocol/routed.py is the codec (Routed objects, on the host and in
+tests); this is its fast path, held to protocol.decode by tests/device/test_routed_scan.py. A
+module of its own: a node loads it with downroute.py on its first routed frame, and never the
+codec."""
+
+from protocol.cbor import skip_items, uint_at
+from protocol.errors import ProtocolError
+
+MAX_ROUTE = 32  # hops a source route names at most (32 x 5 bytes + a command fits 250)
+
+
+def scan_routed(b):
+    """A routed frame [v, 9, path, at, cmd, htag]: (path, at, p_at, p_cmd, p_end). path: the
+    node ids; at: the index of the node it is addressed to now; p_at: the offset of the at item
+    (a relay rewrites it); p_cmd: the cmd item's head, whose bytes end at p_end, where the
+    4-byte hop tag's item starts. Raises ProtocolError on a bad layout (IndexError on a short
+    frame). The cmd bytes are not checked here: their receiver scans them."""
+    ib = b[3]
+    if ib == 0x98:
+        n = b[4]
+        p = 5
+    else:
+        n = ib - 0x80
+        p = 4
+    if b[0] != 0x86 or b[2] != 9 or n < 1 or n > MAX_ROUTE:
+        raise ProtocolError("routed: bad header")
+    path = []
+    for _ in range(n):
+        v, p = uint_at(b, p)
+        path.append(v)
+    p_at = p
+    at, p = uint_at(b, p)
+    p_cmd = p
+    p = skip_items(b, p, 1)
+    hb = b[p_cmd]  # cmd: a byte string of at most 255 bytes (its length head in shortest form)
+    if at >= n or hb >> 5 != 2 or hb & 31 > 24 or b[p] != 0x44 or p + 5 != len(b):
+        raise ProtocolError("routed: bad layout")
+    return path, at, p_at, p_cmd, p
+
+
+def cmd_bytes(b, p_cmd, p_end):
+    """The command frame inside a routed frame: the bytes of its cmd item after the head."""
+    hl = b[p_cmd] & 31
+    return b[p_end - (hl if hl < 24 else b[p_cmd + 1]):p_end]
