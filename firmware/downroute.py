@@ -13,7 +13,7 @@ from firmware.mesh import BROADCAST
 from protocol.auth import HOP_TAG_LEN
 from protocol.cbor import uint_head
 from protocol.frames import scan_command
-from protocol.routed_scan import cmd_bytes, scan_routed
+from protocol.routed_scan import scan_routed
 
 ROUTED_SENDS = 3  # unicasts of one hop (each after the MAC's own retries), as data frames retry
 _MAX_PENDING = 8
@@ -26,8 +26,7 @@ def rx_routed(router, data, now, inject):
     broadcast that only it acts on (counted: routed_nbr_miss). No per-descendant state."""
     st = router.stats
     try:
-        ids, at, p_at, p_cmd, p = scan_routed(data)
-        cmd = cmd_bytes(data, p_cmd, p)
+        ids, at, p_at, p_cmd, cmd = scan_routed(data)
         if not inject:
             if ids[at] != router.node_id:
                 return False  # a fallback broadcast for another node
@@ -46,7 +45,7 @@ def rx_routed(router, data, now, inject):
             return router._rx_cmd(cmd, now)
         at += 1
         # re-tagged in this node's own epoch (its key phase in the version item), as floods are
-        data = data[:1] + router._vb + data[2:p_at] + uint_head(at) + data[p_cmd:p + 1]  # through the hop tag's head
+        data = data[:1] + router._vb + data[2:p_at] + uint_head(at) + data[p_cmd:-HOP_TAG_LEN]  # up to the hop tag itself
         data += router._hmac.tag(data, HOP_TAG_LEN)
     nb = router._nbrs.get(ids[at])
     if nb is None:

@@ -11,11 +11,11 @@ MAX_ROUTE = 32  # hops a source route names at most (32 x 5 bytes + a command fi
 
 
 def scan_routed(b):
-    """A routed frame [v, 9, path, at, cmd, htag]: (path, at, p_at, p_cmd, p_end). path: the
-    node ids; at: the index of the node it is addressed to now; p_at: the offset of the at item
-    (a relay rewrites it); p_cmd: the cmd item's head, whose bytes end at p_end, where the
-    4-byte hop tag's item starts. Raises ProtocolError on a bad layout (IndexError on a short
-    frame). The cmd bytes are not checked here: their receiver scans them."""
+    """A routed frame [v, 9, path, at, cmd, htag]: (path, at, p_at, p_cmd, cmd). path: the node
+    ids; at: the index of the node it is addressed to now; p_at: the offset of the at item (a
+    relay rewrites it); p_cmd: the cmd item's head (the item runs to the hop tag's, 5 bytes
+    before the end); cmd: the command frame it carries, not checked here (its receiver scans
+    it). Raises ProtocolError on a bad layout (IndexError on a short frame)."""
     ib = b[3]
     if ib == 0x98:
         n = b[4]
@@ -36,10 +36,4 @@ def scan_routed(b):
     hb = b[p_cmd]  # cmd: a byte string of at most 255 bytes (its length head in shortest form)
     if at >= n or hb >> 5 != 2 or hb & 31 > 24 or b[p] != 0x44 or p + 5 != len(b):
         raise ProtocolError("routed: bad layout")
-    return path, at, p_at, p_cmd, p
-
-
-def cmd_bytes(b, p_cmd, p_end):
-    """The command frame inside a routed frame: the bytes of its cmd item after the head."""
-    hl = b[p_cmd] & 31
-    return b[p_end - (hl if hl < 24 else b[p_cmd + 1]):p_end]
+    return path, at, p_at, p_cmd, b[p_cmd + (1 if hb < 0x58 else 2):p]

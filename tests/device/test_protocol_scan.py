@@ -9,7 +9,7 @@ from protocol import auth
 from protocol.cbor import dumps, skip_items, uint_at, uint_head
 from protocol.frames import scan_beacon, scan_command, scan_uplink
 from protocol.routed import Routed
-from protocol.routed_scan import MAX_ROUTE, cmd_bytes, scan_routed
+from protocol.routed_scan import MAX_ROUTE, scan_routed
 
 _KEYS = head("frames.json")["keys"]
 MESH = auth.Hmac(unhex(_KEYS["mesh_key"]))
@@ -102,9 +102,9 @@ def _check(b):
         assert (target, cseq, hops) == (f.target, f.cseq, f.hops), bytes(b).hex()
         assert uint_at(b, p_hops)[0] == f.hops and b[p_auth] in (0x48, 0x58), bytes(b).hex()
     elif t == P.T_ROUTED:
-        path, at, p_at, p_cmd, p_end = got
+        path, at, p_at, p_cmd, cmd = got
         assert (path, at, uint_at(b, p_at)[0]) == (f.path, f.at, f.at), bytes(b).hex()
-        assert bytes(cmd_bytes(b, p_cmd, p_end)) == bytes(f.cmd) and p_end + 5 == len(b), bytes(b).hex()
+        assert bytes(cmd) == bytes(f.cmd) and skip_items(b, p_cmd, 1) + 5 == len(b), bytes(b).hex()
     else:
         origin, seq, hops, cost, p_hops, p_etag = got
         assert (origin, seq, hops, cost) == (f.origin, f.seq, f.hops, f.cost), bytes(b).hex()
