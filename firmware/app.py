@@ -29,6 +29,7 @@ from firmware.ring import build_telemetry
 from protocol import MAX_READINGS, Reply, Status, auth, encode, signed_bytes
 
 MAX_IN_FLIGHT = 2  # telemetry frames whose first hop is not yet settled
+_MAX_CAPS = 4  # failed frames whose range a retry keeps (see on_sent)
 
 
 class NodeApp:
@@ -36,6 +37,7 @@ class NodeApp:
 
     def app_init(self):
         self.in_flight = {}  # app token -> (first seq, last seq)
+        self.caps = {}  # first seq -> last seq of a frame reported failed: its retry ends there too
         self.next_token = 1
 
     def woke(self):
@@ -59,10 +61,13 @@ class NodeApp:
         pending = self.ring.pending(MAX_READINGS, after_seq=after)
         if not pending:
             return None
+        seq = pending[0][0]
+        cap = self.caps.pop(seq, None)
+        if cap is not None and cap - seq + 1 < len(pending):
+            pending = pending[:cap - seq + 1]
         made = build_telemetry(self.node_id, pending, wall, self.mesh_hmac, self.node_hmac)
         token = self.next_token
         self.next_token += 1
-        seq = pending[0][0]
         first_last = (seq, seq + made[1] - 1)
         self.in_flight[token] = first_last
         self.router.originate(made[0], now, token)
@@ -71,11 +76,22 @@ class NodeApp:
 
     def on_sent(self, token, ok):
         """The router's ("sent", token, ok) for a telemetry frame: its readings are sent when ok
-        (else they stay unsent: the next poll sends them again). Returns (first, last) or None
-        when the token is not one of ours."""
+        (else they stay unsent: the next poll sends them again, and no further). Returns (first,
+        last) or None when the token is not one of ours.
+
+        A failure may be a lost ACK of a frame that arrived; every router on the way then
+        remembers (origin, first seq) and drops another frame starting there as a copy, ACKing
+        it. A retry that carried newer readings too would have them marked sent and lost, so
+        the retry of a failed frame carries its readings and no more (caps)."""
         first_last = self.in_flight.pop(token, None)
-        if first_last is not None and ok:
-            self.ring.mark_sent(first_last[0], first_last[1])
+        if first_last is not None:
+            if ok:
+                self.ring.mark_sent(first_last[0], first_last[1])
+            else:
+                caps = self.caps
+                if len(caps) >= _MAX_CAPS:
+                    del caps[min(caps)]  # the oldest: its readings went (or aged) out long ago
+                caps[first_last[0]] = first_last[1]
         return first_last
 
     def accept_command(self, cmd):

@@ -92,6 +92,31 @@ def test_uplink_in_flight_and_sent():
         rmtree(d)
 
 
+def test_a_failed_frame_is_retried_with_its_readings_and_no_more():
+    """A failed send may be a lost ACK: the frame arrived, and the routers drop another frame
+    from its first seq as a copy (ACKing it). So the retry must not carry newer readings too:
+    they would be marked sent and never arrive."""
+    d = tmpdir("app")
+    try:
+        a = App(d, 7, True)
+        for i in range(3):
+            a.ring.append(T0 - 100 + i, Agg(i))
+        assert a.poll_uplink(a.now) == (0, 2)
+        tok = [e for e in a.events() if e[0] == "sent"][0][1]
+        for i in range(3, 8):  # newer readings, made while the outcome was awaited
+            a.ring.append(T0 - 100 + i, Agg(i))
+        assert a.on_sent(tok, False) == (0, 2)
+        assert a.poll_uplink(a.now) == (0, 2)  # the same readings, not 0..7
+        assert a.poll_uplink(a.now) == (3, 7)  # the newer ones in a frame of their own
+        assert a.caps == {}
+        for t in range(10, 10 + 2 * 5, 2):  # failures pile up: at most _MAX_CAPS remembered
+            a.in_flight[t] = (t, t + 1)
+            a.on_sent(t, False)
+        assert sorted(a.caps) == [12, 14, 16, 18]
+    finally:
+        rmtree(d)
+
+
 def test_no_route_no_uplink():
     d = tmpdir("app")
     try:
