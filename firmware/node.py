@@ -60,7 +60,7 @@ STATUS_INTERVAL_S = 300
 # it, the virtual rig may shorten it.)
 PARENT_REPORT_DELAY_MS = 60000
 PARENT_REPORT_GAP_MS = 60000
-_UPLINK_POLL_MS = 500
+UPLINK_POLL_MS = 500
 _SENSOR_READ_MAX_MS = 1000  # the sampler also ticks at least this often (late config changes)
 _WDT_TIMEOUT_MS = 60000
 _HEALTH_GRACE_MS = 600000  # a node may take 10 min to find a route before the WDT cares
@@ -330,7 +330,7 @@ class Node(NodeApp):
     async def uplink(self):
         """Move readings from the ring into the mesh while a route exists."""
         while True:
-            await asyncio.sleep_ms(_UPLINK_POLL_MS)
+            await asyncio.sleep_ms(UPLINK_POLL_MS)
             self._uplink_poll()
 
     def _uplink_poll(self):

@@ -14,15 +14,30 @@ same run. What it models (and what it does not):
   Destinations that are unknown, unlinked or dead fail after the attempts.
 - Each node uses a firmware.mesh.PeerTable like the shell does (the 20-peer ESP-NOW limit).
 - Ticks: after every input a node's router.next_deadline_ms is read and a tick scheduled.
+- A node's application (SensorApp, optional) is the firmware's own core (firmware/app.py
+  NodeApp) over a real reading ring: readings every interval, uplinked as node.py polls.
 
-The harness never looks inside a router: it only uses the public API the node shell uses.
+The harness never looks inside a router: it makes the calls the node shell makes (tick, on_recv,
+on_send_done, poll_tx, poll_event, next_deadline_ms), and the app makes the core's.
 (The city-size simulator, fleet/sim/des.py, has its own cheaper medium and event loop.)
 """
 import heapq
 import math
+import os
 import random
+import sys
 
+from firmware.app import NodeApp
+from firmware.counters import Counters
 from firmware.mesh import BROADCAST, PeerTable
+from firmware.node import UPLINK_POLL_MS
+from firmware.ring import ReadingRing
+from protocol.auth import ReplayWindow
+
+_DEVICE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "device")
+if _DEVICE not in sys.path:
+    sys.path.append(_DEVICE)
+from ota_fixtures import MemFS  # noqa: E402
 
 _TICK = 0
 _RX = 1
@@ -122,6 +137,8 @@ class FakeRadio:
         node.alive = True
         node.sched = _NEVER
         node.peers = PeerTable()
+        if node.app is not None:
+            node.app.app_init()  # its frames in flight went with the old router
         self._schedule_tick(node, self.now_ms)
 
     # ---- scheduling ----------------------------------------------------------------------
@@ -305,62 +322,87 @@ def link_by_distance(radio, positions, loss_fn, max_range_m):
 
 # ---- a sensor app ------------------------------------------------------------------------
 
-class SensorApp:
-    """What the node app does with the router, reduced to the mesh's view: every interval_ms
-    one Telemetry frame (one reading, end-to-end tagged with the node key) is originated; a
-    frame reported ("sent", token, False) goes to a backlog (the app's ring), re-originated
-    one at a time when ("route", True) comes or a send succeeds."""
+class SensorApp(NodeApp):
+    """A node's application on the fake radio: the firmware's own core (firmware/app.py NodeApp:
+    the uplink of the ring's readings, at most MAX_IN_FLIGHT frames in flight, "sent" outcomes)
+    over a real firmware.ring.ReadingRing and firmware.counters.Counters on an in-memory flash
+    (tests/device/ota_fixtures.py MemFS). A reading is made every interval_ms and goes into the
+    ring; node.py's uplink poll (every UPLINK_POLL_MS) decides what goes out, so a frame carries
+    up to MAX_READINGS readings after a backlog. The poll runs at the next poll boundary after
+    something it could act on (a reading, a "sent" outcome, a route gained), as the DES does.
+    Wall time is the router's (a gateway's beacons), else an RTC set to epoch_s at time 0 (node.py
+    falls back on the board's RTC the same way). `made`: the seqs of the readings made, in order."""
 
-    def __init__(self, node_key, mesh_key, interval_ms=300_000, backlog_max=1000):
-        self.node_key = node_key
-        self.mesh_key = mesh_key
+    def __init__(self, node_key, mesh_key, interval_ms=300_000, epoch_s=1_700_000_000):
+        fs = MemFS()
+        self.counters = Counters(fs, "counters.bin")
+        self.ring = ReadingRing(fs, "ring", counters=self.counters)
+        self.node_hmac = node_key
+        self.mesh_hmac = mesh_key
+        self.fleet_pub = None  # the tests send no fleet-signed command to an app
+        self.cmd_window = ReplayWindow(32)
         self.interval_ms = interval_ms
-        self.backlog_max = backlog_max
-        self.seq = 0
-        self.frames = {}  # seq -> the frame's bytes (token = seq)
-        self.backlog = []
-        self.sent_ok = 0
-        self.sent_fail = 0
+        self.epoch_s = epoch_s
+        self.made = []
+        self.radio = self.node = None
+        self.node_id = 0
+        self._poll_at = -1
+        self.app_init()
+
+    @property
+    def router(self):
+        return self.node.router  # revive() gives the node a fresh one
+
+    def now_ms(self):
+        return self.radio.now_ms
+
+    def wall_s(self, now_ms=None):
+        now = self.radio.now_ms if now_ms is None else now_ms
+        return self.router.wall_time_s(now) or self.epoch_s + now // 1000
 
     def attach(self, radio, node, first_ms=None):
-        """Make `node` run this app from first_ms (default: a random phase)."""
+        """Make `node` run this app, its first reading at first_ms (default: a random phase)."""
+        self.radio = radio
+        self.node = node
+        self.node_id = node.node_id
         node.app = self
-        nid = node.node_id
         first = first_ms if first_ms is not None else radio.now_ms + radio.rng.randrange(self.interval_ms)
+        radio.every(self.interval_ms, lambda radio: radio.call(self.node_id, self.sample), start_ms=first)
 
-        def sample(radio):
-            radio.call(nid, self.make_and_send)
-        radio.every(self.interval_ms, sample, start_ms=first)
-
-    def make_and_send(self, router, now_ms):
-        from protocol import Reading, Telemetry, encode
-        self.seq += 1
-        f = Telemetry(origin=router.node_id, seq=self.seq, time_s=router.wall_time_s(now_ms),
-                      readings=[Reading(0, 50, 120 + self.seq % 50, 200, 60, 215, 60, 0)])
-        b = encode(f, self.mesh_key, self.node_key, at_origin=True)  # encoded once, as node.py does
-        self.frames[f.seq] = b
-        router.originate(b, now_ms, f.seq)
+    def sample(self, router, now_ms):
+        """Store one reading in the ring (made-up values, pm25 varying), then ask for a poll."""
+        n = len(self.made)
+        self.made.append(self.ring.append(self.wall_s(now_ms), _Reading(120 + n % 50)))
+        self._kick()
 
     def on_event(self, radio, node, ev):
         """React to a router event (called by FakeRadio.service)."""
-        kind = ev[0]
-        r = node.router
-        if kind == "sent":
-            if ev[2]:
-                self.sent_ok += 1
-                self.frames.pop(ev[1], None)
-                self.resend_one(r, radio.now_ms)
-            else:
-                self.sent_fail += 1
-                if ev[1] in self.frames and ev[1] not in self.backlog:
-                    self.backlog.append(ev[1])
-                    if len(self.backlog) > self.backlog_max:
-                        self.frames.pop(self.backlog.pop(0), None)
-        elif kind == "route" and ev[1]:
-            self.resend_one(r, radio.now_ms)
+        if ev[0] == "sent":
+            if self.on_sent(ev[1], ev[2]) is not None:
+                self._kick()
+        elif ev[0] == "route" and ev[1]:
+            self._kick()
 
-    def resend_one(self, router, now_ms):
-        """Re-originate the oldest backlog frame when there is a route."""
-        if self.backlog and router.has_route():
-            seq = self.backlog.pop(0)
-            router.originate(self.frames[seq], now_ms, seq)
+    def _kick(self):
+        now = self.radio.now_ms
+        t = (now // UPLINK_POLL_MS + 1) * UPLINK_POLL_MS
+        if now < self._poll_at <= t:
+            return  # one poll is due by then already
+        self._poll_at = t
+        self.radio.at(t, self._poll)
+
+    def _poll(self, radio):
+        if radio.now_ms == self._poll_at:
+            self._poll_at = -1
+            radio.call(self.node_id, self._uplink)
+
+    def _uplink(self, router, now_ms):
+        if self.poll_uplink(now_ms) is not None:
+            self._kick()  # node.py polls again: more readings may wait
+
+
+class _Reading:
+    """A sampler report (firmware.sampler.Aggregate's fields the ring stores)."""
+
+    def __init__(self, pm25):
+        self.pm1, self.pm25, self.pm10, self.rh, self.temp, self.n, self.flags = 50, pm25, 200, 60, 215, 60, 0

@@ -36,7 +36,7 @@ from firmware.app import MAX_IN_FLIGHT, NodeApp
 from firmware.counters import DEFAULT_BLOCK
 from firmware.downroute import inject_routed
 from firmware.mesh_params import DEFAULTS as _MESH_DEFAULTS
-from firmware.node import UNSTAMPED_MAX
+from firmware.node import UNSTAMPED_MAX, UPLINK_POLL_MS
 from firmware.ring import AHEAD, DEFAULT_RAM, DEFAULT_UNSENT_SPILL, LOST
 from fleet.repair import GapTracker, RepairConfig, SourceRoutes, flood_start_hops
 from protocol import (
@@ -53,7 +53,7 @@ from protocol import (
 from protocol.auth import ReplayWindow
 from protocol.routed import Routed
 
-POLL_US = 500_000  # node.py's uplink poll period
+POLL_US = UPLINK_POLL_MS * 1000  # node.py's uplink poll period
 
 
 def _ceil_block(v):

@@ -1,6 +1,7 @@
 # Shared by the OTA tests on both interpreters (CPython and MicroPython): deterministic app
-# files, an in-memory flash with the firmware.fsutil primitives, and a power-cut wrapper for any
-# such filesystem (PosixFS over a host directory, MemFS, or a board's flash).
+# files, an in-memory flash with the firmware.fsutil primitives (also the flash of the reading
+# rings in tests/fake_radio.py), and a power-cut wrapper for any such filesystem (PosixFS over a
+# host directory, MemFS, or a board's flash).
 #
 # Power-cut model (PowerCutFS): every mutating operation counts — open for writing (it creates or
 # truncates), each write() call, rename, remove, mkdir, rmdir. Operation number `cut_at` never
@@ -116,6 +117,10 @@ class _MemFile:
         buf[:k] = memoryview(data)[self.pos:self.pos + k]
         self.pos += k
         return k
+
+    def seek(self, pos):
+        self.pos = pos  # from the start only (firmware/ring.py reads records by position)
+        return pos
 
     def flush(self):
         pass
