@@ -289,7 +289,12 @@ class Ingest:
     `close()` at the end.
 
     store: a fleet.store.Store (SQLiteStore); keys: a fleet.keys.Keystore (or any object with
-    mesh_key() and node_key(node_id)); now_fn: the clock used when no now_s is given."""
+    mesh_key() and node_key(node_id)); now_fn: the clock used when no now_s is given.
+
+    on_readings: None, or a function called as on_readings(node, first, last, gateway, hops,
+    now_s) for each telemetry frame accepted (verified, before it is stored; a duplicate too),
+    for an observer that must see every arrival as it happens (the simulator's measurements,
+    fleet/sim/_des_app.py). It must not raise."""
 
     def __init__(self, store, keys, net_id, now_fn=time.time, config=None):
         self.store = store
@@ -299,6 +304,7 @@ class Ingest:
         self.cfg = config or CollectorConfig()
         self.stats = Stats()
         self.tracker = GapTracker(self.cfg.repair)
+        self.on_readings = None
         self._mesh = (auth.Hmac(keys.mesh_key()), None)  # hop keys by key phase (_check_epoch)
         self._phase = 0  # the key phase of the epoch in force: the collector's own commands
         self._epoch = 0  # the epoch in force (a node whose status reports an older one is re-keyed)
@@ -444,10 +450,31 @@ class Ingest:
         if env.gateway != gw:
             self._reject(res, "gateway_mismatch", f"envelope from gateway {env.gateway} on {topic}", now)
             return
+        self._envelope(res, gw, env.items, now)
+
+    def on_envelope(self, gateway, items, now_s=None):
+        """Handle the content of one uplink envelope of gateway `gateway` - items [(rx_ms, rssi,
+        air frame bytes)] - exactly as on_message() does once it has decoded the MQTT message:
+        for a caller that holds the frames already (the simulator, fleet/sim/_des_app.py, which
+        would otherwise encode an envelope only for it to be decoded here). Never raises;
+        returns what on_message() returns."""
+        now = self._now(now_s)
+        self.stats.messages += 1
+        res = {"frames": 0, "readings": 0, "rejects": {}}
+        try:
+            self._check_revoked(now)
+            self._envelope(res, int(gateway), items, now)
+        except Exception as e:  # noqa: BLE001 - a bug here must not stop the collector
+            if not self.stats.rejects_by_cause.get("internal_error"):
+                log.exception("internal error on an envelope of gateway %r (counted as internal_error)", gateway)
+            self._reject(res, "internal_error", f"{type(e).__name__}: {e}", now)
+        return res
+
+    def _envelope(self, res, gw, items, now):
         self.stats.envelopes += 1
         self._gw_ids.add(gw)
-        corr = self._gateway_clock(gw, env.items, now)
-        for rx_ms, rssi, fb in env.items:
+        corr = self._gateway_clock(gw, items, now)
+        for rx_ms, rssi, fb in items:
             self._frame(res, gw, rx_ms, rssi, fb, now, corr)
         if len(self._rows) >= self.cfg.batch_rows:
             self.flush(now)
@@ -726,6 +753,8 @@ class Ingest:
 
     def _seqs(self, node, first, last, now, gw, hops):
         """Readings first..last of `node` arrived: the gap tracker's input (shared: the journal's)."""
+        if self.on_readings is not None:
+            self.on_readings(node, first, last, gw, hops, now)
         if not self._shared:
             self.tracker.on_readings(node, first, last, now, gw)
             return
@@ -1209,6 +1238,12 @@ class Ingest:
             self._lease.release()
             self._lease = None
         return out
+
+    @property
+    def routes(self):
+        """The fleet.repair.SourceRoutes commands go down: the parent each node's newest applied
+        status reported (read it; the collector updates it)."""
+        return self._routes
 
     @property
     def leading(self):

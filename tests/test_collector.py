@@ -118,6 +118,32 @@ def decode_commands(out, node):
 # ---- storage and de-duplication ------------------------------------------------------------------
 
 
+def test_an_envelope_in_hand_is_handled_as_its_mqtt_message(tmp_path):
+    """on_envelope (the simulator's entry: the frames without the MQTT payload around them) takes
+    the path on_message takes after decoding: same result, rows, rejects, state and counters."""
+    frames = [telemetry(1, 0, k=3), status(2, 1), telemetry(3, 5, key=nkey(4)), telemetry(1, 0, k=3)]
+    items = [(T0 * 1000 + 500, -61, fb) for fb in frames]
+    out = []
+    for via_mqtt in (True, False):
+        s = SQLiteStore(str(tmp_path / f"{via_mqtt}.db"))
+        s.register_nodes([{"node": n} for n in NODES] + [{"node": GW, "role": "gateway"}])
+        ing = make_ingest(s, Clock())
+        seen = []
+        ing.on_readings = lambda *a, seen=seen: seen.append(a)
+        res = ing.on_message(UP, envelope(frames)) if via_mqtt else ing.on_envelope(GW, items)
+        ing.flush()
+        snap = ing.snapshot()
+        out.append((res, seen, s.query("SELECT * FROM readings ORDER BY node, seq"), s.node_state(2)["parent"],
+                    {k: v for k, v in snap.items() if k != "store_failing_s"}))
+        s.close()
+    assert out[0] == out[1]
+    res, seen, rows, parent, snap = out[0]
+    assert res == {"frames": 3, "readings": 6, "rejects": {"bad_tag": 1}} and parent == 7
+    assert seen == [(1, 0, 2, GW, 2, float(T0)), (1, 0, 2, GW, 2, float(T0))]  # on_readings: each accepted frame
+    assert len(rows) == 3 and snap["duplicates"] == 3 and snap["envelopes"] == 1 and snap["messages"] == 1
+
+
+
 def test_valid_telemetry_stored_once_even_when_delivered_three_times(store):
     ing = make_ingest(store)
     env = envelope([telemetry(1, 0, k=3), telemetry(2, 0, k=2)])
