@@ -2,8 +2,10 @@
 
 Every node runs the firmware's own sans-IO cores - a firmware.mesh.Router (and, with OTA, a
 firmware.ota.OtaEngine over an in-memory page store) - driven through their public API exactly
-as firmware/node.py drives them; the app layer around them (ring, uplink, commands) and the
-collector at the gateways are in fleet/sim/_des_app.py. Virtual time is an int count of
+as firmware/node.py drives them; the app layer around them (ring, uplink, commands) is in
+fleet/sim/_des_app.py, and so is the fleet side: the real collector core, fleet.collector.Ingest
+over an in-memory store on the virtual clock, fed by the gateways, its resend requests delivered
+to them (FleetLink), and the measurements (Measure). Virtual time is an int count of
 microseconds; one heap holds every event; one seeded random.Random draws every radio outcome,
 so the same options and seed give the same figures.
 
@@ -46,8 +48,9 @@ Nodes and keys
   the wall clock (Router.set_time); the others learn it from beacons, as on the street.
 - Keys are derived as the fleet derives them (protocol.auth.derive_mesh_key/derive_node_key)
   from a fleet secret made from the seed: one mesh key, and one key per node, derived once at
-  build time (a few microseconds each). The node and the collector share the node's Hmac
-  object (it is stateless); the mesh key's Hmac remembers recent hop tags (MemoHmac below).
+  build time (a few microseconds each); the collector is handed the same keys (DesKeys) and
+  makes its own Hmac objects, as it does from a keystore. The mesh key's Hmac on the nodes
+  remembers recent hop tags (MemoHmac below).
 - Scenarios: gateway failure (the busiest gateway dies at T/3 for good), power cut (the middle
   third of the street with the most nodes goes dark at T/3 for an hour, or T/3 if shorter, then
   reboots: fresh routers and RAM, flash kept), extra loss, OTA (see fleet/sim/_des_ota.py).
