@@ -49,6 +49,28 @@ CHANNEL_ALERT_MS = 600000
 ERR_WIFI_CHANNEL = 2  # status errors bit: the AP is not on the mesh's channel
 
 
+def downlink_frames(payload):
+    """The air frames of a downlink message (a protocol Downlink, the payload of
+    redmesh/<net>/down/<gw> or .../down/all). Raises ProtocolError when it is not one."""
+    dl = protocol.decode(payload)
+    if not isinstance(dl, protocol.Downlink):
+        raise protocol.ProtocolError("expected a downlink message, got %s" % protocol.TYPE_NAMES[dl.type])
+    return dl.frames
+
+
+def inject(router, frames, now_ms):
+    """Hand downlink air frames to the gateway's router: a routed frame (one node's command on
+    the source route the fleet compiled) goes down that route, a command is flooded. Returns
+    how many frames were handed over (the simulator, fleet/sim/des.py, calls this too)."""
+    for fb in frames:
+        if len(fb) > 2 and fb[2] == protocol.T_ROUTED:
+            from firmware.downroute import inject_routed
+            inject_routed(router, fb, now_ms)
+        else:
+            router.inject_downlink(fb, now_ms)
+    return len(frames)
+
+
 class Gateway:
     def __init__(self, cfg, fs_root, ota_sink=None):
         up = cfg.uplink
@@ -113,23 +135,14 @@ class Gateway:
                 self.ota_sink(payload)
             return
         try:
-            dl = protocol.decode(payload)
-            if not isinstance(dl, protocol.Downlink):
-                raise protocol.ProtocolError("expected a downlink message, got %s" % protocol.TYPE_NAMES[dl.type])
+            frames = downlink_frames(payload)
         except protocol.ProtocolError as e:
             self.stats["bad_downlink"] += 1
             print("gw", "bad downlink on %s: %s" % (topic, e))
             return
         if self.node is None:
             return
-        for fb in dl.frames:
-            self.stats["downlink_frames"] += 1
-            r = self.node.router
-            if len(fb) > 2 and fb[2] == protocol.T_ROUTED:  # one node's command, down its source route
-                from firmware.downroute import inject_routed
-                inject_routed(r, fb, self.node.now_ms())
-            else:
-                r.inject_downlink(fb, self.node.now_ms())
+        self.stats["downlink_frames"] += inject(self.node.router, frames, self.node.now_ms())
         self.node.wake.set()
 
     async def _wifi(self):

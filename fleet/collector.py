@@ -283,13 +283,77 @@ def fast_telemetry(fb, mesh_hmac, key_for):
     return origin, seq, time_s, body, hops
 
 
+_STATUS_FIELDS = protocol.StatusBody.FIELDS
+_STATUS_SPEC = protocol.StatusBody.SPEC
+_STATUS_COUNTS = (protocol.StatusBody.LEGACY_FIELDS, protocol.StatusBody.LEGACY_FIELDS + 2, len(_STATUS_FIELDS))
+
+
+def fast_status(fb, mesh_hmac, key_for):
+    """Decode and verify a status frame with cbor2, as fast_telemetry does a telemetry frame.
+    Returns (origin, seq, hops, body) - body a dict of the StatusBody fields, None for those an
+    older firmware does not report - when the frame is valid exactly as protocol.decode(fb, mesh,
+    node_key) would find it; else None (the caller then uses protocol.decode, which says what is
+    wrong). key_for(origin) -> Hmac or None."""
+    n = len(fb)
+    if (cbor2 is None or n > protocol.MAX_FRAME or n < 30 or fb[0] != 0x8A or fb[1] != 1
+            or fb[2] != protocol.T_STATUS):
+        return None
+    try:
+        obj = cbor2.loads(fb)
+    except Exception:  # noqa: BLE001 - any parse problem: the strict decoder explains it
+        return None
+    if type(obj) is not list or len(obj) != 10:
+        return None
+    _, _, origin, seq, time_s, body, hops, cost, etag, htag = obj
+    if (type(origin) is not int or type(seq) is not int or type(time_s) is not int or type(hops) is not int
+            or type(cost) is not int or type(body) is not list or type(etag) is not bytes or type(htag) is not bytes):
+        return None
+    count = len(body)
+    if (not (0 <= origin <= U32 and 0 <= seq <= U32 and 0 <= time_s <= U32 and 0 <= hops <= _U8
+             and 0 <= cost <= _U16) or len(etag) != 8 or len(htag) != 4 or count not in _STATUS_COUNTS):
+        return None
+    # canonical length, as in fast_telemetry: the body's array head is one byte (at most 17 items)
+    want = 3 + _ulen(origin) + _ulen(seq) + _ulen(time_s) + 1 + _ulen(hops) + _ulen(cost) + 14
+    for (_, lo, hi), v in zip(_STATUS_SPEC, body, strict=False):  # body: the first count fields
+        if lo is None:  # a text string (cbor2 checked its UTF-8): at most hi (< 24) bytes, a 1-byte head
+            if type(v) is not str:
+                return None
+            k = len(v.encode("utf-8"))
+            if k > hi:
+                return None
+            want += 1 + k
+        else:
+            if type(v) is not int or not lo <= v <= hi:
+                return None
+            want += 1 if -25 < v < 24 else 2 if -257 < v < 256 else 3 if -65537 < v < 65536 else 5
+    if want != n:  # some item not in its shortest form (or an indefinite length): not deterministic
+        return None
+    key = key_for(origin)
+    if key is None:
+        return None
+    if not hmac.compare_digest(mesh_hmac.tag(fb[:-4], 4), htag):
+        return None
+    end = n - 14 - _ulen(cost) - _ulen(hops)
+    if not hmac.compare_digest(key.tag(fb[1:end], 8), etag):
+        return None
+    out = dict(zip(_STATUS_FIELDS, body, strict=False))
+    for f in _STATUS_FIELDS[count:]:
+        out[f] = None  # not reported by an older firmware
+    return origin, seq, hops, out
+
+
 class Ingest:
     """The collector core for network `net_id`: `on_message()` for every MQTT message,
     `poll()` regularly (it flushes batches and returns downlink messages to publish),
     `close()` at the end.
 
     store: a fleet.store.Store (SQLiteStore); keys: a fleet.keys.Keystore (or any object with
-    mesh_key() and node_key(node_id)); now_fn: the clock used when no now_s is given."""
+    mesh_key() and node_key(node_id)); now_fn: the clock used when no now_s is given.
+
+    on_readings: None, or a function called as on_readings(node, first, last, gateway, hops,
+    now_s) for each telemetry frame accepted (verified, before it is stored; a duplicate too),
+    for an observer that must see every arrival as it happens (the simulator's measurements,
+    fleet/sim/_des_app.py). It must not raise."""
 
     def __init__(self, store, keys, net_id, now_fn=time.time, config=None):
         self.store = store
@@ -299,6 +363,7 @@ class Ingest:
         self.cfg = config or CollectorConfig()
         self.stats = Stats()
         self.tracker = GapTracker(self.cfg.repair)
+        self.on_readings = None
         self._mesh = (auth.Hmac(keys.mesh_key()), None)  # hop keys by key phase (_check_epoch)
         self._phase = 0  # the key phase of the epoch in force: the collector's own commands
         self._epoch = 0  # the epoch in force (a node whose status reports an older one is re-keyed)
@@ -444,10 +509,31 @@ class Ingest:
         if env.gateway != gw:
             self._reject(res, "gateway_mismatch", f"envelope from gateway {env.gateway} on {topic}", now)
             return
+        self._envelope(res, gw, env.items, now)
+
+    def on_envelope(self, gateway, items, now_s=None):
+        """Handle the content of one uplink envelope of gateway `gateway` - items [(rx_ms, rssi,
+        air frame bytes)] - exactly as on_message() does once it has decoded the MQTT message:
+        for a caller that holds the frames already (the simulator, fleet/sim/_des_app.py, which
+        would otherwise encode an envelope only for it to be decoded here). Never raises;
+        returns what on_message() returns."""
+        now = self._now(now_s)
+        self.stats.messages += 1
+        res = {"frames": 0, "readings": 0, "rejects": {}}
+        try:
+            self._check_revoked(now)
+            self._envelope(res, int(gateway), items, now)
+        except Exception as e:  # noqa: BLE001 - a bug here must not stop the collector
+            if not self.stats.rejects_by_cause.get("internal_error"):
+                log.exception("internal error on an envelope of gateway %r (counted as internal_error)", gateway)
+            self._reject(res, "internal_error", f"{type(e).__name__}: {e}", now)
+        return res
+
+    def _envelope(self, res, gw, items, now):
         self.stats.envelopes += 1
         self._gw_ids.add(gw)
-        corr = self._gateway_clock(gw, env.items, now)
-        for rx_ms, rssi, fb in env.items:
+        corr = self._gateway_clock(gw, items, now)
+        for rx_ms, rssi, fb in items:
             self._frame(res, gw, rx_ms, rssi, fb, now, corr)
         if len(self._rows) >= self.cfg.batch_rows:
             self.flush(now)
@@ -614,12 +700,25 @@ class Ingest:
         self._cur_now = now
         self._cur_unknown = None
         self._cur_revoked = None
-        fast = fast_telemetry(fb, self._mesh[0], self._key_for) if self._mesh[0] is not None else None
-        if fast is not None:
-            self._fast_rows(res, fast, gw, rx_ms // 1000 if rx_ms else int(now), rssi, now, corr if rx_ms else 0)
-            self.stats.frames += 1
-            res["frames"] += 1
-            return
+        mesh = self._mesh[0]
+        if mesh is not None and len(fb) > 2:
+            if fb[2] == protocol.T_TELEMETRY:
+                fast = fast_telemetry(fb, mesh, self._key_for)
+                if fast is not None:
+                    self._fast_rows(res, fast, gw, rx_ms // 1000 if rx_ms else int(now), rssi, now,
+                                    corr if rx_ms else 0)
+                    self.stats.frames += 1
+                    res["frames"] += 1
+                    return
+            elif fb[2] == protocol.T_STATUS:
+                fast = fast_status(fb, mesh, self._key_for)
+                if fast is not None:
+                    origin, seq, hops, body = fast
+                    self._status_frame(res, origin, seq, hops, body, gw,
+                                       (rx_ms // 1000 + corr) if rx_ms else int(now), rssi, now)
+                    self.stats.frames += 1
+                    res["frames"] += 1
+                    return
         self._cur_unknown = None
         f = None
         try:
@@ -647,7 +746,9 @@ class Ingest:
         if t == protocol.T_TELEMETRY:
             self._telemetry(res, f, gw, rx_s, rssi, now, corr if rx_ms else 0)
         elif t == protocol.T_STATUS:
-            self._status_frame(res, f, gw, rx_s + (corr if rx_ms else 0), rssi, now)
+            b = f.body
+            self._status_frame(res, f.origin, f.seq, f.hops, {k: getattr(b, k) for k in _STATUS_FIELDS}, gw,
+                               rx_s + (corr if rx_ms else 0), rssi, now)
         elif t == protocol.T_REPLY:
             self._reply(res, f, rx_s + (corr if rx_ms else 0), now)
         else:
@@ -726,6 +827,8 @@ class Ingest:
 
     def _seqs(self, node, first, last, now, gw, hops):
         """Readings first..last of `node` arrived: the gap tracker's input (shared: the journal's)."""
+        if self.on_readings is not None:
+            self.on_readings(node, first, last, gw, hops, now)
         if not self._shared:
             self.tracker.on_readings(node, first, last, now, gw)
             return
@@ -743,35 +846,30 @@ class Ingest:
             w = windows[node] = auth.ReplayWindow(64)
         return w
 
-    def _status_frame(self, res, f, gw, rx_s, rssi, now):
-        node = f.origin
+    def _status_frame(self, res, node, seq, hops, b, gw, rx_s, rssi, now):
+        """A verified status frame of `node` (counter `seq`, `hops` so far; b: its body as a dict
+        of the StatusBody fields), received at rx_s through gateway `gw` with `rssi`."""
         w = self._window(self._status_windows, node)
-        c = w.check(f.seq)
+        c = w.check(seq)
         if c == auth.DUPLICATE:
             self.stats.status_duplicates += 1
             return
-        if c == auth.OLD or f.seq < w.top:
-            self._reject(res, "replay", f"status seq {f.seq} of node {node}, newest applied {w.top}", now)
+        if c == auth.OLD or seq < w.top:
+            self._reject(res, "replay", f"status seq {seq} of node {node}, newest applied {w.top}", now)
             return
-        w.update(f.seq)
-        b = f.body
+        w.update(seq)
         self.stats.status += 1
-        self._status[node] = (rx_s, {
-            "fw_version": b.fw_version, "fw_seq": b.fw_seq, "uptime_s": b.uptime_s, "heap_free": b.heap_free,
-            "heap_min": b.heap_min, "backlog": b.backlog, "parent": b.parent, "link_etx": b.link_etx,
-            "path_cost": b.path_cost, "boot_count": b.boot_count, "ota_state": b.ota_state,
-            "ota_progress": b.ota_progress, "errors": b.errors, "radio_drops": b.radio_drops,
-            "readings_lost": b.readings_lost, "epoch": b.epoch,
-            # the path this frame took; body.rssi (the parent link) is summarised by link_etx
-            "gateway": gw, "hops": f.hops, "rssi": rssi,
-            "status_seq": f.seq,  # the store keeps the newest: a late status never overwrites it
-        })
-        what = {"boot_count": b.boot_count, "uptime_s": b.uptime_s, "parent": b.parent, "fw_version": b.fw_version,
-                "epoch": b.epoch}
+        fields = dict(b)
+        # the path this frame took (body rssi, the parent link, is summarised by link_etx); the
+        # store keeps the newest status_seq: a late status never overwrites it
+        fields.update(gateway=gw, hops=hops, rssi=rssi, status_seq=seq)
+        self._status[node] = (rx_s, fields)
+        what = {"boot_count": b["boot_count"], "uptime_s": b["uptime_s"], "parent": b["parent"],
+                "fw_version": b["fw_version"], "epoch": b["epoch"]}
         if self._shared:
-            self._jrows.append(("s", node, rx_s, gw, f.seq, None, f.hops, json.dumps(what)))
+            self._jrows.append(("s", node, rx_s, gw, seq, None, hops, json.dumps(what)))
         else:
-            self._apply_status(node, f.seq, rx_s, gw, f.hops, what, self._events)
+            self._apply_status(node, seq, rx_s, gw, hops, what, self._events)
 
     def _apply_status(self, node, seq, rx_s, gw, hops, what, events):
         """A status report reaches gap repair: events for what changed since the last one applied
@@ -1209,6 +1307,12 @@ class Ingest:
             self._lease.release()
             self._lease = None
         return out
+
+    @property
+    def routes(self):
+        """The fleet.repair.SourceRoutes commands go down: the parent each node's newest applied
+        status reported (read it; the collector updates it)."""
+        return self._routes
 
     @property
     def leading(self):

@@ -71,8 +71,8 @@ def flood_start_hops(last_hops, attempt, max_hops):
 
 class SourceRoutes:
     """Downward routes at the fleet (RPL non-storing mode; issue 15): the parent each node's
-    newest status reported, and the rule for sending a command for one node down them - one
-    owner for the collector (fleet/collector.py) and the simulator (fleet/sim/_des_app.py).
+    newest status reported, and the rule for sending a command for one node down them, used by
+    the collector (fleet/collector.py; the simulator runs that same collector).
 
     choose(node, gateways, online, retry) returns ((gateway, path), why) with why None, or
     (None, why): why is "fallback" when no usable path is known (unknown or looping parents, too

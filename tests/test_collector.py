@@ -2,6 +2,7 @@
 protocol.encode and keys derived by protocol.auth. No MQTT: messages are (topic, payload)."""
 import json
 import os
+import random as random_mod
 import sqlite3
 import threading
 
@@ -116,6 +117,32 @@ def decode_commands(out, node):
 
 
 # ---- storage and de-duplication ------------------------------------------------------------------
+
+
+def test_an_envelope_in_hand_is_handled_as_its_mqtt_message(tmp_path):
+    """on_envelope (the simulator's entry: the frames without the MQTT payload around them) takes
+    the path on_message takes after decoding: same result, rows, rejects, state and counters."""
+    frames = [telemetry(1, 0, k=3), status(2, 1), telemetry(3, 5, key=nkey(4)), telemetry(1, 0, k=3)]
+    items = [(T0 * 1000 + 500, -61, fb) for fb in frames]
+    out = []
+    for via_mqtt in (True, False):
+        s = SQLiteStore(str(tmp_path / f"{via_mqtt}.db"))
+        s.register_nodes([{"node": n} for n in NODES] + [{"node": GW, "role": "gateway"}])
+        ing = make_ingest(s, Clock())
+        seen = []
+        ing.on_readings = lambda *a, seen=seen: seen.append(a)
+        res = ing.on_message(UP, envelope(frames)) if via_mqtt else ing.on_envelope(GW, items)
+        ing.flush()
+        snap = ing.snapshot()
+        out.append((res, seen, s.query("SELECT * FROM readings ORDER BY node, seq"), s.node_state(2)["parent"],
+                    {k: v for k, v in snap.items() if k != "store_failing_s"}))
+        s.close()
+    assert out[0] == out[1]
+    res, seen, rows, parent, snap = out[0]
+    assert res == {"frames": 3, "readings": 6, "rejects": {"bad_tag": 1}} and parent == 7
+    assert seen == [(1, 0, 2, GW, 2, float(T0)), (1, 0, 2, GW, 2, float(T0))]  # on_readings: each accepted frame
+    assert len(rows) == 3 and snap["duplicates"] == 3 and snap["envelopes"] == 1 and snap["messages"] == 1
+
 
 
 def test_valid_telemetry_stored_once_even_when_delivered_three_times(store):
@@ -739,6 +766,116 @@ def test_fast_path_and_decoder_agree_on_mutated_frames():
         declined += r is None
     assert accepted > 100  # plenty of mutations stay valid frames (values changed)
     assert declined == 0  # and the fast path took every one of them
+
+
+def _agree_status(fb):
+    """fast_status against protocol.decode on `fb`: True both accept (and agree), False both
+    reject, None the fast path declined a valid frame."""
+    from fleet.collector import fast_status
+
+    fast = fast_status(fb, auth.Hmac(MESH), lambda o: auth.Hmac(nkey(o)) if o in NODES else None)
+    try:
+        f = protocol.decode(fb, MESH, lambda o: nkey(o) if o in NODES else None)
+    except protocol.ProtocolError:
+        assert fast is None, fb.hex()
+        return False
+    if fast is None:
+        return f.type != protocol.T_STATUS or None
+    origin, seq, hops, body = fast
+    assert (origin, seq, hops) == (f.origin, f.seq, f.hops)
+    assert body == {k: getattr(f.body, k) for k in protocol.StatusBody.FIELDS}
+    return True
+
+
+def _status_body_items(rnd):
+    vals = []
+    for _name, lo, hi in protocol.StatusBody.SPEC:
+        if lo is None:
+            vals.append(rnd.choice(("", "1.2.0", "x" * 16, "é" * 8, "1.0.0-rc.10")))
+        else:
+            vals.append(min(max(rnd.choice((lo, hi, rnd.randint(lo, hi), -25, -24, 23, 24, 255, 256, 65536)), lo), hi))
+    return vals
+
+
+def test_status_fast_path_accepts_what_protocol_decode_accepts_old_firmware_too():
+    import cbor2
+
+    rnd = random_mod.Random(7)
+    legacy = protocol.StatusBody.LEGACY_FIELDS
+    for i in range(400):
+        vals = _status_body_items(rnd)
+        count = (legacy, legacy + 2, len(vals))[i % 3]  # firmware 1.0, 1.1 and now
+        origin = rnd.choice(NODES)
+        covered = (cbor2.dumps(1) + cbor2.dumps(protocol.T_STATUS) + cbor2.dumps(origin)
+                   + cbor2.dumps(rnd.choice((0, 23, 24, 65535, 2**32 - 1))) + cbor2.dumps(rnd.choice((0, T0)))
+                   + cbor2.dumps(vals[:count]))
+        mut = cbor2.dumps(rnd.randint(0, 255)) + cbor2.dumps(rnd.choice((0, 23, 24, 255, 256, 65535)))
+        etag = auth.Hmac(nkey(origin)).tag(covered, 8)
+        body = b"\x8a" + covered + mut + b"\x48" + etag + b"\x44"
+        fb = body + auth.Hmac(MESH).tag(body, 4)
+        assert _agree_status(fb) is True, fb.hex()
+    # and the encoder's own frames
+    assert _agree_status(status(1, 5)) is True and _agree_status(status(2, 0, parent=0, backlog=70000)) is True
+
+
+def test_status_fast_path_and_decoder_agree_on_mutated_frames():
+    rnd = random_mod.Random(13)
+    base = [status(rnd.choice(NODES), rnd.randrange(1000), boot_count=rnd.randrange(300), parent=rnd.randrange(70000),
+                   uptime_s=rnd.randrange(2**32)) for _ in range(10)]
+    accepted = declined = rejected = 0
+    for _ in range(3000):
+        fb = bytearray(rnd.choice(base))
+        for _ in range(rnd.randint(1, 3)):
+            i = rnd.randrange(1, len(fb) - 14)
+            fb[i] = rnd.choice((fb[i] ^ (1 << rnd.randrange(8)), rnd.randrange(256)))
+        origin = fb[3] if fb[3] < 24 else None  # the head of origin (status() nodes are < 24)
+        covered = bytes(fb[1:len(fb) - 14 - 2])  # hops 1, cost < 24: one byte each
+        etag = auth.Hmac(nkey(origin if origin in NODES else 1)).tag(covered, 8)
+        body = b"\x8a" + covered + bytes(fb[len(fb) - 16:len(fb) - 14]) + b"\x48" + etag + b"\x44"
+        r = _agree_status(body + auth.Hmac(MESH).tag(body, 4))
+        accepted += r is True
+        declined += r is None
+        rejected += r is False
+    assert accepted > 100 and rejected > 100  # both sides of the line were tried
+    assert declined == 0  # the fast path took every valid one
+
+
+def test_status_fast_path_declines_what_protocol_decode_rejects_even_with_valid_tags():
+    import cbor2
+
+    vals = _status_body_items(random_mod.Random(3))
+    head = cbor2.dumps(1) + cbor2.dumps(protocol.T_STATUS) + cbor2.dumps(1) + cbor2.dumps(100) + cbor2.dumps(T0)
+    mut = cbor2.dumps(2) + cbor2.dumps(20)
+
+    def frame(covered, tail=mut):
+        etag = auth.Hmac(nkey(1)).tag(covered, 8)
+        body = b"\x8a" + covered + tail + b"\x48" + etag + b"\x44"
+        return body + auth.Hmac(MESH).tag(body, 4)
+
+    def items(vs):
+        return bytes([0x80 + len(vs)]) + b"".join(cbor2.dumps(v) for v in vs)
+
+    assert _agree_status(frame(head + items(vals))) is True  # the control
+    i_ver, i_rssi, i_prog = (protocol.StatusBody.FIELDS.index(k) for k in ("fw_version", "rssi", "ota_progress"))
+    cases = {
+        "15 items": items(vals[:15]),
+        "18 items": items(vals + [0]),
+        "13 items": items(vals[:13]),
+        "rssi above 0": items(vals[:i_rssi] + [1] + vals[i_rssi + 1:]),
+        "progress 101": items(vals[:i_prog] + [101] + vals[i_prog + 1:]),
+        "17-byte version": items(vals[:i_ver] + ["x" * 17] + vals[i_ver + 1:]),
+        "bytes for the version": items(vals[:i_ver] + [b"1.0"] + vals[i_ver + 1:]),
+        "an int for the version": items(vals[:i_ver] + [1] + vals[i_ver + 1:]),
+        "a bool": bytes([0x80 + len(vals)]) + b"".join(cbor2.dumps(v) for v in vals[:-1]) + b"\xf5",
+        "non-shortest int": bytes([0x80 + len(vals)]) + b"".join(cbor2.dumps(v) for v in vals[:-1]) + b"\x1a\x00\x00\x00\x01",
+        "invalid UTF-8": (bytes([0x80 + len(vals)]) + b"".join(cbor2.dumps(v) for v in vals[:i_ver]) + b"\x62\xc3\x28"
+                          + b"".join(cbor2.dumps(v) for v in vals[i_ver + 1:])),
+    }
+    for name, body in cases.items():
+        assert _agree_status(frame(head + body)) is False, name
+    unknown = cbor2.dumps(1) + cbor2.dumps(protocol.T_STATUS) + cbor2.dumps(77) + cbor2.dumps(100) + cbor2.dumps(T0)
+    assert _agree_status(frame(unknown + items(vals))) is False
+    assert _agree_status(frame(head + items(vals), b"\x18\x02\x14")) is False  # non-shortest hops
 
 
 # ---- command line ----------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def test_a_changed_parent_is_reported_before_the_next_periodic_status():
     checks = []
 
     def check(t):  # 3 minutes after the failure: before most nodes' periodic status (300 s)
-        parents = sim.collector.routes.parents
+        parents = sim.ingest.routes.parents
         checks.append([n.id for n in sim.nodes if n.alive and not n.is_gateway
                        and n.router.parent and parents.get(n.id) != n.router.parent])
 
@@ -102,9 +102,9 @@ def test_a_lost_reading_is_recovered_by_a_flooded_resend():
     dropped = _lose_one_reading(sim, 40, 180_000_000)
     r = sim.run()
     assert dropped
-    got = sim.collector.got[40]
+    got = sim.measure.got[40]
     assert got[dropped[0]] > 0  # arrived in the end...
-    assert not sim.collector.first_pass[40][dropped[0]]  # ...through the repair path
+    assert not sim.measure.first_pass[40][dropped[0]]  # ...through the repair path
     assert r["repair"]["recovered"] >= 1
     assert r["control_tx"]["flooded"] > 10 and r["control_tx"]["fallback"] == 0  # flooded by the routers
     assert r["delivery_after_repair"] > r["delivery_first_pass"]
@@ -172,7 +172,7 @@ def test_the_gap_grace_is_the_wait_before_the_first_request():
                                     gap_grace_s=grace))
         dropped = _lose_one_reading(sim, 40, 180_000_000)
         r = sim.run()
-        assert dropped and sim.collector.got[40][dropped[0]] > 0
+        assert dropped and sim.measure.got[40][dropped[0]] > 0
         assert r["gap_grace_s"] == (120.0 if grace is None else grace)
         lat[grace] = r["repair_latency_p50_s"]
     # repaired after the next reading shows the gap (60 s later), the grace and the round trip: the
@@ -307,12 +307,43 @@ def test_a_lost_reading_is_recovered_down_a_source_route_without_a_flood():
     sim.at(180_000_000, at_reading)
     r = sim.run()
     assert dropped
-    assert sim.collector.got[40][dropped[0]] > 0 and not sim.collector.first_pass[40][dropped[0]]
+    assert sim.measure.got[40][dropped[0]] > 0 and not sim.measure.first_pass[40][dropped[0]]
     assert r["repair"]["routed_requests"] >= 1 and r["repair"]["route_fallbacks"] == 0
     assert r["control_tx"]["fallback"] == 0 and r["control_tx"]["flooded"] == 0  # nothing flooded
     hops = sim.by_id[40].router.depth
     assert 1 <= r["control_tx"]["routed"] <= 3 * hops * r["repair"]["routed_requests"]
     # request down, resent reading and reply up, each over the node's hops: 3 per hop of the gap,
     # a little more with a hop's retry (the issue's goal: at most 3 x the hop count)
-    assert sim.collector.first_request_hops == r["repair"]["requests"] * sim.collector.last_hops[40]
+    assert sim.measure.first_request_hops == r["repair"]["requests"] * sim.measure.last_hops[40]
     assert 2.5 <= r["repair"]["tx_per_gap_hop"] <= 4, r["repair"]
+
+
+def test_the_des_repairs_through_the_real_collector_and_stores_each_reading_once():
+    """The fleet side of the DES is fleet.collector.Ingest over an in-memory store: a reading lost
+    on the way is asked for by a resend request Ingest issued (its event in the store, its counters),
+    the node's reply and resent reading come back through it, and the reading is stored once."""
+    import json as json_mod
+
+    from fleet.collector import Ingest
+
+    sim = Simulation(DesOptions(nodes=49, topology="grid", gateways=1, minutes=12, report_interval_s=60,
+                                status_interval_s=60))
+    assert isinstance(sim.ingest, Ingest)
+    dropped = _lose_one_reading(sim, 40, 240_000_000)
+    r = sim.run()
+    assert dropped
+    seq = dropped[0]
+    store, ing = sim.store, sim.ingest
+    # Ingest issued the request that covers it...
+    asked = [json_mod.loads(e["detail"]) for e in store.events(node=40, kind="resend_request")]
+    assert any(d["first"] <= seq <= d["last"] for d in asked), asked
+    assert ing.stats.commands >= 1 and ing.tracker.recovered >= 1 and r["repair"]["requests"] == ing.tracker.requests_sent
+    # ...the node answered it through Ingest, and the resent reading is stored once
+    replies = [json_mod.loads(e["detail"]) for e in store.events(node=40, kind="reply")]
+    assert any(d["code"] == 0 and d["result"][0] <= seq <= d["result"][1] for d in replies), replies
+    assert store.query("SELECT count(*) FROM readings WHERE node = ? AND seq = ?", 40, seq) == [(1,)]
+    assert sim.measure.got[40][seq] > 0 and not sim.measure.first_pass[40][seq]  # measured as repaired
+    # everything the DES measured as arrived is in the store, once per (node, seq)
+    arrived = sum(1 for got in sim.measure.got.values() for t in got if t)
+    assert store.query("SELECT count(*) FROM readings") == [(arrived,)] == [(r["readings_delivered_total"],)]
+    assert r["collector"]["stored"] == arrived and r["collector"]["rejects"] == 0

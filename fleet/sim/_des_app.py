@@ -20,38 +20,23 @@ uplink and its in-flight tracking, the command checks, the resend answer (firmwa
   Not modelled: the sampler and sensor (a reading simply appears every report interval), the
   watchdog, flash timing, OTA staging and trial boot (the engine's "complete" ends the story).
 
-Collector side (`Collector`): every "uplink" a gateway's router emits is decoded once with
-protocol.decode, its end-to-end tag checked with the origin's key; readings are recorded by
-(origin, seq) and fed to the fleet's own gap tracker (fleet/repair.py GapTracker); due gaps
-become OP_RESEND commands, tagged with the node key and injected at the gateway that last heard
-the node (or every live gateway) with Router.inject_downlink — the flood then runs on the real
-routers. In `route` repair mode (the default) the request goes down the source route compiled
-from the parents in the nodes' status reports (firmware/downroute.py), and is flooded only when
-no path is known or on a retry. A flood is scoped as fleet.collector scopes it (fleet/repair.py
-flood_start_hops: the hop count it starts with stops it a few hops beyond the node). Both are
-real at every size: no repair is estimated.
+Fleet side (`FleetLink`): no collector of its own. The gateways publish what their routers
+hand up as firmware/gateway.py does, and the real collector core, fleet.collector.Ingest over an
+in-memory store, on the simulator's clock, verifies, stores, tracks gaps (fleet/repair.py), compiles
+source routes from the parents in status reports and issues the resend requests - down a source
+route, or flooded and scoped as it decides; its downlink messages reach the gateways' routers
+through firmware/gateway.py's own inject. `Measure` only measures (arrival times, first pass or
+repaired, latency, hops, the gateway each node is heard through), fed by Ingest with what it
+accepts. Both are real at every size: no repair is estimated.
 """
 from firmware import node_cmd
 from firmware.app import MAX_IN_FLIGHT, NodeApp
 from firmware.counters import DEFAULT_BLOCK
-from firmware.downroute import inject_routed
-from firmware.mesh_params import DEFAULTS as _MESH_DEFAULTS
 from firmware.node import UNSTAMPED_MAX, UPLINK_POLL_MS
 from firmware.ring import AHEAD, DEFAULT_RAM, DEFAULT_UNSENT_SPILL, LOST
-from fleet.repair import GapTracker, RepairConfig, SourceRoutes, flood_start_hops
-from protocol import (
-    OP_RESEND,
-    T_REPLY,
-    T_STATUS,
-    T_TELEMETRY,
-    Command,
-    ProtocolError,
-    StatusBody,
-    decode,
-    encode,
-)
+from fleet.repair import RepairConfig
+from protocol import OP_RESEND, T_ROUTED, StatusBody
 from protocol.auth import ReplayWindow
-from protocol.routed import Routed
 
 POLL_US = UPLINK_POLL_MS * 1000  # node.py's uplink poll period
 
@@ -270,7 +255,7 @@ class DesApp(NodeApp):
             code, result, frames = node_cmd.resend(self, cmd.args[0], cmd.args[1])
             if code == 0:
                 self.sim.counters["resent_frames"] += frames
-                resent = self.sim.collector.resent_of(self.node_id)
+                resent = self.sim.measure.resent_of(self.node_id)
                 for s in self._held_in(result[0], result[1]):
                     resent.add(s)
         else:
@@ -315,41 +300,45 @@ class DesApp(NodeApp):
         self.counters.reboot()
 
 
-_MAX_HOPS = _MESH_DEFAULTS["max_hops"]
+class DesKeys:
+    """The fleet's keys as the collector asks for them (fleet.keys.Keystore's mesh_key() and
+    node_key()): the mesh key and each node's key, derived once by the simulator from its fleet
+    secret, as the fleet derives them (protocol.auth)."""
+
+    def __init__(self, mesh_key, node_keys):
+        self._mesh_key = mesh_key
+        self._node_keys = node_keys  # node id -> key bytes
+
+    def mesh_key(self):
+        return self._mesh_key
+
+    def node_key(self, node_id):
+        """Node `node_id`'s key. Raises KeyError for a node the simulation does not have (the
+        collector asks only for registered nodes)."""
+        return self._node_keys[node_id]
 
 
-class Collector:
-    """The fleet side: decodes uplinks once, tracks readings and gaps, sends resend requests."""
+class Measure:
+    """The simulator's measurements at the fleet side - not a collector: the collector is
+    fleet.collector.Ingest (FleetLink below), which feeds this through its on_readings hook with
+    every telemetry frame it accepts, as it accepts it. Kept here: when each reading first arrived
+    (virtual us), whether it came on the first pass or was resent for a request (the nodes' truth:
+    `resent`, filled by DesApp.on_command), latency, age and repair latency, the hop histogram
+    (frames that brought a new reading), the gateway each node was last heard through, and each
+    node's last hop count."""
 
-    def __init__(self, sim, repair_mode="flood", repair_config=None):
+    def __init__(self, sim):
         self.sim = sim
-        self.mode = repair_mode
-        self.tracker = GapTracker(repair_config or RepairConfig())
         self.got = {}  # node id -> list: arrival time (us) by seq, 0 = not (yet)
         self.first_pass = {}  # node id -> bytearray: 1 = arrived without a resend
         self.resent = {}  # node id -> seqs re-originated for a resend request
-        self.cseq = {}
-        self.replies_seen = set()
-        self.due_at = None
         self.latency_us = []  # first arrivals of first-pass readings: since first originated
         self.age_us = []  # ...and since the reading was made
         self.repair_latency_us = []
         self.hops = {}  # hops -> telemetry frames (first arrival of their first reading)
         self.via = {}  # node id -> gateway that last delivered its readings
-        self.rejects = 0
-        self.duplicates = 0
-        self.frames = 0
-        self.status_frames = 0
-        self.requests = 0
-        self.routes = SourceRoutes()  # the parents nodes report, and the routing rule (route mode)
-        self.routed = 0  # resend requests sent down a source route
-        self.route_fallbacks = 0  # ...flooded instead: no known path to the node
-        self.route_retries_rerouted = 0  # retries down a path reports moved since the last attempt
-        self.route_retries_flooded = 0  # ...flooded: a routed request went unanswered (stale path)
-        self.scoped = 0  # flooded requests scoped to a few hops beyond the node (flood_start_hops)
-        self.last_hops = {}  # node id -> hop count of its newest frame at a gateway
+        self.last_hops = {}  # node id -> hop count of its newest telemetry frame at a gateway
         self.first_request_hops = 0  # sum of the node's hop count over each gap's first request
-        self.max_hops = (sim.opt.mesh_params or {}).get("max_hops", _MAX_HOPS)
 
     def resent_of(self, node_id):
         s = self.resent.get(node_id)
@@ -357,41 +346,9 @@ class Collector:
             s = self.resent[node_id] = set()
         return s
 
-    def key_of(self, node_id):
-        app = self.sim.apps.get(node_id)
-        return app.node_hmac if app is not None else None
-
-    def on_uplink(self, gw, data, hops, now_us):
-        """A gateway router's ("uplink", data, rssi, hops)."""
-        t = data[2] if len(data) > 2 else 0
-        if t == T_STATUS:
-            self.status_frames += 1
-            if self.mode == "route":  # the parent each node reports compiles its source route
-                try:
-                    f = decode(data, None, self.key_of)
-                except ProtocolError:
-                    self.rejects += 1
-                    return
-                self.routes.report(f.origin, f.body.parent)
-            return
-        if t != T_TELEMETRY and t != T_REPLY:
-            return
-        try:
-            f = decode(data, None, self.key_of)
-        except ProtocolError:
-            self.rejects += 1
-            return
-        now_s = now_us / 1e6
-        node = f.origin
-        if t == T_REPLY:
-            key = (node, f.seq)
-            if key in self.replies_seen:
-                return
-            self.replies_seen.add(key)
-            self.tracker.on_reply(node, f.cseq, f.code, f.result, now_s)
-            self.schedule(now_us)
-            return
-        self.frames += 1
+    def on_readings(self, node, first, last, gw, hops, now_s):
+        """Ingest.on_readings: readings first..last of `node` accepted through gateway `gw`."""
+        now_us = self.sim.now_us  # the exact virtual time (now_s is the same, in seconds)
         self.last_hops[node] = hops
         app = self.sim.apps[node]
         created = app.created
@@ -402,15 +359,12 @@ class Collector:
             self.first_pass[node] = bytearray()
         fp = self.first_pass[node]
         resent = self.resent.get(node)
-        first = f.seq
-        last = f.seq + len(f.readings) - 1
         if len(got) <= last:
             got.extend([0] * (last + 1 - len(got)))
             fp.extend(bytes(last + 1 - len(fp)))
         new = False
         for s in range(first, last + 1):
             if got[s]:
-                self.duplicates += 1
                 continue
             new = True
             got[s] = now_us
@@ -423,87 +377,14 @@ class Collector:
                 self.latency_us.append(now_us - first_orig[s])
         if new:
             self.hops[hops] = self.hops.get(hops, 0) + 1
-        self.via[node] = gw.id
-        self.tracker.on_readings(node, first, last, now_s, gateway=gw.id)
-        self.schedule(now_us)
+        self.via[node] = gw
 
-    def schedule(self, now_us):
-        """Make sure a poll event is queued for the tracker's next due time."""
-        d = self.tracker.next_due_s()
-        if d is None:
-            return
-        t = max(int(d * 1e6), now_us + 1)
-        if self.due_at is not None and self.due_at <= t and self.due_at > now_us:
-            return
-        self.due_at = t
-        self.sim.at(t, self.poll)
-
-    def _next_cseq(self, node):
-        c = self.cseq.get(node, 0) + 1
-        self.cseq[node] = c
-        return c
-
-    def _online(self, gw):
-        n = self.sim.by_id.get(gw)
-        return n is not None and n.alive
-
-    def poll(self, now_us):
-        """Turn due gaps into OP_RESEND commands and send them."""
-        if self.due_at is not None and now_us < self.due_at:
-            return
-        self.due_at = None
-        sim = self.sim
-        reqs = self.tracker.due_requests(now_us / 1e6, self._next_cseq, self._online)
+    def on_requests(self, reqs):
+        """Resend requests the collector just issued (fleet.repair.Request): the hop count of each
+        gap's node at the gap's first request (the denominator of tx_per_gap_hop)."""
         for req in reqs:
-            app = sim.apps[req.node]
-            cmd = Command(target=req.node, cseq=req.cseq, op=OP_RESEND, args=[req.a, req.b])
-            fb = encode(cmd, sim.mesh_hmac, app.node_hmac)
-            self.requests += 1
-            if req.gap is not None and req.gap.requests == 1:  # a gap's first request: its hop count
+            if req.gap is not None and req.gap.requests == 1:
                 self.first_request_hops += self.last_hops.get(req.node, 0)
-            if self.mode == "route":
-                # The first attempt goes down the compiled path; a retry means that path went
-                # stale: down the path again only when status reports moved it since (counted),
-                # else flooded (counted), as fleet.collector does
-                if self._route(req.node, fb, now_us, retry=req.via_all):
-                    continue
-                if req.via_all:
-                    self.route_retries_flooded += 1
-            start = flood_start_hops(self.last_hops.get(req.node), req.gap.attempts if req.gap else None,
-                                     self.max_hops)
-            if start:  # the flood stops a few hops beyond the node, as fleet.collector sends it
-                self.scoped += 1
-                cmd.hops = start
-                fb = encode(cmd, sim.mesh_hmac, app.node_hmac)
-            if req.via_all or req.gateway is None:
-                gws = [g for g in sim.gateways if g.alive]
-            else:
-                g = sim.by_id[req.gateway]
-                gws = [g] if g.alive else [g for g in sim.gateways if g.alive]
-            for g in gws:
-                g.router.inject_downlink(fb, now_us // 1000)
-                sim.service(g, now_us)
-        self.schedule(now_us)
-
-    def _route(self, node_id, fb, now_us, retry=False):
-        """Send one resend request down the source route compiled from the reported parents
-        (RPL non-storing mode); False (the caller floods) when no path is known or its gateway
-        is down (counted as a fallback), or on a retry down the path already tried."""
-        sim = self.sim
-        r, why = self.routes.choose(node_id, {g.id for g in sim.gateways}, self._online, retry)
-        if why == "fallback":
-            self.route_fallbacks += 1
-        elif why == "rerouted":
-            self.route_retries_rerouted += 1
-        if r is None:
-            return False
-        g = sim.by_id[r[0]]
-        inject_routed(g.router, encode(Routed(path=r[1], at=0, cmd=fb), sim.mesh_hmac), now_us // 1000)
-        sim.service(g, now_us)
-        self.routed += 1
-        return True
-
-    # ---- figures ----------------------------------------------------------------------------------
 
     def delivery(self, apps, until_us, ids=None):
         """(made, first pass, after repair) counts over readings created before until_us."""
@@ -523,3 +404,120 @@ class Collector:
                     if fp[s]:
                         fp_n += 1
         return made, fp_n, all_n
+
+
+class FleetLink:
+    """The fleet side of the simulation: the MQTT broker between the gateways and the collector,
+    and the collector itself - fleet.collector.Ingest, the real one, over an in-memory
+    SQLiteStore, on the simulator's clock (now_s = virtual us / 1e6, never wall time).
+
+    - Uplink: every frame a gateway's router hands up (its "uplink" event) goes to the collector
+      at once as the one item of an uplink envelope (receive time in unix ms by the gateway's
+      clock, RSSI, the frame: what firmware/gateway.py publishes on redmesh/<net>/up/<gw>),
+      through Ingest.on_envelope: the MQTT payload's encoding and decoding are skipped (~20 us
+      a frame in pure Python, about what the collector's own work costs; tests/test_collector.py
+      holds on_envelope to on_message). The gateway's
+      batching of up to BATCH_MS is not modelled: it would only delay what the collector sees.
+    - Gateway state: "online" on redmesh/<net>/state/<gw> for every gateway at the start,
+      "offline" the moment one dies (its MQTT last will; the broker's keepalive wait before
+      sending it is not modelled).
+    - Downlink: Ingest.poll() runs at Ingest.next_deadline_s(); each (topic, payload) it returns
+      goes to the gateway the topic names, or to every gateway for redmesh/<net>/down/all (a
+      dead gateway gets nothing), where firmware/gateway.py's own downlink_frames and inject
+      hand the frames to its router: routed frames down their source route, commands flooded.
+    - Batches: the collector's own batching, flushed every FLUSH_INTERVAL_S of virtual time
+      (or its batch_rows): the store's write cost is then one transaction a virtual minute
+      (and one per resend request, for its command counter), and nothing in the simulation
+      waits for a flush (gap tracking is in memory).
+
+    Counted here, as a broker would see them: routed (Routed frames published), flooded_all
+    (commands published to every gateway: in route mode, retries flooded)."""
+
+    FLUSH_INTERVAL_S = 60.0
+
+    def __init__(self, sim, keys, repair_mode="route", repair_config=None):
+        from fleet.collector import CollectorConfig, Ingest
+        from fleet.store import SQLiteStore
+        from protocol.envelope import downlink_topic, state_topic
+
+        self.sim = sim
+        self.net_id = net = sim.net_id
+        self.store = SQLiteStore(":memory:")
+        self.store.register_nodes([{"node": n.id, "mac": n.mac.hex(), "role": "gateway" if n.is_gateway else "node"}
+                                   for n in sim.nodes])
+        cfg = CollectorConfig(flush_interval_s=self.FLUSH_INTERVAL_S, route_commands=repair_mode == "route",
+                              repair=repair_config or RepairConfig())
+        self.ingest = Ingest(self.store, keys, net, now_fn=self.now_s, config=cfg)
+        self.measure = Measure(sim)
+        self.ingest.on_readings = self.measure.on_readings
+        self._down = {downlink_topic(net, g.id): [g] for g in sim.gateways}
+        self._down[downlink_topic(net)] = sim.gateways
+        self._down_all = downlink_topic(net)
+        self._state_topic = state_topic
+        self.poll_at = None
+        self.routed = 0
+        self.flooded_all = 0
+        self.messages_down = 0
+
+    def now_s(self):
+        return self.sim.now_us / 1e6
+
+    def start(self):
+        """The gateways come online (their retained state)."""
+        for g in self.sim.gateways:
+            self.gateway_state(g, True, 0)
+
+    def gateway_state(self, gw, online, now_us):
+        """Gateway `gw` (a SimNode) went online, or offline (its last will)."""
+        self.ingest.on_message(self._state_topic(self.net_id, gw.id), b"online" if online else b"offline",
+                               now_us / 1e6)
+
+    def on_uplink(self, gw, data, rssi, now_us):
+        """A gateway router's ("uplink", data, rssi, hops): handed to the collector as the item of
+        an uplink envelope (receive time by the gateway's clock, RSSI as the gateway clamps it)."""
+        rx_ms = gw.router.wall_time_ms(now_us // 1000)
+        self.ingest.on_envelope(gw.id, ((rx_ms, -128 if rssi < -128 else 0 if rssi > 0 else rssi, data),),
+                                now_us / 1e6)
+        self.schedule(now_us)
+
+    def schedule(self, now_us):
+        """Make sure a poll is queued for the collector's next deadline."""
+        t = max(int(self.ingest.next_deadline_s() * 1e6), now_us + 1)
+        if self.poll_at is not None and now_us < self.poll_at <= t:
+            return
+        self.poll_at = t
+        self.sim.at(t, self.poll)
+
+    def poll(self, now_us):
+        """Ingest.poll(): flush when due, resend requests out to the gateways."""
+        if self.poll_at is not None and now_us < self.poll_at:
+            return
+        self.poll_at = None
+        tr = self.ingest.tracker
+        sent = tr.requests_sent
+        out = self.ingest.poll(now_us / 1e6)
+        if tr.requests_sent != sent:
+            self.measure.on_requests(r for r in tr.outstanding.values() if r.sent_s == now_us / 1e6)
+        for topic, payload in out:
+            self.publish_down(topic, payload, now_us)
+        self.schedule(now_us)
+
+    def publish_down(self, topic, payload, now_us):
+        """One downlink message to the gateways subscribed to `topic` (those alive)."""
+        from firmware.gateway import downlink_frames, inject
+
+        frames = downlink_frames(payload)
+        self.messages_down += 1
+        routed = sum(1 for fb in frames if fb[2] == T_ROUTED)
+        self.routed += routed
+        if topic == self._down_all:
+            self.flooded_all += len(frames) - routed
+        sim = self.sim
+        for g in self._down.get(topic, ()):
+            if g.alive:
+                inject(g.router, frames, now_us // 1000)
+                sim.service(g, now_us)
+
+    def finish(self, now_us):
+        """Flush what the collector holds into the store (the end of the run)."""
+        self.ingest.flush(now_us / 1e6)

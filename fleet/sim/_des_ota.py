@@ -148,7 +148,7 @@ class OtaSetup:
 
 def _delivery_between(sim, t0_us, t1_us):
     """First-pass delivery of the readings created in [t0, t1] (telemetry during the campaign)."""
-    col = sim.collector
+    col = sim.measure
     made = got_n = 0
     for nid, app in sim.apps.items():
         got = col.got.get(nid, ())

@@ -2,8 +2,10 @@
 
 Every node runs the firmware's own sans-IO cores - a firmware.mesh.Router (and, with OTA, a
 firmware.ota.OtaEngine over an in-memory page store) - driven through their public API exactly
-as firmware/node.py drives them; the app layer around them (ring, uplink, commands) and the
-collector at the gateways are in fleet/sim/_des_app.py. Virtual time is an int count of
+as firmware/node.py drives them; the app layer around them (ring, uplink, commands) is in
+fleet/sim/_des_app.py, and so is the fleet side: the real collector core, fleet.collector.Ingest
+over an in-memory store on the virtual clock, fed by the gateways, its resend requests delivered
+to them (FleetLink), and the measurements (Measure). Virtual time is an int count of
 microseconds; one heap holds every event; one seeded random.Random draws every radio outcome,
 so the same options and seed give the same figures.
 
@@ -46,8 +48,9 @@ Nodes and keys
   the wall clock (Router.set_time); the others learn it from beacons, as on the street.
 - Keys are derived as the fleet derives them (protocol.auth.derive_mesh_key/derive_node_key)
   from a fleet secret made from the seed: one mesh key, and one key per node, derived once at
-  build time (a few microseconds each). The node and the collector share the node's Hmac
-  object (it is stateless); the mesh key's Hmac remembers recent hop tags (MemoHmac below).
+  build time (a few microseconds each); the collector is handed the same keys (DesKeys) and
+  makes its own Hmac objects, as it does from a keystore. The mesh key's Hmac on the nodes
+  remembers recent hop tags (MemoHmac below).
 - Scenarios: gateway failure (the busiest gateway dies at T/3 for good), power cut (the middle
   third of the street with the most nodes goes dark at T/3 for an hour, or T/3 if shorter, then
   reboots: fresh routers and RAM, flash kept), extra loss, OTA (see fleet/sim/_des_ota.py).
@@ -69,7 +72,7 @@ from firmware.node import PARENT_REPORT_DELAY_MS, STATUS_INTERVAL_S, parent_repo
 from fleet.errors import FleetError
 from fleet.repair import RepairConfig
 from fleet.sim import topology as topo_mod
-from fleet.sim._des_app import Collector, DesApp
+from fleet.sim._des_app import DesApp, DesKeys, FleetLink
 from fleet.sim.medium import MAC_ATTEMPTS, MAX_PAYLOAD, PREAMBLE_US, US_PER_BYTE
 from protocol import (
     T_BEACON,
@@ -279,7 +282,9 @@ class Simulation:
         t0 = time.perf_counter()
         self.topo = topology if topology is not None else self._topology()
         secret = hashlib.sha256(b"redmesh des fleet secret %d" % options.seed).digest()
-        self.mesh_hmac = MemoHmac(derive_mesh_key(secret, NET_ID))
+        mesh_key = derive_mesh_key(secret, NET_ID)
+        self.mesh_hmac = MemoHmac(mesh_key)
+        self.net_id = NET_ID
         self.nodes = [SimNode(n) for n in self.topo.nodes]
         self.by_id = {n.id: n for n in self.nodes}
         self.by_mac = {n.mac: n for n in self.nodes}
@@ -290,17 +295,23 @@ class Simulation:
                 n.nidx[b_id] = len(n.nb)
                 n.nb.append((self.by_id[b_id], link.prr * keep, int(round(link.rssi_dbm))))
         self.repair_mode = options.repair
-        self.collector = Collector(self, options.repair, None if options.gap_grace_s is None
-                                   else RepairConfig(grace_s=options.gap_grace_s))
         self.apps = {}
+        node_keys = {}
         for n in self.nodes:
-            key = derive_node_key(secret, NET_ID, n.id)
+            key = node_keys[n.id] = derive_node_key(secret, NET_ID, n.id)
             n.app = DesApp(self, n, Hmac(key))
             self.apps[n.id] = n.app
+        # the fleet side: the real collector (fleet.collector.Ingest) over an in-memory store,
+        # and the measurements it feeds (fleet/sim/_des_app.py FleetLink, Measure)
+        self.fleet = FleetLink(self, DesKeys(mesh_key, node_keys), options.repair,
+                               None if options.gap_grace_s is None else RepairConfig(grace_s=options.gap_grace_s))
+        self.ingest = self.fleet.ingest
+        self.store = self.fleet.store
+        self.measure = self.fleet.measure
         self.end_us = int(options.minutes * 60e6)
         tail = options.tail_s
         if tail is None:
-            tail = min(self.end_us / 3e6, options.report_interval_s + self.collector.tracker.cfg.grace_s + 180)
+            tail = min(self.end_us / 3e6, options.report_interval_s + self.ingest.tracker.cfg.grace_s + 180)
         self.measure_until_us = self.end_us - int(tail * 1e6)
         self.ota = None
         if options.ota_bytes:
@@ -308,6 +319,7 @@ class Simulation:
             self.ota = _des_ota.OtaSetup(options.ota_bytes, options.seed)
         self.build_s = time.perf_counter() - t0
         self._boot_all()
+        self.fleet.start()
         self._scenarios()
 
     # ---- construction ---------------------------------------------------------------------
@@ -456,7 +468,7 @@ class Simulation:
         if kind == "sent":
             n.app.on_sent(ev[1], ev[2], now_us)
         elif kind == "uplink":
-            self.collector.on_uplink(n, ev[1], ev[3], now_us)
+            self.fleet.on_uplink(n, ev[1], ev[2], now_us)
         elif kind == "parent":
             if n.joined:
                 n.parent_events += 1
@@ -499,9 +511,9 @@ class Simulation:
         t = data[2] if size > 2 else 0
         name = _TYPES.get(t, "other")
         self.tx_by_type[name] += 1
-        if t == T_TELEMETRY and self.collector.resent:
+        if t == T_TELEMETRY and self.measure.resent:
             origin, p = uint_at(data, 3)  # the nodes' own frames: valid by construction
-            rs = self.collector.resent.get(origin)
+            rs = self.measure.resent.get(origin)
             if rs is not None and uint_at(data, p)[0] in rs:
                 self.counters["repair_telemetry_tx"] += 1
         air = PREAMBLE_US + US_PER_BYTE * (size + FRAME_OVERHEAD_BYTES)
@@ -647,6 +659,7 @@ class Simulation:
                     self._loop(self.end_us)
             else:
                 self._loop(self.end_us)
+            self.fleet.finish(self.end_us)
         finally:
             if gc_was:
                 gc.enable()
@@ -747,14 +760,15 @@ class Simulation:
 
     def _fail_gateway(self, t):
         counts = {}
-        for gw in self.collector.via.values():
+        for gw in self.measure.via.values():
             counts[gw] = counts.get(gw, 0) + 1
         alive = [g for g in self.gateways if g.alive]
         victim = max(alive, key=lambda g: (counts.get(g.id, 0), -g.id))
         victim.alive = False
         victim.tx = None
         victim.tick_at = _INF
-        served = sorted(nid for nid, gw in self.collector.via.items() if gw == victim.id and nid != victim.id)
+        self.fleet.gateway_state(victim, False, t)  # its MQTT last will
+        served = sorted(nid for nid, gw in self.measure.via.items() if gw == victim.id and nid != victim.id)
         self.scenario["gateway_failure"] = {"gateway": victim.id, "at_s": t / 1e6, "nodes_served": len(served)}
         self._failed_gw = (victim.id, t, set(served))
 
@@ -780,7 +794,11 @@ class Simulation:
     def results(self):
         """Plain data: the figures of the run (keys documented in fleet/cli/sim/des.py)."""
         o = self.opt
-        col = self.collector
+        col = self.measure
+        ing = self.ingest
+        tr = ing.tracker
+        st = ing.stats
+        link = self.fleet
         non_gw = [n for n in self.nodes if not n.is_gateway]
         made, fp, after = col.delivery(self.apps, self.measure_until_us)
         lat = sorted(col.latency_us)
@@ -812,7 +830,7 @@ class Simulation:
             "report_interval_s": o.report_interval_s,
             "status_interval_s": o.status_interval_s,
             "repair_mode": self.repair_mode,
-            "gap_grace_s": self.collector.tracker.cfg.grace_s,
+            "gap_grace_s": tr.cfg.grace_s,
             "measured_until_s": round(self.measure_until_us / 1e6, 1),
             "readings_made": made,
             "delivery_first_pass": round(fp / made, 5) if made else None,
@@ -838,17 +856,19 @@ class Simulation:
             "parent_changes_boot": boot_changes,
             "warmup_s": round(self.warmup_us / 1e6, 1),
             "route_losses": stats.get("route_losses", 0),
-            "repair": {"gaps_opened": col.tracker.opened, "requests": col.requests,
-                       "routed_requests": col.routed, "route_fallbacks": col.route_fallbacks,
-                       "route_retries_flooded": col.route_retries_flooded,
-                       "route_retries_rerouted": col.route_retries_rerouted, "flood_scoped": col.scoped,
-                       "recovered": col.tracker.recovered, "gaps_lost": col.tracker.lost,
+            # what the collector (fleet.collector.Ingest) decided, from its tracker and counters,
+            # and what its downlink messages carried (FleetLink)
+            "repair": {"gaps_opened": tr.opened, "requests": tr.requests_sent,
+                       "routed_requests": link.routed, "route_fallbacks": st.route_fallbacks,
+                       "route_retries_flooded": link.flooded_all if self.repair_mode == "route" else 0,
+                       "route_retries_rerouted": st.route_retries_rerouted, "flood_scoped": st.commands_scoped,
+                       "recovered": tr.recovered, "gaps_lost": tr.lost,
                        # repair transmissions (requests down, replies and resent readings up, retries
                        # and floods) per hop of the gaps' nodes: 3 is one request down, one
                        # resent frame and one reply up, each over the node's hop count
                        "tx_per_gap_hop": round(repair_tx / col.first_request_hops, 2)
                        if col.first_request_hops else None,
-                       "readings_lost": col.tracker.readings_lost, "readings_filled": col.tracker.readings_filled},
+                       "readings_lost": tr.readings_lost, "readings_filled": tr.readings_filled},
             "radio": {"frames_by_type": dict(self.tx_by_type), "mac_attempts": self.counters["mac_attempts"],
                       "deferrals": self.counters["deferrals"], "receptions": self.counters["receptions"],
                       "collided_receptions": self.counters["collided"],
@@ -856,8 +876,12 @@ class Simulation:
             "router": {k: stats.get(k, 0) for k in ("data_tx", "forwarded", "retries", "tx_fail", "queue_drops",
                                                     "ttl_dropped", "loops_detected", "dup_dropped",
                                                     "no_route_drops", "nbr_evicted", "floods_tx")},
-            "collector": {"frames": col.frames, "duplicates": col.duplicates, "rejects": col.rejects,
-                          "status_frames": col.status_frames, "status_sent": self.counters["status_sent"],
+            # Ingest's own counters (frames: accepted, of every type; stored / duplicates: readings)
+            "collector": {"frames": st.frames, "readings": st.readings, "stored": st.stored,
+                          "duplicates": st.duplicates, "rejects": st.rejects,
+                          "status_frames": st.status + st.status_duplicates, "replies": st.replies,
+                          "commands": st.commands, "downlink_messages": link.messages_down,
+                          "status_sent": self.counters["status_sent"],
                           "parent_reports": self.counters["parent_reports"],
                           "unstamped_dropped": self.counters["unstamped_dropped"]},
             "build_s": round(self.build_s, 2),
