@@ -230,13 +230,14 @@ def _ulen(v):
     return 1 if v < 24 else 2 if v < 256 else 3 if v < 65536 else 5
 
 
-def fast_telemetry(fb, mesh_hmac, key_for):
-    """Decode and verify a telemetry frame with cbor2. Returns (origin, seq, time_s, readings,
-    hops), readings being lists [dt_s, pm1, pm25, pm10, rh, temp, n, flags], when the frame is
-    valid exactly as protocol.decode(fb, mesh, node_key) would find it; else None (the caller
-    then uses protocol.decode, which says what is wrong). key_for(origin) -> Hmac or None."""
+def _fast_head(fb, ftype):
+    """The items of an uplink frame of type `ftype` [v, type, origin, seq, time_s, body, hops,
+    cost, etag, htag] parsed with cbor2, their types and ranges checked, with `want`: the
+    canonical length of everything but the body's items (array head, version, type, the head
+    fields, the body's one-byte head, hops, cost, etag 1 + 8, hop tag 1 + 4). None when it is
+    not such a frame: the caller's strict decoder then says what is wrong."""
     n = len(fb)
-    if cbor2 is None or n > protocol.MAX_FRAME or n < 30 or fb[0] != 0x8A or fb[1] != 1 or fb[2] != 2:
+    if cbor2 is None or n > protocol.MAX_FRAME or n < 30 or fb[0] != 0x8A or fb[1] != 1 or fb[2] != ftype:
         return None
     try:
         obj = cbor2.loads(fb)
@@ -248,14 +249,37 @@ def fast_telemetry(fb, mesh_hmac, key_for):
     if (type(origin) is not int or type(seq) is not int or type(time_s) is not int or type(hops) is not int
             or type(cost) is not int or type(body) is not list or type(etag) is not bytes or type(htag) is not bytes):
         return None
-    count = len(body)
     if (not (0 <= origin <= U32 and 0 <= seq <= U32 and 0 <= time_s <= U32 and 0 <= hops <= _U8
-             and 0 <= cost <= _U16) or len(etag) != 8 or len(htag) != 4
-            or not 1 <= count <= protocol.MAX_READINGS or seq + count - 1 > U32):
+             and 0 <= cost <= _U16) or len(etag) != 8 or len(htag) != 4):
         return None
-    # canonical length of everything but the readings: array head, version, type, head fields,
-    # body head, hops, cost, etag (1 + 8), hop tag (1 + 4)
     want = 3 + _ulen(origin) + _ulen(seq) + _ulen(time_s) + 1 + _ulen(hops) + _ulen(cost) + 14
+    return origin, seq, time_s, body, hops, cost, etag, htag, want
+
+
+def _fast_tags_ok(fb, want, origin, hops, cost, etag, htag, mesh_hmac, key_for):
+    """The end of a fast path: every item was in its shortest form (the frame is `want` bytes
+    long, no indefinite length) and both tags verify (key_for(origin) -> Hmac or None)."""
+    if want != len(fb):
+        return False
+    key = key_for(origin)
+    if key is None or not hmac.compare_digest(mesh_hmac.tag(fb[:-4], 4), htag):
+        return False
+    end = len(fb) - 14 - _ulen(cost) - _ulen(hops)
+    return hmac.compare_digest(key.tag(fb[1:end], 8), etag)
+
+
+def fast_telemetry(fb, mesh_hmac, key_for):
+    """Decode and verify a telemetry frame with cbor2. Returns (origin, seq, time_s, readings,
+    hops), readings being lists [dt_s, pm1, pm25, pm10, rh, temp, n, flags], when the frame is
+    valid exactly as protocol.decode(fb, mesh, node_key) would find it; else None (the caller
+    then uses protocol.decode, which says what is wrong). key_for(origin) -> Hmac or None."""
+    head = _fast_head(fb, protocol.T_TELEMETRY)
+    if head is None:
+        return None
+    origin, seq, time_s, body, hops, cost, etag, htag, want = head
+    count = len(body)
+    if not 1 <= count <= protocol.MAX_READINGS or seq + count - 1 > U32:
+        return None
     for r in body:
         if type(r) is not list or len(r) != 8:
             return None
@@ -270,15 +294,7 @@ def fast_telemetry(fb, mesh_hmac, key_for):
                 and _N_LO <= n_s <= _N_HI and _FL_LO <= flags <= _FL_HI):
             return None
         want += 1  # the reading's array head
-    if want != n:  # some item not in its shortest form (or an indefinite length): not deterministic
-        return None
-    key = key_for(origin)
-    if key is None:
-        return None
-    if not hmac.compare_digest(mesh_hmac.tag(fb[:-4], 4), htag):
-        return None
-    end = n - 14 - _ulen(cost) - _ulen(hops)
-    if not hmac.compare_digest(key.tag(fb[1:end], 8), etag):
+    if not _fast_tags_ok(fb, want, origin, hops, cost, etag, htag, mesh_hmac, key_for):
         return None
     return origin, seq, time_s, body, hops
 
@@ -294,26 +310,13 @@ def fast_status(fb, mesh_hmac, key_for):
     older firmware does not report - when the frame is valid exactly as protocol.decode(fb, mesh,
     node_key) would find it; else None (the caller then uses protocol.decode, which says what is
     wrong). key_for(origin) -> Hmac or None."""
-    n = len(fb)
-    if (cbor2 is None or n > protocol.MAX_FRAME or n < 30 or fb[0] != 0x8A or fb[1] != 1
-            or fb[2] != protocol.T_STATUS):
+    head = _fast_head(fb, protocol.T_STATUS)
+    if head is None:
         return None
-    try:
-        obj = cbor2.loads(fb)
-    except Exception:  # noqa: BLE001 - any parse problem: the strict decoder explains it
-        return None
-    if type(obj) is not list or len(obj) != 10:
-        return None
-    _, _, origin, seq, time_s, body, hops, cost, etag, htag = obj
-    if (type(origin) is not int or type(seq) is not int or type(time_s) is not int or type(hops) is not int
-            or type(cost) is not int or type(body) is not list or type(etag) is not bytes or type(htag) is not bytes):
-        return None
+    origin, seq, _, body, hops, cost, etag, htag, want = head
     count = len(body)
-    if (not (0 <= origin <= U32 and 0 <= seq <= U32 and 0 <= time_s <= U32 and 0 <= hops <= _U8
-             and 0 <= cost <= _U16) or len(etag) != 8 or len(htag) != 4 or count not in _STATUS_COUNTS):
+    if count not in _STATUS_COUNTS:  # the body's array head is then one byte (at most 17 items)
         return None
-    # canonical length, as in fast_telemetry: the body's array head is one byte (at most 17 items)
-    want = 3 + _ulen(origin) + _ulen(seq) + _ulen(time_s) + 1 + _ulen(hops) + _ulen(cost) + 14
     for (_, lo, hi), v in zip(_STATUS_SPEC, body, strict=False):  # body: the first count fields
         if lo is None:  # a text string (cbor2 checked its UTF-8): at most hi (< 24) bytes, a 1-byte head
             if type(v) is not str:
@@ -326,15 +329,7 @@ def fast_status(fb, mesh_hmac, key_for):
             if type(v) is not int or not lo <= v <= hi:
                 return None
             want += 1 if -25 < v < 24 else 2 if -257 < v < 256 else 3 if -65537 < v < 65536 else 5
-    if want != n:  # some item not in its shortest form (or an indefinite length): not deterministic
-        return None
-    key = key_for(origin)
-    if key is None:
-        return None
-    if not hmac.compare_digest(mesh_hmac.tag(fb[:-4], 4), htag):
-        return None
-    end = n - 14 - _ulen(cost) - _ulen(hops)
-    if not hmac.compare_digest(key.tag(fb[1:end], 8), etag):
+    if not _fast_tags_ok(fb, want, origin, hops, cost, etag, htag, mesh_hmac, key_for):
         return None
     out = dict(zip(_STATUS_FIELDS, body, strict=False))
     for f in _STATUS_FIELDS[count:]:
@@ -955,7 +950,8 @@ class Ingest:
         if not send:
             self._ratelog.tick(now)
             return []
-        reqs = self.tracker.due_requests(now, self._cseq, self._gateway_online)
+        reqs = self.tracker.due_requests(now, self._cseq, self._gateway_online,
+                                         self._path_broken if self.cfg.route_commands else None)
         out = self._commands(reqs, now) if reqs else []
         if self._key_asks:
             out += self._key_answers(now)
@@ -1191,6 +1187,13 @@ class Ingest:
         self.stats.commands += sum(len(f) for f in by_topic.values())
         return out
 
+    def _path_broken(self, node):
+        """Is the path `node` reported broken for now (fleet/repair.py route_wait_s)? Never for a
+        gateway's own or a revoked node's: they are not routed, nothing to wait for."""
+        if node in self._gw_ids or node in self._revoked:
+            return False
+        return self._routes.broken(node, self._gw_ids, self._gateway_online)
+
     def _route(self, node, retry=False):
         """(gateway, path) down to `node` compiled from the reported parents, or None (counted
         route_fallbacks) when the chain is unknown, loops, is too long or ends at an offline gateway.
@@ -1329,6 +1332,7 @@ class Ingest:
         d.update({"gaps_pending": t.pending, "gaps_lost": t.lost, "gaps_recovered": t.recovered,
                   "gaps_reordered": t.reordered, "gaps_opened": t.opened, "readings_lost": t.readings_lost,
                   "resend_requests": t.requests_sent, "outstanding": len(t.outstanding),
+                  "route_waits": t.route_waits,
                   "pending_rows": len(self._rows), "leading": self.leading,
                   "store_failing_s": int(self._now(None) - self._store_down[0]) if self._store_down else 0})
         return d

@@ -24,6 +24,14 @@ Rules (a gap is a range [first, last] of reading seqs of one node, below the hig
   `max_attempts` requests without progress the gap is lost. Progress (any seq of the gap
   received) resets the attempt count. The first attempt goes through the gateway that last
   heard the node; later ones are flooded through every gateway (the node may have moved).
+- A gap's first request waits, up to `route_wait_s` after it fell due, while the node's path is
+  broken (`path_broken(node)`: the node reported a parent, but the parents reported up from it
+  loop, stop at a node that reported none, or end at an offline gateway - a gateway failure's
+  re-parenting, reports still on their way). A node that changed parents reports the new one
+  within ~2 minutes (firmware/node.py parent_report_ms), and the alternative - a flood through
+  the whole mesh, ~one transmission per node - is what a gateway failure's hundreds of gaps must
+  not cost (issue 15). Counted `route_waits` (each re-check); after the wait, or for a node that
+  never reported a parent, the caller floods as before.
 - At most `max_outstanding_node` requests per node and `max_outstanding` in all are in flight
   (unanswered, not expired); due gaps wait for a free slot. At most `max_gaps_node` pending gaps
   per node; beyond it the oldest is marked lost (a counter jumping around is a node bug).
@@ -90,6 +98,16 @@ class SourceRoutes:
         else:
             self.parents.pop(node, None)
 
+    def broken(self, node, gateways, online):
+        """True when `node` reported a parent but no usable path down to it compiles (see
+        fleet/repair.py route_wait_s); False when one does, or when the node reported none."""
+        from protocol.routed import compile_path
+
+        if node not in self.parents:
+            return False
+        r = compile_path(self.parents, node, gateways)
+        return r is None or not online(r[0])
+
     def choose(self, node, gateways, online, retry=False):
         from protocol.routed import compile_path
 
@@ -111,11 +129,11 @@ class RepairConfig:
 
     FIELDS = ("grace_s", "retry_s", "retry_max_s", "follow_s", "max_attempts", "max_outstanding",
               "max_outstanding_node", "max_gaps_node", "ring_readings", "defer_s", "merge_span",
-              "first_contact_max")
+              "first_contact_max", "route_wait_s")
 
     def __init__(self, grace_s=120.0, retry_s=60.0, retry_max_s=900.0, follow_s=3.0, max_attempts=5,
                  max_outstanding=64, max_outstanding_node=1, max_gaps_node=256, ring_readings=20000,
-                 defer_s=1.0, merge_span=48, first_contact_max=1000):
+                 defer_s=1.0, merge_span=48, first_contact_max=1000, route_wait_s=150.0):
         self.grace_s = float(grace_s)
         self.retry_s = float(retry_s)
         self.retry_max_s = float(retry_max_s)
@@ -128,8 +146,9 @@ class RepairConfig:
         self.defer_s = float(defer_s)
         self.merge_span = int(merge_span)
         self.first_contact_max = int(first_contact_max)
+        self.route_wait_s = float(route_wait_s)
         for f in self.FIELDS:
-            if getattr(self, f) <= 0 and f != "first_contact_max":
+            if getattr(self, f) < 0 or (getattr(self, f) == 0 and f not in ("first_contact_max", "route_wait_s")):
                 raise ValueError(f"repair setting {f} must be positive, got {getattr(self, f)!r}")
 
     def __repr__(self):
@@ -223,6 +242,7 @@ class GapTracker:
         self.requests_sent = 0
         self.replies = 0
         self.pending = 0
+        self.route_waits = 0
 
     # ---- loading what the store knows ---------------------------------------------------------
 
@@ -409,11 +429,13 @@ class GapTracker:
             heapq.heappop(self._heap)
         return None
 
-    def due_requests(self, now_s, cseq_fn, gateway_online=None):
+    def due_requests(self, now_s, cseq_fn, gateway_online=None, path_broken=None):
         """Decide what to do with gaps due by `now_s`: give up on those out of attempts, and
         return the resend Requests to send now (registered as outstanding). `cseq_fn(node)`
         returns the command counter to use (None: cannot now, the gap waits defer_s);
-        `gateway_online(gw)` says whether a gateway is believed up (None = assume so)."""
+        `gateway_online(gw)` says whether a gateway is believed up (None = assume so);
+        `path_broken(node)` whether its reported path is broken for now (None: no routing, no
+        wait; see route_wait_s)."""
         cfg = self.cfg
         out = []
         deferred = []
@@ -435,6 +457,13 @@ class GapTracker:
                 if len(self.outstanding) >= cfg.max_outstanding:
                     break
                 continue
+            if path_broken is not None and not g.requests and cfg.route_wait_s and path_broken(g.node):
+                waited = now_s - (g.created_s + cfg.grace_s)
+                if waited < cfg.route_wait_s:  # no path yet: wait for the node's parent report
+                    g.due_s = now_s + min(cfg.route_wait_s - waited, cfg.route_wait_s / 5)
+                    deferred.append(g)
+                    self.route_waits += 1
+                    continue
             cseq = cseq_fn(g.node)
             if cseq is None:  # no command counter now (store busy): try again shortly
                 g.due_s = now_s + cfg.defer_s

@@ -682,17 +682,26 @@ def _retag(covered, tail_mut):
     return body + auth.Hmac(MESH).tag(body, 4)
 
 
-def _agree(fb):
-    from fleet.collector import fast_telemetry
-
-    fast = fast_telemetry(fb, auth.Hmac(MESH), lambda o: auth.Hmac(nkey(o)) if o in NODES else None)
+def _fast_vs_decode(fast_fn, ftype, fb):
+    """(fast result, decoded frame) of `fb`: True/False/None as the callers return, or the pair
+    to compare. The fast path refuses whatever protocol.decode refuses."""
+    fast = fast_fn(fb, auth.Hmac(MESH), lambda o: auth.Hmac(nkey(o)) if o in NODES else None)
     try:
         f = protocol.decode(fb, MESH, lambda o: nkey(o) if o in NODES else None)
     except protocol.ProtocolError:
         assert fast is None, fb.hex()
-        return False
+        return False, None
     if fast is None:
-        return f.type != protocol.T_TELEMETRY or None  # declining is allowed (the strict path runs)
+        return f.type != ftype or None, None  # declining is allowed (the strict path runs)
+    return fast, f
+
+
+def _agree(fb):
+    from fleet.collector import fast_telemetry
+
+    fast, f = _fast_vs_decode(fast_telemetry, protocol.T_TELEMETRY, fb)
+    if f is None:
+        return fast
     origin, seq, time_s, readings, hops = fast
     assert (origin, seq, time_s, hops) == (f.origin, f.seq, f.time_s, f.hops)
     assert readings == [[getattr(r, k) for k in protocol.Reading.FIELDS] for r in f.readings]
@@ -773,14 +782,9 @@ def _agree_status(fb):
     reject, None the fast path declined a valid frame."""
     from fleet.collector import fast_status
 
-    fast = fast_status(fb, auth.Hmac(MESH), lambda o: auth.Hmac(nkey(o)) if o in NODES else None)
-    try:
-        f = protocol.decode(fb, MESH, lambda o: nkey(o) if o in NODES else None)
-    except protocol.ProtocolError:
-        assert fast is None, fb.hex()
-        return False
-    if fast is None:
-        return f.type != protocol.T_STATUS or None
+    fast, f = _fast_vs_decode(fast_status, protocol.T_STATUS, fb)
+    if f is None:
+        return fast
     origin, seq, hops, body = fast
     assert (origin, seq, hops) == (f.origin, f.seq, f.hops)
     assert body == {k: getattr(f.body, k) for k in protocol.StatusBody.FIELDS}
@@ -918,9 +922,9 @@ def test_resend_goes_down_the_source_route_then_a_retry_is_flooded(store):
     """Issue 15: the first request for a gap travels down the path compiled from the parents in
     the nodes' status reports (RPL non-storing), as a Routed frame to the gateway at its root; a
     retry down the same path (it may be stale) and a node whose chain is unknown get a flood,
-    counted."""
+    counted. (Without the wait for a broken path's reports: route_wait_s=0, tested below.)"""
     clock = Clock()
-    ing = make_ingest(store, clock)
+    ing = make_ingest(store, clock, route_wait_s=0)
     # 3 -> 2 -> 1 -> gateway GW2 (heard on GW2's uplink); node 4 reports a parent nobody knows
     ing.on_message(UP2, envelope([status(1, 1, parent=GW2), status(2, 1, parent=1), status(3, 1, parent=2),
                                   status(4, 1, parent=99)], gw=GW2))
@@ -973,7 +977,7 @@ def test_a_retry_goes_down_a_new_path_when_status_reports_moved_it(store):
 
 def test_no_route_through_an_offline_gateway_a_loop_or_with_routing_off(store):
     clock = Clock()
-    ing = make_ingest(store, clock)
+    ing = make_ingest(store, clock, route_wait_s=0)
     ing.on_message(UP2, envelope([status(1, 1, parent=GW2), status(2, 1, parent=3), status(3, 1, parent=2)],
                                  gw=GW2))
     ing.on_message(f"redmesh/{NET}/state/{GW2}", b"offline")
@@ -988,6 +992,48 @@ def test_no_route_through_an_offline_gateway_a_loop_or_with_routing_off(store):
     clock.t += 11
     (_, path, _), = _routed_or_flooded(off.poll(), 5)
     assert path is None and off.snapshot()["commands_routed"] == 0
+
+
+def test_a_broken_path_waits_for_the_reports_that_mend_it_then_floods(store):
+    """Issue 15: after a gateway failure the parents reported up from a node lead to the dead
+    gateway until the re-parented nodes report again (within ~2 minutes). A gap's first request
+    waits for that, up to route_wait_s, rather than flooding the mesh at once; a node whose
+    chain is mended gets it down the new path, one whose chain stays broken a flood after the
+    wait. A node that never reported a parent is not waited for."""
+    clock = Clock()
+    ing = make_ingest(store, clock, route_wait_s=40)
+    # 2 -> 1 -> GW2 and 3 -> 1; GW2 then goes offline; node 4 never reported a parent
+    ing.on_message(UP2, envelope([status(1, 1, parent=GW2), status(2, 1, parent=1), status(3, 1, parent=1)],
+                                 gw=GW2))
+    ing.on_message(f"redmesh/{NET}/state/{GW2}", b"offline")
+    ing.on_message(UP, envelope([telemetry(n, s) for n in (2, 3, 4) for s in (0, 2)]))
+    clock.t += 11
+    out = ing.poll()
+    assert _routed_or_flooded(out, 2) == [] and _routed_or_flooded(out, 3) == []  # waiting
+    (_, path, _), = _routed_or_flooded(out, 4)  # nothing to wait for: flooded at once
+    assert path is None
+    waits = ing.snapshot()["route_waits"]
+    assert waits == 2
+    clock.t += 5
+    ing.on_message(UP, envelope([status(1, 2, parent=GW)]))  # relay 1 re-parented to GW
+    clock.t += 5
+    out = ing.poll()
+    (topic, path, _), = _routed_or_flooded(out, 2)
+    assert (topic, path) == (downlink_topic(NET, GW), [1, 2])  # down the mended path
+    (topic, path, _), = _routed_or_flooded(out, 3)
+    assert (topic, path) == (downlink_topic(NET, GW), [1, 3])
+    snap = ing.snapshot()
+    assert snap["route_fallbacks"] == 1 and snap["commands_routed"] == 2  # only node 4's flood
+    # a chain that stays broken: flooded once the wait is over, not before
+    ing.on_message(UP, envelope([status(5, 1, parent=77), telemetry(5, 0), telemetry(5, 2)]))
+    due = clock.t + 10
+    sent_at = None
+    for _ in range(30):
+        clock.t += 5
+        if _routed_or_flooded(ing.poll(), 5):
+            sent_at = clock.t
+            break
+    assert sent_at is not None and sent_at >= due + 40 and ing.snapshot()["route_waits"] > waits
 
 
 def test_a_gateways_own_gap_is_asked_on_its_own_topic_never_flooded(store):
