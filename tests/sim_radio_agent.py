@@ -9,6 +9,8 @@
 #   {"op": "config", "rxbuf": n}                         -> {"rxbuf": n} (config(rxbuf=n), then config("rxbuf"))
 #   {"op": "active", "on": bool}                         -> {"active": bool}
 #   {"op": "stats"}                                      -> {"stats": [tx, tx_resp, tx_fail, rx, rx_dropped]}
+#   {"op": "nomem", "n": k}                              -> {"ok": true}: the next k datagrams find no heap
+#   {"op": "nomem_seen"}                                 -> {"nomem": n}: datagrams the loop found no heap for
 #   {"op": "quit"}                                       -> {"bye": true}, exits
 import sys
 
@@ -85,6 +87,22 @@ async def handle(radio, req):
             return {"active": radio.active(req["on"])}
         if op == "stats":
             return {"stats": list(radio.stats())}
+        if op == "nomem":  # the next n datagrams: taken off the socket, then no heap for them
+            import firmware.hal.sim_radio as sr
+
+            real, left = sr._recv, [req["n"]]
+
+            def recv(sock):
+                data = real(sock)
+                if data and left[0]:
+                    left[0] -= 1
+                    raise MemoryError("memory allocation failed")
+                return data
+
+            sr._recv = recv
+            return {"ok": True}
+        if op == "nomem_seen":
+            return {"nomem": radio.rx_nomem}
         return {"exc": "unknown op"}
     except OSError as e:
         return {"err": [e.args[0], e.args[1] if len(e.args) > 1 else ""]}
