@@ -27,25 +27,27 @@ def rx_routed(router, data, now, inject):
     st = router.stats
     try:
         ids, at, p_at, p_cmd, cmd = scan_routed(data)
+        last = len(ids) - 1
         if not inject:
             if ids[at] != router.node_id:
                 return False  # a fallback broadcast for another node
-            if at == len(ids) - 1 and scan_command(cmd)[0] != ids[at]:
+            if at == last and scan_command(cmd)[0] != ids[at]:
                 raise ValueError  # only a command for this node ends here: never a flood
     except Exception:  # noqa: BLE001 - a peer's bad bytes (ProtocolError, IndexError): a bad frame
         st["bad_frames"] += 1
         return False
     # the last hop to a node that missed a key rotation comes in an epoch it holds no key for:
     # the command inside carries its own end-to-end check (router._rx_cmd)
-    if not (not inject and at == len(ids) - 1) and not router._tag_ok(data):
+    if not (not inject and at == last) and not router._tag_ok(data):
         st["bad_frames"] += 1
         return False
     if not inject:
-        if at == len(ids) - 1:
+        if at == last:
             return router._rx_cmd(cmd, now)
         at += 1
-        # re-tagged in this node's own epoch (its key phase in the version item), as floods are
-        data = data[:1] + router._vb + data[2:p_at] + uint_head(at) + data[p_cmd:-HOP_TAG_LEN]  # up to the hop tag itself
+        # re-tagged in this node's own epoch (its key phase in the version item), as floods are:
+        # the bytes up to the hop tag (its item's head included), then the new tag
+        data = data[:1] + router._vb + data[2:p_at] + uint_head(at) + data[p_cmd:-HOP_TAG_LEN]
         data += router._hmac.tag(data, HOP_TAG_LEN)
     nb = router._nbrs.get(ids[at])
     if nb is None:

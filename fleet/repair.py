@@ -101,20 +101,12 @@ class SourceRoutes:
     def broken(self, node, gateways, online):
         """True when `node` reported a parent but no usable path down to it compiles (see
         fleet/repair.py route_wait_s); False when one does, or when the node reported none."""
-        from protocol.routed import compile_path
-
-        if node not in self.parents:
-            return False
-        r = compile_path(self.parents, node, gateways)
-        return r is None or not online(r[0])
+        return node in self.parents and self._path(node, gateways, online) is None
 
     def choose(self, node, gateways, online, retry=False):
-        from protocol.routed import compile_path
-
-        r = compile_path(self.parents, node, gateways)
-        if r is None or not online(r[0]):
+        r = self._path(node, gateways, online)
+        if r is None:
             return None, (None if retry else "fallback")
-        r = (r[0], list(r[1]))
         why = None
         if retry:
             if self.tried.get(node) == r:
@@ -122,6 +114,16 @@ class SourceRoutes:
             why = "rerouted"
         self.tried[node] = r
         return r, why
+
+    def _path(self, node, gateways, online):
+        """(gateway, path) compiled from the reported parents, or None: none compiles, or its
+        gateway is offline."""
+        from protocol.routed import compile_path
+
+        r = compile_path(self.parents, node, gateways)
+        if r is None or not online(r[0]):
+            return None
+        return r[0], list(r[1])
 
 
 class RepairConfig:
@@ -148,8 +150,9 @@ class RepairConfig:
         self.first_contact_max = int(first_contact_max)
         self.route_wait_s = float(route_wait_s)
         for f in self.FIELDS:
-            if getattr(self, f) < 0 or (getattr(self, f) == 0 and f not in ("first_contact_max", "route_wait_s")):
-                raise ValueError(f"repair setting {f} must be positive, got {getattr(self, f)!r}")
+            v = getattr(self, f)
+            if v < 0 or (v == 0 and f not in ("first_contact_max", "route_wait_s")):  # these two may be 0
+                raise ValueError(f"repair setting {f} must be positive, got {v!r}")
 
     def __repr__(self):
         return "RepairConfig(%s)" % ", ".join(f"{f}={getattr(self, f)!r}" for f in self.FIELDS)

@@ -1,11 +1,12 @@
 """The routed frame's layout read in place, for the relays that forward it by its bytes
 (firmware/downroute.py). protocol/routed.py is the codec (Routed objects, on the host and in
-tests); this is its fast path, held to protocol.decode by tests/device/test_routed_scan.py. A
+tests); this is its fast path, held to protocol.decode by tests/device/test_protocol_scan.py. A
 module of its own: a node loads it with downroute.py on its first routed frame, and never the
 codec."""
 
 from protocol.cbor import skip_items, uint_at
 from protocol.errors import ProtocolError
+from protocol.frames import T_ROUTED
 
 MAX_ROUTE = 32  # hops a source route names at most (32 x 5 bytes + a command fits 250)
 
@@ -23,7 +24,7 @@ def scan_routed(b):
     else:
         n = ib - 0x80
         p = 4
-    if b[0] != 0x86 or b[2] != 9 or n < 1 or n > MAX_ROUTE:
+    if b[0] != 0x86 or b[2] != T_ROUTED or n < 1 or n > MAX_ROUTE:
         raise ProtocolError("routed: bad header")
     path = []
     for _ in range(n):
