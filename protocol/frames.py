@@ -401,12 +401,17 @@ class Command(Frame):
 class Beacon(Frame):
     """Routing beacon, one hop: src (node id), bseq (0..255, for link estimation), cost (path ETX
     to a gateway in tenths; 0 at a gateway, COST_INFINITE without a route), depth (hops to the
-    gateway), time_s (gateway wall clock, unix seconds; 0 = unknown), flags (BF_ bits)."""
+    gateway), time_s (gateway wall clock, unix seconds; 0 = unknown), flags (BF_ bits), root (the
+    gateway at the root of the sender's path, 0 = none or not said) and rseq (that gateway's
+    sequence number as the sender last had it, 0..65535, compared modulo 2**16: firmware/mesh.py
+    uses the pair for its feasibility rule). With root 0 the beacon has the 9-item layout of
+    earlier firmware (no root, no rseq), which every firmware reads."""
 
     type = T_BEACON
     SPEC = (("src", 0, U32), ("bseq", 0, U8), ("cost", 0, U16), ("depth", 0, U8), ("time_s", 0, U32),
-            ("flags", 0, U8))
-    FIELDS = ("src", "bseq", "cost", "depth", "time_s", "flags")
+            ("flags", 0, U8), ("root", 0, U32), ("rseq", 0, U16))
+    FIELDS = ("src", "bseq", "cost", "depth", "time_s", "flags", "root", "rseq")
+    LEGACY_FIELDS = 6
 
 
 # The OTA frames (advert, request, data) are in protocol/frames_ota.py: only a node running an
@@ -513,10 +518,15 @@ def encode(frame, mesh_key=None, node_key=None, phase=None, at_origin=False):
         from protocol.routed import enc_routed
         enc_routed(frame, out)
     elif t in _ONEHOP or t == T_OTA_DATA:
-        put_head(4, len(frame.SPEC) + (4 if t == T_OTA_DATA else 3), out)
+        spec = frame.SPEC
+        if t == T_BEACON and not frame.root:
+            if frame.rseq:
+                raise ValueError("beacon: rseq without a root")
+            spec = spec[:Beacon.LEGACY_FIELDS]
+        put_head(4, len(spec) + (4 if t == T_OTA_DATA else 3), out)
         put_head(0, VERSION, out)
         put_head(0, t, out)
-        _put(out, frame, frame.SPEC)
+        _put(out, frame, spec)
         if t == T_OTA_DATA:
             _put_bytes(out, "data", frame.data, 1, OTA_PKT_MAX)
     else:
@@ -563,18 +573,26 @@ def scan_uplink(b):
 
 
 def scan_beacon(b):
-    """A beacon's (src, bseq, cost, depth, time_s, flags)."""
-    if b[0] != 0x89:
-        raise ProtocolError("expected a 9-item array")
+    """A beacon's (src, bseq, cost, depth, time_s, flags, root, rseq); root and rseq 0 in the
+    9-item layout."""
+    n = b[0]
+    if n != 0x89 and n != 0x8B:
+        raise ProtocolError("expected a 9- or 11-item array")
     src, p = uint_at(b, 3)
     bseq, p = uint_at(b, p)
     cost, p = uint_at(b, p)
     depth, p = uint_at(b, p)
     time_s, p = uint_at(b, p)
     flags, p = uint_at(b, p)
+    root = rseq = 0
+    if n == 0x8B:
+        root, p = uint_at(b, p)
+        rseq, p = uint_at(b, p)
+        if not root or rseq > 0xFFFF:
+            raise ProtocolError("bad beacon root")
     if b[p] != 0x44 or p + 5 != len(b) or bseq > 255 or cost > COST_INFINITE or depth > 255 or flags > 255:
         raise ProtocolError("bad beacon")
-    return src, bseq, cost, depth, time_s, flags
+    return src, bseq, cost, depth, time_s, flags, root, rseq
 
 
 def scan_command(b):
@@ -653,7 +671,7 @@ def _decode(buf, mesh_key, node_key):
         raise ProtocolError("message is %d bytes, at most %d accepted" % (len(buf), MAX_ENVELOPE))
     d = cbor.Decoder(buf)
     _, n = d.head()
-    if n != _NFIELDS[t]:
+    if n != _NFIELDS[t] and (t != T_BEACON or n != 11):  # a beacon: 9 items (no root) or 11
         raise ProtocolError("%s: expected %d items, got %d" % (TYPE_NAMES[t], _NFIELDS[t], n))
     start = d.pos
     phase = 1 if _uint(d, "version", U8) & PHASE_BIT else 0
@@ -676,7 +694,9 @@ def _decode(buf, mesh_key, node_key):
         from protocol.routed import dec_routed
         f = dec_routed(d)
     elif t == T_BEACON:
-        f = Beacon(*_get(d, Beacon.SPEC))
+        f = Beacon(*_get(d, Beacon.SPEC if n == 11 else Beacon.SPEC[:Beacon.LEGACY_FIELDS]))
+        if f.rseq and not f.root:
+            raise ProtocolError("beacon: rseq without a root")
     else:
         from protocol.frames_ota import OTA_FRAMES
 

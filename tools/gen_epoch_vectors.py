@@ -63,7 +63,8 @@ def vectors():
                 "readings": [{"dt_s": 0, "pm1": 123, "pm25": 187, "pm10": 254, "rh": 64, "temp": 215, "n": 30, "flags": 0}],
                 "hops": 3, "cost": 57}
     beacon = [1, 1, NODE_ID, 17, 0, 1, 1795000000, 0]
-    b_fields = {"type": "beacon", "src": NODE_ID, "bseq": 17, "cost": 0, "depth": 1, "time_s": 1795000000, "flags": 0}
+    b_fields = {"type": "beacon", "src": NODE_ID, "bseq": 17, "cost": 0, "depth": 1, "time_s": 1795000000, "flags": 0,
+                "root": 0, "rseq": 0}  # the 9-item layout: no root
     cmd = [1, 4, NODE_ID, 9, 4, [], 2, b"\0" * 8]
     c_fields = {"type": "command", "target": NODE_ID, "cseq": 9, "op": 4, "args": [], "hops": 2}
     for name, items, fields, e2e in (("telemetry", tel, t_fields, (8, 6)), ("beacon", beacon, b_fields, None),

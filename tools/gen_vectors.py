@@ -70,6 +70,8 @@ def valid_vectors():
         ("ota advert", P.OtaAdvert(src=1234, bseq=12, mlen=1432, mid=0xDEADBEEF, npages=40, have=41)),
         ("ota request", P.OtaRequest(src=1234, dst=1200, bseq=12, page=5, missing=0xFFFF)),
         ("ota data", P.OtaData(src=1200, bseq=12, page=5, pkt=15, data=bytes(range(48)))),
+        ("beacon with its root gateway and sequence number", P.Beacon(src=1234, bseq=17, cost=57, depth=3,
+                                                                      time_s=1795000000, flags=0, root=2, rseq=65535)),
     ]
     out = []
     for name, f in frames:
@@ -202,6 +204,12 @@ def invalid_vectors(tel):
     add("undefined simple value as time", tel[:9] + b"\xf7" + tel[14:], "unsupported simple value")
     add("reserved additional information 28", tel[:9] + b"\x1c" + tel[14:], "reserved additional info")
     add("beacon with a map instead of flags", tagged([1, 1, 1, 2, 3, 4, 5, {}]), "flags: expected an unsigned integer")
+    add("beacon with a root sequence number above 16 bits", tagged([1, 1, 1, 2, 3, 4, 5, 0, 2, 65536]),
+        "rseq: expected at most 65535")
+    add("beacon with a sequence number but no root", tagged([1, 1, 1, 2, 3, 4, 5, 0, 0, 7]),
+        "rseq without a root")
+    add("beacon with a root but no sequence number (10 items)", tagged([1, 1, 1, 2, 3, 4, 5, 0, 2]),
+        "beacon: expected 9 items, got 10")
     return bad
 
 

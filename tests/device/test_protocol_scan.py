@@ -66,6 +66,8 @@ def _frames():
     yield P.Reply(origin=300, seq=2, time_s=5, cseq=41, code=0, result=[1, 5], hops=7, cost=300)
     yield P.Beacon(src=1234, bseq=200, cost=57, depth=3, time_s=1795000000, flags=P.BF_GATEWAY)
     yield P.Beacon(src=0xFFFFFFFF, bseq=0, cost=P.COST_INFINITE, depth=255, time_s=0, flags=255)
+    yield P.Beacon(src=1234, bseq=7, cost=57, depth=3, time_s=1795000000, flags=0, root=2, rseq=0xFFFF)
+    yield P.Beacon(src=9, bseq=255, cost=0, depth=0, time_s=0, flags=P.BF_GATEWAY, root=0xFFFFFFFF, rseq=0)
     yield P.Command(target=1234, cseq=9, op=P.OP_RESEND, args=[1, 5], hops=4)
     yield P.Command(target=70000, cseq=70000, op=P.OP_PING, args=[], hops=255)
     cmd = P.encode(P.Command(target=1234, cseq=9, op=P.OP_RESEND, args=[1, 5]), MESH, NODE)
@@ -96,7 +98,7 @@ def _check(b):
         return "other"
     assert got is not None, ("decode accepted what the scanner refused", bytes(b).hex())
     if t == P.T_BEACON:
-        assert got == (f.src, f.bseq, f.cost, f.depth, f.time_s, f.flags), bytes(b).hex()
+        assert got == (f.src, f.bseq, f.cost, f.depth, f.time_s, f.flags, f.root, f.rseq), bytes(b).hex()
     elif t == P.T_COMMAND:
         target, cseq, hops, p_hops, p_auth = got
         assert (target, cseq, hops) == (f.target, f.cseq, f.hops), bytes(b).hex()
