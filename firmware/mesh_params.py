@@ -33,6 +33,8 @@ DEFAULTS = {
     "loop_hold_ms": 3000,  # a parent caught in a loop is not chosen again for this long
     "cost_reset_delta": 10,  # own cost change that resets Trickle
     "weak_rssi_dbm": -80,  # a new neighbour heard weaker starts at ETX_INIT_WEAK
+    "root_seq_ms": 60000,  # a gateway's beacons carry a sequence number one higher per this
+    "fresh_wait_ms": 20000,  # no route: any neighbour beaconing this long after ours counts
 }
 
 
@@ -75,4 +77,6 @@ def configure(r, params):
     r.loop_hold_ms = p["loop_hold_ms"]
     r.cost_reset_delta = p["cost_reset_delta"]
     r.weak_rssi_dbm = p["weak_rssi_dbm"]
+    r.root_seq_ms = max(1000, p["root_seq_ms"])
+    r.fresh_wait_ms = p["fresh_wait_ms"]
     return p

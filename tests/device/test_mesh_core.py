@@ -134,3 +134,38 @@ def test_router_heap_is_small():
 def _beacon(src):
     from protocol import Beacon
     return Beacon(src, 1, 30, 2, 0, 0)
+
+
+def _rooted(r, src, cost, bseq, now, rseq=5, root=1):
+    from protocol import Beacon
+    r.on_recv(mac(src), encode(Beacon(src, bseq, cost, 1, 0, 0, root, rseq), MESH), -50, now)
+    while r.poll_tx() is not None:
+        pass
+
+
+def test_feasibility_waits_for_a_newer_root_sequence_number():
+    # node 10 on relay 2 (root 1, rseq 5); relay 2's path rises. Node 11 advertises more than
+    # 10's lowest cost with the same rseq: it may be 10's own child - not taken. With a newer
+    # rseq it cannot be: taken, and 10 carries rseq 6 from then on. Another root (7) is
+    # feasible at once; root 1 is remembered with its lowest cost.
+    r = Router(10, mac(10), False, MESH)
+    now = 0
+    for b in range(4):
+        now += 10000
+        _rooted(r, 2, 30, b, now)
+    assert r.parent == 2 and r.root == 1 and r.rseq == 5
+    low = r.cost
+    for b in range(4, 12):
+        now += 10000
+        _rooted(r, 11, low + 5, b, now)
+        _rooted(r, 2, 190, b, now)
+    assert r.parent == 2 and r._ref_cost == low
+    now += 10000
+    _rooted(r, 11, low + 5, 12, now, rseq=6)
+    assert r.parent == 11 and r.rseq == 6
+    low6 = r._ref_cost
+    for b in range(13, 21):
+        now += 10000
+        _rooted(r, 11, 400, b, now, rseq=6)
+        _rooted(r, 3, 100, b, now, rseq=900, root=7)
+    assert r.parent == 3 and r.root == 7 and r._fds == [[1, 6, low6]]
