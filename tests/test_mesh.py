@@ -357,7 +357,7 @@ def test_a_gateway_counts_its_rseq_up_with_time_and_its_children_carry_it():
     assert b.parent == 2 and a.parent == 1 and a.root == b.root == 1
     gw = [f.rseq for f in seen if f.src == 1]
     assert all(f.root == 1 for f in seen if f.src == 1) and len(set(gw)) >= 3, gw
-    assert all((y - x) & 0xFFFF < 0x8000 for x, y in zip(gw, gw[1:])), gw  # never backwards
+    assert all((y - x) & 0xFFFF < 0x8000 for x, y in zip(gw, gw[1:], strict=False)), gw  # never back
     # a relay's beacons carry its root and an rseq the gateway sent (never one ahead of it)
     relay = [f for f in seen if f.src == 2 and f.cost < 0xFFFF]
     assert relay and all(f.root == 1 and f.rseq in gw for f in relay)
@@ -799,7 +799,7 @@ def test_status_and_reply_frames_travel_like_telemetry():
     radio.run(radio.now_ms + 2000)
     got = [f for _, f, h in uplinks(radio, {1}) if h == 2]  # end-to-end tags checked
     assert len(costs) == 2
-    for f, c in zip((st, rp), costs):  # what node 2 forwarded: hops 2, its own cost
+    for f, c in zip((st, rp), costs, strict=True):  # what node 2 forwarded: hops 2, its own cost
         f.hops = 2
         f.cost = c
     assert got == [st, rp]
