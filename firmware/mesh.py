@@ -47,9 +47,9 @@ Theory of operation (CTP / RPL ideas, simplified)
     descendants): a node keeps, for its root and rseq, _ref_cost, the lowest cost it had with
     them; its descendants' costs derive from what it advertised, so with the same root and
     rseq they are above it, and their rseq is never newer than ours. A candidate qualifies when
-    its rseq of our root is newer than ours, or the same and it advertises less than _ref_cost,
-    or it is on another root - checked against the last three roots we left the same way (a
-    stale descendant may still advertise one). _ref_cost drops with our cost at once and starts
+    its rseq of our root is newer than ours, or it advertises less than _ref_cost (of any rseq:
+    see _feasible), or it is on another root - checked against the last three roots we left,
+    with their rseq and lowest cost (a stale descendant may still advertise one). _ref_cost drops with our cost at once and starts
     afresh from our cost when our parent brings a newer rseq or another root. After a gateway
     died, its subtree cannot count up among its own stale costs (its rseq stands still): it
     detaches, and re-attaches from the nodes that hear another root. Under a parent of earlier
@@ -1097,8 +1097,8 @@ class Router:
         parent died without a candidate (a lossy street of 20 poles: 52 parent changes and 16
         route losses in an hour, against 15 and 0). For a root we left, taking any rseq let the
         subtree of a dead gateway go back to its stale costs (DES, 2,000 nodes at 20 % loss with
-        a gateway failure, seeds 1-4: first pass 0.974 against 0.980, parent changes per
-        node-hour 12.5 against 10.6). A neighbour of earlier firmware (root 0): the cost rule
+        a gateway failure, seeds 1-4: first pass 0.974 against 0.978, parent changes per
+        node-hour 12.5 against 11.2). A neighbour of earlier firmware (root 0): the cost rule
         alone."""
         r = nb.root
         if r == self.root or not r:
