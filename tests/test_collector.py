@@ -918,9 +918,20 @@ def _routed_or_flooded(out, node):
     return got
 
 
-def test_resend_goes_down_the_source_route_then_a_retry_is_flooded(store):
+def _retry(ing, clock, node):
+    """Poll until the next request for `node` goes out (retries back off); its commands."""
+    for _ in range(30):
+        clock.t += 5
+        got = _routed_or_flooded(ing.poll(), node)
+        if got:
+            return got
+    raise AssertionError("no retry for node %d" % node)
+
+
+def test_resend_goes_down_the_source_route_twice_then_a_retry_is_flooded(store):
     """Issue 15: the first request for a gap travels down the path compiled from the parents in
-    the nodes' status reports (RPL non-storing), as a Routed frame to the gateway at its root; a
+    the nodes' status reports (RPL non-storing), as a Routed frame to the gateway at its root,
+    and so does the first retry (a hop or the reply lost, more often than a stale path); a later
     retry down the same path (it may be stale) and a node whose chain is unknown get a flood,
     counted. (Without the wait for a broken path's reports: route_wait_s=0, tested below.)"""
     clock = Clock()
@@ -937,42 +948,42 @@ def test_resend_goes_down_the_source_route_then_a_retry_is_flooded(store):
     assert (topic, path, c4.args) == (downlink_topic(NET, GW), None, [1, 1])  # no route: the old way
     snap = ing.snapshot()
     assert (snap["commands_routed"], snap["commands_flooded"], snap["route_fallbacks"]) == (1, 1, 1)
-    clock.t += 5  # unanswered: the retry floods from every gateway
+    clock.t += 5  # unanswered: the first retry goes down the same path
     (topic, path, c3b), = _routed_or_flooded(ing.poll(), 3)
-    assert (topic, path, c3b.args) == (downlink_topic(NET), None, [1, 3]) and c3b.cseq > c3.cseq
+    assert (topic, path, c3b.args) == (downlink_topic(NET, GW2), [1, 2, 3], [1, 3]) and c3b.cseq > c3.cseq
+    got = _retry(ing, clock, 3)  # unanswered again: the next retry floods from every gateway
+    (topic, path, c3c), = got
+    assert (topic, path, c3c.args) == (downlink_topic(NET), None, [1, 3]) and c3c.cseq > c3b.cseq
     ing.flush()
     vias = [json.loads(e["detail"])["via"] for e in store.events(node=3, kind="resend_request")]
-    assert vias == ["route", "all"]
+    assert vias == ["route", "route", "all"]
 
 
 def test_a_retry_goes_down_a_new_path_when_status_reports_moved_it(store):
-    """A routed request unanswered: when a node on the path has reported a new parent since, the
-    retry goes down the new path (counted route_retries_rerouted); down the same path it would be
-    as stale as before, so it is flooded (scoped), as is the next retry if nothing moved."""
+    """Routed requests unanswered twice (the second down the same path): when a node on the
+    path has reported a new parent since, the next retry goes down the new path (counted
+    route_retries_rerouted); down the same path it would be as stale as before, so it is
+    flooded (scoped), as is the next retry if nothing moved."""
     clock = Clock()
-    ing = make_ingest(store, clock)
+    ing = make_ingest(store, clock, max_attempts=5)
     ing.on_message(UP2, envelope([status(1, 1, parent=GW2), status(2, 1, parent=GW2), status(3, 1, parent=1),
                                   telemetry(3, 0), telemetry(3, 4)], gw=GW2))
     clock.t += 11
     (_, path, c1), = _routed_or_flooded(ing.poll(), 3)
     assert path == [1, 3]
+    (_, path, c2), = _retry(ing, clock, 3)
+    assert path == [1, 3] and c2.cseq > c1.cseq
     ing.on_message(UP2, envelope([status(3, 2, parent=2)], gw=GW2))  # 3 moved to relay 2
-    clock.t += 5
-    (topic, path, c2), = _routed_or_flooded(ing.poll(), 3)
-    assert (topic, path, c2.args) == (downlink_topic(NET, GW2), [2, 3], [1, 3]) and c2.cseq > c1.cseq
-    for _ in range(30):  # nothing moved since: the next retry floods
-        clock.t += 5
-        got = _routed_or_flooded(ing.poll(), 3)
-        if got:
-            break
-    (topic, path, c3), = got
-    assert path is None and c3.cseq > c2.cseq
+    (topic, path, c3), = _retry(ing, clock, 3)
+    assert (topic, path, c3.args) == (downlink_topic(NET, GW2), [2, 3], [1, 3]) and c3.cseq > c2.cseq
+    (topic, path, c4), = _retry(ing, clock, 3)  # nothing moved since: the next retry floods
+    assert path is None and c4.cseq > c3.cseq
     snap = ing.snapshot()
-    assert (snap["commands_routed"], snap["commands_flooded"], snap["route_retries_rerouted"]) == (2, 1, 1)
+    assert (snap["commands_routed"], snap["commands_flooded"], snap["route_retries_rerouted"]) == (3, 1, 1)
     assert snap["route_fallbacks"] == 0
     ing.flush()
     assert [json.loads(e["detail"])["via"] for e in store.events(node=3, kind="resend_request")] == \
-        ["route", "route", "all"]
+        ["route", "route", "route", "all"]
 
 
 def test_no_route_through_an_offline_gateway_a_loop_or_with_routing_off(store):
