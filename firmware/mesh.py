@@ -49,8 +49,9 @@ Theory of operation (CTP / RPL ideas, simplified)
     rseq they are above it, and their rseq is never newer than ours. A candidate qualifies when
     its rseq of our root is newer than ours, or it advertises less than _ref_cost (of any rseq:
     see _feasible), or it is on another root - checked against the last three roots we left,
-    with their rseq and lowest cost (a stale descendant may still advertise one). _ref_cost drops with our cost at once and starts
-    afresh from our cost when our parent brings a newer rseq or another root. After a gateway
+    with their rseq and lowest cost (a stale descendant may still advertise one). _ref_cost
+    drops with our cost at once and starts afresh from our cost when our parent brings a newer
+    rseq or another root. After a gateway
     died, its subtree cannot count up among its own stale costs (its rseq stands still): it
     detaches, and re-attaches from the nodes that hear another root. Under a parent of earlier
     firmware (root 0) the older rank rule applies: _ref_cost relaxes 2 x Imin after a higher
@@ -1063,7 +1064,7 @@ class Router:
             d = self.cost - c
             if -d >= self.cost_reset_delta and not par.root:
                 self.trickle.reset(now)
-            elif d >= self.cost_reset_delta or -d >= self.cost_reset_delta:
+            elif abs(d) >= self.cost_reset_delta:
                 self.trickle.wake(now)
             self.cost = c
             # another root or rseq: feasibility starts afresh from our cost now (what our

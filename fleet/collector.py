@@ -1138,9 +1138,9 @@ class Ingest:
         """Resend commands as downlink messages. The first two attempts go down the node's source
         route (a Routed frame to the gateway at its root); with no usable route (unknown or looping
         parents, its gateway offline: counted route_fallbacks), or on a later retry (two routed
-        attempts went unanswered: the path may be stale) unless the path moved since, the command is flooded from the gateway that
-        last heard the node, or from every gateway, scoped to a few hops beyond the node's last
-        distance (fleet/repair.py flood_start_hops; counted commands_scoped). A command for a
+        attempts went unanswered: the path may be stale) unless the path moved since, the command
+        is flooded from the gateway that last heard the node, or from every gateway, scoped to a
+        few hops beyond the node's last distance (fleet/repair.py flood_start_hops; counted commands_scoped). A command for a
         gateway goes to its own topic (it consumes a command for itself, never floods it).
         Counted commands_routed / commands_flooded."""
         by_topic = {}

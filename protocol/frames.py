@@ -695,7 +695,7 @@ def _decode(buf, mesh_key, node_key):
         f = dec_routed(d)
     elif t == T_BEACON:
         f = Beacon(*_get(d, Beacon.SPEC if n == 11 else Beacon.SPEC[:Beacon.LEGACY_FIELDS]))
-        if f.rseq and not f.root:
+        if n == 11 and not f.root:  # as scan_beacon and the CDDL: the 11-item layout names a root
             raise ProtocolError("beacon: rseq without a root")
     else:
         from protocol.frames_ota import OTA_FRAMES

@@ -208,6 +208,7 @@ def invalid_vectors(tel):
         "rseq: expected at most 65535")
     add("beacon with a sequence number but no root", tagged([1, 1, 1, 2, 3, 4, 5, 0, 0, 7]),
         "rseq without a root")
+    add("beacon with root 0 in the 11-item layout", tagged([1, 1, 1, 2, 3, 4, 5, 0, 0, 0]), "rseq without a root")
     add("beacon with a root but no sequence number (10 items)", tagged([1, 1, 1, 2, 3, 4, 5, 0, 2]),
         "beacon: expected 9 items, got 10")
     return bad
