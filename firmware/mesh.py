@@ -44,16 +44,21 @@ Theory of operation (CTP / RPL ideas, simplified)
     (its path really changed: a gateway died), and all margin when the parent's link is
     beyond max_link_etx (kept only because it beats no route).
     Feasibility (Babel's and DSDV's rule, so that a candidate cannot be one of our
-    descendants): a node keeps, for its root and rseq, _ref_cost, the lowest cost it had with
-    them; its descendants' costs derive from what it advertised, so with the same root and
-    rseq they are above it, and their rseq is never newer than ours. A candidate qualifies when
-    its rseq of our root is newer than ours, or it advertises less than _ref_cost (of any rseq:
-    see _feasible), or it is on another root - checked against the last three roots we left,
-    with their rseq and lowest cost (a stale descendant may still advertise one). _ref_cost
-    drops with our cost at once and starts afresh from our cost when our parent brings a newer
-    rseq or another root. After a gateway
-    died, its subtree cannot count up among its own stale costs (its rseq stands still): it
-    detaches, and re-attaches from the nodes that hear another root. Under a parent of earlier
+    descendants): a descendant's root, rseq and cost derive from what we advertised, so its
+    rseq is one we advertised and its cost is above the lowest we had while advertising that
+    rseq. A node therefore keeps, per rseq of its root it advertised, that lowest cost:
+    _ref_cost for the rseq it advertises now, and _fdt for the last _FDT earlier ones (an rseq
+    goes back when we take a parent whose rseq lags: rseqs travel at the beacons' pace). A
+    candidate of our root qualifies when it advertises less than the lowest cost we had with
+    its rseq, or its rseq is newer than any we advertised (_rseq_hi), or - an rseq we no longer
+    remember - less than the lowest cost of them all. A candidate on another root qualifies,
+    checked against the last three roots we left, with the newest rseq and lowest cost we had
+    with each (a stale descendant may still advertise one): the same rseq and a lower cost, or
+    a newer rseq. A single _ref_cost that started afresh whenever the parent's rseq changed,
+    backwards too, let a descendant's older claim through: 1,790 loops in an hour of the
+    2,000-node storm below, and frames going round them until the TTL were most of the lost
+    readings. After a gateway died, its subtree cannot count up among its own stale costs (its
+    rseq stands still): it detaches, and re-attaches from the nodes that hear another root. Under a parent of earlier
     firmware (root 0) the older rank rule applies: _ref_cost relaxes 2 x Imin after a higher
     beacon told the descendants. With no route at all, a candidate that beaconed fresh_wait_ms
     after our own no-route beacon went out also qualifies (our former descendants have heard
@@ -148,6 +153,7 @@ _MAX_GAP_MISSES = const(6)  # a longer bseq gap (reboot, long fade) counts as th
 _MAX_EVENTS = const(64)
 _MAX_TXQ = const(16)  # frames waiting for poll_tx (a shell that stops polling loses the oldest)
 _MAX_FLOODS = const(8)  # pending rebroadcasts
+_FDT = const(8)  # earlier rseqs of our root whose lowest cost is kept
 _ALIEN_GAP_MS = const(10000)  # a relay passes on one key request (a status in another key phase) per this
 DEPTH_NONE = const(255)
 
@@ -377,12 +383,14 @@ class Router:
         self._par_low = COST_INFINITE
         self.cost = 0 if self.is_gateway else COST_INFINITE
         self.depth = 0 if self.is_gateway else DEPTH_NONE
-        # feasibility (module docstring): our root, its sequence number, and _ref_cost, the lowest
-        # cost we had with them - our descendants' costs are above it. It drops with our cost at
-        # once and rises only with a newer sequence number, or (a parent of earlier firmware,
-        # root 0) 2 x Imin after a beacon told them (then to _ref_pending).
+        # feasibility (module docstring): our root, the sequence number we advertise, and
+        # _ref_cost, the lowest cost we had with them - our descendants' costs are above it. It
+        # drops with our cost at once and rises only with another sequence number, or (a parent
+        # of earlier firmware, root 0) 2 x Imin after a beacon told them (then to _ref_pending).
         self.root = node_id if self.is_gateway else 0
         self.rseq = 0
+        self._rseq_hi = 0  # the newest rseq of our root we have advertised
+        self._fdt = []  # rseq, lowest cost, ...: earlier rseqs of our root we advertised, newest first
         self._rseq0 = self.rng.below(0x10000)  # a gateway's sequence numbers start anywhere
         self._fds = []  # [root, rseq, cost] of the last roots we left (at most 3)
         self._ref_cost = COST_INFINITE
@@ -1067,43 +1075,86 @@ class Router:
             elif abs(d) >= self.cost_reset_delta:
                 self.trickle.wake(now)
             self.cost = c
-            # another root or rseq: feasibility starts afresh from our cost now (what our
-            # descendants derive from it is above it)
+            # another root or rseq: feasibility goes on from our cost now, or from the lowest we
+            # had when we advertised that rseq before (what our descendants derive is above it)
             r = par.root
             if r != self.root or par.rseq != self.rseq:
-                fds = self._fds
-                for f in fds:
-                    if f[0] == r:
-                        fds.remove(f)
-                        break
-                if self.root and r != self.root:
-                    fds.insert(0, [self.root, self.rseq, self._ref_cost])
-                    del fds[3:]
-                self.root = r
-                self.rseq = par.rseq
-                self._ref_cost = c
-                self._ref_at_ms = 0
-                self._rescan = True
+                self._new_rseq(r, par.rseq, c)
             elif c < self._ref_cost:
                 self._ref_cost = c
                 self._ref_at_ms = 0
             self.depth = par.depth + 1 if par.depth < DEPTH_NONE - 1 else DEPTH_NONE - 1
 
+    def _new_rseq(self, r, v, c):
+        """Our parent brings root r with rseq v (another root, or another rseq of ours) and our
+        cost is now c: the lowest cost we had with what we advertised is kept per rseq (what a
+        descendant may still carry, derived from our cost then)."""
+        fdt = self._fdt
+        if r != self.root:
+            fds = self._fds
+            for f in fds:
+                if f[0] == r:
+                    fds.remove(f)
+                    break
+            if self.root:
+                fds.insert(0, [self.root, self._rseq_hi, self._fd_min()])
+                del fds[3:]
+            del fdt[:]
+            self.root = r
+            self._rseq_hi = v
+            ref = c
+        else:
+            ref = c
+            for i in range(0, len(fdt), 2):
+                if fdt[i] == v:  # back to an rseq we advertised: its lowest cost holds
+                    if fdt[i + 1] < c:
+                        ref = fdt[i + 1]
+                    del fdt[i:i + 2]
+                    break
+            fdt.insert(0, self._ref_cost)
+            fdt.insert(0, self.rseq)
+            del fdt[2 * _FDT:]
+            if _newer(v, self._rseq_hi):
+                self._rseq_hi = v
+        self.rseq = v
+        self._ref_cost = ref
+        self._ref_at_ms = 0
+        self._rescan = True
+
+    def _fd_min(self):
+        m = self._ref_cost
+        fdt = self._fdt
+        for i in range(1, len(fdt), 2):
+            if fdt[i] < m:
+                m = fdt[i]
+        return m
+
     def _feasible(self, nb):
-        """True when nb is unlikely to be our descendant: its root is one we never had (or left
-        before the last three); its root's sequence number is newer than ours; or it advertises
-        less than the lowest cost we had with that root - for a root we left, only with the same
-        rseq (Babel's rule). For our own root any rseq will do: neighbours' rseqs lag each other
-        by minutes (they travel at the beacons' pace), and Babel's rule there left a node whose
-        parent died without a candidate (a lossy street of 20 poles: 52 parent changes and 16
-        route losses in an hour, against 15 and 0). For a root we left, taking any rseq let the
-        subtree of a dead gateway go back to its stale costs (DES, 2,000 nodes at 20 % loss with
-        a gateway failure, seeds 1-4: first pass 0.974 against 0.978, parent changes per
-        node-hour 12.5 against 11.2). A neighbour of earlier firmware (root 0): the cost rule
+        """True when nb cannot be our descendant by what it advertises (module docstring): the
+        lowest cost we had with its root and rseq is above its cost, or its rseq is newer than any
+        we had, or its root is one we never had (or left before the last three). An rseq of our
+        root we no longer remember: below the lowest cost of those we do. A root we left: only
+        its newest rseq we had, or a newer one - taking any rseq let the subtree of a dead
+        gateway go back to its stale costs (DES, 2,000 nodes at 20 % loss with a gateway failure,
+        seeds 1-4: first pass 0.974 against 0.978). Babel's rule for our own root (only our
+        rseq, or newer) left a node whose parent died without a candidate, because neighbours'
+        rseqs lag each other by minutes (a lossy street of 20 poles: 52 parent changes and 16
+        route losses in an hour, against 15 and 0); an rseq we advertised before is as safe,
+        with the cost we had then. A neighbour of earlier firmware (root 0): the cost rule
         alone."""
         r = nb.root
-        if r == self.root or not r:
-            return nb.cost < self._ref_cost or (r and _newer(nb.rseq, self.rseq))
+        if not r:
+            return nb.cost < self._ref_cost
+        if r == self.root:
+            v = nb.rseq
+            if v == self.rseq:
+                return nb.cost < self._ref_cost
+            fdt = self._fdt
+            for i in range(0, len(fdt), 2):
+                if fdt[i] == v:
+                    return nb.cost < fdt[i + 1]
+            # newer than any we advertised: not from a descendant; else one we no longer remember
+            return _newer(v, self._rseq_hi) or nb.cost < self._fd_min()
         for f in self._fds:
             if f[0] == r:
                 return (nb.rseq == f[1] and nb.cost < f[2]) or _newer(nb.rseq, f[1])

@@ -321,7 +321,8 @@ def test_a_lower_cost_of_the_same_rseq_or_another_root_is_feasible():
         now += 10_000
         _rooted(r, 3, low - 50, bseq, now, rseq=4)
         _rooted(r, 2, 60, bseq, now)
-    assert r.parent == 3 and (r.root, r.rseq) == (1, 4)  # its parent's rseq, the lowest cost kept
+    # it advertises its parent's rseq, and keeps the newest it had (5: a descendant may carry it)
+    assert r.parent == 3 and (r.root, r.rseq, r._rseq_hi) == (1, 4, 5)
     low1 = r._ref_cost
     assert low1 == r.cost < low
     # another root (gateway 7) is feasible at any cost that wins by the margin; root 1 is
@@ -332,7 +333,7 @@ def test_a_lower_cost_of_the_same_rseq_or_another_root_is_feasible():
         _rooted(r, 3, 300, bseq, now, rseq=4)
         _rooted(r, 4, 100, bseq, now, root=7, rseq=900)
     assert r.parent == 4 and (r.root, r.rseq) == (7, 900)
-    assert r._fds == [[1, 4, low1]]
+    assert r._fds == [[1, 5, low1]]
     # a stale root-1 neighbour at or above that cost is no candidate, however much better; nor,
     # for a root we left, one below it with an older rseq (a dead gateway's subtree must not go
     # back to its stale costs)
@@ -343,8 +344,56 @@ def test_a_lower_cost_of_the_same_rseq_or_another_root_is_feasible():
         _rooted(r, 4, 400, bseq, now, root=7, rseq=900)
     assert r.parent == 4
     now += 10_000
-    _rooted(r, 5, low1, 28, now, rseq=5)  # a newer rseq of root 1: feasible again
-    assert r.parent == 5 and (r.root, r.rseq) == (1, 5) and r._fds[0][0] == 7
+    _rooted(r, 5, low1, 28, now, rseq=5)  # the newest rseq we had: no newer, not feasible
+    assert r.parent == 4
+    now += 10_000
+    _rooted(r, 5, low1, 29, now, rseq=6)  # a newer rseq of root 1: feasible again
+    assert r.parent == 5 and (r.root, r.rseq) == (1, 6) and r._fds[0][0] == 7
+
+
+def test_an_rseq_we_advertised_before_is_judged_by_the_lowest_cost_we_had_with_it():
+    """Node 10 advertised rseq 6 on relay 2, then took relay 3, whose rseq lags (5): it
+    advertises 5 now, and keeps the lowest cost it had with 6. Node 11 carries 6 with a little
+    more than that cost: it may be 10's own child counting on 10's old claim (a single reference
+    cost that started afresh with rseq 5 took it: most of the loops of the gateway-failure
+    storm). Node 12 carries 5 above the lowest cost 10 had with 5: no more. Node 13 carries 7,
+    newer than any 10 advertised: taken."""
+    r = Router(10, mac_of(10), False, MESH)
+    now = _settled_on(r, 2, 30, rseq=6)
+    low6 = r._ref_cost
+    assert low6 == r.cost and (r.rseq, r._rseq_hi) == (6, 6)
+    for bseq in range(4, 12):
+        now += 10_000
+        _rooted(r, 2, 200, bseq, now, rseq=6)
+        _rooted(r, 3, 5, bseq, now, rseq=5)
+    assert r.parent == 3 and (r.rseq, r._rseq_hi) == (5, 6) and r._fdt == [6, low6]
+    low5 = r._ref_cost
+    assert low5 == r.cost < low6
+    for bseq in range(12, 24):
+        now += 10_000
+        _rooted(r, 3, 300, bseq, now, rseq=5)
+        _rooted(r, 11, low6 + 5, bseq, now, rseq=6)
+        _rooted(r, 12, low5 + 5, bseq, now, rseq=5)
+    assert r.parent == 3 and r.cost > 300 and r._ref_cost == low5 and r._fdt == [6, low6]
+    for bseq in range(24, 28):
+        now += 10_000
+        _rooted(r, 3, 300, bseq, now, rseq=5)
+        _rooted(r, 13, 250, bseq, now, rseq=7)
+    assert r.parent == 13 and (r.rseq, r._rseq_hi) == (7, 7)
+    assert r._fdt[:4] == [5, low5, 6, low6]
+    # back to an rseq we advertised (a parent with it and a lower cost), its lowest cost holds
+    r2 = Router(10, mac_of(10), False, MESH)
+    now = _settled_on(r2, 2, 30, rseq=6)
+    for bseq in range(4, 12):
+        now += 10_000
+        _rooted(r2, 2, 200, bseq, now, rseq=6)
+        _rooted(r2, 3, 5, bseq, now, rseq=5)
+    assert r2.parent == 3 and r2.rseq == 5
+    for bseq in range(12, 20):
+        now += 10_000
+        _rooted(r2, 3, 300, bseq, now, rseq=5)
+        _rooted(r2, 2, low6 - 5, bseq, now, rseq=6)  # below what we had with 6: feasible
+    assert r2.parent == 2 and r2.rseq == 6 and r2._ref_cost == low6 < r2.cost
 
 
 def test_a_gateway_counts_its_rseq_up_with_time_and_its_children_carry_it():
@@ -537,8 +586,10 @@ def test_parent_stability_on_a_lossy_street():
     before = parent_changes(radio)
     radio.run(15 * MIN + HOUR)
     changes = {i: parent_changes(radio)[i] - before[i] for i in before}
-    # 19 nodes for an hour on links losing 10-20 %, ESP-NOW-like MAC retries: 12 changes with
-    # this seed, 0-13 over seeds 1-12 (mean 3). Flapping would be hundreds.
+    # 19 nodes for an hour on links losing 10-20 %, ESP-NOW-like MAC retries: 30 changes with
+    # this seed, 1-87 over seeds 1-48 (mean 22.7; 18.0 before the lowest cost was kept per
+    # rseq, the price of no loops: many are a route lost and found again within 25 s when
+    # a parent's link dies and no neighbour is feasible). Flapping would be hundreds.
     assert sum(changes.values()) <= 30, changes
     assert max(changes.values()) <= 4, changes
     assert delivered(radio, {1}) >= made(apps) - newest(apps)

@@ -147,7 +147,7 @@ def test_feasibility_waits_for_a_newer_root_sequence_number():
     # node 10 on relay 2 (root 1, rseq 5); relay 2's path rises. Node 11 advertises more than
     # 10's lowest cost with the same rseq: it may be 10's own child - not taken. With a newer
     # rseq it cannot be: taken, and 10 carries rseq 6 from then on. Another root (7) is
-    # feasible at once; root 1 is remembered with its lowest cost.
+    # feasible at once; root 1 is remembered with the newest rseq and the lowest cost we had.
     r = Router(10, mac(10), False, MESH)
     now = 0
     for b in range(4):
@@ -168,4 +168,32 @@ def test_feasibility_waits_for_a_newer_root_sequence_number():
         now += 10000
         _rooted(r, 11, 400, b, now, rseq=6)
         _rooted(r, 3, 100, b, now, rseq=900, root=7)
-    assert r.parent == 3 and r.root == 7 and r._fds == [[1, 6, low6]]
+    assert low < low6 and r.parent == 3 and r.root == 7 and r._fds == [[1, 6, low]]  # its lowest of any rseq
+
+
+def test_an_rseq_advertised_before_keeps_the_lowest_cost_we_had_with_it():
+    # node 10 advertised rseq 6 on relay 2, then took relay 3 whose rseq lags (5). Node 11
+    # carries 6 with a little more than 10's lowest cost with 6 (maybe 10's own child): not
+    # taken, though its 6 is newer than the 5 10 advertises now. Node 13's 7 is newer than any
+    # 10 advertised: taken.
+    r = Router(10, mac(10), False, MESH)
+    now = 0
+    for b in range(4):
+        now += 10000
+        _rooted(r, 2, 30, b, now, rseq=6)
+    low6 = r._ref_cost
+    for b in range(4, 12):
+        now += 10000
+        _rooted(r, 2, 200, b, now, rseq=6)
+        _rooted(r, 3, 5, b, now)
+    assert r.parent == 3 and r.rseq == 5 and r._rseq_hi == 6 and r._fdt == [6, low6]
+    for b in range(12, 24):
+        now += 10000
+        _rooted(r, 3, 300, b, now)
+        _rooted(r, 11, low6 + 5, b, now, rseq=6)
+    assert r.parent == 3 and r.cost > 300
+    for b in range(24, 28):
+        now += 10000
+        _rooted(r, 3, 300, b, now)
+        _rooted(r, 13, 250, b, now, rseq=7)
+    assert r.parent == 13 and r.rseq == 7 and r._fdt[:2] == [5, r._fdt[1]]
