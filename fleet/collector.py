@@ -210,7 +210,7 @@ class Stats:
               "replies", "reply_duplicates", "commands", "rejects", "flushes", "flush_errors", "clock_jumps",
               "restamped", "commands_withheld", "commands_routed", "commands_flooded", "commands_scoped",
               "route_fallbacks", "route_retries_rerouted", "key_requests", "key_answers", "journal_taken",
-              "lead_gained", "lead_lost")
+              "lead_gained", "lead_lost", "probes_sent")
 
     def __init__(self):
         for f in self.FIELDS:
@@ -806,7 +806,8 @@ class Ingest:
         n = len(f.readings)
         self.stats.readings += n
         res["readings"] += n
-        self._seqs(node, seq, seq + n - 1, now, gw, hops)
+        made = base - f.readings[-1].dt_s if f.time_s and not extra and n else None
+        self._seqs(node, seq, seq + n - 1, now, gw, hops, made)
 
     def _fast_rows(self, res, fast, gw, rx_s, rssi, now, corr=0):
         node, seq, time_s, body, hops = fast
@@ -823,14 +824,17 @@ class Ingest:
         n = len(body)
         self.stats.readings += n
         res["readings"] += n
-        self._seqs(node, seq, seq + n - 1, now, gw, hops)
+        made = base - body[-1][0] if time_s and not extra and n else None
+        self._seqs(node, seq, seq + n - 1, now, gw, hops, made)
 
-    def _seqs(self, node, first, last, now, gw, hops):
-        """Readings first..last of `node` arrived: the gap tracker's input (shared: the journal's)."""
+    def _seqs(self, node, first, last, now, gw, hops, made_s=None):
+        """Readings first..last of `node` arrived (`made_s`: the node's time of `last`, when it
+        has a clock): the gap tracker's input (shared: the journal's, without made_s - no
+        overdue probes in a group)."""
         if self.on_readings is not None:
             self.on_readings(node, first, last, gw, hops, now)
         if not self._shared:
-            self.tracker.on_readings(node, first, last, now, gw)
+            self.tracker.on_readings(node, first, last, now, gw, made_s)
             return
         runs = self._runs.get(node)
         if runs is None:
@@ -957,6 +961,8 @@ class Ingest:
             return []
         reqs = self.tracker.due_requests(now, self._cseq, self._gateway_online,
                                          self._path_broken if self.cfg.route_commands else None)
+        if self.cfg.route_commands and not self._shared and self.cfg.repair.overdue_s:
+            reqs += self.tracker.due_probes(now, self._cseq, self._routable)
         out = self._commands(reqs, now) if reqs else []
         if self._key_asks:
             out += self._key_answers(now)
@@ -1142,6 +1148,7 @@ class Ingest:
         is flooded from the gateway that last heard the node, or from every gateway, scoped to a
         few hops beyond the node's last distance (fleet/repair.py flood_start_hops; counted commands_scoped). A command for a
         gateway goes to its own topic (it consumes a command for itself, never floods it).
+        An overdue probe (a Request without a gap) goes down a route or not at all (probes_sent).
         Counted commands_routed / commands_flooded."""
         by_topic = {}
         for req in reqs:
@@ -1156,8 +1163,15 @@ class Ingest:
                 # path that moved. A flood costs ~one transmission per node (DES, 5,000 nodes at
                 # 20 % loss with a gateway failure: floods were 71 % of all repair transmissions,
                 # 31 of the 39 floods first retries)
-                attempts = req.gap.attempts if req.gap is not None else 1  # this one included
-                route = self._route(req.node, retry=req.via_all, same_ok=attempts <= ROUTED_SAME_PATH_TRIES)
+                if req.gap is None:  # an overdue probe (fleet/repair.py): down a route or not at all
+                    route = self._routes.choose(req.node, self._gw_ids, self._gateway_online)[0]
+                    if route is None:
+                        continue
+                else:
+                    route = self._route(req.node, retry=req.via_all,
+                                        same_ok=req.gap.attempts <= ROUTED_SAME_PATH_TRIES)  # this one included
+            if req.gap is None:
+                self.stats.probes_sent += 1
             scope = 0
             if route is None and not own:
                 scope = flood_start_hops(self._hops.get(req.node), req.gap.attempts if req.gap else None,
@@ -1181,6 +1195,8 @@ class Ingest:
                     self.stats.commands_scoped += 1
             by_topic.setdefault(topic, []).append(fb)
             detail = {"cseq": req.cseq, "first": req.a, "last": req.b, "via": via}
+            if req.gap is None:
+                detail["probe"] = True
             if route is not None:
                 detail["gateway"], detail["path"] = route
             elif scope:
@@ -1205,6 +1221,15 @@ class Ingest:
             return False
         return self._routes.broken(node, self._gw_ids, self._gateway_online)
 
+    def _routable(self, node):
+        """Can an overdue probe reach `node` now: its gateway's own readings (the gateway online),
+        or a whole source route down to it - probes are never flooded."""
+        if node in self._revoked:
+            return False
+        if node in self._gw_ids:
+            return self._gateway_online(node)
+        return self._routes._path(node, self._gw_ids, self._gateway_online) is not None
+
     def _route(self, node, retry=False, same_ok=False):
         """(gateway, path) down to `node` compiled from the reported parents, or None (counted
         route_fallbacks) when the chain is unknown, loops, is too long or ends at an offline gateway.
@@ -1221,8 +1246,10 @@ class Ingest:
     def next_deadline_s(self):
         """When poll() next has work: the flush deadline or the earliest due gap."""
         t = self._last_flush + self.cfg.flush_interval_s
-        d = self.tracker.next_due_s()
-        return t if d is None else min(t, d)
+        for d in (self.tracker.next_due_s(), self.tracker.next_probe_s()):
+            if d is not None and d < t:
+                t = d
+        return t
 
     def pending_rows(self):
         return len(self._rows)
@@ -1344,7 +1371,7 @@ class Ingest:
         d.update({"gaps_pending": t.pending, "gaps_lost": t.lost, "gaps_recovered": t.recovered,
                   "gaps_reordered": t.reordered, "gaps_opened": t.opened, "readings_lost": t.readings_lost,
                   "resend_requests": t.requests_sent, "outstanding": len(t.outstanding),
-                  "route_waits": t.route_waits,
+                  "route_waits": t.route_waits, "probes": t.probes_sent,
                   "pending_rows": len(self._rows), "leading": self.leading,
                   "store_failing_s": int(self._now(None) - self._store_down[0]) if self._store_down else 0})
         return d

@@ -32,6 +32,17 @@ Rules (a gap is a range [first, last] of reading seqs of one node, below the hig
   the whole mesh, ~one transmission per node - is what a gateway failure's hundreds of gaps must
   not cost (issue 15). Counted `route_waits` (each re-check); after the wait, or for a node that
   never reported a parent, the caller floods as before.
+- Overdue probes (`overdue_s`, 0: none): a lost reading otherwise shows only when the next one
+  arrives, a report interval later, and is then asked for after the grace (~420 s at the
+  default 300 s interval). When readings carry the node's time (`made_s`), the tracker learns
+  each node's interval and its clock's offset (the least arrival - made seen, rising slowly),
+  and when the reading after the newest is `overdue_s` late it asks the node once for
+  [newest + 1, newest + merge_span] (a Request without a gap; `due_probes`). The caller sends
+  it only down a known source route - never a flood: a node that is merely late or gone costs
+  one routed command - and while the path is broken the probe waits, up to the time the
+  reading after it is due (then the gap shows as before). What comes back is an ordinary
+  reading; a reply that holds none loses nothing (nothing was known missing). An unanswered
+  probe is let go after `retry_s`; it is not retried.
 - At most `max_outstanding_node` requests per node and `max_outstanding` in all are in flight
   (unanswered, not expired); due gaps wait for a free slot. At most `max_gaps_node` pending gaps
   per node; beyond it the oldest is marked lost (a counter jumping around is a node bug).
@@ -131,11 +142,11 @@ class RepairConfig:
 
     FIELDS = ("grace_s", "retry_s", "retry_max_s", "follow_s", "max_attempts", "max_outstanding",
               "max_outstanding_node", "max_gaps_node", "ring_readings", "defer_s", "merge_span",
-              "first_contact_max", "route_wait_s")
+              "first_contact_max", "route_wait_s", "overdue_s")
 
     def __init__(self, grace_s=120.0, retry_s=60.0, retry_max_s=900.0, follow_s=3.0, max_attempts=5,
                  max_outstanding=64, max_outstanding_node=1, max_gaps_node=256, ring_readings=20000,
-                 defer_s=1.0, merge_span=48, first_contact_max=1000, route_wait_s=150.0):
+                 defer_s=1.0, merge_span=48, first_contact_max=1000, route_wait_s=150.0, overdue_s=60.0):
         self.grace_s = float(grace_s)
         self.retry_s = float(retry_s)
         self.retry_max_s = float(retry_max_s)
@@ -149,9 +160,10 @@ class RepairConfig:
         self.merge_span = int(merge_span)
         self.first_contact_max = int(first_contact_max)
         self.route_wait_s = float(route_wait_s)
+        self.overdue_s = float(overdue_s)
         for f in self.FIELDS:
             v = getattr(self, f)
-            if v < 0 or (v == 0 and f not in ("first_contact_max", "route_wait_s")):  # these two may be 0
+            if v < 0 or (v == 0 and f not in ("first_contact_max", "route_wait_s", "overdue_s")):  # these may be 0
                 raise ValueError(f"repair setting {f} must be positive, got {v!r}")
 
     def __repr__(self):
@@ -213,7 +225,8 @@ class Request:
 
 
 class _Node:
-    __slots__ = ("max_seq", "min_seq", "gaps", "gateway", "outstanding")
+    __slots__ = ("max_seq", "min_seq", "gaps", "gateway", "outstanding", "made_s", "every_s", "offset_s",
+                 "probe_s")
 
     def __init__(self, max_seq, min_seq=None):
         self.max_seq = max_seq
@@ -221,6 +234,10 @@ class _Node:
         self.gaps = []  # pending Gap objects, sorted by first, disjoint
         self.gateway = None  # gateway that last heard the node
         self.outstanding = 0
+        self.made_s = None  # the node's time of reading max_seq (overdue probes)
+        self.every_s = None  # its report interval, learnt
+        self.offset_s = None  # our clock - the node's, plus the quickest delivery
+        self.probe_s = None  # a probe is due then (None: none)
 
 
 class GapTracker:
@@ -246,6 +263,9 @@ class GapTracker:
         self.replies = 0
         self.pending = 0
         self.route_waits = 0
+        self.probes_sent = 0
+        self._probes = []  # (due_s, tiebreak, node); stale when the node's probe_s moved
+        self._probe_reqs = []  # probe Requests in flight
 
     # ---- loading what the store knows ---------------------------------------------------------
 
@@ -283,12 +303,15 @@ class GapTracker:
 
     # ---- readings ---------------------------------------------------------------------------
 
-    def on_readings(self, node, first, last, now_s, gateway=None):
-        """Record that `node`'s readings first..last arrived (through `gateway`)."""
+    def on_readings(self, node, first, last, now_s, gateway=None, made_s=None):
+        """Record that `node`'s readings first..last arrived (through `gateway`); `made_s`: the
+        node's time of reading `last` (0/None: unknown), for overdue probes."""
         nt = self._node(node)
         if gateway is not None:
             nt.gateway = gateway
         m = nt.max_seq
+        if made_s and self.cfg.overdue_s and (m is None or last > m):
+            self._expect(nt, node, m, last, now_s, made_s)
         if m is None:
             if not 0 < first <= self.cfg.first_contact_max:
                 nt.max_seq, nt.min_seq = last, first  # met mid-life: nothing before is known
@@ -308,6 +331,79 @@ class GapTracker:
         elif first <= m and nt.gaps:
             self._carve(nt, first, m, now_s, lost=None)
         nt.max_seq = last
+
+    def _expect(self, nt, node, m, last, now_s, made_s):
+        """Reading `last`, made at the node's `made_s`, is the newest: when the one after it is due."""
+        off = now_s - made_s
+        if nt.offset_s is None or off < nt.offset_s:
+            nt.offset_s = off
+        else:  # rises slowly: a late reading says little, a clock set forward says it again
+            nt.offset_s += (off - nt.offset_s) / 8
+        if nt.made_s is not None and m is not None and made_s > nt.made_s:
+            nt.every_s = (made_s - nt.made_s) / (last - m)
+        nt.made_s = made_s
+        nt.probe_s = None
+        if nt.every_s:
+            nt.probe_s = made_s + nt.offset_s + nt.every_s + self.cfg.overdue_s
+            self._tick += 1
+            heapq.heappush(self._probes, (nt.probe_s, self._tick, node))
+
+    def due_probes(self, now_s, cseq_fn, routable):
+        """Overdue probes to send now (module docstring): Requests without a gap, registered as
+        outstanding. `routable(node)`: a source route down to it is known and whole now."""
+        cfg = self.cfg
+        keep = []
+        for req in self._probe_reqs:  # unanswered in time: let go (a probe is not retried)
+            if (req.node, req.cseq) in self.outstanding and now_s - req.sent_s >= cfg.retry_s:
+                self._drop_request(req)
+            elif (req.node, req.cseq) in self.outstanding:
+                keep.append(req)
+        self._probe_reqs = keep
+        out = []
+        heap = self._probes
+        while heap and heap[0][0] <= now_s:
+            due_s, _, node = heapq.heappop(heap)
+            nt = self.nodes.get(node)
+            if nt is None or nt.probe_s != due_s:
+                continue
+            nt.probe_s = None
+            if now_s > nt.made_s + nt.offset_s + 2 * nt.every_s:
+                continue  # the reading after it is due too: a gap shows as before
+            if (len(self.outstanding) >= cfg.max_outstanding or nt.outstanding >= cfg.max_outstanding_node
+                    or not routable(node)):
+                nt.probe_s = now_s + max(cfg.defer_s, min(cfg.route_wait_s / 5, 30.0))
+                self._tick += 1
+                heapq.heappush(heap, (nt.probe_s, self._tick, node))
+                continue
+            cseq = cseq_fn(node)
+            if cseq is None:
+                nt.probe_s = now_s + cfg.defer_s
+                self._tick += 1
+                heapq.heappush(heap, (nt.probe_s, self._tick, node))
+                continue
+            req = Request(cseq, node, None, nt.max_seq + 1, nt.max_seq + cfg.merge_span, now_s, False, nt.gateway)
+            self.outstanding[(node, cseq)] = req
+            nt.outstanding += 1
+            self._probe_reqs.append(req)
+            self.probes_sent += 1
+            out.append(req)
+        return out
+
+    def next_probe_s(self):
+        """The earliest time a probe may be due or let go, or None."""
+        heap = self._probes
+        while heap:
+            due_s, _, node = heap[0]
+            nt = self.nodes.get(node)
+            if nt is not None and nt.probe_s == due_s:
+                break
+            heapq.heappop(heap)
+        t = heap[0][0] if heap else None
+        for req in self._probe_reqs:
+            x = req.sent_s + self.cfg.retry_s
+            if t is None or x < t:
+                t = x
+        return t
 
     def _open(self, nt, node, a, b, now_s):
         cut = b - self.cfg.ring_readings

@@ -1161,3 +1161,42 @@ def test_the_collector_prunes_raw_readings_older_than_the_retention(store):
     ing.flush()
     (ev,) = store.events(kind="pruned")
     assert json.loads(ev["detail"])["readings"] == 1
+
+
+def test_an_overdue_reading_is_asked_for_down_the_route_once_never_flooded(store):
+    """Issue 15: a lost reading showed only with the next one, a report interval later, and was
+    asked for after the grace (repair p50 ~420 s in the DES). The collector learns a node's
+    interval from its readings' times; when the next reading is overdue_s late it asks once,
+    down the node's source route, for everything after the newest (a node that is merely late
+    or gone costs one routed command; one without a known route costs nothing - never a
+    flood). A reply that holds none loses nothing."""
+    clock = Clock()
+    ing = make_ingest(store, clock, overdue_s=60)
+    ing.on_message(UP2, envelope([status(1, 1, parent=GW2), status(2, 1, parent=1), status(3, 1, parent=2),
+                                  status(4, 1, parent=99)], gw=GW2))
+    for i in range(2):  # readings 0 and 1 of nodes 3 and 4, 300 s apart, each 0.5 s on its way
+        clock.t = T0 + 300 * i + 0.5
+        ing.on_message(UP, envelope([telemetry(3, i, time_s=T0 + 300 * i), telemetry(4, i, time_s=T0 + 300 * i)],
+                                    rx_ms=(T0 + 300 * i) * 1000 + 500))
+        assert ing.poll() == []
+    clock.t = T0 + 600 + 0.5 + 59  # reading 2 is 59 s late: not yet
+    assert ing.poll() == []
+    clock.t += 2
+    got = _routed_or_flooded(ing.poll(), 3)
+    (topic, path, c3), = got
+    assert (topic, path, c3.op, c3.args) == (downlink_topic(NET, GW2), [1, 2, 3], protocol.OP_RESEND, [2, 49])
+    snap = ing.snapshot()
+    assert (snap["probes_sent"], snap["commands_flooded"], snap["route_fallbacks"]) == (1, 0, 0)
+    ing.on_message(UP2, envelope([reply(3, 2, c3.cseq, 3, [])], gw=GW2))  # it holds none (made none)
+    for _ in range(30):  # never again, neither for 3 nor for 4, and nothing is counted lost
+        clock.t += 10
+        assert _routed_or_flooded(ing.poll(), 3) == [] and _routed_or_flooded(ing.poll(), 4) == []
+    snap = ing.snapshot()
+    assert (snap["gaps_lost"], snap["gaps_opened"], snap["outstanding"]) == (0, 0, 0)
+    # reading 2 was lost after all: 3 comes, a gap opens and is repaired as before
+    ing.on_message(UP, envelope([telemetry(3, 3, time_s=T0 + 900)], rx_ms=int(clock.t * 1000)))
+    assert ing.snapshot()["gaps_opened"] == 1
+    # a probe answered with readings fills them as any reading; the next probe follows them
+    ing.on_message(UP, envelope([telemetry(3, 2, time_s=T0 + 600)], rx_ms=int(clock.t * 1000)))
+    ing.flush()
+    assert seqs(store, 3) == [0, 1, 2, 3]

@@ -20,3 +20,33 @@ def test_source_routes_one_rule_for_collector_and_simulator():
     sr.report(2, 0)  # 2 lost its parent: 3's chain breaks there
     sr.report(3, 2)
     assert sr.choose(3, {100}, up) == (None, "fallback")
+
+
+def test_overdue_probes_learn_the_interval_wait_for_a_route_and_are_let_go():
+    """fleet.repair.GapTracker.due_probes: the interval and the clock offset come from the
+    readings' own times, so a late reading does not move the next probe early; a probe waits
+    while no route reaches the node, only until the reading after it is due; an unanswered
+    probe is let go after retry_s (not retried) and frees the node's request slot."""
+    from fleet.repair import GapTracker, RepairConfig
+
+    t = GapTracker(RepairConfig(overdue_s=60, retry_s=30))
+    made0, rx0 = 1_760_000_000, 500.0  # our clock and the node's differ: only differences count
+    cseq = iter(range(1000))
+    for i in range(3):
+        t.on_readings(7, i, i, rx0 + 300 * i + 0.2, gateway=1, made_s=made0 + 300 * i)
+    t.on_readings(7, 3, 3, rx0 + 900 + 40, gateway=1, made_s=made0 + 900)  # 40 s late
+    assert t.nodes[7].every_s == 300
+    assert t.due_probes(rx0 + 1200 + 0.2 + 59, lambda n: next(cseq), lambda n: True) == []  # not 40 s early
+    # no route: it waits, and gives up once reading 5 is due too (a gap will show then)
+    for k in range(1, 40):
+        assert t.due_probes(rx0 + 1260 + 10 * k, lambda n: next(cseq), lambda n: False) == []
+    assert t.next_probe_s() is None and t.probes_sent == 0
+    # reading 4 arrives; 5 goes missing and a route is known: one probe for [6, ...]
+    t.on_readings(7, 5, 5, rx0 + 1500 + 0.2, gateway=1, made_s=made0 + 1500)
+    assert t.nodes[7].gaps and t.nodes[7].gaps[0].first == 4  # 4 is a gap, repaired as before
+    got = t.due_probes(rx0 + 1800 + 61, lambda n: next(cseq), lambda n: True)
+    assert [(r.node, r.a, r.b, r.gap) for r in got] == [(7, 6, 53, None)] and t.nodes[7].outstanding == 1
+    assert t.due_probes(rx0 + 1800 + 61 + 29, lambda n: next(cseq), lambda n: True) == []
+    t.due_probes(rx0 + 1800 + 61 + 31, lambda n: next(cseq), lambda n: True)  # unanswered: let go
+    assert t.nodes[7].outstanding == 0 and not t.outstanding and t.probes_sent == 1
+    assert t.lost == 0

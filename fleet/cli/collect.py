@@ -39,6 +39,9 @@ def _group(v):
               help="Requests without progress before a gap is marked lost (default 5).")
 @click.option("--max-outstanding", type=click.IntRange(1), metavar="N",
               help="Resend requests in flight at most, fleet-wide (default 64).")
+@click.option("--overdue-s", type=BoundedFloat(0), metavar="S",
+              help="Ask a node once, down its source route, for a reading this long overdue by its own "
+                   "interval (default 60; 0: never - a lost reading then shows with the next one).")
 @click.option("--share", metavar="GROUP", callback=lambda _c, _p, v: _group(v),
               help="Share the load with other collectors of GROUP on one store (PostgreSQL): MQTT 5 shared "
                    "subscription; one of them at a time repairs gaps.")
@@ -47,7 +50,7 @@ def _group(v):
 @home_option
 @store_option
 def cli(home, broker, net_id, client_id, progress_s, gap_grace_s, resend_retry_s, resend_attempts, max_outstanding,
-        share, as_json, verbose):
+        overdue_s, share, as_json, verbose):
     """Collect telemetry from the gateways into the fleet store, repairing gaps."""
     from fleet.collector import CollectorConfig
     from fleet.collector_mqtt import install_signal_handlers, run_collector
@@ -57,7 +60,8 @@ def cli(home, broker, net_id, client_id, progress_s, gap_grace_s, resend_retry_s
     home = home.with_overrides({"broker.url": broker, "network.id": net_id, "collector.client_id": client_id})
     try:
         config = CollectorConfig.from_home(home, grace_s=gap_grace_s, retry_s=resend_retry_s,
-                                           max_attempts=resend_attempts, max_outstanding=max_outstanding, share=share)
+                                           max_attempts=resend_attempts, max_outstanding=max_outstanding,
+                                           overdue_s=overdue_s, share=share)
     except ValueError as e:
         raise FleetError(f"bad collector setting: {e}") from None
 

@@ -381,9 +381,10 @@ class Measure:
 
     def on_requests(self, reqs):
         """Resend requests the collector just issued (fleet.repair.Request): the hop count of each
-        gap's node at the gap's first request (the denominator of tx_per_gap_hop)."""
+        gap's node at the gap's first request, or at an overdue probe (the denominator of
+        tx_per_gap_hop)."""
         for req in reqs:
-            if req.gap is not None and req.gap.requests == 1:
+            if req.gap is None or req.gap.requests == 1:
                 self.first_request_hops += self.last_hops.get(req.node, 0)
 
     def delivery(self, apps, until_us, ids=None):
@@ -494,9 +495,9 @@ class FleetLink:
             return
         self.poll_at = None
         tr = self.ingest.tracker
-        sent = tr.requests_sent
+        sent = tr.requests_sent + tr.probes_sent
         out = self.ingest.poll(now_us / 1e6)
-        if tr.requests_sent != sent:
+        if tr.requests_sent + tr.probes_sent != sent:
             self.measure.on_requests(r for r in tr.outstanding.values() if r.sent_s == now_us / 1e6)
         for topic, payload in out:
             self.publish_down(topic, payload, now_us)

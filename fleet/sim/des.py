@@ -862,7 +862,7 @@ class Simulation:
                        "routed_requests": link.routed, "route_fallbacks": st.route_fallbacks,
                        "route_retries_flooded": link.flooded_all if self.repair_mode == "route" else 0,
                        "route_retries_rerouted": st.route_retries_rerouted, "flood_scoped": st.commands_scoped,
-                       "route_waits": tr.route_waits,
+                       "route_waits": tr.route_waits, "probes": st.probes_sent,
                        "recovered": tr.recovered, "gaps_lost": tr.lost,
                        # repair transmissions (requests down, replies and resent readings up, retries
                        # and floods) per hop of the gaps' nodes: 3 is one request down, one
