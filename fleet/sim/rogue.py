@@ -11,7 +11,8 @@ What it does, every `beacon_s`:
   what it took: by frame type, the honest children that sent to it, the (origin, seq) readings;
 - every `inject_s`, injects a telemetry frame as the stolen node (its own node key: the
   collector accepts it until the node is revoked) and one claiming another origin (which it has
-  no key for: the collector refuses it, bad end-to-end tag), unicast to a neighbour it heard.
+  no key for: the collector refuses it, bad end-to-end tag), unicast to a neighbour it heard -
+  one whose last beacon named a root gateway when it can (not one of its own sinkhole).
 
 It checks nothing it receives beyond the frame type and origin (bytes it cannot parse are
 counted as `unparsed`). `stats()` returns the counters; `stop()` ends the thread and closes the
@@ -22,7 +23,7 @@ import struct
 import threading
 import time
 
-from protocol import T_REPLY, T_STATUS, T_TELEMETRY, Beacon, Reading, Telemetry, decode, encode
+from protocol import T_BEACON, T_REPLY, T_STATUS, T_TELEMETRY, Beacon, Reading, Telemetry, decode, encode
 from protocol.auth import Hmac
 from protocol.errors import ProtocolError
 
@@ -53,6 +54,7 @@ class Rogue:
         self.readings = set()  # (origin, seq) of readings it swallowed
         self.heard = {}  # MAC -> last time heard (any frame): targets for injected frames
         self._child_macs = set()  # their MACs: injected frames aim elsewhere
+        self._rooted = {}  # MAC -> its last beacon named a root gateway (it routes to a real one)
         self._aim = 0  # round robin over the injection targets
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -126,7 +128,12 @@ class Rogue:
         # (swallowed): a thief who wants its frames stored aims at the others, each in turn. (It
         # once picked targets[seq % n] with seq stepping by 2: half the neighbours never, and as
         # the sinkhole grew every forgery went to its own children - none reached the fleet.)
-        upstream = [m for m in targets if m not in self._child_macs] or targets
+        # A neighbour that took the rogue as its parent beacons at once, with no root (the rogue's
+        # beacon names none), while its first data frame may be seconds away: aimed at as a
+        # non-child, the forgery came straight back (a CI run: five forgeries in 30 s, none
+        # reached the fleet). Its beacons tell first: aim at those that name a root.
+        upstream = ([m for m in targets if m not in self._child_macs and self._rooted.get(m)]
+                    or [m for m in targets if m not in self._child_macs] or targets)
         self._aim += 1
         dst = upstream[self._aim % len(upstream)]
         self._send(dst, self._telemetry(self.node_id, self.node_key))
@@ -140,6 +147,12 @@ class Rogue:
         if len(payload) < 3:
             return
         t = payload[2]
+        if t == T_BEACON:
+            try:
+                self._rooted[src_mac] = bool(decode(payload).root)
+            except ProtocolError:
+                self.counts["unparsed"] += 1
+            return
         if t not in (T_TELEMETRY, T_STATUS, T_REPLY):
             return
         try:
