@@ -58,12 +58,13 @@ Theory of operation (CTP / RPL ideas, simplified)
     backwards too, let a descendant's older claim through: 1,790 loops in an hour of the
     2,000-node storm below, and frames going round them until the TTL were most of the lost
     readings. After a gateway died, its subtree cannot count up among its own stale costs (its
-    rseq stands still): it detaches, and re-attaches from the nodes that hear another root. Under a parent of earlier
-    firmware (root 0) the older rank rule applies: _ref_cost relaxes 2 x Imin after a higher
-    beacon told the descendants. With no route at all, a candidate that beaconed fresh_wait_ms
-    after our own no-route beacon went out also qualifies (our former descendants have heard
-    that we have none by then: a relay died and only our own root is in reach). No usable
-    candidate: route lost (advertise infinite cost: the descendants re-route or lose theirs).
+    rseq stands still): it detaches, and re-attaches from the nodes that hear another root.
+    Under a parent of earlier firmware (root 0) the older rank rule applies: _ref_cost relaxes
+    2 x Imin after a higher beacon told the descendants. With no route at all, a candidate that
+    beaconed fresh_wait_ms after our own no-route beacon went out also qualifies (our former
+    descendants have heard that we have none by then: a relay died and only our own root is in
+    reach). No usable candidate: route lost (advertise infinite cost: the descendants re-route
+    or lose theirs).
 - Data path (telemetry, status, reply): unicast to the parent, one frame in flight. On failure
   retry after a small backoff (the link estimate above re-chooses the parent as failures
   mount); after max_tries sends the frame is dropped (tx_fail). The transmitter writes

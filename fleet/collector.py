@@ -1146,10 +1146,10 @@ class Ingest:
         parents, its gateway offline: counted route_fallbacks), or on a later retry (two routed
         attempts went unanswered: the path may be stale) unless the path moved since, the command
         is flooded from the gateway that last heard the node, or from every gateway, scoped to a
-        few hops beyond the node's last distance (fleet/repair.py flood_start_hops; counted commands_scoped). A command for a
-        gateway goes to its own topic (it consumes a command for itself, never floods it).
-        An overdue probe (a Request without a gap) goes down a route or not at all (probes_sent).
-        Counted commands_routed / commands_flooded."""
+        few hops beyond the node's last distance (fleet/repair.py flood_start_hops; counted
+        commands_scoped). A command for a gateway goes to its own topic (it consumes a command
+        for itself, never floods it). An overdue probe (a Request without a gap) goes down a
+        route or not at all (probes_sent). Counted commands_routed / commands_flooded."""
         by_topic = {}
         for req in reqs:
             if req.node in self._revoked:  # never a command to a revoked node
@@ -1158,18 +1158,18 @@ class Ingest:
             own = req.node in self._gw_ids  # a gateway's own readings: it takes the command off MQTT
             route = None
             if self.cfg.route_commands and not own:
-                # the first retry goes down the same path again (a routed hop or the reply lost
-                # at 20 % loss, not a stale path, more often than not); later ones only down a
-                # path that moved. A flood costs ~one transmission per node (DES, 5,000 nodes at
-                # 20 % loss with a gateway failure: floods were 71 % of all repair transmissions,
-                # 31 of the 39 floods first retries)
                 if req.gap is None:  # an overdue probe (fleet/repair.py): down a route or not at all
                     route = self._routes.choose(req.node, self._gw_ids, self._gateway_online)[0]
                     if route is None:
                         continue
                 else:
+                    # the first retry goes down the same path again (a routed hop or the reply
+                    # lost at 20 % loss, not a stale path, more often than not); later ones only
+                    # down a path that moved. A flood costs ~one transmission per node (DES, 5,000
+                    # nodes at 20 % loss with a gateway failure: floods were 71 % of all repair
+                    # transmissions, 31 of the 39 floods first retries). attempts: this one included
                     route = self._route(req.node, retry=req.via_all,
-                                        same_ok=req.gap.attempts <= ROUTED_SAME_PATH_TRIES)  # this one included
+                                        same_ok=req.gap.attempts <= ROUTED_SAME_PATH_TRIES)
             if req.gap is None:
                 self.stats.probes_sent += 1
             scope = 0
@@ -1228,7 +1228,7 @@ class Ingest:
             return False
         if node in self._gw_ids:
             return self._gateway_online(node)
-        return self._routes._path(node, self._gw_ids, self._gateway_online) is not None
+        return self._routes.path(node, self._gw_ids, self._gateway_online) is not None
 
     def _route(self, node, retry=False, same_ok=False):
         """(gateway, path) down to `node` compiled from the reported parents, or None (counted

@@ -112,10 +112,10 @@ class SourceRoutes:
     def broken(self, node, gateways, online):
         """True when `node` reported a parent but no usable path down to it compiles (see
         fleet/repair.py route_wait_s); False when one does, or when the node reported none."""
-        return node in self.parents and self._path(node, gateways, online) is None
+        return node in self.parents and self.path(node, gateways, online) is None
 
     def choose(self, node, gateways, online, retry=False):
-        r = self._path(node, gateways, online)
+        r = self.path(node, gateways, online)
         if r is None:
             return None, (None if retry else "fallback")
         why = None
@@ -126,7 +126,7 @@ class SourceRoutes:
         self.tried[node] = r
         return r, why
 
-    def _path(self, node, gateways, online):
+    def path(self, node, gateways, online):
         """(gateway, path) compiled from the reported parents, or None: none compiles, or its
         gateway is offline."""
         from protocol.routed import compile_path
@@ -344,19 +344,24 @@ class GapTracker:
         nt.made_s = made_s
         nt.probe_s = None
         if nt.every_s:
-            nt.probe_s = made_s + nt.offset_s + nt.every_s + self.cfg.overdue_s
-            self._tick += 1
-            heapq.heappush(self._probes, (nt.probe_s, self._tick, node))
+            self._probe_at(nt, node, made_s + nt.offset_s + nt.every_s + self.cfg.overdue_s)
+
+    def _probe_at(self, nt, node, due_s):
+        nt.probe_s = due_s
+        self._tick += 1
+        heapq.heappush(self._probes, (due_s, self._tick, node))
 
     def due_probes(self, now_s, cseq_fn, routable):
         """Overdue probes to send now (module docstring): Requests without a gap, registered as
         outstanding. `routable(node)`: a source route down to it is known and whole now."""
         cfg = self.cfg
         keep = []
-        for req in self._probe_reqs:  # unanswered in time: let go (a probe is not retried)
-            if (req.node, req.cseq) in self.outstanding and now_s - req.sent_s >= cfg.retry_s:
+        for req in self._probe_reqs:  # answered: gone; unanswered in time: let go (not retried)
+            if (req.node, req.cseq) not in self.outstanding:
+                continue
+            if now_s - req.sent_s >= cfg.retry_s:
                 self._drop_request(req)
-            elif (req.node, req.cseq) in self.outstanding:
+            else:
                 keep.append(req)
         self._probe_reqs = keep
         out = []
@@ -371,15 +376,11 @@ class GapTracker:
                 continue  # the reading after it is due too: a gap shows as before
             if (len(self.outstanding) >= cfg.max_outstanding or nt.outstanding >= cfg.max_outstanding_node
                     or not routable(node)):
-                nt.probe_s = now_s + max(cfg.defer_s, min(cfg.route_wait_s / 5, 30.0))
-                self._tick += 1
-                heapq.heappush(heap, (nt.probe_s, self._tick, node))
+                self._probe_at(nt, node, now_s + max(cfg.defer_s, min(cfg.route_wait_s / 5, 30.0)))
                 continue
             cseq = cseq_fn(node)
-            if cseq is None:
-                nt.probe_s = now_s + cfg.defer_s
-                self._tick += 1
-                heapq.heappush(heap, (nt.probe_s, self._tick, node))
+            if cseq is None:  # no command counter now (store busy): shortly
+                self._probe_at(nt, node, now_s + cfg.defer_s)
                 continue
             req = Request(cseq, node, None, nt.max_seq + 1, nt.max_seq + cfg.merge_span, now_s, False, nt.gateway)
             self.outstanding[(node, cseq)] = req
