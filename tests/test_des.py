@@ -314,7 +314,7 @@ def test_a_lost_reading_is_recovered_down_a_source_route_without_a_flood():
     assert 1 <= r["control_tx"]["routed"] <= 3 * hops * r["repair"]["routed_requests"]
     # request down, resent reading and reply up, each over the node's hops: 3 per hop of the gap,
     # a little more with a hop's retry (the issue's goal: at most 3 x the hop count)
-    assert sim.measure.first_request_hops == r["repair"]["requests"] * sim.measure.last_hops[40]
+    assert sim.measure.request_hops() == r["repair"]["requests"] * sim.measure.last_hops[40]
     assert 2.5 <= r["repair"]["tx_per_gap_hop"] <= 4, r["repair"]
 
 
@@ -347,3 +347,26 @@ def test_the_des_repairs_through_the_real_collector_and_stores_each_reading_once
     arrived = sum(1 for got in sim.measure.got.values() for t in got if t)
     assert store.query("SELECT count(*) FROM readings") == [(arrived,)] == [(r["readings_delivered_total"],)]
     assert r["collector"]["stored"] == arrived and r["collector"]["rejects"] == 0
+
+
+def test_a_repair_is_counted_over_the_hops_of_the_path_it_took():
+    """tx_per_gap_hop's denominator: a request counts the hop count of its node's first frame
+    after it (the path the request and the resent readings travel), not that of the frame before
+    the gap - after a gateway dies the path is longer; a node that sends nothing more counts its
+    last hop count."""
+    from types import SimpleNamespace
+
+    from fleet.repair import Request
+    from fleet.sim._des_app import Measure
+
+    app = SimpleNamespace(created=[0] * 10, first_orig=[0] * 10)
+    sim = SimpleNamespace(now_us=1_000_000, apps={7: app, 8: app})
+    m = Measure(sim)
+    m.on_readings(7, 0, 0, 1, 3, 1.0)  # 3 hops before the gap
+    m.on_readings(8, 0, 0, 1, 2, 1.0)
+    m.on_requests([Request(1, 7, None, 1, 48, 2.0, False, 1), Request(2, 8, None, 1, 48, 2.0, False, 1)])
+    assert m.request_hops() == 3 + 2  # nothing arrived since: the last hop counts
+    m.on_readings(7, 1, 2, 2, 5, 3.0)  # re-routed: 5 hops
+    assert m.first_request_hops == 5 and m.request_hops() == 5 + 2
+    m.on_readings(7, 3, 3, 2, 6, 4.0)  # a later frame changes nothing
+    assert m.request_hops() == 5 + 2

@@ -338,7 +338,13 @@ class Measure:
         self.hops = {}  # hops -> telemetry frames (first arrival of their first reading)
         self.via = {}  # node id -> gateway that last delivered its readings
         self.last_hops = {}  # node id -> hop count of its newest telemetry frame at a gateway
-        self.first_request_hops = 0  # sum of the node's hop count over each gap's first request
+        # the denominator of tx_per_gap_hop: per gap's first request (or overdue probe), the hop
+        # count of the node's path when the repair went - that of its first frame to arrive after
+        # the request (a request goes down, and the readings come up, the path in use then; after
+        # a gateway died it is longer than the one the last reading before the gap took), or, if
+        # none arrives, of its last frame before
+        self.first_request_hops = 0
+        self.hops_pending = {}  # node id -> requests waiting for the node's next frame
 
     def resent_of(self, node_id):
         s = self.resent.get(node_id)
@@ -350,6 +356,8 @@ class Measure:
         """Ingest.on_readings: readings first..last of `node` accepted through gateway `gw`."""
         now_us = self.sim.now_us  # the exact virtual time (now_s is the same, in seconds)
         self.last_hops[node] = hops
+        if node in self.hops_pending:
+            self.first_request_hops += hops * self.hops_pending.pop(node)
         app = self.sim.apps[node]
         created = app.created
         first_orig = app.first_orig
@@ -380,12 +388,17 @@ class Measure:
         self.via[node] = gw
 
     def on_requests(self, reqs):
-        """Resend requests the collector just issued (fleet.repair.Request): the hop count of each
-        gap's node at the gap's first request, or at an overdue probe (the denominator of
-        tx_per_gap_hop)."""
+        """Resend requests the collector just issued (fleet.repair.Request): a gap's first request
+        or an overdue probe waits for the hop count of its node's next frame (first_request_hops)."""
+        pending = self.hops_pending
         for req in reqs:
             if req.gap is None or req.gap.requests == 1:
-                self.first_request_hops += self.last_hops.get(req.node, 0)
+                pending[req.node] = pending.get(req.node, 0) + 1
+
+    def request_hops(self):
+        """first_request_hops, the requests whose node sent nothing after counted at its last hop count."""
+        last = self.last_hops
+        return self.first_request_hops + sum(last.get(n, 0) * k for n, k in self.hops_pending.items())
 
     def delivery(self, apps, until_us, ids=None):
         """(made, first pass, after repair) counts over readings created before until_us."""

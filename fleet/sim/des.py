@@ -818,6 +818,7 @@ class Simulation:
         repair_tx = kinds["routed"] + floods + kinds["replies"] + kinds["resent_telemetry"]
         beacons = kinds["beacons"]
         hops_total = sum(col.hops.values())
+        req_hops = col.request_hops()
         boot_changes = self._boot_changes if self._boot_changes is not None else 0
         steady_hours = max(self.end_us - self.warmup_us, 1) / 3.6e9
         out = {
@@ -866,9 +867,9 @@ class Simulation:
                        "recovered": tr.recovered, "gaps_lost": tr.lost,
                        # repair transmissions (requests down, replies and resent readings up, retries
                        # and floods) per hop of the gaps' nodes: 3 is one request down, one
-                       # resent frame and one reply up, each over the node's hop count
-                       "tx_per_gap_hop": round(repair_tx / col.first_request_hops, 2)
-                       if col.first_request_hops else None,
+                       # resent frame and one reply up, each over the node's hop count (that of
+                       # the path the repair took: Measure.first_request_hops)
+                       "tx_per_gap_hop": round(repair_tx / req_hops, 2) if req_hops else None,
                        "readings_lost": tr.readings_lost, "readings_filled": tr.readings_filled},
             "radio": {"frames_by_type": dict(self.tx_by_type), "mac_attempts": self.counters["mac_attempts"],
                       "deferrals": self.counters["deferrals"], "receptions": self.counters["receptions"],
