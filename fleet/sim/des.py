@@ -736,7 +736,21 @@ class Simulation:
                     continue
                 n.tick_at = _INF
                 ms = t // 1000
-                n.router.tick(ms)
+                r = n.router
+                if n.ota is None:
+                    d = r.next_deadline_ms
+                    if d > ms and not r.has_output():
+                        # Woken for a deadline that has moved later (most wake-ups: a send's
+                        # timeout, the ACK came first). Nothing is due, so tick() would change
+                        # nothing (the trickle timer, the send timeout, floods and the queue's
+                        # retry all wait for next_deadline_ms) and service() would only sleep
+                        # again until d: done here, as service() does it.
+                        d *= 1000
+                        n.tick_at = d
+                        self.seq += 1
+                        heappush(heap, (d, self.seq, K_TICK, n, None))
+                        continue
+                r.tick(ms)
                 if n.ota is not None:
                     n.ota.tick(ms)
                 self.service(n, t, True)
