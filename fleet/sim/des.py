@@ -214,7 +214,8 @@ class _Chan:
     """The channel at one node, kept apart from its SimNode: every MAC attempt reads and writes
     the _Chan of each of the sender's ~30 neighbours, and 5,000 of these small objects made one
     after the other (Simulation.__init__) lie together in memory and stay in the CPU's cache,
-    where the SimNodes, among their routers' objects, miss it: the attempt is ~2x faster."""
+    where the SimNodes, among their routers' objects, miss it (with tx_end reset to 0 at the
+    frame's end, _loop: an attempt 6.4 -> 5.0 us at 5,000 nodes)."""
 
     __slots__ = ("rx", "tx_end", "node")
 
