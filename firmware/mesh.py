@@ -294,8 +294,11 @@ class _Seen:
             n -= 1
         return -1
 
-    def put(self, a, b, c, t, x):
-        j = self.find(a, b, c)
+    def put(self, a, b, c, t, x, j=-2):
+        """Remember (a, b, c) -> (t, x). j: what find(a, b, c) just said, when the caller asked
+        (saves a second scan); -2: not asked."""
+        if j == -2:
+            j = self.find(a, b, c)
         if j < 0:
             j = self.i
             self.a[j] = a
@@ -810,11 +813,11 @@ class Router:
             # a lost ACK. Not a retransmission: forward it, TTL bounds a loop.
             st["dup_other_hops"] += 1
         if self.is_gateway:
-            dup.put(origin, seq, t, now, 0)
+            dup.put(origin, seq, t, now, 0, j)
             st["uplinks"] += 1
             self._event(("uplink", data, rssi, hops))
             return
-        dup.put(origin, seq, t, now, hops)
+        dup.put(origin, seq, t, now, hops, j)
         if hops >= self.max_hops:
             st["ttl_dropped"] += 1
             return
@@ -848,7 +851,7 @@ class Router:
             if j >= 0 and now - self._flood.t[j] < self.flood_memory_ms:
                 st["flood_dup"] += 1
                 return False
-            self._flood.put(target, cseq, 0, now, 0)
+            self._flood.put(target, cseq, 0, now, 0, j)
         if target == self.node_id or target == 0:
             try:
                 cmd = decode(data)
