@@ -26,6 +26,7 @@ DEFAULTS = {
     "send_timeout_ms": 1000,  # no on_send_done by then = failure
     "switch_margin": 15,  # hysteresis: 1.5 ETX
     "switch_pct": 10,  # ... plus this percentage of the candidate's path cost
+    "worse_pct": 10,  # a path worse than its best by switch_margin + this %: switch_pct is dropped
     "min_heard": 3,  # beacons heard before a neighbour may replace a working parent
     "max_link_etx": 100,  # worse links are not used
     "max_path_cost": 3000,  # a path this expensive is no route (bounds count-to-infinity)
@@ -70,6 +71,7 @@ def configure(r, params):
     r.send_timeout_ms = p["send_timeout_ms"]
     r.switch_margin = p["switch_margin"]
     r.switch_pct = p["switch_pct"]
+    r.worse_pct = p["worse_pct"]
     r.min_heard = p["min_heard"]
     r.max_link_etx = p["max_link_etx"]
     r.max_path_cost = min(p["max_path_cost"], COST_INFINITE - 1)

@@ -136,14 +136,16 @@ def test_status_frames_go_up_with_the_telemetry():
 
 def test_extra_loss_costs_retries_not_readings():
     clean = run_des(DesOptions(nodes=49, topology="grid", gateways=1, minutes=10, report_interval_s=60))
-    lossy = run_des(DesOptions(nodes=49, topology="grid", gateways=1, minutes=10, report_interval_s=60, loss=0.1))
+    lossy = run_des(DesOptions(nodes=49, topology="grid", gateways=1, minutes=10, report_interval_s=60, loss=0.2))
 
     def attempts_per_unicast(r):  # MAC attempts of data frames (a beacon is one attempt)
         rd = r["radio"]
         return (rd["mac_attempts"] - rd["frames_by_type"]["beacon"]) / rd["frames_by_type"]["telemetry"]
 
     # (whole sends that fail after the MAC's 4 attempts need not rise: the link estimate then
-    # prefers the better links. Seed 1: 1.42 clean, 1.51 lossy)
+    # prefers the better links. Seed 1: 1.95 clean, 2.71 at 20 % loss; over seeds 1-4 clean is
+    # 1.66-2.00, 10 % loss 2.06-2.11 - too close to hold across firmware changes - and 20 %
+    # 2.42-2.73)
     assert attempts_per_unicast(lossy) > attempts_per_unicast(clean)
     assert lossy["delivery_after_repair"] >= 0.98
 

@@ -1232,6 +1232,39 @@ def test_a_parent_whose_path_wobbles_within_the_margin_is_kept(pct):
         assert r.parent == 2
 
 
+@pytest.mark.parametrize("pct", [30, None])
+def test_a_candidate_must_beat_a_steady_parent_by_the_relative_margin(pct):
+    # relay 2 comes to look 2 ETX better than relay 1's steady 5-ETX path: beyond 1.5 ETX + 10 %
+    # (the default), within 1.5 ETX + 30 %
+    r, now = _two_parents(None if pct is None else {"switch_pct": pct})
+    changes = r.stats["parent_changes"]
+    for bseq in range(40, 60):
+        now += 10_000
+        r.on_recv(mac_of(1), beacon_bytes(1, 40, bseq), -50, now)
+        r.on_recv(mac_of(2), beacon_bytes(2, 20, bseq), -50, now)
+        drain(r)
+    if pct is None:
+        assert r.parent == 2
+    else:
+        assert r.parent == 1 and r.stats["parent_changes"] == changes
+
+
+@pytest.mark.parametrize("worse", [None, 50])
+def test_a_path_worse_than_its_best_by_worse_pct_drops_the_relative_margin(worse):
+    # with switch_pct 30, relay 1's path rising 40 -> 61 (cur 50 -> 71: beyond 1.5 ETX + 10 % of
+    # its best, within + 50 %) lets relay 2, 2.1 ETX better at 50, in on the fixed margin alone
+    params = {"switch_pct": 30}
+    if worse is not None:
+        params["worse_pct"] = worse
+    r, now = _two_parents(params)
+    for bseq in range(40, 60):
+        now += 10_000
+        r.on_recv(mac_of(1), beacon_bytes(1, 61, bseq), -50, now)
+        r.on_recv(mac_of(2), beacon_bytes(2, 40, bseq), -50, now)
+        drain(r)
+    assert r.parent == (2 if worse is None else 1)
+
+
 def test_a_parent_whose_path_really_worsens_is_left_at_once():
     r, now = _two_parents()
     now += 10_000
