@@ -31,7 +31,8 @@ def rx_routed(router, data, now, inject):
         if not inject:
             if ids[at] != router.node_id:
                 return False  # a fallback broadcast for another node
-            if at == last and scan_command(cmd)[0] != ids[at]:
+            target, cseq = scan_command(cmd)[:2]
+            if at == last and target != ids[at]:
                 raise ValueError  # only a command for this node ends here: never a flood
     except Exception:  # noqa: BLE001 - a peer's bad bytes (ProtocolError, IndexError): a bad frame
         st["bad_frames"] += 1
@@ -44,6 +45,16 @@ def rx_routed(router, data, now, inject):
     if not inject:
         if at == last:
             return router._rx_cmd(cmd, now)
+        # a copy we passed on already: the hop before re-sent it after its ACK was lost (the
+        # frame had come). Passed on again, every lost ACK on the path forked the rest of it:
+        # ~4 sends per hop down 18-hop paths in the 2,000-node storm at 20 % loss, against ~1.2
+        # for the replies coming up (whose duplicates the router drops)
+        f = router._flood
+        j = f.find(target, cseq, 1)
+        if j >= 0 and now - f.t[j] < router.flood_memory_ms:
+            st["routed_dup"] += 1
+            return True
+        f.put(target, cseq, 1, now, 0, j)
         at += 1
         # re-tagged in this node's own epoch (its key phase in the version item), as floods are:
         # the bytes up to the hop tag (its item's head included), then the new tag

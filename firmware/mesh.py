@@ -171,7 +171,7 @@ STAT_KEYS = (
     "queue_drops", "parent_changes", "route_losses", "retries", "tx_fail", "send_timeouts",
     "bad_frames", "commands", "floods_tx", "flood_dup", "nbr_evicted", "nbr_full",
     "events_dropped", "txq_drops", "queue_len", "routed_fwd", "routed_nbr_miss", "routed_retries",
-    "routed_fail", "alien_rx", "alien_fwd",
+    "routed_fail", "routed_dup", "alien_rx", "alien_fwd",
 )
 
 class PeerTable:

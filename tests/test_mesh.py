@@ -976,6 +976,30 @@ def test_routed_command_travels_only_down_its_path():
     assert radio.nodes[25].router.stats["commands"] == 1
 
 
+def test_a_relay_passes_on_a_routed_command_once():
+    """A hop re-sent after a lost ACK (the frame had come) reaches the relay twice: it goes on
+    once, or every lost ACK forks the rest of the path."""
+    ids = list(range(1, 9))
+    radio = make_net(ids, {1})
+    link_line(radio, ids)
+    radio.run(3 * MIN)
+    _, path, frame = _routed(radio, {1}, 5, 12)
+    assert path == [2, 3, 4, 5]
+    before = {i: dict(n.router.stats) for i, n in radio.nodes.items()}
+    radio.call(1, lambda r, now: (inject_routed(r, frame, now), inject_routed(r, frame, now)))
+    radio.run(radio.now_ms + 10_000)
+    fwd = {i: n.router.stats["routed_fwd"] - before[i]["routed_fwd"] for i, n in radio.nodes.items()}
+    assert fwd == {1: 2, 2: 1, 3: 1, 4: 1, 5: 0, 6: 0, 7: 0, 8: 0}
+    assert radio.nodes[2].router.stats["routed_dup"] == 1
+    assert [c.cseq for c in commands_seen(radio)[5]] == [12]
+    # the fleet's retry comes with a new cseq: passed on again
+    _, _, again = _routed(radio, {1}, 5, 13)
+    radio.call(1, lambda r, now: inject_routed(r, again, now))
+    radio.run(radio.now_ms + 10_000)
+    assert [c.cseq for c in commands_seen(radio)[5]] == [12, 13]
+    assert radio.nodes[4].router.stats["routed_fwd"] - before[4]["routed_fwd"] == 2
+
+
 def test_a_relay_in_the_next_epoch_re_tags_a_routed_command_in_its_own_key_phase():
     """During a key rotation's grace window a relay that already runs the next epoch forwards a
     routed command tagged with its own key and says so in the version item, so the next hop

@@ -197,3 +197,25 @@ def test_an_rseq_advertised_before_keeps_the_lowest_cost_we_had_with_it():
         _rooted(r, 3, 300, b, now)
         _rooted(r, 13, 250, b, now, rseq=7)
     assert r.parent == 13 and r.rseq == 7 and r._fdt[:2] == [5, r._fdt[1]]
+
+
+def test_a_relay_passes_on_a_routed_command_once():
+    # the hop before re-sends a routed frame whose ACK it lost (the frame had come): the relay
+    # passes it on once, the target gets the command once
+    from firmware.downroute import inject_routed
+    from protocol import Command
+    from protocol.frames import OP_PING
+    from protocol.routed import Routed
+
+    radio = line()
+    radio.run(20000)
+    gw, mid, far = radio.r
+    assert far.parent == 2
+    cmd = encode(Command(3, 21, OP_PING, [1], 0, NODE3.tag(b"x", 8)), MESH)
+    frame = encode(Routed(path=[2, 3], at=0, cmd=cmd), MESH)
+    assert inject_routed(gw, frame, radio.now) and inject_routed(gw, frame, radio.now)
+    radio.pump(0)
+    radio.run(radio.now + 2000)
+    assert gw.stats["routed_fwd"] == 2
+    assert mid.stats["routed_fwd"] == 1 and mid.stats["routed_dup"] == 1
+    assert [e[1].cseq for e in radio.events[2] if e[0] == "command"] == [21]
