@@ -976,15 +976,21 @@ def test_routed_command_travels_only_down_its_path():
     assert radio.nodes[25].router.stats["commands"] == 1
 
 
-def test_a_relay_passes_on_a_routed_command_once():
-    """A hop re-sent after a lost ACK (the frame had come) reaches the relay twice: it goes on
-    once, or every lost ACK forks the rest of the path."""
+def _line_of_8_routed_to_5(cseq):
+    """A settled line of 8 nodes (gateway 1) and a routed command `cseq` for node 5 down 2-3-4-5."""
     ids = list(range(1, 9))
     radio = make_net(ids, {1})
     link_line(radio, ids)
     radio.run(3 * MIN)
-    _, path, frame = _routed(radio, {1}, 5, 12)
+    _, path, frame = _routed(radio, {1}, 5, cseq)
     assert path == [2, 3, 4, 5]
+    return radio, frame
+
+
+def test_a_relay_passes_on_a_routed_command_once():
+    """A hop re-sent after a lost ACK (the frame had come) reaches the relay twice: it goes on
+    once, or every lost ACK forks the rest of the path."""
+    radio, frame = _line_of_8_routed_to_5(12)
     before = {i: dict(n.router.stats) for i, n in radio.nodes.items()}
     radio.call(1, lambda r, now: (inject_routed(r, frame, now), inject_routed(r, frame, now)))
     radio.run(radio.now_ms + 10_000)
@@ -1007,12 +1013,7 @@ def test_a_relay_in_the_next_epoch_re_tags_a_routed_command_in_its_own_key_phase
     from firmware.rekey import set_keys
     from protocol.auth import Hmac
 
-    ids = list(range(1, 9))
-    radio = make_net(ids, {1})
-    link_line(radio, ids)
-    radio.run(3 * MIN)
-    _, path, frame = _routed(radio, {1}, 5, 11)
-    assert path == [2, 3, 4, 5]
+    radio, frame = _line_of_8_routed_to_5(11)
     k0, k1 = MESH, Hmac(b"next epoch mesh key, 32 bytes!!!")
     for i, n in radio.nodes.items():
         set_keys(n.router, k1, 1, k0) if i == 3 else set_keys(n.router, k0, 0, k1)
