@@ -49,12 +49,9 @@ def rx_routed(router, data, now, inject):
         # frame had come). Passed on again, every lost ACK on the path forked the rest of it:
         # ~4 sends per hop down 18-hop paths in the 2,000-node storm at 20 % loss, against ~1.2
         # for the replies coming up (whose duplicates the router drops)
-        f = router._flood
-        j = f.find(target, cseq, 1)
-        if j >= 0 and now - f.t[j] < router.flood_memory_ms:
+        if router._flood.recent(target, cseq, 1, now, router.flood_memory_ms):
             st["routed_dup"] += 1
             return True
-        f.put(target, cseq, 1, now, 0, j)
         at += 1
         # re-tagged in this node's own epoch (its key phase in the version item), as floods are:
         # the bytes up to the hop tag (its item's head included), then the new tag

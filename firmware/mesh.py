@@ -313,6 +313,15 @@ class _Seen:
         self.t[j] = t
         self.x[j] = x
 
+    def recent(self, a, b, c, now, memory_ms):
+        """True when (a, b, c) was remembered within memory_ms before now (a copy: drop it);
+        else remember it at now."""
+        j = self.find(a, b, c)
+        if j >= 0 and now - self.t[j] < memory_ms:
+            return True
+        self.put(a, b, c, now, 0, j)
+        return False
+
 
 class _Entry:
     """A queued data frame: raw bytes as received (or encoded), where its mutable fields sit,
@@ -852,12 +861,9 @@ class Router:
         if not ok and target != self.node_id:
             st["bad_frames"] += 1
             return False
-        if ok:
-            j = self._flood.find(target, cseq, 0)
-            if j >= 0 and now - self._flood.t[j] < self.flood_memory_ms:
-                st["flood_dup"] += 1
-                return False
-            self._flood.put(target, cseq, 0, now, 0, j)
+        if ok and self._flood.recent(target, cseq, 0, now, self.flood_memory_ms):
+            st["flood_dup"] += 1
+            return False
         if target == self.node_id or target == 0:
             try:
                 cmd = decode(data)
