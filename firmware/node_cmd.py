@@ -5,7 +5,8 @@ imported for one command and unloaded after it (Node.on_command); it works on th
 (resend on any firmware/app.py NodeApp: the DES answers with it too).
 
 Reply codes: 0 ok, 1 bad arguments or refused value, 2 unknown op or setting, 3 nothing held
-for a resend (the result says why per range), 4 no wall time yet (the collector retries)."""
+for a resend (the result says why per range), 4 no wall time yet (the collector retries).
+A resend whose readings are its whole answer (`answered`) gets no Reply: the readings say it."""
 import asyncio
 
 import protocol
@@ -20,6 +21,10 @@ async def run(node, cmd, log):
     op = cmd.op
     if op == protocol.OP_RESEND and len(cmd.args) == 2:
         code, result = resend(node, cmd.args[0], cmd.args[1])[:2]
+        if answered(node, cmd.args[0], cmd.args[1], code, result):
+            log("cmd", "op=%d cseq=%d code=0 readings %d..%d, no reply" % (op, cmd.cseq, result[0], result[1]))
+            node.heap_sample()
+            return
     elif op == protocol.OP_SET and len(cmd.args) == 2:
         code = set_value(node, cmd.args[0], cmd.args[1], log)
     elif op == protocol.OP_STATUS:
@@ -78,6 +83,20 @@ def resend(node, a, b):
             result.extend([glo, ghi, why])
         return 3, result[:8], 0
     return 0, [first, last], frames
+
+
+def answered(node, a, b, code, result):
+    """True when resend(node, a, b) gave (code, result) and the readings it resent are the whole
+    answer: code 0, from a on, up to b or to the newest reading held (an overdue probe asks past
+    it). A Reply would only repeat them - the collector closes gaps and lets probes go on the
+    readings (fleet/repair.py) - and costs one frame up the whole path per repair: a third of a
+    repair's transmissions (issue 15). A Reply is sent when it says more: readings no longer
+    held (code 0 from later than a), the rest to ask for again (ended before b, below the
+    newest: at most 4 frames per answer), nothing held (3), no time yet (4)."""
+    if code or len(result) != 2 or result[0] != a:
+        return False
+    top = node.ring.newest_seq()
+    return top is not None and result[1] >= (b if b < top else top)
 
 
 def set_value(node, key, value, log):

@@ -41,8 +41,12 @@ Rules (a gap is a range [first, last] of reading seqs of one node, below the hig
   it only down a known source route - never a flood: a node that is merely late or gone costs
   one routed command - and while the path is broken the probe waits, up to the time the
   reading after it is due (then the gap shows as before). What comes back is an ordinary
-  reading; a reply that holds none loses nothing (nothing was known missing). An unanswered
-  probe is let go after `retry_s`; it is not retried.
+  reading, and it answers the probe; a reply that holds none loses nothing (nothing was known
+  missing). An unanswered probe is let go after `retry_s`; it is not retried.
+- A node resends without a Reply when the readings are the whole answer (firmware/node_cmd.py
+  `answered`: all of [first, last] it holds, up to its newest): the gaps close, and the probe is
+  answered, on the readings themselves; a Reply comes when it says more (some no longer held,
+  the rest to ask for again, none held). Lost readings on the way up: the retry, as before.
 - At most `max_outstanding_node` requests per node and `max_outstanding` in all are in flight
   (unanswered, not expired); due gaps wait for a free slot. At most `max_gaps_node` pending gaps
   per node; beyond it the oldest is marked lost (a counter jumping around is a node bug).
@@ -309,6 +313,10 @@ class GapTracker:
         nt = self._node(node)
         if gateway is not None:
             nt.gateway = gateway
+        if nt.outstanding and self._probe_reqs:  # readings answer a probe (no Reply comes with them)
+            for req in self._probe_reqs:
+                if req.node == node and first <= req.b and last >= req.a:
+                    self._drop_request(req)
         m = nt.max_seq
         if made_s and self.cfg.overdue_s and (m is None or last > m):
             self._expect(nt, node, m, last, now_s, made_s)

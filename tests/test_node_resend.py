@@ -3,6 +3,8 @@
 frames it originates carry exactly the held readings of a..b, in order, at most 48, and the
 reply says which it resent or why nothing is held. A gateway-role node, so the router hands every
 originated frame back as an ("uplink", bytes, ...) event without a radio."""
+import asyncio
+
 import protocol
 from firmware import node_cmd
 from firmware.config import Config
@@ -72,3 +74,28 @@ def test_resend_of_nothing_held_says_why(tmp_path):
     assert _frames(node) == []
     assert node_cmd.resend(node, 5, 4) == (1, [], 0)
 
+
+
+def test_a_resend_whose_readings_are_the_whole_answer_gets_no_reply(tmp_path):
+    """node_cmd.run: the readings answer a resend of everything held from a up to b (or up to the
+    newest: an overdue probe asks past it) - no Reply frame after them (issue 15: a third of a
+    repair's transmissions). A Reply still comes when it says more: the rest to ask for again
+    (48 per answer), nothing held."""
+    node = _node(tmp_path)
+    seqs = [node.ring.append(1795000000 - 1000 + i, _Synthetic(i)) for i in range(70)]
+    _frames(node)
+    logs = []
+
+    def answer(a, b, cseq):
+        cmd = protocol.Command(target=7, cseq=cseq, op=protocol.OP_RESEND, args=[a, b], auth=b"")
+        asyncio.run(node_cmd.run(node, cmd, lambda tag, msg: logs.append(msg)))
+        return [(f.type, f.seq, getattr(f, "code", None), getattr(f, "result", None)) for f in _frames(node)]
+
+    T, R = protocol.T_TELEMETRY, protocol.T_REPLY
+    assert [f[0] for f in answer(seqs[3], seqs[10], 1)] == [T]  # all of it: the readings say so
+    assert [f[0] for f in answer(seqs[60], seqs[69] + 47, 2)] == [T]  # a probe past the newest
+    got = answer(seqs[0], seqs[69], 3)  # 48 of 70: the reply says where the rest starts
+    assert [f[0] for f in got] == [T] * 4 + [R] and got[-1][2:] == (0, [seqs[0], seqs[47]])
+    got = answer(seqs[69] + 1, seqs[69] + 5, 4)  # nothing held: the reply says why
+    assert [f[0] for f in got] == [R] and got[0][2] == 3
+    assert "no reply" in logs[0] and "no reply" in logs[1] and "code=0" in logs[2]

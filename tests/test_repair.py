@@ -50,3 +50,27 @@ def test_overdue_probes_learn_the_interval_wait_for_a_route_and_are_let_go():
     t.due_probes(rx0 + 1800 + 61 + 31, lambda n: next(cseq), lambda n: True)  # unanswered: let go
     assert t.nodes[7].outstanding == 0 and not t.outstanding and t.probes_sent == 1
     assert t.lost == 0
+
+
+def test_a_probe_is_answered_by_its_readings_without_a_reply():
+    """A node resends a probe's readings without a Reply (firmware/node_cmd.py answered): the
+    readings answer the probe, the node's request slot is free at once (not after retry_s), and
+    a reading outside the probe's range does not."""
+    from fleet.repair import GapTracker, RepairConfig
+
+    t = GapTracker(RepairConfig(overdue_s=60, retry_s=30))
+    made0, rx0 = 1_760_000_000, 500.0
+    cseq = iter(range(1000))
+    for i in range(3):
+        t.on_readings(7, i, i, rx0 + 300 * i + 0.2, gateway=1, made_s=made0 + 300 * i)
+        t.on_readings(8, i, i, rx0 + 300 * i + 0.2, gateway=1, made_s=made0 + 300 * i)
+    got = t.due_probes(rx0 + 900 + 61, lambda n: next(cseq), lambda n: True)
+    assert sorted((r.node, r.a, r.b) for r in got) == [(7, 3, 50), (8, 3, 50)]
+    assert t.nodes[7].outstanding == t.nodes[8].outstanding == 1
+    t.on_readings(7, 1, 1, rx0 + 965, gateway=1, made_s=made0 + 300)  # a late copy of an old one
+    assert t.nodes[7].outstanding == 1 and len(t.outstanding) == 2
+    t.on_readings(7, 3, 3, rx0 + 966, gateway=1, made_s=made0 + 900)  # the probe's answer
+    assert t.nodes[7].outstanding == 0 and [k[0] for k in t.outstanding] == [8]
+    assert t.replies == 0 and t.lost == 0 and not t.nodes[7].gaps
+    t.due_probes(rx0 + 900 + 61 + 31, lambda n: next(cseq), lambda n: True)  # 8's: let go as before
+    assert not t.outstanding and t.nodes[8].outstanding == 0

@@ -148,6 +148,10 @@ class DesApp(NodeApp):
                 break
         return out
 
+    def newest_seq(self):
+        """The newest reading held, or None (`held` is in seq order; a power cut pops the newest)."""
+        return next(reversed(self.held), None)
+
     def gaps(self, a, b, max_ranges=8):
         """Not held in a..b: LOST below the next seq (a power cut, a reboot's skip), AHEAD from
         it (the DES ages nothing out: its ring holds the whole run)."""
@@ -258,6 +262,8 @@ class DesApp(NodeApp):
                 resent = self.sim.measure.resent_of(self.node_id)
                 for s in self._held_in(result[0], result[1]):
                     resent.add(s)
+                if node_cmd.answered(self, cmd.args[0], cmd.args[1], code, result):
+                    return  # the readings are the answer
         else:
             code, result = 2, []
         self.send_reply(cmd.cseq, code, result)

@@ -158,6 +158,10 @@ def test_resend_reply_and_status():
         code, result, frames = node_cmd.resend(a, 2, 30)
         assert (code, result, frames) == (0, [2, 19], 2)
         assert node_cmd.resend(a, 25, 30)[:2] == (3, [25, 30, "ahead"])
+        # 2..19 of 2..30 is all there is (19 is the newest): the readings answer, no Reply
+        assert node_cmd.answered(a, 2, 30, code, result)
+        assert not node_cmd.answered(a, 1, 30, code, result)  # 1 no longer held: the Reply says so
+        assert not node_cmd.answered(a, 2, 30, 3, [2, 30, "ahead"])
         a.send_reply(77, code, result)
         tok = a.send_status_body(protocol.StatusBody(fw_version="1.0", parent=0, epoch=0), probe=True)
         assert tok is not None and a.last_status_ms == a.now and a.parent_report_ms is None
