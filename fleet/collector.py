@@ -873,12 +873,13 @@ class Ingest:
         if self._shared:
             self._jrows.append(("s", node, rx_s, gw, seq, None, hops, json.dumps(what)))
         else:
-            self._apply_status(node, seq, rx_s, gw, hops, what, self._events)
+            self._apply_status(node, seq, rx_s, gw, hops, what, self._events, now)
 
-    def _apply_status(self, node, seq, rx_s, gw, hops, what, events):
+    def _apply_status(self, node, seq, rx_s, gw, hops, what, events, now):
         """A status report reaches gap repair: events for what changed since the last one applied
         (reboot, reparent, firmware), a key request when its epoch is old, the node's parent
-        for source routes. A report not newer than the newest applied is not applied again."""
+        for source routes (`now`: the collector's clock, when repairs waiting for a path look
+        again). A report not newer than the newest applied is not applied again."""
         if seq <= self._status_seq.get(node, -1):
             return
         self._status_seq[node] = seq
@@ -899,6 +900,8 @@ class Ingest:
             # request; it is answered in poll() (a revoked node's frames never get here)
             self.stats.key_requests += 1
             self._key_asks[node] = (gw, epoch)
+        if self._routes.parents.get(node) != (parent or None):
+            self.tracker.routes_changed(now)  # a path may be whole now: the repairs waiting for one
         self._routes.report(node, parent)
 
     def _reply(self, res, f, rx_s, now):
@@ -1056,7 +1059,7 @@ class Ingest:
                         self._hops[node] = c
                         tr.on_readings(node, a, b, now, gw)
                     elif kind == "s":
-                        self._apply_status(node, a, int(at_s), gw, c, json.loads(detail), events)
+                        self._apply_status(node, a, int(at_s), gw, c, json.loads(detail), events, now)
                     elif kind == "y":
                         # the group's replay window (a replay may be dealt to another member than the
                         # original was): kept in repair_nodes, so a new leader refuses what was applied

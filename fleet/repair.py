@@ -14,7 +14,8 @@ Rules (a gap is a range [first, last] of reading seqs of one node, below the hig
   mere reordering (late frames): it leaves no trace ('gone'). Closed after a request: 'recovered'.
 - A gap is due `grace_s` after it opens (late frames fill most gaps). When due, the node is asked
   `OP_RESEND [first, last]`; the node resends what its ring holds, at most ~48 readings at a time,
-  and replies code 0 with [first_sent, last_sent], or code 3 when it holds none of the range.
+  and replies code 0 with [first_sent, last_sent] (no reply when that is all of it: below), or
+  code 3 when it holds none of the range.
   Later pending gaps of the same node join the request while the whole range spans at most
   `merge_span` seqs: one flooded command instead of several (resent duplicates are cheap).
 - Reply code 0: seqs below first_sent in the range are lost (the ring evicts oldest first);
@@ -30,7 +31,9 @@ Rules (a gap is a range [first, last] of reading seqs of one node, below the hig
   re-parenting, reports still on their way). A node that changed parents reports the new one
   within ~2 minutes (firmware/node.py parent_report_ms), and the alternative - a flood through
   the whole mesh, ~one transmission per node - is what a gateway failure's hundreds of gaps must
-  not cost (issue 15). Counted `route_waits` (each re-check); after the wait, or for a node that
+  not cost (issue 15). It is looked at again when a node reports another parent
+  (`routes_changed`: the report that mends the path sends it at once), else every
+  route_wait_s / 5. Counted `route_waits` (each re-check); after the wait, or for a node that
   never reported a parent, the caller floods as before.
 - Overdue probes (`overdue_s`, 0: none): a lost reading otherwise shows only when the next one
   arrives, a report interval later, and is then asked for after the grace (~420 s at the
@@ -39,8 +42,9 @@ Rules (a gap is a range [first, last] of reading seqs of one node, below the hig
   and when the reading after the newest is `overdue_s` late it asks the node once for
   [newest + 1, newest + merge_span] (a Request without a gap; `due_probes`). The caller sends
   it only down a known source route - never a flood: a node that is merely late or gone costs
-  one routed command - and while the path is broken the probe waits, up to the time the
-  reading after it is due (then the gap shows as before). What comes back is an ordinary
+  one routed command - and while the path is broken the probe waits (looked at again as a gap
+  is: on a report of another parent, or in 30 s), up to the time the reading after it is due
+  (then the gap shows as before). What comes back is an ordinary
   reading, and it answers the probe; a reply that holds none loses nothing (nothing was known
   missing). An unanswered probe is let go after `retry_s`; it is not retried.
 - A node resends without a Reply when the readings are the whole answer (firmware/node_cmd.py
@@ -270,6 +274,8 @@ class GapTracker:
         self.probes_sent = 0
         self._probes = []  # (due_s, tiebreak, node); stale when the node's probe_s moved
         self._probe_reqs = []  # probe Requests in flight
+        self._route_gaps = []  # gaps waiting for a whole path (route_wait_s): looked at again on a report
+        self._route_nodes = []  # nodes whose probe waits for a whole path: the same
 
     # ---- loading what the store knows ---------------------------------------------------------
 
@@ -382,9 +388,12 @@ class GapTracker:
             nt.probe_s = None
             if now_s > nt.made_s + nt.offset_s + 2 * nt.every_s:
                 continue  # the reading after it is due too: a gap shows as before
-            if (len(self.outstanding) >= cfg.max_outstanding or nt.outstanding >= cfg.max_outstanding_node
-                    or not routable(node)):
+            if len(self.outstanding) >= cfg.max_outstanding or nt.outstanding >= cfg.max_outstanding_node:
                 self._probe_at(nt, node, now_s + max(cfg.defer_s, min(cfg.route_wait_s / 5, 30.0)))
+                continue
+            if not routable(node):  # again on the next parent report (routes_changed), or in 30 s
+                self._probe_at(nt, node, now_s + max(cfg.defer_s, min(cfg.route_wait_s / 5, 30.0)))
+                self._route_nodes.append(node)
                 continue
             cseq = cseq_fn(node)
             if cseq is None:  # no command counter now (store busy): shortly
@@ -397,6 +406,20 @@ class GapTracker:
             self.probes_sent += 1
             out.append(req)
         return out
+
+    def routes_changed(self, now_s):
+        """A node reported another parent: the gaps and probes waiting for a whole path are due
+        now (poll() looks again), not at their next re-check up to 30 s later - in a gateway
+        failure's storm most repairs wait for a re-parented node's report."""
+        for g in self._route_gaps:
+            if g.state in PENDING and g.req is None:
+                self._due(g, now_s)
+        for node in self._route_nodes:
+            nt = self.nodes.get(node)
+            if nt is not None and nt.probe_s is not None and nt.probe_s > now_s:
+                self._probe_at(nt, node, now_s)
+        self._route_gaps = []
+        self._route_nodes = []
 
     def next_probe_s(self):
         """The earliest time a probe may be due or let go, or None."""
@@ -567,9 +590,10 @@ class GapTracker:
                 continue
             if path_broken is not None and not g.requests and cfg.route_wait_s and path_broken(g.node):
                 waited = now_s - (g.created_s + cfg.grace_s)
-                if waited < cfg.route_wait_s:  # no path yet: wait for the node's parent report
+                if waited < cfg.route_wait_s:  # no path yet: wait for a parent report (routes_changed)
                     g.due_s = now_s + min(cfg.route_wait_s - waited, cfg.route_wait_s / 5)
                     deferred.append(g)
+                    self._route_gaps.append(g)
                     self.route_waits += 1
                     continue
             cseq = cseq_fn(g.node)

@@ -1047,6 +1047,27 @@ def test_a_broken_path_waits_for_the_reports_that_mend_it_then_floods(store):
     assert sent_at is not None and sent_at >= due + 40 and ing.snapshot()["route_waits"] > waits
 
 
+def test_a_report_that_mends_the_path_sends_the_waiting_request_at_once(store):
+    """A gap waiting for a broken path is looked at again when a node reports another parent
+    (fleet.repair.GapTracker.routes_changed), not at its next re-check (route_wait_s / 5 = 30 s
+    here): in a gateway failure most repairs wait for exactly that report. A report of the same
+    parent changes nothing."""
+    clock = Clock()
+    ing = make_ingest(store, clock, route_wait_s=150)
+    ing.on_message(UP2, envelope([status(1, 1, parent=GW2), status(2, 1, parent=1)], gw=GW2))
+    ing.on_message(f"redmesh/{NET}/state/{GW2}", b"offline")
+    ing.on_message(UP, envelope([telemetry(2, s) for s in (0, 2)]))
+    clock.t += 11
+    assert _routed_or_flooded(ing.poll(), 2) == [] and ing.snapshot()["route_waits"] == 1
+    clock.t += 1
+    ing.on_message(UP, envelope([status(2, 2, parent=1)]))  # the same parent: still broken
+    assert _routed_or_flooded(ing.poll(), 2) == [] and ing.snapshot()["route_waits"] == 1
+    clock.t += 1
+    ing.on_message(UP, envelope([status(1, 2, parent=GW)]))  # relay 1 re-parented to GW
+    (topic, path, _), = _routed_or_flooded(ing.poll(), 2)
+    assert (topic, path) == (downlink_topic(NET, GW), [1, 2])  # 2 s after the wait began, not 30
+
+
 def test_a_gateways_own_gap_is_asked_on_its_own_topic_never_flooded(store):
     """A gateway makes readings too; it takes a command for itself off its MQTT topic and
     consumes it (firmware/mesh.py _rx_cmd floods only commands for others): no route is needed,

@@ -74,3 +74,24 @@ def test_a_probe_is_answered_by_its_readings_without_a_reply():
     assert t.replies == 0 and t.lost == 0 and not t.nodes[7].gaps
     t.due_probes(rx0 + 900 + 61 + 31, lambda n: next(cseq), lambda n: True)  # 8's: let go as before
     assert not t.outstanding and t.nodes[8].outstanding == 0
+
+
+def test_a_probe_waiting_for_a_route_goes_when_a_report_comes():
+    """A probe that found no whole path is due again at routes_changed (a node reported another
+    parent), not 30 s later; without a report it waits its 30 s."""
+    from fleet.repair import GapTracker, RepairConfig
+
+    t = GapTracker(RepairConfig(overdue_s=60, retry_s=30))
+    made0, rx0 = 1_760_000_000, 500.0
+    cseq = iter(range(1000))
+    for i in range(3):
+        t.on_readings(7, i, i, rx0 + 300 * i + 0.2, gateway=1, made_s=made0 + 300 * i)
+    due = rx0 + 900 + 61
+    assert t.due_probes(due, lambda n: next(cseq), lambda n: False) == []  # no path yet
+    assert t.next_probe_s() == due + 30
+    t.routes_changed(due + 2)
+    assert t.next_probe_s() == due + 2
+    got = t.due_probes(due + 2, lambda n: next(cseq), lambda n: True)
+    assert [(r.node, r.a) for r in got] == [(7, 3)]
+    t.routes_changed(due + 3)  # nothing waits now: nothing moves
+    assert t.next_probe_s() == due + 2 + 30  # the probe's let-go time
