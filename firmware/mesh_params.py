@@ -32,7 +32,8 @@ DEFAULTS = {
     "max_path_cost": 3000,  # a path this expensive is no route (bounds count-to-infinity)
     "neighbor_timeout_ms": 0,  # 0 = 4.5 x Imax
     "loop_hold_ms": 3000,  # a parent caught in a loop is not chosen again for this long
-    "cost_reset_delta": 10,  # own cost change that resets Trickle
+    "cost_reset_delta": 10,  # own cost rise that resets Trickle (a parent of earlier firmware, no root)
+    "cost_wake_delta": 10,  # own cost change that is news: one beacon soon (Trickle wake)
     "weak_rssi_dbm": -80,  # a new neighbour heard weaker starts at ETX_INIT_WEAK
     "root_seq_ms": 60000,  # a gateway's beacons carry a sequence number one higher per this
     "fresh_wait_ms": 20000,  # no route: any neighbour beaconing this long after ours counts
@@ -78,6 +79,7 @@ def configure(r, params):
     r.neighbor_timeout_ms = p["neighbor_timeout_ms"] or (r.trickle.imax_ms * 9) // 2
     r.loop_hold_ms = p["loop_hold_ms"]
     r.cost_reset_delta = p["cost_reset_delta"]
+    r.cost_wake_delta = p["cost_wake_delta"]
     r.weak_rssi_dbm = p["weak_rssi_dbm"]
     r.root_seq_ms = max(1000, p["root_seq_ms"])
     r.fresh_wait_ms = p["fresh_wait_ms"]

@@ -274,6 +274,41 @@ def test_with_a_root_a_rising_cost_is_news_not_a_reset():
     assert r.cost >= 70 and r.trickle.interval_ms == interval and r.trickle.next_fire_ms <= now + 1000
 
 
+def _settled_quiet(params):
+    """A router under parent 2 (cost 30, root 1) whose Trickle has settled at a long interval
+    and just fired: its next beacon is > 30 s away. Returns (router, now)."""
+    r = Router(10, mac_of(10), False, MESH, params=dict(params, beacon_imin_ms=1000))
+    now = 0
+    for bseq in range(4):
+        now += 10_000
+        r.on_recv(mac_of(2), beacon_bytes(2, 30, bseq, root=1, rseq=5), -50, now)
+        drain(r)
+    for t in range(now, now + 400_000, 500):
+        now = t
+        r.tick(now)
+        drain(r)
+        if now > 200_000 and r.trickle.next_fire_ms > now + 30_000:
+            break
+    assert r.parent == 2 and r.trickle.next_fire_ms > now + 30_000
+    return r, now
+
+
+def test_a_cost_move_below_cost_wake_delta_waits_for_the_next_beacon():
+    """A move of our cost by less than cost_wake_delta is no news: it goes out with the next
+    beacon. A move of cost_wake_delta or more: one beacon soon (Trickle wake). 1 ETX by default;
+    2 ETX measured in the DES (README, issue 15)."""
+    for delta, wakes_at_15 in ((20, False), (10, True)):
+        r, now = _settled_quiet({"cost_wake_delta": delta})
+        cost, fire = r.cost, r.trickle.next_fire_ms
+        r.on_recv(mac_of(2), beacon_bytes(2, 45, 4, root=1, rseq=5), -50, now)  # +1.5 ETX
+        assert r.cost == cost + 15
+        assert (r.trickle.next_fire_ms <= now + 1000) == wakes_at_15, delta
+        if not wakes_at_15:
+            assert r.trickle.next_fire_ms == fire
+            r.on_recv(mac_of(2), beacon_bytes(2, 70, 5, root=1, rseq=5), -50, now + 10)  # +2.5 ETX
+            assert r.cost - (cost + 15) >= 20 and r.trickle.next_fire_ms <= now + 1010
+
+
 # ---- feasibility (root gateway and sequence number) -------------------------------------------
 
 
