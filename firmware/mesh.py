@@ -27,8 +27,8 @@ Theory of operation (CTP / RPL ideas, simplified)
   issue 15. 2 ETX there: control 5.3 -> 4.1 per reading, parent changes 6.0 -> 4.8 (DES, seeds
   1-8); but on clean links parent changes rose 0.163 -> 0.187 per node-hour (2,000 nodes, seeds
   1-5; 1.5 ETX: 0.196) and 0.129 -> 0.185 (5,000, seed 1) - news held back keeps a forming
-  tree on interim parents - so 1 ETX stays the default. A node without a route sets BF_NO_ROUTE | BF_PULL and
-  advertises COST_INFINITE, no root.
+  tree on interim parents - so 1 ETX stays the default. A node without a route sets
+  BF_NO_ROUTE | BF_PULL and advertises COST_INFINITE, no root.
 - Link ETX per neighbour = etx_b * etx_d. etx_b = 1 / prr**2 from the beacon reception ratio
   prr, an integer EWMA (alpha 0.9, per mille) of one sample every BEACON_WINDOW expected beacons
   (bseq gaps), squared because the ACK needs the reverse direction and beacons measure one (the

@@ -44,9 +44,9 @@ Rules (a gap is a range [first, last] of reading seqs of one node, below the hig
   it only down a known source route - never a flood: a node that is merely late or gone costs
   one routed command - and while the path is broken the probe waits (looked at again as a gap
   is: on a report of another parent, or in 30 s), up to the time the reading after it is due
-  (then the gap shows as before). What comes back is an ordinary
-  reading, and it answers the probe; a reply that holds none loses nothing (nothing was known
-  missing). An unanswered probe is let go after `retry_s`; it is not retried.
+  (then the gap shows as before). What comes back is an ordinary reading, and it answers the
+  probe; a reply that holds none loses nothing (nothing was known missing). An unanswered probe
+  is let go after `retry_s`; it is not retried.
 - A node resends without a Reply when the readings are the whole answer (firmware/node_cmd.py
   `answered`: all of [first, last] it holds, up to its newest): the gaps close, and the probe is
   answered, on the readings themselves; a Reply comes when it says more (some no longer held,
@@ -274,8 +274,10 @@ class GapTracker:
         self.probes_sent = 0
         self._probes = []  # (due_s, tiebreak, node); stale when the node's probe_s moved
         self._probe_reqs = []  # probe Requests in flight
-        self._route_gaps = []  # gaps waiting for a whole path (route_wait_s): looked at again on a report
-        self._route_nodes = []  # nodes whose probe waits for a whole path: the same
+        # gaps and nodes (a probe) waiting for a whole path (route_wait_s), looked at again on a
+        # parent report; dicts as ordered sets (the order requests go out in stays reproducible)
+        self._route_gaps = {}
+        self._route_nodes = {}
 
     # ---- loading what the store knows ---------------------------------------------------------
 
@@ -388,12 +390,11 @@ class GapTracker:
             nt.probe_s = None
             if now_s > nt.made_s + nt.offset_s + 2 * nt.every_s:
                 continue  # the reading after it is due too: a gap shows as before
-            if len(self.outstanding) >= cfg.max_outstanding or nt.outstanding >= cfg.max_outstanding_node:
+            blocked = len(self.outstanding) >= cfg.max_outstanding or nt.outstanding >= cfg.max_outstanding_node
+            if blocked or not routable(node):  # no path: again on a parent report (routes_changed), or in 30 s
                 self._probe_at(nt, node, now_s + max(cfg.defer_s, min(cfg.route_wait_s / 5, 30.0)))
-                continue
-            if not routable(node):  # again on the next parent report (routes_changed), or in 30 s
-                self._probe_at(nt, node, now_s + max(cfg.defer_s, min(cfg.route_wait_s / 5, 30.0)))
-                self._route_nodes.append(node)
+                if not blocked:
+                    self._route_nodes[node] = None
                 continue
             cseq = cseq_fn(node)
             if cseq is None:  # no command counter now (store busy): shortly
@@ -418,8 +419,8 @@ class GapTracker:
             nt = self.nodes.get(node)
             if nt is not None and nt.probe_s is not None and nt.probe_s > now_s:
                 self._probe_at(nt, node, now_s)
-        self._route_gaps = []
-        self._route_nodes = []
+        self._route_gaps = {}
+        self._route_nodes = {}
 
     def next_probe_s(self):
         """The earliest time a probe may be due or let go, or None."""
@@ -593,7 +594,10 @@ class GapTracker:
                 if waited < cfg.route_wait_s:  # no path yet: wait for a parent report (routes_changed)
                     g.due_s = now_s + min(cfg.route_wait_s - waited, cfg.route_wait_s / 5)
                     deferred.append(g)
-                    self._route_gaps.append(g)
+                    waiting = self._route_gaps
+                    if len(waiting) >= 4096:  # no report for long (a quiet mesh): forget the closed
+                        self._route_gaps = waiting = {h: None for h in waiting if h.state in PENDING}
+                    waiting[g] = None
                     self.route_waits += 1
                     continue
             cseq = cseq_fn(g.node)

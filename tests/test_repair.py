@@ -95,3 +95,21 @@ def test_a_probe_waiting_for_a_route_goes_when_a_report_comes():
     assert [(r.node, r.a) for r in got] == [(7, 3)]
     t.routes_changed(due + 3)  # nothing waits now: nothing moves
     assert t.next_probe_s() == due + 2 + 30  # the probe's let-go time
+
+
+def test_the_gaps_waiting_for_a_path_are_bounded_without_reports():
+    """A quiet mesh sends no report of another parent for days: the gaps that waited for a path
+    and closed since are forgotten once 4,096 are remembered, not kept for ever."""
+    from fleet.repair import GapTracker, RepairConfig
+
+    t = GapTracker(RepairConfig(grace_s=10, route_wait_s=150))
+    for n in range(1, 4097):
+        t.on_readings(n, 0, 0, 0.0)
+        t.on_readings(n, 2, 2, 0.0)  # seq 1 missing
+    assert t.due_requests(11.0, lambda n: 1, None, lambda n: True) == [] and len(t._route_gaps) == 4096
+    for n in range(1, 4097):
+        t.on_readings(n, 1, 1, 12.0)  # the late readings close them
+    t.on_readings(5000, 0, 0, 12.0)
+    t.on_readings(5000, 2, 2, 12.0)
+    assert t.due_requests(23.0, lambda n: 1, None, lambda n: True) == []
+    assert list(t._route_gaps) == t.nodes[5000].gaps and t.pending == 1
