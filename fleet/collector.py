@@ -900,9 +900,8 @@ class Ingest:
             # request; it is answered in poll() (a revoked node's frames never get here)
             self.stats.key_requests += 1
             self._key_asks[node] = (gw, epoch)
-        if self._routes.parents.get(node) != (parent or None):
+        if self._routes.report(node, parent):
             self.tracker.routes_changed(now)  # a path may be whole now: the repairs waiting for one
-        self._routes.report(node, parent)
 
     def _reply(self, res, f, rx_s, now):
         node = f.origin

@@ -112,10 +112,12 @@ class SourceRoutes:
         self.tried = {}  # node -> (gateway, path) of its last routed command
 
     def report(self, node, parent):
+        """`node` reported `parent` (0: none). Returns True when that is another than it had."""
         if parent:
+            old = self.parents.get(node)
             self.parents[node] = parent
-        else:
-            self.parents.pop(node, None)
+            return old != parent
+        return self.parents.pop(node, None) is not None
 
     def broken(self, node, gateways, online):
         """True when `node` reported a parent but no usable path down to it compiles (see

@@ -17,8 +17,9 @@ def test_source_routes_one_rule_for_collector_and_simulator():
     assert sr.choose(4, {100}, up) == (None, "fallback")  # never reported
     assert sr.choose(4, {100}, up, retry=True) == (None, None)  # a retry without a path: not a new fallback
     assert sr.choose(3, {100}, lambda gw: False) == (None, "fallback")  # its gateway is offline
-    sr.report(2, 0)  # 2 lost its parent: 3's chain breaks there
-    sr.report(3, 2)
+    assert sr.report(2, 0) is True  # 2 lost its parent: 3's chain breaks there
+    assert sr.report(3, 2) is True and sr.report(3, 2) is False  # another parent; then the same
+    assert sr.report(2, 0) is False and sr.report(9, 0) is False  # none, as before
     assert sr.choose(3, {100}, up) == (None, "fallback")
 
 
