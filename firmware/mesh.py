@@ -28,7 +28,8 @@ Theory of operation (CTP / RPL ideas, simplified)
   1-8); but on clean links parent changes rose 0.163 -> 0.187 per node-hour (2,000 nodes, seeds
   1-5; 1.5 ETX: 0.196) and 0.129 -> 0.185 (5,000, seed 1) - news held back keeps a forming
   tree on interim parents - so 1 ETX stays the default. A node without a route sets
-  BF_NO_ROUTE | BF_PULL and advertises COST_INFINITE, no root.
+  BF_NO_ROUTE | BF_PULL and advertises COST_INFINITE, and no root - or, after its gateway
+  stopped answering, that root and rseq: a poison (feasibility, below).
 - Link ETX per neighbour = etx_b * etx_d. etx_b = 1 / prr**2 from the beacon reception ratio
   prr, an integer EWMA (alpha 0.9, per mille) of one sample every BEACON_WINDOW expected beacons
   (bseq gaps), squared because the ACK needs the reverse direction and beacons measure one (the
@@ -70,6 +71,28 @@ Theory of operation (CTP / RPL ideas, simplified)
     2,000-node storm below, and frames going round them until the TTL were most of the lost
     readings. After a gateway died, its subtree cannot count up among its own stale costs (its
     rseq stands still): it detaches, and re-attaches from the nodes that hear another root.
+    Feasibility does not stop it hunting first: every node below the dead gateway still
+    advertises its old cost with the old rseq, and a node whose parent moved (or whose path
+    got worse) took whichever of them was lower - the next one to fall. In the 2,000-node storm
+    that was 2,690 of 5,630 parent changes in the 5 minutes after the gateway died, and 569
+    nodes on a live gateway moved into the dying subtree.
+    So, with poison_ms > 0 (off by default), a node whose parent was a gateway that stopped
+    answering (dead by the data path, or not heard for neighbor_timeout_ms) says so: its
+    no-route beacons carry that root and the newest rseq of it it had heard (a poison; a
+    no-route beacon carries no root otherwise). Whoever hears one - from its parent or any
+    neighbour - takes no parent of that root with that rseq or an older one for poison_ms,
+    until a newer rseq of it is heard, or the gateway's own beacon shows it alive; and none on
+    that gateway itself until it beacons again. It keeps a parent that works. So the subtree
+    falls down its own branches and re-attaches from the other roots. In the storm (2,000
+    nodes, seeds 1-8, poison_ms 40 min) first pass 0.996 -> 0.9991-0.9998, parent changes 6.0
+    -> 4.8, repair p50 115-132 -> 61-110 s. Not the default because a poison can be false: a
+    gateway's child whose sends to a live gateway failed 6 times poisons it, and rseqs cannot
+    tell: they travel at the beacons' pace, minutes behind the gateway in a quiet tree, so its
+    region carries older ones than the poison names. In the 20 % loss run without a failure
+    (seed 2) one such poison left 126 nodes without a route for 4 minutes (first pass 1.0 ->
+    0.9964); held 60 s instead, the storm hunted again after the hold; asking the gateway
+    (PULL) for 8 s before poisoning let the subtree hunt meanwhile (and one storm seed of two
+    went to a repair p50 of 420 s). The next step is to confirm the death without that.
     Under a parent of earlier firmware (root 0) the older rank rule applies: _ref_cost relaxes
     2 x Imin after a higher beacon told the descendants. With no route at all, a candidate that
     beaconed fresh_wait_ms after our own no-route beacon went out also qualifies (our former
@@ -423,6 +446,9 @@ class Router:
         self._ref_pending = COST_INFINITE
         self._ref_at_ms = 0
         self._fresh_after_ms = 0  # no route: candidates heard at/after this count (None: not yet)
+        self._lost = 0  # a root whose paths are gone up to rseq _lost_rseq, until _lost_until
+        self._lost_rseq = 0
+        self._lost_until = 0
         # _evaluate() scans every neighbour only when another than the one just heard may have
         # become a better parent: see _evaluate()
         self._cur_scanned = -1  # parent path cost at which no other neighbour qualified
@@ -719,6 +745,9 @@ class Router:
                 return  # the same beacon twice
             miss = gap - 1
             nb.b_miss += miss if miss < _MAX_GAP_MISSES else _MAX_GAP_MISSES
+        if src == self._lost:
+            self._lost = 0  # the gateway we thought gone is talking: it lives
+            self._rescan = True
         if nb.fails >= 2 * self.tries_per_parent:
             # declared dead by the data path, and it is talking again: learn it afresh
             nb.fails = 0
@@ -760,6 +789,8 @@ class Router:
         nb.last_ms = now
         if flags & BF_NO_ROUTE:
             cost = COST_INFINITE
+            if root:
+                self._lose_root(root, rseq, now, True)
         nb.cost = cost
         nb.depth = depth
         nb.flags = flags
@@ -1010,6 +1041,23 @@ class Router:
 
     # ---- parent selection ----------------------------------------------------------------
 
+    def _lose_root(self, r, v, now, heard=False):
+        """Root r's paths as of its rseq v are gone (it stopped answering us, or a neighbour
+        said so: heard): take no parent on them for poison_ms or until a newer rseq of r is
+        heard, and none on gateway r itself until it beacons again."""
+        if self.is_gateway or not self.poison_ms:
+            return
+        g = self._nbrs.get(r)
+        if heard and g is not None and g is not self._par and g.flags & BF_GATEWAY and g.etx_d < _EMAX:
+            g.fails = 2 * self.tries_per_parent  # as if our data path had found it dead
+            g.etx_d = _EMAX
+            _link_cost(g)
+        if r == self._lost and now < self._lost_until and not _newer(v, self._lost_rseq):
+            return
+        self._lost = r
+        self._lost_rseq = v
+        self._lost_until = now + self.poison_ms
+
     def _usable(self, nb, now, max_etx):
         """Can nb carry our data? A new parent needs a link ETX <= max_link_etx; the current
         one is kept up to ETX_MAX - 1 (a bad link beats no route; a dead one is ETX_MAX)."""
@@ -1032,6 +1080,18 @@ class Router:
         cur = COST_INFINITE
         if par is not None and self._usable(par, now, ETX_MAX - 1):
             cur = par.cost + par.etx
+        elif par is not None and par.flags & BF_GATEWAY and self.poison_ms:
+            # our gateway stopped answering: its other paths are as dead as ours, as far as we know
+            v = par.rseq
+            for nb in self._nbrs.values():
+                if nb.root == par.root and nb.cost < COST_INFINITE and _newer(nb.rseq, v):
+                    v = nb.rseq
+            self._lose_root(par.root, v, now)
+        lost = self._lost
+        if lost and now >= self._lost_until:
+            self._lost = lost = 0
+            self._rescan = True
+        lost_rseq = self._lost_rseq
         scan = heard is None or cur >= COST_INFINITE or cur > self._cur_scanned or self._rescan
         if self._ref_at_ms and now >= self._ref_at_ms:
             self._ref_cost = self._ref_pending
@@ -1064,6 +1124,8 @@ class Router:
             pc = nb.cost + nb.etx
             if pc >= best_pc or not self._usable(nb, now, max_etx):
                 continue
+            if lost and nb.root == lost and not _newer(nb.rseq, lost_rseq):
+                continue  # its path leads to a root that is gone
             if cur < COST_INFINITE and (pc + margin + (pc * pct) // 100 > cur or nb.heard < min_heard
                                         or not nb.windows):
                 continue
@@ -1267,8 +1329,13 @@ class Router:
             if cost > self._ref_cost and not self._ref_at_ms and not self.root:
                 self._ref_pending = cost
                 self._ref_at_ms = now + 2 * self.imin_ms
-        root = self.root if cost < COST_INFINITE else 0
-        b = Beacon(self.node_id, bseq, cost, depth, self.wall_time_s(now), flags, root, self.rseq if root else 0)
+        if cost < COST_INFINITE:
+            root, rseq = self.root, self.rseq
+        elif self._lost and now < self._lost_until:
+            root, rseq = self._lost, self._lost_rseq  # say which root we lost: a poison
+        else:
+            root = rseq = 0
+        b = Beacon(self.node_id, bseq, cost, depth, self.wall_time_s(now), flags, root, rseq if root else 0)
         self._out((self._token(), BROADCAST, encode(b, self._hmac, None, self._phase)))
         self.stats["beacons_tx"] += 1
         self._housekeep(now)

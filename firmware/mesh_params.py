@@ -37,6 +37,7 @@ DEFAULTS = {
     "weak_rssi_dbm": -80,  # a new neighbour heard weaker starts at ETX_INIT_WEAK
     "root_seq_ms": 60000,  # a gateway's beacons carry a sequence number one higher per this
     "fresh_wait_ms": 20000,  # no route: any neighbour beaconing this long after ours counts
+    "poison_ms": 0,  # a gateway stopped answering: its old paths are not taken for this long (0: off)
 }
 
 
@@ -83,4 +84,5 @@ def configure(r, params):
     r.weak_rssi_dbm = p["weak_rssi_dbm"]
     r.root_seq_ms = max(1000, p["root_seq_ms"])
     r.fresh_wait_ms = p["fresh_wait_ms"]
+    r.poison_ms = p["poison_ms"]
     return p

@@ -404,8 +404,10 @@ class Beacon(Frame):
     gateway), time_s (gateway wall clock, unix seconds; 0 = unknown), flags (BF_ bits), root (the
     gateway at the root of the sender's path, 0 = none or not said) and rseq (that gateway's
     sequence number as the sender last had it, 0..65535, compared modulo 2**16: firmware/mesh.py
-    uses the pair for its feasibility rule). With root 0 the beacon has the 9-item layout of
-    earlier firmware (no root, no rseq), which every firmware reads."""
+    uses the pair for its feasibility rule; in a no-route beacon (BF_NO_ROUTE) the pair is a
+    poison: the sender lost its path when that gateway stopped answering, and no path of it
+    with that rseq or an older one is to be taken). With root 0 the beacon has the 9-item layout
+    of earlier firmware (no root, no rseq), which every firmware reads."""
 
     type = T_BEACON
     SPEC = (("src", 0, U32), ("bseq", 0, U8), ("cost", 0, U16), ("depth", 0, U8), ("time_s", 0, U32),

@@ -20,6 +20,8 @@ from firmware.mesh_params import DEFAULTS
 from firmware.trickle import Trickle, Xorshift32
 from protocol import (
     BF_GATEWAY,
+    BF_NO_ROUTE,
+    BF_PULL,
     OP_PING,
     Beacon,
     Command,
@@ -661,6 +663,207 @@ def test_gateway_death_reroutes_to_the_other_gateway():
     got = delivered(radio, {1, 10})
     assert made(apps) - got <= newest(apps)
     assert total(radio, "route_losses") >= 1
+
+
+# ---- a gateway that stops answering: the poison -----------------------------------------------
+
+def _beacons(r, now, hears):
+    """r hears one beacon from each (src, cost, root, rseq) in `hears`."""
+    for src, cost, root, rseq in hears:
+        bseq = r._nbrs[src].bseq + 1 if src in r._nbrs else 0
+        flags = BF_GATEWAY if cost == 0 else 0
+        r.on_recv(mac_of(src), beacon_bytes(src, cost, bseq & 255, depth=0 if cost == 0 else 2, flags=flags,
+                                            root=root, rseq=rseq), -50, now)
+    return drain(r)
+
+
+def _poison(src, root, rseq, bseq=200):
+    return beacon_bytes(src, 0xFFFF, bseq, depth=255, flags=BF_NO_ROUTE | BF_PULL, root=root, rseq=rseq)
+
+
+def _last_beacon(txs):
+    bs = [decode(d, MESH) for _, mac, d in txs if mac == BROADCAST]
+    return bs[-1] if bs else None
+
+
+POISON = {"poison_ms": 2_400_000}  # off by default (firmware/mesh.py: a false poison)
+
+
+def test_a_node_whose_gateway_stops_answering_poisons_that_root_in_its_no_route_beacons():
+    r = Router(5, mac_of(5), False, MESH, params=POISON)
+    now = 0
+    for _ in range(4):
+        now += 10_000
+        _beacons(r, now, [(1, 0, 1, 7)])
+    assert r.parent == 1 and (r.root, r.rseq) == (1, 7)
+    r.originate(encode(telemetry(5, 1), MESH), now, "a")
+    for _ in range(200):  # every send to the gateway fails
+        for tok, mac, _d in drain(r):
+            if mac == mac_of(1):
+                r.on_send_done(tok, False, now)
+        if not r.has_route():
+            break
+        now += 50
+        r.tick(now)
+    assert not r.has_route() and r.stats["route_losses"] == 1
+    now += 5_000
+    r.tick(now)
+    b = _last_beacon(drain(r))
+    assert b is not None and b.flags & BF_NO_ROUTE
+    assert (b.root, b.rseq) == (1, 7)  # the gateway that stopped answering, as of its last rseq
+
+
+def _settled_on_relay(params=POISON):
+    """Router 10 on relay 2 (root 1, rseq 7, cost 30), hearing relay 3 of the same root and
+    rseq at cost 24 - feasible, but not better by the margin."""
+    r = Router(10, mac_of(10), False, MESH, params=params)
+    now = 0
+    for _ in range(6):
+        now += 10_000
+        _beacons(r, now, [(2, 30, 1, 7), (3, 24, 1, 7)])
+    assert r.parent == 2
+    return r, now
+
+
+def test_a_poisoned_roots_old_paths_are_not_taken_until_a_newer_rseq_shows_it_alive():
+    # relay 2's gateway stopped answering: its no-route beacon names root 1, rseq 7. Without
+    # the poison 10 would move to relay 3 - whose path goes to the same dead gateway. Relay 3
+    # is taken when it shows rseq 8: gateway 1 lives after all
+    r, now = _settled_on_relay()
+    changes = r.stats["parent_changes"]
+    now += 1000
+    r.on_recv(mac_of(2), _poison(2, 1, 7), -50, now)
+    assert not r.has_route() and r.stats["parent_changes"] == changes + 1
+    now += 5_000
+    r.tick(now)
+    b = _last_beacon(drain(r))
+    assert b.flags & BF_NO_ROUTE and (b.root, b.rseq) == (1, 7)  # passed on down the subtree
+    for _ in range(30):
+        now += 10_000
+        _beacons(r, now, [(3, 24, 1, 7)])
+        assert not r.has_route()
+    now += 1000
+    _beacons(r, now, [(3, 24, 1, 8)])
+    assert r.parent == 3 and (r.root, r.rseq) == (1, 8)
+
+
+def test_a_poisoned_node_takes_another_root_and_a_neighbours_poison_keeps_a_working_parent():
+    r, now = _settled_on_relay()
+    for _ in range(4):
+        now += 10_000
+        _beacons(r, now, [(2, 30, 1, 7), (3, 24, 1, 7), (6, 26, 1, 7), (4, 60, 9, 3)])
+    assert r.parent == 2
+    changes = r.stats["parent_changes"]
+    now += 1000
+    r.on_recv(mac_of(3), _poison(3, 1, 7), -50, now)  # a neighbour lost gateway 1
+    drain(r)
+    now += 1000
+    _beacons(r, now, [(2, 30, 1, 7)])
+    assert r.parent == 2 and r.stats["parent_changes"] == changes  # our path still works
+    now += 1000
+    r.on_recv(mac_of(2), _poison(2, 1, 7), -50, now)
+    # relay 6, cheaper but on gateway 1's old paths, is passed over for gateway 9's
+    assert r.parent == 4 and r.root == 9 and r.stats["parent_changes"] == changes + 1
+
+
+def test_a_poison_holds_for_poison_ms_and_poison_ms_0_turns_it_off():
+    # relay 3, not heard since the poison, stays passed over for poison_ms (here 60 s)
+    r, now = _settled_on_relay({"poison_ms": 60_000})
+    now += 1000
+    t0 = now
+    r.on_recv(mac_of(2), _poison(2, 1, 7), -50, now)
+    for t in (30_000, 59_000, 60_000):
+        now = t0 + t
+        r.on_recv(mac_of(7), beacon_bytes(7, 0xFFFF, t // 1000, depth=255, flags=BF_NO_ROUTE | BF_PULL),
+                  -50, now)  # a beacon: evaluate
+        drain(r)
+        assert r.has_route() == (t >= 60_000)
+    assert r.parent == 3
+    r = Router(10, mac_of(10), False, MESH, params={"poison_ms": 0})
+    now = 0
+    for _ in range(6):
+        now += 10_000
+        _beacons(r, now, [(2, 30, 1, 7), (3, 24, 1, 7)])
+    assert r.parent == 2
+    now += 1000
+    r.on_recv(mac_of(2), _poison(2, 1, 7), -50, now)
+    assert r.parent == 3  # off: the old behaviour, on to the next path of the same root
+
+
+def test_a_beacon_from_the_poisoned_gateway_itself_lifts_the_poison():
+    # a poison can be false (a link to a live gateway died): the gateway's own beacon, with the
+    # same rseq, shows it alive - relay 3 on its old paths is a parent again
+    r, now = _settled_on_relay()
+    now += 1000
+    r.on_recv(mac_of(2), _poison(2, 1, 7), -50, now)
+    now += 5000
+    _beacons(r, now, [(3, 24, 1, 7)])
+    assert not r.has_route()
+    now += 1000
+    r.on_recv(mac_of(1), beacon_bytes(1, 0, 0, depth=0, flags=BF_GATEWAY, root=1, rseq=7), -95, now)
+    drain(r)
+    now += 5000
+    _beacons(r, now, [(3, 24, 1, 7)])
+    assert r.has_route() and (r.root, r.rseq) == (1, 7)
+
+
+def test_a_gateway_named_in_a_poison_is_not_taken_until_it_beacons_again():
+    # router 10 hears gateway 1 directly on a weak link (its parent is relay 2, cheaper); a
+    # neighbour's poison says gateway 1 stopped answering: when relay 2 falls, 10 must not go
+    # to gateway 1, whose last beacon is all it knows
+    r = Router(10, mac_of(10), False, MESH, params={"poison_ms": 1000})  # only the gateway rule
+    now = 0
+    for _ in range(6):
+        now += 10_000
+        _beacons(r, now, [(2, 10, 1, 7)])
+        r.on_recv(mac_of(1), beacon_bytes(1, 0, r._nbrs[1].bseq + 1 if 1 in r._nbrs else 0, depth=0,
+                                          flags=BF_GATEWAY, root=1, rseq=7), -85, now)
+        drain(r)
+    assert r.parent == 2 and 1 in r._nbrs
+    now += 1000
+    r.on_recv(mac_of(3), _poison(3, 1, 7), -50, now)
+    now += 5000
+    r.on_recv(mac_of(2), beacon_bytes(2, 0xFFFF, r._nbrs[2].bseq + 1, depth=255,
+                                      flags=BF_NO_ROUTE | BF_PULL), -50, now)
+    assert not r.has_route()  # the hold is over; gateway 1 is not a candidate
+    now += 1000
+    r.on_recv(mac_of(1), beacon_bytes(1, 0, r._nbrs[1].bseq + 1, depth=0, flags=BF_GATEWAY, root=1, rseq=8),
+              -85, now)
+    assert r.parent == 1  # it beaconed: alive after all
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_dead_gateways_subtree_falls_down_its_branches_instead_of_hunting(seed):
+    """An 8 x 8 grid on 15 % loss with gateways at two corners; gateway 1 dies. Without the
+    poison its subtree hunts: nodes move to neighbours still advertising gateway 1's old
+    costs, which fall next (22-27 such moves, seeds 1-3). With it a node takes a parent on the
+    dead root only before the news reaches it (0-4)."""
+    hunts = {}
+    for params in (None, POISON):
+        hunt = []
+        gone = []
+
+        def on_event(radio, node, ev, hunt=hunt, gone=gone):
+            if gone and ev[0] == "parent" and ev[1] and radio.nodes[ev[1]].router.root == 1:
+                hunt.append((node.router.node_id, ev[1]))
+
+        ids = list(range(1, 65))
+        radio = FakeRadio(seed=seed, mac_retries=2, on_event=on_event)
+        for i in ids:
+            radio.add(Router(i, mac_of(i), i in (1, 64), MESH, params=params))
+        link_grid(radio, ids, 8, loss=0.15, diag_loss=0.4)
+        apps = add_apps(radio, ids[1:-1])
+        radio.run(20 * MIN)
+        under = [i for i in ids[1:-1] if radio.nodes[i].router.root == 1]
+        assert len(under) >= 20
+        kill_ms = radio.now_ms
+        radio.kill(1)
+        gone.append(kill_ms)
+        radio.run(kill_ms + 20 * MIN)
+        assert_tree(radio, {64})
+        assert made(apps) - delivered(radio, {1, 64}) <= newest(apps)
+        hunts[params is not None] = len(hunt)
+    assert hunts[False] >= 15 and hunts[True] <= 5, hunts
 
 
 def test_backlog_drains_when_a_gateway_appears():

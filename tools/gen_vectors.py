@@ -72,6 +72,9 @@ def valid_vectors():
         ("ota data", P.OtaData(src=1200, bseq=12, page=5, pkt=15, data=bytes(range(48)))),
         ("beacon with its root gateway and sequence number", P.Beacon(src=1234, bseq=17, cost=57, depth=3,
                                                                       time_s=1795000000, flags=0, root=2, rseq=65535)),
+        ("no-route beacon naming the gateway that stopped answering (a poison)",
+         P.Beacon(src=1234, bseq=18, cost=P.COST_INFINITE, depth=255, time_s=1795000000,
+                  flags=P.BF_NO_ROUTE | P.BF_PULL, root=2, rseq=812)),
     ]
     out = []
     for name, f in frames:

@@ -219,3 +219,37 @@ def test_a_relay_passes_on_a_routed_command_once():
     assert gw.stats["routed_fwd"] == 2
     assert mid.stats["routed_fwd"] == 1 and mid.stats["routed_dup"] == 1
     assert [e[1].cseq for e in radio.events[2] if e[0] == "command"] == [21]
+
+
+def test_a_poison_from_the_parent_stops_the_hunt_and_goes_on_down():
+    # node 10 on relay 2 (root 1, rseq 5), hearing relay 3 of the same root and rseq a little
+    # cheaper. Relay 2's gateway stopped answering: its no-route beacon names root 1, rseq 5.
+    # 10 does not move to relay 3 (the same dead gateway's old path), says so in its own
+    # no-route beacon, and takes relay 3 once a newer rseq shows gateway 1 alive.
+    from protocol import BF_NO_ROUTE, BF_PULL, COST_INFINITE, Beacon
+
+    r = Router(10, mac(10), False, MESH, params={"poison_ms": 2400000})
+    now = 0
+    for b in range(6):
+        now += 10000
+        _rooted(r, 2, 30, b, now)
+        _rooted(r, 3, 24, b, now)
+    assert r.parent == 2
+    now += 1000
+    r.on_recv(mac(2), encode(Beacon(2, 6, COST_INFINITE, 255, 0, BF_NO_ROUTE | BF_PULL, 1, 5), MESH), -50, now)
+    assert not r.has_route()
+    now += 5000
+    r.tick(now)
+    sent = []
+    tx = r.poll_tx()
+    while tx is not None:
+        if tx[1] == BROADCAST:
+            sent.append(decode(tx[2], MESH))
+        tx = r.poll_tx()
+    assert sent and sent[-1].flags & BF_NO_ROUTE and sent[-1].root == 1 and sent[-1].rseq == 5
+    now += 1000
+    _rooted(r, 3, 24, 7, now)
+    assert not r.has_route()
+    now += 1000
+    _rooted(r, 3, 24, 8, now, rseq=6)
+    assert r.parent == 3 and r.rseq == 6
