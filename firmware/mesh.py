@@ -396,6 +396,7 @@ class Router:
     max_tries: int
     min_heard: int
     neighbor_timeout_ms: int
+    poison_ms: int
     queue_len: int
     root_seq_ms: int
     retry_backoff_ms: int
