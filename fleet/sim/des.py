@@ -281,29 +281,42 @@ class _IndexedSeen(mesh_mod._Seen):
     index beside its lists. The firmware's find() scans the key list (list.count, then index):
     on a board its small ints sit in the list itself, but in CPython each is an object of its
     own, and 5,000 routers' lists of them miss the CPU's cache on every lookup. Keys are unique
-    in the lists (put() inserts only what find() did not find), so the dict gives the index the
-    scan gives; the lists are kept as the firmware keeps them (t and x are read by the router)."""
+    in the lists (put() inserts only what find() did not find), so an index that still holds
+    its key is the one the scan gives. An overwritten entry's key is not deleted (reading the
+    old key's objects missed the cache too): find() checks the slot still holds the key, and
+    the dict is rebuilt from the lists when it has four times as many keys. The lists are kept
+    as the firmware keeps them (t and x are read by the router)."""
 
     def __init__(self, size):
         super().__init__(size)
         self.idx = {}
+        self.cap = 4 * size
 
     def find(self, a, b, c):
-        return self.idx.get((a, b, c), -1)
+        j = self.idx.get((a, b, c), -1)
+        if j >= 0 and (self.b[j] != b or self.c[j] != c or self.a[j] != a):
+            return -1  # overwritten since
+        return j
 
     def put(self, a, b, c, t, x, j=-2):
         if j == -2:
-            j = self.idx.get((a, b, c), -1)
+            j = self.find(a, b, c)
         if j < 0:
             j = self.i
             ka = self.a
-            old = ka[j]
-            if old is not None:
-                del self.idx[(old, self.b[j], self.c[j])]
             ka[j] = a
             self.b[j] = b
             self.c[j] = c
-            self.idx[(a, b, c)] = j
+            idx = self.idx
+            if len(idx) >= self.cap:
+                kb = self.b
+                kc = self.c
+                idx.clear()
+                for i in range(len(ka)):
+                    if ka[i] is not None:
+                        idx[(ka[i], kb[i], kc[i])] = i
+            else:
+                idx[(a, b, c)] = j
             self.i = (j + 1) % len(ka)
         self.t[j] = t
         self.x[j] = x
