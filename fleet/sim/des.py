@@ -65,6 +65,7 @@ import hashlib
 import random
 import resource
 import time
+from array import array
 from heapq import heapify, heappop, heappush
 
 import firmware.mesh as mesh_mod
@@ -280,20 +281,25 @@ class _IndexedSeen(mesh_mod._Seen):
     """firmware.mesh._Seen (the routers' duplicate and flood caches) with a dict from key to
     index beside its lists. The firmware's find() scans the key list (list.count, then index):
     on a board its small ints sit in the list itself, but in CPython each is an object of its
-    own, and 5,000 routers' lists of them miss the CPU's cache on every lookup. Keys are unique
-    in the lists (put() inserts only what find() did not find), so an index that still holds
-    its key is the one the scan gives. An overwritten entry's key is not deleted (reading the
-    old key's objects missed the cache too): find() checks the slot still holds the key, and
-    the dict is rebuilt from the lists when it has four times as many keys. The lists are kept
-    as the firmware keeps them (t and x are read by the router)."""
+    own, and 5,000 routers' lists of them miss the CPU's cache on every lookup - and on every
+    store, which drops the old object. Here the numbers are kept in arrays (a: -1 for none)
+    and the dict's key is one int, a << 40 | b << 8 | c (a and b are read as CBOR uints of at
+    most 32 bits, c is a byte). Keys are unique in the lists (put() inserts only what find()
+    did not find), so an index that still holds its key is the one the scan gives. An
+    overwritten entry's key is not deleted: find() checks the slot still holds the key, and the
+    dict is rebuilt from the arrays when it has four times as many keys. t and x, which the
+    router reads, keep their values and indices."""
 
     def __init__(self, size):
         super().__init__(size)
+        self.a = array("q", [-1]) * size
+        self.b = array("q", [0]) * size
+        self.t = array("q", [0]) * size
         self.idx = {}
         self.cap = 4 * size
 
     def find(self, a, b, c):
-        j = self.idx.get((a, b, c), -1)
+        j = self.idx.get(a << 40 | b << 8 | c, -1)
         if j >= 0 and (self.b[j] != b or self.c[j] != c or self.a[j] != a):
             return -1  # overwritten since
         return j
@@ -313,10 +319,10 @@ class _IndexedSeen(mesh_mod._Seen):
                 kc = self.c
                 idx.clear()
                 for i in range(len(ka)):
-                    if ka[i] is not None:
-                        idx[(ka[i], kb[i], kc[i])] = i
+                    if ka[i] >= 0:
+                        idx[ka[i] << 40 | kb[i] << 8 | kc[i]] = i
             else:
-                idx[(a, b, c)] = j
+                idx[a << 40 | b << 8 | c] = j
             self.i = (j + 1) % len(ka)
         self.t[j] = t
         self.x[j] = x
