@@ -243,34 +243,33 @@ def skip_items(b, p, n):
     while n:
         ib = b[p]
         p += 1
+        n -= 1
+        if ib < 24:  # an unsigned integer below 24, all in its head: most of a frame's items
+            continue
         major = ib >> 5
         ai = ib & 31
         if ai < 24:
             v = ai
-        elif ai == 24:
-            v = b[p]
-            p += 1
-        elif ai == 25:
-            v = (b[p] << 8) | b[p + 1]
-            p += 2
-        elif ai == 26:
-            v = int.from_bytes(b[p:p + 4], "big")
-            p += 4
-        elif ai == 27:
-            v = int.from_bytes(b[p:p + 8], "big")
-            p += 8
+        elif ai < 26:  # one or two bytes
+            v = b[p] if ai == 24 else (b[p] << 8) | b[p + 1]
+            p += ai - 23
+        elif ai < 28:  # four or eight bytes
+            k = 4 if ai == 26 else 8
+            v = int.from_bytes(b[p:p + k], "big")
+            p += k
         else:
             raise ProtocolError("indefinite length")
-        n -= 1
-        if major == 2 or major == 3:
+        if major < 2:
+            continue
+        if major == 4:
+            n += v
+        elif major < 4:
             p += v
             if p > end:
                 raise ProtocolError("truncated")
-        elif major == 4:
-            n += v
         elif major == 5:
             n += v + v
-        elif major > 1:
+        else:
             raise ProtocolError("unexpected major type")
     return p
 

@@ -65,7 +65,8 @@ import hashlib
 import random
 import resource
 import time
-from heapq import heappop, heappush
+from array import array
+from heapq import heapify, heappop, heappush
 
 import firmware.mesh as mesh_mod
 from firmware.mesh import BROADCAST, Router
@@ -100,6 +101,7 @@ CAPTURE_DB = 6
 WALL_START_S = 1_760_000_000  # the gateways' clock at virtual time 0
 NET_ID = 1
 _INF = 1 << 62
+BUCKET_SHIFT = 17  # the timers' calendar: windows of 2**17 us (131 ms; see Simulation._enq)
 _IDLE = (0, 0, None, None)
 
 K_TICK = 0
@@ -255,6 +257,9 @@ class MemoHmac(Hmac):
         super().__init__(key)
         self._memo = {}
         self._size = size
+        # CPython's hashlib copies (Hmac.digest's own path), bound once: a miss is half the tags
+        self._icopy = self._inner.copy
+        self._ocopy = self._outer.copy
 
     def tag(self, data, n):
         if n != HOP_TAG_LEN or type(data) is not bytes:
@@ -264,8 +269,63 @@ class MemoHmac(Hmac):
         if t is None:
             if len(memo) >= self._size:
                 memo.clear()
-            t = memo[data] = self.digest(data)[:n]
+            h = self._icopy()
+            h.update(data)
+            o = self._ocopy()
+            o.update(h.digest())
+            t = memo[data] = o.digest()[:n]
         return t
+
+
+class _IndexedSeen(mesh_mod._Seen):
+    """firmware.mesh._Seen (the routers' duplicate and flood caches) with a dict from key to
+    index beside its lists. The firmware's find() scans the key list (list.count, then index):
+    on a board its small ints sit in the list itself, but in CPython each is an object of its
+    own, and 5,000 routers' lists of them miss the CPU's cache on every lookup - and on every
+    store, which drops the old object. Here the numbers are kept in arrays (a: -1 for none)
+    and the dict's key is one int, a << 40 | b << 8 | c (a and b are read as CBOR uints of at
+    most 32 bits, c is a byte). Keys are unique in the lists (put() inserts only what find()
+    did not find), so an index that still holds its key is the one the scan gives. An
+    overwritten entry's key is not deleted: find() checks the slot still holds the key, and the
+    dict is rebuilt from the arrays when it has four times as many keys. t and x, which the
+    router reads, keep their values and indices."""
+
+    def __init__(self, size):
+        super().__init__(size)
+        self.a = array("q", [-1]) * size
+        self.b = array("q", [0]) * size
+        self.t = array("q", [0]) * size
+        self.idx = {}
+        self.cap = 4 * size
+
+    def find(self, a, b, c):
+        j = self.idx.get(a << 40 | b << 8 | c, -1)
+        if j >= 0 and (self.b[j] != b or self.c[j] != c or self.a[j] != a):
+            return -1  # overwritten since
+        return j
+
+    def put(self, a, b, c, t, x, j=-2):
+        if j == -2:
+            j = self.find(a, b, c)
+        if j < 0:
+            j = self.i
+            ka = self.a
+            ka[j] = a
+            self.b[j] = b
+            self.c[j] = c
+            idx = self.idx
+            if len(idx) >= self.cap:
+                kb = self.b
+                kc = self.c
+                idx.clear()
+                for i in range(len(ka)):
+                    if ka[i] >= 0:
+                        idx[ka[i] << 40 | kb[i] << 8 | kc[i]] = i
+            else:
+                idx[a << 40 | b << 8 | c] = j
+            self.i = (j + 1) % len(ka)
+        self.t[j] = t
+        self.x[j] = x
 
 
 def _memo_scan(scan, size=8192):
@@ -287,6 +347,31 @@ def _memo_scan(scan, size=8192):
     return memo_scan
 
 
+def _memo_tag_ok(tag_ok, size=8192):
+    """Router._tag_ok (the hop tag check) remembering its answers for beacons: every neighbour
+    of a beaconing node checks the same bytes object (~30 receivers: 30 slices, lookups and
+    comparisons); the answer is a pure function of the bytes and the key object, which is
+    remembered with it and must be the one the receiver would use. Other frames reach one
+    receiver each: checked as the firmware checks them."""
+    memo = {}
+    get = memo.get
+
+    def memo_tag_ok(self, data):
+        if type(data) is not bytes or data[2] != T_BEACON:
+            return tag_ok(self, data)
+        k = self._keys[1 if data[1] & 0x10 else 0]
+        hit = get(data)
+        if hit is not None and hit[0] is k:
+            return hit[1]
+        ok = tag_ok(self, data)
+        if len(memo) >= size:
+            memo.clear()
+        memo[data] = (k, ok)
+        return ok
+
+    return memo_tag_ok
+
+
 def _percentile(sorted_vals, q):
     if not sorted_vals:
         return None
@@ -302,7 +387,19 @@ class Simulation:
         self.progress = progress
         self.rng = random.Random(options.seed)
         self.rnd = self.rng.random
+        # Events in time order (t, seq, kind, node, arg) - seq unique, so the order is total:
+        # heap: those before `edge`; buckets: the later ones, a list per window of 2**BUCKET_SHIFT
+        # us (keys: their windows, a heap of ints), moved into `heap` when it runs dry. A heap of
+        # every node's timers (~30,000) missed the CPU's cache at each level of every pop; the
+        # window holds a few dozen.
         self.heap = []
+        self.edge = 0
+        self.buckets = {}
+        self.bucket_keys = []
+        # the MAC's events (K_MAC, K_END: one at most per node, due within milliseconds) in a heap
+        # of their own: a few dozen entries, where the other heap holds ~30,000 (every node's
+        # timers); _loop takes the earlier head of the two, so the order is the one heap's
+        self.radio = []
         self.seq = 0
         self.now_us = 0
         self.events = 0
@@ -375,6 +472,8 @@ class Simulation:
     def _router(self, n):
         seed = ((n.id ^ (n.boot << 16)) + self.opt.seed * 1_000_003) & 0xFFFFFFFF
         r = Router(n.id, n.mac, n.is_gateway, self.mesh_hmac, seed=seed or 1, params=self.opt.mesh_params or None)
+        r._dup = _IndexedSeen(len(r._dup.a))  # the same caches, empty, looked up by dict (see _IndexedSeen)
+        r._flood = _IndexedSeen(len(r._flood.a))
         if n.is_gateway:
             r.set_time(WALL_START_S + self.now_us // 1_000_000, self.now_us // 1000)
         return r
@@ -448,22 +547,36 @@ class Simulation:
 
     def push(self, t, kind, node, arg):
         self.seq += 1
-        heappush(self.heap, (t, self.seq, kind, node, arg))
+        self._enq((t, self.seq, kind, node, arg))
 
     def push_kick(self, t, node):
         self.seq += 1
-        heappush(self.heap, (t, self.seq, K_KICK, node, t))
+        self._enq((t, self.seq, K_KICK, node, t))
 
     def at(self, t, fn):
         """Call fn(now_us) at virtual time t (us)."""
         self.seq += 1
-        heappush(self.heap, (t, self.seq, K_CALL, None, fn))
+        self._enq((t, self.seq, K_CALL, None, fn))
+
+    def _enq(self, e):
+        """Schedule event e: into the heap when before the edge, else into its window's bucket."""
+        t = e[0]
+        if t < self.edge:
+            heappush(self.heap, e)
+            return
+        k = t >> BUCKET_SHIFT
+        b = self.buckets.get(k)
+        if b is None:
+            self.buckets[k] = [e]
+            heappush(self.bucket_keys, k)
+        else:
+            b.append(e)
 
     def _schedule_tick(self, n, t):
         if t < n.tick_at:
             n.tick_at = t
             self.seq += 1
-            heappush(self.heap, (t, self.seq, K_TICK, n, None))
+            self._enq((t, self.seq, K_TICK, n, None))
 
     # ---- the node shell -----------------------------------------------------------------
 
@@ -505,7 +618,7 @@ class Simulation:
         if t < n.tick_at:
             n.tick_at = t
             self.seq += 1
-            heappush(self.heap, (t, self.seq, K_TICK, n, None))
+            self._enq((t, self.seq, K_TICK, n, None))
 
     def _on_event(self, n, ev, now_us):
         kind = ev[0]
@@ -524,7 +637,7 @@ class Simulation:
                                                              n.router.rng.below(PARENT_REPORT_DELAY_MS))
                 t = ms * 1000
                 self.seq += 1
-                heappush(self.heap, (t, self.seq, K_PARENT_REPORT, n, None))
+                self._enq((t, self.seq, K_PARENT_REPORT, n, None))
         elif kind == "route":
             if ev[1]:
                 n.app.stamp(now_us)
@@ -567,7 +680,7 @@ class Simulation:
             tx = _Tx(n, token, dst, self.by_mac.get(bytes(dst)), data, air + ACK_US, False, None)
         n.tx = tx
         self.seq += 1
-        heappush(self.heap, (now_us + DIFS_US + int(self.rnd() * (CW_MIN + 1)) * SLOT_US,
+        heappush(self.radio, (now_us + DIFS_US + int(self.rnd() * (CW_MIN + 1)) * SLOT_US,
                                    self.seq, K_MAC, n, tx))
 
     def _mac_attempt(self, n, tx, t):
@@ -577,7 +690,7 @@ class Simulation:
         if rx[0] > t and rx[1] <= t:
             self.counters["deferrals"] += 1
             self.seq += 1
-            heappush(self.heap, (rx[0] + DIFS_US + int(self.rnd() * (tx.cw + 1)) * SLOT_US, self.seq, K_MAC, n, tx))
+            heappush(self.radio, (rx[0] + DIFS_US + int(self.rnd() * (tx.cw + 1)) * SLOT_US, self.seq, K_MAC, n, tx))
             return
         self.counters["mac_attempts"] += 1
         end = t + tx.air
@@ -620,7 +733,7 @@ class Simulation:
                     else:
                         tx.bad.add(ch.node)
         self.seq += 1
-        heappush(self.heap, (end, self.seq, K_END, n, tx))
+        heappush(self.radio, (end, self.seq, K_END, n, tx))
 
     def _tx_end(self, n, tx, t):
         if n.tx is not tx:
@@ -689,7 +802,7 @@ class Simulation:
         tx.cw = cw if cw < CW_MAX else CW_MAX
         tx.bad = None
         self.seq += 1
-        heappush(self.heap, (t + DIFS_US + int(rnd() * (tx.cw + 1)) * SLOT_US, self.seq, K_MAC, n, tx))
+        heappush(self.radio, (t + DIFS_US + int(rnd() * (tx.cw + 1)) * SLOT_US, self.seq, K_MAC, n, tx))
 
     # ---- the loop ------------------------------------------------------------------------------
 
@@ -700,6 +813,8 @@ class Simulation:
         # the routers' beacon scan, memoised for the run (see _memo_scan); put back after
         scan_beacon = mesh_mod.scan_beacon
         mesh_mod.scan_beacon = _memo_scan(scan_beacon)
+        tag_ok = Router._tag_ok  # and their beacons' hop tag checks (see _memo_tag_ok)
+        Router._tag_ok = _memo_tag_ok(tag_ok)
         t0 = time.perf_counter()
         try:
             ctx = self.ota.verification_cache() if self.ota is not None else None
@@ -711,6 +826,7 @@ class Simulation:
             self.fleet.finish(self.end_us)
         finally:
             mesh_mod.scan_beacon = scan_beacon
+            Router._tag_ok = tag_ok
             if gc_was:
                 gc.enable()
         self.wall_s = time.perf_counter() - t0
@@ -718,11 +834,33 @@ class Simulation:
 
     def _loop(self, until_us):
         heap = self.heap
+        radio = self.radio
+        buckets = self.buckets
+        keys = self.bucket_keys
         pop = heappop
         interval_us = self.opt.report_interval_s * 1_000_000
         events = 0
-        while heap and heap[0][0] <= until_us:
-            t, _, kind, n, arg = pop(heap)
+        while True:
+            # The earliest event ((t, seq): unique, so the order of one heap of them all): the
+            # earlier of the two heads when the heap has one (every bucket is after the edge),
+            # else the radio's when it is before the edge, else the next bucket's events
+            if heap:
+                h = radio if radio and radio[0] < heap[0] else heap
+            elif radio and radio[0][0] < self.edge:
+                h = radio
+            elif keys:
+                k = pop(keys)
+                heap.extend(buckets.pop(k))
+                heapify(heap)
+                self.edge = (k + 1) << BUCKET_SHIFT
+                continue
+            elif radio:
+                h = radio
+            else:
+                break
+            if h[0][0] > until_us:
+                break
+            t, _, kind, n, arg = pop(h)
             self.now_us = t
             events += 1
             if kind == K_END:
@@ -749,7 +887,7 @@ class Simulation:
                         d *= 1000
                         n.tick_at = d
                         self.seq += 1
-                        heappush(heap, (d, self.seq, K_TICK, n, None))
+                        self._enq((d, self.seq, K_TICK, n, None))
                         continue
                 r.tick(ms)
                 if n.ota is not None:
@@ -764,7 +902,7 @@ class Simulation:
                     n.app.sample(t)
                     self.service(n, t)
                 self.seq += 1
-                heappush(heap, (t + interval_us, self.seq, K_READ, n, None))
+                self._enq((t + interval_us, self.seq, K_READ, n, None))
             elif kind == K_STATUS:
                 if n.alive:
                     n.app.send_status(t)
@@ -774,7 +912,7 @@ class Simulation:
                 if n.id not in self._status_phased:  # node.py: the second one at a random phase
                     self._status_phased.add(n.id)
                     nxt = self.rng.randrange(nxt)
-                heappush(heap, (t + nxt, self.seq, K_STATUS, n, None))
+                self._enq((t + nxt, self.seq, K_STATUS, n, None))
             elif kind == K_PARENT_REPORT:
                 if n.alive and n.app.parent_report_ms is not None and n.app.parent_report_ms * 1000 == t:
                     self.counters["parent_reports"] += 1

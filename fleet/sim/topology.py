@@ -240,6 +240,7 @@ class Topology:
         if not self.nodes:
             raise TopologyError("a topology needs at least one node")
         self._links = {}  # a -> {b: Link}
+        self._shadow = {}  # (lo, hi) -> a pair's shadowing, until its other end's links are computed
         self._cell_m = max(self.radio.max_range_m, 1.0)
         self._cells = {}
         for n in self.nodes:
@@ -291,14 +292,18 @@ class Topology:
                         continue
                     lo, hi = (a, nb.id) if a < nb.id else (nb.id, a)
                     lim = 2.0
-                    shadow = max(-lim, min(lim, _hash_normal(self.seed, "sh", lo, hi))) * r.shadowing_sigma_db
-                    asym = max(-lim, min(lim, _hash_normal(self.seed, "as", a, nb.id))) * r.asym_sigma_db
-                    rssi = r.mean_rssi_dbm(d) + shadow + asym
-                    prr = r.prr_for_rssi(rssi)
+                    # a pair's shadowing is the same both ways: drawn for its first end, kept for the other
+                    shadow = self._shadow.pop((lo, hi), None)
+                    if shadow is None:
+                        shadow = self._shadow[(lo, hi)] = (max(-lim, min(lim, _hash_normal(self.seed, "sh", lo, hi)))
+                                                           * r.shadowing_sigma_db)
                     # The neighbour set must be symmetric (carrier sense, collisions), so the
                     # cut-off is on the link's shadowed mean, not on one direction.
                     if r.prr_for_rssi(r.mean_rssi_dbm(d) + shadow) < r.min_prr:
                         continue
+                    asym = max(-lim, min(lim, _hash_normal(self.seed, "as", a, nb.id))) * r.asym_sigma_db
+                    rssi = r.mean_rssi_dbm(d) + shadow + asym
+                    prr = r.prr_for_rssi(rssi)
                     out[nb.id] = Link(rssi, prr, d)
         return out
 
