@@ -375,3 +375,33 @@ def test_a_repair_is_counted_over_the_hops_of_the_path_it_took():
     assert m.first_request_hops == 5 and m.request_hops() == 5 + 2
     m.on_readings(7, 3, 3, 2, 6, 4.0)  # a later frame changes nothing
     assert m.request_hops() == 5 + 2
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 32])
+def test_the_simulators_indexed_caches_answer_as_the_firmwares(size):
+    """fleet.sim.des._IndexedSeen stands in for firmware.mesh._Seen in every simulated router
+    (a dict beside the lists, for speed): the same answers to the same operations, over keys
+    that collide in part (same origin, other seq or type) and wrap the ring many times."""
+    import random
+
+    from firmware.mesh import _Seen
+    from fleet.sim.des import _IndexedSeen
+
+    rng = random.Random(size)
+    fw, sim = _Seen(size), _IndexedSeen(size)
+    for step in range(20_000):
+        a, b, c = rng.randrange(6), rng.randrange(2 ** 32) if rng.random() < 0.1 else rng.randrange(8), rng.randrange(3)
+        op = rng.random()
+        if op < 0.4:
+            assert fw.find(a, b, c) == sim.find(a, b, c), step
+        elif op < 0.7:
+            assert fw.recent(a, b, c, step, 50) == sim.recent(a, b, c, step, 50), step
+        else:
+            j = fw.find(a, b, c) if op < 0.85 else -2
+            fw.put(a, b, c, step, step & 255, j)
+            sim.put(a, b, c, step, step & 255, j)
+        k = fw.find(a, b, c)
+        assert k == sim.find(a, b, c)
+        if k >= 0:
+            assert (fw.t[k], fw.x[k]) == (sim.t[k], sim.x[k])
+    assert fw.i == sim.i
