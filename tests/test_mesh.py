@@ -668,12 +668,13 @@ def test_gateway_death_reroutes_to_the_other_gateway():
 # ---- a gateway that stops answering: the poison -----------------------------------------------
 
 def _beacons(r, now, hears):
-    """r hears one beacon from each (src, cost, root, rseq) in `hears`."""
-    for src, cost, root, rseq in hears:
+    """r hears one beacon from each (src, cost, root, rseq[, rssi]) in `hears` (cost 0: a
+    gateway's), each neighbour's bseq one on from its last; returns what r sent."""
+    for src, cost, root, rseq, *rssi in hears:
         bseq = r._nbrs[src].bseq + 1 if src in r._nbrs else 0
         flags = BF_GATEWAY if cost == 0 else 0
         r.on_recv(mac_of(src), beacon_bytes(src, cost, bseq & 255, depth=0 if cost == 0 else 2, flags=flags,
-                                            root=root, rseq=rseq), -50, now)
+                                            root=root, rseq=rseq), rssi[0] if rssi else -50, now)
     return drain(r)
 
 
@@ -800,8 +801,7 @@ def test_a_beacon_from_the_poisoned_gateway_itself_lifts_the_poison():
     _beacons(r, now, [(3, 24, 1, 7)])
     assert not r.has_route()
     now += 1000
-    r.on_recv(mac_of(1), beacon_bytes(1, 0, 0, depth=0, flags=BF_GATEWAY, root=1, rseq=7), -95, now)
-    drain(r)
+    _beacons(r, now, [(1, 0, 1, 7, -95)])
     now += 5000
     _beacons(r, now, [(3, 24, 1, 7)])
     assert r.has_route() and (r.root, r.rseq) == (1, 7)
@@ -815,10 +815,7 @@ def test_a_gateway_named_in_a_poison_is_not_taken_until_it_beacons_again():
     now = 0
     for _ in range(6):
         now += 10_000
-        _beacons(r, now, [(2, 10, 1, 7)])
-        r.on_recv(mac_of(1), beacon_bytes(1, 0, r._nbrs[1].bseq + 1 if 1 in r._nbrs else 0, depth=0,
-                                          flags=BF_GATEWAY, root=1, rseq=7), -85, now)
-        drain(r)
+        _beacons(r, now, [(2, 10, 1, 7), (1, 0, 1, 7, -85)])
     assert r.parent == 2 and 1 in r._nbrs
     now += 1000
     r.on_recv(mac_of(3), _poison(3, 1, 7), -50, now)
@@ -827,8 +824,7 @@ def test_a_gateway_named_in_a_poison_is_not_taken_until_it_beacons_again():
                                       flags=BF_NO_ROUTE | BF_PULL), -50, now)
     assert not r.has_route()  # the hold is over; gateway 1 is not a candidate
     now += 1000
-    r.on_recv(mac_of(1), beacon_bytes(1, 0, r._nbrs[1].bseq + 1, depth=0, flags=BF_GATEWAY, root=1, rseq=8),
-              -85, now)
+    _beacons(r, now, [(1, 0, 1, 8, -85)])
     assert r.parent == 1  # it beaconed: alive after all
 
 

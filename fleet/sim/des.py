@@ -257,9 +257,6 @@ class MemoHmac(Hmac):
         super().__init__(key)
         self._memo = {}
         self._size = size
-        # CPython's hashlib copies (Hmac.digest's own path), bound once: a miss is half the tags
-        self._icopy = self._inner.copy
-        self._ocopy = self._outer.copy
 
     def tag(self, data, n):
         if n != HOP_TAG_LEN or type(data) is not bytes:
@@ -269,11 +266,7 @@ class MemoHmac(Hmac):
         if t is None:
             if len(memo) >= self._size:
                 memo.clear()
-            h = self._icopy()
-            h.update(data)
-            o = self._ocopy()
-            o.update(h.digest())
-            t = memo[data] = o.digest()[:n]
+            t = memo[data] = self.digest(data)[:n]
         return t
 
 
