@@ -116,13 +116,27 @@ class NodeApp:
         self.counters.set_min("cseq", cmd.cseq)
         return None
 
-    def send_reply(self, cseq, code, result):
-        """Originate a Reply frame (result: up to 8 ints or texts of <= 32 bytes)."""
+    def send_reply(self, cseq, code, result, send=True):
+        """Originate a Reply frame (result: up to 8 ints or texts of <= 32 bytes); returns its
+        bytes. With send False it is only made: send_own() sends it, as often as needed (the
+        fleet keeps one copy of a reply seq)."""
         now = self.now_ms()
         f = Reply(origin=self.node_id, seq=self.counters.next("reply"), time_s=self.wall_s(now), cseq=cseq,
                   code=code, result=result)
-        self.router.originate(encode(f, self.mesh_hmac, self.node_hmac, at_origin=True), now, None)
+        data = encode(f, self.mesh_hmac, self.node_hmac, at_origin=True)
+        if send:
+            self.router.originate(data, now, None)
+            self.woke()
+        return data
+
+    def send_own(self, data):
+        """Send again an uplink frame this node made (send_reply's bytes); returns the app token
+        of its ("sent", token, ok) outcome."""
+        token = self.next_token
+        self.next_token += 1
+        self.router.originate(data, self.now_ms(), token)
         self.woke()
+        return token
 
     def send_status_body(self, body, probe=False, ask=False):
         """Originate a Status frame carrying `body` (protocol.StatusBody). With probe, it carries

@@ -48,6 +48,8 @@ from protocol.frames import T_OTA_ADV, T_OTA_DATA, T_OTA_REQ
 
 _REPORT_CODE = 0
 IDLE_DROP_MS = 60000  # an engine quiescent this long is dropped
+_MAX_REPORTS = 3  # reports waiting for a route or an acknowledgement; the oldest goes first
+_REPORT_TRIES = 8  # sends of a report before it is given up (a health tick, 5 s, apart)
 MAX_STAGE_RESETS = 3  # resets to stage one bundle before it is refused (OtaShell._reset_to_stage)
 _TOKEN = 1000  # milli-tokens per frame (firmware/ota.py)
 # ota_state codes (status frames): firmware/ota.py ST_IDLE/ST_RECEIVING/ST_COMPLETE and
@@ -81,6 +83,7 @@ class OtaShell:
         self._last_state = -1
         self._last_quarter = -1
         self.reported = False
+        self._reports = []  # [reply bytes, app token in flight or None, sends] not yet acknowledged
         self._bad_pages = 0
         self._heap_low = {}  # phase -> lowest free heap right after a collect (see heap_mark)
         self.rx_errors = 0
@@ -461,6 +464,13 @@ class OtaShell:
 
     def on_sent(self, token, ok):
         """The router's outcome of a frame this shell originated; True when it was ours."""
+        for r in self._reports:
+            if token is not None and r[1] == token:
+                if ok:
+                    self._reports.remove(r)
+                else:
+                    r[1] = None  # sent again at the next health tick (_send_reports)
+                return True
         if token != self.probe_token:
             return False
         self.probe_token = None
@@ -483,6 +493,7 @@ class OtaShell:
         back an expired one (resets the node), report a past roll back once. The node's health
         task has just collected: the free heap now is what the live objects leave."""
         self.heap_mark(free=self.node.hal.mem_free())
+        self._send_reports()
         if self.in_trial:
             node = self.node
             joined = node.router.has_route()
@@ -526,7 +537,38 @@ class OtaShell:
             self.log("ota", "heap %s %d" % (phase, free))
 
     def _report(self, what, bseq, reason):
+        """Make the report (a Reply) and send it now or once there is a route; it is sent again
+        until its first hop acknowledges it (_send_reports)."""
         try:
-            self.node.send_reply(0, _REPORT_CODE, ["ota", what, bseq, reason[:32]])
+            data = self.node.send_reply(0, _REPORT_CODE, ["ota", what, bseq, reason[:32]], False)
         except Exception as e:  # noqa: BLE001 - a report must never take the node down
             self.log("ota", "cannot report: %s" % e)
+            return
+        reps = self._reports
+        if len(reps) >= _MAX_REPORTS:
+            self.log("ota", "report dropped unsent: %d newer ones wait" % len(reps))
+            del reps[0]
+        reps.append([data, None, 0])
+        self._send_reports()
+
+    def _send_reports(self):
+        """Send each waiting report not in flight, while the node has a route: a refusal made as
+        the route went (a rebooted parent, a neighbour's bad bundle during a re-parent) would
+        otherwise be lost, and the fleet never told. The same bytes each time (one reply seq:
+        the collector stores it once); given up after _REPORT_TRIES failed first hops."""
+        node = self.node
+        if not self._reports or not node.router.has_route():
+            return
+        for r in list(self._reports):
+            if r[1] is not None:
+                continue
+            if r[2] >= _REPORT_TRIES:
+                self._reports.remove(r)
+                self.log("ota", "report not acknowledged after %d sends: given up" % r[2])
+                continue
+            r[2] += 1
+            try:
+                r[1] = node.send_own(r[0])
+            except Exception as e:  # noqa: BLE001 - a report must never take the node down
+                self._reports.remove(r)
+                self.log("ota", "cannot report: %s" % e)

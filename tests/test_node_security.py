@@ -11,6 +11,7 @@ firmware/main.py `_attach_ota` wires the real OTA shell, exactly as on a board.
 - A manifest tampered on flash: dropped when the node starts (main.py attaches OTA).
 The engine-level twins run on both interpreters: tests/device/test_ota_forged.py.
 """
+import asyncio
 import os
 import sys
 
@@ -177,6 +178,57 @@ def test_a_forged_manifest_over_the_air_is_refused_by_the_node(tmp_path, capsys)
     # the node told the fleet (an unsolicited Reply ["ota", "refused", 2, reason])
     assert node.counters.peek("reply") > replies_before
     assert shell.state != ST_IDLE  # status frames report the refusal (slots.ST_REFUSED)
+
+
+def test_an_ota_report_made_without_a_route_is_sent_once_there_is_one_until_acknowledged(tmp_path, capsys):
+    """A node refuses a bad bundle while it has no route (its parent, the rogue, just rebooted: on
+    the rig the fleet never heard of node 5's refusal). The report waits for a route, is sent
+    again, the same bytes, when its first hop does not acknowledge it, and goes once one does."""
+    _slot_flash(tmp_path)
+    logs = []
+    node = _boot_with_ota(tmp_path, logs)
+    shell, r = node.ota, node.router
+    shell.on_refused(4, "manifest signature does not verify with the fleet key")
+    assert not r.has_route() and r.stats["originated"] == 0 and len(shell._reports) == 1
+    assert r.poll_tx() is None
+    shell.health(1000)  # still no route: nothing sent, nothing given up
+    assert r.stats["originated"] == 0 and shell._reports[0][2] == 0
+    gw_mac = b"\x02\x00\x00\x00\x00\x01"
+    beacon = protocol.encode(protocol.Beacon(1, 1, 0, 0, 0, 0, 1, 1), MESH_KEY)
+    deliver(node, beacon, 2000, gw_mac)
+    r.tick(2000)
+    assert r.has_route(), logs
+    while r.poll_tx() is not None:  # the route's own beacon
+        pass
+    sent = []
+    now = 2000
+    for ok in (False, True):  # the first send's every MAC try fails; the second is acknowledged
+        now += 5000
+        if not r.has_route():  # its failures may have cost the route: the gateway beacons again
+            deliver(node, protocol.encode(protocol.Beacon(1, 2, 0, 0, 0, 0, 1, 1), MESH_KEY), now, gw_mac)
+        shell.health(now)
+        for _ in range(r.max_tries):
+            r.tick(now)
+            out = [o for o in iter(r.poll_tx, None) if o[1] == gw_mac]
+            if not out:
+                now += 200  # the MAC's backoff before its next try
+                continue
+            assert len(out) == 1, out
+            sent.append(out[0][2])
+            r.on_send_done(out[0][0], ok, now)
+            if ok:
+                break
+        for ev in iter(r.poll_event, None):
+            asyncio.run(node._on_event(ev))
+        assert len(shell._reports) == (0 if ok else 1), (ok, len(sent))
+    assert len(sent) >= 2
+    rep = protocol.decode(sent[0], MESH_KEY)
+    assert rep.result[:3] == ["ota", "refused", 4] and "signature" in rep.result[3]
+    # the same frame each time (one reply seq): the collector stores it once
+    assert all(protocol.decode(x, MESH_KEY).seq == rep.seq for x in sent)
+    shell.health(now + 30000)
+    r.tick(now + 30000)
+    assert not [o for o in iter(r.poll_tx, None) if o[1] == gw_mac], "an acknowledged report was sent again"
 
 
 def _store_v2_on_flash(fs, edit):
