@@ -18,7 +18,7 @@ provides now_ms() and wall_s(now_ms=None) (0 while wall time is unknown) and may
 woke() (called when there is something for the radio to send).
 
 Inputs:  poll_uplink(now) · on_sent(token, ok) · accept_command(cmd) · send_reply(cseq, code,
-         result) · send_status_body(body, probe, ask)
+         result) · make_reply(...) / send_own(data) · send_status_body(body, probe, ask)
 Outputs: frames handed to router.originate / broadcast_own, each encoded once
          (ring.build_telemetry, protocol.encode at_origin)
 """
@@ -116,21 +116,21 @@ class NodeApp:
         self.counters.set_min("cseq", cmd.cseq)
         return None
 
-    def send_reply(self, cseq, code, result, send=True):
-        """Originate a Reply frame (result: up to 8 ints or texts of <= 32 bytes); returns its
-        bytes. With send False it is only made: send_own() sends it, as often as needed (the
-        fleet keeps one copy of a reply seq)."""
-        now = self.now_ms()
-        f = Reply(origin=self.node_id, seq=self.counters.next("reply"), time_s=self.wall_s(now), cseq=cseq,
-                  code=code, result=result)
-        data = encode(f, self.mesh_hmac, self.node_hmac, at_origin=True)
-        if send:
-            self.router.originate(data, now, None)
-            self.woke()
-        return data
+    def make_reply(self, cseq, code, result):
+        """The bytes of a new Reply frame (result: up to 8 ints or texts of <= 32 bytes), its
+        reply seq taken; send_own() sends them, as often as needed (the fleet keeps one copy of
+        a reply seq)."""
+        f = Reply(origin=self.node_id, seq=self.counters.next("reply"), time_s=self.wall_s(self.now_ms()),
+                  cseq=cseq, code=code, result=result)
+        return encode(f, self.mesh_hmac, self.node_hmac, at_origin=True)
+
+    def send_reply(self, cseq, code, result):
+        """Originate a Reply frame (make_reply), once."""
+        self.router.originate(self.make_reply(cseq, code, result), self.now_ms(), None)
+        self.woke()
 
     def send_own(self, data):
-        """Send again an uplink frame this node made (send_reply's bytes); returns the app token
+        """Send an uplink frame this node made (make_reply's bytes), again if need be; returns the app token
         of its ("sent", token, ok) outcome."""
         token = self.next_token
         self.next_token += 1

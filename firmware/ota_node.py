@@ -464,13 +464,14 @@ class OtaShell:
 
     def on_sent(self, token, ok):
         """The router's outcome of a frame this shell originated; True when it was ours."""
-        for r in self._reports:
-            if token is not None and r[1] == token:
-                if ok:
-                    self._reports.remove(r)
-                else:
-                    r[1] = None  # sent again at the next health tick (_send_reports)
-                return True
+        if token is not None:
+            for r in self._reports:
+                if r[1] == token:
+                    if ok:
+                        self._reports.remove(r)
+                    else:
+                        r[1] = None  # sent again at the next health tick (_send_reports)
+                    return True
         if token != self.probe_token:
             return False
         self.probe_token = None
@@ -540,13 +541,13 @@ class OtaShell:
         """Make the report (a Reply) and send it now or once there is a route; it is sent again
         until its first hop acknowledges it (_send_reports)."""
         try:
-            data = self.node.send_reply(0, _REPORT_CODE, ["ota", what, bseq, reason[:32]], False)
+            data = self.node.make_reply(0, _REPORT_CODE, ["ota", what, bseq, reason[:32]])
         except Exception as e:  # noqa: BLE001 - a report must never take the node down
             self.log("ota", "cannot report: %s" % e)
             return
         reps = self._reports
         if len(reps) >= _MAX_REPORTS:
-            self.log("ota", "report dropped unsent: %d newer ones wait" % len(reps))
+            self.log("ota", "the oldest of %d waiting reports dropped unsent" % len(reps))
             del reps[0]
         reps.append([data, None, 0])
         self._send_reports()
