@@ -56,6 +56,14 @@ STATUS_INTERVAL_S = 300
 # control transmissions (beacons + repair) per reading 25.9 / 26.4 -> 21.7 / 18.7, fewer stale
 # routes flooded; status 15.1 / 15.9 -> 18.4 / 18.0. Clean links: status 10.0 per reading, as
 # before. (A gap of 300 s, the status interval, made the report no earlier than the periodic one.)
+# The wait is most of a gateway failure's repair latency (a gap's request waits for the
+# reports that mend its node's path), but it is not the knob to turn it down with (DES, 20 %
+# loss + a gateway failure; repair latency p50 at 60 s: 115-132 s for 2,000 nodes, seeds 1-8,
+# and 147-176 s for 5,000, seeds 1-4). 30 s: 77-95 s and 87-124 s, but stale source routes were
+# flooded in 2 runs of 12 (repair transmissions per gap hop 3.5 in one, against at most 2.6),
+# control rose 5 % at 5,000 and clean-link parent changes rose slightly (0.217 -> 0.235 per
+# node-hour, 2,000 nodes, seed 1). 45 s: 92-112 s for 2,000, but at 5,000 three seeds of four
+# flooded (6.1 and 8.1 per gap hop) and two ended with readings not yet repaired.
 # (PARENT_REPORT_DELAY_MS is the default of the config's parent_report_delay_ms: a board keeps
 # it, the virtual rig may shorten it.)
 PARENT_REPORT_DELAY_MS = 60000
