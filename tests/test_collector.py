@@ -1104,6 +1104,36 @@ def test_a_flooded_request_is_scoped_to_a_few_hops_beyond_the_node_then_widened(
     assert scopes == [7, 7, 11, None, None]
 
 
+def test_a_retry_for_a_node_whose_path_broke_waits_for_a_whole_path_too(store):
+    """The parents reported up from a node loop (or the path runs longer than the TTL): its
+    frames die on the way, and so would a flood's answer. Its gap's retry, like a first request,
+    waits up to route_wait_s for a report that mends the path, then goes down that path - not a
+    flood of the whole mesh."""
+    clock = Clock()
+    ing = make_ingest(store, clock, route_wait_s=150)
+    ing.on_message(UP, envelope([status(1, 1, parent=GW), status(2, 1, parent=1), telemetry(2, 0), telemetry(2, 2)]))
+    first = None
+    for _ in range(60):
+        clock.t += 1
+        got = _routed_or_flooded(ing.poll(), 2)
+        if got:
+            first = got
+            break
+    (_, path, _), = first
+    assert path == [1, 2]  # the first request went down the path; unanswered
+    ing.on_message(UP, envelope([status(1, 2, parent=3), status(3, 1, parent=2)]))  # 2 -> 1 -> 3 -> 2
+    waits = ing.snapshot()["route_waits"]
+    sent = []
+    for _ in range(120):
+        clock.t += 1
+        sent += _routed_or_flooded(ing.poll(), 2)
+    assert sent == [] and ing.snapshot()["route_waits"] > waits  # the retries fell due and waited
+    ing.on_message(UP, envelope([status(3, 2, parent=GW)]))  # the loop breaks: 2 -> 1 -> 3 -> GW
+    (topic, path, _), = _routed_or_flooded(ing.poll(), 2)
+    assert (topic, path) == (downlink_topic(NET, GW), [3, 1, 2])
+    assert ing.snapshot()["commands_flooded"] == 0
+
+
 def _old_readings(store, ing):
     """Node 1: seqs 0, 1 from 90 days ago, 2, 3 from 60 (two months to prune at 30 days), 4 now."""
     ing.on_message(UP, envelope([telemetry(1, 0, time_s=T0 - 90 * 86400), telemetry(1, 1, time_s=T0 - 89 * 86400),
