@@ -59,11 +59,16 @@ STATUS_INTERVAL_S = 300
 # The wait is most of a gateway failure's repair latency (a gap's request waits for the
 # reports that mend its node's path), but it is not the knob to turn it down with (DES, 20 %
 # loss + a gateway failure; repair latency p50 at 60 s: 115-132 s for 2,000 nodes, seeds 1-8,
-# and 147-176 s for 5,000, seeds 1-4). 30 s: 77-95 s and 87-124 s, but stale source routes were
-# flooded in 2 runs of 12 (repair transmissions per gap hop 3.5 in one, against at most 2.6),
-# control rose 5 % at 5,000 and clean-link parent changes rose slightly (0.217 -> 0.235 per
-# node-hour, 2,000 nodes, seed 1). 45 s: 92-112 s for 2,000, but at 5,000 three seeds of four
-# flooded (6.1 and 8.1 per gap hop) and two ended with readings not yet repaired.
+# and 147-176 s for 5,000, seeds 1-4). 30 s: 77-91 s and 87-124 s (3 of 4 within 120 s), and
+# in the 2,000-node storm control 5.32 -> 5.20 and parent changes 6.04 -> 5.56 (means), with
+# every gap repaired and at most 2.84 repair transmissions per gap hop - once a gap's retry
+# waits for a whole path (fleet/repair.py route_wait_s; before that two runs of 12 flooded the
+# whole mesh for a node whose path ran past the TTL). It stays 60 s because clean links pay:
+# 2,000 nodes, seeds 1-6, control 1.912 -> 1.924 per reading (higher in 5 seeds of 6), status
+# transmissions ~1 % more (fewer changes share a report), and at 5,000 nodes in the storm
+# control 3.91 -> 4.11 (mean of seeds 1-4). A fleet on lossy streets can set the config's
+# parent_report_delay_ms to 30000 for those figures. 45 s (before the retry wait): 92-112 s for
+# 2,000, but 123-163 s at 5,000.
 # (PARENT_REPORT_DELAY_MS is the default of the config's parent_report_delay_ms: a board keeps
 # it, the virtual rig may shorten it.)
 PARENT_REPORT_DELAY_MS = 60000
