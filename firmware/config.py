@@ -28,7 +28,7 @@ Format (CDDL; protocol/redmesh.cddl stays the wire spec, this is the flash file)
       ? "continuous": bool,                ; default false: keep the sensor on
       ? "sensor": "pms5003" / "pms5003t" / "sds011",   ; default "pms5003"
       ? "radio_channel": 1..14,            ; default 1 (a gateway: its Wi-Fi AP's channel)
-      ? "parent_report_delay_ms": 1000..600000,  ; default 60000: a new parent is reported once
+      ? "parent_report_delay_ms": 1000..600000,  ; default 30000: a new parent is reported once
                                            ;   held this long plus a random part of it
       ? "key_ask_ms": 5000..3600000,       ; default 60000: asks for a missed mesh key this
                                            ;   often at most (firmware/node.py)
@@ -90,7 +90,7 @@ KEYS = (
     # PARENT_REPORT_DELAY_MS and firmware/ota.py OtaParams' distrust_ms: tests/device/test_config.py
     # holds them equal). A board keeps the defaults; the virtual rig may shorten them so that a
     # HIL test waits seconds for what takes minutes on a pole.
-    ("parent_report_delay_ms", "int", 1000, 600000, 60000),
+    ("parent_report_delay_ms", "int", 1000, 600000, 30000),
     ("key_ask_ms", "int", 5000, 3600000, 60000),
     ("ota_distrust_ms", "int", 1000, 3600000, 60000),
     ("uplink", "map", None, None, NODEF),

@@ -56,22 +56,24 @@ STATUS_INTERVAL_S = 300
 # control transmissions (beacons + repair) per reading 25.9 / 26.4 -> 21.7 / 18.7, fewer stale
 # routes flooded; status 15.1 / 15.9 -> 18.4 / 18.0. Clean links: status 10.0 per reading, as
 # before. (A gap of 300 s, the status interval, made the report no earlier than the periodic one.)
-# The wait is most of a gateway failure's repair latency (a gap's request waits for the
-# reports that mend its node's path), but it is not the knob to turn it down with (DES, 20 %
-# loss + a gateway failure; repair latency p50 at 60 s: 115-132 s for 2,000 nodes, seeds 1-8,
-# and 147-176 s for 5,000, seeds 1-4). 30 s: 77-91 s and 87-124 s (3 of 4 within 120 s), and
-# in the 2,000-node storm control 5.32 -> 5.20 and parent changes 6.04 -> 5.56 (means), with
-# every gap repaired and at most 2.84 repair transmissions per gap hop - once a gap's retry
-# waits for a whole path (fleet/repair.py route_wait_s; before that two runs of 12 flooded the
-# whole mesh for a node whose path ran past the TTL). It stays 60 s because clean links pay:
-# 2,000 nodes, seeds 1-6, control 1.912 -> 1.924 per reading (higher in 5 seeds of 6), status
-# transmissions ~1 % more (fewer changes share a report), and at 5,000 nodes in the storm
-# control 3.91 -> 4.11 (mean of seeds 1-4). A fleet on lossy streets can set the config's
-# parent_report_delay_ms to 30000 for those figures. 45 s (before the retry wait): 92-112 s for
-# 2,000, but 123-163 s at 5,000.
+# The wait is most of a gateway failure's repair latency: a gap's request waits for the
+# reports that mend its node's path. DES, 20 % loss + a gateway failure, repair latency p50
+# at 60 s: 115-132 s for 2,000 nodes (seeds 1-8) and 147-176 s for 5,000 (seeds 1-4); at 30 s
+# 77-91 s and 87-124 s, every gap repaired, at most 2.84 repair transmissions per gap hop, and
+# in the 2,000-node storm control 5.32 -> 5.20 and parent changes 6.04 -> 5.56 (means). 30 s
+# became the default once a gap's retry waits for a whole path (fleet/repair.py route_wait_s):
+# before that, two storm runs of 12 flooded the whole mesh for a node whose path ran past the
+# TTL. Its price: status transmissions ~1 % more on clean links (fewer changes share a
+# report); control 1.912 -> 1.924 per reading (2,000 nodes, seeds 1-6), within the noise - the
+# same runs with the wait at 60,001 ms (nothing physical changed, the random stream moved) gave
+# 1.912 with seeds moving by up to 0.031; at 5,000 nodes in the storm control 3.91 -> 4.11
+# (seeds 1-4, chaotic). Halving the wait only for a parent on another root (the subtree of a
+# dead gateway moving) met repair p50 too, but left 5,000-node seeds 1 and 3 with readings
+# not yet repaired (and seed 3 flooded stale routes); 45 s (before the retry wait): 92-112 s
+# for 2,000, 123-163 s at 5,000.
 # (PARENT_REPORT_DELAY_MS is the default of the config's parent_report_delay_ms: a board keeps
 # it, the virtual rig may shorten it.)
-PARENT_REPORT_DELAY_MS = 60000
+PARENT_REPORT_DELAY_MS = 30000
 PARENT_REPORT_GAP_MS = 60000
 UPLINK_POLL_MS = 500
 _SENSOR_READ_MAX_MS = 1000  # the sampler also ticks at least this often (late config changes)

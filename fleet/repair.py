@@ -29,7 +29,7 @@ Rules (a gap is a range [first, last] of reading seqs of one node, below the hig
   broken (`path_broken(node)`: the node reported a parent, but the parents reported up from it
   loop, stop at a node that reported none, or end at an offline gateway - a gateway failure's
   re-parenting, reports still on their way). A node that changed parents reports the new one
-  within ~2 minutes (firmware/node.py parent_report_ms), and the alternative - a flood through
+  within ~1 minute (firmware/node.py parent_report_ms), and the alternative - a flood through
   the whole mesh, ~one transmission per node - is what a gateway failure's hundreds of gaps must
   not cost (issue 15). It is looked at again when a node reports another parent
   (`routes_changed`: the report that mends the path sends it at once), else every

@@ -80,7 +80,7 @@ def test_defaults_for_optional_keys():
     c = Config(d)
     assert (c.report_interval_s, c.warmup_s, c.sample_window_s, c.continuous) == (300, 30, 60, False)
     assert c.sensor == "pms5003" and c.radio_channel == 1 and c.uplink is None
-    assert (c.parent_report_delay_ms, c.key_ask_ms, c.ota_distrust_ms) == (60000, 60000, 60000)
+    assert (c.parent_report_delay_ms, c.key_ask_ms, c.ota_distrust_ms) == (30000, 60000, 60000)
 
 
 def test_timer_defaults_are_the_firmware_constants():
