@@ -51,7 +51,7 @@ def test_20_node_grid_every_reading_stored_once(make_rig):
 def test_gateway_killed_nodes_reparent_nothing_lost(make_rig, needs_virtual_rig):
     topo = topo_mod.grid(4, 5, n_gateways=2, seed=4)
     gws = list(topo.gateways())
-    # a changed parent is reported once held 10-20 s (a board: 60-120 s, the config's default):
+    # a changed parent is reported once held 10-20 s (a board: 30-60 s, the config's default):
     # the same report, sooner
     rig = make_rig(topo, offered_interval_s=4, offered_for_s=75, seed=4,
                    node_config={"parent_report_delay_ms": 10000})

@@ -1007,7 +1007,7 @@ def test_no_route_through_an_offline_gateway_a_loop_or_with_routing_off(store):
 
 def test_a_broken_path_waits_for_the_reports_that_mend_it_then_floods(store):
     """Issue 15: after a gateway failure the parents reported up from a node lead to the dead
-    gateway until the re-parented nodes report again (within ~2 minutes). A gap's first request
+    gateway until the re-parented nodes report again (within ~1 minute). A gap's first request
     waits for that, up to route_wait_s, rather than flooding the mesh at once; a node whose
     chain is mended gets it down the new path, one whose chain stays broken a flood after the
     wait. A node that never reported a parent is not waited for."""
