@@ -8,7 +8,10 @@ from protocol.cbor import skip_items, uint_at
 from protocol.errors import ProtocolError
 from protocol.frames import T_ROUTED
 
-MAX_ROUTE = 32  # hops a source route names at most (32 x 5 bytes + a command fits 250)
+# hops a source route names at most. The frame must fit the radio too: 48 node ids below 65,536
+# (3 bytes each) or 32 of 5 bytes with a resend command; a longer one fails protocol.encode
+# (ValueError) and the fleet floods instead. 48 = the routers' TTL (firmware/mesh_params.py)
+MAX_ROUTE = 48
 
 
 def scan_routed(b):

@@ -178,7 +178,7 @@ def invalid_vectors(tel):
     rcmd = P.encode(P.Command(target=1234, cseq=42, op=P.OP_RESEND, args=[4990, 4999], hops=1), MESH_KEY, NODE_KEY)
     add("routed with at past the end of its path", tagged([1, 9, [1100, 1234], 2, rcmd]),
         "routed.at: expected at most 1, got 2")
-    add("routed with an empty path", tagged([1, 9, [], 0, rcmd]), "routed.path: expected 1..32 items, got 0")
+    add("routed with an empty path", tagged([1, 9, [], 0, rcmd]), "routed.path: expected 1..48 items, got 0")
     add("routed with node id 0 in its path", tagged([1, 9, [0, 1234], 0, rcmd]), "routed.path: expected 1..4294967295")
     add("routed carrying a telemetry frame", tagged([1, 9, [1234], 0, tel]), "routed.cmd: expected a command frame")
     add("command with 5 arguments", tagged([1, 4, 5, 1, 2, [1, 2, 3, 4, 5], 0, b"\0" * 8]), "command.args: expected 0..4")

@@ -160,8 +160,20 @@ def test_routed_command_roundtrip_and_limits():
     assert back == r and P.TYPE_NAMES[P.peek_type(b)] == "routed"
     # the inner command is a whole frame: it decodes and authenticates on its own
     assert P.decode(back.cmd, MESH, NODE).target == 1234
-    # the longest route with a command still fits the radio
-    assert len(P.encode(Routed(path=[0xFFFFFFFF] * MAX_ROUTE, at=MAX_ROUTE - 1, cmd=cmd), MESH)) <= P.MAX_FRAME
+    # the longest route of ids below 65,536 with a command fits the radio, and 32 of the largest ids
+    assert len(P.encode(Routed(path=[0xFFFF] * MAX_ROUTE, at=MAX_ROUTE - 1, cmd=cmd), MESH)) <= P.MAX_FRAME
+    assert len(P.encode(Routed(path=[0xFFFFFFFF] * 32, at=31, cmd=cmd), MESH)) <= P.MAX_FRAME
+    # a frame that fits at its first hop but not at its last (`at` takes a byte more from 24 on)
+    # is refused: a relay could not send it. Commands one byte longer each, down 30 hops:
+    sizes = []
+    for k in range(24, 33):
+        big = P.encode(P.Command(target=1234, cseq=9, op=P.OP_SET, args=["x" * k, "y" * 32]), MESH, NODE)
+        try:
+            sizes.append(len(P.encode(Routed(path=[0xFFFFFFFF] * 30, at=0, cmd=big), MESH)))
+        except ValueError as e:
+            assert "last hop" in str(e)
+            break
+    assert sizes[-1] == P.MAX_FRAME - 1 and len(sizes) < 9  # 250 at its first hop: refused
     for bad in (Routed(path=[], at=0, cmd=cmd), Routed(path=[1, 2], at=2, cmd=cmd),
                 Routed(path=[0], at=0, cmd=cmd), Routed(path=[1] * (MAX_ROUTE + 1), at=0, cmd=cmd)):
         try:

@@ -72,7 +72,8 @@ def _frames():
     yield P.Command(target=70000, cseq=70000, op=P.OP_PING, args=[], hops=255)
     cmd = P.encode(P.Command(target=1234, cseq=9, op=P.OP_RESEND, args=[1, 5]), MESH, NODE)
     yield Routed(path=[1100, 70000, 1234], at=1, cmd=cmd)
-    yield Routed(path=[0xFFFFFFFF - i for i in range(MAX_ROUTE - 1)] + [1234], at=MAX_ROUTE - 1, cmd=cmd)
+    yield Routed(path=[0xFFFF - i for i in range(MAX_ROUTE - 1)] + [1234], at=MAX_ROUTE - 1, cmd=cmd)
+    yield Routed(path=[0xFFFFFFFF - i for i in range(31)] + [1234], at=31, cmd=cmd)  # the longest of 5-byte ids
 
 
 def _check(b):
