@@ -1172,21 +1172,31 @@ class Ingest:
                     # transmissions, 31 of the 39 floods first retries). attempts: this one included
                     route = self._route(req.node, retry=req.via_all,
                                         same_ok=req.gap.attempts <= ROUTED_SAME_PATH_TRIES)
+            fb = routed = None
+            if route is not None:
+                fb = self._resend_bytes(req, 0)
+                try:
+                    routed = protocol.encode(Routed(path=route[1], at=0, cmd=fb), self._mesh, phase=self._phase)
+                except ValueError:  # a path longer than one frame carries (protocol/routed_scan.py)
+                    route = None
+                    if req.gap is None:
+                        continue
+                    if not req.via_all:
+                        self.stats.route_fallbacks += 1
             if req.gap is None:
                 self.stats.probes_sent += 1
             scope = 0
             if route is None and not own:
                 scope = flood_start_hops(self._hops.get(req.node), req.gap.attempts if req.gap else None,
                                          MESH_DEFAULTS["max_hops"])
-            cmd = protocol.Command(target=req.node, cseq=req.cseq, op=protocol.OP_RESEND, args=[req.a, req.b],
-                                   hops=scope)
-            fb = protocol.encode(cmd, self._mesh, self._node_hmac(req.node), phase=self._phase)
+            if fb is None or scope:
+                fb = self._resend_bytes(req, scope)
             if own:
                 topic, via = downlink_topic(self.net_id, req.node), "gateway"
                 self.stats.commands_routed += 1
             elif route is not None:
                 gw, path = route
-                fb = protocol.encode(Routed(path=path, at=0, cmd=fb), self._mesh, phase=self._phase)
+                fb = routed
                 topic, via = downlink_topic(self.net_id, gw), "route"
                 self.stats.commands_routed += 1
             else:
@@ -1205,6 +1215,12 @@ class Ingest:
                 detail["scope"] = MESH_DEFAULTS["max_hops"] - scope  # hops from a gateway it can reach
             self._events.append((int(now), "resend_request", req.node, detail))
         return self._pack(by_topic)
+
+    def _resend_bytes(self, req, scope):
+        """The resend command frame for request `req`, starting with hop count `scope`."""
+        cmd = protocol.Command(target=req.node, cseq=req.cseq, op=protocol.OP_RESEND, args=[req.a, req.b],
+                               hops=scope)
+        return protocol.encode(cmd, self._mesh, self._node_hmac(req.node), phase=self._phase)
 
     def _pack(self, by_topic):
         """Downlink messages [(topic, payload)] of the command frames by topic (counted commands)."""

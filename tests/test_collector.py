@@ -1104,6 +1104,32 @@ def test_a_flooded_request_is_scoped_to_a_few_hops_beyond_the_node_then_widened(
     assert scopes == [7, 7, 11, None, None]
 
 
+def test_a_route_longer_than_one_frame_carries_is_flooded_and_counted(store):
+    """Source routes run up to MAX_ROUTE (48) hops, the routers' TTL: after a gateway failure at
+    5,000 nodes real paths ran to 35 hops. 44 node ids below 65,536 (3 bytes each) go down the
+    route; 44 ids of 5 bytes do not fit one frame (250 bytes), so that request is flooded,
+    scoped, and counted route_fallbacks - nothing raised."""
+    from protocol.routed import MAX_ROUTE
+
+    chains = [[base + i for i in range(44)] for base in (1000, 0x10000000)]
+    store.register_nodes([{"node": n} for chain in chains for n in chain])
+    clock = Clock()
+    ing = make_ingest(store, clock, route_wait_s=0)
+    tails = []
+    for chain in chains:
+        frames = [status(chain[0], 1, parent=GW)] + [status(n, 1, parent=chain[i]) for i, n in enumerate(chain[1:])]
+        ing.on_message(UP, envelope(frames + [telemetry(chain[-1], 0), telemetry(chain[-1], 2)]))
+        tails.append(chain[-1])
+    clock.t += 11
+    out = ing.poll()
+    (topic, path, c), = _routed_or_flooded(out, tails[0])
+    assert 32 < len(path) <= MAX_ROUTE and path == chains[0] and c.args == [1, 1]
+    (topic, path, c), = _routed_or_flooded(out, tails[1])
+    assert path is None and topic == downlink_topic(NET, GW) and c.args == [1, 1] and c.hops > 0
+    snap = ing.snapshot()
+    assert (snap["commands_routed"], snap["commands_flooded"], snap["route_fallbacks"]) == (1, 1, 1)
+
+
 def test_a_retry_for_a_node_whose_path_broke_waits_for_a_whole_path_too(store):
     """The parents reported up from a node loop (or the path runs longer than the TTL): its
     frames die on the way, and so would a flood's answer. Its gap's retry, like a first request,
