@@ -117,7 +117,8 @@ Theory of operation (CTP / RPL ideas, simplified)
   retry after a small backoff (the link estimate above re-chooses the parent as failures
   mount); after max_tries sends the frame is dropped (tx_fail). The transmitter writes
   hops = radio hops the frame has made once received (the origin sends 1) and its own cost.
-  A forwarder drops frames whose hops >= max_hops (TTL); a gateway accepts them.
+  A forwarder drops frames whose hops >= max_hops (TTL, 48: one gateway of five down at 5,000
+  nodes left paths of 33-35 hops, cut off at the old 32); a gateway accepts them.
 - Loop evidence: a data frame from our own parent (a certain 2-loop) puts the parent on hold
   for loop_hold_ms, resets Trickle and re-chooses. A frame whose sender cost is not above
   ours is an inconsistency (stale costs or a loop): Trickle reset so the sender hears our

@@ -11,7 +11,7 @@ DEFAULTS = {
     "beacon_imin_ms": 1000,  # Trickle Imin
     "beacon_doublings": 9,  # Imax = 1 s * 2**9 = 512 s
     "beacon_k": 0,  # Trickle redundancy; 0 = never suppress (link estimation needs beacons)
-    "max_hops": 32,  # TTL
+    "max_hops": 48,  # TTL (= the longest source route, protocol/routed_scan.py MAX_ROUTE)
     "queue_len": 16,  # forwarding queue, frames
     "max_neighbors": 16,
     "dup_cache": 32,  # (origin, seq, type) entries
