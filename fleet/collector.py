@@ -121,12 +121,16 @@ class CollectorConfig:
     fleet.repair.RepairConfig) and route_commands: a resend request's first attempt goes down the
     source route compiled from the parents nodes report (False: every request is flooded, e.g.
     for a mesh whose firmware predates routed frames); key_answer_s: a node that reports an old
-    key epoch is sent the key in force once per this (its answer may be lost; it asks again)."""
+    key epoch is sent the key in force once per this (its answer may be lost; it asks again);
+    mesh_ttl: the nodes' TTL (firmware/mesh_params.py max_hops; None: this firmware's), which a
+    scoped flood's starting hop count is reckoned from - 32 while any node runs firmware from
+    before the TTL of 48 (its relays would not pass a flood that starts past 32)."""
 
     def __init__(self, batch_rows=5000, flush_interval_s=0.5, log_interval_s=60.0, unknown_recheck_s=10.0,
                  downlink_max_frames=8, key_cache=50000, repair=None, max_unacked=64, clock_tolerance_s=60,
                  revoked_recheck_s=1.0, route_commands=True, key_answer_s=50.0, share=None, lead_retry_s=3.0,
-                 lead_check_s=2.0, journal_take=20000, retention_days=0, prune_every_s=3600.0, prune_stop_s=10.0):
+                 lead_check_s=2.0, journal_take=20000, retention_days=0, prune_every_s=3600.0, prune_stop_s=10.0,
+                 mesh_ttl=None):
         self.batch_rows = int(batch_rows)
         self.flush_interval_s = float(flush_interval_s)
         self.log_interval_s = float(log_interval_s)
@@ -154,8 +158,11 @@ class CollectorConfig:
         self.retention_days = int(retention_days)
         self.prune_every_s = float(prune_every_s)
         self.prune_stop_s = float(prune_stop_s)  # what close() waits for a prune to stop after its step in hand
+        self.mesh_ttl = MESH_DEFAULTS["max_hops"] if mesh_ttl is None else int(mesh_ttl)
         if self.batch_rows < 1 or self.flush_interval_s <= 0 or self.downlink_max_frames < 1:
             raise ValueError("batch_rows, flush_interval_s and downlink_max_frames must be positive")
+        if not 1 <= self.mesh_ttl <= 255:
+            raise ValueError("mesh_ttl must be 1..255")
 
     @classmethod
     def from_home(cls, home, **overrides):
@@ -165,7 +172,8 @@ class CollectorConfig:
         kw = {"batch_rows": c.get("batch_rows", 5000),
               "retention_days": home.config.get("store", {}).get("retention_days", 0),
               "flush_interval_s": c.get("flush_interval_ms", 500) / 1000.0,
-              "route_commands": c.get("route_commands", True)}
+              "route_commands": c.get("route_commands", True),
+              "mesh_ttl": c.get("mesh_ttl")}
         repair_kw = {}
         for k, v in overrides.items():
             if v is None:
@@ -1131,7 +1139,7 @@ class Ingest:
                 self._ratelog.note("keystore", f"no key answer for node {node}: {e}", now)
                 continue
             own = node in self._gw_ids
-            scope = 0 if own else flood_start_hops(self._hops.get(node), n + 1, MESH_DEFAULTS["max_hops"])
+            scope = 0 if own else flood_start_hops(self._hops.get(node), n + 1, self.cfg.mesh_ttl)
             cmd = protocol.Command(target=node, cseq=cseq, op=OP_REKEY, args=args, hops=scope)
             fb = protocol.encode(cmd, self._mesh, auth.Hmac(nk), phase=self._phase)
             topic = downlink_topic(self.net_id, node if own else gw)
@@ -1188,7 +1196,7 @@ class Ingest:
             scope = 0
             if route is None and not own:
                 scope = flood_start_hops(self._hops.get(req.node), req.gap.attempts if req.gap else None,
-                                         MESH_DEFAULTS["max_hops"])
+                                         self.cfg.mesh_ttl)
             if fb is None or scope:
                 fb = self._resend_bytes(req, scope)
             if own:
@@ -1212,7 +1220,7 @@ class Ingest:
             if route is not None:
                 detail["gateway"], detail["path"] = route
             elif scope:
-                detail["scope"] = MESH_DEFAULTS["max_hops"] - scope  # hops from a gateway it can reach
+                detail["scope"] = self.cfg.mesh_ttl - scope  # hops from a gateway it can reach
             self._events.append((int(now), "resend_request", req.node, detail))
         return self._pack(by_topic)
 

@@ -68,6 +68,9 @@ SCHEMA = {
         # resend requests down source routes (issue 15); false: every request flooded, for a
         # mesh whose firmware predates routed frames
         "route_commands": (bool, True, None),
+        # the nodes' TTL (firmware/mesh_params.py max_hops), which scoped resend floods are
+        # reckoned from; set 32 while any node or gateway runs firmware from before the TTL of 48
+        "mesh_ttl": (int, 48, _range(1, 255)),
     },
     "status": {
         "stale_after_s": (int, 300, _range(1, 0xFFFFFFFF)),

@@ -1102,6 +1102,16 @@ def test_a_flooded_request_is_scoped_to_a_few_hops_beyond_the_node_then_widened(
     ing.flush()
     scopes = [json.loads(e["detail"]).get("scope") for e in store.events(node=1, kind="resend_request")]
     assert scopes == [7, 7, 11, None, None]
+    # a mesh still on firmware with a TTL of 32 (`[collector] mesh_ttl`): a flood that started at
+    # 48 - 7 would not pass its first relay
+    old = Ingest(store, Keys(), NET, now_fn=clock, config=CollectorConfig(
+        batch_rows=1000, mesh_ttl=32, repair=RepairConfig(grace_s=10, retry_s=5, retry_max_s=20, max_attempts=2)))
+    old.on_message(UP, envelope([telemetry(2, 0, hops=5), telemetry(2, 3, hops=5)]))
+    starts = []
+    for _ in range(200):
+        clock.t += 1
+        starts += [c.hops for _, path, c in _routed_or_flooded(old.poll(), 2)]
+    assert starts == [32 - 7, 32 - 7]
 
 
 def test_a_route_longer_than_one_frame_carries_is_flooded_and_counted(store):

@@ -94,3 +94,18 @@ def test_collector_route_commands_setting(tmp_path):
     assert CollectorConfig.from_home(FleetHome(str(tmp_path))).route_commands is False
     with pytest.raises(FleetError, match="'collector.route_commands' must be true or false"):
         h.write_config({"collector": {"route_commands": "no"}})
+
+
+def test_collector_mesh_ttl_setting(tmp_path):
+    """`[collector] mesh_ttl`: the nodes' TTL that scoped floods are reckoned from - by default
+    the firmware's own, 32 for a mesh still running firmware from before the TTL of 48."""
+    from firmware.mesh_params import DEFAULTS
+    from fleet.collector import CollectorConfig
+
+    h = FleetHome(str(tmp_path))
+    assert CollectorConfig.from_home(h).mesh_ttl == DEFAULTS["max_hops"] == 48
+    h.write_config({"collector": {"mesh_ttl": 32}})
+    assert CollectorConfig.from_home(FleetHome(str(tmp_path))).mesh_ttl == 32
+    for bad in (0, 256, "32"):
+        with pytest.raises(FleetError, match="'collector.mesh_ttl' must be"):
+            h.write_config({"collector": {"mesh_ttl": bad}})

@@ -466,7 +466,8 @@ class FleetLink:
         self.store.register_nodes([{"node": n.id, "mac": n.mac.hex(), "role": "gateway" if n.is_gateway else "node"}
                                    for n in sim.nodes])
         cfg = CollectorConfig(flush_interval_s=self.FLUSH_INTERVAL_S, route_commands=repair_mode == "route",
-                              repair=repair_config or RepairConfig())
+                              repair=repair_config or RepairConfig(),
+                              mesh_ttl=(sim.opt.mesh_params or {}).get("max_hops"))
         self.ingest = Ingest(self.store, keys, net, now_fn=self.now_s, config=cfg)
         self.measure = Measure(sim)
         self.ingest.on_readings = self.measure.on_readings
