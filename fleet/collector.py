@@ -1180,11 +1180,11 @@ class Ingest:
                     # transmissions, 31 of the 39 floods first retries). attempts: this one included
                     route = self._route(req.node, retry=req.via_all,
                                         same_ok=req.gap.attempts <= ROUTED_SAME_PATH_TRIES)
-            fb = routed = None
+            routed = None
             if route is not None:
-                fb = self._resend_bytes(req, 0)
                 try:
-                    routed = protocol.encode(Routed(path=route[1], at=0, cmd=fb), self._mesh, phase=self._phase)
+                    routed = protocol.encode(Routed(path=route[1], at=0, cmd=self._resend_bytes(req, 0)), self._mesh,
+                                             phase=self._phase)
                 except ValueError:  # a path longer than one frame carries (protocol/routed_scan.py)
                     route = None
                     if req.gap is None:
@@ -1197,14 +1197,12 @@ class Ingest:
             if route is None and not own:
                 scope = flood_start_hops(self._hops.get(req.node), req.gap.attempts if req.gap else None,
                                          self.cfg.mesh_ttl)
-            if fb is None or scope:
-                fb = self._resend_bytes(req, scope)
+            fb = routed if routed is not None else self._resend_bytes(req, scope)
             if own:
                 topic, via = downlink_topic(self.net_id, req.node), "gateway"
                 self.stats.commands_routed += 1
             elif route is not None:
                 gw, path = route
-                fb = routed
                 topic, via = downlink_topic(self.net_id, gw), "route"
                 self.stats.commands_routed += 1
             else:

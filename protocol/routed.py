@@ -4,7 +4,7 @@ Kept out of protocol/frames.py so that a plain node, which forwards routed frame
 (firmware/mesh.py), does not pin this codec in its heap; frames.encode/decode load it on demand."""
 
 from protocol.auth import HOP_TAG_LEN
-from protocol.cbor import put_head
+from protocol.cbor import put_head, uint_head
 from protocol.errors import ProtocolError
 from protocol.frames import (
     MAX_FRAME,
@@ -39,23 +39,19 @@ def enc_routed(frame, out):
     put_head(4, 6, out)
     put_head(0, VERSION, out)
     put_head(0, T_ROUTED, out)
-    if len(frame.path) < 1 or len(frame.path) > MAX_ROUTE:
-        raise ValueError("routed.path: expected 1..%d node ids" % MAX_ROUTE)
     n = len(frame.path)
+    if n < 1 or n > MAX_ROUTE:
+        raise ValueError("routed.path: expected 1..%d node ids" % MAX_ROUTE)
     put_head(4, n, out)
     for nid in frame.path:
         _put_num(out, "routed.path", nid, 1, U32)
     _put_num(out, "routed.at", frame.at, 0, n - 1)
     _put_bytes(out, "routed.cmd", frame.cmd, 8, MAX_FRAME)
     # relays rewrite `at`, which takes a byte more from 24 on: the frame must fit at its last hop
-    last = len(out) + _head_len(n - 1) - _head_len(frame.at) + 1 + HOP_TAG_LEN
+    last = len(out) + len(uint_head(n - 1)) - len(uint_head(frame.at)) + 1 + HOP_TAG_LEN
     if last > MAX_FRAME:
         raise ValueError("routed frame is %d bytes at its last hop, the radio carries at most %d (a route "
                          "of %d hops)" % (last, MAX_FRAME, n))
-
-
-def _head_len(v):
-    return 1 if v < 24 else 2 if v < 256 else 3 if v < 65536 else 5
 
 
 def dec_routed(d):
