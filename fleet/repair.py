@@ -37,7 +37,7 @@ Rules (a gap is a range [first, last] of reading seqs of one node, below the hig
   never reported a parent, the caller floods as before. A retry waits too: a flood
   cannot do better than the path. After a gateway failure a far node's path to the next gateway
   can be longer than the TTL (DES, 2,000 nodes at 20 % loss: node 786's real path ran 35 hops;
-  its frames and a flood's answer die at hop 32), and two whole-mesh floods for its one gap
+  its frames and a flood's answer died at hop 32, the TTL then; it is 48 now), and two whole-mesh floods for its one gap
   were all of that run's floods (repair transmissions per gap hop 3.5; 2.3 once retries waited).
 - Overdue probes (`overdue_s`, 0: none): a lost reading otherwise shows only when the next one
   arrives, a report interval later, and is then asked for after the grace (~420 s at the
