@@ -95,6 +95,32 @@ def test_gateway_killed_nodes_reparent_nothing_lost(make_rig, needs_virtual_rig)
     rig.wait_until(reported, 150, "the re-parented nodes to report their new parents")
 
 
+def _uplinks_published(rig, gw, n, timeout_s):
+    """Watch the rig's broker until gateway `gw` has published n uplink messages, or timeout_s
+    passed; returns how many it saw (a subscriber of our own: no session, nothing acknowledged
+    for the collector)."""
+    import asyncio
+
+    import aiomqtt
+
+    async def watch():
+        host, port = rig.rig.broker_url.split("://")[1].split(":")
+        got = 0
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with aiomqtt.Client(host, int(port), identifier="hil-uplink-watch") as c:
+                    await c.subscribe(uplink_topic(rig.home.net_id, gw), qos=0)
+                    async for _ in c.messages:
+                        got += 1
+                        if got >= n:
+                            break
+        except TimeoutError:
+            pass
+        return got
+
+    return asyncio.run(watch())
+
+
 def _settled_except(rig, skip, made):
     rep = delivery_report(rig.home, exclude=skip, made=made)
     ok = rep["holes"] == 0 and rep["gaps_open"] == 0 and rep["min_per_node"] >= 10 and rep["missing"] == 0
@@ -122,15 +148,16 @@ def test_25_node_grid_at_20pc_loss_broker_sigkill_repaired_down_source_routes(ma
     # sometimes lost it, and the test proved nothing.) The collector is stopped before the kill
     # and started again once the gateway has published to the new broker: readings made after
     # the restart.
+    # Readings made after the restart were not enough: on a busy CI machine the gateway could
+    # still be reconnecting when the collector came back, and nothing was lost (the test proved
+    # nothing). So the test watches the new broker itself until the gateway has published there.
     rig.stop_collector()
     try:
         rig.kill_broker()
         time.sleep(5)
         rig.restart_broker()
-        before = sum(len(v) for v in _made(rig).values())
-        rig.wait_until(lambda: sum(len(v) for v in _made(rig).values()) >= before + 50, 60,
-                       "two more readings a node made after the broker restarted")
-        time.sleep(2)  # their frames cross the mesh (a hop is milliseconds; retries take seconds)
+        seen = _uplinks_published(rig, topo.gateways()[0], 3, 90)
+        assert seen >= 3, f"the gateway published {seen} uplinks to the restarted broker in 90 s"
     finally:
         rig.start_collector()
     time.sleep(40)
